@@ -19,6 +19,7 @@ from model import (
     CapMetrics,
     ClusterSpec,
     CostAssumptions,
+    CostModel,
     HardwareSpec,
     Layout,
     MemoryEstimate,
@@ -177,9 +178,10 @@ def run_roofline(
     accuracy: pd.DataFrame | None = None,
     mem_fraction: float = 0.9,
     mla_absorb: bool | None = None,
+    cost_model: CostModel | None = None,
 ) -> RooflineRun:
-    """Estimate a step, its memory (peak activations from the op model) and its CAP metrics."""
-    est = estimate_step(model, batch, layout, cluster, precision, mla_absorb=mla_absorb)
+    """Estimate a step (roofline, or ``cost_model``), its memory (peak activations) and CAP metrics."""
+    est = estimate_step(model, batch, layout, cluster, precision, cost_model=cost_model, mla_absorb=mla_absorb)
     act = max((op.act_bytes for op in est.ops), default=0.0)
     mem = estimate_memory(model, layout, cluster.gpu, precision, batch, act, mem_fraction)
     cap = cap_metrics(est, cost, accuracy, mla_absorb=mla_absorb)

@@ -224,16 +224,19 @@ def local_cpu() -> HardwareSpec:
 @lru_cache(maxsize=8)
 def _presets(extra: str | None) -> dict[str, HardwareSpec]:
     gpus = _parse_gpus(_read_yaml(PRESET_DIR / "gpus.yaml"), "gpus.yaml")
+    gpus["cpu"] = local_cpu()
     if extra:
         gpus.update(_parse_gpus(_read_yaml(Path(extra)), extra))
     return gpus
 
 
 def list_gpus(hardware_file: str | Path | None = None) -> dict[str, HardwareSpec]:
-    """All GPU presets, plus those of ``hardware_file``, plus ``cpu``."""
-    gpus = dict(_presets(str(hardware_file) if hardware_file else None))
-    gpus["cpu"] = local_cpu()
-    return gpus
+    """All GPU presets and ``cpu``, overridden or extended by ``hardware_file``.
+
+    ``moesim profile --device cpu`` writes a ``hardware.yaml`` whose ``cpu``
+    entry carries the measured peak and bandwidth.
+    """
+    return dict(_presets(str(hardware_file) if hardware_file else None))
 
 
 def _lookup(name: str, table: dict[str, Any], what: str, hint: str) -> Any:

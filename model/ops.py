@@ -103,7 +103,7 @@ def gemm(
         kv_bytes=0.0,
         act_bytes=(m * k + m * n) * a_bytes,
         dtype=dtype,
-        shape={"m": m, "n": n, "k": k},
+        shape={"m": m, "n": n, "k": k, "w_bytes": w_bytes},
     )
 
 
@@ -232,6 +232,7 @@ def experts_op(
             "ep": ep,
             "moe_tp": moe_tp,
             "imbalance": imbalance,
+            "w_bytes": wb,
         },
     )
 
@@ -265,7 +266,7 @@ def _moe_ops(c: _Ctx, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | 
             kv_bytes=0.0,
             act_bytes=t_attn * h * ab + t_attn * moe.num_experts * 4.0,
             dtype=p.activations,
-            shape={"tokens": t_attn, "experts": moe.num_experts, "hidden": h},
+            shape={"tokens": t_attn, "experts": moe.num_experts, "hidden": h, "top_k": moe.top_k},
         )
     ]
     width = moe.intermediate_size // lay.moe_tp
@@ -292,7 +293,14 @@ def _moe_ops(c: _Ctx, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | 
             inter_bytes=src_tokens * fan.inter * per_token,
             intra_msgs=1 if fan.intra > 0 else 0,
             inter_msgs=1 if fan.inter > 0 else 0,
-            shape={"tokens": t_all, "gpus": lay.ep, "hidden": h, "top_k": moe.top_k},
+            shape={
+                "tokens": t_all,
+                "gpus": lay.ep,
+                "hidden": h,
+                "top_k": moe.top_k,
+                # the per-GPU all-to-all buffer, as NCCL benchmarks size it (the share kept local included)
+                "bytes": src_tokens * (fan.intra + fan.inter) * per_token * lay.ep / (lay.ep - 1),
+            },
         )
         ops.append(dispatch)
     ops.append(

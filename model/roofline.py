@@ -145,7 +145,8 @@ class StepEstimate:
         """One row per op. Columns: group, op, kind, count, flops, bytes,
         weight_bytes, kv_bytes, act_bytes, intra_bytes, inter_bytes (per
         occurrence; FLOP and bytes), time_s (per occurrence), total_s
-        (time_s x count), share (of the step), bound, dtype, stage."""
+        (time_s x count), share (of the step), bound, dtype, stage, source
+        (where the time comes from: the roofline, a measured table...)."""
         rows = [
             {
                 "group": op.group,
@@ -164,6 +165,7 @@ class StepEstimate:
                 "bound": t.bound,
                 "dtype": op.dtype,
                 "stage": op.stage,
+                "source": t.source,
             }
             for op, t in zip(self.ops, self.times, strict=True)
         ]

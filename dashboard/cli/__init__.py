@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from dashboard.cli._common import err
 from dashboard.cli.catalog import clusters, gpus, inspect, models
 from dashboard.cli.demo import demo
+from dashboard.cli.profile import calibrate, import_tables, profile
 from dashboard.cli.roofline import roofline
 from model import MoesimError
 
@@ -29,8 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (models, gpus, clusters, inspect, roofline, demo):
+for command in (models, gpus, clusters, inspect, roofline, profile, calibrate, demo):
     app.command()(command)
+app.command(name="import")(import_tables)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from dashboard.summaries import RooflineRun, roofline_summary, run_roofline
 from model import (
     Batch,
     CostAssumptions,
+    CostModel,
     Layout,
     MoesimError,
     Precision,
@@ -35,6 +36,15 @@ class Pricing(str, Enum):
     auto = "auto"
     cloud = "cloud"
     capex = "capex"
+
+
+def load_cost_model(path: Path | None) -> CostModel | None:
+    """The calibrated cost model in ``path`` (None: the roofline)."""
+    if path is None:
+        return None
+    from profiling.calibrate import CalibratedCostModel
+
+    return CalibratedCostModel.from_file(path)
 
 
 def build_cluster(
@@ -97,6 +107,10 @@ def roofline(
             "--accuracy-csv", help="Extra published scores (model,precision,benchmark,setting,score,source,note)."
         ),
     ] = None,
+    cost_model: Annotated[
+        Path | None,
+        typer.Option("--cost-model", help="A calibration file from 'moesim calibrate' (default: the roofline)."),
+    ] = None,
     hardware: HardwareOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -121,6 +135,7 @@ def roofline(
         load_accuracy(accuracy_csv),
         mem_fraction,
         mla_absorb,
+        load_cost_model(cost_model),
     )
     if not run.memory.fits and not ignore_memory:
         raise MoesimError(

@@ -1,0 +1,256 @@
+"""``moesim profile``, ``moesim import`` and ``moesim calibrate``: measured tables and the cost model."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dashboard.cli._common import emit_json, err, out, seconds
+from dashboard.cli.catalog import HardwareOpt, JsonOpt
+from model import MoesimError, get_gpu
+
+
+@contextmanager
+def progress_bar(what: str, quiet: bool = False):
+    """A progress bar on stderr; yields ``update(done, total, label)``."""
+    columns = (
+        TextColumn(f"[bold]{what}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label[:70])
+
+        yield update
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Format(str, Enum):
+    auto = "auto"
+    aiconfigurator = "aiconfigurator"
+    trace = "trace"
+
+
+def profile(
+    device: Annotated[
+        Device, typer.Option(help="Where to measure: cpu, or cuda (GPU 0; NCCL over all GPUs).")
+    ] = Device.cpu,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the tables (created).")] = Path("profiles/local"),
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="quick: a few minutes on a 2-core CPU; full: every preset shape.")
+    ] = True,
+    ops: Annotated[
+        str, typer.Option(help="Comma-separated: gemm,moe,attention,router,permute,collective,memcpy.")
+    ] = "gemm,moe,attention,router,permute,collective,memcpy",
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated dtypes (fp32, fp16, bf16; fp8 GEMMs on CUDA). Default: fp32 on cpu, bf16 on cuda."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time this device's kernels over shape grids from the preset models; write parquet tables.
+
+    Example: moesim profile --device cpu --quick --ops gemm,moe --out profiles/cpu
+    """
+    from profiling.runner import profile as run_profile
+
+    with progress_bar("profiling", quiet=False) as update:
+        run = run_profile(
+            device.value,
+            out_dir,
+            mode="quick" if quick else "full",
+            ops=[o.strip() for o in ops.split(",") if o.strip()],
+            dtypes=[d.strip() for d in dtype.split(",")] if dtype else None,
+            progress=update,
+        )
+    hw = run.hardware
+    summary: dict[str, Any] = {
+        "out": str(run.out),
+        "device": run.meta.get("device"),
+        "device_key": hw.key,
+        "mode": run.meta.get("mode"),
+        "threads": run.meta.get("threads"),
+        "rows": run.rows,
+        "tables": {k: str(v) for k, v in run.tables.items()},
+        "peak_flops": hw.peak_flops,
+        "memory_bandwidth": hw.memory_bandwidth,
+        "skipped": run.skipped,
+        "wall_s": round(run.wall_s, 2),
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    out.print(f"[bold]{summary['device']}[/bold] ({hw.key}, {summary['threads']} threads), {summary['mode']} grid")
+    t = Table("table", "rows", "file")
+    for kind, n in run.rows.items():
+        t.add_row(kind, str(n), str(run.tables[kind]))
+    out.print(t)
+    peaks = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in hw.peak_flops.items())
+    bw = f"{hw.memory_bandwidth / 1e9:,.1f} GB/s" if hw.memory_bandwidth else "unknown"
+    src = "measured" if hw.key in ("cpu", "cuda") else "datasheet"
+    out.print(f"{src} peak: {peaks}; memory bandwidth {bw}; spec in {run.out / 'hardware.yaml'}")
+    for s in run.skipped:
+        err.print(f"[yellow]skipped[/yellow] {s}", markup=True, soft_wrap=True)
+    out.print(
+        f"done in {seconds(run.wall_s)}; next: moesim calibrate {run.out} --out {run.out / 'calibration.parquet'}"
+    )
+
+
+def import_tables(
+    source: Annotated[
+        Path, typer.Argument(help="An AIConfigurator folder (*_perf.parquet) or a torch.profiler trace (.json[.gz]).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the converted tables (created).")],
+    fmt: Annotated[
+        Format, typer.Option("--format", help="auto: a folder or .parquet is AIConfigurator, .json a trace.")
+    ] = Format.auto,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help="Trace only: the GPU preset the trace was taken on (its roofline is the reference)."),
+    ] = None,
+    hardware: HardwareOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert measurements made elsewhere into moesim tables.
+
+    Example: moesim import ../shared/data/aiconfigurator-h100-sxm --out profiles/h100-aic
+    """
+    kind = fmt.value
+    if kind == "auto":
+        kind = "aiconfigurator" if source.is_dir() or source.suffix == ".parquet" else "trace"
+    if kind == "aiconfigurator":
+        from profiling.aiconfigurator import import_aiconfigurator
+
+        summary = import_aiconfigurator(source, out_dir) | {"format": kind}
+    else:
+        summary = _import_trace(source, out_dir, gpu, hardware)
+    if json_out:
+        emit_json(summary)
+        return
+    out.print(f"imported {source} ({kind}) into {out_dir}:")
+    for k, n in summary["rows"].items():
+        out.print(f"  {k}: {n:,} rows")
+    if kind == "trace":
+        out.print(
+            f"mapped {seconds(summary['mapped_s'])} of kernel time; unmapped {seconds(summary['unmapped_s'])} "
+            f"({summary['unmapped_names']} names, listed in {summary['unmapped_csv']})"
+        )
+
+
+def _import_trace(source: Path, out_dir: Path, gpu: str | None, hardware: Path | None) -> dict[str, Any]:
+    from profiling.tables import write_table
+    from profiling.trace_import import import_chrome_trace
+
+    result = import_chrome_trace(source)
+    spec = get_gpu(gpu, hardware) if gpu else None
+    if spec is not None and spec.key == "cpu" and not spec.peak_flops:
+        spec = None
+    if not result.tables:
+        raise MoesimError(
+            f"{source}: no event maps to an op kind moesim knows", "record the trace with record_shapes=True"
+        )
+    meta = {
+        "source": f"torch.profiler trace: {source.name}",
+        "device_type": result.device,
+        "device_key": spec.key if spec else None,
+        "hardware": spec.model_dump() if spec else None,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [str(write_table(df, out_dir / f"trace_{k}.parquet", meta)) for k, df in result.tables.items()]
+    unmapped = out_dir / "unmapped.csv"
+    result.unmapped.to_csv(unmapped, index=False)
+    return {
+        "format": "trace",
+        "out": str(out_dir),
+        "files": files,
+        "rows": {k: len(v) for k, v in result.tables.items()},
+        "device": result.device,
+        "mapped_s": result.mapped_s,
+        "unmapped_s": result.unmapped_s,
+        "unmapped_names": len(result.unmapped),
+        "unmapped_csv": str(unmapped),
+        "unmapped_top": result.unmapped.head(10).to_dict(orient="records"),
+    }
+
+
+def calibrate(
+    paths: Annotated[list[Path], typer.Argument(help="Table files or folders of them (profiled or imported).")],
+    out_file: Annotated[Path, typer.Option("--out", help="The calibration file to write (.parquet).")],
+    holdout: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of shapes held out to measure the error.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split and the method choice.")] = 0,
+    report: Annotated[
+        Path | None, typer.Option(help="Folder for an error table and measured-vs-predicted plots (PNG) per op kind.")
+    ] = None,
+    kinds: Annotated[str | None, typer.Option(help="Only these op kinds (comma-separated).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit a cost model to measured tables; report its error on held-out shapes.
+
+    Example: moesim calibrate profiles/h100-aic --out h100.calibration.parquet --holdout 0.2 --report cal-report
+    """
+    from profiling.calibrate import calibrate as run_calibrate
+    from profiling.calibrate import save
+
+    started = time.perf_counter()
+    with progress_bar("calibrating") as update:
+        cal = run_calibrate(
+            list(paths),
+            holdout=holdout,
+            seed=seed,
+            kinds=[k.strip() for k in kinds.split(",")] if kinds else None,
+            progress=update,
+        )
+    written: list[str] = []
+    if report is not None:
+        from profiling.report import write_report
+
+        written = [str(p) for p in write_report(cal, report)]
+    save(cal, out_file)
+    summary = cal.summary() | {
+        "out": str(out_file),
+        "report": written,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    t = Table(title=f"Held-out error ({holdout:.0%} of shapes, seed {seed})")
+    for col in ("kind", "dtype", "impl", "device", "method", "fitted", "held out", "MAPE", "P90 APE", "x reference"):
+        t.add_column(
+            col, justify="right" if col in ("fitted", "held out", "MAPE", "P90 APE", "x reference") else "left"
+        )
+    for f in cal.fits:
+        t.add_row(
+            f.kind, f.dtype, f.impl, f.device_key, f.predictor.method, str(f.rows_fit), str(f.rows_holdout),
+            f"{f.mape:.1f}%", f"{f.p90:.1f}%" if f.p90 == f.p90 else "-", f"{f.median_ratio:.2f}",
+        )  # fmt: skip
+    out.print(t)
+    if cal.skew:
+        s = cal.skew
+        out.print(
+            f"skew model: {s['rows']} skewed grouped GEMMs predicted from balanced ones, MAPE {s['mape']:.1f}% "
+            f"(assuming them balanced: {s['balanced_assumption_mape']:.1f}%)"
+        )
+    out.print(f"wrote {out_file}" + (f" and {len(written)} report files in {report}" if written else ""))

@@ -1,0 +1,402 @@
+"""``moesim calibrate``: measured tables in, a `CostModel` with its held-out error out.
+
+For every (op kind, dtype, implementation, device) in the tables:
+
+1. each row becomes the `Op` the simulator would build (`profiling.opshapes`)
+   and its reference time is the op's roofline on the measured device (the
+   spec in the table's metadata) plus the fastest call measured (the launch
+   floor); the target is y = ln(measured / reference);
+2. a random ``holdout`` fraction of the shapes is set aside;
+3. the method (`profiling.fit`) is chosen on the rest by an inner split, then
+   fitted on all of the rest;
+4. the held-out shapes measure the shipped predictor's error: MAPE and the
+   90th percentile of the absolute percentage error.
+
+The shipped fit is the one the error describes (fitted without the held-out
+rows); ``holdout=0`` fits everything and reports the inner validation error.
+Grouped-GEMM rows with a skewed token distribution are not fitted: the skew
+model (`profiling.skew`) predicts them from the balanced fit, and its error
+is reported beside.
+
+The file written (`save`) is one parquet: the training points (features and
+y per fit) with every fit's method, coefficients, range, device and errors
+in its metadata. `CalibratedCostModel` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.errors import HardwareError, MoesimError
+from model.hardware import ClusterSpec, HardwareSpec, local_cpu, make_cluster
+from model.ops import Op
+from model.roofline import OpTime, RooflineCostModel
+from profiling import fit as fitlib
+from profiling.opshapes import FEATURES, FLAGS, features, row_ops, table_dtype
+from profiling.tables import COLLECTIVES, TableError, load_tables
+
+META_KEY = b"moesim_calibration"
+#: How far (log2 units, i.e. doublings) beyond the measured range a feature may go before the roofline takes over.
+RANGE_SLACK = 0.5
+#: Farthest a query may be from its nearest measured shape (log2 units) before the roofline takes over.
+MAX_GAP = 2.0
+
+
+@dataclass
+class Fit:
+    """One calibrated predictor and what it is worth.
+
+    Attributes:
+        kind, dtype, impl: what was measured.
+        device_key: the measured device's key (``cpu``, ``H100-SXM``...).
+        hardware: the measured device's spec (the reference roofline).
+        predictor: the fitted `profiling.fit.Predictor`.
+        lo, hi: the measured range of each feature (log2).
+        rows_fit, rows_holdout: rows fitted and held out.
+        mape, p90: held-out mean and 90th-percentile absolute % error.
+        scores: inner-validation MAPE (%) of every method.
+        reference: ``roofline``, or ``nominal`` where the device's spec lacks
+            a figure the roofline needs (such a fit cannot be transferred).
+        floor_s: the fastest fitted call, s: added to the reference so that
+            tiny shapes, which the launch and dispatch overhead bounds rather
+            than the roofline, have a target that varies smoothly.
+        holdout: the held-out rows' measured and predicted times (s), for the report.
+    """
+
+    kind: str
+    dtype: str
+    impl: str
+    device_key: str
+    hardware: HardwareSpec
+    predictor: fitlib.Predictor
+    lo: np.ndarray
+    hi: np.ndarray
+    rows_fit: int
+    rows_holdout: int
+    mape: float
+    p90: float
+    scores: dict[str, float]
+    reference: str = "roofline"
+    floor_s: float = 0.0
+    holdout: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+
+    @property
+    def key(self) -> str:
+        """``kind/dtype/impl@device``."""
+        return f"{self.kind}/{self.dtype}/{self.impl}@{self.device_key}"
+
+    @property
+    def median_ratio(self) -> float:
+        """Median measured / reference time over the fitted rows (lower: closer to the roofline)."""
+        return float(np.exp(np.median(self.predictor.y)))
+
+    def summary(self) -> dict[str, Any]:
+        """The fit's figures as a JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "impl": self.impl,
+            "device": self.device_key,
+            "method": self.predictor.method,
+            "rows_fit": self.rows_fit,
+            "rows_holdout": self.rows_holdout,
+            "mape": round(self.mape, 3),
+            "p90_ape": round(self.p90, 3),
+            "median_ratio_to_reference": round(self.median_ratio, 4),
+            "reference": self.reference,
+            "floor_s": self.floor_s,
+        }
+
+
+def _cluster(hw: HardwareSpec, gpus: int = 1) -> ClusterSpec:
+    return make_cluster(hw, gpus_per_node=max(gpus, hw.node.gpus_per_node), nodes=1)
+
+
+def reference_times(ops: list[Op], hw: HardwareSpec) -> tuple[np.ndarray, str]:
+    """Roofline seconds of ``ops`` on ``hw`` ([n]), and ``roofline`` or ``nominal``.
+
+    Where ``hw`` lacks a figure the roofline needs (a CPU's links, an
+    unprofiled peak), every op gets the nominal reference 1 TFLOP/s,
+    100 GB/s memory, 10 GB/s links: y then still varies smoothly with the
+    shape, but the fit cannot be carried to another device.
+    """
+    roof = RooflineCostModel()
+    try:
+        cl = _cluster(hw, max(int(op.shape.get("gpus", 1)) for op in ops))
+        return np.array([roof.op_time(op, cl).seconds for op in ops]), "roofline"
+    except HardwareError:
+        t = [max(op.flops / 1e12, op.bytes / 1e11, (op.intra_bytes + op.inter_bytes) / 1e10) for op in ops]
+        return np.array(t) + 1e-7, "nominal"
+
+
+def _hardware(meta: dict[str, Any], where: Path, override: HardwareSpec | None) -> HardwareSpec:
+    if override is not None:
+        return override
+    if meta.get("hardware"):
+        return HardwareSpec(**meta["hardware"])
+    if meta.get("device_type", "cpu") == "cpu":
+        return local_cpu()
+    raise TableError(f"{where}: the table names no hardware", "calibrate with --hardware FILE --gpu NAME")
+
+
+@dataclass
+class Calibration:
+    """Every fit of a calibration, and the skew model's error when skewed rows were measured."""
+
+    fits: list[Fit]
+    skew: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: per fit, and the skew model."""
+        return {"fits": [f.summary() for f in self.fits], "skew": self.skew, "sources": self.sources}
+
+
+Progress = Callable[[int, int, str], None]
+
+
+def calibrate(
+    paths: list[str | Path],
+    *,
+    holdout: float = 0.2,
+    seed: int = 0,
+    hardware: HardwareSpec | None = None,
+    kinds: list[str] | None = None,
+    progress: Progress | None = None,
+) -> Calibration:
+    """Fit a predictor per (kind, dtype, impl, device) of the tables under ``paths`` (see the module docstring)."""
+    if not 0.0 <= holdout < 1.0:
+        raise MoesimError(f"--holdout {holdout} is outside [0, 1)", "use a fraction such as 0.2")
+    groups: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
+    specs: dict[str, HardwareSpec] = {}
+    skewed: list[tuple[pd.DataFrame, str]] = []
+    sources = []
+    for df, meta, path in load_tables(paths):
+        hw = _hardware(meta, path, hardware)
+        specs[hw.key] = hw
+        sources.append(str(path))
+        if "distribution" in df.columns:
+            skew_rows = df["distribution"].astype(str) != "balanced"
+            if skew_rows.any():
+                skewed.append((df[skew_rows], hw.key))
+            df = df[~skew_rows]
+        for (kind, dtype, impl), part in df.groupby(["op", "dtype", "impl"], sort=True):
+            if kinds and kind not in kinds:
+                continue
+            groups.setdefault((str(kind), str(dtype), str(impl), hw.key), []).append(part)
+    if not groups:
+        raise TableError("no rows to calibrate on", "give tables with balanced rows of the kinds asked for")
+    rng = np.random.default_rng(seed)
+    fits = []
+    for i, ((kind, dtype, impl, dev), parts) in enumerate(sorted(groups.items())):
+        if progress:
+            progress(i, len(groups), f"{kind}/{dtype}/{impl}@{dev}")
+        fits.append(_fit_group(kind, dtype, impl, specs[dev], pd.concat(parts, ignore_index=True), holdout, rng))
+    if progress:
+        progress(len(groups), len(groups), "done")
+    cal = Calibration(fits, sources=sources)
+    if skewed:
+        from profiling.skew import skew_error
+
+        cal.skew = skew_error(cal, pd.concat([d for d, _ in skewed], ignore_index=True), skewed[0][1])
+    return cal
+
+
+def _fit_group(
+    kind: str, dtype: str, impl: str, hw: HardwareSpec, df: pd.DataFrame, holdout: float, rng: np.random.Generator
+) -> Fit:
+    ops = row_ops(kind, df)
+    x = np.array([features(op) for op in ops], dtype=float)
+    roof, how = reference_times(ops, hw)
+    times = df["time_s"].to_numpy(float)
+    n = len(df)
+    order = rng.permutation(n)
+    cut = round(n * holdout) if n >= 10 else 0
+    test, train = order[:cut], order[cut:]
+    floor = float(times[train].min())
+    ref = roof + floor
+    y = np.log(times / ref)
+    (method, k), scores = fitlib.choose(x[train], y[train], rng)
+    pred = fitlib.fit(method, x[train], y[train], k)
+    if cut:
+        err = fitlib.ape(pred.predict(x[test]), y[test])
+        mape, p90 = float(err.mean()), float(np.percentile(err, 90))
+        held = pd.DataFrame(
+            {"measured_s": df["time_s"].to_numpy()[test], "predicted_s": np.exp(pred.predict(x[test])) * ref[test]}
+        )
+    else:
+        mape = scores.get(f"{method}:{k}", math.nan)
+        p90, held = math.nan, pd.DataFrame()
+    return Fit(
+        kind, dtype, impl, hw.key, hw, pred, x[train].min(axis=0), x[train].max(axis=0),
+        len(train), cut, mape, p90, scores, how, floor, held,
+    )  # fmt: skip
+
+
+def save(cal: Calibration, path: str | Path) -> Path:
+    """Write ``cal`` to ``path`` (one parquet file, atomically)."""
+    path = Path(path)
+    frames = []
+    for i, f in enumerate(cal.fits):
+        d = pd.DataFrame(f.predictor.x, columns=[f"x{j}" for j in range(f.predictor.x.shape[1])])
+        d.insert(0, "fit", i)
+        d["y"] = f.predictor.y
+        frames.append(d)
+    data = pd.concat(frames, ignore_index=True)
+    meta = {
+        "format": "moesim-calibration/1",
+        "fits": [
+            f.summary()
+            | {"predictor": f.predictor.to_json(), "lo": f.lo.tolist(), "hi": f.hi.tolist()}
+            | {"hardware": f.hardware.model_dump(), "scores": f.scores}
+            for f in cal.fits
+        ],
+        "skew": cal.skew,
+        "sources": cal.sources,
+    }
+    table = pa.Table.from_pandas(data, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path) -> Calibration:
+    """Read a calibration written by `save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MoesimError(f"{path}: no such calibration file", "write one with 'moesim calibrate TABLES --out FILE'")
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+        data = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException):
+        raw = None
+    if not raw:
+        raise MoesimError(
+            f"{path}: not a moesim calibration file", "write one with 'moesim calibrate TABLES --out FILE'"
+        )
+    meta = json.loads(raw)
+    fits = []
+    for i, m in enumerate(meta["fits"]):
+        rows = data[data["fit"] == i]
+        d = len(FEATURES[m["kind"]])
+        x = rows[[f"x{j}" for j in range(d)]].to_numpy(float)
+        p = m["predictor"]
+        pred = fitlib.Predictor(p["method"], x, rows["y"].to_numpy(float), np.asarray(p["coef"], float), p["k"])
+        fits.append(
+            Fit(
+                m["kind"],
+                m["dtype"],
+                m["impl"],
+                m["device"],
+                HardwareSpec(**m["hardware"]),
+                pred,
+                np.asarray(m["lo"]),
+                np.asarray(m["hi"]),
+                m["rows_fit"],
+                m["rows_holdout"],
+                m["mape"],
+                m["p90_ape"] if m["p90_ape"] is not None else math.nan,
+                m.get("scores", {}),
+                m.get("reference", "roofline"),
+                m.get("floor_s", 0.0),
+            )
+        )
+    return Calibration(fits, meta.get("skew", {}), meta.get("sources", []))
+
+
+class CalibratedCostModel:
+    """A `CostModel` from measured tables, with the roofline where they do not reach.
+
+    For an op it looks up the fit of the op's kind and dtype (`table_dtype`)
+    measured on the cluster's GPU; several implementations of one kind: the
+    fastest (lowest median ratio to the roofline), as an engine would pick.
+    On another GPU it transfers a fit: the predicted ratio times that GPU's
+    roofline, so compute-bound shapes scale with the peak and memory-bound
+    shapes with the bandwidth. Each `OpTime.source` says which: ``measured:``,
+    ``transfer:`` or ``roofline:`` with the reason.
+    """
+
+    def __init__(self, calibration: Calibration, name: str = "calibrated") -> None:
+        self.calibration, self.name = calibration, name
+        self._roof = RooflineCostModel()
+        self._by_key: dict[tuple[str, str], list[Fit]] = {}
+        for f in sorted(calibration.fits, key=lambda f: f.median_ratio):
+            self._by_key.setdefault((f.kind, f.dtype), []).append(f)
+        self._cache: dict[tuple[Any, ...], OpTime] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CalibratedCostModel:
+        """Load a calibration file written by ``moesim calibrate``."""
+        return cls(load(path), name=f"calibrated:{Path(path).name}")
+
+    def _pick(self, op: Op, cluster: ClusterSpec) -> tuple[Fit | None, bool]:
+        fits = self._by_key.get((op.kind, table_dtype(op)), [])
+        same = [f for f in fits if f.device_key == cluster.gpu.key]
+        if same:
+            return same[0], False
+        movable = [f for f in fits if f.reference == "roofline"]
+        return (movable[0], True) if movable else (None, False)
+
+    def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
+        """The op's time from its fit, or its roofline with the reason (see the class docstring)."""
+        fit, transfer = self._pick(op, cluster)
+        kind = f"{op.kind}/{table_dtype(op)}"
+        if fit is None:
+            return replace(self._roof.op_time(op, cluster), source=f"roofline: no measured {kind} table")
+        if op.kind in COLLECTIVES and op.inter_bytes > 0:
+            return replace(self._roof.op_time(op, cluster), source="roofline: multi-node collectives not measured")
+        f = features(op)
+        if f is None:
+            return replace(self._roof.op_time(op, cluster), source=f"roofline: {op.name} has no {kind} shape")
+        key = (fit.key, transfer, cluster.gpu.key, cluster.gpus_per_node, f, op.count, op.name)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        x = np.asarray(f)
+        sizes = np.array([name not in FLAGS for name in FEATURES[op.kind]])
+        outside = np.flatnonzero(sizes & ((x < fit.lo - RANGE_SLACK) | (x > fit.hi + RANGE_SLACK)))
+        if outside.size:
+            j = int(outside[0])
+            name = FEATURES[op.kind][j]
+            why = f"{name}=2^{x[j]:.1f} outside measured 2^{fit.lo[j]:.1f}..2^{fit.hi[j]:.1f} of {fit.key}"
+            out = replace(self._roof.op_time(op, cluster), source=f"roofline: {why}")
+        elif fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP:
+            out = replace(self._roof.op_time(op, cluster), source=f"roofline: no measured shape near it in {fit.key}")
+        else:
+            ratio = float(np.exp(fit.predictor.predict(x)[0]))
+            if transfer:
+                ref = self._roof.op_time(op, cluster)
+                src = f"transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method})"
+            else:
+                ref = (
+                    self._roof.op_time(op, _same_device(cluster, fit.hardware)) if fit.reference == "roofline" else None
+                )
+                src = f"measured:{fit.key} ({fit.predictor.method})"
+            if ref is None:  # nominal reference
+                t = ratio * (reference_times([op], fit.hardware)[0][0] + fit.floor_s)
+                out = OpTime(t, 0.0, 0.0, 0.0, "measured", src)
+            else:
+                t = ratio * (ref.seconds + fit.floor_s)
+                out = OpTime(t, ref.compute_s, ref.memory_s, ref.link_s, ref.bound, src)
+        self._cache[key] = out
+        return out
+
+
+def _same_device(cluster: ClusterSpec, hw: HardwareSpec) -> ClusterSpec:
+    """``cluster`` with its GPU replaced by the measured spec (links kept where the spec has none)."""
+    links = {k: getattr(hw.node, k) for k in ("intra_bw", "intra_latency_s", "inter_bw", "inter_latency_s")}
+    links = {k: v if v is not None else getattr(cluster, k) for k, v in links.items()}
+    return cluster.model_copy(update={"gpu": hw, **links})

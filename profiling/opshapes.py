@@ -1,0 +1,185 @@
+"""Table rows as `model.ops.Op`s, and the features a calibrated predictor reads from an op.
+
+A measured row and an op of a simulated step go through the same two
+functions: `row_ops` turns each table row into the `Op` the simulator would
+build for that shape (same FLOPs, bytes and ``shape`` keys), and `features`
+reads the predictor's coordinates from any op. Features are log2 of sizes,
+so one unit is a doubling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from model.dtypes import DTYPE_BYTES, Precision
+from model.ops import Op, collective, experts_op, gemm
+from profiling.tables import COLLECTIVES
+
+#: Feature names per op kind: log2 of sizes, except ``direction`` (0 dispatch, 1 combine) and
+#: ``aligned4``/``aligned16`` (1 when m is a multiple of 4 / 16: GEMM libraries pick faster
+#: kernels for aligned rows; in the H100 reference data an fp8 block-scaled GEMM of 257 rows
+#: takes 1.4x the time of one of 256).
+FEATURES: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "n", "k", "aligned4", "aligned16"),
+    "grouped_gemm": ("pairs_per_expert", "active_experts", "hidden", "inter", "routed"),
+    "attention": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    "router": ("tokens", "hidden", "experts", "top_k"),
+    "permute": ("tokens", "hidden", "top_k", "direction"),
+    "memcpy": ("bytes",),
+    **{c: ("bytes", "gpus") for c in COLLECTIVES},
+}
+_BYTES_TO_DTYPE = {4.0: "fp32", 0.5 + 2.0 / 128.0: "int4", 0.5 + 1.0 / 32.0: "fp4"}
+
+
+def _act_bytes(dtype: str) -> float:
+    return 4.0 if dtype == "fp32" else 2.0
+
+
+def _compute_dtype(dtype: str) -> str:
+    """The peak a kernel of ``dtype`` weights runs at (int4 is W4A16: 16-bit math)."""
+    return {"int4": "bf16", "fp4": "fp4", "int8": "int8"}.get(dtype, dtype)
+
+
+def table_dtype(op: Op) -> str:
+    """The dtype a measured table must have to time ``op``: its weights' dtype for GEMMs, else its own."""
+    wb = op.shape.get("w_bytes")
+    if wb is None:
+        return op.dtype
+    if wb in _BYTES_TO_DTYPE:
+        return _BYTES_TO_DTYPE[wb]
+    if wb == 1.0:
+        return "int8" if op.dtype == "int8" else "fp8"
+    return op.dtype if op.dtype in ("bf16", "fp16") else "bf16"
+
+
+def _grouped(r: dict, dtype: str) -> Op:
+    moe_tp, ep = int(r.get("moe_tp", 1) or 1), int(r.get("ep", 1) or 1)
+    width = int(r["inter"]) // moe_tp
+    p = Precision(weights=dtype) if dtype in DTYPE_BYTES and dtype != "tf32" else Precision()
+    op = experts_op(
+        float(r["tokens"]), int(r["hidden"]), width, int(r["top_k"]), int(r["experts"]), ep, p,
+        _compute_dtype(dtype), moe_tp=moe_tp, balanced=True,
+    )  # fmt: skip
+    pairs, active = r.get("pairs"), r.get("active_experts")
+    if pairs is None or (isinstance(pairs, float) and math.isnan(pairs)):
+        return op
+    pairs, active = float(pairs), float(active)
+    h = int(r["hidden"])
+    ab = p.activation_bytes
+    return Op(
+        op.name, op.kind, "", 1,
+        flops=6.0 * pairs * h * width,
+        weight_bytes=active * 3 * h * width * p.weight_bytes,
+        kv_bytes=0.0,
+        act_bytes=(2 * pairs * h + 4 * pairs * width) * ab,
+        dtype=op.dtype,
+        shape={**op.shape, "pairs": pairs, "active_experts": active, "mean_pairs": pairs},
+    )  # fmt: skip
+
+
+def _attention(r: dict, dtype: str) -> Op:
+    b, lq, lk = int(r["batch"]), int(r["q_len"]), int(r["kv_len"])
+    h, kvh, d = int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"])
+    pairs = b * (lq * (lk - lq) + lq * (lq + 1) // 2)
+    t, kv_read, ab = b * lq, b * lk, _act_bytes(dtype)
+    return Op(
+        "attention", "attention", "", 1,
+        flops=2.0 * pairs * h * 2 * d,
+        weight_bytes=0.0,
+        kv_bytes=(kv_read + t) * kvh * 2 * d * ab,
+        act_bytes=t * h * 2 * d * ab,
+        dtype=dtype,
+        shape={"batch": b, "tokens": t, "kv_read": kv_read, "pairs": pairs, "heads": h, "kv_heads": kvh, "head_dim": d},
+    )  # fmt: skip
+
+
+def row_op(kind: str, r: dict) -> Op:
+    """The `Op` of one table row (a dict of its columns)."""
+    dtype = str(r["dtype"])
+    ab = _act_bytes(dtype)
+    if kind == "gemm":
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        return gemm("gemm", "", 1, m, n, k, DTYPE_BYTES.get(dtype, 2.0), ab, _compute_dtype(dtype))
+    if kind == "grouped_gemm":
+        return _grouped(r, dtype)
+    if kind == "attention":
+        return _attention(r, dtype)
+    if kind == "router":
+        t, h, e = int(r["tokens"]), int(r["hidden"]), int(r["experts"])
+        return Op(
+            "router", "router", "", 1, flops=2.0 * t * h * e, weight_bytes=h * e * ab, kv_bytes=0.0,
+            act_bytes=t * h * ab + t * e * 4.0, dtype=dtype,
+            shape={"tokens": t, "experts": e, "hidden": h, "top_k": int(r["top_k"])},
+        )  # fmt: skip
+    if kind == "permute":
+        t, h, k = int(r["tokens"]), int(r["hidden"]), int(r["top_k"])
+        return Op(
+            "permute", "permute", "", 1, flops=0.0, weight_bytes=0.0, kv_bytes=0.0,
+            act_bytes=2.0 * t * k * h * ab, dtype=dtype,
+            shape={"tokens": t, "hidden": h, "top_k": k, "direction": str(r["direction"])},
+        )  # fmt: skip
+    if kind == "memcpy":
+        n = float(r["bytes"])
+        return Op("memcpy", "memcpy", "", 1, 0.0, 0.0, 0.0, 2.0 * n, dtype=dtype, shape={"bytes": n})
+    if kind in COLLECTIVES:
+        g, n = int(r["gpus"]), float(r["bytes"])
+        if kind == "all_to_all":
+            return Op(
+                "all_to_all", kind, "", 1, 0.0, 0.0, 0.0, 0.0, intra_bytes=n * (g - 1) / g,
+                intra_msgs=1 if g > 1 else 0, shape={"bytes": n, "gpus": g},
+            )  # fmt: skip
+        op = collective(kind, kind, "", 1, n, g, g)
+        if op is None:
+            return Op(kind, kind, "", 1, 0.0, 0.0, 0.0, 0.0, shape={"bytes": n, "gpus": g})
+        return op
+    raise ValueError(f"unknown op kind {kind}")
+
+
+def row_ops(kind: str, df: pd.DataFrame) -> list[Op]:
+    """`row_op` over every row of a table of one kind."""
+    return [row_op(kind, r) for r in df.to_dict("records")]
+
+
+def _log2(x: float) -> float:
+    return math.log2(max(float(x), 1e-9))
+
+
+def features(op: Op) -> tuple[float, ...] | None:
+    """The predictor's coordinates of ``op`` (`FEATURES`), or None when its shape lacks them."""
+    s = op.shape
+    try:
+        if op.kind == "gemm":
+            m = int(s["m"]) * int(s.get("batch", 1))
+            return (_log2(m), _log2(s["n"]), _log2(s["k"]), float(m % 4 == 0), float(m % 16 == 0))
+        if op.kind == "grouped_gemm":
+            active = max(float(s["active_experts"]), 1.0)
+            routed = s["tokens"] * s["top_k"]
+            return (_log2(s["pairs"] / active), _log2(active), _log2(s["hidden"]), _log2(s["inter"]), _log2(routed))
+        if op.kind == "attention":
+            b = max(int(s["batch"]), 1)
+            return tuple(
+                _log2(v) for v in (b, s["tokens"] / b, s["kv_read"] / b, s["heads"], s["kv_heads"], s["head_dim"])
+            )
+        if op.kind == "router":
+            return tuple(_log2(s[c]) for c in ("tokens", "hidden", "experts", "top_k"))
+        if op.kind == "permute":
+            return (_log2(s["tokens"]), _log2(s["hidden"]), _log2(s["top_k"]), float(s["direction"] == "combine"))
+        if op.kind in ("memcpy", *COLLECTIVES):
+            if "bytes" not in s:
+                return None
+            return (_log2(s["bytes"]),) if op.kind == "memcpy" else (_log2(s["bytes"]), _log2(s["gpus"]))
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return None
+
+
+#: Features that are flags, not sizes: the measured-range check skips them.
+FLAGS = {"direction", "aligned4", "aligned16"}
+
+
+def feature_matrix(ops: list[Op]) -> np.ndarray:
+    """Features of ``ops`` stacked: [len(ops), n_features] float."""
+    return np.array([features(op) for op in ops], dtype=float)

@@ -1,0 +1,246 @@
+"""``moesim profile``: run the microbenchmarks over the grids and write the tables.
+
+The run writes, under ``--out``: one parquet table per op kind
+(``gemm.parquet``, ``grouped_gemm.parquet``...; columns in
+`profiling.tables`), each carrying the run's metadata, and
+``hardware.yaml``: the device's `HardwareSpec` (for the CPU, the peak FLOP/s
+and memory bandwidth measured by a probe; for a known GPU, its datasheet
+entry). Tables are written only when the run completes, each atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from model.errors import HardwareError, MoesimError
+from model.hardware import HardwareSpec, NodeSpec, list_gpus, local_cpu
+from profiling import grids
+from profiling.tables import write_table
+
+#: ``--ops`` names and the table kinds they fill.
+OP_GROUPS = {
+    "gemm": ("gemm",),
+    "moe": ("grouped_gemm",),
+    "attention": ("attention",),
+    "router": ("router",),
+    "permute": ("permute",),
+    "memcpy": ("memcpy",),
+    "collective": ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"),
+}
+#: CUDA device names (as torch reports them) to GPU presets.
+CUDA_NAMES = {
+    "H100 80GB HBM3": "H100-SXM",
+    "H100 PCIe": "H100-PCIe",
+    "H800": "H800",
+    "H200": "H200-SXM",
+    "A100-SXM4-80GB": "A100-SXM-80GB",
+    "A100 80GB": "A100-SXM-80GB",
+    "B200": "B200",
+    "L40S": "L40S",
+    "RTX 4090": "RTX-4090",
+}
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ProfileRun:
+    """What a profile run wrote: tables per kind, the hardware, what was skipped, wall time (s)."""
+
+    out: Path
+    tables: dict[str, Path]
+    rows: dict[str, int]
+    hardware: HardwareSpec
+    skipped: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise MoesimError(
+            "torch is not installed", "pip install 'moesim[profile]' (or torch==2.13.0 on a CPU)"
+        ) from None
+    return torch
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line error when ``device`` cannot be profiled here."""
+    torch = _import_torch()
+    if device not in ("cpu", "cuda"):
+        raise MoesimError(f"unknown device '{device}'", "use --device cpu or --device cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HardwareError("--device cuda: torch sees no CUDA GPU on this machine", "use --device cpu here")
+
+
+def cuda_preset(device_name: str) -> HardwareSpec | None:
+    """The GPU preset whose name torch reports (``NVIDIA H100 80GB HBM3`` -> H100-SXM), or None."""
+    for pattern, key in CUDA_NAMES.items():
+        if pattern in device_name:
+            return list_gpus()[key]
+    return None
+
+
+def probe_hardware(device: str, dtypes: list[str], timer: Any) -> HardwareSpec:
+    """The device's spec: for a known GPU its preset, else peak FLOP/s and bandwidth measured now.
+
+    The probe times one large GEMM per dtype (2 n^3 FLOP, n = 2048 on the CPU,
+    8192 on CUDA) and one large copy (2 x 256 MiB moved on the CPU, 2 x 1 GiB
+    on CUDA); the measured figures are what this device reaches, a lower
+    bound of its true peak.
+    """
+    import torch
+
+    from profiling.kernels import torch_dtype
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        preset = cuda_preset(name)
+        if preset is not None:
+            return preset
+    n = 2048 if device == "cpu" else 8192
+    peaks: dict[str, float] = {}
+    for dt in dtypes:
+        if dt not in ("fp32", "fp16", "bf16"):
+            continue
+        a = torch.randn(n, n, device=device, dtype=torch_dtype(dt))
+        peaks[dt] = 2.0 * n**3 / timer(lambda a=a: torch.mm(a, a)).median_s
+    size = (256 if device == "cpu" else 1024) * 2**20
+    src = torch.randn(size // 4, device=device)
+    dst = torch.empty_like(src)
+    bandwidth = 2.0 * size / timer(lambda: dst.copy_(src)).median_s
+    base = local_cpu() if device == "cpu" else None
+    sources = {"peak_flops": f"measured by moesim profile: {n}^3 GEMM", "memory_bandwidth": "measured: 256 MiB copy"}
+    return HardwareSpec(
+        key="cpu" if device == "cpu" else "cuda",
+        name=base.name if base else torch.cuda.get_device_name(0),
+        vendor="cpu" if device == "cpu" else "nvidia",
+        peak_flops=peaks,
+        memory_gib=base.memory_gib if base else torch.cuda.get_device_properties(0).total_memory / 2**30,
+        memory_bandwidth=bandwidth,
+        tdp_w=None,
+        node=NodeSpec(gpus_per_node=1, intra_bw=None, intra_latency_s=None, inter_bw=None, inter_latency_s=None),
+        sources=sources,
+    )
+
+
+def plan(device: str, mode: str, ops: list[str], dtypes: list[str]) -> list[tuple[str, dict[str, Any], str]]:
+    """The (kind, shape, dtype) points a run times, in order."""
+    b = grids.BUDGETS[(device, mode)]
+    points: list[tuple[str, dict[str, Any], str]] = []
+    for op in ops:
+        if op == "gemm":
+            points += [("gemm", s, d) for d in dtypes for s in grids.gemm_shapes(b)]
+        elif op == "moe":
+            moe_dtypes = [d for d in dtypes if d != "fp8"]
+            points += [("grouped_gemm", s, d) for d in moe_dtypes for s in grids.grouped_gemm_shapes(b)]
+            points += [("grouped_gemm", s, d) for d in moe_dtypes[:1] for s in grids.skew_shapes(b)]
+            if device == "cuda":
+                points += [("grouped_gemm_triton", s, d) for d in moe_dtypes for s in grids.grouped_gemm_shapes(b)]
+        elif op in ("attention", "router", "permute", "memcpy"):
+            shapes = getattr(grids, f"{op}_shapes")(b)
+            kind_dtypes = ["fp32"] if op == "memcpy" else [d for d in dtypes if d != "fp8"]
+            points += [(op, s, d) for d in kind_dtypes for s in shapes]
+    return points
+
+
+def profile(
+    device: str,
+    out: str | Path,
+    *,
+    mode: str = "quick",
+    ops: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    progress: Progress | None = None,
+) -> ProfileRun:
+    """Time every grid point of ``ops`` on ``device`` and write the tables under ``out``.
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        out: output folder (created).
+        mode: ``quick`` (a few minutes on a 2-core CPU) or ``full``.
+        ops: ``--ops`` names (`OP_GROUPS`); default all.
+        dtypes: dtypes to time; default fp32 on the CPU (this CPU has no
+            16-bit matrix hardware), bf16 on CUDA.
+        progress: called as progress(done, total, label) after each point.
+    """
+    check_device(device)
+    import torch
+
+    from profiling.kernels import BENCHES, bench_grouped_gemm_triton
+    from profiling.timing import Timer, environment
+
+    ops = list(ops or OP_GROUPS)
+    unknown = [o for o in ops if o not in OP_GROUPS]
+    if unknown:
+        raise MoesimError(f"unknown op group(s) {', '.join(unknown)}", f"use --ops with {','.join(OP_GROUPS)}")
+    dtypes = list(dtypes or (["fp32"] if device == "cpu" else ["bf16"]))
+    for dt in dtypes:
+        if dt not in ("fp32", "fp16", "bf16", "fp8") or (dt == "fp8" and device == "cpu"):
+            raise MoesimError(f"cannot profile dtype '{dt}' on {device}", "use fp32, fp16 or bf16 (fp8 on CUDA only)")
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = 0.3 if mode == "quick" else 1.0
+    timer = Timer(device, budget_s=budget, max_reps=50 if mode == "quick" else 200)
+    hardware = probe_hardware(device, dtypes, timer)
+    points = plan(device, mode, ops, dtypes)
+    with_collectives = "collective" in ops
+    total = len(points) + (1 if with_collectives else 0)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    skipped: list[str] = []
+    for i, (kind, shape, dtype) in enumerate(points):
+        label = f"{kind} {dtype} " + " ".join(f"{k}={v}" for k, v in shape.items() if k != "skew_set")
+        try:
+            fn = bench_grouped_gemm_triton if kind == "grouped_gemm_triton" else BENCHES[kind]
+            row = fn({k: v for k, v in shape.items() if k != "skew_set"}, dtype, device, timer)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # an unsupported shape on this device
+            skipped.append(f"{label}: {str(exc).splitlines()[0][:120]}")
+        else:
+            table = "grouped_gemm" if kind == "grouped_gemm_triton" else kind
+            rows.setdefault(table, []).append(
+                {"op": table, "dtype": dtype, **row, "skew_set": bool(shape.get("skew_set"))}
+            )
+        if progress:
+            progress(i + 1, total, label)
+    if with_collectives:
+        from profiling.collectives import bench_collectives
+
+        world = torch.cuda.device_count() if device == "cuda" else 2
+        if world < 2:
+            skipped.append("collectives: need at least 2 ranks (1 GPU here)")
+        else:
+            sizes = list(grids.BUDGETS[(device, mode)].collective_bytes)
+            coll, missing = bench_collectives(device, world, sizes)
+            skipped += [f"{op}: not implemented by {'nccl' if device == 'cuda' else 'gloo'}" for op in missing]
+            for r in coll:
+                rows.setdefault(r["op"], []).append(r)
+        if progress:
+            progress(total, total, "collectives")
+    meta = environment(device) | {
+        "source": "moesim profile",
+        "mode": mode,
+        "dtypes": dtypes,
+        "device_key": hardware.key,
+        "hardware": hardware.model_dump(),
+    }
+    written: dict[str, Path] = {}
+    for kind, kind_rows in rows.items():
+        df = pd.DataFrame(kind_rows)
+        if kind != "grouped_gemm":
+            df = df.drop(columns=["skew_set"], errors="ignore")
+        written[kind] = write_table(df, out / f"{kind}.parquet", meta)
+    hw = hardware.model_dump(exclude={"key"})
+    (out / "hardware.yaml").write_text(yaml.safe_dump({hardware.key: hw}, sort_keys=False))
+    return ProfileRun(
+        out, written, {k: len(v) for k, v in rows.items()}, hardware, skipped, time.perf_counter() - started, meta
+    )
