@@ -7,7 +7,10 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 3. routing arithmetic (busiest GPU, distinct experts) against Monte Carlo;
 4. the roofline against real H100 SXM kernel timings (AIConfigurator's
    database in ../shared/data/aiconfigurator-h100-sxm; skipped when absent):
-   a roofline is a lower bound, so measured time / roofline time should be >= 1.
+   a roofline is a lower bound, so measured time / roofline time should be >= 1;
+5. the calibrated cost model's held-out error on the H100 reference kernels;
+6. the same on this CPU's own kernels (profiled here; needs torch), and the
+   skew model (`benchmarks/calibration.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.calibration import bench_calibration_cpu, bench_calibration_h100  # noqa: E402
 from model import (  # noqa: E402
     Batch,
     Layout,
@@ -275,6 +279,8 @@ def main() -> None:
         ("analytical speed", lambda: bench_speed(args.quick)),
         ("routing vs Monte Carlo", bench_routing),
         ("roofline vs real H100 kernels", lambda: bench_real_h100(args.quick)),
+        ("calibration on H100 kernels", lambda: bench_calibration_h100(DATA, args.quick)),
+        ("calibration on this CPU", lambda: bench_calibration_cpu(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

@@ -37,7 +37,7 @@ def _call(op: str, x: torch.Tensor, parts: list[torch.Tensor], out: torch.Tensor
             parts, x[: len(parts[0])]
         )
     elif op == "reduce_scatter":
-        dist.reduce_scatter_tensor(parts[0], x)
+        getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)(parts[0], x)
     else:
         dist.all_to_all_single(out, x)
 

@@ -1,24 +1,26 @@
-"""The torch microbenchmarks: one function per op kind, shape in, timing out.
+"""The torch microbenchmarks: one function per op kind, shape in, a timed callable out.
 
-Each ``bench_*`` function builds its tensors for one grid point (a dict of the
-kind's shape columns, `profiling.tables`), times the op with a `Timer`, and
-returns the row to record: the shape, the time (s) and what the kernel did
-(``flops``, ``bytes`` moved, and for grouped GEMMs the token counts per
-expert). torch is imported here only: the simulator never needs it.
+Each ``prepare_*`` function sets up one grid point (a dict of the kind's shape
+columns, `profiling.tables`) and returns the callable to time with what the
+kernel does (``flops``, ``bytes_moved``, and for grouped GEMMs the token
+counts per expert). Operands are views of one random buffer per dtype
+(`Pool`), so setting a shape up costs no allocation and a grid can be swept
+several times cheaply (`profiling.runner` times it in interleaved passes).
+torch is imported here only: the simulator never needs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from profiling.timing import Timer
-
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Row = dict[str, Any]
+Prepared = tuple[Callable[[], Any], Row]
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
@@ -26,31 +28,35 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
-def _row(shape: Row, t: Any, impl: str, **extra: Any) -> Row:
-    return {
-        **shape,
-        "impl": impl,
-        "time_s": t.median_s,
-        "time_p10_s": t.p10_s,
-        "time_p90_s": t.p90_s,
-        "reps": t.reps,
-        **extra,
-    }
+class Pool:
+    """Random operands without allocation: views of one N(0, 1) buffer per dtype, grown on demand."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, *shape: int, dtype: torch.dtype = torch.float32, offset: int = 0) -> torch.Tensor:
+        """A contiguous [shape] tensor of random values starting ``offset`` elements into the buffer."""
+        n = int(np.prod(shape))
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < offset + n:
+            size = max(offset + n, 2 * (buf.numel() if buf is not None else 0), 2**20)
+            self._buffers[dtype] = buf = torch.randn(size, device=self.device).to(dtype)
+        return buf[offset : offset + n].view(*shape)
 
 
-def bench_gemm(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_gemm(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """C[m, n] = A[m, k] @ B[k, n] (fp8 on CUDA through ``torch._scaled_mm``)."""
     m, n, k = shape["m"], shape["n"], shape["k"]
+    extra = {"flops": 2.0 * m * n * k, "impl": "torch"}
     if dtype == "fp8":
-        a = torch.randn(m, k, device=device).to(torch.float8_e4m3fn)
-        b = torch.randn(n, k, device=device).to(torch.float8_e4m3fn).t()
-        one = torch.ones((), device=device)
-        t = timer(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16))
-    else:
-        td = torch_dtype(dtype)
-        a, b = torch.randn(m, k, device=device, dtype=td), torch.randn(k, n, device=device, dtype=td)
-        t = timer(lambda: torch.mm(a, b))
-    return _row(shape, t, "torch", flops=2.0 * m * n * k)
+        a = pool.get(m, k).to(torch.float8_e4m3fn)
+        b = pool.get(n, k, offset=m * k).to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device=pool.device)
+        return (lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16)), extra
+    td = torch_dtype(dtype)
+    a, b = pool.get(m, k, dtype=td), pool.get(k, n, dtype=td, offset=m * k)
+    return (lambda: torch.mm(a, b)), extra
 
 
 def expert_counts(pairs: int, experts: int, distribution: str, seed: int = 0) -> np.ndarray:
@@ -72,21 +78,22 @@ def expert_counts(pairs: int, experts: int, distribution: str, seed: int = 0) ->
     return rng.multinomial(pairs, rng.permutation(p / p.sum()))
 
 
-def _moe_tensors(shape: Row, dtype: str, device: str) -> tuple[Any, ...]:
+def _moe_operands(shape: Row, dtype: str, pool: Pool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, int]:
     local = shape["experts"] // shape["ep"]
     width = shape["inter"] // shape["moe_tp"]
     h = shape["hidden"]
     pairs = max(1, round(shape["tokens"] * shape["top_k"] / shape["ep"]))
     counts = expert_counts(pairs, local, shape.get("distribution", "balanced"))
     td = torch_dtype(dtype)
-    w13 = torch.randn(local, 2 * width, h, device=device, dtype=td) / h**0.5
-    w2 = torch.randn(local, h, width, device=device, dtype=td) / width**0.5
-    return counts, w13, w2, width, td
+    w13 = pool.get(local, 2 * width, h, dtype=td)
+    w2 = pool.get(local, h, width, dtype=td, offset=w13.numel())
+    return counts, w13, w2, width
 
 
-def _moe_extra(counts: np.ndarray, width: int, h: int) -> Row:
+def _moe_extra(counts: np.ndarray, width: int, h: int, impl: str) -> Row:
     pairs = int(counts.sum())
     return {
+        "impl": impl,
         "pairs": pairs,
         "active_experts": int((counts > 0).sum()),
         "max_expert_tokens": int(counts.max()),
@@ -95,15 +102,15 @@ def _moe_extra(counts: np.ndarray, width: int, h: int) -> Row:
     }
 
 
-def bench_grouped_gemm(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_grouped_gemm(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """Routed experts on tokens already sorted by expert: a loop of per-expert GEMMs.
 
     For every local expert with tokens: [n_e, hidden] @ [hidden, 2 width],
     SiLU(gate) * up, then [n_e, width] @ [width, hidden]; the pattern of
     engines' unfused MoE fallback.
     """
-    counts, w13, w2, width, td = _moe_tensors(shape, dtype, device)
-    x = torch.randn(int(counts.sum()), shape["hidden"], device=device, dtype=td)
+    counts, w13, w2, width = _moe_operands(shape, dtype, pool)
+    x = torch.randn(int(counts.sum()), shape["hidden"], device=pool.device, dtype=w13.dtype)
     out = torch.empty_like(x)
     bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
     live = [e for e in range(len(counts)) if counts[e]]
@@ -114,82 +121,78 @@ def bench_grouped_gemm(shape: Row, dtype: str, device: str, timer: Timer) -> Row
             y = x[s:f] @ w13[e].t()
             out[s:f] = (F.silu(y[:, :width]) * y[:, width:]) @ w2[e].t()
 
-    t = timer(run)
-    return _row(shape, t, "torch_loop", **_moe_extra(counts, width, shape["hidden"]))
+    return run, _moe_extra(counts, width, shape["hidden"], "torch_loop")
 
 
-def bench_grouped_gemm_triton(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
-    """The same layer through our Triton fused-MoE kernel (`profiling.triton_moe`)."""
+def prepare_grouped_gemm_triton(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The same layer through our Triton fused-MoE kernel (`profiling.triton_moe`), tokens unsorted."""
     from profiling.triton_moe import triton_moe
 
-    counts, w13, w2, width, td = _moe_tensors(shape, dtype, device)
+    counts, w13, w2, width = _moe_operands(shape, dtype, pool)
     k = shape["top_k"]
     ids = np.repeat(np.arange(len(counts)), counts)
     ids = np.concatenate([ids, ids[: (-len(ids)) % k]])  # whole tokens of k pairs
     ids = np.random.default_rng(0).permutation(ids)
-    topk_ids = torch.as_tensor(ids.reshape(-1, k), device=device, dtype=torch.int32)
-    x = torch.randn(topk_ids.shape[0], shape["hidden"], device=device, dtype=td)
-    weights = torch.full(topk_ids.shape, 1.0 / k, device=device, dtype=torch.float32)
-    t = timer(lambda: triton_moe(x, w13, w2, weights, topk_ids))
+    topk_ids = torch.as_tensor(ids.reshape(-1, k), device=pool.device, dtype=torch.int32)
+    x = torch.randn(topk_ids.shape[0], shape["hidden"], device=pool.device, dtype=w13.dtype)
+    weights = torch.full(topk_ids.shape, 1.0 / k, device=pool.device, dtype=torch.float32)
     counts = np.bincount(ids, minlength=len(counts))
-    return _row(shape, t, "triton", **_moe_extra(counts, width, shape["hidden"]))
+    return (lambda: triton_moe(x, w13, w2, weights, topk_ids)), _moe_extra(counts, width, shape["hidden"], "triton")
 
 
-def bench_attention(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_attention(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """torch SDPA: causal when q_len == kv_len (prefill), else the new tokens attend to all kv_len."""
     b, lq, lk = shape["batch"], shape["q_len"], shape["kv_len"]
     h, kvh, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     td = torch_dtype(dtype)
-    q = torch.randn(b, h, lq, d, device=device, dtype=td)
-    k = torch.randn(b, kvh, lk, d, device=device, dtype=td)
-    v = torch.randn(b, kvh, lk, d, device=device, dtype=td)
+    q = pool.get(b, h, lq, d, dtype=td)
+    k = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel())
+    v = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel() + k.numel())
     causal = lq == lk and lq > 1
     gqa = kvh != h
-    t = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa))
     pairs = b * (lq * (lq + 1) / 2 if causal else lq * lk)
-    return _row(shape, t, "torch_sdpa", flops=4.0 * pairs * h * d)
+    extra = {"flops": 4.0 * pairs * h * d, "impl": "torch_sdpa"}
+    return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)), extra
 
 
-def bench_router(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_router(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """Router: logits = x @ W^T, softmax in fp32, top-k."""
-    t_, h, e, k = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"]
+    t, h, e, k = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"]
     td = torch_dtype(dtype)
-    x, w = torch.randn(t_, h, device=device, dtype=td), torch.randn(e, h, device=device, dtype=td)
-    t = timer(lambda: torch.topk(torch.softmax((x @ w.t()).float(), dim=-1), k, dim=-1))
-    return _row(shape, t, "torch", flops=2.0 * t_ * h * e)
+    x, w = pool.get(t, h, dtype=td), pool.get(e, h, dtype=td, offset=t * h)
+    extra = {"flops": 2.0 * t * h * e, "impl": "torch"}
+    return (lambda: torch.topk(torch.softmax((x @ w.t()).float(), dim=-1), k, dim=-1)), extra
 
 
-def bench_permute(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_permute(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """Dispatch: gather token rows into expert order; combine: weighted scatter-add back."""
-    t_, h, k = shape["tokens"], shape["hidden"], shape["top_k"]
+    t, h, k = shape["tokens"], shape["hidden"], shape["top_k"]
     td = torch_dtype(dtype)
-    order = torch.randperm(t_ * k, device=device)
-    src_token = order // k
+    src_token = torch.randperm(t * k, device=pool.device) // k
+    extra = {"bytes_moved": 2.0 * t * k * h * torch.finfo(td).bits / 8, "impl": "torch"}
     if shape["direction"] == "dispatch":
-        x = torch.randn(t_, h, device=device, dtype=td)
-        t = timer(lambda: x.index_select(0, src_token))
-    else:
-        y = torch.randn(t_ * k, h, device=device, dtype=td)
-        w = torch.rand(t_ * k, 1, device=device, dtype=td)
-        out = torch.zeros(t_, h, device=device, dtype=td)
-        t = timer(lambda: out.zero_().index_add_(0, src_token, y * w))
-    return _row(shape, t, "torch", bytes_moved=2.0 * t_ * k * h * torch.finfo(td).bits / 8)
+        x = pool.get(t, h, dtype=td)
+        return (lambda: x.index_select(0, src_token)), extra
+    y = pool.get(t * k, h, dtype=td)
+    w = pool.get(t * k, 1, dtype=td, offset=y.numel())
+    out = torch.zeros(t, h, device=pool.device, dtype=td)
+    return (lambda: out.zero_().index_add_(0, src_token, y * w)), extra
 
 
-def bench_memcpy(shape: Row, dtype: str, device: str, timer: Timer) -> Row:
+def prepare_memcpy(shape: Row, dtype: str, pool: Pool) -> Prepared:
     """A device-to-device copy of ``bytes`` bytes (read + write = 2 x bytes moved)."""
     n = max(1, shape["bytes"] // 4)
-    src = torch.randn(n, device=device)
+    src = pool.get(n)
     dst = torch.empty_like(src)
-    t = timer(lambda: dst.copy_(src))
-    return _row(shape, t, "torch", bytes_moved=2.0 * n * 4)
+    return (lambda: dst.copy_(src)), {"bytes_moved": 2.0 * n * 4, "impl": "torch"}
 
 
-BENCHES = {
-    "gemm": bench_gemm,
-    "grouped_gemm": bench_grouped_gemm,
-    "attention": bench_attention,
-    "router": bench_router,
-    "permute": bench_permute,
-    "memcpy": bench_memcpy,
+PREPARE = {
+    "gemm": prepare_gemm,
+    "grouped_gemm": prepare_grouped_gemm,
+    "grouped_gemm_triton": prepare_grouped_gemm_triton,
+    "attention": prepare_attention,
+    "router": prepare_router,
+    "permute": prepare_permute,
+    "memcpy": prepare_memcpy,
 }

@@ -48,6 +48,11 @@ CUDA_NAMES = {
 }
 
 Progress = Callable[[int, int, str], None]
+#: Sweeps over the grid per mode. The speed of a shared machine drifts over
+#: seconds (on the 2-core CI VM the median of 20 back-to-back calls varies
+#: by about 9%), so each shape is timed in several short visits spread over
+#: the run and its samples pooled: the drift averages out.
+PASSES = {"tiny": 2, "quick": 3, "full": 5}
 
 
 @dataclass
@@ -167,7 +172,8 @@ def profile(
     Args:
         device: ``cpu`` or ``cuda``.
         out: output folder (created).
-        mode: ``quick`` (a few minutes on a 2-core CPU) or ``full``.
+        mode: ``quick`` (about two minutes on a 2-core CPU), ``full``, or
+            ``tiny`` (seconds: the demo's and the tests' grid).
         ops: ``--ops`` names (`OP_GROUPS`); default all.
         dtypes: dtypes to time; default fp32 on the CPU (this CPU has no
             16-bit matrix hardware), bf16 on CUDA.
@@ -176,8 +182,8 @@ def profile(
     check_device(device)
     import torch
 
-    from profiling.kernels import BENCHES, bench_grouped_gemm_triton
-    from profiling.timing import Timer, environment
+    from profiling.kernels import PREPARE, Pool
+    from profiling.timing import Timer, environment, summarise
 
     ops = list(ops or OP_GROUPS)
     unknown = [o for o in ops if o not in OP_GROUPS]
@@ -190,28 +196,40 @@ def profile(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = 0.3 if mode == "quick" else 1.0
-    timer = Timer(device, budget_s=budget, max_reps=50 if mode == "quick" else 200)
-    hardware = probe_hardware(device, dtypes, timer)
+    passes = PASSES[mode]
+    timer = Timer(device, warmup=1, min_reps=3, max_reps=20, budget_s=0.05 if mode == "quick" else 0.2)
+    hardware = probe_hardware(device, dtypes, Timer(device))
     points = plan(device, mode, ops, dtypes)
     with_collectives = "collective" in ops
-    total = len(points) + (1 if with_collectives else 0)
-    rows: dict[str, list[dict[str, Any]]] = {}
-    skipped: list[str] = []
-    for i, (kind, shape, dtype) in enumerate(points):
-        label = f"{kind} {dtype} " + " ".join(f"{k}={v}" for k, v in shape.items() if k != "skew_set")
-        try:
-            fn = bench_grouped_gemm_triton if kind == "grouped_gemm_triton" else BENCHES[kind]
-            row = fn({k: v for k, v in shape.items() if k != "skew_set"}, dtype, device, timer)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # an unsupported shape on this device
-            skipped.append(f"{label}: {str(exc).splitlines()[0][:120]}")
-        else:
-            table = "grouped_gemm" if kind == "grouped_gemm_triton" else kind
-            rows.setdefault(table, []).append(
-                {"op": table, "dtype": dtype, **row, "skew_set": bool(shape.get("skew_set"))}
+    total = passes * len(points) + (1 if with_collectives else 0)
+    pool = Pool(device)
+    samples: list[list[float]] = [[] for _ in points]
+    extras: list[dict[str, Any]] = [{} for _ in points]
+    failed: dict[int, str] = {}
+    for p in range(passes):
+        for i, (kind, shape, dtype) in enumerate(points):
+            label = f"pass {p + 1}/{passes} {kind} {dtype} " + " ".join(
+                f"{k}={v}" for k, v in shape.items() if k != "skew_set"
             )
-        if progress:
-            progress(i + 1, total, label)
+            if i not in failed:
+                try:
+                    fn, extras[i] = PREPARE[kind]({k: v for k, v in shape.items() if k != "skew_set"}, dtype, pool)
+                    samples[i] += timer.samples(fn)
+                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # a shape this device cannot run
+                    failed[i] = f"{label}: {str(exc).splitlines()[0][:120]}"
+            if progress:
+                progress(p * len(points) + i + 1, total, label)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for i, (kind, shape, dtype) in enumerate(points):
+        if i in failed:
+            continue
+        t = summarise(samples[i])
+        table = "grouped_gemm" if kind == "grouped_gemm_triton" else kind
+        rows.setdefault(table, []).append(
+            {"op": table, "dtype": dtype, **shape, **extras[i], "skew_set": bool(shape.get("skew_set"))}
+            | {"time_s": t.median_s, "time_p10_s": t.p10_s, "time_p90_s": t.p90_s, "reps": t.reps}
+        )
+    skipped = sorted(set(failed.values()))
     if with_collectives:
         from profiling.collectives import bench_collectives
 

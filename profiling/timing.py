@@ -38,7 +38,8 @@ class Timing:
         return (self.p90_s - self.p10_s) / self.median_s if self.median_s > 0 else 0.0
 
 
-def _summary(samples: list[float]) -> Timing:
+def summarise(samples: list[float]) -> Timing:
+    """Median, 10th and 90th percentiles of ``samples`` (s)."""
     a = np.asarray(samples)
     return Timing(float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90)), len(a))
 
@@ -80,10 +81,14 @@ class Timer:
             return False
         if len(samples) >= self.max_reps or time.perf_counter() - started > self.budget_s:
             return True
-        return _summary(samples).spread < self.target_spread
+        return summarise(samples).spread < self.target_spread
 
     def __call__(self, fn: Callable[[], Any]) -> Timing:
         """Time ``fn()`` (see the class docstring); returns its `Timing`."""
+        return summarise(self.samples(fn))
+
+    def samples(self, fn: Callable[[], Any]) -> list[float]:
+        """The seconds of each timed repetition of ``fn()`` (after the warm-up)."""
         for _ in range(self.warmup):
             fn()
         samples: list[float] = []
@@ -106,7 +111,7 @@ class Timer:
                 t0 = time.perf_counter()
                 fn()
                 samples.append(time.perf_counter() - t0)
-        return _summary(samples)
+        return samples
 
 
 def environment(device: str) -> dict[str, Any]:

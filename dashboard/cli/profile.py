@@ -19,7 +19,11 @@ from model import MoesimError, get_gpu
 
 @contextmanager
 def progress_bar(what: str, quiet: bool = False):
-    """A progress bar on stderr; yields ``update(done, total, label)``."""
+    """A progress bar on stderr, drawn from the first update on; yields ``update(done, total, label)``.
+
+    Starting it lazily keeps the stderr of a command that fails before any
+    work to its one error line.
+    """
     columns = (
         TextColumn(f"[bold]{what}[/bold]"),
         BarColumn(),
@@ -29,13 +33,22 @@ def progress_bar(what: str, quiet: bool = False):
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
-        task = bar.add_task("", total=None)
+    # two refreshes a second: a busier bar thread steals time from the kernels being timed on a small CPU
+    bar = Progress(*columns, console=err, transient=True, disable=quiet, refresh_per_second=2)
+    task = None
 
-        def update(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=label[:70])
+    def update(done: int, total: int, label: str) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("", total=total)
+        bar.update(task, completed=done, total=total, description=label[:70])
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 class Device(str, Enum):
