@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 REPORT ?= moesim-report
+# The profiler's torch. 2.13.0 is a CPU build where a local wheel exists; on a GPU machine set
+# TORCH_SPEC to the CUDA build you want (make TORCH_SPEC='torch==2.5.1' test).
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test bench lint format clean
 
@@ -11,11 +14,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # one stamp per set of extras, redone when pyproject.toml changes
-$(VENV)/.installed-report: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-torch: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)' triton
+	touch $@
+
+$(VENV)/.installed-report: pyproject.toml $(VENV)/.installed-torch | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[report]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-torch | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
 	touch $@
 

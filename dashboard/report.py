@@ -18,6 +18,7 @@ from dashboard.summaries import RooflineRun, inspect_summary, roofline_summary, 
 from model import (
     Batch,
     ClusterSpec,
+    CostModel,
     Layout,
     MoesimError,
     Precision,
@@ -134,7 +135,7 @@ def _plots(out: Path, runs: dict[str, RooflineRun], sweep: list[dict[str, Any]],
 
 
 REPORT_FILES = frozenset(
-    {"report.md", "summary.json", "roofline.png", "breakdown.png", "batch_sweep.png", "memory.png"}
+    {"report.md", "summary.json", "roofline.png", "breakdown.png", "batch_sweep.png", "memory.png", "profile"}
 )
 
 
@@ -152,59 +153,107 @@ def _check_replaceable(out_dir: Path) -> None:
         )
 
 
+def _profile_here(folder: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Profile this machine's GEMMs and grouped GEMMs briefly, calibrate, and plot the held-out error.
+
+    Returns the summary for the report ({"skipped": reason} when torch is
+    not installed).
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {"skipped": "torch is not installed (pip install torch==2.13.0 triton)"}
+    from profiling.calibrate import calibrate, save
+    from profiling.report import write_report
+    from profiling.runner import profile
+
+    progress("profile this CPU briefly (GEMMs and grouped GEMMs, fp32)")
+    run = profile("cpu", folder, mode="tiny", ops=["gemm", "moe"])
+    progress("calibrate on the measured tables (20% of shapes held out)")
+    cal = calibrate([folder], holdout=0.2, seed=0)
+    save(cal, folder / "calibration.parquet")
+    plots = [p for p in write_report(cal, folder / "calibration-report") if p.suffix == ".png"]
+    return {
+        "device": run.meta["device"],
+        "threads": run.meta["threads"],
+        "peak_fp32_flops": run.hardware.peak("fp32"),
+        "memory_bandwidth": run.hardware.bandwidth(),
+        "rows": run.rows,
+        "wall_s": run.wall_s,
+        "fits": [f.summary() for f in cal.fits],
+        "skew": cal.skew,
+        "plots": [str(p.relative_to(folder.parent)) for p in plots],
+    }
+
+
 def build_demo_report(
     out_dir: Path,
     model_name: str = DEMO_MODEL,
     cluster_name: str = DEMO_CLUSTER,
     progress: Callable[[str], None] = lambda s: None,
+    profile_here: bool = True,
+    cost_model: CostModel | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and write the report into ``out_dir``; returns the summary."""
+    """Run the demo and write the report into ``out_dir``; returns the summary.
+
+    Steps: profile this machine briefly and calibrate on it (``profile_here``;
+    tables, calibration file and error plots under ``profile/``); inspect the
+    model; time decode and prefill steps on the cluster under two layouts
+    with ``cost_model`` (default: the roofline); sweep the decode batch; plot.
+    """
     model = load_model(model_name)
     cluster = get_cluster(cluster_name)
     precision = Precision()
-    progress(f"inspect {model.name}")
-    inspected = inspect_summary(model)
-    layouts = _layouts(cluster, model.moe.num_experts if model.moe else 0)
-    runs: dict[str, RooflineRun] = {}
-    for name, lay in layouts.items():
-        progress(f"roofline decode B=64 ctx={DEMO_CTX} {name}")
-        runs[f"decode {name}"] = run_roofline(model, Batch.decode(64, DEMO_CTX), lay, cluster, precision)
-    first = next(iter(layouts))
-    progress(f"roofline prefill B=8 len={DEMO_CTX} {first}")
-    runs[f"prefill {first}"] = run_roofline(model, Batch.prefill(8, DEMO_CTX), layouts[first], cluster, precision)
-    sweep = []
-    for name, lay in layouts.items():
-        progress(f"decode batch sweep {name} ({len(DEMO_BATCHES)} points)")
-        for b in DEMO_BATCHES:
-            r = run_roofline(model, Batch.decode(b, DEMO_CTX), lay, cluster, precision)
-            sweep.append(
-                {
-                    "layout": name,
-                    "batch": b,
-                    "step_s": r.estimate.step_s,
-                    "tokens_per_s": r.estimate.tokens_per_s,
-                    "smbu": r.cap.exact.smbu,
-                    "smfu": r.cap.exact.smfu,
-                    "usd_per_mtok": r.cap.usd_per_mtok,
-                    "fits": r.memory.fits,
-                }
-            )
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        here = _profile_here(tmp / "profile", progress) if profile_here else {"skipped": "--no-profile"}
+        progress(f"inspect {model.name}")
+        inspected = inspect_summary(model)
+        layouts = _layouts(cluster, model.moe.num_experts if model.moe else 0)
+        runs: dict[str, RooflineRun] = {}
+        for name, lay in layouts.items():
+            progress(f"decode B=64 ctx={DEMO_CTX} {name}")
+            runs[f"decode {name}"] = run_roofline(
+                model, Batch.decode(64, DEMO_CTX), lay, cluster, precision, cost_model=cost_model
+            )
+        first = next(iter(layouts))
+        progress(f"prefill B=8 len={DEMO_CTX} {first}")
+        runs[f"prefill {first}"] = run_roofline(
+            model, Batch.prefill(8, DEMO_CTX), layouts[first], cluster, precision, cost_model=cost_model
+        )
+        sweep = []
+        for name, lay in layouts.items():
+            progress(f"decode batch sweep {name} ({len(DEMO_BATCHES)} points)")
+            for b in DEMO_BATCHES:
+                r = run_roofline(model, Batch.decode(b, DEMO_CTX), lay, cluster, precision, cost_model=cost_model)
+                sweep.append(
+                    {
+                        "layout": name,
+                        "batch": b,
+                        "step_s": r.estimate.step_s,
+                        "tokens_per_s": r.estimate.tokens_per_s,
+                        "smbu": r.cap.exact.smbu,
+                        "smfu": r.cap.exact.smfu,
+                        "usd_per_mtok": r.cap.usd_per_mtok,
+                        "fits": r.memory.fits,
+                    }
+                )
         progress("plots")
         plots = _plots(tmp, runs, sweep, cluster)
         summary = {
             "model": model.name,
             "cluster": cluster.name,
             "gpus": cluster.num_gpus,
+            "cost_model": cost_model.name if cost_model else "roofline",
             "total_params": inspected["total_params"],
             "active_params": inspected["active_params"],
+            "this_machine": here,
             "runs": {k: roofline_summary(v, ops=False) for k, v in runs.items()},
             "decode_sweep": sweep,
-            "plots": plots,
+            "plots": plots + here.get("plots", []),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "report.md").write_text(_markdown(summary, inspected))
@@ -218,12 +267,48 @@ def build_demo_report(
     return summary
 
 
+def _machine_markdown(h: dict[str, Any]) -> list[str]:
+    if "skipped" in h:
+        return ["## This machine's kernels", "", f"Not profiled: {h['skipped']}.", ""]
+    lines = [
+        "## This machine's kernels",
+        "",
+        f"Profiled here for {h['wall_s']:.0f} s ({h['device']}, {h['threads']} threads, fp32, the tiny grid; "
+        f"tables in `profile/`): measured peak {h['peak_fp32_flops'] / 1e9:.0f} GFLOP/s, copy bandwidth "
+        f"{h['memory_bandwidth'] / 1e9:.1f} GB/s. Calibrated on 80% of the shapes; the error is on the other 20% "
+        "(`profile/calibration.parquet`; `moesim profile --quick` measures a larger grid).",
+        "",
+        "| kind | impl | method | fitted | held out | MAPE | P90 APE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in h["fits"]:
+        p90 = f"{f['p90_ape']:.1f}%" if f["p90_ape"] == f["p90_ape"] else "-"
+        lines.append(
+            f"| {f['kind']} | {f['impl']} | {f['method']} | {f['rows_fit']} | {f['rows_holdout']} | "
+            f"{f['mape']:.1f}% | {p90} |"
+        )
+    if h.get("skew", {}).get("rows"):
+        s = h["skew"]
+        lines += [
+            "",
+            f"Skew model: {s['rows']} skewed grouped GEMMs predicted from balanced ones, MAPE {s['mape']:.1f}%.",
+        ]
+    return [*lines, ""]
+
+
 def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
     lines = [
         f"# moesim report: {s['model']} on {s['cluster']} ({s['gpus']} GPUs)",
         "",
-        "Roofline estimates (the hardware's limit, no calibration yet): every op's time is",
-        "max(FLOPs / peak, bytes / bandwidth) plus link time. Produced by `moesim demo`.",
+        *(
+            [
+                "Roofline estimates (the hardware's limit): every op's time is max(FLOPs / peak,",
+                "bytes / bandwidth) plus link time. Produced by `moesim demo`; give `--cost-model FILE`",
+                "(a calibration of the cluster's GPU) to time the ops with measured kernels instead.",
+            ]
+            if s["cost_model"] == "roofline"
+            else [f"Ops timed by the calibrated cost model `{s['cost_model']}`. Produced by `moesim demo`."]
+        ),
         "",
         f"Parameters: {inspected['total_params'] / 1e9:.2f} B total, "
         f"{inspected['active_params'] / 1e9:.2f} B active per token.",
@@ -249,5 +334,6 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
             f"| {r['layout']} | {r['batch']} | {r['step_s'] * 1e3:.3f} ms | {r['tokens_per_s']:,.0f} | "
             f"{r['smbu']:.1%} | {r['smfu']:.2%} | {'yes' if r['fits'] else 'no'} |"
         )
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]] + [""]
+    lines += ["", *_machine_markdown(s["this_machine"])]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]] + [""]
     return "\n".join(lines)

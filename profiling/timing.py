@@ -121,7 +121,7 @@ def environment(device: str) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "device_type": device,
         "host": socket.gethostname(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

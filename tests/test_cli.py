@@ -149,6 +149,8 @@ def test_demo_writes_a_report(capsys, tmp_path):
     for plot in s["plots"]:
         assert (out_dir / plot).stat().st_size > 10_000
     assert len(s["decode_sweep"]) >= 10 and "demo:" in err
+    here = s["this_machine"]
+    assert here["peak_fp32_flops"] > 1e9 and {f["kind"] for f in here["fits"]} == {"gemm", "grouped_gemm"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]  # no temporary left
 
 
@@ -156,12 +158,12 @@ def test_demo_never_replaces_a_folder_that_is_not_a_report(capsys, tmp_path):
     precious = tmp_path / "mine"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    code, _, err = run(capsys, "demo", "--out", str(precious))
+    code, _, err = run(capsys, "demo", "--out", str(precious), "--no-profile")
     assert code == 1 and "not a moesim report" in err
     assert (precious / "notes.txt").read_text() == "keep me"
     code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "report"))
-    assert code == 0
-    code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "report"))  # an earlier report is replaced
+    assert code == 0 and (tmp_path / "report" / "profile" / "calibration.parquet").is_file()
+    code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "report"), "--no-profile")  # an earlier report is replaced
     assert code == 0 and (tmp_path / "report" / "report.md").is_file()
 
 

@@ -9,6 +9,7 @@ import typer
 
 from dashboard.cli._common import emit_json, err, out
 from dashboard.cli.catalog import JsonOpt
+from dashboard.cli.roofline import load_cost_model
 from dashboard.report import DEMO_CLUSTER, DEMO_MODEL, build_demo_report
 
 
@@ -18,17 +19,37 @@ def demo(
     ),
     model: Annotated[str, typer.Option(help="Model preset or config.json.")] = DEMO_MODEL,
     cluster: Annotated[str, typer.Option(help="Cluster preset (see 'moesim clusters').")] = DEMO_CLUSTER,
+    profile_here: Annotated[
+        bool, typer.Option("--profile/--no-profile", help="Profile this machine briefly and calibrate on it first.")
+    ] = True,
+    cost_model: Annotated[
+        Path | None, typer.Option("--cost-model", help="Time the cluster's ops with this calibration file.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Inspect and roofline a preset MoE model on a preset cluster, sweep the decode batch, write a report.
+    """Profile this machine briefly and calibrate; estimate a preset MoE model on a preset cluster; write a report.
 
     Example: moesim demo --out moesim-report
     """
-    summary = build_demo_report(out_dir, model, cluster, progress=lambda s: err.print(f"[dim]demo:[/dim] {s}"))
+    summary = build_demo_report(
+        out_dir,
+        model,
+        cluster,
+        progress=lambda s: err.print(f"[dim]demo:[/dim] {s}"),
+        profile_here=profile_here,
+        cost_model=load_cost_model(cost_model),
+    )
     if json_out:
         emit_json(summary)
         return
     out.print(f"report written to {summary['out_dir']}/report.md with {len(summary['plots'])} plots")
+    here = summary["this_machine"]
+    if "skipped" not in here:
+        errs = ", ".join(f"{f['kind']} {f['mape']:.1f}%" for f in here["fits"])
+        out.print(
+            f"  this machine: {here['peak_fp32_flops'] / 1e9:.0f} GFLOP/s fp32, "
+            f"{here['memory_bandwidth'] / 1e9:.1f} GB/s; held-out MAPE {errs}"
+        )
     for name, r in summary["runs"].items():
         out.print(
             f"  {name}: step {r['step_s'] * 1e3:.3f} ms, {r['tokens_per_s']:,.0f} tokens/s, "
