@@ -320,9 +320,10 @@ def load(path: str | Path) -> Calibration:
 class CalibratedCostModel:
     """A `CostModel` from measured tables, with the roofline where they do not reach.
 
-    For an op it looks up the fit of the op's kind and dtype (`table_dtype`)
-    measured on the cluster's GPU; several implementations of one kind: the
-    fastest (lowest median ratio to the roofline), as an engine would pick.
+    For an op it looks up the fit of the op's kind and dtype (`table_dtype`;
+    a collective, timed by its bytes, takes any dtype's table) measured on the
+    cluster's GPU; several implementations of one kind: the fastest (lowest
+    median ratio to the reference), as an engine would pick.
     On another GPU it transfers a fit: the predicted ratio times that GPU's
     roofline, so compute-bound shapes scale with the peak and memory-bound
     shapes with the bandwidth. Each `OpTime.source` says which: ``measured:``,
@@ -335,6 +336,11 @@ class CalibratedCostModel:
         self._by_key: dict[tuple[str, str], list[Fit]] = {}
         for f in sorted(calibration.fits, key=lambda f: f.median_ratio):
             self._by_key.setdefault((f.kind, f.dtype), []).append(f)
+            if f.kind in COLLECTIVES:  # timed by bytes: any dtype's table will do, 16-bit first
+                self._by_key.setdefault((f.kind, "*"), []).append(f)
+        for key, fits in self._by_key.items():
+            if key[1] == "*":
+                fits.sort(key=lambda f: f.dtype not in ("bf16", "fp16"))
         self._cache: dict[tuple[Any, ...], OpTime] = {}
 
     @classmethod
@@ -343,7 +349,7 @@ class CalibratedCostModel:
         return cls(load(path), name=f"calibrated:{Path(path).name}")
 
     def _pick(self, op: Op, cluster: ClusterSpec) -> tuple[Fit | None, bool]:
-        fits = self._by_key.get((op.kind, table_dtype(op)), [])
+        fits = self._by_key.get((op.kind, table_dtype(op))) or self._by_key.get((op.kind, "*"), [])
         same = [f for f in fits if f.device_key == cluster.gpu.key]
         if same:
             return same[0], False

@@ -190,6 +190,13 @@ def print_roofline(run: RooflineRun) -> None:
             f"{r.share:.1%}",
         )
     out.print(t)
+    if est.cost_model != "roofline":
+        kinds: dict[str, int] = {}
+        for time in est.times:
+            kinds[time.source.split(":")[0]] = kinds.get(time.source.split(":")[0], 0) + 1
+        out.print(
+            "op times: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + " (each op's source in --json)"
+        )
     shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(est.bound_shares().items(), key=lambda kv: -kv[1]))
     out.print(f"step {seconds(est.step_s)} ({est.cost_model}); {est.tokens_per_s:,.0f} tokens/s; bound: {shares}")
     if est.layout.pp > 1:
