@@ -1,4 +1,43 @@
 """moesim profiling: kernel microbenchmarks (torch, Triton) on the device at hand,
 importers for measurements made elsewhere, and calibration of a `CostModel`.
-Built on `model` only; torch and Triton come with the `profile` extra.
+
+Built on `model` only. Importing this package needs no torch: torch and
+Triton are imported by the microbenchmarks when they run (the ``profile``
+extra).
+
+Public API:
+
+- measuring: `profile` (``moesim profile``), `ProfileRun`;
+- tables: `read_table`, `write_table`, `check_table`, `load_tables`,
+  `KINDS`, `TableError` (columns and units in `profiling.tables`);
+- importers: `import_aiconfigurator`, `import_chrome_trace`;
+- calibration: `calibrate`, `save`, `load`, `Calibration`, `Fit`,
+  `CalibratedCostModel`; the skew model `predict_skewed`.
 """
+
+from profiling.aiconfigurator import import_aiconfigurator
+from profiling.calibrate import CalibratedCostModel, Calibration, Fit, calibrate, load, save
+from profiling.runner import ProfileRun, profile
+from profiling.skew import predict_skewed
+from profiling.tables import KINDS, TableError, check_table, load_tables, read_table, write_table
+from profiling.trace_import import import_chrome_trace
+
+__all__ = [
+    "KINDS",
+    "CalibratedCostModel",
+    "Calibration",
+    "Fit",
+    "ProfileRun",
+    "TableError",
+    "calibrate",
+    "check_table",
+    "import_aiconfigurator",
+    "import_chrome_trace",
+    "load",
+    "load_tables",
+    "predict_skewed",
+    "profile",
+    "read_table",
+    "save",
+    "write_table",
+]

@@ -367,7 +367,8 @@ class CalibratedCostModel:
         f = features(op)
         if f is None:
             return replace(self._roof.op_time(op, cluster), source=f"roofline: {op.name} has no {kind} shape")
-        key = (fit.key, transfer, cluster.gpu.key, cluster.gpus_per_node, f, op.count, op.name)
+        key = (fit.key, cluster.gpu.key, cluster.gpus_per_node, op.kind, op.dtype, f)
+        key += (op.flops, op.bytes, op.intra_bytes, op.inter_bytes, op.intra_msgs, op.inter_msgs)
         hit = self._cache.get(key)
         if hit is not None:
             return hit

@@ -215,7 +215,7 @@ def profile(
                 try:
                     fn, extras[i] = PREPARE[kind]({k: v for k, v in shape.items() if k != "skew_set"}, dtype, pool)
                     samples[i] += timer.samples(fn)
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # a shape this device cannot run
+                except (RuntimeError, ImportError, torch.cuda.OutOfMemoryError) as exc:  # this device cannot run it
                     failed[i] = f"{label}: {str(exc).splitlines()[0][:120]}"
             if progress:
                 progress(p * len(points) + i + 1, total, label)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from model.errors import MoesimError
 from model.hardware import make_cluster
 from profiling.opshapes import row_op
 
@@ -35,7 +36,12 @@ def predict_skewed(model: CalibratedCostModel, row: dict[str, Any], hardware_key
     counts = np.asarray(row["expert_counts"], dtype=float)
     local = len(counts)
     ep, top_k = int(row.get("ep", 1) or 1), int(row["top_k"])
-    fit = next(f for f in model.calibration.fits if f.device_key == hardware_key and f.kind == "grouped_gemm")
+    fit = next((f for f in model.calibration.fits if f.device_key == hardware_key and f.kind == "grouped_gemm"), None)
+    if fit is None:
+        raise MoesimError(
+            f"no balanced grouped_gemm measurements of {hardware_key} to predict skewed ones from",
+            "profile with --ops moe (it times balanced and skewed distributions)",
+        )
     cluster = make_cluster(fit.hardware, num_gpus=1)
     total = 0.0
     for n in np.unique(counts[counts > 0]):
@@ -51,7 +57,12 @@ def skew_error(cal: Calibration, skewed: pd.DataFrame, hardware_key: str) -> dic
 
     if "expert_counts" not in skewed.columns:
         return {"rows": 0, "note": "skewed rows carry no expert_counts"}
-    model = CalibratedCostModel(cal)
+    impl = str(skewed["impl"].iloc[0])
+    skewed = skewed[skewed["impl"] == impl]
+    fits = [f for f in cal.fits if f.kind == "grouped_gemm" and f.impl == impl and f.device_key == hardware_key]
+    if not fits:
+        return {"rows": 0, "note": f"no balanced {impl} grouped_gemm rows to predict the skewed ones from"}
+    model = CalibratedCostModel(type(cal)(fits))  # the balanced fit of the same kernel
     rows = skewed.to_dict("records")
     pred = np.array([predict_skewed(model, r, hardware_key) for r in rows])
     meas = skewed["time_s"].to_numpy(float)
@@ -60,6 +71,7 @@ def skew_error(cal: Calibration, skewed: pd.DataFrame, hardware_key: str) -> dic
     # the naive alternative: the balanced time of the same total pairs (ignores the skew)
     naive = np.array([_balanced_same_total(model, r, hardware_key) for r in rows])
     return {
+        "impl": impl,
         "rows": len(rows),
         "mape": round(float(ape.mean()), 3),
         "p90_ape": round(float(np.percentile(ape, 90)), 3),
