@@ -110,7 +110,7 @@ def prepare_grouped_gemm(shape: Row, dtype: str, pool: Pool) -> Prepared:
     engines' unfused MoE fallback.
     """
     counts, w13, w2, width = _moe_operands(shape, dtype, pool)
-    x = torch.randn(int(counts.sum()), shape["hidden"], device=pool.device, dtype=w13.dtype)
+    x = pool.get(int(counts.sum()), shape["hidden"], dtype=w13.dtype, offset=w13.numel() + w2.numel())
     out = torch.empty_like(x)
     bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
     live = [e for e in range(len(counts)) if counts[e]]

@@ -38,7 +38,7 @@ def test_profile_writes_tables_with_metadata(cpu_tables):
     assert meta["device_type"] == "cpu" and meta["threads"] == torch.get_num_threads()
     assert meta["torch"] == torch.__version__ and meta["host"] and meta["date"]
     assert (df["time_p10_s"] <= df["time_s"]).all() and (df["time_s"] <= df["time_p90_s"]).all()
-    assert (df["reps"] >= 6).all()  # two passes of at least three
+    assert (df["reps"] >= 4).all()  # two passes of at least two
     moe, _ = read_table(run.tables["grouped_gemm"])
     skewed = moe[moe["distribution"] != "balanced"]
     assert len(skewed) and all(sum(c) == p for c, p in zip(skewed["expert_counts"], skewed["pairs"], strict=True))
