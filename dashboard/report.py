@@ -276,7 +276,9 @@ def _machine_markdown(h: dict[str, Any]) -> list[str]:
         f"Profiled here for {h['wall_s']:.0f} s ({h['device']}, {h['threads']} threads, fp32, the tiny grid; "
         f"tables in `profile/`): measured peak {h['peak_fp32_flops'] / 1e9:.0f} GFLOP/s, copy bandwidth "
         f"{h['memory_bandwidth'] / 1e9:.1f} GB/s. Calibrated on 80% of the shapes; the error is on the other 20% "
-        "(`profile/calibration.parquet`; `moesim profile --quick` measures a larger grid).",
+        "(`profile/calibration.parquet`). A profile this brief holds few shapes, each timed a few times, so the "
+        "error below is mostly this machine's timing noise; `moesim profile --quick` (about 2.5 minutes) times a "
+        "larger grid more often, and `benchmarks/RESULTS.md` gives its error.",
         "",
         "| kind | impl | method | fitted | held out | MAPE | P90 APE |",
         "|---|---|---|---|---|---|---|",

@@ -73,9 +73,9 @@ BUDGETS: dict[tuple[str, str], Budget] = {
         collective_bytes=_pow2(10, 22)[::2],
     ),
     ("cpu", "tiny"): Budget(  # the demo's and the tests' few seconds
-        gemm_nk=2**20,
+        gemm_nk=2**22,
         gemm_m=_half_octaves(7),
-        gemm_shapes=3,
+        gemm_shapes=4,
         expert_bytes=8e6,
         moe_configs=1,
         moe_tokens=_half_octaves(6),

@@ -52,7 +52,7 @@ Progress = Callable[[int, int, str], None]
 #: seconds (on the 2-core CI VM the median of 20 back-to-back calls varies
 #: by about 9%), so each shape is timed in several short visits spread over
 #: the run and its samples pooled: the drift averages out.
-PASSES = {"tiny": 2, "quick": 6, "full": 8}
+PASSES = {"tiny": 3, "quick": 6, "full": 8}
 
 
 @dataclass
