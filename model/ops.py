@@ -374,6 +374,7 @@ def _edge_ops(c: _Ctx) -> list[Op]:
             weight_bytes=t * h * p.unquantized_bytes,
             kv_bytes=0.0,
             act_bytes=t * h * p.activation_bytes,
+            dtype=p.activations,
             shape={"tokens": t, "hidden": h},
         )
     ]
