@@ -10,7 +10,7 @@ Public API:
 - measuring: `profile` (``moesim profile``), `ProfileRun`;
 - tables: `read_table`, `write_table`, `check_table`, `load_tables`,
   `KINDS`, `TableError` (columns and units in `profiling.tables`);
-- importers: `import_aiconfigurator`, `import_chrome_trace`;
+- importers: `import_aiconfigurator`, `import_chrome_trace`, `import_trace`;
 - calibration: `calibrate`, `save`, `load`, `Calibration`, `Fit`,
   `CalibratedCostModel`; the skew model `predict_skewed`.
 """
@@ -20,7 +20,7 @@ from profiling.calibrate import CalibratedCostModel, Calibration, Fit, calibrate
 from profiling.runner import ProfileRun, profile
 from profiling.skew import predict_skewed
 from profiling.tables import KINDS, TableError, check_table, load_tables, read_table, write_table
-from profiling.trace_import import import_chrome_trace
+from profiling.trace_import import import_chrome_trace, import_trace
 
 __all__ = [
     "KINDS",
@@ -33,6 +33,7 @@ __all__ = [
     "check_table",
     "import_aiconfigurator",
     "import_chrome_trace",
+    "import_trace",
     "load",
     "load_tables",
     "predict_skewed",

@@ -42,7 +42,7 @@ from model.hardware import ClusterSpec, HardwareSpec, local_cpu, make_cluster
 from model.ops import Op
 from model.roofline import OpTime, RooflineCostModel
 from profiling import fit as fitlib
-from profiling.opshapes import FEATURES, FLAGS, features, row_ops, table_dtype
+from profiling.opshapes import FEATURES, FLAGS, feature_matrix, features, row_ops, table_dtype
 from profiling.tables import COLLECTIVES, TableError, load_tables
 
 META_KEY = b"moesim_calibration"
@@ -216,7 +216,7 @@ def _fit_group(
     kind: str, dtype: str, impl: str, hw: HardwareSpec, df: pd.DataFrame, holdout: float, rng: np.random.Generator
 ) -> Fit:
     ops = row_ops(kind, df)
-    x = np.array([features(op) for op in ops], dtype=float)
+    x = feature_matrix(ops)
     roof, how = reference_times(ops, hw)
     times = df["time_s"].to_numpy(float)
     n = len(df)

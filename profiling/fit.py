@@ -59,7 +59,6 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self._tree = cKDTree(self.x) if self.method in ("knn", "local") else None
-        self._scale = self.x.std(axis=0) if len(self.x) else np.ones(self.x.shape[1])
 
     def nearest(self, x: np.ndarray) -> np.ndarray:
         """Distance (log2 units) from each query row to the nearest training point: [n]."""

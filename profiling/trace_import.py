@@ -354,3 +354,41 @@ def import_chrome_trace(path: str | Path) -> TraceImport:
     device = "cuda" if any(e.cat == "kernel" for e in imp.gpu) else "cpu"
     imp.gpu_events() if device == "cuda" else imp.cpu()
     return imp.result(device)
+
+
+def import_trace(src: str | Path, out: str | Path, hardware: Any = None) -> dict[str, Any]:
+    """Import a trace into moesim tables under ``out`` (``trace_<kind>.parquet``) and ``unmapped.csv``.
+
+    ``hardware`` (a `model.hardware.HardwareSpec`, or None) is the device the
+    trace was taken on; its roofline becomes the calibration's reference.
+    Returns a summary: files, rows per kind, device, mapped and unmapped
+    seconds, and the ten costliest unmapped names.
+    """
+    from profiling.tables import write_table
+
+    src, out = Path(src), Path(out)
+    result = import_chrome_trace(src)
+    if not result.tables:
+        raise TableError(f"{src}: no event maps to an op kind moesim knows", "record the trace with record_shapes=True")
+    meta = {
+        "source": f"torch.profiler trace: {src.name}",
+        "device_type": result.device,
+        "device_key": hardware.key if hardware is not None else None,
+        "hardware": hardware.model_dump() if hardware is not None else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(write_table(df, out / f"trace_{k}.parquet", meta)) for k, df in result.tables.items()]
+    unmapped = out / "unmapped.csv"
+    result.unmapped.to_csv(unmapped, index=False)
+    return {
+        "format": "trace",
+        "out": str(out),
+        "files": files,
+        "rows": {k: len(v) for k, v in result.tables.items()},
+        "device": result.device,
+        "mapped_s": result.mapped_s,
+        "unmapped_s": result.unmapped_s,
+        "unmapped_names": len(result.unmapped),
+        "unmapped_csv": str(unmapped),
+        "unmapped_top": result.unmapped.head(10).to_dict(orient="records"),
+    }

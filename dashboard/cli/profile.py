@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dashboard.cli._common import emit_json, err, out, seconds
 from dashboard.cli.catalog import HardwareOpt, JsonOpt
-from model import MoesimError, get_gpu
+from model import get_gpu
 
 
 @contextmanager
@@ -171,39 +171,10 @@ def import_tables(
 
 
 def _import_trace(source: Path, out_dir: Path, gpu: str | None, hardware: Path | None) -> dict[str, Any]:
-    from profiling.tables import write_table
-    from profiling.trace_import import import_chrome_trace
+    from profiling.trace_import import import_trace
 
-    result = import_chrome_trace(source)
     spec = get_gpu(gpu, hardware) if gpu else None
-    if spec is not None and spec.key == "cpu" and not spec.peak_flops:
-        spec = None
-    if not result.tables:
-        raise MoesimError(
-            f"{source}: no event maps to an op kind moesim knows", "record the trace with record_shapes=True"
-        )
-    meta = {
-        "source": f"torch.profiler trace: {source.name}",
-        "device_type": result.device,
-        "device_key": spec.key if spec else None,
-        "hardware": spec.model_dump() if spec else None,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [str(write_table(df, out_dir / f"trace_{k}.parquet", meta)) for k, df in result.tables.items()]
-    unmapped = out_dir / "unmapped.csv"
-    result.unmapped.to_csv(unmapped, index=False)
-    return {
-        "format": "trace",
-        "out": str(out_dir),
-        "files": files,
-        "rows": {k: len(v) for k, v in result.tables.items()},
-        "device": result.device,
-        "mapped_s": result.mapped_s,
-        "unmapped_s": result.unmapped_s,
-        "unmapped_names": len(result.unmapped),
-        "unmapped_csv": str(unmapped),
-        "unmapped_top": result.unmapped.head(10).to_dict(orient="records"),
-    }
+    return import_trace(source, out_dir, spec if spec is None or spec.peak_flops else None)
 
 
 def calibrate(
