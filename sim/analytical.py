@@ -1,0 +1,242 @@
+"""The analytical serving model: steady-state throughput and latency in closed form, no events.
+
+For each replica of a pool the arrival rate is lambda_r = lambda / replicas.
+The engine alternates decode steps (every running request gets a token) and
+mixed steps (the same plus a prompt chunk of c = min(mean input, max_tokens -
+B) tokens). With B requests decoding, a fraction f of steps mixed and mean
+step time tau:
+
+    tau = f t_mixed(B, c) + (1 - f) t_decode(B)      f = min(1, lambda_r tau ceil(L_in / c))
+    B   = lambda_r (L_out - 1) tau                    (Little's law over the decode phase)
+
+solved by fixed-point iteration, with the decode context at L_in + L_out / 2
+and step times from `sim.steptime.StepTimer.expected` (the same cost model,
+routing statistics and placement as the discrete-event engine, with the
+expected busiest GPU). Per request of input I and output O:
+
+    TTFT = r + ceil(I / budget) t_decode + I (t_mixed - t_decode) / c
+                   (r = E[step^2] / (2 E[step]): the residual step an arrival waits for)
+    TPOT = tau        E2E = TTFT + (O - 1) tau
+
+and percentiles come from the workload's length distribution (the same
+samples the simulator would replay). The pool is overloaded when B exceeds
+``max_batch`` or the KV cache, or the iteration does not converge; the result
+then says so and reports the capacity instead.
+
+Prefill/decode disaggregation: the prefill pool is an M/D/1 queue per
+replica with service time t_prefill(L_in) (TTFT = wait + service); the decode
+pool runs the decode-only fixed point; the KV transfer adds bytes / bandwidth.
+Closed-loop workloads iterate lambda = concurrency / (E2E + think).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model import kv_bytes_per_token
+from model.cap import usd_per_gpu_second
+from model.errors import MoesimError
+from model.layout import Layout
+from sim.engine import Capacity, make_timer, replica_capacity
+from sim.metrics import percentiles
+from sim.scenario import Built, Pool
+from sim.steptime import StepTimer
+from sim.workload import generate
+
+
+@dataclass
+class PoolState:
+    """Steady state of one pool (per replica)."""
+
+    tau: float  # mean step, s
+    t_decode: float
+    t_mixed: float
+    batch: float  # requests decoding
+    mixed_frac: float
+    chunk: int
+    chunks: int
+    bytes_per_s: float
+    flops_per_s: float
+    overloaded: bool
+    reason: str = ""
+
+
+def _steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
+    dec = timer.expected(np.ones(b, np.int64), np.full(b, ctx, np.int64)) if b else None
+    new = np.concatenate([np.ones(b, np.int64), [chunk]]) if chunk else np.ones(b, np.int64)
+    cached = np.concatenate([np.full(b, ctx, np.int64), [chunk_ctx]]) if chunk else np.full(b, ctx, np.int64)
+    mix = timer.expected(new, cached)
+    fetch = timer.expected_fetch(float(new.sum())) if timer.offload else 0.0
+    if dec is not None and timer.offload:
+        dec.duration_s += timer.expected_fetch(float(b))
+    mix.duration_s += fetch
+    return dec, mix
+
+
+def pool_state(
+    timer: StepTimer, cap: Capacity, pool: Pool, rate: float, mean_in: float, mean_out: float, role: str
+) -> PoolState:
+    """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s."""
+    eng = pool.engine
+    ctx = int(mean_in + mean_out / 2)
+    decode_only = role == "decode"
+    prefill_only = role == "prefill"
+    b, tau = 1.0, None
+    for _ in range(200):
+        bi = max(1, round(b)) if not prefill_only else 0
+        chunk = 0 if decode_only else int(max(1, min(mean_in, eng.max_tokens - bi)))
+        chunks = 0 if decode_only else math.ceil(mean_in / chunk)
+        dec, mix = _steps(timer, bi, ctx, chunk, int(mean_in / 2) if chunks > 1 else 0)
+        t_dec = dec.duration_s if dec else mix.duration_s
+        t_mix = mix.duration_s
+        if decode_only:
+            f, new_tau = 0.0, t_dec
+        else:
+            # f depends on tau: f = rate * tau * chunks; tau = f t_mix + (1 - f) t_dec
+            denom = 1 - rate * chunks * (t_mix - t_dec)
+            new_tau = t_dec / denom if denom > 0 else math.inf
+            f = min(1.0, rate * new_tau * chunks) if math.isfinite(new_tau) else 1.0
+            if f >= 1.0:
+                new_tau = t_mix
+        if not math.isfinite(new_tau) or (not decode_only and rate * chunks * t_mix > 1.0 + 1e-9):
+            return PoolState(t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps")
+        new_b = rate * max(mean_out - 1, 0) * new_tau if not prefill_only else 0.0
+        if tau is not None and abs(new_tau - tau) <= 1e-4 * tau and abs(new_b - b) <= 0.01 * max(b, 1):
+            tau, b = new_tau, new_b
+            break
+        tau, b = new_tau, 0.5 * b + 0.5 * new_b
+    else:
+        return PoolState(tau or 0, t_dec, t_mix, b, f, chunk, chunks, 0, 0, True, "no steady state")
+    over, reason = False, ""
+    if dec is None:
+        bps, fps = mix.bytes / mix.duration_s, mix.flops / mix.duration_s
+    else:
+        bps = (f * mix.bytes + (1 - f) * dec.bytes) / tau
+        fps = (f * mix.flops + (1 - f) * dec.flops) / tau
+    if b > eng.max_batch:
+        over, reason = True, f"decode batch {b:.0f} exceeds max_batch {eng.max_batch}"
+    elif b * (ctx + mean_out / 2) > cap.kv_tokens:
+        over, reason = True, f"KV cache of {b:.0f} requests exceeds {cap.kv_tokens:,} tokens"
+    return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
+
+
+def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
+    """The analytical summary of ``built`` (same keys as the simulator's where they are defined)."""
+    t0 = time.perf_counter()
+    sc = built.scenario
+    seed = sc.seed if seed is None else seed
+    df = generate(built.workload, seed=seed, base_dir=built.base_dir)
+    if df.empty:
+        raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
+    inp = df["input_tokens"].to_numpy(float)
+    out = df["output_tokens"].to_numpy(float)
+    mean_in, mean_out = float(inp.mean()), float(out.mean())
+    w = built.workload
+    if w.arrival == "closed":
+        rate = float(w.concurrency or 1) / max(mean_out * 0.01, 1e-3)  # a first guess; iterated below
+    else:
+        arr = df["arrival_s"].to_numpy(float)
+        span = float(arr.max() - arr.min()) if len(arr) > 1 else 0.0
+        rate = (len(arr) - 1) / span if span > 0 else float(w.rate or 1.0)
+    pools = {p.role: p for p in built.pools}
+    caps = {role: replica_capacity(built, p) for role, p in pools.items()}
+    timers = {role: make_timer(built, p, caps[role], seed) for role, p in pools.items()}
+
+    def solve(rate: float) -> tuple[dict[str, PoolState], np.ndarray, np.ndarray, float]:
+        states = {}
+        if "mixed" in pools:
+            p = pools["mixed"]
+            s = pool_state(timers["mixed"], caps["mixed"], p, rate / p.replicas, mean_in, mean_out, "mixed")
+            states["mixed"] = s
+            resid = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
+            # a prompt of I tokens: chunks of the budget left beside the decoders, each costing the decode
+            # step plus its share of the mean chunk's extra time (linear in prefill tokens)
+            budget = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
+            extra = (s.t_mixed - s.t_decode) / max(s.chunk, 1)
+            ttft = resid + np.ceil(inp / budget) * s.t_decode + inp * extra
+            tpot = s.tau
+            transfer = 0.0
+        else:
+            pp, dp = pools["prefill"], pools["decode"]
+            sp = pool_state(timers["prefill"], caps["prefill"], pp, rate / pp.replicas, mean_in, 1, "prefill")
+            sd = pool_state(timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode")
+            states["prefill"], states["decode"] = sp, sd
+            service = sp.t_mixed * sp.chunks
+            rho = rate / pp.replicas * service
+            if rho >= 1:
+                sp.overloaded, sp.reason = True, f"prefill utilisation {rho:.2f} >= 1"
+            wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
+            ttft = wait + np.ceil(inp / max(sp.chunk, 1)) * sp.t_mixed
+            cl = built.cluster
+            d = sc.disaggregation
+            kind = d.kv_link if d and d.kv_link != "auto" else ("intra" if built.gpus <= cl.gpus_per_node else "inter")
+            bw, lat = cl.link(kind)
+            per_tok = kv_bytes_per_token(built.model, Layout(), built.precision)
+            transfer = float(np.mean(inp * per_tok / (bw * pp.layout.tp * pp.layout.pp) + lat))
+            tpot = sd.tau + sd.t_decode * 0  # decode steps only
+        e2e = ttft + transfer + np.maximum(out - 1, 0) * tpot
+        return states, ttft, e2e, tpot
+
+    think = w.think_s if w.arrival == "closed" else 0.0
+    states, ttft, e2e, tpot = solve(rate)
+    if w.arrival == "closed":
+        for _ in range(50):
+            new_rate = float(w.concurrency or 1) / (float(np.mean(e2e)) + think)
+            if abs(new_rate - rate) <= 1e-4 * rate:
+                break
+            rate = 0.5 * rate + 0.5 * new_rate
+            states, ttft, e2e, tpot = solve(rate)
+    overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
+    gpus = built.gpus
+    gpu = built.cluster.gpu
+    try:
+        per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
+    except MoesimError as exc:
+        per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
+    out_tok_s = rate * mean_out
+    slo = sc.slo
+    ok = np.ones(len(inp), bool)
+    if slo.ttft_s is not None:
+        ok &= ttft <= slo.ttft_s
+    if slo.tpot_s is not None:
+        ok &= (tpot <= slo.tpot_s) | (out <= 1)
+    main = states.get("mixed") or states["decode"]
+    bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
+    n_rep = sum(p.replicas for p in built.pools)
+    smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
+    smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
+    summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
+    for name, values in (("ttft", ttft), ("tpot", np.full(len(inp), tpot)), ("e2e", e2e)):
+        for k, v in percentiles(values).items():
+            summary[f"{name}_{k}_s"] = v
+    summary.update(
+        {
+            "throughput_req_s": rate,
+            "throughput_tok_s": out_tok_s,
+            "input_tok_s": rate * mean_in,
+            "total_tok_s": rate * (mean_in + mean_out),
+            "goodput_req_s": rate * float(ok.mean()),
+            "slo_attainment": float(ok.mean()),
+            "mean_batch": main.batch,
+            "s_mbu": smbu,
+            "s_mfu": smfu,
+            "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
+            "cost_basis": basis,
+            "energy_j_per_token": gpus * gpu.tdp_w / out_tok_s if gpu.tdp_w and out_tok_s > 0 else None,
+            "gpus": gpus,
+            "replicas": n_rep,
+            "step_s": main.tau,
+            "decode_step_s": main.t_decode,
+            "mixed_step_s": main.t_mixed,
+            "overloaded": bool(overloaded),
+            "overload_reason": "; ".join(overloaded),
+            "simulated_s": float(len(inp) / rate + np.mean(e2e)) if rate > 0 else math.nan,
+            "wall_s": time.perf_counter() - t0,
+        }
+    )
+    return summary

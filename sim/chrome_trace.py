@@ -1,0 +1,259 @@
+"""A simulated serving run as a Chrome trace, for chrome://tracing and Perfetto (ui.perfetto.dev).
+
+The file is the Trace Event Format's JSON object form, ``{"traceEvents": [...], "displayTimeUnit": "ms"}``:
+complete events (``"ph": "X"``) with ``ts`` and ``dur`` in microseconds, ``pid``/``tid`` placing them, and
+metadata events (``"ph": "M"``) naming processes (``process_name``) and threads (``thread_name``) through
+``args.name``.
+
+Layout: one process per replica (``replica 0 (decode pool)``; pid = replica + 1), one thread per GPU of the
+replica (``GPU 3``; tid = GPU + 1). Each engine step is a slice named by its phase (``prefill``, ``decode`` or
+``mixed``) on every GPU, holding sub-slices laid end to end:
+
+- GPU 0 is drawn as the busiest GPU: ``compute`` lasts compute_s + straggler_s, then ``all-to-all`` (comm_s),
+  then ``expert fetch`` (fetch_s).
+- Every other GPU: ``compute`` (compute_s), ``straggler wait`` (straggler_s, idle while the busiest GPU
+  finishes), ``all-to-all``, ``expert fetch``.
+
+This is a simplification: the simulator reports only the wait behind the busiest GPU beyond the mean one,
+not which GPU was busiest nor each GPU's own wait, and the wait happens inside every MoE layer, not once per
+step. The all-to-all therefore starts at the same time on every GPU, as a collective does. When the
+components add up to more than the step (rounding), they are scaled down to fit it; the step slice's args
+keep the true seconds. KV-cache transfers (prefill → decode under disaggregation) are slices on extra
+``KV transfer`` threads of the destination replica (more lanes when transfers overlap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model.errors import MoesimError
+from sim.metrics import require_columns
+
+STEP_COLUMNS = ("replica", "start_s", "duration_s", "phase", "compute_s", "comm_s", "straggler_s", "fetch_s")
+KV_COLUMNS = ("request_id", "src_replica", "dst_replica", "start_s", "duration_s", "bytes")
+_STEP_ARGS = ("tokens", "seqs", "prefill_tokens", "decode_seqs", "kv_used_frac", "waiting")
+
+
+def _jsonable(v: Any) -> Any:
+    """A numpy or pandas scalar as a plain JSON value (NaN and infinities become None)."""
+    if isinstance(v, (np.integer, int)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _gpu_counts(gpus_per_replica: dict[int, int] | int, replicas: list[int]) -> dict[int, int]:
+    """GPUs of each replica in ``replicas``, checked."""
+    if isinstance(gpus_per_replica, dict):
+        missing = [r for r in replicas if r not in gpus_per_replica]
+        if missing:
+            raise MoesimError(
+                f"gpus_per_replica has no entry for replica(s) {missing}",
+                "give a GPU count for every replica, or one int for all",
+            )
+        counts = {r: int(gpus_per_replica[r]) for r in replicas}
+    else:
+        counts = dict.fromkeys(replicas, int(gpus_per_replica))
+    bad = {r: g for r, g in counts.items() if g < 1}
+    if bad:
+        raise MoesimError(f"gpus_per_replica {bad} is below 1", "pass a positive GPU count per replica")
+    return counts
+
+
+def _ns(seconds: np.ndarray) -> np.ndarray:
+    """Seconds as int64 nanoseconds (NaN as 0)."""
+    return np.rint(np.nan_to_num(seconds) * 1e9).astype(np.int64)
+
+
+def _slice(name: str, cat: str, pid: int, tid: int, start_ns: int, end_ns: int, args: dict | None = None) -> dict:
+    """A complete ("X") event from integer nanoseconds; ts and dur in µs."""
+    event = {
+        "name": name,
+        "cat": cat,
+        "ph": "X",
+        "pid": pid,
+        "tid": tid,
+        "ts": start_ns / 1000,
+        "dur": (end_ns - start_ns) / 1000,
+    }
+    if args:
+        event["args"] = args
+    return event
+
+
+def _meta(kind: str, pid: int, tid: int, args: dict) -> dict:
+    """A metadata ("M") event such as ``process_name`` or ``thread_sort_index``."""
+    return {"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": args}
+
+
+def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
+    """Phase slices and their sub-slices, on every GPU, for the steps in ``sel``."""
+    events: list[dict] = []
+    arg_cols = [c for c in _STEP_ARGS if c in sel.columns]
+    for replica, grp in sel.groupby("replica", sort=True):
+        grp = grp.sort_values("start_s", kind="stable")
+        pid = int(replica) + 1
+        start = _ns(grp["start_s"].to_numpy(float))
+        end = _ns(grp["start_s"].to_numpy(float) + grp["duration_s"].to_numpy(float))
+        end[:-1] = np.minimum(end[:-1], start[1:])  # slices of one GPU never overlap (float rounding)
+        end = np.maximum(end, start)
+        parts = [np.clip(np.nan_to_num(grp[c].to_numpy(float)), 0.0, None) for c in STEP_COLUMNS[4:]]
+        compute, comm, straggler, fetch = parts
+        total = compute + comm + straggler + fetch
+        room = (end - start) / 1e9
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(total > room, room / total, 1.0)
+        # Sub-slice edges (ns) on a non-busiest GPU; GPU 0 merges [b0, b2] into one compute slice.
+        b0 = start
+        b1 = np.minimum(start + _ns(compute * scale), end)
+        b2 = np.minimum(start + _ns((compute + straggler) * scale), end)
+        b3 = np.minimum(start + _ns((compute + straggler + comm) * scale), end)
+        b4 = np.minimum(start + _ns(total * scale), end)
+        phases = grp["phase"].astype(str).tolist()
+        true_s = np.column_stack(parts).tolist()
+        arg_rows = grp[arg_cols].to_dict("records") if arg_cols else [{} for _ in range(len(grp))]
+        cols = (b0.tolist(), b1.tolist(), b2.tolist(), b3.tolist(), b4.tolist(), end.tolist())
+        for i, (s0, s1, s2, s3, s4, e) in enumerate(zip(*cols, strict=True)):
+            args = {k: _jsonable(v) for k, v in arg_rows[i].items()}
+            args.update(zip(("compute_s", "comm_s", "straggler_s", "fetch_s"), true_s[i], strict=True))
+            for g in range(gpus[int(replica)]):
+                tid = g + 1
+                events.append(_slice(phases[i], "step", pid, tid, s0, e, args))
+                subs = (
+                    [("compute", "compute", s0, s2)]
+                    if g == 0
+                    else [("compute", "compute", s0, s1), ("straggler wait", "straggler", s1, s2)]
+                )
+                subs += [("all-to-all", "comm", s2, s3), ("expert fetch", "fetch", s3, s4)]
+                events.extend(_slice(name, cat, pid, tid, a, b) for name, cat, a, b in subs if b > a)
+    return events
+
+
+def _kv_events(kv: pd.DataFrame, gpus: dict[int, int]) -> tuple[list[dict], dict[int, int]]:
+    """KV-transfer slices on lanes of each destination replica, and the lanes each replica needed."""
+    events: list[dict] = []
+    lanes_used: dict[int, int] = {}
+    for replica, grp in kv.groupby("dst_replica", sort=True):
+        grp = grp.sort_values("start_s", kind="stable")
+        pid = int(replica) + 1
+        start = _ns(grp["start_s"].to_numpy(float))
+        end = np.maximum(_ns(grp["start_s"].to_numpy(float) + grp["duration_s"].to_numpy(float)), start)
+        lane_end: list[int] = []  # greedy interval colouring: first lane free by this start
+        rows = zip(start.tolist(), end.tolist(), grp[list(KV_COLUMNS)].to_dict("records"), strict=True)
+        for s, e, row in rows:
+            lane = next((k for k, free_at in enumerate(lane_end) if free_at <= s), len(lane_end))
+            if lane == len(lane_end):
+                lane_end.append(e)
+            lane_end[lane] = e
+            dur_s = row["duration_s"]
+            args = {
+                "request_id": _jsonable(row["request_id"]),
+                "src_replica": _jsonable(row["src_replica"]),
+                "bytes": _jsonable(row["bytes"]),
+                "GB_per_s": _jsonable(row["bytes"] / dur_s / 1e9) if dur_s and dur_s > 0 else None,
+            }
+            events.append(_slice("KV transfer", "kv", pid, gpus[int(replica)] + 1 + lane, s, e, args))
+        lanes_used[int(replica)] = len(lane_end)
+    return events, lanes_used
+
+
+def _write_atomic(doc: dict, path: Path) -> None:
+    """Write ``doc`` as compact JSON to ``path`` through a temp file in the same directory and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # one-shot dumps uses the C encoder
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_chrome_trace(
+    steps: pd.DataFrame,
+    path: str | Path,
+    *,
+    gpus_per_replica: dict[int, int] | int,
+    kv_transfers: pd.DataFrame | None = None,
+    max_steps: int = 20000,
+) -> dict[str, int | bool]:
+    """Write the steps (and KV transfers) of a simulated run as a Chrome trace JSON file.
+
+    Only the first ``max_steps`` steps by start time are written, so the file stays small enough to open
+    (each step becomes about five events per GPU); KV transfers starting after the last written step ends
+    are left out with them. The file is written atomically: a failure leaves any previous file intact.
+
+    Args:
+        steps: per-step DataFrame (``replica``, ``pool``, ``start_s``, ``duration_s``, ``phase``,
+            ``compute_s``, ``comm_s``, ``straggler_s``, ``fetch_s``, s; ``tokens``, ``seqs``,
+            ``prefill_tokens``, ``decode_seqs``, ``kv_used_frac``, ``waiting`` go to the step slices' args).
+        path: the JSON file to write (its directory is created if missing).
+        gpus_per_replica: GPUs of each replica, or one count for all.
+        kv_transfers: prefill → decode KV transfers (``request_id``, ``src_replica``, ``dst_replica``,
+            ``start_s``, ``duration_s``, s, ``bytes``), or None / empty.
+        max_steps: most steps written (≥ 0).
+
+    Returns:
+        ``events`` (trace events written, metadata included), ``steps_written``, ``steps_total``,
+        ``truncated`` (some steps were left out) and ``kv_transfers_written``.
+    """
+    require_columns(steps, STEP_COLUMNS, "steps")
+    if max_steps < 0:
+        raise MoesimError(f"max_steps = {max_steps} is negative", "pass 0 or more")
+    kv = kv_transfers if kv_transfers is not None else pd.DataFrame(columns=list(KV_COLUMNS))
+    require_columns(kv, KV_COLUMNS, "kv_transfers")
+
+    sel = steps.sort_values("start_s", kind="stable").iloc[:max_steps]
+    truncated = len(sel) < len(steps)
+    if truncated:
+        cutoff = float((sel["start_s"] + sel["duration_s"]).max()) if len(sel) else -math.inf
+        kv = kv[kv["start_s"].astype(float) <= cutoff]
+    replicas = sorted({int(r) for r in steps["replica"]} | {int(r) for r in kv["dst_replica"]})
+    gpus = _gpu_counts(gpus_per_replica, replicas)
+    pools = steps.groupby("replica")["pool"].first().to_dict() if "pool" in steps.columns else {}
+
+    body = _step_events(sel, gpus)
+    kv_body, kv_lanes = _kv_events(kv, gpus)
+    meta: list[dict] = []
+    for r in replicas:
+        pid = r + 1
+        pool = pools.get(r)
+        meta.append(_meta("process_name", pid, 0, {"name": f"replica {r} ({pool} pool)" if pool else f"replica {r}"}))
+        meta.append(_meta("process_sort_index", pid, 0, {"sort_index": r}))
+        for g in range(gpus[r]):
+            meta.append(_meta("thread_name", pid, g + 1, {"name": f"GPU {g}"}))
+            meta.append(_meta("thread_sort_index", pid, g + 1, {"sort_index": g}))
+        for lane in range(kv_lanes.get(r, 0)):
+            tid = gpus[r] + 1 + lane
+            meta.append(_meta("thread_name", pid, tid, {"name": "KV transfer" + (f" {lane + 1}" if lane else "")}))
+            meta.append(_meta("thread_sort_index", pid, tid, {"sort_index": gpus[r] + lane}))
+
+    events = meta + body + kv_body
+    summary: dict[str, int | bool] = {
+        "events": len(events),
+        "steps_written": len(sel),
+        "steps_total": len(steps),
+        "truncated": truncated,
+        "kv_transfers_written": len(kv),
+    }
+    doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim", **summary}}
+    _write_atomic(doc, Path(path))
+    return summary

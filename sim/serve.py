@@ -1,0 +1,178 @@
+"""The serving simulator's Python API: a scenario in, DataFrames and a summary out.
+
+    from sim.serve import run
+    res = run("examples/mixtral-8x7b-ep8.yaml", engine="des")
+    res.summary["ttft_p99_s"], res.requests, res.steps
+
+`run` validates and builds the scenario, runs the discrete-event engine or
+the analytical model, and adds the CAP figures (S-MBU, S-MFU, dollars and
+energy per token) to the latency summary. `write_outputs` writes what the
+CLI leaves in ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model import CostModel
+from model.cap import usd_per_gpu_second
+from model.errors import MoesimError
+from sim.engine import Progress, SimResult, simulate
+from sim.metrics import latency_summary, littles_law
+from sim.scenario import Built, Scenario, build, load_scenario, parse_scenario
+
+
+@dataclass
+class ServeResult:
+    """A run's results.
+
+    Attributes:
+        summary: flat JSON-ready figures (units in the keys).
+        requests, steps, kv_transfers: per-request, per-step and per-transfer
+            tables (empty for the analytical engine).
+        itl: every inter-token latency, s.
+        built: the scenario's objects.
+    """
+
+    summary: dict[str, Any]
+    built: Built
+    requests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kv_transfers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    itl: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sim: SimResult | None = None
+
+
+def load(scenario: str | Path | Scenario | dict, cost_model: CostModel | None = None) -> Built:
+    """Validate and build a scenario given as a path, a mapping or a `Scenario`."""
+    if isinstance(scenario, (str, Path)):
+        sc, base = load_scenario(scenario), Path(scenario).parent
+    elif isinstance(scenario, dict):
+        sc, base = parse_scenario(scenario), Path(".")
+    else:
+        sc, base = scenario, Path(".")
+    return build(sc, base, cost_model)
+
+
+def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
+    """Latency, throughput, goodput and the CAP figures of a discrete-event run."""
+    sc = built.scenario
+    s: dict[str, Any] = {"engine": "des"}
+    s |= latency_summary(res.requests, res.itl, res.steps, slo_ttft_s=sc.slo.ttft_s, slo_tpot_s=sc.slo.tpot_s)
+    gpu = built.cluster.gpu
+    gpus = built.gpus
+    span = s["simulated_s"]
+    steps = res.steps
+    # S-MBU / S-MFU: bytes and FLOP the steps needed over what the replicas' GPUs could move in the run
+    bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
+    s["s_mbu"] = float(steps["bytes"].sum() / (span * gpus * bw)) if span > 0 else math.nan
+    s["s_mfu"] = float(steps["flops"].sum() / (span * gpus * peak)) if span > 0 else math.nan
+    busy = np.concatenate([v for v in res.gpu_busy_s.values()]) / span if span > 0 else np.zeros(1)
+    s["gpu_busy_mean"] = float(busy.mean())
+    s["gpu_busy_min"] = float(busy.min())
+    s["gpu_busy_max"] = float(busy.max())
+    try:
+        per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
+    except MoesimError as exc:
+        per_s, basis = math.nan, f"unpriced: {exc.one_line()}"
+    done = res.requests["finish_s"].notna()
+    out_tokens = float(res.requests.loc[done, "output_tokens"].sum())
+    s["usd_per_mtok"] = gpus * per_s * span / out_tokens * 1e6 if out_tokens else math.nan
+    s["cost_basis"] = basis
+    s["energy_j_per_token"] = gpus * gpu.tdp_w * span / out_tokens if gpu.tdp_w and out_tokens else None
+    s["gpus"] = gpus
+    s["replicas"] = sum(p.replicas for p in built.pools)
+    s["steps"] = len(steps)
+    s["mean_step_s"] = float(steps["duration_s"].mean()) if len(steps) else math.nan
+    # Little's law from the engine's own bookkeeping: time-average of (waiting + running) over lambda x W
+    if len(steps) and span > 0 and done.any():
+        in_sys = float(((steps["waiting"] + steps["running"]) * steps["duration_s"]).sum() / span)
+        lam = float(done.sum() / span)
+        w = float(res.requests.loc[done, "e2e_s"].mean())
+        s["littles_law_error"] = abs(in_sys - lam * w) / in_sys if in_sys > 0 else math.nan
+    s["littles_law_identity_error"] = littles_law(res.requests)["rel_error"]
+    s["memory"] = {role: c.verdict for role, c in res.capacities.items()}
+    s["wall_s"] = res.wall_s
+    s["simulated_s_per_wall_s"] = span / res.wall_s if res.wall_s > 0 else math.nan
+    return s
+
+
+def run(
+    scenario: str | Path | Scenario | dict,
+    engine: str = "des",
+    *,
+    cost_model: CostModel | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+) -> ServeResult:
+    """Simulate a serving scenario with ``engine`` ``des`` or ``analytical``."""
+    built = load(scenario, cost_model)
+    if engine == "analytical":
+        from sim.analytical import analyse
+
+        return ServeResult(analyse(built, seed), built)
+    if engine != "des":
+        raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
+    res = simulate(built, seed, progress)
+    return ServeResult(des_summary(built, res), built, res.requests, res.steps, res.kv_transfers, res.itl, res)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def clean_json(summary: dict[str, Any]) -> str:
+    """One JSON object; NaN and infinity become null."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(fix(summary), default=_json_default)
+
+
+def write_outputs(res: ServeResult, out: str | Path, plots: bool = True) -> list[Path]:
+    """Write ``summary.json``, ``requests.parquet``, ``steps.parquet`` and the plots into ``out``.
+
+    Everything is written into a temporary folder beside ``out`` first and
+    moved into place at the end, so a failure leaves no partial folder.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files = [tmp / "summary.json"]
+        (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
+        if not res.requests.empty:
+            res.requests.to_parquet(tmp / "requests.parquet", index=False)
+            res.steps.to_parquet(tmp / "steps.parquet", index=False)
+            files += [tmp / "requests.parquet", tmp / "steps.parquet"]
+            if not res.kv_transfers.empty:
+                res.kv_transfers.to_parquet(tmp / "kv_transfers.parquet", index=False)
+            if plots:
+                from sim.plots import write_plots
+
+                files += write_plots(res.requests, res.itl, res.steps, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / f.name for f in files]

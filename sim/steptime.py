@@ -1,0 +1,449 @@
+"""Step times of one replica: the cost model's op times plus the MoE physics of each step.
+
+`StepTimer.expected` is the analytical step: `model.roofline.estimate_step`
+with the routing statistics and placement, so the MoE layer already waits for
+the *expected* busiest GPU. `StepTimer.sample` is the discrete-event step:
+every op except the routed experts comes from the same estimate, and for each
+MoE layer the (token, expert) pairs of the step are drawn from the routing
+statistics (a multinomial over the expert slots of the placement, T x top_k
+draws with slot probability = inclusion probability / top_k), so each GPU's
+pairs and active experts vary from step to step and the layer waits for the
+slowest GPU (the straggler). Per GPU, the grouped-GEMM time of (pairs, active
+experts) is interpolated from a table built once with the cost model.
+
+Physics options:
+- capacity factor: each expert takes at most ceil(cf x T x top_k / E) pairs
+  per step (split evenly over its replicas); the rest are dropped and counted.
+- two-batch overlap: the step runs as two micro-batches of half the sequences;
+  each MoE layer costs max(rho x compute, all-to-all) with rho = 2 t(T/2) / t(T)
+  the micro-batching inefficiency of the non-expert ops, plus half a layer's
+  all-to-all that nothing hides (the first micro-batch's dispatch).
+- offloading: experts not resident are fetched over PCIe into an LRU cache of
+  ``cache_experts`` slots per GPU before the layer runs (not overlapped).
+
+Units: seconds, bytes, FLOP. Batches are arrays of per-sequence new and cached tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
+from model.cap import utilisation_exact
+from model.ops import experts_op
+from model.roofline import RooflineCostModel, StepEstimate
+from model.routing import default_placement, inclusion_probs, slot_inclusion
+
+_COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Experts resident per GPU and the host link that fetches the rest.
+
+    Attributes:
+        cache_experts: expert slots (of any layer) an LRU cache on each GPU holds.
+        expert_bytes: bytes of one expert slot on one GPU (its moe_tp shard).
+        host_bw: host-to-GPU bytes/s per GPU.
+    """
+
+    cache_experts: int
+    expert_bytes: float
+    host_bw: float
+
+
+@dataclass
+class StepCost:
+    """One step's time and where it went (seconds), with its routed and dropped pairs.
+
+    ``compute_s + comm_s + straggler_s + fetch_s == duration_s``; ``gpu_wait_s``
+    is each GPU's idle time in the MoE layers waiting for the slowest, shape [G].
+    """
+
+    duration_s: float
+    compute_s: float
+    comm_s: float
+    straggler_s: float
+    fetch_s: float
+    pairs: int
+    dropped_pairs: int
+    bytes: float
+    flops: float
+    gpu_wait_s: np.ndarray = field(default_factory=lambda: np.zeros(1))
+
+
+def _q(x: float, per_octave: int = 48) -> int:
+    """Log-scale bucket of a count (exact up to 64)."""
+    return int(x) if x <= 64 else 64 + round(per_octave * math.log2(x / 64.0))
+
+
+class StepTimer:
+    """Step times of one replica (see the module docstring).
+
+    Args:
+        model, layout, cluster, precision: the replica.
+        cost_model: None: the roofline.
+        loads: expert load shares [moe_layers, E] (None: uniform).
+        phys_to_log: placement [moe_layers, S] (None: E slots in blocks of E/ep).
+        capacity_factor: None: dropless.
+        overlap: ``none`` or ``two_batch``.
+        offload: None: every expert resident.
+        seed: the routing draws' seed.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        layout: Layout,
+        cluster: ClusterSpec,
+        precision: Precision,
+        cost_model: CostModel | None = None,
+        loads: np.ndarray | None = None,
+        phys_to_log: np.ndarray | None = None,
+        capacity_factor: float | None = None,
+        overlap: str = "none",
+        offload: Offload | None = None,
+        seed: int = 0,
+        max_pairs: int = 1 << 16,
+    ) -> None:
+        self.model, self.layout, self.cluster, self.precision = model, layout, cluster, precision
+        self.cost_model = cost_model or RooflineCostModel()
+        self.loads, self.phys = loads, phys_to_log
+        self.capacity_factor, self.overlap, self.offload = capacity_factor, overlap, offload
+        self.rng = np.random.default_rng(seed)
+        self._memo: dict[tuple, tuple] = {}
+        self.moe = model.moe if model.is_moe else None
+        self.n_moe = model.num_moe_layers if self.moe else 0
+        self.n_layers = model.num_layers
+        if self.moe is None:
+            return
+        moe, ep = self.moe, layout.ep
+        n_exp, k = moe.num_experts, moe.top_k
+        phys = np.asarray(phys_to_log) if phys_to_log is not None else default_placement(n_exp)
+        phys = np.broadcast_to(phys, (self.n_moe, phys.shape[-1]))
+        shares = np.full((self.n_moe, n_exp), 1.0 / n_exp) if loads is None else np.asarray(loads, float)
+        pi = inclusion_probs(np.broadcast_to(shares, (self.n_moe, n_exp)), k)
+        self.slot_p = np.stack([slot_inclusion(pi[i], phys[i]) for i in range(self.n_moe)]) / k  # [L, S]
+        self.slot_p /= self.slot_p.sum(axis=1, keepdims=True)
+        self.replicas = np.stack([np.bincount(phys[i], minlength=n_exp)[phys[i]] for i in range(self.n_moe)])
+        self.slots = phys.shape[1]
+        self.per_gpu = self.slots // ep
+        width = moe.intermediate_size // layout.moe_tp
+        gemm_dtype = precision.gemm_compute_dtype(cluster.gpu.peak_flops)
+        self._template = experts_op(1, model.hidden_size, width, k, n_exp, ep, precision, gemm_dtype, balanced=True)
+        self._table_pairs = np.unique(
+            np.concatenate([np.arange(0, 33), np.round(32 * 2 ** (np.arange(1, 160) / 8.0))]).astype(np.int64)
+        )
+        self._table_pairs = self._table_pairs[self._table_pairs <= max(max_pairs, 64)]
+        a = self.per_gpu
+        self._table_active = np.unique(
+            np.arange(0, a + 1) if a <= 32 else [*np.round(np.geomspace(1, a, 33)).astype(np.int64).tolist(), 0]
+        )
+        self._table = np.array(
+            [[self._expert_time(int(p), int(x)) for p in self._table_pairs] for x in self._table_active]
+        )  # [A, P]
+        self._caches = [OrderedDict() for _ in range(ep)] if offload else []
+
+    # ---- op-level pieces -------------------------------------------------------------------------
+    def _expert_time(self, pairs: int, active: int) -> float:
+        """Grouped-GEMM time of one MoE layer on one GPU with ``pairs`` routed pairs over ``active`` experts, s."""
+        if pairs <= 0:
+            return 0.0
+        active = max(1, min(active, pairs))
+        t = self._template
+        s = t.shape
+        h, w, wb, ab = s["hidden"], s["inter"], s["w_bytes"], self.precision.activation_bytes
+        op = replace(
+            t,
+            flops=6.0 * pairs * h * w,
+            weight_bytes=active * 3.0 * h * w * wb,
+            act_bytes=(2.0 * pairs * h + 4.0 * pairs * w) * ab,
+            shape=s
+            | {
+                "tokens": pairs * s["ep"] / s["top_k"],
+                "pairs": float(pairs),
+                "mean_pairs": float(pairs),
+                "active_experts": float(active),
+                "imbalance": 1.0,
+            },
+        )
+        return self.cost_model.op_time(op, self.cluster).seconds
+
+    def expert_times(self, pairs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Vectorised grouped-GEMM time per (pairs, active experts), bilinear in the table, s."""
+        p = np.asarray(pairs, float)
+        a = np.asarray(active, float)
+        tp, _ta, tab = self._table_pairs, self._table_active, self._table
+        if self.per_gpu == 1:  # one expert per GPU: active = pairs > 0
+            return np.interp(p, tp, tab[-1], right=np.nan) if p.max(initial=0) <= tp[-1] else self._far(p, a)
+        return self._far(p, a)
+
+    def _far(self, p: np.ndarray, a: np.ndarray) -> np.ndarray:
+        tp, ta, tab = self._table_pairs, self._table_active, self._table
+        top = tp[-1]
+        scale = np.maximum(p / top, 1.0)  # beyond the table: linear in pairs (compute-bound there)
+        p = np.minimum(p, top)
+        ip = np.minimum(np.searchsorted(tp, p, side="right") - 1, len(tp) - 2)
+        fp = (p - tp[ip]) / (tp[ip + 1] - tp[ip])
+        if len(ta) > 1:
+            ia = np.minimum(np.searchsorted(ta, a, side="right") - 1, len(ta) - 2)
+            fa = np.minimum((a - ta[ia]) / (ta[ia + 1] - ta[ia]), 1.0)
+            lo = tab[ia, ip] + (tab[ia, ip + 1] - tab[ia, ip]) * fp
+            hi = tab[ia + 1, ip] + (tab[ia + 1, ip + 1] - tab[ia + 1, ip]) * fp
+            out = lo + (hi - lo) * fa
+        else:
+            out = tab[0, ip] + (tab[0, ip + 1] - tab[0, ip]) * fp
+        return out * scale * (p > 0)
+
+    def estimate(self, batch: Batch, per_layer: bool = True) -> StepEstimate:
+        """The analytical estimate of ``batch`` (expected busiest GPU).
+
+        ``per_layer=False`` uses the layer-averaged loads and the first
+        layer's placement (one op per layer set instead of one per layer):
+        the discrete-event step takes only its non-expert ops from it, and
+        draws the experts' loads itself.
+        """
+        loads, phys = self.loads, self.phys
+        if not per_layer:
+            loads = None if loads is None else np.asarray(loads).mean(axis=0) if np.ndim(loads) == 2 else loads
+            phys = None if phys is None else np.asarray(phys)[0] if np.ndim(phys) == 2 else phys
+        return estimate_step(
+            self.model, batch, self.layout, self.cluster, self.precision, self.cost_model, loads=loads, phys_to_log=phys
+        )
+
+    def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
+        """(other compute, a2a, other comm, expected experts, rho, bytes, flops) of a batch, s / bytes / FLOP.
+
+        Memoised: a pure-decode batch by (sequences, KV-token bucket of 1/8
+        octave), linear in KV tokens between the bucket's edges (a decode
+        step's attention is linear in the cache it reads); any other batch by
+        (tokens, sequences, KV tokens, sum of squared new tokens), exact up to
+        64 and then in buckets of 1/16 octave (tokens, sequences) and 1/8
+        octave (attention work); the first batch seen in a bucket stands for it.
+        """
+        s = int(new.size)
+        kv = float((new + cached).sum())
+        if s and int(new.max()) == 1:
+            return self.decode_parts(s, np.array([kv]), exact)[0]
+        key = (exact, _q(int(new.sum()), 16), _q(s, 16), _q(kv, 8), _q(float((new.astype(float) ** 2).sum()), 8))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._compute(new, cached, exact)
+        return hit
+
+    def decode_parts(self, seqs: int, kv: np.ndarray, exact: bool = False) -> np.ndarray:
+        """Parts [k, 7] of pure-decode steps of ``seqs`` sequences reading ``kv`` [k] cache tokens.
+
+        Bilinear between grid edges: sequences exact up to 32, then 16 per
+        octave; KV tokens 4 per octave (a decode step's attention is linear in
+        the cache it reads, and nothing else depends on it).
+        """
+        if seqs <= 32:
+            s_lo, s_hi, fs = seqs, seqs, 0.0
+        else:
+            b = math.floor(16 * math.log2(seqs))
+            s_lo, s_hi = int(2 ** (b / 16)), math.ceil(2 ** ((b + 1) / 16))
+            s_lo, s_hi = max(s_lo, 32), max(s_hi, s_lo + 1)
+            fs = (seqs - s_lo) / (s_hi - s_lo)
+        kv = np.maximum(np.asarray(kv, float), 1.0)
+        b = np.floor(4 * np.log2(kv)).astype(np.int64)
+        lo, hi = 2.0 ** (b / 4), 2.0 ** ((b + 1) / 4)
+        fk = ((kv - lo) / (hi - lo))[:, None]
+        out = np.empty((kv.size, 7))
+        for i, bucket in enumerate(b.tolist()):
+            if i and bucket == b[i - 1]:
+                out[i] = out[i - 1]
+                continue
+            out[i] = self._edge(s_lo, bucket, exact) * (1 - fs) + self._edge(s_hi, bucket, exact) * fs
+        lo_v = out
+        hi_v = np.empty_like(out)
+        for i, bucket in enumerate(b.tolist()):
+            if i and bucket == b[i - 1]:
+                hi_v[i] = hi_v[i - 1]
+                continue
+            hi_v[i] = self._edge(s_lo, bucket + 1, exact) * (1 - fs) + self._edge(s_hi, bucket + 1, exact) * fs
+        return lo_v * (1 - fk) + hi_v * fk
+
+    def _edge(self, seqs: int, bucket: int, exact: bool) -> np.ndarray:
+        key = ("decode", exact, seqs, bucket)
+        hit = self._memo.get(key)
+        if hit is None:
+            ctx = max(round(2 ** (bucket / 4) / seqs) - 1, 0)
+            hit = self._memo[key] = self._compute(np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64), exact)
+        return hit
+
+    def _compute(self, new: np.ndarray, cached: np.ndarray, exact: bool) -> np.ndarray:
+        batch = Batch(tuple(int(x) for x in new), tuple(int(x) for x in cached))
+        parts = self._split(self.estimate(batch, exact))
+        rho = 1.0
+        if self.overlap == "two_batch" and new.size >= 2:
+            halves = (slice(0, None, 2), slice(1, None, 2))
+            half = [
+                self._split(self.estimate(Batch(tuple(new[h].tolist()), tuple(cached[h].tolist())), exact))
+                for h in halves
+            ]
+            whole = parts[0] + parts[3]
+            rho = sum(h[0] + h[3] for h in half) / whole if whole > 0 else 1.0
+        use = utilisation_exact(self.model, batch, self.cluster.gpu, 1.0, 1, self.precision)
+        return np.array([*parts, rho, use.bytes, use.flops])
+
+    def _split(self, est: StepEstimate) -> tuple[float, float, float, float]:
+        other = a2a = comm = experts = 0.0
+        for op, tm in zip(est.ops, est.times, strict=True):
+            sec = tm.seconds * op.count
+            if op.name == "routed_experts":
+                experts += sec
+            elif op.kind == "all_to_all":
+                a2a += sec
+            elif op.kind in _COMM:
+                comm += sec
+            else:
+                other += sec
+        return other, a2a, comm, experts
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def expected(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
+        """The analytical step (expected busiest GPU, no sampling, no cache misses)."""
+        parts = self._parts(np.asarray(new), np.asarray(cached), exact=True)[None, :]
+        n = max(self.n_moe, 1)
+        layers = np.full((1, n), parts[0, 3] / n)
+        return self._combine(
+            parts, layers, np.zeros(1), np.zeros(1), np.zeros((1, 1)), np.zeros((1, max(self.layout.ep, 1)))
+        )[0]
+
+    def sample(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
+        """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches."""
+        return self.sample_run(np.asarray(new), np.asarray(cached)[None, :])[0]
+
+    def sample_run(self, new: np.ndarray, cached: np.ndarray) -> list[StepCost]:
+        """``k`` consecutive steps of the same sequences, new tokens [B], cached tokens [k, B]."""
+        k = cached.shape[0]
+        if new.size and int(new.max()) == 1:
+            parts = self.decode_parts(int(new.size), (cached + 1).sum(axis=1))
+        else:
+            parts = np.stack([self._parts(new, cached[j]) for j in range(k)])  # [k, 7]
+        ep = max(self.layout.ep, 1)
+        if self.moe is None:
+            z = np.zeros(k)
+            return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)))
+        tokens = int(new.sum())
+        n_pairs = tokens * self.moe.top_k
+        counts = self.rng.multinomial(n_pairs, self.slot_p, size=(k, self.n_moe))  # [k, L, S]
+        pairs_total = np.full(k, n_pairs * self.n_moe)
+        dropped = np.zeros(k)
+        if self.capacity_factor is not None:
+            cap = np.ceil(self.capacity_factor * n_pairs / self.moe.num_experts / self.replicas)
+            over = np.maximum(counts - cap, 0)
+            dropped = over.sum(axis=(1, 2))
+            counts = counts - over.astype(counts.dtype)
+        per = counts.reshape(k, self.n_moe, ep, self.per_gpu)
+        te = self.expert_times(per.sum(axis=3), (per > 0).sum(axis=3))  # [k, L, G]
+        slowest = te.max(axis=2)
+        straggler = (slowest - te.mean(axis=2)).sum(axis=1)
+        wait = (slowest[:, :, None] - te).sum(axis=1)  # [k, G]
+        fetch = np.array([self._fetch(per[j]) for j in range(k)]) if self.offload else np.zeros(k)
+        extras = np.stack([pairs_total, dropped, fetch], axis=1)
+        return self._combine(parts, slowest, straggler, fetch, extras, wait)
+
+    def _combine(
+        self,
+        parts: np.ndarray,
+        expert_layers: np.ndarray,
+        straggler: np.ndarray,
+        fetch: np.ndarray,
+        extras: np.ndarray,
+        wait: np.ndarray,
+    ) -> list[StepCost]:
+        """Steps from their parts [k, 7], per-layer expert times [k, L], stragglers [k], fetches [k]."""
+        other, a2a, comm, rho, nbytes, flops = (
+            parts[:, 0],
+            parts[:, 1],
+            parts[:, 2],
+            parts[:, 4],
+            parts[:, 5],
+            parts[:, 6],
+        )
+        experts = expert_layers.sum(axis=1)
+        if self.overlap == "two_batch" and self.n_moe:
+            # per MoE layer: its share of the non-expert compute plus its experts, against its all-to-all
+            comp_l = rho[:, None] * (other[:, None] / self.n_layers + expert_layers)
+            comm_l = (a2a / self.n_moe)[:, None]
+            moe_part = np.maximum(comp_l, comm_l).sum(axis=1) + 0.5 * comm_l[:, 0]
+            dense_part = rho * other * (self.n_layers - self.n_moe) / self.n_layers
+            total = moe_part + dense_part + comm + fetch
+            exposed = np.maximum(total - fetch - comm - rho * (other + experts), 0.0)
+            compute = total - fetch - comm - exposed - straggler
+            comm_total = comm + exposed
+        else:
+            compute = other + experts - straggler
+            total = other + experts + a2a + comm + fetch
+            comm_total = a2a + comm
+        pairs = extras[:, 0] if extras.shape[1] > 1 else np.zeros(len(total))
+        dropped = extras[:, 1] if extras.shape[1] > 1 else np.zeros(len(total))
+        return [
+            StepCost(
+                float(total[j]),
+                float(compute[j]),
+                float(comm_total[j]),
+                float(straggler[j]),
+                float(fetch[j]),
+                int(pairs[j]),
+                int(dropped[j]),
+                float(nbytes[j]),
+                float(flops[j]),
+                wait[j],
+            )
+            for j in range(len(total))
+        ]
+
+    def _fetch(self, per: np.ndarray) -> float:
+        """Seconds fetching missed experts this step: per layer, the slowest GPU's misses over its host link."""
+        off = self.offload
+        assert off is not None
+        total = 0.0
+        per_fetch = off.expert_bytes / off.host_bw
+        for layer in range(per.shape[0]):
+            worst = 0
+            for g, cache in enumerate(self._caches):
+                misses = 0
+                for slot in np.flatnonzero(per[layer, g]):
+                    key = (layer, int(slot))
+                    if key in cache:
+                        cache.move_to_end(key)
+                    else:
+                        misses += 1
+                        cache[key] = None
+                        if len(cache) > off.cache_experts:
+                            cache.popitem(last=False)
+                worst = max(worst, misses)
+            total += worst * per_fetch
+        return total
+
+    def expected_fetch(self, tokens: float) -> float:
+        """Steady-state fetch seconds per step under LRU (Che's approximation), ``tokens`` per step."""
+        off = self.offload
+        if off is None or self.moe is None or tokens <= 0:
+            return 0.0
+        ep = self.layout.ep
+        # per GPU: every (layer, slot) is referenced in a step with probability a = 1 - (1 - p)^(T k)
+        a = 1.0 - (1.0 - self.slot_p) ** (tokens * self.moe.top_k)  # [L, S]
+        a = a.reshape(self.n_moe, ep, self.per_gpu).transpose(1, 0, 2).reshape(ep, -1)  # [G, L*S/G]
+        per_fetch = off.expert_bytes / off.host_bw
+        worst = 0.0
+        for g in range(ep):
+            ag = np.clip(a[g], 1e-12, 1 - 1e-12)
+            if ag.size <= off.cache_experts:
+                continue
+            lo, hi = 0.0, 1.0
+            while (1.0 - (1.0 - ag) ** hi).sum() < off.cache_experts:
+                hi *= 2
+            for _ in range(60):  # characteristic time t_C: sum_i P(referenced within t_C steps) = C
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if (1.0 - (1.0 - ag) ** mid).sum() < off.cache_experts else (lo, mid)
+            misses = float((ag * (1.0 - ag) ** lo).sum())
+            worst = max(worst, misses)
+        return worst * per_fetch
