@@ -10,7 +10,9 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
    a roofline is a lower bound, so measured time / roofline time should be >= 1;
 5. the calibrated cost model's held-out error on the H100 reference kernels;
 6. the same on this CPU's own kernels (profiled here; needs torch), and the
-   skew model (`benchmarks/calibration.py`).
+   skew model (`benchmarks/calibration.py`);
+7. the same on our own H100 SXM tables (profiling/data/h100-sxm), and how
+   well a calibration on them predicts the AIConfigurator H100 kernels.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.calibration import bench_calibration_cpu, bench_calibration_h100  # noqa: E402
+from benchmarks.calibration import (  # noqa: E402
+    bench_calibration_cpu,
+    bench_calibration_h100,
+    bench_calibration_h100_tables,
+)
 from model import (  # noqa: E402
     Batch,
     Layout,
@@ -281,6 +287,7 @@ def main() -> None:
         ("roofline vs real H100 kernels", lambda: bench_real_h100(args.quick)),
         ("calibration on H100 kernels", lambda: bench_calibration_h100(DATA, args.quick)),
         ("calibration on this CPU", lambda: bench_calibration_cpu(args.quick)),
+        ("calibration on our H100 tables", lambda: bench_calibration_h100_tables(aic=DATA, quick=args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

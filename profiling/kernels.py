@@ -35,13 +35,30 @@ class Pool:
         self.device = device
         self._buffers: dict[torch.dtype, torch.Tensor] = {}
 
+    def reserve(self, n: int, dtype: torch.dtype = torch.float32) -> None:
+        """Grow the ``dtype`` buffer to at least ``n`` elements now, so that the operands taken next (up to ``n``
+        elements in all) are views of one buffer, not of two or three grown one after another."""
+        self.get(n, dtype=dtype)
+
     def get(self, *shape: int, dtype: torch.dtype = torch.float32, offset: int = 0) -> torch.Tensor:
         """A contiguous [shape] tensor of random values starting ``offset`` elements into the buffer."""
         n = int(np.prod(shape))
         buf = self._buffers.get(dtype)
         if buf is None or buf.numel() < offset + n:
-            size = max(offset + n, 2 * (buf.numel() if buf is not None else 0), 2**20)
-            self._buffers[dtype] = buf = torch.randn(size, device=self.device).to(dtype)
+            need = offset + n
+            size = max(need, 2 * (buf.numel() if buf is not None else 0), 2**20)
+            self._buffers.pop(dtype, None)
+            buf = None  # views handed out before keep the old buffer while they live; the pool lets go of it
+            # drawn in the dtype itself (an fp32 draw converted afterwards needs 3x the memory of a 16-bit pool);
+            # where doubling does not fit the GPU, exactly what is needed: a 32 GiB KV cache on an 80 GB H100
+            try:
+                buf = torch.randn(size, device=self.device, dtype=dtype)
+            except torch.cuda.OutOfMemoryError:
+                if size == need:
+                    raise
+                torch.cuda.empty_cache()
+                buf = torch.randn(need, device=self.device, dtype=dtype)
+            self._buffers[dtype] = buf
         return buf[offset : offset + n].view(*shape)
 
 
@@ -125,19 +142,44 @@ def prepare_grouped_gemm(shape: Row, dtype: str, pool: Pool) -> Prepared:
 
 
 def prepare_grouped_gemm_triton(shape: Row, dtype: str, pool: Pool) -> Prepared:
-    """The same layer through our Triton fused-MoE kernel (`profiling.triton_moe`), tokens unsorted."""
+    """The same layer through our Triton fused-MoE kernel (`profiling.triton_moe`), tokens unsorted.
+
+    On CUDA the layer is captured once into a CUDA graph and the graph is replayed (impl ``triton_graph``), as
+    serving engines run their decode steps: the time is then the GPU's. Run eagerly, its 30-odd launches cost the
+    host 0.7 to 1.2 ms on the H100 machines measured (the alignment alone about 0.5 ms), more than all the
+    kernels of a decode-sized layer take (about 0.1 ms for a 128-expert layer at one token), and that host time
+    differed by 1.5x between two machines of the same kind. Where capture fails, the layer runs eagerly (impl
+    ``triton``).
+    """
     from profiling.triton_moe import triton_moe
 
     counts, w13, w2, width = _moe_operands(shape, dtype, pool)
-    k = shape["top_k"]
     ids = np.repeat(np.arange(len(counts)), counts)
-    ids = np.concatenate([ids, ids[: (-len(ids)) % k]])  # whole tokens of k pairs
+    # whole tokens of k pairs (the last one padded with repeated pairs); with fewer local pairs than top_k
+    # (expert parallelism, few tokens) the pairs form one token, so the kernel computes exactly those pairs
+    k = min(shape["top_k"], len(ids))
+    ids = np.concatenate([ids, ids[: (-len(ids)) % k]])
     ids = np.random.default_rng(0).permutation(ids)
     topk_ids = torch.as_tensor(ids.reshape(-1, k), device=pool.device, dtype=torch.int32)
     x = torch.randn(topk_ids.shape[0], shape["hidden"], device=pool.device, dtype=w13.dtype)
     weights = torch.full(topk_ids.shape, 1.0 / k, device=pool.device, dtype=torch.float32)
     counts = np.bincount(ids, minlength=len(counts))
-    return (lambda: triton_moe(x, w13, w2, weights, topk_ids)), _moe_extra(counts, width, shape["hidden"], "triton")
+
+    def run() -> torch.Tensor:
+        return triton_moe(x, w13, w2, weights, topk_ids)
+
+    if pool.device != "cuda":
+        return run, _moe_extra(counts, width, shape["hidden"], "triton")
+    run()  # compiles the kernels (Triton cannot compile during a capture)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            run()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return run, _moe_extra(counts, width, shape["hidden"], "triton")
+    return graph.replay, _moe_extra(counts, width, shape["hidden"], "triton_graph")
 
 
 def prepare_attention(shape: Row, dtype: str, pool: Pool) -> Prepared:
@@ -145,6 +187,7 @@ def prepare_attention(shape: Row, dtype: str, pool: Pool) -> Prepared:
     b, lq, lk = shape["batch"], shape["q_len"], shape["kv_len"]
     h, kvh, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     td = torch_dtype(dtype)
+    pool.reserve(b * d * (h * lq + 2 * kvh * lk), td)  # a decode KV cache can take half the GPU: one buffer
     q = pool.get(b, h, lq, d, dtype=td)
     k = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel())
     v = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel() + k.numel())

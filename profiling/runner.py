@@ -215,11 +215,14 @@ def profile(
                 f"{k}={v}" for k, v in shape.items() if k != "skew_set"
             )
             if i not in failed:
+                fn = None  # the last point's operands go before this one's are drawn (a large one needs the room)
                 try:
                     fn, extras[i] = PREPARE[kind]({k: v for k, v in shape.items() if k != "skew_set"}, dtype, pool)
                     samples[i] += timers[min(p, 1)].samples(fn)
-                except (RuntimeError, ImportError, torch.cuda.OutOfMemoryError) as exc:  # this device cannot run it
-                    failed[i] = f"{label}: {str(exc).splitlines()[0][:120]}"
+                except Exception as exc:  # this device cannot run it (a torch, Triton or cuBLAS error)
+                    # one failing point must not cost the whole run; it is listed in `skipped` with its error
+                    first = (str(exc).strip().splitlines() or [""])[0][:120]
+                    failed[i] = f"{label}: {type(exc).__name__}: {first}"
             if progress:
                 progress(p * len(points) + i + 1, total, label)
     rows: dict[str, list[dict[str, Any]]] = {}

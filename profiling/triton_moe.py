@@ -47,24 +47,61 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> t
             with the sentinel ``T * k``; within an expert the pairs keep their original order.
         block_expert: [P_pad // block_m] int32, the expert of each block. Experts with no pairs get no blocks.
         num_padded: P_pad, the number of padded pairs (a multiple of ``block_m``).
+
+    This reads P_pad back from the device (one synchronisation); `triton_moe` uses `_align_blocks`, which does not.
+    """
+    sorted_pair_ids, block_expert, padded = _align_blocks(topk_ids, num_experts, block_m)
+    num_padded = int(padded.sum().item())
+    return sorted_pair_ids[:num_padded], block_expert[: num_padded // block_m], num_padded
+
+
+def _align_blocks(
+    topk_ids: torch.Tensor, num_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`align_by_expert` without reading anything back from the device (no host synchronisation).
+
+    The outputs are sized for the worst case, ``P + min(E, P) * (block_m - 1)`` padded pairs: the blocks
+    past the real ones hold only the sentinel (their expert is E) and `fused_moe_kernel` returns at once on
+    them. Returns (sorted_pair_ids, block_expert, padded pairs per expert [E]).
     """
     device = topk_ids.device
     flat = topk_ids.reshape(-1).to(torch.int64)
     num_pairs = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)  # [E] pairs per expert
+    # [E] pairs per expert; a scatter-add, not torch.bincount, which reads the maximum back to size its output
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m  # [E] pairs per expert after padding
     start = torch.cumsum(counts, 0) - counts  # [E] first sorted position of each expert, unpadded
-    padded_start = torch.cumsum(padded, 0) - padded  # [E] the same, padded
-    num_padded = int(padded.sum().item())
+    padded_end = torch.cumsum(padded, 0)  # [E] one past the last padded position of each expert
+    num_blocks = -(-(num_pairs + min(num_experts, num_pairs) * (block_m - 1)) // block_m)
 
     order = torch.sort(flat, stable=True).indices  # pair ids sorted by expert
     expert_of_sorted = flat[order]
     rank = torch.arange(num_pairs, device=device) - start[expert_of_sorted]  # position within its expert's run
-    sorted_pair_ids = torch.full((num_padded,), num_pairs, dtype=torch.int32, device=device)
-    sorted_pair_ids[padded_start[expert_of_sorted] + rank] = order.to(torch.int32)
-    experts = torch.arange(num_experts, dtype=torch.int32, device=device)
-    block_expert = torch.repeat_interleave(experts, padded // block_m)
-    return sorted_pair_ids, block_expert, num_padded
+    sorted_pair_ids = torch.full((num_blocks * block_m,), num_pairs, dtype=torch.int32, device=device)
+    run_start = padded_end[expert_of_sorted] - padded[expert_of_sorted]
+    sorted_pair_ids[run_start + rank] = order.to(torch.int32)
+    # block b belongs to the first expert whose padded run ends after b * block_m (E past the last run)
+    block_start = torch.arange(num_blocks, device=device) * block_m
+    block_expert = torch.searchsorted(padded_end, block_start, right=True).to(torch.int32)
+    return sorted_pair_ids, block_expert, padded
+
+
+#: Tile configurations of `triton_moe` by load, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), keyed by the
+#: mean pairs per expert below which each is used: chosen from a sweep of 17 on an H100 SXM (bf16; Mixtral-,
+#: Qwen-MoE- and DeepSeek-V3-EP8-sized layers, 1 to 4,096 tokens), where at 4,096 tokens they ran 2.9x to 5.7x faster
+#: than the former fixed 16 x 32 x 32 tiles. Small loads are weight-bandwidth bound (long K tiles), large ones
+#: compute bound (large M x N tiles).
+TILE_CONFIGS: tuple[tuple[float, tuple[int, int, int, int, int]], ...] = (
+    (32, (16, 64, 128, 4, 3)),
+    (128, (64, 128, 64, 8, 3)),
+    (float("inf"), (128, 256, 64, 8, 3)),
+)
+
+
+def tile_config(num_pairs: int, num_experts: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for ``num_pairs`` pairs over ``num_experts`` experts."""
+    per_expert = num_pairs / max(1, min(num_experts, num_pairs))
+    return next(cfg for bound, cfg in TILE_CONFIGS if per_expert < bound)
 
 
 @triton.jit
@@ -96,6 +133,8 @@ def fused_moe_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
 
+    if tl.load(sorted_pair_ids_ptr + pid_m * BLOCK_M) >= num_pairs:
+        return  # a block past the last expert's run (`_align_blocks` sizes for the worst case)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(sorted_pair_ids_ptr + offs_m).to(tl.int64)  # [BLOCK_M]
     row_mask = pair < num_pairs  # sentinel rows are padding
@@ -137,6 +176,8 @@ def _grouped_gemm(
     block_m: int,
     block_n: int,
     block_k: int,
+    num_warps: int = 4,
+    num_stages: int = 3,
 ) -> None:
     """Launch `fused_moe_kernel`: c[pair] = a[pair // top_k] @ w[expert].T (times topk_weights[pair] if given)."""
     num_pairs, n = c.shape
@@ -150,6 +191,7 @@ def _grouped_gemm(
         MUL_ROUTED_WEIGHT=topk_weights is not None,
         INPUT_PRECISION="ieee" if a.dtype == torch.float32 else None,  # fp32: no TF32, like torch
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 
@@ -159,9 +201,11 @@ def triton_moe(
     w2: torch.Tensor,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
-    block_m: int = 16,
-    block_n: int = 32,
-    block_k: int = 32,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Routed experts of one MoE layer with the Triton grouped GEMM.
 
@@ -172,6 +216,7 @@ def triton_moe(
         topk_weights: [T, k] float routing weights (applied after the down projection).
         topk_ids: [T, k] int experts of each token.
         block_m, block_n, block_k: tile sizes (pairs, output columns, reduction); each at least 16 for `tl.dot`.
+        num_warps, num_stages: Triton launch options. Each left None comes from `tile_config`.
 
     Returns:
         [T, H] in x.dtype: ``sum_j topk_weights[t, j] * down_e(SiLU(gate_e(x_t)) * up_e(x_t))``, e = topk_ids[t, j].
@@ -185,17 +230,20 @@ def triton_moe(
     if num_pairs == 0:
         return torch.zeros_like(x)
 
-    sorted_pair_ids, block_expert, _ = align_by_expert(topk_ids, num_experts, block_m)
+    given = (block_m, block_n, block_k, num_warps, num_stages)
+    launch = tuple(g if g is not None else d for g, d in zip(given, tile_config(num_pairs, num_experts), strict=True))
+    block_m = launch[0]
+    sorted_pair_ids, block_expert, _ = _align_blocks(topk_ids, num_experts, block_m)
     x, w13, w2 = x.contiguous(), w13.contiguous(), w2.contiguous()
     weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
     blocks = (sorted_pair_ids, block_expert)
 
     gate_up = torch.empty(num_pairs, two_inter, dtype=x.dtype, device=x.device)  # [T*k, 2I]
-    _grouped_gemm(x, w13, gate_up, None, *blocks, top_k, block_m, block_n, block_k)
+    _grouped_gemm(x, w13, gate_up, None, *blocks, top_k, *launch)
     gate, up = gate_up.chunk(2, dim=1)
     act = (F.silu(gate.float()) * up.float()).to(x.dtype)  # [T*k, I]
     down = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)  # [T*k, H], already weighted
-    _grouped_gemm(act, w2, down, weights, *blocks, 1, block_m, block_n, block_k)
+    _grouped_gemm(act, w2, down, weights, *blocks, 1, *launch)
     return down.view(num_tokens, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
 
 

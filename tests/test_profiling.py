@@ -243,3 +243,33 @@ def test_aiconfigurator_rows_convert_with_units(tmp_path):
     assert list(n["op"]) == ["all_to_all", "all_reduce"] and list(n["bytes"]) == [2048, 1024]
     with pytest.raises(TableError, match="missing column"):
         convert("moe_perf", gemm_raw, tmp_path)
+
+
+def test_triton_moe_alignment_is_sized_for_the_worst_case():
+    """`_align_blocks` reads nothing back from the GPU (CUDA-graph capturable): it sizes for the worst case,
+    and the blocks past the real ones hold only the sentinel pair and the expert E (the kernel skips them)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from profiling.triton_moe import _align_blocks, align_by_expert, tile_config
+
+    ids = torch.tensor([[0, 3], [3, 5], [0, 5], [3, 0], [5, 3]])
+    sorted_ids, block_expert, padded = _align_blocks(ids, 6, 4)
+    real_ids, real_blocks, n = align_by_expert(ids, 6, 4)
+    # 10 pairs, 3 experts with pairs, 4 per block: 12 padded; room for ceil((10 + min(6, 10) * 3) / 4) = 7 blocks
+    assert n == int(padded.sum()) == 12 and sorted_ids.numel() == 4 * block_expert.numel() == 4 * 7
+    assert torch.equal(sorted_ids[:n], real_ids) and torch.equal(block_expert[: n // 4], real_blocks)
+    assert bool((sorted_ids[n:] == ids.numel()).all()) and bool((block_expert[n // 4 :] == 6).all())
+    assert tile_config(8, 128)[0] == 16 and tile_config(8192, 8)[0] == 128  # decode: short M tiles; prefill: long
+
+
+def test_triton_moe_prepare_with_fewer_local_pairs_than_top_k():
+    """Expert parallelism with few tokens: one local pair of a top-8 layer (this raised on the H100 before)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from profiling.kernels import Pool, prepare_grouped_gemm, prepare_grouped_gemm_triton
+
+    pool = Pool("cpu")
+    for tokens, pairs in ((1, 1), (4, 4), (16, 16)):
+        shape = {"hidden": 64, "inter": 32, "experts": 256, "top_k": 8, "ep": 8, "moe_tp": 1, "tokens": tokens}
+        _, extra = prepare_grouped_gemm_triton(shape, "fp32", pool)
+        assert extra["pairs"] == prepare_grouped_gemm(shape, "fp32", pool)[1]["pairs"] == pairs
