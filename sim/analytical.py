@@ -106,6 +106,9 @@ def pool_state(
         if not math.isfinite(new_tau) or (not decode_only and rate * chunks * t_mix > 1.0 + 1e-9):
             return PoolState(t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps")
         new_b = rate * max(mean_out - 1, 0) * new_tau if not prefill_only else 0.0
+        if new_b > 4 * eng.max_batch:  # the decode batch runs away: more work arrives than the engine can do
+            f = f if not decode_only else 0.0
+            return PoolState(new_tau, t_dec, t_mix, new_b, f, chunk, chunks, 0, 0, True, "decode batch diverges")
         if tau is not None and abs(new_tau - tau) <= 1e-4 * tau and abs(new_b - b) <= 0.01 * max(b, 1):
             tau, b = new_tau, new_b
             break

@@ -31,7 +31,8 @@ and SGLang schedule them:
 Runs of pure-decode steps with no arrival, completion or admission in between
 are processed in one event (each step still gets its own routing draw and
 time, and its own row in the step table): this is what makes 10,000 requests
-take seconds.
+take seconds. A request submitted to the replica during a run (a KV transfer,
+a closed-loop client) ends the run after the step in progress.
 
 Units: seconds, tokens, bytes.
 """
@@ -187,7 +188,8 @@ class Replica:
             est = timer.estimate(Batch.decode(8, 1024))
             stages = est.stage_seconds()
             self.stage_share = max(stages) / sum(stages)
-        self.env.process(self.loop())
+        self.in_run = False  # inside a folded decode run, which a submitted request cuts short
+        self.proc = self.env.process(self.loop())
 
     @property
     def outstanding(self) -> int:
@@ -195,6 +197,9 @@ class Replica:
 
     def submit(self, rid: int, front: bool = False) -> None:
         (self.waiting.appendleft if front else self.waiting.append)(rid)
+        if self.in_run:  # a request the run did not foresee (a KV transfer, a closed-loop client): end it early
+            self.in_run = False
+            self.proc.interrupt()
         if not self.wake.triggered:
             self.wake.succeed()
 
@@ -267,7 +272,7 @@ class Replica:
                 self.wake = self.env.event()
                 yield self.wake
                 continue
-            waiting0 = len(self.waiting)
+            waiting0, running0 = len(self.waiting), len(self.running)
             if self._can_run(ids, alloc):
                 yield from self._decode_run(ids, waiting0)
                 continue
@@ -283,7 +288,7 @@ class Replica:
             else:
                 yield self.env.timeout(cost.duration_s)
                 self._land(ids, alloc)
-            self._record(start, cost, ids, alloc, decode, waiting0)
+            self._record(start, cost, ids, alloc, decode, waiting0, running0)
 
     def _can_run(self, ids: np.ndarray, alloc: np.ndarray) -> bool:
         R = self.sim.req
@@ -316,9 +321,16 @@ class Replica:
         durations = np.array([c.duration_s for c in costs])
         ends = start + np.cumsum(durations)
         k = min(steps, int(np.searchsorted(ends, self.sim.next_arrival())) + 1)
+        self.in_run = True
+        try:
+            yield self.env.timeout(float(ends[k - 1] - start))
+        except simpy.Interrupt:  # a request was submitted: finish the step in progress, then schedule again
+            k = min(k, int(np.searchsorted(ends, self.env.now, side="right")) + 1)
+            yield self.env.timeout(max(0.0, float(ends[k - 1]) - self.env.now))
+        finally:
+            self.in_run = False
         durations, ends, costs = durations[:k], ends[:k], costs[:k]
         self.blocks_used += int(growth[:k].sum())
-        yield self.env.timeout(float(ends[-1] - start))
         # every sequence got k tokens, one per step
         itl = np.empty((k, ids.size))
         itl[0] = ends[0] - R.last[ids]
@@ -368,7 +380,17 @@ class Replica:
         for rid in handoff.tolist():
             self.sim.handoff(rid, self.index)
 
-    def _record(self, start: float, c: StepCost, ids: np.ndarray, alloc: np.ndarray, decode: int, waiting: int) -> None:
+    def _record(
+        self,
+        start: float,
+        c: StepCost,
+        ids: np.ndarray,
+        alloc: np.ndarray,
+        decode: int,
+        waiting: int,
+        running: int | None = None,
+    ) -> None:
+        """Append a step's row; ``waiting`` and ``running`` are counted while it runs (default: running now)."""
         prefill_tokens = int(alloc.sum()) - decode
         phase = "decode" if prefill_tokens == 0 else ("prefill" if decode == 0 else "mixed")
         self.sim.steps.append(
@@ -384,7 +406,7 @@ class Replica:
                 int(ids.size),
                 self.blocks_used / max(self.cap.kv_blocks, 1),
                 waiting,
-                len(self.running) + len(self.in_flight) * 0,
+                len(self.running) if running is None else running,
                 c.compute_s,
                 c.comm_s,
                 c.straggler_s,
@@ -398,7 +420,8 @@ class Replica:
         wait = c.gpu_wait_s
         lay = self.pool.layout
         rank = (np.arange(lay.num_gpus) % lay.stage_gpus) // lay.moe_tp % max(lay.ep, 1)
-        self.busy += c.duration_s - (wait[rank] if wait.size == lay.ep else 0.0)
+        # with pp > 1 a GPU works on its stage's share of the step only (steps of a pipeline overlap)
+        self.busy += self.stage_share * (c.duration_s - (wait[rank] if wait.size == lay.ep else 0.0))
 
 
 STEP_COLUMNS = [

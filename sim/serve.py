@@ -93,9 +93,12 @@ def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
     s["replicas"] = sum(p.replicas for p in built.pools)
     s["steps"] = len(steps)
     s["mean_step_s"] = float(steps["duration_s"].mean()) if len(steps) else math.nan
-    # Little's law from the engine's own bookkeeping: time-average of (waiting + running) over lambda x W
+    # Little's law from the engine's own bookkeeping: time-average of (waiting + running) over lambda x W;
+    # each step's counts hold until the replica's next step starts (pipelined steps overlap), at most its duration
     if len(steps) and span > 0 and done.any():
-        in_sys = float(((steps["waiting"] + steps["running"]) * steps["duration_s"]).sum() / span)
+        gap = steps.groupby("replica")["start_s"].shift(-1) - steps["start_s"]
+        held = np.minimum(steps["duration_s"], gap.fillna(np.inf))
+        in_sys = float(((steps["waiting"] + steps["running"]) * held).sum() / span)
         lam = float(done.sum() / span)
         w = float(res.requests.loc[done, "e2e_s"].mean())
         s["littles_law_error"] = abs(in_sys - lam * w) / in_sys if in_sys > 0 else math.nan

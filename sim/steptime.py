@@ -211,8 +211,18 @@ class StepTimer:
         if not per_layer:
             loads = None if loads is None else np.asarray(loads).mean(axis=0) if np.ndim(loads) == 2 else loads
             phys = None if phys is None else np.asarray(phys)[0] if np.ndim(phys) == 2 else phys
+        # MLA: the absorbed form whenever decoding sequences are in the batch (as SGLang runs them), plain for
+        # pure prefill
         return estimate_step(
-            self.model, batch, self.layout, self.cluster, self.precision, self.cost_model, loads=loads, phys_to_log=phys
+            self.model,
+            batch,
+            self.layout,
+            self.cluster,
+            self.precision,
+            self.cost_model,
+            loads=loads,
+            phys_to_log=phys,
+            mla_absorb=batch.phase != "prefill",
         )
 
     def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
@@ -277,8 +287,12 @@ class StepTimer:
         return hit
 
     def _compute(self, new: np.ndarray, cached: np.ndarray, exact: bool) -> np.ndarray:
-        batch = Batch(tuple(int(x) for x in new), tuple(int(x) for x in cached))
-        parts = self._split(self.estimate(batch, exact))
+        phase = "decode" if int(new.max()) == 1 else "prefill" if int(cached.max()) == 0 else "mixed"
+        batch = Batch(tuple(int(x) for x in new), tuple(int(x) for x in cached), phase)
+        per_layer = self.moe is not None and (np.ndim(self.loads) == 2 or np.ndim(self.phys) == 2)
+        parts = self._split(self.estimate(batch, exact and not per_layer))
+        if exact and per_layer:  # the expected busiest GPU of each layer, memoised by tokens
+            parts = (*parts[:3], self._expected_experts(batch.tokens))
         rho = 1.0
         if self.overlap == "two_batch" and new.size >= 2:
             halves = (slice(0, None, 2), slice(1, None, 2))
@@ -290,6 +304,35 @@ class StepTimer:
             rho = sum(h[0] + h[3] for h in half) / whole if whole > 0 else 1.0
         use = utilisation_exact(self.model, batch, self.cluster.gpu, 1.0, 1, self.precision)
         return np.array([*parts, rho, use.bytes, use.flops])
+
+    def _expected_experts(self, tokens: int) -> float:
+        """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s."""
+        key = ("experts", _q(tokens, 32))
+        hit = self._memo.get(key)
+        if hit is None:
+            moe, lay = self.moe, self.layout
+            assert moe is not None
+            gemm_dtype = self.precision.gemm_compute_dtype(self.cluster.gpu.peak_flops)
+            loads = np.broadcast_to(self.loads, (self.n_moe, moe.num_experts)) if self.loads is not None else None
+            phys = np.broadcast_to(self.phys, (self.n_moe, self.slots)) if self.phys is not None else None
+            hit = 0.0
+            for i in range(self.n_moe):
+                op = experts_op(
+                    tokens,
+                    self.model.hidden_size,
+                    moe.intermediate_size // lay.moe_tp,
+                    moe.top_k,
+                    moe.num_experts,
+                    lay.ep,
+                    self.precision,
+                    gemm_dtype,
+                    moe_tp=lay.moe_tp,
+                    loads=None if loads is None else loads[i],
+                    phys_to_log=None if phys is None else phys[i],
+                )
+                hit += self.cost_model.op_time(op, self.cluster).seconds
+            self._memo[key] = hit
+        return hit
 
     def _split(self, est: StepEstimate) -> tuple[float, float, float, float]:
         other = a2a = comm = experts = 0.0
