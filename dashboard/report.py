@@ -135,7 +135,16 @@ def _plots(out: Path, runs: dict[str, RooflineRun], sweep: list[dict[str, Any]],
 
 
 REPORT_FILES = frozenset(
-    {"report.md", "summary.json", "roofline.png", "breakdown.png", "batch_sweep.png", "memory.png", "profile"}
+    {
+        "report.md",
+        "summary.json",
+        "roofline.png",
+        "breakdown.png",
+        "batch_sweep.png",
+        "memory.png",
+        "profile",
+        "serving",
+    }
 )
 
 
@@ -151,6 +160,39 @@ def _check_replaceable(out_dir: Path) -> None:
             f"{out_dir} holds files that are not a moesim report; refusing to replace it",
             "choose an empty or new --out folder",
         )
+
+
+#: The demo's serving scenario: the Mixtral EP8 example, shortened.
+DEMO_SCENARIO: dict[str, Any] = {
+    "name": "demo: mixtral-8x7b EP8 on dgx-h100",
+    "model": "mixtral-8x7b",
+    "cluster": "dgx-h100",
+    "layout": {"tp": 1, "dp_attn": 8, "ep": 8},
+    "workload": {
+        "arrival": "poisson",
+        "rate": 20,
+        "requests": 1000,
+        "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 8192},
+        "output": {"dist": "lognormal", "mean": 256, "cv": 1.0, "max": 4096},
+    },
+    "routing": {"distribution": "power", "exponent": 1.2},
+    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+}
+
+
+def _serving(folder: Path, cost_model: CostModel | None) -> dict[str, Any]:
+    """Simulate the demo's serving scenario (discrete-event and analytical); outputs under ``folder``."""
+    from sim.serve import run, write_outputs
+
+    res = run(DEMO_SCENARIO, "des", cost_model=cost_model)
+    write_outputs(res, folder)
+    ana = run(DEMO_SCENARIO, "analytical", cost_model=cost_model).summary
+    keys = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "throughput_tok_s", "s_mbu", "s_mfu")
+    return {
+        "scenario": DEMO_SCENARIO,
+        "des": {k: res.summary[k] for k in (*keys, "straggler_frac", "goodput_req_s", "usd_per_mtok", "wall_s")},
+        "analytical": {k: ana[k] for k in keys},
+    }
 
 
 def _profile_here(folder: Path, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -241,6 +283,8 @@ def build_demo_report(
                         "fits": r.memory.fits,
                     }
                 )
+        progress("serving simulation (examples/mixtral-8x7b-ep8.yaml, 1,000 requests)")
+        serving = _serving(tmp / "serving", cost_model)
         progress("plots")
         plots = _plots(tmp, runs, sweep, cluster)
         summary = {
@@ -253,7 +297,8 @@ def build_demo_report(
             "this_machine": here,
             "runs": {k: roofline_summary(v, ops=False) for k, v in runs.items()},
             "decode_sweep": sweep,
-            "plots": plots + here.get("plots", []),
+            "serving": serving,
+            "plots": plots + here.get("plots", []) + ["serving/latency_cdf.png", "serving/timeline.png"],
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "report.md").write_text(_markdown(summary, inspected))
@@ -337,5 +382,25 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
             f"{r['smbu']:.1%} | {r['smfu']:.2%} | {'yes' if r['fits'] else 'no'} |"
         )
     lines += ["", *_machine_markdown(s["this_machine"])]
+    sv = s.get("serving")
+    if sv:
+        lines += [
+            "",
+            f"## Serving: {sv['scenario']['name']}",
+            "",
+            f"Poisson {sv['scenario']['workload']['rate']} req/s, {sv['scenario']['workload']['requests']} requests, "
+            "power-law expert popularity (exponent 1.2); outputs in `serving/` (requests.parquet, steps.parquet, "
+            "summary.json, plots).",
+            "",
+            "| figure | discrete-event | analytical |",
+            "|---|---:|---:|",
+        ]
+        for k in sv["analytical"]:
+            d, a = sv["des"][k], sv["analytical"][k]
+            lines.append(f"| {k} | {d:.4g} | {a:.4g} |")
+        lines.append(
+            f"\nStraggler wait: {sv['des']['straggler_frac']:.1%} of step time; "
+            f"${sv['des']['usd_per_mtok']:.3g} per million output tokens; simulated in {sv['des']['wall_s']:.1f} s."
+        )
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]] + [""]
     return "\n".join(lines)
