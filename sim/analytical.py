@@ -181,7 +181,7 @@ def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
             bw, lat = cl.link(kind)
             per_tok = kv_bytes_per_token(built.model, Layout(), built.precision)
             transfer = float(np.mean(inp * per_tok / (bw * pp.layout.tp * pp.layout.pp) + lat))
-            tpot = sd.tau + sd.t_decode * 0  # decode steps only
+            tpot = sd.tau  # the decode pool runs decode steps only
         e2e = ttft + transfer + np.maximum(out - 1, 0) * tpot
         return states, ttft, e2e, tpot
 

@@ -183,6 +183,9 @@ class Replica:
         self.blocks_used = 0
         self.wake = self.env.event()
         self.busy = np.zeros(pool.layout.num_gpus)
+        lay = pool.layout
+        # each GPU's expert-parallel rank (its column of the step's per-rank straggler wait)
+        self.ep_rank = (np.arange(lay.num_gpus) % lay.stage_gpus) // lay.moe_tp % max(lay.ep, 1)
         self.stage_share = 1.0
         if pool.layout.pp > 1:
             est = timer.estimate(Batch.decode(8, 1024))
@@ -418,10 +421,9 @@ class Replica:
             )
         )
         wait = c.gpu_wait_s
-        lay = self.pool.layout
-        rank = (np.arange(lay.num_gpus) % lay.stage_gpus) // lay.moe_tp % max(lay.ep, 1)
         # with pp > 1 a GPU works on its stage's share of the step only (steps of a pipeline overlap)
-        self.busy += self.stage_share * (c.duration_s - (wait[rank] if wait.size == lay.ep else 0.0))
+        idle = wait[self.ep_rank] if wait.size == self.pool.layout.ep else 0.0
+        self.busy += self.stage_share * (c.duration_s - idle)
 
 
 STEP_COLUMNS = [

@@ -198,7 +198,7 @@ class Scenario(_Strict):
 
 def _one_line(exc: ValidationError, where: str) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    loc = ".".join(str(p) for p in err["loc"])
     what = err["msg"]
     if err["type"] == "extra_forbidden":
         what = "unknown key"

@@ -263,19 +263,13 @@ class StepTimer:
         b = np.floor(4 * np.log2(kv)).astype(np.int64)
         lo, hi = 2.0 ** (b / 4), 2.0 ** ((b + 1) / 4)
         fk = ((kv - lo) / (hi - lo))[:, None]
-        out = np.empty((kv.size, 7))
+        lo_v, hi_v = np.empty((kv.size, 7)), np.empty((kv.size, 7))
         for i, bucket in enumerate(b.tolist()):
             if i and bucket == b[i - 1]:
-                out[i] = out[i - 1]
+                lo_v[i], hi_v[i] = lo_v[i - 1], hi_v[i - 1]
                 continue
-            out[i] = self._edge(s_lo, bucket, exact) * (1 - fs) + self._edge(s_hi, bucket, exact) * fs
-        lo_v = out
-        hi_v = np.empty_like(out)
-        for i, bucket in enumerate(b.tolist()):
-            if i and bucket == b[i - 1]:
-                hi_v[i] = hi_v[i - 1]
-                continue
-            hi_v[i] = self._edge(s_lo, bucket + 1, exact) * (1 - fs) + self._edge(s_hi, bucket + 1, exact) * fs
+            for row, edge in ((lo_v, bucket), (hi_v, bucket + 1)):
+                row[i] = self._edge(s_lo, edge, exact) * (1 - fs) + self._edge(s_hi, edge, exact) * fs
         return lo_v * (1 - fk) + hi_v * fk
 
     def _edge(self, seqs: int, bucket: int, exact: bool) -> np.ndarray:
