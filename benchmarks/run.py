@@ -36,6 +36,7 @@ from benchmarks.calibration import (  # noqa: E402
     bench_calibration_h100,
     bench_calibration_h100_tables,
 )
+from benchmarks.training import bench_training  # noqa: E402
 from model import (  # noqa: E402
     Batch,
     Layout,
@@ -288,6 +289,7 @@ def main() -> None:
         ("calibration on H100 kernels", lambda: bench_calibration_h100(DATA, args.quick)),
         ("calibration on this CPU", lambda: bench_calibration_cpu(args.quick)),
         ("calibration on our H100 tables", lambda: bench_calibration_h100_tables(aic=DATA, quick=args.quick)),
+        ("training vs published runs", lambda: bench_training(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from model.spec import ModelSpec
 DEFAULT_MEM_FRACTION = 0.9
 
 
-def _per_gpu(t: Tensor, model: ModelSpec, layout: Layout) -> float:
+def params_per_gpu(t: Tensor, model: ModelSpec, layout: Layout) -> float:
     """Parameters of ``t`` held by one GPU."""
     if t.shard in ("heads", "ffn", "vocab"):
         return t.params / layout.tp
@@ -49,7 +49,7 @@ def weight_bytes_per_gpu(model: ModelSpec, layout: Layout, precision: Precision)
                 tensors.append(t)
         for t in tensors:
             nbytes = precision.weight_bytes if t.quantized else precision.unquantized_bytes
-            comp[t.component] += _per_gpu(t, model, layout) * nbytes
+            comp[t.component] += params_per_gpu(t, model, layout) * nbytes
         out.append(dict(comp))
     return out
 

@@ -328,10 +328,18 @@ class CalibratedCostModel:
     roofline, so compute-bound shapes scale with the peak and memory-bound
     shapes with the bandwidth. Each `OpTime.source` says which: ``measured:``,
     ``transfer:`` or ``roofline:`` with the reason.
+
+    With ``extrapolate`` (the training simulator's choice, where layers are
+    larger than most kernel benchmarks reach): an op outside the measured
+    range in some sizes takes the ratio at the nearest edge of the range in
+    those sizes (efficiency saturates; the source says ``clamped``), however
+    far its nearest measured shape is; an op whose dtype has no table (fp8
+    grouped GEMM) takes the 16-bit table's ratio to its own roofline, and a
+    copy any dtype's copy table (``dtype-transfer``).
     """
 
-    def __init__(self, calibration: Calibration, name: str = "calibrated") -> None:
-        self.calibration, self.name = calibration, name
+    def __init__(self, calibration: Calibration, name: str = "calibrated", extrapolate: bool = False) -> None:
+        self.calibration, self.name, self.extrapolate = calibration, name, extrapolate
         self._roof = RooflineCostModel()
         self._by_key: dict[tuple[str, str], list[Fit]] = {}
         for f in sorted(calibration.fits, key=lambda f: f.median_ratio):
@@ -348,8 +356,19 @@ class CalibratedCostModel:
         """Load a calibration file written by ``moesim calibrate``."""
         return cls(load(path), name=f"calibrated:{Path(path).name}")
 
+    def with_extrapolation(self) -> CalibratedCostModel:
+        """The same fits with ``extrapolate`` on (see the class docstring)."""
+        return CalibratedCostModel(self.calibration, self.name + "+extrapolated", extrapolate=True)
+
     def _pick(self, op: Op, cluster: ClusterSpec) -> tuple[Fit | None, bool]:
         fits = self._by_key.get((op.kind, table_dtype(op))) or self._by_key.get((op.kind, "*"), [])
+        if not fits and self.extrapolate:
+            fits = self._by_key.get((op.kind, "bf16")) or self._by_key.get((op.kind, "fp16"), [])
+            if not fits and op.kind == "memcpy":
+                fits = [f for (k, _), fs in self._by_key.items() if k == "memcpy" for f in fs]
+            fits = [f for f in fits if f.reference == "roofline"]
+            same = [f for f in fits if f.device_key == cluster.gpu.key]
+            return (same[0], False) if same else ((fits[0], True) if fits else (None, False))
         same = [f for f in fits if f.device_key == cluster.gpu.key]
         if same:
             return same[0], False
@@ -367,7 +386,7 @@ class CalibratedCostModel:
         f = features(op)
         if f is None:
             return replace(self._roof.op_time(op, cluster), source=f"roofline: {op.name} has no {kind} shape")
-        key = (fit.key, cluster.gpu.key, cluster.gpus_per_node, op.kind, op.dtype, f)
+        key = (fit.key, cluster.gpu.key, cluster.gpus_per_node, op.kind, op.dtype, f, self.extrapolate)
         key += (op.flops, op.bytes, op.intra_bytes, op.inter_bytes, op.intra_msgs, op.inter_msgs)
         hit = self._cache.get(key)
         if hit is not None:
@@ -375,23 +394,33 @@ class CalibratedCostModel:
         x = np.asarray(f)
         sizes = np.array([name not in FLAGS for name in FEATURES[op.kind]])
         outside = np.flatnonzero(sizes & ((x < fit.lo - RANGE_SLACK) | (x > fit.hi + RANGE_SLACK)))
+        clamped = ""
+        if outside.size and self.extrapolate:
+            x = x.copy()
+            x[outside] = np.clip(x[outside], fit.lo[outside], fit.hi[outside])
+            clamped = "clamped " + ",".join(FEATURES[op.kind][j] for j in outside) + " "
+            outside = outside[:0]
+        if table_dtype(op) != fit.dtype and op.kind not in COLLECTIVES:
+            clamped += f"dtype-transfer {fit.dtype}->{table_dtype(op)} "
         if outside.size:
             j = int(outside[0])
             name = FEATURES[op.kind][j]
             why = f"{name}=2^{x[j]:.1f} outside measured 2^{fit.lo[j]:.1f}..2^{fit.hi[j]:.1f} of {fit.key}"
             out = replace(self._roof.op_time(op, cluster), source=f"roofline: {why}")
-        elif fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP:
+        elif (
+            not self.extrapolate and fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP
+        ):
             out = replace(self._roof.op_time(op, cluster), source=f"roofline: no measured shape near it in {fit.key}")
         else:
             ratio = float(np.exp(fit.predictor.predict(x)[0]))
             if transfer:
                 ref = self._roof.op_time(op, cluster)
-                src = f"transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method})"
+                src = f"{clamped}transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method})"
             else:
                 ref = (
                     self._roof.op_time(op, _same_device(cluster, fit.hardware)) if fit.reference == "roofline" else None
                 )
-                src = f"measured:{fit.key} ({fit.predictor.method})"
+                src = f"{clamped}measured:{fit.key} ({fit.predictor.method})"
             if ref is None:  # nominal reference
                 t = ratio * (reference_times([op], fit.hardware)[0][0] + fit.floor_s)
                 out = OpTime(t, 0.0, 0.0, 0.0, "measured", src)

@@ -12,7 +12,7 @@ import pytest
 
 from dashboard.cli import main
 
-COMMANDS = ("models", "gpus", "clusters", "inspect", "roofline", "demo")
+COMMANDS = ("models", "gpus", "clusters", "inspect", "roofline", "simulate", "train", "demo")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

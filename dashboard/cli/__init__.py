@@ -20,6 +20,7 @@ from dashboard.cli.demo import demo
 from dashboard.cli.profile import calibrate, import_tables, profile
 from dashboard.cli.roofline import roofline
 from dashboard.cli.simulate import simulate
+from dashboard.cli.train import train
 from model import MoesimError
 
 app = typer.Typer(
@@ -31,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (models, gpus, clusters, inspect, roofline, simulate, profile, calibrate, demo):
+for command in (models, gpus, clusters, inspect, roofline, simulate, train, profile, calibrate, demo):
     app.command()(command)
 app.command(name="import")(import_tables)
 

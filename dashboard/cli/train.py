@@ -1,0 +1,75 @@
+"""``moesim train``: a training scenario through the pipeline simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dashboard.cli._common import emit_json, err, out, seconds
+from dashboard.cli.roofline import load_cost_model
+
+
+def train(
+    scenario: Annotated[Path, typer.Argument(help="Training scenario YAML (see examples/train-*.yaml).")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for summary.json, tasks.parquet, memory.csv, schedule.png, breakdown.png."),
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) of the pipeline schedule.")
+    ] = None,
+    cost_model: Annotated[
+        Path | None,
+        typer.Option(help="A calibration from 'moesim calibrate' (default: the scenario's, else the roofline)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+) -> None:
+    """Simulate MoE training steps: step time and its breakdown, tokens/s, MFU, memory per GPU, cost.
+
+    Example: moesim train examples/train-mixtral-8x7b-h100.yaml --out runs/mixtral-train --trace runs/train.json
+    """
+    from sim.train import run, write_outputs
+
+    cm = load_cost_model(cost_model)
+    err.print(f"simulating {scenario} ...")
+    res = run(scenario, cost_model=cm)
+    s = res.summary
+    if trace:
+        from sim.train_plots import write_train_trace
+
+        s["trace"] = {"path": str(trace), **write_train_trace(res, trace)}
+    if out_dir:
+        write_outputs(res, out_dir)
+        s["out"] = str(out_dir)
+    if as_json:
+        emit_json(s)
+        return
+    t = Table(title=f"{s['name']}: {s['model']} on {s['gpus']:,} x {s['gpu']} ({s['layout']})")
+    t.add_column("step time part")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    for key, value in s["breakdown"].items():
+        t.add_row(key.replace("_", " "), seconds(value), f"{value / s['step_s']:.1%}")
+    t.add_row("step", seconds(s["step_s"]), "100%")
+    out.print(t)
+    out.print(
+        f"{s['tokens_per_s']:,.0f} tokens/s ({s['tokens_per_s_per_gpu']:,.0f} per GPU), "
+        f"MFU {s['mfu']:.1%} (bf16 peak), S-MFU {s['s_mfu']:.1%} ({s['s_mfu_peak_dtype']} peak), "
+        f"{s['model_tflops_per_gpu']:.0f} model TFLOP/s per GPU"
+    )
+    out.print(
+        f"{s['gpu_hours_per_btok']:,.1f} GPU-hours and ${s['usd_per_btok']:,.0f} per billion tokens "
+        f"({s['cost_basis']}); token drop rate {s['token_drop_frac']:.2%}"
+    )
+    mem = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in s["mem_by_component_gib"].items() if v > 0)
+    out.print(f"memory per GPU {s['mem_per_gpu_gib']:.1f} GiB ({mem} GiB): {s['memory_verdict']}")
+    out.print(
+        f"simulated {s['microbatches']} micro-batches per pipeline in {s['wall_s']:.2f} s wall ({s['cost_model']})"
+    )
+    if out_dir:
+        out.print(f"wrote {out_dir}/ (summary.json, tasks.parquet, memory.csv, schedule.png, breakdown.png)")
+    if trace:
+        out.print(f"wrote {trace} ({s['trace']['events']:,} events; open in ui.perfetto.dev)")

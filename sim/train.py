@@ -1,0 +1,404 @@
+"""The training simulator's Python API: a training scenario in, step time, breakdown, memory and cost out.
+
+    from sim.train import run
+    res = run("examples/train-mixtral-8x7b-h100.yaml")
+    res.summary["step_s"], res.summary["breakdown"], res.tasks
+
+One step, as simulated (SimPy, `sim.pipeline`):
+
+1. ZeRO-1/2 parameter all-gather over data parallelism (the previous
+   optimizer step's result): each stage's first forward waits for its
+   gather (``overlap_param_gather``), or every forward waits for all of them;
+2. the pipeline schedule's forwards and backwards of every micro-batch, each
+   task's time from `sim.train_cost` (compute, straggler, all-to-all and
+   tensor-parallel communication, chunk-pair overlap), activations sent
+   between ranks; ZeRO-2 reduce-scatters and ZeRO-3 gathers run beside each
+   task on their own stream;
+3. ZeRO-0/1 gradient reduction over data parallelism (all-reduce, or
+   reduce-scatter), layer by layer as the last micro-batch's backward frees
+   each layer's gradients (``overlap_grad_reduce``), else after it;
+4. a global synchronisation (the gradient norm for clipping), then the Adam
+   step on each GPU's shard (memory-bound).
+
+Every data-parallel replica runs the same program; the pipeline simulated is
+the one with the busiest expert-parallel GPUs (skewed routing makes every
+all-to-all wait for the busiest GPU of its group). What is not modelled:
+contention between data-parallel and expert-parallel traffic on the NIC,
+the kernels' slowdown from communication sharing the SMs outside chunk pairs,
+and per-micro-batch variation of routing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from model import CostModel, Layout, RooflineCostModel
+from model.batch import Batch
+from model.cap import usd_per_gpu_second
+from model.dtypes import DTYPE_BYTES
+from model.errors import MoesimError
+from model.hardware import GIB, make_cluster
+from model.ops import decompose
+from sim.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
+from sim.train_cost import (
+    UnitCosts,
+    chunk_units,
+    dp_collective_seconds,
+    optimizer_seconds,
+    p2p_seconds,
+    precision_of,
+    unit_costs,
+)
+from sim.train_scenario import TrainScenario, TrainSetup, build_training, load_train_scenario, parse_train_scenario
+
+#: Breakdown keys, in the order they add up to the step time (seconds per step, averaged over pipeline ranks).
+BREAKDOWN = ("compute", "straggler", "ep_comm", "tp_comm", "pp_bubble", "dp_comm", "optimizer")
+
+
+@dataclass
+class TrainResult:
+    """A training simulation's results.
+
+    Attributes:
+        summary: flat JSON-ready figures (units in the keys).
+        setup: the scenario's objects.
+        tasks: every pipeline task of the simulated steps (rank, kind,
+            micro-batch, stage, start_s, end_s and the parts of its time).
+        memory: per pipeline rank, bytes per GPU by component.
+        comm: data-parallel communication events (rank, what, start_s, end_s).
+        steps: per step, start_s and end_s.
+        costs: the per-unit costs the tasks were built from.
+    """
+
+    summary: dict[str, Any]
+    setup: TrainSetup
+    tasks: pd.DataFrame
+    memory: pd.DataFrame
+    comm: pd.DataFrame
+    steps: pd.DataFrame
+    costs: UnitCosts | None = field(default=None, repr=False)
+
+
+def load(scenario: str | Path | TrainScenario | dict, cost_model: CostModel | None = None) -> TrainSetup:
+    """Validate and build a training scenario given as a path, a mapping or a `TrainScenario`."""
+    if isinstance(scenario, (str, Path)):
+        sc, base = load_train_scenario(scenario), Path(scenario).parent
+    elif isinstance(scenario, dict):
+        sc, base = parse_train_scenario(scenario), Path(".")
+    else:
+        sc, base = scenario, Path(".")
+    return build_training(sc, base, cost_model)
+
+
+def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[StageCost], list[list[int]]]:
+    """Per pipeline stage, its `StageCost` and its units."""
+    stages = setup.pp * (1 if setup.schedule == "dualpipe" else setup.virtual)
+    units = chunk_units(setup.model.num_layers, stages)
+    pbytes = DTYPE_BYTES[setup.scenario.precision.params]
+    gbytes = DTYPE_BYTES[setup.scenario.precision.grads]
+    out = []
+    for us in units:
+        dense, expert = float(uc.dense_params[us].sum()), float(uc.expert_params[us].sum())
+        dp_f = dp_b = 0.0
+        if setup.zero >= 2:
+            dp_b = dp_collective_seconds(setup, cm, "reduce_scatter", dense * gbytes, expert * gbytes)
+        if setup.zero == 3:
+            gather = dp_collective_seconds(setup, cm, "all_gather", dense * pbytes, expert * pbytes)
+            dp_f, dp_b = gather, dp_b + gather
+        out.append(
+            StageCost(
+                tuple(uc.f[us].sum(axis=0)),  # type: ignore[arg-type]
+                tuple(uc.b[us].sum(axis=0)),  # type: ignore[arg-type]
+                tuple(uc.w[us].sum(axis=0)),  # type: ignore[arg-type]
+                dp_f,
+                dp_b,
+                float(uc.act_bytes[us].sum()),
+            )
+        )
+    return out, units
+
+
+def _rank_stages(setup: TrainSetup, stages: int) -> list[list[int]]:
+    """Stages each pipeline rank runs."""
+    pp = setup.pp
+    if setup.schedule == "dualpipe":
+        return [sorted({r, pp - 1 - r}) for r in range(pp)]
+    return [[s for s in range(stages) if s % pp == r] for r in range(pp)]
+
+
+def _memory(setup: TrainSetup, uc: UnitCosts, units: list[list[int]], run: PipelineRun) -> pd.DataFrame:
+    """Bytes per GPU of each pipeline rank by component."""
+    sc, pr = setup.scenario, setup.scenario.precision
+    pb, gb = DTYPE_BYTES[pr.params], DTYPE_BYTES[pr.grads]
+    mb = 0.0 if pr.master == "none" or pr.params == "fp32" else DTYPE_BYTES[pr.master]
+    sb = 2 * DTYPE_BYTES[pr.optimizer_states]
+    z, dp, edp = setup.zero, setup.dp, setup.edp
+    rows = []
+    for r, stages in enumerate(_rank_stages(setup, len(units))):
+        us = [u for s in stages for u in units[s]]
+        dense, expert = float(uc.dense_params[us].sum()), float(uc.expert_params[us].sum())
+
+        def shard(nbytes_per: float, stage: int, dense: float = dense, expert: float = expert) -> float:
+            return nbytes_per * (dense / (dp if z >= stage else 1) + expert / (edp if z >= stage else 1))
+
+        row = {
+            "rank": r,
+            "params": shard(pb, 3),
+            "grads": shard(gb, 2),
+            "master_weights": shard(mb, 1),
+            "optimizer_states": shard(sb, 1),
+            "activations": run.peak_act_bytes[r],
+            "working": float(uc.work_bytes[us].max()),
+            "comm_buffers": uc.a2a_bytes if setup.model.is_moe and setup.ep > 1 else 0.0,
+            "reserved": sc.mem_reserved_gib * GIB,
+        }
+        if z == 3:  # the gathered layers: the one running and the one prefetched
+            per_unit = (uc.dense_params[us] + uc.expert_params[us]) * pb
+            row["params"] += 2.0 * float(np.sort(per_unit)[-2:].sum() if len(us) > 1 else per_unit.sum())
+        row["total"] = sum(v for k, v in row.items() if k != "rank")
+        row["inflight_microbatches"] = run.peak_inflight[r]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _model_flops_per_token(setup: TrainSetup) -> float:
+    """Forward FLOP per token of the whole model: activated experts only, causal attention, LM head on every token."""
+    m, seq = setup.model, setup.scenario.batch.seq_len
+    gpu = setup.cluster.gpu
+    one = make_cluster(gpu, gpus_per_node=1, nodes=1, name="one device")
+    ops = decompose(m, Batch.prefill(1, seq), Layout(), one, precision_of(setup), mla_absorb=False)
+    body = sum(op.flops * op.count for op in ops if op.group != "head")
+    return body / seq + 2.0 * m.hidden_size * m.vocab_size
+
+
+def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) -> TrainResult:
+    """Simulate ``setup.scenario.steps`` optimizer steps (see the module docstring)."""
+    t_wall = time.perf_counter()
+    sc = setup.scenario
+    cm = cost_model or setup.cost_model or RooflineCostModel()
+    if hasattr(cm, "with_extrapolation") and not getattr(cm, "extrapolate", True):
+        cm = cm.with_extrapolation()  # a calibrated model: keep the largest measured shapes' efficiency beyond them
+    uc = unit_costs(setup, cm)
+    costs, units = _stage_costs(setup, uc, cm)
+    sched = schedule(setup.schedule, setup.pp, setup.microbatches, setup.virtual)
+    p2p = p2p_seconds(setup, cm, uc.tokens_per_gpu) if setup.pp > 1 else 0.0
+    pb, gb = DTYPE_BYTES[sc.precision.params], DTYPE_BYTES[sc.precision.grads]
+    rank_stages = _rank_stages(setup, len(units))
+    # end-of-step collectives per unit: ZeRO-0 all-reduce, ZeRO-1 reduce-scatter; ZeRO-1/2 parameter gather
+    grad_kind = {0: "all_reduce", 1: "reduce_scatter"}.get(setup.zero)
+    red = [
+        dp_collective_seconds(setup, cm, grad_kind, uc.dense_params[u] * gb, uc.expert_params[u] * gb)
+        if grad_kind
+        else 0.0
+        for u in range(uc.units)
+    ]
+    gather = [
+        dp_collective_seconds(setup, cm, "all_gather", uc.dense_params[u] * pb, uc.expert_params[u] * pb)
+        if setup.zero in (1, 2)
+        else 0.0
+        for u in range(uc.units)
+    ]
+    opt = []
+    for stages in rank_stages:
+        us = [u for s in stages for u in units[s]]
+        shard = 1 if setup.zero == 0 else None
+        local = float(
+            uc.dense_params[us].sum() / (shard or setup.dp) + uc.expert_params[us].sum() / (shard or setup.edp)
+        )
+        opt.append(optimizer_seconds(setup, cm, local))
+    env = simpy.Environment()
+    links = [simpy.Resource(env, capacity=1) for _ in range(setup.pp)]
+    comm_rows: list[dict[str, Any]] = []
+    all_tasks: list[TaskRecord] = []
+    step_rows: list[dict[str, float]] = []
+    sums = dict.fromkeys(BREAKDOWN, 0.0)
+    run: PipelineRun | None = None
+
+    def on_link(r: int, what: str, dur: float, after: simpy.Event | None, at: float | None = None) -> Any:
+        if after is not None and not after.processed:
+            yield after
+        if at is not None and at > env.now:
+            yield env.timeout(at - env.now)
+        with links[r].request() as req:
+            yield req
+            t0 = env.now
+            yield env.timeout(dur)
+            comm_rows.append({"rank": r, "what": what, "start_s": t0, "end_s": env.now})
+
+    for step in range(sc.steps):
+        start = env.now
+        gathered: dict[tuple[int, int], simpy.Event] = {}
+        if setup.zero in (1, 2) and any(gather):
+            all_done = []
+            for r, stages in enumerate(rank_stages):
+                for s in stages:
+                    dur = sum(gather[u] for u in units[s])
+                    gathered[(r, s)] = env.process(on_link(r, f"param all-gather stage {s}", dur, None))
+                    all_done.append(gathered[(r, s)])
+            if not sc.layout.overlap_param_gather:
+                barrier = simpy.AllOf(env, all_done)
+                gathered = dict.fromkeys(gathered, barrier)  # type: ignore[arg-type]
+
+        def ready(r: int, s: int, gathered: dict = gathered) -> simpy.Event | None:
+            return gathered.get((r, s))
+
+        run = run_pipeline(
+            sched, costs, p2p, overlap=sc.overlap == "chunk_pairs", sm_frac=sc.comm_sm_fraction, env=env,
+            ready=ready if gathered else None, start=start,
+        )  # fmt: skip
+        # gradient reduction, bucket per unit, as the last backward of each stage frees its units' gradients;
+        # each rank's data-parallel link takes the buckets in order (after its parameter gathers)
+        rank_done = [run.rank_end[r] for r in range(setup.pp)]
+        if grad_kind:
+            free = [start] * setup.pp
+            for row in comm_rows:
+                if row["start_s"] >= start:
+                    free[row["rank"]] = max(free[row["rank"]], row["end_s"])
+            buckets = []
+            for (r, s), rec in run.last_grad_task.items():
+                us = list(reversed(units[s]))  # backward order: last layer first
+                weights = np.array([uc.b[u].sum() + uc.w[u].sum() for u in us])
+                frac = np.cumsum(weights) / weights.sum() if weights.sum() > 0 else np.ones(len(us))
+                for u, x in zip(us, frac, strict=True):
+                    at = rec.start + x * (rec.end - rec.start) if sc.layout.overlap_grad_reduce else run.rank_end[r]
+                    buckets.append((at, r, u))
+            for at, r, u in sorted(buckets):
+                t0 = max(at, free[r])
+                free[r] = t0 + red[u]
+                comm_rows.append({"rank": r, "what": f"grad {grad_kind} unit {u}", "start_s": t0, "end_s": free[r]})
+                rank_done[r] = max(rank_done[r], free[r])
+        sync = max(rank_done)
+        end = sync + max(opt)
+        if end > env.now:
+            env.run(until=end)
+        for r in range(setup.pp):
+            mine = [t for t in run.tasks if t.rank == r]
+            parts = np.array([t.parts for t in mine]).sum(axis=0)
+            busy = float(parts.sum())
+            sums["compute"] += parts[0]
+            sums["straggler"] += parts[1]
+            sums["ep_comm"] += parts[2]
+            sums["tp_comm"] += parts[3]
+            first = min(t.start for t in mine)
+            gather_wait = first - start if r == 0 else 0.0
+            sums["dp_comm"] += parts[4] + (rank_done[r] - run.rank_end[r]) + gather_wait
+            sums["pp_bubble"] += (run.rank_end[r] - start) - busy - gather_wait + (sync - rank_done[r])
+            sums["optimizer"] += end - sync
+        all_tasks += run.tasks
+        step_rows.append({"step": step, "start_s": start, "end_s": end})
+    assert run is not None
+    n = sc.steps * setup.pp
+    breakdown = {k: v / n for k, v in sums.items()}
+    steps = pd.DataFrame(step_rows)
+    step_s = float((steps["end_s"] - steps["start_s"]).mean())
+    memory = _memory(setup, uc, units, run)
+    tasks = pd.DataFrame(
+        [
+            {
+                "rank": t.rank, "kind": t.kind, "mb": t.mb, "stage": t.s, "mb2": t.mb2, "stage2": t.s2,
+                "start_s": t.start, "end_s": t.end, "compute_s": t.parts[0], "straggler_s": t.parts[1],
+                "ep_comm_s": t.parts[2], "tp_comm_s": t.parts[3], "dp_comm_s": t.parts[4],
+            }
+            for t in all_tasks
+        ]
+    )  # fmt: skip
+    summary = _summary(setup, uc, step_s, breakdown, memory, cm)
+    summary["wall_s"] = time.perf_counter() - t_wall
+    return TrainResult(summary, setup, tasks, memory, pd.DataFrame(comm_rows), steps, uc)
+
+
+def _summary(
+    setup: TrainSetup, uc: UnitCosts, step_s: float, breakdown: dict[str, float], memory: pd.DataFrame, cm: CostModel
+) -> dict[str, Any]:
+    sc, gpu, gpus = setup.scenario, setup.cluster.gpu, setup.gpus
+    tokens = setup.tokens_per_step
+    f_tok = _model_flops_per_token(setup)
+    model_flops = 3.0 * f_tok * tokens
+    executed = float(uc.flops.sum()) * setup.microbatches * setup.tp * setup.dp
+    gemm_dtype = precision_of(setup).gemm_compute_dtype(gpu.peak_flops)
+    fullest = memory.loc[memory["total"].idxmax()]
+    capacity = gpu.memory_bytes
+    fits = bool(fullest["total"] <= capacity)
+    short = (fullest["total"] - capacity) / GIB
+    where = f"{gpu.key} ({gpu.memory_gib:g} GiB)"
+    verdict = (
+        f"fits: {fullest['total'] / GIB:.1f} GiB of {where} on pipeline rank {int(fullest['rank'])}"
+        if fits
+        else f"does not fit, by {short:.1f} GiB: pipeline rank {int(fullest['rank'])} needs "
+        f"{fullest['total'] / GIB:.1f} GiB of {where}"
+    )
+    try:
+        per_s, basis = usd_per_gpu_second(gpu, setup.assumptions)
+    except MoesimError as exc:
+        per_s, basis = math.nan, f"unpriced: {exc.one_line()}"
+    gpu_s_per_tok = gpus * step_s / tokens
+    comps = ["params", "grads", "master_weights", "optimizer_states", "activations", "working", "comm_buffers"]
+    return {
+        "name": sc.name,
+        "model": setup.model.name,
+        "cluster": setup.cluster.name,
+        "gpu": gpu.key,
+        "gpus": gpus,
+        "layout": setup.label(),
+        "microbatches": setup.microbatches,
+        "tokens_per_step": tokens,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "tokens_per_s_per_gpu": tokens / step_s / gpus,
+        "mfu": model_flops / (step_s * gpus * gpu.peak("bf16")),
+        "s_mfu": executed / (step_s * gpus * gpu.peak(gemm_dtype)),
+        "s_mfu_peak_dtype": gemm_dtype,
+        "model_tflops_per_gpu": model_flops / step_s / gpus / 1e12,
+        "model_flops_per_token": 3.0 * f_tok,
+        "mem_per_gpu_gib": float(fullest["total"] / GIB),
+        "mem_by_component_gib": {c: float(fullest[c] / GIB) for c in comps},
+        "fits": fits,
+        "memory_verdict": verdict,
+        "breakdown": {k: float(v) for k, v in breakdown.items()},
+        "token_drop_frac": uc.drop_frac,
+        "gpu_hours_per_btok": gpu_s_per_tok * 1e9 / 3600.0,
+        "usd_per_btok": gpu_s_per_tok * 1e9 * per_s,
+        "cost_basis": basis,
+        "cost_model": getattr(cm, "name", type(cm).__name__),
+    }
+
+
+def run(scenario: str | Path | TrainScenario | dict, *, cost_model: CostModel | None = None) -> TrainResult:
+    """Validate, build and simulate a training scenario (see the module docstring)."""
+    setup = load(scenario, cost_model)
+    return simulate_training(setup, cost_model)
+
+
+def write_outputs(res: TrainResult, out: str | Path, plots: bool = True) -> list[Path]:
+    """Write ``summary.json``, ``tasks.parquet``, ``memory.csv`` and plots into ``out`` (all or nothing)."""
+    from sim.serve import clean_json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
+        res.tasks.to_parquet(tmp / "tasks.parquet", index=False)
+        res.memory.to_csv(tmp / "memory.csv", index=False)
+        files = [tmp / "summary.json", tmp / "tasks.parquet", tmp / "memory.csv"]
+        if plots:
+            from sim.train_plots import write_train_plots
+
+            files += write_train_plots(res, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / f.name for f in files]
