@@ -20,6 +20,8 @@ One step, as simulated (SimPy, `sim.pipeline`):
 4. a global synchronisation (the gradient norm for clipping), then the Adam
    step on each GPU's shard (memory-bound).
 
+A calibrated cost model is used with ``extrapolate`` on (training's layers
+are larger than most kernel tables reach; see `CalibratedCostModel`).
 Every data-parallel replica runs the same program; the pipeline simulated is
 the one with the busiest expert-parallel GPUs (skewed routing makes every
 all-to-all wait for the busiest GPU of its group). What is not modelled:
