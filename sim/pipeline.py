@@ -277,8 +277,8 @@ class PipelineRun:
         makespan: when the last task of any rank ended (s).
         peak_act_bytes: per rank, the most activation bytes held at once.
         peak_inflight: per rank, the most micro-batch stages held at once.
-        grad_ready: per rank, per stage it runs, when its last gradient
-            contribution ended and the pipeline-order sequence of its units' ready times.
+        last_grad_task: per (rank, stage), the task that finished the stage's
+            weight gradients (its last backward, or its last ``W``).
     """
 
     tasks: list[TaskRecord]

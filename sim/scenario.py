@@ -219,18 +219,22 @@ def parse_scenario(data: Any, where: str = "scenario") -> Scenario:
     return sc
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file."""
+def read_yaml(path: str | Path, what: str = "a scenario YAML") -> Any:
+    """The parsed YAML of ``path``; `MoesimError` when it is missing or not valid YAML."""
     p = Path(path)
     if not p.is_file():
-        raise MoesimError(f"scenario file {p} not found", "give the path of a scenario YAML (see examples/)")
+        raise MoesimError(f"scenario file {p} not found", f"give the path of {what} (see examples/)")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         raise MoesimError(f"{p}: not valid YAML{at}", "fix the YAML syntax") from None
-    return parse_scenario(data, str(p))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file."""
+    return parse_scenario(read_yaml(path), str(Path(path)))
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,9 @@ def _read_array(path: Path, what: str) -> np.ndarray:
         raise MoesimError(f"{what} file {path}: rows of different lengths", "give a rectangular array") from None
 
 
-def _loads(sc: Scenario, model: ModelSpec, base: Path) -> np.ndarray | None:
+def scenario_loads(sc: Any, model: ModelSpec, base: Path) -> np.ndarray | None:
+    """Expert load shares [moe_layers, experts] from ``sc.routing`` (``distribution``, ``exponent``,
+    ``file``) and ``sc.seed``, or None for uniform routing; serving and training scenarios share it."""
     moe = model.moe
     r = sc.routing
     if moe is None or not model.is_moe or r.distribution == "uniform":
@@ -380,7 +386,8 @@ def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) 
     return arr
 
 
-def _cluster(sc: Scenario, base: Path, gpus_needed: int) -> ClusterSpec:
+def scenario_cluster(sc: Any, base: Path, gpus_needed: int) -> ClusterSpec:
+    """The cluster ``sc`` names (``cluster``, or ``gpu`` with ``nodes`` / ``gpus_per_node``; ``hardware``)."""
     hw = str(base / sc.hardware) if sc.hardware else None
     if sc.cluster:
         c = get_cluster(sc.cluster, hw)
@@ -408,7 +415,7 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         d = sc.disaggregation
         specs = [("prefill", d.prefill), ("decode", d.decode)]
         gpus_needed = sum(p.replicas * p.layout.build().num_gpus for _, p in specs)
-        cluster = _cluster(sc, base, gpus_needed)
+        cluster = scenario_cluster(sc, base, gpus_needed)
         pools, first = [], 0
         for role, p in specs:
             lay = p.layout.build()
@@ -418,7 +425,7 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
     else:
         lay = sc.layout.build()
         lay.check(model)
-        cluster = _cluster(sc, base, lay.num_gpus if sc.replicas == "auto" else lay.num_gpus * int(sc.replicas))
+        cluster = scenario_cluster(sc, base, lay.num_gpus if sc.replicas == "auto" else lay.num_gpus * int(sc.replicas))
         if sc.replicas == "auto":
             if cluster.num_gpus % lay.num_gpus:
                 raise MoesimError(
@@ -447,7 +454,7 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         precision=precision,
         pools=tuple(pools),
         workload=workload,
-        loads=_loads(sc, model, base),
+        loads=scenario_loads(sc, model, base),
         phys_to_log=_placement(sc, model, base, [p.layout.ep for p in pools]),
         cost_model=cost_model,
         assumptions=CostAssumptions(pricing=sc.cost.pricing, years=sc.cost.years, utilisation=sc.cost.utilisation),

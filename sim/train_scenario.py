@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
 from model.errors import LayoutError, MoesimError
-from model.hardware import get_cluster, get_gpu, make_cluster
 from model.hf_config import load_model
-from sim.scenario import _one_line, _read_array, power_law_loads
+from sim.scenario import _one_line, power_law_loads, read_yaml, scenario_cluster, scenario_loads
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
 #: (PipeDream-flush, Megatron's default), interleaved 1F1B over
@@ -221,16 +219,7 @@ def parse_train_scenario(data: Any, where: str = "scenario") -> TrainScenario:
 
 def load_train_scenario(path: str | Path) -> TrainScenario:
     """Read and validate a training-scenario YAML file."""
-    p = Path(path)
-    if not p.is_file():
-        raise MoesimError(f"scenario file {p} not found", "give the path of a training scenario YAML (see examples/)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise MoesimError(f"{p}: not valid YAML{at}", "fix the YAML syntax") from None
-    return parse_train_scenario(data, str(p))
+    return parse_train_scenario(read_yaml(path, "a training scenario YAML"), str(Path(path)))
 
 
 @dataclass(frozen=True)
@@ -316,44 +305,10 @@ def _power_for_maxvio(num_layers: int, num_experts: int, max_violation: float, s
 
 
 def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None:
-    moe, r = model.moe, sc.routing
-    if moe is None or not model.is_moe:
-        return None
-    n_moe = model.num_moe_layers
-    if r.max_violation is not None:
-        return _power_for_maxvio(n_moe, moe.num_experts, r.max_violation, sc.seed)
-    if r.distribution == "uniform":
-        return None
-    if r.distribution == "power":
-        return power_law_loads(n_moe, moe.num_experts, r.exponent, sc.seed)
-    if not r.file:
-        raise MoesimError("routing.distribution is 'file' but routing.file is not set", "give routing.file")
-    arr = _read_array(base / r.file, "routing")
-    if arr.ndim == 1:
-        arr = np.broadcast_to(arr, (n_moe, arr.size)).copy()
-    if arr.ndim == 3:
-        arr = arr.sum(axis=0)
-    if arr.shape[0] == model.num_layers and n_moe != model.num_layers:
-        arr = arr[np.asarray(model.moe_layers, bool)]
-    if arr.shape != (n_moe, moe.num_experts) or (arr < 0).any() or (arr.sum(axis=1) <= 0).any():
-        raise MoesimError(
-            f"routing file {r.file}: expected non-negative loads [{n_moe} MoE layers, {moe.num_experts} experts], "
-            f"got shape {list(arr.shape)}",
-            "give one row per MoE layer (or one row for all) with one column per expert",
-        )
-    return arr / arr.sum(axis=1, keepdims=True)
-
-
-def _cluster(sc: TrainScenario, base: Path, gpus_needed: int) -> ClusterSpec:
-    hw = str(base / sc.hardware) if sc.hardware else None
-    if sc.cluster:
-        c = get_cluster(sc.cluster, hw)
-        if sc.nodes or sc.gpus_per_node:
-            c = make_cluster(c.gpu, nodes=sc.nodes or c.nodes, gpus_per_node=sc.gpus_per_node or c.gpus_per_node)
-        return c
-    if not sc.gpu:
-        raise MoesimError("the scenario names neither a cluster nor a gpu", "add cluster: dgx-h100 or gpu: H100-SXM")
-    return make_cluster(get_gpu(sc.gpu, hw), num_gpus=gpus_needed, nodes=sc.nodes, gpus_per_node=sc.gpus_per_node)
+    moe = model.moe
+    if moe is not None and model.is_moe and sc.routing.max_violation is not None:
+        return _power_for_maxvio(model.num_moe_layers, moe.num_experts, sc.routing.max_violation, sc.seed)
+    return scenario_loads(sc, model, base)
 
 
 def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
@@ -378,7 +333,7 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
     etp = lay.etp if lay.etp is not None else (tp if ep == 1 else 1)
     zero = 3 if lay.fsdp else lay.zero
     gpus_hint = tp * pp * (lay.dp or 1)
-    cluster = _cluster(sc, base, gpus_hint if lay.dp else max(gpus_hint, ep * etp * pp))
+    cluster = scenario_cluster(sc, base, gpus_hint if lay.dp else max(gpus_hint, ep * etp * pp))
     if cluster.num_gpus % (tp * pp):
         raise MoesimError(
             f"layout tp={tp} x pp={pp} does not divide the {cluster.num_gpus} GPUs of {cluster.name}",
