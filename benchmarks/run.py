@@ -36,6 +36,7 @@ from benchmarks.calibration import (  # noqa: E402
     bench_calibration_h100,
     bench_calibration_h100_tables,
 )
+from benchmarks.placement import bench_placement  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
 from model import (  # noqa: E402
     Batch,
@@ -290,6 +291,7 @@ def main() -> None:
         ("calibration on this CPU", lambda: bench_calibration_cpu(args.quick)),
         ("calibration on our H100 tables", lambda: bench_calibration_h100_tables(aic=DATA, quick=args.quick)),
         ("training vs published runs", lambda: bench_training(args.quick)),
+        ("expert placement", lambda: bench_placement(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

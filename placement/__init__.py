@@ -2,3 +2,33 @@
 baselines it must beat) and `PlacementPlan` exporters for serving engines.
 Built on `model` only.
 """
+
+from placement.api import METHODS, PlacementResult, place
+from placement.baselines import rebalance_experts, round_robin
+from placement.exporters import FORMATS, export_plan, launch_flags, read_plan
+from placement.ilp import IlpOptions
+from placement.importers import load_stats, save_stats_npz
+from placement.metrics import gpu_loads, plan_metrics
+from placement.plan import PlacementPlan
+from placement.stats import RoutingStats
+from placement.synthetic import synthetic_trace
+
+__all__ = [
+    "FORMATS",
+    "METHODS",
+    "IlpOptions",
+    "PlacementPlan",
+    "PlacementResult",
+    "RoutingStats",
+    "export_plan",
+    "gpu_loads",
+    "launch_flags",
+    "load_stats",
+    "place",
+    "plan_metrics",
+    "read_plan",
+    "rebalance_experts",
+    "round_robin",
+    "save_stats_npz",
+    "synthetic_trace",
+]

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from dashboard.cli._common import err
 from dashboard.cli.catalog import clusters, gpus, inspect, models
 from dashboard.cli.demo import demo
+from dashboard.cli.place import place
 from dashboard.cli.profile import calibrate, import_tables, profile
 from dashboard.cli.roofline import roofline
 from dashboard.cli.simulate import simulate
@@ -32,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (models, gpus, clusters, inspect, roofline, simulate, train, profile, calibrate, demo):
+for command in (models, gpus, clusters, inspect, roofline, simulate, train, place, profile, calibrate, demo):
     app.command()(command)
 app.command(name="import")(import_tables)
 

@@ -1,0 +1,151 @@
+"""`place()`: run the placement methods on routing statistics and compare them.
+
+Methods: ``round-robin`` (slot s holds expert s mod N), ``eplb`` (DeepSeek's
+greedy; hierarchical when the expert groups divide over the nodes, global
+otherwise) and ``ilp`` (`placement.ilp`, never worse than ``eplb`` on a
+layer). Each result carries its plan, its metrics (`placement.metrics`) and
+how it was solved (seconds, objective, bound, gap, status).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.errors import MoesimError
+from placement.baselines import check_shape, rebalance_experts, round_robin
+from placement.ilp import IlpOptions, LayerResult, solve
+from placement.metrics import gpu_loads, migration_bytes, plan_metrics
+from placement.plan import PlacementPlan
+from placement.stats import RoutingStats
+
+METHODS = ("round-robin", "eplb", "ilp")
+
+
+@dataclass
+class PlacementResult:
+    """One method's plan and report."""
+
+    method: str
+    plan: PlacementPlan
+    metrics: dict[str, Any]
+    layer_max_load: np.ndarray  # [L] busiest GPU's load per layer (units of stats.counts)
+
+
+def _ilp_report(res: list[LayerResult]) -> dict[str, Any]:
+    stages = [s for r in res for s in r.stages]
+    gaps = [s.gap for s in stages]
+    optimal = all(s.status == "optimal" for s in stages)
+    return {
+        "status": "optimal" if optimal else "time limit or gap" if stages else "no solve",
+        "objective": float(sum(r.objective for r in res)),
+        "baseline_objective": float(sum(r.baseline_objective for r in res)),
+        "gap": float(max(gaps)) if gaps and all(math.isfinite(g) for g in gaps) else None,
+        "layers_optimal": int(sum(all(s.status == "optimal" for s in r.stages) for r in res)),
+        "layers_fallback": int(sum(r.fallback for r in res)),
+        "solver_seconds": float(sum(s.seconds for s in stages)),
+    }
+
+
+def place(
+    stats: RoutingStats,
+    num_gpus: int,
+    gpus_per_node: int,
+    redundant: int,
+    methods: tuple[str, ...] = METHODS,
+    num_groups: int = 1,
+    options: IlpOptions = IlpOptions(),
+    moe_layer_ids: list[int] | None = None,
+    num_hidden_layers: int = 0,
+    expert_bytes: float = 0.0,
+    current: PlacementPlan | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, PlacementResult]:
+    """Place the experts of every MoE layer with each method.
+
+    Args:
+        stats: routing statistics [L, N] (with a token trace for the traffic terms).
+        num_gpus: GPUs holding experts G (a multiple of gpus_per_node).
+        gpus_per_node: GPUs per node.
+        redundant: extra slots per layer beyond one per expert (N + redundant must be a multiple of G).
+        methods: any of ``METHODS``; ``ilp`` also runs ``eplb`` as its baseline.
+        num_groups: expert groups for EPLB's hierarchical policy (1: none).
+        options: the ILP's knobs.
+        moe_layer_ids, num_hidden_layers: the decoder layers of the MoE layers, for the exporters.
+        expert_bytes: bytes of one expert's weights in one layer (for ``migration_bytes`` against ``current``).
+        current: the plan in place now (migration cost and bytes).
+        progress: called with (method, layers done, layers).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise MoesimError(f"unknown placement method {unknown[0]!r}", f"choose from {', '.join(METHODS)} or all")
+    if redundant < 0:
+        raise MoesimError(f"redundant experts must be >= 0 (got {redundant})", "give --redundant 0 or more")
+    layers, n = stats.counts.shape
+    slots = n + redundant
+    if gpus_per_node < 1 or num_gpus % gpus_per_node:
+        raise MoesimError(f"{num_gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
+    check_shape(n, slots, num_gpus, num_gpus // gpus_per_node)
+    if current is not None:
+        current.validate()
+        if current.phys_to_log.shape != (layers, slots) or current.num_gpus != num_gpus:
+            raise MoesimError(
+                f"current plan is [{current.num_layers} layers, {current.num_slots} slots] on {current.num_gpus} GPUs, "
+                f"not [{layers}, {slots}] on {num_gpus}",
+                "give the plan the engine runs now, for the same model and GPUs",
+            )
+    common = dict(
+        num_experts=n,
+        num_gpus=num_gpus,
+        gpus_per_node=gpus_per_node,
+        moe_layer_ids=list(moe_layer_ids or []),
+        num_hidden_layers=num_hidden_layers,
+    )
+    out: dict[str, PlacementResult] = {}
+
+    def finish(method: str, p2l: np.ndarray, info: dict[str, Any]) -> None:
+        plan = PlacementPlan(p2l, method=method, info=info, **common)
+        m: dict[str, Any] = {**plan_metrics(plan, stats), **info}
+        if current is not None and expert_bytes:
+            m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
+        out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1))
+
+    if "round-robin" in methods:
+        t0 = time.perf_counter()
+        p2l = round_robin(layers, n, slots)
+        finish("round-robin", p2l, {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic"})
+    greedy = None
+    if "eplb" in methods or "ilp" in methods:
+        t0 = time.perf_counter()
+        greedy = rebalance_experts(stats.counts, slots, num_groups, num_gpus // gpus_per_node, num_gpus)[0]
+        policy = "hierarchical" if n % num_groups == 0 and num_groups % (num_gpus // gpus_per_node) == 0 else "global"
+        if "eplb" in methods:
+            finish(
+                "eplb",
+                greedy,
+                {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic", "policy": policy},
+            )
+    if "ilp" in methods:
+        assert greedy is not None
+        rng = np.random.default_rng(options.seed)
+        tokens = [stats.token_sample(i, 512, rng) for i in range(layers)]
+        t0 = time.perf_counter()
+        res = solve(
+            stats.counts,
+            slots,
+            num_gpus,
+            gpus_per_node,
+            tokens,
+            greedy,
+            options,
+            None if current is None else current.phys_to_log,
+            progress=None if progress is None else lambda i, k: progress("ilp", i, k),
+        )
+        p2l = np.stack([r.phys_to_log for r in res])
+        finish("ilp", p2l, {"solve_s": time.perf_counter() - t0, **_ilp_report(res), "solver": options.solver})
+    return out
