@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import MoesimError
-from placement.baselines import check_shape, rebalance_experts, round_robin
+from placement.baselines import check_shape, eplb_policy, rebalance_experts, round_robin
 from placement.ilp import IlpOptions, LayerResult, solve
 from placement.metrics import gpu_loads, migration_bytes, plan_metrics
 from placement.plan import PlacementPlan
@@ -123,7 +123,7 @@ def place(
     if "eplb" in methods or "ilp" in methods:
         t0 = time.perf_counter()
         greedy = rebalance_experts(stats.counts, slots, num_groups, num_gpus // gpus_per_node, num_gpus)[0]
-        policy = "hierarchical" if n % num_groups == 0 and num_groups % (num_gpus // gpus_per_node) == 0 else "global"
+        policy = eplb_policy(n, num_groups, num_gpus // gpus_per_node)
         if "eplb" in methods:
             finish(
                 "eplb",

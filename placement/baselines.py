@@ -128,6 +128,12 @@ def check_shape(num_experts: int, num_slots: int, num_gpus: int, num_nodes: int)
         )
 
 
+def eplb_policy(num_experts: int, num_groups: int, num_nodes: int) -> str:
+    """``hierarchical`` when the expert groups split evenly over the nodes, else ``global``."""
+    ok = num_groups >= 1 and num_experts % num_groups == 0 and num_groups % num_nodes == 0
+    return "hierarchical" if ok else "global"
+
+
 def rebalance_experts(
     weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,7 +152,7 @@ def rebalance_experts(
     weight = np.asarray(weight, dtype=float)
     layers, n = weight.shape
     check_shape(n, num_replicas, num_gpus, num_nodes)
-    if num_groups >= 1 and n % num_groups == 0 and num_groups % num_nodes == 0:
+    if eplb_policy(n, num_groups, num_nodes) == "hierarchical":
         phy2log, phyrank, logcnt = _hierarchical(weight, num_replicas, num_groups, num_nodes, num_gpus)
     else:
         phy2log, phyrank, logcnt = _hierarchical(weight, num_replicas, 1, 1, num_gpus)

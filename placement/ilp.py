@@ -441,7 +441,8 @@ def solve_layer(
     cur_gpu = None if current is None else _incidence(current, n, num_gpus)
     greedy = _greedy_global(w, num_slots, num_gpus)
     if not _no_duplicates(greedy, num_gpus):  # EPLB may stack two replicas on a GPU; repack for a valid start
-        greedy = _repack(w, dhondt_counts(w, num_slots, num_gpus), num_gpus)
+        cnt = dhondt_counts(w, num_slots, num_gpus)
+        greedy = _pack_within(w, cnt, cnt[:, None], num_gpus, num_slots // num_gpus)
     stages: list[StageReport] = []
     if nodes == 1 and n * num_gpus <= opts.exact_max_vars:
         start = _incidence(greedy, n, num_gpus)
@@ -482,20 +483,6 @@ def solve_layer(
     if obj > base_obj + 1e-9 or (not moving and busiest > base_busiest * (1 + 1e-9)):
         res.phys_to_log, res.fallback, res.objective = baseline.copy(), True, base_obj
     return res
-
-
-def _repack(w: np.ndarray, cnt: np.ndarray, num_gpus: int) -> np.ndarray:
-    """Replicas (counts ``cnt`` [N]) packed heaviest first onto the lightest GPU without that expert, [S]."""
-    per_gpu = int(cnt.sum()) // num_gpus
-    items = sorted(((w[e] / cnt[e], e) for e in range(w.size) for _ in range(cnt[e])), reverse=True)
-    load = np.zeros(num_gpus)
-    slots: list[list[int]] = [[] for _ in range(num_gpus)]
-    for per, e in items:
-        ok = [g for g in range(num_gpus) if len(slots[g]) < per_gpu and e not in slots[g]]
-        g = min(ok, key=lambda i: load[i])
-        slots[g].append(e)
-        load[g] += per
-    return np.array(slots, np.int64).reshape(-1)
 
 
 def _structured(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, prefer: np.ndarray) -> np.ndarray:

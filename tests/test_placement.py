@@ -41,7 +41,7 @@ def test_eplb_reproduces_its_readme_example():
 
 def test_eplb_global_policy_when_groups_do_not_divide_nodes():
     w = np.array([[10.0, 1, 1, 1, 1, 1, 1, 1]])
-    phy2log, _, logcnt = rebalance_experts(w, 12, 3 if False else 1, 2, 4)  # 1 group on 2 nodes: global
+    phy2log, _, logcnt = rebalance_experts(w, 12, 1, 2, 4)  # 1 group on 2 nodes: global
     assert logcnt[0, 0] == 5  # the hot expert takes all four extra slots
     assert phy2log.shape == (1, 12)
 
@@ -97,8 +97,7 @@ def test_gpu_loads_split_replicas_equally():
 
 def test_sends_count_a_node_once_per_token():
     p2l = np.array([0, 1, 2, 3])  # 4 nodes of one GPU each
-    tokens = np.array([[0, 1], [2, 2 - 2 + 2]])  # hits 2 nodes, then 1 node
-    tokens[1] = [2, -1]
+    tokens = np.array([[0, 1], [2, -1]])  # hits 2 nodes, then 1 node
     assert layer_sends(p2l, 4, 4, tokens) == pytest.approx((2 + 1) / 2 * 3 / 4)
     assert layer_sends(p2l, 4, 1, tokens) == 0.0
 
