@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +409,12 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+@lru_cache(maxsize=32)
+def _load_preset(name: str) -> ModelSpec:
+    """A shipped preset, read once per process (a sweep builds thousands of scenarios; `ModelSpec` is frozen)."""
+    return model_from_config(PRESET_DIR / f"{name}.json", name=name)
+
+
 def load_model(name_or_path: str | Path) -> ModelSpec:
     """A preset by name (case-insensitive) or a ``config.json`` path.
 
@@ -416,7 +423,7 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     text = str(name_or_path)
     preset = PRESET_DIR / f"{text.lower()}.json"
     if preset.is_file() and not Path(text).exists():
-        return model_from_config(preset, name=text.lower())
+        return _load_preset(text.lower())
     path = Path(text)
     if path.is_dir():
         path = path / "config.json"

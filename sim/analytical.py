@@ -67,6 +67,19 @@ class PoolState:
 
 
 def _steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
+    """The expected decode step of ``b`` sequences at context ``ctx`` and the mixed step with a prompt chunk.
+
+    Memoised in the timer: the fixed point revisits the same batch sizes, and a sweep evaluates one
+    configuration at many rates. The returned steps are shared; callers must not modify them.
+    """
+    key = ("analytic_steps", b, ctx, chunk, chunk_ctx)
+    hit = timer._memo.get(key)
+    if hit is None:
+        hit = timer._memo[key] = _compute_steps(timer, b, ctx, chunk, chunk_ctx)
+    return hit
+
+
+def _compute_steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
     dec = timer.expected(np.ones(b, np.int64), np.full(b, ctx, np.int64)) if b else None
     new = np.concatenate([np.ones(b, np.int64), [chunk]]) if chunk else np.ones(b, np.int64)
     cached = np.concatenate([np.full(b, ctx, np.int64), [chunk_ctx]]) if chunk else np.full(b, ctx, np.int64)
@@ -128,29 +141,47 @@ def pool_state(
     return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
 
 
-def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
-    """The analytical summary of ``built`` (same keys as the simulator's where they are defined)."""
-    t0 = time.perf_counter()
-    sc = built.scenario
-    seed = sc.seed if seed is None else seed
-    df = generate(built.workload, seed=seed, base_dir=built.base_dir)
-    if df.empty:
-        raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
-    inp = df["input_tokens"].to_numpy(float)
-    out = df["output_tokens"].to_numpy(float)
-    mean_in, mean_out = float(inp.mean()), float(out.mean())
-    w = built.workload
-    if w.arrival == "closed":
-        rate = float(w.concurrency or 1) / max(mean_out * 0.01, 1e-3)  # a first guess; iterated below
-    else:
-        arr = df["arrival_s"].to_numpy(float)
-        span = float(arr.max() - arr.min()) if len(arr) > 1 else 0.0
-        rate = (len(arr) - 1) / span if span > 0 else float(w.rate or 1.0)
-    pools = {p.role: p for p in built.pools}
-    caps = {role: replica_capacity(built, p) for role, p in pools.items()}
-    timers = {role: make_timer(built, p, caps[role], seed) for role, p in pools.items()}
+class Analytical:
+    """The analytical model of one built scenario, reusable across request rates.
 
-    def solve(rate: float) -> tuple[dict[str, PoolState], np.ndarray, np.ndarray, float]:
+    Building it samples the workload's lengths and sizes each pool's KV cache and step timer
+    once; `summary` then solves the steady state at any rate, reusing the timers' memoised steps
+    (what a sweep over rates or a capacity search needs).
+
+    Args:
+        built: the scenario's objects.
+        seed: the workload sample's seed (None: the scenario's).
+        timers: step timers per pool role to reuse (a sweep shares them between configurations that
+            differ only in the workload or ``max_batch``, which the timers do not depend on).
+    """
+
+    def __init__(self, built: Built, seed: int | None = None, timers: dict[str, StepTimer] | None = None) -> None:
+        t0 = time.perf_counter()
+        sc = built.scenario
+        seed = sc.seed if seed is None else seed
+        df = generate(built.workload, seed=seed, base_dir=built.base_dir)
+        if df.empty:
+            raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
+        self.built = built
+        self.inp = df["input_tokens"].to_numpy(float)
+        self.out = df["output_tokens"].to_numpy(float)
+        self.mean_in, self.mean_out = float(self.inp.mean()), float(self.out.mean())
+        w = built.workload
+        #: the workload's own request rate, req/s: realised by its arrivals (open loop), None for a closed loop
+        self.workload_rate: float | None = None
+        if w.arrival != "closed":
+            arr = df["arrival_s"].to_numpy(float)
+            span = float(arr.max() - arr.min()) if len(arr) > 1 else 0.0
+            self.workload_rate = (len(arr) - 1) / span if span > 0 else float(w.rate or 1.0)
+        self.pools = {p.role: p for p in built.pools}
+        self.caps = {role: replica_capacity(built, p) for role, p in self.pools.items()}
+        self.timers = timers or {role: make_timer(built, p, self.caps[role], seed) for role, p in self.pools.items()}
+        self.setup_s = time.perf_counter() - t0
+
+    def solve(self, rate: float) -> tuple[dict[str, PoolState], np.ndarray, np.ndarray, float]:
+        """Pool states, TTFT [requests] s, end-to-end latency [requests] s and TPOT s at ``rate`` req/s."""
+        built, pools, caps, timers = self.built, self.pools, self.caps, self.timers
+        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         states = {}
         if "mixed" in pools:
             p = pools["mixed"]
@@ -176,7 +207,7 @@ def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
             wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
             ttft = wait + np.ceil(inp / max(sp.chunk, 1)) * sp.t_mixed
             cl = built.cluster
-            d = sc.disaggregation
+            d = built.scenario.disaggregation
             kind = d.kv_link if d and d.kv_link != "auto" else ("intra" if built.gpus <= cl.gpus_per_node else "inter")
             bw, lat = cl.link(kind)
             per_tok = kv_bytes_per_token(built.model, Layout(), built.precision)
@@ -185,61 +216,85 @@ def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
         e2e = ttft + transfer + np.maximum(out - 1, 0) * tpot
         return states, ttft, e2e, tpot
 
-    think = w.think_s if w.arrival == "closed" else 0.0
-    states, ttft, e2e, tpot = solve(rate)
-    if w.arrival == "closed":
-        for _ in range(50):
-            new_rate = float(w.concurrency or 1) / (float(np.mean(e2e)) + think)
-            if abs(new_rate - rate) <= 1e-4 * rate:
-                break
-            rate = 0.5 * rate + 0.5 * new_rate
-            states, ttft, e2e, tpot = solve(rate)
-    overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
-    gpus = built.gpus
-    gpu = built.cluster.gpu
-    try:
-        per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
-    except MoesimError as exc:
-        per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
-    out_tok_s = rate * mean_out
-    slo = sc.slo
-    ok = np.ones(len(inp), bool)
-    if slo.ttft_s is not None:
-        ok &= ttft <= slo.ttft_s
-    if slo.tpot_s is not None:
-        ok &= (tpot <= slo.tpot_s) | (out <= 1)
-    main = states.get("mixed") or states["decode"]
-    bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
-    n_rep = sum(p.replicas for p in built.pools)
-    smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
-    smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
-    summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
-    for name, values in (("ttft", ttft), ("tpot", np.full(len(inp), tpot)), ("e2e", e2e)):
-        for k, v in percentiles(values).items():
-            summary[f"{name}_{k}_s"] = v
-    summary.update(
-        {
-            "throughput_req_s": rate,
-            "throughput_tok_s": out_tok_s,
-            "input_tok_s": rate * mean_in,
-            "total_tok_s": rate * (mean_in + mean_out),
-            "goodput_req_s": rate * float(ok.mean()),
-            "slo_attainment": float(ok.mean()),
-            "mean_batch": main.batch,
-            "s_mbu": smbu,
-            "s_mfu": smfu,
-            "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
-            "cost_basis": basis,
-            "energy_j_per_token": gpus * gpu.tdp_w / out_tok_s if gpu.tdp_w and out_tok_s > 0 else None,
-            "gpus": gpus,
-            "replicas": n_rep,
-            "step_s": main.tau,
-            "decode_step_s": main.t_decode,
-            "mixed_step_s": main.t_mixed,
-            "overloaded": bool(overloaded),
-            "overload_reason": "; ".join(overloaded),
-            "simulated_s": float(len(inp) / rate + np.mean(e2e)) if rate > 0 else math.nan,
-            "wall_s": time.perf_counter() - t0,
-        }
-    )
-    return summary
+    def summary(self, rate: float | None = None) -> dict[str, Any]:
+        """The analytical summary at ``rate`` req/s (None: the workload's own rate; a closed loop is iterated).
+
+        Same keys as the simulator's summary where they are defined.
+        """
+        t0 = time.perf_counter()
+        built, pools = self.built, self.pools
+        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
+        sc, w = built.scenario, built.workload
+        closed = w.arrival == "closed" and rate is None
+        if rate is None:
+            rate = self.workload_rate or float(w.concurrency or 1) / max(mean_out * 0.01, 1e-3)  # closed: a guess
+        if not rate > 0:
+            raise MoesimError(f"request rate must be > 0 req/s, got {rate}", "give a positive rate")
+        states, ttft, e2e, tpot = self.solve(rate)
+        if closed:
+            think = w.think_s
+            for _ in range(50):
+                new_rate = float(w.concurrency or 1) / (float(np.mean(e2e)) + think)
+                if abs(new_rate - rate) <= 1e-4 * rate:
+                    break
+                rate = 0.5 * rate + 0.5 * new_rate
+                states, ttft, e2e, tpot = self.solve(rate)
+        overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
+        gpus = built.gpus
+        gpu = built.cluster.gpu
+        try:
+            per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
+        except MoesimError as exc:
+            per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
+        out_tok_s = rate * mean_out
+        slo = sc.slo
+        ok = np.ones(len(inp), bool)
+        if slo.ttft_s is not None:
+            ok &= ttft <= slo.ttft_s
+        if slo.tpot_s is not None:
+            ok &= (tpot <= slo.tpot_s) | (out <= 1)
+        main = states.get("mixed") or states["decode"]
+        bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
+        n_rep = sum(p.replicas for p in built.pools)
+        smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
+        smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
+        summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
+        stats = {"ttft": percentiles(ttft), "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tpot)}
+        stats["e2e"] = percentiles(e2e)
+        for name, values in stats.items():
+            for k, v in values.items():
+                summary[f"{name}_{k}_s"] = v
+        summary.update(
+            {
+                "throughput_req_s": rate,
+                "throughput_tok_s": out_tok_s,
+                "input_tok_s": rate * mean_in,
+                "total_tok_s": rate * (mean_in + mean_out),
+                "goodput_req_s": rate * float(ok.mean()),
+                "slo_attainment": float(ok.mean()),
+                "mean_batch": main.batch,
+                "s_mbu": smbu,
+                "s_mfu": smfu,
+                "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
+                "cost_basis": basis,
+                "energy_j_per_token": gpus * gpu.tdp_w / out_tok_s if gpu.tdp_w and out_tok_s > 0 else None,
+                "gpus": gpus,
+                "replicas": n_rep,
+                "step_s": main.tau,
+                "decode_step_s": main.t_decode,
+                "mixed_step_s": main.t_mixed,
+                "overloaded": bool(overloaded),
+                "overload_reason": "; ".join(overloaded),
+                "simulated_s": float(len(inp) / rate + np.mean(e2e)) if rate > 0 else math.nan,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        return summary
+
+
+def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:
+    """The analytical summary of ``built`` at its workload's rate (same keys as the simulator's where defined)."""
+    model = Analytical(built, seed)
+    s = model.summary()
+    s["wall_s"] += model.setup_s
+    return s

@@ -127,6 +127,9 @@ def with_derived(requests: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+_QS = np.array([0.50, 0.90, 0.99])
+
+
 def percentiles(x: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float]:
     """Mean and p50/p90/p99 of ``x``, ignoring NaN.
 
@@ -142,8 +145,16 @@ def percentiles(x: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float]
     a = a[~np.isnan(a)]
     if a.size == 0:
         return dict.fromkeys(_STATS, math.nan)
-    p50, p90, p99 = np.percentile(a, [50.0, 90.0, 99.0])
-    return {"mean": float(a.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+    # numpy's linear method done by hand on a partition: the same figures without np.percentile's
+    # per-call overhead (a sweep takes these for thousands of points)
+    pos = _QS * (a.size - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, a.size - 1)
+    part = np.partition(a, np.unique(np.concatenate([lo, hi])))
+    t = pos - lo
+    diff = part[hi] - part[lo]
+    p50, p90, p99 = np.where(t >= 0.5, part[hi] - diff * (1 - t), part[lo] + diff * t).tolist()
+    return {"mean": float(a.mean()), "p50": p50, "p90": p90, "p99": p99}
 
 
 def _duration_weighted(values: np.ndarray, durations: np.ndarray) -> float:

@@ -143,9 +143,7 @@ class StepTimer:
         self._table_active = np.unique(
             np.arange(0, a + 1) if a <= 32 else [*np.round(np.geomspace(1, a, 33)).astype(np.int64).tolist(), 0]
         )
-        self._table = np.array(
-            [[self._expert_time(int(p), int(x)) for p in self._table_pairs] for x in self._table_active]
-        )  # [A, P]
+        self._table_cache: np.ndarray | None = None
         self._caches = [OrderedDict() for _ in range(ep)] if offload else []
 
     # ---- op-level pieces -------------------------------------------------------------------------
@@ -172,6 +170,15 @@ class StepTimer:
             },
         )
         return self.cost_model.op_time(op, self.cluster).seconds
+
+    @property
+    def _table(self) -> np.ndarray:
+        """Grouped-GEMM seconds [active experts A, pairs P], built on first use (the analytical step needs none)."""
+        if self._table_cache is None:
+            self._table_cache = np.array(
+                [[self._expert_time(int(p), int(x)) for p in self._table_pairs] for x in self._table_active]
+            )
+        return self._table_cache
 
     def expert_times(self, pairs: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Vectorised grouped-GEMM time per (pairs, active experts), bilinear in the table, s."""

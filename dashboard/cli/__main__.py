@@ -1,0 +1,5 @@
+"""``python -m dashboard.cli``: the moesim command line."""
+
+from dashboard.cli import run
+
+run()

@@ -1,0 +1,308 @@
+"""Evaluating sweep points: the analytical model or the discrete-event simulator, and capacity search.
+
+`evaluate_task` runs a list of points (usually the rates of one configuration)
+in a worker process and returns one row per point. Each process keeps the
+objects it built (scenario, analytical model with its memoised step times,
+expert placements) keyed by configuration, so the points of one
+configuration cost one build between them.
+
+Capacity search (`capacity`): the highest request rate whose TTFT and TPOT
+percentiles meet the SLOs. The analytical model's answer is found by
+bisection on log(rate); with the discrete-event engine it is the starting
+point of a bracket (widened by x1.5 steps until one end meets the SLOs and
+the other does not) that seeded simulations then bisect until high / low <=
+1 + tolerance. Each simulation replays the same seeded request sample, so
+the search is deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from model.cap import usd_per_gpu_second
+from model.errors import MoesimError
+from sim.scenario import Built, build, parse_scenario
+from sim.sweep_spec import DEFAULT_METRICS, CapacitySpec, Point, SweepSpec, _hash
+from sim.workload import parse_workload
+
+_CACHE: OrderedDict[str, Any] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def _cached(key: str, make: Any) -> Any:
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _CACHE[key] = make()
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return hit
+
+
+def _plan(built: Built, method: str, redundant: int, spec: SweepSpec) -> np.ndarray | None:
+    """Physical-to-logical expert map [moe_layers, slots] of one replica's EP group (None: default blocks)."""
+    m = built.model
+    if method == "default" or m.moe is None or not m.is_moe:
+        return None
+    from placement.api import place
+    from placement.ilp import IlpOptions
+    from placement.stats import RoutingStats
+
+    n = m.moe.num_experts
+    loads = built.loads if built.loads is not None else np.full((m.num_moe_layers, n), 1.0 / n)
+    ep = built.pools[0].layout.ep
+    gpn = min(ep, built.cluster.gpus_per_node)
+    stats = RoutingStats(np.asarray(loads) * 1e6, top_k=m.moe.top_k, source="sweep routing loads")
+    opts = IlpOptions(
+        time_limit=spec.placement_options.time_limit,
+        mip_gap=spec.placement_options.mip_gap,
+        workers=1,
+        seed=spec.seed,
+    )
+    groups = m.moe.n_group if m.moe.n_group > 1 and ep % gpn == 0 else 1
+    res = place(stats, ep, gpn, redundant, (method,), num_groups=groups, options=opts)
+    return res[method].plan.phys_to_log
+
+
+def _built(point: Point, spec: SweepSpec) -> Built:
+    """The point's built scenario, its placement applied (cached per configuration)."""
+
+    def make() -> Built:
+        b = build(parse_scenario(point.scenario, f"point {point.point_id}"))
+        pl = point.placement or {"method": "default", "redundant": 0}
+        if pl["method"] != "default":
+            key = f"plan:{pl['method']}:{pl['redundant']}:{point.config_key}"
+            plan = _cached(key, lambda: _plan(b, pl["method"], pl["redundant"], spec))
+            b = replace(b, phys_to_log=plan)
+        return b
+
+    return _cached(f"built:{point.config_key}", make)
+
+
+def _timer_key(point: Point) -> str:
+    """What a replica's step timer depends on: the point without its workload, batch limit and SLOs."""
+    sc = {k: v for k, v in point.scenario.items() if k not in ("workload", "slo", "name", "cost")}
+    sc["engine"] = {k: v for k, v in (sc.get("engine") or {}).items() if k != "max_batch"}
+    return _hash({"scenario": sc, "placement": point.placement})
+
+
+def _analytical(point: Point, spec: SweepSpec) -> Any:
+    from sim.analytical import Analytical
+    from sim.engine import make_timer, replica_capacity
+
+    def make() -> Analytical:
+        built = _built(point, spec)
+
+        def timers() -> dict[str, Any]:
+            return {p.role: make_timer(built, p, replica_capacity(built, p), spec.seed) for p in built.pools}
+
+        return Analytical(built, spec.seed, _cached(f"timers:{_timer_key(point)}", timers))
+
+    return _cached(f"analytical:{point.config_key}", make)
+
+
+def _with_rate(built: Built, rate: float, requests: int | None = None) -> Built:
+    wl = dict(built.scenario.workload)
+    wl["rate"] = rate
+    if requests is not None:
+        wl["requests"] = requests
+    sc = built.scenario.model_copy(update={"workload": wl})
+    return replace(built, scenario=sc, workload=parse_workload(wl, "workload"))
+
+
+def _des(built: Built, rate: float, seed: int, requests: int | None = None) -> dict[str, Any]:
+    from sim.engine import simulate
+    from sim.serve import des_summary
+
+    b = _with_rate(built, rate, requests)
+    return des_summary(b, simulate(b, seed))
+
+
+def _slos(spec: SweepSpec, built: Built) -> tuple[float | None, float | None]:
+    cap = spec.capacity
+    slo = built.scenario.slo
+    ttft = cap.ttft_s if cap and cap.ttft_s is not None else slo.ttft_s
+    tpot = cap.tpot_s if cap and cap.tpot_s is not None else slo.tpot_s
+    return ttft, tpot
+
+
+def meets(summary: dict[str, Any], percentile: int, ttft_s: float | None, tpot_s: float | None) -> bool:
+    """Whether a run meets the SLOs at ``percentile``: not overloaded, every request done, TTFT and TPOT in bound."""
+    if summary.get("overloaded") or summary.get("completed", 0) < summary.get("requests", 0):
+        return False
+    ttft = summary.get(f"ttft_p{percentile}_s", math.nan)
+    tpot = summary.get(f"tpot_p{percentile}_s", math.nan)
+    ok_ttft = ttft_s is None or (math.isfinite(ttft) and ttft <= ttft_s)
+    ok_tpot = tpot_s is None or not math.isfinite(tpot) or tpot <= tpot_s  # NaN TPOT: one-token outputs
+    return ok_ttft and ok_tpot
+
+
+def des_requests(cap: CapacitySpec, rate: float) -> int:
+    """Requests of one capacity-search simulation at ``rate`` req/s: ``duration_s`` of arrivals, clamped."""
+    return int(min(max(math.ceil(rate * cap.duration_s), cap.requests), cap.max_requests))
+
+
+def _bisect_analytical(
+    model: Any, cap: CapacitySpec, ttft: float | None, tpot: float | None
+) -> tuple[float, float | None]:
+    """(highest rate meeting the SLOs, lowest rate seen to miss them) by the analytical model, req/s.
+
+    The first is 0 when even ``min_rate`` misses; the second None when ``max_rate`` meets them.
+    """
+
+    def ok(r: float) -> bool:
+        return meets(model.summary(r), cap.percentile, ttft, tpot)
+
+    lo, hi = cap.min_rate, cap.max_rate
+    if not ok(lo):
+        return 0.0, lo
+    if ok(hi):
+        return hi, None
+    while hi / lo > 1 + cap.tolerance / 4:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo, hi
+
+
+def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary at the capacity rate, capacity columns) of one point (see the module docstring)."""
+    cap = spec.capacity
+    assert cap is not None
+    model = _analytical(point, spec)
+    built = model.built
+    ttft, tpot = _slos(spec, built)
+    r_a, r_a_fail = _bisect_analytical(model, cap, ttft, tpot)
+    runs = 0
+    if spec.engine == "analytical":
+        best = model.summary(r_a) if r_a > 0 else None
+        found = r_a
+        fail = r_a_fail
+    else:
+        cache: dict[float, dict[str, Any]] = {}
+
+        def run(r: float) -> dict[str, Any]:
+            nonlocal runs
+            if r not in cache:
+                runs += 1
+                cache[r] = _des(built, r, spec.seed, des_requests(cap, r))
+            return cache[r]
+
+        def ok(r: float) -> bool:
+            return meets(run(r), cap.percentile, ttft, tpot)
+
+        r0 = min(max(r_a, cap.min_rate), cap.max_rate)
+        lo = hi = None
+        if ok(r0):
+            lo = r0
+            r = r0
+            while hi is None:
+                r = min(r * 1.5, cap.max_rate)
+                if ok(r):
+                    lo = r
+                    if r >= cap.max_rate:
+                        break
+                else:
+                    hi = r
+        else:
+            hi = r0
+            r = r0
+            while lo is None and r > cap.min_rate:
+                r = max(r / 1.5, cap.min_rate)
+                if ok(r):
+                    lo = r
+                else:
+                    hi = r
+        if lo is not None and hi is not None:
+            while hi / lo > 1 + cap.tolerance:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        found = lo or 0.0
+        fail = hi
+        best = cache[lo] if lo is not None else None
+    cols: dict[str, Any] = {
+        "capacity_req_s": found if found > 0 else math.nan,
+        "capacity_fail_req_s": fail if fail is not None else math.nan,  # the lowest rate seen to miss the SLOs
+        "capacity_analytical_req_s": r_a if r_a > 0 else math.nan,
+        "capacity_runs": runs,
+    }
+    if best is not None:
+        pct = cap.percentile
+        cols |= {
+            "capacity_tok_s": best["throughput_tok_s"],
+            "capacity_ttft_s": best[f"ttft_p{pct}_s"],
+            "capacity_tpot_s": best[f"tpot_p{pct}_s"],
+            "capacity_usd_per_mtok": best["usd_per_mtok"],
+        }
+    else:
+        cols |= {k: math.nan for k in ("capacity_tok_s", "capacity_ttft_s", "capacity_tpot_s", "capacity_usd_per_mtok")}
+    return best or {}, cols
+
+
+def _row(point: Point, spec: SweepSpec, summary: dict[str, Any], built: Built | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"point_id": point.point_id, "config_key": point.config_key, "label": point.values["label"]}
+    row |= {k: v for k, v in point.values.items() if k != "label"}
+    for k in (*DEFAULT_METRICS, *spec.metrics):
+        v = summary.get(k, math.nan)
+        row[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+    usd_h = math.nan
+    if built is not None:
+        if row.get("gpus") is None:
+            row["gpus"] = built.gpus
+        with contextlib.suppress(MoesimError):  # an unpriced GPU: no $/h
+            usd_h = usd_per_gpu_second(built.cluster.gpu, built.assumptions)[0] * 3600 * built.gpus
+    row["usd_per_hour"] = usd_h
+    return row
+
+
+def evaluate(point: Point, spec: SweepSpec) -> dict[str, Any]:
+    """One point's row: its columns, the kept metrics, capacity columns, ``status`` and ``error``."""
+    t0 = time.perf_counter()
+    built = None
+    try:
+        if spec.capacity is not None:
+            summary, cols = capacity(point, spec)
+            built = _built(point, spec)
+            row = _row(point, spec, summary, built) | cols
+            row["status"] = "ok" if cols["capacity_req_s"] == cols["capacity_req_s"] else "slo_unmet"
+        else:
+            rate = point.values["rate"]
+            if spec.engine == "analytical":
+                model = _analytical(point, spec)
+                built = model.built
+                summary = model.summary(rate if rate == rate else None)
+            else:
+                built = _built(point, spec)
+                if rate == rate:
+                    summary = _des(built, rate, spec.seed)
+                else:
+                    from sim.engine import simulate
+                    from sim.serve import des_summary
+
+                    summary = des_summary(built, simulate(built, spec.seed))
+            row = _row(point, spec, summary, built)
+            row["status"] = "overloaded" if summary.get("overloaded") else "ok"
+        row["error"] = ""
+    except MoesimError as exc:
+        row = _row(point, spec, {}, built)
+        row["status"], row["error"] = "error", exc.one_line()
+    except Exception as exc:  # a bug must not lose the sweep: record it on the point
+        row = _row(point, spec, {}, built)
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        row["status"] = "error"
+        row["error"] = f"internal error {type(exc).__name__}: {exc} ({last.filename}:{last.lineno})"
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def evaluate_task(points: list[Point], spec: SweepSpec) -> list[dict[str, Any]]:
+    """Rows of ``points`` in order (a worker's unit of work)."""
+    return [evaluate(p, spec) for p in points]

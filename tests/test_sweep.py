@@ -1,0 +1,292 @@
+"""Sweeps: the file, its expansion and pruning, evaluation, capacity search, shards and resume, Dask, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dashboard.cli import main
+from model.errors import MoesimError
+from sim.sweep import read_shards, run_sweep
+from sim.sweep_eval import evaluate, meets
+from sim.sweep_spec import expand, parse_sweep, read_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "model": "mixtral-8x7b",
+    "gpu": "H100-SXM",
+    "workload": {
+        "arrival": "poisson",
+        "requests": 200,
+        "input": {"dist": "lognormal", "mean": 256, "cv": 1.0},
+        "output": {"dist": "lognormal", "mean": 64, "cv": 1.0},
+    },
+    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+}
+
+
+def sweep(**over: object) -> dict:
+    d = {
+        "name": "t",
+        "base": BASE,
+        "axes": {
+            "gpus": [2, 4],
+            "layout": [{"tp": "gpus"}, {"dp_attn": "gpus", "ep": "gpus"}],
+            "precision": ["bf16", "fp8"],
+            "rate": [1, 8],
+        },
+    }
+    d.update(over)
+    return d
+
+
+def write(tmp_path: Path, data: dict, name: str = "sweep.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+# ---------------------------------------------------------------- the file and its points
+
+
+def test_expansion_counts_labels_and_stable_ids():
+    spec = parse_sweep(sweep())
+    exp = expand(spec)
+    assert exp.total == 16 and len(exp.points) == 16 and exp.pruned == {}
+    ids = [p.point_id for p in exp.points]
+    assert len(set(ids)) == 16
+    assert [p.point_id for p in expand(parse_sweep(sweep())).points] == ids  # same sweep, same ids
+    p = exp.points[-1]
+    assert (p.values["gpus"], p.values["ep"], p.values["dp_attn"], p.values["replicas"]) == (4, 4, 4, 1)
+    assert p.scenario["workload"]["rate"] == 8.0 and p.scenario["nodes"] == 1 and p.scenario["gpus_per_node"] == 4
+    # the rates of one configuration share its key; configurations differ
+    assert exp.points[0].config_key == exp.points[1].config_key != exp.points[2].config_key
+    # a rate range expands on a log scale
+    spec = parse_sweep(sweep(axes={"gpus": [2], "layout": [{"tp": 2}], "rate": {"start": 1, "stop": 100, "num": 3}}))
+    assert [p.values["rate"] for p in expand(spec).points] == [1.0, 10.0, 100.0]
+
+
+def test_constraints_prune_with_reasons():
+    axes = {
+        "gpus": [1, 3, 8],
+        "layout": [{"tp": 1}, {"tp": 8}, {"dp_attn": "gpus", "ep": "gpus"}],
+        "precision": ["bf16", "fp8"],
+        "rate": [1],
+    }
+    exp = expand(parse_sweep(sweep(axes=axes)))
+    shapes = {(p.values["gpus"], p.values["layout"], p.values["precision"]) for p in exp.points}
+    # bf16 Mixtral (~87 GiB) does not fit one 80 GiB GPU, fp8 does; EP3 does not divide 8 experts; TP8 needs 8 GPUs
+    assert shapes == {
+        (1, "TP1", "fp8"),
+        (3, "TP1", "fp8"),
+        (8, "TP1", "fp8"),
+        (8, "TP8", "bf16"),
+        (8, "TP8", "fp8"),
+        (8, "TP1xDP8 EP8", "bf16"),
+        (8, "TP1xDP8 EP8", "fp8"),
+    }
+    # bf16 on 1 GPU: TP1 and DP1 EP1 (the same layout) by memory; fp8 on 1 GPU: DP1 EP1 repeats TP1
+    assert exp.pruned == {"memory_fits": 4, "layout_divides": 6, "duplicate": 1}
+    assert sum(exp.pruned.values()) + len(exp.points) == exp.total == 18
+    # without the memory constraint the bf16 one-GPU point stays
+    exp = expand(parse_sweep(sweep(axes=axes, constraints={"memory_fits": False})))
+    assert (1, "TP1", "bf16") in {(p.values["gpus"], p.values["layout"], p.values["precision"]) for p in exp.points}
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"axes": {"gpu": []}}, "axis 'gpu' is empty"),
+        ({"axes": {"rate": []}}, "axis 'rate' is empty"),
+        ({"axes": {"gpu": ["H100-SXM", "B300X"]}}, "axis 'gpu': unknown GPU"),
+        ({"axes": {"model": ["mixtral-8x7b", "gpt-9"]}}, "axis 'model': unknown model 'gpt-9'"),
+        ({"axes": {"colour": ["red"]}}, "unknown axis 'colour'"),
+        ({"axes": {"rate": [1, -2]}}, "rates must be > 0"),
+        ({"axes": {"precision": ["fp9"]}}, "unknown weight dtype 'fp9'"),
+        ({"axes": {"gpus": [1], "precision": ["bf16"], "rate": [1]}}, "the constraints prune all 2 points"),
+        ({"capacity": {"ttft_s": 1}}, "capacity search finds the rate itself"),
+        ({"engine": "fast"}, "engine"),
+    ],
+)
+def test_bad_sweeps_give_one_clear_line(over, message, tmp_path, capsys):
+    data = sweep()
+    data.update(over) if "axes" not in over else data.update({"axes": {**data["axes"], **over["axes"]}})
+    if over.get("axes", {}).get("colour"):
+        data["axes"] = over["axes"]
+    with pytest.raises(MoesimError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        expand(parse_sweep(data))
+    out = tmp_path / "out"
+    code = main(["sweep", str(write(tmp_path, data)), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert not out.exists()  # nothing written for a sweep that cannot run
+
+
+def test_read_sweep_resolves_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    spec = read_sweep(write(tmp_path, sweep(base="base.yaml")))
+    assert len(expand(spec).points) == 16
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_analytical_point_matches_the_analytical_model():
+    from sim.analytical import Analytical
+    from sim.scenario import build, parse_scenario
+
+    spec = parse_sweep(sweep())
+    p = expand(spec).points[5]
+    row = evaluate(p, spec)
+    assert row["status"] == "ok", row["error"]
+    direct = Analytical(build(parse_scenario(p.scenario)), spec.seed).summary(p.values["rate"])
+    for k in ("ttft_p99_s", "tpot_p50_s", "throughput_tok_s", "s_mbu", "usd_per_mtok"):
+        assert row[k] == pytest.approx(direct[k], rel=1e-12), k
+    assert row["usd_per_hour"] == pytest.approx(p.values["gpus"] * 3.49, rel=0.2)  # H100 preset cloud price
+
+
+def test_des_capacity_search_brackets_the_slo(tmp_path):
+    data = sweep(
+        axes={"gpus": [2], "layout": [{"tp": 2}], "precision": ["fp8"]},
+        engine="des",
+        capacity={"percentile": 90, "ttft_s": 0.2, "tpot_s": 0.02, "duration_s": 5, "tolerance": 0.2},
+    )
+    spec = parse_sweep(data)
+    (p,) = expand(spec).points
+    row = evaluate(p, spec)
+    assert row["status"] == "ok", row["error"]
+    lo, hi = row["capacity_req_s"], row["capacity_fail_req_s"]
+    assert 0 < lo < hi <= lo * 1.2 + 1e-9 and row["capacity_runs"] >= 3
+    assert row["capacity_tok_s"] > 0 and row["capacity_ttft_s"] <= 0.2
+    # the same seeded simulations: the low end meets the SLOs, the high end does not
+    from sim.sweep_eval import _built, _des, des_requests
+
+    b, cap = _built(p, spec), spec.capacity
+    assert meets(_des(b, lo, spec.seed, des_requests(cap, lo)), 90, 0.2, 0.02)
+    assert not meets(_des(b, hi, spec.seed, des_requests(cap, hi)), 90, 0.2, 0.02)
+
+
+# ---------------------------------------------------------------- running, shards, resume
+
+
+def test_run_writes_results_and_resumes_without_repeats(tmp_path):
+    f = write(tmp_path, sweep())
+    out = tmp_path / "out"
+    res = run_sweep(f, out, workers=1, flush_s=0.0)
+    df = res.results
+    assert len(df) == 16 and df["point_id"].is_unique and set(df["status"]) <= {"ok", "overloaded"}
+    assert res.summary["evaluated_now"] == 16 and res.summary["shards_written"] >= 2
+    for name in ("results.parquet", "cap_table.csv", "pareto.parquet", "summary.json", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert pd.read_parquet(out / "results.parquet")["accuracy"].notna().all()  # MMLU for bf16 and fp8 Mixtral
+    # drop one shard: exactly its points run again, nothing else
+    shards = sorted((out / "shards").glob("part-*.parquet"))
+    lost = set(pd.read_parquet(shards[0])["point_id"])
+    shards[0].unlink()
+    res2 = run_sweep(f, out, workers=1)
+    assert res2.summary["evaluated_now"] == len(lost) and res2.summary["done_before"] == 16 - len(lost)
+    assert len(res2.results) == 16 and res2.results["point_id"].is_unique
+    cols = ["point_id", "ttft_p99_s", "throughput_tok_s"]
+    pd.testing.assert_frame_equal(res2.results[cols], df[cols])  # the same figures, in the sweep's order
+    # a different sweep into the same folder is refused
+    with pytest.raises(MoesimError, match="holds the results of a different sweep"):
+        run_sweep(write(tmp_path, sweep(name="other"), "other.yaml"), out)
+
+
+def test_kill_9_mid_sweep_loses_nothing_and_repeats_nothing(tmp_path):
+    """A real process killed with SIGKILL while points are running, then resumed."""
+    data = sweep(
+        engine="des",
+        axes={"gpus": [2, 4], "layout": [{"tp": "gpus"}], "precision": ["bf16", "fp8"], "rate": [2, 4, 8]},
+    )
+    data["base"] = {**BASE, "workload": {**BASE["workload"], "requests": 40}}
+    f = write(tmp_path, data)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dashboard.cli", "sweep", str(f), "--out", str(out), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    shards: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        shards = sorted((out / "shards").glob("part-*.parquet")) if (out / "shards").is_dir() else []
+        if shards:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "shards").glob("part-*.parquet")}
+    done = read_shards(out)
+    assert 0 < len(done) < 12 and done["point_id"].is_unique
+    # resume: only the missing points run, the finished shards are untouched
+    res = run_sweep(f, out, workers=1)
+    assert res.summary["done_before"] == len(done) and res.summary["evaluated_now"] == 12 - len(done)
+    expected = {p.point_id for p in expand(read_sweep(f)).points}
+    assert set(res.results["point_id"]) == expected and res.results["point_id"].is_unique
+    shards_now = pd.concat([pd.read_parquet(p) for p in (out / "shards").glob("part-*.parquet")])
+    assert shards_now["point_id"].is_unique and len(shards_now) == 12  # no point stored twice
+    for name, digest in before.items():
+        assert hashlib.sha256((out / "shards" / name).read_bytes()).hexdigest() == digest
+    assert not list((out / "shards").glob(".*.tmp"))
+
+
+def test_local_processes_and_dask_give_the_same_rows(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    f = write(tmp_path, sweep())
+    one = run_sweep(f, tmp_path / "one", workers=1, post=False).results
+    two = run_sweep(f, tmp_path / "two", workers=2, post=False).results
+    cols = ["point_id", "label", "ttft_p99_s", "tpot_p50_s", "throughput_tok_s", "usd_per_mtok", "status"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+    with distributed.LocalCluster(
+        host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        res = run_sweep(f, tmp_path / "dask", dask=cluster.scheduler_address, post=False)
+    assert res.summary["workers"] == 2 and res.summary["dask"].startswith("tcp://127.0.0.1:")
+    pd.testing.assert_frame_equal(one[cols], res.results[cols])
+
+
+def test_unreachable_dask_scheduler_is_one_line(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = write(tmp_path, sweep())
+    with pytest.raises(MoesimError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+        run_sweep(f, tmp_path / "out", dask=f"tcp://127.0.0.1:{port}", dask_timeout_s=1.0)
+    assert not (tmp_path / "out").exists()  # nothing written before the cluster answered
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_json_and_help(tmp_path, capsys):
+    f = write(tmp_path, sweep(target={"throughput_tok_s": 400}))
+    assert main(["sweep", str(f), "--out", str(tmp_path / "o"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["points"] == 16 and s["evaluated_now"] == 16 and s["status"]["ok"] >= 1
+    assert s["cheapest"]["label"] and s["cheapest"]["total_usd_per_hour"] > 0
+    assert "results.parquet" in s["files"] and "pareto.png" in s["files"]
+    assert main(["sweep", "--help"]) == 0
+    assert "Example: moesim sweep" in " ".join(capsys.readouterr().out.split())
+
+
+def test_examples_expand():
+    mix = expand(read_sweep(REPO / "examples" / "sweep-mixtral-gpu-choice.yaml"))
+    assert {p.values["gpu"] for p in mix.points} == {"A100-SXM-80GB", "H100-SXM", "H200-SXM", "L40S"}
+    assert {p.values["precision"] for p in mix.points} == {"bf16", "fp8", "int4"}
+    ds = expand(read_sweep(REPO / "examples" / "sweep-deepseek-v3-layouts.yaml"))
+    assert {p.values["gpus"] for p in ds.points} == {16, 24, 32, 48, 64} and ds.pruned["layout_divides"] > 0
