@@ -12,7 +12,11 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 6. the same on this CPU's own kernels (profiled here; needs torch), and the
    skew model (`benchmarks/calibration.py`);
 7. the same on our own H100 SXM tables (profiling/data/h100-sxm), and how
-   well a calibration on them predicts the AIConfigurator H100 kernels.
+   well a calibration on them predicts the AIConfigurator H100 kernels;
+8. training against published runs (`benchmarks/training.py`);
+9. expert placement, the ILP against EPLB (`benchmarks/placement.py`);
+10. sweeps: analytical points per second, a discrete-event capacity sweep
+    locally and on Dask, resume after kill -9 (`benchmarks/sweep.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from benchmarks.calibration import (  # noqa: E402
     bench_calibration_h100_tables,
 )
 from benchmarks.placement import bench_placement  # noqa: E402
+from benchmarks.sweep import bench_sweep  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
 from model import (  # noqa: E402
     Batch,
@@ -292,6 +297,7 @@ def main() -> None:
         ("calibration on our H100 tables", lambda: bench_calibration_h100_tables(aic=DATA, quick=args.quick)),
         ("training vs published runs", lambda: bench_training(args.quick)),
         ("expert placement", lambda: bench_placement(args.quick)),
+        ("sweeps", lambda: bench_sweep(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

@@ -102,8 +102,8 @@ def _resume(tmp: Path) -> dict:
             "workload": {
                 "arrival": "poisson",
                 "requests": 60,
-                "input": {"dist": "lognormal", "mean": 256},
-                "output": {"dist": "lognormal", "mean": 64},
+                "input": {"dist": "lognormal", "mean": 256, "cv": 1.0},
+                "output": {"dist": "lognormal", "mean": 64, "cv": 1.0},
             },
         },
         "axes": {"gpus": [2, 4, 8], "layout": [{"tp": "gpus"}], "precision": ["bf16", "fp8"], "rate": [2, 4, 8, 16]},
@@ -117,6 +117,8 @@ def _resume(tmp: Path) -> dict:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out_dir / "shards").glob("part-*")):
         time.sleep(0.05)
+    if proc.poll() is not None:
+        raise RuntimeError(f"the sweep to kill exited first with code {proc.returncode}")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = read_shards(out_dir)
@@ -136,9 +138,12 @@ def bench_sweep(quick: bool = False) -> tuple[str, dict]:
     """Section 10 (see the module docstring)."""
     tmp = Path(tempfile.mkdtemp(prefix="moesim-bench-sweep-"))
     try:
-        a = _analytical(tmp)
-        d = _des(tmp, quick)
         r = _resume(tmp)
+        print(f"resume: {r}", file=sys.stderr, flush=True)
+        a = _analytical(tmp)
+        print(f"analytical: {a}", file=sys.stderr, flush=True)
+        d = _des(tmp, quick)
+        print(f"discrete-event: {d}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = __doc__.split("\n\n")[1]

@@ -91,6 +91,28 @@ def _compute_steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: in
     return dec, mix
 
 
+def _packed(
+    timer: StepTimer, rate: float, mean_in: float, b: int, ctx: int, chunk: int, max_tokens: int
+) -> tuple[float, int, Any, bool]:
+    """The saturated regime of continuous batching: every step is mixed and carries the prompt tokens
+    that arrive while it runs (several prompts per step when they fit the token budget).
+
+    Solves c = rate x mean_in x t_mixed(b, c) for the prompt tokens per step c, at least one
+    ``chunk``, at most the budget ``max_tokens - b``. Returns (step s, c, the mixed step, overloaded:
+    the arriving prompt tokens exceed the budget).
+    """
+    budget = max(max_tokens - b, 1)
+    c, mix = chunk, _steps(timer, b, ctx, chunk, 0)[1]
+    for _ in range(50):
+        need = rate * mean_in * mix.duration_s
+        c_new = int(min(budget, max(chunk, math.ceil(need))))
+        if c_new == c:
+            break
+        c = c_new
+        mix = _steps(timer, b, ctx, c, 0)[1]
+    return mix.duration_s, c, mix, rate * mean_in * mix.duration_s > budget * (1 + 1e-9)
+
+
 def pool_state(
     timer: StepTimer, cap: Capacity, pool: Pool, rate: float, mean_in: float, mean_out: float, role: str
 ) -> PoolState:
@@ -116,7 +138,15 @@ def pool_state(
             f = min(1.0, rate * new_tau * chunks) if math.isfinite(new_tau) else 1.0
             if f >= 1.0:
                 new_tau = t_mix
-        if not math.isfinite(new_tau) or (not decode_only and rate * chunks * t_mix > 1.0 + 1e-9):
+                if role == "mixed":
+                    new_tau, chunk, mix, packed_over = _packed(timer, rate, mean_in, bi, ctx, chunk, eng.max_tokens)
+                    t_mix, chunks = new_tau, math.ceil(mean_in / chunk)
+                    if packed_over:
+                        return PoolState(
+                            t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill tokens exceed the budget"
+                        )
+        packed = role == "mixed" and f >= 1.0
+        if not math.isfinite(new_tau) or (not decode_only and not packed and rate * chunks * t_mix > 1.0 + 1e-9):
             return PoolState(t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps")
         new_b = rate * max(mean_out - 1, 0) * new_tau if not prefill_only else 0.0
         if new_b > 4 * eng.max_batch:  # the decode batch runs away: more work arrives than the engine can do

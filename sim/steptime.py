@@ -245,6 +245,14 @@ class StepTimer:
         s = int(new.size)
         kv = float((new + cached).sum())
         if s and int(new.max()) == 1:
+            if exact and int(cached.min()) == int(cached.max()):
+                # the analytical step: every sequence at one context, computed at that point (one op-level
+                # estimate instead of the four grid edges the simulator's interpolation needs)
+                key = ("decode_exact", s, int(cached[0]))
+                hit = self._memo.get(key)
+                if hit is None:
+                    hit = self._memo[key] = self._compute(new, cached, exact)
+                return hit
             return self.decode_parts(s, np.array([kv]), exact)[0]
         key = (exact, _q(int(new.sum()), 16), _q(s, 16), _q(kv, 8), _q(float((new.astype(float) ** 2).sum()), 8))
         hit = self._memo.get(key)

@@ -290,3 +290,27 @@ def test_examples_expand():
     assert {p.values["precision"] for p in mix.points} == {"bf16", "fp8", "int4"}
     ds = expand(read_sweep(REPO / "examples" / "sweep-deepseek-v3-layouts.yaml"))
     assert {p.values["gpus"] for p in ds.points} == {16, 24, 32, 48, 64} and ds.pruned["layout_divides"] > 0
+
+
+def test_placement_axis_changes_the_expert_map():
+    data = sweep(
+        axes={
+            "gpus": [8],
+            "layout": [{"dp_attn": 8, "ep": 8}],
+            "precision": ["fp8"],
+            "routing_skew": [1.2],
+            "placement": ["default", "eplb", {"method": "eplb", "redundant": 8}],
+            "rate": [4],
+        }
+    )
+    spec = parse_sweep(data)
+    pts = expand(spec).points
+    assert [p.values["placement"] for p in pts] == ["default", "eplb", "eplb+8"]
+    from sim.sweep_eval import _built
+
+    maps = [_built(p, spec).phys_to_log for p in pts]
+    assert maps[0] is None and maps[1].shape == (32, 8) and maps[2].shape == (32, 16)
+    rows = [evaluate(p, spec) for p in pts]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    # spreading the hot experts over GPUs shortens the expected busiest GPU's step
+    assert rows[2]["tpot_p50_s"] < rows[0]["tpot_p50_s"]
