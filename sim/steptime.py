@@ -241,6 +241,8 @@ class StepTimer:
         (tokens, sequences, KV tokens, sum of squared new tokens), exact up to
         64 and then in buckets of 1/16 octave (tokens, sequences) and 1/8
         octave (attention work); the first batch seen in a bucket stands for it.
+        With ``exact`` (the analytical step) every batch is keyed by itself, so
+        the result does not depend on which batches were asked for before.
         """
         s = int(new.size)
         kv = float((new + cached).sum())
@@ -254,7 +256,10 @@ class StepTimer:
                     hit = self._memo[key] = self._compute(new, cached, exact)
                 return hit
             return self.decode_parts(s, np.array([kv]), exact)[0]
-        key = (exact, _q(int(new.sum()), 16), _q(s, 16), _q(kv, 8), _q(float((new.astype(float) ** 2).sum()), 8))
+        if exact:  # the analytical step: keyed by the batch itself, so a result never depends on what ran before
+            key = ("exact", new.astype(np.int64).tobytes(), np.asarray(cached, np.int64).tobytes())
+        else:
+            key = (exact, _q(int(new.sum()), 16), _q(s, 16), _q(kv, 8), _q(float((new.astype(float) ** 2).sum()), 8))
         hit = self._memo.get(key)
         if hit is None:
             hit = self._memo[key] = self._compute(new, cached, exact)
@@ -316,7 +321,7 @@ class StepTimer:
 
     def _expected_experts(self, tokens: int) -> float:
         """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s."""
-        key = ("experts", _q(tokens, 32))
+        key = ("experts", tokens)  # exact: the analytical step must not depend on the order of earlier calls
         hit = self._memo.get(key)
         if hit is None:
             moe, lay = self.moe, self.layout

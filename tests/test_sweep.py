@@ -314,3 +314,26 @@ def test_placement_axis_changes_the_expert_map():
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     # spreading the hot experts over GPUs shortens the expected busiest GPU's step
     assert rows[2]["tpot_p50_s"] < rows[0]["tpot_p50_s"]
+
+
+def test_an_analytical_step_does_not_depend_on_what_its_timer_saw_before():
+    """Workers share step timers between configurations; a step's figures must not depend on the order."""
+    import numpy as np
+
+    from sim.engine import make_timer, replica_capacity
+    from sim.sweep_eval import _built
+
+    spec = parse_sweep(sweep(axes={"gpus": [2], "layout": [{"tp": 2}], "precision": ["fp8"], "rate": [4]}))
+    b = _built(expand(spec).points[0], spec)
+    pool = b.pools[0]
+
+    def timer():
+        return make_timer(b, pool, replica_capacity(b, pool), 0)
+
+    def batch(chunk: int) -> tuple[np.ndarray, np.ndarray]:  # 10 decoders at 300 tokens and one prompt chunk
+        return np.array([1] * 10 + [chunk]), np.array([300] * 10 + [0])
+
+    fresh = timer().expected(*batch(260)).duration_s
+    t = timer()
+    t.expected(*batch(256))  # a batch in the same memo bucket first
+    assert t.expected(*batch(260)).duration_s == fresh

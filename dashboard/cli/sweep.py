@@ -15,7 +15,9 @@ from dashboard.cli.profile import progress_bar
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML (see examples/sweep-*.yaml and sim/sweep_spec.py).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder; rerun into it to resume.")],
-    workers: Annotated[int, typer.Option(help="Local worker processes (1: run in this process).")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: the CPU count; 1: run in this process).")
+    ] = None,
     dask: Annotated[
         str | None,
         typer.Option(help="Dask scheduler address (tcp://HOST:PORT): run the points on that cluster instead."),
@@ -32,10 +34,13 @@ def sweep(
 
     Example: moesim sweep examples/sweep-mixtral-gpu-choice.yaml --workers 2 --out runs/mixtral-gpus
     """
+    import os
+
     from sim.sweep import run_sweep
 
     with progress_bar("sweep") as update:
-        res = run_sweep(sweep_file, out_dir, workers=workers, dask=dask, fresh=fresh, progress=update)
+        n = workers if workers is not None else os.cpu_count() or 1
+        res = run_sweep(sweep_file, out_dir, workers=n, dask=dask, fresh=fresh, progress=update)
     s = res.summary
     if as_json:
         emit_json(s)
