@@ -320,8 +320,23 @@ class StepTimer:
         return np.array([*parts, rho, use.bytes, use.flops])
 
     def _expected_experts(self, tokens: int) -> float:
-        """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s."""
-        key = ("experts", tokens)  # exact: the analytical step must not depend on the order of earlier calls
+        """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s.
+
+        Exact up to 64 tokens, then linear between fixed grid points 32 per octave apart (computed
+        once each), so the answer never depends on which token counts were asked for before.
+        """
+        if tokens <= 64:
+            return self._experts_at(tokens)
+        x = 32 * math.log2(tokens / 64)
+        t_lo, t_hi = round(64 * 2 ** (math.floor(x) / 32)), round(64 * 2 ** ((math.floor(x) + 1) / 32))
+        if t_hi <= t_lo or tokens <= t_lo:
+            return self._experts_at(t_lo)
+        f = (tokens - t_lo) / (t_hi - t_lo)
+        return (1 - f) * self._experts_at(t_lo) + f * self._experts_at(t_hi)
+
+    def _experts_at(self, tokens: int) -> float:
+        """`_expected_experts` at exactly ``tokens`` (memoised), s."""
+        key = ("experts", tokens)
         hit = self._memo.get(key)
         if hit is None:
             moe, lay = self.moe, self.layout
