@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -207,14 +207,25 @@ def _one_line(exc: ValidationError, where: str) -> str:
     return f"{where}: {loc}: {what}{shown}"
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate_mapping(cls: type[_M], data: Any, where: str, examples: str, source: str) -> _M:
+    """``data`` validated as the pydantic model ``cls``; `MoesimError` with one line naming the bad key.
+
+    ``examples`` and ``source`` name the example files and the module the hint points to.
+    """
+    if not isinstance(data, dict):
+        raise MoesimError(f"{where}: expected a mapping of keys, got {type(data).__name__}", f"see {examples}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise MoesimError(_one_line(exc, where), f"fix that key (see {examples} and {source})") from None
+
+
 def parse_scenario(data: Any, where: str = "scenario") -> Scenario:
     """Validate a scenario mapping; `MoesimError` with one line naming the bad key."""
-    if not isinstance(data, dict):
-        raise MoesimError(f"{where}: expected a mapping of keys, got {type(data).__name__}", "see examples/*.yaml")
-    try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise MoesimError(_one_line(exc, where), "fix that key (see examples/*.yaml and sim/scenario.py)") from None
+    sc = validate_mapping(Scenario, data, where, "examples/*.yaml", "sim/scenario.py")
     parse_workload(sc.workload, f"{where}: workload")
     return sc
 

@@ -145,6 +145,8 @@ def clean_json(summary: dict[str, Any]) -> str:
             return None
         if isinstance(v, dict):
             return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
         return v
 
     return json.dumps(fix(summary), default=_json_default)

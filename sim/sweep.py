@@ -33,7 +33,9 @@ from typing import Any
 import pandas as pd
 
 from model.errors import MoesimError
+from sim.serve import clean_json
 from sim.sweep_eval import evaluate_task
+from sim.sweep_report import write_atomic
 from sim.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
 
 Progress = Callable[[int, int, str], None]
@@ -100,15 +102,6 @@ def _write_shard(out: Path, rows: list[dict[str, Any]]) -> Path:
     return d / name
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _manifest(out: Path, spec: SweepSpec, exp: Expansion, resume: bool) -> None:
     """Create ``out/manifest.json``, or check that ``out`` holds this sweep when resuming."""
     h = spec_hash(spec)
@@ -128,7 +121,7 @@ def _manifest(out: Path, spec: SweepSpec, exp: Expansion, resume: bool) -> None:
         raise MoesimError(f"{out}/shards holds results without a manifest", "give a new --out folder or --fresh")
     out.mkdir(parents=True, exist_ok=True)
     info = {"name": spec.name, "spec_hash": h, "points": len(exp.points), "spec": spec.model_dump()}
-    _write_atomic(m, lambda p: p.write_text(json.dumps(info, indent=1, default=str) + "\n"))
+    write_atomic(m, lambda p: Path(p).write_text(json.dumps(info, indent=1, default=str) + "\n"))
 
 
 class _Local:
@@ -299,23 +292,5 @@ def run_sweep(
         df, extra = finish(df, spec, out)
         summary |= extra
     summary["wall_s"] = time.perf_counter() - t0
-    _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(_json_ready(summary), indent=1) + "\n"))
+    write_atomic(out / "summary.json", lambda p: Path(p).write_text(clean_json(summary) + "\n"))
     return SweepResult(df, summary)
-
-
-def _json_ready(obj: Any) -> Any:
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

@@ -119,11 +119,12 @@ def _with_rate(built: Built, rate: float, requests: int | None = None) -> Built:
     return replace(built, scenario=sc, workload=parse_workload(wl, "workload"))
 
 
-def _des(built: Built, rate: float, seed: int, requests: int | None = None) -> dict[str, Any]:
+def _des(built: Built, rate: float | None, seed: int, requests: int | None = None) -> dict[str, Any]:
+    """A discrete-event run's summary at ``rate`` req/s (None: the scenario's own workload)."""
     from sim.engine import simulate
     from sim.serve import des_summary
 
-    b = _with_rate(built, rate, requests)
+    b = _with_rate(built, rate, requests) if rate is not None else built
     return des_summary(b, simulate(b, seed))
 
 
@@ -281,13 +282,7 @@ def evaluate(point: Point, spec: SweepSpec) -> dict[str, Any]:
                 summary = model.summary(rate if rate == rate else None)
             else:
                 built = _built(point, spec)
-                if rate == rate:
-                    summary = _des(built, rate, spec.seed)
-                else:
-                    from sim.engine import simulate
-                    from sim.serve import des_summary
-
-                    summary = des_summary(built, simulate(built, spec.seed))
+                summary = _des(built, rate if rate == rate else None, spec.seed)
             row = _row(point, spec, summary, built)
             row["status"] = "overloaded" if summary.get("overloaded") else "ok"
         row["error"] = ""

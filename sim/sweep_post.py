@@ -48,21 +48,14 @@ def accuracy_columns(df: pd.DataFrame, benchmark: str | None = None) -> tuple[pd
 
 def finish(df: pd.DataFrame, spec: SweepSpec, out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Write ``results.parquet`` and the post-processing into ``out``; the rows and summary figures."""
-    from sim.sweep import _write_atomic
-    from sim.sweep_report import cap_table, write_dashboard_data, write_plots
+    from sim.sweep_report import write_atomic, write_dashboard_data, write_plots
 
     df, bench = accuracy_columns(df, spec.accuracy_benchmark)
-    _write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
+    write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
     target = spec.target.throughput_tok_s if spec.target else None
     extra: dict[str, Any] = {"accuracy_benchmark": bench}
     extra |= write_dashboard_data(df, out, target)
     extra["target_tok_s"] = target
-    table = cap_table(df)
-    top = table[table["pareto"]].head(10)
-    extra["cap_table_top"] = [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-        for r in top[["label", "cost_usd_per_mtok", "s_per_token", "throughput_tok_s", "accuracy"]].to_dict("records")
-    ]
     try:
         plots = write_plots(df, out)
     except MoesimError as exc:  # matplotlib missing: the tables are still there

@@ -182,7 +182,7 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path`` with `os.replace`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -527,7 +527,7 @@ def _write_heatmaps(df: pd.DataFrame, out: Path, axes: Sequence[str]) -> list[Pa
 def _save_atomic(fig: Figure, path: Path) -> Path:
     """Save ``fig`` as PNG at the module's dpi through a temp file and `os.replace`, and release its memory."""
     try:
-        return _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))
     finally:
         fig.clear()
 
@@ -719,20 +719,23 @@ def write_dashboard_data(df: pd.DataFrame, out_dir: str | Path, target_tok_s: fl
 
     Returns:
         A JSON-ready dict: ``points`` (rows of ``df``), ``configurations`` (rows of the CAP table),
-        ``pareto_points`` (rows in ``pareto.parquet``), ``objectives`` (column -> min/max) and ``cheapest``
-        (`cheapest_meeting`'s dict, or None).
+        ``pareto_points`` (rows in ``pareto.parquet``), ``objectives`` (column -> min/max), ``cheapest``
+        (`cheapest_meeting`'s dict, or None) and ``cap_table_top`` (up to 10 Pareto rows of the CAP table,
+        cheapest first: label, cost_usd_per_mtok, s_per_token, throughput_tok_s, accuracy).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = cap_table(df)
     objectives = cap_objectives(df)
     front = df[pareto_mask(df, objectives)].reset_index(drop=True)
-    _write_atomic(out / "cap_table.csv", lambda tmp: table.to_csv(tmp, index=False))
-    _write_atomic(out / "pareto.parquet", lambda tmp: front.to_parquet(tmp, index=False))
+    write_atomic(out / "cap_table.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_atomic(out / "pareto.parquet", lambda tmp: front.to_parquet(tmp, index=False))
+    top = table[table["pareto"]].head(10)[["label", "cost_usd_per_mtok", "s_per_token", "throughput_tok_s", "accuracy"]]
     return {
         "points": len(df),
         "configurations": len(table),
         "pareto_points": len(front),
         "objectives": dict(objectives),
         "cheapest": cheapest_meeting(df, target_tok_s) if target_tok_s is not None else None,
+        "cap_table_top": [{k: _jsonable(v) for k, v in r.items()} for r in top.to_dict("records")],
     }

@@ -50,7 +50,7 @@ from model.errors import MoesimError
 from model.hardware import get_gpu
 from model.hf_config import load_model
 from model.memory import estimate_memory
-from sim.scenario import _one_line, parse_scenario, read_yaml
+from sim.scenario import _one_line, parse_scenario, read_yaml, validate_mapping
 
 #: Axis names in expansion order (the slowest-varying first).
 AXES = (
@@ -232,16 +232,7 @@ def read_sweep(path: str | Path) -> SweepSpec:
 
 def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     """Validate a sweep mapping; `MoesimError` with one line naming the bad key."""
-    if not isinstance(data, dict):
-        raise MoesimError(
-            f"{where}: expected a mapping of keys, got {type(data).__name__}", "see examples/sweep-*.yaml"
-        )
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise MoesimError(
-            _one_line(exc, where), "fix that key (see examples/sweep-*.yaml and sim/sweep_spec.py)"
-        ) from None
+    spec = validate_mapping(SweepSpec, data, where, "examples/sweep-*.yaml", "sim/sweep_spec.py")
     unknown = [a for a in spec.axes if a not in AXES]
     if unknown:
         raise MoesimError(f"{where}: axes: unknown axis '{unknown[0]}'", f"use any of {', '.join(AXES)}")
@@ -278,6 +269,8 @@ def _axis_values(name: str, raw: Any) -> list[tuple[str, Any]]:
             if not isinstance(v, dict):
                 raise MoesimError(f"axes.workload.{k}: expected a mapping of workload keys", "see sim/workload.py")
         return [(str(k), v) for k, v in items]
+    if name == "layout":
+        raw = _layouts(raw)
     if not isinstance(raw, list):
         raw = [raw]
     if not raw:
@@ -303,7 +296,8 @@ def _axis_values(name: str, raw: Any) -> list[tuple[str, Any]]:
                 raise MoesimError(f"axes.offload: {v!r} is not true or false", "give offload: [false, true]")
             out.append((str(v), v))
         else:
-            out.append((json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v), v))
+            label = json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
+            out.append((label, _placement(v) if name == "placement" else v))
     return out
 
 
@@ -386,12 +380,6 @@ def expand(spec: SweepSpec) -> Expansion:
     """
     base = base_scenario(spec)
     axes = {name: _axis_values(name, spec.axes[name]) for name in AXES if name in spec.axes}
-    if "layout" in spec.axes:
-        axes["layout"] = [(json.dumps(v, sort_keys=True, default=str), v) for v in _layouts(spec.axes["layout"])]
-        if not axes["layout"]:
-            raise MoesimError("axis 'layout' is empty", "give at least one layout or drop the axis")
-    if "placement" in axes:
-        axes["placement"] = [(lbl, _placement(v)) for lbl, v in axes["placement"]]
     for name in ("model", "gpu"):
         if name in axes:
             _check_names(name, [v for _, v in axes[name]])

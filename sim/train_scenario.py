@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
 from model.errors import LayoutError, MoesimError
 from model.hf_config import load_model
-from sim.scenario import _one_line, power_law_loads, read_yaml, scenario_cluster, scenario_loads
+from sim.scenario import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
 #: (PipeDream-flush, Megatron's default), interleaved 1F1B over
@@ -200,16 +200,7 @@ class TrainScenario(_Strict):
 
 def parse_train_scenario(data: Any, where: str = "scenario") -> TrainScenario:
     """Validate a training-scenario mapping; `MoesimError` with one line naming the bad key."""
-    if not isinstance(data, dict):
-        raise MoesimError(
-            f"{where}: expected a mapping of keys, got {type(data).__name__}", "see examples/train-*.yaml"
-        )
-    try:
-        sc = TrainScenario.model_validate(data)
-    except ValidationError as exc:
-        raise MoesimError(
-            _one_line(exc, where), "fix that key (see examples/train-*.yaml and sim/train_scenario.py)"
-        ) from None
+    sc = validate_mapping(TrainScenario, data, where, "examples/train-*.yaml", "sim/train_scenario.py")
     if sc.layout.schedule not in SCHEDULES:
         raise MoesimError(
             f"{where}: layout.schedule: unknown schedule {sc.layout.schedule!r}", f"use one of {', '.join(SCHEDULES)}"
