@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 METHODS = ("knn", "local", "poly2", "constant")
 LN2 = float(np.log(2.0))
@@ -38,6 +37,13 @@ def _poly_terms(x: np.ndarray) -> np.ndarray:
     cols = [np.ones(n)] + [x[:, i] for i in range(d)]
     cols += [x[:, i] * x[:, j] for i in range(d) for j in range(i, d)]
     return np.column_stack(cols)
+
+
+def _kdtree(x: np.ndarray) -> Any:
+    """scipy's cKDTree over the rows of ``x`` [n, d]; scipy.spatial is imported on first use (0.4 s)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(x)
 
 
 @dataclass
@@ -58,11 +64,11 @@ class Predictor:
     k: int = 6
 
     def __post_init__(self) -> None:
-        self._tree = cKDTree(self.x) if self.method in ("knn", "local") else None
+        self._tree = _kdtree(self.x) if self.method in ("knn", "local") else None
 
     def nearest(self, x: np.ndarray) -> np.ndarray:
         """Distance (log2 units) from each query row to the nearest training point: [n]."""
-        tree = self._tree or cKDTree(self.x)
+        tree = self._tree or _kdtree(self.x)
         return tree.query(np.atleast_2d(x), k=1)[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -52,15 +52,21 @@ class ServeResult:
     sim: SimResult | None = None
 
 
-def load(scenario: str | Path | Scenario | dict, cost_model: CostModel | None = None) -> Built:
-    """Validate and build a scenario given as a path, a mapping or a `Scenario`."""
+def load(
+    scenario: str | Path | Scenario | dict, cost_model: CostModel | None = None, base_dir: str | Path | None = None
+) -> Built:
+    """Validate and build a scenario given as a path, a mapping or a `Scenario`.
+
+    Relative paths in it (routing file, placement, cost model) resolve against ``base_dir``: by default
+    the file's folder for a path, the working directory otherwise.
+    """
     if isinstance(scenario, (str, Path)):
         sc, base = load_scenario(scenario), Path(scenario).parent
     elif isinstance(scenario, dict):
         sc, base = parse_scenario(scenario), Path(".")
     else:
         sc, base = scenario, Path(".")
-    return build(sc, base, cost_model)
+    return build(sc, Path(base_dir) if base_dir is not None else base, cost_model)
 
 
 def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
@@ -116,9 +122,10 @@ def run(
     cost_model: CostModel | None = None,
     seed: int | None = None,
     progress: Progress | None = None,
+    base_dir: str | Path | None = None,
 ) -> ServeResult:
-    """Simulate a serving scenario with ``engine`` ``des`` or ``analytical``."""
-    built = load(scenario, cost_model)
+    """Simulate a serving scenario with ``engine`` ``des`` or ``analytical`` (paths resolve as in `load`)."""
+    built = load(scenario, cost_model, base_dir)
     if engine == "analytical":
         from sim.analytical import analyse
 

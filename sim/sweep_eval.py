@@ -265,7 +265,11 @@ def _row(point: Point, spec: SweepSpec, summary: dict[str, Any], built: Built | 
 
 
 def evaluate(point: Point, spec: SweepSpec) -> dict[str, Any]:
-    """One point's row: its columns, the kept metrics, capacity columns, ``status`` and ``error``."""
+    """One point's row: its columns, the kept metrics, capacity columns, ``status`` and ``error``.
+
+    ``error`` is the one-line reason a point has no usable figures: the error, or why it is overloaded
+    (the analytical model's ``overload_reason``); empty for an ok point.
+    """
     t0 = time.perf_counter()
     built = None
     try:
@@ -285,7 +289,7 @@ def evaluate(point: Point, spec: SweepSpec) -> dict[str, Any]:
                 summary = _des(built, rate if rate == rate else None, spec.seed)
             row = _row(point, spec, summary, built)
             row["status"] = "overloaded" if summary.get("overloaded") else "ok"
-        row["error"] = ""
+        row["error"] = str(summary.get("overload_reason") or "") if row["status"] == "overloaded" else ""
     except MoesimError as exc:
         row = _row(point, spec, {}, built)
         row["status"], row["error"] = "error", exc.one_line()

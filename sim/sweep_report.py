@@ -587,8 +587,17 @@ def _write_pareto(table: pd.DataFrame, path: Path) -> Path:
     return _save_atomic(fig, path)
 
 
-def _radar_values(table: pd.DataFrame) -> np.ndarray:
-    """[configs, 5] radar coordinates 0..1 (outer is better): cost, performance, accuracy, S-MBU, S-MFU."""
+#: The MoE-CAP radar's axes, in `radar_values` column order.
+RADAR_AXES = ("Cost (cheapest / cost)", "Performance (fastest s/token / s/token)", "Accuracy (score / 100)",
+              "S-MBU", "S-MFU")  # fmt: skip
+
+
+def radar_values(table: pd.DataFrame) -> np.ndarray:
+    """[configs, 5] radar coordinates 0..1 (outer is better) of a `cap_table`: `RADAR_AXES`.
+
+    Cost and performance are relative to the best configuration in ``table`` (1: the cheapest, the fastest);
+    accuracy is the score over 100; S-MBU and S-MFU are fractions. Missing values are 0.
+    """
     cost, spt = _num(table, "cost_usd_per_mtok"), _num(table, "s_per_token")
     with np.errstate(divide="ignore", invalid="ignore"):
         good_cost = cost[np.isfinite(cost) & (cost > 0)]
@@ -643,7 +652,7 @@ def _write_radar(table: pd.DataFrame, path: Path, chosen: np.ndarray) -> Path:
     if chosen.size == 0:
         _no_data(ax, "no configuration to show")
     else:
-        vals = _radar_values(table)[chosen]
+        vals = radar_values(table)[chosen]
         closed = np.append(angles, angles[0])
         for i, (row, v) in enumerate(zip(chosen, vals, strict=True)):
             cost, spt = float(table["cost_usd_per_mtok"].iloc[row]), float(table["s_per_token"].iloc[row])

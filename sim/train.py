@@ -91,15 +91,23 @@ class TrainResult:
     costs: UnitCosts | None = field(default=None, repr=False)
 
 
-def load(scenario: str | Path | TrainScenario | dict, cost_model: CostModel | None = None) -> TrainSetup:
-    """Validate and build a training scenario given as a path, a mapping or a `TrainScenario`."""
+def load(
+    scenario: str | Path | TrainScenario | dict,
+    cost_model: CostModel | None = None,
+    base_dir: str | Path | None = None,
+) -> TrainSetup:
+    """Validate and build a training scenario given as a path, a mapping or a `TrainScenario`.
+
+    Relative paths in it (routing file, cost model) resolve against ``base_dir``: by default the
+    file's folder for a path, the working directory otherwise.
+    """
     if isinstance(scenario, (str, Path)):
         sc, base = load_train_scenario(scenario), Path(scenario).parent
     elif isinstance(scenario, dict):
         sc, base = parse_train_scenario(scenario), Path(".")
     else:
         sc, base = scenario, Path(".")
-    return build_training(sc, base, cost_model)
+    return build_training(sc, Path(base_dir) if base_dir is not None else base, cost_model)
 
 
 def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[StageCost], list[list[int]]]:
@@ -375,9 +383,14 @@ def _summary(
     }
 
 
-def run(scenario: str | Path | TrainScenario | dict, *, cost_model: CostModel | None = None) -> TrainResult:
-    """Validate, build and simulate a training scenario (see the module docstring)."""
-    setup = load(scenario, cost_model)
+def run(
+    scenario: str | Path | TrainScenario | dict,
+    *,
+    cost_model: CostModel | None = None,
+    base_dir: str | Path | None = None,
+) -> TrainResult:
+    """Validate, build and simulate a training scenario (see the module docstring and `load`)."""
+    setup = load(scenario, cost_model, base_dir)
     return simulate_training(setup, cost_model)
 
 
