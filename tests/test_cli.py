@@ -12,7 +12,7 @@ import pytest
 
 from dashboard.cli import main
 
-COMMANDS = ("models", "gpus", "clusters", "inspect", "roofline", "simulate", "train", "demo")
+COMMANDS = ("models", "gpus", "clusters", "inspect", "roofline", "simulate", "train", "demo", "dashboard")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -20,6 +20,7 @@ from dashboard.cli.demo import demo
 from dashboard.cli.place import place
 from dashboard.cli.profile import calibrate, import_tables, profile
 from dashboard.cli.roofline import roofline
+from dashboard.cli.serve_app import dashboard
 from dashboard.cli.simulate import simulate
 from dashboard.cli.sweep import sweep
 from dashboard.cli.train import train
@@ -34,7 +35,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (models, gpus, clusters, inspect, roofline, simulate, train, place, sweep, profile, calibrate, demo):
+for command in (
+    models,
+    gpus,
+    clusters,
+    inspect,
+    roofline,
+    simulate,
+    train,
+    place,
+    sweep,
+    profile,
+    calibrate,
+    demo,
+    dashboard,
+):
     app.command()(command)
 app.command(name="import")(import_tables)
 

@@ -1,0 +1,339 @@
+"""The Scenario page's work: build a serving or training scenario mapping, run it, and shape what it shows.
+
+A scenario travels as a plain mapping (what a scenario YAML holds) plus the
+folder its relative paths resolve against. `run_serving` and `run_training`
+call `sim.serve.run` and `sim.train.run` and return only picklable tables
+and dicts, so `st.cache_data` can keep them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import yaml
+
+from dashboard.logic.charts import PALETTE
+from model import Batch, MoesimError, estimate_memory, estimate_step
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+SCENARIO_PAGE = "views/scenario.py"
+
+#: The serving scenario the page starts from: examples/mixtral-8x7b-ep8.yaml with a run short enough for a click.
+SERVING_DEFAULT: dict[str, Any] = {
+    "name": "mixtral-8x7b-ep8",
+    "model": "mixtral-8x7b",
+    "gpu": "H100-SXM",
+    "nodes": 1,
+    "gpus_per_node": 8,
+    "precision": {"weights": "bf16"},
+    "layout": {"tp": 1, "dp_attn": 8, "ep": 8, "pp": 1},
+    "engine": {"max_batch": 256, "max_tokens": 8192, "chunked_prefill": True, "block_size": 16},
+    "workload": {
+        "arrival": "poisson",
+        "rate": 20.0,
+        "requests": 600,
+        "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 8192},
+        "output": {"dist": "lognormal", "mean": 256, "cv": 1.0, "max": 4096},
+    },
+    "routing": {"distribution": "uniform"},
+    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+    "seed": 0,
+}
+
+#: The training scenario the page starts from: Megatron's Mixtral reference layout on 64 H100s (roofline times).
+TRAINING_DEFAULT: dict[str, Any] = {
+    "name": "mixtral-8x7b-h100",
+    "model": "mixtral-8x7b",
+    "gpu": "H100-SXM",
+    "nodes": 8,
+    "gpus_per_node": 8,
+    "layout": {"tp": 1, "pp": 4, "ep": 8, "zero": 1, "schedule": "interleaved", "virtual_stages": 8},
+    "batch": {"global_batch": 256, "micro_batch": 1, "seq_len": 4096},
+    "precision": {"gemm": "bf16"},
+    "recompute": "none",
+    "routing": {"distribution": "uniform"},
+}
+
+
+def examples(kind: str) -> dict[str, Path]:
+    """The repository's example scenarios of one kind (``serving`` or ``training``), name -> path."""
+    out: dict[str, Path] = {}
+    for p in sorted(EXAMPLES.glob("*.yaml")):
+        if p.name.startswith("sweep-"):
+            continue
+        if (p.name.startswith("train-")) == (kind == "training"):
+            out[p.stem] = p
+    return out
+
+
+def kind_of(mapping: dict[str, Any]) -> str:
+    """``training`` for a mapping with a ``batch`` section (`sim.train_scenario`), else ``serving``."""
+    return "training" if "batch" in mapping else "serving"
+
+
+def parse_yaml(data: bytes, name: str) -> dict[str, Any]:
+    """A scenario mapping from uploaded YAML bytes; `MoesimError` naming the file when it is not one."""
+    try:
+        obj = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MoesimError(f"{name} is not a text file", "upload a scenario YAML such as examples/*.yaml") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise MoesimError(f"{name} is not valid YAML{where}", "fix the syntax; see examples/*.yaml") from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise MoesimError(f"{name} holds no scenario mapping with a 'model' key", "see examples/*.yaml")
+    return obj
+
+
+def read_example(path: str | Path) -> dict[str, Any]:
+    """An example scenario file's mapping."""
+    return parse_yaml(Path(path).read_bytes(), Path(path).name)
+
+
+def to_yaml(mapping: dict[str, Any]) -> str:
+    """A mapping as scenario YAML text (key order kept)."""
+    return yaml.safe_dump(mapping, sort_keys=False, default_flow_style=None)
+
+
+def validate(mapping: dict[str, Any]) -> None:
+    """Check a mapping against its schema; `MoesimError` with one line naming the bad key."""
+    if kind_of(mapping) == "training":
+        from sim.train_scenario import parse_train_scenario
+
+        parse_train_scenario(mapping)
+    else:
+        from sim.scenario import parse_scenario
+
+        parse_scenario(mapping)
+
+
+def open_scenario(mapping: dict[str, Any], source: str, base_dir: str | Path | None = None) -> None:
+    """Hand a scenario to the Scenario page and go there (from the CAP overview or the sweep explorer)."""
+    st.session_state["scenario_opened"] = {"mapping": mapping, "source": source, "base_dir": str(base_dir or REPO)}
+    st.session_state["scenario_source"] = "Opened from another page"
+    st.switch_page(SCENARIO_PAGE)
+
+
+def _memory_parts(model: Any, layout: Any, gpu: Any, precision: Any, mem_fraction: float) -> dict[str, float]:
+    """Bytes on the fullest GPU of one pool: weights by component, activations, KV room, the reserve."""
+    mem = estimate_memory(model, layout, gpu, precision, mem_fraction=mem_fraction)
+    parts = {f"weights: {k.replace('_', ' ')}": float(v) for k, v in mem.weights_by_component.items() if v > 0}
+    parts["KV cache room"] = max(0.0, mem.usable_bytes - mem.weight_bytes - mem.activation_bytes)
+    parts["reserved (1 - mem_fraction)"] = mem.capacity_bytes - mem.usable_bytes
+    return parts
+
+
+def _op_breakdown(built: Any, pool: Any, batch: float, ctx: int) -> dict[str, float]:
+    """Seconds by op kind of one decode step of ``batch`` sequences at ``ctx`` tokens of context on ``pool``."""
+    b = max(1, round(batch))
+    est = estimate_step(
+        built.model,
+        Batch.decode(b, max(1, int(ctx))),
+        pool.layout,
+        pool.cluster,
+        built.precision,
+        built.cost_model,
+        loads=built.loads,
+        phys_to_log=built.phys_to_log,
+    )
+    out: dict[str, float] = {}
+    for op, t in zip(est.ops, est.times, strict=True):
+        out[op.kind] = out.get(op.kind, 0.0) + t.seconds * op.count
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def run_analytical(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
+    """`run_serving` on the analytical engine, cached."""
+    return run_serving(mapping, "analytical", base_dir)
+
+
+def run_serving(
+    mapping: dict[str, Any],
+    engine: str,
+    base_dir: str,
+    progress: Callable[[float, float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Run a serving scenario (`sim.serve.run`) and collect what the page draws.
+
+    Not cached itself: a DES run reports progress to the page, which `st.cache_data` cannot replay; the page
+    keeps the DES result in the session instead.
+
+    Args:
+        mapping: the scenario mapping.
+        engine: ``analytical`` or ``des``.
+        base_dir: the folder its relative paths resolve against.
+        progress: the DES's progress callback (simulated s, total s, text).
+
+    Returns:
+        ``summary`` (flat figures, units in the keys), ``requests`` and ``steps`` DataFrames (empty for the
+        analytical engine), ``itl`` (s, array [tokens]), ``series`` (`sim.metrics.time_series`), ``memory``
+        (pool role -> part -> bytes), ``breakdown`` (op kind -> s of a decode step at the mean batch),
+        ``breakdown_at`` (its batch and context), ``components`` (DES: s of all steps by cause).
+    """
+    from sim.metrics import time_series
+    from sim.serve import run
+
+    res = run(mapping, engine, base_dir=base_dir, progress=progress)
+    b, s = res.built, res.summary
+    memory = {
+        p.role: _memory_parts(b.model, p.layout, p.cluster.gpu, b.precision, p.engine.mem_fraction) for p in b.pools
+    }
+    pool = b.pools[-1]  # decode pool of a disaggregated deployment, the only pool otherwise
+    mean_batch = s.get("mean_batch", math.nan)
+    batch = mean_batch if mean_batch == mean_batch and mean_batch > 0 else 1
+    wl = b.workload
+    ctx = int(getattr(wl.input, "mean", 512) + getattr(wl.output, "mean", 256) / 2)
+    out: dict[str, Any] = {
+        "summary": s,
+        "requests": res.requests,
+        "steps": res.steps,
+        "itl": np.asarray(res.itl, dtype=float),
+        "series": time_series(res.steps, res.requests) if len(res.steps) else pd.DataFrame(),
+        "memory": memory,
+        "breakdown": _op_breakdown(b, pool, batch, ctx),
+        "breakdown_at": {"batch": max(1, round(batch)), "context": ctx},
+        "components": {},
+    }
+    if len(res.steps):
+        st_ = res.steps
+        parts = {c.removesuffix("_s"): float(st_[c].sum()) for c in ("compute_s", "comm_s", "straggler_s", "fetch_s")}
+        parts["other"] = max(0.0, float(st_["duration_s"].sum()) - sum(parts.values()))
+        out["components"] = parts
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def run_training(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
+    """Run a training scenario (`sim.train.run`): ``summary``, ``memory`` [ranks] and ``tasks`` DataFrames."""
+    from sim.train import run
+
+    res = run(mapping, base_dir=base_dir)
+    return {"summary": res.summary, "memory": res.memory, "tasks": res.tasks}
+
+
+def latency_cdf_series(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """TTFT, TPOT and end-to-end samples, s (DES: per request; empty for the analytical engine)."""
+    req = result["requests"]
+    if req is None or req.empty:
+        return {}
+    return {name: req[col].to_numpy(dtype=float) for name, col in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"))} | {
+        "end-to-end": req["e2e_s"].to_numpy(dtype=float)
+    }
+
+
+def percentile_chart(summary: dict[str, Any], slo: dict[str, float | None]) -> go.Figure:
+    """The analytical model's latency percentiles (p50, p90, p99) per metric, SLOs marked, log scale."""
+    fig = go.Figure()
+    for i, (key, name) in enumerate((("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "end-to-end"))):
+        qs = [q for q in ("p50", "p90", "p99") if summary.get(f"{key}_{q}_s") == summary.get(f"{key}_{q}_s")]
+        fig.add_trace(
+            go.Bar(
+                x=qs,
+                y=[summary[f"{key}_{q}_s"] for q in qs],
+                name=name,
+                marker_color=PALETTE[i],
+                hovertemplate=name + " %{x}: %{y:.4g} s<extra></extra>",
+            )
+        )
+    for key, dash in (("ttft_s", "dash"), ("tpot_s", "dot")):
+        if slo.get(key):
+            fig.add_hline(y=slo[key], line_dash=dash, annotation_text=f"{key[:4].upper()} SLO")
+    fig.update_layout(
+        barmode="group",
+        title="Latency percentiles (analytical steady state)",
+        yaxis_title="seconds",
+        yaxis_type="log",
+        template="plotly_white",
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
+
+
+def series_chart(series: pd.DataFrame) -> go.Figure:
+    """Output tokens/s, running batch and KV-cache use over simulated time (three stacked panels)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=("throughput", "batch", "KV cache")
+    )
+    for row, (col, name, unit) in enumerate(
+        (("output_tok_s", "output tok/s", "tok/s"), ("batch", "running batch", "seqs"), ("kv_used", "KV used", "%")),
+        start=1,
+    ):
+        y = series[col] * (100 if unit == "%" else 1)
+        fig.add_trace(
+            go.Scatter(x=series["t_s"], y=y, name=name, line={"color": PALETTE[row - 1]}, mode="lines"), row=row, col=1
+        )
+        fig.update_yaxes(title_text=unit, row=row, col=1)
+    fig.add_trace(
+        go.Scatter(x=series["t_s"], y=series["waiting"], name="waiting", line={"color": PALETTE[3], "dash": "dot"}),
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(title_text="simulated time (s)", row=3, col=1)
+    fig.update_layout(height=620, template="plotly_white", margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def memory_chart(memory: dict[str, dict[str, float]], title: str = "Memory on the fullest GPU") -> go.Figure:
+    """One stacked horizontal bar per pool (GiB): weights by component, KV room, the reserve."""
+    fig = go.Figure()
+    names: list[str] = []
+    for parts in memory.values():
+        names += [n for n in parts if n not in names]
+    for i, name in enumerate(names):
+        fig.add_trace(
+            go.Bar(
+                y=list(memory),
+                x=[memory[role].get(name, 0.0) / 2**30 for role in memory],
+                name=name,
+                orientation="h",
+                marker_color=PALETTE[i % len(PALETTE)],
+                hovertemplate=name + ": %{x:.2f} GiB<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        title=title,
+        xaxis_title="GiB",
+        height=180 + 60 * len(memory),
+        template="plotly_white",
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": -0.4},
+    )
+    return fig
+
+
+def training_breakdown_chart(breakdown: dict[str, float], step_s: float) -> go.Figure:
+    """The training step time split by cause (s per step), one stacked bar."""
+    fig = go.Figure()
+    for i, (name, v) in enumerate(breakdown.items()):
+        fig.add_trace(
+            go.Bar(
+                x=[v],
+                y=["step"],
+                name=name.replace("_", " "),
+                orientation="h",
+                marker_color=PALETTE[i % len(PALETTE)],
+                hovertemplate=f"{name}: %{{x:.4g}} s ({v / step_s:.1%})<extra></extra>" if step_s else None,
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        title="Step time by cause",
+        xaxis_title="seconds per step",
+        height=240,
+        template="plotly_white",
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
