@@ -7,7 +7,7 @@ REPORT ?= moesim-report
 # TORCH_SPEC to the CUDA build you want (make TORCH_SPEC='torch==2.5.1' test).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench lint format clean dashboard chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,27 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-torch | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
 	touch $@
 
+$(VENV)/.installed-dashboard: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]'
+	touch $@
+
+# Debian's chromium for the real-browser test (Playwright's own browser download does not work here);
+# checked on every run, installed when missing
+chromium:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing Debian's chromium for the browser test"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser test will be skipped"
+
 demo: $(VENV)/.installed-report
 	$(BIN)/moesim demo --out $(REPORT)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/python -m pytest
+
+dashboard: $(VENV)/.installed-dashboard
+	$(BIN)/moesim dashboard
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py

@@ -16,7 +16,8 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 8. training against published runs (`benchmarks/training.py`);
 9. expert placement, the ILP against EPLB (`benchmarks/placement.py`);
 10. sweeps: analytical points per second, a discrete-event capacity sweep
-    locally and on Dask, resume after kill -9 (`benchmarks/sweep.py`).
+    locally and on Dask, resume after kill -9 (`benchmarks/sweep.py`);
+11. the dashboard's first render per page (`benchmarks/dashboard.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from benchmarks.calibration import (  # noqa: E402
     bench_calibration_h100,
     bench_calibration_h100_tables,
 )
+from benchmarks.dashboard import bench_dashboard  # noqa: E402
 from benchmarks.placement import bench_placement  # noqa: E402
 from benchmarks.sweep import bench_sweep  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
@@ -298,6 +300,7 @@ def main() -> None:
         ("training vs published runs", lambda: bench_training(args.quick)),
         ("expert placement", lambda: bench_placement(args.quick)),
         ("sweeps", lambda: bench_sweep(args.quick)),
+        ("dashboard first render", lambda: bench_dashboard(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

@@ -1,0 +1,140 @@
+"""Benchmark section 11: the dashboard's first render per page, with the built-in defaults.
+
+- AppTest, fresh process: a new Python process per page runs the page once through
+  `streamlit.testing.v1.AppTest` (the app's navigation, then the page script) with nothing cached and no
+  moesim module imported yet (streamlit itself is imported before the clock starts, as a running server
+  has it). This is the first page a user opens after ``moesim dashboard`` starts.
+- AppTest, modules loaded: in the same process, `st.cache_data` cleared, the page run again: the first
+  visit to a page once another page has loaded the packages.
+- Browser: a new ``moesim dashboard`` server per page and Debian's chromium (Playwright); the clock runs
+  from ``page.goto`` until the page's title shows and the app has gone idle (no running indicator,
+  progress bar or spinner). Skipped when chromium or playwright is missing.
+
+Run: ``python -m benchmarks.dashboard`` (or ``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dashboard.ui import PAGES  # noqa: E402
+
+TARGET_S = 2.0
+_CHILD = """
+import json, sys, time
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=300)
+at.switch_page(sys.argv[2])
+t0 = time.perf_counter(); at.run(); cold = time.perf_counter() - t0
+errors = [e.value for e in at.exception] + [e.value for e in at.error]
+st.cache_data.clear()
+at2 = AppTest.from_file(sys.argv[1], default_timeout=300)
+at2.switch_page(sys.argv[2])
+t0 = time.perf_counter(); at2.run(); warm = time.perf_counter() - t0
+print(json.dumps({"cold_s": cold, "modules_loaded_s": warm, "errors": errors, "charts": len(at.get("plotly_chart"))}))
+"""
+
+
+def apptest_times(script: str) -> dict:
+    """A page's AppTest times in a fresh process (see the module docstring)."""
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(ROOT / "dashboard" / "app.py"), script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser_time(url_path: str, title: str) -> float | None:
+    """Seconds from goto to the page's title shown and the app idle, on a fresh server (None: no browser)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        return None
+    from tests.test_dashboard_browser import BUSY, FLAGS
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=chromium, args=FLAGS)
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            t0 = time.perf_counter()
+            page.goto(f"{url}/{url_path}")
+            page.get_by_role("heading", name=title, level=1).wait_for(timeout=120_000)
+            quiet = None
+            while True:  # idle for 1.5 s; the render ended when the quiet began
+                if page.locator(BUSY).count() == 0:
+                    quiet = quiet or time.perf_counter()
+                    if time.perf_counter() - quiet >= 1.5:
+                        break
+                else:
+                    quiet = None
+                page.wait_for_timeout(50)
+            b.close()
+        return quiet - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_dashboard(quick: bool = False) -> tuple[str, dict]:
+    """Section 11 (see the module docstring)."""
+    rows, stats = [], {}
+    for script, title, _icon, url in PAGES:
+        a = apptest_times(script)
+        b = browser_time(url, title)
+        stats[url] = {**a, "browser_s": b}
+        print(f"{title}: {stats[url]}", file=sys.stderr, flush=True)
+        worst = max(a["cold_s"], b or 0.0)
+        ok = "met" if worst < TARGET_S and not a["errors"] else "**missed**"
+        rows.append(
+            f"| {title} | {a['cold_s']:.2f} s | {a['modules_loaded_s']:.2f} s | "
+            + (f"{b:.2f} s" if b is not None else "not run")
+            + f" | {a['charts']} | {ok} |"
+        )
+    doc = __doc__.split("\n\n")[1]
+    lines = ["## 11. Dashboard: first render per page", "", doc, ""]
+    lines += [
+        "| page | AppTest, fresh process | AppTest, modules loaded | browser, fresh server | plots "
+        f"| < {TARGET_S:g} s |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    return "\n".join(lines), stats
+
+
+if __name__ == "__main__":
+    text, _ = bench_dashboard("--quick" in sys.argv)
+    print(text)
