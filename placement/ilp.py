@@ -508,9 +508,34 @@ def _structured(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, prefer: np.n
             left.append(e)
     for e in left + [e for e in range(n) if a[e].sum() < r[e]]:
         while a[e].sum() < r[e]:
-            k = min(np.flatnonzero((room > 0) & (a[e] < gpn)), key=lambda k: load[k])
+            free = np.flatnonzero((room > 0) & (a[e] < gpn))
+            if free.size == 0:  # the room left is on nodes that hold a replica of e on every GPU already
+                free = np.array([_make_room(a, e, room, load, w, r, gpn)])
+            k = min(free, key=lambda k: load[k])
             a[e, k], room[k], load[k] = a[e, k] + 1, room[k] - 1, load[k] + w[e] / r[e]
     return a
+
+
+def _make_room(
+    a: np.ndarray, e: int, room: np.ndarray, load: np.ndarray, w: np.ndarray, r: np.ndarray, gpn: int
+) -> int:
+    """Free a slot for expert ``e`` on a node that can take it: move another expert's replica from that node to
+    a node with room (updating ``a`` [N, nodes], ``room`` and ``load`` [nodes] in place); the node freed."""
+    for j in np.argsort(load, kind="stable"):  # lightest first
+        if a[e, j] >= gpn:
+            continue
+        for k in np.flatnonzero(room > 0):
+            movable = [f for f in np.flatnonzero(a[:, j] > 0) if f != e and a[f, k] < gpn]
+            if movable:
+                f = min(movable, key=lambda f: w[f] / r[f])
+                a[f, j], a[f, k] = a[f, j] - 1, a[f, k] + 1
+                room[j], room[k] = room[j] + 1, room[k] - 1
+                load[j], load[k] = load[j] - w[f] / r[f], load[k] + w[f] / r[f]
+                return int(j)
+    raise MoesimError(
+        f"cannot place {int(r[e])} replicas of expert {e} on {a.shape[1]} nodes of {gpn} GPUs",
+        "use fewer redundant slots or more GPUs per node",
+    )
 
 
 def _clustered(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, tokens: np.ndarray) -> np.ndarray:
@@ -532,6 +557,8 @@ def _clustered(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, tokens: np.nd
     for e in np.argsort(-w / r, kind="stable"):
         for _ in range(r[e]):
             ok = np.flatnonzero((room > 0) & (a[e] < gpn))
+            if ok.size == 0:  # the room left is on nodes where e already has a replica on every GPU
+                ok = np.array([_make_room(a, e, room, load, w, r, gpn)])
             score = prefer[e, ok] - 1e-6 * load[ok] / mean if r[e] == 1 else -load[ok]
             k = int(ok[np.argmax(score)])
             a[e, k] += 1

@@ -156,6 +156,18 @@ def test_ilp_multi_node_never_worse_than_greedy_and_honest_status():
     assert 0 < m["balancedness"] <= 1 and m["max_over_lb"] >= 1 - 1e-9
 
 
+def test_ilp_many_replicas_on_few_gpus_per_node():
+    """Mixtral on 4 GPUs in 2-GPU nodes with 4 redundant slots: the node stage used to dead-end (a hot expert's
+    last replica had room only on a node where it already sat on every GPU) and crash with a ValueError."""
+    st = synthetic_trace(32, 8, 2, tokens=4096, alpha=1.0, affinity=2.0, seed=0)  # Mixtral's 32 MoE layers
+    out = place(st, 4, 2, 4, ("eplb", "ilp"), options=IlpOptions(time_limit=2, workers=1, seed=0))
+    plan = out["ilp"].plan
+    assert plan.phys_to_log.shape == (32, 12)
+    counts = plan.logcnt()
+    assert (counts >= 1).all() and (counts.sum(axis=1) == 12).all()
+    assert out["ilp"].metrics["max_load_ratio"] <= out["eplb"].metrics["max_load_ratio"] + 1e-9
+
+
 def test_ilp_cbc_fallback_solver():
     w = np.array([50.0, 30, 10, 10])
     base = rebalance_experts(w[None], 8, 1, 1, 4)[0][0]
