@@ -353,7 +353,9 @@ def _pattern_stage(
     A pattern is a set of S/G (expert, replica count c) items with distinct experts whose load sum w_e/c is at
     most the warm start's busiest GPU; integer ``y[p]`` GPUs use pattern p, binary ``u[p]`` marks it used
     (M >= load_p u_p), binary ``z[e,c]`` fixes e's replica count and sum_p y_p [(e,c) in p] = c z[e,c].
-    Returns None when there are more than ``max_patterns`` patterns.
+    Returns None when there are more than ``max_patterns`` patterns, or when enumerating the candidates would
+    take more than a quarter of ``time_limit`` (the candidates grow as C(experts x GPUs, slots per GPU), and when
+    few pass the load bound the pattern cap alone never stops the enumeration).
     """
     from itertools import combinations
 
@@ -364,7 +366,12 @@ def _pattern_stage(
     ub = float(max((start[:, g] * w / cnt).sum() for g in range(num_gpus))) * (1 + 1e-9)
     items = [(e, c, float(w[e] / c)) for e in range(n) for c in cs]
     pats = []
-    for combo in combinations(range(len(items)), per_gpu):
+    if math.comb(len(items), per_gpu) > 1000 * max_patterns:
+        return None
+    deadline = time.perf_counter() + 0.25 * time_limit
+    for k, combo in enumerate(combinations(range(len(items)), per_gpu)):
+        if k % 4096 == 0 and time.perf_counter() > deadline:
+            return None
         es = {items[i][0] for i in combo}
         load = sum(items[i][2] for i in combo)
         if len(es) == per_gpu and load <= ub:

@@ -168,6 +168,18 @@ def test_ilp_many_replicas_on_few_gpus_per_node():
     assert out["ilp"].metrics["max_load_ratio"] <= out["eplb"].metrics["max_load_ratio"] + 1e-9
 
 
+def test_pattern_stage_gives_up_on_a_huge_enumeration():
+    """64 experts + 8 redundant on 8 GPUs of one node: C(64 x 8, 9) candidate patterns, few under the load bound.
+    The stage must hand over to the next one at once (it used to enumerate for minutes past its time limit)."""
+    from placement.ilp import _pattern_stage
+
+    w = np.random.default_rng(0).pareto(1.5, 64) + 1.0
+    start = np.zeros((64, 8), np.int64)
+    start[np.arange(64), np.arange(64) % 8] = 1
+    start[np.argsort(-w)[:8], np.arange(8)[::-1]] += 1  # the 8 hottest get a second replica
+    assert _pattern_stage(w, 72, 8, start, IlpOptions(workers=1), time_limit=2.0) is None
+
+
 def test_ilp_cbc_fallback_solver():
     w = np.array([50.0, 30, 10, 10])
     base = rebalance_experts(w[None], 8, 1, 1, 4)[0][0]
