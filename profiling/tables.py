@@ -149,11 +149,19 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def table_files(paths: list[str | Path]) -> list[Path]:
-    """The ``.parquet`` files named by ``paths`` (files, or folders searched recursively)."""
+    """The ``.parquet`` files named by ``paths`` (files, or folders searched recursively).
+
+    A folder search leaves out hidden files and calibrations (``*calibration.parquet``, as ``moesim profile``
+    suggests writing beside the tables and the demo does), which are not measurement tables.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith("."))
+            found = sorted(
+                f
+                for f in p.rglob("*.parquet")
+                if not f.name.startswith(".") and not f.name.endswith("calibration.parquet")
+            )
             if not found:
                 raise TableError(f"{p}: no .parquet tables in this folder", "profile or import into it first")
             files += found

@@ -22,7 +22,7 @@ from profiling.aiconfigurator import convert
 from profiling.calibrate import CalibratedCostModel, calibrate, load, save
 from profiling.opshapes import features, row_op, table_dtype
 from profiling.skew import predict_skewed
-from profiling.tables import TableError, check_table, read_meta, read_table, write_table
+from profiling.tables import TableError, check_table, load_tables, read_meta, read_table, write_table
 
 
 def _efficiency(m: np.ndarray) -> np.ndarray:
@@ -66,6 +66,13 @@ def tables(tmp_path, h100):
 
 
 # --- tables -----------------------------------------------------------------------------------
+
+
+def test_a_calibration_beside_the_tables_is_not_read_as_one(tables):
+    """`moesim profile` suggests `moesim calibrate DIR --out DIR/calibration.parquet`: DIR must still load."""
+    save(calibrate([tables], holdout=0.2, seed=0), tables / "calibration.parquet")
+    assert sorted(f.name for _, _, f in load_tables([tables])) == ["gemm.parquet", "moe.parquet"]
+    calibrate([tables], holdout=0.2, seed=0)  # used to fail on the calibration file
 
 
 def test_check_table_names_each_problem():

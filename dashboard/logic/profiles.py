@@ -167,18 +167,6 @@ def tables_folder(folder: str | Path) -> str:
     return str(out)
 
 
-def _table_paths(folder: str) -> list[str]:
-    """The table files under ``folder``, calibration files (``*calibration.parquet``) left out; the folder
-    itself when there are none, so that `profiling` names the problem."""
-    p = Path(folder)
-    files = sorted(
-        str(f)
-        for f in p.rglob("*.parquet")
-        if not f.name.startswith(".") and not f.name.endswith("calibration.parquet")
-    )
-    return files if p.is_dir() and files else [folder]
-
-
 def _meta_row(meta: dict[str, Any]) -> dict[str, Any]:
     keys = [k for k in META_ORDER if k in meta] + sorted(k for k in meta if k not in META_ORDER)
     row = {}
@@ -199,7 +187,7 @@ def load_set(folder: str, sig: tuple[tuple[str, int, int], ...]) -> TableSet:
     """
     from profiling import KINDS, load_tables
 
-    loaded = load_tables(_table_paths(folder))
+    loaded = load_tables([folder])
     parts: dict[str, list[pd.DataFrame]] = {}
     files, hw = [], {}
     base = Path(folder)
@@ -234,7 +222,7 @@ def calibrate_set(folder: str, sig: tuple[tuple[str, int, int], ...], holdout: f
     held out, split by ``seed``); the library's error report as tables (see `CalibrationView`)."""
     from profiling import calibrate
 
-    cal = calibrate(_table_paths(folder), holdout=holdout, seed=seed)
+    cal = calibrate([folder], holdout=holdout, seed=seed)
     rows, points = [], []
     for f in cal.fits:
         rows.append({"fit": f.key} | f.summary())
