@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def browser_time(url_path: str, title: str) -> float | None:
-    """Seconds from goto to the page's title shown and the app idle, on a fresh server (None: no browser)."""
+def browser_time(url_path: str, title: str, app: Path | None = None) -> float | None:
+    """Seconds from goto to the page's title shown and the app idle, on a fresh server (None: no browser).
+
+    ``app``: serve this Streamlit script (as `moesim dashboard` serves its own) instead of the dashboard.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -72,20 +76,27 @@ def browser_time(url_path: str, title: str) -> float | None:
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         return None
+    from dashboard.cli.serve_app import streamlit_command, wait_ready
     from tests.test_dashboard_browser import BUSY, FLAGS
 
     port = _free_port()
+    cmd = streamlit_command(app, port) if app else [sys.executable, "-m", "dashboard.cli", "dashboard"]
+    cmd += [] if app else ["--port", str(port), "--json"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
-        stdout=subprocess.PIPE,
+        cmd,
+        stdout=subprocess.PIPE if not app else subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert proc.stdout is not None
-        url = json.loads(proc.stdout.readline())["url"]
+        if app:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(proc, url, 60.0)
+        else:
+            assert proc.stdout is not None
+            url = json.loads(proc.stdout.readline())["url"]
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=chromium, args=FLAGS)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
@@ -108,9 +119,28 @@ def browser_time(url_path: str, title: str) -> float | None:
         proc.wait(timeout=30)
 
 
+_REFERENCES = {
+    "a blank Streamlit page (a title)": 'import streamlit as st\nst.title("Reference")\n',
+    "a title and one small plotly chart": (
+        "import plotly.graph_objects as go\nimport streamlit as st\n"
+        'st.title("Reference")\nst.plotly_chart(go.Figure(go.Scatter(x=[1, 2], y=[1, 2])))\n'
+    ),
+}
+
+
 def bench_dashboard(quick: bool = False) -> tuple[str, dict]:
     """Section 11 (see the module docstring)."""
     rows, stats = [], {}
+    refs = []
+    with tempfile.TemporaryDirectory(prefix="moesim-bench-ref-") as tmp:
+        for name, code in _REFERENCES.items():
+            app = Path(tmp) / "app.py"
+            app.write_text(code)
+            b = browser_time("", "Reference", app)
+            stats[name] = b
+            print(f"{name}: {b}", file=sys.stderr, flush=True)
+            if b is not None:
+                refs.append(f"{name} {b:.2f} s")
     for script, title, _icon, url in PAGES:
         a = apptest_times(script)
         b = browser_time(url, title)
@@ -132,6 +162,8 @@ def bench_dashboard(quick: bool = False) -> tuple[str, dict]:
         *rows,
         "",
     ]
+    if refs:
+        lines += [f"For reference, the same browser measure of Streamlit alone on this machine: {'; '.join(refs)}.", ""]
     return "\n".join(lines), stats
 
 

@@ -35,7 +35,7 @@ def _check_port(port: int) -> None:
             ) from None
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> float:
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> float:
     """Seconds until the server answers its health check; `MoesimError` if it exits or times out."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout_s:
@@ -48,6 +48,13 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> float:
         except OSError:
             time.sleep(0.1)
     raise MoesimError(f"the Streamlit server did not answer within {timeout_s:.0f} s", "see its output above")
+
+
+def streamlit_command(app: str | Path, port: int) -> list[str]:
+    """The command that serves Streamlit script ``app`` on 127.0.0.1:``port``, headless, as the dashboard runs."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", HOST, "--server.port", str(port)]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    return [*cmd, "--client.toolbarMode", "viewer"]
 
 
 def dashboard(
@@ -67,14 +74,12 @@ def dashboard(
         raise MoesimError(f"the dashboard needs {' and '.join(missing)}", "pip install -e '.[dashboard]'")
     _check_port(port)
     url = f"http://{HOST}:{port}"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", HOST, "--server.port", str(port)]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    cmd += ["--client.toolbarMode", "viewer"]
+    cmd = streamlit_command(APP, port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # the server's own log goes to stderr so that --json leaves stdout to the one summary object
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
     try:
-        ready = _wait_ready(proc, url, timeout)
+        ready = wait_ready(proc, url, timeout)
         info = {"url": url, "port": port, "pid": proc.pid, "ready_s": round(ready, 2), "app": str(APP)}
         if json_out:
             emit_json(info)
