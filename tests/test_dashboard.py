@@ -338,6 +338,15 @@ def _moesim(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dashboard.cli", *args], capture_output=True, text=True, **kw)
 
 
+def test_server_warm_up_fills_the_packages_caches() -> None:
+    from dashboard.server import warm
+    from sim import sweep_eval
+
+    sweep_eval._CACHE.clear()
+    assert warm() > 0
+    assert sum(k.startswith("analytical:") for k in sweep_eval._CACHE) == 8  # the CAP overview's defaults
+
+
 def test_dashboard_port_in_use_is_one_line() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

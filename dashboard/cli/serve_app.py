@@ -50,9 +50,13 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> float:
     raise MoesimError(f"the Streamlit server did not answer within {timeout_s:.0f} s", "see its output above")
 
 
-def streamlit_command(app: str | Path, port: int) -> list[str]:
-    """The command that serves Streamlit script ``app`` on 127.0.0.1:``port``, headless, as the dashboard runs."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", HOST, "--server.port", str(port)]
+def streamlit_command(app: str | Path, port: int, warm: bool = False) -> list[str]:
+    """The command that serves Streamlit script ``app`` on 127.0.0.1:``port``, headless, as the dashboard runs.
+
+    ``warm``: through `dashboard.server`, which warms the app's modules and caches up before serving.
+    """
+    runner = "dashboard.server" if warm else "streamlit"
+    cmd = [sys.executable, "-m", runner, "run", str(app), "--server.address", HOST, "--server.port", str(port)]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     return [*cmd, "--client.toolbarMode", "viewer"]
 
@@ -64,7 +68,9 @@ def dashboard(
 ) -> None:
     """Serve the dashboard (CAP overview, scenarios, sweeps, placement, profiles) on 127.0.0.1 until Ctrl-C.
 
-    With --json, one object {url, port, pid, ready_s} is printed on stdout once the server answers.
+    The server warms the pages' modules and default figures up first (a few seconds), so that the first
+    page opened is quick. With --json, one object {url, port, pid, ready_s} is printed on stdout once the
+    server answers.
     Needs the dashboard extra: pip install -e '.[dashboard]'.
 
     Example: moesim dashboard --port 8501
@@ -74,7 +80,7 @@ def dashboard(
         raise MoesimError(f"the dashboard needs {' and '.join(missing)}", "pip install -e '.[dashboard]'")
     _check_port(port)
     url = f"http://{HOST}:{port}"
-    cmd = streamlit_command(APP, port)
+    cmd = streamlit_command(APP, port, warm=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # the server's own log goes to stderr so that --json leaves stdout to the one summary object
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
