@@ -212,12 +212,13 @@ def pivot(df: pd.DataFrame, x: str, y: str, metric: str) -> tuple[np.ndarray, li
     t = df[[x, y, metric]].copy()
     t[metric] = pd.to_numeric(t[metric], errors="coerce")
     g = t.groupby([y, x], dropna=False)[metric].agg("min" if lower else "max").unstack(x)
-    xs, ys = _sorted(list(g.columns)), _sorted(list(g.index))
+    xs, ys = sorted_values(list(g.columns)), sorted_values(list(g.index))
     g = g.reindex(index=ys, columns=xs)
     return g.to_numpy(dtype=float), xs, ys
 
 
-def _sorted(values: list[Any]) -> list[Any]:
+def sorted_values(values: list[Any]) -> list[Any]:
+    """``values`` sorted, by their text when they do not compare (mixed types)."""
     try:
         return sorted(values)
     except TypeError:

@@ -8,6 +8,7 @@ from dashboard.logic import charts
 from dashboard.logic import sweeps as sw
 from dashboard.logic.scenario import open_scenario
 from dashboard.ui import HELP, csv_bytes, guarded, page_header, parquet_bytes
+from model import MoesimError
 from sim.sweep_report import cap_table
 
 page_header(
@@ -76,7 +77,7 @@ with st.sidebar:
     st.subheader("Filter")
     chosen = {}
     for col in axes:
-        values = sw._sorted(list(df[col].dropna().unique()))
+        values = sw.sorted_values(list(df[col].dropna().unique()))
         chosen[col] = st.multiselect(col, values, default=values, key=f"sw_f_{col}")
     ok_only = st.checkbox("ok points only", value=True, key="sw_ok")
 view = sw.filter_rows(df, chosen, ok_only)
@@ -127,7 +128,7 @@ if d[1].button("Open in Scenario", key="sw_open", disabled=manifest is None,
         scenarios = sw.spec_points(manifest["spec"])
         pid = rows.loc[pick, "point_id"]
         if pid not in scenarios:
-            raise sw.MoesimError(f"point {pid} is not in the sweep's manifest", "rerun the sweep into a new folder")
+            raise MoesimError(f"point {pid} is not in the sweep's manifest", "rerun the sweep into a new folder")
         open_scenario(scenarios[pid], f"sweep {manifest.get('name', '')}, point {names[pick]}")
 d[2].download_button("Rows (CSV)", csv_bytes(view), "results.csv", "text/csv", key="sw_dl_csv")
 d[3].download_button("Rows (Parquet)", parquet_bytes(view), "results.parquet", key="sw_dl_parquet")
