@@ -68,10 +68,11 @@ def dashboard(
 ) -> None:
     """Serve the dashboard (CAP overview, scenarios, sweeps, placement, profiles) on 127.0.0.1 until Ctrl-C.
 
-    The server warms the pages' modules and default figures up first (a few seconds), so that the first
-    page opened is quick. With --json, one object {url, port, pid, ready_s} is printed on stdout once the
-    server answers.
-    Needs the dashboard extra: pip install -e '.[dashboard]'.
+    The server warms the pages up first (a few seconds), so the first page opened is quick.
+
+    With --json, one object {url, port, pid, ready_s} is printed on stdout once the server answers.
+
+    Needs the dashboard extra: pip install -e '.\\[dashboard]'.
 
     Example: moesim dashboard --port 8501
     """
