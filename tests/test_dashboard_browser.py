@@ -35,8 +35,11 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# the running indicator (shown about half a second into a run), progress bars and spinners
-BUSY = '[data-testid="stStatusWidget"], [data-testid="stProgress"], [data-testid="stSpinner"]'
+# the running indicator (shown about half a second into a run), progress bars, spinners, and the skeletons of
+# elements a running script has not drawn yet
+BUSY = (
+    '[data-testid="stStatusWidget"], [data-testid="stProgress"], [data-testid="stSpinner"], [data-testid="stSkeleton"]'
+)
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 OUT = Path(os.environ.get("MOESIM_TEST_OUT", ROOT / "test-output")) / "browser"
 
@@ -118,8 +121,11 @@ def test_page_in_a_real_browser(server: str, browser, script: str, title: str, u
         page.get_by_role("button", name=label).click()
         page.wait_for_timeout(1000)
         settle(page)
-        page.screenshot(path=str(OUT / f"{url}-after.png"), full_page=True)
+        try:  # the action's result is drawn: at least one chart (waited for, in case the render is slow)
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+            settle(page)
+        finally:
+            page.screenshot(path=str(OUT / f"{url}-after.png"), full_page=True)
         assert errors(page) == [], f"{title} after '{label}'"
-        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1, f"{title}: no chart after '{label}'"
     finally:
         page.close()
