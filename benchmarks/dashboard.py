@@ -17,9 +17,8 @@ Run: ``python -m benchmarks.dashboard`` (or ``make bench``).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # the dashboard tests' server and browser helpers
 
 from dashboard.ui import PAGES  # noqa: E402
 
@@ -60,12 +60,6 @@ def apptest_times(script: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def browser_time(url_path: str, title: str, app: Path | None = None) -> float | None:
     """Seconds from goto to the page's title shown and the app idle, on a fresh server (None: no browser).
 
@@ -78,47 +72,29 @@ def browser_time(url_path: str, title: str, app: Path | None = None) -> float | 
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         return None
-    from dashboard.cli.serve_app import streamlit_command, wait_ready
-    from tests.test_dashboard_browser import BUSY, FLAGS
+    from dashboard_server import free_port, running_dashboard
+    from test_dashboard_browser import FLAGS, settle
 
-    port = _free_port()
-    cmd = streamlit_command(app, port) if app else [sys.executable, "-m", "dashboard.cli", "dashboard"]
-    cmd += [] if app else ["--port", str(port), "--json"]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE if not app else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        if app:
+    from dashboard.cli.serve_app import streamlit_command, wait_ready
+
+    with contextlib.ExitStack() as stack:
+        if app:  # plain Streamlit, the dashboard's server flags
+            port = free_port()
+            proc = subprocess.Popen(streamlit_command(app, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.callback(lambda: (proc.terminate(), proc.wait(timeout=30)))
             url = f"http://127.0.0.1:{port}"
             wait_ready(proc, url, 60.0)
         else:
-            assert proc.stdout is not None
-            url = json.loads(proc.stdout.readline())["url"]
+            url = stack.enter_context(running_dashboard())["url"]
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=chromium, args=FLAGS)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             page.goto(f"{url}/{url_path}")
             page.get_by_role("heading", name=title, level=1).wait_for(timeout=120_000)
-            quiet = None
-            while True:  # idle for 1.5 s; the render ended when the quiet began
-                if page.locator(BUSY).count() == 0:
-                    quiet = quiet or time.perf_counter()
-                    if time.perf_counter() - quiet >= 1.5:
-                        break
-                else:
-                    quiet = None
-                page.wait_for_timeout(50)
+            done = settle(page, 120.0)  # the render ended when the idle spell began
             b.close()
-        return quiet - t0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        return done - t0
 
 
 _REFERENCES = {

@@ -6,8 +6,6 @@ tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
+from dashboard_server import free_port, running_dashboard  # tests/dashboard_server.py
 from streamlit.testing.v1 import AppTest
 
 from dashboard.logic import sweeps as sw
@@ -328,12 +327,6 @@ def test_sweep_yaml_errors_are_messages() -> None:
 # --- moesim dashboard -------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _moesim(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dashboard.cli", *args], capture_output=True, text=True, **kw)
 
@@ -364,24 +357,12 @@ def test_dashboard_bad_port_is_one_line() -> None:
 
 
 def test_dashboard_serves_on_loopback() -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
+    port = free_port()
+    with running_dashboard(port) as info:
         assert info["url"] == f"http://127.0.0.1:{port}" and info["port"] == port
         with urllib.request.urlopen(info["url"] + "/_stcore/health", timeout=10) as r:
             assert r.status == 200
         with urllib.request.urlopen(info["url"] + "/", timeout=10) as r:
             assert b"<html" in r.read().lower()
-    finally:
-        proc.terminate()
         t0 = time.time()
-        proc.wait(timeout=30)
     assert time.time() - t0 < 30

@@ -7,16 +7,13 @@ loaded, its main (primary) button clicked, and a screenshot saved under ``$MOESI
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from dashboard_server import running_dashboard  # tests/dashboard_server.py
 
 from dashboard.ui import PAGES
 
@@ -46,30 +43,10 @@ OUT = Path(os.environ.get("MOESIM_TEST_OUT", ROOT / "test-output")) / "browser"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (apt-get install -y chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, "moesim dashboard printed nothing"
-        yield json.loads(line)["url"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_dashboard() as info:
+        yield info["url"]
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +57,18 @@ def browser():
         b.close()
 
 
-def settle(page, timeout_s: float = 240.0) -> None:
-    """Wait until the app has been idle (no running indicator, progress bar or spinner) for 1.5 s."""
+def settle(page, timeout_s: float = 240.0) -> float:
+    """Wait until the app has been idle (no running indicator, progress bar or spinner) for 1.5 s.
+
+    Returns the `time.monotonic` instant the idle spell began (when the render ended).
+    """
     t0 = time.monotonic()
     quiet_since = None
     while time.monotonic() - t0 < timeout_s:
         if page.locator(BUSY).count() == 0:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 1.5:
-                return
+                return quiet_since
         else:
             quiet_since = None
         page.wait_for_timeout(200)

@@ -19,22 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from model import MoesimError
+from sim.sweep_spec import AXES
 
-#: Axis columns a sweep row may carry, in the order filters are shown.
-AXIS_COLUMNS = (
-    "model",
-    "gpu",
-    "gpus",
-    "layout",
-    "precision",
-    "max_batch",
-    "max_tokens",
-    "offload",
-    "workload",
-    "routing_skew",
-    "placement",
-    "rate",
-)
 #: Metrics offered for heatmaps: column -> (label, lower is better).
 METRICS: dict[str, tuple[str, bool]] = {
     "throughput_tok_s": ("output tok/s", False),
@@ -189,8 +175,8 @@ def check_results(df: pd.DataFrame, name: str) -> None:
 
 
 def axes_of(df: pd.DataFrame) -> list[str]:
-    """Axis columns of ``df`` that take more than one value."""
-    return [c for c in AXIS_COLUMNS if c in df.columns and df[c].nunique(dropna=True) > 1]
+    """Axis columns of ``df`` (`sim.sweep_spec.AXES`, in their order) that take more than one value."""
+    return [c for c in AXES if c in df.columns and df[c].nunique(dropna=True) > 1]
 
 
 def filter_rows(df: pd.DataFrame, chosen: dict[str, list[Any]], ok_only: bool) -> pd.DataFrame:
