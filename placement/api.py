@@ -5,6 +5,11 @@ greedy; hierarchical when the expert groups divide over the nodes, global
 otherwise) and ``ilp`` (`placement.ilp`, never worse than ``eplb`` on a
 layer). Each result carries its plan, its metrics (`placement.metrics`) and
 how it was solved (seconds, objective, bound, gap, status).
+
+The plans are reproducible: the same inputs and options give the same plan
+file bytes (wall-clock seconds are in the metrics, not in the plan's
+``info``), unless the ILP's wall-clock safety cap stopped a solve (status
+"time limit", ``reproducible`` false).
 """
 
 from __future__ import annotations
@@ -37,17 +42,40 @@ class PlacementResult:
     layer_max_load: np.ndarray  # [L] busiest GPU's load per layer (units of stats.counts)
 
 
-def _ilp_report(res: list[LayerResult]) -> dict[str, Any]:
+# wall-clock entries of a method's report: in its metrics, never in its plan file (they differ between runs)
+TIMING_KEYS = ("solve_s", "solver_seconds")
+
+
+def _ilp_report(res: list[LayerResult], options: IlpOptions) -> dict[str, Any]:
+    """The ILP's status over all layers: "optimal" (every solve within the MIP gap), "work limit" (some solve
+    stopped at ``options.work_limit`` nodes: reproducible), "time limit" (the wall-clock cap stopped some
+    solve: the plan may differ between runs); gap, counts of layers, nodes and seconds."""
     stages = [s for r in res for s in r.stages]
     gaps = [s.gap for s in stages]
-    optimal = all(s.status == "optimal" for s in stages)
+    timed_out = int(sum(any(s.status == "time limit" for s in r.stages) for r in res))
+    if not stages:
+        status = "no solve"
+    elif all(s.status == "optimal" for s in stages):
+        status = "optimal"
+    elif timed_out:
+        status = "time limit"
+    elif all(s.status in ("optimal", "work limit") for s in stages):
+        status = "work limit"
+    else:
+        status = next(s.status for s in stages if s.status not in ("optimal", "work limit"))
     return {
-        "status": "optimal" if optimal else "time limit or gap" if stages else "no solve",
+        "status": status,
+        "reproducible": not timed_out,
         "objective": float(sum(r.objective for r in res)),
         "baseline_objective": float(sum(r.baseline_objective for r in res)),
         "gap": float(max(gaps)) if gaps and all(math.isfinite(g) for g in gaps) else None,
         "layers_optimal": int(sum(all(s.status == "optimal" for s in r.stages) for r in res)),
+        "layers_work_limit": int(sum(any(s.status == "work limit" for s in r.stages) for r in res)),
+        "layers_time_limit": timed_out,
         "layers_fallback": int(sum(r.fallback for r in res)),
+        "nodes": int(sum(s.nodes for s in stages)),
+        "work_limit": int(options.work_limit),
+        "time_limit": float(options.time_limit),
         "solver_seconds": float(sum(s.seconds for s in stages)),
     }
 
@@ -109,7 +137,8 @@ def place(
     out: dict[str, PlacementResult] = {}
 
     def finish(method: str, p2l: np.ndarray, info: dict[str, Any]) -> None:
-        plan = PlacementPlan(p2l, method=method, info=info, **common)
+        kept = {k: v for k, v in info.items() if k not in TIMING_KEYS}  # the plan file: same inputs, same bytes
+        plan = PlacementPlan(p2l, method=method, info=kept, **common)
         m: dict[str, Any] = {**plan_metrics(plan, stats), **info}
         if current is not None and expert_bytes:
             m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
@@ -147,5 +176,5 @@ def place(
             progress=None if progress is None else lambda i, k: progress("ilp", i, k),
         )
         p2l = np.stack([r.phys_to_log for r in res])
-        finish("ilp", p2l, {"solve_s": time.perf_counter() - t0, **_ilp_report(res), "solver": options.solver})
+        finish("ilp", p2l, {"solve_s": time.perf_counter() - t0, **_ilp_report(res, options), "solver": options.solver})
     return out

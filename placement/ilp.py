@@ -21,21 +21,33 @@ Per MoE layer, with loads ``w`` [N], slots S on G GPUs in ``nodes`` nodes:
    ``y[e,g] >= w_e/c (x[e,g] + z[e,c] - 1)``.
 
 Every solve starts from the greedy plan with the same replica counts
-(EPLB's global packing), has a time limit and a relative MIP gap, and the
+(EPLB's global packing), stops at a relative MIP gap or a work limit, and the
 result is compared with the greedy baseline on the layer: when it is worse
 on the objective, or (without a migration cost) on the busiest GPU, the
 baseline is returned (``fallback``). Bound and gap come from the solver (HiGHS' ``mip_dual_bound``),
 and "optimal" is claimed only when the solver's model status says so, not
 PuLP's status (which reads a time-limited solve as optimal).
+
+Determinism: the same inputs give the same plan, whatever the machine's speed or ``workers``. Every cut-off
+that can change the answer counts work, not seconds: branch-and-bound nodes per MIP solve (``work_limit``:
+HiGHS' ``mip_max_nodes``, CBC's ``maxNodes``), candidate patterns enumerated (``max_candidates``), swaps of
+the co-location search; HiGHS runs on one thread with ``random_seed`` fixed, and the layers' results are
+merged in layer order. The wall-clock ``time_limit`` is only a safety cap: a stage it stops reports status
+"time limit", and then the plan may differ from run to run. HiGHS' banner (written by C code to fd 1 when the
+first solver of a process is made) goes to stderr, so stdout stays clean for ``--json``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +70,13 @@ class IlpOptions:
     """Knobs of the placement ILP.
 
     Attributes:
-        time_limit: wall seconds for the whole solve (all layers).
+        time_limit: wall seconds for the whole solve (all layers), a safety cap: a MIP solve it stops reports
+            status "time limit" and its plan may differ between runs (the cut-off depends on the machine's speed
+            and load); a solve that ends before it (optimal, or at ``work_limit``) is reproducible.
+        work_limit: branch-and-bound nodes per MIP solve (HiGHS' ``mip_max_nodes``, CBC's ``maxNodes``), the
+            deterministic cut-off of the search: a solve it stops reports status "work limit".
+        max_candidates: candidate GPU patterns the exact one-node pattern model may enumerate; beyond it the
+            layer uses the assignment model instead (a deterministic cut-off).
         mip_gap: relative MIP gap at which a stage stops.
         traffic_weight: objective weight of one remote node per token, in units
             of busiest-over-mean load (0.05: one fewer node crossed per token
@@ -71,10 +89,12 @@ class IlpOptions:
         solver: "highs" or "cbc".
         exact_max_vars: layers on one node with at most this many (expert, GPU)
             pairs get the exact model with replica counts chosen jointly.
-        seed: token sampling seed.
+        seed: token sampling seed and HiGHS' ``random_seed`` (modulo 2**31).
     """
 
     time_limit: float = 60.0
+    work_limit: int = 500
+    max_candidates: int = 1_000_000
     mip_gap: float = 1e-4
     traffic_weight: float = 0.05
     migration_weight: float = 0.0
@@ -87,13 +107,18 @@ class IlpOptions:
 
 @dataclass
 class StageReport:
-    """One MIP solve: status from the solver, objective, bound, relative gap, seconds."""
+    """One MIP solve: status from the solver, objective, bound, relative gap, wall seconds, branch-and-bound nodes.
+
+    ``status`` is "optimal" (within the MIP gap), "work limit" (stopped at ``IlpOptions.work_limit`` nodes:
+    reproducible), "time limit" (stopped by the wall-clock cap: may differ between runs) or the solver's own word.
+    """
 
     status: str
     objective: float
     bound: float
     gap: float
     seconds: float
+    nodes: int = 0
 
 
 @dataclass
@@ -107,8 +132,84 @@ class LayerResult:
     baseline_objective: float = math.nan
 
 
+_REDIRECT_LOCK = threading.Lock()
+_REDIRECT_DEPTH = 0
+_SAVED_STDOUT_FD: int | None = None
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers (HiGHS writes with printf: a pipe's buffer would reach fd 1 later)."""
+    with suppress(OSError, AttributeError, TypeError):  # no C library to load (Windows): nothing to flush
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Point fd 1 at fd 2 for the block, so C code (HiGHS' banner and log) cannot write to stdout.
+
+    Nested and concurrent uses (threads) share one redirection: the first in saves fd 1, the last out restores
+    it. Python-level writes to ``sys.stdout`` inside the block go to stderr as well. Does nothing where fd 1 or
+    fd 2 is not open.
+    """
+    global _REDIRECT_DEPTH, _SAVED_STDOUT_FD
+    with _REDIRECT_LOCK:
+        if _REDIRECT_DEPTH == 0:
+            with suppress(OSError, ValueError, AttributeError):
+                sys.stdout.flush()
+            _flush_c_stdio()
+            try:
+                saved = os.dup(1)
+            except OSError:
+                saved = None
+            if saved is not None:
+                try:
+                    os.dup2(2, 1)
+                except OSError:
+                    os.close(saved)
+                    saved = None
+            _SAVED_STDOUT_FD = saved
+        _REDIRECT_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _REDIRECT_LOCK:
+            _REDIRECT_DEPTH -= 1
+            if _REDIRECT_DEPTH == 0 and _SAVED_STDOUT_FD is not None:
+                with suppress(OSError, ValueError, AttributeError):
+                    sys.stdout.flush()
+                _flush_c_stdio()
+                os.dup2(_SAVED_STDOUT_FD, 1)
+                os.close(_SAVED_STDOUT_FD)
+                _SAVED_STDOUT_FD = None
+
+
+def _highs_status(model_status: Any, to_string: Callable[[Any], str]) -> str:
+    """Our word for HiGHS' model status (a node limit is "Solution limit reached" in HiGHS' words)."""
+    status = highspy.HighsModelStatus
+    words = {status.kOptimal: "optimal", status.kSolutionLimit: "work limit", status.kTimeLimit: "time limit"}
+    return words.get(model_status) or to_string(model_status).lower()
+
+
 class _WarmHiGHS(pulp.HiGHS):
-    """PuLP's highspy interface plus a MIP start and the solver's own bound and status."""
+    """PuLP's highspy interface plus a MIP start, deterministic options, and the solver's own status and bound.
+
+    HiGHS' options: ``threads=1``, ``random_seed``, ``mip_max_nodes`` (the work limit), ``time_limit`` (the safety
+    cap), no output. PuLP's own status table has no entry for a node limit and reads a time-limited solve as
+    optimal, so the status and the solution are read from HiGHS directly.
+    """
+
+    def __init__(self, random_seed: int, max_nodes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.random_seed = random_seed
+        self.max_nodes = max_nodes
+
+    def createAndConfigureSolver(self, lp: pulp.LpProblem) -> None:
+        super().createAndConfigureSolver(lp)
+        h = lp.solverModel
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("log_to_console", False)
+        h.setOptionValue("random_seed", self.random_seed)
+        h.setOptionValue("mip_max_nodes", self.max_nodes)
 
     def callSolver(self, lp: pulp.LpProblem) -> None:
         values = [v.varValue for v in lp.variables()]
@@ -118,36 +219,73 @@ class _WarmHiGHS(pulp.HiGHS):
             sol.value_valid = True
             lp.solverModel.setSolution(sol)
         lp.solverModel.run()
-        info = lp.solverModel.getInfo()
+        h = lp.solverModel
+        info = h.getInfo()
         self.report = (
-            lp.solverModel.modelStatusToString(lp.solverModel.getModelStatus()),
+            _highs_status(h.getModelStatus(), h.modelStatusToString),
             float(info.objective_function_value),
             float(info.mip_dual_bound),
             float(info.mip_gap),
+            int(info.mip_node_count),
         )
+
+    def findSolutionValues(self, lp: pulp.LpProblem) -> tuple[int, int]:
+        h = lp.solverModel
+        feasible = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+        values = list(h.getSolution().col_value)
+        for var in lp.variables():
+            var.varValue = values[var.index] if feasible else None
+        if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+            return pulp.LpStatusOptimal, pulp.LpSolutionOptimal
+        if feasible:
+            return pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible
+        if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+            return pulp.LpStatusInfeasible, pulp.LpSolutionInfeasible
+        return pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound
 
 
 def _solve(prob: pulp.LpProblem, opts: IlpOptions, time_limit: float) -> StageReport:
+    """Solve ``prob`` with at most ``opts.work_limit`` branch-and-bound nodes and ``time_limit`` wall seconds."""
     t0 = time.perf_counter()
+    nodes = 0
     if opts.solver == "highs" and highspy is not None:
-        solver = _WarmHiGHS(msg=False, timeLimit=max(time_limit, 0.05), gapRel=opts.mip_gap, threads=1)
-        prob.solve(solver)
-        status, obj, bound, gap = solver.report
-        status = status.lower()
-    else:
-        solver = pulp.PULP_CBC_CMD(
-            msg=False, timeLimit=max(1, math.ceil(time_limit)), gapRel=opts.mip_gap, warmStart=True, threads=1
+        solver = _WarmHiGHS(
+            random_seed=opts.seed % 2**31,
+            max_nodes=opts.work_limit,
+            msg=False,
+            timeLimit=max(time_limit, 0.05),
+            gapRel=opts.mip_gap,
+            threads=1,
         )
-        prob.solve(solver)
-        # CBC through PuLP gives no bound; sol_status tells a proven optimum from a time-limited one
-        status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else pulp.LpSolution[prob.sol_status].lower()
+        with stdout_to_stderr():
+            prob.solve(solver)
+        status, obj, bound, gap, nodes = solver.report
+    else:
+        cap = max(1, math.ceil(time_limit))
+        solver = pulp.PULP_CBC_CMD(
+            msg=False,
+            timeLimit=cap,
+            gapRel=opts.mip_gap,
+            warmStart=True,
+            threads=1,
+            maxNodes=opts.work_limit,  # CBC keeps its own fixed seeds: deterministic on one thread
+        )
+        with stdout_to_stderr():
+            prob.solve(solver)
+        # CBC through PuLP gives no bound and no reason for stopping: a stop near the cap is the time limit
+        if prob.sol_status == pulp.LpSolutionOptimal:
+            status = "optimal"
+        elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
+            status = "time limit" if time.perf_counter() - t0 >= 0.95 * cap else "work limit"
+        else:
+            status = pulp.LpSolution[prob.sol_status].lower()
         obj = pulp.value(prob.objective)
         bound, gap = (obj, 0.0) if status == "optimal" else (math.nan, math.nan)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         raise MoesimError(f"placement ILP found no feasible plan ({status})", "check slots, GPUs and redundancy")
     if status == "optimal":
         gap = max(gap, 0.0) if math.isfinite(gap) else 0.0
-    return StageReport(status, float(obj), float(bound), float(gap), time.perf_counter() - t0)
+    return StageReport(status, float(obj), float(bound), float(gap), time.perf_counter() - t0, int(nodes))
 
 
 def _val(v: Any) -> float:
@@ -353,9 +491,10 @@ def _pattern_stage(
     A pattern is a set of S/G (expert, replica count c) items with distinct experts whose load sum w_e/c is at
     most the warm start's busiest GPU; integer ``y[p]`` GPUs use pattern p, binary ``u[p]`` marks it used
     (M >= load_p u_p), binary ``z[e,c]`` fixes e's replica count and sum_p y_p [(e,c) in p] = c z[e,c].
-    Returns None when there are more than ``max_patterns`` patterns, or when enumerating the candidates would
-    take more than a quarter of ``time_limit`` (the candidates grow as C(experts x GPUs, slots per GPU), and when
-    few pass the load bound the pattern cap alone never stops the enumeration).
+    Returns None when there are more than ``max_patterns`` patterns, or more than ``opts.max_candidates``
+    candidates to enumerate (the candidates grow as C(experts x replica counts, slots per GPU), and when few pass
+    the load bound the pattern cap alone never stops the enumeration). Both cut-offs are counts, so whether the
+    stage runs never depends on the machine's speed.
     """
     from itertools import combinations
 
@@ -366,12 +505,9 @@ def _pattern_stage(
     ub = float(max((start[:, g] * w / cnt).sum() for g in range(num_gpus))) * (1 + 1e-9)
     items = [(e, c, float(w[e] / c)) for e in range(n) for c in cs]
     pats = []
-    if math.comb(len(items), per_gpu) > 1000 * max_patterns:
+    if math.comb(len(items), per_gpu) > opts.max_candidates:
         return None
-    deadline = time.perf_counter() + 0.25 * time_limit
-    for k, combo in enumerate(combinations(range(len(items)), per_gpu)):
-        if k % 4096 == 0 and time.perf_counter() > deadline:
-            return None
+    for combo in combinations(range(len(items)), per_gpu):
         es = {items[i][0] for i in combo}
         load = sum(items[i][2] for i in combo)
         if len(es) == per_gpu and load <= ub:
@@ -468,8 +604,8 @@ def solve_layer(
                     _structured(w, r, nodes, gpus_per_node, _incidence(baseline, n, nodes)),
                     _clustered(w, r, nodes, gpus_per_node, tokens),
                 ]
-                share = 0.4 * time_limit / len(starts)  # the starts' local search gets 40% of the layer's budget
-                starts = [improve_nodes(s, w, r, tokens, opts.traffic_weight, 300, share) for s in starts]
+                # 300 swaps at most per start: a count, not seconds, so the start is the same on any machine
+                starts = [improve_nodes(s, w, r, tokens, opts.traffic_weight, 300) for s in starts]
                 a0 = min(starts, key=lambda s: _node_score(s, w, r, tokens, opts.traffic_weight))
             left = max(0.1, time_limit - (time.perf_counter() - t0))
             a, rep = _node_stage(
@@ -600,8 +736,18 @@ def _pack_within(w: np.ndarray, r: np.ndarray, a: np.ndarray, gpn: int, per_gpu:
     return np.array(out, np.int64).reshape(-1)
 
 
+def _layer_cap(deadline: float, share: float, left_after: float) -> float:
+    """Wall seconds layer may use: its share of the time limit plus what earlier layers left unused (the time to
+    ``deadline``, a ``time.monotonic()`` instant, less ``left_after`` seconds kept for the layers after it)."""
+    return max(share, deadline - time.monotonic() - left_after)
+
+
 def _solve_one(args: tuple) -> LayerResult:
-    return solve_layer(*args)
+    """One layer in a worker process (or in this one): ``args`` is solve_layer's arguments, the time limit given as
+    (deadline, share, seconds kept for later layers); fd 1 points at stderr while it runs."""
+    *head, (deadline, share, left_after), current = args
+    with stdout_to_stderr():
+        return solve_layer(*head, _layer_cap(deadline, share, left_after), current)
 
 
 def solve(
@@ -615,7 +761,8 @@ def solve(
     current: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[LayerResult]:
-    """Solve every layer, in parallel processes.
+    """Solve every layer, in parallel processes; the same plans for any ``workers`` (results in layer order, no
+    cut-off that depends on the process count) unless the time limit stops a solve.
 
     Args:
         weight: [L, N] expert loads.
@@ -630,7 +777,9 @@ def solve(
     layers, n = weight.shape
     check_shape(n, num_slots, num_gpus, num_gpus // gpus_per_node)
     workers = max(1, min(opts.workers or os.cpu_count() or 1, layers))
+    # the time limit is a safety cap: each layer gets its share, plus whatever the layers before it left unused
     per_layer = max(0.05, opts.time_limit * workers / layers * 0.8)
+    deadline = time.monotonic() + 0.8 * opts.time_limit
     jobs = [
         (
             weight[i],
@@ -640,7 +789,7 @@ def solve(
             token_sets[i],
             baseline[i],
             opts,
-            per_layer,
+            (deadline, per_layer, per_layer * ((layers - 1 - i) // workers)),
             None if current is None else current[i],
         )
         for i in range(layers)

@@ -65,7 +65,12 @@ def test_stats_from_trace_counts_coactivation_transitions():
 
 @pytest.mark.parametrize(
     "counts, match",
-    [([[1.0, np.nan]], "NaN"), ([[1.0, -2.0]], "negative"), ([[0.0, 0.0]], "no load"), ([1.0, 2.0], "shape")],
+    [
+        ([[1.0, np.nan]], "NaN"),
+        ([[1.0, -2.0]], "negative"),
+        ([[0.0, 0.0]], "loads of layer 0 are all zero"),
+        ([1.0, 2.0], "shape"),
+    ],
 )
 def test_stats_reject_bad_counts(counts, match):
     with pytest.raises(MoesimError, match=match):
@@ -150,7 +155,8 @@ def test_ilp_multi_node_never_worse_than_greedy_and_honest_status():
     for row in i.plan.gpu_experts()[0]:
         assert len(set(row.tolist())) == 5
     m = i.metrics
-    assert m["status"] in ("optimal", "time limit or gap")
+    assert m["status"] in ("optimal", "work limit", "time limit")
+    assert m["reproducible"] == (m["status"] != "time limit")
     if m["status"] != "optimal":
         assert m["gap"] is None or m["gap"] > 0 or m["layers_fallback"] > 0
     assert 0 < m["balancedness"] <= 1 and m["max_over_lb"] >= 1 - 1e-9
@@ -178,6 +184,18 @@ def test_pattern_stage_gives_up_on_a_huge_enumeration():
     start[np.arange(64), np.arange(64) % 8] = 1
     start[np.argsort(-w)[:8], np.arange(8)[::-1]] += 1  # the 8 hottest get a second replica
     assert _pattern_stage(w, 72, 8, start, IlpOptions(workers=1), time_limit=2.0) is None
+
+
+def test_pattern_stage_cut_off_is_a_count_not_seconds():
+    """Whether the exact pattern model runs depends on ``max_candidates``, never on the time left."""
+    from placement.ilp import _pattern_stage
+
+    w = np.array([100.0, 60, 30, 20, 5])
+    start = np.zeros((5, 5), np.int64)
+    start[[0, 0, 1, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 2, 3, 4, 0, 1]] = 1
+    assert _pattern_stage(w, 10, 5, start, IlpOptions(max_candidates=10), time_limit=1e6) is None
+    found = _pattern_stage(w, 10, 5, start, IlpOptions(), time_limit=1e-3)
+    assert found is not None and found[0].shape == (5, 2)
 
 
 def test_ilp_cbc_fallback_solver():
@@ -291,3 +309,60 @@ def test_serving_scenario_takes_a_plan(tmp_path):
         ttft[name] = run(tmp_path / f"{name}.yaml", "analytical").summary
     key = next(k for k in ttft["good"] if "ttft" in k and isinstance(ttft["good"][k], float))
     assert ttft["good"][key] < ttft["bad"][key]
+
+
+def _plan_bytes(out: dict, tmp: Path, name: str) -> bytes:
+    out["ilp"].plan.to_json(tmp / name)
+    return (tmp / name).read_bytes()
+
+
+def test_ilp_same_inputs_same_plan_bytes_at_the_work_limit(tmp_path):
+    """Two layers on 2 nodes whose node-stage search is cut by the work limit (5 branch-and-bound nodes), not by
+    the (generous) time limit: solved twice in one process and once in two worker processes, the plan files are
+    byte-identical (no wall-clock seconds in them), and the status says the cut was the reproducible one."""
+    st = synthetic_trace(2, 16, 2, tokens=400, alpha=1.0, seed=3)
+    plans, metrics = [], []
+    for workers in (1, 1, 2):
+        opts = IlpOptions(time_limit=600.0, work_limit=5, workers=workers, seed=1)
+        out = place(st, 4, 2, 4, ("ilp",), options=opts)
+        plans.append(_plan_bytes(out, tmp_path, f"plan_{len(plans)}.json"))
+        metrics.append(out["ilp"].metrics)
+    assert plans[0] == plans[1] == plans[2]
+    for m in metrics:
+        assert m["status"] == "work limit" and m["reproducible"] is True
+        assert m["layers_work_limit"] >= 1 and m["layers_time_limit"] == 0 and m["work_limit"] == 5
+    assert {k: v for k, v in metrics[0].items() if k not in ("solve_s", "solver_seconds")} == {
+        k: v for k, v in metrics[2].items() if k not in ("solve_s", "solver_seconds")
+    }
+    assert "solve_s" not in json.loads(plans[0])["info"]
+
+
+def test_ilp_report_says_a_time_limited_plan_may_differ():
+    from placement.api import _ilp_report
+    from placement.ilp import LayerResult, StageReport
+
+    p2l = np.arange(4)
+    done = LayerResult(p2l, [StageReport("work limit", 1.0, 0.9, 0.1, 0.5, 5)], objective=1.0, baseline_objective=1.1)
+    cut = LayerResult(p2l, [StageReport("time limit", 1.0, 0.8, 0.2, 9.0, 2)], objective=1.0, baseline_objective=1.1)
+    ok = _ilp_report([done, done], IlpOptions(work_limit=5))
+    assert ok["status"] == "work limit" and ok["reproducible"] is True and ok["nodes"] == 10
+    bad = _ilp_report([done, cut], IlpOptions(work_limit=5))
+    assert bad["status"] == "time limit" and bad["reproducible"] is False and bad["layers_time_limit"] == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_place_json_stdout_is_one_object(tmp_path, workers):
+    """HiGHS prints a banner from C code to fd 1 when a process makes its first solver: with --json the whole
+    stdout must still be one JSON object (the banner goes to stderr), in this process and in worker processes."""
+    import subprocess
+    import sys
+
+    moesim = Path(sys.executable).with_name("moesim")
+    cmd = [str(moesim)] if moesim.exists() else [sys.executable, "-m", "dashboard.cli"]
+    args = ["place", "--stats", "synthetic", "--model", "mixtral-8x7b", "--gpus", "8", "--method", "all", "--json"]
+    args += ["--time-limit", "5", "--tokens", "500", "--workers", workers, "--out", str(tmp_path / "pl")]
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert isinstance(d, dict) and d["best"] == "ilp" and d["methods"]["ilp"]["status"] == "optimal"
+    assert "Traceback" not in proc.stderr

@@ -103,7 +103,8 @@ METRIC_COLUMNS: dict[str, tuple[str, str | None, str]] = {
         "status",
         None,
         "How the method finished, as the library reports it: heuristic (no proof), optimal (proven within the MIP "
-        "gap on every layer) or 'time limit or gap'.",
+        "gap on every layer), 'work limit' (some search stopped at its node limit: reproducible) or 'time limit' "
+        "(the time cap stopped some search: the plan may differ between runs).",
     ),
     "gap": (
         "MIP gap",
