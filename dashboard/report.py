@@ -2,14 +2,13 @@
 sweep the decode batch, and write ``report.md``, ``summary.json`` and PNG plots.
 
 Plots need matplotlib (the ``report`` extra). The report is written to a
-temporary folder beside ``out_dir`` and moved into place only when complete.
+temporary folder beside ``out_dir`` and moved into place only when complete
+(`model.outputs.output_dir`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from model import (
     get_cluster,
     load_model,
 )
+from model.outputs import output_dir
 
 DEMO_MODEL = "mixtral-8x7b"
 DEMO_CLUSTER = "dgx-h100"
@@ -148,18 +148,10 @@ REPORT_FILES = frozenset(
 )
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Only an empty folder or an earlier moesim report may be replaced."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise MoesimError(f"{out_dir} exists and is not a folder", "choose another --out")
-    names = {p.name for p in out_dir.iterdir()}
-    if names and not (names <= REPORT_FILES and "summary.json" in names):
-        raise MoesimError(
-            f"{out_dir} holds files that are not a moesim report; refusing to replace it",
-            "choose an empty or new --out folder",
-        )
+def is_report(folder: Path) -> bool:
+    """Whether ``folder`` is a demo report written before moesim marked its outputs (only `REPORT_FILES`)."""
+    names = {p.name for p in folder.iterdir()}
+    return "summary.json" in names and names <= REPORT_FILES
 
 
 #: The demo's serving scenario: the Mixtral EP8 example, shortened.
@@ -235,8 +227,12 @@ def build_demo_report(
     progress: Callable[[str], None] = lambda s: None,
     profile_here: bool = True,
     cost_model: CostModel | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the demo and write the report into ``out_dir``; returns the summary.
+
+    Through `model.outputs.output_dir`: an existing ``out_dir`` is replaced only when it is an earlier demo
+    report (or empty, or ``force``; never a dangerous folder); it is written whole or not at all.
 
     Steps: profile this machine briefly and calibrate on it (``profile_here``;
     tables, calibration file and error plots under ``profile/``); inspect the
@@ -247,10 +243,7 @@ def build_demo_report(
     cluster = get_cluster(cluster_name)
     precision = Precision()
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with output_dir(out_dir, "demo", force=force, legacy=is_report) as tmp:
         here = _profile_here(tmp / "profile", progress) if profile_here else {"skipped": "--no-profile"}
         progress(f"inspect {model.name}")
         inspected = inspect_summary(model)
@@ -302,12 +295,6 @@ def build_demo_report(
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "report.md").write_text(_markdown(summary, inspected))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["out_dir"] = str(out_dir)
     return summary
 

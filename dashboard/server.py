@@ -13,6 +13,9 @@ made on first use). A failing warm-up is reported on stderr and the server start
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
 import time
 
@@ -48,7 +51,14 @@ def warm() -> float:
 
 
 def main() -> None:
-    """Warm up (see the module docstring), then run ``streamlit`` with this process's arguments."""
+    """Warm up (see the module docstring), then run ``streamlit`` with this process's arguments.
+
+    The scratch folder ``moesim dashboard`` made for this server (``MOESIM_DASHBOARD_SCRATCH``) is removed
+    when this process exits, also when ``moesim dashboard`` was killed first (it then gets SIGTERM).
+    """
+    scratch = os.environ.get("MOESIM_DASHBOARD_SCRATCH")
+    if scratch and os.path.basename(scratch).startswith("moesim-dashboard-"):
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     try:
         print(f"moesim dashboard: warmed up in {warm():.1f} s", file=sys.stderr, flush=True)
     except Exception as exc:  # a warm-up is an optimisation: never a reason not to serve

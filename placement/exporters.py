@@ -1,7 +1,7 @@
 """`PlacementPlan` in the files serving engines load, with the launch flags that go with them.
 
 Formats (`FORMATS`), each checked against what its consumer requires before anything is written, each file written
-through a temporary name renamed into place:
+whole or not at all (`model.outputs.write_file`):
 
 - ``sglang``: ``sglang_expert_location.json`` = ``{"physical_to_logical_map": [num_hidden_layers][S]}`` for
   ``--init-expert-location`` (sgl-project/sglang python/sglang/srt/eplb/expert_location.py,
@@ -48,30 +48,26 @@ FILES = {
 }
 
 
-def export_plan(plan: PlacementPlan, fmt: str, out_dir: str | Path) -> list[Path]:
+def export_plan(plan: PlacementPlan, fmt: str, out_dir: str | Path, final_dir: str | Path | None = None) -> list[Path]:
     """Write ``plan`` in engine format ``fmt`` under ``out_dir``; returns the files, first the one to give
     `launch_flags` (for ``trtllm`` the extra-options YAML, which names the load-balancer YAML by absolute path).
 
-    Nothing is written unless the plan passes the consumer's checks; files go through temporary names.
+    Nothing is written unless the plan passes the consumer's checks; each file is written whole or not at all
+    (`model.outputs.write_file`), the file the others name last. ``final_dir``: where the files will live when
+    ``out_dir`` is a staging folder renamed into place later (a file naming another names it there); default
+    ``out_dir``.
     """
+    from model.outputs import write_file
+
     _check_fmt(fmt)
     plan.validate()
     _check_rows(plan.phys_to_log, plan.num_experts, plan.num_gpus, f"{fmt} export")
     out_dir = Path(out_dir)
+    final = Path(final_dir) if final_dir is not None else out_dir
     paths = [out_dir / name for name in FILES[fmt]]
-    contents = _RENDER[fmt](plan, paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = [p.with_name(f".{p.name}.tmp") for p in paths]
-    try:
-        for tmp, data in zip(tmps, contents, strict=True):
-            tmp.write_bytes(data)
-        for tmp, p in zip(tmps, paths, strict=True):
-            tmp.replace(p)
-    except OSError as exc:
-        raise MoesimError(f"cannot write {out_dir}: {exc}", "check the directory is writable") from None
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    contents = _RENDER[fmt](plan, [final / name for name in FILES[fmt]])
+    for p, data in reversed(list(zip(paths, contents, strict=True))):
+        write_file(p, lambda tmp, data=data: Path(tmp).write_bytes(data))
     return paths
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from model import inputs
 from model.errors import MoesimError
 
 
@@ -37,7 +38,7 @@ class PlacementPlan:
             (default ``0..L-1``); engines keyed by decoder layer need it.
         num_hidden_layers: decoder layers of the model (default: last MoE layer + 1).
         method: the solver that made the plan.
-        info: solver report (objective, bound, gap, seconds, ...).
+        info: solver report (objective, bound, gap, status, ...; no wall-clock seconds: same inputs, same file).
     """
 
     phys_to_log: np.ndarray
@@ -160,6 +161,8 @@ class PlacementPlan:
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "plan") -> PlacementPlan:
         """Inverse of `to_dict`."""
+        fix = "write it with 'moesim place'"
+        inputs.expect_mapping(d, what, fix)
         try:
             return cls(
                 phys_to_log=np.asarray(d["physical_to_logical_map"], dtype=np.int64),
@@ -171,8 +174,11 @@ class PlacementPlan:
                 method=str(d.get("method", "")),
                 info=dict(d.get("info", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MoesimError(f"{what}: not a moesim placement plan ({exc})", "write it with 'moesim place'") from None
+        except KeyError as exc:
+            raise MoesimError(f"{what}: not a moesim placement plan (no key {exc})", fix) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            detail = " ".join(str(exc).split())[:120]
+            raise MoesimError(f"{what}: not a moesim placement plan ({detail})", fix) from None
 
     def to_json(self, path: str | Path) -> None:
         """Write the plan as JSON (atomically)."""
@@ -181,17 +187,16 @@ class PlacementPlan:
     @classmethod
     def from_json(cls, path: str | Path) -> PlacementPlan:
         """Read a plan written by `to_json`."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise MoesimError(f"cannot read plan {path}: {exc}", "give a JSON file written by 'moesim place'") from None
-        return cls.from_dict(d, str(path))
+        fix = "give a plan JSON written by 'moesim place' (plan_<method>.json)"
+        d = inputs.read_json(path, "a placement plan JSON", fix)
+        return cls.from_dict(inputs.expect_mapping(d, path, fix), str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write ``text`` to ``path`` whole or not at all (`model.outputs.write_text`: temporary name, fsync, rename).
+
+    An `OSError` (a read-only folder, a full disk) becomes one `MoesimError` line naming ``path``.
+    """
+    from model.outputs import write_text
+
+    write_text(path, text)

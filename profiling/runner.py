@@ -5,7 +5,10 @@ The run writes, under ``--out``: one parquet table per op kind
 `profiling.tables`), each carrying the run's metadata, and
 ``hardware.yaml``: the device's `HardwareSpec` (for the CPU, the peak FLOP/s
 and memory bandwidth measured by a probe; for a known GPU, its datasheet
-entry). Tables are written only when the run completes, each atomically.
+entry). Tables are written only when the run completes, each whole, added to
+what the folder holds: an existing ``--out`` must be new, empty or a folder of
+moesim tables (or ``--force``), and a file moesim did not write is never
+overwritten without ``--force`` (`profiling.tables.write_table_folder`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import yaml
 from model.errors import HardwareError, MoesimError
 from model.hardware import HardwareSpec, NodeSpec, list_gpus, local_cpu
 from profiling import grids
-from profiling.tables import write_table
+from profiling.tables import check_table_folder, table_writer, write_table_folder
 
 #: ``--ops`` names and the table kinds they fill.
 OP_GROUPS = {
@@ -166,6 +169,7 @@ def profile(
     ops: list[str] | None = None,
     dtypes: list[str] | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> ProfileRun:
     """Time every grid point of ``ops`` on ``device`` and write the tables under ``out``.
 
@@ -178,6 +182,8 @@ def profile(
         dtypes: dtypes to time; default fp32 on the CPU (this CPU has no
             16-bit matrix hardware), bf16 on CUDA.
         progress: called as progress(done, total, label) after each point.
+        force: write into an existing folder moesim did not write, over files of the same names
+            (`profiling.tables.write_table_folder`; other files are never touched).
     """
     check_device(device)
     import torch
@@ -195,7 +201,7 @@ def profile(
             raise MoesimError(f"cannot profile dtype '{dt}' on {device}", "use fp32, fp16 or bf16 (fp8 on CUDA only)")
     started = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_table_folder(out, "profile", force, ("hardware.yaml",))  # before minutes of timing, not after
     passes = PASSES[mode]
     budget = 0.05 if mode == "quick" else 0.2
     # the first pass warms every shape up; later visits are timed straight away (their cold first call,
@@ -257,14 +263,16 @@ def profile(
         "device_key": hardware.key,
         "hardware": hardware.model_dump(),
     }
-    written: dict[str, Path] = {}
+    files: dict[str, Callable[[str], None]] = {}
     for kind, kind_rows in rows.items():
         df = pd.DataFrame(kind_rows)
         if kind != "grouped_gemm":
             df = df.drop(columns=["skew_set"], errors="ignore")
-        written[kind] = write_table(df, out / f"{kind}.parquet", meta)
-    hw = hardware.model_dump(exclude={"key"})
-    (out / "hardware.yaml").write_text(yaml.safe_dump({hardware.key: hw}, sort_keys=False))
+        files[f"{kind}.parquet"] = table_writer(df, meta, str(out / f"{kind}.parquet"))
+    hw_text = yaml.safe_dump({hardware.key: hardware.model_dump(exclude={"key"})}, sort_keys=False)
+    files["hardware.yaml"] = lambda tmp: Path(tmp).write_text(hw_text, encoding="utf-8")
+    paths = write_table_folder(out, "profile", files, force)  # adds to a folder of tables; never deletes
+    written = {kind: paths[f"{kind}.parquet"] for kind in rows}
     return ProfileRun(
         out, written, {k: len(v) for k, v in rows.items()}, hardware, skipped, time.perf_counter() - started, meta
     )

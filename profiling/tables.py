@@ -45,15 +45,20 @@ under ``moesim`` as JSON (`read_table`, `write_table`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
+from model import inputs
 from model.errors import MoesimError
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
@@ -114,23 +119,148 @@ def check_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def write_table(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``df`` to ``path`` (parquet) with ``meta`` as JSON metadata, atomically."""
-    path = Path(path)
-    check_table(df, str(path))
+def table_writer(df: pd.DataFrame, meta: dict[str, Any], where: str) -> Callable[[str], None]:
+    """Check ``df`` (`check_table`, naming ``where``) now; returns ``write(path)``, which writes it as parquet
+    with ``meta`` as JSON metadata (for `model.outputs.write_file` or `write_table_folder`)."""
+    check_table(df, where)
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     merged = {**(table.schema.metadata or {}), META_KEY: json.dumps(meta, default=str).encode()}
     table = table.replace_schema_metadata(merged)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return lambda tmp: pq.write_table(table, tmp)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``df`` to ``path`` (parquet) with ``meta`` as JSON metadata, whole or not at all."""
+    from model.outputs import write_file
+
+    return write_file(path, table_writer(df, meta, str(path)))
+
+
+# --- folders of tables (``moesim profile`` and ``moesim import`` write them) ---------------------------------------
+#: The commands whose outputs are folders of tables; each may add tables to a folder the other wrote.
+TABLE_COMMANDS = ("profile", "import")
+#: The columns of ``unmapped.csv`` (``moesim import`` of a trace).
+UNMAPPED_COLUMNS = ("name", "count", "total_s", "reason")
+
+
+def owned_table_file(path: Path) -> bool:
+    """Whether moesim wrote ``path``, a file in a folder of tables: a parquet with moesim metadata (a table or a
+    calibration), a ``hardware.yaml`` holding one device spec, an ``unmapped.csv`` with its header."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        if path.suffix == ".parquet":  # a table (`META_KEY`) or a calibration (`profiling.calibrate.save`)
+            return bool({META_KEY, b"moesim_calibration"} & set(pq.read_schema(path).metadata or {}))
+        if path.name == "hardware.yaml":
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return (
+                isinstance(d, dict)
+                and len(d) == 1
+                and all(isinstance(v, dict) and "peak_flops" in v for v in d.values())
+            )
+        if path.name == "unmapped.csv":
+            with open(path, encoding="utf-8") as f:
+                return f.readline().strip() == ",".join(UNMAPPED_COLUMNS)
+    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError, pa.ArrowException):
+        return False
+    return False
+
+
+def is_table_folder(folder: Path) -> bool:
+    """Whether ``folder`` was written by an older ``moesim profile``/``import`` (before output markers): every
+    entry is a file moesim writes there (`owned_table_file`) or an older moesim's ``.NAME.tmp``."""
+    try:
+        entries = list(folder.iterdir())
+        return bool(entries) and all(
+            (e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file()) or owned_table_file(e) for e in entries
+        )
+    except OSError:
+        return False
+
+
+def check_table_folder(out: str | Path, command: str, force: bool = False, names: tuple[str, ...] = ()) -> None:
+    """Raise `MoesimError` unless ``command`` (``profile`` or ``import``) may add tables to ``out``.
+
+    ``out`` may be absent, empty, an earlier output of ``profile``/``import`` (its marker, or only their files),
+    or with ``force`` any folder but a dangerous one (`model.outputs.dangerous`); of the files ``names`` to be
+    written there, one that exists must be moesim's (`owned_table_file`) unless ``force``. Checked before the
+    work, so a long profile never ends in a refusal; `write_table_folder` checks again.
+    """
+    from model.outputs import check_replaceable, marker_command
+
+    out = Path(out)
+    wrote = marker_command(out) if out.is_dir() and not out.is_symlink() else None
+    check_replaceable(out, wrote if wrote in TABLE_COMMANDS else command, force, legacy=is_table_folder)
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise MoesimError(f"--out {out}: {probe} is a file, not a folder", "give --out a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MoesimError(f"cannot write {out}: permission denied (read-only)", "choose a writable path for --out")
+    for name in () if force else names:
+        p = out / name
+        if p.is_symlink() or (p.exists() and not owned_table_file(p)):
+            raise MoesimError(
+                f"--out {out} holds {name}, which moesim did not write; refusing to overwrite it",
+                "give --out a new folder, or add --force to overwrite it",
+            )
+
+
+def write_table_folder(
+    out: str | Path, command: str, files: dict[str, Callable[[str], None]], force: bool = False
+) -> dict[str, Path]:
+    """Write ``files`` (name -> ``write(tmp_path)``) into the folder ``out``, adding to what is there.
+
+    Nothing is deleted: a file of the same name is replaced only when moesim wrote it (`owned_table_file`) or
+    with ``force``; the others stay. Each file is written whole (`model.outputs.write_file`); if one fails, the
+    files this call created are removed again (and ``out``, when this call created it), so an error leaves no
+    new file behind. A new or empty folder gets moesim's output marker (`model.outputs.MARKER`).
+
+    Returns:
+        name -> the path written.
+    """
+    from model.outputs import MARKER, write_file, write_text
+
+    out = Path(out)
+    check_table_folder(out, command, force, tuple(files))
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    fresh = not out.exists() or not any(out.iterdir())
+    existed = {name for name in files if (out / name).exists()}
+    written: dict[str, Path] = {}
+    try:
+        for name, write in files.items():
+            written[name] = write_file(out / name, write)
+        if fresh:
+            write_text(out / MARKER, json.dumps({"command": command, "pid": os.getpid(), "time": time.time()}))
+    except BaseException:
+        for name, p in written.items():
+            if name not in existed:
+                p.unlink(missing_ok=True)
+        if fresh:
+            (out / MARKER).unlink(missing_ok=True)
+        for p in created:  # innermost first; only folders this call made, and only while empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+    return written
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The moesim metadata of a table file ({} when it has none)."""
     raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    where = f"{path} (its moesim metadata)"
+    return inputs.expect_mapping(inputs.parse_json(raw, where), where, "give a table moesim wrote or imported")
+
+
+def check_parquet(path: str | Path, what: str, hint: str) -> None:
+    """`TableError` naming ``path`` unless it is a file that starts as a parquet file does (`model.inputs`: a
+    folder, an empty file, text or another binary format is refused before pyarrow reads it)."""
+    try:
+        head = inputs.read_bytes(path, what, hint, limit=4)
+        inputs.check_magic(head, ".parquet", path, hint, noun="a readable parquet table")
+    except MoesimError as exc:
+        raise TableError(exc.message, exc.hint) from None
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -138,6 +268,7 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file", "give a .parquet table or a folder of them")
+    check_parquet(path, "a kernel table", "give a table moesim wrote or imported")
     try:
         df = pd.read_parquet(path)
         meta = read_meta(path)

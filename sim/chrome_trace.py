@@ -24,11 +24,9 @@ keep the true seconds. KV-cache transfers (prefill → decode under disaggregati
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +167,55 @@ def _kv_events(kv: pd.DataFrame, gpus: dict[int, int]) -> tuple[list[dict], dict
     return events, lanes_used
 
 
-def _write_atomic(doc: dict, path: Path) -> None:
-    """Write ``doc`` as compact JSON to ``path`` through a temp file in the same directory and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # one-shot dumps uses the C encoder
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+#: What every moesim trace holds near its end (``otherData``, written compactly after ``traceEvents``).
+_GENERATOR = b'"otherData":{"generator":"moesim'
+
+
+def is_moesim_trace(path: Path) -> bool:
+    """Whether ``path`` is a Chrome trace moesim wrote (its ``otherData.generator`` starts with ``moesim``).
+
+    Reads the first and the last 64 KiB only, so a large file costs nothing to check.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read()
+    except OSError:
+        return False
+    return head.startswith(b'{"traceEvents":') and _GENERATOR in tail
+
+
+def check_trace_path(path: str | Path, force: bool = False) -> None:
+    """Raise `MoesimError` before any work when ``--trace path`` could not be written.
+
+    A folder is refused; an existing file is replaced only when moesim wrote it, or with ``force``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MoesimError(f"--trace {path} is a folder", "give --trace a file path, e.g. runs/trace.json")
+    if path.exists() and not force and not is_moesim_trace(path):
+        raise MoesimError(
+            f"--trace {path} exists and was not written by moesim; refusing to overwrite it",
+            "give --trace a new file name, or add --force",
+        )
+
+
+def _write_atomic(doc: dict, path: Path, force: bool = False) -> None:
+    """Write ``doc`` as compact JSON to ``path`` through `model.outputs.write_file` (temp file, fsync, rename).
+
+    An existing file is replaced only when it is a moesim trace (`is_moesim_trace`), or with ``force``.
+    """
+    from model.outputs import write_file
+
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # one-shot dumps uses the C encoder
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    write_file(path, write, owned=is_moesim_trace, force=force, flag="--trace")
 
 
 def write_chrome_trace(
@@ -194,6 +225,7 @@ def write_chrome_trace(
     gpus_per_replica: dict[int, int] | int,
     kv_transfers: pd.DataFrame | None = None,
     max_steps: int = 20000,
+    force: bool = False,
 ) -> dict[str, int | bool]:
     """Write the steps (and KV transfers) of a simulated run as a Chrome trace JSON file.
 
@@ -210,6 +242,7 @@ def write_chrome_trace(
         kv_transfers: prefill → decode KV transfers (``request_id``, ``src_replica``, ``dst_replica``,
             ``start_s``, ``duration_s``, s, ``bytes``), or None / empty.
         max_steps: most steps written (≥ 0).
+        force: replace an existing ``path`` even when moesim did not write it (else refused).
 
     Returns:
         ``events`` (trace events written, metadata included), ``steps_written``, ``steps_total``,
@@ -255,5 +288,5 @@ def write_chrome_trace(
         "kv_transfers_written": len(kv),
     }
     doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim", **summary}}
-    _write_atomic(doc, Path(path))
+    _write_atomic(doc, Path(path), force)
     return summary

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,16 +157,29 @@ def clean_json(summary: dict[str, Any]) -> str:
     return json.dumps(fix(summary), default=_json_default)
 
 
-def write_outputs(res: ServeResult, out: str | Path, plots: bool = True) -> list[Path]:
+#: What `write_outputs` writes; a folder holding only these (and summary.json) is an earlier output.
+OUTPUT_FILES = frozenset(
+    {"summary.json", "requests.parquet", "steps.parquet", "kv_transfers.parquet", "latency_cdf.png", "timeline.png"}
+)
+
+
+def is_output(folder: Path) -> bool:
+    """Whether ``folder`` looks like a `write_outputs` folder written before moesim marked its outputs."""
+    names = {p.name for p in folder.iterdir()}
+    return "summary.json" in names and names <= OUTPUT_FILES
+
+
+def write_outputs(res: ServeResult, out: str | Path, plots: bool = True, force: bool = False) -> list[Path]:
     """Write ``summary.json``, ``requests.parquet``, ``steps.parquet`` and the plots into ``out``.
 
-    Everything is written into a temporary folder beside ``out`` first and
-    moved into place at the end, so a failure leaves no partial folder.
+    Through `model.outputs.output_dir`: an existing ``out`` is replaced only when it is an earlier
+    ``moesim simulate`` output (or empty, or ``force``; never a dangerous folder), and everything is written
+    into a temporary folder beside ``out`` first and moved into place at the end, so a failure leaves nothing.
     """
+    from model.outputs import output_dir
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with output_dir(out, "simulate", force=force, legacy=is_output) as tmp:
         files = [tmp / "summary.json"]
         (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
         if not res.requests.empty:
@@ -181,10 +192,4 @@ def write_outputs(res: ServeResult, out: str | Path, plots: bool = True) -> list
                 from sim.plots import write_plots
 
                 files += write_plots(res.requests, res.itl, res.steps, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / f.name for f in files]

@@ -17,12 +17,22 @@ When every point is done, ``results.parquet`` (all rows, with accuracy
 scores), the post-processing (`sim.sweep_report`: CAP table, Pareto front,
 cheapest configuration for a throughput target, plots) and ``summary.json``
 are written into ``OUT``.
+
+``OUT`` is a sweep's own folder (`model.outputs.MARKER` marks it): a new sweep
+goes only into a new or empty folder, or into an earlier sweep's folder
+(resumed; ``fresh`` discards it first); any other folder is refused unless
+``force``, and a dangerous one (``/``, the home or working folder, a ``.git``)
+always. ``OUT/.lock`` holds the running sweep's pid, so a second sweep into
+the same folder refuses while the first runs. Local workers exit when the
+sweep's process goes, even after ``kill -9``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from model import outputs
 from model.errors import MoesimError
 from sim.serve import clean_json
 from sim.sweep_eval import evaluate_task
@@ -39,6 +50,8 @@ from sim.sweep_report import write_atomic
 from sim.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
 
 Progress = Callable[[int, int, str], None]
+#: The lock file in a sweep's folder while a sweep runs into it (holds the pid).
+LOCK = ".lock"
 #: Points per task for the analytical engine (the rates of one configuration go together).
 ANALYTICAL_CHUNK = 64
 
@@ -92,14 +105,117 @@ def read_shards(out: Path) -> pd.DataFrame:
 
 def _write_shard(out: Path, rows: list[dict[str, Any]]) -> Path:
     d = out / "shards"
-    d.mkdir(parents=True, exist_ok=True)
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.parquet"
     tmp = d / f".{name}.tmp"
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, d / name)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o666 & ~outputs.umask())
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, d / name)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise outputs.write_error(d / name, exc) from None
     return d / name
+
+
+def is_sweep_output(folder: Path) -> bool:
+    """Whether ``folder`` holds a sweep written before moesim marked its outputs (``manifest.json`` or shards),
+    or only what a sweep killed while claiming it leaves (its lock, a temporary marker file)."""
+    if (folder / "manifest.json").is_file() or (folder / "shards").is_dir():
+        return True
+    names = [p.name for p in folder.iterdir()]
+    return bool(names) and all(n == LOCK or n.startswith(f".{outputs.MARKER}{outputs._TAG}") for n in names)
+
+
+def _lock_owner(out: Path) -> int | None:
+    """The pid in ``out/.lock`` when that process is alive (a stale or unreadable lock: None)."""
+    try:
+        pid = int((out / LOCK).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, someone else's
+        return pid
+    return pid
+
+
+def _refuse_locked(out: Path) -> None:
+    pid = _lock_owner(out)
+    if pid is not None:
+        raise MoesimError(
+            f"another moesim sweep (pid {pid}) is running into --out {out}",
+            f"wait for it to finish, stop it (kill {pid}), or give another --out folder",
+        )
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` a sweep may not write into (no side effects; see the module docstring)."""
+    outputs.check_replaceable(out, "sweep", force, legacy=is_sweep_output)
+    if out.is_dir():
+        _refuse_locked(out)
+
+
+def _claim_out(out: Path, fresh: bool) -> Path:
+    """Make ``out`` this sweep's folder: discard what may go, create it, mark it, lock it; returns the lock file.
+
+    Call `_check_out` first. An earlier sweep's folder is kept (resumed) unless ``fresh``; anything else
+    that passed the check (an empty folder, or a folder replaced with ``force``) is discarded.
+    """
+    if out.is_dir():
+        _refuse_locked(out)  # again: one may have started since `_check_out`
+        wrote = outputs.marker_command(out)
+        ours = wrote == "sweep" or (wrote is None and is_sweep_output(out))
+        if any(out.iterdir()) and (fresh or not ours):
+            _discard(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise outputs.write_error(out, exc) from None
+    if outputs.marker_command(out) != "sweep":
+        info = {"command": "sweep", "pid": os.getpid(), "time": time.time()}
+        outputs.write_text(out / outputs.MARKER, json.dumps(info))
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~outputs.umask())
+        except FileExistsError:
+            _refuse_locked(out)
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        except OSError as exc:
+            raise outputs.write_error(lock, exc) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            lock.unlink(missing_ok=True)
+            raise outputs.write_error(lock, exc) from None
+        return lock
+    raise MoesimError(f"cannot lock --out {out} ({lock} keeps reappearing)", "give another --out folder")
+
+
+def _release(lock: Path) -> None:
+    """Remove ``lock`` when it is still this process's."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(lock.read_text().strip()) == os.getpid():
+            lock.unlink()
+
+
+def _discard(out: Path) -> None:
+    """Remove ``out``: renamed aside first (a leftover name the next run removes), so it goes at once."""
+    aside = out.parent / f".{out.name}{outputs._TAG}{os.getpid()}.old"
+    try:
+        os.rename(out, aside)
+    except OSError as exc:
+        raise outputs.write_error(out, exc) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _manifest(out: Path, spec: SweepSpec, exp: Expansion, resume: bool) -> None:
@@ -119,13 +235,30 @@ def _manifest(out: Path, spec: SweepSpec, exp: Expansion, resume: bool) -> None:
         return
     if not resume and (out / "shards").is_dir() and any((out / "shards").iterdir()):
         raise MoesimError(f"{out}/shards holds results without a manifest", "give a new --out folder or --fresh")
-    out.mkdir(parents=True, exist_ok=True)
     info = {"name": spec.name, "spec_hash": h, "points": len(exp.points), "spec": spec.model_dump()}
     write_atomic(m, lambda p: Path(p).write_text(json.dumps(info, indent=1, default=str) + "\n"))
 
 
+def _exit_with_parent(parent: int, poll_s: float = 0.25) -> None:
+    """Worker initializer: end this process as soon as ``parent`` (the sweep's process) is gone.
+
+    A daemon thread compares `os.getppid` with ``parent`` every ``poll_s`` seconds (portable; a ``kill -9`` of
+    the parent cannot run any clean-up of its own, and the pool's queues do not tell idle workers).
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="moesim-parent-watch", daemon=True).start()
+
+
 class _Local:
-    """A process pool (spawned workers), or the calling process itself for one worker."""
+    """A process pool (spawned workers that exit with this process), or the calling process itself for one worker."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -134,7 +267,9 @@ class _Local:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
 
     def run(self, tasks: list[list[Point]], spec: SweepSpec):
         if self.pool is None:
@@ -172,7 +307,7 @@ class _Dask:
             raise MoesimError("--dask needs dask.distributed", "pip install 'moesim[dask]'") from None
         try:
             self.client = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an address distributed cannot parse
             reason = " ".join(str(exc).split())[:120] or type(exc).__name__
             raise MoesimError(
                 f"cannot reach the Dask scheduler at {address}: {reason}",
@@ -206,6 +341,7 @@ def run_sweep(
     progress: Progress | None = None,
     post: bool = True,
     dask_timeout_s: float = 10.0,
+    force: bool = False,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out``; see the module docstring.
 
@@ -214,11 +350,12 @@ def run_sweep(
         out: the results folder.
         workers: local processes (1: this process).
         dask: a Dask scheduler address; the sweep runs there instead.
-        fresh: discard results already in ``out``.
+        fresh: discard results already in ``out`` (an earlier sweep's folder only, unless ``force``).
         flush_s: seconds between shard writes at most.
         progress: called with (points done, points, label).
         post: write results.parquet, the CAP table, the Pareto front and the plots at the end.
         dask_timeout_s: how long to try reaching the Dask scheduler, s.
+        force: write into (replacing) an existing folder that is not a sweep's; never a dangerous one.
     """
     if workers < 1:
         raise MoesimError(f"--workers must be >= 1, got {workers}", "give 1 or more")
@@ -226,12 +363,35 @@ def run_sweep(
     spec = read_sweep(sweep) if not isinstance(sweep, SweepSpec) else sweep
     exp = expand(spec)
     out = Path(out)
+    _check_out(out, force)
     cluster = _Dask(dask, dask_timeout_s) if dask else None  # reach the scheduler before writing anything
     try:
-        if fresh and out.exists():
-            import shutil
+        lock = _claim_out(out, fresh)
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
+    try:
+        return _run_locked(spec, exp, out, cluster, workers, dask, fresh, flush_s, progress, post, t0)
+    finally:
+        _release(lock)
 
-            shutil.rmtree(out)
+
+def _run_locked(
+    spec: SweepSpec,
+    exp: Expansion,
+    out: Path,
+    cluster: _Dask | None,
+    workers: int,
+    dask: str | None,
+    fresh: bool,
+    flush_s: float,
+    progress: Progress | None,
+    post: bool,
+    t0: float,
+) -> SweepResult:
+    """`run_sweep` once ``out`` is claimed and locked (``t0``: its start, `time.perf_counter` seconds)."""
+    try:
         _manifest(out, spec, exp, resume=not fresh)
         have = read_shards(out)
     except BaseException:
@@ -260,10 +420,12 @@ def run_sweep(
                 shards += 1
                 buffer, last = [], time.perf_counter()
     finally:
-        if buffer:  # what finished before an interrupt is kept
-            _write_shard(out, buffer)
-            shards += 1
-        runner.close()
+        try:
+            if buffer:  # what finished before an interrupt is kept
+                _write_shard(out, buffer)
+                shards += 1
+        finally:
+            runner.close()
     run_s = time.perf_counter() - t_run
     df = read_shards(out)
     ids = set(order := {p.point_id: i for i, p in enumerate(exp.points)})

@@ -26,11 +26,8 @@ written to a temporary name beside its target and moved into place with `os.repl
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,18 +180,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path`` with `os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path``.
+
+    A file inside a sweep's own folder: `model.outputs.write_file` (fsync, the umask's permissions, an
+    `OSError` as one `MoesimError` line) with no ownership check.
+    """
+    from model.outputs import write_file
+
+    return write_file(path, write)
 
 
 # --------------------------------------------------------------------------------------------------------------

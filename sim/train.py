@@ -33,8 +33,6 @@ and per-micro-batch variation of routing.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,14 +392,27 @@ def run(
     return simulate_training(setup, cost_model)
 
 
-def write_outputs(res: TrainResult, out: str | Path, plots: bool = True) -> list[Path]:
-    """Write ``summary.json``, ``tasks.parquet``, ``memory.csv`` and plots into ``out`` (all or nothing)."""
+#: What `write_outputs` writes; a folder holding only these (and summary.json) is an earlier output.
+OUTPUT_FILES = frozenset({"summary.json", "tasks.parquet", "memory.csv", "schedule.png", "breakdown.png"})
+
+
+def is_output(folder: Path) -> bool:
+    """Whether ``folder`` looks like a `write_outputs` folder written before moesim marked its outputs."""
+    names = {p.name for p in folder.iterdir()}
+    return "summary.json" in names and names <= OUTPUT_FILES
+
+
+def write_outputs(res: TrainResult, out: str | Path, plots: bool = True, force: bool = False) -> list[Path]:
+    """Write ``summary.json``, ``tasks.parquet``, ``memory.csv`` and plots into ``out`` (all or nothing).
+
+    Through `model.outputs.output_dir`: an existing ``out`` is replaced only when it is an earlier
+    ``moesim train`` output (or empty, or ``force``; never a dangerous folder).
+    """
+    from model.outputs import output_dir
     from sim.serve import clean_json
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with output_dir(out, "train", force=force, legacy=is_output) as tmp:
         (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
         res.tasks.to_parquet(tmp / "tasks.parquet", index=False)
         res.memory.to_csv(tmp / "memory.csv", index=False)
@@ -410,10 +421,4 @@ def write_outputs(res: TrainResult, out: str | Path, plots: bool = True) -> list
             from sim.train_plots import write_train_plots
 
             files += write_train_plots(res, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / f.name for f in files]

@@ -88,13 +88,13 @@ def write_train_plots(res: TrainResult, out: Path) -> list[Path]:
     return files
 
 
-def write_train_trace(res: TrainResult, path: str | Path) -> dict[str, int]:
+def write_train_trace(res: TrainResult, path: str | Path, force: bool = False) -> dict[str, int]:
     """Write the simulated steps as a Chrome trace: one thread per pipeline rank, one for its data-parallel link.
 
     Each task is a slice (``F mb3 s5``) whose args hold the seconds of its
     parts; data-parallel collectives (gradient reductions, parameter
     gathers) and the optimizer are slices on the rank's ``DP link`` thread.
-    Written atomically.
+    Written atomically; an existing ``path`` is replaced only when moesim wrote it, or with ``force``.
     """
     events: list[dict] = []
     pid = 1
@@ -128,5 +128,5 @@ def write_train_trace(res: TrainResult, path: str | Path) -> dict[str, int]:
                      "ts": us(s.end_s - opt), "dur": us(opt)}
                 )  # fmt: skip
     doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim train"}}
-    _write_atomic(doc, Path(path))
+    _write_atomic(doc, Path(path), force)
     return {"events": len(events), "tasks": len(res.tasks)}

@@ -159,7 +159,7 @@ def test_demo_never_replaces_a_folder_that_is_not_a_report(capsys, tmp_path):
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     code, _, err = run(capsys, "demo", "--out", str(precious), "--no-profile")
-    assert code == 1 and "not a moesim report" in err
+    assert code == 1 and "refusing to replace it" in err and "--force" in err
     assert (precious / "notes.txt").read_text() == "keep me"
     code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "report"))
     assert code == 0 and (tmp_path / "report" / "profile" / "calibration.parquet").is_file()

@@ -322,7 +322,8 @@ def test_chrome_trace_truncates(tmp_path: Path):
 
 def test_chrome_trace_write_is_atomic(tmp_path: Path, monkeypatch):
     path = tmp_path / "trace.json"
-    path.write_text("previous")
+    previous = '{"traceEvents":[],"displayTimeUnit":"ms","otherData":{"generator":"moesim"}}'
+    path.write_text(previous)  # an earlier moesim trace: replaced, but only whole
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -330,7 +331,7 @@ def test_chrome_trace_write_is_atomic(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(chrome_trace.os, "chmod", boom)  # fails after the temp file is written, before the replace
     with pytest.raises(RuntimeError):
         write_chrome_trace(make_steps(), path, gpus_per_replica=1)
-    assert path.read_text() == "previous"
+    assert path.read_text() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["trace.json"]
 
 

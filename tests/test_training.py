@@ -257,7 +257,7 @@ def test_cli_json_out_and_trace(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert key in s
     assert s["gpu_hours_per_btok"] == pytest.approx(s["gpus"] * s["step_s"] / 3600 / s["tokens_per_step"] * 1e9)
     assert sorted(p.name for p in out.iterdir()) == [
-        "breakdown.png", "memory.csv", "schedule.png", "summary.json", "tasks.parquet"
+        ".moesim-output", "breakdown.png", "memory.csv", "schedule.png", "summary.json", "tasks.parquet"
     ]  # fmt: skip
     doc = json.loads(trace.read_text())
     names = {e["name"] for e in doc["traceEvents"] if e["ph"] == "X"}

@@ -25,6 +25,15 @@ def demo(
     cost_model: Annotated[
         Path | None, typer.Option("--cost-model", help="Time the cluster's ops with this calibration file.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --out folder that moesim did not write (without it, only an earlier "
+            "'moesim demo' report is replaced). Still refuses /, the home folder, the working folder and folders "
+            "holding a .git.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Profile this machine briefly and calibrate; estimate a preset MoE model on a preset cluster; write a report.
@@ -38,6 +47,7 @@ def demo(
         progress=lambda s: err.print(f"[dim]demo:[/dim] {s}"),
         profile_here=profile_here,
         cost_model=load_cost_model(cost_model),
+        force=force,
     )
     if json_out:
         emit_json(summary)

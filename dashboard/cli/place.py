@@ -9,8 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, out
+from dashboard.cli._common import emit_json, err, finite, out
 from model.errors import MoesimError
+from model.limits import MAX_EXPERTS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_SECONDS, MAX_SEED
+
+#: Most tokens in a synthetic routing trace (--tokens); the trace holds [tokens, top_k] per MoE layer.
+MAX_TRACE_TOKENS = 1_000_000
+#: Most ILP worker processes (--workers).
+MAX_WORKERS = 1024
+#: Most branch-and-bound nodes per ILP solve (--work-limit; HiGHS' mip_max_nodes is a 32-bit integer).
+MAX_WORK_LIMIT = 2**31 - 1
 
 
 def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, seed: int) -> tuple[Any, Any]:
@@ -45,6 +53,30 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
     return st, spec
 
 
+def is_place_output(folder: Path) -> bool:
+    """Whether ``folder`` was written by an older ``moesim place`` (before output markers): only its file names."""
+    from placement.exporters import FILES
+
+    exports = {n for names in FILES.values() for n in names}
+    try:
+        entries = list(folder.iterdir())
+        if not (folder / "summary.json").is_file():
+            return False
+        for e in entries:
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file():
+                continue  # an older moesim's temporary file
+            if e.name == "export" and e.is_dir() and not e.is_symlink():
+                if not all(x.is_file() and (x.name in exports or x.name.endswith(".tmp")) for x in e.iterdir()):
+                    return False
+            elif not (
+                e.is_file() and (e.name == "summary.json" or (e.name.startswith("plan_") and e.suffix == ".json"))
+            ):
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def place(
     stats: Annotated[
         str,
@@ -53,15 +85,25 @@ def place(
             "'synthetic' (power-law loads for --model)."
         ),
     ],
-    gpus: Annotated[int, typer.Option(help="GPUs holding experts (the expert-parallel size).")],
-    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node.")] = 8,
+    gpus: Annotated[int, typer.Option(min=1, max=MAX_GPUS, help="GPUs holding experts (the expert-parallel size).")],
+    gpus_per_node: Annotated[int, typer.Option(min=1, max=MAX_GPUS_PER_NODE, help="GPUs per node.")] = 8,
     redundant: Annotated[
-        int, typer.Option(help="Redundant expert slots per layer (experts + redundant must be a multiple of --gpus).")
+        int,
+        typer.Option(
+            min=0,
+            max=MAX_EXPERTS,
+            help="Redundant expert slots per layer (experts + redundant must be a multiple of --gpus).",
+        ),
     ] = 0,
     method: Annotated[str, typer.Option(help="ilp, eplb, round-robin, or all.")] = "all",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the plans, comparison and exports.")] = Path(
-        "placement"
-    ),
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for the plans, comparison and exports (default moesim-placement: not 'placement', the name "
+            "of moesim's own package folder).",
+        ),
+    ] = Path("moesim-placement"),
     model: Annotated[
         str | None,
         typer.Option(
@@ -75,37 +117,95 @@ def place(
             help="Comma-separated engine formats for the best plan: sglang,eplb,vllm,vllm-ascend,trtllm (or all)."
         ),
     ] = "",
-    time_limit: Annotated[float, typer.Option(help="ILP wall-time budget in seconds, all layers.")] = 60.0,
-    mip_gap: Annotated[float, typer.Option(help="ILP relative MIP gap to stop at.")] = 1e-4,
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            callback=finite("--time-limit", 0.0, MAX_SECONDS, lo_open=True),
+            help="ILP wall-clock cap in seconds, all layers: a safety cap, not the search's budget. A solve it stops "
+            "reports status 'time limit' (reproducible: false), and its plan may differ from run to run and machine "
+            "to machine; give a larger cap or a smaller --work-limit for a reproducible plan.",
+        ),
+    ] = 60.0,
+    work_limit: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_WORK_LIMIT,
+            help="ILP branch-and-bound nodes per MIP solve (HiGHS' mip_max_nodes, CBC's maxNodes): the search's "
+            "deterministic cut-off (status 'work limit'). The same inputs, --work-limit and --seed give the same plan "
+            "on any machine and any --workers, as long as --time-limit does not stop a solve first.",
+        ),
+    ] = 500,
+    mip_gap: Annotated[
+        float,
+        typer.Option(callback=finite("--mip-gap", 0.0, 1.0, hi_open=True), help="ILP relative MIP gap to stop at."),
+    ] = 1e-4,
     traffic_weight: Annotated[
-        float, typer.Option(help="ILP weight of one remote node per token, in units of busiest/mean load.")
+        float,
+        typer.Option(
+            callback=finite("--traffic-weight", 0.0, 1e6),
+            help="ILP weight of one remote node per token, in units of busiest/mean load.",
+        ),
     ] = 0.05,
-    migration_weight: Annotated[float, typer.Option(help="ILP weight of one expert copy moved from --current.")] = 0.0,
+    migration_weight: Annotated[
+        float,
+        typer.Option(
+            callback=finite("--migration-weight", 0.0, 1e6), help="ILP weight of one expert copy moved from --current."
+        ),
+    ] = 0.0,
     current: Annotated[
         Path | None, typer.Option(help="The plan in place now (a plan JSON from moesim place), for migration cost.")
     ] = None,
-    groups: Annotated[int, typer.Option(help="Expert groups for EPLB (default: the model's n_group, else 1).")] = 0,
+    groups: Annotated[
+        int, typer.Option(min=0, max=MAX_EXPERTS, help="Expert groups for EPLB (default: the model's n_group, else 1).")
+    ] = 0,
     solver: Annotated[str, typer.Option(help="highs (highspy) or cbc.")] = "highs",
-    workers: Annotated[int, typer.Option(help="ILP processes (0: one per CPU core).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, max=MAX_WORKERS, help="ILP processes (0: one per CPU core).")] = 0,
     fmt: Annotated[
         str, typer.Option("--format", help="Stats format (auto, sglang, vllm, megatron, moecap, csv, npz, json).")
     ] = "auto",
-    tokens: Annotated[int, typer.Option(help="Tokens in a synthetic trace.")] = 4096,
-    skew: Annotated[float, typer.Option(help="Power-law exponent of a synthetic trace's expert popularity.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and the ILP's token sample.")] = 0,
+    tokens: Annotated[int, typer.Option(min=1, max=MAX_TRACE_TOKENS, help="Tokens in a synthetic trace.")] = 4096,
+    skew: Annotated[
+        float,
+        typer.Option(
+            callback=finite("--skew", 0.0, 100.0), help="Power-law exponent of a synthetic trace's expert popularity."
+        ),
+    ] = 1.0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            min=0, max=MAX_SEED, help="Seed of the synthetic trace, the ILP's token sample and HiGHS' random_seed."
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as one JSON object on stdout.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --out folder that moesim place did not write (never /, the home folder, "
+            "the working folder or a folder holding .git). Without it such a folder is refused; an earlier "
+            "'moesim place' output is replaced.",
+        ),
+    ] = False,
 ) -> None:
     """Place experts on GPUs with the ILP, DeepSeek's EPLB and round-robin; compare; export for engines.
 
     Example: moesim place --stats synthetic --model deepseek-v3 --gpus 64 --gpus-per-node 8 --redundant 64
     --method all --time-limit 60 --export sglang,trtllm --out runs/placement
+
+    Reproducible: the same inputs give the same plan files on any machine and with any --workers, unless
+    --time-limit stops an ILP solve: then the status says 'time limit' (reproducible: false) and the plan depends
+    on the machine's speed and load. The search stops deterministically at --work-limit nodes per solve; the time
+    limit is only a cap. With --json, stdout is exactly one JSON object (solver output goes to stderr).
     """
+    from model.outputs import check_replaceable, output_dir
     from placement.api import METHODS
     from placement.api import place as run_place
     from placement.exporters import FORMATS, export_plan, launch_flags
     from placement.ilp import IlpOptions
     from placement.plan import PlacementPlan, write_text_atomic
 
+    check_replaceable(out_dir, "place", force, legacy=is_place_output)  # before the solve, not after it
     methods = METHODS if method == "all" else tuple(m.strip() for m in method.split(","))
     formats = FORMATS if export == "all" else tuple(f.strip() for f in export.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS]
@@ -116,12 +216,18 @@ def place(
     if time_limit <= 0 or not 0 <= mip_gap < 1 or traffic_weight < 0 or migration_weight < 0:
         raise MoesimError("time limit must be > 0, MIP gap in [0, 1), weights >= 0", "fix the ILP options")
     st, spec = _stats(stats, model, fmt, tokens, skew, seed)
+    if groups and st.num_experts % groups:
+        raise MoesimError(
+            f"--groups {groups} does not divide the {st.num_experts} experts",
+            "give --groups a divisor of the expert count, or leave it out (the model's n_group)",
+        )
     cur = PlacementPlan.from_json(current) if current else None
     n_group = groups or (spec.moe.n_group if spec else 1)
     moe_ids = [i for i, m in enumerate(spec.moe_layers) if m] if spec else None
     expert_bytes = 3.0 * spec.hidden_size * spec.moe.intermediate_size * 2 if spec else 0.0
     opts = IlpOptions(
         time_limit=time_limit,
+        work_limit=work_limit,
         mip_gap=mip_gap,
         traffic_weight=traffic_weight,
         migration_weight=migration_weight,
@@ -173,16 +279,18 @@ def place(
             if e.metrics["inter_node_sends_per_token"]
             else None,
         }
-    # everything is computed; now write (each file through a temporary name)
+    # everything is computed; now write into a staging folder that replaces --out whole (model.outputs)
     exports: dict[str, Any] = {}
-    for f in formats:
-        files = export_plan(results[best].plan, f, out_dir / "export")
-        exports[f] = {"files": [str(p) for p in files], "flags": launch_flags(results[best].plan, f, files[0])}
-    for m, r in results.items():
-        r.plan.to_json(out_dir / f"plan_{m}.json")
-    summary["exports"] = exports
-    summary["out"] = str(out_dir)
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=float))
+    with output_dir(out_dir, "place", force=force, legacy=is_place_output) as tmp:
+        for f in formats:
+            files = export_plan(results[best].plan, f, tmp / "export", final_dir=out_dir / "export")
+            final = [out_dir / "export" / p.name for p in files]
+            exports[f] = {"files": [str(p) for p in final], "flags": launch_flags(results[best].plan, f, final[0])}
+        for m, r in results.items():
+            r.plan.to_json(tmp / f"plan_{m}.json")
+        summary["exports"] = exports
+        summary["out"] = str(out_dir)
+        write_text_atomic(tmp / "summary.json", json.dumps(summary, indent=1, default=float))
     if as_json:
         emit_json(summary)
         return
@@ -212,7 +320,8 @@ def place(
             f"{x['solve_s']:.2f} s",
             "-" if x.get("gap") is None else f"{x['gap']:.2%}",
             str(x.get("status", ""))
-            + (f", {x['layers_fallback']} layers kept EPLB's" if x.get("layers_fallback") else ""),
+            + (f", {x['layers_fallback']} layers kept EPLB's" if x.get("layers_fallback") else "")
+            + (" (not reproducible)" if x.get("reproducible") is False else ""),
         )
     out.print(t)
     if "ilp_vs_eplb" in summary:

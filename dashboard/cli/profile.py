@@ -12,9 +12,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, out, seconds
+from dashboard.cli._common import emit_json, err, finite, out, seconds
 from dashboard.cli.catalog import HardwareOpt, JsonOpt
 from model import get_gpu
+from model.errors import MoesimError
+from model.limits import MAX_SEED
 
 
 @contextmanager
@@ -80,21 +82,35 @@ def profile(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write into an existing --out folder that moesim did not write, over files of the same names "
+            "(other files are kept; never /, the home folder, the working folder or a folder holding .git). "
+            "Without it such a folder is refused; tables are added to a folder of moesim tables.",
+        ),
+    ] = False,
 ) -> None:
     """Time this device's kernels over shape grids from the preset models; write parquet tables.
 
     Example: moesim profile --device cpu --quick --ops gemm,moe --out profiles/cpu
     """
+    from profiling.runner import OP_GROUPS
     from profiling.runner import profile as run_profile
 
+    op_list = [o.strip() for o in ops.split(",") if o.strip()]
+    if not op_list:
+        raise MoesimError(f"--ops {ops!r} names no op group", f"give --ops some of {','.join(OP_GROUPS)}")
     with progress_bar("profiling", quiet=False) as update:
         run = run_profile(
             device.value,
             out_dir,
             mode="quick" if quick else "full",
-            ops=[o.strip() for o in ops.split(",") if o.strip()],
+            ops=op_list,
             dtypes=[d.strip() for d in dtype.split(",")] if dtype else None,
             progress=update,
+            force=force,
         )
     hw = run.hardware
     summary: dict[str, Any] = {
@@ -143,6 +159,15 @@ def import_tables(
     ] = None,
     hardware: HardwareOpt = None,
     json_out: JsonOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write into an existing --out folder that moesim did not write, over files of the same names "
+            "(other files are kept; never /, the home folder, the working folder or a folder holding .git). "
+            "Without it such a folder is refused; tables are added to a folder of moesim tables.",
+        ),
+    ] = False,
 ) -> None:
     """Convert measurements made elsewhere into moesim tables.
 
@@ -154,9 +179,9 @@ def import_tables(
     if kind == "aiconfigurator":
         from profiling.aiconfigurator import import_aiconfigurator
 
-        summary = import_aiconfigurator(source, out_dir) | {"format": kind}
+        summary = import_aiconfigurator(source, out_dir, force=force) | {"format": kind}
     else:
-        summary = _import_trace(source, out_dir, gpu, hardware)
+        summary = _import_trace(source, out_dir, gpu, hardware, force)
     if json_out:
         emit_json(summary)
         return
@@ -170,33 +195,70 @@ def import_tables(
         )
 
 
-def _import_trace(source: Path, out_dir: Path, gpu: str | None, hardware: Path | None) -> dict[str, Any]:
+def _import_trace(
+    source: Path, out_dir: Path, gpu: str | None, hardware: Path | None, force: bool = False
+) -> dict[str, Any]:
     from profiling.trace_import import import_trace
 
     spec = get_gpu(gpu, hardware) if gpu else None
-    return import_trace(source, out_dir, spec if spec is None or spec.peak_flops else None)
+    return import_trace(source, out_dir, spec if spec is None or spec.peak_flops else None, force=force)
+
+
+def is_report_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a ``--report`` an older ``moesim calibrate`` wrote (before output markers): only
+    ``errors.csv``, ``errors.md`` and ``<kind>.png`` files."""
+    try:
+        names = [e.name for e in folder.iterdir() if e.is_file() and not e.is_symlink()]
+        return (
+            "errors.csv" in names
+            and len(names) == len(list(folder.iterdir()))
+            and all(n in ("errors.csv", "errors.md") or n.endswith(".png") for n in names)
+        )
+    except OSError:
+        return False
 
 
 def calibrate(
     paths: Annotated[list[Path], typer.Argument(help="Table files or folders of them (profiled or imported).")],
     out_file: Annotated[Path, typer.Option("--out", help="The calibration file to write (.parquet).")],
     holdout: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Share of shapes held out to measure the error.")
+        float,
+        typer.Option(callback=finite("--holdout", 0.0, 0.9), help="Share of shapes held out to measure the error."),
     ] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split and the method choice.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the held-out split and the method choice.")
+    ] = 0,
     report: Annotated[
         Path | None, typer.Option(help="Folder for an error table and measured-vs-predicted plots (PNG) per op kind.")
     ] = None,
     kinds: Annotated[str | None, typer.Option(help="Only these op kinds (comma-separated).")] = None,
     json_out: JsonOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite an --out file that is not a moesim calibration, and replace a --report folder that "
+            "moesim calibrate did not write (never /, the home folder, the working folder or a folder holding "
+            ".git). Without it both are refused; an earlier calibration or report is replaced.",
+        ),
+    ] = False,
 ) -> None:
     """Fit a cost model to measured tables; report its error on held-out shapes.
 
     Example: moesim calibrate profiles/h100-aic --out h100.calibration.parquet --holdout 0.2 --report cal-report
     """
+    from model.outputs import check_replaceable, output_dir
     from profiling.calibrate import calibrate as run_calibrate
-    from profiling.calibrate import save
+    from profiling.calibrate import check_out, save
 
+    check_out(out_file, force)  # before the fit, not after it
+    if report is not None:
+        if out_file.resolve().is_relative_to(report.resolve()):
+            raise MoesimError(
+                f"--out {out_file} is inside --report {report}, which is replaced whole",
+                "write the calibration outside the report folder",
+            )
+        check_replaceable(report, "calibrate", force, legacy=is_report_folder, flag="--report")
     started = time.perf_counter()
     with progress_bar("calibrating") as update:
         cal = run_calibrate(
@@ -207,11 +269,14 @@ def calibrate(
             progress=update,
         )
     written: list[str] = []
-    if report is not None:
+    if report is None:
+        save(cal, out_file, force=force)
+    else:  # the report and the calibration appear together or not at all
         from profiling.report import write_report
 
-        written = [str(p) for p in write_report(cal, report)]
-    save(cal, out_file)
+        with output_dir(report, "calibrate", force=force, legacy=is_report_folder, flag="--report") as tmp:
+            written = [str(report / p.relative_to(tmp)) for p in write_report(cal, tmp)]
+            save(cal, out_file, force=force)
     summary = cal.summary() | {
         "out": str(out_file),
         "report": written,

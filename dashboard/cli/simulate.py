@@ -13,6 +13,7 @@ from dashboard.cli._common import emit_json, out, seconds
 from dashboard.cli.profile import progress_bar
 from dashboard.cli.roofline import load_cost_model
 from model import MoesimError
+from model.limits import MAX_SEED
 
 
 class Engine(str, Enum):
@@ -35,17 +36,32 @@ def simulate(
     cost_model: Annotated[
         Path | None, typer.Option(help="A calibration from 'moesim calibrate' (default: the roofline).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Override the scenario's seed.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --out folder or --trace file that moesim did not write (without it, only an "
+            "earlier 'moesim simulate' output is replaced). Still refuses /, the home folder, the working folder "
+            "and folders holding a .git.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Simulate a serving deployment: latency percentiles, throughput, goodput, S-MBU/S-MFU, cost.
 
     Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json
     """
-    from sim.serve import run, write_outputs
+    from model.outputs import check_replaceable
+    from sim.chrome_trace import check_trace_path
+    from sim.serve import is_output, run, write_outputs
 
     if trace and engine is Engine.analytical:
         raise MoesimError("--trace needs the discrete-event engine", "drop --trace or use --engine des")
+    if out_dir:  # refuse before the work, not after it
+        check_replaceable(out_dir, "simulate", force, legacy=is_output)
+    if trace:
+        check_trace_path(trace, force)
     cm = load_cost_model(cost_model)
     with progress_bar("simulating") as update:
         res = run(scenario, engine.value, cost_model=cm, seed=seed, progress=update)
@@ -54,13 +70,17 @@ def simulate(
         from sim.chrome_trace import write_chrome_trace
 
         assert res.sim is not None
-        trace.parent.mkdir(parents=True, exist_ok=True)
         info = write_chrome_trace(
-            res.steps, trace, gpus_per_replica=res.sim.gpus_per_replica, kv_transfers=res.kv_transfers, max_steps=5000
+            res.steps,
+            trace,
+            gpus_per_replica=res.sim.gpus_per_replica,
+            kv_transfers=res.kv_transfers,
+            max_steps=5000,
+            force=force,
         )
         s["trace"] = {"path": str(trace), **info}
     if out_dir:
-        write_outputs(res, out_dir)
+        write_outputs(res, out_dir, force=force)
         s["out"] = str(out_dir)
     if as_json:
         emit_json(s)

@@ -11,18 +11,36 @@ from rich.table import Table
 from dashboard.cli._common import emit_json, err, out, seconds
 from dashboard.cli.profile import progress_bar
 
+#: Most local worker processes (--workers).
+MAX_WORKERS = 1024
+
 
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML (see examples/sweep-*.yaml and sim/sweep_spec.py).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder; rerun into it to resume.")],
     workers: Annotated[
-        int | None, typer.Option(help="Local worker processes (default: the CPU count; 1: run in this process).")
+        int | None,
+        typer.Option(
+            min=1, max=MAX_WORKERS, help="Local worker processes (default: the CPU count; 1: run in this process)."
+        ),
     ] = None,
     dask: Annotated[
         str | None,
         typer.Option(help="Dask scheduler address (tcp://HOST:PORT): run the points on that cluster instead."),
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard the results already in --out and start again.")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(help="Discard the results of an earlier sweep in --out and start again (other folders: --force)."),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --out folder that is not a sweep's output (without it, only a new or empty "
+            "folder or an earlier sweep's is used). Still refuses /, the home folder, the working folder and "
+            "folders holding a .git.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Sweep models, GPUs, cluster sizes, layouts, precisions, batch limits, workloads, rates, routing skew and
@@ -40,7 +58,7 @@ def sweep(
 
     with progress_bar("sweep") as update:
         n = workers if workers is not None else os.cpu_count() or 1
-        res = run_sweep(sweep_file, out_dir, workers=n, dask=dask, fresh=fresh, progress=update)
+        res = run_sweep(sweep_file, out_dir, workers=n, dask=dask, fresh=fresh, progress=update, force=force)
     s = res.summary
     if as_json:
         emit_json(s)

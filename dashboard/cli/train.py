@@ -25,14 +25,29 @@ def train(
         Path | None,
         typer.Option(help="A calibration from 'moesim calibrate' (default: the scenario's, else the roofline)."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --out folder or --trace file that moesim did not write (without it, only an "
+            "earlier 'moesim train' output is replaced). Still refuses /, the home folder, the working folder "
+            "and folders holding a .git.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Simulate MoE training steps: step time and its breakdown, tokens/s, MFU, memory per GPU, cost.
 
     Example: moesim train examples/train-mixtral-8x7b-h100.yaml --out runs/mixtral-train --trace runs/train.json
     """
-    from sim.train import run, write_outputs
+    from model.outputs import check_replaceable
+    from sim.chrome_trace import check_trace_path
+    from sim.train import is_output, run, write_outputs
 
+    if out_dir:  # refuse before the work, not after it
+        check_replaceable(out_dir, "train", force, legacy=is_output)
+    if trace:
+        check_trace_path(trace, force)
     cm = load_cost_model(cost_model)
     err.print(f"simulating {scenario} ...")
     res = run(scenario, cost_model=cm)
@@ -40,9 +55,9 @@ def train(
     if trace:
         from sim.train_plots import write_train_trace
 
-        s["trace"] = {"path": str(trace), **write_train_trace(res, trace)}
+        s["trace"] = {"path": str(trace), **write_train_trace(res, trace, force)}
     if out_dir:
-        write_outputs(res, out_dir)
+        write_outputs(res, out_dir, force=force)
         s["out"] = str(out_dir)
     if as_json:
         emit_json(s)

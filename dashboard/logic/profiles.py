@@ -11,8 +11,10 @@ signature, so a folder profiled again is read again. Results are plain DataFrame
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -102,11 +104,25 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+_SCRATCH: list[Path] = []  # this process's scratch folder, made on first use
+
+
 def cache_root() -> Path:
-    """The page's scratch folder (imports, quick profiles), under the system temp folder."""
-    path = Path(tempfile.gettempdir()) / "moesim-dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The dashboard's scratch folder (imports, quick profiles, small sweeps): private to this server process.
+
+    ``moesim dashboard`` makes it (`tempfile.mkdtemp`, mode 0700) and names it in ``MOESIM_DASHBOARD_SCRATCH``;
+    it removes it when the server stops (`dashboard.server` too, should ``moesim dashboard`` be killed).
+    Elsewhere (tests, ``streamlit run``) the first call makes one, removed when the process exits. Never a
+    fixed name in the shared temp folder, which another user could have made first.
+    """
+    given = os.environ.get("MOESIM_DASHBOARD_SCRATCH")
+    if not _SCRATCH and given and Path(given).is_dir() and Path(given).stat().st_uid == os.getuid():
+        _SCRATCH.append(Path(given))
+    if not _SCRATCH or not _SCRATCH[-1].is_dir():  # none yet, or removed meanwhile: a new one, never the old name
+        path = Path(tempfile.mkdtemp(prefix="moesim-dashboard-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _SCRATCH.append(path)
+    return _SCRATCH[-1]
 
 
 def _has_tables(folder: Path) -> bool:

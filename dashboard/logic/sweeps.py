@@ -67,16 +67,10 @@ engine: analytical
 
 def parse_spec(text: str) -> Any:
     """A validated `sim.sweep_spec.SweepSpec` from sweep YAML text; `MoesimError` naming the problem."""
-    import yaml
-
+    from model.inputs import parse_yaml
     from sim.sweep_spec import parse_sweep
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise MoesimError(f"the sweep is not valid YAML{where}", "fix the syntax; see examples/sweep-*.yaml") from None
+    data = parse_yaml(text, "the sweep")  # a syntax error names its line; a 40 kB nest is one message too
     if isinstance(data, dict) and isinstance(data.get("base"), str) and not Path(data["base"]).is_absolute():
         repo = Path(__file__).resolve().parents[2]
         data = {**data, "base": str(repo / "examples" / data["base"])}  # as if the file were in examples/
@@ -94,7 +88,8 @@ def count_points(text: str) -> tuple[int, dict[str, int]]:
 def run_small_sweep(
     text: str, out: str | Path | None = None, progress: Callable[[int, int, str], None] | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any], str]:
-    """Run a sweep in this process into ``out`` (default: a new temporary folder).
+    """Run a sweep in this process into ``out`` (default: a new folder in the server's private scratch folder,
+    `dashboard.logic.profiles.cache_root`, removed when the server stops).
 
     Returns:
         (the rows with ``accuracy`` added, the sweep's summary, the folder).
@@ -104,7 +99,9 @@ def run_small_sweep(
     from sim.sweep_report import write_atomic
 
     spec = parse_spec(text)
-    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="moesim-sweep-"))
+    from dashboard.logic.profiles import cache_root
+
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="sweep-", dir=cache_root()))
     res = run_sweep(spec, folder, workers=1, progress=progress, post=False)
     df, _ = accuracy_columns(res.results, spec.accuracy_benchmark)
     write_atomic(folder / "results.parquet", lambda p: df.to_parquet(p, index=False))
