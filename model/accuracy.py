@@ -7,12 +7,14 @@ each with its source URL. Users add rows from a CSV with the same columns:
 
 from __future__ import annotations
 
+import io
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
 from model.errors import MoesimError
+from model.inputs import read_text
 
 ACCURACY_CSV = Path(__file__).parent / "data" / "accuracy.csv"
 COLUMNS = ("model", "precision", "benchmark", "setting", "score", "source", "note")
@@ -21,11 +23,10 @@ PRECISION_ALIASES = {"mxfp4": "fp4", "bfloat16": "bf16", "w4a16": "int4", "float
 
 
 def _read(path: Path) -> pd.DataFrame:
+    text = read_text(path, "an accuracy CSV", f"give the path of a CSV with the header {','.join(COLUMNS)}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise MoesimError(f"{path}: no such file", "give the path of an accuracy CSV") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise MoesimError(
             f"{path}: not a readable CSV ({' '.join(str(exc).split())})",
             f"write a CSV with the header {','.join(COLUMNS)}",

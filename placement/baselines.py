@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.errors import MoesimError
+from placement.stats import validate_counts
 
 
 def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +141,7 @@ def rebalance_experts(
     """DeepSeek EPLB: replica counts and their packing onto GPUs.
 
     Args:
-        weight: [L, N] load of each logical expert.
+        weight: [L, N] load of each logical expert (finite, >= 0; `MoesimError` otherwise).
         num_replicas: physical slots S (N + redundant), a multiple of num_gpus.
         num_groups: expert groups (1 when the model has none).
         num_nodes: server nodes; the hierarchical policy runs when they divide
@@ -150,6 +151,7 @@ def rebalance_experts(
         phy2log [L, S], log2phy [L, N, max replicas] (-1 padded), logcnt [L, N].
     """
     weight = np.asarray(weight, dtype=float)
+    validate_counts(weight, "EPLB weight", empty_rows=True)
     layers, n = weight.shape
     check_shape(n, num_replicas, num_gpus, num_nodes)
     if eplb_policy(n, num_groups, num_nodes) == "hierarchical":

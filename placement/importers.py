@@ -35,6 +35,7 @@ import glob
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from model import inputs
 from model.errors import MoesimError
 from placement.stats import RoutingStats
 
@@ -76,7 +78,7 @@ def load_stats(
     name = str(path)
     paths = _expand(path)
     if fmt != "auto" and fmt not in FORMATS:
-        raise MoesimError(f"{name}: unknown statistics format {fmt!r}", f"use one of auto, {', '.join(FORMATS)}")
+        raise MoesimError(f"{name}: unknown statistics format {fmt!r}", f"give --format auto, {', '.join(FORMATS)}")
     kinds = {_detect(p) for p in paths} if fmt == "auto" else {fmt}
     if len(kinds) > 1:
         raise MoesimError(f"{name}: files in several formats ({', '.join(sorted(kinds))})", "give one format at a time")
@@ -87,22 +89,19 @@ def load_stats(
 
 
 def save_stats_npz(stats: RoutingStats, path: str | Path) -> None:
-    """Write ``stats`` as an ``.npz`` that `load_stats` reads back (temp file renamed into place)."""
+    """Write ``stats`` as an ``.npz`` that `load_stats` reads back, whole or not at all (`model.outputs.write_file`)."""
     arrays = {"counts": stats.counts} | ({} if stats.top_k is None else {"top_k": np.asarray(stats.top_k)})
     if stats.topk is not None:  # a trace re-derives co-activation and transitions; without one they are all there is
         arrays["topk"] = stats.topk.astype(np.int32)
     else:
         arrays |= {k: getattr(stats, k) for k in ("coactivation", "transitions") if getattr(stats, k) is not None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    from model.outputs import write_file
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append ".npz" to it
             np.savez_compressed(f, **arrays)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MoesimError(f"cannot write {path}: {exc}", "check the directory exists and is writable") from None
+
+    write_file(path, write)
 
 
 # files and formats --------------------------------------------------------------------------------------------------
@@ -143,21 +142,24 @@ def _detect(p: Path) -> str:
     if ext in fixed:
         return fixed[ext]
     if ext == ".npz":
+        _check_binary(p, "npz")
         with _reading(p, "npz"), np.load(p, allow_pickle=False) as z:
             return "npz" if set(z.files) & {*_COUNT_KEYS, "topk"} else "vllm"
     if ext in (".json", ".jsonl", ".ndjson"):
-        with _reading(p, "json"), open(p, encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
+        head = inputs.read_bytes(p, "routing statistics", _HINTS["json"], limit=1 << 20)  # the reader checks the rest
+        first = next((line for line in head.decode("utf-8", "replace").splitlines() if line.strip()), "")
         try:
             rec = json.loads(first)
-        except ValueError:
-            return "json"  # a pretty-printed JSON document
+        except (ValueError, RecursionError):
+            return "json"  # a pretty-printed JSON document (or a broken one, which the JSON reader reports)
         if isinstance(rec, dict) and "top_indices" in rec:
             return "megatron"
         if isinstance(rec, dict) and {"expert_counts", "expert_activation", "aggregated_expert_counts"} & set(rec):
             return "moecap"
         return "json"
-    raise MoesimError(f"{p}: cannot tell the statistics format from the extension {ext!r}", "pass fmt explicitly")
+    raise MoesimError(
+        f"{p}: cannot tell the statistics format from the extension {ext!r}", f"give --format ({', '.join(FORMATS)})"
+    )
 
 
 def _per_file(read_one: Callable[[Path, int | None], Raw], fmt: str) -> Callable[[list[Path], int | None], Raw]:
@@ -245,16 +247,16 @@ def _finish(raw: Raw, name: str, num_experts: int | None, moe_layer_ids: list[in
     if moe_layer_ids and n_rows != len(moe_layer_ids):
         missing = sorted(set(moe_layer_ids) - set(labels))
         if missing:
-            msg = f"{name}: {n_rows} layers {labels[:3]}.. lack MoE layers {missing[:3]} of moe_layer_ids"
+            msg = f"{name}: {n_rows} layers {labels[:3]}.. lack the model's MoE layers {missing[:3]}"
             raise MoesimError(msg, "give statistics of this model (one row per decoder layer or per MoE layer)")
         rows = [labels.index(i) for i in moe_layer_ids]
         loaded = [labels[i] for i in range(n_rows) if i not in rows and i not in empty]
         if loaded:
-            msg = f"{name}: layers {loaded[:5]} are not in moe_layer_ids but have expert load"
-            raise MoesimError(msg, "check moe_layer_ids against the model (dense layers must be empty)")
+            msg = f"{name}: layers {loaded[:5]} are dense in the model but have expert load"
+            raise MoesimError(msg, "give --model the model the statistics were recorded on")
     elif empty:
         msg = f"{name}: layers {[labels[i] for i in empty][:8]} have no expert load (dense layers?)"
-        raise MoesimError(msg, "pass the model's MoE layer ids (moe_layer_ids) so dense layers are dropped")
+        raise MoesimError(msg, "give --model the model they were recorded on, so its dense layers are dropped")
     extra: dict[str, Any] = {}
     n = counts.shape[1]
     for key, shape in (("topk", (n_rows,)), ("coactivation", (n_rows, n, n)), ("transitions", (n_rows - 1, n, n))):
@@ -278,11 +280,14 @@ def _np(x: Any) -> np.ndarray:
 
 def _torch_load(p: Path) -> Any:
     try:
-        import torch
+        with warnings.catch_warnings():  # torch's import-time warnings would come before moesim's one-line messages
+            warnings.simplefilter("ignore")
+            import torch
     except ImportError:
         raise MoesimError(
             f"{p}: reading SGLang .pt dumps needs torch", "pip install 'moesim[profile]' (torch), or convert to .npz"
         ) from None
+    inputs.read_bytes(p, "an SGLang recorder dump", _HINTS["sglang"], limit=64)  # a folder, an empty file
     # weights_only: SGLang's dumps hold only dicts, lists, numbers and tensors (its own test loads them this way),
     # so a file that needs arbitrary unpickling is refused rather than run.
     try:
@@ -347,16 +352,27 @@ def _digest(a: np.ndarray) -> bytes:
     return hashlib.blake2b(a.tobytes(), digest_size=16).digest()
 
 
+def _lines(p: Path, fmt: str) -> list[str]:
+    """The lines of a text file (`model.inputs.read_text`: a binary, UTF-16 or empty file is one error line)."""
+    return inputs.read_text(p, f"{fmt} routing statistics", _HINTS[fmt]).splitlines()
+
+
+def _check_binary(p: Path, fmt: str) -> None:
+    """`MoesimError` unless ``p`` starts as a ``.npz`` (by its extension) or else a ``.npy`` file does."""
+    head = inputs.read_bytes(p, f"{fmt} routing statistics", _HINTS[fmt], limit=64)
+    where = f"cannot read {p} as {fmt} routing statistics: it"
+    inputs.check_magic(head, ".npz" if p.suffix.lower() == ".npz" else ".npy", where, _HINTS[fmt])
+
+
 def _records(p: Path, fmt: str) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSONL file, one a line."""
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            try:
-                rec = json.loads(line) if line.strip() else None
-            except ValueError:
-                raise MoesimError(f"{p}:{i}: not a JSON line", _HINTS[fmt]) from None
-            if isinstance(rec, dict):
-                yield rec
+    for i, line in enumerate(_lines(p, fmt), 1):
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except (ValueError, RecursionError):
+            raise MoesimError(f"{p}: line {i}: not a JSON object on one line", _HINTS[fmt]) from None
+        if isinstance(rec, dict):
+            yield rec
 
 
 def _add(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
@@ -369,6 +385,7 @@ def _add(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
 
 def _read_vllm(p: Path, n: int | None) -> Raw:
     """vLLM routed_experts [tokens, num_hidden_layers, k] (.npy, or .npz of per-request arrays)."""
+    _check_binary(p, "vllm")
     if p.suffix.lower() == ".npz":
         with np.load(p, allow_pickle=False) as z:
             parts = [z[key] for key in z.files]
@@ -442,7 +459,8 @@ def _read_moecap(p: Path, n: int | None) -> Raw:
 
 def _read_csv(p: Path, n: int | None) -> Raw:
     """Long ``layer,expert,count`` or wide (row per layer, column per expert) CSV."""
-    rows = [r for r in csv.reader(io.StringIO(p.read_text()), delimiter="\t" if p.suffix == ".tsv" else ",") if r]
+    text = inputs.read_text(p, "a CSV of routing statistics", _HINTS["csv"], empty_ok=True)
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter="\t" if p.suffix == ".tsv" else ",") if r]
     rows = [[c.strip() for c in r] for r in rows if any(c.strip() for c in r)]
     if not rows:
         raise MoesimError(f"{p}: empty CSV", _HINTS["csv"])
@@ -453,7 +471,7 @@ def _read_csv(p: Path, n: int | None) -> Raw:
     pick = [next((col[c] for c in names if c in col), None) for names in
             (("layer", "layer_id"), ("expert", "expert_id"), ("count", "tokens", "load"))]  # fmt: skip
     if has_header and None not in pick:
-        data = np.asarray([[float(r[i]) for i in pick] for r in body]).reshape(-1, 3)
+        data = np.asarray([[_number(r[i], p) for i in pick] for r in body]).reshape(-1, 3)
         ids = data[:, :2]
         if (ids < 0).any() or (ids % 1).any() or not np.isfinite(ids).all():
             raise MoesimError(f"{p}: layer and expert ids must be integers >= 0", _HINTS["csv"])
@@ -464,7 +482,7 @@ def _read_csv(p: Path, n: int | None) -> Raw:
         np.add.at(counts, (np.searchsorted(layers, data[:, 0]), data[:, 1].astype(int)), data[:, 2])
         return {"counts": counts, "layers": layers}
     labelled = has_header and head[0] in ("layer", "layer_id", "moe_layer")
-    values = np.asarray([[float(c) for c in r] for r in body])
+    values = np.asarray([[_number(c, p) for c in r] for r in body])
     if values.ndim != 2:
         raise MoesimError(f"{p}: rows have different lengths", _HINTS["csv"])
     if labelled:
@@ -472,8 +490,18 @@ def _read_csv(p: Path, n: int | None) -> Raw:
     return {"counts": values}
 
 
+def _number(cell: str, p: Path) -> float:
+    """A CSV cell as a float; `MoesimError` naming the file and the cell when it is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        shown = cell if len(cell) <= 24 else cell[:20] + "..."
+        raise MoesimError(f"{p}: {shown!r} is not a number", _HINTS["csv"]) from None
+
+
 def _read_npz(p: Path, n: int | None) -> Raw:
     """moesim's own ``.npz`` (see `save_stats_npz`)."""
+    _check_binary(p, "npz")
     with np.load(p, allow_pickle=False) as z:
         key = next((k for k in _COUNT_KEYS if k in z.files), None)
         if key is None and "topk" not in z.files:
@@ -489,7 +517,7 @@ def _read_npz(p: Path, n: int | None) -> Raw:
 
 def _read_json(p: Path, n: int | None) -> Raw:
     """``{"counts": [[...]]}`` / ``{"logical_count": ...}`` or a token-collect ``{"layer": {"expert": count}}``."""
-    d = json.loads(p.read_text())
+    d = inputs.read_json(p, "JSON routing statistics", _HINTS["json"])
     if isinstance(d, list):
         return {"counts": np.asarray(d, dtype=float)}
     if not isinstance(d, dict) or not d:

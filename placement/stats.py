@@ -153,19 +153,38 @@ class RoutingStats:
         )
 
 
-def validate_counts(counts: np.ndarray, what: str) -> None:
-    """Raise a one-line error for counts that are not a finite, non-negative [L, N] array with load in every layer."""
+def validate_counts(counts: np.ndarray, what: str, empty_rows: bool = False) -> None:
+    """Raise a one-line error for counts that are not a finite, non-negative [L, N] array with load in every layer.
+
+    Args:
+        counts: [L, N] expert loads (token-expert pairs or shares) per MoE layer and expert.
+        what: where they came from (a file name), for the message.
+        empty_rows: accept layers whose loads are all zero.
+    """
+    counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[0] == 0 or counts.shape[1] == 0:
         raise MoesimError(
             f"{what}: expected expert loads [moe_layers, experts], got shape {list(counts.shape)}",
             "give one row of per-expert counts per MoE layer",
         )
-    if not np.isfinite(counts).all():
-        raise MoesimError(f"{what}: expert loads contain NaN or infinity", "drop or repair the broken rows")
-    if (counts < 0).any():
-        raise MoesimError(f"{what}: expert loads contain negative values", "loads are counts of routed tokens, >= 0")
-    empty = np.flatnonzero(counts.sum(axis=1) <= 0)
-    if empty.size:
+    bad = ~np.isfinite(counts)
+    if bad.any():
+        layer, expert = (int(i[0]) for i in np.nonzero(bad))
+        value = "NaN" if np.isnan(counts[layer, expert]) else "infinite"
         raise MoesimError(
-            f"{what}: MoE layer {int(empty[0])} has no load at all", "record more tokens or drop the empty layers"
+            f"{what}: load at layer {layer} expert {expert} is {value}, not a finite number",
+            "drop or repair the broken rows",
+        )
+    if (counts < 0).any():
+        layer, expert = (int(i[0]) for i in np.nonzero(counts < 0))
+        raise MoesimError(
+            f"{what}: negative load {counts[layer, expert]:g} at layer {layer} expert {expert}",
+            "loads are counts of routed tokens (or their shares), >= 0",
+        )
+    empty = np.flatnonzero(counts.sum(axis=1) <= 0)
+    if empty.size and not empty_rows:
+        more = f" (and {empty.size - 1} more layer{'s' if empty.size > 2 else ''})" if empty.size > 1 else ""
+        raise MoesimError(
+            f"{what}: routing loads of layer {int(empty[0])} are all zero{more}",
+            "record more tokens, or drop the empty (dense) layers",
         )

@@ -17,6 +17,8 @@ the power law ``p_l(e) ∝ rank^-alpha``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from model.errors import MoesimError
@@ -68,8 +70,13 @@ def synthetic_trace(
             f"(got {num_layers}, {num_experts}, {top_k}, {tokens})",
             "fix the sizes",
         )
-    if alpha < 0 or not 0 <= drift <= 1 or affinity < 0 or domains < 0 or domain_strength < 0:
-        raise MoesimError("synthetic trace: alpha, affinity, domain strength >= 0 and drift in [0, 1]", "fix the knobs")
+    knobs = {"alpha": alpha, "affinity": affinity, "domains": domains, "domain_strength": domain_strength}
+    for name, value in knobs.items():
+        if not (math.isfinite(value) and value >= 0):
+            flag = " (the skew, --skew)" if name == "alpha" else ""
+            raise MoesimError(f"synthetic trace: {name}{flag} = {value} is not a finite number >= 0", "give 0 or more")
+    if not 0 <= drift <= 1:
+        raise MoesimError(f"synthetic trace: drift = {drift} is outside [0, 1]", "give drift from 0 to 1")
     if n_group > 1 and (
         num_experts % n_group or not 1 <= topk_group <= n_group or top_k > topk_group * (num_experts // n_group)
     ):

@@ -15,6 +15,16 @@ Public API:
   `CalibratedCostModel`; the skew model `predict_skewed`.
 """
 
+import os
+import warnings
+
+# torch and Triton, imported by the microbenchmarks, warn on stderr about CUDA drivers, NumPy builds and
+# deprecations; those lines would come before moesim's own one-line messages (and its one JSON object).
+# MOESIM_DEBUG=1 shows them.
+if os.environ.get("MOESIM_DEBUG") != "1":
+    for _module in (r"torch(\.|$)", r"triton(\.|$)"):
+        warnings.filterwarnings("ignore", module=_module)
+
 from profiling.aiconfigurator import import_aiconfigurator
 from profiling.calibrate import CalibratedCostModel, Calibration, Fit, calibrate, load, save
 from profiling.runner import ProfileRun, profile

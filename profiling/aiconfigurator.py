@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from profiling.runner import cuda_preset
-from profiling.tables import TableError, write_table
+from profiling.tables import TableError, check_parquet, check_table_folder, table_writer, write_table_folder
 
 DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "int4_wo": "int4", "float16": "fp16"}
 NCCL_BYTES = {"half": 2, "int8": 1, "bfloat16": 2, "float": 4, "fp8": 1}
@@ -96,19 +96,22 @@ def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
     return out
 
 
-def import_aiconfigurator(src: str | Path, out: str | Path) -> dict[str, Any]:
+def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Convert every ``*_perf.parquet`` under ``src`` into moesim tables under ``out``.
 
     Returns a summary: the files written, rows per kind, and the device. The
     hardware in each table's metadata is the GPU preset named by the
-    ``device`` column (``NVIDIA H100 80GB HBM3`` -> H100-SXM).
+    ``device`` column (``NVIDIA H100 80GB HBM3`` -> H100-SXM). Tables are added to ``out`` as
+    `profiling.tables.write_table_folder` does (``force``: over files moesim did not write).
     """
     src, out = Path(src), Path(out)
+    check_table_folder(out, "import", force)
     files = sorted(p for p in ([src] if src.is_file() else src.glob("*_perf.parquet")) if p.stem in FILES)
     if not files:
         raise TableError(f"{src}: no gemm_perf/moe_perf/nccl_perf .parquet files", "point at an AIConfigurator folder")
     converted: list[tuple[str, pd.DataFrame, dict[str, Any]]] = []
     for f in files:
+        check_parquet(f, "an AIConfigurator table", "re-download the table")
         try:
             raw = pd.read_parquet(f)
         except (OSError, ValueError) as exc:
@@ -124,12 +127,12 @@ def import_aiconfigurator(src: str | Path, out: str | Path) -> dict[str, Any]:
             "version": str(raw["version"].iloc[0]) if "version" in raw and len(raw) else None,
         }
         converted.append((f.stem, convert(f.stem, raw, f), meta))
-    out.mkdir(parents=True, exist_ok=True)
-    written, rows = [], {}
+    files, rows = {}, {}
     for stem, df, meta in converted:
         for kind, part in df.groupby("op", sort=True):
-            path = out / f"{kind}.parquet" if stem != "nccl_perf" else out / f"nccl_{kind}.parquet"
-            written.append(str(write_table(part.reset_index(drop=True), path, meta)))
+            name = f"{kind}.parquet" if stem != "nccl_perf" else f"nccl_{kind}.parquet"
+            files[name] = table_writer(part.reset_index(drop=True), meta, str(out / name))
             rows[str(kind)] = rows.get(str(kind), 0) + len(part)
+    written = [str(p) for p in write_table_folder(out, "import", files, force).values()]
     devices = sorted({m["device"] for _, _, m in converted})
     return {"out": str(out), "files": written, "rows": rows, "device": devices}

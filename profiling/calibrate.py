@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from model.errors import HardwareError, MoesimError
 from model.hardware import ClusterSpec, HardwareSpec, local_cpu, make_cluster
@@ -43,7 +44,7 @@ from model.ops import Op
 from model.roofline import OpTime, RooflineCostModel
 from profiling import fit as fitlib
 from profiling.opshapes import FEATURES, FLAGS, feature_matrix, features, row_ops, table_dtype
-from profiling.tables import COLLECTIVES, TableError, load_tables
+from profiling.tables import COLLECTIVES, TableError, check_parquet, load_tables
 
 META_KEY = b"moesim_calibration"
 #: How far (log2 units, i.e. doublings) beyond the measured range a feature may go before the roofline takes over.
@@ -181,6 +182,7 @@ def calibrate(
     specs: dict[str, HardwareSpec] = {}
     skewed: list[tuple[pd.DataFrame, str]] = []
     sources = []
+    seen_kinds: set[str] = set()
     for df, meta, path in load_tables(paths):
         hw = _hardware(meta, path, hardware)
         specs[hw.key] = hw
@@ -190,10 +192,17 @@ def calibrate(
             if skew_rows.any():
                 skewed.append((df[skew_rows], hw.key))
             df = df[~skew_rows]
+        seen_kinds.update(str(k) for k in df["op"].unique())
         for (kind, dtype, impl), part in df.groupby(["op", "dtype", "impl"], sort=True):
             if kinds and kind not in kinds:
                 continue
             groups.setdefault((str(kind), str(dtype), str(impl), hw.key), []).append(part)
+    unknown = sorted(set(kinds or ()) - seen_kinds)
+    if unknown:
+        raise TableError(
+            f"--kinds {','.join(unknown)}: no such op kind in the tables",
+            f"choose from {', '.join(sorted(seen_kinds)) or 'none (the tables are empty)'}",
+        )
     if not groups:
         raise TableError("no rows to calibrate on", "give tables with balanced rows of the kinds asked for")
     rng = np.random.default_rng(seed)
@@ -243,8 +252,36 @@ def _fit_group(
     )  # fmt: skip
 
 
-def save(cal: Calibration, path: str | Path) -> Path:
-    """Write ``cal`` to ``path`` (one parquet file, atomically)."""
+def is_calibration_file(path: Path) -> bool:
+    """Whether ``path`` is a calibration moesim wrote (a parquet with `save`'s metadata)."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+        return bool(raw) and str(json.loads(raw).get("format", "")).startswith("moesim-calibration/")
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
+        return False
+
+
+def check_out(path: str | Path, force: bool = False) -> None:
+    """Raise `MoesimError` unless `save` may write ``path``: a folder, or a file that is not a calibration
+    moesim wrote (without ``force``), is refused. Checked before the fit, so a long fit never ends in a refusal."""
+    path = Path(path)
+    if path.is_dir():
+        raise MoesimError(f"--out {path} is a folder", "give --out a file path, e.g. calibration.parquet")
+    if path.exists() and not force and not is_calibration_file(path):
+        raise MoesimError(
+            f"--out {path} exists and is not a calibration moesim wrote; refusing to overwrite it",
+            "give --out a new file name, or add --force",
+        )
+
+
+def save(cal: Calibration, path: str | Path, force: bool = False) -> Path:
+    """Write ``cal`` to ``path`` (one parquet file), whole or not at all (`model.outputs.write_file`).
+
+    An existing ``path`` is replaced only when it is a calibration moesim wrote (`is_calibration_file`), or with
+    ``force``.
+    """
+    from model.outputs import write_file
+
     path = Path(path)
     frames = []
     for i, f in enumerate(cal.fits):
@@ -266,11 +303,7 @@ def save(cal: Calibration, path: str | Path) -> Path:
     }
     table = pa.Table.from_pandas(data, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    return write_file(path, lambda tmp: pq.write_table(table, tmp), owned=is_calibration_file, force=force)
 
 
 def load(path: str | Path) -> Calibration:
@@ -278,6 +311,7 @@ def load(path: str | Path) -> Calibration:
     path = Path(path)
     if not path.is_file():
         raise MoesimError(f"{path}: no such calibration file", "write one with 'moesim calibrate TABLES --out FILE'")
+    check_parquet(path, "a calibration file", "write one with 'moesim calibrate TABLES --out FILE'")
     try:
         raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
         data = pd.read_parquet(path)
@@ -287,7 +321,17 @@ def load(path: str | Path) -> Calibration:
         raise MoesimError(
             f"{path}: not a moesim calibration file", "write one with 'moesim calibrate TABLES --out FILE'"
         )
-    meta = json.loads(raw)
+    try:
+        return _from_parts(json.loads(raw), data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, ValidationError) as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+        raise MoesimError(
+            f"{path}: a damaged moesim calibration file ({detail})", "write it again with 'moesim calibrate'"
+        ) from None
+
+
+def _from_parts(meta: dict[str, Any], data: pd.DataFrame) -> Calibration:
+    """A `Calibration` from `save`'s metadata and rows."""
     fits = []
     for i, m in enumerate(meta["fits"]):
         rows = data[data["fit"] == i]

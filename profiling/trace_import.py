@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import json
 import math
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +45,8 @@ from typing import Any
 
 import pandas as pd
 
+from model import inputs
+from model.errors import MoesimError
 from profiling.tables import SHAPE_COLUMNS, TableError, check_table
 
 Shape = dict[str, Any]
@@ -171,12 +173,19 @@ def _load(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise TableError(f"{p}: no such trace file", "give a file written by prof.export_chrome_trace")
+    hint = "give a Chrome trace .json or .json.gz (prof.export_chrome_trace)"
     try:
-        raw = p.read_bytes()
-        data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, EOFError, ValueError) as exc:
-        hint = "give a Chrome trace .json or .json.gz"
-        raise TableError(f"{p}: not a JSON trace ({type(exc).__name__})", hint) from None
+        raw = inputs.read_bytes(p, "a Chrome trace", hint)
+        if raw[:2] == inputs.MAGIC[".gz"]:
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise TableError(f"{p}: a damaged gzip file ({type(exc).__name__})", hint) from None
+        data = inputs.parse_json(raw, p, hint, check_depth=False)
+    except TableError:
+        raise
+    except MoesimError as exc:
+        raise TableError(exc.message, exc.hint) from None
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
         raise TableError(f"{p}: not a Chrome trace (no traceEvents)", "export it with prof.export_chrome_trace")
     events = [e for e in data["traceEvents"] if isinstance(e, dict) and e.get("ph") == "X" and "dur" in e]
@@ -356,17 +365,19 @@ def import_chrome_trace(path: str | Path) -> TraceImport:
     return imp.result(device)
 
 
-def import_trace(src: str | Path, out: str | Path, hardware: Any = None) -> dict[str, Any]:
+def import_trace(src: str | Path, out: str | Path, hardware: Any = None, force: bool = False) -> dict[str, Any]:
     """Import a trace into moesim tables under ``out`` (``trace_<kind>.parquet``) and ``unmapped.csv``.
 
     ``hardware`` (a `model.hardware.HardwareSpec`, or None) is the device the
     trace was taken on; its roofline becomes the calibration's reference.
     Returns a summary: files, rows per kind, device, mapped and unmapped
-    seconds, and the ten costliest unmapped names.
+    seconds, and the ten costliest unmapped names. Files are added to ``out`` as
+    `profiling.tables.write_table_folder` does (``force``: over files moesim did not write).
     """
-    from profiling.tables import write_table
+    from profiling.tables import check_table_folder, table_writer, write_table_folder
 
     src, out = Path(src), Path(out)
+    check_table_folder(out, "import", force)
     result = import_chrome_trace(src)
     if not result.tables:
         raise TableError(f"{src}: no event maps to an op kind moesim knows", "record the trace with record_shapes=True")
@@ -376,10 +387,13 @@ def import_trace(src: str | Path, out: str | Path, hardware: Any = None) -> dict
         "device_key": hardware.key if hardware is not None else None,
         "hardware": hardware.model_dump() if hardware is not None else None,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    files = [str(write_table(df, out / f"trace_{k}.parquet", meta)) for k, df in result.tables.items()]
-    unmapped = out / "unmapped.csv"
-    result.unmapped.to_csv(unmapped, index=False)
+    writers = {
+        f"trace_{k}.parquet": table_writer(df, meta, str(out / f"trace_{k}.parquet")) for k, df in result.tables.items()
+    }
+    writers["unmapped.csv"] = lambda tmp: result.unmapped.to_csv(tmp, index=False)
+    paths = write_table_folder(out, "import", writers, force)
+    files = [str(p) for name, p in paths.items() if name != "unmapped.csv"]
+    unmapped = paths["unmapped.csv"]
     return {
         "format": "trace",
         "out": str(out),

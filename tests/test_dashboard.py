@@ -220,6 +220,76 @@ def test_scenario_every_example_runs() -> None:
             assert charts(at) >= 2, name
 
 
+FIXED_LENGTHS = b"""name: fixed-lengths
+model: mixtral-8x7b
+cluster: dgx-h100
+layout: {tp: 1, dp_attn: 8, ep: 8}
+workload: {rate: 5, requests: 60, input: 512, output: 128}
+"""
+
+
+def test_scenario_fixed_length_prompts_run() -> None:
+    """``input: 512`` (a fixed length, which the docs allow) has no mean: the page used to show an internal error."""
+    at = page("scenario")
+    at.radio(key="scenario_source").set_value("Upload a YAML").run()
+    at.file_uploader(key="sc_upload").set_value(("fixed.yaml", FIXED_LENGTHS, "application/yaml")).run()
+    clean(at)
+    assert charts(at) == 3
+    primary(at).click().run()  # the discrete-event simulation too
+    clean(at)
+    assert "requests over" in " ".join(c.value for c in at.caption)
+
+
+def test_scenario_logic_runs_every_example_and_length_form() -> None:
+    """The Scenario page's logic (`run_serving`, `run_training`) on every example and every length distribution."""
+    import yaml
+
+    from dashboard.logic import scenario as sl
+
+    for kind in ("serving", "training"):
+        for name, path in sl.examples(kind).items():
+            mapping = sl.read_example(path)
+            if kind == "training":
+                assert sl.run_training(mapping, str(path.parent))["summary"]["step_s"] > 0, name
+            else:
+                res = sl.run_serving(mapping, "analytical", str(path.parent))
+                assert res["breakdown"] and res["breakdown_at"]["context"] >= 1, name
+    base = yaml.safe_load(FIXED_LENGTHS)
+    lengths = [
+        (512, 128),
+        ({"dist": "uniform", "low": 100, "high": 300}, {"dist": "fixed", "value": 64}),
+        ({"dist": "empirical", "values": [100, 900], "weights": [1, 3]}, 50),
+    ]
+    for inp, outp in lengths:
+        mapping = base | {"workload": base["workload"] | {"input": inp, "output": outp}}
+        for engine in ("analytical", "des"):
+            res = sl.run_serving(mapping, engine, str(ROOT))
+            assert res["breakdown_at"]["context"] > 1, (inp, outp, engine)
+    res = sl.run_serving(base, "analytical", str(ROOT))
+    assert res["breakdown_at"]["context"] == 512 + 128 // 2
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"[" * 40_000, "nested more than"),
+        ("model: mixtral-8x7b\n".encode("utf-16"), "UTF-16"),
+        (b"\x00\x01binary", "not UTF-8 text"),
+        (b"&a [*a]", "refers to itself"),
+    ],
+)
+def test_uploaded_yaml_errors_are_one_message(data: bytes, expected: str) -> None:
+    """The Scenario and Sweep pages' YAML readers (`model.inputs.parse_yaml`): one `MoesimError`, no RecursionError."""
+    from dashboard.logic import scenario as sl
+    from model.errors import MoesimError
+
+    with pytest.raises(MoesimError, match=expected):
+        sl.parse_yaml(data, "up.yaml")
+    if data.isascii() and b"\x00" not in data:  # the sweep page's text area holds text
+        with pytest.raises(MoesimError, match=expected):
+            sw.parse_spec(data.decode())
+
+
 # --- Sweep explorer ---------------------------------------------------------------------------------------------
 
 

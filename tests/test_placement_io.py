@@ -211,7 +211,7 @@ def test_json_counts_and_token_collect(tmp_path):
     ("name", "data", "match"),
     [
         ("bad.npz", b"PK\x03\x04garbage", "cannot read"),
-        ("bad.json", b"{not json", "cannot read"),
+        ("bad.json", b"{not json", "not valid JSON"),
         ("nan.json", b'{"counts": [[1, NaN], [2, 3]]}', "NaN"),
         ("neg.csv", b"1,-2\n3,4\n", "negative"),
         ("plan.json", b'{"physical_to_logical_map": [[0]]}', "unknown JSON"),

@@ -167,7 +167,11 @@ def test_kernel_linked_through_runtime_correlation(tmp_path):
     ("content", "message"),
     [
         (None, "no such trace file"),
-        (b"this is not json", "not a JSON trace"),
+        (b"this is not json", "not valid JSON"),
+        (b"", "is empty"),
+        (b"\x1f\x8b broken", "damaged gzip"),
+        ("{}".encode("utf-16"), "UTF-16"),
+        (b"[" * 50000, "nested more than"),
         (b'{"schemaVersion": 1}', "no traceEvents"),
         (b'{"traceEvents": [{"ph": "M", "name": "process_name"}]}', "no complete"),
     ],

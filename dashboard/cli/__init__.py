@@ -5,7 +5,9 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import typer
 
@@ -25,6 +27,7 @@ from dashboard.cli.simulate import simulate
 from dashboard.cli.sweep import sweep
 from dashboard.cli.train import train
 from model import MoesimError
+from model.inputs import os_error
 
 app = typer.Typer(
     name="moesim",
@@ -55,7 +58,12 @@ app.command(name="import")(import_tables)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 bad input, 2 bad usage, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 bad input, 2 bad usage, 130 interrupted).
+
+    Every failure is one ``error:`` line on stderr: a `MoesimError` with its fix, an `OSError` naming its file,
+    anything else as an internal error to report (its traceback only with the environment variable
+    MOESIM_DEBUG=1).
+    """
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -79,6 +87,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except SystemExit as exc:  # rich exits this way when stdout is a closed pipe
         return exc.code if isinstance(exc.code, int) else 1
+    except OSError as exc:  # a file the command could not read or write, missed by its own checks
+        _debug()
+        err.print(f"error: {os_error(exc).one_line()}", markup=False, soft_wrap=True)
+        return 1
+    except Exception as exc:  # the last resort (RecursionError, MemoryError, a bug): one line, never a traceback
+        _debug()
+        detail = " ".join(str(exc).split())[:300] or "no message"
+        err.print(
+            f"error: internal error ({type(exc).__name__}: {detail}) — please report it with the command",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 1
+
+
+def _debug() -> None:
+    """Print the traceback of the exception being handled when MOESIM_DEBUG=1."""
+    if os.environ.get("MOESIM_DEBUG") == "1":
+        traceback.print_exc()
 
 
 def run() -> None:

@@ -20,7 +20,7 @@ import streamlit as st
 import yaml
 
 from dashboard.logic.charts import PALETTE
-from model import Batch, MoesimError, estimate_memory, estimate_step
+from model import Batch, MoesimError, estimate_memory, estimate_step, inputs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -81,14 +81,7 @@ def kind_of(mapping: dict[str, Any]) -> str:
 
 def parse_yaml(data: bytes, name: str) -> dict[str, Any]:
     """A scenario mapping from uploaded YAML bytes; `MoesimError` naming the file when it is not one."""
-    try:
-        obj = yaml.safe_load(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise MoesimError(f"{name} is not a text file", "upload a scenario YAML such as examples/*.yaml") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise MoesimError(f"{name} is not valid YAML{where}", "fix the syntax; see examples/*.yaml") from None
+    obj = inputs.parse_yaml(data, name)
     if not isinstance(obj, dict) or "model" not in obj:
         raise MoesimError(f"{name} holds no scenario mapping with a 'model' key", "see examples/*.yaml")
     return obj
@@ -151,6 +144,17 @@ def _op_breakdown(built: Any, pool: Any, batch: float, ctx: int) -> dict[str, fl
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def _mean_lengths(requests: pd.DataFrame | None, built: Any) -> tuple[float, float]:
+    """Mean prompt and output tokens of a serving run: of the DES's requests, else of the workload's
+    (`sim.workload.generate`, as the analytical engine draws them; fixed, uniform, lognormal, empirical lengths or
+    a trace alike)."""
+    if requests is None or requests.empty or "input_tokens" not in requests:
+        from sim.workload import generate
+
+        requests = generate(built.workload, seed=built.scenario.seed, base_dir=built.base_dir)
+    return float(requests["input_tokens"].mean()), float(requests["output_tokens"].mean())
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_analytical(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
     """`run_serving` on the analytical engine, cached."""
@@ -191,8 +195,8 @@ def run_serving(
     pool = b.pools[-1]  # decode pool of a disaggregated deployment, the only pool otherwise
     mean_batch = s.get("mean_batch", math.nan)
     batch = mean_batch if mean_batch == mean_batch and mean_batch > 0 else 1
-    wl = b.workload
-    ctx = int(getattr(wl.input, "mean", 512) + getattr(wl.output, "mean", 256) / 2)
+    mean_in, mean_out = _mean_lengths(res.requests, b)
+    ctx = int(mean_in + mean_out / 2)
     out: dict[str, Any] = {
         "summary": s,
         "requests": res.requests,
