@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from model.errors import MoesimError
+from model.limits import MAX_BATCH, MAX_BATCH_TOKENS, MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class Batch:
     def prefill(cls, batch: int, prompt_len: int, cached: int = 0) -> Batch:
         """``batch`` prompts of ``prompt_len`` tokens each (after ``cached`` prefix tokens)."""
         _positive(batch=batch, prompt_len=prompt_len)
+        _bounded("--batch", batch, MAX_BATCH, "sequences")
+        _bounded("--ctx", prompt_len + cached, MAX_TOKENS, "tokens per sequence")
+        _bounded("--batch x --ctx", batch * (prompt_len + cached), MAX_BATCH_TOKENS, "tokens in the batch")
         return cls((prompt_len,) * batch, (cached,) * batch, "prefill")
 
     @classmethod
@@ -54,6 +58,9 @@ class Batch:
         _positive(batch=batch)
         if ctx < 0:
             raise MoesimError(f"context length must be >= 0, got {ctx}", "use --ctx 0 or more")
+        _bounded("--batch", batch, MAX_BATCH, "sequences")
+        _bounded("--ctx", ctx, MAX_TOKENS, "tokens per sequence")
+        _bounded("--batch x --ctx", batch * (ctx + 1), MAX_BATCH_TOKENS, "tokens in the batch")
         return cls((1,) * batch, (ctx,) * batch, "decode")
 
     @cached_property
@@ -123,3 +130,9 @@ def _positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise MoesimError(f"{name.replace('_', ' ')} must be >= 1, got {value}", "give a positive value")
+
+
+def _bounded(flag: str, value: int, limit: int, what: str) -> None:
+    """`MoesimError` naming ``flag`` when ``value`` exceeds ``limit`` (`model.limits`)."""
+    if value > limit:
+        raise MoesimError(f"{flag} {value:,} is over the limit of {limit:,} {what}", f"give {flag} at most {limit:,}")

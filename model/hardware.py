@@ -16,12 +16,13 @@ import difflib
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.errors import HardwareError
+from model import inputs
+from model.errors import HardwareError, MoesimError
+from model.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_HW_VALUE
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GIB = 2**30
@@ -30,12 +31,12 @@ GIB = 2**30
 class NodeSpec(BaseModel):
     """The server a GPU usually ships in (links per GPU, per direction)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    gpus_per_node: int = Field(gt=0)
-    intra_bw: float | None = Field(gt=0, description="GPU-GPU link bytes/s per GPU per direction")
-    intra_latency_s: float | None = Field(ge=0, description="per-collective latency inside a node, s")
-    inter_bw: float | None = Field(gt=0, description="NIC bytes/s per GPU per direction")
-    inter_latency_s: float | None = Field(ge=0, description="per-collective latency across nodes, s")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    gpus_per_node: int = Field(gt=0, le=MAX_GPUS_PER_NODE)
+    intra_bw: float | None = Field(gt=0, le=MAX_HW_VALUE, description="GPU-GPU link bytes/s per GPU per direction")
+    intra_latency_s: float | None = Field(ge=0, le=3600, description="per-collective latency inside a node, s")
+    inter_bw: float | None = Field(gt=0, le=MAX_HW_VALUE, description="NIC bytes/s per GPU per direction")
+    inter_latency_s: float | None = Field(ge=0, le=3600, description="per-collective latency across nodes, s")
 
 
 class HardwareSpec(BaseModel):
@@ -55,16 +56,16 @@ class HardwareSpec(BaseModel):
         sources: where each figure comes from.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     key: str
     name: str
     vendor: str
-    peak_flops: dict[str, float]
-    memory_gib: float = Field(gt=0)
-    memory_bandwidth: float | None = Field(gt=0)
-    tdp_w: float | None = Field(gt=0)
-    price_usd: float | None = Field(default=None, gt=0)
-    cloud_usd_per_hour: float | None = Field(default=None, gt=0)
+    peak_flops: dict[str, Annotated[float, Field(ge=0, le=MAX_HW_VALUE)]]
+    memory_gib: float = Field(gt=0, le=MAX_HW_VALUE)
+    memory_bandwidth: float | None = Field(gt=0, le=MAX_HW_VALUE)
+    tdp_w: float | None = Field(gt=0, le=MAX_HW_VALUE)
+    price_usd: float | None = Field(default=None, gt=0, le=MAX_HW_VALUE)
+    cloud_usd_per_hour: float | None = Field(default=None, gt=0, le=MAX_HW_VALUE)
     node: NodeSpec
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -111,15 +112,15 @@ class ClusterSpec(BaseModel):
         inter_latency_s: per-collective latency across nodes, s.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str
     gpu: HardwareSpec
-    gpus_per_node: int = Field(gt=0)
-    nodes: int = Field(gt=0)
-    intra_bw: float | None = Field(gt=0)
-    intra_latency_s: float | None = Field(ge=0)
-    inter_bw: float | None = Field(gt=0)
-    inter_latency_s: float | None = Field(ge=0)
+    gpus_per_node: int = Field(gt=0, le=MAX_GPUS_PER_NODE)
+    nodes: int = Field(gt=0, le=MAX_GPUS)
+    intra_bw: float | None = Field(gt=0, le=MAX_HW_VALUE)
+    intra_latency_s: float | None = Field(ge=0, le=3600)
+    inter_bw: float | None = Field(gt=0, le=MAX_HW_VALUE)
+    inter_latency_s: float | None = Field(ge=0, le=3600)
 
     @property
     def num_gpus(self) -> int:
@@ -144,16 +145,16 @@ def _one_line(exc: ValidationError, where: str) -> str:
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"])
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{where}: {loc}: {first['msg']}{more}"
+    got = first.get("input")
+    shown = f", got {got!r}" if isinstance(got, (int, float, str)) and first["type"] != "missing" else ""
+    return f"{where}: {loc}: {first['msg']}{shown}{more}"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise HardwareError(f"{path}: no such file", "give the path of a hardware YAML file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise HardwareError(f"{path}: not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+        data = inputs.read_yaml(path, "a hardware YAML file", "give the path of a hardware YAML file")
+    except MoesimError as exc:
+        raise HardwareError(exc.message, exc.hint) from None
     if not isinstance(data, dict):
         raise HardwareError(f"{path}: must map names to entries", "see model/presets/gpus.yaml")
     return data
@@ -287,6 +288,12 @@ def make_cluster(
     per_node = gpus_per_node or gpu.node.gpus_per_node
     if nodes is None:
         nodes = max(1, -(-(num_gpus or per_node) // per_node))
+    if nodes * per_node > MAX_GPUS:
+        raise HardwareError(
+            f"a cluster of {nodes:,} nodes x {per_node:,} GPUs = {nodes * per_node:,} GPUs, over the limit of "
+            f"{MAX_GPUS:,}",
+            "use fewer nodes, replicas or a smaller layout",
+        )
     base = gpu.node.model_dump(exclude={"gpus_per_node"})
     base.update({k: v for k, v in links.items() if v is not None})
     label = name or (f"{nodes}x{per_node} {gpu.key}" if nodes > 1 else f"{per_node}x {gpu.key}")

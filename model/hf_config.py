@@ -8,18 +8,43 @@ values, raises `ConfigError` listing every such key at once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from model.errors import ConfigError
+from model import inputs
+from model.errors import ConfigError, MoesimError
+from model.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 from model.spec import AttentionSpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 _FIX = "use the model's original config.json from its Hugging Face repository"
+
+#: The largest value each integer key may hold (`model.limits`); other keys: `MAX_WIDTH`.
+_LIMITS = {
+    "num_hidden_layers": MAX_LAYERS,
+    "n_layers": MAX_LAYERS,
+    "first_k_dense_replace": MAX_LAYERS,
+    "decoder_sparse_step": MAX_LAYERS,
+    "moe_layer_freq": MAX_LAYERS,
+    "num_nextn_predict_layers": MAX_LAYERS,
+    "num_local_experts": MAX_EXPERTS,
+    "num_experts": MAX_EXPERTS,
+    "n_routed_experts": MAX_EXPERTS,
+    "moe_num_experts": MAX_EXPERTS,
+    "num_experts_per_tok": MAX_EXPERTS,
+    "moe_top_k": MAX_EXPERTS,
+    "experts_per_token": MAX_EXPERTS,
+    "n_group": MAX_EXPERTS,
+    "topk_group": MAX_EXPERTS,
+    "n_shared_experts": MAX_EXPERTS,
+    "vocab_size": MAX_VOCAB,
+    "max_position_embeddings": MAX_CONTEXT,
+    "max_seq_len": MAX_CONTEXT,
+    "sliding_window": MAX_CONTEXT,
+}
 
 
 class _Keys:
@@ -38,17 +63,23 @@ class _Keys:
         return default if value is None else value
 
     def int(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
-        """A required integer key (or ``default`` when given and absent)."""
+        """A required integer key (or ``default`` when given and absent), from ``minimum`` to its limit
+        (`_LIMITS`, else `MAX_WIDTH`)."""
         value = self.cfg.get(key)
         if value is None:
             if default is not None:
                 return default
             self.missing.append(key)
             return minimum
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.bad.append(f"{key}={value!r} (need an integer >= {minimum})")
+        top = _LIMITS.get(key, MAX_WIDTH)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= top:
+            self.bad.append(f"{key}={value!r} (need an integer from {minimum} to {top:,})")
             return minimum
         return value
+
+    def optional_int(self, key: str, *, minimum: int = 0) -> int | None:
+        """An optional integer key: None when absent or null, else checked as `int` does."""
+        return None if self.cfg.get(key) is None else self.int(key, minimum=minimum)
 
     def check(self, ok: bool, text: str) -> None:
         """Record an inconsistency unless ``ok``."""
@@ -92,8 +123,11 @@ def _gqa(
 
 def _windows(k: _Keys, layers: int) -> tuple[int | None, ...]:
     """Per-layer sliding windows from ``sliding_window`` and ``layer_types``."""
-    window = k.get("sliding_window")
+    window = k.optional_int("sliding_window", minimum=1)
     types = k.get("layer_types")
+    if types is not None and not isinstance(types, list):
+        k.check(False, f"layer_types={types!r} (need a list with one entry per layer)")
+        types = None
     if types is not None:
         k.check(len(types) == layers, f"layer_types has {len(types)} entries, not num_hidden_layers={layers}")
         k.check(
@@ -102,7 +136,7 @@ def _windows(k: _Keys, layers: int) -> tuple[int | None, ...]:
         )
         return tuple(window if t == "sliding_attention" else None for t in types[:layers])
     if window is not None and k.get("use_sliding_window", True):
-        return (int(window),) * layers
+        return (window,) * layers
     return (None,) * layers
 
 
@@ -121,7 +155,7 @@ def _spec(k: _Keys, name: str, hidden: int, layers: int, attention: AttentionSpe
     fields.setdefault("windows", (None,) * layers)
     fields.setdefault("moe", None)
     fields.setdefault("moe_layers", (fields["moe"] is not None,) * layers)
-    fields.setdefault("max_position_embeddings", int(k.get("max_position_embeddings", 0)))
+    fields.setdefault("max_position_embeddings", k.int("max_position_embeddings", 0, minimum=0))
     return ModelSpec(
         name=name,
         family=k.family,
@@ -180,7 +214,7 @@ def _qwen_moe(k: _Keys, name: str) -> ModelSpec:
         shared_expert_gate=bool(shared),
     )
     moe_layers = _qwen_moe_layers(k, layers)
-    dense_width = k.int("intermediate_size") if not all(moe_layers) else int(k.get("intermediate_size", 0))
+    dense_width = k.int("intermediate_size") if not all(moe_layers) else k.int("intermediate_size", 0, minimum=0)
     attention = _gqa(
         k,
         hidden,
@@ -228,7 +262,7 @@ def _olmoe(k: _Keys, name: str) -> ModelSpec:
 def _deepseek(k: _Keys, name: str) -> ModelSpec:
     hidden, layers = k.int("hidden_size"), k.int("num_hidden_layers")
     heads = k.int("num_attention_heads")
-    q_lora = k.get("q_lora_rank")
+    q_lora = k.optional_int("q_lora_rank")
     nope, rope = k.int("qk_nope_head_dim"), k.int("qk_rope_head_dim")
     attention = AttentionSpec(
         kind="mla",
@@ -243,7 +277,7 @@ def _deepseek(k: _Keys, name: str) -> ModelSpec:
         qk_nope_head_dim=nope,
         qk_rope_head_dim=rope,
     )
-    experts = k.get("n_routed_experts")
+    experts = k.optional_int("n_routed_experts")
     first_dense = k.int("first_k_dense_replace", 0, minimum=0)
     freq = k.int("moe_layer_freq", 1)
     moe = None
@@ -277,7 +311,7 @@ def _deepseek(k: _Keys, name: str) -> ModelSpec:
         dense_intermediate_size=k.int("intermediate_size"),
         moe=moe,
         moe_layers=moe_layers,
-        mtp_layers=int(k.get("num_nextn_predict_layers", 0)),
+        mtp_layers=k.int("num_nextn_predict_layers", 0, minimum=0),
     )
 
 
@@ -313,13 +347,14 @@ def _dbrx(k: _Keys, name: str) -> ModelSpec:
         attention,
         dense_intermediate_size=0,
         moe=moe,
-        max_position_embeddings=int(k.get("max_seq_len", 0)),
+        max_position_embeddings=k.int("max_seq_len", 0, minimum=0),
     )
 
 
 def _gpt_oss(k: _Keys, name: str) -> ModelSpec:
     hidden, layers = k.int("hidden_size"), k.int("num_hidden_layers")
-    top_k = k.cfg.get("num_experts_per_tok", k.cfg.get("experts_per_token"))
+    top_key = "num_experts_per_tok" if k.cfg.get("num_experts_per_tok") is not None else "experts_per_token"
+    top_k = k.optional_int(top_key, minimum=1)
     if top_k is None:
         k.missing.append("num_experts_per_tok")
     moe = MoESpec(
@@ -372,13 +407,11 @@ def model_from_config(config: Mapping[str, Any] | str | Path, name: str | None =
         path = Path(config)
         where = str(path)
         try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{path}: no such file", "give a preset name (see 'moesim models') or the path of a config.json"
-            ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})", _FIX) from None
+            config = inputs.read_json(
+                path, "a config.json", "give a preset name (see 'moesim models') or the path of a config.json"
+            )
+        except MoesimError as exc:
+            raise ConfigError(exc.message, exc.hint) from None
         if not isinstance(config, Mapping):
             raise ConfigError(f"{path}: a config.json must hold a JSON object", _FIX)
     family = config.get("model_type")

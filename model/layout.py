@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.errors import LayoutError
+from model.limits import MAX_GPUS
 from model.spec import ModelSpec
 
 
@@ -41,10 +42,17 @@ class Layout:
     def __post_init__(self) -> None:
         for name in ("tp", "ep", "dp_attn", "pp"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GPUS:
                 raise LayoutError(
-                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}", "use 1 or more"
+                    f"--{name.replace('_', '-')} must be a positive integer up to {MAX_GPUS:,}, got {value!r}",
+                    f"use a value from 1 to {MAX_GPUS:,}",
                 )
+        if self.num_gpus > MAX_GPUS:
+            raise LayoutError(
+                f"layout tp={self.tp} x dp_attn={self.dp_attn} x pp={self.pp} = {self.num_gpus:,} GPUs, over the "
+                f"limit of {MAX_GPUS:,}",
+                "use smaller parallel sizes",
+            )
         if self.stage_gpus % self.ep:
             raise LayoutError(
                 f"ep={self.ep} does not divide the {self.stage_gpus} GPUs of a stage (tp x dp_attn)",

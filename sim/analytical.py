@@ -27,6 +27,10 @@ Prefill/decode disaggregation: the prefill pool is an M/D/1 queue per
 replica with service time t_prefill(L_in) (TTFT = wait + service); the decode
 pool runs the decode-only fixed point; the KV transfer adds bytes / bandwidth.
 Closed-loop workloads iterate lambda = concurrency / (E2E + think).
+
+A workload holding a request that cannot fit (context, one replica's KV cache, an unchunked
+prompt over the step budget) is refused before solving, by the same check as the DES
+(`sim.engine.check_requests_fit`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from model import kv_bytes_per_token
 from model.cap import usd_per_gpu_second
 from model.errors import MoesimError
 from model.layout import Layout
-from sim.engine import Capacity, make_timer, replica_capacity
+from sim.engine import Capacity, check_requests_fit, make_timer, replica_capacity
 from sim.metrics import percentiles
 from sim.scenario import Built, Pool
 from sim.steptime import StepTimer
@@ -205,6 +209,7 @@ class Analytical:
             self.workload_rate = (len(arr) - 1) / span if span > 0 else float(w.rate or 1.0)
         self.pools = {p.role: p for p in built.pools}
         self.caps = {role: replica_capacity(built, p) for role, p in self.pools.items()}
+        check_requests_fit(built, df, self.caps)
         self.timers = timers or {role: make_timer(built, p, self.caps[role], seed) for role, p in self.pools.items()}
         self.setup_s = time.perf_counter() - t0
 

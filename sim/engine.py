@@ -34,6 +34,10 @@ time, and its own row in the step table): this is what makes 10,000 requests
 take seconds. A request submitted to the replica during a run (a KV transfer,
 a closed-loop client) ends the run after the step in progress.
 
+Before simulating, `check_requests_fit` refuses a workload holding a request no replica could
+ever serve (over the model's context, over one replica's KV cache, or an unchunked prompt over
+the step budget): such a request would otherwise wait forever. The analytical engine shares it.
+
 Units: seconds, tokens, bytes.
 """
 
@@ -129,6 +133,74 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
         f", {offload.cache_experts} of {slots} expert slots cached per GPU" if offload else ""
     )
     return Capacity(blocks, blocks * eng.block_size, weights / 2**30, offload, verdict)
+
+
+def _first_over(need: np.ndarray, room: int) -> tuple[int, int] | None:
+    """(index of the first entry of ``need`` [n] above ``room``, how many are), or None when all fit."""
+    over = np.flatnonzero(need > room)
+    return (int(over[0]), int(over.size)) if over.size else None
+
+
+def _more(count: int) -> str:
+    return f" (and {count - 1:,} more)" if count > 1 else ""
+
+
+def check_requests_fit(built: Built, requests: pd.DataFrame, caps: dict[str, Capacity]) -> None:
+    """Refuse a workload holding a request that no replica could ever serve, before simulating it.
+
+    Both engines call this once they know the requests and each pool's KV cache: a request whose
+    tokens exceed the model's context (``max_position_embeddings``, vLLM's rule: prompt + output),
+    whose KV cache alone exceeds one replica's (its longest moment holds input + output - 1 tokens;
+    a prefill pool holds the prompt only), or whose prompt exceeds ``engine.max_tokens`` when
+    prefill is not chunked, would wait forever in the DES and make the analytical model's
+    throughput meaningless.
+
+    Args:
+        built: the scenario's objects.
+        requests: the workload's table (`sim.workload.generate`): request_id, input_tokens, output_tokens.
+        caps: each pool role's replica capacity (`replica_capacity`).
+
+    Raises:
+        MoesimError: one line naming the first such request (its id and token counts) and the room.
+    """
+    inp = requests["input_tokens"].to_numpy(np.int64)
+    out = requests["output_tokens"].to_numpy(np.int64)
+    rid = requests["request_id"].to_numpy()
+    m = built.model
+    cap_hint = "cap the lengths with workload.max_input / workload.max_output"
+    context = m.max_position_embeddings
+    if context > 0:
+        hit = _first_over(inp + out, context)
+        if hit is not None:
+            i, n = hit
+            raise MoesimError(
+                f"workload: request {int(rid[i])} has {int(inp[i]):,} input + {int(out[i]):,} output tokens, "
+                f"over {m.name}'s context of {context:,} tokens (max_position_embeddings){_more(n)}",
+                f"{cap_hint} so that input + output <= {context:,}",
+            )
+    for pool in built.pools:
+        cap, eng = caps[pool.role], pool.engine
+        held = inp if pool.role == "prefill" else inp + out - 1  # tokens in the cache at the request's longest
+        blocks = -(-held // eng.block_size)
+        hit = _first_over(blocks, cap.kv_blocks)
+        if hit is not None:
+            i, n = hit
+            raise MoesimError(
+                f"workload: request {int(rid[i])} needs {int(held[i]):,} tokens of KV cache "
+                f"({int(inp[i]):,} input + {int(out[i]):,} output), more than the {cap.kv_tokens:,} tokens "
+                f"a {pool.role} replica holds ({pool.layout.label()} of {pool.cluster.gpu.key}){_more(n)}",
+                f"{cap_hint}, or give each replica more memory (more GPUs per replica, a smaller "
+                "precision.kv_cache, engine.mem_fraction)",
+            )
+        if not eng.chunked_prefill and pool.role != "decode":
+            hit = _first_over(inp, eng.max_tokens)
+            if hit is not None:
+                i, n = hit
+                raise MoesimError(
+                    f"workload: request {int(rid[i])} has a {int(inp[i]):,}-token prompt, more than "
+                    f"engine.max_tokens {eng.max_tokens:,} with chunked_prefill off{_more(n)}",
+                    f"{cap_hint}, raise engine.max_tokens, or set engine.chunked_prefill: true",
+                )
 
 
 def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
@@ -492,11 +564,11 @@ class Simulation:
         self.done = 0
         self.closed = built.workload.arrival == "closed"
         self.replicas: dict[str, list[Replica]] = {}
-        self.capacities: dict[str, Capacity] = {}
         self.all: list[Replica] = []
+        self.capacities = {pool.role: replica_capacity(built, pool) for pool in built.pools}
+        check_requests_fit(built, self.df, self.capacities)
         for p_i, pool in enumerate(built.pools):
-            cap = replica_capacity(built, pool)
-            self.capacities[pool.role] = cap
+            cap = self.capacities[pool.role]
             reps = []
             for _ in range(pool.replicas):
                 timer = make_timer(built, pool, cap, seed * 1000 + len(self.all) + 17 * p_i)

@@ -30,19 +30,28 @@ Prefill/decode disaggregation replaces ``layout``/``replicas`` by two pools::
 
 from __future__ import annotations
 
-import json
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec, Precision
+from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec, Precision, inputs
 from model.errors import MoesimError
 from model.hardware import get_cluster, get_gpu, make_cluster
 from model.hf_config import load_model
+from model.limits import (
+    MAX_BATCH,
+    MAX_CAPACITY_FACTOR,
+    MAX_GPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_SEED,
+    MAX_STEP_TOKENS,
+    MAX_TOKENS,
+)
 from sim.workload import Workload, parse_workload
 
 #: Host-to-GPU bandwidth per GPU per direction when offloading, bytes/s: the PCIe
@@ -61,16 +70,18 @@ PCIE_BW = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys, NaN and infinity are refused everywhere in a scenario."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LayoutSpec(_Strict):
     """A parallel layout (see `model.layout.Layout`)."""
 
-    tp: int = Field(1, ge=1)
-    ep: int = Field(1, ge=1)
-    dp_attn: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1, le=MAX_GPUS)
+    ep: int = Field(1, ge=1, le=MAX_GPUS)
+    dp_attn: int = Field(1, ge=1, le=MAX_GPUS)
+    pp: int = Field(1, ge=1, le=MAX_GPUS)
 
     def build(self) -> Layout:
         return Layout(tp=self.tp, ep=self.ep, dp_attn=self.dp_attn, pp=self.pp)
@@ -88,17 +99,17 @@ class EngineSpec(_Strict):
         mem_fraction: usable share of device memory (weights + KV + activations).
     """
 
-    max_batch: int = Field(256, ge=1)
-    max_tokens: int = Field(8192, ge=1)
+    max_batch: int = Field(256, ge=1, le=MAX_BATCH)
+    max_tokens: int = Field(8192, ge=1, le=MAX_STEP_TOKENS)
     chunked_prefill: bool = True
-    block_size: int = Field(16, ge=1)
+    block_size: int = Field(16, ge=1, le=MAX_TOKENS)
     mem_fraction: float = Field(0.9, gt=0, le=1)
 
 
 class PoolSpec(_Strict):
     """One pool of a disaggregated deployment."""
 
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=MAX_GPUS)
     layout: LayoutSpec = LayoutSpec()
     engine: EngineSpec | None = None
 
@@ -127,7 +138,7 @@ class RoutingSpec(_Strict):
     distribution: Literal["uniform", "power", "file"] = "uniform"
     exponent: float = Field(1.0, ge=0)
     file: str | None = None
-    capacity_factor: float | None = Field(None, gt=0)
+    capacity_factor: float | None = Field(None, gt=0, le=MAX_CAPACITY_FACTOR)
     overlap: Literal["none", "two_batch"] = "none"
 
 
@@ -143,7 +154,7 @@ class OffloadSpec(_Strict):
     """
 
     enabled: bool = False
-    cache_experts: int | None = Field(None, ge=1)
+    cache_experts: int | None = Field(None, ge=1, le=MAX_GPUS)
     kv_fraction: float = Field(0.2, gt=0, lt=1)
     host_bw: float | None = Field(None, gt=0)
 
@@ -159,7 +170,7 @@ class CostSpec(_Strict):
     """How GPU time is priced (`model.cap.CostAssumptions`)."""
 
     pricing: Literal["auto", "cloud", "capex"] = "auto"
-    years: float = Field(5.0, gt=0)
+    years: float = Field(5.0, gt=0, le=100)
     utilisation: float = Field(1.0, gt=0, le=1)
 
 
@@ -170,8 +181,8 @@ class Scenario(_Strict):
     model: str
     cluster: str | None = None
     gpu: str | None = None
-    nodes: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=1)
+    nodes: int | None = Field(None, ge=1, le=MAX_GPUS)
+    gpus_per_node: int | None = Field(None, ge=1, le=MAX_GPUS_PER_NODE)
     hardware: str | None = None
     precision: dict[str, str] = Field(default_factory=dict)
     layout: LayoutSpec = LayoutSpec()
@@ -186,14 +197,23 @@ class Scenario(_Strict):
     slo: SloSpec = SloSpec()
     cost: CostSpec = CostSpec()
     cost_model: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be >= 1 or 'auto'")
+        if isinstance(v, int) and not 1 <= v <= MAX_GPUS:
+            raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_GPUS:,}")
         return v
+
+
+#: pydantic's bound errors: (context key, operator) for a message like "must be <= 10,000,000".
+_BOUND_OPS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _one_line(exc: ValidationError, where: str) -> str:
@@ -202,6 +222,13 @@ def _one_line(exc: ValidationError, where: str) -> str:
     what = err["msg"]
     if err["type"] == "extra_forbidden":
         what = "unknown key"
+    bound = _BOUND_OPS.get(err["type"])
+    if bound is not None:
+        limit = (err.get("ctx") or {}).get(bound[0])
+        if isinstance(limit, (int, float)):
+            what = f"must be {bound[1]} {f'{limit:,}' if isinstance(limit, int) else f'{limit:g}'}"
+    elif err["type"] == "finite_number":
+        what = "must be a finite number"
     got = err.get("input")
     shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f", got {got!r}"
     return f"{where}: {loc}: {what}{shown}"
@@ -215,8 +242,7 @@ def validate_mapping(cls: type[_M], data: Any, where: str, examples: str, source
 
     ``examples`` and ``source`` name the example files and the module the hint points to.
     """
-    if not isinstance(data, dict):
-        raise MoesimError(f"{where}: expected a mapping of keys, got {type(data).__name__}", f"see {examples}")
+    inputs.expect_mapping(data, where, f"see {examples}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -231,16 +257,9 @@ def parse_scenario(data: Any, where: str = "scenario") -> Scenario:
 
 
 def read_yaml(path: str | Path, what: str = "a scenario YAML") -> Any:
-    """The parsed YAML of ``path``; `MoesimError` when it is missing or not valid YAML."""
-    p = Path(path)
-    if not p.is_file():
-        raise MoesimError(f"scenario file {p} not found", f"give the path of {what} (see examples/)")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise MoesimError(f"{p}: not valid YAML{at}", "fix the YAML syntax") from None
+    """The parsed YAML of ``path``; `MoesimError` naming the file when it is missing, a folder, empty, not UTF-8
+    text, not valid YAML or nested too deeply (`model.inputs.read_yaml`)."""
+    return inputs.read_yaml(path, what, f"give the path of {what} (see examples/)")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -314,30 +333,83 @@ def power_law_loads(num_layers: int, num_experts: int, exponent: float, seed: in
     return np.stack([base[rng.permutation(num_experts)] for _ in range(num_layers)])
 
 
+def max_power_exponent(num_experts: int, top_k: int) -> float:
+    """The largest power-law exponent whose busiest expert a top-k router can serve: rank^-exponent shares,
+    the first at most 1/top_k (a token picks an expert at most once). Rounded down to 3 decimals.
+
+    The first share is 1 / H, H = sum over ranks r of r^-exponent, which falls from ``num_experts`` (exponent 0)
+    towards 1, so the answer solves H = top_k (bisection; infinite when top_k is 1).
+    """
+    if top_k <= 1:
+        return math.inf
+    if top_k >= num_experts:
+        return 0.0
+    ranks = np.arange(1, num_experts + 1, dtype=float)
+
+    def harmonic(a: float) -> float:
+        return float(np.sum(ranks**-a))
+
+    lo, hi = 0.0, 1.0
+    while harmonic(hi) >= top_k:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if harmonic(mid) >= top_k else (lo, mid)
+    return math.floor(lo * 1000) / 1000
+
+
+def check_power_exponent(exponent: float, num_experts: int, top_k: int, key: str = "routing.exponent") -> None:
+    """`MoesimError` naming ``key`` and the largest exponent that works when ``exponent`` is too steep for top-k."""
+    top = max_power_exponent(num_experts, top_k)
+    if exponent <= top:
+        return
+    share = 1.0 / float(np.sum(np.arange(1, num_experts + 1, dtype=float) ** -exponent))
+    raise MoesimError(
+        f"{key}={exponent:g} is too steep for top-{top_k} routing over {num_experts} experts: the busiest expert "
+        f"would get {share:.0%} of the (token, expert) pairs, but a token picks it at most once (at most 1/{top_k})",
+        f"use {key} <= {top:g} for this model",
+    )
+
+
+#: Keys of a JSON routing or placement file that hold its array, in the order they are tried.
+_ARRAY_KEYS = ("physical_to_logical_map", "loads", "logical_count")
+
+
 def _read_array(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise MoesimError(f"{what} file {path} not found", "give an existing .npy, .csv or .json file")
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".csv":
-            return np.loadtxt(path, delimiter=",", ndmin=2)
-        data = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise MoesimError(f"{what} file {path} is unreadable: {str(exc).splitlines()[0][:80]}", "rewrite it") from None
+    """The float array in a ``.npy``, ``.csv`` or ``.json`` file (a list, or an object with one of `_ARRAY_KEYS`).
+
+    Raises:
+        MoesimError: a missing, empty, unreadable, binary or malformed file, naming it.
+    """
+    fix = "give a .npy, .csv or .json file (see sim/scenario.py: RoutingSpec)"
+    if path.suffix == ".npy":
+        data = inputs.read_bytes(path, f"a {what} file", fix)
+        inputs.check_magic(data, ".npy", f"{what} file {path}", fix)
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False).astype(float)
+        except (ValueError, OSError, EOFError, TypeError) as exc:
+            detail = " ".join(str(exc).split())[:100]
+            raise MoesimError(f"{what} file {path} is not a readable .npy array ({detail})", fix) from None
+    if path.suffix == ".csv":
+        text = inputs.read_text(path, f"a {what} file", fix)
+        try:
+            return np.loadtxt(io.StringIO(text), delimiter=",", ndmin=2)
+        except ValueError as exc:
+            detail = " ".join(str(exc).split())[:100]
+            raise MoesimError(f"{what} file {path} is not a CSV of numbers ({detail})", fix) from None
+    data = inputs.read_json(path, f"a {what} file", fix)
     if isinstance(data, dict):
-        for key in ("physical_to_logical_map", "loads", "logical_count"):
-            if key in data:
-                data = data[key]
-                break
-        else:
-            raise MoesimError(
-                f"{what} file {path} has no known key", "use physical_to_logical_map, loads or logical_count"
-            )
+        key = next((k for k in _ARRAY_KEYS if k in data), None)
+        if key is None:
+            raise MoesimError(f"{what} file {path} has none of the keys {', '.join(_ARRAY_KEYS)}", fix)
+        data = data[key]
     try:
-        return np.asarray(data, dtype=float)
-    except ValueError:
-        raise MoesimError(f"{what} file {path}: rows of different lengths", "give a rectangular array") from None
+        arr = np.asarray(data, dtype=float)
+    except (ValueError, TypeError):
+        raise MoesimError(f"{what} file {path}: not a rectangular array of numbers", fix) from None
+    if arr.ndim == 0:
+        raise MoesimError(f"{what} file {path} holds one number, not an array", fix)
+    return arr
 
 
 def scenario_loads(sc: Any, model: ModelSpec, base: Path) -> np.ndarray | None:
@@ -349,6 +421,7 @@ def scenario_loads(sc: Any, model: ModelSpec, base: Path) -> np.ndarray | None:
         return None
     n_moe = model.num_moe_layers
     if r.distribution == "power":
+        check_power_exponent(r.exponent, moe.num_experts, moe.top_k)
         return power_law_loads(n_moe, moe.num_experts, r.exponent, sc.seed)
     if not r.file:
         raise MoesimError("routing.distribution is 'file' but routing.file is not set", "give routing.file")
@@ -357,14 +430,17 @@ def scenario_loads(sc: Any, model: ModelSpec, base: Path) -> np.ndarray | None:
         arr = np.broadcast_to(arr, (n_moe, arr.size)).copy()
     if arr.ndim == 3:  # SGLang logical_count [passes, layers, experts]
         arr = arr.sum(axis=0)
-    if arr.shape[0] == model.num_layers and n_moe != model.num_layers:
+    if arr.ndim == 2 and arr.shape[0] == model.num_layers and n_moe != model.num_layers:
         arr = arr[np.asarray(model.moe_layers, bool)]
-    if arr.shape != (n_moe, moe.num_experts) or (arr < 0).any() or (arr.sum(axis=1) <= 0).any():
+    if arr.shape != (n_moe, moe.num_experts):
         raise MoesimError(
-            f"routing file {r.file}: expected non-negative loads [{n_moe} MoE layers, {moe.num_experts} experts], "
+            f"routing file {r.file}: expected loads [{n_moe} MoE layers, {moe.num_experts} experts], "
             f"got shape {list(arr.shape)}",
             "give one row per MoE layer (or one row for all) with one column per expert",
         )
+    from placement.stats import validate_counts
+
+    validate_counts(arr, f"routing file {r.file}")
     return arr / arr.sum(axis=1, keepdims=True)
 
 
@@ -377,12 +453,20 @@ def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) 
         arr = np.broadcast_to(arr, (n_moe, arr.size)).copy()
     if arr.ndim == 2 and arr.shape[0] == model.num_layers and n_moe != model.num_layers:
         arr = arr[np.asarray(model.moe_layers, bool)]  # SGLang: one row per hidden layer, dense rows filled
-    bad = arr.ndim != 2 or arr.shape[0] != n_moe or (arr < 0).any() or (arr >= n_exp).any() or (arr % 1).any()
-    if bad:
+    fix = "export a plan with 'moesim place' or give SGLang's physical_to_logical_map"
+    if arr.ndim != 2 or arr.shape[0] != n_moe:
         raise MoesimError(
-            f"placement {sc.placement}: expected physical-to-logical expert ids [{n_moe} MoE layers, slots] "
-            f"in 0..{n_exp - 1}, got shape {list(arr.shape)}",
-            "export a plan with 'moesim place' or give SGLang's physical_to_logical_map",
+            f"placement {sc.placement}: expected physical-to-logical expert ids [{n_moe} MoE layers, slots], "
+            f"got shape {list(arr.shape)}",
+            fix,
+        )
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr >= n_exp) | (arr % 1 != 0)
+    if bad.any():
+        layer, slot = (int(i[0]) for i in np.nonzero(bad))
+        raise MoesimError(
+            f"placement {sc.placement}: layer {layer} slot {slot} holds {arr[layer, slot]:g}, not an expert id "
+            f"in 0..{n_exp - 1}",
+            fix,
         )
     arr = arr.astype(np.int64)
     for layer in arr:

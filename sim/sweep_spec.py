@@ -49,8 +49,18 @@ from model import Layout, Precision
 from model.errors import MoesimError
 from model.hardware import get_gpu
 from model.hf_config import load_model
+from model.limits import (
+    MAX_BATCH,
+    MAX_GPUS,
+    MAX_RATE,
+    MAX_REQUESTS,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_STEP_TOKENS,
+    MAX_SWEEP_POINTS,
+)
 from model.memory import estimate_memory
-from sim.scenario import _one_line, parse_scenario, read_yaml, validate_mapping
+from sim.scenario import _one_line, max_power_exponent, parse_scenario, read_yaml, validate_mapping
 
 #: Axis names in expansion order (the slowest-varying first).
 AXES = (
@@ -91,14 +101,16 @@ DEFAULT_METRICS = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys, NaN and infinity are refused everywhere in the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RateRange(_Strict):
     """``num`` rates from ``start`` to ``stop`` req/s, evenly on a ``log`` or ``linear`` scale."""
 
-    start: float = Field(gt=0)
-    stop: float = Field(gt=0)
+    start: float = Field(gt=0, le=MAX_RATE)
+    stop: float = Field(gt=0, le=MAX_RATE)
     num: int = Field(ge=1, le=10_000)
     scale: Literal["log", "linear"] = "log"
 
@@ -123,7 +135,7 @@ class Constraints(_Strict):
 
     memory_fits: bool = True
     layout_divides: bool = True
-    max_gpus: int | None = Field(None, ge=1)
+    max_gpus: int | None = Field(None, ge=1, le=MAX_GPUS)
 
 
 class CapacitySpec(_Strict):
@@ -143,25 +155,25 @@ class CapacitySpec(_Strict):
     percentile: Literal[50, 90, 99] = 99
     ttft_s: float | None = Field(None, gt=0)
     tpot_s: float | None = Field(None, gt=0)
-    min_rate: float = Field(0.01, gt=0)
-    max_rate: float = Field(10_000.0, gt=0)
+    min_rate: float = Field(0.01, gt=0, le=MAX_RATE)
+    max_rate: float = Field(10_000.0, gt=0, le=MAX_RATE)
     tolerance: float = Field(0.05, gt=0, lt=1)
-    duration_s: float = Field(60.0, gt=0)
-    requests: int = Field(100, ge=10)
-    max_requests: int = Field(20_000, ge=10)
+    duration_s: float = Field(60.0, gt=0, le=MAX_SECONDS)
+    requests: int = Field(100, ge=10, le=MAX_REQUESTS)
+    max_requests: int = Field(20_000, ge=10, le=MAX_REQUESTS)
 
 
 class TargetSpec(_Strict):
     """A throughput to reach: output tokens/s under the SLOs."""
 
-    throughput_tok_s: float = Field(gt=0)
+    throughput_tok_s: float = Field(gt=0, le=1e15)
 
 
 class PlacementOptions(_Strict):
     """How the ``placement`` axis's ILP runs: wall seconds per plan and its MIP gap."""
 
-    time_limit: float = Field(10.0, gt=0)
-    mip_gap: float = Field(1e-3, ge=0)
+    time_limit: float = Field(10.0, gt=0, le=MAX_SECONDS)
+    mip_gap: float = Field(1e-3, ge=0, le=1)
 
 
 class SweepSpec(_Strict):
@@ -178,7 +190,7 @@ class SweepSpec(_Strict):
     target: TargetSpec | None = None
     placement_options: PlacementOptions = PlacementOptions()
     accuracy_benchmark: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 @dataclass
@@ -282,13 +294,19 @@ def _axis_values(name: str, raw: Any) -> list[tuple[str, Any]]:
                 raise MoesimError("axes.workload: expected mappings of workload keys", "see sim/workload.py")
             out.append((str(v.get("name", f"w{len(out)}")), {k: x for k, x in v.items() if k != "name"}))
         elif name in ("gpus", "max_batch", "max_tokens"):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise MoesimError(f"axes.{name}: {v!r} is not a positive integer", f"give {name} as integers >= 1")
+            top = {"gpus": MAX_GPUS, "max_batch": MAX_BATCH, "max_tokens": MAX_STEP_TOKENS}[name]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+                raise MoesimError(
+                    f"axes.{name}: {v!r} is not a whole number from 1 to {top:,}",
+                    f"give {name} as integers from 1 to {top:,}",
+                )
             out.append((str(v), v))
         elif name in ("rate", "routing_skew"):
             bad = not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-            if bad or v < 0 or (name == "rate" and v == 0):
-                what = "rates must be > 0 req/s" if name == "rate" else "the skew is an exponent >= 0"
+            if bad or v < 0 or (name == "rate" and (v == 0 or v > MAX_RATE)):
+                what = (
+                    f"rates must be > 0 and <= {MAX_RATE:g} req/s" if name == "rate" else "the skew is an exponent >= 0"
+                )
                 raise MoesimError(f"axes.{name}: {v!r} is not allowed: {what}", f"fix the {name} values")
             out.append((str(v), float(v)))
         elif name == "offload":
@@ -336,7 +354,7 @@ def _placement(raw: Any) -> dict[str, Any]:
             f"use {', '.join(PLACEMENT_METHODS)}, or {{method: eplb, redundant: 8}}",
         )
     red = raw.get("redundant", 0)
-    if not isinstance(red, int) or red < 0:
+    if not isinstance(red, int) or isinstance(red, bool) or not 0 <= red <= 16_384:
         raise MoesimError(f"axes.placement: redundant {red!r} is not an integer >= 0", "give redundant: 0 or more")
     return {"method": raw["method"], "redundant": red}
 
@@ -363,11 +381,46 @@ def _divides(model: str, tp: int, ep: int, dp: int, pp: int) -> str | None:
 
 
 def _check_names(axis: str, values: list[Any]) -> None:
+    """Every value of a ``model`` or ``gpu`` axis (or ``base.model``/``base.gpu``) names a preset or a file."""
+    where = axis if axis.startswith("base.") else f"axis '{axis}'"
     for v in values:
+        if not isinstance(v, str):
+            raise MoesimError(f"{where}: {v!r} is not a name", f"give a {axis.split('.')[-1]} preset name or path")
         try:
-            load_model(v) if axis == "model" else get_gpu(v)
+            load_model(v) if axis.endswith("model") else get_gpu(v)
         except MoesimError as exc:
-            raise MoesimError(f"axis '{axis}': {exc.message}", exc.hint) from None
+            raise MoesimError(f"{where}: {exc.message}", exc.hint) from None
+
+
+#: The largest routing skew per (experts, top-k), computed once per sweep process.
+_max_skew = lru_cache(maxsize=None)(max_power_exponent)
+
+
+def _check_base(base: dict[str, Any], axes: dict[str, list[tuple[str, Any]]], capacity: bool) -> None:
+    """Validate the base scenario once, with the first value of the axes that replace its keys.
+
+    Its layout is left out (a sweep layout may say ``gpus``, resolved per point) and so is its model or GPU
+    when an axis gives them; a base model or GPU that no axis replaces must exist.
+    """
+    probe = {k: v for k, v in copy.deepcopy(base).items() if k != "layout"}
+    for name in ("model", "gpu"):
+        if name in axes:
+            probe[name] = axes[name][0][1]
+            if name == "gpu":
+                probe.pop("cluster", None)
+        elif name in probe:
+            _check_names(f"base.{name}", [probe[name]])
+    probe.setdefault("model", "placeholder")
+    if isinstance(probe.get("workload", {}), dict):
+        wl = dict(probe.get("workload") or {})
+        if "workload" in axes:
+            wl = _merge(wl, axes["workload"][0][1])
+        if "rate" in axes:
+            wl["rate"] = axes["rate"][0][1]
+        elif capacity:
+            wl["rate"] = 1.0  # the capacity search's placeholder, as in `_point`
+        probe["workload"] = wl
+    parse_scenario(probe, "the sweep's base")
 
 
 def expand(spec: SweepSpec) -> Expansion:
@@ -391,6 +444,7 @@ def expand(spec: SweepSpec) -> Expansion:
             raise MoesimError(
                 f"axis 'precision': {what}", "give a weight dtype or {weights: .., kv_cache: ..}"
             ) from None
+    _check_base(base, axes, spec.capacity is not None)
     if "model" not in axes and not base.get("model"):
         raise MoesimError("the sweep names no model", "set base.model or axes.model")
     gpu0 = base.get("gpu")
@@ -405,6 +459,12 @@ def expand(spec: SweepSpec) -> Expansion:
     eng = base.get("engine") or {}
     frac = float(eng.get("mem_fraction", 0.9))
     n_rates = len(rates) if rates else 1
+    size = math.prod(len(axes[n]) for n in names) * n_rates
+    if size > MAX_SWEEP_POINTS:
+        raise MoesimError(
+            f"the sweep's axes make {size:,} points, over the limit of {MAX_SWEEP_POINTS:,}",
+            "sweep fewer values per axis, or split the sweep into several files",
+        )
     for combo in itertools.product(*(axes[n] for n in names)):
         total += n_rates
         v = {n: val for n, (_, val) in zip(names, combo, strict=True)}
@@ -437,7 +497,12 @@ def expand(spec: SweepSpec) -> Expansion:
         why = ", ".join(f"{k} pruned {n}" for k, n in sorted(pruned.items()))
         raise MoesimError(
             f"the constraints prune all {total} points of the sweep ({why})",
-            "relax constraints, add GPUs or memory, or choose layouts that divide the model and the GPUs",
+            "relax constraints, add GPUs or memory, or choose layouts that divide the model and the GPUs"
+            + (
+                " (routing_skew_too_steep: lower routing_skew below the model's top-k limit)"
+                if "routing_skew_too_steep" in pruned
+                else ""
+            ),
         )
     return Expansion(points, pruned, total)
 
@@ -493,6 +558,15 @@ def _point(
         wl["rate"] = 1.0  # a placeholder the capacity search replaces
     sc["workload"] = wl
     sc.setdefault("seed", spec.seed)
+    skew = (
+        (sc.get("routing") or {}).get("exponent", 0.0)
+        if (sc.get("routing") or {}).get("distribution") == "power"
+        else 0
+    )
+    if skew and isinstance(skew, (int, float)):
+        moe = load_model(model).moe
+        if moe is not None and skew > _max_skew(moe.num_experts, moe.top_k):
+            return "routing_skew_too_steep", sc, {}, {}  # sim.scenario.check_power_exponent says why
     placement = v.get("placement", {"method": "default", "redundant": 0})
     if placement["method"] != "default" and lay["ep"] == 1:
         return "placement_needs_ep", sc, {}, {}  # one GPU holds every expert: nothing to place

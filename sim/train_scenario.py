@@ -40,6 +40,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
 from model.errors import LayoutError, MoesimError
 from model.hf_config import load_model
+from model.limits import (
+    MAX_BATCH,
+    MAX_CAPACITY_FACTOR,
+    MAX_GPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_LAYERS,
+    MAX_MICROBATCHES,
+    MAX_PIPELINE_TASKS,
+    MAX_SEED,
+    MAX_TOKENS,
+)
 from sim.scenario import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
@@ -50,7 +61,9 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved", "dualpipe")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys, NaN and infinity are refused everywhere in the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainLayout(_Strict):
@@ -77,16 +90,16 @@ class TrainLayout(_Strict):
             overlaps the next step's first forwards (``--overlap-param-gather``).
     """
 
-    tp: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
-    ep: int = Field(1, ge=1)
-    etp: int | None = Field(None, ge=1)
-    dp: int | None = Field(None, ge=1)
+    tp: int = Field(1, ge=1, le=MAX_GPUS)
+    pp: int = Field(1, ge=1, le=MAX_GPUS)
+    ep: int = Field(1, ge=1, le=MAX_GPUS)
+    etp: int | None = Field(None, ge=1, le=MAX_GPUS)
+    dp: int | None = Field(None, ge=1, le=MAX_GPUS)
     zero: Literal[0, 1, 2, 3] = 1
     fsdp: bool = False
     sequence_parallel: bool = True
     schedule: str = "1f1b"
-    virtual_stages: int = Field(1, ge=1)
+    virtual_stages: int = Field(1, ge=1, le=MAX_LAYERS)
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
 
@@ -94,9 +107,9 @@ class TrainLayout(_Strict):
 class TrainBatch(_Strict):
     """The batch of one optimizer step, in sequences of ``seq_len`` tokens."""
 
-    global_batch: int = Field(ge=1)
-    micro_batch: int = Field(1, ge=1)
-    seq_len: int = Field(ge=1)
+    global_batch: int = Field(ge=1, le=MAX_BATCH)
+    micro_batch: int = Field(1, ge=1, le=MAX_BATCH)
+    seq_len: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class TrainPrecision(_Strict):
@@ -142,14 +155,14 @@ class TrainRouting(_Strict):
     exponent: float = Field(1.0, ge=0)
     max_violation: float | None = Field(None, ge=0)
     file: str | None = None
-    capacity_factor: float | None = Field(None, gt=0)
+    capacity_factor: float | None = Field(None, gt=0, le=MAX_CAPACITY_FACTOR)
 
 
 class TrainCost(_Strict):
     """How GPU time is priced (`model.cap.CostAssumptions`)."""
 
     pricing: Literal["auto", "cloud", "capex"] = "auto"
-    years: float = Field(5.0, gt=0)
+    years: float = Field(5.0, gt=0, le=100)
     utilisation: float = Field(1.0, gt=0, le=1)
 
 
@@ -181,8 +194,8 @@ class TrainScenario(_Strict):
     model: str
     cluster: str | None = None
     gpu: str | None = None
-    nodes: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=1)
+    nodes: int | None = Field(None, ge=1, le=MAX_GPUS)
+    gpus_per_node: int | None = Field(None, ge=1, le=MAX_GPUS_PER_NODE)
     hardware: str | None = None
     layout: TrainLayout = TrainLayout()
     batch: TrainBatch
@@ -191,11 +204,11 @@ class TrainScenario(_Strict):
     routing: TrainRouting = TrainRouting()
     overlap: Literal["none", "chunk_pairs"] = "none"
     comm_sm_fraction: float = Field(20 / 132, ge=0, lt=1)
-    mem_reserved_gib: float = Field(0.0, ge=0)
+    mem_reserved_gib: float = Field(0.0, ge=0, le=1e6)
     steps: int = Field(1, ge=1, le=1000)
     cost: TrainCost = TrainCost()
     cost_model: str | list[str] | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 def parse_train_scenario(data: Any, where: str = "scenario") -> TrainScenario:
@@ -298,6 +311,13 @@ def _power_for_maxvio(num_layers: int, num_experts: int, max_violation: float, s
 def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None:
     moe = model.moe
     if moe is not None and model.is_moe and sc.routing.max_violation is not None:
+        top = moe.num_experts / moe.top_k - 1  # a token picks an expert at most once: its share is at most 1/top_k
+        if sc.routing.max_violation > top + 1e-9:
+            raise MoesimError(
+                f"routing.max_violation={sc.routing.max_violation:g} is too high for top-{moe.top_k} routing over "
+                f"{moe.num_experts} experts: the busiest expert can carry at most {top + 1:g}x the mean load",
+                f"use routing.max_violation <= {top:g} for this model",
+            )
         return _power_for_maxvio(model.num_moe_layers, moe.num_experts, sc.routing.max_violation, sc.seed)
     return scenario_loads(sc, model, base)
 
@@ -388,6 +408,19 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
             f"use a global batch that is a multiple of {b.micro_batch * dp}",
         )
     m = b.global_batch // (b.micro_batch * dp)
+    if m > MAX_MICROBATCHES:
+        raise MoesimError(
+            f"global_batch={b.global_batch} / (micro_batch={b.micro_batch} x dp={dp}) = {m:,} micro-batches per "
+            f"pipeline, over the limit of {MAX_MICROBATCHES:,}",
+            "raise batch.micro_batch or lower batch.global_batch",
+        )
+    tasks = sc.steps * m * pp * virtual * 3
+    if tasks > MAX_PIPELINE_TASKS:
+        raise MoesimError(
+            f"steps={sc.steps} x {m:,} micro-batches x pp={pp} x {virtual} chunks x 3 passes = {tasks:,} pipeline "
+            f"tasks to simulate, over the limit of {MAX_PIPELINE_TASKS:,}",
+            "lower steps or batch.global_batch, or raise batch.micro_batch",
+        )
     if lay.schedule == "interleaved" and m % pp:
         raise MoesimError(
             f"the interleaved schedule needs micro-batches per pipeline ({m}) to be a multiple of pp={pp}",

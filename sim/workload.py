@@ -32,7 +32,7 @@ is short for ``{dist: fixed, value: N}``):
 - ``uniform``: ``low`` .. ``high``, both inclusive.
 - ``lognormal``: ``mean`` and ``cv`` of the token counts themselves (not of their log):
   sigma² = ln(1 + cv²), mu = ln(mean) - sigma²/2; samples are rounded, then clipped to
-  [``min`` (default 1), ``max``].
+  [``min`` (default 1), ``max`` (default `model.limits.MAX_TOKENS`)].
 - ``empirical``: ``values``, drawn with optional ``weights`` (normalised).
 
 ``max_input`` / ``max_output`` clip every length, synthetic or replayed.
@@ -68,18 +68,26 @@ so the first is 0 and divided by ``time_scale``, and its lengths; ``arrival``, `
 ``cv``, ``concurrency`` and ``think_s`` must then be left out, and ``requests`` caps the
 replay only when given. A trace without arrival times (sharegpt; csv/jsonl without arrival_s)
 is an empirical joint distribution of (input, output): rows are drawn with replacement,
-seeded, and arrivals come from the arrival process. A length of 0 counts as 1 token.
+seeded, and arrivals come from the arrival process. A length of 0 counts as 1 token; a length that is
+not a whole number from 0 to `model.limits.MAX_TOKENS` (negative, fractional, NaN, 1e308) is refused,
+naming its line or record and its column.
+
+Limits (`model.limits`): ``requests`` and ``concurrency`` at most MAX_REQUESTS, token counts at most
+MAX_TOKENS, ``rate`` at most MAX_RATE, ``duration_s`` / ``think_s`` at most MAX_SECONDS, ``cv`` in
+[MIN_CV, MAX_CV]; NaN and infinity are refused everywhere.
 """
 
 from __future__ import annotations
 
 import difflib
 import gzip
+import io
 import json
 import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -87,14 +95,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from model.errors import MoesimError
+from model.inputs import decode_text, parse_json, read_bytes
+from model.limits import MAX_CV, MAX_RATE, MAX_REQUESTS, MAX_SECONDS, MAX_TOKENS, MIN_CV
 
 COLUMNS = ("request_id", "arrival_s", "input_tokens", "output_tokens")
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 #: UTF-8 bytes per token assumed when estimating ShareGPT lengths without a tokenizer.
 BYTES_PER_TOKEN = 4
-#: Most requests a duration-bound workload may generate without an explicit ``requests``.
-MAX_REQUESTS = 10_000_000
+#: Most requests a workload may hold (``requests``, ``concurrency``, a duration-bound or replayed workload):
+#: `model.limits.MAX_REQUESTS`; token counts per prompt or output are at most `model.limits.MAX_TOKENS`.
 HUMAN_ROLES = frozenset({"human", "user"})
 MODEL_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bard", "bing", "model"})
 TraceFormat = Literal["auto", "csv", "jsonl", "azure", "sharegpt"]
@@ -128,15 +138,15 @@ class LengthDist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dist: Literal["fixed", "uniform", "lognormal", "empirical"]
-    value: int | None = Field(None, ge=1)
-    low: int | None = Field(None, ge=1)
-    high: int | None = Field(None, ge=1)
-    mean: float | None = Field(None, ge=1)
-    cv: float | None = Field(None, gt=0)
-    min: int = Field(1, ge=1)
-    max: int | None = Field(None, ge=1)
-    values: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
-    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    value: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    low: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    high: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    mean: float | None = Field(None, ge=1, le=MAX_TOKENS)
+    cv: float | None = Field(None, ge=MIN_CV, le=MAX_CV)
+    min: int = Field(1, ge=1, le=MAX_TOKENS)
+    max: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    values: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] | None = Field(None, min_length=1, max_length=MAX_REQUESTS)
+    weights: list[Annotated[float, Field(ge=0, le=1e300)]] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -192,19 +202,19 @@ class Workload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     arrival: Literal["poisson", "gamma", "constant", "closed"] = "poisson"
-    rate: float | None = Field(None, gt=0)
-    cv: float = Field(2.0, gt=0)
-    concurrency: int | None = Field(None, ge=1)
-    think_s: float = Field(0.0, ge=0)
-    requests: int = Field(1000, ge=1)
-    duration_s: float | None = Field(None, gt=0)
+    rate: float | None = Field(None, gt=0, le=MAX_RATE)
+    cv: float = Field(2.0, ge=MIN_CV, le=MAX_CV)
+    concurrency: int | None = Field(None, ge=1, le=MAX_REQUESTS)
+    think_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    requests: int = Field(1000, ge=1, le=MAX_REQUESTS)
+    duration_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
     input: LengthDist = _DEFAULT_INPUT
     output: LengthDist = _DEFAULT_OUTPUT
     trace: str | None = None
     trace_format: TraceFormat = "auto"
-    time_scale: float = Field(1.0, gt=0)
-    max_input: int | None = Field(None, ge=1)
-    max_output: int | None = Field(None, ge=1)
+    time_scale: float = Field(1.0, ge=1e-9, le=1e9)
+    max_input: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_output: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
@@ -250,7 +260,12 @@ def _loc_text(where: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<")}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _from_validation(exc: ValidationError, where: str) -> MoesimError:
@@ -268,7 +283,8 @@ def _from_validation(exc: ValidationError, where: str) -> MoesimError:
         hint = (f"did you mean {close[0]}? " if close else "") + f"valid keys: {', '.join(keys)}"
     elif kind in _BOUNDS:
         key, op = _BOUNDS[kind]
-        msg, hint = f"must be {op} {ctx[key]:g}, got {_show(got)}", f"give a value {op} {ctx[key]:g}"
+        limit = f"{ctx[key]:,}" if isinstance(ctx[key], int) else f"{ctx[key]:g}"
+        msg, hint = f"must be {op} {limit}, got {_show(got)}", f"give a value {op} {limit}"
     elif kind == "missing":
         msg, hint = "required", f"set {loc[-1]}"
     elif kind == "literal_error":
@@ -316,7 +332,7 @@ def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.nda
     elif dist.dist == "lognormal":
         sigma2 = math.log1p(dist.cv**2)
         draws = rng.lognormal(math.log(dist.mean) - sigma2 / 2, math.sqrt(sigma2), size=n)
-        out = np.clip(np.rint(draws), dist.min, dist.max if dist.max is not None else 2.0**53)
+        out = np.clip(np.rint(draws), dist.min, dist.max if dist.max is not None else MAX_TOKENS)
     else:
         p = None if dist.weights is None else np.asarray(dist.weights) / sum(dist.weights)
         out = rng.choice(np.asarray(dist.values), size=n, p=p)
@@ -392,6 +408,12 @@ def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.Dat
             if "requests" in w.model_fields_set:
                 keep &= np.arange(len(arrivals)) < w.requests
             arrivals = arrivals[keep]
+            if len(arrivals) > MAX_REQUESTS:
+                raise MoesimError(
+                    f"workload.trace: {path.name} replays {len(arrivals):,} requests, over the limit of "
+                    f"{MAX_REQUESTS:,}",
+                    "set workload.requests or workload.duration_s to replay part of it",
+                )
             inputs, outputs = trace["input_tokens"].to_numpy()[keep], trace["output_tokens"].to_numpy()[keep]
         else:
             if w.arrival != "closed" and w.rate is None:
@@ -428,13 +450,22 @@ def _squash(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _open_text(path: Path) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def _text(path: Path, hint: str) -> str:
+    """A trace file's text, gunzipped when its name ends in ``.gz``; `MoesimError` for a folder, an unreadable,
+    damaged, binary or UTF-16 file (`model.inputs`). An empty file is the format reader's to report."""
+    data = read_bytes(path, "a trace file", "check workload.trace (relative to the scenario file)", empty_ok=True)
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise MoesimError(f"{path}: a damaged gzip file ({_squash(exc)})", "download the file again") from None
+    return decode_text(data, path, hint)
 
 
 def _read_csv_file(path: Path, hint: str, **kwargs: Any) -> pd.DataFrame:
+    text = _text(path, hint)
     try:
-        return pd.read_csv(path, skipinitialspace=True, **kwargs)
+        return pd.read_csv(io.StringIO(text), skipinitialspace=True, **kwargs)
     except pd.errors.EmptyDataError:
         raise MoesimError(f"{path}: empty trace (no header, no rows)", hint) from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
@@ -442,15 +473,23 @@ def _read_csv_file(path: Path, hint: str, **kwargs: Any) -> pd.DataFrame:
 
 
 def _counts(values: pd.Series, path: Path, name: str, label: Callable[[int], str]) -> np.ndarray:
-    """Token counts: whole numbers >= 0 (0 raised to 1), int64 [n]; else a MoesimError naming the row."""
-    num = pd.to_numeric(values, errors="coerce").astype(np.float64)
-    bad = ~np.isfinite(num.to_numpy()) | (num.to_numpy() < 0) | (num.to_numpy() % 1 != 0)
+    """Token counts: whole numbers 0 .. `MAX_TOKENS` (0 raised to 1), int64 [n]; else a MoesimError naming the
+    row and the column."""
+    num = pd.to_numeric(values, errors="coerce").astype(np.float64).to_numpy()
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(num) | (num < 0) | (num % 1 != 0) | (num > MAX_TOKENS)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raw = values.iloc[i]
-        what = f"no {name}" if pd.isna(raw) else f"{name} {_show(raw)} is not a token count (a whole number >= 0)"
-        raise MoesimError(f"{path}: {label(i)}: {what}", f"give every {name} as a whole number >= 0")
-    return np.maximum(num.to_numpy().astype(np.int64), 1)
+        what = (
+            f"no {name}"
+            if pd.isna(raw)
+            else f"{name} {_show(raw)} is not a token count (a whole number from 0 to {MAX_TOKENS:,})"
+        )
+        raise MoesimError(
+            f"{path}: {label(i)}: {what}", f"give every {name} as a whole number from 0 to {MAX_TOKENS:,}"
+        )
+    return np.maximum(num.astype(np.int64), 1)
 
 
 def _seconds(values: pd.Series, path: Path, name: str, label: Callable[[int], str]) -> np.ndarray:
@@ -493,21 +532,19 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
     rows, lines = [], []
-    try:
-        with _open_text(path) as f:
-            for number, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise MoesimError(f"{path}: line {number}: not valid JSON ({exc.msg})", _JSONL_HINT) from None
-                if not isinstance(row, dict):
-                    raise MoesimError(f"{path}: line {number}: not a JSON object", _JSONL_HINT)
-                rows.append(row)
-                lines.append(number)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MoesimError(f"{path}: cannot read ({_squash(exc)})", _JSONL_HINT) from None
+    for number, text in enumerate(_text(path, _JSONL_HINT).splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MoesimError(f"{path}: line {number}: not valid JSON ({exc.msg})", _JSONL_HINT) from None
+        except RecursionError:
+            raise MoesimError(f"{path}: line {number}: nested too deeply", _JSONL_HINT) from None
+        if not isinstance(row, dict):
+            raise MoesimError(f"{path}: line {number}: not a JSON object", _JSONL_HINT)
+        rows.append(row)
+        lines.append(number)
     return _from_columns(pd.DataFrame.from_records(rows), path, lambda i: f"line {lines[i]}", _JSONL_HINT)
 
 
@@ -560,16 +597,8 @@ def _conversation_pair(turns: Any) -> tuple[int, int] | None:
 
 
 def _read_sharegpt(path: Path) -> pd.DataFrame:
-    try:
-        with _open_text(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise MoesimError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-            "fix the JSON, or download the file again if it was cut short",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MoesimError(f"{path}: cannot read ({_squash(exc)})", _SHAREGPT_HINT) from None
+    hint = "fix the JSON, or download the file again if it was cut short"
+    data = parse_json(_text(path, _SHAREGPT_HINT), path, hint, check_depth=False)
     if not isinstance(data, list):
         raise MoesimError(f"{path}: expected a JSON list, got a JSON {type(data).__name__}", _SHAREGPT_HINT)
     if not data:
@@ -639,7 +668,7 @@ def read_trace(path: str | Path, fmt: TraceFormat = "auto") -> pd.DataFrame:
         MoesimError: a missing, empty or corrupt file, naming the file, the problem and the fix.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a folder or a device: `_text` says so
         raise MoesimError(f"{path}: no such trace file", "check workload.trace (relative to the scenario file)")
     if fmt != "auto" and fmt not in _READERS:
         raise MoesimError(f"unknown trace format {fmt!r}", f"use auto or one of {', '.join(_READERS)}")

@@ -5,14 +5,46 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import typer
 from rich.console import Console
 
 #: Human output goes to stdout; progress and errors to stderr.
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
+
+
+def finite(
+    flag: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> Callable[[float | None], float | None]:
+    """A typer ``callback`` for a float option: refuses NaN, infinity and values outside [lo, hi].
+
+    ``lo_open`` / ``hi_open`` exclude the bound itself. The refusal is one usage-error line naming
+    ``flag`` and the range, e.g. ``error: Invalid value for '--pue': must be a finite number >= 1, got nan``.
+
+    Example: ``pue: Annotated[float, typer.Option(callback=finite("--pue", 1.0, 10.0))] = 1.56``
+    """
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    rng = " and ".join(parts)
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        ok = math.isfinite(value)
+        ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+        ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+        if not ok:
+            raise typer.BadParameter(f"{flag} must be a finite number{' ' + rng if rng else ''}, got {value:g}")
+        return value
+
+    return check
 
 
 def _default(obj: Any) -> Any:

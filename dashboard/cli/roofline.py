@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, out, seconds, si
+from dashboard.cli._common import emit_json, err, finite, out, seconds, si
 from dashboard.cli.catalog import HardwareOpt, JsonOpt
 from dashboard.summaries import RooflineRun, roofline_summary, run_roofline
 from model import (
@@ -25,6 +25,7 @@ from model import (
     load_model,
     make_cluster,
 )
+from model.limits import MAX_BATCH, MAX_TOKENS
 
 
 class Phase(str, Enum):
@@ -68,9 +69,12 @@ def roofline(
     phase: Annotated[
         Phase, typer.Option(help="decode: one token per sequence; prefill: whole prompts.")
     ] = Phase.decode,
-    batch: Annotated[int, typer.Option(min=1, help="Sequences in the batch.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Sequences in the batch.")] = 64,
     ctx: Annotated[
-        int, typer.Option(min=0, help="decode: cached context per sequence; prefill: prompt length (tokens).")
+        int,
+        typer.Option(
+            min=0, max=MAX_TOKENS, help="decode: cached context per sequence; prefill: prompt length (tokens)."
+        ),
     ] = 2048,
     tp: Annotated[int, typer.Option(min=1, help="Tensor-parallel size of attention and dense layers.")] = 1,
     ep: Annotated[int, typer.Option(min=1, help="Expert-parallel size of MoE layers (divides tp x dp-attn).")] = 1,
@@ -89,7 +93,10 @@ def roofline(
         ),
     ] = None,
     mem_fraction: Annotated[
-        float, typer.Option("--mem-fraction", min=0.05, max=1.0, help="Usable share of GPU memory.")
+        float,
+        typer.Option(
+            "--mem-fraction", callback=finite("--mem-fraction", 0.05, 1.0), help="Usable share of GPU memory."
+        ),
     ] = 0.9,
     ignore_memory: Annotated[
         bool, typer.Option("--ignore-memory", help="Report a layout that does not fit instead of failing.")
@@ -97,10 +104,19 @@ def roofline(
     pricing: Annotated[
         Pricing, typer.Option(help="cloud $/GPU-hour, capex (price amortised + energy), or auto.")
     ] = Pricing.auto,
-    years: Annotated[float, typer.Option(min=0.1, help="capex amortisation period, years.")] = 5.0,
-    utilisation: Annotated[float, typer.Option(min=0.01, max=1.0, help="capex: share of time the GPUs work.")] = 1.0,
-    pue: Annotated[float, typer.Option(min=1.0, help="Facility power / IT power.")] = 1.56,
-    usd_per_kwh: Annotated[float, typer.Option("--usd-per-kwh", min=0.0001, help="Electricity price, $/kWh.")] = 0.08,
+    years: Annotated[
+        float, typer.Option(callback=finite("--years", 0.1, 100.0), help="capex amortisation period, years.")
+    ] = 5.0,
+    utilisation: Annotated[
+        float, typer.Option(callback=finite("--utilisation", 0.01, 1.0), help="capex: share of time the GPUs work.")
+    ] = 1.0,
+    pue: Annotated[float, typer.Option(callback=finite("--pue", 1.0, 10.0), help="Facility power / IT power.")] = 1.56,
+    usd_per_kwh: Annotated[
+        float,
+        typer.Option(
+            "--usd-per-kwh", callback=finite("--usd-per-kwh", 0.0001, 100.0), help="Electricity price, $/kWh."
+        ),
+    ] = 0.08,
     accuracy_csv: Annotated[
         Path | None,
         typer.Option(
