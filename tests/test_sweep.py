@@ -204,28 +204,62 @@ def test_run_writes_results_and_resumes_without_repeats(tmp_path):
         run_sweep(write(tmp_path, sweep(name="other"), "other.yaml"), out)
 
 
+#: The sweep CLI in a subprocess, made slow and stoppable through a test-only wrapper of its one-worker loop:
+#: each point takes at least 0.25 s (so the CLI's first flush, after 2 s, comes before all 12 points are done on
+#: any machine), and once a shard exists the process evaluates one more point (kept unflushed in its buffer,
+#: so the kill loses it) and then holds, after touching the gate file, until it is killed.
+_SLOW_SWEEP = """
+import sys, time
+from pathlib import Path
+import sim.sweep, sim.sweep_eval
+from dashboard.cli import main
+
+sweep_file, out, gate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+real = sim.sweep_eval.evaluate_task
+after_shard = 0
+
+def slow(task, spec):
+    global after_shard
+    if (out / "shards").is_dir() and any((out / "shards").glob("part-*.parquet")):
+        after_shard += 1
+        if after_shard > 1:
+            gate.touch()
+            time.sleep(600)
+    rows = real(task, spec)
+    time.sleep(0.25)
+    return rows
+
+sim.sweep.evaluate_task = sim.sweep_eval.evaluate_task = slow
+sys.exit(main(["sweep", sweep_file, "--out", str(out), "--workers", "1", "--json"]))
+"""
+
+
 def test_kill_9_mid_sweep_loses_nothing_and_repeats_nothing(tmp_path):
-    """A real process killed with SIGKILL while points are running, then resumed."""
+    """A real process killed with SIGKILL mid-sweep (a shard written, points left, one point unflushed), resumed."""
     data = sweep(
         engine="des",
         axes={"gpus": [2, 4], "layout": [{"tp": "gpus"}], "precision": ["bf16", "fp8"], "rate": [2, 4, 8]},
     )
     data["base"] = {**BASE, "workload": {**BASE["workload"], "requests": 40}}
     f = write(tmp_path, data)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dashboard.cli", "sweep", str(f), "--out", str(out), "--json"]
+    out, gate = tmp_path / "out", tmp_path / "holding"
+    cmd = [sys.executable, "-c", _SLOW_SWEEP, str(f), str(out), str(gate)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    shards: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        shards = sorted((out / "shards").glob("part-*.parquet")) if (out / "shards").is_dir() else []
-        if shards:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and not gate.exists():
+            time.sleep(0.05)
+        if not gate.exists() or proc.poll() is not None:
+            proc.kill()
+            err = proc.communicate()[1].decode()[-2000:]
+            pytest.fail(f"the sweep was not held mid-work (exit {proc.returncode}): {err}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "shards").glob("part-*.parquet")}
     done = read_shards(out)
