@@ -69,7 +69,7 @@ def os_reason(exc: OSError) -> str:
         return "the name is too long"
     if exc.errno == errno.EEXIST:
         return "a file is in the way of a folder"
-    return " ".join((exc.strerror or type(exc).__name__).split())
+    return " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
 
 
 def os_error(exc: OSError) -> MoesimError:

@@ -888,3 +888,32 @@ def test_the_catalogue_is_large_and_its_ids_unique() -> None:
     commands = {c.argv[0] for c in CATALOGUE}
     assert commands >= {"models", "gpus", "clusters", "inspect", "roofline", "simulate", "train", "place", "sweep",
                         "profile", "calibrate", "import", "demo", "dashboard"}  # fmt: skip
+
+
+# ---------------------------------------------------------------- the same scenarios on the Scenario page
+
+#: Catalogue cases whose input is a scenario file (serving or training): the Scenario page takes the same
+#: files as an upload.
+PAGE_CASES = [c for c in CATALOGUE if c.argv[:1] in (("simulate",), ("train",)) and "case.yaml" in c.files]
+
+
+@pytest.mark.parametrize("c", PAGE_CASES, ids=lambda c: c.id)
+def test_bad_scenario_on_the_scenario_page(c: Case, tmp_path: Path, guard) -> None:
+    """An uploaded scenario runs through the page's logic (`dashboard.logic.scenario`) to a result or one
+    `MoesimError`, which the page shows as one ``st.error`` line; anything else would be an "internal error"."""
+    from dashboard.logic import scenario as page
+    from model.errors import MoesimError
+
+    _write(tmp_path, {k: v for k, v in c.files.items() if k != "case.yaml"})
+    try:
+        mapping = page.parse_yaml(c.files["case.yaml"], "case.yaml")
+        if page.kind_of(mapping) == "training":
+            page.run_training(mapping, str(tmp_path))
+        else:
+            engine = c.argv[c.argv.index("--engine") + 1] if "--engine" in c.argv else "des"
+            page.run_serving(mapping, engine, str(tmp_path))
+    except MoesimError as exc:
+        assert 0 not in c.codes or c.codes != frozenset({0}), f"a valid input was refused: {exc.one_line()}"
+        assert "\n" not in exc.one_line()
+        return
+    assert 0 in c.codes, "the page accepted what the CLI refuses"
