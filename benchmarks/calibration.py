@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.hardware import get_gpu, make_cluster
-from profiling.aiconfigurator import import_aiconfigurator
-from profiling.calibrate import CalibratedCostModel, calibrate
-from profiling.opshapes import row_ops
-from profiling.tables import read_table, table_files
+from moesim.model.hardware import get_gpu, make_cluster
+from moesim.profiling.aiconfigurator import import_aiconfigurator
+from moesim.profiling.calibrate import CalibratedCostModel, calibrate
+from moesim.profiling.opshapes import row_ops
+from moesim.profiling.tables import read_table, table_files
 
 TARGETS = {"gemm": 10.0, "grouped_gemm": 10.0}
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def bench_calibration_cpu(quick: bool) -> tuple[str, dict]:
         import torch
     except ImportError:
         return f"{title}\n\nSkipped: torch is not installed (pip install 'moesim[profile]').\n", {}
-    from profiling.runner import profile
+    from moesim.profiling.runner import profile
 
     seeds = [0] if quick else [0, 1, 2, 3, 4]
     with tempfile.TemporaryDirectory() as tmp:

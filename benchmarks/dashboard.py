@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the dashboard tests' server and browser helpers
 
-from dashboard.ui import PAGES  # noqa: E402
+from moesim.dashboard.ui import PAGES  # noqa: E402
 
 TARGET_S = 2.0
 _CHILD = """
@@ -75,7 +75,7 @@ def browser_time(url_path: str, title: str, app: Path | None = None) -> float | 
     from dashboard_server import free_port, running_dashboard
     from test_dashboard_browser import FLAGS, settle
 
-    from dashboard.cli.serve_app import streamlit_command, wait_ready
+    from moesim.dashboard.cli.serve_app import streamlit_command, wait_ready
 
     with contextlib.ExitStack() as stack:
         if app:  # plain Streamlit, the dashboard's server flags

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from model.errors import MoesimError  # noqa: E402
-from placement.api import place  # noqa: E402
-from placement.ilp import IlpOptions  # noqa: E402
-from placement.synthetic import synthetic_trace  # noqa: E402
+from moesim.model.errors import MoesimError  # noqa: E402
+from moesim.placement.api import place  # noqa: E402
+from moesim.placement.ilp import IlpOptions  # noqa: E402
+from moesim.placement.synthetic import synthetic_trace  # noqa: E402
 
 
 def _case(

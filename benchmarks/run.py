@@ -45,7 +45,7 @@ from benchmarks.dashboard import bench_dashboard  # noqa: E402
 from benchmarks.placement import bench_placement  # noqa: E402
 from benchmarks.sweep import bench_sweep  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
-from model import (  # noqa: E402
+from moesim.model import (  # noqa: E402
     Batch,
     Layout,
     Precision,

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from sim.sweep import read_shards, run_sweep  # noqa: E402
-from sim.sweep_spec import expand, parse_sweep, read_sweep  # noqa: E402
+from moesim.sim.sweep import read_shards, run_sweep  # noqa: E402
+from moesim.sim.sweep_spec import expand, parse_sweep, read_sweep  # noqa: E402
 
 
 def _analytical(tmp: Path) -> dict:
@@ -112,7 +112,7 @@ def _resume(tmp: Path) -> dict:
     f = tmp / "resume.yaml"
     f.write_text(yaml.safe_dump(data))
     out_dir = tmp / "resume"
-    cmd = [sys.executable, "-m", "dashboard.cli", "sweep", str(f), "--out", str(out_dir), "--json"]
+    cmd = [sys.executable, "-m", "moesim.dashboard.cli", "sweep", str(f), "--out", str(out_dir), "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out_dir / "shards").glob("part-*")):

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import RooflineCostModel  # noqa: E402
-from model.hf_config import load_model  # noqa: E402
-from model.spec import ModelSpec  # noqa: E402
-from sim.train import run  # noqa: E402
+from moesim.model import RooflineCostModel  # noqa: E402
+from moesim.model.hf_config import load_model  # noqa: E402
+from moesim.model.spec import ModelSpec  # noqa: E402
+from moesim.sim.train import run  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 DSV3_GPU_HOURS_PER_TTOK = 180e3

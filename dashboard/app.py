@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.ui import PAGES
+from moesim.dashboard.ui import PAGES
 
 st.set_page_config(page_title="moesim", page_icon=":material/memory:", layout="wide")
 pages = [

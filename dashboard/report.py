@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dashboard.summaries import RooflineRun, inspect_summary, roofline_summary, run_roofline
-from model import (
+from moesim.dashboard.summaries import RooflineRun, inspect_summary, roofline_summary, run_roofline
+from moesim.model import (
     Batch,
     ClusterSpec,
     CostModel,
@@ -24,7 +24,7 @@ from model import (
     get_cluster,
     load_model,
 )
-from model.outputs import output_dir
+from moesim.model.outputs import output_dir
 
 DEMO_MODEL = "mixtral-8x7b"
 DEMO_CLUSTER = "dgx-h100"
@@ -174,7 +174,7 @@ DEMO_SCENARIO: dict[str, Any] = {
 
 def _serving(folder: Path, cost_model: CostModel | None) -> dict[str, Any]:
     """Simulate the demo's serving scenario (discrete-event and analytical); outputs under ``folder``."""
-    from sim.serve import run, write_outputs
+    from moesim.sim.serve import run, write_outputs
 
     res = run(DEMO_SCENARIO, "des", cost_model=cost_model)
     write_outputs(res, folder)
@@ -197,9 +197,9 @@ def _profile_here(folder: Path, progress: Callable[[str], None]) -> dict[str, An
         import torch  # noqa: F401
     except ImportError:
         return {"skipped": "torch is not installed (pip install torch==2.13.0 triton)"}
-    from profiling.calibrate import calibrate, save
-    from profiling.report import write_report
-    from profiling.runner import profile
+    from moesim.profiling.calibrate import calibrate, save
+    from moesim.profiling.report import write_report
+    from moesim.profiling.runner import profile
 
     progress("profile this CPU briefly (GEMMs and grouped GEMMs, fp32)")
     run = profile("cpu", folder, mode="tiny", ops=["gemm", "moe"])

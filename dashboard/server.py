@@ -25,16 +25,16 @@ def warm() -> float:
     t0 = time.perf_counter()
     import plotly.graph_objects as go
 
-    import dashboard.logic.cap as cap
-    import dashboard.logic.charts
-    import dashboard.logic.placement
-    import dashboard.logic.profiles
-    import dashboard.logic.scenario as scenario
-    import dashboard.logic.sweeps
-    import dashboard.ui  # noqa: F401
-    from sim.serve import load
-    from sim.sweep_eval import evaluate
-    from sim.sweep_spec import expand, parse_sweep
+    import moesim.dashboard.logic.cap as cap
+    import moesim.dashboard.logic.charts
+    import moesim.dashboard.logic.placement
+    import moesim.dashboard.logic.profiles
+    import moesim.dashboard.logic.scenario as scenario
+    import moesim.dashboard.logic.sweeps
+    import moesim.dashboard.ui  # noqa: F401
+    from moesim.sim.serve import load
+    from moesim.sim.sweep_eval import evaluate
+    from moesim.sim.sweep_spec import expand, parse_sweep
 
     go.Figure(go.Scatter(x=[0.0], y=[0.0])).to_json()  # plotly loads its validators on the first figure
     d = cap.DEFAULTS

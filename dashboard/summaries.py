@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from model import (
+from moesim.model import (
     COMPONENTS,
     KV_DTYPES,
     Batch,

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from model import MoesimError
+from moesim.model import MoesimError
 
 #: The pages, in navigation order: (script under dashboard/views/, title, icon, url path).
 PAGES: tuple[tuple[str, str, str, str], ...] = (
@@ -117,7 +117,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def json_bytes(obj: Any) -> bytes:
     """``obj`` as indented JSON (NaN written as null)."""
-    from sim.serve import clean_json
+    from moesim.sim.serve import clean_json
 
     return (json.dumps(json.loads(clean_json(obj)), indent=1) + "\n").encode()
 

@@ -17,9 +17,9 @@ Public API:
 - errors: `MoesimError` and its subclasses.
 """
 
-from model.accuracy import accuracy_for, load_accuracy
-from model.batch import Batch
-from model.cap import (
+from moesim.model.accuracy import accuracy_for, load_accuracy
+from moesim.model.batch import Batch
+from moesim.model.cap import (
     CapMetrics,
     CostAssumptions,
     Utilisation,
@@ -28,9 +28,9 @@ from model.cap import (
     utilisation_exact,
     utilisation_moecap,
 )
-from model.dtypes import DTYPE_BYTES, KV_DTYPES, WEIGHT_DTYPES, Precision, dtype_bytes
-from model.errors import ConfigError, HardwareError, LayoutError, MoesimError
-from model.hardware import (
+from moesim.model.dtypes import DTYPE_BYTES, KV_DTYPES, WEIGHT_DTYPES, Precision, dtype_bytes
+from moesim.model.errors import ConfigError, HardwareError, LayoutError, MoesimError
+from moesim.model.hardware import (
     ClusterSpec,
     HardwareSpec,
     NodeSpec,
@@ -41,11 +41,11 @@ from model.hardware import (
     local_cpu,
     make_cluster,
 )
-from model.hf_config import SUPPORTED_FAMILIES, load_model, model_from_config, preset_names
-from model.layout import Layout
-from model.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weight_bytes_per_gpu
-from model.ops import Op, collective, decompose, experts_op, gemm
-from model.params import (
+from moesim.model.hf_config import SUPPORTED_FAMILIES, load_model, model_from_config, preset_names
+from moesim.model.layout import Layout
+from moesim.model.memory import MemoryEstimate, estimate_memory, kv_bytes_per_token, weight_bytes_per_gpu
+from moesim.model.ops import Op, collective, decompose, experts_op, gemm
+from moesim.model.params import (
     COMPONENTS,
     LayerSet,
     ParamCounts,
@@ -55,9 +55,9 @@ from model.params import (
     published_active,
     published_params,
 )
-from model.roofline import CostModel, OpTime, RooflineCostModel, StepEstimate, estimate_step
-from model.routing import GpuLoad, expected_distinct_experts, gpu_loads, token_fanout
-from model.spec import AttentionSpec, ModelSpec, MoESpec
+from moesim.model.roofline import CostModel, OpTime, RooflineCostModel, StepEstimate, estimate_step
+from moesim.model.routing import GpuLoad, expected_distinct_experts, gpu_loads, token_fanout
+from moesim.model.spec import AttentionSpec, ModelSpec, MoESpec
 
 __all__ = [
     "COMPONENTS",

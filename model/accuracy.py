@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.errors import MoesimError
-from model.inputs import read_text
+from moesim.model.errors import MoesimError
+from moesim.model.inputs import read_text
 
 ACCURACY_CSV = Path(__file__).parent / "data" / "accuracy.csv"
 COLUMNS = ("model", "precision", "benchmark", "setting", "score", "source", "note")

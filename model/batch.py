@@ -13,8 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from model.errors import MoesimError
-from model.limits import MAX_BATCH, MAX_BATCH_TOKENS, MAX_TOKENS
+from moesim.model.errors import MoesimError
+from moesim.model.limits import MAX_BATCH, MAX_BATCH_TOKENS, MAX_TOKENS
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from model.batch import Batch
-from model.dtypes import Precision
-from model.errors import MoesimError
-from model.hardware import HardwareSpec, make_cluster
-from model.layout import Layout
-from model.ops import decompose
-from model.routing import expected_distinct_experts
-from model.spec import ModelSpec
+from moesim.model.batch import Batch
+from moesim.model.dtypes import Precision
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import HardwareSpec, make_cluster
+from moesim.model.layout import Layout
+from moesim.model.ops import decompose
+from moesim.model.routing import expected_distinct_experts
+from moesim.model.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from model.roofline import StepEstimate
+    from moesim.model.roofline import StepEstimate
 
 #: MoE-CAP's bytes per parameter by weight dtype (``get_model_precision_bytes``).
 MOECAP_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
@@ -278,7 +278,7 @@ def cap_metrics(
     **routing: object,
 ) -> CapMetrics:
     """Cost, accuracy and performance of a `StepEstimate`."""
-    from model.accuracy import accuracy_for
+    from moesim.model.accuracy import accuracy_for
 
     a = assumptions or CostAssumptions()
     gpus, gpu = est.layout.num_gpus, est.cluster.gpu

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 #: Bytes per element of each supported dtype (weights include their scales).
 DTYPE_BYTES: dict[str, float] = {

@@ -20,9 +20,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model import inputs
-from model.errors import HardwareError, MoesimError
-from model.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_HW_VALUE
+from moesim.model import inputs
+from moesim.model.errors import HardwareError, MoesimError
+from moesim.model.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_HW_VALUE
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GIB = 2**30

@@ -13,10 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from model import inputs
-from model.errors import ConfigError, MoesimError
-from model.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
-from model.spec import AttentionSpec, ModelSpec, MoESpec
+from moesim.model import inputs
+from moesim.model.errors import ConfigError, MoesimError
+from moesim.model.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
+from moesim.model.spec import AttentionSpec, ModelSpec, MoESpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

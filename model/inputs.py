@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 #: Deepest nesting of lists and mappings accepted in a YAML or JSON file (a scenario needs about 5 levels).
 MAX_DEPTH = 100

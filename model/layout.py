@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.errors import LayoutError
-from model.limits import MAX_GPUS
-from model.spec import ModelSpec
+from moesim.model.errors import LayoutError
+from moesim.model.limits import MAX_GPUS
+from moesim.model.spec import ModelSpec
 
 
 @dataclass(frozen=True)

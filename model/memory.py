@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from model.batch import Batch
-from model.dtypes import Precision
-from model.hardware import GIB, HardwareSpec
-from model.layout import Layout
-from model.params import Tensor, embedding_tensors, layer_tensors
-from model.spec import ModelSpec
+from moesim.model.batch import Batch
+from moesim.model.dtypes import Precision
+from moesim.model.hardware import GIB, HardwareSpec
+from moesim.model.layout import Layout
+from moesim.model.params import Tensor, embedding_tensors, layer_tensors
+from moesim.model.spec import ModelSpec
 
 DEFAULT_MEM_FRACTION = 0.9
 

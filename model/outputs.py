@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from model.errors import MoesimError
-from model.inputs import os_reason
+from moesim.model.errors import MoesimError
+from moesim.model.inputs import os_reason
 
 #: The marker file moesim writes into every output folder it publishes (JSON: command, pid, time).
 MARKER = ".moesim-output"

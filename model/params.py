@@ -21,7 +21,7 @@ from typing import Literal
 
 import pandas as pd
 
-from model.spec import ModelSpec
+from moesim.model.spec import ModelSpec
 
 Component = Literal["attention", "dense_ffn", "routed_experts", "shared_experts", "router", "norms", "embeddings"]
 #: How a parallel layout splits a tensor across GPUs:

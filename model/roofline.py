@@ -15,12 +15,12 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from model.batch import Batch
-from model.dtypes import Precision
-from model.hardware import ClusterSpec
-from model.layout import Layout
-from model.ops import Op, decompose
-from model.spec import ModelSpec
+from moesim.model.batch import Batch
+from moesim.model.dtypes import Precision
+from moesim.model.hardware import ClusterSpec
+from moesim.model.layout import Layout
+from moesim.model.ops import Op, decompose
+from moesim.model.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from itertools import combinations
 
 import numpy as np
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 
 def inclusion_probs(loads: np.ndarray, top_k: int) -> np.ndarray:

@@ -3,15 +3,15 @@ baselines it must beat) and `PlacementPlan` exporters for serving engines.
 Built on `model` only.
 """
 
-from placement.api import METHODS, PlacementResult, place
-from placement.baselines import rebalance_experts, round_robin
-from placement.exporters import FORMATS, export_plan, launch_flags, read_plan
-from placement.ilp import IlpOptions
-from placement.importers import load_stats, save_stats_npz
-from placement.metrics import gpu_loads, plan_metrics
-from placement.plan import PlacementPlan
-from placement.stats import RoutingStats
-from placement.synthetic import synthetic_trace
+from moesim.placement.api import METHODS, PlacementResult, place
+from moesim.placement.baselines import rebalance_experts, round_robin
+from moesim.placement.exporters import FORMATS, export_plan, launch_flags, read_plan
+from moesim.placement.ilp import IlpOptions
+from moesim.placement.importers import load_stats, save_stats_npz
+from moesim.placement.metrics import gpu_loads, plan_metrics
+from moesim.placement.plan import PlacementPlan
+from moesim.placement.stats import RoutingStats
+from moesim.placement.synthetic import synthetic_trace
 
 __all__ = [
     "FORMATS",

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import MoesimError
-from placement.baselines import check_shape, eplb_policy, rebalance_experts, round_robin
-from placement.ilp import IlpOptions, LayerResult, solve
-from placement.metrics import gpu_loads, migration_bytes, plan_metrics
-from placement.plan import PlacementPlan
-from placement.stats import RoutingStats
+from moesim.model.errors import MoesimError
+from moesim.placement.baselines import check_shape, eplb_policy, rebalance_experts, round_robin
+from moesim.placement.ilp import IlpOptions, LayerResult, solve
+from moesim.placement.metrics import gpu_loads, migration_bytes, plan_metrics
+from moesim.placement.plan import PlacementPlan
+from moesim.placement.stats import RoutingStats
 
 METHODS = ("round-robin", "eplb", "ilp")
 

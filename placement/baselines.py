@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.errors import MoesimError
-from placement.stats import validate_counts
+from moesim.model.errors import MoesimError
+from moesim.placement.stats import validate_counts
 
 
 def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from model.errors import MoesimError
-from placement.plan import PlacementPlan
+from moesim.model.errors import MoesimError
+from moesim.placement.plan import PlacementPlan
 
 FORMATS = ("sglang", "eplb", "vllm", "vllm-ascend", "trtllm")
 FILES = {
@@ -57,7 +57,7 @@ def export_plan(plan: PlacementPlan, fmt: str, out_dir: str | Path, final_dir: s
     ``out_dir`` is a staging folder renamed into place later (a file naming another names it there); default
     ``out_dir``.
     """
-    from model.outputs import write_file
+    from moesim.model.outputs import write_file
 
     _check_fmt(fmt)
     plan.validate()

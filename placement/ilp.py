@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 import pulp
 
-from model.errors import MoesimError
-from placement.baselines import check_shape, rebalance_experts
-from placement.coloc import improve_nodes
-from placement.metrics import dhondt_counts, layer_sends
+from moesim.model.errors import MoesimError
+from moesim.placement.baselines import check_shape, rebalance_experts
+from moesim.placement.coloc import improve_nodes
+from moesim.placement.metrics import dhondt_counts, layer_sends
 
 try:  # highspy is a dependency, but keep CBC working without it
     import highspy

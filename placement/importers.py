@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from model import inputs
-from model.errors import MoesimError
-from placement.stats import RoutingStats
+from moesim.model import inputs
+from moesim.model.errors import MoesimError
+from moesim.placement.stats import RoutingStats
 
 FORMATS = ("sglang", "vllm", "megatron", "moecap", "csv", "npz", "json")
 _HINTS = {
@@ -95,7 +95,7 @@ def save_stats_npz(stats: RoutingStats, path: str | Path) -> None:
         arrays["topk"] = stats.topk.astype(np.int32)
     else:
         arrays |= {k: getattr(stats, k) for k in ("coactivation", "transitions") if getattr(stats, k) is not None}
-    from model.outputs import write_file
+    from moesim.model.outputs import write_file
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: given a name, numpy would append ".npz" to it

@@ -24,8 +24,8 @@ import heapq
 
 import numpy as np
 
-from placement.plan import PlacementPlan
-from placement.stats import RoutingStats
+from moesim.placement.plan import PlacementPlan
+from moesim.placement.stats import RoutingStats
 
 
 def gpu_loads(phys_to_log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.ndarray:

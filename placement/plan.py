@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from model import inputs
-from model.errors import MoesimError
+from moesim.model import inputs
+from moesim.model.errors import MoesimError
 
 
 @dataclass
@@ -197,6 +197,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
     An `OSError` (a read-only folder, a full disk) becomes one `MoesimError` line naming ``path``.
     """
-    from model.outputs import write_text
+    from moesim.model.outputs import write_text
 
     write_text(path, text)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 
 @dataclass

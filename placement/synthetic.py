@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from model.errors import MoesimError
-from placement.stats import RoutingStats
+from moesim.model.errors import MoesimError
+from moesim.placement.stats import RoutingStats
 
 
 def power_law(num_experts: int, alpha: float, rng: np.random.Generator) -> np.ndarray:

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from profiling.runner import cuda_preset
-from profiling.tables import TableError, check_parquet, check_table_folder, table_writer, write_table_folder
+from moesim.profiling.runner import cuda_preset
+from moesim.profiling.tables import TableError, check_parquet, check_table_folder, table_writer, write_table_folder
 
 DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "int4_wo": "int4", "float16": "fp16"}
 NCCL_BYTES = {"half": 2, "int8": 1, "bfloat16": 2, "float": 4, "fp8": 1}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model.hf_config import load_model, preset_names
+from moesim.model.hf_config import load_model, preset_names
 
 Shape = dict[str, Any]
 

@@ -151,7 +151,7 @@ def prepare_grouped_gemm_triton(shape: Row, dtype: str, pool: Pool) -> Prepared:
     differed by 1.5x between two machines of the same kind. Where capture fails, the layer runs eagerly (impl
     ``triton``).
     """
-    from profiling.triton_moe import triton_moe
+    from moesim.profiling.triton_moe import triton_moe
 
     counts, w13, w2, width = _moe_operands(shape, dtype, pool)
     ids = np.repeat(np.arange(len(counts)), counts)

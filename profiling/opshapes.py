@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from model.dtypes import DTYPE_BYTES, Precision
-from model.ops import Op, collective, experts_op, gemm
-from profiling.tables import COLLECTIVES
+from moesim.model.dtypes import DTYPE_BYTES, Precision
+from moesim.model.ops import Op, collective, experts_op, gemm
+from moesim.profiling.tables import COLLECTIVES
 
 #: Feature names per op kind: log2 of sizes, except ``direction`` (0 dispatch, 1 combine) and
 #: ``aligned4``/``aligned16`` (1 when m is a multiple of 4 / 16: GEMM libraries pick faster

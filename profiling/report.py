@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.errors import MoesimError
-from profiling.calibrate import Calibration
+from moesim.model.errors import MoesimError
+from moesim.profiling.calibrate import Calibration
 
 
 def write_report(cal: Calibration, folder: str | Path) -> list[Path]:

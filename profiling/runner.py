@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from model.errors import HardwareError, MoesimError
-from model.hardware import HardwareSpec, NodeSpec, list_gpus, local_cpu
-from profiling import grids
-from profiling.tables import check_table_folder, table_writer, write_table_folder
+from moesim.model.errors import HardwareError, MoesimError
+from moesim.model.hardware import HardwareSpec, NodeSpec, list_gpus, local_cpu
+from moesim.profiling import grids
+from moesim.profiling.tables import check_table_folder, table_writer, write_table_folder
 
 #: ``--ops`` names and the table kinds they fill.
 OP_GROUPS = {
@@ -108,7 +108,7 @@ def probe_hardware(device: str, dtypes: list[str], timer: Any) -> HardwareSpec:
     """
     import torch
 
-    from profiling.kernels import torch_dtype
+    from moesim.profiling.kernels import torch_dtype
 
     if device == "cuda":
         name = torch.cuda.get_device_name(0)
@@ -188,8 +188,8 @@ def profile(
     check_device(device)
     import torch
 
-    from profiling.kernels import PREPARE, Pool
-    from profiling.timing import Timer, environment, summarise
+    from moesim.profiling.kernels import PREPARE, Pool
+    from moesim.profiling.timing import Timer, environment, summarise
 
     ops = list(ops or OP_GROUPS)
     unknown = [o for o in ops if o not in OP_GROUPS]
@@ -243,7 +243,7 @@ def profile(
         )
     skipped = sorted(set(failed.values()))
     if with_collectives:
-        from profiling.collectives import bench_collectives
+        from moesim.profiling.collectives import bench_collectives
 
         world = torch.cuda.device_count() if device == "cuda" else 2
         if world < 2:

@@ -58,8 +58,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from model import inputs
-from model.errors import MoesimError
+from moesim.model import inputs
+from moesim.model.errors import MoesimError
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 KINDS = ("gemm", "grouped_gemm", "attention", "router", "permute", "memcpy", *COLLECTIVES)
@@ -131,7 +131,7 @@ def table_writer(df: pd.DataFrame, meta: dict[str, Any], where: str) -> Callable
 
 def write_table(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``df`` to ``path`` (parquet) with ``meta`` as JSON metadata, whole or not at all."""
-    from model.outputs import write_file
+    from moesim.model.outputs import write_file
 
     return write_file(path, table_writer(df, meta, str(path)))
 
@@ -186,7 +186,7 @@ def check_table_folder(out: str | Path, command: str, force: bool = False, names
     written there, one that exists must be moesim's (`owned_table_file`) unless ``force``. Checked before the
     work, so a long profile never ends in a refusal; `write_table_folder` checks again.
     """
-    from model.outputs import check_replaceable, marker_command
+    from moesim.model.outputs import check_replaceable, marker_command
 
     out = Path(out)
     wrote = marker_command(out) if out.is_dir() and not out.is_symlink() else None
@@ -218,7 +218,7 @@ def write_table_folder(
     Returns:
         name -> the path written.
     """
-    from model.outputs import MARKER, write_file, write_text
+    from moesim.model.outputs import MARKER, write_file, write_text
 
     out = Path(out)
     check_table_folder(out, command, force, tuple(files))

@@ -146,7 +146,7 @@ def environment(device: str) -> dict[str, Any]:
         meta["sm_count"] = props.multi_processor_count
         meta["driver"] = _nvidia_driver()
     else:
-        from model.hardware import _cpu_name
+        from moesim.model.hardware import _cpu_name
 
         meta["device"] = _cpu_name()
         meta["driver"] = platform.release()

@@ -45,9 +45,9 @@ from typing import Any
 
 import pandas as pd
 
-from model import inputs
-from model.errors import MoesimError
-from profiling.tables import SHAPE_COLUMNS, TableError, check_table
+from moesim.model import inputs
+from moesim.model.errors import MoesimError
+from moesim.profiling.tables import SHAPE_COLUMNS, TableError, check_table
 
 Shape = dict[str, Any]
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset")
@@ -374,7 +374,7 @@ def import_trace(src: str | Path, out: str | Path, hardware: Any = None, force: 
     seconds, and the ten costliest unmapped names. Files are added to ``out`` as
     `profiling.tables.write_table_folder` does (``force``: over files moesim did not write).
     """
-    from profiling.tables import check_table_folder, table_writer, write_table_folder
+    from moesim.profiling.tables import check_table_folder, table_writer, write_table_folder
 
     src, out = Path(src), Path(out)
     check_table_folder(out, "import", force)

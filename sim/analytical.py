@@ -42,15 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from model import kv_bytes_per_token
-from model.cap import usd_per_gpu_second
-from model.errors import MoesimError
-from model.layout import Layout
-from sim.engine import Capacity, check_requests_fit, make_timer, replica_capacity
-from sim.metrics import percentiles
-from sim.scenario import Built, Pool
-from sim.steptime import StepTimer
-from sim.workload import generate
+from moesim.model import kv_bytes_per_token
+from moesim.model.cap import usd_per_gpu_second
+from moesim.model.errors import MoesimError
+from moesim.model.layout import Layout
+from moesim.sim.engine import Capacity, check_requests_fit, make_timer, replica_capacity
+from moesim.sim.metrics import percentiles
+from moesim.sim.scenario import Built, Pool
+from moesim.sim.steptime import StepTimer
+from moesim.sim.workload import generate
 
 
 @dataclass

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model.errors import MoesimError
-from sim.metrics import require_columns
+from moesim.model.errors import MoesimError
+from moesim.sim.metrics import require_columns
 
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "phase", "compute_s", "comm_s", "straggler_s", "fetch_s")
 KV_COLUMNS = ("request_id", "src_replica", "dst_replica", "start_s", "duration_s", "bytes")
@@ -207,7 +207,7 @@ def _write_atomic(doc: dict, path: Path, force: bool = False) -> None:
 
     An existing file is replaced only when it is a moesim trace (`is_moesim_trace`), or with ``force``.
     """
-    from model.outputs import write_file
+    from moesim.model.outputs import write_file
 
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # one-shot dumps uses the C encoder
 

@@ -54,11 +54,11 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from model import Batch, Layout, estimate_memory, kv_bytes_per_token
-from model.errors import MoesimError
-from sim.scenario import PCIE_BW, Built, Pool
-from sim.steptime import Offload, StepCost, StepTimer
-from sim.workload import generate
+from moesim.model import Batch, Layout, estimate_memory, kv_bytes_per_token
+from moesim.model.errors import MoesimError
+from moesim.sim.scenario import PCIE_BW, Built, Pool
+from moesim.sim.steptime import Offload, StepCost, StepTimer
+from moesim.sim.workload import generate
 
 #: Most decode steps folded into one event.
 MAX_RUN = 64

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 #: Columns of ``requests`` that `latency_summary` and `littles_law` read (derived ones are filled if missing).
 REQUEST_COLUMNS = (

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from model.errors import MoesimError
+from moesim.model.errors import MoesimError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from model.errors import MoesimError
-from sim.metrics import time_series, with_derived
+from moesim.model.errors import MoesimError
+from moesim.sim.metrics import time_series, with_derived
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

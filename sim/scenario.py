@@ -39,11 +39,11 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec, Precision, inputs
-from model.errors import MoesimError
-from model.hardware import get_cluster, get_gpu, make_cluster
-from model.hf_config import load_model
-from model.limits import (
+from moesim.model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec, Precision, inputs
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import get_cluster, get_gpu, make_cluster
+from moesim.model.hf_config import load_model
+from moesim.model.limits import (
     MAX_BATCH,
     MAX_CAPACITY_FACTOR,
     MAX_GPUS,
@@ -52,7 +52,7 @@ from model.limits import (
     MAX_STEP_TOKENS,
     MAX_TOKENS,
 )
-from sim.workload import Workload, parse_workload
+from moesim.sim.workload import Workload, parse_workload
 
 #: Host-to-GPU bandwidth per GPU per direction when offloading, bytes/s: the PCIe
 #: spec figure of the GPU's host link (PCIe 4.0 x16: 32 GB/s; 5.0 x16: 64 GB/s).
@@ -438,7 +438,7 @@ def scenario_loads(sc: Any, model: ModelSpec, base: Path) -> np.ndarray | None:
             f"got shape {list(arr.shape)}",
             "give one row per MoE layer (or one row for all) with one column per expert",
         )
-    from placement.stats import validate_counts
+    from moesim.placement.stats import validate_counts
 
     validate_counts(arr, f"routing file {r.file}")
     return arr / arr.sum(axis=1, keepdims=True)
@@ -539,7 +539,7 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
             "add nodes, or use fewer replicas or a smaller layout",
         )
     if cost_model is None and sc.cost_model:
-        from profiling.calibrate import CalibratedCostModel
+        from moesim.profiling.calibrate import CalibratedCostModel
 
         cost_model = CalibratedCostModel.from_file(base / sc.cost_model)
     return Built(

@@ -1,6 +1,6 @@
 """The serving simulator's Python API: a scenario in, DataFrames and a summary out.
 
-    from sim.serve import run
+    from moesim.sim.serve import run
     res = run("examples/mixtral-8x7b-ep8.yaml", engine="des")
     res.summary["ttft_p99_s"], res.requests, res.steps
 
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model import CostModel
-from model.cap import usd_per_gpu_second
-from model.errors import MoesimError
-from sim.engine import Progress, SimResult, simulate
-from sim.metrics import latency_summary, littles_law
-from sim.scenario import Built, Scenario, build, load_scenario, parse_scenario
+from moesim.model import CostModel
+from moesim.model.cap import usd_per_gpu_second
+from moesim.model.errors import MoesimError
+from moesim.sim.engine import Progress, SimResult, simulate
+from moesim.sim.metrics import latency_summary, littles_law
+from moesim.sim.scenario import Built, Scenario, build, load_scenario, parse_scenario
 
 
 @dataclass
@@ -125,7 +125,7 @@ def run(
     """Simulate a serving scenario with ``engine`` ``des`` or ``analytical`` (paths resolve as in `load`)."""
     built = load(scenario, cost_model, base_dir)
     if engine == "analytical":
-        from sim.analytical import analyse
+        from moesim.sim.analytical import analyse
 
         return ServeResult(analyse(built, seed), built)
     if engine != "des":
@@ -176,7 +176,7 @@ def write_outputs(res: ServeResult, out: str | Path, plots: bool = True, force: 
     ``moesim simulate`` output (or empty, or ``force``; never a dangerous folder), and everything is written
     into a temporary folder beside ``out`` first and moved into place at the end, so a failure leaves nothing.
     """
-    from model.outputs import output_dir
+    from moesim.model.outputs import output_dir
 
     out = Path(out)
     with output_dir(out, "simulate", force=force, legacy=is_output) as tmp:
@@ -189,7 +189,7 @@ def write_outputs(res: ServeResult, out: str | Path, plots: bool = True, force: 
             if not res.kv_transfers.empty:
                 res.kv_transfers.to_parquet(tmp / "kv_transfers.parquet", index=False)
             if plots:
-                from sim.plots import write_plots
+                from moesim.sim.plots import write_plots
 
                 files += write_plots(res.requests, res.itl, res.steps, tmp)
     return [out / f.name for f in files]

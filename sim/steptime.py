@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
-from model.cap import utilisation_exact
-from model.ops import experts_op
-from model.roofline import RooflineCostModel, StepEstimate
-from model.routing import default_placement, inclusion_probs, slot_inclusion
+from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
+from moesim.model.cap import utilisation_exact
+from moesim.model.ops import experts_op
+from moesim.model.roofline import RooflineCostModel, StepEstimate
+from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
 
 _COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
 

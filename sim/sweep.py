@@ -1,6 +1,6 @@
 """Running a sweep: local processes or a Dask cluster, parquet shards, resume after any interruption.
 
-    from sim.sweep import run_sweep
+    from moesim.sim.sweep import run_sweep
     res = run_sweep("examples/sweep-mixtral-gpu-choice.yaml", "runs/mixtral", workers=2)
     res.results  # one row per point (see `sim.sweep_eval`), res.summary: JSON-ready figures
 
@@ -42,12 +42,12 @@ from typing import Any
 
 import pandas as pd
 
-from model import outputs
-from model.errors import MoesimError
-from sim.serve import clean_json
-from sim.sweep_eval import evaluate_task
-from sim.sweep_report import write_atomic
-from sim.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
+from moesim.model import outputs
+from moesim.model.errors import MoesimError
+from moesim.sim.serve import clean_json
+from moesim.sim.sweep_eval import evaluate_task
+from moesim.sim.sweep_report import write_atomic
+from moesim.sim.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
 
 Progress = Callable[[int, int, str], None]
 #: The lock file in a sweep's folder while a sweep runs into it (holds the pid).
@@ -449,7 +449,7 @@ def _run_locked(
         "points_per_s": (total - resumed) / run_s if run_s > 0 and total > resumed else None,
     }
     if post:
-        from sim.sweep_post import finish
+        from moesim.sim.sweep_post import finish
 
         df, extra = finish(df, spec, out)
         summary |= extra

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from model.cap import usd_per_gpu_second
-from model.errors import MoesimError
-from sim.scenario import Built, build, parse_scenario
-from sim.sweep_spec import DEFAULT_METRICS, CapacitySpec, Point, SweepSpec, _hash
-from sim.workload import parse_workload
+from moesim.model.cap import usd_per_gpu_second
+from moesim.model.errors import MoesimError
+from moesim.sim.scenario import Built, build, parse_scenario
+from moesim.sim.sweep_spec import DEFAULT_METRICS, CapacitySpec, Point, SweepSpec, _hash
+from moesim.sim.workload import parse_workload
 
 _CACHE: OrderedDict[str, Any] = OrderedDict()
 _CACHE_SIZE = 64
@@ -53,9 +53,9 @@ def _plan(built: Built, method: str, redundant: int, spec: SweepSpec) -> np.ndar
     m = built.model
     if method == "default" or m.moe is None or not m.is_moe:
         return None
-    from placement.api import place
-    from placement.ilp import IlpOptions
-    from placement.stats import RoutingStats
+    from moesim.placement.api import place
+    from moesim.placement.ilp import IlpOptions
+    from moesim.placement.stats import RoutingStats
 
     n = m.moe.num_experts
     loads = built.loads if built.loads is not None else np.full((m.num_moe_layers, n), 1.0 / n)
@@ -96,8 +96,8 @@ def _timer_key(point: Point) -> str:
 
 
 def _analytical(point: Point, spec: SweepSpec) -> Any:
-    from sim.analytical import Analytical
-    from sim.engine import make_timer, replica_capacity
+    from moesim.sim.analytical import Analytical
+    from moesim.sim.engine import make_timer, replica_capacity
 
     def make() -> Analytical:
         built = _built(point, spec)
@@ -121,8 +121,8 @@ def _with_rate(built: Built, rate: float, requests: int | None = None) -> Built:
 
 def _des(built: Built, rate: float | None, seed: int, requests: int | None = None) -> dict[str, Any]:
     """A discrete-event run's summary at ``rate`` req/s (None: the scenario's own workload)."""
-    from sim.engine import simulate
-    from sim.serve import des_summary
+    from moesim.sim.engine import simulate
+    from moesim.sim.serve import des_summary
 
     b = _with_rate(built, rate, requests) if rate is not None else built
     return des_summary(b, simulate(b, seed))

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from model.errors import MoesimError
-from sim.plots import _figure_class, _fmt_s
+from moesim.model.errors import MoesimError
+from moesim.sim.plots import _figure_class, _fmt_s
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -185,7 +185,7 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
     A file inside a sweep's own folder: `model.outputs.write_file` (fsync, the umask's permissions, an
     `OSError` as one `MoesimError` line) with no ownership check.
     """
-    from model.outputs import write_file
+    from moesim.model.outputs import write_file
 
     return write_file(path, write)
 

@@ -45,11 +45,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model import Layout, Precision
-from model.errors import MoesimError
-from model.hardware import get_gpu
-from model.hf_config import load_model
-from model.limits import (
+from moesim.model import Layout, Precision
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import get_gpu
+from moesim.model.hf_config import load_model
+from moesim.model.limits import (
     MAX_BATCH,
     MAX_GPUS,
     MAX_RATE,
@@ -59,8 +59,8 @@ from model.limits import (
     MAX_STEP_TOKENS,
     MAX_SWEEP_POINTS,
 )
-from model.memory import estimate_memory
-from sim.scenario import _one_line, max_power_exponent, parse_scenario, read_yaml, validate_mapping
+from moesim.model.memory import estimate_memory
+from moesim.sim.scenario import _one_line, max_power_exponent, parse_scenario, read_yaml, validate_mapping
 
 #: Axis names in expansion order (the slowest-varying first).
 AXES = (

@@ -36,13 +36,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from model import ClusterSpec, CostModel, Precision
-from model.batch import Batch
-from model.memory import params_per_gpu
-from model.ops import Op, collective, decompose, experts_op, gemm
-from model.params import embedding_tensors, layer_sets, layer_tensors
-from model.routing import inclusion_probs
-from sim.train_scenario import TrainSetup
+from moesim.model import ClusterSpec, CostModel, Precision
+from moesim.model.batch import Batch
+from moesim.model.memory import params_per_gpu
+from moesim.model.ops import Op, collective, decompose, experts_op, gemm
+from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
+from moesim.model.routing import inclusion_probs
+from moesim.sim.train_scenario import TrainSetup
 
 #: Backward time per op kind as multiples of the forward time: (input gradients, weight gradients).
 BACKWARD: dict[str, tuple[float, float]] = {
@@ -441,7 +441,7 @@ def dp_collective_seconds(
 def optimizer_seconds(setup: TrainSetup, cost_model: CostModel, params: float) -> float:
     """Seconds of one Adam step over ``params`` local parameters: memory-bound, every state read and written."""
     pr = setup.scenario.precision
-    from model.dtypes import DTYPE_BYTES
+    from moesim.model.dtypes import DTYPE_BYTES
 
     master = 0.0 if pr.master == "none" or pr.params == "fp32" else DTYPE_BYTES[pr.master]
     per = DTYPE_BYTES[pr.grads] + 2 * (master + 2 * DTYPE_BYTES[pr.optimizer_states]) + DTYPE_BYTES[pr.params]

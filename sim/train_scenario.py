@@ -37,10 +37,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
-from model.errors import LayoutError, MoesimError
-from model.hf_config import load_model
-from model.limits import (
+from moesim.model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
+from moesim.model.errors import LayoutError, MoesimError
+from moesim.model.hf_config import load_model
+from moesim.model.limits import (
     MAX_BATCH,
     MAX_CAPACITY_FACTOR,
     MAX_GPUS,
@@ -51,7 +51,7 @@ from model.limits import (
     MAX_SEED,
     MAX_TOKENS,
 )
-from sim.scenario import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
+from moesim.sim.scenario import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
 #: (PipeDream-flush, Megatron's default), interleaved 1F1B over
@@ -324,7 +324,7 @@ def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None
 
 def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
     """A calibration file, or table folders calibrated now (everything fitted, nothing held out)."""
-    from profiling.calibrate import CalibratedCostModel, calibrate
+    from moesim.profiling.calibrate import CalibratedCostModel, calibrate
 
     paths = [base / p for p in ([spec] if isinstance(spec, str) else spec)]
     for p in paths:

@@ -94,9 +94,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from model.errors import MoesimError
-from model.inputs import decode_text, parse_json, read_bytes
-from model.limits import MAX_CV, MAX_RATE, MAX_REQUESTS, MAX_SECONDS, MAX_TOKENS, MIN_CV
+from moesim.model.errors import MoesimError
+from moesim.model.inputs import decode_text, parse_json, read_bytes
+from moesim.model.limits import MAX_CV, MAX_RATE, MAX_REQUESTS, MAX_SECONDS, MAX_TOKENS, MIN_CV
 
 COLUMNS = ("request_id", "arrival_s", "input_tokens", "output_tokens")
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")

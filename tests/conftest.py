@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import HardwareSpec, NodeSpec, make_cluster
+from moesim.model import HardwareSpec, NodeSpec, make_cluster
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def running_dashboard(port: int | None = None) -> Iterator[dict]:
     """A real ``moesim dashboard --json`` on 127.0.0.1 (a free port by default): its JSON line; stopped on exit."""
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
+        [sys.executable, "-m", "moesim.dashboard.cli", "dashboard", "--port", str(port), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

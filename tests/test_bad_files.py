@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dashboard.cli import main
-from model.errors import MoesimError
-from model.inputs import MAX_DEPTH, check_magic, parse_json, parse_yaml, read_json, read_text, read_yaml
+from moesim.dashboard.cli import main
+from moesim.model.errors import MoesimError
+from moesim.model.inputs import MAX_DEPTH, check_magic, parse_json, parse_yaml, read_json, read_text, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mixtral-8x7b-ep8.yaml"
@@ -213,7 +213,7 @@ def test_unexpected_exception_is_one_line(
     def boom(_: object) -> None:
         raise exc
 
-    monkeypatch.setattr("dashboard.cli.catalog.load_model", boom)
+    monkeypatch.setattr("moesim.dashboard.cli.catalog.load_model", boom)
     monkeypatch.delenv("MOESIM_DEBUG", raising=False)
     rc, out, err = run_cli(["inspect", "mixtral-8x7b"], capsys)
     line = assert_one_error(rc, out, err)
@@ -227,7 +227,7 @@ def test_unexpected_exception_is_one_line(
 
 def test_torch_warnings_are_filtered_in_normal_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """profiling filters warnings raised inside torch and triton, so none comes before an ``error:`` line."""
-    import profiling
+    from moesim import profiling
 
     monkeypatch.delenv("MOESIM_DEBUG", raising=False)
     with warnings.catch_warnings(record=True) as seen:
@@ -235,7 +235,7 @@ def test_torch_warnings_are_filtered_in_normal_runs(monkeypatch: pytest.MonkeyPa
         importlib.reload(profiling)  # installs its filters (pytest restores the filters after each test)
         warnings.warn_explicit("CUDA initialization: driver too old", UserWarning, "cuda.py", 1, module="torch.cuda")
         warnings.warn_explicit("a kernel warning", UserWarning, "jit.py", 1, module="triton.runtime")
-        warnings.warn_explicit("a moesim warning", UserWarning, "x.py", 1, module="sim.engine")
+        warnings.warn_explicit("a moesim warning", UserWarning, "x.py", 1, module="moesim.sim.engine")
     assert [str(w.message) for w in seen] == ["a moesim warning"]
 
 
@@ -268,7 +268,7 @@ def test_routing_loads_name_the_layer(
 def test_routing_skew_too_steep_names_the_key_and_the_largest_exponent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sim.scenario import max_power_exponent
+    from moesim.sim.scenario import max_power_exponent
 
     top = max_power_exponent(8, 2)  # Mixtral: top-2 of 8 experts
     ranks = np.arange(1, 9, dtype=float)

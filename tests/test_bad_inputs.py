@@ -34,7 +34,7 @@ import pytest
 import yaml
 from fast_inputs import REPO, SERVE, SWEEP, TABLES, TRAIN, bounded  # tests/fast_inputs.py
 
-from dashboard.cli import main
+from moesim.dashboard.cli import main
 
 #: Wall seconds one case may take before it counts as a hang.
 CASE_LIMIT_S = 20.0
@@ -901,8 +901,8 @@ PAGE_CASES = [c for c in CATALOGUE if c.argv[:1] in (("simulate",), ("train",)) 
 def test_bad_scenario_on_the_scenario_page(c: Case, tmp_path: Path, guard) -> None:
     """An uploaded scenario runs through the page's logic (`dashboard.logic.scenario`) to a result or one
     `MoesimError`, which the page shows as one ``st.error`` line; anything else would be an "internal error"."""
-    from dashboard.logic import scenario as page
-    from model.errors import MoesimError
+    from moesim.dashboard.logic import scenario as page
+    from moesim.model.errors import MoesimError
 
     _write(tmp_path, {k: v for k, v in c.files.items() if k != "case.yaml"})
     try:

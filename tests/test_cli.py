@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.cli import main
+from moesim.dashboard.cli import main
 
 COMMANDS = ("models", "gpus", "clusters", "inspect", "roofline", "simulate", "train", "demo", "dashboard")
 

@@ -21,8 +21,8 @@ pytest.importorskip("plotly")
 from dashboard_server import free_port, running_dashboard  # tests/dashboard_server.py
 from streamlit.testing.v1 import AppTest
 
-from dashboard.logic import sweeps as sw
-from dashboard.ui import PAGES
+from moesim.dashboard.logic import sweeps as sw
+from moesim.dashboard.ui import PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -244,7 +244,7 @@ def test_scenario_logic_runs_every_example_and_length_form() -> None:
     """The Scenario page's logic (`run_serving`, `run_training`) on every example and every length distribution."""
     import yaml
 
-    from dashboard.logic import scenario as sl
+    from moesim.dashboard.logic import scenario as sl
 
     for kind in ("serving", "training"):
         for name, path in sl.examples(kind).items():
@@ -280,8 +280,8 @@ def test_scenario_logic_runs_every_example_and_length_form() -> None:
 )
 def test_uploaded_yaml_errors_are_one_message(data: bytes, expected: str) -> None:
     """The Scenario and Sweep pages' YAML readers (`model.inputs.parse_yaml`): one `MoesimError`, no RecursionError."""
-    from dashboard.logic import scenario as sl
-    from model.errors import MoesimError
+    from moesim.dashboard.logic import scenario as sl
+    from moesim.model.errors import MoesimError
 
     with pytest.raises(MoesimError, match=expected):
         sl.parse_yaml(data, "up.yaml")
@@ -398,12 +398,12 @@ def test_sweep_yaml_errors_are_messages() -> None:
 
 
 def _moesim(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dashboard.cli", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "moesim.dashboard.cli", *args], capture_output=True, text=True, **kw)
 
 
 def test_server_warm_up_fills_the_packages_caches() -> None:
-    from dashboard.server import warm
-    from sim import sweep_eval
+    from moesim.dashboard.server import warm
+    from moesim.sim import sweep_eval
 
     sweep_eval._CACHE.clear()
     assert warm() > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dashboard_server import running_dashboard  # tests/dashboard_server.py
 
-from dashboard.ui import PAGES
+from moesim.dashboard.ui import PAGES
 
 pytest.importorskip("streamlit")
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -14,9 +14,9 @@ pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest
 
-from dashboard.logic import placement as lp
-from model import MoesimError
-from placement import FORMATS, PlacementPlan, RoutingStats, read_plan, save_stats_npz, synthetic_trace
+from moesim.dashboard.logic import placement as lp
+from moesim.model import MoesimError
+from moesim.placement import FORMATS, PlacementPlan, RoutingStats, read_plan, save_stats_npz, synthetic_trace
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.logic import profiles as logic
+from moesim.dashboard.logic import profiles as logic
 
 APP = Path(__file__).parents[1] / "dashboard/app.py"
 COMMITTED = Path(__file__).parents[1] / "profiling/data"

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from model.hardware import get_gpu, make_cluster
-from profiling.calibrate import CalibratedCostModel, calibrate
-from profiling.opshapes import row_op
-from profiling.runner import cuda_preset
-from profiling.tables import SHAPE_COLUMNS, read_table
+from moesim.model.hardware import get_gpu, make_cluster
+from moesim.profiling.calibrate import CalibratedCostModel, calibrate
+from moesim.profiling.opshapes import row_op
+from moesim.profiling.runner import cuda_preset
+from moesim.profiling.tables import SHAPE_COLUMNS, read_table
 
 DATA = Path(__file__).resolve().parents[1] / "profiling" / "data"
 RUNS = sorted({f.parent for f in DATA.glob("*/*/*.parquet")})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import HardwareError, get_cluster, get_gpu, list_clusters, list_gpus, make_cluster
+from moesim.model import HardwareError, get_cluster, get_gpu, list_clusters, list_gpus, make_cluster
 
 GPUS = ("A100-SXM-80GB", "H100-SXM", "H100-PCIe", "H800", "H200-SXM", "B200", "MI300X", "L40S", "RTX-4090")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from model import ConfigError, load_model, model_from_config, preset_names
-from model.hf_config import PRESET_DIR
+from moesim.model import ConfigError, load_model, model_from_config, preset_names
+from moesim.model.hf_config import PRESET_DIR
 
 
 @pytest.mark.parametrize("name", preset_names())

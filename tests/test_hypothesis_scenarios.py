@@ -22,10 +22,10 @@ from fast_inputs import bounded  # noqa: E402  (tests/fast_inputs.py)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from model.errors import MoesimError  # noqa: E402
-from sim.scenario import build, parse_scenario  # noqa: E402
-from sim.sweep_spec import expand, parse_sweep  # noqa: E402
-from sim.train_scenario import build_training, parse_train_scenario  # noqa: E402
+from moesim.model.errors import MoesimError  # noqa: E402
+from moesim.sim.scenario import build, parse_scenario  # noqa: E402
+from moesim.sim.sweep_spec import expand, parse_sweep  # noqa: E402
+from moesim.sim.train_scenario import build_training, parse_train_scenario  # noqa: E402
 
 SERVE: dict[str, Any] = {
     "name": "h",

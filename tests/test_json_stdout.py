@@ -16,7 +16,7 @@ import pytest
 import yaml
 from fast_inputs import SERVE, SWEEP, TABLES, TRAIN  # tests/fast_inputs.py
 
-from dashboard.cli import main
+from moesim.dashboard.cli import main
 
 
 def _trace() -> dict[str, Any]:

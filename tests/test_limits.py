@@ -16,17 +16,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from dashboard.cli import main
-from model.errors import MoesimError
-from model.hf_config import PRESET_DIR, load_model
-from model.limits import MAX_BATCH, MAX_GPUS, MAX_LAYERS, MAX_RATE, MAX_REQUESTS, MAX_TOKENS
-from sim import analytical, engine
-from sim.engine import Capacity, check_requests_fit
-from sim.scenario import parse_scenario
-from sim.serve import load, run
-from sim.sweep_spec import expand, parse_sweep
-from sim.train_scenario import parse_train_scenario
-from sim.workload import generate, parse_workload, read_trace
+from moesim.dashboard.cli import main
+from moesim.model.errors import MoesimError
+from moesim.model.hf_config import PRESET_DIR, load_model
+from moesim.model.limits import MAX_BATCH, MAX_GPUS, MAX_LAYERS, MAX_RATE, MAX_REQUESTS, MAX_TOKENS
+from moesim.sim import analytical, engine
+from moesim.sim.engine import Capacity, check_requests_fit
+from moesim.sim.scenario import parse_scenario
+from moesim.sim.serve import load, run
+from moesim.sim.sweep_spec import expand, parse_sweep
+from moesim.sim.train_scenario import parse_train_scenario
+from moesim.sim.workload import generate, parse_workload, read_trace
 
 ROOT = Path(__file__).parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import (
+from moesim.model import (
     Batch,
     Layout,
     Precision,

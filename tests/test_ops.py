@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import Batch, Layout, LayoutError, Precision, decompose, load_model, make_cluster
+from moesim.model import Batch, Layout, LayoutError, Precision, decompose, load_model, make_cluster
 
 
 def by_name(ops, name):
@@ -55,7 +55,7 @@ def test_sliding_window_caps_pairs():
 
 
 def _gpu():
-    from model import get_gpu
+    from moesim.model import get_gpu
 
     return get_gpu("H100-SXM")
 

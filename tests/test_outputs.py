@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboard.cli import main
-from model import outputs
-from model.errors import MoesimError
+from moesim.dashboard.cli import main
+from moesim.model import outputs
+from moesim.model.errors import MoesimError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_outputs_written_before_markers_are_replaced(capsys, tmp_path, inputs):
         code, _, err = run(capsys, argv(command, inputs, old, *(["--fresh"] if command == "sweep" else [])))
         assert code == 0, err
         assert outputs.marker_command(old) == command
-    from dashboard.report import REPORT_FILES, is_report
+    from moesim.dashboard.report import REPORT_FILES, is_report
 
     (tmp_path / "report").mkdir()
     for name in REPORT_FILES:
@@ -278,12 +278,12 @@ def test_full_disk_is_one_line_and_keeps_the_previous_output(capsys, tmp_path, i
 
 
 def test_sweep_full_disk_mid_run_is_one_line(capsys, tmp_path, inputs, monkeypatch):
-    import sim.sweep
+    import moesim.sim.sweep as sweep_module
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sim.sweep.pd.DataFrame, "to_parquet", full)
+    monkeypatch.setattr(sweep_module.pd.DataFrame, "to_parquet", full)
     out = tmp_path / "run"
     code, _, err = run(capsys, argv("sweep", inputs, out))
     assert "no space left on the device" in one_error(code, err)
@@ -294,7 +294,7 @@ def test_sweep_full_disk_mid_run_is_one_line(capsys, tmp_path, inputs, monkeypat
 
 
 def test_a_second_sweep_into_a_running_sweeps_folder_refuses(capsys, tmp_path, inputs):
-    from sim.sweep import run_sweep
+    from moesim.sim.sweep import run_sweep
 
     out = tmp_path / "run"
     assert run(capsys, argv("sweep", inputs, out))[0] == 0
@@ -377,7 +377,17 @@ def test_kill_9_of_a_sweep_ends_its_workers(tmp_path):
     data["base"] = {**SWEEP["base"], "workload": {**SWEEP["base"]["workload"], "requests": 1500}}
     f = tmp_path / "sweep.yaml"
     f.write_text(yaml.safe_dump(data))
-    cmd = [sys.executable, "-m", "dashboard.cli", "sweep", str(f), "--out", str(tmp_path / "out"), "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "moesim.dashboard.cli",
+        "sweep",
+        str(f),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: dict[int, str] = {}

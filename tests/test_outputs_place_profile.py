@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard.cli import main
-from model.outputs import MARKER
-from placement.plan import PlacementPlan
-from profiling.tables import read_table, write_table
+from moesim.dashboard.cli import main
+from moesim.model.outputs import MARKER
+from moesim.placement.plan import PlacementPlan
+from moesim.profiling.tables import read_table, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACE = ["place", "--stats", "synthetic", "--model", "mixtral-8x7b", "--gpus", "8", "--tokens", "200"]
@@ -66,7 +66,7 @@ def full_disk(monkeypatch) -> None:
     def enospc() -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("model.outputs.umask", enospc)
+    monkeypatch.setattr("moesim.model.outputs.umask", enospc)
 
 
 # --- moesim place ---------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_calibrate_never_overwrites_a_users_file(capsys, tmp_path, tables):
     assert run(capsys, "calibrate", str(tables), "--out", str(cal), "--seed", "1")[0] == 0  # its own file: replaced
     assert cal.stat().st_mtime_ns >= first and not list(tmp_path.glob(".cal.parquet*"))
     assert run(capsys, "calibrate", str(tables), "--out", str(mine), "--force")[0] == 0  # --force overwrites
-    from profiling.calibrate import is_calibration_file
+    from moesim.profiling.calibrate import is_calibration_file
 
     assert is_calibration_file(mine)
 
@@ -269,8 +269,8 @@ def test_profile_refuses_before_timing_anything(capsys, tmp_path, precious):
 
 def test_profile_adds_tables_to_its_own_folder(tmp_path):
     pytest.importorskip("torch")
-    from model.errors import MoesimError
-    from profiling.runner import profile
+    from moesim.model.errors import MoesimError
+    from moesim.profiling.runner import profile
 
     out = tmp_path / "prof"
     run1 = profile("cpu", out, mode="tiny", ops=["memcpy"])
@@ -320,7 +320,7 @@ def test_stopping_moesim_dashboard_stops_its_server(sig):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.cli", "dashboard", "--port", str(port), "--json"],
+        [sys.executable, "-m", "moesim.dashboard.cli", "dashboard", "--port", str(port), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -356,8 +356,8 @@ def test_a_read_only_out_is_one_line_for_every_command(capsys, tmp_path, tables,
     ro = tmp_path / "ro"
     ro.mkdir()
     access = os.access
-    monkeypatch.setattr("model.outputs.tempfile.mkdtemp", denied)
-    monkeypatch.setattr("model.outputs.tempfile.mkstemp", denied)
+    monkeypatch.setattr("moesim.model.outputs.tempfile.mkdtemp", denied)
+    monkeypatch.setattr("moesim.model.outputs.tempfile.mkstemp", denied)
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: not str(path).startswith(str(ro)) and access(path, mode))
     for argv in (
         [*PLACE, "--out", str(ro / "p")],

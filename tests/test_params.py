@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import count_params, load_model, preset_names, published_active, published_params
+from moesim.model import count_params, load_model, preset_names, published_active, published_params
 
 PUBLISHED = published_params().set_index("model")
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import yaml
 
-from dashboard.cli import main
-from model.errors import MoesimError
-from placement.api import place
-from placement.baselines import rebalance_experts, round_robin
-from placement.ilp import IlpOptions, solve_layer
-from placement.metrics import gpu_loads, layer_sends, load_lower_bound, replica_bound
-from placement.plan import PlacementPlan
-from placement.stats import RoutingStats
-from placement.synthetic import synthetic_trace
+from moesim.dashboard.cli import main
+from moesim.model.errors import MoesimError
+from moesim.placement.api import place
+from moesim.placement.baselines import rebalance_experts, round_robin
+from moesim.placement.ilp import IlpOptions, solve_layer
+from moesim.placement.metrics import gpu_loads, layer_sends, load_lower_bound, replica_bound
+from moesim.placement.plan import PlacementPlan
+from moesim.placement.stats import RoutingStats
+from moesim.placement.synthetic import synthetic_trace
 
 # deepseek-ai/EPLB README: the example and its printed output
 EPLB_WEIGHT = np.array(
@@ -177,7 +177,7 @@ def test_ilp_many_replicas_on_few_gpus_per_node():
 def test_pattern_stage_gives_up_on_a_huge_enumeration():
     """64 experts + 8 redundant on 8 GPUs of one node: C(64 x 8, 9) candidate patterns, few under the load bound.
     The stage must hand over to the next one at once (it used to enumerate for minutes past its time limit)."""
-    from placement.ilp import _pattern_stage
+    from moesim.placement.ilp import _pattern_stage
 
     w = np.random.default_rng(0).pareto(1.5, 64) + 1.0
     start = np.zeros((64, 8), np.int64)
@@ -188,7 +188,7 @@ def test_pattern_stage_gives_up_on_a_huge_enumeration():
 
 def test_pattern_stage_cut_off_is_a_count_not_seconds():
     """Whether the exact pattern model runs depends on ``max_candidates``, never on the time left."""
-    from placement.ilp import _pattern_stage
+    from moesim.placement.ilp import _pattern_stage
 
     w = np.array([100.0, 60, 30, 20, 5])
     start = np.zeros((5, 5), np.int64)
@@ -292,7 +292,7 @@ def test_cli_place_rejects_nan_stats(tmp_path, capsys):
 
 
 def test_serving_scenario_takes_a_plan(tmp_path):
-    from sim.serve import run
+    from moesim.sim.serve import run
 
     st = synthetic_trace(32, 8, 2, tokens=4000, alpha=1.5, seed=5)
     np.save(tmp_path / "loads.npy", st.shares())
@@ -338,8 +338,8 @@ def test_ilp_same_inputs_same_plan_bytes_at_the_work_limit(tmp_path):
 
 
 def test_ilp_report_says_a_time_limited_plan_may_differ():
-    from placement.api import _ilp_report
-    from placement.ilp import LayerResult, StageReport
+    from moesim.placement.api import _ilp_report
+    from moesim.placement.ilp import LayerResult, StageReport
 
     p2l = np.arange(4)
     done = LayerResult(p2l, [StageReport("work limit", 1.0, 0.9, 0.1, 0.5, 5)], objective=1.0, baseline_objective=1.1)
@@ -358,7 +358,7 @@ def test_cli_place_json_stdout_is_one_object(tmp_path, workers):
     import sys
 
     moesim = Path(sys.executable).with_name("moesim")
-    cmd = [str(moesim)] if moesim.exists() else [sys.executable, "-m", "dashboard.cli"]
+    cmd = [str(moesim)] if moesim.exists() else [sys.executable, "-m", "moesim.dashboard.cli"]
     args = ["place", "--stats", "synthetic", "--model", "mixtral-8x7b", "--gpus", "8", "--method", "all", "--json"]
     args += ["--time-limit", "5", "--tokens", "500", "--workers", workers, "--out", str(tmp_path / "pl")]
     proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)

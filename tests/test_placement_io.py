@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from model.errors import MoesimError
-from placement.exporters import FILES, FORMATS, export_plan, launch_flags, read_plan
-from placement.importers import load_stats, save_stats_npz
-from placement.plan import PlacementPlan
-from placement.stats import RoutingStats
+from moesim.model.errors import MoesimError
+from moesim.placement.exporters import FILES, FORMATS, export_plan, launch_flags, read_plan
+from moesim.placement.importers import load_stats, save_stats_npz
+from moesim.placement.plan import PlacementPlan
+from moesim.placement.stats import RoutingStats
 
 # SGLang fixtures: 3 decoder layers (layer 0 dense), 4 logical experts, 6 physical slots (the note's example map).
 P2L = [[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 0, 1], [3, 2, 0, 1, 3, 3]]

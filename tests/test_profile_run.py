@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard.cli import main
-from model import Batch, Layout, Precision, estimate_step, list_gpus, load_model, make_cluster
-from profiling.calibrate import CalibratedCostModel, calibrate, save
-from profiling.opshapes import row_op
-from profiling.tables import read_table, write_table
+from moesim.dashboard.cli import main
+from moesim.model import Batch, Layout, Precision, estimate_step, list_gpus, load_model, make_cluster
+from moesim.profiling.calibrate import CalibratedCostModel, calibrate, save
+from moesim.profiling.opshapes import row_op
+from moesim.profiling.tables import read_table, write_table
 
 torch = pytest.importorskip("torch")
 
@@ -21,7 +21,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "aiconfigurat
 
 @pytest.fixture(scope="module")
 def cpu_tables(tmp_path_factory):
-    from profiling.runner import profile
+    from moesim.profiling.runner import profile
 
     out = tmp_path_factory.mktemp("cpu")
     seen = []
@@ -66,7 +66,7 @@ def test_cpu_tables_calibrate_and_drive_an_estimate(cpu_tables, tmp_path):
 
 
 def test_collectives_over_gloo():
-    from profiling.collectives import bench_collectives
+    from moesim.profiling.collectives import bench_collectives
 
     rows, skipped = bench_collectives("cpu", 2, [4096, 2**24], reps=3)
     ops = {r["op"] for r in rows}

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model import Batch, Layout, Precision, estimate_step, load_model, make_cluster
-from model.ops import experts_op, gemm
-from model.roofline import RooflineCostModel
-from profiling import fit as fitlib
-from profiling.aiconfigurator import convert
-from profiling.calibrate import CalibratedCostModel, calibrate, load, save
-from profiling.opshapes import features, row_op, table_dtype
-from profiling.skew import predict_skewed
-from profiling.tables import TableError, check_table, load_tables, read_meta, read_table, write_table
+from moesim.model import Batch, Layout, Precision, estimate_step, load_model, make_cluster
+from moesim.model.ops import experts_op, gemm
+from moesim.model.roofline import RooflineCostModel
+from moesim.profiling import fit as fitlib
+from moesim.profiling.aiconfigurator import convert
+from moesim.profiling.calibrate import CalibratedCostModel, calibrate, load, save
+from moesim.profiling.opshapes import features, row_op, table_dtype
+from moesim.profiling.skew import predict_skewed
+from moesim.profiling.tables import TableError, check_table, load_tables, read_meta, read_table, write_table
 
 
 def _efficiency(m: np.ndarray) -> np.ndarray:
@@ -257,7 +257,7 @@ def test_triton_moe_alignment_is_sized_for_the_worst_case():
     and the blocks past the real ones hold only the sentinel pair and the expert E (the kernel skips them)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("triton")
-    from profiling.triton_moe import _align_blocks, align_by_expert, tile_config
+    from moesim.profiling.triton_moe import _align_blocks, align_by_expert, tile_config
 
     ids = torch.tensor([[0, 3], [3, 5], [0, 5], [3, 0], [5, 3]])
     sorted_ids, block_expert, padded = _align_blocks(ids, 6, 4)
@@ -273,7 +273,7 @@ def test_triton_moe_prepare_with_fewer_local_pairs_than_top_k():
     """Expert parallelism with few tokens: one local pair of a top-8 layer (this raised on the H100 before)."""
     pytest.importorskip("torch")
     pytest.importorskip("triton")
-    from profiling.kernels import Pool, prepare_grouped_gemm, prepare_grouped_gemm_triton
+    from moesim.profiling.kernels import Pool, prepare_grouped_gemm, prepare_grouped_gemm_triton
 
     pool = Pool("cpu")
     for tokens, pairs in ((1, 1), (4, 4), (16, 16)):

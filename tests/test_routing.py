@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import MoesimError, expected_distinct_experts, gpu_loads, token_fanout
-from model.routing import expected_max_normal, hit_probability
+from moesim.model import MoesimError, expected_distinct_experts, gpu_loads, token_fanout
+from moesim.model.routing import expected_max_normal, hit_probability
 
 RNG = np.random.default_rng(0)
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from dashboard.cli import main
-from model import count_params
-from model.errors import MoesimError
-from sim.engine import make_timer, replica_capacity
-from sim.serve import ServeResult, load, run
+from moesim.dashboard.cli import main
+from moesim.model import count_params
+from moesim.model.errors import MoesimError
+from moesim.sim.engine import make_timer, replica_capacity
+from moesim.sim.serve import ServeResult, load, run
 
 MIXTRAL_EP8 = {"model": "mixtral-8x7b", "cluster": "dgx-h100", "layout": {"tp": 1, "dp_attn": 8, "ep": 8}}
 

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.errors import MoesimError
-from sim import chrome_trace
-from sim.chrome_trace import write_chrome_trace
-from sim.metrics import SUMMARY_KEYS, latency_summary, littles_law, percentiles, time_series
-from sim.plots import write_plots
+from moesim.model.errors import MoesimError
+from moesim.sim import chrome_trace
+from moesim.sim.chrome_trace import write_chrome_trace
+from moesim.sim.metrics import SUMMARY_KEYS, latency_summary, littles_law, percentiles, time_series
+from moesim.sim.plots import write_plots
 
 NAN = math.nan
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.errors import MoesimError
-from sim import sweep_report
-from sim.sweep_report import (
+from moesim.model.errors import MoesimError
+from moesim.sim import sweep_report
+from moesim.sim.sweep_report import (
     CAP_COLUMNS,
     cap_objectives,
     cap_table,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from profiling.tables import TableError, check_table
-from profiling.trace_import import import_chrome_trace
+from moesim.profiling.tables import TableError, check_table
+from moesim.profiling.trace_import import import_chrome_trace
 
 
 def _only(df, **where):

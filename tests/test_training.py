@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.cli import main
-from model import MoesimError, RooflineCostModel
-from sim.pipeline import StageCost, run_pipeline, schedule
-from sim.train import BREAKDOWN, load, run, simulate_training
-from sim.train_cost import unit_costs
+from moesim.dashboard.cli import main
+from moesim.model import MoesimError, RooflineCostModel
+from moesim.sim.pipeline import StageCost, run_pipeline, schedule
+from moesim.sim.train import BREAKDOWN, load, run, simulate_training
+from moesim.sim.train_cost import unit_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,9 +108,9 @@ def test_without_communication_or_bubbles_the_step_is_the_sum_of_op_times() -> N
     assert b["pp_bubble"] == pytest.approx(0.0, abs=1e-12) and b["dp_comm"] == 0.0
     assert res.summary["step_s"] == pytest.approx(ops_s + b["optimizer"], rel=1e-12)
     # the forward is the op model's ops, each timed once
-    from model.batch import Batch
-    from model.ops import decompose
-    from sim.train_cost import precision_of
+    from moesim.model.batch import Batch
+    from moesim.model.ops import decompose
+    from moesim.sim.train_cost import precision_of
 
     ops = decompose(setup.model, Batch.prefill(1, 512), setup.group_layout, setup.cluster, precision_of(setup),
                     mla_absorb=False)  # fmt: skip

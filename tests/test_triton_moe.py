@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 pytest.importorskip("triton")
 
-from profiling.triton_moe import align_by_expert, torch_moe, triton_available, triton_moe  # noqa: E402
+from moesim.profiling.triton_moe import align_by_expert, torch_moe, triton_available, triton_moe  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

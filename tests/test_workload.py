@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.errors import MoesimError
-from sim.workload import (
+from moesim.model.errors import MoesimError
+from moesim.sim.workload import (
     LengthDist,
     describe,
     estimate_tokens,

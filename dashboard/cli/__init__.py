@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 
@@ -16,18 +17,18 @@ try:  # typer vendors click from 0.2x on; older releases depend on click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
-from dashboard.cli._common import err
-from dashboard.cli.catalog import clusters, gpus, inspect, models
-from dashboard.cli.demo import demo
-from dashboard.cli.place import place
-from dashboard.cli.profile import calibrate, import_tables, profile
-from dashboard.cli.roofline import roofline
-from dashboard.cli.serve_app import dashboard
-from dashboard.cli.simulate import simulate
-from dashboard.cli.sweep import sweep
-from dashboard.cli.train import train
-from model import MoesimError
-from model.inputs import os_error
+from moesim.dashboard.cli._common import err, out
+from moesim.dashboard.cli.catalog import clusters, gpus, inspect, models
+from moesim.dashboard.cli.demo import demo
+from moesim.dashboard.cli.place import place
+from moesim.dashboard.cli.profile import calibrate, import_tables, profile
+from moesim.dashboard.cli.roofline import roofline
+from moesim.dashboard.cli.serve_app import dashboard
+from moesim.dashboard.cli.simulate import simulate
+from moesim.dashboard.cli.sweep import sweep
+from moesim.dashboard.cli.train import train
+from moesim.model import MoesimError
+from moesim.model.inputs import os_error
 
 app = typer.Typer(
     name="moesim",
@@ -38,6 +39,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from moesim import __version__
+
+        out.print(f"moesim {__version__}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print moesim's version and exit."),
+    ] = False,
+) -> None:
+    """Performance modelling and simulation for Mixture-of-Experts training and serving."""
+
+
 for command in (
     models,
     gpus,

@@ -1,5 +1,5 @@
 """``python -m dashboard.cli``: the moesim command line."""
 
-from dashboard.cli import run
+from moesim.dashboard.cli import run
 
 run()

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, gib, out, params, si
-from dashboard.summaries import cluster_row, gpu_row, inspect_summary, model_row
-from model import list_clusters, list_gpus, load_model, preset_names
+from moesim.dashboard.cli._common import emit_json, gib, out, params, si
+from moesim.dashboard.summaries import cluster_row, gpu_row, inspect_summary, model_row
+from moesim.model import list_clusters, list_gpus, load_model, preset_names
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 HardwareOpt = Annotated[

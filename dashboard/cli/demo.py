@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from dashboard.cli._common import emit_json, err, out
-from dashboard.cli.catalog import JsonOpt
-from dashboard.cli.roofline import load_cost_model
-from dashboard.report import DEMO_CLUSTER, DEMO_MODEL, build_demo_report
+from moesim.dashboard.cli._common import emit_json, err, out
+from moesim.dashboard.cli.catalog import JsonOpt
+from moesim.dashboard.cli.roofline import load_cost_model
+from moesim.dashboard.report import DEMO_CLUSTER, DEMO_MODEL, build_demo_report
 
 
 def demo(

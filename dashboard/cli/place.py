@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, finite, out
-from model.errors import MoesimError
-from model.limits import MAX_EXPERTS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_SECONDS, MAX_SEED
+from moesim.dashboard.cli._common import emit_json, err, finite, out
+from moesim.model.errors import MoesimError
+from moesim.model.limits import MAX_EXPERTS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_SECONDS, MAX_SEED
 
 #: Most tokens in a synthetic routing trace (--tokens); the trace holds [tokens, top_k] per MoE layer.
 MAX_TRACE_TOKENS = 1_000_000
@@ -23,9 +23,9 @@ MAX_WORK_LIMIT = 2**31 - 1
 
 def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, seed: int) -> tuple[Any, Any]:
     """(RoutingStats, ModelSpec or None) for --stats/--model."""
-    from model.hf_config import load_model
-    from placement.importers import load_stats
-    from placement.synthetic import synthetic_trace
+    from moesim.model.hf_config import load_model
+    from moesim.placement.importers import load_stats
+    from moesim.placement.synthetic import synthetic_trace
 
     spec = load_model(model) if model else None
     if spec is not None and spec.moe is None:
@@ -55,7 +55,7 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
 
 def is_place_output(folder: Path) -> bool:
     """Whether ``folder`` was written by an older ``moesim place`` (before output markers): only its file names."""
-    from placement.exporters import FILES
+    from moesim.placement.exporters import FILES
 
     exports = {n for names in FILES.values() for n in names}
     try:
@@ -198,12 +198,12 @@ def place(
     on the machine's speed and load. The search stops deterministically at --work-limit nodes per solve; the time
     limit is only a cap. With --json, stdout is exactly one JSON object (solver output goes to stderr).
     """
-    from model.outputs import check_replaceable, output_dir
-    from placement.api import METHODS
-    from placement.api import place as run_place
-    from placement.exporters import FORMATS, export_plan, launch_flags
-    from placement.ilp import IlpOptions
-    from placement.plan import PlacementPlan, write_text_atomic
+    from moesim.model.outputs import check_replaceable, output_dir
+    from moesim.placement.api import METHODS
+    from moesim.placement.api import place as run_place
+    from moesim.placement.exporters import FORMATS, export_plan, launch_flags
+    from moesim.placement.ilp import IlpOptions
+    from moesim.placement.plan import PlacementPlan, write_text_atomic
 
     check_replaceable(out_dir, "place", force, legacy=is_place_output)  # before the solve, not after it
     methods = METHODS if method == "all" else tuple(m.strip() for m in method.split(","))

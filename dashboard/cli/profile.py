@@ -12,11 +12,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, finite, out, seconds
-from dashboard.cli.catalog import HardwareOpt, JsonOpt
-from model import get_gpu
-from model.errors import MoesimError
-from model.limits import MAX_SEED
+from moesim.dashboard.cli._common import emit_json, err, finite, out, seconds
+from moesim.dashboard.cli.catalog import HardwareOpt, JsonOpt
+from moesim.model import get_gpu
+from moesim.model.errors import MoesimError
+from moesim.model.limits import MAX_SEED
 
 
 @contextmanager
@@ -96,8 +96,8 @@ def profile(
 
     Example: moesim profile --device cpu --quick --ops gemm,moe --out profiles/cpu
     """
-    from profiling.runner import OP_GROUPS
-    from profiling.runner import profile as run_profile
+    from moesim.profiling.runner import OP_GROUPS
+    from moesim.profiling.runner import profile as run_profile
 
     op_list = [o.strip() for o in ops.split(",") if o.strip()]
     if not op_list:
@@ -177,7 +177,7 @@ def import_tables(
     if kind == "auto":
         kind = "aiconfigurator" if source.is_dir() or source.suffix == ".parquet" else "trace"
     if kind == "aiconfigurator":
-        from profiling.aiconfigurator import import_aiconfigurator
+        from moesim.profiling.aiconfigurator import import_aiconfigurator
 
         summary = import_aiconfigurator(source, out_dir, force=force) | {"format": kind}
     else:
@@ -198,7 +198,7 @@ def import_tables(
 def _import_trace(
     source: Path, out_dir: Path, gpu: str | None, hardware: Path | None, force: bool = False
 ) -> dict[str, Any]:
-    from profiling.trace_import import import_trace
+    from moesim.profiling.trace_import import import_trace
 
     spec = get_gpu(gpu, hardware) if gpu else None
     return import_trace(source, out_dir, spec if spec is None or spec.peak_flops else None, force=force)
@@ -247,9 +247,9 @@ def calibrate(
 
     Example: moesim calibrate profiles/h100-aic --out h100.calibration.parquet --holdout 0.2 --report cal-report
     """
-    from model.outputs import check_replaceable, output_dir
-    from profiling.calibrate import calibrate as run_calibrate
-    from profiling.calibrate import check_out, save
+    from moesim.model.outputs import check_replaceable, output_dir
+    from moesim.profiling.calibrate import calibrate as run_calibrate
+    from moesim.profiling.calibrate import check_out, save
 
     check_out(out_file, force)  # before the fit, not after it
     if report is not None:
@@ -272,7 +272,7 @@ def calibrate(
     if report is None:
         save(cal, out_file, force=force)
     else:  # the report and the calibration appear together or not at all
-        from profiling.report import write_report
+        from moesim.profiling.report import write_report
 
         with output_dir(report, "calibrate", force=force, legacy=is_report_folder, flag="--report") as tmp:
             written = [str(report / p.relative_to(tmp)) for p in write_report(cal, tmp)]

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, finite, out, seconds, si
-from dashboard.cli.catalog import HardwareOpt, JsonOpt
-from dashboard.summaries import RooflineRun, roofline_summary, run_roofline
-from model import (
+from moesim.dashboard.cli._common import emit_json, err, finite, out, seconds, si
+from moesim.dashboard.cli.catalog import HardwareOpt, JsonOpt
+from moesim.dashboard.summaries import RooflineRun, roofline_summary, run_roofline
+from moesim.model import (
     Batch,
     CostAssumptions,
     CostModel,
@@ -25,7 +25,7 @@ from model import (
     load_model,
     make_cluster,
 )
-from model.limits import MAX_BATCH, MAX_TOKENS
+from moesim.model.limits import MAX_BATCH, MAX_TOKENS
 
 
 class Phase(str, Enum):
@@ -43,7 +43,7 @@ def load_cost_model(path: Path | None) -> CostModel | None:
     """The calibrated cost model in ``path`` (None: the roofline)."""
     if path is None:
         return None
-    from profiling.calibrate import CalibratedCostModel
+    from moesim.profiling.calibrate import CalibratedCostModel
 
     return CalibratedCostModel.from_file(path)
 

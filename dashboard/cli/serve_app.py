@@ -22,9 +22,9 @@ from typing import Annotated
 
 import typer
 
-from dashboard.cli._common import emit_json, err, finite, out
-from dashboard.cli.catalog import JsonOpt
-from model import MoesimError
+from moesim.dashboard.cli._common import emit_json, err, finite, out
+from moesim.dashboard.cli.catalog import JsonOpt
+from moesim.model import MoesimError
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 HOST = "127.0.0.1"
@@ -124,7 +124,7 @@ def streamlit_command(app: str | Path, port: int, warm: bool = False) -> list[st
 
     ``warm``: through `dashboard.server`, which warms the app's modules and caches up before serving.
     """
-    runner = "dashboard.server" if warm else "streamlit"
+    runner = "moesim.dashboard.server" if warm else "streamlit"
     cmd = [sys.executable, "-m", runner, "run", str(app), "--server.address", HOST, "--server.port", str(port)]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     return [*cmd, "--client.toolbarMode", "viewer"]

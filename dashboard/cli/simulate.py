@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, out, seconds
-from dashboard.cli.profile import progress_bar
-from dashboard.cli.roofline import load_cost_model
-from model import MoesimError
-from model.limits import MAX_SEED
+from moesim.dashboard.cli._common import emit_json, out, seconds
+from moesim.dashboard.cli.profile import progress_bar
+from moesim.dashboard.cli.roofline import load_cost_model
+from moesim.model import MoesimError
+from moesim.model.limits import MAX_SEED
 
 
 class Engine(str, Enum):
@@ -52,9 +52,9 @@ def simulate(
 
     Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json
     """
-    from model.outputs import check_replaceable
-    from sim.chrome_trace import check_trace_path
-    from sim.serve import is_output, run, write_outputs
+    from moesim.model.outputs import check_replaceable
+    from moesim.sim.chrome_trace import check_trace_path
+    from moesim.sim.serve import is_output, run, write_outputs
 
     if trace and engine is Engine.analytical:
         raise MoesimError("--trace needs the discrete-event engine", "drop --trace or use --engine des")
@@ -67,7 +67,7 @@ def simulate(
         res = run(scenario, engine.value, cost_model=cm, seed=seed, progress=update)
     s = res.summary
     if trace:
-        from sim.chrome_trace import write_chrome_trace
+        from moesim.sim.chrome_trace import write_chrome_trace
 
         assert res.sim is not None
         info = write_chrome_trace(

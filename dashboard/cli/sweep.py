@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dashboard.cli._common import emit_json, err, out, seconds
-from dashboard.cli.profile import progress_bar
+from moesim.dashboard.cli._common import emit_json, err, out, seconds
+from moesim.dashboard.cli.profile import progress_bar
 
 #: Most local worker processes (--workers).
 MAX_WORKERS = 1024
@@ -54,7 +54,7 @@ def sweep(
     """
     import os
 
-    from sim.sweep import run_sweep
+    from moesim.sim.sweep import run_sweep
 
     with progress_bar("sweep") as update:
         n = workers if workers is not None else os.cpu_count() or 1

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from model import list_gpus, load_model, preset_names
+from moesim.model import list_gpus, load_model, preset_names
 
 #: Named layouts offered on the page -> the sweep's layout value (``gpus``: the configuration's GPU count).
 LAYOUTS: dict[str, dict[str, Any]] = {
@@ -121,7 +121,7 @@ def grid_mapping(
 @st.cache_data(show_spinner=False, max_entries=32)
 def _expand(mapping: dict[str, Any]) -> tuple[Any, list[Any], dict[str, int]]:
     """The validated spec, its points and the pruned counts of a grid mapping."""
-    from sim.sweep_spec import expand, parse_sweep
+    from moesim.sim.sweep_spec import expand, parse_sweep
 
     spec = parse_sweep(mapping, "the CAP overview's choices")
     exp = expand(spec)
@@ -131,7 +131,7 @@ def _expand(mapping: dict[str, Any]) -> tuple[Any, list[Any], dict[str, int]]:
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _row(point_id: str, engine: str, _point: Any, _spec: Any) -> dict[str, Any]:
     """One point's result row (`sim.sweep_eval.evaluate`), cached by its id (which hashes its whole scenario)."""
-    from sim.sweep_eval import evaluate
+    from moesim.sim.sweep_eval import evaluate
 
     return evaluate(_point, _spec)
 
@@ -152,8 +152,8 @@ def evaluate_grid(
     Raises:
         MoesimError: a bad choice (nothing left after pruning, an unknown GPU).
     """
-    from sim.sweep_post import accuracy_columns
-    from sim.sweep_report import cap_table
+    from moesim.sim.sweep_post import accuracy_columns
+    from moesim.sim.sweep_report import cap_table
 
     spec, points, pruned = _expand(mapping)
     rows = []

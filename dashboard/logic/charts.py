@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from sim.sweep_report import RADAR_AXES, radar_values
+from moesim.sim.sweep_report import RADAR_AXES, radar_values
 
 #: Colours for categories, colour-blind safe (Okabe-Ito), repeated when there are more.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")

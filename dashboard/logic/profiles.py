@@ -27,7 +27,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.logic.charts import PALETTE
+from moesim.dashboard.logic.charts import PALETTE
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Committed GPU runs: ``<gpu>/<set>/*.parquet``.
@@ -169,7 +169,7 @@ def tables_folder(folder: str | Path) -> str:
     sig = repr(signature(folder)).encode()
     out = cache_root() / f"import-{folder.name}-{hashlib.sha1(sig).hexdigest()[:12]}"
     if not (out / ".done").is_file():
-        from profiling import import_aiconfigurator
+        from moesim.profiling import import_aiconfigurator
 
         tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".import-"))
         import_aiconfigurator(folder, tmp)
@@ -201,7 +201,7 @@ def load_set(folder: str, sig: tuple[tuple[str, int, int], ...]) -> TableSet:
 
     Raises `profiling.TableError` for a missing folder, a folder without tables or an unreadable table.
     """
-    from profiling import KINDS, load_tables
+    from moesim.profiling import KINDS, load_tables
 
     loaded = load_tables([folder])
     parts: dict[str, list[pd.DataFrame]] = {}
@@ -236,7 +236,7 @@ def load_set(folder: str, sig: tuple[tuple[str, int, int], ...]) -> TableSet:
 def calibrate_set(folder: str, sig: tuple[tuple[str, int, int], ...], holdout: float, seed: int) -> CalibrationView:
     """Calibrate on the tables under ``folder`` (`profiling.calibrate`, ``holdout`` share of each fit's shapes
     held out, split by ``seed``); the library's error report as tables (see `CalibrationView`)."""
-    from profiling import calibrate
+    from moesim.profiling import calibrate
 
     cal = calibrate([folder], holdout=holdout, seed=seed)
     rows, points = [], []
@@ -263,7 +263,7 @@ def run_quick_profile(
     Returns ``folder``, ``rows`` per kind, ``wall_s`` (s), ``device``, ``threads``, ``skipped``.
     ``progress(done, total, label)`` is called after each point. Needs torch (`torch_available`).
     """
-    from profiling import profile
+    from moesim.profiling import profile
 
     out = tempfile.mkdtemp(dir=cache_root(), prefix="quick-profile-")
     try:
@@ -286,7 +286,7 @@ def run_quick_profile(
 
 def kind_colours(kinds: list[str]) -> dict[str, str]:
     """A colour per op kind, stable across sources (`profiling.KINDS` order)."""
-    from profiling import KINDS
+    from moesim.profiling import KINDS
 
     return {k: PALETTE[KINDS.index(k) % len(PALETTE)] if k in KINDS else PALETTE[-1] for k in kinds}
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from model import MoesimError
-from sim.sweep_spec import AXES
+from moesim.model import MoesimError
+from moesim.sim.sweep_spec import AXES
 
 #: Metrics offered for heatmaps: column -> (label, lower is better).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -67,8 +67,8 @@ engine: analytical
 
 def parse_spec(text: str) -> Any:
     """A validated `sim.sweep_spec.SweepSpec` from sweep YAML text; `MoesimError` naming the problem."""
-    from model.inputs import parse_yaml
-    from sim.sweep_spec import parse_sweep
+    from moesim.model.inputs import parse_yaml
+    from moesim.sim.sweep_spec import parse_sweep
 
     data = parse_yaml(text, "the sweep")  # a syntax error names its line; a 40 kB nest is one message too
     if isinstance(data, dict) and isinstance(data.get("base"), str) and not Path(data["base"]).is_absolute():
@@ -79,7 +79,7 @@ def parse_spec(text: str) -> Any:
 
 def count_points(text: str) -> tuple[int, dict[str, int]]:
     """Points a sweep would run and the pruned counts (reason -> points)."""
-    from sim.sweep_spec import expand
+    from moesim.sim.sweep_spec import expand
 
     exp = expand(parse_spec(text))
     return len(exp.points), dict(exp.pruned)
@@ -94,12 +94,12 @@ def run_small_sweep(
     Returns:
         (the rows with ``accuracy`` added, the sweep's summary, the folder).
     """
-    from sim.sweep import run_sweep
-    from sim.sweep_post import accuracy_columns
-    from sim.sweep_report import write_atomic
+    from moesim.sim.sweep import run_sweep
+    from moesim.sim.sweep_post import accuracy_columns
+    from moesim.sim.sweep_report import write_atomic
 
     spec = parse_spec(text)
-    from dashboard.logic.profiles import cache_root
+    from moesim.dashboard.logic.profiles import cache_root
 
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="sweep-", dir=cache_root()))
     res = run_sweep(spec, folder, workers=1, progress=progress, post=False)
@@ -111,8 +111,8 @@ def run_small_sweep(
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_folder(folder: str) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """A sweep folder's rows (``results.parquet``, else its shards) and its manifest (None when absent)."""
-    from sim.sweep import read_shards
-    from sim.sweep_post import accuracy_columns
+    from moesim.sim.sweep import read_shards
+    from moesim.sim.sweep_post import accuracy_columns
 
     d = Path(folder).expanduser()
     if not d.is_dir():
@@ -157,7 +157,7 @@ def read_upload(data: bytes, name: str) -> pd.DataFrame:
         raise MoesimError(f"{name}: expected .parquet or .csv", "upload a sweep's results.parquet")
     check_results(df, name)
     if "accuracy" not in df.columns:
-        from sim.sweep_post import accuracy_columns
+        from moesim.sim.sweep_post import accuracy_columns
 
         df, _ = accuracy_columns(df)
     return df
@@ -211,7 +211,7 @@ def sorted_values(values: list[Any]) -> list[Any]:
 @st.cache_data(show_spinner=False, max_entries=8)
 def spec_points(spec_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """point_id -> scenario mapping of a sweep spec (a manifest's ``spec``)."""
-    from sim.sweep_spec import expand, parse_sweep
+    from moesim.sim.sweep_spec import expand, parse_sweep
 
     spec = parse_sweep(spec_data, "the sweep's manifest")
     return {p.point_id: p.scenario for p in expand(spec).points}

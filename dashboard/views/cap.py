@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.logic import cap, charts
-from dashboard.logic.scenario import open_scenario
-from dashboard.ui import HELP, csv_bytes, fmt, guarded, page_header
+from moesim.dashboard.logic import cap, charts
+from moesim.dashboard.logic.scenario import open_scenario
+from moesim.dashboard.ui import HELP, csv_bytes, fmt, guarded, page_header
 
 page_header(
     "CAP overview",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.logic import placement as lp
-from dashboard.ui import csv_bytes, fmt, guarded, json_bytes, page_header, show_error
+from moesim.dashboard.logic import placement as lp
+from moesim.dashboard.ui import csv_bytes, fmt, guarded, json_bytes, page_header, show_error
 
 page_header(
     "Placement studio",

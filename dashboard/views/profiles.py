@@ -8,8 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.logic import profiles as logic
-from dashboard.ui import csv_bytes, fmt, guarded, page_header, show_error
+from moesim.dashboard.logic import profiles as logic
+from moesim.dashboard.ui import csv_bytes, fmt, guarded, page_header, show_error
 
 HELP = {
     "source": "Where the measured tables come from: GPU runs committed in profiling/data, this machine's "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.logic import charts
-from dashboard.logic import sweeps as sw
-from dashboard.logic.scenario import open_scenario
-from dashboard.ui import HELP, csv_bytes, guarded, page_header, parquet_bytes
-from model import MoesimError
-from sim.sweep_report import cap_table
+from moesim.dashboard.logic import charts
+from moesim.dashboard.logic import sweeps as sw
+from moesim.dashboard.logic.scenario import open_scenario
+from moesim.dashboard.ui import HELP, csv_bytes, guarded, page_header, parquet_bytes
+from moesim.model import MoesimError
+from moesim.sim.sweep_report import cap_table
 
 page_header(
     "Sweep explorer",
