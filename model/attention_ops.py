@@ -19,18 +19,12 @@ one pass per KV head) and the step's new tokens are written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from model.params import LayerSet
-
-if TYPE_CHECKING:
-    from model.ops import Op, _Ctx
+from moesim.model.op_record import Op, OpContext, collective, gemm
+from moesim.model.params import LayerSet
 
 
-def attention_ops(c: _Ctx, g: LayerSet, absorb: bool) -> list[Op]:
+def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
     """Ops of the attention block of layer group ``g`` (see the module docstring)."""
-    from model.ops import Op, collective, gemm
-
     m, lay, p = c.model, c.layout, c.precision
     a, h, b = m.attention, m.hidden_size, c.attn_batch
     t, label, n = b.tokens, g.label, g.count

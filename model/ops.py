@@ -7,7 +7,8 @@ its plain and absorbed forms), the router, routed experts (grouped GEMM),
 shared experts, dense FFN, the collectives (TP all-reduce,
 DP-attention gather/scatter, EP dispatch and combine all-to-all, pipeline
 sends), the embedding and the LM head. Every FLOP and byte count is made
-here and nowhere else.
+here, in `model.attention_ops` (the attention block) and in the builders of
+`model.op_record` (`Op`, `gemm`, `collective`, re-exported here), and nowhere else.
 
 Units: FLOP, bytes. Collective bytes are what one GPU sends (ring
 algorithms; hierarchical across nodes: the intra-node part over NVLink, the
@@ -17,129 +18,20 @@ rest over the NIC). An op's numbers are for one occurrence; it repeats
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
-from model.attention_ops import attention_ops
-from model.batch import Batch
-from model.dtypes import Precision
-from model.errors import LayoutError
-from model.hardware import ClusterSpec
-from model.layout import Layout
-from model.params import LayerSet, layer_sets
-from model.routing import gpu_loads, token_fanout
-from model.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class Op:
-    """One operator on the busiest GPU.
-
-    Attributes:
-        name: e.g. ``qkv_proj``, ``attention``, ``routed_experts``, ``ep_dispatch``.
-        kind: ``gemm``, ``grouped_gemm``, ``attention``, ``router``,
-            ``embedding``, ``all_reduce``, ``all_gather``, ``reduce_scatter``,
-            ``all_to_all`` or ``p2p``.
-        group: the layer set's label (``0-2 dense``, ``3-60 moe``,
-            ``moe swa128 x18``), or ``embed`` / ``head`` / ``pp``.
-        count: occurrences per step (layers in the set).
-        flops: FLOP per occurrence.
-        weight_bytes: weight bytes read from device memory per occurrence.
-        kv_bytes: KV-cache bytes read and written per occurrence.
-        act_bytes: activation bytes read and written per occurrence.
-        intra_bytes: bytes sent over intra-node links per occurrence.
-        inter_bytes: bytes sent over the NIC per occurrence.
-        intra_msgs: latency-bearing collective steps on intra-node links.
-        inter_msgs: latency-bearing collective steps on the NIC.
-        dtype: the dtype whose peak FLOP/s applies.
-        stage: the pipeline stage that runs it.
-        shape: the op's dimensions (``m, n, k`` for GEMMs...), for lookups.
-    """
-
-    name: str
-    kind: str
-    group: str
-    count: int
-    flops: float
-    weight_bytes: float
-    kv_bytes: float
-    act_bytes: float
-    intra_bytes: float = 0.0
-    inter_bytes: float = 0.0
-    intra_msgs: int = 0
-    inter_msgs: int = 0
-    dtype: str = "bf16"
-    stage: int = 0
-    shape: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def bytes(self) -> float:
-        """Device-memory bytes moved: weights, KV cache and activations."""
-        return self.weight_bytes + self.kv_bytes + self.act_bytes
-
-
-def gemm(
-    name: str,
-    group: str,
-    count: int,
-    m: int,
-    n: int,
-    k: int,
-    w_bytes: float,
-    a_bytes: float,
-    dtype: str,
-    kind: str = "gemm",
-) -> Op:
-    """C[m, n] = A[m, k] @ W[k, n]: 2mnk FLOP; reads W and A, writes C."""
-    return Op(
-        name,
-        kind,
-        group,
-        count,
-        flops=2.0 * m * n * k,
-        weight_bytes=k * n * w_bytes,
-        kv_bytes=0.0,
-        act_bytes=(m * k + m * n) * a_bytes,
-        dtype=dtype,
-        shape={"m": m, "n": n, "k": k, "w_bytes": w_bytes},
-    )
-
-
-def collective(
-    name: str, kind: str, group: str, count: int, message: float, gpus: int, gpus_per_node: int
-) -> Op | None:
-    """A ring collective over ``gpus`` GPUs packed into nodes; None when gpus == 1.
-
-    ``message`` is the full tensor's bytes on one GPU (all-reduce input,
-    all-gather output). Per GPU, all-reduce sends 2(p-1)/p of it, all-gather
-    and reduce-scatter (p-1)/p; across nodes the hierarchical form sends the
-    in-node part over NVLink and the node-level part (divided over the
-    node's GPUs) over the NIC.
-    """
-    if gpus <= 1:
-        return None
-    g = min(gpus, gpus_per_node)
-    nodes = -(-gpus // g)
-    factor = 2.0 if kind == "all_reduce" else 1.0
-    intra = factor * (g - 1) / g * message
-    inter = factor * (nodes - 1) / nodes * message / g if nodes > 1 else 0.0
-    return Op(
-        name,
-        kind,
-        group,
-        count,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        intra_bytes=intra,
-        inter_bytes=inter,
-        intra_msgs=1 if g > 1 else 0,
-        inter_msgs=1 if nodes > 1 else 0,
-        shape={"bytes": message, "gpus": gpus},
-    )
+from moesim.model.attention_ops import attention_ops
+from moesim.model.batch import Batch
+from moesim.model.dtypes import Precision
+from moesim.model.errors import LayoutError
+from moesim.model.hardware import ClusterSpec
+from moesim.model.layout import Layout
+from moesim.model.op_record import Op, OpContext, collective, gemm
+from moesim.model.params import LayerSet, layer_sets
+from moesim.model.routing import gpu_loads, token_fanout
+from moesim.model.spec import ModelSpec
 
 
 def _ffn(prefix: str, group: str, count: int, tokens: int, width: int, h: int, p: Precision, dtype: str) -> list[Op]:
@@ -237,18 +129,7 @@ def experts_op(
     )
 
 
-@dataclass(frozen=True)
-class _Ctx:
-    model: ModelSpec
-    batch: Batch
-    attn_batch: Batch
-    layout: Layout
-    cluster: ClusterSpec
-    precision: Precision
-    gemm_dtype: str
-
-
-def _moe_ops(c: _Ctx, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
+def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
     m, lay, p = c.model, c.layout, c.precision
     moe = m.moe
     assert moe is not None
@@ -336,7 +217,7 @@ def _moe_ops(c: _Ctx, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | 
     return ops
 
 
-def _dense_ffn_ops(c: _Ctx, g: LayerSet) -> list[Op]:
+def _dense_ffn_ops(c: OpContext, g: LayerSet) -> list[Op]:
     m, lay = c.model, c.layout
     ops = _ffn(
         "ffn",
@@ -360,7 +241,7 @@ def _dense_ffn_ops(c: _Ctx, g: LayerSet) -> list[Op]:
     return ops + ([ar] if ar else [])
 
 
-def _edge_ops(c: _Ctx) -> list[Op]:
+def _edge_ops(c: OpContext) -> list[Op]:
     """Embedding lookup (vocab-parallel, all-reduced) and LM head (logits all-gathered)."""
     m, lay, p = c.model, c.layout, c.precision
     h, t, gpn = m.hidden_size, c.attn_batch.tokens, c.cluster.gpus_per_node
@@ -432,7 +313,7 @@ def decompose(
         )
     groups = batch.split(layout.dp_attn)
     attn_batch = max(groups, key=lambda b: (b.tokens, b.sequences))
-    ctx = _Ctx(model, batch, attn_batch, layout, cluster, p, p.gemm_compute_dtype(cluster.gpu.peak_flops))
+    ctx = OpContext(model, batch, attn_batch, layout, cluster, p, p.gemm_compute_dtype(cluster.gpu.peak_flops))
     per_layer = (loads is not None and np.asarray(loads).ndim == 2) or (
         phys_to_log is not None and np.asarray(phys_to_log).ndim == 2
     )

@@ -25,12 +25,13 @@ if os.environ.get("MOESIM_DEBUG") != "1":
     for _module in (r"torch(\.|$)", r"triton(\.|$)"):
         warnings.filterwarnings("ignore", module=_module)
 
-from profiling.aiconfigurator import import_aiconfigurator
-from profiling.calibrate import CalibratedCostModel, Calibration, Fit, calibrate, load, save
-from profiling.runner import ProfileRun, profile
-from profiling.skew import predict_skewed
-from profiling.tables import KINDS, TableError, check_table, load_tables, read_table, write_table
-from profiling.trace_import import import_chrome_trace, import_trace
+from moesim.profiling.aiconfigurator import import_aiconfigurator
+from moesim.profiling.calibrate import calibrate
+from moesim.profiling.costmodel import CalibratedCostModel, Calibration, Fit, load, save
+from moesim.profiling.runner import ProfileRun, profile
+from moesim.profiling.skew import predict_skewed
+from moesim.profiling.tables import KINDS, TableError, check_table, load_tables, read_table, write_table
+from moesim.profiling.trace_import import import_chrome_trace, import_trace
 
 __all__ = [
     "KINDS",

@@ -18,17 +18,15 @@ tail of the grid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from model.errors import MoesimError
-from model.hardware import make_cluster
-from profiling.opshapes import row_op
-
-if TYPE_CHECKING:
-    from profiling.calibrate import CalibratedCostModel, Calibration
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import make_cluster
+from moesim.profiling.costmodel import CalibratedCostModel, Calibration
+from moesim.profiling.opshapes import row_op
 
 
 def predict_skewed(model: CalibratedCostModel, row: dict[str, Any], hardware_key: str) -> float:
@@ -53,8 +51,6 @@ def predict_skewed(model: CalibratedCostModel, row: dict[str, Any], hardware_key
 
 def skew_error(cal: Calibration, skewed: pd.DataFrame, hardware_key: str) -> dict[str, Any]:
     """MAPE (%) of `predict_skewed` on measured skewed rows, per distribution and overall."""
-    from profiling.calibrate import CalibratedCostModel
-
     if "expert_counts" not in skewed.columns:
         return {"rows": 0, "note": "skewed rows carry no expert_counts"}
     impl = str(skewed["impl"].iloc[0])

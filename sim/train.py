@@ -1,6 +1,6 @@
 """The training simulator's Python API: a training scenario in, step time, breakdown, memory and cost out.
 
-    from sim.train import run
+    from moesim.sim.train import run
     res = run("examples/train-mixtral-8x7b-h100.yaml")
     res.summary["step_s"], res.summary["breakdown"], res.tasks
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,15 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from model import CostModel, Layout, RooflineCostModel
-from model.batch import Batch
-from model.cap import usd_per_gpu_second
-from model.dtypes import DTYPE_BYTES
-from model.errors import MoesimError
-from model.hardware import GIB, make_cluster
-from model.ops import decompose
-from sim.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
-from sim.train_cost import (
+from moesim.model import CostModel, Layout, RooflineCostModel
+from moesim.model.batch import Batch
+from moesim.model.cap import usd_per_gpu_second
+from moesim.model.dtypes import DTYPE_BYTES
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import GIB, make_cluster
+from moesim.model.ops import decompose
+from moesim.sim.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
+from moesim.sim.train_cost import (
     UnitCosts,
     chunk_units,
     dp_collective_seconds,
@@ -59,34 +58,17 @@ from sim.train_cost import (
     precision_of,
     unit_costs,
 )
-from sim.train_scenario import TrainScenario, TrainSetup, build_training, load_train_scenario, parse_train_scenario
+from moesim.sim.train_result import TrainResult
+from moesim.sim.train_scenario import (
+    TrainScenario,
+    TrainSetup,
+    build_training,
+    load_train_scenario,
+    parse_train_scenario,
+)
 
 #: Breakdown keys, in the order they add up to the step time (seconds per step, averaged over pipeline ranks).
 BREAKDOWN = ("compute", "straggler", "ep_comm", "tp_comm", "pp_bubble", "dp_comm", "optimizer")
-
-
-@dataclass
-class TrainResult:
-    """A training simulation's results.
-
-    Attributes:
-        summary: flat JSON-ready figures (units in the keys).
-        setup: the scenario's objects.
-        tasks: every pipeline task of the simulated steps (rank, kind,
-            micro-batch, stage, start_s, end_s and the parts of its time).
-        memory: per pipeline rank, bytes per GPU by component.
-        comm: data-parallel communication events (rank, what, start_s, end_s).
-        steps: per step, start_s and end_s.
-        costs: the per-unit costs the tasks were built from.
-    """
-
-    summary: dict[str, Any]
-    setup: TrainSetup
-    tasks: pd.DataFrame
-    memory: pd.DataFrame
-    comm: pd.DataFrame
-    steps: pd.DataFrame
-    costs: UnitCosts | None = field(default=None, repr=False)
 
 
 def load(
@@ -408,8 +390,8 @@ def write_outputs(res: TrainResult, out: str | Path, plots: bool = True, force: 
     Through `model.outputs.output_dir`: an existing ``out`` is replaced only when it is an earlier
     ``moesim train`` output (or empty, or ``force``; never a dangerous folder).
     """
-    from model.outputs import output_dir
-    from sim.serve import clean_json
+    from moesim.model.outputs import output_dir
+    from moesim.sim.serve import clean_json
 
     out = Path(out)
     with output_dir(out, "train", force=force, legacy=is_output) as tmp:
@@ -418,7 +400,7 @@ def write_outputs(res: TrainResult, out: str | Path, plots: bool = True, force: 
         res.memory.to_csv(tmp / "memory.csv", index=False)
         files = [tmp / "summary.json", tmp / "tasks.parquet", tmp / "memory.csv"]
         if plots:
-            from sim.train_plots import write_train_plots
+            from moesim.sim.train_plots import write_train_plots
 
             files += write_train_plots(res, tmp)
     return [out / f.name for f in files]

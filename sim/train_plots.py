@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.hardware import GIB
-from sim.chrome_trace import _write_atomic
-from sim.plots import _figure_class
-
-if TYPE_CHECKING:
-    from sim.train import TrainResult
+from moesim.model.hardware import GIB
+from moesim.sim.chrome_trace import _write_atomic
+from moesim.sim.plots import _figure_class
+from moesim.sim.train_result import TrainResult
 
 _COLOURS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868", "FB": "#8172B3"}
 _MEMORY = (
