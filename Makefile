@@ -7,7 +7,7 @@ REPORT ?= moesim-report
 # TORCH_SPEC to the CUDA build you want (make TORCH_SPEC='torch==2.5.1' test).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench lint format clean dashboard chromium
+.PHONY: demo test bench lint format clean dashboard chromium wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,5 +59,12 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# dist/moesim-*.whl and the sdist (the wheel is built from the sdist); build/ is cleared first, since setuptools
+# would ship stale modules left in build/lib (editable installs never read build/)
+wheel: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet build
+	rm -rf build dist
+	$(BIN)/python -m build
+
 clean:
-	rm -rf $(VENV) $(REPORT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(REPORT) .pytest_cache .ruff_cache build dist

@@ -36,9 +36,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.logic.charts import PALETTE, heatmap
-from model import MoesimError, list_gpus, load_model, preset_names
-from placement import (
+from moesim.dashboard.logic.charts import PALETTE, heatmap
+from moesim.model import MoesimError, list_gpus, load_model, preset_names
+from moesim.placement import (
     FORMATS,
     IlpOptions,
     PlacementPlan,
@@ -57,7 +57,6 @@ DEFAULT_MODEL = "mixtral-8x7b"
 DEFAULT_GPU = "H100-SXM"
 #: How each method is called on the page.
 LABELS = {"round-robin": "round-robin (before)", "eplb": "greedy EPLB", "ilp": "ILP"}
-_ROOT = Path(__file__).resolve().parents[2]
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "template": "plotly_white"}
 
 #: The metrics table's columns: key -> (label, number format or None for text, tooltip with units).
@@ -321,8 +320,8 @@ def run_greedy(
 
 _CHILD = """
 import pickle, sys, traceback
-from model import MoesimError
-from placement import place
+from moesim.model import MoesimError
+from moesim.placement import place
 args, kwargs = pickle.loads(open(sys.argv[1], "rb").read())
 try:
     out = ("ok", place(*args, **kwargs))
@@ -358,15 +357,13 @@ def run_ilp(
     args, kwargs = _place_args(stats, model, num_gpus, gpus_per_node, redundant)
     kwargs |= {"methods": ("ilp",), "options": IlpOptions(time_limit=float(time_limit), workers=1, seed=seed)}
     cap = ilp_cap_s(time_limit)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)}
     with tempfile.TemporaryDirectory(prefix="moesim-ilp-") as tmp:
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
         src.write_bytes(pickle.dumps((args, kwargs)))
         try:
             proc = subprocess.run(
                 [sys.executable, "-c", _CHILD, str(src), str(dst)],
-                cwd=_ROOT,
-                env=env,
+                cwd=tmp,  # moesim comes from the parent's install (wheel or editable) and PYTHONPATH, as here
                 capture_output=True,
                 text=True,
                 timeout=cap,
@@ -448,8 +445,8 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
     ``overloaded``, ``overload_reason``); with ``des`` also the discrete-event simulator (``des_tpot_p50_s``,
     ``des_tpot_p99_s``, ``des_ttft_p50_s``, ``des_ttft_p99_s``, ``straggler_frac``). Seconds.
     """
-    from sim.analytical import Analytical
-    from sim.scenario import build, parse_scenario
+    from moesim.sim.analytical import Analytical
+    from moesim.sim.scenario import build, parse_scenario
 
     built = build(parse_scenario(sc, "placement studio scenario"))
     shares = np.asarray(counts, float)
@@ -465,8 +462,8 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
         "overload_reason": s["overload_reason"],
     }
     if des:
-        from sim.engine import simulate
-        from sim.serve import des_summary
+        from moesim.sim.engine import simulate
+        from moesim.sim.serve import des_summary
 
         d = des_summary(built, simulate(built, sc["seed"]))
         for k in ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s", "ttft_p99_s"):

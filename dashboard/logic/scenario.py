@@ -19,10 +19,13 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from dashboard.logic.charts import PALETTE
-from model import Batch, MoesimError, estimate_memory, estimate_step, inputs
+from moesim.dashboard.logic.charts import PALETTE
+from moesim.model import Batch, MoesimError, estimate_memory, estimate_step, inputs
 
+#: moesim's package root: the repository in a source checkout (editable install), ``site-packages/moesim`` from
+#: a wheel. Scenarios built from widgets resolve relative paths against it (``profiling/data/...`` works in both).
 REPO = Path(__file__).resolve().parents[2]
+#: The example scenarios: in the repository only (the wheel does not ship them), so from a wheel there are none.
 EXAMPLES = REPO / "examples"
 SCENARIO_PAGE = "views/scenario.py"
 
@@ -64,7 +67,8 @@ TRAINING_DEFAULT: dict[str, Any] = {
 
 
 def examples(kind: str) -> dict[str, Path]:
-    """The repository's example scenarios of one kind (``serving`` or ``training``), name -> path."""
+    """The repository's example scenarios of one kind (``serving`` or ``training``), name -> path; {} without
+    the repository's examples/ (moesim installed from a wheel)."""
     out: dict[str, Path] = {}
     for p in sorted(EXAMPLES.glob("*.yaml")):
         if p.name.startswith("sweep-"):
@@ -100,11 +104,11 @@ def to_yaml(mapping: dict[str, Any]) -> str:
 def validate(mapping: dict[str, Any]) -> None:
     """Check a mapping against its schema; `MoesimError` with one line naming the bad key."""
     if kind_of(mapping) == "training":
-        from sim.train_scenario import parse_train_scenario
+        from moesim.sim.train_scenario import parse_train_scenario
 
         parse_train_scenario(mapping)
     else:
-        from sim.scenario import parse_scenario
+        from moesim.sim.scenario import parse_scenario
 
         parse_scenario(mapping)
 
@@ -149,7 +153,7 @@ def _mean_lengths(requests: pd.DataFrame | None, built: Any) -> tuple[float, flo
     (`sim.workload.generate`, as the analytical engine draws them; fixed, uniform, lognormal, empirical lengths or
     a trace alike)."""
     if requests is None or requests.empty or "input_tokens" not in requests:
-        from sim.workload import generate
+        from moesim.sim.workload import generate
 
         requests = generate(built.workload, seed=built.scenario.seed, base_dir=built.base_dir)
     return float(requests["input_tokens"].mean()), float(requests["output_tokens"].mean())
@@ -184,8 +188,8 @@ def run_serving(
         (pool role -> part -> bytes), ``breakdown`` (op kind -> s of a decode step at the mean batch),
         ``breakdown_at`` (its batch and context), ``components`` (DES: s of all steps by cause).
     """
-    from sim.metrics import time_series
-    from sim.serve import run
+    from moesim.sim.metrics import time_series
+    from moesim.sim.serve import run
 
     res = run(mapping, engine, base_dir=base_dir, progress=progress)
     b, s = res.built, res.summary
@@ -219,7 +223,7 @@ def run_serving(
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_training(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
     """Run a training scenario (`sim.train.run`): ``summary``, ``memory`` [ranks] and ``tasks`` DataFrames."""
-    from sim.train import run
+    from moesim.sim.train import run
 
     res = run(mapping, base_dir=base_dir)
     return {"summary": res.summary, "memory": res.memory, "tasks": res.tasks}

@@ -7,9 +7,9 @@ import copy
 import pandas as pd
 import streamlit as st
 
-from dashboard.logic import cap, charts
-from dashboard.logic import scenario as sl
-from dashboard.ui import HELP, csv_bytes, fmt, guarded, json_bytes, page_header
+from moesim.dashboard.logic import cap, charts
+from moesim.dashboard.logic import scenario as sl
+from moesim.dashboard.ui import HELP, csv_bytes, fmt, guarded, json_bytes, page_header
 
 page_header(
     "Scenario",
@@ -105,6 +105,13 @@ elif source == "Example file":
         kind = st.radio("Kind", ["Serving", "Training"], key="sc_ex_kind", horizontal=True)
         ex = sl.examples(kind.lower())
         names = list(ex)
+    if not names:  # installed from a wheel: examples/ stays in the repository
+        st.info(
+            "No example scenarios: examples/ comes with the repository, not the installed package. "
+            "Start from widgets or upload a YAML."
+        )
+        st.stop()
+    with st.sidebar:
         first = names.index("mixtral-8x7b-ep8") if "mixtral-8x7b-ep8" in names else 0
         name = st.selectbox("Example", names, index=first, key="sc_example")
     with guarded():
