@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from moesim.sim.sweep import read_shards, run_sweep  # noqa: E402
-from moesim.sim.sweep_spec import expand, parse_sweep, read_sweep  # noqa: E402
+from moesim.sim.sweeps.sweep import read_shards, run_sweep  # noqa: E402
+from moesim.sim.sweeps.sweep_spec import expand, parse_sweep, read_sweep  # noqa: E402
 
 
 def _analytical(tmp: Path) -> dict:

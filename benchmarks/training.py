@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from moesim.model import RooflineCostModel  # noqa: E402
 from moesim.model.hf_config import load_model  # noqa: E402
 from moesim.model.spec import ModelSpec  # noqa: E402
-from moesim.sim.train import run  # noqa: E402
+from moesim.sim.training.train import run  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 DSV3_GPU_HOURS_PER_TTOK = 180e3

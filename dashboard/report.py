@@ -174,7 +174,7 @@ DEMO_SCENARIO: dict[str, Any] = {
 
 def _serving(folder: Path, cost_model: CostModel | None) -> dict[str, Any]:
     """Simulate the demo's serving scenario (discrete-event and analytical); outputs under ``folder``."""
-    from moesim.sim.serve import run, write_outputs
+    from moesim.sim.serving.serve import run, write_outputs
 
     res = run(DEMO_SCENARIO, "des", cost_model=cost_model)
     write_outputs(res, folder)

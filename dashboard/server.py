@@ -32,9 +32,9 @@ def warm() -> float:
     import moesim.dashboard.logic.scenario as scenario
     import moesim.dashboard.logic.sweeps
     import moesim.dashboard.ui  # noqa: F401
-    from moesim.sim.serve import load
-    from moesim.sim.sweep_eval import evaluate
-    from moesim.sim.sweep_spec import expand, parse_sweep
+    from moesim.sim.serving.serve import load
+    from moesim.sim.sweeps.sweep_eval import evaluate
+    from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
     go.Figure(go.Scatter(x=[0.0], y=[0.0])).to_json()  # plotly loads its validators on the first figure
     d = cap.DEFAULTS

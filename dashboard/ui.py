@@ -117,7 +117,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def json_bytes(obj: Any) -> bytes:
     """``obj`` as indented JSON (NaN written as null)."""
-    from moesim.sim.serve import clean_json
+    from moesim.sim.common import clean_json
 
     return (json.dumps(json.loads(clean_json(obj)), indent=1) + "\n").encode()
 

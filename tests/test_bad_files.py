@@ -235,7 +235,7 @@ def test_torch_warnings_are_filtered_in_normal_runs(monkeypatch: pytest.MonkeyPa
         importlib.reload(profiling)  # installs its filters (pytest restores the filters after each test)
         warnings.warn_explicit("CUDA initialization: driver too old", UserWarning, "cuda.py", 1, module="torch.cuda")
         warnings.warn_explicit("a kernel warning", UserWarning, "jit.py", 1, module="triton.runtime")
-        warnings.warn_explicit("a moesim warning", UserWarning, "x.py", 1, module="moesim.sim.engine")
+        warnings.warn_explicit("a moesim warning", UserWarning, "x.py", 1, module="moesim.sim.serving.engine")
     assert [str(w.message) for w in seen] == ["a moesim warning"]
 
 
@@ -268,7 +268,7 @@ def test_routing_loads_name_the_layer(
 def test_routing_skew_too_steep_names_the_key_and_the_largest_exponent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from moesim.sim.scenario import max_power_exponent
+    from moesim.sim.serving.scenario import max_power_exponent
 
     top = max_power_exponent(8, 2)  # Mixtral: top-2 of 8 experts
     ranks = np.arange(1, 9, dtype=float)

@@ -403,7 +403,7 @@ def _moesim(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_server_warm_up_fills_the_packages_caches() -> None:
     from moesim.dashboard.server import warm
-    from moesim.sim import sweep_eval
+    from moesim.sim.sweeps import sweep_eval
 
     sweep_eval._CACHE.clear()
     assert warm() > 0

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from moesim.model.errors import MoesimError  # noqa: E402
-from moesim.sim.scenario import build, parse_scenario  # noqa: E402
-from moesim.sim.sweep_spec import expand, parse_sweep  # noqa: E402
-from moesim.sim.train_scenario import build_training, parse_train_scenario  # noqa: E402
+from moesim.sim.serving.scenario import build, parse_scenario  # noqa: E402
+from moesim.sim.sweeps.sweep_spec import expand, parse_sweep  # noqa: E402
+from moesim.sim.training.train_scenario import build_training, parse_train_scenario  # noqa: E402
 
 SERVE: dict[str, Any] = {
     "name": "h",

@@ -92,7 +92,7 @@ def collect_edges(root: Path, packages: Iterable[str] = PACKAGES) -> list[Edge]:
 
 
 def package_of(module: str) -> str | None:
-    """`moesim.sim.engine` -> `sim`; the bare `moesim` namespace -> None."""
+    """`moesim.sim.serving.engine` -> `sim`; the bare `moesim` namespace -> None."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 
@@ -107,6 +107,37 @@ def layer_violations(edges: Iterable[Edge]) -> list[str]:
         if dst_pkg not in ALLOWED[src_pkg]:
             out.append(f"{e.where()}: {src_pkg}/ imports {e.dst} ({dst_pkg}/ is not below {src_pkg}/)")
     return sorted(set(out))  # `from x import a, b` is one line, however many names
+
+
+# sim/'s subsystems -> the sim subsystems each may import (itself included); `sim/common.py` and the other
+# modules directly under sim/ ("") may import none of them, and every subsystem may import them.
+SIM_ALLOWED: dict[str, frozenset[str]] = {
+    "": frozenset({""}),
+    "serving": frozenset({"", "serving"}),
+    "training": frozenset({"", "training"}),
+    "sweeps": frozenset({"", "serving", "sweeps"}),
+}
+
+
+def sim_part(module: str) -> str | None:
+    """`moesim.sim.serving.engine` -> `serving`; `moesim.sim.common` and `moesim.sim` -> ""; else None."""
+    parts = module.split(".")
+    if parts[:2] != [TOP, "sim"]:
+        return None
+    return parts[2] if len(parts) > 2 and parts[2] in SIM_ALLOWED else ""
+
+
+def sim_violations(edges: Iterable[Edge]) -> list[str]:
+    """One line per import between sim/'s subsystems that `SIM_ALLOWED` does not allow (training importing
+    serving, serving importing sweeps, common importing any of them)."""
+    out = []
+    for e in edges:
+        src, dst = sim_part(e.src), sim_part(e.dst)
+        if src is None or dst is None or src not in SIM_ALLOWED:
+            continue
+        if dst not in SIM_ALLOWED[src]:
+            out.append(f"{e.where()}: sim/{src or '*.py'} imports {e.dst} (sim/{dst or '*.py'} is not below it)")
+    return sorted(set(out))
 
 
 def _cycle_key(cycle: list[str]) -> tuple[str, ...]:
@@ -178,6 +209,11 @@ def test_no_import_cycles_inside_a_package(edges: list[Edge]) -> None:
     assert not problems, _report("import cycles inside a package", problems)
 
 
+def test_sim_subsystems_stay_apart(edges: list[Edge]) -> None:
+    problems = sim_violations(edges)
+    assert not problems, _report("sim/ subsystems importing one another (sweeps may import serving)", problems)
+
+
 def test_every_package_is_scanned(edges: list[Edge]) -> None:
     assert {package_of(e.src) for e in edges} == set(PACKAGES)
 
@@ -202,7 +238,7 @@ def test_checker_catches_planted_violations(tmp_path: Path) -> None:
         tmp_path,
         {
             # model reaching up, in a function and under TYPE_CHECKING
-            "model/a.py": "def f():\n    from moesim.sim.engine import run, step\n",
+            "model/a.py": "def f():\n    from moesim.sim.serving.engine import run, step\n",
             "model/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import moesim.profiling.fit\n",
             # profiling reaching sideways into placement, through `from moesim import x`
             "profiling/p.py": "from moesim import placement\n",
@@ -214,14 +250,14 @@ def test_checker_catches_planted_violations(tmp_path: Path) -> None:
             "sim/s3.py": "from moesim.sim.s1 import z\nfrom moesim.model.ops import decompose\n",
             "sim/engine.py": "",
             # allowed: dashboard imports everything; sim imports placement; the bare namespace
-            "dashboard/d.py": "from moesim.sim.engine import run\nfrom moesim import model, __version__\n",
+            "dashboard/d.py": "from moesim.sim.serving.engine import run\nfrom moesim import model, __version__\n",
             "sim/ok.py": "from moesim.placement import api\n",
         },
     )
     edges = collect_edges(root)
     layers = layer_violations(edges)
     assert layers == [
-        "model/a.py:2: model/ imports moesim.sim.engine (sim/ is not below model/)",
+        "model/a.py:2: model/ imports moesim.sim.serving.engine (sim/ is not below model/)",
         "model/b.py:3: model/ imports moesim.profiling.fit (profiling/ is not below model/)",
         "profiling/p.py:1: profiling/ imports moesim.placement (placement/ is not below profiling/)",
     ]
@@ -231,6 +267,28 @@ def test_checker_catches_planted_violations(tmp_path: Path) -> None:
         "profiling/c2.py:2,3 imports moesim.profiling.c1",
         "a cycle of 3: sim/s1.py:1,2 imports moesim.sim.s2; sim/s2.py:1 imports moesim.sim.s3; "
         "sim/s3.py:1 imports moesim.sim.s1",
+    ]
+    assert sim_violations(edges) == []
+    sims = sim_violations(
+        collect_edges(
+            _tree(
+                tmp_path / "subsystems",
+                {
+                    "sim/common.py": "from moesim.sim.serving.scenario import read_yaml\n",
+                    "sim/training/__init__.py": "",
+                    "sim/training/t.py": "from moesim.sim.common import read_yaml\nfrom moesim.sim.serving import x\n",
+                    "sim/serving/__init__.py": "",
+                    "sim/serving/scenario.py": "from moesim.sim.common import read_yaml\n",
+                    "sim/sweeps/__init__.py": "",
+                    "sim/sweeps/s.py": "from moesim.sim.serving.scenario import a\nimport moesim.sim.training.t\n",
+                },
+            )
+        )
+    )
+    assert sims == [
+        "sim/common.py:1: sim/*.py imports moesim.sim.serving.scenario (sim/serving is not below it)",
+        "sim/sweeps/s.py:2: sim/sweeps imports moesim.sim.training.t (sim/training is not below it)",
+        "sim/training/t.py:2: sim/training imports moesim.sim.serving (sim/serving is not below it)",
     ]
     with pytest.raises(AssertionError, match=r"model/a\.py:2"):
         assert not layers, _report("imports against the flow", layers)

@@ -20,13 +20,13 @@ from moesim.dashboard.cli import main
 from moesim.model.errors import MoesimError
 from moesim.model.hf_config import PRESET_DIR, load_model
 from moesim.model.limits import MAX_BATCH, MAX_GPUS, MAX_LAYERS, MAX_RATE, MAX_REQUESTS, MAX_TOKENS
-from moesim.sim import analytical, engine
-from moesim.sim.engine import Capacity, check_requests_fit
-from moesim.sim.scenario import parse_scenario
-from moesim.sim.serve import load, run
-from moesim.sim.sweep_spec import expand, parse_sweep
-from moesim.sim.train_scenario import parse_train_scenario
-from moesim.sim.workload import generate, parse_workload, read_trace
+from moesim.sim.serving import analytical, engine
+from moesim.sim.serving.engine import Capacity, check_requests_fit
+from moesim.sim.serving.scenario import parse_scenario
+from moesim.sim.serving.serve import load, run
+from moesim.sim.serving.workload import generate, parse_workload, read_trace
+from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
+from moesim.sim.training.train_scenario import parse_train_scenario
 
 ROOT = Path(__file__).parents[1]
 

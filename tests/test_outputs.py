@@ -278,7 +278,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_output(capsys, tmp_path, i
 
 
 def test_sweep_full_disk_mid_run_is_one_line(capsys, tmp_path, inputs, monkeypatch):
-    import moesim.sim.sweep as sweep_module
+    import moesim.sim.sweeps.sweep as sweep_module
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -294,7 +294,7 @@ def test_sweep_full_disk_mid_run_is_one_line(capsys, tmp_path, inputs, monkeypat
 
 
 def test_a_second_sweep_into_a_running_sweeps_folder_refuses(capsys, tmp_path, inputs):
-    from moesim.sim.sweep import run_sweep
+    from moesim.sim.sweeps.sweep import run_sweep
 
     out = tmp_path / "run"
     assert run(capsys, argv("sweep", inputs, out))[0] == 0

@@ -292,7 +292,7 @@ def test_cli_place_rejects_nan_stats(tmp_path, capsys):
 
 
 def test_serving_scenario_takes_a_plan(tmp_path):
-    from moesim.sim.serve import run
+    from moesim.sim.serving.serve import run
 
     st = synthetic_trace(32, 8, 2, tokens=4000, alpha=1.5, seed=5)
     np.save(tmp_path / "loads.npy", st.shares())

@@ -1,4 +1,4 @@
-"""The serving simulator end to end: `sim.serve.run` on small scenarios, and ``moesim simulate``.
+"""The serving simulator end to end: `sim.serving.serve.run` on small scenarios, and ``moesim simulate``.
 
 Pins what the discrete-event engine (DES) promises: every request completes exactly once with consistent
 timestamps, Little's law holds on the engine's own bookkeeping, no step beats the roofline, the analytical
@@ -22,8 +22,8 @@ import yaml
 from moesim.dashboard.cli import main
 from moesim.model import count_params
 from moesim.model.errors import MoesimError
-from moesim.sim.engine import make_timer, replica_capacity
-from moesim.sim.serve import ServeResult, load, run
+from moesim.sim.serving.engine import make_timer, replica_capacity
+from moesim.sim.serving.serve import ServeResult, load, run
 
 MIXTRAL_EP8 = {"model": "mixtral-8x7b", "cluster": "dgx-h100", "layout": {"tp": 1, "dp_attn": 8, "ep": 8}}
 

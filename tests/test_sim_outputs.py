@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from moesim.model.errors import MoesimError
-from moesim.sim import chrome_trace
-from moesim.sim.chrome_trace import write_chrome_trace
-from moesim.sim.metrics import SUMMARY_KEYS, latency_summary, littles_law, percentiles, time_series
-from moesim.sim.plots import write_plots
+from moesim.sim import common
+from moesim.sim.serving.chrome_trace import write_chrome_trace
+from moesim.sim.serving.metrics import SUMMARY_KEYS, latency_summary, littles_law, percentiles, time_series
+from moesim.sim.serving.plots import write_plots
 
 NAN = math.nan
 
@@ -328,7 +328,7 @@ def test_chrome_trace_write_is_atomic(tmp_path: Path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(chrome_trace.os, "chmod", boom)  # fails after the temp file is written, before the replace
+    monkeypatch.setattr(common.os, "chmod", boom)  # fails after the temp file is written, before the replace
     with pytest.raises(RuntimeError):
         write_chrome_trace(make_steps(), path, gpus_per_replica=1)
     assert path.read_text() == previous

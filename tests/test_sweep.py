@@ -17,9 +17,9 @@ import yaml
 
 from moesim.dashboard.cli import main
 from moesim.model.errors import MoesimError
-from moesim.sim.sweep import read_shards, run_sweep
-from moesim.sim.sweep_eval import evaluate, meets
-from moesim.sim.sweep_spec import expand, parse_sweep, read_sweep
+from moesim.sim.sweeps.sweep import read_shards, run_sweep
+from moesim.sim.sweeps.sweep_eval import evaluate, meets
+from moesim.sim.sweeps.sweep_spec import expand, parse_sweep, read_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,8 @@ def test_read_sweep_resolves_a_base_file(tmp_path):
 
 
 def test_analytical_point_matches_the_analytical_model():
-    from moesim.sim.analytical import Analytical
-    from moesim.sim.scenario import build, parse_scenario
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.scenario import build, parse_scenario
 
     spec = parse_sweep(sweep())
     p = expand(spec).points[5]
@@ -170,7 +170,7 @@ def test_des_capacity_search_brackets_the_slo(tmp_path):
     assert 0 < lo < hi <= lo * 1.2 + 1e-9 and row["capacity_runs"] >= 3
     assert row["capacity_tok_s"] > 0 and row["capacity_ttft_s"] <= 0.2
     # the same seeded simulations: the low end meets the SLOs, the high end does not
-    from moesim.sim.sweep_eval import _built, _des, des_requests
+    from moesim.sim.sweeps.sweep_eval import _built, _des, des_requests
 
     b, cap = _built(p, spec), spec.capacity
     assert meets(_des(b, lo, spec.seed, des_requests(cap, lo)), 90, 0.2, 0.02)
@@ -211,11 +211,11 @@ def test_run_writes_results_and_resumes_without_repeats(tmp_path):
 _SLOW_SWEEP = """
 import sys, time
 from pathlib import Path
-import moesim.sim.sweep, moesim.sim.sweep_eval
+import moesim.sim.sweeps.sweep, moesim.sim.sweeps.sweep_eval
 from moesim.dashboard.cli import main
 
 sweep_file, out, gate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-real = moesim.sim.sweep_eval.evaluate_task
+real = moesim.sim.sweeps.sweep_eval.evaluate_task
 after_shard = 0
 
 def slow(task, spec):
@@ -229,7 +229,7 @@ def slow(task, spec):
     time.sleep(0.25)
     return rows
 
-moesim.sim.sweep.evaluate_task = moesim.sim.sweep_eval.evaluate_task = slow
+moesim.sim.sweeps.sweep.evaluate_task = moesim.sim.sweeps.sweep_eval.evaluate_task = slow
 sys.exit(main(["sweep", sweep_file, "--out", str(out), "--workers", "1", "--json"]))
 """
 
@@ -340,7 +340,7 @@ def test_placement_axis_changes_the_expert_map():
     spec = parse_sweep(data)
     pts = expand(spec).points
     assert [p.values["placement"] for p in pts] == ["default", "eplb", "eplb+8"]
-    from moesim.sim.sweep_eval import _built
+    from moesim.sim.sweeps.sweep_eval import _built
 
     maps = [_built(p, spec).phys_to_log for p in pts]
     assert maps[0] is None and maps[1].shape == (32, 8) and maps[2].shape == (32, 16)
@@ -354,8 +354,8 @@ def test_an_analytical_step_does_not_depend_on_what_its_timer_saw_before():
     """Workers share step timers between configurations; a step's figures must not depend on the order."""
     import numpy as np
 
-    from moesim.sim.engine import make_timer, replica_capacity
-    from moesim.sim.sweep_eval import _built
+    from moesim.sim.serving.engine import make_timer, replica_capacity
+    from moesim.sim.sweeps.sweep_eval import _built
 
     spec = parse_sweep(sweep(axes={"gpus": [2], "layout": [{"tp": 2}], "precision": ["fp8"], "rate": [4]}))
     b = _built(expand(spec).points[0], spec)

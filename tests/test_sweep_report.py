@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from moesim.model.errors import MoesimError
-from moesim.sim import sweep_report
-from moesim.sim.sweep_report import (
+from moesim.sim.sweeps import sweep_plots, sweep_report
+from moesim.sim.sweeps.sweep_report import (
     CAP_COLUMNS,
     cap_objectives,
     cap_table,
@@ -334,8 +334,8 @@ def test_write_plots_writes_heatmaps_pareto_and_radar(tmp_path: Path) -> None:
 
 def stub_pareto_and_radar(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the scatter and the radar by empty files, so a test draws only the heatmaps."""
-    monkeypatch.setattr(sweep_report, "_write_pareto", lambda table, path: path)
-    monkeypatch.setattr(sweep_report, "_write_radar", lambda table, path, rows: path)
+    monkeypatch.setattr(sweep_plots, "_write_pareto", lambda table, path: path)
+    monkeypatch.setattr(sweep_plots, "_write_radar", lambda table, path, rows: path)
 
 
 def test_write_plots_no_heatmap_when_nothing_varies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,8 +345,8 @@ def test_write_plots_no_heatmap_when_nothing_varies(tmp_path: Path, monkeypatch:
     one = df[(df["gpu"] == "L40S") & (df["precision"] == "fp8")]  # only max_batch varies: a one-row heatmap
     assert [p.name for p in write_plots(one.iloc[:1], tmp_path / "one")] == ["pareto.png", "cap_radar.png"]
     assert not list((tmp_path / "one").glob("heatmap_*"))
-    assert sweep_report._heatmap_axes(one) == ["max_batch"]
-    assert sweep_report._heatmap_axes(df) == ["precision", "gpu"]  # 3 precisions before 2 GPUs and 2 batches
+    assert sweep_plots._heatmap_axes(one) == ["max_batch"]
+    assert sweep_plots._heatmap_axes(df) == ["precision", "gpu"]  # 3 precisions before 2 GPUs and 2 batches
 
 
 def test_write_plots_rate_sweep_heatmaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from moesim.dashboard.cli import main
 from moesim.model import MoesimError, RooflineCostModel
-from moesim.sim.pipeline import StageCost, run_pipeline, schedule
-from moesim.sim.train import BREAKDOWN, load, run, simulate_training
-from moesim.sim.train_cost import unit_costs
+from moesim.sim.training.pipeline import StageCost, run_pipeline, schedule
+from moesim.sim.training.train import BREAKDOWN, load, run, simulate_training
+from moesim.sim.training.train_cost import unit_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_without_communication_or_bubbles_the_step_is_the_sum_of_op_times() -> N
     # the forward is the op model's ops, each timed once
     from moesim.model.batch import Batch
     from moesim.model.ops import decompose
-    from moesim.sim.train_cost import precision_of
+    from moesim.sim.training.train_cost import precision_of
 
     ops = decompose(setup.model, Batch.prefill(1, 512), setup.group_layout, setup.cluster, precision_of(setup),
                     mla_absorb=False)  # fmt: skip

@@ -1,4 +1,4 @@
-"""sim.workload: arrival processes, length distributions, trace readers and their errors.
+"""sim.serving.workload: arrival processes, length distributions, trace readers and their errors.
 
 Statistical tolerances are about four standard errors of the estimate at the sample size
 used, so a seeded run sits well inside them and a wrong formula falls well outside.
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from moesim.model.errors import MoesimError
-from moesim.sim.workload import (
+from moesim.sim.serving.workload import (
     LengthDist,
     describe,
     estimate_tokens,

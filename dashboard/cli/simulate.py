@@ -22,7 +22,7 @@ class Engine(str, Enum):
 
 
 def simulate(
-    scenario: Annotated[Path, typer.Argument(help="Scenario YAML (see examples/*.yaml and sim/scenario.py).")],
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML (see examples/*.yaml and sim/serving/scenario.py).")],
     engine: Annotated[
         Engine, typer.Option(help="des: discrete-event simulation; analytical: closed-form steady state.")
     ] = Engine.des,
@@ -53,8 +53,8 @@ def simulate(
     Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json
     """
     from moesim.model.outputs import check_replaceable
-    from moesim.sim.chrome_trace import check_trace_path
-    from moesim.sim.serve import is_output, run, write_outputs
+    from moesim.sim.serving.chrome_trace import check_trace_path
+    from moesim.sim.serving.serve import is_output, run, write_outputs
 
     if trace and engine is Engine.analytical:
         raise MoesimError("--trace needs the discrete-event engine", "drop --trace or use --engine des")
@@ -67,7 +67,7 @@ def simulate(
         res = run(scenario, engine.value, cost_model=cm, seed=seed, progress=update)
     s = res.summary
     if trace:
-        from moesim.sim.chrome_trace import write_chrome_trace
+        from moesim.sim.serving.chrome_trace import write_chrome_trace
 
         assert res.sim is not None
         info = write_chrome_trace(

@@ -16,7 +16,9 @@ MAX_WORKERS = 1024
 
 
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML (see examples/sweep-*.yaml and sim/sweep_spec.py).")],
+    sweep_file: Annotated[
+        Path, typer.Argument(help="Sweep YAML (see examples/sweep-*.yaml and sim/sweeps/sweep_spec.py).")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder; rerun into it to resume.")],
     workers: Annotated[
         int | None,
@@ -54,7 +56,7 @@ def sweep(
     """
     import os
 
-    from moesim.sim.sweep import run_sweep
+    from moesim.sim.sweeps.sweep import run_sweep
 
     with progress_bar("sweep") as update:
         n = workers if workers is not None else os.cpu_count() or 1

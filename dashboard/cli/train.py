@@ -41,8 +41,8 @@ def train(
     Example: moesim train examples/train-mixtral-8x7b-h100.yaml --out runs/mixtral-train --trace runs/train.json
     """
     from moesim.model.outputs import check_replaceable
-    from moesim.sim.chrome_trace import check_trace_path
-    from moesim.sim.train import is_output, run, write_outputs
+    from moesim.sim.serving.chrome_trace import check_trace_path
+    from moesim.sim.training.train import is_output, run, write_outputs
 
     if out_dir:  # refuse before the work, not after it
         check_replaceable(out_dir, "train", force, legacy=is_output)
@@ -53,7 +53,7 @@ def train(
     res = run(scenario, cost_model=cm)
     s = res.summary
     if trace:
-        from moesim.sim.train_plots import write_train_trace
+        from moesim.sim.training.train_plots import write_train_trace
 
         s["trace"] = {"path": str(trace), **write_train_trace(res, trace, force)}
     if out_dir:

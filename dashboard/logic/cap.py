@@ -1,10 +1,10 @@
 """The CAP overview's work: a small grid of serving configurations through the sweep machinery, in process.
 
 The user's choices (models x GPUs x layouts x precisions, one GPU count, a
-workload and SLOs) become a sweep mapping (`sim.sweep_spec`); its points are
-evaluated on the analytical model (`sim.sweep_eval.evaluate`), at the chosen
+workload and SLOs) become a sweep mapping (`sim.sweeps.sweep_spec`); its points are
+evaluated on the analytical model (`sim.sweeps.sweep_eval.evaluate`), at the chosen
 request rate or, with ``capacity``, at each configuration's capacity under the
-SLOs; `sim.sweep_report.cap_table` turns the rows into one row per
+SLOs; `sim.sweeps.cap.cap_table` turns the rows into one row per
 configuration with cost, seconds per token, accuracy, S-MBU, S-MFU and the
 Pareto flag.
 """
@@ -72,7 +72,7 @@ def grid_mapping(
     tpot_s: float,
     capacity: bool = False,
 ) -> dict[str, Any]:
-    """The sweep mapping (`sim.sweep_spec.SweepSpec`) of the page's choices.
+    """The sweep mapping (`sim.sweeps.sweep_spec.SweepSpec`) of the page's choices.
 
     Args:
         rate: offered request rate, req/s (ignored with ``capacity``).
@@ -121,7 +121,7 @@ def grid_mapping(
 @st.cache_data(show_spinner=False, max_entries=32)
 def _expand(mapping: dict[str, Any]) -> tuple[Any, list[Any], dict[str, int]]:
     """The validated spec, its points and the pruned counts of a grid mapping."""
-    from moesim.sim.sweep_spec import expand, parse_sweep
+    from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
     spec = parse_sweep(mapping, "the CAP overview's choices")
     exp = expand(spec)
@@ -130,8 +130,8 @@ def _expand(mapping: dict[str, Any]) -> tuple[Any, list[Any], dict[str, int]]:
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _row(point_id: str, engine: str, _point: Any, _spec: Any) -> dict[str, Any]:
-    """One point's result row (`sim.sweep_eval.evaluate`), cached by its id (which hashes its whole scenario)."""
-    from moesim.sim.sweep_eval import evaluate
+    """One point's result row (`sim.sweeps.sweep_eval.evaluate`), cached by its id (which hashes its whole scenario)."""
+    from moesim.sim.sweeps.sweep_eval import evaluate
 
     return evaluate(_point, _spec)
 
@@ -146,14 +146,14 @@ def evaluate_grid(
         progress: called with (points done, points, label) after each point.
 
     Returns:
-        (results [points] as `sim.sweep_eval.evaluate` rows with ``accuracy`` added,
+        (results [points] as `sim.sweeps.sweep_eval.evaluate` rows with ``accuracy`` added,
         the `cap_table` [configurations], pruned reason -> count, label -> scenario mapping).
 
     Raises:
         MoesimError: a bad choice (nothing left after pruning, an unknown GPU).
     """
-    from moesim.sim.sweep_post import accuracy_columns
-    from moesim.sim.sweep_report import cap_table
+    from moesim.sim.sweeps.sweep_post import accuracy_columns
+    from moesim.sim.sweeps.sweep_report import cap_table
 
     spec, points, pruned = _expand(mapping)
     rows = []

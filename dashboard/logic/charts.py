@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from moesim.sim.sweep_report import RADAR_AXES, radar_values
+from moesim.sim.sweeps.sweep_report import RADAR_AXES, radar_values
 
 #: Colours for categories, colour-blind safe (Okabe-Ito), repeated when there are more.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -27,7 +27,7 @@ def _empty(title: str, text: str = "no data") -> go.Figure:
 
 
 def cap_radar(table: pd.DataFrame, max_configs: int = 6) -> go.Figure:
-    """The MoE-CAP radar of the first ``max_configs`` rows of a `sim.sweep_report.cap_table` (outer is better).
+    """The MoE-CAP radar of the first ``max_configs`` rows of a `sim.sweeps.cap.cap_table` (outer is better).
 
     Cost and performance are relative to the best row shown (1: cheapest / fastest), accuracy is the score
     over 100, S-MBU and S-MFU are fractions; the hover gives the raw values.

@@ -18,46 +18,48 @@ overrun by a wide margin on one-node layouts with redundant slots, and a page mu
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
 import pickle
-import re
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from moesim.dashboard.logic.charts import PALETTE, heatmap
-from moesim.model import MoesimError, list_gpus, load_model, preset_names
-from moesim.placement import (
+from moesim.dashboard.logic.placement_charts import (  # noqa: F401  (re-exported for the page and tests)
+    LABELS,
+    expert_map,
+    expert_map_figure,
+    gpu_load_figure,
+    imbalance_figure,
+    loads_figure,
+)
+from moesim.dashboard.logic.placement_exports import export_file, flags_text  # noqa: F401
+from moesim.dashboard.logic.placement_inputs import (  # noqa: F401
+    DEFAULT_GPU,
+    DEFAULT_MODEL,
+    _stats,
+    check_layout,
+    gpu_names,
+    model_info,
+    moe_presets,
+    node_size,
+    stats_caption,
+    synthetic_stats,
+    uploaded_stats,
+)
+from moesim.model import MoesimError
+from moesim.placement import (  # noqa: F401
     FORMATS,
     IlpOptions,
-    PlacementPlan,
     PlacementResult,
-    RoutingStats,
-    export_plan,
     gpu_loads,
-    launch_flags,
-    load_stats,
     place,
-    synthetic_trace,
 )
-
-#: The model shown first: 32 MoE layers of 8 experts, whose ILP solves in well under a second on 4 GPUs.
-DEFAULT_MODEL = "mixtral-8x7b"
-DEFAULT_GPU = "H100-SXM"
-#: How each method is called on the page.
-LABELS = {"round-robin": "round-robin (before)", "eplb": "greedy EPLB", "ilp": "ILP"}
-_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "template": "plotly_white"}
 
 #: The metrics table's columns: key -> (label, number format or None for text, tooltip with units).
 METRIC_COLUMNS: dict[str, tuple[str, str | None, str]] = {
@@ -163,125 +165,6 @@ def column_config(columns: dict[str, tuple[str, str | None, str]]) -> dict[str, 
         k: st.column_config.NumberColumn(label, help=h, format=f) if f else st.column_config.Column(label, help=h)
         for k, (label, f, h) in columns.items()
     }
-
-
-# models -------------------------------------------------------------------------------------------------------------
-@st.cache_data(show_spinner=False)
-def moe_presets() -> list[str]:
-    """Names of the model presets with routed experts, sorted."""
-    return [name for name in preset_names() if load_model(name).is_moe]
-
-
-@st.cache_data(show_spinner=False)
-def gpu_names() -> list[str]:
-    """GPU keys the simulator knows, without the host CPU."""
-    return [k for k in list_gpus() if k != "cpu"]
-
-
-@st.cache_data(show_spinner=False)
-def model_info(name: str) -> dict[str, Any]:
-    """What placement needs of a preset: ``moe_layer_ids`` [L] (decoder index of each MoE layer), ``num_layers``
-    (decoder layers), ``num_experts`` N, ``top_k``, ``n_group`` and ``topk_group`` (DeepSeek group routing)."""
-    spec = load_model(name)
-    if spec.moe is None or not spec.is_moe:
-        raise MoesimError(f"model {name} has no MoE layers", "choose an MoE model")
-    moe = spec.moe
-    return {
-        "moe_layer_ids": [i for i, m in enumerate(spec.moe_layers) if m],
-        "num_layers": spec.num_layers,
-        "num_experts": moe.num_experts,
-        "top_k": moe.top_k,
-        "n_group": moe.n_group,
-        "topk_group": moe.topk_group if moe.n_group > 1 else 1,
-    }
-
-
-# routing statistics -------------------------------------------------------------------------------------------------
-def _stats_dict(stats: RoutingStats, source: str) -> dict[str, Any]:
-    topk = None if stats.topk is None else stats.topk.astype(np.int32)
-    h = hashlib.blake2b(stats.counts.tobytes(), digest_size=12)
-    if topk is not None:
-        h.update(topk.tobytes())
-    return {"counts": stats.counts, "topk": topk, "top_k": stats.top_k, "source": source, "digest": h.hexdigest()}
-
-
-def _stats(d: dict[str, Any]) -> RoutingStats:
-    """`RoutingStats` back from a statistics dict."""
-    return RoutingStats(counts=d["counts"], top_k=d["top_k"], topk=d["topk"], source=d["source"])
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def synthetic_stats(model: str, tokens: int, skew: float, seed: int) -> dict[str, Any]:
-    """A synthetic per-token trace for ``model`` (power-law popularity with exponent ``skew``, layer-to-layer
-    affinity, the model's group routing), as a statistics dict (see the module docstring)."""
-    info = model_info(model)
-    stats = synthetic_trace(
-        len(info["moe_layer_ids"]),
-        info["num_experts"],
-        info["top_k"],
-        tokens=tokens,
-        alpha=skew,
-        affinity=2.0,
-        n_group=info["n_group"],
-        topk_group=info["topk_group"],
-        seed=seed,
-    )
-    return _stats_dict(stats, f"synthetic ({tokens:,} tokens, skew {skew:g}, seed {seed})")
-
-
-def _safe_name(name: str, i: int) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".") or "upload"
-    return base if i == 0 else f"{i}_{base}"
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def uploaded_stats(model: str, files: tuple[tuple[str, bytes], ...]) -> dict[str, Any]:
-    """Statistics from uploaded files (name, content), read with `placement.load_stats` for ``model``.
-
-    One file is read as itself; several as the rank files of one run (merged). Raises `MoesimError` naming the
-    uploaded file (not the temporary path) when the data cannot be read or does not fit the model.
-    """
-    if not files:
-        raise MoesimError("no routing-statistics file uploaded", "upload a file")
-    info = model_info(model)
-    names = ", ".join(name for name, _ in files)
-    with tempfile.TemporaryDirectory(prefix="moesim-upload-") as tmp:
-        folder = Path(tmp)
-        paths = []
-        for i, (name, data) in enumerate(files):
-            paths.append(folder / _safe_name(name, i))
-            paths[-1].write_bytes(data)
-        try:
-            stats = load_stats(
-                paths[0] if len(paths) == 1 else folder,
-                num_experts=info["num_experts"],
-                moe_layer_ids=info["moe_layer_ids"],
-            )
-            stats.check_shape(len(info["moe_layer_ids"]), info["num_experts"], f"model {model}")
-        except MoesimError as exc:
-            msg = exc.message.replace(f"{folder}{os.sep}", "").replace(str(folder), "the uploaded files")
-            raise MoesimError(msg, exc.hint) from None
-    return _stats_dict(stats, names)
-
-
-def stats_caption(stats: dict[str, Any]) -> str:
-    """One line describing a statistics dict."""
-    layers, n = stats["counts"].shape
-    trace = f"a trace of {stats['topk'].shape[0]:,} tokens" if stats["topk"] is not None else "counts only"
-    k = f", top-{stats['top_k']}" if stats["top_k"] else ""
-    return f"{stats['source']}: {layers} MoE layers x {n} experts{k}, {trace}, {stats['counts'].sum():,.0f} pairs."
-
-
-# placement ----------------------------------------------------------------------------------------------------------
-def node_size(num_gpus: int, gpus_per_node: int) -> int:
-    """GPUs per node the expert-parallel group uses: a group smaller than a node sits on one node."""
-    return min(num_gpus, gpus_per_node)
-
-
-def check_layout(num_experts: int, num_gpus: int, gpus_per_node: int, redundant: int) -> None:
-    """Raise the library's `MoesimError` when ``num_experts`` + ``redundant`` slots do not fit ``num_gpus`` GPUs in
-    nodes of ``gpus_per_node`` (a round-robin placement of one dummy layer, microseconds)."""
-    place(RoutingStats(np.ones((1, num_experts))), num_gpus, gpus_per_node, redundant, ("round-robin",))
 
 
 def _result(r: PlacementResult, counts: np.ndarray) -> dict[str, Any]:
@@ -445,8 +328,8 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
     ``overloaded``, ``overload_reason``); with ``des`` also the discrete-event simulator (``des_tpot_p50_s``,
     ``des_tpot_p99_s``, ``des_ttft_p50_s``, ``des_ttft_p99_s``, ``straggler_frac``). Seconds.
     """
-    from moesim.sim.analytical import Analytical
-    from moesim.sim.scenario import build, parse_scenario
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.scenario import build, parse_scenario
 
     built = build(parse_scenario(sc, "placement studio scenario"))
     shares = np.asarray(counts, float)
@@ -462,8 +345,8 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
         "overload_reason": s["overload_reason"],
     }
     if des:
-        from moesim.sim.engine import simulate
-        from moesim.sim.serve import des_summary
+        from moesim.sim.serving.engine import simulate
+        from moesim.sim.serving.serve import des_summary
 
         d = des_summary(built, simulate(built, sc["seed"]))
         for k in ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s", "ttft_p99_s"):
@@ -489,145 +372,3 @@ def latency_table(sims: dict[str, dict[str, Any]]) -> pd.DataFrame:
             row["straggler_share"] = s["straggler_frac"]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# downloads ----------------------------------------------------------------------------------------------------------
-_MIME = {".json": "application/json", ".yaml": "application/x-yaml", ".npz": "application/octet-stream"}
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def export_file(plan: dict[str, Any], fmt: str) -> tuple[str, bytes, str, str]:
-    """``plan`` (`PlacementPlan.to_dict`) in engine format ``fmt``: (download name, content, MIME type, the file
-    the launch flags name).
-
-    One file is offered as itself, several as a zip named ``{method}_{fmt}.zip``. TensorRT-LLM's options file names
-    the balancer file by the absolute path it was written to; here that is the temporary folder, so the name is made
-    relative (``trtllm_load_balancer.yaml``, resolved from where the server starts).
-    """
-    p = PlacementPlan.from_dict(plan)
-    with tempfile.TemporaryDirectory(prefix="moesim-export-") as tmp:
-        folder = Path(tmp).resolve()
-        files = export_plan(p, fmt, folder)
-        blobs = [(f.name, f.read_bytes().replace(f"{folder}{os.sep}".encode(), b"")) for f in files]
-    first = blobs[0][0]
-    if len(blobs) == 1:
-        return first, blobs[0][1], _MIME.get(Path(first).suffix, "application/octet-stream"), first
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in blobs:
-            z.writestr(name, data)
-    return f"{p.method or 'plan'}_{fmt}.zip", buf.getvalue(), "application/zip", first
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def flags_text(plan: dict[str, Any]) -> str:
-    """The launch flags of every format for ``plan`` (`PlacementPlan.to_dict`), one commented block per engine,
-    naming the files `export_file` offers."""
-    p = PlacementPlan.from_dict(plan)
-    blocks = [f"# moesim {p.method} plan: {p.num_layers} MoE layers, {p.num_slots} slots on {p.num_gpus} GPUs"]
-    for fmt in FORMATS:
-        name, _, _, first = export_file(plan, fmt)
-        blocks.append(f"# {fmt} ({name})\n{launch_flags(p, fmt, first)}")
-    return "\n\n".join(blocks) + "\n"
-
-
-# figures ------------------------------------------------------------------------------------------------------------
-def loads_figure(counts: np.ndarray) -> go.Figure:
-    """Heatmap of expert loads ``counts`` [L, N], each relative to its layer's mean expert (1 = average)."""
-    rel = counts / counts.mean(axis=1, keepdims=True)
-    layers, n = counts.shape
-    fig = heatmap(
-        rel,
-        x=range(n),
-        y=range(layers),
-        title="Expert load per MoE layer (1 = the layer's mean expert)",
-        colorbar="load ÷ mean",
-        x_title="expert",
-        y_title="MoE layer",
-        text_fmt=".2f",
-    )
-    fig.update_layout(height=max(320, min(900, 60 + 14 * layers)))
-    return fig
-
-
-def gpu_load_figure(results: dict[str, dict[str, Any]], layer: int) -> go.Figure:
-    """Grouped bars: each GPU's load in MoE layer ``layer`` relative to the mean GPU (1 = balanced), per method."""
-    fig = go.Figure()
-    for i, (m, r) in enumerate(results.items()):
-        loads = r["gpu_loads"][layer]
-        rel = loads / loads.mean()
-        fig.add_trace(
-            go.Bar(
-                x=[f"GPU {g}" for g in range(loads.size)],
-                y=rel,
-                name=LABELS.get(m, m),
-                marker_color=PALETTE[i % len(PALETTE)],
-                hovertemplate="%{x}: %{y:.3f} x mean<extra>" + LABELS.get(m, m) + "</extra>",
-            )
-        )
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#444")
-    fig.update_layout(
-        barmode="group",
-        title=f"Per-GPU load, MoE layer {layer}",
-        yaxis_title="load ÷ mean GPU load",
-        legend={"orientation": "h", "y": -0.2},
-        **_LAYOUT,
-    )
-    return fig
-
-
-def imbalance_figure(results: dict[str, dict[str, Any]]) -> go.Figure:
-    """Busiest / mean GPU load per MoE layer, one line per method."""
-    fig = go.Figure()
-    for i, (m, r) in enumerate(results.items()):
-        ratio = r["layer_max_load"] / r["gpu_loads"].mean(axis=1)
-        fig.add_trace(
-            go.Scatter(
-                x=np.arange(ratio.size),
-                y=ratio,
-                name=LABELS.get(m, m),
-                mode="lines+markers",
-                line={"color": PALETTE[i % len(PALETTE)]},
-                hovertemplate="layer %{x}: %{y:.3f}<extra>" + LABELS.get(m, m) + "</extra>",
-            )
-        )
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#444")
-    fig.update_layout(
-        title="Busiest / mean GPU load per MoE layer (1 = balanced)",
-        xaxis_title="MoE layer",
-        yaxis_title="busiest ÷ mean",
-        legend={"orientation": "h", "y": -0.2},
-        **_LAYOUT,
-    )
-    return fig
-
-
-def expert_map(phys_to_log: np.ndarray, counts: np.ndarray, num_gpus: int, layer: int) -> np.ndarray:
-    """[G, N] share (%) of MoE layer ``layer``'s load that each GPU serves for each expert; NaN where the GPU holds
-    no replica of it. An expert's load is split equally over its replicas."""
-    row, w = phys_to_log[layer], counts[layer]
-    n = w.size
-    replicas = np.bincount(row, minlength=n)
-    held = np.zeros((num_gpus, n))
-    np.add.at(held, (np.arange(row.size) // (row.size // num_gpus), row), 1.0)
-    share = held * (w / np.maximum(replicas, 1) / w.sum() * 100)[None, :]
-    return np.where(held > 0, share, np.nan)
-
-
-def expert_map_figure(result: dict[str, Any], counts: np.ndarray, layer: int, label: str) -> go.Figure:
-    """Heatmap GPU x expert of `expert_map` for one method's plan."""
-    p2l = result["phys_to_log"]
-    g = result["gpu_loads"].shape[1]
-    z = expert_map(p2l, counts, g, layer)
-    fig = heatmap(
-        z,
-        x=range(counts.shape[1]),
-        y=[f"GPU {i}" for i in range(g)],
-        title=f"{label}: which GPU serves which expert, MoE layer {layer} (% of the layer's load; blank: not held)",
-        colorbar="% of load",
-        x_title="expert",
-        y_title="GPU",
-        text_fmt=".1f",
-    )
-    fig.update_layout(height=max(260, min(700, 80 + 28 * g)))
-    return fig

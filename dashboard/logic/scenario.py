@@ -2,7 +2,7 @@
 
 A scenario travels as a plain mapping (what a scenario YAML holds) plus the
 folder its relative paths resolve against. `run_serving` and `run_training`
-call `sim.serve.run` and `sim.train.run` and return only picklable tables
+call `sim.serving.serve.run` and `sim.training.train.run` and return only picklable tables
 and dicts, so `st.cache_data` can keep them.
 """
 
@@ -79,7 +79,7 @@ def examples(kind: str) -> dict[str, Path]:
 
 
 def kind_of(mapping: dict[str, Any]) -> str:
-    """``training`` for a mapping with a ``batch`` section (`sim.train_scenario`), else ``serving``."""
+    """``training`` for a mapping with a ``batch`` section (`sim.training.train_scenario`), else ``serving``."""
     return "training" if "batch" in mapping else "serving"
 
 
@@ -104,11 +104,11 @@ def to_yaml(mapping: dict[str, Any]) -> str:
 def validate(mapping: dict[str, Any]) -> None:
     """Check a mapping against its schema; `MoesimError` with one line naming the bad key."""
     if kind_of(mapping) == "training":
-        from moesim.sim.train_scenario import parse_train_scenario
+        from moesim.sim.training.train_scenario import parse_train_scenario
 
         parse_train_scenario(mapping)
     else:
-        from moesim.sim.scenario import parse_scenario
+        from moesim.sim.serving.scenario import parse_scenario
 
         parse_scenario(mapping)
 
@@ -150,10 +150,10 @@ def _op_breakdown(built: Any, pool: Any, batch: float, ctx: int) -> dict[str, fl
 
 def _mean_lengths(requests: pd.DataFrame | None, built: Any) -> tuple[float, float]:
     """Mean prompt and output tokens of a serving run: of the DES's requests, else of the workload's
-    (`sim.workload.generate`, as the analytical engine draws them; fixed, uniform, lognormal, empirical lengths or
-    a trace alike)."""
+    (`sim.serving.workload.generate`, as the analytical engine draws them; fixed, uniform, lognormal,
+    empirical lengths or a trace alike)."""
     if requests is None or requests.empty or "input_tokens" not in requests:
-        from moesim.sim.workload import generate
+        from moesim.sim.serving.workload import generate
 
         requests = generate(built.workload, seed=built.scenario.seed, base_dir=built.base_dir)
     return float(requests["input_tokens"].mean()), float(requests["output_tokens"].mean())
@@ -171,7 +171,7 @@ def run_serving(
     base_dir: str,
     progress: Callable[[float, float, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run a serving scenario (`sim.serve.run`) and collect what the page draws.
+    """Run a serving scenario (`sim.serving.serve.run`) and collect what the page draws.
 
     Not cached itself: a DES run reports progress to the page, which `st.cache_data` cannot replay; the page
     keeps the DES result in the session instead.
@@ -184,12 +184,12 @@ def run_serving(
 
     Returns:
         ``summary`` (flat figures, units in the keys), ``requests`` and ``steps`` DataFrames (empty for the
-        analytical engine), ``itl`` (s, array [tokens]), ``series`` (`sim.metrics.time_series`), ``memory``
+        analytical engine), ``itl`` (s, array [tokens]), ``series`` (`sim.serving.metrics.time_series`), ``memory``
         (pool role -> part -> bytes), ``breakdown`` (op kind -> s of a decode step at the mean batch),
         ``breakdown_at`` (its batch and context), ``components`` (DES: s of all steps by cause).
     """
-    from moesim.sim.metrics import time_series
-    from moesim.sim.serve import run
+    from moesim.sim.serving.metrics import time_series
+    from moesim.sim.serving.serve import run
 
     res = run(mapping, engine, base_dir=base_dir, progress=progress)
     b, s = res.built, res.summary
@@ -222,8 +222,8 @@ def run_serving(
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_training(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
-    """Run a training scenario (`sim.train.run`): ``summary``, ``memory`` [ranks] and ``tasks`` DataFrames."""
-    from moesim.sim.train import run
+    """Run a training scenario (`sim.training.train.run`): ``summary``, ``memory`` [ranks] and ``tasks`` DataFrames."""
+    from moesim.sim.training.train import run
 
     res = run(mapping, base_dir=base_dir)
     return {"summary": res.summary, "memory": res.memory, "tasks": res.tasks}

@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from moesim.model import MoesimError
-from moesim.sim.sweep_spec import AXES
+from moesim.sim.sweeps.sweep_spec import AXES
 
 #: Metrics offered for heatmaps: column -> (label, lower is better).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -66,9 +66,9 @@ engine: analytical
 
 
 def parse_spec(text: str) -> Any:
-    """A validated `sim.sweep_spec.SweepSpec` from sweep YAML text; `MoesimError` naming the problem."""
+    """A validated `sim.sweeps.sweep_spec.SweepSpec` from sweep YAML text; `MoesimError` naming the problem."""
     from moesim.model.inputs import parse_yaml
-    from moesim.sim.sweep_spec import parse_sweep
+    from moesim.sim.sweeps.sweep_spec import parse_sweep
 
     data = parse_yaml(text, "the sweep")  # a syntax error names its line; a 40 kB nest is one message too
     if isinstance(data, dict) and isinstance(data.get("base"), str) and not Path(data["base"]).is_absolute():
@@ -79,7 +79,7 @@ def parse_spec(text: str) -> Any:
 
 def count_points(text: str) -> tuple[int, dict[str, int]]:
     """Points a sweep would run and the pruned counts (reason -> points)."""
-    from moesim.sim.sweep_spec import expand
+    from moesim.sim.sweeps.sweep_spec import expand
 
     exp = expand(parse_spec(text))
     return len(exp.points), dict(exp.pruned)
@@ -94,9 +94,9 @@ def run_small_sweep(
     Returns:
         (the rows with ``accuracy`` added, the sweep's summary, the folder).
     """
-    from moesim.sim.sweep import run_sweep
-    from moesim.sim.sweep_post import accuracy_columns
-    from moesim.sim.sweep_report import write_atomic
+    from moesim.sim.sweeps.sweep import run_sweep
+    from moesim.sim.sweeps.sweep_post import accuracy_columns
+    from moesim.sim.sweeps.sweep_report import write_atomic
 
     spec = parse_spec(text)
     from moesim.dashboard.logic.profiles import cache_root
@@ -111,8 +111,8 @@ def run_small_sweep(
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_folder(folder: str) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """A sweep folder's rows (``results.parquet``, else its shards) and its manifest (None when absent)."""
-    from moesim.sim.sweep import read_shards
-    from moesim.sim.sweep_post import accuracy_columns
+    from moesim.sim.sweeps.sweep import read_shards
+    from moesim.sim.sweeps.sweep_post import accuracy_columns
 
     d = Path(folder).expanduser()
     if not d.is_dir():
@@ -157,7 +157,7 @@ def read_upload(data: bytes, name: str) -> pd.DataFrame:
         raise MoesimError(f"{name}: expected .parquet or .csv", "upload a sweep's results.parquet")
     check_results(df, name)
     if "accuracy" not in df.columns:
-        from moesim.sim.sweep_post import accuracy_columns
+        from moesim.sim.sweeps.sweep_post import accuracy_columns
 
         df, _ = accuracy_columns(df)
     return df
@@ -172,7 +172,7 @@ def check_results(df: pd.DataFrame, name: str) -> None:
 
 
 def axes_of(df: pd.DataFrame) -> list[str]:
-    """Axis columns of ``df`` (`sim.sweep_spec.AXES`, in their order) that take more than one value."""
+    """Axis columns of ``df`` (`sim.sweeps.sweep_spec.AXES`, in their order) that take more than one value."""
     return [c for c in AXES if c in df.columns and df[c].nunique(dropna=True) > 1]
 
 
@@ -211,7 +211,7 @@ def sorted_values(values: list[Any]) -> list[Any]:
 @st.cache_data(show_spinner=False, max_entries=8)
 def spec_points(spec_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """point_id -> scenario mapping of a sweep spec (a manifest's ``spec``)."""
-    from moesim.sim.sweep_spec import expand, parse_sweep
+    from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
     spec = parse_sweep(spec_data, "the sweep's manifest")
     return {p.point_id: p.scenario for p in expand(spec).points}

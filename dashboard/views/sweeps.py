@@ -9,7 +9,7 @@ from moesim.dashboard.logic import sweeps as sw
 from moesim.dashboard.logic.scenario import open_scenario
 from moesim.dashboard.ui import HELP, csv_bytes, guarded, page_header, parquet_bytes
 from moesim.model import MoesimError
-from moesim.sim.sweep_report import cap_table
+from moesim.sim.sweeps.sweep_report import cap_table
 
 page_header(
     "Sweep explorer",

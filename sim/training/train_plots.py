@@ -1,7 +1,7 @@
 """Pictures of a simulated training step: the pipeline schedule, the step-time breakdown, memory per GPU,
 and a Chrome trace (Perfetto) of the schedule.
 
-matplotlib is imported only when a plot is drawn (`sim.plots` shares its Agg-only figure handling).
+matplotlib is imported only when a plot is drawn (`sim.serving.plots` shares its Agg-only figure handling).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from moesim.model.hardware import GIB
-from moesim.sim.chrome_trace import _write_atomic
-from moesim.sim.plots import _figure_class
-from moesim.sim.train_result import TrainResult
+from moesim.sim.common import figure_class, write_trace_json
+from moesim.sim.training.train_result import TrainResult
 
 _COLOURS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868", "FB": "#8172B3"}
 _MEMORY = (
@@ -24,7 +23,7 @@ _MEMORY = (
 
 def write_train_plots(res: TrainResult, out: Path) -> list[Path]:
     """``schedule.png`` (the first step's tasks per pipeline rank) and ``breakdown.png`` (step time and memory)."""
-    figure = _figure_class()
+    figure = figure_class()
     files = []
     tasks = res.tasks
     first = tasks[tasks["end_s"] <= float(res.steps["end_s"].iloc[0]) + 1e-12]
@@ -125,5 +124,5 @@ def write_train_trace(res: TrainResult, path: str | Path, force: bool = False) -
                      "ts": us(s.end_s - opt), "dur": us(opt)}
                 )  # fmt: skip
     doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim train"}}
-    _write_atomic(doc, Path(path), force)
+    write_trace_json(doc, Path(path), force)
     return {"events": len(events), "tasks": len(res.tasks)}

@@ -18,7 +18,7 @@ import pandas as pd
 
 from moesim.model.accuracy import load_accuracy
 from moesim.model.errors import MoesimError
-from moesim.sim.sweep_spec import SweepSpec
+from moesim.sim.sweeps.sweep_spec import SweepSpec
 
 
 def accuracy_columns(df: pd.DataFrame, benchmark: str | None = None) -> tuple[pd.DataFrame, str | None]:
@@ -48,7 +48,7 @@ def accuracy_columns(df: pd.DataFrame, benchmark: str | None = None) -> tuple[pd
 
 def finish(df: pd.DataFrame, spec: SweepSpec, out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Write ``results.parquet`` and the post-processing into ``out``; the rows and summary figures."""
-    from moesim.sim.sweep_report import write_atomic, write_dashboard_data, write_plots
+    from moesim.sim.sweeps.sweep_report import write_atomic, write_dashboard_data, write_plots
 
     df, bench = accuracy_columns(df, spec.accuracy_benchmark)
     write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))

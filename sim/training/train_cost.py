@@ -42,7 +42,7 @@ from moesim.model.memory import params_per_gpu
 from moesim.model.ops import Op, collective, decompose, experts_op, gemm
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
 from moesim.model.routing import inclusion_probs
-from moesim.sim.train_scenario import TrainSetup
+from moesim.sim.training.train_scenario import TrainSetup
 
 #: Backward time per op kind as multiples of the forward time: (input gradients, weight gradients).
 BACKWARD: dict[str, tuple[float, float]] = {

@@ -1,6 +1,6 @@
 """Sweep files: axes over serving configurations, the constraints that prune them, and the points they expand to.
 
-A sweep names a base serving scenario (any keys of `sim.scenario.Scenario`) and
+A sweep names a base serving scenario (any keys of `sim.serving.scenario.Scenario`) and
 axes; the points are the product of the axes, each a scenario. Example::
 
     name: mixtral-gpu-choice
@@ -60,7 +60,8 @@ from moesim.model.limits import (
     MAX_SWEEP_POINTS,
 )
 from moesim.model.memory import estimate_memory
-from moesim.sim.scenario import _one_line, max_power_exponent, parse_scenario, read_yaml, validate_mapping
+from moesim.sim.common import max_power_exponent, one_line, read_yaml, validate_mapping
+from moesim.sim.serving.scenario import parse_scenario
 
 #: Axis names in expansion order (the slowest-varying first).
 AXES = (
@@ -244,7 +245,7 @@ def read_sweep(path: str | Path) -> SweepSpec:
 
 def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     """Validate a sweep mapping; `MoesimError` with one line naming the bad key."""
-    spec = validate_mapping(SweepSpec, data, where, "examples/sweep-*.yaml", "sim/sweep_spec.py")
+    spec = validate_mapping(SweepSpec, data, where, "examples/sweep-*.yaml", "sim/sweeps/sweep_spec.py")
     unknown = [a for a in spec.axes if a not in AXES]
     if unknown:
         raise MoesimError(f"{where}: axes: unknown axis '{unknown[0]}'", f"use any of {', '.join(AXES)}")
@@ -272,14 +273,16 @@ def _axis_values(name: str, raw: Any) -> list[tuple[str, Any]]:
         try:
             raw = RateRange.model_validate(raw).values()
         except ValidationError as exc:
-            raise MoesimError(_one_line(exc, "axes.rate"), "give start, stop (req/s > 0), num and scale") from None
+            raise MoesimError(one_line(exc, "axes.rate"), "give start, stop (req/s > 0), num and scale") from None
     if name == "workload" and isinstance(raw, dict):
         items = list(raw.items())
         if not items:
             raise MoesimError("axis 'workload' is empty", "give at least one named workload variant or drop the axis")
         for k, v in items:
             if not isinstance(v, dict):
-                raise MoesimError(f"axes.workload.{k}: expected a mapping of workload keys", "see sim/workload.py")
+                raise MoesimError(
+                    f"axes.workload.{k}: expected a mapping of workload keys", "see sim/serving/workload.py"
+                )
         return [(str(k), v) for k, v in items]
     if name == "layout":
         raw = _layouts(raw)
@@ -291,7 +294,7 @@ def _axis_values(name: str, raw: Any) -> list[tuple[str, Any]]:
     for v in raw:
         if name == "workload":
             if not isinstance(v, dict):
-                raise MoesimError("axes.workload: expected mappings of workload keys", "see sim/workload.py")
+                raise MoesimError("axes.workload: expected mappings of workload keys", "see sim/serving/workload.py")
             out.append((str(v.get("name", f"w{len(out)}")), {k: x for k, x in v.items() if k != "name"}))
         elif name in ("gpus", "max_batch", "max_tokens"):
             top = {"gpus": MAX_GPUS, "max_batch": MAX_BATCH, "max_tokens": MAX_STEP_TOKENS}[name]
@@ -566,7 +569,7 @@ def _point(
     if skew and isinstance(skew, (int, float)):
         moe = load_model(model).moe
         if moe is not None and skew > _max_skew(moe.num_experts, moe.top_k):
-            return "routing_skew_too_steep", sc, {}, {}  # sim.scenario.check_power_exponent says why
+            return "routing_skew_too_steep", sc, {}, {}  # sim.serving.scenario.check_power_exponent says why
     placement = v.get("placement", {"method": "default", "redundant": 0})
     if placement["method"] != "default" and lay["ep"] == 1:
         return "placement_needs_ep", sc, {}, {}  # one GPU holds every expert: nothing to place

@@ -1,16 +1,16 @@
 """The training simulator's Python API: a training scenario in, step time, breakdown, memory and cost out.
 
-    from moesim.sim.train import run
+    from moesim.sim.training.train import run
     res = run("examples/train-mixtral-8x7b-h100.yaml")
     res.summary["step_s"], res.summary["breakdown"], res.tasks
 
-One step, as simulated (SimPy, `sim.pipeline`):
+One step, as simulated (SimPy, `sim.training.pipeline`):
 
 1. ZeRO-1/2 parameter all-gather over data parallelism (the previous
    optimizer step's result): each stage's first forward waits for its
    gather (``overlap_param_gather``), or every forward waits for all of them;
 2. the pipeline schedule's forwards and backwards of every micro-batch, each
-   task's time from `sim.train_cost` (compute, straggler, all-to-all and
+   task's time from `sim.training.train_cost` (compute, straggler, all-to-all and
    tensor-parallel communication, chunk-pair overlap), activations sent
    between ranks; ZeRO-2 reduce-scatters and ZeRO-3 gathers run beside each
    task on their own stream;
@@ -48,8 +48,8 @@ from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import GIB, make_cluster
 from moesim.model.ops import decompose
-from moesim.sim.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
-from moesim.sim.train_cost import (
+from moesim.sim.training.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
+from moesim.sim.training.train_cost import (
     UnitCosts,
     chunk_units,
     dp_collective_seconds,
@@ -58,8 +58,8 @@ from moesim.sim.train_cost import (
     precision_of,
     unit_costs,
 )
-from moesim.sim.train_result import TrainResult
-from moesim.sim.train_scenario import (
+from moesim.sim.training.train_result import TrainResult
+from moesim.sim.training.train_scenario import (
     TrainScenario,
     TrainSetup,
     build_training,
@@ -391,7 +391,7 @@ def write_outputs(res: TrainResult, out: str | Path, plots: bool = True, force: 
     ``moesim train`` output (or empty, or ``force``; never a dangerous folder).
     """
     from moesim.model.outputs import output_dir
-    from moesim.sim.serve import clean_json
+    from moesim.sim.common import clean_json
 
     out = Path(out)
     with output_dir(out, "train", force=force, legacy=is_output) as tmp:
@@ -400,7 +400,7 @@ def write_outputs(res: TrainResult, out: str | Path, plots: bool = True, force: 
         res.memory.to_csv(tmp / "memory.csv", index=False)
         files = [tmp / "summary.json", tmp / "tasks.parquet", tmp / "memory.csv"]
         if plots:
-            from moesim.sim.train_plots import write_train_plots
+            from moesim.sim.training.train_plots import write_train_plots
 
             files += write_train_plots(res, tmp)
     return [out / f.name for f in files]

@@ -51,7 +51,7 @@ from moesim.model.limits import (
     MAX_SEED,
     MAX_TOKENS,
 )
-from moesim.sim.scenario import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
+from moesim.sim.common import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
 #: (PipeDream-flush, Megatron's default), interleaved 1F1B over
@@ -213,7 +213,7 @@ class TrainScenario(_Strict):
 
 def parse_train_scenario(data: Any, where: str = "scenario") -> TrainScenario:
     """Validate a training-scenario mapping; `MoesimError` with one line naming the bad key."""
-    sc = validate_mapping(TrainScenario, data, where, "examples/train-*.yaml", "sim/train_scenario.py")
+    sc = validate_mapping(TrainScenario, data, where, "examples/train-*.yaml", "sim/training/train_scenario.py")
     if sc.layout.schedule not in SCHEDULES:
         raise MoesimError(
             f"{where}: layout.schedule: unknown schedule {sc.layout.schedule!r}", f"use one of {', '.join(SCHEDULES)}"

@@ -10,7 +10,7 @@ step time tau:
     B   = lambda_r (L_out - 1) tau                    (Little's law over the decode phase)
 
 solved by fixed-point iteration, with the decode context at L_in + L_out / 2
-and step times from `sim.steptime.StepTimer.expected` (the same cost model,
+and step times from `sim.serving.steptime.StepTimer.expected` (the same cost model,
 routing statistics and placement as the discrete-event engine, with the
 expected busiest GPU). Per request of input I and output O:
 
@@ -30,7 +30,7 @@ Closed-loop workloads iterate lambda = concurrency / (E2E + think).
 
 A workload holding a request that cannot fit (context, one replica's KV cache, an unchunked
 prompt over the step budget) is refused before solving, by the same check as the DES
-(`sim.engine.check_requests_fit`).
+(`sim.serving.capacity.check_requests_fit`).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from moesim.model import kv_bytes_per_token
 from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
 from moesim.model.layout import Layout
-from moesim.sim.engine import Capacity, check_requests_fit, make_timer, replica_capacity
-from moesim.sim.metrics import percentiles
-from moesim.sim.scenario import Built, Pool
-from moesim.sim.steptime import StepTimer
-from moesim.sim.workload import generate
+from moesim.sim.serving.engine import Capacity, check_requests_fit, make_timer, replica_capacity
+from moesim.sim.serving.metrics import percentiles
+from moesim.sim.serving.scenario import Built, Pool
+from moesim.sim.serving.steptime import StepTimer
+from moesim.sim.serving.workload import generate
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What a training simulation returns: `TrainResult` (made by `sim.train`, drawn by `sim.train_plots`)."""
+"""What a training simulation returns: `TrainResult` (made by `training.train`, drawn by `training.train_plots`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.sim.train_cost import UnitCosts
-from moesim.sim.train_scenario import TrainSetup
+from moesim.sim.training.train_cost import UnitCosts
+from moesim.sim.training.train_scenario import TrainSetup
 
 
 @dataclass

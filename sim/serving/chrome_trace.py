@@ -24,9 +24,7 @@ keep the true seconds. KV-cache transfers (prefill → decode under disaggregati
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from moesim.model.errors import MoesimError
-from moesim.sim.metrics import require_columns
+from moesim.sim.common import is_moesim_trace, write_trace_json
+from moesim.sim.serving.metrics import require_columns
 
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "phase", "compute_s", "comm_s", "straggler_s", "fetch_s")
 KV_COLUMNS = ("request_id", "src_replica", "dst_replica", "start_s", "duration_s", "bytes")
@@ -167,26 +166,6 @@ def _kv_events(kv: pd.DataFrame, gpus: dict[int, int]) -> tuple[list[dict], dict
     return events, lanes_used
 
 
-#: What every moesim trace holds near its end (``otherData``, written compactly after ``traceEvents``).
-_GENERATOR = b'"otherData":{"generator":"moesim'
-
-
-def is_moesim_trace(path: Path) -> bool:
-    """Whether ``path`` is a Chrome trace moesim wrote (its ``otherData.generator`` starts with ``moesim``).
-
-    Reads the first and the last 64 KiB only, so a large file costs nothing to check.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            tail = f.read()
-    except OSError:
-        return False
-    return head.startswith(b'{"traceEvents":') and _GENERATOR in tail
-
-
 def check_trace_path(path: str | Path, force: bool = False) -> None:
     """Raise `MoesimError` before any work when ``--trace path`` could not be written.
 
@@ -200,22 +179,6 @@ def check_trace_path(path: str | Path, force: bool = False) -> None:
             f"--trace {path} exists and was not written by moesim; refusing to overwrite it",
             "give --trace a new file name, or add --force",
         )
-
-
-def _write_atomic(doc: dict, path: Path, force: bool = False) -> None:
-    """Write ``doc`` as compact JSON to ``path`` through `model.outputs.write_file` (temp file, fsync, rename).
-
-    An existing file is replaced only when it is a moesim trace (`is_moesim_trace`), or with ``force``.
-    """
-    from moesim.model.outputs import write_file
-
-    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # one-shot dumps uses the C encoder
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    write_file(path, write, owned=is_moesim_trace, force=force, flag="--trace")
 
 
 def write_chrome_trace(
@@ -288,5 +251,5 @@ def write_chrome_trace(
         "kv_transfers_written": len(kv),
     }
     doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim", **summary}}
-    _write_atomic(doc, Path(path), force)
+    write_trace_json(doc, Path(path), force)
     return summary

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from moesim.model.errors import MoesimError
-from moesim.sim.metrics import time_series, with_derived
+from moesim.sim.common import figure_class, fmt_s
+from moesim.sim.serving.metrics import time_series, with_derived
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,27 +24,6 @@ if TYPE_CHECKING:
 _DPI = 110
 _SIZE_IN = (10.0, 7.0)
 _CDF_POINTS = 2000  # a CDF over more samples is drawn through this many quantiles
-
-
-def _figure_class() -> type[Figure]:
-    """`matplotlib.figure.Figure`, or `MoesimError` when matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: F401  (the top-level import fails first when the extra is missing)
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise MoesimError("plots need matplotlib", "pip install 'moesim[report]'") from exc
-    return Figure
-
-
-def _fmt_s(x: float) -> str:
-    """A time in s as a short string in µs, ms or s."""
-    if not np.isfinite(x):
-        return "n/a"
-    if abs(x) < 1e-3:
-        return f"{x * 1e6:.3g} µs"
-    if abs(x) < 1.0:
-        return f"{x * 1e3:.3g} ms"
-    return f"{x:.3g} s"
 
 
 def _clean(x: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
@@ -79,8 +58,8 @@ def _cdf_panel(ax: Axes, series: list[tuple[str, np.ndarray, str]], title: str) 
             xs, ys = x, np.arange(1, x.size + 1) / x.size
         ax.plot(xs, ys, drawstyle="steps-post", color=color, label=f"{label} ({x.size} {unit})")
         p50, p99 = np.percentile(x, [50.0, 99.0])
-        ax.axvline(p50, color=color, linestyle="--", linewidth=1, label=f"{label} p50 = {_fmt_s(p50)}")
-        ax.axvline(p99, color=color, linestyle=":", linewidth=1.3, label=f"{label} p99 = {_fmt_s(p99)}")
+        ax.axvline(p50, color=color, linestyle="--", linewidth=1, label=f"{label} p50 = {fmt_s(p50)}")
+        ax.axvline(p99, color=color, linestyle=":", linewidth=1.3, label=f"{label} p99 = {fmt_s(p99)}")
     if log:
         ax.set_xscale("log")
     ax.set_xlabel("seconds (log scale)" if log else "seconds")
@@ -105,7 +84,7 @@ def write_latency_cdf(requests: pd.DataFrame, itl: np.ndarray | Sequence[float],
     Returns:
         ``path``.
     """
-    figure = _figure_class()
+    figure = figure_class()
     req = with_derived(requests)
     fig = figure(figsize=_SIZE_IN, layout="constrained")
     axes = fig.subplots(3, 1)
@@ -131,7 +110,7 @@ def write_timeline(requests: pd.DataFrame, steps: pd.DataFrame, path: Path) -> P
     Returns:
         ``path``.
     """
-    figure = _figure_class()
+    figure = figure_class()
     ts = time_series(steps, requests)
     fig = figure(figsize=_SIZE_IN, layout="constrained")
     axes = fig.subplots(4, 1, sharex=True)
@@ -152,7 +131,7 @@ def write_timeline(requests: pd.DataFrame, steps: pd.DataFrame, path: Path) -> P
     axes[2].set_ylim(0.0, 105.0)
     axes[-1].set_xlabel("simulated time (s)")
     replicas = steps["replica"].nunique() if "replica" in steps.columns else 0
-    fig.suptitle(f"Serving timeline ({replicas} replica{'s' if replicas != 1 else ''}, bins of {_fmt_s(bin_s)})")
+    fig.suptitle(f"Serving timeline ({replicas} replica{'s' if replicas != 1 else ''}, bins of {fmt_s(bin_s)})")
     return _save(fig, path)
 
 
@@ -162,7 +141,7 @@ def write_plots(
     """Write ``latency_cdf.png`` and ``timeline.png`` into ``out_dir`` (created if missing).
 
     Args:
-        requests: per-request DataFrame (see `sim.metrics`).
+        requests: per-request DataFrame (see `sim.serving.metrics`).
         itl: every inter-token latency, s.
         steps: per-step DataFrame.
         out_dir: the directory to write into.
@@ -173,7 +152,7 @@ def write_plots(
     Raises:
         MoesimError: matplotlib is not installed.
     """
-    _figure_class()  # fail before creating anything when matplotlib is missing
+    figure_class()  # fail before creating anything when matplotlib is missing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [

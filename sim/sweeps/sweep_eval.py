@@ -29,9 +29,9 @@ import numpy as np
 
 from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
-from moesim.sim.scenario import Built, build, parse_scenario
-from moesim.sim.sweep_spec import DEFAULT_METRICS, CapacitySpec, Point, SweepSpec, _hash
-from moesim.sim.workload import parse_workload
+from moesim.sim.serving.scenario import Built, build, parse_scenario
+from moesim.sim.serving.workload import parse_workload
+from moesim.sim.sweeps.sweep_spec import DEFAULT_METRICS, CapacitySpec, Point, SweepSpec, _hash
 
 _CACHE: OrderedDict[str, Any] = OrderedDict()
 _CACHE_SIZE = 64
@@ -96,8 +96,8 @@ def _timer_key(point: Point) -> str:
 
 
 def _analytical(point: Point, spec: SweepSpec) -> Any:
-    from moesim.sim.analytical import Analytical
-    from moesim.sim.engine import make_timer, replica_capacity
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.engine import make_timer, replica_capacity
 
     def make() -> Analytical:
         built = _built(point, spec)
@@ -121,8 +121,8 @@ def _with_rate(built: Built, rate: float, requests: int | None = None) -> Built:
 
 def _des(built: Built, rate: float | None, seed: int, requests: int | None = None) -> dict[str, Any]:
     """A discrete-event run's summary at ``rate`` req/s (None: the scenario's own workload)."""
-    from moesim.sim.engine import simulate
-    from moesim.sim.serve import des_summary
+    from moesim.sim.serving.engine import simulate
+    from moesim.sim.serving.serve import des_summary
 
     b = _with_rate(built, rate, requests) if rate is not None else built
     return des_summary(b, simulate(b, seed))

@@ -1,6 +1,6 @@
 """The serving simulator's Python API: a scenario in, DataFrames and a summary out.
 
-    from moesim.sim.serve import run
+    from moesim.sim.serving.serve import run
     res = run("examples/mixtral-8x7b-ep8.yaml", engine="des")
     res.summary["ttft_p99_s"], res.requests, res.steps
 
@@ -12,7 +12,6 @@ CLI leaves in ``--out``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,10 @@ import pandas as pd
 from moesim.model import CostModel
 from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
-from moesim.sim.engine import Progress, SimResult, simulate
-from moesim.sim.metrics import latency_summary, littles_law
-from moesim.sim.scenario import Built, Scenario, build, load_scenario, parse_scenario
+from moesim.sim.common import clean_json
+from moesim.sim.serving.engine import Progress, SimResult, simulate
+from moesim.sim.serving.metrics import latency_summary, littles_law
+from moesim.sim.serving.scenario import Built, Scenario, build, load_scenario, parse_scenario
 
 
 @dataclass
@@ -125,36 +125,13 @@ def run(
     """Simulate a serving scenario with ``engine`` ``des`` or ``analytical`` (paths resolve as in `load`)."""
     built = load(scenario, cost_model, base_dir)
     if engine == "analytical":
-        from moesim.sim.analytical import analyse
+        from moesim.sim.serving.analytical import analyse
 
         return ServeResult(analyse(built, seed), built)
     if engine != "des":
         raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
     res = simulate(built, seed, progress)
     return ServeResult(des_summary(built, res), built, res.requests, res.steps, res.kv_transfers, res.itl, res)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def clean_json(summary: dict[str, Any]) -> str:
-    """One JSON object; NaN and infinity become null."""
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [fix(x) for x in v]
-        return v
-
-    return json.dumps(fix(summary), default=_json_default)
 
 
 #: What `write_outputs` writes; a folder holding only these (and summary.json) is an earlier output.
@@ -189,7 +166,7 @@ def write_outputs(res: ServeResult, out: str | Path, plots: bool = True, force: 
             if not res.kv_transfers.empty:
                 res.kv_transfers.to_parquet(tmp / "kv_transfers.parquet", index=False)
             if plots:
-                from moesim.sim.plots import write_plots
+                from moesim.sim.serving.plots import write_plots
 
                 files += write_plots(res.requests, res.itl, res.steps, tmp)
     return [out / f.name for f in files]

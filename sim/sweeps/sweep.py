@@ -1,8 +1,8 @@
 """Running a sweep: local processes or a Dask cluster, parquet shards, resume after any interruption.
 
-    from moesim.sim.sweep import run_sweep
+    from moesim.sim.sweeps.sweep import run_sweep
     res = run_sweep("examples/sweep-mixtral-gpu-choice.yaml", "runs/mixtral", workers=2)
-    res.results  # one row per point (see `sim.sweep_eval`), res.summary: JSON-ready figures
+    res.results  # one row per point (see `sim.sweeps.sweep_eval`), res.summary: JSON-ready figures
 
 Results are appended to ``OUT/shards/`` as parquet files, each written to a
 temporary name and renamed into place only once complete, so a shard is
@@ -14,7 +14,7 @@ twice; at most the last ``flush_s`` seconds of work are redone. Finished
 shards are never rewritten.
 
 When every point is done, ``results.parquet`` (all rows, with accuracy
-scores), the post-processing (`sim.sweep_report`: CAP table, Pareto front,
+scores), the post-processing (`sim.sweeps.sweep_report`: CAP table, Pareto front,
 cheapest configuration for a throughput target, plots) and ``summary.json``
 are written into ``OUT``.
 
@@ -44,10 +44,10 @@ import pandas as pd
 
 from moesim.model import outputs
 from moesim.model.errors import MoesimError
-from moesim.sim.serve import clean_json
-from moesim.sim.sweep_eval import evaluate_task
-from moesim.sim.sweep_report import write_atomic
-from moesim.sim.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
+from moesim.sim.common import clean_json
+from moesim.sim.sweeps.sweep_eval import evaluate_task
+from moesim.sim.sweeps.sweep_report import write_atomic
+from moesim.sim.sweeps.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
 
 Progress = Callable[[int, int, str], None]
 #: The lock file in a sweep's folder while a sweep runs into it (holds the pid).
@@ -449,7 +449,7 @@ def _run_locked(
         "points_per_s": (total - resumed) / run_s if run_s > 0 and total > resumed else None,
     }
     if post:
-        from moesim.sim.sweep_post import finish
+        from moesim.sim.sweeps.sweep_post import finish
 
         df, extra = finish(df, spec, out)
         summary |= extra

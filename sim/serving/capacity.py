@@ -1,0 +1,178 @@
+"""Replica memory capacity and the checks that a workload's requests can ever be served.
+
+`replica_capacity` says what one replica of a pool holds: KV-cache blocks and tokens left after
+weights and activations (`model.memory.estimate_memory`), offloading routed experts to host
+memory when the scenario allows it. `check_requests_fit` refuses a workload holding a request
+no replica could ever serve (over the model's context, over one replica's KV cache, or an
+unchunked prompt over the step budget): such a request would otherwise wait forever; the DES
+and the analytical engine share it. `make_timer` builds a pool's `StepTimer` from its capacity.
+
+Units: tokens, blocks, bytes (GiB where a name says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moesim.model import Batch, estimate_memory
+from moesim.model.errors import MoesimError
+from moesim.sim.serving.scenario import PCIE_BW, Built, Pool
+from moesim.sim.serving.steptime import Offload, StepTimer
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one replica's memory holds.
+
+    Attributes:
+        kv_blocks: KV-cache blocks of the replica (all its attention-DP groups).
+        kv_tokens: the same in tokens.
+        weight_gib: weights resident on the fullest GPU, GiB.
+        offload: the expert cache when experts are offloaded (None: all resident).
+        verdict: one line on how memory is used.
+    """
+
+    kv_blocks: int
+    kv_tokens: int
+    weight_gib: float
+    offload: Offload | None
+    verdict: str
+
+
+def replica_capacity(built: Built, pool: Pool) -> Capacity:
+    """KV blocks of one replica of ``pool``, offloading experts if the scenario allows it."""
+    m, lay, p, gpu = built.model, pool.layout, built.precision, pool.cluster.gpu
+    eng = pool.engine
+    probe = Batch.prefill(1, min(eng.max_tokens, 4096))
+    mem = estimate_memory(m, lay, gpu, p, mem_fraction=eng.mem_fraction)
+    act = 0.0
+    try:
+        act = max(op.act_bytes for op in StepTimer(m, lay, pool.cluster, p).estimate(probe).ops)
+    except MoesimError:
+        act = 0.0
+    free = mem.usable_bytes - mem.weight_bytes - act
+    per_token = mem.kv_bytes_per_token
+    off = built.scenario.offload
+    offload = None
+    weights = mem.weight_bytes
+    if off.enabled and m.moe is not None:
+        experts = mem.weights_by_component.get("routed_experts", 0.0)
+        slots = (m.moe.num_experts // lay.ep) * m.num_moe_layers // lay.pp
+        expert_bytes = experts / max(slots, 1)
+        resident_other = mem.weight_bytes - experts
+        budget = mem.usable_bytes - resident_other - act
+        if budget <= 0:
+            raise MoesimError(
+                f"{m.name} does not fit on {gpu.key} even with every expert offloaded: the other weights need "
+                f"{resident_other / 2**30:.1f} GiB of {mem.usable_bytes / 2**30:.1f} GiB usable",
+                "use more GPUs, a smaller dtype, or a GPU with more memory",
+            )
+        cache = off.cache_experts or int(budget * (1 - off.kv_fraction) // expert_bytes)
+        cache = max(1, min(cache, slots))
+        if cache < slots:
+            bw = off.host_bw or PCIE_BW.get(gpu.key, 32e9)
+            offload = Offload(cache, expert_bytes, bw)
+            weights = resident_other + cache * expert_bytes
+            free = mem.usable_bytes - weights - act
+    if free <= 0 or (per_token and free < per_token * eng.block_size):
+        short = (-free) / 2**30 if free <= 0 else 0.0
+        raise MoesimError(
+            f"{m.name} ({p.weights}) does not fit on {lay.label()} of {gpu.key}: weights {weights / 2**30:.1f} GiB "
+            f"leave no room for a KV cache (short by {short:.1f} GiB)",
+            "enable offload, use more GPUs per replica (tp/ep/pp), a smaller dtype or a GPU with more memory",
+        )
+    tokens_per_group = int(free // per_token) if per_token else 10**9
+    blocks = (tokens_per_group // eng.block_size) * lay.dp_attn
+    verdict = f"weights {weights / 2**30:.1f} GiB/GPU, KV cache {blocks * eng.block_size:,} tokens per replica" + (
+        f", {offload.cache_experts} of {slots} expert slots cached per GPU" if offload else ""
+    )
+    return Capacity(blocks, blocks * eng.block_size, weights / 2**30, offload, verdict)
+
+
+def _first_over(need: np.ndarray, room: int) -> tuple[int, int] | None:
+    """(index of the first entry of ``need`` [n] above ``room``, how many are), or None when all fit."""
+    over = np.flatnonzero(need > room)
+    return (int(over[0]), int(over.size)) if over.size else None
+
+
+def _more(count: int) -> str:
+    return f" (and {count - 1:,} more)" if count > 1 else ""
+
+
+def check_requests_fit(built: Built, requests: pd.DataFrame, caps: dict[str, Capacity]) -> None:
+    """Refuse a workload holding a request that no replica could ever serve, before simulating it.
+
+    Both engines call this once they know the requests and each pool's KV cache: a request whose
+    tokens exceed the model's context (``max_position_embeddings``, vLLM's rule: prompt + output),
+    whose KV cache alone exceeds one replica's (its longest moment holds input + output - 1 tokens;
+    a prefill pool holds the prompt only), or whose prompt exceeds ``engine.max_tokens`` when
+    prefill is not chunked, would wait forever in the DES and make the analytical model's
+    throughput meaningless.
+
+    Args:
+        built: the scenario's objects.
+        requests: the workload's table (`sim.serving.workload.generate`): request_id, input_tokens, output_tokens.
+        caps: each pool role's replica capacity (`replica_capacity`).
+
+    Raises:
+        MoesimError: one line naming the first such request (its id and token counts) and the room.
+    """
+    inp = requests["input_tokens"].to_numpy(np.int64)
+    out = requests["output_tokens"].to_numpy(np.int64)
+    rid = requests["request_id"].to_numpy()
+    m = built.model
+    cap_hint = "cap the lengths with workload.max_input / workload.max_output"
+    context = m.max_position_embeddings
+    if context > 0:
+        hit = _first_over(inp + out, context)
+        if hit is not None:
+            i, n = hit
+            raise MoesimError(
+                f"workload: request {int(rid[i])} has {int(inp[i]):,} input + {int(out[i]):,} output tokens, "
+                f"over {m.name}'s context of {context:,} tokens (max_position_embeddings){_more(n)}",
+                f"{cap_hint} so that input + output <= {context:,}",
+            )
+    for pool in built.pools:
+        cap, eng = caps[pool.role], pool.engine
+        held = inp if pool.role == "prefill" else inp + out - 1  # tokens in the cache at the request's longest
+        blocks = -(-held // eng.block_size)
+        hit = _first_over(blocks, cap.kv_blocks)
+        if hit is not None:
+            i, n = hit
+            raise MoesimError(
+                f"workload: request {int(rid[i])} needs {int(held[i]):,} tokens of KV cache "
+                f"({int(inp[i]):,} input + {int(out[i]):,} output), more than the {cap.kv_tokens:,} tokens "
+                f"a {pool.role} replica holds ({pool.layout.label()} of {pool.cluster.gpu.key}){_more(n)}",
+                f"{cap_hint}, or give each replica more memory (more GPUs per replica, a smaller "
+                "precision.kv_cache, engine.mem_fraction)",
+            )
+        if not eng.chunked_prefill and pool.role != "decode":
+            hit = _first_over(inp, eng.max_tokens)
+            if hit is not None:
+                i, n = hit
+                raise MoesimError(
+                    f"workload: request {int(rid[i])} has a {int(inp[i]):,}-token prompt, more than "
+                    f"engine.max_tokens {eng.max_tokens:,} with chunked_prefill off{_more(n)}",
+                    f"{cap_hint}, raise engine.max_tokens, or set engine.chunked_prefill: true",
+                )
+
+
+def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
+    r = built.scenario.routing
+    return StepTimer(
+        built.model,
+        pool.layout,
+        pool.cluster,
+        built.precision,
+        built.cost_model,
+        built.loads,
+        built.phys_to_log,
+        capacity_factor=r.capacity_factor,
+        overlap=r.overlap,
+        offload=cap.offload,
+        seed=seed,
+        max_pairs=pool.engine.max_tokens * (built.model.moe.top_k if built.model.moe else 1),
+    )

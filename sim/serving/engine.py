@@ -1,0 +1,237 @@
+"""The discrete-event serving simulator (SimPy).
+
+Requests arrive (an open-loop process or closed-loop clients), a router sends
+each to a replica, and each replica's engine loop runs steps the way vLLM V1
+and SGLang schedule them:
+
+- every step has a budget of ``max_tokens`` tokens and ``max_batch``
+  sequences; running requests are served first, in admission order (a
+  decoding request needs 1 token; a prefilling one the rest of its prompt,
+  cut to the budget when prefill is chunked, all-or-nothing when not), then
+  waiting requests are admitted first-come first-served while the budget,
+  the batch limit and free KV blocks allow;
+- the KV cache is paged: a request holds ceil(tokens in cache / block_size)
+  blocks; the number of blocks comes from the memory left after weights and
+  activations (`model.memory.estimate_memory`); when a step's growth does not
+  fit, the most recently admitted requests are preempted and recomputed
+  later (vLLM's recompute policy: their cache is freed, they go back to the
+  front of the queue and prefill prompt + generated tokens again);
+- a request emits a token at the end of every step in which its cache
+  reaches its tokens; the first is its TTFT, the gaps are its inter-token
+  latencies;
+- a step lasts `sim.serving.steptime.StepTimer.sample`: the cost model's op times
+  plus this step's routing draw (stragglers, drops, expert fetches);
+- pipeline parallelism runs ``pp`` batches in flight: a new batch starts after
+  the slowest stage's time, and its tokens land after the whole latency;
+- prefill/decode disaggregation: prefill replicas emit the first token, the
+  KV cache then travels to a decode replica (bytes / (link bandwidth x the
+  prefill replica's TP GPUs) + link latency, one transfer at a time per
+  destination), which decodes the rest.
+
+Runs of pure-decode steps with no arrival, completion or admission in between
+are processed in one event (each step still gets its own routing draw and
+time, and its own row in the step table): this is what makes 10,000 requests
+take seconds. A request submitted to the replica during a run (a KV transfer,
+a closed-loop client) ends the run after the step in progress.
+
+Before simulating, `check_requests_fit` refuses a workload holding a request no replica could
+ever serve (over the model's context, over one replica's KV cache, or an unchunked prompt over
+the step budget): such a request would otherwise wait forever. The analytical engine shares it.
+
+The parts live apart: memory capacity, request-fit checks and the timer factory in `capacity`,
+one replica's scheduler loop in `replica`, the result record in `results`; this module keeps the
+SimPy `Simulation` (arrivals and routing, disaggregation, the run) and re-exports the rest.
+
+Units: seconds, tokens, bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from moesim.model import Layout, kv_bytes_per_token
+from moesim.model.errors import MoesimError
+from moesim.sim.serving.capacity import (
+    Capacity,  # noqa: F401 (re-exported)
+    check_requests_fit,
+    make_timer,
+    replica_capacity,
+)
+from moesim.sim.serving.replica import (
+    MAX_RUN,  # noqa: F401 (re-exported)
+    Replica,
+    _Requests,
+)
+from moesim.sim.serving.results import (
+    STEP_COLUMNS,
+    TRANSFER_COLUMNS,
+    SimResult,
+    request_table,
+)
+from moesim.sim.serving.scenario import Built
+from moesim.sim.serving.workload import generate
+
+Progress = Callable[[float, float, str], None]
+
+
+class Simulation:
+    """One run of a built scenario."""
+
+    def __init__(self, built: Built, seed: int | None = None, progress: Progress | None = None) -> None:
+        self.built = built
+        seed = built.scenario.seed if seed is None else seed
+        self.env = simpy.Environment()
+        self.df = generate(built.workload, seed=seed, base_dir=built.base_dir)
+        if self.df.empty:
+            raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
+        self.req = _Requests(self.df)
+        self.steps: list[tuple[Any, ...]] = []
+        self.transfers: list[tuple[Any, ...]] = []
+        self.progress = progress
+        self.done = 0
+        self.closed = built.workload.arrival == "closed"
+        self.replicas: dict[str, list[Replica]] = {}
+        self.all: list[Replica] = []
+        self.capacities = {pool.role: replica_capacity(built, pool) for pool in built.pools}
+        check_requests_fit(built, self.df, self.capacities)
+        for p_i, pool in enumerate(built.pools):
+            cap = self.capacities[pool.role]
+            reps = []
+            for _ in range(pool.replicas):
+                timer = make_timer(built, pool, cap, seed * 1000 + len(self.all) + 17 * p_i)
+                rep = Replica(self, len(self.all), pool, cap, timer)
+                reps.append(rep)
+                self.all.append(rep)
+            self.replicas[pool.role] = reps
+        self.entry = self.replicas.get("mixed") or self.replicas["prefill"]
+        self._rr = {"entry": 0, "decode": 0}
+        self._arrivals = self.req.arrival
+        self._next = 0
+        self.kv_per_token = kv_bytes_per_token(built.model, Layout(), built.precision)
+        self.links: dict[int, simpy.Resource] = {}
+        self.waiters: dict[int, simpy.Event] = {}
+        self.wall0 = time.perf_counter()
+        self._last_progress = 0.0
+
+    # ---- arrivals and routing --------------------------------------------------------------------
+    def next_arrival(self) -> float:
+        if self.closed or self._next >= self.req.n:
+            return math.inf
+        return float(self._arrivals[self._next])
+
+    def _route(self, pool: list[Replica], key: str) -> Replica:
+        if self.built.scenario.router == "round_robin":
+            rep = pool[self._rr[key] % len(pool)]
+            self._rr[key] += 1
+            return rep
+        return min(pool, key=lambda r: (r.outstanding, r.index))
+
+    def _arrive(self, rid: int) -> None:
+        rep = self._route(self.entry, "entry")
+        self.req.replica[rid] = rep.index
+        self.req.prefill_replica[rid] = rep.index if rep.pool.role == "prefill" else -1
+        rep.submit(rid)
+
+    def open_loop(self):
+        for rid in range(self.req.n):
+            wait = self._arrivals[rid] - self.env.now
+            if wait > 0:
+                yield self.env.timeout(wait)
+            self._next = rid + 1
+            self._arrive(rid)
+
+    def client(self, first: int, stride: int):
+        think = self.built.workload.think_s
+        for rid in range(first, self.req.n, stride):
+            self.req.arrival[rid] = self.env.now
+            done = self.env.event()
+            self.waiters[rid] = done
+            self._arrive(rid)
+            yield done
+            if think:
+                yield self.env.timeout(think)
+
+    def on_finish(self, rid: int) -> None:
+        self.done += 1
+        ev = self.waiters.pop(rid, None)
+        if ev is not None:
+            ev.succeed()
+        if self.progress and (self.done == self.req.n or time.perf_counter() - self._last_progress > 0.2):
+            self._last_progress = time.perf_counter()
+            self.progress(self.done, self.req.n, f"{self.env.now:.1f} s simulated")
+
+    # ---- disaggregation --------------------------------------------------------------------------
+    def handoff(self, rid: int, src: int) -> None:
+        self.env.process(self._transfer(rid, src))
+
+    def _transfer(self, rid: int, src: int):
+        R = self.req
+        dst = self._route(self.replicas["decode"], "decode")
+        R.replica[rid] = dst.index
+        pool = self.all[src].pool
+        d = self.built.scenario.disaggregation
+        assert d is not None
+        cl = self.built.cluster
+        kind = d.kv_link
+        if kind == "auto":
+            kind = "intra" if self.built.gpus <= cl.gpus_per_node else "inter"
+        bw, lat = cl.link(kind)
+        nbytes = float(R.comp[rid]) * self.kv_per_token
+        seconds = nbytes / (bw * pool.layout.tp * pool.layout.pp) + lat
+        link = self.links.setdefault(dst.index, simpy.Resource(self.env, capacity=1))
+        with link.request() as req:
+            yield req
+            start = self.env.now
+            yield self.env.timeout(seconds)
+        self.transfers.append((rid, src, dst.index, start, seconds, nbytes))
+        dst.submit(rid)
+
+    # ---- run --------------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        w = self.built.workload
+        if self.closed:
+            for c in range(min(w.concurrency or 1, self.req.n)):
+                self.env.process(self.client(c, w.concurrency or 1))
+        else:
+            self.env.process(self.open_loop())
+        self.env.run()
+        R = self.req
+        req = request_table(
+            {
+                "request_id": self.df["request_id"].to_numpy(),
+                "replica": R.replica,
+                "prefill_replica": R.prefill_replica,
+                "arrival_s": R.arrival,
+                "input_tokens": R.inp,
+                "output_tokens": R.out,
+                "scheduled_s": R.scheduled,
+                "first_token_s": R.first,
+                "finish_s": R.finish,
+                "preemptions": R.preempt,
+            }
+        )
+        steps = pd.DataFrame(self.steps, columns=STEP_COLUMNS)
+        transfers = pd.DataFrame(self.transfers, columns=TRANSFER_COLUMNS)
+        itl = np.concatenate(R.itl) if R.itl else np.zeros(0)
+        return SimResult(
+            req,
+            itl,
+            steps,
+            transfers,
+            {r.index: r.busy for r in self.all},
+            self.capacities,
+            time.perf_counter() - self.wall0,
+            {r.index: r.pool.layout.num_gpus for r in self.all},
+        )
+
+
+def simulate(built: Built, seed: int | None = None, progress: Progress | None = None) -> SimResult:
+    """Run the discrete-event simulation of ``built``; see the module docstring."""
+    return Simulation(built, seed, progress).run()

@@ -1,0 +1,325 @@
+"""One serving replica's engine loop: the step scheduler, paged KV blocks, preemption and folded decode runs.
+
+`Replica` runs the vLLM V1 / SGLang-style schedule described in `sim.serving.engine`: a step budget
+of ``max_tokens`` tokens and ``max_batch`` sequences, running requests first, first-come first-served
+admission while KV blocks allow, recompute preemption of the latest admitted, and runs of up to
+`MAX_RUN` pure-decode steps folded into one SimPy event. `_Requests` holds every request's state as
+arrays [n] indexed by request id (times in seconds, lengths in tokens). A replica talks to its
+simulation only through the `Host` protocol, so this module does not import the engine.
+
+Units: seconds, tokens, KV blocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from moesim.model import Batch
+from moesim.sim.serving.capacity import Capacity
+from moesim.sim.serving.scenario import Pool
+from moesim.sim.serving.steptime import StepCost, StepTimer
+
+#: Most decode steps folded into one event.
+MAX_RUN = 64
+
+
+class Host(Protocol):
+    """What a `Replica` needs from its simulation (`engine.Simulation`)."""
+
+    env: simpy.Environment
+    req: _Requests
+    steps: list[tuple[Any, ...]]
+
+    def next_arrival(self) -> float:
+        """The next open-loop arrival time, s (inf when none is due)."""
+        ...
+
+    def on_finish(self, rid: int) -> None:
+        """Request ``rid`` emitted its last token."""
+        ...
+
+    def handoff(self, rid: int, src: int) -> None:
+        """Request ``rid`` finished prefill on replica ``src``; move its KV cache to a decode replica."""
+        ...
+
+
+class _Requests:
+    """Every request's state, as arrays indexed by request id."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        n = len(df)
+        self.n = n
+        self.arrival = df["arrival_s"].to_numpy(float).copy()
+        self.inp = df["input_tokens"].to_numpy(np.int64)
+        self.out = df["output_tokens"].to_numpy(np.int64)
+        self.comp = np.zeros(n, np.int64)  # tokens in the KV cache
+        self.gen = np.zeros(n, np.int64)  # output tokens emitted
+        self.replica = np.full(n, -1, np.int64)
+        self.prefill_replica = np.full(n, -1, np.int64)
+        self.scheduled = np.full(n, np.nan)
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.last = np.full(n, np.nan)
+        self.preempt = np.zeros(n, np.int64)
+        self.itl: list[np.ndarray] = []
+
+
+class Replica:
+    """One engine (see the module docstring)."""
+
+    def __init__(self, sim: Host, index: int, pool: Pool, cap: Capacity, timer: StepTimer) -> None:
+        self.sim, self.index, self.pool, self.cap, self.timer = sim, index, pool, cap, timer
+        self.env = sim.env
+        self.eng = pool.engine
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.in_flight: set[int] = set()
+        self.blocks_used = 0
+        self.wake = self.env.event()
+        self.busy = np.zeros(pool.layout.num_gpus)
+        lay = pool.layout
+        # each GPU's expert-parallel rank (its column of the step's per-rank straggler wait)
+        self.ep_rank = (np.arange(lay.num_gpus) % lay.stage_gpus) // lay.moe_tp % max(lay.ep, 1)
+        self.stage_share = 1.0
+        if pool.layout.pp > 1:
+            est = timer.estimate(Batch.decode(8, 1024))
+            stages = est.stage_seconds()
+            self.stage_share = max(stages) / sum(stages)
+        self.in_run = False  # inside a folded decode run, which a submitted request cuts short
+        self.proc = self.env.process(self.loop())
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def submit(self, rid: int, front: bool = False) -> None:
+        (self.waiting.appendleft if front else self.waiting.append)(rid)
+        if self.in_run:  # a request the run did not foresee (a KV transfer, a closed-loop client): end it early
+            self.in_run = False
+            self.proc.interrupt()
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def _blocks(self, tokens: np.ndarray) -> np.ndarray:
+        return -(-tokens // self.eng.block_size)
+
+    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
+        """Choose this step's sequences and their new tokens; preempt and admit. Returns (ids, alloc)."""
+        R, eng = self.sim.req, self.eng
+        budget = eng.max_tokens
+        ids = np.array([r for r in self.running if r not in self.in_flight], np.int64)
+        alloc = np.zeros(0, np.int64)
+        if ids.size:
+            need = R.inp[ids] + R.gen[ids] - R.comp[ids]
+            before = np.cumsum(need) - need
+            alloc = np.clip(budget - before, 0, need)
+            if not eng.chunked_prefill:
+                alloc = np.where(alloc < need, 0, alloc)
+            if ids.size > eng.max_batch:
+                alloc[eng.max_batch :] = 0
+            # KV growth: preempt the latest admitted until the step fits
+            grow = self._blocks(R.comp[ids] + alloc) - self._blocks(R.comp[ids])
+            while ids.size and self.blocks_used + int(grow.sum()) > self.cap.kv_blocks:
+                victim = int(ids[-1])
+                self._preempt(victim)
+                ids, alloc, grow = ids[:-1], alloc[:-1], grow[:-1]
+            budget -= int(alloc.sum())
+        seqs = int((alloc > 0).sum())
+        admitted: list[int] = []
+        adm_alloc: list[int] = []
+        free = self.cap.kv_blocks - self.blocks_used - (int(grow.sum()) if ids.size else 0)
+        while self.waiting and budget > 0 and seqs < eng.max_batch:
+            rid = self.waiting[0]
+            need = int(R.inp[rid] + R.gen[rid] - R.comp[rid])
+            a = min(need, budget) if eng.chunked_prefill else need
+            if a > budget:
+                break
+            blocks = int(self._blocks(np.int64(R.comp[rid] + a)))  # a transferred KV cache needs its blocks too
+            if blocks > free:
+                break
+            self.waiting.popleft()
+            self.blocks_used += int(self._blocks(np.int64(R.comp[rid])))
+            free -= blocks
+            budget -= a
+            seqs += 1
+            self.running.append(rid)
+            admitted.append(rid)
+            adm_alloc.append(a)
+            if np.isnan(R.scheduled[rid]):
+                R.scheduled[rid] = self.env.now
+        if admitted:
+            ids = np.concatenate([ids, np.array(admitted, np.int64)])
+            alloc = np.concatenate([alloc, np.array(adm_alloc, np.int64)])
+        keep = alloc > 0
+        return ids[keep], alloc[keep]
+
+    def _preempt(self, rid: int) -> None:
+        R = self.sim.req
+        self.blocks_used -= int(self._blocks(np.int64(R.comp[rid])))
+        R.comp[rid] = 0
+        R.preempt[rid] += 1
+        self.running.remove(rid)
+        self.waiting.appendleft(rid)
+
+    def loop(self):
+        R = self.sim.req
+        while True:
+            ids, alloc = self._schedule()
+            if not ids.size:
+                self.wake = self.env.event()
+                yield self.wake
+                continue
+            waiting0, running0 = len(self.waiting), len(self.running)
+            if self._can_run(ids, alloc):
+                yield from self._decode_run(ids, waiting0)
+                continue
+            cached = R.comp[ids].copy()
+            decode = int(((alloc == 1) & (R.gen[ids] > 0)).sum())
+            cost = self.timer.sample(alloc, cached)
+            self.blocks_used += int((self._blocks(cached + alloc) - self._blocks(cached)).sum())
+            start = self.env.now
+            if self.pool.layout.pp > 1:
+                self.in_flight.update(ids.tolist())
+                self.env.process(self._land_later(ids, alloc, start + cost.duration_s))
+                yield self.env.timeout(cost.duration_s * self.stage_share)
+            else:
+                yield self.env.timeout(cost.duration_s)
+                self._land(ids, alloc)
+            self._record(start, cost, ids, alloc, decode, waiting0, running0)
+
+    def _can_run(self, ids: np.ndarray, alloc: np.ndarray) -> bool:
+        R = self.sim.req
+        return (
+            self.pool.layout.pp == 1
+            and not self.waiting
+            and self.timer.offload is None
+            and bool((alloc == 1).all())
+            and bool((R.comp[ids] == R.inp[ids] + R.gen[ids] - 1).all())
+            and len(self.running) == ids.size
+        )
+
+    def _decode_run(self, ids: np.ndarray, waiting0: int):
+        """Up to MAX_RUN decode steps of the same sequences, ending at the next arrival, completion or KV limit."""
+        R = self.sim.req
+        left = int((R.out[ids] - R.gen[ids]).min())
+        steps = max(1, min(left, MAX_RUN))
+        cached0 = R.comp[ids].copy()
+        growth = np.array(
+            [int((self._blocks(cached0 + j + 1) - self._blocks(cached0 + j)).sum()) for j in range(steps)]
+        )
+        fits = int(np.searchsorted(self.blocks_used + np.cumsum(growth) > self.cap.kv_blocks, True))
+        if fits == 0:  # not even one step fits: preempt the latest admitted and schedule again
+            self._preempt(int(ids[-1]))
+            return
+        steps = min(steps, fits)
+        ones = np.ones(ids.size, np.int64)
+        costs = self.timer.sample_run(ones, cached0[None, :] + np.arange(steps)[:, None])
+        start = self.env.now
+        durations = np.array([c.duration_s for c in costs])
+        ends = start + np.cumsum(durations)
+        k = min(steps, int(np.searchsorted(ends, self.sim.next_arrival())) + 1)
+        self.in_run = True
+        try:
+            yield self.env.timeout(float(ends[k - 1] - start))
+        except simpy.Interrupt:  # a request was submitted: finish the step in progress, then schedule again
+            k = min(k, int(np.searchsorted(ends, self.env.now, side="right")) + 1)
+            yield self.env.timeout(max(0.0, float(ends[k - 1]) - self.env.now))
+        finally:
+            self.in_run = False
+        durations, ends, costs = durations[:k], ends[:k], costs[:k]
+        self.blocks_used += int(growth[:k].sum())
+        # every sequence got k tokens, one per step
+        itl = np.empty((k, ids.size))
+        itl[0] = ends[0] - R.last[ids]
+        if k > 1:
+            itl[1:] = durations[1:, None]
+        first_mask = R.gen[ids] == 0
+        R.itl.append(itl[:, ~first_mask].ravel())
+        R.first[ids[first_mask]] = ends[0]
+        R.comp[ids] += k
+        R.gen[ids] += k
+        R.last[ids] = ends[-1]
+        for j, cost in enumerate(costs):
+            self._record(float(ends[j] - durations[j]), cost, ids, ones, ids.size, waiting0)
+        self._finish_done(ids)
+
+    def _land_later(self, ids: np.ndarray, alloc: np.ndarray, at: float):
+        yield self.env.timeout(max(0.0, at - self.env.now))
+        self.in_flight.difference_update(ids.tolist())
+        self._land(ids, alloc)
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def _land(self, ids: np.ndarray, alloc: np.ndarray) -> None:
+        """Apply a finished step: caches grow, tokens are emitted, requests finish."""
+        R, now = self.sim.req, self.env.now
+        R.comp[ids] += alloc
+        emit = ids[R.comp[ids] == R.inp[ids] + R.gen[ids]]
+        if emit.size:
+            had = R.gen[emit] > 0
+            R.itl.append(now - R.last[emit[had]])
+            R.first[emit[~had]] = now
+            R.gen[emit] += 1
+            R.last[emit] = now
+            self._finish_done(emit)
+
+    def _finish_done(self, ids: np.ndarray) -> None:
+        R, now = self.sim.req, self.env.now
+        done = ids[R.gen[ids] >= R.out[ids]]
+        prefill_pool = self.pool.role == "prefill"
+        handoff = ids[(R.gen[ids] == 1) & (R.out[ids] > 1)] if prefill_pool else ids[:0]
+        for rid in np.concatenate([done, handoff]).tolist():
+            self.blocks_used -= int(self._blocks(np.int64(R.comp[rid])))
+            self.running.remove(rid)
+        for rid in done.tolist():
+            R.finish[rid] = now
+            self.sim.on_finish(rid)
+        for rid in handoff.tolist():
+            self.sim.handoff(rid, self.index)
+
+    def _record(
+        self,
+        start: float,
+        c: StepCost,
+        ids: np.ndarray,
+        alloc: np.ndarray,
+        decode: int,
+        waiting: int,
+        running: int | None = None,
+    ) -> None:
+        """Append a step's row; ``waiting`` and ``running`` are counted while it runs (default: running now)."""
+        prefill_tokens = int(alloc.sum()) - decode
+        phase = "decode" if prefill_tokens == 0 else ("prefill" if decode == 0 else "mixed")
+        self.sim.steps.append(
+            (
+                self.index,
+                self.pool.role,
+                start,
+                c.duration_s,
+                phase,
+                int(alloc.sum()),
+                prefill_tokens,
+                decode,
+                int(ids.size),
+                self.blocks_used / max(self.cap.kv_blocks, 1),
+                waiting,
+                len(self.running) if running is None else running,
+                c.compute_s,
+                c.comm_s,
+                c.straggler_s,
+                c.fetch_s,
+                c.dropped_pairs,
+                c.pairs,
+                c.bytes,
+                c.flops,
+            )
+        )
+        wait = c.gpu_wait_s
+        # with pp > 1 a GPU works on its stage's share of the step only (steps of a pipeline overlap)
+        idle = wait[self.ep_rank] if wait.size == self.pool.layout.ep else 0.0
+        self.busy += self.stage_share * (c.duration_s - idle)
