@@ -14,13 +14,82 @@ projection. MLA (DeepSeek) in two forms:
 Core attention FLOPs: 2 per multiply-add over causal query-key pairs
 (`Batch.attention_pairs`, window-capped): ``2 * pairs * heads * (d_qk + d_v)``.
 KV bytes: every cached token of a sequence is read once (FlashAttention-style,
-one pass per KV head) and the step's new tokens are written.
+one pass per KV head). The step's new tokens are written by a kernel of their
+own before attention (``kv_write``: vLLM's ``reshape_and_cache_flash``, MLA's
+``concat_and_cache_mla``), after the rotary embedding of q and k (``rope``:
+vLLM's ``rotary_embedding``); Qwen3-style per-head q/k norms and MLA's latent
+norms are RMSNorm kernels (``qk_norm``, ``q_a_norm``, ``kv_a_norm``).
 """
 
 from __future__ import annotations
 
-from moesim.model.op_record import Op, OpContext, collective, gemm
+from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet
+
+
+def rope_op(group: str, count: int, tokens: int, heads: int, kv_heads: int, rot_dim: int, ab: float, dt: str) -> Op:
+    """Rotary embedding of q and k in place: vLLM ``rotary_embedding`` (vllm-project/vllm@csrc/pos_encoding_kernels.cu).
+
+    One thread block per token reads its position (int64) and its cos/sin row ([rot_dim] in the model dtype),
+    then reads and writes the ``rot_dim`` rotated elements of each of ``heads`` query and ``kv_heads`` key
+    heads: ``x cos - y sin`` and ``y cos + x sin``, 3 FLOP per element. One launch.
+    """
+    rotated = float(tokens) * (heads + kv_heads) * rot_dim
+    return memory_op(
+        "rope",
+        "rope",
+        group,
+        count,
+        flops=3.0 * rotated,
+        read=rotated * ab + tokens * (8.0 + rot_dim * ab),
+        written=rotated * ab,
+        dtype=dt,
+        shape={"tokens": tokens, "heads": heads, "kv_heads": kv_heads, "rot_dim": rot_dim},
+    )
+
+
+def kv_write_op(group: str, count: int, tokens: int, width: int, ab: float, kvb: float, dt: str) -> Op:
+    """The new tokens' K and V (or MLA latent) copied into the paged KV cache at their slots.
+
+    vLLM ``reshape_and_cache_flash`` / ``concat_and_cache_mla`` (vllm-project/vllm@csrc/cache_kernels.cu): one
+    thread block per token reads its slot (int64) and its ``width`` elements (K and V of the local KV heads, or
+    the latent and rope key) and writes them in the cache's dtype. One launch.
+    """
+    return memory_op(
+        "kv_write",
+        "kv_write",
+        group,
+        count,
+        flops=0.0,
+        read=float(tokens) * (width * ab + 8.0),
+        written=0.0,
+        kv_bytes=float(tokens) * width * kvb,
+        dtype=dt,
+        shape={"tokens": tokens, "width": width, "kv_bytes": kvb},
+    )
+
+
+def _rms(
+    name: str, group: str, count: int, tokens: int, rows: int, width: int, ab: float, dt: str, kernels: int,
+    weight: int | None = None,
+) -> Op:  # fmt: skip
+    """A plain ``rms_norm`` over ``tokens x rows`` rows of ``width`` (vllm-project/vllm@csrc/layernorm_kernels.cu):
+    reads and writes each row once, reads the weights (``weight`` elements; default ``width`` per launch);
+    4 FLOP per element."""
+    n = float(tokens) * rows * width
+    return memory_op(
+        name,
+        "norm",
+        group,
+        count,
+        flops=4.0 * n,
+        read=n * ab,
+        written=n * ab,
+        weight_bytes=(width * kernels if weight is None else weight) * ab,
+        dtype=dt,
+        shape={"tokens": tokens * rows, "hidden": width, "residual": 0},
+        kernels=kernels,
+    )
 
 
 def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
@@ -38,7 +107,13 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
     if a.kind != "mla":
         kvh = -(-a.num_kv_heads // lay.tp)  # kv heads per GPU, replicated when fewer than tp
         d, dv = a.head_dim, a.v_head_dim
+        act = p.activations
         ops.append(gemm("qkv_proj", label, n, t, heads * d + kvh * (d + dv), h, wb, ab, dt))
+        if a.qk_norm != "none":  # q_norm and k_norm: two rms_norm launches, per head (Qwen3) or over q and k (OLMoE)
+            weight = 2 * d if a.qk_norm == "head" else (heads + kvh) * d
+            ops.append(_rms("qk_norm", label, n, t, heads + kvh, d, ab, act, 2, weight))
+        ops.append(rope_op(label, n, t, heads, kvh, d, ab, act))
+        ops.append(kv_write_op(label, n, t, kvh * (d + dv), ab, kvb, act))
         ops.append(
             Op(
                 "attention",
@@ -47,7 +122,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                 n,
                 flops=2.0 * pairs * heads * (d + dv),
                 weight_bytes=0.0,
-                kv_bytes=(kv_read + t) * kvh * (d + dv) * kvb,
+                kv_bytes=kv_read * kvh * (d + dv) * kvb,
                 act_bytes=t * heads * (d + dv) * ab,
                 dtype=at,
                 shape={**shape, "kv_heads": kvh, "head_dim": d, "form": a.kind},
@@ -57,12 +132,17 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
     else:
         nope, rope, lora, dv = a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank, a.v_head_dim
         latent = (lora + rope) * kvb  # bytes of one cached token
+        act = p.activations
         if a.q_lora_rank:
             ops.append(gemm("q_a_proj", label, n, t, a.q_lora_rank, h, wb, ab, dt))
+            ops.append(_rms("q_a_norm", label, n, t, 1, a.q_lora_rank, ab, act, 1))
             ops.append(gemm("q_b_proj", label, n, t, heads * (nope + rope), a.q_lora_rank, wb, ab, dt))
         else:
             ops.append(gemm("q_proj", label, n, t, heads * (nope + rope), h, wb, ab, dt))
         ops.append(gemm("kv_a_proj", label, n, t, lora + rope, h, wb, ab, dt))
+        ops.append(_rms("kv_a_norm", label, n, t, 1, lora, ab, act, 1))
+        ops.append(rope_op(label, n, t, heads, 1, rope, ab, act))  # q_pe of every head and the shared k_pe
+        ops.append(kv_write_op(label, n, t, lora + rope, ab, kvb, act))  # concat_and_cache_mla
         if absorb:
             ops.append(
                 Op(
@@ -86,7 +166,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     n,
                     flops=2.0 * pairs * heads * (2 * lora + rope),
                     weight_bytes=0.0,
-                    kv_bytes=(kv_read + t) * latent,
+                    kv_bytes=kv_read * latent,
                     act_bytes=t * heads * (2 * lora + rope) * ab,
                     dtype=at,
                     shape={**shape, "kv_heads": 1, "head_dim": lora + rope, "form": "mla_absorbed"},
@@ -130,7 +210,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     n,
                     flops=2.0 * pairs * heads * (nope + rope + dv),
                     weight_bytes=0.0,
-                    kv_bytes=t * latent,
+                    kv_bytes=0.0,
                     act_bytes=(t * heads * (nope + rope + dv) + kv_read * (width + rope)) * ab,
                     dtype=at,
                     shape={**shape, "kv_heads": heads, "head_dim": nope + rope, "form": "mla"},

@@ -26,8 +26,10 @@ class Op:
     Attributes:
         name: e.g. ``qkv_proj``, ``attention``, ``routed_experts``, ``ep_dispatch``.
         kind: ``gemm``, ``grouped_gemm``, ``attention``, ``router``,
-            ``embedding``, ``all_reduce``, ``all_gather``, ``reduce_scatter``,
-            ``all_to_all`` or ``p2p``.
+            ``embedding``, the engines' memory-bound kernels (``norm``,
+            ``rope``, ``activation``, ``kv_write``, ``topk_softmax``,
+            ``sampling``: `model.ops.ENGINE_KINDS`), ``all_reduce``,
+            ``all_gather``, ``reduce_scatter``, ``all_to_all`` or ``p2p``.
         group: the layer set's label (``0-2 dense``, ``3-60 moe``,
             ``moe swa128 x18``), or ``embed`` / ``head`` / ``pp``.
         count: occurrences per step (layers in the set).
@@ -42,6 +44,11 @@ class Op:
         dtype: the dtype whose peak FLOP/s applies.
         stage: the pipeline stage that runs it.
         shape: the op's dimensions (``m, n, k`` for GEMMs...), for lookups.
+        kernels: GPU kernel launches per occurrence (a GEMM 1; vLLM's fused
+            MoE 4 or 5: alignment, two grouped GEMMs, activation, top-k sum).
+            A step launches ``sum(op.kernels * op.count)`` kernels
+            (`model.ops.kernel_launches`); an eager engine pays a host cost
+            per launch, a captured CUDA graph does not.
     """
 
     name: str
@@ -59,6 +66,7 @@ class Op:
     dtype: str = "bf16"
     stage: int = 0
     shape: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    kernels: int = 1
 
     @property
     def bytes(self) -> float:
@@ -90,6 +98,43 @@ def gemm(
         act_bytes=(m * k + m * n) * a_bytes,
         dtype=dtype,
         shape={"m": m, "n": n, "k": k, "w_bytes": w_bytes},
+    )
+
+
+def memory_op(
+    name: str,
+    kind: str,
+    group: str,
+    count: int,
+    *,
+    flops: float,
+    read: float,
+    written: float,
+    dtype: str,
+    shape: dict[str, Any],
+    weight_bytes: float = 0.0,
+    kv_bytes: float = 0.0,
+    kernels: int = 1,
+) -> Op:
+    """A memory-bound kernel (norm, rotary embedding, activation, top-k, sampling...).
+
+    ``read`` and ``written`` are its activation bytes read and written (bytes);
+    ``weight_bytes`` and ``kv_bytes`` what it moves of weights and of the KV
+    cache besides; ``flops`` its arithmetic (FLOP), so the roofline takes the
+    larger of both.
+    """
+    return Op(
+        name,
+        kind,
+        group,
+        count,
+        flops=float(flops),
+        weight_bytes=float(weight_bytes),
+        kv_bytes=float(kv_bytes),
+        act_bytes=float(read + written),
+        dtype=dtype,
+        shape=shape,
+        kernels=kernels,
     )
 
 

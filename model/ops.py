@@ -6,7 +6,13 @@ the busiest GPU runs: per set of identical layers (one `Op` with a
 its plain and absorbed forms), the router, routed experts (grouped GEMM),
 shared experts, dense FFN, the collectives (TP all-reduce,
 DP-attention gather/scatter, EP dispatch and combine all-to-all, pipeline
-sends), the embedding and the LM head. Every FLOP and byte count is made
+sends), the embedding and the LM head, and the memory-bound kernels an
+inference engine runs between them (`ENGINE_KINDS`): the fused residual add
+and RMSNorm, rotary embedding, the SiLU-and-multiply activation, the KV-cache
+write, the router's top-k softmax, the fused-MoE alignment and top-k sum
+(inside the routed-experts op, `fused_moe_parts`) and the sampler. Each op
+says how many GPU kernels it launches (``Op.kernels``; `kernel_launches`).
+Every FLOP and byte count is made
 here, in `model.attention_ops` (the attention block) and in the builders of
 `model.op_record` (`Op`, `gemm`, `collective`, re-exported here), and nowhere else.
 
@@ -25,34 +31,228 @@ import numpy as np
 from moesim.model.attention_ops import attention_ops
 from moesim.model.batch import Batch
 from moesim.model.dtypes import Precision
-from moesim.model.errors import LayoutError
+from moesim.model.errors import LayoutError, MoesimError
 from moesim.model.hardware import ClusterSpec
 from moesim.model.layout import Layout
-from moesim.model.op_record import Op, OpContext, collective, gemm
+from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet, layer_sets
 from moesim.model.routing import gpu_loads, token_fanout
 from moesim.model.spec import ModelSpec
 
+#: Kinds of the memory-bound kernels an inference engine runs between the GEMMs (vLLM's and SGLang's custom
+#: ops); training frameworks run their own versions of some (`sim.training.train_cost`).
+ENGINE_KINDS = frozenset({"norm", "rope", "activation", "kv_write", "topk_softmax", "sampling"})
+#: Sampling rules of `sampler_op`: ``greedy`` (temperature 0, what vLLM's benchmark client sends:
+#: vllm-project/vllm@benchmarks/backend_request_func.py, ``"temperature": 0.0``) or ``random``.
+SAMPLING = ("greedy", "random")
 
-def _ffn(prefix: str, group: str, count: int, tokens: int, width: int, h: int, p: Precision, dtype: str) -> list[Op]:
-    """Gated FFN on ``tokens`` tokens with local width ``width``: gate_up then down."""
-    wb, ab = p.weight_bytes, p.activation_bytes
-    up = gemm(f"{prefix}_gate_up", group, count, tokens, 2 * width, h, wb, ab, dtype)
-    down = gemm(f"{prefix}_down", group, count, tokens, h, width, wb, ab, dtype)
-    # the activation (silu(gate) * up) is fused into the down GEMM's prologue: it reads 2*width
-    down = Op(
-        down.name,
-        down.kind,
+
+def kernel_launches(ops: list[Op] | tuple[Op, ...]) -> int:
+    """GPU kernel launches of a step: ``sum(op.kernels * op.count)`` over `decompose`'s ops."""
+    return int(sum(op.kernels * op.count for op in ops))
+
+
+def norm_op(name: str, group: str, count: int, tokens: int, width: int, p: Precision, *, residual: bool) -> Op:
+    """RMSNorm over ``tokens`` rows of ``width``, with the residual add fused in (``residual``) or not.
+
+    vLLM ``fused_add_rms_norm`` (vllm-project/vllm@csrc/layernorm_kernels.cu): reads ``input`` and ``residual``
+    [tokens, width], writes ``residual = input + residual``, then reads it back (from L2) and writes the normed
+    ``input`` in place: 2 rows read and 2 written from device memory, plus the weight [width]. FLOP per element:
+    add, square and accumulate, scale, weight (5). ``rms_norm`` (no residual): 1 row read, 1 written, 4 FLOP.
+    One launch, one thread block per token.
+    """
+    ab, rows = p.activation_bytes, 2 if residual else 1
+    return memory_op(
+        name,
+        "norm",
         group,
         count,
-        down.flops,
-        down.weight_bytes,
-        0.0,
-        down.act_bytes + tokens * width * ab,
-        dtype=dtype,
-        shape=down.shape,
+        flops=(5.0 if residual else 4.0) * tokens * width,
+        read=rows * tokens * width * ab,
+        written=rows * tokens * width * ab,
+        weight_bytes=width * p.unquantized_bytes,
+        dtype=p.activations,
+        shape={"tokens": tokens, "hidden": width, "residual": int(residual)},
     )
-    return [up, down]
+
+
+def act_op(name: str, group: str, count: int, rows: float, width: int, ab: float, dtype: str) -> Op:
+    """SiLU(gate) * up over ``rows`` rows: vLLM ``silu_and_mul`` (vllm-project/vllm@csrc/activation_kernels.cu).
+
+    Reads [rows, 2 width] (gate and up halves), writes [rows, width]; 5 FLOP per output (negate, exp, add,
+    divide: x / (1 + exp(-x)), then the multiply by up). One launch.
+    """
+    return memory_op(
+        name,
+        "activation",
+        group,
+        count,
+        flops=5.0 * rows * width,
+        read=2.0 * rows * width * ab,
+        written=rows * width * ab,
+        dtype=dtype,
+        shape={"tokens": rows, "width": width},
+    )
+
+
+def _ffn(prefix: str, group: str, count: int, tokens: int, width: int, h: int, p: Precision, dtype: str) -> list[Op]:
+    """Gated FFN on ``tokens`` tokens with local width ``width``: gate_up, SiLU-and-multiply, down.
+
+    The activation is its own kernel (`act_op`) between the GEMMs, as vLLM and SGLang run it; the down GEMM
+    reads only its [tokens, width] input.
+    """
+    wb, ab = p.weight_bytes, p.activation_bytes
+    up = gemm(f"{prefix}_gate_up", group, count, tokens, 2 * width, h, wb, ab, dtype)
+    act = act_op(f"{prefix}_act", group, count, tokens, width, ab, p.activations)
+    down = gemm(f"{prefix}_down", group, count, tokens, h, width, wb, ab, dtype)
+    return [up, act, down]
+
+
+def moe_block_m(tokens: float, local_experts: int) -> int:
+    """The fused-MoE kernel's rows per block: vLLM's default config (``get_default_config`` in
+    vllm-project/vllm@vllm/model_executor/layers/fused_moe/fused_moe.py): 16 when tokens <= experts, else 64."""
+    return 16 if tokens <= local_experts else 64
+
+
+def fused_moe_parts(
+    tokens: float,
+    pairs: float,
+    active: float,
+    hidden: int,
+    width: int,
+    local_experts: int,
+    top_k: int,
+    w_bytes: float,
+    a_bytes: float,
+    dtype: str,
+    *,
+    reduce: bool,
+) -> list[Op]:
+    """The kernels of one fused-MoE layer on one GPU, in order, as vLLM's ``fused_experts`` runs them.
+
+    vllm-project/vllm@vllm/model_executor/layers/fused_moe/fused_moe.py (Triton path):
+
+    - ``moe_align``: ``moe_align_block_size`` (csrc/moe/moe_align_sum_kernels.cu) reads the [pairs] int32 expert
+      ids and writes the pair ids sorted by expert, each expert's run padded to the block size
+      ([pairs + experts x (block_m - 1)] int32), the expert of each block and the per-expert offsets. One
+      launch while pairs < 1024 and experts <= 64 (its small-batch kernel), else two.
+    - ``gate_up``: grouped GEMM [pairs, hidden] @ [hidden, 2 width] per active expert (A rows gathered by the
+      sorted ids); reads the active experts' weights, writes [pairs, 2 width].
+    - ``act``: ``silu_and_mul`` [pairs, 2 width] -> [pairs, width] (`act_op`).
+    - ``down``: grouped GEMM [pairs, width] @ [width, hidden], the routing weight multiplied in
+      (``MUL_ROUTED_WEIGHT``); writes [pairs, hidden].
+    - ``moe_sum`` (``reduce``): sums each token's top-k rows, [tokens, top_k, hidden] -> [tokens, hidden]
+      (csrc/moe/moe_align_sum_kernels.cu). With expert parallelism the combine reduces them instead
+      (DeepEP's combine kernel): no ``moe_sum`` here.
+
+    Args:
+        tokens: tokens whose pairs this GPU computes; pairs, active: (token, expert) pairs and experts with
+            pairs on it; hidden, width: model width and the expert's local intermediate width;
+        local_experts, top_k: experts held here and the routing's k; w_bytes, a_bytes: bytes per weight and
+            per activation; dtype: the GEMMs' peak.
+    """
+    block = moe_block_m(tokens, local_experts)
+    big = pairs >= 1024 or local_experts > 64
+    padded = pairs + local_experts * (block - 1)
+    ops = [
+        memory_op(
+            "moe_align", "moe_align", "", 1, flops=0.0, read=4.0 * pairs,
+            written=4.0 * (padded + padded / block + local_experts + 1), dtype="int32",
+            shape={"pairs": pairs, "experts": local_experts, "block_m": block}, kernels=2 if big else 1,
+        ),
+        Op(
+            "gate_up", "grouped_gemm", "", 1, flops=2.0 * pairs * hidden * 2 * width,
+            weight_bytes=active * hidden * 2 * width * w_bytes, kv_bytes=0.0,
+            act_bytes=(pairs * hidden + pairs * 2 * width) * a_bytes, dtype=dtype,
+        ),
+        act_op("act", "", 1, pairs, width, a_bytes, dtype),
+        Op(
+            "down", "grouped_gemm", "", 1, flops=2.0 * pairs * width * hidden + pairs * hidden,
+            weight_bytes=active * width * hidden * w_bytes, kv_bytes=0.0,
+            act_bytes=(pairs * width + pairs * hidden) * a_bytes, dtype=dtype,
+        ),
+    ]  # fmt: skip
+    if reduce:
+        ops.append(
+            memory_op(
+                "moe_sum", "moe_sum", "", 1, flops=pairs * hidden, read=pairs * hidden * a_bytes,
+                written=tokens * hidden * a_bytes, dtype=dtype, shape={"tokens": tokens, "top_k": top_k},
+            )
+        )  # fmt: skip
+    return ops
+
+
+def fused_moe_op(
+    tokens: float,
+    pairs: float,
+    active: float,
+    hidden: int,
+    width: int,
+    top_k: int,
+    num_experts: int,
+    ep: int,
+    w_bytes: float,
+    a_bytes: float,
+    dtype: str,
+    *,
+    group: str = "",
+    count: int = 1,
+    moe_tp: int = 1,
+    mean: float | None = None,
+    imbalance: float = 1.0,
+) -> Op:
+    """The routed-experts op: `fused_moe_parts` summed into one ``grouped_gemm`` op (one lookup in the
+    grouped-GEMM tables, which time the whole fused layer), ``kernels`` = their launches."""
+    local = num_experts // ep
+    parts = fused_moe_parts(
+        tokens if ep == 1 else pairs / top_k, pairs, active, hidden, width, local, top_k, w_bytes, a_bytes, dtype,
+        reduce=ep == 1,
+    )  # fmt: skip
+    return Op(
+        "routed_experts",
+        "grouped_gemm",
+        group,
+        count,
+        flops=sum(o.flops for o in parts),
+        weight_bytes=sum(o.weight_bytes for o in parts),
+        kv_bytes=0.0,
+        act_bytes=sum(o.act_bytes for o in parts),
+        dtype=dtype,
+        shape={
+            "tokens": tokens,
+            "pairs": pairs,
+            "mean_pairs": pairs if mean is None else mean,
+            "hidden": hidden,
+            "inter": width,
+            "experts": local,
+            "top_k": top_k,
+            "active_experts": active,
+            "ep": ep,
+            "moe_tp": moe_tp,
+            "imbalance": imbalance,
+            "w_bytes": w_bytes,
+            "a_bytes": a_bytes,
+        },
+        kernels=sum(o.kernels for o in parts),
+    )
+
+
+def experts_gemms(op: Op) -> Op:
+    """A routed-experts op cut down to its two grouped GEMMs (``kernels`` 2): what training frameworks run as
+    the experts' kernels, with the activation and the token permutation as kernels of their own."""
+    s = op.shape
+    parts = fused_moe_parts(
+        s["tokens"], s["pairs"], s["active_experts"], s["hidden"], s["inter"], s["experts"], s["top_k"],
+        s["w_bytes"], s["a_bytes"], op.dtype, reduce=False,
+    )  # fmt: skip
+    gemms = [o for o in parts if o.kind == "grouped_gemm"]
+    return replace(
+        op,
+        flops=sum(o.flops for o in gemms),
+        weight_bytes=sum(o.weight_bytes for o in gemms),
+        act_bytes=sum(o.act_bytes for o in gemms),
+        kernels=len(gemms),
+    )
 
 
 def experts_op(
@@ -101,31 +301,59 @@ def experts_op(
         load = gpu_loads(tokens, top_k, ep, loads, phys_to_log, num_experts)
         pairs, active = load.busiest_pairs, float(load.active_experts.max())
         mean, imbalance = float(load.mean_pairs.mean()), load.imbalance
-    wb, ab = precision.weight_bytes, precision.activation_bytes
-    return Op(
-        "routed_experts",
-        "grouped_gemm",
+    return fused_moe_op(
+        tokens, pairs, active, hidden, width, top_k, num_experts, ep, precision.weight_bytes,
+        precision.activation_bytes, dtype, group=group, count=count, moe_tp=moe_tp, mean=mean, imbalance=imbalance,
+    )  # fmt: skip
+
+
+def topk_op(group: str, count: int, tokens: int, experts: int, top_k: int) -> Op:
+    """The router's top-k: vLLM ``topk_softmax`` (vllm-project/vllm@csrc/moe/topk_softmax_kernels.cu).
+
+    Reads the fp32 router logits [tokens, experts]; softmax over the experts (max, subtract, exp, sum,
+    divide: 5 FLOP per logit), then ``top_k`` rounds of arg-max over the row (1 compare per logit each);
+    writes the top-k weights (fp32), expert ids and token-expert indices (int32): 12 bytes per pair. One
+    launch. DeepSeek's grouped sigmoid top-k (``grouped_topk``) does the same work within a few percent.
+    """
+    return memory_op(
+        "topk_softmax",
+        "topk_softmax",
         group,
         count,
-        flops=2.0 * pairs * 3 * hidden * width,
-        weight_bytes=active * 3 * hidden * width * wb,
-        kv_bytes=0.0,
-        act_bytes=(2 * pairs * hidden + 4 * pairs * width) * ab,
+        flops=tokens * experts * (5.0 + top_k),
+        read=tokens * experts * 4.0,
+        written=tokens * top_k * 12.0,
+        dtype="fp32",
+        shape={"tokens": tokens, "experts": experts, "top_k": top_k},
+    )
+
+
+def sampler_op(rows: int, vocab: int, ab: float, sampling: str = "greedy", dtype: str = "bf16") -> Op:
+    """Sampling the next token of each of ``rows`` sequences from its logits [rows, vocab] (vLLM v1's
+    ``Sampler.forward``, vllm-project/vllm@vllm/v1/sample/sampler.py).
+
+    ``greedy``: logits cast to fp32 (reads ``ab``, writes 4 bytes per logit), then arg-max (reads 4): 2
+    launches. ``random`` (temperature > 0, no top-k/top-p): the cast, the in-place division by the
+    temperature (reads and writes 4), softmax (reads 4, writes 4), ``q.exponential_()`` (writes 4),
+    ``probs.div_(q)`` (reads 8, writes 4), arg-max (reads 4): 6 launches, 10 FLOP per logit. ``dtype``: the
+    logits' (the table a calibrated model looks it up in).
+    """
+    n = float(rows) * vocab
+    if sampling == "greedy":
+        read, written, flops, kernels = n * (ab + 4.0), 4.0 * n, n, 2
+    else:
+        read, written, flops, kernels = n * (ab + 4.0 + 4.0 + 8.0 + 4.0), n * (4.0 * 5), 10.0 * n, 6
+    return memory_op(
+        "sampler",
+        "sampling",
+        "head",
+        1,
+        flops=flops,
+        read=read,
+        written=written,
         dtype=dtype,
-        shape={
-            "tokens": tokens,
-            "pairs": pairs,
-            "mean_pairs": mean,
-            "hidden": hidden,
-            "inter": width,
-            "experts": num_experts // ep,
-            "top_k": top_k,
-            "active_experts": active,
-            "ep": ep,
-            "moe_tp": moe_tp,
-            "imbalance": imbalance,
-            "w_bytes": wb,
-        },
+        shape={"sequences": rows, "vocab": vocab, "sampling": sampling},
+        kernels=kernels,
     )
 
 
@@ -148,7 +376,8 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
             act_bytes=t_attn * h * ab + t_attn * moe.num_experts * 4.0,
             dtype=p.activations,
             shape={"tokens": t_attn, "experts": moe.num_experts, "hidden": h, "top_k": moe.top_k},
-        )
+        ),
+        topk_op(label, n, t_attn, moe.num_experts, moe.top_k),
     ]
     width = moe.intermediate_size // lay.moe_tp
     dispatch = None
@@ -241,8 +470,11 @@ def _dense_ffn_ops(c: OpContext, g: LayerSet) -> list[Op]:
     return ops + ([ar] if ar else [])
 
 
-def _edge_ops(c: OpContext) -> list[Op]:
-    """Embedding lookup (vocab-parallel, all-reduced) and LM head (logits all-gathered)."""
+def _edge_ops(c: OpContext, sampling: str = "greedy") -> list[Op]:
+    """Embedding lookup (vocab-parallel, all-reduced); the final norm, LM head (logits all-gathered) and sampler.
+
+    The embedding (and its all-reduce at tp > 1) opens the step; the rest close it.
+    """
     m, lay, p = c.model, c.layout, c.precision
     h, t, gpn = m.hidden_size, c.attn_batch.tokens, c.cluster.gpus_per_node
     ops = [
@@ -265,9 +497,10 @@ def _edge_ops(c: OpContext) -> list[Op]:
     head = gemm(
         "lm_head", "head", 1, rows, m.vocab_size // lay.tp, h, p.unquantized_bytes, p.activation_bytes, p.activations
     )
-    ops.append(head)
+    # the last layer's residual is added in by the final norm (vLLM's ``fused_add_rms_norm``, `norm_op`)
+    ops += [norm_op("final_norm", "head", 1, t, h, p, residual=True), head]
     ag = collective("logits_gather", "all_gather", "head", 1, rows * m.vocab_size * 4.0, lay.tp, gpn)
-    return ops + ([ag] if ag else [])
+    return ops + ([ag] if ag else []) + [sampler_op(rows, m.vocab_size, p.activation_bytes, sampling, p.activations)]
 
 
 def _per_layer(arr: np.ndarray | None, moe_index: int) -> np.ndarray | None:
@@ -287,8 +520,14 @@ def decompose(
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
     mla_absorb: bool | None = None,
+    sampling: str = "greedy",
 ) -> list[Op]:
     """The ops of one forward step on the busiest GPU.
+
+    Per layer: the attention block's norm (``attn_norm``), the attention ops, the FFN's norm (``ffn_norm``),
+    the FFN or MoE ops; both norms fused with the residual add (`norm_op`). The first layer's input norm is a
+    plain ``rms_norm`` in vLLM (no residual yet): counting it fused adds 2 x tokens x hidden activation bytes
+    once per step.
 
     Args:
         model, batch, layout, cluster: what, on what, how split.
@@ -299,12 +538,15 @@ def decompose(
             contiguous blocks of E/ep per GPU.
         mla_absorb: MLA in the absorbed (weight-absorbed latent) form; None:
             absorbed for decode, plain for prefill (as SGLang and vLLM do).
+        sampling: the sampler's rule (`SAMPLING`, `sampler_op`).
 
     Raises:
         LayoutError: the layout does not divide the model or needs more
             GPUs than the cluster has.
     """
     p = precision or Precision()
+    if sampling not in SAMPLING:
+        raise MoesimError(f"sampling '{sampling}' is not one of {', '.join(SAMPLING)}", "use greedy or random")
     layout.check(model)
     if layout.num_gpus > cluster.num_gpus:
         raise LayoutError(
@@ -318,13 +560,17 @@ def decompose(
         phys_to_log is not None and np.asarray(phys_to_log).ndim == 2
     )
     absorb = (batch.phase == "decode") if mla_absorb is None else mla_absorb
-    edge = _edge_ops(ctx)
-    ops: list[Op] = edge[:2] if layout.tp > 1 else edge[:1]
+    edge = _edge_ops(ctx, sampling)
+    n_head = len(edge) - (2 if layout.tp > 1 else 1)  # the final norm, LM head, logits gather, sampler
+    ops: list[Op] = edge[:-n_head]
+    h, t = model.hidden_size, attn_batch.tokens
     moe_index = {layer: i for i, layer in enumerate(np.flatnonzero(model.moe_layers))}
     for s, stage in enumerate(layout.stage_layers(model)):
         first = len(ops)
         for g in layer_sets(model, stage, split_moe=per_layer):
+            ops.append(norm_op("attn_norm", g.label, g.count, t, h, p, residual=True))
             ops += attention_ops(ctx, g, absorb)
+            ops.append(norm_op("ffn_norm", g.label, g.count, t, h, p, residual=True))
             if g.is_moe:
                 i = moe_index[g.first]
                 ops += _moe_ops(ctx, g, _per_layer(loads, i), _per_layer(phys_to_log, i))
@@ -353,5 +599,5 @@ def decompose(
         if s:
             ops[first:] = [replace(op, stage=s) for op in ops[first:]]
     last = layout.pp - 1
-    ops += [replace(op, stage=last) for op in (edge[-2:] if layout.tp > 1 else edge[-1:])]
+    ops += [replace(op, stage=last) for op in edge[-n_head:]]
     return ops

@@ -293,3 +293,71 @@ def memcpy_shapes(b: Budget) -> list[Shape]:
 def collective_shapes(b: Budget) -> list[Shape]:
     """Message sizes for each collective (the ranks are added by the runner)."""
     return [{"bytes": n} for n in b.collective_bytes]
+
+
+# ---- the engines' memory-bound kernels between the GEMMs (`model.ops.ENGINE_KINDS`) ----
+
+
+def _n_configs(b: Budget) -> int:
+    """Distinct preset sizes kept per engine kernel: 1 in the tiny grids, up to 4."""
+    return max(1, min(4, b.moe_configs))
+
+
+def _rows(b: Budget) -> tuple[int, ...]:
+    """Token counts of the engine kernels: every other router token count (their times are smooth in rows)."""
+    return b.router_tokens[::2] if len(b.router_tokens) > 4 else b.router_tokens
+
+
+def norm_shapes(b: Budget) -> list[Shape]:
+    """RMSNorm, plain and with the residual add, over `_rows` token counts of each preset's hidden size."""
+    hidden = _spread(sorted({m.hidden_size for m in _models()}), _n_configs(b))
+    return [{"tokens": t, "hidden": h, "residual": r} for h in hidden for t in _rows(b) for r in (0, 1)]
+
+
+def rope_shapes(b: Budget) -> list[Shape]:
+    """Rotary embedding of q and k for each attention config (`attention_configs`), rot_dim = head_dim."""
+    return [
+        {"tokens": t, "heads": c["heads"], "kv_heads": c["kv_heads"], "rot_dim": c["head_dim"]}
+        for c in attention_configs(b)
+        for t in _rows(b)
+    ]
+
+
+def _width_cap(b: Budget) -> int:
+    """The widest activation row timed: N x K budget of a dense GEMM / 1024 (TP splits wider layers)."""
+    return max(1024, b.gemm_nk // 1024)
+
+
+def activation_shapes(b: Budget) -> list[Shape]:
+    """SiLU-and-multiply over each preset's dense and expert FFN width, halved (as TP splits it) to fit."""
+    widths: set[int] = set()
+    for m in _models():
+        for w in (m.dense_intermediate_size, m.moe.intermediate_size if m.moe is not None else 0):
+            while w > _width_cap(b):
+                w //= 2
+            if w:
+                widths.add(w)
+    return [{"tokens": t, "width": w} for w in _spread(sorted(widths), _n_configs(b)) for t in _rows(b)]
+
+
+def kv_write_shapes(b: Budget) -> list[Shape]:
+    """KV-cache writes of kv_heads x (K + V) elements per token for each attention config."""
+    widths = sorted({c["kv_heads"] * 2 * c["head_dim"] for c in attention_configs(b)})
+    return [{"tokens": t, "width": w} for w in widths for t in _rows(b)]
+
+
+def topk_softmax_shapes(b: Budget) -> list[Shape]:
+    """Router top-k over each preset's (experts, top_k)."""
+    cfgs = _spread(sorted({(m.moe.num_experts, m.moe.top_k) for m in _models() if m.moe is not None}), 4)
+    return [{"tokens": t, "experts": e, "top_k": k} for e, k in cfgs for t in _rows(b)]
+
+
+def sampling_shapes(b: Budget) -> list[Shape]:
+    """Greedy and random sampling over ``b.decode_batch`` sequences for each preset's vocabulary."""
+    vocabs = _spread(sorted({m.vocab_size for m in _models()}), _n_configs(b))
+    return [
+        {"sequences": n, "vocab": v, "sampling": rule}
+        for v in vocabs
+        for n in b.decode_batch
+        for rule in ("greedy", "random")
+    ]

@@ -199,12 +199,17 @@ def prepare_attention(shape: Row, dtype: str, pool: Pool) -> Prepared:
 
 
 def prepare_router(shape: Row, dtype: str, pool: Pool) -> Prepared:
-    """Router: logits = x @ W^T, softmax in fp32, top-k."""
-    t, h, e, k = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"]
+    """Router: logits = x @ W^T, written in fp32.
+
+    The softmax and top-k are the ``topk_softmax`` kind's (`prepare_topk_softmax`), timed apart as the op model
+    counts them (`model.ops.topk_op`). Router tables profiled before (the H100 tables shipped in
+    ``profiling/data/h100-sxm``) timed the GEMM, softmax and top-k together.
+    """
+    t, h, e = shape["tokens"], shape["hidden"], shape["experts"]
     td = torch_dtype(dtype)
     x, w = pool.get(t, h, dtype=td), pool.get(e, h, dtype=td, offset=t * h)
-    extra = {"flops": 2.0 * t * h * e, "impl": "torch"}
-    return (lambda: torch.topk(torch.softmax((x @ w.t()).float(), dim=-1), k, dim=-1)), extra
+    extra = {"flops": 2.0 * t * h * e, "impl": "torch_gemm"}
+    return (lambda: (x @ w.t()).float()), extra
 
 
 def prepare_permute(shape: Row, dtype: str, pool: Pool) -> Prepared:
@@ -230,6 +235,106 @@ def prepare_memcpy(shape: Row, dtype: str, pool: Pool) -> Prepared:
     return (lambda: dst.copy_(src)), {"bytes_moved": 2.0 * n * 4, "impl": "torch"}
 
 
+def _itemsize(td: torch.dtype) -> float:
+    return torch.finfo(td).bits / 8
+
+
+def prepare_norm(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """RMSNorm over [tokens, hidden]; with ``residual`` the residual add first (vLLM's ``fused_add_rms_norm``
+    as torch runs it: the add in place into the residual, then ``F.rms_norm``)."""
+    t, h = shape["tokens"], shape["hidden"]
+    td = torch_dtype(dtype)
+    x, w = pool.get(t, h, dtype=td), pool.get(h, dtype=td, offset=t * h)
+    rows = 2 if shape["residual"] else 1
+    extra = {"bytes_moved": 2.0 * rows * t * h * _itemsize(td), "impl": "torch"}
+    if not shape["residual"]:
+        return (lambda: F.rms_norm(x, (h,), w, 1e-6)), extra
+    res = pool.get(t, h, dtype=td, offset=t * h + h).clone()
+
+    def run() -> torch.Tensor:
+        res.add_(x)
+        return F.rms_norm(res, (h,), w, 1e-6)
+
+    return run, extra
+
+
+def prepare_rope(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """Rotary embedding (NeoX style) of q [tokens, heads, rot_dim] and k [tokens, kv_heads, rot_dim] in place,
+    cos and sin gathered from a [positions, rot_dim] cache by each token's position."""
+    t, nh, nk, d = shape["tokens"], shape["heads"], shape["kv_heads"], shape["rot_dim"]
+    td = torch_dtype(dtype)
+    q = pool.get(t, nh, d, dtype=td).clone()
+    k = pool.get(t, nk, d, dtype=td, offset=q.numel()).clone()
+    cache = pool.get(4096, d, dtype=td, offset=q.numel() + k.numel())
+    pos = torch.randint(0, 4096, (t,), device=pool.device)
+    half = d // 2
+
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        x1, x2 = x[..., :half], x[..., half:]
+        r1, r2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        x[..., :half], x[..., half:] = r1, r2
+
+    def run() -> None:
+        cs = cache.index_select(0, pos)
+        cos, sin = cs[:, None, :half], cs[:, None, half:]
+        rotate(q, cos, sin)
+        rotate(k, cos, sin)
+
+    return run, {"bytes_moved": 2.0 * t * (nh + nk) * d * _itemsize(td), "impl": "torch"}
+
+
+def prepare_activation(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """SiLU(gate) * up: [tokens, 2 width] -> [tokens, width] (vLLM's ``silu_and_mul``)."""
+    t, w = shape["tokens"], shape["width"]
+    td = torch_dtype(dtype)
+    x = pool.get(t, 2 * w, dtype=td)
+    out = torch.empty(t, w, device=pool.device, dtype=td)
+    extra = {"bytes_moved": 3.0 * t * w * _itemsize(td), "impl": "torch"}
+    return (lambda: torch.mul(F.silu(x[:, :w]), x[:, w:], out=out)), extra
+
+
+def prepare_kv_write(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The new tokens' [tokens, width] K and V copied into a paged cache at random slots (vLLM's
+    ``reshape_and_cache_flash``): ``index_copy_`` into a cache of 4 x tokens (at least 4,096) slots."""
+    t, w = shape["tokens"], shape["width"]
+    td = torch_dtype(dtype)
+    kv = pool.get(t, w, dtype=td)
+    slots_n = max(4096, 4 * t)
+    cache = torch.empty(slots_n, w, device=pool.device, dtype=td)
+    slots = torch.randperm(slots_n, device=pool.device)[:t]
+    extra = {"bytes_moved": 2.0 * t * w * _itemsize(td), "impl": "torch"}
+    return (lambda: cache.index_copy_(0, slots, kv)), extra
+
+
+def prepare_topk_softmax(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The router's top-k: softmax over fp32 logits [tokens, experts], then top-k (vLLM's ``topk_softmax``)."""
+    t, e, k = shape["tokens"], shape["experts"], shape["top_k"]
+    logits = pool.get(t, e, dtype=torch.float32)
+    extra = {"bytes_moved": 4.0 * t * e + 12.0 * t * k, "impl": "torch"}
+    return (lambda: torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)), extra
+
+
+def prepare_sampling(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The sampler over logits [sequences, vocab] (vLLM v1's ``Sampler``): ``greedy`` casts to fp32 and takes
+    the arg-max; ``random`` divides by the temperature, takes the softmax and samples with exponential noise
+    (``probs / q`` arg-max, q ~ Exp(1))."""
+    b, v = shape["sequences"], shape["vocab"]
+    td = torch_dtype(dtype)
+    logits = pool.get(b, v, dtype=td)
+    temp = torch.full((b, 1), 0.7, device=pool.device)
+    extra = {"impl": "torch"}
+    if shape.get("sampling", "greedy") == "greedy":
+        return (lambda: logits.float().argmax(dim=-1)), extra
+
+    def run() -> torch.Tensor:
+        x = logits.float().div_(temp)
+        probs = torch.softmax(x, dim=-1)
+        q = torch.empty_like(probs).exponential_()
+        return probs.div_(q).argmax(dim=-1)
+
+    return run, extra
+
+
 PREPARE = {
     "gemm": prepare_gemm,
     "grouped_gemm": prepare_grouped_gemm,
@@ -238,4 +343,10 @@ PREPARE = {
     "router": prepare_router,
     "permute": prepare_permute,
     "memcpy": prepare_memcpy,
+    "norm": prepare_norm,
+    "rope": prepare_rope,
+    "activation": prepare_activation,
+    "kv_write": prepare_kv_write,
+    "topk_softmax": prepare_topk_softmax,
+    "sampling": prepare_sampling,
 }

@@ -14,8 +14,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from moesim.model.attention_ops import kv_write_op, rope_op
 from moesim.model.dtypes import DTYPE_BYTES, Precision
-from moesim.model.ops import Op, collective, experts_op, gemm
+from moesim.model.ops import Op, act_op, collective, experts_op, fused_moe_op, gemm, norm_op, sampler_op, topk_op
 from moesim.profiling.tables import COLLECTIVES
 
 #: Feature names per op kind: log2 of sizes, except ``direction`` (0 dispatch, 1 combine) and
@@ -29,6 +30,12 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "router": ("tokens", "hidden", "experts", "top_k"),
     "permute": ("tokens", "hidden", "top_k", "direction"),
     "memcpy": ("bytes",),
+    "norm": ("tokens", "hidden", "residual"),
+    "rope": ("tokens", "heads", "kv_heads", "rot_dim"),
+    "activation": ("tokens", "width"),
+    "kv_write": ("tokens", "width"),
+    "topk_softmax": ("tokens", "experts", "top_k"),
+    "sampling": ("sequences", "vocab", "random"),
     **{c: ("bytes", "gpus") for c in COLLECTIVES},
 }
 _BYTES_TO_DTYPE = {4.0: "fp32", 0.5 + 2.0 / 128.0: "int4", 0.5 + 1.0 / 32.0: "fp4"}
@@ -67,16 +74,9 @@ def _grouped(r: dict, dtype: str) -> Op:
     if pairs is None or (isinstance(pairs, float) and math.isnan(pairs)):
         return op
     pairs, active = float(pairs), float(active)
-    h = int(r["hidden"])
-    ab = p.activation_bytes
-    return Op(
-        op.name, op.kind, "", 1,
-        flops=6.0 * pairs * h * width,
-        weight_bytes=active * 3 * h * width * p.weight_bytes,
-        kv_bytes=0.0,
-        act_bytes=(2 * pairs * h + 4 * pairs * width) * ab,
-        dtype=op.dtype,
-        shape={**op.shape, "pairs": pairs, "active_experts": active, "mean_pairs": pairs},
+    return fused_moe_op(
+        float(r["tokens"]), pairs, active, int(r["hidden"]), width, int(r["top_k"]), int(r["experts"]), ep,
+        p.weight_bytes, p.activation_bytes, op.dtype, moe_tp=moe_tp,
     )  # fmt: skip
 
 
@@ -89,11 +89,36 @@ def _attention(r: dict, dtype: str) -> Op:
         "attention", "attention", "", 1,
         flops=2.0 * pairs * h * 2 * d,
         weight_bytes=0.0,
-        kv_bytes=(kv_read + t) * kvh * 2 * d * ab,
+        kv_bytes=kv_read * kvh * 2 * d * ab,  # reads the cache; the new tokens' write is `kv_write`
         act_bytes=t * h * 2 * d * ab,
         dtype=dtype,
         shape={"batch": b, "tokens": t, "kv_read": kv_read, "pairs": pairs, "heads": h, "kv_heads": kvh, "head_dim": d},
     )  # fmt: skip
+
+
+def _precision(dtype: str) -> Precision:
+    """The precision whose activations are ``dtype`` (fp32 or 16-bit)."""
+    return Precision(weights="fp32") if dtype == "fp32" else Precision()
+
+
+#: The engine kernels' rows as the ops `model.ops.decompose` builds (same builders, same FLOPs and bytes).
+_ENGINE_ROWS = {
+    "norm": lambda r, dt, ab: norm_op(
+        "norm", "", 1, int(r["tokens"]), int(r["hidden"]), _precision(dt), residual=bool(int(r["residual"]))
+    ),
+    "rope": lambda r, dt, ab: rope_op(
+        "", 1, int(r["tokens"]), int(r["heads"]), int(r["kv_heads"]), int(r["rot_dim"]), ab, dt
+    ),
+    "activation": lambda r, dt, ab: act_op("activation", "", 1, int(r["tokens"]), int(r["width"]), ab, dt),
+    "kv_write": lambda r, dt, ab: kv_write_op("", 1, int(r["tokens"]), int(r["width"]), ab, ab, dt),
+    "topk_softmax": lambda r, dt, ab: topk_op("", 1, int(r["tokens"]), int(r["experts"]), int(r["top_k"])),
+    "sampling": lambda r, dt, ab: _sampling_row(r, dt, ab),
+}
+
+
+def _sampling_row(r: dict, dtype: str, ab: float) -> Op:
+    rule = str(r.get("sampling", "greedy"))
+    return sampler_op(int(r["sequences"]), int(r["vocab"]), ab, rule, dtype)
 
 
 def row_op(kind: str, r: dict) -> Op:
@@ -121,6 +146,8 @@ def row_op(kind: str, r: dict) -> Op:
             act_bytes=2.0 * t * k * h * ab, dtype=dtype,
             shape={"tokens": t, "hidden": h, "top_k": k, "direction": str(r["direction"])},
         )  # fmt: skip
+    if kind in _ENGINE_ROWS:
+        return _ENGINE_ROWS[kind](r, dtype, ab)
     if kind == "memcpy":
         n = float(r["bytes"])
         return Op("memcpy", "memcpy", "", 1, 0.0, 0.0, 0.0, 2.0 * n, dtype=dtype, shape={"bytes": n})
@@ -167,6 +194,12 @@ def features(op: Op) -> tuple[float, ...] | None:
             return tuple(_log2(s[c]) for c in ("tokens", "hidden", "experts", "top_k"))
         if op.kind == "permute":
             return (_log2(s["tokens"]), _log2(s["hidden"]), _log2(s["top_k"]), float(s["direction"] == "combine"))
+        if op.kind == "sampling":
+            return (_log2(s["sequences"]), _log2(s["vocab"]), float(s.get("sampling") == "random"))
+        if op.kind == "norm":
+            return (_log2(s["tokens"]), _log2(s["hidden"]), float(s["residual"]))
+        if op.kind in FEATURES and op.kind in _ENGINE_ROWS:
+            return tuple(_log2(s[c]) for c in FEATURES[op.kind])
         if op.kind in ("memcpy", *COLLECTIVES):
             if "bytes" not in s:
                 return None
@@ -177,7 +210,7 @@ def features(op: Op) -> tuple[float, ...] | None:
 
 
 #: Features that are flags, not sizes: the measured-range check skips them.
-FLAGS = {"direction", "aligned4", "aligned16"}
+FLAGS = {"direction", "aligned4", "aligned16", "residual", "random"}
 
 
 def feature_matrix(ops: list[Op]) -> np.ndarray:

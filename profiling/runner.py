@@ -35,6 +35,12 @@ OP_GROUPS = {
     "router": ("router",),
     "permute": ("permute",),
     "memcpy": ("memcpy",),
+    "norm": ("norm",),
+    "rope": ("rope",),
+    "activation": ("activation",),
+    "kv_write": ("kv_write",),
+    "topk_softmax": ("topk_softmax",),
+    "sampling": ("sampling",),
     "collective": ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"),
 }
 #: CUDA device names (as torch reports them) to GPU presets.
@@ -154,9 +160,11 @@ def plan(device: str, mode: str, ops: list[str], dtypes: list[str]) -> list[tupl
             points += [("grouped_gemm", s, d) for d in moe_dtypes[:1] for s in grids.skew_shapes(b)]
             if device == "cuda":
                 points += [("grouped_gemm_triton", s, d) for d in moe_dtypes for s in grids.grouped_gemm_shapes(b)]
-        elif op in ("attention", "router", "permute", "memcpy"):
+        elif op in ("attention", "router", "permute", "memcpy", "norm", "rope", "activation", "kv_write",
+                    "topk_softmax", "sampling"):  # fmt: skip
             shapes = getattr(grids, f"{op}_shapes")(b)
-            kind_dtypes = ["fp32"] if op == "memcpy" else [d for d in dtypes if d != "fp8"]
+            # copies are timed by bytes; the router's logits are fp32 (`model.ops.topk_op`)
+            kind_dtypes = ["fp32"] if op in ("memcpy", "topk_softmax") else [d for d in dtypes if d != "fp8"]
             points += [(op, s, d) for d in kind_dtypes for s in shapes]
     return points
 

@@ -62,7 +62,9 @@ from moesim.model import inputs
 from moesim.model.errors import MoesimError
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
-KINDS = ("gemm", "grouped_gemm", "attention", "router", "permute", "memcpy", *COLLECTIVES)
+#: The inference engines' memory-bound kernels between the GEMMs (`model.ops.ENGINE_KINDS`).
+ENGINE_TABLE_KINDS = ("norm", "rope", "activation", "kv_write", "topk_softmax", "sampling")
+KINDS = ("gemm", "grouped_gemm", "attention", "router", "permute", "memcpy", *ENGINE_TABLE_KINDS, *COLLECTIVES)
 COMMON_COLUMNS = ("op", "impl", "dtype", "time_s")
 SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
@@ -71,10 +73,17 @@ SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "router": ("tokens", "hidden", "experts", "top_k"),
     "permute": ("tokens", "hidden", "top_k", "direction"),
     "memcpy": ("bytes",),
+    "norm": ("tokens", "hidden", "residual"),
+    "rope": ("tokens", "heads", "kv_heads", "rot_dim"),
+    "activation": ("tokens", "width"),
+    "kv_write": ("tokens", "width"),
+    "topk_softmax": ("tokens", "experts", "top_k"),
+    "sampling": ("sequences", "vocab"),
     **{c: ("bytes", "gpus") for c in COLLECTIVES},
 }
 OPTIONAL_COLUMNS: dict[str, dict[str, Any]] = {
     "grouped_gemm": {"ep": 1, "moe_tp": 1, "distribution": "balanced"},
+    "sampling": {"sampling": "greedy"},
 }
 META_KEY = b"moesim"
 

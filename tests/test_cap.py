@@ -77,10 +77,16 @@ def test_exact_mixtral_decode_by_hand():
     expert = 3 * 4096 * 14336
     router = 4096 * 8
     head = 32000 * 4096
-    weights = 32 * (attention + 2 * expert + router) + head + 4096  # + one embedding row
+    norms = (2 * 32 + 1) * 4096  # two RMSNorm weights per layer and the final norm's
+    weights = 32 * (attention + 2 * expert + router) + head + 4096 + norms  # + one embedding row
     kv = 32 * (ctx + 2) * 8 * 256  # read ctx + 1 tokens, write 1, per layer
     assert u.bytes == pytest.approx(2 * (weights + kv))
-    flops = 2 * (32 * (attention + 2 * expert + router) + head) + 32 * 2 * (ctx + 1) * 32 * 256
+    # the memory-bound kernels' arithmetic (model.ops): per layer two fused add+RMSNorms (5 per element), rotary
+    # embedding of 32 q and 8 k heads (3 per element), top-2 softmax over 8 experts (5 + 2 per logit),
+    # SiLU-and-multiply of both experts (5 per element), the routing weight and moe_sum (1 each per pair and
+    # element); then the final norm and the greedy sampler's arg-max over the vocabulary
+    small = 32 * (2 * 5 * 4096 + 3 * 40 * 128 + 8 * 7 + 5 * 2 * 14336 + 2 * 2 * 4096) + 5 * 4096 + 32000
+    flops = 2 * (32 * (attention + 2 * expert + router) + head) + 32 * 2 * (ctx + 1) * 32 * 256 + small
     assert u.flops == pytest.approx(flops)
     assert u.smbu == pytest.approx(u.bytes / 0.01 / 4e12)
     assert u.smfu == pytest.approx(flops / 0.01 / 1000e12)

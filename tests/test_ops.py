@@ -32,8 +32,10 @@ def test_gqa_decode_attention_by_hand(cluster8):
     att = by_name(ops, "attention")
     pairs = 64 * (2048 + 1)  # each new token sees its 2048 cached tokens and itself
     assert att.flops == 2 * pairs * 4 * (128 + 128)  # 4 q heads per GPU, QK^T + PV
-    kv_tokens = 64 * 2049 + 64  # read every cached token once, write the new ones
+    kv_tokens = 64 * 2049  # read every cached token once (the new ones included)
     assert att.kv_bytes == kv_tokens * 1 * (128 + 128) * 2  # one kv head per GPU, bf16
+    # the new tokens are written by reshape_and_cache_flash, a kernel of its own
+    assert by_name(ops, "kv_write").kv_bytes == 64 * 1 * (128 + 128) * 2
 
 
 def test_prefill_attention_is_causal(cluster8):
@@ -68,7 +70,8 @@ def test_mla_absorbed_and_plain_forms(cluster8):
     absorbed = decompose(m, b, Layout(), one, mla_absorb=True)
     att = by_name(absorbed, "attention")
     assert att.flops == 2 * pairs * heads * (2 * 512 + 64)
-    assert att.kv_bytes == (8 * 1001 + 8) * (512 + 64) * 2  # the latent is read once for all heads
+    assert att.kv_bytes == 8 * 1001 * (512 + 64) * 2  # the latent is read once for all heads
+    assert by_name(absorbed, "kv_write").kv_bytes == 8 * (512 + 64) * 2  # concat_and_cache_mla
     assert by_name(absorbed, "q_absorb").flops == 2 * t * heads * 128 * 512
     assert by_name(absorbed, "v_absorb").flops == 2 * t * heads * 512 * 128
     plain = decompose(m, b, Layout(), one, mla_absorb=False)
@@ -85,7 +88,11 @@ def test_routed_experts_single_gpu_is_exact(cluster8):
     ops = decompose(m, Batch.decode(3, 100), Layout(), one)
     ex = by_name(ops, "routed_experts")
     assert ex.shape["pairs"] == 3 * 2
-    assert ex.flops == 2 * 6 * 3 * 4096 * 14336
+    pairs, h, w = 6, 4096, 14336
+    # two grouped GEMMs (6 FLOP per pair x h x w), SiLU-and-multiply (5 per pair x w), the routing weight
+    # multiplied into the down GEMM's output and moe_sum's adds (1 each per pair x h)
+    assert ex.flops == 6 * pairs * h * w + 5 * pairs * w + 2 * pairs * h
+    assert ex.kernels == 5  # moe_align, gate_up, silu_and_mul, down, moe_sum
     distinct = 8 * (1 - (1 - 2 / 8) ** 3)
     assert ex.weight_bytes == pytest.approx(distinct * 3 * 4096 * 14336 * 2)
 

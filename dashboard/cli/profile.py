@@ -73,8 +73,12 @@ def profile(
         bool, typer.Option("--quick/--full", help="quick: a few minutes on a 2-core CPU; full: every preset shape.")
     ] = True,
     ops: Annotated[
-        str, typer.Option(help="Comma-separated: gemm,moe,attention,router,permute,collective,memcpy.")
-    ] = "gemm,moe,attention,router,permute,collective,memcpy",
+        str,
+        typer.Option(
+            help="Comma-separated: gemm,moe,attention,router,permute,collective,memcpy and the engines' kernels "
+            "between the GEMMs: norm,rope,activation,kv_write,topk_softmax,sampling."
+        ),
+    ] = "gemm,moe,attention,router,permute,collective,memcpy,norm,rope,activation,kv_write,topk_softmax,sampling",
     dtype: Annotated[
         str | None,
         typer.Option(

@@ -39,7 +39,7 @@ import numpy as np
 from moesim.model import ClusterSpec, CostModel, Precision
 from moesim.model.batch import Batch
 from moesim.model.memory import params_per_gpu
-from moesim.model.ops import Op, collective, decompose, experts_op, gemm
+from moesim.model.ops import ENGINE_KINDS, Op, collective, decompose, experts_gemms, experts_op, gemm
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
 from moesim.model.routing import inclusion_probs
 from moesim.sim.training.train_scenario import TrainSetup
@@ -52,6 +52,7 @@ BACKWARD: dict[str, tuple[float, float]] = {
     "router": (1.0, 1.0),
     "embedding": (0.0, 1.0),
     "memcpy": (1.0, 0.0),
+    "topk_softmax": (1.0, 0.0),
     "all_to_all": (1.0, 0.0),
     "all_reduce": (1.0, 0.0),
     "all_gather": (1.0, 0.0),
@@ -64,6 +65,17 @@ COMM_KINDS = {"all_to_all", "all_reduce", "all_gather", "reduce_scatter", "p2p"}
 #: Ops whose input is a block's norm output (counted once per block).
 _NORM_OUT = {"qkv_proj", "q_proj", "q_a_proj", "kv_a_proj", "ffn_gate_up", "shared_gate_up", "router"}
 _MLA_UP = {"q_b_proj", "kv_b_proj"}
+#: Kinds of `decompose`'s serving kernels training leaves out: its own norms, residual adds, rotary embedding
+#: and SwiGLU (`_elementwise_ops`, unfused as Megatron-Core runs them) replace the engine's fused ones, and
+#: training has no KV cache to write and no sampler. The router's top-k (``topk_softmax``) stays.
+_SERVING_ONLY = ENGINE_KINDS - {"topk_softmax"}
+
+
+def training_ops(ops: list[Op]) -> list[Op]:
+    """`decompose`'s forward ops as training runs them: the serving-only kernels (`_SERVING_ONLY`) dropped, and
+    the routed experts cut to their two grouped GEMMs (`model.ops.experts_gemms`): training's activation and
+    token permutation are kernels of their own (`_elementwise_ops`), so nothing is counted twice."""
+    return [experts_gemms(op) if op.kind == "grouped_gemm" else op for op in ops if op.kind not in _SERVING_ONLY]
 
 
 @dataclass(frozen=True)
@@ -151,8 +163,7 @@ def experts_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> floa
     s = op.shape
     active = max(1.0, float(s["active_experts"]))
     rows = max(1, round(s["pairs"] / active))
-    wb, dt = s["w_bytes"], op.dtype
-    ab = op.act_bytes / max(1.0, 2 * s["pairs"] * s["hidden"] + 4 * s["pairs"] * s["inter"])
+    wb, dt, ab = s["w_bytes"], op.dtype, s["a_bytes"]
     up = gemm("expert_gate_up", op.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, dt)
     down = gemm("expert_down", op.group, 1, rows, s["hidden"], s["inter"], wb, ab, dt)
     loop = active * (cost_model.op_time(up, cluster).seconds + cost_model.op_time(down, cluster).seconds)
@@ -265,7 +276,7 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     tokens = mb * seq
     batch = Batch.prefill(mb * lay.dp_attn, seq)
     per_layer = setup.loads is not None
-    ops = decompose(m, batch, lay, cluster, p, loads=setup.loads, mla_absorb=False)
+    ops = training_ops(decompose(m, batch, lay, cluster, p, loads=setup.loads, mla_absorb=False))
     sp_div = setup.tp if sc.layout.sequence_parallel and setup.tp > 1 else 1
     ops = [op for op in ops if op.group != "head"] + _head_ops(setup, tokens, p)
     ops += _elementwise_ops(setup, ops, tokens, p, sp_div)
@@ -293,10 +304,10 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             drops += [dropped] * len(units)
             moe = m.moe
             assert moe is not None
-            ideal = experts_op(
+            ideal = experts_gemms(experts_op(
                 op.shape["tokens"], m.hidden_size, op.shape["inter"], moe.top_k, moe.num_experts, lay.ep, p,
                 op.dtype, group=op.group, moe_tp=lay.moe_tp, balanced=True,
-            )  # fmt: skip
+            ))  # fmt: skip
             t_ideal = experts_seconds(ideal, cost_model, cluster)
             straggle = max(0.0, experts_seconds(op, cost_model, cluster) - t_ideal)
             fwd = np.array([t_ideal, straggle, 0.0, 0.0])
