@@ -20,9 +20,13 @@ is reported beside.
 
 The file written (`save`) is one parquet: the training points (features and
 y per fit) with every fit's method, coefficients, range, device and errors
-in its metadata. `CalibratedCostModel` loads it. `Fit`, `Calibration`, `save`,
-`load` and `CalibratedCostModel` live in `profiling.costmodel`, which the skew
-model builds on too; they stay importable from here.
+in its metadata. Each fit's summary names the engine kernel its ``impl``
+times (``kernel``: e.g. ``moe:triton`` for ``vllm_fused_moe`` and our
+``triton_graph``; `profiling.costmodel.KERNELS`), the name a scenario's
+``engine.moe_kernel`` / ``engine.attention_backend`` asks for.
+`CalibratedCostModel` loads it. `Fit`, `Calibration`, `save`, `load` and
+`CalibratedCostModel` live in `profiling.costmodel`, which the skew model
+builds on too; they stay importable from here.
 """
 
 from __future__ import annotations

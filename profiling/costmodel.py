@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,152 @@ META_KEY = b"moesim_calibration"
 RANGE_SLACK = 0.5
 #: Farthest a query may be from its nearest measured shape (log2 units) before the roofline takes over.
 MAX_GAP = 2.0
+
+
+#: The op families whose kernel an engine chooses, and the op kinds (`model.ops.Op.kind`) each one times.
+FAMILY_KINDS: dict[str, tuple[str, ...]] = {"moe": ("grouped_gemm",), "attention": ("attention",)}
+#: Kernel names meaning "no preference: the fastest measured kernel" (the calibration's own choice).
+FASTEST = ("fastest", "any")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel an engine may run for an op family, and the table ``impl`` names that time it.
+
+    Attributes:
+        family: ``moe`` or ``attention`` (`FAMILY_KINDS`).
+        name: moesim's name for it (what ``engine.moe_kernel`` / ``engine.attention_backend`` say).
+        impls: table ``impl`` values that measured this kernel, the closest to the engine's own first.
+        nearest: kernels to time the op with, in order, when no table has this one (the fallback, shown in the
+            op's source); none measured either: the roofline.
+        aliases: other spellings engines use (vLLM's ``--attention-backend FLASH_ATTN``, SGLang's ``fa3``...).
+        about: what it is, and where it comes from.
+    """
+
+    family: str
+    name: str
+    impls: tuple[str, ...]
+    nearest: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    about: str = ""
+
+
+#: The kernels moesim knows. A table's ``impl`` not listed here is used only with no preference (the fastest).
+KERNELS: tuple[Kernel, ...] = (
+    Kernel(
+        "moe", "triton",
+        ("vllm_fused_moe", "fused_moe_triton", "triton_graph", "triton", "vllm_fused_moe:fp8_block"), (),
+        ("fused_moe", "fused_moe_triton", "vllm_fused_moe", "triton_experts"),
+        "vLLM's fused-MoE Triton kernel (TritonExperts, vllm/model_executor/layers/fused_moe/fused_moe.py), the "
+        "unquantized default on CUDA (vllm/model_executor/layers/fused_moe/oracle/unquantized.py "
+        "select_unquantized_moe_backend); tables: AIConfigurator's vllm_fused_moe (vLLM 0.19 kernels), else our "
+        "Triton kernel of the same layout (profiling/triton_moe.py, triton_graph: replayed from a CUDA graph); "
+        "fp8 weights: per-tensor scales first, then AIConfigurator's block-scaled (fp8_block) run of it",
+    ),
+    Kernel(
+        "moe", "sglang_triton", ("sglang_fused_moe", "sglang_triton"), ("triton",), ("sglang", "sglang_fused_moe"),
+        "SGLang's fused-MoE Triton kernel (python/sglang/srt/layers/moe/fused_moe_triton, adapted from vLLM's), "
+        "what --moe-runner-backend auto runs for unquantized MoE (python/sglang/srt/server_args.py)",
+    ),
+    Kernel(
+        "moe", "deepgemm", ("deepgemm", "deep_gemm", "vllm_deepgemm_moe"), ("cutlass", "triton"), ("deep_gemm",),
+        "DeepGEMM grouped GEMM (fp8 block-scaled; github.com/deepseek-ai/DeepGEMM): vLLM's DeepGemmExperts "
+        "(VLLM_USE_DEEP_GEMM), SGLang's --moe-runner-backend deep_gemm",
+    ),
+    Kernel(
+        "moe", "cutlass", ("cutlass", "vllm_cutlass_moe", "flashinfer_cutlass"), ("triton",),
+        ("cutlass_moe", "flashinfer_cutlass"),
+        "CUTLASS grouped GEMM (vLLM's CutlassExpertsFp8, FlashInfer's CUTLASS fused MoE)",
+    ),
+    Kernel(
+        "moe", "marlin", ("vllm_marlin_int4_moe", "marlin"), ("triton",), ("marlin_moe", "vllm_marlin_int4_moe"),
+        "Marlin mixed-precision MoE (int4 weights, 16-bit math: vLLM's fused_marlin_moe for GPTQ/AWQ checkpoints); "
+        "table: AIConfigurator's vllm_marlin_int4_moe",
+    ),
+    Kernel(
+        "moe", "torch_loop", ("torch_loop",), (), ("loop", "naive"),
+        "a Python loop of per-expert GEMMs, run eagerly (profiling/kernels.py prepare_grouped_gemm): the unfused "
+        "fallback; its time is mostly the host's launches",
+    ),
+    Kernel(
+        "attention", "flash_attn", ("flash_attn", "fa3", "fa2", "vllm_flash_attn"), ("torch_sdpa",),
+        ("flash_attn_3", "fa3", "fa2", "flash_attention", "flash_attn_backend"),
+        "FlashAttention (FA3 on Hopper): vLLM's FLASH_ATTN backend, first for non-MLA models below sm100 "
+        "(vllm/platforms/cuda.py _get_backend_priorities; FA3 on sm90: vllm/v1/attention/backends/fa_utils.py "
+        "get_flash_attn_version); SGLang's fa3, its default on Hopper (docs/backend/attention_backend.md). "
+        "Nearest table: torch SDPA, whose bf16 path is PyTorch's FlashAttention-2 kernel",
+    ),
+    Kernel(
+        "attention", "flashinfer", ("flashinfer",), ("flash_attn", "torch_sdpa"), (),
+        "FlashInfer (vLLM FLASHINFER, SGLang flashinfer: SGLang's default below Hopper)",
+    ),
+    Kernel(
+        "attention", "triton", ("triton_attn", "triton"), ("flash_attn", "torch_sdpa"), ("triton_attn",),
+        "Triton attention (vLLM TRITON_ATTN, SGLang triton)",
+    ),
+    Kernel(
+        "attention", "flashmla", ("flashmla",), ("flash_attn", "torch_sdpa"), ("flash_mla",),
+        "FlashMLA (MLA decode; github.com/deepseek-ai/FlashMLA)",
+    ),
+    Kernel(
+        "attention", "torch_sdpa", ("torch_sdpa",), (), ("sdpa", "torch_native", "torch"),
+        "torch.nn.functional.scaled_dot_product_attention (SGLang torch_native); what `moesim profile` times",
+    ),
+)  # fmt: skip
+_BY_NAME: dict[tuple[str, str], Kernel] = {(k.family, k.name): k for k in KERNELS}
+_ALIASES: dict[tuple[str, str], str] = {(k.family, a.lower()): k.name for k in KERNELS for a in (k.name, *k.aliases)}
+
+
+def resolve_kernel(family: str, name: str | None, where: str = "") -> str | None:
+    """moesim's name of the ``family`` kernel spelled ``name`` (case-insensitive, engines' spellings accepted).
+
+    None, ``fastest`` or ``any``: None (no preference). An unknown family or kernel: `MoesimError` naming the
+    choices; ``where`` names the key it came from (e.g. ``engine.moe_kernel``).
+    """
+    where = where or {"moe": "engine.moe_kernel", "attention": "engine.attention_backend"}.get(family, family)
+    if family not in FAMILY_KINDS:
+        raise MoesimError(f"unknown kernel family {family!r}", f"use one of {', '.join(FAMILY_KINDS)}")
+    if name is None or name.strip().lower() in FASTEST:
+        return None
+    hit = _ALIASES.get((family, name.strip().lower()))
+    if hit is None:
+        known = [k.name for k in KERNELS if k.family == family]
+        raise MoesimError(
+            f"{where}: unknown {family} kernel {name!r}",
+            f"use one of {', '.join([*known, 'fastest'])} (or leave it unset for the engine's default)",
+        )
+    return hit
+
+
+def kernel_family(kind: str) -> str | None:
+    """The family (`FAMILY_KINDS`) whose kernel times ops of ``kind``, or None."""
+    return next((f for f, kinds in FAMILY_KINDS.items() if kind in kinds), None)
+
+
+def kernel_of(kind: str, impl: str) -> str | None:
+    """The kernel (``family:name``, e.g. ``moe:triton``) a table of op ``kind`` measured as ``impl`` times, or None."""
+    family = kernel_family(kind)
+    hit = next((k for k in KERNELS if k.family == family and impl in k.impls), None)
+    return f"{hit.family}:{hit.name}" if hit else None
+
+
+#: Provenance classes of an `OpTime.source`, in the order `source_class` tests them.
+SOURCE_CLASSES = ("fallback", "transferred", "measured", "roofline")
+
+
+def source_class(source: str) -> str:
+    """``fallback``, ``transferred``, ``measured`` or ``roofline``: where an `OpTime.source` says its time came from.
+
+    ``fallback``: the engine's kernel had no table and another kernel's stood in; ``transferred``: a table measured
+    on another GPU; ``measured``: the kernel's own table on this GPU; anything else is the roofline.
+    """
+    if source.startswith("fallback"):
+        return "fallback"
+    if "transfer:" in source:
+        return "transferred"
+    if "measured:" in source:
+        return "measured"
+    return "roofline"
 
 
 @dataclass
@@ -92,6 +240,7 @@ class Fit:
             "kind": self.kind,
             "dtype": self.dtype,
             "impl": self.impl,
+            "kernel": kernel_of(self.kind, self.impl),
             "device": self.device_key,
             "method": self.predictor.method,
             "rows_fit": self.rows_fit,
@@ -252,12 +401,19 @@ class CalibratedCostModel:
 
     For an op it looks up the fit of the op's kind and dtype (`table_dtype`;
     a collective, timed by its bytes, takes any dtype's table) measured on the
-    cluster's GPU; several implementations of one kind: the fastest (lowest
-    median ratio to the reference), as an engine would pick.
+    cluster's GPU. Several implementations of one kind: with no kernel
+    preference, the fastest (lowest median ratio to the reference); with one
+    (``kernels``: family -> kernel name, `KERNELS`; a scenario's engine names
+    them), the fit of that kernel, the one the engine runs. A preferred
+    kernel without a table falls back to its nearest measured kernel
+    (`Kernel.nearest`), else to the roofline, and says so: the source starts
+    with ``fallback:`` or ``roofline: no table for``, and one warning line per
+    missing kernel goes to stderr.
     On another GPU it transfers a fit: the predicted ratio times that GPU's
     roofline, so compute-bound shapes scale with the peak and memory-bound
     shapes with the bandwidth. Each `OpTime.source` says which: ``measured:``,
-    ``transfer:`` or ``roofline:`` with the reason.
+    ``transfer:``, ``fallback:`` or ``roofline:`` with the reason
+    (`source_class` sorts them).
 
     With ``extrapolate`` (the training simulator's choice, where layers are
     larger than most kernel benchmarks reach): an op outside the measured
@@ -268,8 +424,20 @@ class CalibratedCostModel:
     copy any dtype's copy table (``dtype-transfer``).
     """
 
-    def __init__(self, calibration: Calibration, name: str = "calibrated", extrapolate: bool = False) -> None:
+    def __init__(
+        self,
+        calibration: Calibration,
+        name: str = "calibrated",
+        extrapolate: bool = False,
+        kernels: Mapping[str, str | None] | None = None,
+    ) -> None:
         self.calibration, self.name, self.extrapolate = calibration, name, extrapolate
+        #: family -> moesim kernel name (None or absent: the fastest measured)
+        self.kernels: dict[str, str] = {}
+        for family, kernel in (kernels or {}).items():
+            resolved = resolve_kernel(family, kernel)
+            if resolved is not None:
+                self.kernels[family] = resolved
         self._roof = RooflineCostModel()
         self._by_key: dict[tuple[str, str], list[Fit]] = {}
         for f in sorted(calibration.fits, key=lambda f: f.median_ratio):
@@ -280,6 +448,8 @@ class CalibratedCostModel:
             if key[1] == "*":
                 fits.sort(key=lambda f: f.dtype not in ("bf16", "fp16"))
         self._cache: dict[tuple[Any, ...], OpTime] = {}
+        self._warned: set[tuple[str, ...]] = set()
+        self._variants: dict[tuple[tuple[str, str], ...], CalibratedCostModel] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedCostModel:
@@ -288,35 +458,105 @@ class CalibratedCostModel:
 
     def with_extrapolation(self) -> CalibratedCostModel:
         """The same fits with ``extrapolate`` on (see the class docstring)."""
-        return CalibratedCostModel(self.calibration, self.name + "+extrapolated", extrapolate=True)
+        name = self.name + "+extrapolated"
+        return CalibratedCostModel(self.calibration, name, extrapolate=True, kernels=self.kernels)
 
-    def _pick(self, op: Op, cluster: ClusterSpec) -> tuple[Fit | None, bool]:
+    def with_kernels(self, kernels: Mapping[str, str | None]) -> CalibratedCostModel:
+        """The same fits timing each family's ``kernels`` entry (None, ``fastest``: the fastest measured).
+
+        `MoesimError` naming the choices for an unknown kernel. The name gains the choices, e.g.
+        ``calibrated:h100.parquet[moe=triton,attention=flash_attn]``; an empty choice returns ``self``.
+        """
+        chosen = {f: k for f, k in ((f, resolve_kernel(f, k)) for f, k in kernels.items()) if k is not None}
+        if chosen == self.kernels:
+            return self
+        key = tuple(sorted(chosen.items()))
+        hit = self._variants.get(key)
+        if hit is None:
+            base = self.name.split("[", 1)[0]
+            label = f"{base}[{','.join(f'{f}={k}' for f, k in key)}]" if chosen else base
+            hit = CalibratedCostModel(self.calibration, label, extrapolate=self.extrapolate, kernels=chosen)
+            hit._warned, hit._variants = self._warned, self._variants  # one warning per missing kernel in all
+            self._variants[key] = hit
+        return hit
+
+    def _candidates(self, op: Op) -> list[Fit]:
+        """The fits that may time ``op`` (fastest first), before the kernel choice and the device."""
         fits = self._by_key.get((op.kind, table_dtype(op))) or self._by_key.get((op.kind, "*"), [])
         if not fits and self.extrapolate:
             fits = self._by_key.get((op.kind, "bf16")) or self._by_key.get((op.kind, "fp16"), [])
             if not fits and op.kind == "memcpy":
                 fits = [f for (k, _), fs in self._by_key.items() if k == "memcpy" for f in fs]
             fits = [f for f in fits if f.reference == "roofline"]
-            same = [f for f in fits if f.device_key == cluster.gpu.key]
-            return (same[0], False) if same else ((fits[0], True) if fits else (None, False))
+        return fits
+
+    def _on(self, fits: list[Fit], cluster: ClusterSpec) -> tuple[Fit | None, bool]:
+        """The first of ``fits`` measured on the cluster's GPU, else the first that transfers (True)."""
         same = [f for f in fits if f.device_key == cluster.gpu.key]
         if same:
             return same[0], False
         movable = [f for f in fits if f.reference == "roofline"]
         return (movable[0], True) if movable else (None, False)
 
+    def _pick(self, op: Op, cluster: ClusterSpec) -> tuple[Fit | None, bool, str]:
+        """The fit timing ``op``, whether it is transferred, and the kernel-choice note for the source.
+
+        The note is ``""`` (no preference: the fastest), `` [kernel K]`` (the preferred kernel's own table),
+        ``fallback: no K table, used N; `` (a nearest kernel's) or, with no fit, the roofline's reason.
+        """
+        fits = self._candidates(op)
+        family = kernel_family(op.kind)
+        want = self.kernels.get(family) if family else None
+        if want is None:
+            fit, transfer = self._on(fits, cluster)
+            return fit, transfer, ""
+        chain = [want, *_BY_NAME[(family, want)].nearest]
+        for i, name in enumerate(chain):
+            impls = _BY_NAME[(family, name)].impls
+            mine = sorted((f for f in fits if f.impl in impls), key=lambda f: impls.index(f.impl))
+            fit, transfer = self._on(mine, cluster)
+            if fit is None:
+                continue
+            if i == 0:
+                return fit, transfer, f" [kernel {want}]"
+            self._warn(
+                (family, want, name, op.kind, fit.dtype, cluster.gpu.key),
+                f"no measured {want} table for {op.kind}/{fit.dtype} on {cluster.gpu.key}; timing the engine's "
+                f"{family} kernel with the {name} table ({fit.impl})",
+            )
+            return fit, transfer, f"fallback: no {want} table, used {name}; "
+        kind = f"{op.kind}/{table_dtype(op)}"
+        tried = " nor " + ", ".join(chain[1:]) if len(chain) > 1 else ""
+        self._warn(
+            (family, want, op.kind, table_dtype(op), cluster.gpu.key),
+            f"no measured {want} table{tried} for {kind} on {cluster.gpu.key}; timing the engine's {family} kernel "
+            "with the roofline",
+        )
+        return None, False, f"roofline: no table for {want}{tried} ({kind})"
+
+    def _warn(self, key: tuple[str, ...], message: str) -> None:
+        """One stderr line per missing kernel (per cost model)."""
+        if key not in self._warned:
+            self._warned.add(key)
+            print(f"warning: {message}", file=sys.stderr)
+
     def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
         """The op's time from its fit, or its roofline with the reason (see the class docstring)."""
-        fit, transfer = self._pick(op, cluster)
+        fit, transfer, note = self._pick(op, cluster)
         kind = f"{op.kind}/{table_dtype(op)}"
         if fit is None:
-            return replace(self._roof.op_time(op, cluster), source=f"roofline: no measured {kind} table")
+            why = note if note.startswith("roofline") else f"roofline: no measured {kind} table"
+            return replace(self._roof.op_time(op, cluster), source=why)
+        fallback = note if note.startswith("fallback") else ""
+        chosen = note if note.startswith(" [kernel") else ""
+        # a roofline time keeps the kernel choice in its reason: " [kernel K]" or " [fallback for K]"
+        tag = chosen or (f" [fallback for {self.kernels[kernel_family(op.kind) or '']}]" if fallback else "")
         if op.kind in COLLECTIVES and op.inter_bytes > 0:
             return replace(self._roof.op_time(op, cluster), source="roofline: multi-node collectives not measured")
         f = features(op)
         if f is None:
             return replace(self._roof.op_time(op, cluster), source=f"roofline: {op.name} has no {kind} shape")
-        key = (fit.key, cluster.gpu.key, cluster.gpus_per_node, op.kind, op.dtype, f, self.extrapolate)
+        key = (fit.key, cluster.gpu.key, cluster.gpus_per_node, op.kind, op.dtype, f, self.extrapolate, note)
         key += (op.flops, op.bytes, op.intra_bytes, op.inter_bytes, op.intra_msgs, op.inter_msgs)
         hit = self._cache.get(key)
         if hit is not None:
@@ -336,21 +576,22 @@ class CalibratedCostModel:
             j = int(outside[0])
             name = FEATURES[op.kind][j]
             why = f"{name}=2^{x[j]:.1f} outside measured 2^{fit.lo[j]:.1f}..2^{fit.hi[j]:.1f} of {fit.key}"
-            out = replace(self._roof.op_time(op, cluster), source=f"roofline: {why}")
+            out = replace(self._roof.op_time(op, cluster), source=f"roofline: {why}{tag}")
         elif (
             not self.extrapolate and fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP
         ):
-            out = replace(self._roof.op_time(op, cluster), source=f"roofline: no measured shape near it in {fit.key}")
+            why = f"roofline: no measured shape near it in {fit.key}{tag}"
+            out = replace(self._roof.op_time(op, cluster), source=why)
         else:
             ratio = float(np.exp(fit.predictor.predict(x)[0]))
             if transfer:
                 ref = self._roof.op_time(op, cluster)
-                src = f"{clamped}transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method})"
+                src = f"{fallback}{clamped}transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method}){chosen}"
             else:
                 ref = (
                     self._roof.op_time(op, _same_device(cluster, fit.hardware)) if fit.reference == "roofline" else None
                 )
-                src = f"{clamped}measured:{fit.key} ({fit.predictor.method})"
+                src = f"{fallback}{clamped}measured:{fit.key} ({fit.predictor.method}){chosen}"
             if ref is None:  # nominal reference
                 t = ratio * (reference_times([op], fit.hardware)[0][0] + fit.floor_s)
                 out = OpTime(t, 0.0, 0.0, 0.0, "measured", src)

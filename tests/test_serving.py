@@ -327,8 +327,8 @@ def test_closed_loop_keeps_concurrency_requests_in_flight():
     delta = np.concatenate([np.ones(len(q)), -np.ones(len(q))])
     order = np.lexsort((delta, times))  # at equal times a finish (-1) goes before the arrival it releases
     assert np.cumsum(delta[order]).max() == 8
-    # client c sends requests c, c + 8, c + 16, ...
-    np.testing.assert_array_equal(q["arrival_s"].to_numpy()[8:], q["finish_s"].to_numpy()[:-8])
+    # client c sends requests c, c + 8, c + 16, ..., each when the last chunk of its previous one arrives
+    np.testing.assert_array_equal(q["arrival_s"].to_numpy()[8:], q["client_finish_s"].to_numpy()[:-8])
     assert res.summary["queue_mean_s"] <= 2 * res.summary["mean_step_s"]
 
 

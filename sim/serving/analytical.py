@@ -41,15 +41,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from moesim.model import kv_bytes_per_token
 from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
 from moesim.model.layout import Layout
 from moesim.sim.serving.engine import Capacity, check_requests_fit, make_timer, replica_capacity
-from moesim.sim.serving.metrics import percentiles
+from moesim.sim.serving.host import engine_profile
+from moesim.sim.serving.metrics import client_times, front_s, percentiles
 from moesim.sim.serving.scenario import Built, Pool
-from moesim.sim.serving.steptime import StepTimer
+from moesim.sim.serving.steptime import StepTimer, cost_row, step_breakdown
 from moesim.sim.serving.workload import generate
 
 
@@ -249,6 +251,19 @@ class Analytical:
             transfer = float(np.mean(inp * per_tok / (bw * pp.layout.tp * pp.layout.pp) + lat))
             tpot = sd.tau  # the decode pool runs decode steps only
         e2e = ttft + transfer + np.maximum(out - 1, 0) * tpot
+        # the request path, as the simulator's (`sim.serving.metrics`): API server and tokeniser before the
+        # scheduler, detokeniser after it; TTFT and E2E as the client sees them
+        path = engine_profile((pools.get("mixed") or pools["prefill"]).engine, built.base_dir)
+        h = path.host
+        front = front_s(inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        ttft, e2e = client_times(
+            front + ttft,
+            front + e2e,
+            out,
+            detokenize_per_token_s=h["detokenize_per_token_s"],
+            stream=path.stream,
+            chunk_tokens=path.stream_chunk_tokens,
+        )
         return states, ttft, e2e, tpot
 
     def summary(self, rate: float | None = None) -> dict[str, Any]:
@@ -321,10 +336,33 @@ class Analytical:
                 "overloaded": bool(overloaded),
                 "overload_reason": "; ".join(overloaded),
                 "simulated_s": float(len(inp) / rate + np.mean(e2e)) if rate > 0 else math.nan,
+                "step_breakdown": self.breakdown(states),
                 "wall_s": time.perf_counter() - t0,
             }
         )
         return summary
+
+    def breakdown(self, states: dict[str, PoolState]) -> dict[str, dict[str, Any]]:
+        """The expected steps of the steady state by phase, split as the simulator's ``step_breakdown``:
+        kernels, collectives, launches, scheduler, input preparation and sampling (s, and shares)."""
+        rows = []
+        ctx = int(self.mean_in + self.mean_out / 2)
+        for role, st in states.items():
+            if st.overloaded and not st.tau:
+                continue
+            timer = self.timers[role]
+            b = 0 if role == "prefill" else max(1, round(st.batch))
+            packed = role == "mixed" and st.mixed_frac >= 1.0
+            chunk_ctx = int(self.mean_in / 2) if st.chunks > 1 and not packed else 0
+            dec, mix = _steps(timer, b, ctx, st.chunk if role != "decode" else 0, chunk_ctx)
+            if dec is not None:
+                rows.append(cost_row(dec, "decode"))
+            if role != "decode":
+                rows.append(cost_row(mix, "prefill" if role == "prefill" else "mixed"))
+        out = step_breakdown(pd.DataFrame(rows))
+        for entry in out.values():
+            entry.pop("steps", None)
+        return out
 
 
 def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import pandas as pd
 
 from moesim.model import Batch, estimate_memory
 from moesim.model.errors import MoesimError
+from moesim.sim.serving.host import engine_profile
+from moesim.sim.serving.kernels import pool_cost_model
 from moesim.sim.serving.scenario import PCIE_BW, Built, Pool
 from moesim.sim.serving.steptime import Offload, StepTimer
 
@@ -161,13 +163,15 @@ def check_requests_fit(built: Built, requests: pd.DataFrame, caps: dict[str, Cap
 
 
 def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
+    """The step timer of one replica of ``pool``: its model, layout, routing physics, expert cache and the
+    engine profile of its ``engine:`` (host time per step, `sim.serving.host`)."""
     r = built.scenario.routing
     return StepTimer(
         built.model,
         pool.layout,
         pool.cluster,
         built.precision,
-        built.cost_model,
+        pool_cost_model(built, pool),  # the scenario's cost model timing the kernels the pool's engine runs
         built.loads,
         built.phys_to_log,
         capacity_factor=r.capacity_factor,
@@ -175,4 +179,5 @@ def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
         offload=cap.offload,
         seed=seed,
         max_pairs=pool.engine.max_tokens * (built.model.moe.top_k if built.model.moe else 1),
+        profile=engine_profile(pool.engine, built.base_dir),
     )

@@ -14,6 +14,13 @@ replica (``GPU 3``; tid = GPU + 1). Each engine step is a slice named by its pha
 - Every other GPU: ``compute`` (compute_s), ``straggler wait`` (straggler_s, idle while the busiest GPU
   finishes), ``all-to-all``, ``expert fetch``.
 
+Host time (`sim.serving.host`): each replica has a ``host (CPU)`` thread (tid = `HOST_TID`, drawn first) where
+each step's CPU work is laid end to end from the step's start: ``schedule``, ``prepare inputs``, ``launch`` (kernel
+launches, or CUDA graph replays), ``sampling`` (raw CPU seconds, hidden behind the GPU or not; the columns
+``*_cpu_s`` of the steps table). On the GPU threads, the step's GPU work starts after the host time it exposes
+before the forward (scheduler_s + prepare_s); the exposed launch and sampling time is the idle gap at its end.
+Steps tables without host columns (older runs) draw no host slices.
+
 This is a simplification: the simulator reports only the wait behind the busiest GPU beyond the mean one,
 not which GPU was busiest nor each GPU's own wait, and the wait happens inside every MoE layer, not once per
 step. The all-to-all therefore starts at the same time on every GPU, as a collective does. When the
@@ -38,6 +45,16 @@ from moesim.sim.serving.metrics import require_columns
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "phase", "compute_s", "comm_s", "straggler_s", "fetch_s")
 KV_COLUMNS = ("request_id", "src_replica", "dst_replica", "start_s", "duration_s", "bytes")
 _STEP_ARGS = ("tokens", "seqs", "prefill_tokens", "decode_seqs", "kv_used_frac", "waiting")
+#: Exposed host seconds by part (added to the step's args) and the raw CPU seconds drawn on the host thread.
+_HOST_ARGS = ("scheduler_s", "prepare_s", "sampling_s", "launch_s", "host_s", "launches", "graphs", "padded_batch")
+_HOST_SLICES = (
+    ("schedule", "scheduler_cpu_s"),
+    ("prepare inputs", "prepare_cpu_s"),
+    ("launch", "launch_cpu_s"),
+    ("sampling", "sampling_cpu_s"),
+)
+#: Thread id of each replica's host (CPU) track.
+HOST_TID = 100000
 
 
 def _jsonable(v: Any) -> Any:
@@ -98,7 +115,8 @@ def _meta(kind: str, pid: int, tid: int, args: dict) -> dict:
 def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
     """Phase slices and their sub-slices, on every GPU, for the steps in ``sel``."""
     events: list[dict] = []
-    arg_cols = [c for c in _STEP_ARGS if c in sel.columns]
+    arg_cols = [c for c in (*_STEP_ARGS, *_HOST_ARGS) if c in sel.columns]
+    host_cols = all(c in sel.columns for _, c in _HOST_SLICES)
     for replica, grp in sel.groupby("replica", sort=True):
         grp = grp.sort_values("start_s", kind="stable")
         pid = int(replica) + 1
@@ -110,8 +128,13 @@ def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
         compute, comm, straggler, fetch = parts
         total = compute + comm + straggler + fetch
         room = (end - start) / 1e9
+        lead = _col(grp, "scheduler_s") + _col(grp, "prepare_s")  # exposed host time before the forward
+        lead = np.minimum(lead, room)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(total > room, room / total, 1.0)
+            scale = np.where(total > room - lead, (room - lead) / total, 1.0)
+        if host_cols:
+            events.extend(_host_events(grp, pid, start, end))
+        start = np.minimum(start + _ns(lead), end)
         # Sub-slice edges (ns) on a non-busiest GPU; GPU 0 merges [b0, b2] into one compute slice.
         b0 = start
         b1 = np.minimum(start + _ns(compute * scale), end)
@@ -122,12 +145,13 @@ def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
         true_s = np.column_stack(parts).tolist()
         arg_rows = grp[arg_cols].to_dict("records") if arg_cols else [{} for _ in range(len(grp))]
         cols = (b0.tolist(), b1.tolist(), b2.tolist(), b3.tolist(), b4.tolist(), end.tolist())
+        step_start = _ns(grp["start_s"].to_numpy(float)).tolist()
         for i, (s0, s1, s2, s3, s4, e) in enumerate(zip(*cols, strict=True)):
             args = {k: _jsonable(v) for k, v in arg_rows[i].items()}
             args.update(zip(("compute_s", "comm_s", "straggler_s", "fetch_s"), true_s[i], strict=True))
             for g in range(gpus[int(replica)]):
                 tid = g + 1
-                events.append(_slice(phases[i], "step", pid, tid, s0, e, args))
+                events.append(_slice(phases[i], "step", pid, tid, step_start[i], e, args))
                 subs = (
                     [("compute", "compute", s0, s2)]
                     if g == 0
@@ -135,6 +159,31 @@ def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
                 )
                 subs += [("all-to-all", "comm", s2, s3), ("expert fetch", "fetch", s3, s4)]
                 events.extend(_slice(name, cat, pid, tid, a, b) for name, cat, a, b in subs if b > a)
+    return events
+
+
+def _col(grp: pd.DataFrame, name: str) -> np.ndarray:
+    """A column as non-negative floats [rows] (zeros when the table lacks it)."""
+    if name not in grp.columns:
+        return np.zeros(len(grp))
+    return np.clip(np.nan_to_num(grp[name].to_numpy(float)), 0.0, None)
+
+
+def _host_events(grp: pd.DataFrame, pid: int, start: np.ndarray, end: np.ndarray) -> list[dict]:
+    """The host (CPU) slices of one replica's steps: raw CPU parts end to end from each step's start [ns]."""
+    events: list[dict] = []
+    edge = start.copy()
+    graphs, launches = _col(grp, "graphs"), _col(grp, "launches")
+    for name, col in _HOST_SLICES:
+        sec = _col(grp, col)
+        nxt = np.minimum(edge + _ns(sec), end)
+        for i in np.flatnonzero(nxt > edge).tolist():
+            label = "graph replay" if name == "launch" and graphs[i] > 0 and launches[i] == 0 else name
+            args = {"cpu_s": float(sec[i])}
+            if name == "launch":
+                args |= {"launches": int(launches[i]), "graphs": int(graphs[i])}
+            events.append(_slice(label, "host", pid, HOST_TID, int(edge[i]), int(nxt[i]), args))
+        edge = nxt
     return events
 
 
@@ -234,6 +283,9 @@ def write_chrome_trace(
         pool = pools.get(r)
         meta.append(_meta("process_name", pid, 0, {"name": f"replica {r} ({pool} pool)" if pool else f"replica {r}"}))
         meta.append(_meta("process_sort_index", pid, 0, {"sort_index": r}))
+        if any(c in steps.columns for _, c in _HOST_SLICES):
+            meta.append(_meta("thread_name", pid, HOST_TID, {"name": "host (CPU)"}))
+            meta.append(_meta("thread_sort_index", pid, HOST_TID, {"sort_index": -1}))
         for g in range(gpus[r]):
             meta.append(_meta("thread_name", pid, g + 1, {"name": f"GPU {g}"}))
             meta.append(_meta("thread_sort_index", pid, g + 1, {"sort_index": g}))

@@ -18,7 +18,15 @@ and SGLang schedule them:
   front of the queue and prefill prompt + generated tokens again);
 - a request emits a token at the end of every step in which its cache
   reaches its tokens; the first is its TTFT, the gaps are its inter-token
-  latencies;
+  latencies (the engine's view);
+- the request path (`sim.serving.metrics`): a request reaches the scheduler
+  after the API server and tokenisation (the entry pool's engine profile,
+  `sim.serving.metrics.front_s`), so open-loop requests are submitted in the
+  order they reach it; its tokens reach the client after detokenisation
+  (`sim.serving.metrics.client_times`), which is what the summary's TTFT,
+  TPOT, ITL and E2E measure, and what a closed-loop client waits for;
+- prefix caching (`sim.serving.replica`): a request whose shared prefix is in
+  its replica's cache skips the prefill of its cached full blocks;
 - a step lasts `sim.serving.steptime.StepTimer.sample`: the cost model's op times
   plus this step's routing draw (stragglers, drops, expert fetches);
 - pipeline parallelism runs ``pp`` batches in flight: a new batch starts after
@@ -64,6 +72,8 @@ from moesim.sim.serving.capacity import (
     make_timer,
     replica_capacity,
 )
+from moesim.sim.serving.host import engine_profile
+from moesim.sim.serving.metrics import client_times, front_s, last_chunk_tokens
 from moesim.sim.serving.replica import (
     MAX_RUN,  # noqa: F401 (re-exported)
     Replica,
@@ -103,16 +113,26 @@ class Simulation:
         check_requests_fit(built, self.df, self.capacities)
         for p_i, pool in enumerate(built.pools):
             cap = self.capacities[pool.role]
+            profile = engine_profile(pool.engine, built.base_dir)
             reps = []
             for _ in range(pool.replicas):
                 timer = make_timer(built, pool, cap, seed * 1000 + len(self.all) + 17 * p_i)
-                rep = Replica(self, len(self.all), pool, cap, timer)
+                rep = Replica(self, len(self.all), pool, cap, timer, profile)
                 reps.append(rep)
                 self.all.append(rep)
             self.replicas[pool.role] = reps
         self.entry = self.replicas.get("mixed") or self.replicas["prefill"]
         self._rr = {"entry": 0, "decode": 0}
-        self._arrivals = self.req.arrival
+        # the request path: the entry pool's API server, tokeniser and detokeniser (`sim.serving.metrics`)
+        self.path = engine_profile(self.entry[0].pool.engine, built.base_dir)
+        h = self.path.host
+        self.front = front_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        self.back = h["detokenize_per_token_s"] * last_chunk_tokens(
+            self.req.out, self.path.stream, self.path.stream_chunk_tokens
+        )
+        # open loop: requests reach the scheduler in order of arrival + front (a long prompt tokenises longer)
+        self._order = np.argsort(self.req.arrival + self.front, kind="stable")
+        self._arrivals = (self.req.arrival + self.front)[self._order]
         self._next = 0
         self.kv_per_token = kv_bytes_per_token(built.model, Layout(), built.precision)
         self.links: dict[int, simpy.Resource] = {}
@@ -134,27 +154,32 @@ class Simulation:
         return min(pool, key=lambda r: (r.outstanding, r.index))
 
     def _arrive(self, rid: int) -> None:
+        self.req.engine_arrival[rid] = self.env.now
         rep = self._route(self.entry, "entry")
         self.req.replica[rid] = rep.index
         self.req.prefill_replica[rid] = rep.index if rep.pool.role == "prefill" else -1
         rep.submit(rid)
 
     def open_loop(self):
-        for rid in range(self.req.n):
-            wait = self._arrivals[rid] - self.env.now
+        for i, rid in enumerate(self._order.tolist()):
+            wait = self._arrivals[i] - self.env.now
             if wait > 0:
                 yield self.env.timeout(wait)
-            self._next = rid + 1
+            self._next = i + 1
             self._arrive(rid)
 
     def client(self, first: int, stride: int):
         think = self.built.workload.think_s
         for rid in range(first, self.req.n, stride):
-            self.req.arrival[rid] = self.env.now
+            self.req.arrival[rid] = self.env.now  # the client sends
             done = self.env.event()
             self.waiters[rid] = done
+            if self.front[rid] > 0:  # API server and tokenisation
+                yield self.env.timeout(float(self.front[rid]))
             self._arrive(rid)
             yield done
+            if self.back[rid] > 0:  # the last chunk reaches the client
+                yield self.env.timeout(float(self.back[rid]))
             if think:
                 yield self.env.timeout(think)
 
@@ -203,23 +228,38 @@ class Simulation:
             self.env.process(self.open_loop())
         self.env.run()
         R = self.req
-        req = request_table(
-            {
-                "request_id": self.df["request_id"].to_numpy(),
-                "replica": R.replica,
-                "prefill_replica": R.prefill_replica,
-                "arrival_s": R.arrival,
-                "input_tokens": R.inp,
-                "output_tokens": R.out,
-                "scheduled_s": R.scheduled,
-                "first_token_s": R.first,
-                "finish_s": R.finish,
-                "preemptions": R.preempt,
-            }
+        stream = self.path.stream
+        client_first, client_finish = client_times(
+            R.first,
+            R.finish,
+            R.out,
+            detokenize_per_token_s=self.path.host["detokenize_per_token_s"],
+            stream=stream,
+            chunk_tokens=self.path.stream_chunk_tokens,
         )
+        columns = {
+            "request_id": self.df["request_id"].to_numpy(),
+            "replica": R.replica,
+            "prefill_replica": R.prefill_replica,
+            "arrival_s": R.arrival,
+            "engine_arrival_s": R.engine_arrival,
+            "input_tokens": R.inp,
+            "output_tokens": R.out,
+            "cached_tokens": R.cached,
+            "scheduled_s": R.scheduled,
+            "first_token_s": R.first,
+            "finish_s": R.finish,
+            "client_first_s": client_first,
+            "client_finish_s": client_finish,
+            "preemptions": R.preempt,
+        }
+        if "prefix_id" in self.df:
+            columns |= {"prefix_id": R.prefix_id, "prefix_tokens": R.prefix_tokens}
+        req = request_table(columns)
         steps = pd.DataFrame(self.steps, columns=STEP_COLUMNS)
         transfers = pd.DataFrame(self.transfers, columns=TRANSFER_COLUMNS)
-        itl = np.concatenate(R.itl) if R.itl else np.zeros(0)
+        engine_itl = np.concatenate(R.itl) if R.itl else np.zeros(0)
+        itl = engine_itl if stream else np.zeros(0)  # the client's: gaps between streamed chunks
         return SimResult(
             req,
             itl,
@@ -229,6 +269,7 @@ class Simulation:
             self.capacities,
             time.perf_counter() - self.wall0,
             {r.index: r.pool.layout.num_gpus for r in self.all},
+            engine_itl,
         )
 
 

@@ -1,11 +1,51 @@
 """Summaries of a serving simulation: latency percentiles, throughput, goodput, Little's law, time series.
 
+The request path and what each latency means
+--------------------------------------------
+A request's timeline, as a benchmark client sees it (times in s from the start of the run):
+
+1. ``arrival_s``: the client sends the request (the workload's arrival time).
+2. The API server parses it (``api_per_request_s``) and tokenises the prompt (``tokenize_per_token_s`` x
+   input tokens), both from the engine profile (`sim.serving.host`): `front_s`. Only then does the scheduler
+   see it: ``engine_arrival_s`` = arrival_s + front_s.
+3. The engine queues, prefills and decodes it: ``scheduled_s`` (first admitted), ``first_token_s`` (the end of
+   the step that emits the first output token), ``finish_s`` (the step that emits the last).
+4. Each output token is detokenised (``detokenize_per_token_s``) and sent back (`client_times`): streamed,
+   every token reaches the client detokenize_per_token_s after the engine emitted it; not streamed, the whole
+   response arrives once, after the last token and the detokenisation of the last group of tokens the engine
+   had not yet detokenised (``stream_chunk_tokens`` per group; 0: all of them). ``client_first_s`` and
+   ``client_finish_s`` are the client's receive times of the first chunk holding a token and of the last.
+
+The summary's latencies are the client's, defined as vLLM's and SGLang's benchmark clients define them
+(vllm-project/vllm@vllm/benchmarks/lib/endpoint_request_func.py and vllm/benchmarks/serve.py, formerly
+benchmarks/backend_request_func.py and benchmarks/benchmark_serving.py; sgl-project/sglang@
+python/sglang/bench_serving.py; kubernetes-sigs/inference-perf, whose timings the reference runs in
+``vllm-e2e-dense`` use); see `METRIC_DEFINITIONS`:
+
+- TTFT = client_first_s - arrival_s: send to the first streamed chunk that carries a token. Not streamed,
+  the first chunk is the whole response, so TTFT = E2E (sglang bench_serving: "For non-streaming, TTFT = total
+  latency").
+- E2E = client_finish_s - arrival_s: send to the last chunk.
+- TPOT = (E2E - TTFT) / (output tokens - 1), per request, the first token excluded (NaN for one-token outputs;
+  0 when not streamed); the summary's tpot_* are over requests. ``tpot_derived_mean_s`` is the ratio of means
+  (mean E2E - mean TTFT) / (mean output tokens - 1) that the ``vllm-e2e-dense`` study calibrates against.
+- ITL: every gap between consecutive streamed chunks of a request, pooled over requests (vLLM and SGLang: one
+  chunk per engine step per request, so one token per chunk without speculative decoding). Detokenisation
+  delays every chunk alike, so the gaps are the engine's. Not streamed: no gaps (ITL is NaN).
+
+The engine's own view is kept beside it in the request table: ``engine_ttft_s`` = first_token_s -
+engine_arrival_s, ``engine_e2e_s`` = finish_s - engine_arrival_s, ``engine_tpot_s`` = (finish_s -
+first_token_s) / (output tokens - 1), ``queue_s`` = scheduled_s - engine_arrival_s (time in the scheduler's
+queue). With the ``ideal`` engine kind every host cost is 0 and both views agree.
+
 Inputs follow the serving simulator's data contract:
 
 - ``requests``: one row per request with ``request_id``, ``replica``, ``arrival_s``, ``input_tokens``,
   ``output_tokens``, ``scheduled_s``, ``first_token_s``, ``finish_s`` (NaN when the request never finished),
-  ``preemptions`` and the derived ``queue_s``, ``ttft_s``, ``tpot_s``, ``e2e_s`` (all times in s). Derived
-  columns that are missing are computed here from the raw ones.
+  ``preemptions``, optionally ``engine_arrival_s``, ``client_first_s``, ``client_finish_s`` (default: the
+  engine's times, no request path) and ``cached_tokens`` (prompt tokens found in the prefix cache), and the
+  derived ``queue_s``, ``ttft_s``, ``tpot_s``, ``e2e_s``, ``engine_ttft_s``, ``engine_tpot_s``,
+  ``engine_e2e_s`` (all times in s). Derived columns that are missing are computed here from the raw ones.
 - ``itl``: every inter-token latency of every request, s (a flat array, no request ids).
 - ``steps``: one row per engine step with ``replica``, ``start_s``, ``duration_s``, ``seqs``, ``decode_seqs``,
   ``kv_used_frac``, ``waiting``, ``straggler_s``, ``fetch_s``, ``dropped_pairs``, ``pairs`` (and more that
@@ -49,13 +89,36 @@ STEP_COLUMNS = (
 SERIES_STEP_COLUMNS = ("start_s", "duration_s", "seqs", "decode_seqs", "kv_used_frac", "waiting")
 
 _LATENCIES = {
-    "ttft": "time to first token (first_token − arrival), s",
-    "tpot": "time per output token after the first ((finish − first_token) / (output_tokens − 1)), s",
-    "itl": "inter-token latency (gap between consecutive output tokens of a request), s",
-    "e2e": "end-to-end latency (finish − arrival), s",
-    "queue": "queueing delay (first scheduled − arrival), s",
+    "ttft": "client time to first token (client_first − arrival: send to the first chunk with a token), s",
+    "tpot": "client time per output token after the first ((e2e − ttft) / (output_tokens − 1), per request), s",
+    "itl": "client inter-token latency (gap between consecutive streamed chunks of a request), s",
+    "e2e": "client end-to-end latency (client_finish − arrival: send to the last chunk), s",
+    "queue": "queueing delay in the scheduler (first scheduled − engine_arrival), s",
+    "engine_ttft": "engine time to first token (first_token − engine_arrival), s",
+    "engine_e2e": "engine end-to-end latency (finish − engine_arrival), s",
 }
 _STATS = {"mean": "mean", "p50": "median", "p90": "90th percentile", "p99": "99th percentile"}
+
+#: What the summary's latencies mean: the client's view (module docstring), for a summary's ``metric_definitions``.
+METRIC_DEFINITIONS: dict[str, str] = {
+    "basis": "client side, as vLLM's and SGLang's benchmark clients measure (vllm bench serve, sglang.bench_serving, "
+    "inference-perf): API server and tokenisation before the scheduler, detokenisation after it",
+    "ttft": "send -> first streamed chunk carrying a token; not streamed: send -> the whole response (TTFT = E2E)",
+    "tpot": "per request (E2E - TTFT) / (output tokens - 1), first token excluded; tpot_derived_mean_s: "
+    "(mean E2E - mean TTFT) / (mean output tokens - 1)",
+    "itl": "gaps between consecutive streamed chunks (one token each), pooled over requests; none when not streamed",
+    "e2e": "send -> last chunk received",
+    "engine_ttft, engine_e2e": "the engine's view: from the scheduler seeing the request to emitting the first / "
+    "last token",
+}
+
+
+def ttft_basis(stream: bool) -> str:
+    """One line saying what the summary's TTFT is, for a summary's ``ttft_basis``."""
+    if stream:
+        return "client, streamed: send -> first chunk with a token (API server + tokenisation + engine + detokenise)"
+    return "client, not streamed: send -> the whole response, so TTFT = E2E (sglang bench_serving)"
+
 
 #: Every key `latency_summary` returns, with its meaning and unit.
 SUMMARY_KEYS: dict[str, str] = {
@@ -66,7 +129,10 @@ SUMMARY_KEYS: dict[str, str] = {
         for lat, lat_doc in _LATENCIES.items()
         for stat, stat_doc in _STATS.items()
     },
-    "makespan_s": "last finish − first arrival, s",
+    "tpot_derived_mean_s": "ratio of means (mean e2e − mean ttft) / (mean output_tokens − 1) over the same "
+    "requests (the vllm-e2e-dense study's tpot_derived_mean), s",
+    "prefix_hit_rate": "prompt tokens found in the prefix cache / prompt tokens, over admitted requests (0..1)",
+    "makespan_s": "last client finish − first arrival, s",
     "throughput_req_s": "completed requests per second of makespan, req/s",
     "throughput_tok_s": "output tokens of completed requests per second of makespan, tok/s",
     "input_tok_s": "input (prompt) tokens of completed requests per second of makespan, tok/s",
@@ -99,31 +165,110 @@ def _f(a: pd.Series | np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=float)
 
 
+def front_s(input_tokens: np.ndarray, api_per_request_s: float, tokenize_per_token_s: float) -> np.ndarray:
+    """Seconds from the client's send to the scheduler seeing each request: API server + tokenisation.
+
+    Args:
+        input_tokens: prompt lengths, tokens [n].
+        api_per_request_s: API server time per request (HTTP, parsing, hand-off to the engine), s.
+        tokenize_per_token_s: tokenisation time per prompt token, s.
+
+    Returns:
+        float64 [n], s: api_per_request_s + tokenize_per_token_s x input_tokens.
+    """
+    return api_per_request_s + tokenize_per_token_s * np.asarray(input_tokens, dtype=float)
+
+
+def last_chunk_tokens(output_tokens: np.ndarray, stream: bool, chunk_tokens: int) -> np.ndarray:
+    """Output tokens detokenised after the engine emitted the last one, per request: int64 [n].
+
+    Streamed: 1 (each token is detokenised and sent as it comes). Not streamed: the last group of
+    ``chunk_tokens`` tokens the engine hands to its detokeniser (SGLang hands a non-streamed request's tokens over
+    every DEFAULT_FORCE_STREAM_INTERVAL = 50 tokens, sgl-project/sglang@python/sglang/srt/managers/
+    scheduler_output_processor_mixin.py; ``chunk_tokens`` 0: all of them at the end).
+    """
+    out = np.maximum(np.asarray(output_tokens, dtype=np.int64), 1)
+    if stream:
+        return np.ones_like(out)
+    if chunk_tokens <= 0:
+        return out
+    return (out - 1) % chunk_tokens + 1
+
+
+def client_times(
+    first_token_s: np.ndarray,
+    finish_s: np.ndarray,
+    output_tokens: np.ndarray,
+    *,
+    detokenize_per_token_s: float,
+    stream: bool,
+    chunk_tokens: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """When the client receives its first token and its last (see the module docstring), s.
+
+    Args:
+        first_token_s, finish_s: the engine's emit times of the first and the last output token, s [n].
+        output_tokens: output lengths, tokens [n].
+        detokenize_per_token_s: detokenisation time per output token, s.
+        stream: the client streams.
+        chunk_tokens: tokens the engine hands to the detokeniser at once for a non-streamed request (0: all).
+
+    Returns:
+        (client_first_s, client_finish_s), float64 [n]: streamed, first_token_s + detok and finish_s + detok;
+        not streamed, both finish_s + detok x `last_chunk_tokens` (the first chunk is the whole response).
+    """
+    finish = np.asarray(finish_s, dtype=float)
+    tail = detokenize_per_token_s * last_chunk_tokens(output_tokens, stream, chunk_tokens)
+    client_finish = finish + tail
+    if not stream:
+        return client_finish.copy(), client_finish
+    return np.asarray(first_token_s, dtype=float) + detokenize_per_token_s, client_finish
+
+
+def _tpot(e2e: np.ndarray, ttft: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(e2e − ttft) / (out − 1), NaN for one-token outputs, s [n]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = (e2e - ttft) / (out - 1.0)
+    return np.where(out > 1, tpot, np.nan)
+
+
 def with_derived(requests: pd.DataFrame) -> pd.DataFrame:
-    """``requests`` with ``queue_s``, ``ttft_s``, ``tpot_s`` and ``e2e_s`` present (computed where missing).
+    """``requests`` with the derived latencies present (computed where missing): the client's ``ttft_s``,
+    ``tpot_s``, ``e2e_s``, the engine's ``engine_ttft_s``, ``engine_tpot_s``, ``engine_e2e_s`` and ``queue_s``.
+
+    Without ``engine_arrival_s`` / ``client_first_s`` / ``client_finish_s`` the request path is taken as free:
+    the engine sees a request when it is sent and the client gets each token when it is emitted.
 
     Args:
         requests: the simulator's per-request DataFrame (raw times in s).
 
     Returns:
-        The same frame when nothing was missing, else a copy with the missing derived columns, s. ``tpot_s``
-        is NaN for requests with a single output token or that never finished.
+        The same frame when nothing was missing, else a copy with the missing derived columns, s. TPOTs are NaN
+        for requests with a single output token or that never finished.
     """
-    derived = ("queue_s", "ttft_s", "tpot_s", "e2e_s")
+    derived = ("queue_s", "ttft_s", "tpot_s", "e2e_s", "engine_ttft_s", "engine_tpot_s", "engine_e2e_s")
     if all(c in requests.columns for c in derived):
         return requests
     df = requests.copy()
+    arrival = _f(df["arrival_s"])
+    engine_arrival = _f(df["engine_arrival_s"]) if "engine_arrival_s" in df.columns else arrival
+    first = _f(df["client_first_s"]) if "client_first_s" in df.columns else _f(df["first_token_s"])
+    finish = _f(df["client_finish_s"]) if "client_finish_s" in df.columns else _f(df["finish_s"])
+    out = _f(df["output_tokens"])
     if "queue_s" not in df.columns:
-        df["queue_s"] = _f(df["scheduled_s"]) - _f(df["arrival_s"])
+        df["queue_s"] = _f(df["scheduled_s"]) - engine_arrival
     if "ttft_s" not in df.columns:
-        df["ttft_s"] = _f(df["first_token_s"]) - _f(df["arrival_s"])
-    if "tpot_s" not in df.columns:
-        out = _f(df["output_tokens"])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tpot = (_f(df["finish_s"]) - _f(df["first_token_s"])) / (out - 1.0)
-        df["tpot_s"] = np.where(out > 1, tpot, np.nan)
+        df["ttft_s"] = first - arrival
     if "e2e_s" not in df.columns:
-        df["e2e_s"] = _f(df["finish_s"]) - _f(df["arrival_s"])
+        df["e2e_s"] = finish - arrival
+    if "tpot_s" not in df.columns:
+        df["tpot_s"] = _tpot(_f(df["e2e_s"]), _f(df["ttft_s"]), out)
+    if "engine_ttft_s" not in df.columns:
+        df["engine_ttft_s"] = _f(df["first_token_s"]) - engine_arrival
+    if "engine_e2e_s" not in df.columns:
+        df["engine_e2e_s"] = _f(df["finish_s"]) - engine_arrival
+    if "engine_tpot_s" not in df.columns:
+        df["engine_tpot_s"] = _tpot(_f(df["finish_s"]), _f(df["first_token_s"]), out)
     return df
 
 
@@ -212,7 +357,7 @@ def latency_summary(
     req = with_derived(requests)
     n = len(req)
     arrival = _f(req["arrival_s"])
-    finish = _f(req["finish_s"])
+    finish = _f(req["client_finish_s"]) if "client_finish_s" in req.columns else _f(req["finish_s"])
     done = ~np.isnan(finish)
     completed = int(done.sum())
 
@@ -227,6 +372,17 @@ def latency_summary(
         values = np.asarray(itl, dtype=float) if lat == "itl" else _f(req[f"{lat}_s"])[keep]
         for stat, v in percentiles(values).items():
             out[f"{lat}_{stat}_s"] = v
+    n_kept = int(keep.sum())
+    mean_out = float(_f(req["output_tokens"])[keep].mean()) if n_kept else math.nan
+    out["tpot_derived_mean_s"] = (
+        (float(_f(req["e2e_s"])[keep].mean()) - float(_f(req["ttft_s"])[keep].mean())) / (mean_out - 1.0)
+        if n_kept and mean_out > 1
+        else math.nan
+    )
+    admitted = ~np.isnan(_f(req["scheduled_s"]))
+    prompt = float(_f(req["input_tokens"])[admitted].sum())
+    cached = float(_f(req["cached_tokens"])[admitted].sum()) if "cached_tokens" in req.columns else 0.0
+    out["prefix_hit_rate"] = _ratio(cached, prompt)
 
     first_arrival = float(np.nanmin(arrival)) if n else math.nan
     makespan = float(finish[done].max() - first_arrival) if completed else math.nan

@@ -7,12 +7,32 @@ admission while KV blocks allow, recompute preemption of the latest admitted, an
 arrays [n] indexed by request id (times in seconds, lengths in tokens). A replica talks to its
 simulation only through the `Host` protocol, so this module does not import the engine.
 
+Prefix caching (vLLM V1 automatic prefix caching, SGLang's radix cache), when the engine profile has it on:
+
+- a request with a shared prefix (``prefix_id`` >= 0, ``prefix_tokens``; `sim.serving.workload`) whose
+  prefix is in this replica's cache starts with those tokens already computed: they skip prefill and count
+  as cached tokens for attention. Only full KV blocks are cached (vLLM hashes full blocks of ``block_size``
+  tokens, vllm-project/vllm@vllm/v1/core/kv_cache_utils.py: hash_block_tokens), and a prompt that hits
+  entirely still recomputes its last token to get logits (vllm-project/vllm@vllm/v1/core/kv_cache_manager.py:
+  get_computed_blocks caps the hit at prompt length - 1): a hit is min(prefix, prompt - 1) // block_size
+  full blocks;
+- a prefix enters the cache once a request has computed its full blocks; its blocks then belong to the
+  cache, shared by every running request that uses it (counted once). A prefix no running request uses is
+  free to evict: its blocks are taken back, least recently used first, when requests need KV blocks (vLLM's
+  free-block queue evicts cached blocks LRU; SGLang's radix cache evicts LRU leaves). KV usage counts
+  referenced blocks only, as vLLM's ``kv_cache_usage`` does;
+- with a declared ``engine.prefix_hit_rate`` r instead, every request finds min(round(r x prompt),
+  prompt - 1) tokens cached (a measured rate: no block rounding, no cache capacity); it wins over the
+  requests' prefix ids.
+
+``_Requests.cached`` holds each request's hit at its first admission (vLLM's ``num_cached_tokens``).
+
 Units: seconds, tokens, KV blocks.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +41,7 @@ import simpy
 
 from moesim.model import Batch
 from moesim.sim.serving.capacity import Capacity
+from moesim.sim.serving.host import EngineProfile
 from moesim.sim.serving.scenario import Pool
 from moesim.sim.serving.steptime import StepCost, StepTimer
 
@@ -67,15 +88,33 @@ class _Requests:
         self.last = np.full(n, np.nan)
         self.preempt = np.zeros(n, np.int64)
         self.itl: list[np.ndarray] = []
+        # the request path (`sim.serving.metrics.client_times`): when the scheduler sees the request, s
+        self.engine_arrival = np.full(n, np.nan)
+        # shared prefixes: id (-1: none) and length, tokens
+        self.prefix_id = df["prefix_id"].to_numpy(np.int64) if "prefix_id" in df else np.full(n, -1, np.int64)
+        self.prefix_tokens = df["prefix_tokens"].to_numpy(np.int64) if "prefix_tokens" in df else np.zeros(n, np.int64)
+        self.cached = np.zeros(n, np.int64)  # tokens found in the prefix cache at the first admission
+        self.shared = np.zeros(n, np.int64)  # KV blocks the request uses from the prefix cache (not its own)
+        self.pref = np.full(n, -1, np.int64)  # the cached prefix it references (-1: none)
 
 
 class Replica:
     """One engine (see the module docstring)."""
 
-    def __init__(self, sim: Host, index: int, pool: Pool, cap: Capacity, timer: StepTimer) -> None:
+    def __init__(
+        self, sim: Host, index: int, pool: Pool, cap: Capacity, timer: StepTimer, profile: EngineProfile | None = None
+    ) -> None:
         self.sim, self.index, self.pool, self.cap, self.timer = sim, index, pool, cap, timer
         self.env = sim.env
         self.eng = pool.engine
+        profile = profile if profile is not None else timer.profile
+        caching = bool(profile.prefix_caching) if profile is not None else bool(self.eng.prefix_caching)
+        self.caching = caching and pool.role != "decode"  # a decode replica receives whole KV caches
+        self.declared = self.eng.prefix_hit_rate if self.caching else None
+        self.pcache: OrderedDict[int, int] = OrderedDict()  # prefix id -> its KV blocks, least recently used first
+        self.prefs: dict[int, int] = {}  # prefix id -> running requests using it
+        self.cache_blocks = 0  # blocks held by cached prefixes
+        self.evictable = 0  # of them, blocks of prefixes no running request uses
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
         self.in_flight: set[int] = set()
@@ -108,6 +147,86 @@ class Replica:
     def _blocks(self, tokens: np.ndarray) -> np.ndarray:
         return -(-tokens // self.eng.block_size)
 
+    # ---- prefix cache ------------------------------------------------------------------------------------------
+    def _pinned(self) -> int:
+        """KV blocks of cached prefixes that running requests use (not free to evict)."""
+        return self.cache_blocks - self.evictable
+
+    def _lookup(self, rid: int) -> tuple[int, int, int]:
+        """What request ``rid`` finds in the prefix cache now: (hit tokens, shared blocks, prefix id or -1)."""
+        R = self.sim.req
+        if not self.caching or R.comp[rid] != 0:
+            return 0, 0, -1
+        inp = int(R.inp[rid])
+        if self.declared is not None:
+            return min(round(self.declared * inp), inp - 1), 0, -1
+        p = int(R.prefix_id[rid])
+        blocks = self.pcache.get(p, 0) if p >= 0 else 0
+        if not blocks:
+            return 0, 0, -1
+        bs = self.eng.block_size
+        shared = min(blocks, min(int(R.prefix_tokens[rid]), inp - 1) // bs)
+        return shared * bs, shared, (p if shared else -1)
+
+    def _take(self, rid: int, hit: int, shared: int, p: int) -> None:
+        """Admit request ``rid`` with ``hit`` tokens from the cache (``shared`` blocks of prefix ``p``)."""
+        R = self.sim.req
+        if np.isnan(R.scheduled[rid]):
+            R.cached[rid] = hit
+        if hit <= 0:
+            return
+        R.comp[rid] = hit
+        if p >= 0:
+            self._ref(rid, p, shared)
+            self.pcache.move_to_end(p)
+
+    def _ref(self, rid: int, p: int, shared: int) -> None:
+        R = self.sim.req
+        if self.prefs.get(p, 0) == 0:
+            self.evictable -= self.pcache[p]
+        self.prefs[p] = self.prefs.get(p, 0) + 1
+        R.shared[rid], R.pref[rid] = shared, p
+
+    def _release(self, rid: int) -> None:
+        """Free request ``rid``'s own KV blocks and its hold on a cached prefix (finish, preemption, handoff)."""
+        R = self.sim.req
+        self.blocks_used -= int(self._blocks(np.int64(R.comp[rid]))) - int(R.shared[rid])
+        p = int(R.pref[rid])
+        if p >= 0:
+            self.prefs[p] -= 1
+            if self.prefs[p] == 0:
+                self.evictable += self.pcache[p]
+        R.shared[rid], R.pref[rid] = 0, -1
+
+    def _insert(self, ids: np.ndarray) -> None:
+        """Cache the prefixes that requests of ``ids`` have now computed (their full blocks move to the cache)."""
+        R = self.sim.req
+        cand = ids[(R.prefix_id[ids] >= 0) & (R.pref[ids] < 0)]
+        bs = self.eng.block_size
+        for rid in cand.tolist():
+            p = int(R.prefix_id[rid])
+            full = min(int(R.prefix_tokens[rid]), int(R.inp[rid]) - 1) // bs
+            if p in self.pcache or full <= 0 or R.comp[rid] < full * bs:
+                continue
+            self.pcache[p] = full
+            self.cache_blocks += full
+            self.blocks_used -= full  # the request's blocks now belong to the cache, which it references
+            self.evictable += full
+            self._ref(rid, p, full)
+
+    def _evict(self) -> None:
+        """Evict unused cached prefixes, least recently used first, until the blocks in use fit the KV cache."""
+        while self.blocks_used + self.cache_blocks > self.cap.kv_blocks and self.evictable > 0:
+            p = next(q for q in self.pcache if self.prefs.get(q, 0) == 0)
+            blocks = self.pcache.pop(p)
+            self.prefs.pop(p, None)
+            self.cache_blocks -= blocks
+            self.evictable -= blocks
+
+    def kv_used(self) -> float:
+        """Share of KV blocks in use: requests' own blocks and cached prefixes that running requests use."""
+        return (self.blocks_used + self._pinned()) / max(self.cap.kv_blocks, 1)
+
     def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
         """Choose this step's sequences and their new tokens; preempt and admit. Returns (ids, alloc)."""
         R, eng = self.sim.req, self.eng
@@ -124,7 +243,7 @@ class Replica:
                 alloc[eng.max_batch :] = 0
             # KV growth: preempt the latest admitted until the step fits
             grow = self._blocks(R.comp[ids] + alloc) - self._blocks(R.comp[ids])
-            while ids.size and self.blocks_used + int(grow.sum()) > self.cap.kv_blocks:
+            while ids.size and self.blocks_used + self._pinned() + int(grow.sum()) > self.cap.kv_blocks:
                 victim = int(ids[-1])
                 self._preempt(victim)
                 ids, alloc, grow = ids[:-1], alloc[:-1], grow[:-1]
@@ -132,19 +251,24 @@ class Replica:
         seqs = int((alloc > 0).sum())
         admitted: list[int] = []
         adm_alloc: list[int] = []
-        free = self.cap.kv_blocks - self.blocks_used - (int(grow.sum()) if ids.size else 0)
+        free = self.cap.kv_blocks - self.blocks_used - self._pinned() - (int(grow.sum()) if ids.size else 0)
         while self.waiting and budget > 0 and seqs < eng.max_batch:
             rid = self.waiting[0]
-            need = int(R.inp[rid] + R.gen[rid] - R.comp[rid])
+            hit, shared, p = self._lookup(rid)
+            start = max(int(R.comp[rid]), hit)
+            need = int(R.inp[rid] + R.gen[rid]) - start
             a = min(need, budget) if eng.chunked_prefill else need
             if a > budget:
                 break
-            blocks = int(self._blocks(np.int64(R.comp[rid] + a)))  # a transferred KV cache needs its blocks too
-            if blocks > free:
+            # its own blocks after this step (a transferred KV cache needs its blocks too; shared ones are cached)
+            blocks = int(self._blocks(np.int64(start + a))) - shared
+            pinning = self.pcache[p] if p >= 0 and self.prefs.get(p, 0) == 0 else 0  # a hit pins its prefix
+            if blocks + pinning > free:
                 break
             self.waiting.popleft()
-            self.blocks_used += int(self._blocks(np.int64(R.comp[rid])))
-            free -= blocks
+            self._take(rid, hit, shared, p)
+            self.blocks_used += int(self._blocks(np.int64(R.comp[rid]))) - int(R.shared[rid])
+            free -= blocks + pinning
             budget -= a
             seqs += 1
             self.running.append(rid)
@@ -152,6 +276,7 @@ class Replica:
             adm_alloc.append(a)
             if np.isnan(R.scheduled[rid]):
                 R.scheduled[rid] = self.env.now
+        self._evict()
         if admitted:
             ids = np.concatenate([ids, np.array(admitted, np.int64)])
             alloc = np.concatenate([alloc, np.array(adm_alloc, np.int64)])
@@ -160,7 +285,7 @@ class Replica:
 
     def _preempt(self, rid: int) -> None:
         R = self.sim.req
-        self.blocks_used -= int(self._blocks(np.int64(R.comp[rid])))
+        self._release(rid)
         R.comp[rid] = 0
         R.preempt[rid] += 1
         self.running.remove(rid)
@@ -182,6 +307,7 @@ class Replica:
             decode = int(((alloc == 1) & (R.gen[ids] > 0)).sum())
             cost = self.timer.sample(alloc, cached)
             self.blocks_used += int((self._blocks(cached + alloc) - self._blocks(cached)).sum())
+            self._evict()
             start = self.env.now
             if self.pool.layout.pp > 1:
                 self.in_flight.update(ids.tolist())
@@ -212,7 +338,7 @@ class Replica:
         growth = np.array(
             [int((self._blocks(cached0 + j + 1) - self._blocks(cached0 + j)).sum()) for j in range(steps)]
         )
-        fits = int(np.searchsorted(self.blocks_used + np.cumsum(growth) > self.cap.kv_blocks, True))
+        fits = int(np.searchsorted(self.blocks_used + self._pinned() + np.cumsum(growth) > self.cap.kv_blocks, True))
         if fits == 0:  # not even one step fits: preempt the latest admitted and schedule again
             self._preempt(int(ids[-1]))
             return
@@ -233,6 +359,7 @@ class Replica:
             self.in_run = False
         durations, ends, costs = durations[:k], ends[:k], costs[:k]
         self.blocks_used += int(growth[:k].sum())
+        self._evict()
         # every sequence got k tokens, one per step
         itl = np.empty((k, ids.size))
         itl[0] = ends[0] - R.last[ids]
@@ -259,6 +386,8 @@ class Replica:
         """Apply a finished step: caches grow, tokens are emitted, requests finish."""
         R, now = self.sim.req, self.env.now
         R.comp[ids] += alloc
+        if self.caching and self.declared is None:
+            self._insert(ids)
         emit = ids[R.comp[ids] == R.inp[ids] + R.gen[ids]]
         if emit.size:
             had = R.gen[emit] > 0
@@ -274,7 +403,7 @@ class Replica:
         prefill_pool = self.pool.role == "prefill"
         handoff = ids[(R.gen[ids] == 1) & (R.out[ids] > 1)] if prefill_pool else ids[:0]
         for rid in np.concatenate([done, handoff]).tolist():
-            self.blocks_used -= int(self._blocks(np.int64(R.comp[rid])))
+            self._release(rid)
             self.running.remove(rid)
         for rid in done.tolist():
             R.finish[rid] = now
@@ -306,7 +435,7 @@ class Replica:
                 prefill_tokens,
                 decode,
                 int(ids.size),
-                self.blocks_used / max(self.cap.kv_blocks, 1),
+                self.kv_used(),
                 waiting,
                 len(self.running) if running is None else running,
                 c.compute_s,
@@ -317,9 +446,22 @@ class Replica:
                 c.pairs,
                 c.bytes,
                 c.flops,
+                c.scheduler_s,
+                c.prepare_s,
+                c.sampling_s,
+                c.launch_s,
+                c.host_s,
+                c.scheduler_cpu_s,
+                c.prepare_cpu_s,
+                c.sampling_cpu_s,
+                c.launch_cpu_s,
+                c.launches,
+                c.graphs,
+                c.padded_batch,
             )
         )
         wait = c.gpu_wait_s
         # with pp > 1 a GPU works on its stage's share of the step only (steps of a pipeline overlap)
         idle = wait[self.ep_rank] if wait.size == self.pool.layout.ep else 0.0
-        self.busy += self.stage_share * (c.duration_s - idle)
+        # the GPUs idle while the step's exposed host time (scheduler, launches, ...) runs
+        self.busy += self.stage_share * (c.duration_s - c.host_exposed_s - idle)

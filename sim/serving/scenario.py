@@ -13,7 +13,8 @@ optional except ``model``; unknown keys are errors. Example::
     precision: {weights: bf16, kv_cache: bf16}
     engine: {max_batch: 256, max_tokens: 8192, chunked_prefill: true, block_size: 16, mem_fraction: 0.9}
     workload: {arrival: poisson, rate: 20, requests: 10000,
-               input: {dist: lognormal, mean: 512, cv: 1.0}, output: {dist: lognormal, mean: 256, cv: 1.0}}
+               input: {dist: lognormal, mean: 512, cv: 1.0}, output: {dist: lognormal, mean: 256, cv: 1.0},
+               shared_prefix: {tokens: 100, groups: 10}}   # optional: 10 system prompts of 100 tokens
     routing: {distribution: power, exponent: 1.2, capacity_factor: null, overlap: none}
     placement: null                # an SGLang --init-expert-location JSON or a .npy [moe_layers, slots]
     offload: {enabled: false}
@@ -105,6 +106,21 @@ class EngineSpec(_Strict):
             a prompt is scheduled whole or waits.
         block_size: KV-cache tokens per block (paged attention).
         mem_fraction: usable share of device memory (weights + KV + activations).
+        kind: the engine whose host costs and kernels are modelled (`sim.serving.host`): ``vllm``, ``sglang``,
+            or ``ideal`` (kernels and collectives only, no host time: the optimistic bound).
+        version: the engine version of the profile (None: the newest profile of ``kind`` shipped).
+        profile: path of an engine profile YAML (e.g. written by ``moesim fit-engine``); replaces the shipped one.
+        cuda_graphs: decode steps replay captured CUDA graphs (vLLM without ``--enforce-eager``, SGLang without
+            ``--disable-cuda-graph``); None: the profile's default.
+        attention_backend: the attention kernel the engine runs (e.g. ``flash_attn``, ``flashinfer``,
+            ``triton``); None: the profile's default.
+        moe_kernel: the fused-MoE kernel the engine runs (e.g. ``triton``, ``deepgemm``); None: the profile's.
+        prefix_caching: reuse the KV cache of shared prompt prefixes (vLLM automatic prefix caching, SGLang's
+            radix cache); None: the profile's default.
+        prefix_hit_rate: declared share of prompt tokens found in the prefix cache (0..1); None: from the
+            requests' shared prefixes when the workload gives them, else 0.
+        stream: the client streams tokens (what "first token" means for TTFT; see docs).
+        host: overrides of the profile's host-cost parameters by name (seconds, see the profile).
     """
 
     max_batch: int = Field(256, ge=1, le=MAX_BATCH)
@@ -112,6 +128,28 @@ class EngineSpec(_Strict):
     chunked_prefill: bool = True
     block_size: int = Field(16, ge=1, le=MAX_TOKENS)
     mem_fraction: float = Field(0.9, gt=0, le=1)
+    kind: Literal["vllm", "sglang", "ideal"] = "vllm"
+    version: str | None = Field(None, min_length=1, max_length=64)
+    profile: str | None = Field(None, min_length=1, max_length=4096)
+    cuda_graphs: bool | None = None
+    attention_backend: str | None = Field(None, min_length=1, max_length=64)
+    moe_kernel: str | None = Field(None, min_length=1, max_length=64)
+    prefix_caching: bool | None = None
+    prefix_hit_rate: float | None = Field(None, ge=0, le=1)
+    stream: bool = True
+    host: dict[str, float] | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        from moesim.sim.serving.host import PARAMS
+
+        for name, value in (v or {}).items():
+            if name not in PARAMS:
+                raise ValueError(f"unknown host parameter {name!r}; use one of {', '.join(PARAMS)}")
+            if value < 0:
+                raise ValueError(f"host parameter {name} = {value!r} is negative; give seconds >= 0")
+        return v
 
 
 class PoolSpec(_Strict):
@@ -322,6 +360,20 @@ def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) 
     return arr
 
 
+def _check_prefix_cache(pool: Pool, base: Path) -> None:
+    """A declared prefix hit rate needs prefix caching on (`sim.serving.replica`)."""
+    if pool.engine.prefix_hit_rate is None or pool.role == "decode":
+        return
+    from moesim.sim.serving.host import engine_profile
+
+    if not engine_profile(pool.engine, base).prefix_caching:
+        raise MoesimError(
+            f"engine.prefix_hit_rate: {pool.engine.prefix_hit_rate:g} is declared, but prefix caching is off "
+            f"for the {pool.engine.kind} engine",
+            "set engine.prefix_caching: true, or remove prefix_hit_rate",
+        )
+
+
 def _pool_cluster(cluster: ClusterSpec, layout: Layout) -> ClusterSpec:
     """The cluster one replica sees: as many nodes as its GPUs span."""
     nodes = max(1, -(-layout.num_gpus // cluster.gpus_per_node))
@@ -366,6 +418,17 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
             f"the scenario needs {gpus_needed} GPUs but {cluster.name} has {cluster.num_gpus}",
             "add nodes, or use fewer replicas or a smaller layout",
         )
+    from moesim.profiling.costmodel import resolve_kernel
+
+    for pool in pools:  # the kernels the engine names, checked here; unset: the engine profile's (sim.serving.kernels)
+        resolve_kernel("moe", pool.engine.moe_kernel, "engine.moe_kernel")
+        resolve_kernel("attention", pool.engine.attention_backend, "engine.attention_backend")
+    from moesim.sim.serving.host import engine_profile
+
+    for pool in pools:  # the engine profile (kind, version, file, host overrides), checked before any work
+        engine_profile(pool.engine, base)
+    for pool in pools:
+        _check_prefix_cache(pool, base)
     if cost_model is None and sc.cost_model:
         from moesim.profiling.calibrate import CalibratedCostModel
 

@@ -25,8 +25,11 @@ from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
 from moesim.sim.common import clean_json
 from moesim.sim.serving.engine import Progress, SimResult, simulate
-from moesim.sim.serving.metrics import latency_summary, littles_law
+from moesim.sim.serving.host import engine_profile
+from moesim.sim.serving.kernels import cost_provenance, mean_running
+from moesim.sim.serving.metrics import METRIC_DEFINITIONS, latency_summary, littles_law, ttft_basis
 from moesim.sim.serving.scenario import Built, Scenario, build, load_scenario, parse_scenario
+from moesim.sim.serving.steptime import step_breakdown
 
 
 @dataclass
@@ -72,6 +75,9 @@ def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
     sc = built.scenario
     s: dict[str, Any] = {"engine": "des"}
     s |= latency_summary(res.requests, res.itl, res.steps, slo_ttft_s=sc.slo.ttft_s, slo_tpot_s=sc.slo.tpot_s)
+    # the summary's ttft/tpot/itl/e2e are the client's (the request path, `sim.serving.metrics`)
+    s["ttft_basis"] = ttft_basis(engine_profile(built.pools[0].engine, built.base_dir).stream)
+    s["metric_definitions"] = METRIC_DEFINITIONS
     gpu = built.cluster.gpu
     gpus = built.gpus
     span = s["simulated_s"]
@@ -97,6 +103,9 @@ def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
     s["replicas"] = sum(p.replicas for p in built.pools)
     s["steps"] = len(steps)
     s["mean_step_s"] = float(steps["duration_s"].mean()) if len(steps) else math.nan
+    # where a mean step's seconds go, by phase: kernels, collectives, launches, scheduler, prepare, sampling
+    s["step_breakdown"] = step_breakdown(steps)
+    s["engine_profile"] = engine_summary(built)
     # Little's law from the engine's own bookkeeping: time-average of (waiting + running) over lambda x W;
     # each step's counts hold until the replica's next step starts (pipelined steps overlap), at most its duration
     if len(steps) and span > 0 and done.any():
@@ -104,13 +113,28 @@ def des_summary(built: Built, res: SimResult) -> dict[str, Any]:
         held = np.minimum(steps["duration_s"], gap.fillna(np.inf))
         in_sys = float(((steps["waiting"] + steps["running"]) * held).sum() / span)
         lam = float(done.sum() / span)
-        w = float(res.requests.loc[done, "e2e_s"].mean())
+        w = float(res.requests.loc[done, "engine_e2e_s"].mean())  # the engine's sojourn: what it counts
         s["littles_law_error"] = abs(in_sys - lam * w) / in_sys if in_sys > 0 else math.nan
     s["littles_law_identity_error"] = littles_law(res.requests)["rel_error"]
     s["memory"] = {role: c.verdict for role, c in res.capacities.items()}
     s["wall_s"] = res.wall_s
     s["simulated_s_per_wall_s"] = span / res.wall_s if res.wall_s > 0 else math.nan
     return s
+
+
+def engine_summary(built: Built) -> dict[str, Any]:
+    """Per pool role: the engine profile its steps were timed with (kind, version, CUDA graphs, overlap, file)."""
+    out: dict[str, Any] = {}
+    for pool in built.pools:
+        prof = engine_profile(pool.engine, built.base_dir)
+        out[pool.role] = {
+            "kind": prof.kind,
+            "version": prof.version,
+            "cuda_graphs": prof.cuda_graphs,
+            "overlap": prof.overlap,
+            "profile": prof.path,
+        }
+    return out
 
 
 def run(
@@ -127,11 +151,15 @@ def run(
     if engine == "analytical":
         from moesim.sim.serving.analytical import analyse
 
-        return ServeResult(analyse(built, seed), built)
+        summary = analyse(built, seed)
+        summary["cost_provenance"] = cost_provenance(built)  # which kernel timed each op, from which table
+        return ServeResult(summary, built)
     if engine != "des":
         raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
     res = simulate(built, seed, progress)
-    return ServeResult(des_summary(built, res), built, res.requests, res.steps, res.kv_transfers, res.itl, res)
+    summary = des_summary(built, res)
+    summary["cost_provenance"] = cost_provenance(built, mean_running(res.steps))
+    return ServeResult(summary, built, res.requests, res.steps, res.kv_transfers, res.itl, res)
 
 
 #: What `write_outputs` writes; a folder holding only these (and summary.json) is an earlier output.

@@ -21,6 +21,16 @@ Physics options:
 - offloading: experts not resident are fetched over PCIe into an LRU cache of
   ``cache_experts`` slots per GPU before the layer runs (not overlapped).
 
+Host time (`sim.serving.host`, the pool's `EngineProfile`): each step also pays the engine's scheduler, input
+preparation and sampling, and the CPU cost of launching its kernels: one by one in an eager step (the kernel
+launches counted from the step's op list), one graph replay for a decode step that runs a captured CUDA graph (the
+batch padded up to the next capture size, its GPU time computed at the padded size, dummy sequences holding no
+cache), the pieces of a piecewise graph plus the attention launches between them for a vLLM prefill or mixed step
+up to the largest capture size. `host.exposed` says how much of it the step pays beyond its GPU time (the profile's
+``overlap``: max(GPU, CPU work) with an overlapping scheduler; else scheduler + prepare + sampling added to the
+forward, the forward being the launch pipeline of `host.launch_pipeline` over the step's kernels in order);
+``kind: ideal`` pays none, so the step is exactly its kernels and collectives.
+
 Units: seconds, bytes, FLOP. Batches are arrays of per-sequence new and cached tokens.
 """
 
@@ -29,16 +39,38 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
 from moesim.model.cap import utilisation_exact
 from moesim.model.ops import experts_op
 from moesim.model.roofline import RooflineCostModel, StepEstimate
 from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
+from moesim.sim.serving.host import (
+    EngineProfile,
+    attention_launches,
+    exposed,
+    graph_mode,
+    host_cost,
+    kernel_launches,
+    launch_pipeline,
+    op_items,
+    piecewise_items,
+)
 
 _COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
+_N = 11  # parts of a batch (`StepTimer._parts`)
+
+
+def _shape(new: np.ndarray, cached: np.ndarray) -> tuple[int, int, str]:
+    """(sequences, tokens, phase) of a batch: ``decode`` (one new token each), ``prefill`` (no cache) or ``mixed``."""
+    if not new.size:
+        return 0, 0, "decode"
+    phase = "decode" if int(new.max()) == 1 else "prefill" if int(np.max(cached)) == 0 else "mixed"
+    return int(new.size), int(new.sum()), phase
 
 
 @dataclass(frozen=True)
@@ -60,8 +92,15 @@ class Offload:
 class StepCost:
     """One step's time and where it went (seconds), with its routed and dropped pairs.
 
-    ``compute_s + comm_s + straggler_s + fetch_s == duration_s``; ``gpu_wait_s``
+    ``compute_s + comm_s + straggler_s + fetch_s + scheduler_s + prepare_s + sampling_s + launch_s ==
+    duration_s``: the first four are GPU time (kernels, collectives, waiting for the slowest GPU, expert
+    fetches), the last four the host time the step exposes beyond it (`sim.serving.host.exposed`); ``gpu_wait_s``
     is each GPU's idle time in the MoE layers waiting for the slowest, shape [G].
+
+    Attributes (host): scheduler_s, prepare_s, sampling_s, launch_s: exposed host seconds by part; host_s: the
+    step's raw CPU seconds (all four parts, hidden or not), scheduler_cpu_s, prepare_cpu_s, sampling_cpu_s,
+    launch_cpu_s: the same by part; launches: kernels launched one by one; graphs: CUDA
+    graph replays; padded_batch: the sequences the GPU ran (the capture size of a graph replay, else the batch).
     """
 
     duration_s: float
@@ -74,6 +113,28 @@ class StepCost:
     bytes: float
     flops: float
     gpu_wait_s: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    scheduler_s: float = 0.0
+    prepare_s: float = 0.0
+    sampling_s: float = 0.0
+    launch_s: float = 0.0
+    host_s: float = 0.0
+    scheduler_cpu_s: float = 0.0
+    prepare_cpu_s: float = 0.0
+    sampling_cpu_s: float = 0.0
+    launch_cpu_s: float = 0.0
+    launches: int = 0
+    graphs: int = 0
+    padded_batch: int = 0
+
+    @property
+    def gpu_s(self) -> float:
+        """GPU time of the step: kernels, collectives, straggler wait and expert fetches, s."""
+        return self.compute_s + self.comm_s + self.straggler_s + self.fetch_s
+
+    @property
+    def host_exposed_s(self) -> float:
+        """Host time the step pays beyond its GPU time, s."""
+        return self.scheduler_s + self.prepare_s + self.sampling_s + self.launch_s
 
 
 def _q(x: float, per_octave: int = 48) -> int:
@@ -93,6 +154,7 @@ class StepTimer:
         overlap: ``none`` or ``two_batch``.
         offload: None: every expert resident.
         seed: the routing draws' seed.
+        profile: the engine's host costs (`sim.serving.host.engine_profile`); None: ``ideal`` (no host time).
     """
 
     def __init__(
@@ -109,8 +171,10 @@ class StepTimer:
         offload: Offload | None = None,
         seed: int = 0,
         max_pairs: int = 1 << 16,
+        profile: EngineProfile | None = None,
     ) -> None:
         self.model, self.layout, self.cluster, self.precision = model, layout, cluster, precision
+        self.profile = profile
         self.cost_model = cost_model or RooflineCostModel()
         self.loads, self.phys = loads, phys_to_log
         self.capacity_factor, self.overlap, self.offload = capacity_factor, overlap, offload
@@ -233,7 +297,10 @@ class StepTimer:
         )
 
     def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
-        """(other compute, a2a, other comm, expected experts, rho, bytes, flops) of a batch, s / bytes / FLOP.
+        """(other compute, a2a, other comm, expected experts, rho, bytes, flops, kernel launches, attention
+        launches, eager forward's launch wait, piecewise forward's launch wait) of a batch, s / bytes / FLOP /
+        counts. A launch wait is the forward's time beyond its GPU time when the CPU issues its launches one by
+        one (`host.launch_pipeline`; computed only for an engine whose host does not overlap the GPU).
 
         Memoised: a pure-decode batch by (sequences, KV-token bucket of 1/8
         octave), linear in KV tokens between the bucket's edges (a decode
@@ -266,7 +333,7 @@ class StepTimer:
         return hit
 
     def decode_parts(self, seqs: int, kv: np.ndarray, exact: bool = False) -> np.ndarray:
-        """Parts [k, 7] of pure-decode steps of ``seqs`` sequences reading ``kv`` [k] cache tokens.
+        """Parts [k, _N] of pure-decode steps of ``seqs`` sequences reading ``kv`` [k] cache tokens.
 
         Bilinear between grid edges: sequences exact up to 32, then 16 per
         octave; KV tokens 4 per octave (a decode step's attention is linear in
@@ -283,7 +350,7 @@ class StepTimer:
         b = np.floor(4 * np.log2(kv)).astype(np.int64)
         lo, hi = 2.0 ** (b / 4), 2.0 ** ((b + 1) / 4)
         fk = ((kv - lo) / (hi - lo))[:, None]
-        lo_v, hi_v = np.empty((kv.size, 7)), np.empty((kv.size, 7))
+        lo_v, hi_v = np.empty((kv.size, _N)), np.empty((kv.size, _N))
         for i, bucket in enumerate(b.tolist()):
             if i and bucket == b[i - 1]:
                 lo_v[i], hi_v[i] = lo_v[i - 1], hi_v[i - 1]
@@ -304,7 +371,10 @@ class StepTimer:
         phase = "decode" if int(new.max()) == 1 else "prefill" if int(cached.max()) == 0 else "mixed"
         batch = Batch(tuple(int(x) for x in new), tuple(int(x) for x in cached), phase)
         per_layer = self.moe is not None and (np.ndim(self.loads) == 2 or np.ndim(self.phys) == 2)
-        parts = self._split(self.estimate(batch, exact and not per_layer))
+        est = self.estimate(batch, exact and not per_layer)
+        parts = self._split(est)
+        launches, attention = float(kernel_launches(est.ops)), float(attention_launches(est.ops))
+        waits = self._launch_waits(est)
         if exact and per_layer:  # the expected busiest GPU of each layer, memoised by tokens
             parts = (*parts[:3], self._expected_experts(batch.tokens))
         rho = 1.0
@@ -316,8 +386,21 @@ class StepTimer:
             ]
             whole = parts[0] + parts[3]
             rho = sum(h[0] + h[3] for h in half) / whole if whole > 0 else 1.0
+            launches, attention = 2 * launches, 2 * attention  # each micro-batch launches its own kernels
         use = utilisation_exact(self.model, batch, self.cluster.gpu, 1.0, 1, self.precision)
-        return np.array([*parts, rho, use.bytes, use.flops])
+        return np.array([*parts, rho, use.bytes, use.flops, launches, attention, *waits])
+
+    def _launch_waits(self, est: StepEstimate) -> tuple[float, float]:
+        """(eager, piecewise) forward seconds beyond the GPU time of ``est``'s ops, issued by one CPU thread."""
+        prof = self.profile
+        if prof is None or prof.ideal or prof.overlap:
+            return 0.0, 0.0
+        sec = [tm.seconds for tm in est.times]
+        gpu = sum(s * op.count for s, op in zip(sec, est.ops, strict=True))
+        launch, replay = prof.host["launch_s"], prof.host["graph_replay_s"]
+        eager = launch_pipeline(op_items(est.ops, sec, launch)) - gpu
+        piecewise = launch_pipeline(piecewise_items(est.ops, sec, launch, replay)) - gpu
+        return max(eager, 0.0), max(piecewise, 0.0)
 
     def _expected_experts(self, tokens: int) -> float:
         """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s.
@@ -379,13 +462,39 @@ class StepTimer:
 
     # ---- steps -----------------------------------------------------------------------------------
     def expected(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
-        """The analytical step (expected busiest GPU, no sampling, no cache misses)."""
-        parts = self._parts(np.asarray(new), np.asarray(cached), exact=True)[None, :]
+        """The analytical step (expected busiest GPU, no sampling, no cache misses), with its host time."""
+        new, cached = np.asarray(new), np.asarray(cached)
+        shape = _shape(new, cached)
+        padded = self._padded(shape)
+        if padded > new.size:  # a decode graph replay: the GPU runs the capture size, dummies hold no cache
+            extra = padded - new.size
+            new = np.concatenate([new, np.ones(extra, new.dtype)])
+            cached = np.concatenate([cached, np.zeros(extra, cached.dtype)])
+            key = ("padded", np.asarray(cached, np.int64).tobytes())  # exact, as the unpadded analytical step
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = self._compute(new, cached, True)
+            parts = hit[None, :]
+        else:
+            parts = self._parts(new, cached, exact=True)[None, :]
         n = max(self.n_moe, 1)
         layers = np.full((1, n), parts[0, 3] / n)
         return self._combine(
-            parts, layers, np.zeros(1), np.zeros(1), np.zeros((1, 1)), np.zeros((1, max(self.layout.ep, 1)))
+            parts,
+            layers,
+            np.zeros(1),
+            np.zeros(1),
+            np.zeros((1, 1)),
+            np.zeros((1, max(self.layout.ep, 1))),
+            (*shape, padded),
         )[0]
+
+    def _padded(self, shape: tuple[int, int, str]) -> int:
+        """Sequences the GPU runs: the capture size of a decode graph replay, else the batch's sequences."""
+        seqs, _, phase = shape
+        if self.profile is None or phase != "decode":
+            return seqs
+        return self.profile.padded_batch(seqs) or seqs
 
     def sample(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
         """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches."""
@@ -394,15 +503,19 @@ class StepTimer:
     def sample_run(self, new: np.ndarray, cached: np.ndarray) -> list[StepCost]:
         """``k`` consecutive steps of the same sequences, new tokens [B], cached tokens [k, B]."""
         k = cached.shape[0]
+        shape = _shape(new, cached[0])
+        padded = self._padded(shape)
+        step = (*shape, padded)
         if new.size and int(new.max()) == 1:
-            parts = self.decode_parts(int(new.size), (cached + 1).sum(axis=1))
+            # a graph replay runs ``padded`` sequences: the dummies hold one token of cache each
+            parts = self.decode_parts(padded, (cached + 1).sum(axis=1) + (padded - new.size))
         else:
-            parts = np.stack([self._parts(new, cached[j]) for j in range(k)])  # [k, 7]
+            parts = np.stack([self._parts(new, cached[j]) for j in range(k)])  # [k, _N]
         ep = max(self.layout.ep, 1)
         if self.moe is None:
             z = np.zeros(k)
-            return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)))
-        tokens = int(new.sum())
+            return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)), step)
+        tokens = int(new.sum()) + (padded - int(new.size))  # padded dummy tokens are routed too
         n_pairs = tokens * self.moe.top_k
         counts = self.rng.multinomial(n_pairs, self.slot_p, size=(k, self.n_moe))  # [k, L, S]
         pairs_total = np.full(k, n_pairs * self.n_moe)
@@ -419,7 +532,7 @@ class StepTimer:
         wait = (slowest[:, :, None] - te).sum(axis=1)  # [k, G]
         fetch = np.array([self._fetch(per[j]) for j in range(k)]) if self.offload else np.zeros(k)
         extras = np.stack([pairs_total, dropped, fetch], axis=1)
-        return self._combine(parts, slowest, straggler, fetch, extras, wait)
+        return self._combine(parts, slowest, straggler, fetch, extras, wait, step)
 
     def _combine(
         self,
@@ -429,8 +542,10 @@ class StepTimer:
         fetch: np.ndarray,
         extras: np.ndarray,
         wait: np.ndarray,
+        step: tuple[int, int, str, int] = (0, 0, "decode", 0),
     ) -> list[StepCost]:
-        """Steps from their parts [k, 7], per-layer expert times [k, L], stragglers [k], fetches [k]."""
+        """Steps from their parts [k, _N], per-layer expert times [k, L], stragglers [k], fetches [k], and
+        ``step`` = (sequences, tokens, phase, padded sequences) for the host time."""
         other, a2a, comm, rho, nbytes, flops = (
             parts[:, 0],
             parts[:, 1],
@@ -456,8 +571,10 @@ class StepTimer:
             comm_total = a2a + comm
         pairs = extras[:, 0] if extras.shape[1] > 1 else np.zeros(len(total))
         dropped = extras[:, 1] if extras.shape[1] > 1 else np.zeros(len(total))
-        return [
-            StepCost(
+        seqs, tokens, phase, padded = step
+        out = []
+        for j in range(len(total)):
+            cost = StepCost(
                 float(total[j]),
                 float(compute[j]),
                 float(comm_total[j]),
@@ -468,9 +585,31 @@ class StepTimer:
                 float(nbytes[j]),
                 float(flops[j]),
                 wait[j],
+                padded_batch=padded,
             )
-            for j in range(len(total))
-        ]
+            if self.profile is not None and not self.profile.ideal:
+                self._add_host(cost, seqs, tokens, phase, parts[j, 7:])
+            out.append(cost)
+        return out
+
+    def _add_host(self, cost: StepCost, seqs: int, tokens: int, phase: str, launch_parts: np.ndarray) -> None:
+        """Add the engine's host time to a step whose GPU time ``cost.duration_s`` holds (in place).
+
+        ``launch_parts``: (kernel launches, attention launches, eager launch wait s, piecewise launch wait s).
+        """
+        prof = self.profile
+        assert prof is not None
+        launches, att, eager_wait, piece_wait = (float(x) for x in launch_parts)
+        mode = graph_mode(prof, phase, seqs, tokens)
+        hc = host_cost(prof, seqs, tokens, round(launches), mode, round(att), self.n_layers + 1)
+        # the forward from its first launch: the GPU runs a full graph back to back once it is replayed
+        wait = {"eager": eager_wait, "piecewise": piece_wait, "full": hc.launch_s}[mode]
+        sched, prep, samp, launch = exposed(prof, cost.duration_s, hc, cost.duration_s + wait)
+        cost.scheduler_s, cost.prepare_s, cost.sampling_s, cost.launch_s = sched, prep, samp, launch
+        cost.host_s, cost.launches, cost.graphs = hc.total_s, hc.launches, hc.graphs
+        cost.scheduler_cpu_s, cost.prepare_cpu_s = hc.scheduler_s, hc.prepare_s
+        cost.sampling_cpu_s, cost.launch_cpu_s = hc.sampling_s, hc.launch_s
+        cost.duration_s = cost.duration_s + sched + prep + samp + launch
 
     def _fetch(self, per: np.ndarray) -> float:
         """Seconds fetching missed experts this step: per layer, the slowest GPU's misses over its host link."""
@@ -519,3 +658,74 @@ class StepTimer:
             misses = float((ag * (1.0 - ag) ** lo).sum())
             worst = max(worst, misses)
         return worst * per_fetch
+
+
+# ---- per-phase breakdown ---------------------------------------------------------------------------------------
+
+#: The parts of a step's duration in the breakdown, each the sum of steps-table columns (s).
+BREAKDOWN_PARTS: dict[str, tuple[str, ...]] = {
+    "kernels_s": ("compute_s", "straggler_s"),
+    "comm_s": ("comm_s",),
+    "fetch_s": ("fetch_s",),
+    "launch_s": ("launch_s",),
+    "scheduler_s": ("scheduler_s",),
+    "prepare_s": ("prepare_s",),
+    "sampling_s": ("sampling_s",),
+}
+
+
+def cost_row(cost: StepCost, phase: str) -> dict[str, float | int | str]:
+    """One steps-table row (the columns `step_breakdown` reads) of a `StepCost`."""
+    return {
+        "phase": phase,
+        "duration_s": cost.duration_s,
+        "compute_s": cost.compute_s,
+        "comm_s": cost.comm_s,
+        "straggler_s": cost.straggler_s,
+        "fetch_s": cost.fetch_s,
+        "scheduler_s": cost.scheduler_s,
+        "prepare_s": cost.prepare_s,
+        "sampling_s": cost.sampling_s,
+        "launch_s": cost.launch_s,
+        "host_s": cost.host_s,
+        "scheduler_cpu_s": cost.scheduler_cpu_s,
+        "prepare_cpu_s": cost.prepare_cpu_s,
+        "sampling_cpu_s": cost.sampling_cpu_s,
+        "launch_cpu_s": cost.launch_cpu_s,
+        "launches": cost.launches,
+        "graphs": cost.graphs,
+        "padded_batch": cost.padded_batch,
+    }
+
+
+def step_breakdown(steps: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean step by phase (``decode``, ``prefill``, ``mixed``): where its seconds go, and each part's share.
+
+    Args:
+        steps: a steps table (`sim.serving.results.STEP_COLUMNS`, or `cost_row` rows): phase, duration_s and the
+            columns of `BREAKDOWN_PARTS`; host_s, launches, graphs, padded_batch when present.
+
+    Returns:
+        per phase present: ``steps`` (count), ``step_s`` (mean duration, s), each part of `BREAKDOWN_PARTS`
+        (mean, s; they sum to ``step_s``), ``share`` (each part over ``step_s``), ``host_cpu_s`` (mean raw CPU
+        seconds, hidden or not), ``launches``, ``graphs`` and ``padded_batch`` (means).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    if steps is None or not len(steps):
+        return out
+    for phase in ("decode", "prefill", "mixed"):
+        rows = steps[steps["phase"] == phase]
+        if not len(rows):
+            continue
+        step_s = float(rows["duration_s"].mean())
+        entry: dict[str, Any] = {"steps": len(rows), "step_s": step_s}
+        for name, cols in BREAKDOWN_PARTS.items():
+            entry[name] = float(sum(rows[c].mean() for c in cols if c in rows))
+        entry["share"] = {name: entry[name] / step_s if step_s > 0 else 0.0 for name in BREAKDOWN_PARTS}
+        for col, name in (("host_s", "host_cpu_s"), ("launches", "launches"), ("graphs", "graphs")):
+            if col in rows:
+                entry[name] = float(rows[col].mean())
+        if "padded_batch" in rows:
+            entry["padded_batch"] = float(rows["padded_batch"].mean())
+        out[phase] = entry
+    return out

@@ -10,6 +10,10 @@ Trace formats (``trace``: a path, relative ones resolved against the scenario's 
 
 - ``csv``: a header naming ``input_tokens``, ``output_tokens`` and optionally ``arrival_s``
   (or ``timestamp``), both in seconds; other columns are ignored.
+  Optional shared-prefix columns ``prefix_id`` (any name; an empty cell: no shared prefix) and
+  ``prefix_tokens`` (the prefix's length in tokens, part of input_tokens, the same on every row of
+  one prefix_id): requests with the same prefix_id start with the same prompt tokens, which an
+  engine with prefix caching computes once (`sim.serving.replica`).
 - ``jsonl``: one JSON object per line with the same keys.
 - ``azure``: the Azure LLM inference traces of the Azure Public Dataset
   (``AzureLLMInferenceTrace_code.csv`` / ``_conv.csv``, 2023, and ``*_1week.csv``, 2024): the
@@ -55,6 +59,8 @@ from moesim.model.limits import MAX_TOKENS
 
 COLUMNS = ("request_id", "arrival_s", "input_tokens", "output_tokens")
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+#: Optional columns of a request table and of csv/jsonl traces: the shared prompt prefix of each request.
+PREFIX_COLUMNS = ("prefix_id", "prefix_tokens")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 #: UTF-8 bytes per token assumed when estimating ShareGPT lengths without a tokenizer.
 BYTES_PER_TOKEN = 4
@@ -136,8 +142,65 @@ def _seconds(values: pd.Series, path: Path, name: str, label: Callable[[int], st
     return num
 
 
+def _prefixes(
+    df: pd.DataFrame, inputs: np.ndarray, path: Path, label: Callable[[int], str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shared-prefix columns of a csv/jsonl trace: (prefix_id codes, -1 for none; prefix_tokens), int64 [n].
+
+    ``prefix_id`` names a prompt prefix (a system prompt, a few-shot preamble) that several requests share; any
+    value works (a number or a string), an empty cell means no shared prefix. ``prefix_tokens`` is its length in
+    tokens, a whole number from 0 to the row's input_tokens, the same on every row of one prefix_id.
+    """
+    n = len(df)
+    if "prefix_id" not in df.columns and "prefix_tokens" not in df.columns:
+        return np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    fix = "give prefix_id (any name; empty: none) and prefix_tokens (whole tokens, 0 to input_tokens) together"
+    for need in ("prefix_id", "prefix_tokens"):
+        if need not in df.columns:
+            raise MoesimError(
+                f"{path}: has {'prefix_tokens' if need == 'prefix_id' else 'prefix_id'} but no {need}", fix
+            )
+    ids = df["prefix_id"].map(lambda v: v if pd.isna(v) else str(v).strip() or None)
+    codes = pd.factorize(ids, use_na_sentinel=True)[0].astype(np.int64)
+    raw = df["prefix_tokens"]
+    num = pd.to_numeric(raw, errors="coerce").astype(np.float64).to_numpy()
+    num = np.where((codes < 0) & np.isnan(num), 0.0, num)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(num) | (num < 0) | (num % 1 != 0) | (num > MAX_TOKENS)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = (
+            "no prefix_tokens" if pd.isna(raw.iloc[i]) else f"prefix_tokens {_show(raw.iloc[i])} is not a token count"
+        )
+        raise MoesimError(f"{path}: {label(i)}: {what} (a whole number from 0 to {MAX_TOKENS:,})", fix)
+    tokens = num.astype(np.int64)
+    over = tokens > inputs
+    if over.any():
+        i = int(np.flatnonzero(over)[0])
+        raise MoesimError(
+            f"{path}: {label(i)}: prefix_tokens {tokens[i]} is longer than the prompt (input_tokens {inputs[i]})",
+            "the prefix is part of the prompt: make prefix_tokens <= input_tokens",
+        )
+    none = (codes < 0) & (tokens > 0)
+    if none.any():
+        i = int(np.flatnonzero(none)[0])
+        raise MoesimError(f"{path}: {label(i)}: prefix_tokens {tokens[i]} without a prefix_id", fix)
+    for code in np.unique(codes[codes >= 0]):
+        rows = np.flatnonzero(codes == code)
+        lengths = tokens[rows]
+        if (lengths != lengths[0]).any():
+            j = int(rows[np.flatnonzero(lengths != lengths[0])[0]])
+            raise MoesimError(
+                f"{path}: {label(j)}: prefix_id {_show(df['prefix_id'].iloc[j])} has prefix_tokens {tokens[j]}, "
+                f"but {lengths[0]} on {label(int(rows[0]))}",
+                "one prefix_id names one prefix: give it the same prefix_tokens on every row",
+            )
+    return codes, tokens
+
+
 def _from_columns(df: pd.DataFrame, path: Path, label: Callable[[int], str], hint: str) -> pd.DataFrame:
-    """A csv/jsonl table as a trace: arrival from arrival_s or timestamp (if any), lengths."""
+    """A csv/jsonl table as a trace: arrival from arrival_s or timestamp (if any), lengths, shared prefixes (if
+    any)."""
     if df.empty:
         raise MoesimError(f"{path}: empty trace (no requests)", hint)
     df = df.rename(columns=lambda c: str(c).strip())
@@ -147,13 +210,17 @@ def _from_columns(df: pd.DataFrame, path: Path, label: Callable[[int], str], hin
     time_col = next((c for c in ("arrival_s", "timestamp") if c in df.columns), None)
     n = len(df)
     arrival = np.full(n, np.nan) if time_col is None else _seconds(df[time_col], path, time_col, label)
-    return pd.DataFrame(
+    inputs = _counts(df["input_tokens"], path, "input_tokens", label)
+    out = pd.DataFrame(
         {
             "arrival_s": arrival,
-            "input_tokens": _counts(df["input_tokens"], path, "input_tokens", label),
+            "input_tokens": inputs,
             "output_tokens": _counts(df["output_tokens"], path, "output_tokens", label),
         }
     )
+    if "prefix_id" in df.columns or "prefix_tokens" in df.columns:
+        out["prefix_id"], out["prefix_tokens"] = _prefixes(df, inputs, path, label)
+    return out
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -289,7 +356,8 @@ _READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "azure": _read_azure, "share
 
 
 def read_trace(path: str | Path, fmt: TraceFormat = "auto") -> pd.DataFrame:
-    """A trace file as columns arrival_s (s, from 0, ascending; NaN without times), input_tokens, output_tokens.
+    """A trace file as columns arrival_s (s, from 0, ascending; NaN without times), input_tokens, output_tokens,
+    and prefix_id (int64 codes, -1: none) and prefix_tokens when a csv/jsonl trace has them.
 
     Formats: see the module docstring. Rows are sorted by arrival (stably) and shifted so the
     first arrives at 0 s.
@@ -315,7 +383,9 @@ def write_trace(df: pd.DataFrame, path: str | Path) -> None:
     missing = [c for c in TRACE_COLUMNS if c not in df.columns]
     if missing:
         raise MoesimError(f"cannot write {path}: the table lacks {', '.join(missing)}", "pass a table from generate()")
-    table = df[[c for c in COLUMNS if c in df.columns]]
+    table = df[[c for c in (*COLUMNS, *PREFIX_COLUMNS) if c in df.columns]]
+    if "prefix_id" in table.columns:  # -1 (no shared prefix) is written as an empty cell
+        table = table.assign(prefix_id=table["prefix_id"].astype("Int64").mask(table["prefix_id"] < 0))
     name = path.name.lower().removesuffix(".gz")
     if not name.endswith((".csv", ".jsonl")):
         raise MoesimError(f"cannot write {path}: unknown extension", "name the file .csv or .jsonl")

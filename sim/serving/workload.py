@@ -37,6 +37,13 @@ is short for ``{dist: fixed, value: N}``):
 
 ``max_input`` / ``max_output`` clip every length, synthetic or replayed.
 
+Shared prefixes (prefix caching): ``shared_prefix: {tokens: N, groups: G}`` gives G system prompts of
+N tokens; each request draws one (uniformly, seeded, after its lengths) and its prompt is that prefix
+followed by its ``input`` tokens (as inference-perf's shared_prefix data generator builds prompts),
+so input_tokens includes the N prefix tokens. The table then has ``prefix_id`` (0 .. G-1) and
+``prefix_tokens``; a csv/jsonl trace can give the same two columns per row (`traces`). Whether
+a prefix is found in the cache is the replica's part (`sim.serving.replica`).
+
 Trace formats (``trace``: a path, relative ones resolved against the scenario's folder;
 ``trace_format``) and their readers are in `traces`; `read_trace` and `write_trace` are
 re-exported here.
@@ -151,6 +158,27 @@ class LengthDist(BaseModel):
         return self
 
 
+class SharedPrefix(BaseModel):
+    """Shared prompt prefixes: ``groups`` system prompts of ``tokens`` tokens each; every request draws one group
+    (uniformly, seeded) and its prompt is that prefix followed by its own ``input`` tokens.
+
+    Modelled on inference-perf's shared_prefix data generator (kubernetes-sigs/inference-perf@
+    inference_perf/datagen/shared_prefix_datagen.py: ``num_groups`` system prompts of ``system_prompt_len`` tokens,
+    each prompt = system prompt + question, prompts shuffled) and SGLang's ``generated-shared-prefix`` dataset
+    (sgl-project/sglang@python/sglang/bench_serving.py). An engine with prefix caching computes a prefix once
+    (`sim.serving.replica`).
+
+    Attributes:
+        tokens: prefix length, tokens (added to every prompt).
+        groups: distinct prefixes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    tokens: int = Field(ge=1, le=MAX_TOKENS)
+    groups: int = Field(1, ge=1, le=MAX_REQUESTS)
+
+
 _DEFAULT_INPUT = LengthDist(dist="lognormal", mean=512, cv=1.0)
 _DEFAULT_OUTPUT = LengthDist(dist="lognormal", mean=256, cv=1.0)
 
@@ -171,6 +199,7 @@ class Workload(BaseModel):
         trace_format: auto, csv, jsonl, azure or sharegpt.
         time_scale: replay speed-up; trace arrival times are divided by it.
         max_input, max_output: clip on every prompt / output length, tokens.
+        shared_prefix: shared prompt prefixes (`SharedPrefix`); the prompt is the prefix plus ``input`` tokens.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -189,10 +218,18 @@ class Workload(BaseModel):
     time_scale: float = Field(1.0, ge=1e-9, le=1e9)
     max_input: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_output: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    shared_prefix: SharedPrefix | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
         given = self.model_fields_set
+        sp = self.shared_prefix
+        if sp is not None and self.max_input is not None and self.max_input <= sp.tokens:
+            raise _fail(
+                f"{self.max_input} leaves no room after the {sp.tokens}-token shared prefix",
+                "make max_input larger than shared_prefix.tokens",
+                "max_input",
+            )
         if self.trace is None:
             for name in ("trace_format", "time_scale"):
                 if name in given:
@@ -244,7 +281,8 @@ def _from_validation(exc: ValidationError, where: str) -> MoesimError:
         loc += (ctx["field"],) if ctx.get("field") else ()
         msg, hint = ctx["msg"], ctx["hint"]
     elif kind == "extra_forbidden":
-        keys = list((LengthDist if loc[0] in ("input", "output") and len(loc) > 1 else Workload).model_fields)
+        model = {"input": LengthDist, "output": LengthDist, "shared_prefix": SharedPrefix}.get(str(loc[0]), Workload)
+        keys = list((model if len(loc) > 1 else Workload).model_fields)
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         msg = "unknown key"
         hint = (f"did you mean {close[0]}? " if close else "") + f"valid keys: {', '.join(keys)}"
@@ -348,7 +386,9 @@ def _resolve(trace: str, base_dir: Path | None) -> Path:
 
 
 def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.DataFrame:
-    """The requests of ``w``: columns request_id, arrival_s (s), input_tokens, output_tokens.
+    """The requests of ``w``: columns request_id, arrival_s (s), input_tokens, output_tokens, and prefix_id (int64,
+    -1: no shared prefix) and prefix_tokens (tokens, part of input_tokens) when ``w.shared_prefix`` or the trace
+    gives shared prefixes.
 
     Deterministic for a ``seed``. A relative ``w.trace`` is resolved against ``base_dir``
     (the scenario file's folder), else the working directory.
@@ -357,6 +397,8 @@ def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.Dat
         MoesimError: an unreadable trace, or arrival settings that clash with it.
     """
     rng = np.random.default_rng(seed)
+    prefix_id: np.ndarray | None = None
+    prefix_tokens: np.ndarray | None = None
     if w.trace is None:
         arrivals = _arrivals(w, rng)
         inputs, outputs = sample_lengths(w.input, len(arrivals), rng), sample_lengths(w.output, len(arrivals), rng)
@@ -382,6 +424,8 @@ def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.Dat
                     "set workload.requests or workload.duration_s to replay part of it",
                 )
             inputs, outputs = trace["input_tokens"].to_numpy()[keep], trace["output_tokens"].to_numpy()[keep]
+            if "prefix_id" in trace.columns:
+                prefix_id, prefix_tokens = trace["prefix_id"].to_numpy()[keep], trace["prefix_tokens"].to_numpy()[keep]
         else:
             if w.arrival != "closed" and w.rate is None:
                 raise MoesimError(
@@ -391,11 +435,23 @@ def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.Dat
             arrivals = _arrivals(w, rng)
             rows = rng.integers(0, len(trace), size=len(arrivals))
             inputs, outputs = trace["input_tokens"].to_numpy()[rows], trace["output_tokens"].to_numpy()[rows]
+            if "prefix_id" in trace.columns:
+                prefix_id, prefix_tokens = trace["prefix_id"].to_numpy()[rows], trace["prefix_tokens"].to_numpy()[rows]
+        if w.shared_prefix is not None and prefix_id is not None:
+            raise MoesimError(
+                f"workload.shared_prefix: {path.name} has its own prefix_id and prefix_tokens columns",
+                "remove shared_prefix to use the trace's prefixes, or drop those columns",
+            )
+    if w.shared_prefix is not None:  # drawn after the lengths, so the lengths do not change with it
+        sp = w.shared_prefix
+        prefix_id = rng.integers(0, sp.groups, size=len(arrivals))
+        prefix_tokens = np.full(len(arrivals), sp.tokens)
+        inputs = np.asarray(inputs) + sp.tokens
     if w.max_input is not None:
         inputs = np.minimum(inputs, w.max_input)
     if w.max_output is not None:
         outputs = np.minimum(outputs, w.max_output)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "request_id": np.arange(len(arrivals), dtype=np.int64),
             "arrival_s": np.asarray(arrivals, dtype=np.float64),
@@ -403,6 +459,10 @@ def generate(w: Workload, seed: int = 0, base_dir: Path | None = None) -> pd.Dat
             "output_tokens": np.asarray(outputs, dtype=np.int64),
         }
     )
+    if prefix_id is not None and prefix_tokens is not None:
+        table["prefix_id"] = np.asarray(prefix_id, dtype=np.int64)
+        table["prefix_tokens"] = np.minimum(np.asarray(prefix_tokens, dtype=np.int64), table["input_tokens"])
+    return table
 
 
 # ---------------------------------------------------------------- description
@@ -439,6 +499,9 @@ def describe(w: Workload) -> str:
         count = f"{w.requests} requests"
     parts = [head, count]
     parts += [f"lengths from {name}"] if w.trace else [f"input {_dist_text(w.input)}", f"output {_dist_text(w.output)}"]
+    if w.shared_prefix is not None:
+        sp = w.shared_prefix
+        parts += [f"shared prefix {sp.tokens} tokens x {sp.groups} group{'s' if sp.groups != 1 else ''}"]
     parts += [f"input <= {w.max_input}"] if w.max_input is not None else []
     parts += [f"output <= {w.max_output}"] if w.max_output is not None else []
     return ", ".join(parts)
