@@ -17,7 +17,8 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 9. expert placement, the ILP against EPLB (`benchmarks/placement.py`);
 10. sweeps: analytical points per second, a discrete-event capacity sweep
     locally and on Dask, resume after kill -9 (`benchmarks/sweep.py`);
-11. the dashboard's first render per page (`benchmarks/dashboard.py`).
+11. the dashboard's first render per page (`benchmarks/dashboard.py`);
+12. serving against real vLLM runs, before and after ``moesim fit-engine`` (`benchmarks/serving_validation.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from benchmarks.calibration import (  # noqa: E402
 )
 from benchmarks.dashboard import bench_dashboard  # noqa: E402
 from benchmarks.placement import bench_placement  # noqa: E402
+from benchmarks.serving_validation import bench_serving_validation  # noqa: E402
 from benchmarks.sweep import bench_sweep  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
 from moesim.model import (  # noqa: E402
@@ -301,6 +303,7 @@ def main() -> None:
         ("expert placement", lambda: bench_placement(args.quick)),
         ("sweeps", lambda: bench_sweep(args.quick)),
         ("dashboard first render", lambda: bench_dashboard(args.quick)),
+        ("serving vs real vLLM runs", lambda: bench_serving_validation(args.quick)),
     ):
         log(name)
         t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from moesim.dashboard.cli.serve_app import dashboard
 from moesim.dashboard.cli.simulate import simulate
 from moesim.dashboard.cli.sweep import sweep
 from moesim.dashboard.cli.train import train
+from moesim.dashboard.cli.validate import fit_engine, validate
 from moesim.model import MoesimError
 from moesim.model.inputs import os_error
 
@@ -76,6 +77,8 @@ for command in (
 ):
     app.command()(command)
 app.command(name="import")(import_tables)
+app.command()(validate)
+app.command(name="fit-engine")(fit_engine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,789 @@
+"""The serving simulator against measured runs: ``moesim validate RUNS.csv``.
+
+A RUNS.csv holds one measured serving deployment per row (the format of the reference data
+``vllm-e2e-dense/experiments.csv``: extra columns are ignored). Each row becomes a serving scenario (model,
+GPU, layout, engine settings, workload), runs through the simulator, and its predicted metrics are set against
+the measured ones.
+
+RUNS.csv columns (units in the names; a metric in seconds may be given as ``*_s`` instead of ``*_ms``):
+
+=================================  ========  ====================================================================
+column                             required  meaning
+=================================  ========  ====================================================================
+experiment_id                      yes       the run's name (unique)
+model                              yes       Hugging Face id (mapped by `HF_PRESETS`), a moesim preset, or a
+                                             config.json path
+gpu                                yes       ``H100``, ``A100-80GB``, ``L40S`` (`GPU_NAMES`) or a moesim GPU key
+tp                                 yes       tensor-parallel degree per replica
+dp                                           data-parallel replicas (empty: 1)
+max_num_seqs                                 vLLM ``--max-num-seqs`` (empty: vLLM's default for the GPU, 1024 on
+                                             >= 70 GiB GPUs other than A100, else 256; vllm/engine/arg_utils.py
+                                             get_batch_defaults)
+max_num_batched_tokens                       tokens per step (empty: the same defaults, 8192 / 2048)
+block_size                                   KV-cache block, tokens (empty: 16)
+gpu_memory_utilization                       vLLM ``--gpu-memory-utilization`` (empty: 0.9)
+kv_blocks_total_gpu                          recorded KV capacity, blocks (reported beside moesim's estimate,
+                                             kv_blocks_moesim; not imposed: moesim sizes the cache from memory)
+prefix_caching, chunked_prefill              booleans (empty: the engine profile's default / on)
+cuda_graphs_enforce_eager                    boolean: ``--enforce-eager`` (empty: the profile's default)
+engine_kind, vllm_version                    ``vllm`` (default) or ``sglang``; the engine version (empty: newest)
+workload_label                                ``general``, ``codegen``, ``roleplay``, ``reasoning``,
+                                             ``general-lite``: the inference-perf profile of `LABEL_PROFILES`
+per_request_file                             parquet or CSV (path relative to RUNS.csv) with arrival_time_ms,
+                                             input_tokens, output_tokens, has_error (and e2e_ms, ttft_ms):
+                                             replayed, failed requests left out
+stage_rates_req_per_s                        ``8;20``: Poisson load stages (without per_request_file)
+stage_durations_s                            ``600;600``
+input_len_mean_tokens                        mean prompt length of a staged workload
+output_len_mean_tokens                       mean output length of a staged workload
+sp_system_prompt_len_tokens                  shared system prompt: with prefix caching, the prefix hit rate is its
+                                             whole blocks over the mean prompt
+n_requests_failed                            > 0 marks the run overloaded (client time-outs)
+e2e_mean_ms, ttft_mean_ms          yes       measured mean end-to-end latency and time to first token
+tpot_derived_mean_ms                         (mean e2e - mean TTFT) / (mean output - 1): the per-token decode
+                                             time ("ITL" in reports)
+e2e_p90_ms, ttft_p90_ms                      measured P90s
+=================================  ========  ====================================================================
+
+A row's workload is, in order: the replayed ``per_request_file``; else the stages with the mean lengths; else the
+label's profile (`LABEL_PROFILES`, an assumption that the report names). Predicted metrics are computed exactly as
+the measured ones: means and P90s over completed requests, ITL as the ratio of means above.
+
+A run with failed requests is overloaded: it is reported but left out of the error summary.
+
+Speed: the discrete-event engine replays a 16,800-request run in about a minute (measured with the shipped vLLM
+profile on a loaded 2-core machine: 74 s for Llama-2-7B, 39 s for CodeLlama-34B TP2; 180 s before host costs made
+the steps longer and fewer); ``max_requests`` replays the first N arrivals of each run instead, and the measured
+metrics are then recomputed over the same N requests from the per-request file (a staged run without one is
+compared with its whole-run figures, and the report says so). The first N arrivals cover the first load stage
+first: a subsample of a two-stage run under-represents its busier stage. The analytical engine solves each load
+stage in closed form (about 0.1 s per run).
+
+Units: latencies in ms in the reports (``*_ms``), s inside the simulator; rates in requests/s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moesim.model import CostModel
+from moesim.model.errors import MoesimError
+
+#: Hugging Face ids of the reference data's models -> moesim presets.
+HF_PRESETS: dict[str, str] = {
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/Llama-2-70b-hf": "llama-2-70b",
+    "codellama/CodeLlama-34b-Instruct-hf": "codellama-34b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "Qwen/Qwen3-14B": "qwen3-14b",
+    "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
+    "mistralai/Mistral-Nemo-Instruct-2407": "mistral-nemo-12b",
+    "01-ai/Yi-34B": "yi-34b",
+}
+
+#: GPU names of the reference data -> moesim GPU keys (model/presets/gpus.yaml); the study's figures spec lists
+#: "H100-80GB SXM, A100-80GB SXM, L40S".
+GPU_NAMES: dict[str, str] = {"H100": "H100-SXM", "A100-80GB": "A100-SXM-80GB", "L40S": "L40S", "H200": "H200-SXM"}
+
+#: inference-perf workload profiles by label (vllm-e2e-dense README, "Workload"): stages (req/s, s), mean prompt
+#: and output tokens. Prompt = the mean measured prompt length of the replayed runs of that label (574-575, 591-593,
+#: 786-787, 1081-1083 tokens; system prompt + question in the profile, tokenised); output = the profile's
+#: sp_output_len. ``general-lite`` is "same token distributions as General at 6 rps peak" (the study's figures
+#: spec); its stage rates are not recorded: assumed General's 8 -> 20 req/s shape scaled to a 6 req/s peak.
+LABEL_PROFILES: dict[str, dict[str, Any]] = {
+    "general": {"rates": (8.0, 20.0), "durations": (600.0, 600.0), "input": 575, "output": 248, "system": 100},
+    "codegen": {"rates": (5.0, 10.0), "durations": (600.0, 600.0), "input": 593, "output": 247, "system": 100},
+    "roleplay": {"rates": (6.0,), "durations": (1200.0,), "input": 787, "output": 251, "system": 150},
+    "reasoning": {"rates": (4.0,), "durations": (1200.0,), "input": 1082, "output": 1448, "system": 100},
+    "general-lite": {"rates": (2.4, 6.0), "durations": (600.0, 600.0), "input": 575, "output": 248, "system": 100},
+}
+
+#: Metrics compared: key -> (label, measured column). ITL is the per-output-token decode time.
+METRICS: dict[str, tuple[str, str]] = {
+    "e2e_mean_ms": ("mean E2E", "e2e_mean_ms"),
+    "ttft_mean_ms": ("mean TTFT", "ttft_mean_ms"),
+    "itl_mean_ms": ("mean ITL", "tpot_derived_mean_ms"),
+    "e2e_p90_ms": ("P90 E2E", "e2e_p90_ms"),
+    "ttft_p90_ms": ("P90 TTFT", "ttft_p90_ms"),
+}
+
+REQUIRED = ("experiment_id", "model", "gpu", "tp", "e2e_mean_ms", "ttft_mean_ms")
+
+#: Time columns: the unit suffixes accepted and their factor to ms.
+_TIME_UNITS = {"_ms": 1.0, "_s": 1e3}
+#: A metric column without its unit is refused (what it would be called with one).
+_UNITLESS = {
+    "e2e_mean": "e2e_mean_ms",
+    "ttft_mean": "ttft_mean_ms",
+    "e2e_p90": "e2e_p90_ms",
+    "ttft_p90": "ttft_p90_ms",
+    "tpot_derived_mean": "tpot_derived_mean_ms",
+    "itl_mean": "tpot_derived_mean_ms",
+    "tpot_mean": "tpot_derived_mean_ms",
+    "stage_rates": "stage_rates_req_per_s",
+    "stage_durations": "stage_durations_s",
+    "input_len_mean": "input_len_mean_tokens",
+    "output_len_mean": "output_len_mean_tokens",
+    "arrival_time": "arrival_time_ms",
+}
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+
+
+# ---------------------------------------------------------------- reading RUNS.csv
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run, resolved.
+
+    Attributes:
+        run_id: the row's experiment_id.
+        model_id: the model as written (Hugging Face id); ``model`` the moesim preset or config path.
+        gpu: moesim GPU key. tp, dp: layout and replicas.
+        engine: the scenario's ``engine:`` mapping (settings of the row).
+        per_request: the per-request file (absolute), or None.
+        stages: load stages (rate req/s, duration s).
+        input_mean, output_mean: mean prompt / output tokens of a staged workload.
+        measured: measured metrics by `METRICS` key, ms (NaN: not measured).
+        overloaded: the run had failed requests (left out of the error summary).
+        notes: what was assumed for this row.
+    """
+
+    run_id: str
+    model_id: str
+    model: str
+    gpu: str
+    tp: int
+    dp: int
+    engine: dict[str, Any]
+    per_request: Path | None
+    stages: tuple[tuple[float, float], ...]
+    input_mean: float
+    output_mean: float
+    measured: dict[str, float]
+    overloaded: bool
+    kv_blocks: float = math.nan
+    notes: tuple[str, ...] = ()
+
+
+def _cell(row: pd.Series, col: str) -> Any:
+    v = row.get(col)
+    if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
+        return None
+    return v
+
+
+def _number(row: pd.Series, col: str, where: str, integer: bool = False, positive: bool = True) -> float | None:
+    v = _cell(row, col)
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise MoesimError(f"{where}: {col} = {v!r} is not a number", f"give {col} as a number") from None
+    if not math.isfinite(x) or (positive and x <= 0) or x < 0:
+        raise MoesimError(f"{where}: {col} = {v!r} is out of range", f"give {col} as a finite number > 0")
+    if integer and x != int(x):
+        raise MoesimError(f"{where}: {col} = {v!r} is not a whole number", f"give {col} as a whole number")
+    return x
+
+
+def _bool(row: pd.Series, col: str, where: str) -> bool | None:
+    v = _cell(row, col)
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise MoesimError(f"{where}: {col} = {v!r} is not a boolean", f"give {col} as true or false")
+
+
+def _list(row: pd.Series, col: str, where: str) -> tuple[float, ...] | None:
+    v = _cell(row, col)
+    if v is None:
+        return None
+    try:
+        vals = tuple(float(p) for p in str(v).split(";") if p.strip())
+    except ValueError:
+        raise MoesimError(f"{where}: {col} = {v!r}", f"give {col} as numbers separated by ';', e.g. 8;20") from None
+    if not vals or not all(math.isfinite(x) and x > 0 for x in vals):
+        raise MoesimError(f"{where}: {col} = {v!r} holds a value <= 0", f"give {col} as positive numbers")
+    return vals
+
+
+def check_columns(columns: Sequence[str], path: str | Path) -> dict[str, str]:
+    """The metric columns of a RUNS.csv with their units: ``{canonical *_ms name: column as written}``.
+
+    Raises:
+        MoesimError: a required column is missing, or a time column has no unit (``e2e_mean`` for ``e2e_mean_ms``).
+    """
+    cols = set(columns)
+    for bare, named in _UNITLESS.items():
+        if bare in cols:
+            raise MoesimError(
+                f"{path}: column {bare} has no unit",
+                f"rename it {named} (times in ms, or *_s for seconds; lengths in tokens; rates in req/s)",
+            )
+    found: dict[str, str] = {}
+    for name in ("e2e_mean_ms", "ttft_mean_ms", "tpot_derived_mean_ms", "e2e_p90_ms", "ttft_p90_ms"):
+        stem = name[: -len("_ms")]
+        for suffix in _TIME_UNITS:
+            if stem + suffix in cols:
+                found[name] = stem + suffix
+                break
+    missing = [c for c in REQUIRED if c not in cols and c not in found]
+    if missing:
+        raise MoesimError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            f"RUNS.csv needs {', '.join(REQUIRED)} (see 'moesim validate --help' and sim/serving/validate.py)",
+        )
+    return found
+
+
+def _model_name(value: str) -> str:
+    return HF_PRESETS.get(value, value)
+
+
+def _gpu_name(value: str) -> str:
+    return GPU_NAMES.get(value, value)
+
+
+def _default_batch(gpu: str) -> tuple[int, int]:
+    """vLLM's default (max_num_seqs, max_num_batched_tokens) for the OpenAI server on ``gpu``.
+
+    Source: vllm-project/vllm vllm/engine/arg_utils.py (get_batch_defaults): 1024 / 8192 on GPUs with >= 70 GiB
+    other than A100, else 256 / 2048.
+    """
+    try:
+        from moesim.model.hardware import get_gpu
+
+        big = get_gpu(gpu).memory_bytes >= 70 * 2**30 and "A100" not in gpu.upper()
+    except (MoesimError, AttributeError):
+        big = False
+    return (1024, 8192) if big else (256, 2048)
+
+
+def read_runs(path: str | Path, only: Sequence[str] | None = None) -> list[Run]:
+    """The runs of a RUNS.csv (see the module docstring), in file order; ``only``: those experiment ids.
+
+    Raises:
+        MoesimError: an unreadable file, a missing column, a time column without unit, a bad value (one line
+            naming the row and the column), an ``only`` id that is not in the file.
+    """
+    from moesim.model.inputs import os_error
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"experiment_id": str})
+    except FileNotFoundError:
+        raise MoesimError(f"RUNS.csv {path} does not exist", "give the path of a RUNS.csv") from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MoesimError(f"{path}: not a CSV table ({' '.join(str(exc).split())[:120]})", "give a CSV") from None
+    units = check_columns(list(df.columns), path)
+    if df.empty:
+        raise MoesimError(f"{path}: no rows", "add one row per measured run")
+    ids = df["experiment_id"].astype(str)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise MoesimError(f"{path}: experiment_id {dup.iloc[0]!r} appears twice", "give each run a unique id")
+    if only:
+        unknown = [i for i in only if i not in set(ids)]
+        if unknown:
+            raise MoesimError(f"--only: {unknown[0]!r} is not an experiment_id of {path}", "list ids from the file")
+        df = df[ids.isin(set(only))]
+    runs = []
+    for i, row in df.iterrows():
+        runs.append(_run(row, f"{path} row {int(i) + 2} ({row['experiment_id']})", path.parent, units))
+    return runs
+
+
+def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
+    notes: list[str] = []
+    for col in ("model", "gpu"):
+        if _cell(row, col) is None:
+            raise MoesimError(f"{where}: {col} is empty", f"give the run's {col}")
+    model_id = str(row["model"]).strip()
+    gpu = _gpu_name(str(row["gpu"]).strip())
+    tp = _number(row, "tp", where, integer=True)
+    if tp is None:
+        raise MoesimError(f"{where}: tp is empty", "give the tensor-parallel degree (1 for none)")
+    dp = _number(row, "dp", where, integer=True) or 1.0
+    seqs_default, tokens_default = _default_batch(gpu)
+    max_seqs = _number(row, "max_num_seqs", where, integer=True)
+    if max_seqs is None:
+        notes.append(f"max_num_seqs not recorded: vLLM default {seqs_default}")
+    max_tokens = _number(row, "max_num_batched_tokens", where, integer=True)
+    engine: dict[str, Any] = {
+        "kind": str(_cell(row, "engine_kind") or "vllm"),
+        "max_batch": int(max_seqs or seqs_default),
+        "max_tokens": int(max_tokens or tokens_default),
+        "block_size": int(_number(row, "block_size", where, integer=True) or 16),
+        "mem_fraction": float(_number(row, "gpu_memory_utilization", where) or 0.9),
+        "stream": True,
+    }
+    if engine["mem_fraction"] > 1:
+        raise MoesimError(f"{where}: gpu_memory_utilization {engine['mem_fraction']} > 1", "give a share in (0, 1]")
+    chunked = _bool(row, "chunked_prefill", where)
+    engine["chunked_prefill"] = True if chunked is None else chunked
+    prefix = _bool(row, "prefix_caching", where)
+    if prefix is not None:
+        engine["prefix_caching"] = prefix
+    eager = _bool(row, "cuda_graphs_enforce_eager", where)
+    if eager is not None:
+        engine["cuda_graphs"] = not eager
+    version = _cell(row, "vllm_version")
+    if version is not None and engine["kind"] == "vllm":
+        engine["version"] = str(version)
+    measured: dict[str, float] = {}
+    for key, (_, col) in METRICS.items():
+        name = units.get(col)
+        value = _number(row, name, where, positive=False) if name else None
+        measured[key] = math.nan if value is None else value * _TIME_UNITS["_ms" if name.endswith("_ms") else "_s"]
+    for key in ("e2e_mean_ms", "ttft_mean_ms"):
+        if math.isnan(measured[key]):
+            raise MoesimError(f"{where}: {units.get(key, key)} is empty", "give the measured value (ms)")
+    # the workload: replay, else stages, else the label's profile
+    per_request = None
+    file = _cell(row, "per_request_file")
+    if file is not None:
+        per_request = Path(str(file)) if Path(str(file)).is_absolute() else base / str(file)
+        if not per_request.is_file():
+            raise MoesimError(
+                f"{where}: per_request_file {per_request} does not exist", "fix the path (relative to RUNS.csv)"
+            )
+    rates, durations = _list(row, "stage_rates_req_per_s", where), _list(row, "stage_durations_s", where)
+    label = _cell(row, "workload_label")
+    profile = LABEL_PROFILES.get(str(label)) if label is not None else None
+    in_mean = _number(row, "input_len_mean_tokens", where)
+    out_mean = _number(row, "output_len_mean_tokens", where)
+    if rates is None and per_request is None:
+        if profile is None:
+            raise MoesimError(
+                f"{where}: no workload (per_request_file, stage_rates_req_per_s or a known workload_label)",
+                f"give one; known labels: {', '.join(LABEL_PROFILES)}",
+            )
+        rates, durations = profile["rates"], profile["durations"]
+        notes.append(f"workload assumed from label {label!r}: {';'.join(f'{r:g}' for r in rates)} req/s")
+    if rates is not None and (durations is None or len(durations) != len(rates)):
+        raise MoesimError(
+            f"{where}: stage_durations_s does not match stage_rates_req_per_s", "give one duration (s) per stage rate"
+        )
+    if per_request is None and (in_mean is None or out_mean is None):
+        if profile is None:
+            raise MoesimError(
+                f"{where}: a staged workload needs input_len_mean_tokens and output_len_mean_tokens",
+                "give the mean lengths (tokens) or a per_request_file",
+            )
+        in_mean, out_mean = in_mean or profile["input"], out_mean or profile["output"]
+        notes.append(f"lengths assumed from label {label!r}: {in_mean:g} in / {out_mean:g} out tokens")
+    folder = _cell(row, "workload_in_folder_name")
+    if folder is not None and label is not None and str(folder) != str(label):
+        notes.append(f"workload ambiguous: label {label!r}, folder name {folder!r}")
+    system = _number(row, "sp_system_prompt_len_tokens", where)
+    if system is None and profile is not None and per_request is None:
+        system = float(profile["system"])
+    if engine.get("prefix_caching") and system:
+        # vLLM caches whole blocks: the shared system prompt's full blocks are hits (per-request data does not
+        # say which requests share it; every one does in inference-perf's shared_prefix dataset)
+        hit_tokens = math.floor(system / engine["block_size"]) * engine["block_size"]
+        mean_in = in_mean or _per_request_mean_input(per_request)
+        if mean_in:
+            engine["prefix_hit_rate"] = round(min(hit_tokens / mean_in, 1.0), 4)
+    failed = _number(row, "n_requests_failed", where, positive=False) or 0.0
+    return Run(
+        run_id=str(row["experiment_id"]),
+        model_id=model_id,
+        model=_model_name(model_id),
+        gpu=gpu,
+        tp=int(tp),
+        dp=int(dp),
+        engine=engine,
+        per_request=per_request,
+        stages=tuple(zip(rates, durations, strict=True)) if rates is not None else (),
+        input_mean=float(in_mean or math.nan),
+        output_mean=float(out_mean or math.nan),
+        measured=measured,
+        overloaded=failed > 0,
+        kv_blocks=_number(row, "kv_blocks_total_gpu", where) or math.nan,
+        notes=tuple(notes),
+    )
+
+
+def _read_requests(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:
+        raise MoesimError(
+            f"per_request_file {path}: unreadable ({type(exc).__name__})", "give a parquet or CSV"
+        ) from None
+    if "arrival_time_ms" not in df.columns and "arrival_time" in df.columns:
+        raise MoesimError(f"per_request_file {path}: column arrival_time has no unit", "rename it arrival_time_ms")
+    need = ("arrival_time_ms", "input_tokens", "output_tokens")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise MoesimError(f"per_request_file {path}: missing column {missing[0]}", f"give {', '.join(need)}")
+    return df
+
+
+_MEAN_INPUT: dict[str, float] = {}
+
+
+def _per_request_mean_input(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    key = str(path)
+    if key not in _MEAN_INPUT:
+        df = _read_requests(path)
+        ok = ~df["has_error"].astype(bool) if "has_error" in df.columns else np.ones(len(df), bool)
+        _MEAN_INPUT[key] = float(df.loc[ok, "input_tokens"].mean())
+    return _MEAN_INPUT[key]
+
+
+# ---------------------------------------------------------------- requests of a run
+
+
+def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The requests a run replays, in arrival order.
+
+    Columns: arrival_s (s from the first), input_tokens, output_tokens, stage (0-based load stage), and, from a
+    per-request file, the measured e2e_ms and ttft_ms (NaN without one). Failed requests of a per-request file are
+    left out (the measured latencies cover successes only). A staged workload draws Poisson arrivals per stage
+    (seeded; the recorded inter-arrival CV is about 1) with the mean lengths. ``max_requests``: the first N.
+    """
+    if run.per_request is not None:
+        df = _read_requests(run.per_request)
+        if "has_error" in df.columns:
+            df = df[~df["has_error"].astype(bool)]
+        t = df["arrival_time_ms"].to_numpy(float) / 1e3
+        out = pd.DataFrame(
+            {
+                "arrival_s": t - (t.min() if len(t) else 0.0),
+                "input_tokens": np.maximum(df["input_tokens"].to_numpy(np.int64), 1),
+                "output_tokens": np.maximum(df["output_tokens"].to_numpy(np.int64), 1),
+                "output_measured": df["output_tokens"].to_numpy(np.int64),
+                "e2e_ms": df["e2e_ms"].to_numpy(float) if "e2e_ms" in df.columns else np.nan,
+                "ttft_ms": df["ttft_ms"].to_numpy(float) if "ttft_ms" in df.columns else np.nan,
+            }
+        )
+        edges = np.cumsum([d for _, d in run.stages]) if run.stages else np.array([])
+        out["stage"] = np.searchsorted(edges[:-1], out["arrival_s"].to_numpy(), side="right") if len(edges) else 0
+    else:
+        rng = np.random.default_rng(seed)
+        parts, start = [], 0.0
+        for k, (rate, dur) in enumerate(run.stages):
+            n = max(int(rng.poisson(rate * dur)), 1)
+            times = np.sort(rng.uniform(start, start + dur, n))
+            parts.append(pd.DataFrame({"arrival_s": times, "stage": k}))
+            start += dur
+        out = pd.concat(parts, ignore_index=True)
+        out["input_tokens"] = max(round(run.input_mean), 1)
+        out["output_tokens"] = max(round(run.output_mean), 1)
+        out["output_measured"] = out["output_tokens"]
+        out["e2e_ms"], out["ttft_ms"] = np.nan, np.nan
+    out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    if max_requests is not None:
+        out = out.iloc[:max_requests].reset_index(drop=True)
+    return out
+
+
+def measured_over(run: Run, req: pd.DataFrame, subsampled: bool) -> dict[str, float]:
+    """The measured metrics to compare with: the row's, or recomputed over ``req`` when subsampled and the
+    per-request latencies are known (ms)."""
+    if not subsampled or req["e2e_ms"].isna().all():
+        return dict(run.measured)
+    return latency_metrics(req["e2e_ms"].to_numpy(), req["ttft_ms"].to_numpy(), req["output_measured"].to_numpy())
+
+
+def latency_metrics(e2e_ms: np.ndarray, ttft_ms: np.ndarray, output_tokens: np.ndarray) -> dict[str, float]:
+    """`METRICS` from per-request latencies [requests] (ms) and output lengths [requests] (tokens), computed as the
+    reference data computes them: means and P90s (numpy's linear interpolation) over the requests that finished;
+    ITL = (mean e2e - mean TTFT) / (mean output - 1)."""
+    ok = np.isfinite(e2e_ms) & np.isfinite(ttft_ms)
+    if not ok.any():
+        return dict.fromkeys(METRICS, math.nan)
+    e, t, o = e2e_ms[ok], ttft_ms[ok], output_tokens[ok].astype(float)
+    denom = o.mean() - 1
+    return {
+        "e2e_mean_ms": float(e.mean()),
+        "ttft_mean_ms": float(t.mean()),
+        "itl_mean_ms": float((e.mean() - t.mean()) / denom) if denom > 0 else math.nan,
+        "e2e_p90_ms": float(np.percentile(e, 90)),
+        "ttft_p90_ms": float(np.percentile(t, 90)),
+    }
+
+
+# ---------------------------------------------------------------- one prediction
+
+
+def scenario_for(run: Run, trace: str, profile: str | None = None, host: dict[str, float] | None = None) -> dict:
+    """The serving scenario mapping of ``run`` replaying the trace CSV ``trace`` (a path)."""
+    engine = dict(run.engine)
+    if profile:
+        engine["profile"] = str(profile)
+        engine.pop("version", None)
+    if host:
+        engine["host"] = {k: float(v) for k, v in host.items()}
+    return {
+        "name": run.run_id,
+        "model": run.model,
+        "gpu": run.gpu,
+        "layout": {"tp": run.tp},
+        "replicas": run.dp,
+        "engine": engine,
+        "workload": {"trace": str(trace)},
+    }
+
+
+#: Memo entries of a `StepTimer` that hold GPU-side step parts only (kernels, collectives, launch counts), valid
+#: for any host-cost values except launch_s / graph_replay_s (`sim.serving.steptime.StepTimer._parts`).
+GPU_MEMO_KEYS = frozenset({"decode_exact", "exact", "decode", "padded", "experts"})
+
+
+@dataclass
+class Prediction:
+    """One run's prediction: metrics (ms), whether the simulator saw an overload, wall seconds."""
+
+    metrics: dict[str, float]
+    overloaded: bool = False
+    reason: str = ""
+    wall_s: float = 0.0
+    kv_blocks: float = math.nan  # moesim's KV-cache capacity of one replica, blocks
+
+
+def write_trace_csv(req: pd.DataFrame, path: Path) -> Path:
+    """The requests as a moesim trace CSV (arrival_s, input_tokens, output_tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    req[["arrival_s", "input_tokens", "output_tokens"]].to_csv(path, index=False)
+    return path
+
+
+def predict(
+    run: Run,
+    req: pd.DataFrame,
+    trace: Path,
+    engine: str = "des",
+    cost_model: CostModel | None = None,
+    profile: str | None = None,
+    host: dict[str, float] | None = None,
+    gpu_memo: dict[str, dict] | None = None,
+) -> Prediction:
+    """Simulate ``run`` on the requests ``req`` (written at ``trace``) with the DES or the analytical engine.
+
+    The analytical engine solves each load stage at its own rate (requests / span of its arrivals) and takes each
+    request's latency (the client's: request path included, `Analytical.solve`) from its stage's steady state.
+    ``gpu_memo`` (analytical only; a dict kept by the caller per run): the step timers' GPU-side results (kernel
+    and collective times per batch shape, `GPU_MEMO_KEYS`) carried from one call to the next, for a fit that
+    changes only host costs which those results do not depend on.
+    """
+    from moesim.sim.serving.serve import load
+    from moesim.sim.serving.serve import run as run_scenario
+
+    t0 = time.perf_counter()
+    trace = Path(trace).resolve()
+    sc = scenario_for(run, str(trace), profile, host)
+    out = req["output_measured"].to_numpy()
+    if engine == "des":
+        res = run_scenario(sc, "des", cost_model=cost_model, base_dir=trace.parent)
+        r = res.requests.sort_values("request_id")
+        m = latency_metrics(r["e2e_s"].to_numpy(float) * 1e3, r["ttft_s"].to_numpy(float) * 1e3, out)
+        done = int(r["finish_s"].notna().sum())
+        over = done < len(r)
+        reason = f"{len(r) - done} requests unfinished" if over else ""
+        caps = res.sim.capacities if res.sim is not None else {}
+        kv = float(next(iter(caps.values())).kv_blocks) if caps else math.nan
+        return Prediction(m, over, reason, time.perf_counter() - t0, kv)
+    if engine != "analytical":
+        raise MoesimError(f"unknown engine {engine!r}", "use des or analytical")
+    from moesim.sim.serving.analytical import Analytical
+
+    built = load(sc, cost_model, base_dir=trace.parent)
+    model = Analytical(built)
+    if gpu_memo is not None:
+        for role, timer in model.timers.items():
+            timer._memo.update(gpu_memo.get(role, {}))
+    n = len(req)
+    ttft, e2e = np.full(n, np.nan), np.full(n, np.nan)
+    arr, stage = req["arrival_s"].to_numpy(float), req["stage"].to_numpy()
+    reasons = []
+    for k in np.unique(stage):
+        idx = stage == k
+        a = arr[idx]
+        span = float(a.max() - a.min()) if idx.sum() > 1 else 0.0
+        rate = (idx.sum() - 1) / span if span > 0 else float(idx.sum())
+        states, t, e, _ = model.solve(rate)
+        ttft[idx], e2e[idx] = t[idx], e[idx]
+        reasons += [f"stage {k} {role}: {s.reason}" for role, s in states.items() if s.overloaded]
+    if gpu_memo is not None:
+        for role, timer in model.timers.items():
+            gpu_memo[role] = {k: v for k, v in timer._memo.items() if isinstance(k, tuple) and k[0] in GPU_MEMO_KEYS}
+    m = latency_metrics(e2e * 1e3, ttft * 1e3, out)
+    kv = float(next(iter(model.caps.values())).kv_blocks) if model.caps else math.nan
+    return Prediction(m, bool(reasons), "; ".join(reasons), time.perf_counter() - t0, kv)
+
+
+# ---------------------------------------------------------------- a validation
+
+
+@dataclass
+class Validation:
+    """Predicted against measured, per run, and the error summary.
+
+    Attributes:
+        rows: one row per run: run_id, model, gpu, tp, status (``ok``, ``overloaded``, ``error``), note,
+            ``measured_<metric>``, ``predicted_<metric>``, ``error_<metric>`` (relative: predicted / measured - 1),
+            requests, subsampled, wall_s, kv_blocks_moesim and kv_blocks_recorded (KV-cache blocks per replica).
+        summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, and counts.
+    """
+
+    rows: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def error_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    """Median and P90 of |predicted / measured - 1| per metric over the runs with status ``ok``."""
+    ok = rows[rows["status"] == "ok"] if len(rows) else rows
+    out: dict[str, Any] = {"runs": len(rows), "runs_compared": len(ok)}
+    for key in METRICS:
+        col = f"error_{key}"
+        err = ok[col].abs().dropna().to_numpy(float) if col in ok else np.zeros(0)
+        out[key] = {
+            "median_abs_error": float(np.median(err)) if len(err) else math.nan,
+            "p90_abs_error": float(np.percentile(err, 90)) if len(err) else math.nan,
+            "median_signed_error": float(np.median(ok[col].dropna())) if len(err) else math.nan,
+            "runs": len(err),
+        }
+    return out
+
+
+def validate(
+    runs: Sequence[Run],
+    workdir: Path,
+    engine: str = "des",
+    cost_model: CostModel | None = None,
+    profile: str | None = None,
+    host: dict[str, float] | None = None,
+    max_requests: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Validation:
+    """Predict every run; traces go to ``workdir/traces``. A run that cannot be simulated (an unknown model, a
+    layout that does not fit) is reported with status ``error`` and its one-line reason, and the others go on."""
+    records = []
+    for i, run in enumerate(runs):
+        if progress:
+            progress(i, len(runs), run.run_id)
+        rec: dict[str, Any] = {"run_id": run.run_id, "model": run.model_id, "gpu": run.gpu, "tp": run.tp}
+        notes = list(run.notes)
+        try:
+            req = run_requests(run, max_requests, seed)
+            full = len(run_requests(run, None, seed)) if max_requests is not None else len(req)
+            subsampled = len(req) < full
+            if subsampled:
+                what = (
+                    "per-request measurements"
+                    if run.per_request is not None
+                    else "whole-run figures (no per-request data)"
+                )
+                notes.append(f"first {len(req):,} of {full:,} requests, compared with {what}")
+            trace = write_trace_csv(req, workdir / "traces" / f"{_safe(run.run_id)}.csv")
+            pred = predict(run, req, trace, engine, cost_model, profile, host)
+            measured = measured_over(run, req, subsampled)
+            rec.update(requests=len(req), subsampled=subsampled, wall_s=pred.wall_s)
+            rec.update(kv_blocks_moesim=pred.kv_blocks, kv_blocks_recorded=run.kv_blocks)
+            for key in METRICS:
+                p, m = pred.metrics[key], measured[key]
+                rec[f"measured_{key}"], rec[f"predicted_{key}"] = m, p
+                rec[f"error_{key}"] = p / m - 1 if m > 0 and math.isfinite(p) else math.nan
+            if run.overloaded:
+                rec["status"] = "overloaded"
+                notes.insert(0, "measured run overloaded (failed requests): left out of the summary")
+            elif pred.overloaded:
+                rec["status"] = "ok"
+                notes.insert(0, f"simulator: overloaded ({pred.reason})")
+            else:
+                rec["status"] = "ok"
+        except MoesimError as exc:
+            rec["status"] = "error"
+            notes.insert(0, exc.one_line())
+        rec["note"] = "; ".join(notes)
+        records.append(rec)
+    if progress:
+        progress(len(runs), len(runs), "done")
+    rows = pd.DataFrame(records)
+    summary = error_summary(rows)
+    summary.update(
+        engine=engine,
+        max_requests=max_requests,
+        profile=profile,
+        wall_s=float(rows.get("wall_s", pd.Series(dtype=float)).sum()),
+    )
+    return Validation(rows, summary)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+
+
+def scatter_plot(rows: pd.DataFrame, path: Path, title: str = "") -> Path | None:
+    """Predicted against measured per metric (log-log, the y = x line and +-10 % / +-25 % bands); None without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = ["e2e_mean_ms", "ttft_mean_ms", "itl_mean_ms"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2))
+    for ax, key in zip(axes, keys, strict=True):
+        seen: list[float] = []
+        for status, marker in (("ok", "o"), ("overloaded", "x")):
+            sub = rows[rows["status"] == status] if "status" in rows else rows.iloc[:0]
+            if f"measured_{key}" not in sub:
+                continue
+            m, p = sub[f"measured_{key}"].to_numpy(float), sub[f"predicted_{key}"].to_numpy(float)
+            keep = (m > 0) & (p > 0) & np.isfinite(m) & np.isfinite(p)
+            ax.scatter(m[keep], p[keep], marker=marker, label=status, alpha=0.8)
+            seen += [*m[keep], *p[keep]]
+        lo, hi = (min(seen) / 1.5, max(seen) * 1.5) if seen else (1.0, 10.0)
+        xs = np.geomspace(lo, hi, 50)
+        ax.plot(xs, xs, "k-", lw=1, label="y = x")
+        for f, style in ((0.1, "--"), (0.25, ":")):
+            ax.plot(xs, xs * (1 + f), "k" + style, lw=0.6, label=f"±{f:.0%}")
+            ax.plot(xs, xs * (1 - f), "k" + style, lw=0.6)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {METRICS[key][0]} (ms)")
+        ax.set_ylabel(f"predicted {METRICS[key][0]} (ms)")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def today() -> str:
+    """The UTC date, for provenance lines."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
