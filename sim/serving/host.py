@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moesim.model.errors import MoesimError
+from moesim.model.ops import kernel_launches as model_kernel_launches
 
 if TYPE_CHECKING:  # pragma: no cover
     from moesim.model.op_record import Op
@@ -169,15 +170,8 @@ class HostCost:
 
 
 def kernel_launches(ops: Sequence[Op]) -> int:
-    """GPU kernel launches of a step's op list (an op repeats ``count`` times).
-
-    Uses `model.ops.kernel_launches` (kernels per op) when the model provides it, else one kernel per occurrence.
-    """
-    try:
-        from moesim.model.ops import kernel_launches as per_op  # type: ignore[attr-defined]
-    except ImportError:
-        return int(sum(op.count for op in ops))
-    return int(per_op(ops))
+    """GPU kernel launches of a step's op list (`model.ops.kernel_launches`: ``kernels`` x ``count`` per op)."""
+    return int(model_kernel_launches(ops))
 
 
 def attention_launches(ops: Sequence[Op]) -> int:

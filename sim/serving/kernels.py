@@ -93,19 +93,22 @@ def step_provenance(built: Built, pool: Pool, batch: Batch) -> dict[str, Any]:
     }
 
 
-def cost_provenance(built: Built, decode_batch: float | None = None) -> dict[str, Any]:
+def cost_provenance(
+    built: Built, decode_batch: float | None = None, lengths: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """The provenance of a representative decode and prefill step (see the module docstring).
 
     Decode: ``decode_batch`` sequences (default `DECODE_BATCH`, at most ``engine.max_batch``) at the mean prompt
     plus half the mean output of cached context; prefill: one mean prompt (at most ``engine.max_tokens``).
     Disaggregated: each on its own pool. Returns ``cost_model``, ``kernels`` (family -> kernel, ``fastest``
     where the engine has no preference; per pool role when the pools differ), ``decode`` and ``prefill``
-    (`step_provenance` with the step's shape).
+    (`step_provenance` with the step's shape). ``lengths``: the mean prompt and output tokens when the caller has
+    the run's requests (else the workload is drawn again, `_mean_lengths`).
     """
     pools = {p.role: p for p in built.pools}
     dec, pre = pools.get("decode", pools.get("mixed")), pools.get("prefill", pools.get("mixed"))
     assert dec is not None and pre is not None
-    mean_in, mean_out = _mean_lengths(built)
+    mean_in, mean_out = lengths if lengths is not None else _mean_lengths(built)
     b = int(max(1, min(dec.engine.max_batch, round(decode_batch or DECODE_BATCH))))
     ctx = int(max(1, round(mean_in + mean_out / 2)))
     prompt = int(max(1, min(round(mean_in), pre.engine.max_tokens)))

@@ -158,7 +158,9 @@ def run(
         raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
     res = simulate(built, seed, progress)
     summary = des_summary(built, res)
-    summary["cost_provenance"] = cost_provenance(built, mean_running(res.steps))
+    req = res.requests
+    lengths = (float(req["input_tokens"].mean()), float(req["output_tokens"].mean())) if len(req) else None
+    summary["cost_provenance"] = cost_provenance(built, mean_running(res.steps), lengths)
     return ServeResult(summary, built, res.requests, res.steps, res.kv_transfers, res.itl, res)
 
 

@@ -461,6 +461,19 @@ class StepTimer:
         return other, a2a, comm, experts
 
     # ---- steps -----------------------------------------------------------------------------------
+    #: Memo entries holding GPU-side step parts only (kernels, collectives, launch counts): valid for any host-cost
+    #: values except launch_s / graph_replay_s, which the launch waits of `_parts` depend on.
+    GPU_MEMO_KEYS = frozenset({"decode_exact", "exact", "decode", "padded", "experts"})
+
+    def gpu_results(self) -> dict[tuple, Any]:
+        """The memoised GPU-side results (`GPU_MEMO_KEYS`), for another timer of the same replica whose engine
+        differs only in host costs other than launch_s / graph_replay_s (`reuse_gpu_results`)."""
+        return {k: v for k, v in self._memo.items() if isinstance(k, tuple) and k[0] in self.GPU_MEMO_KEYS}
+
+    def reuse_gpu_results(self, results: dict[tuple, Any]) -> None:
+        """Take ``results`` (`gpu_results` of a timer of the same replica) instead of recomputing them."""
+        self._memo.update(results)
+
     def expected(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
         """The analytical step (expected busiest GPU, no sampling, no cache misses), with its host time."""
         new, cached = np.asarray(new), np.asarray(cached)

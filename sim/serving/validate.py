@@ -65,6 +65,7 @@ Units: latencies in ms in the reports (``*_ms``), s inside the simulator; rates 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.model import CostModel
+from moesim.model import CostModel, inputs
 from moesim.model.errors import MoesimError
 
 #: Hugging Face ids of the reference data's models -> moesim presets.
@@ -285,17 +286,8 @@ def read_runs(path: str | Path, only: Sequence[str] | None = None) -> list[Run]:
         MoesimError: an unreadable file, a missing column, a time column without unit, a bad value (one line
             naming the row and the column), an ``only`` id that is not in the file.
     """
-    from moesim.model.inputs import os_error
-
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype={"experiment_id": str})
-    except FileNotFoundError:
-        raise MoesimError(f"RUNS.csv {path} does not exist", "give the path of a RUNS.csv") from None
-    except OSError as exc:
-        raise os_error(exc) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise MoesimError(f"{path}: not a CSV table ({' '.join(str(exc).split())[:120]})", "give a CSV") from None
+    df = _read_table(path, "a RUNS.csv", "give the path of a RUNS.csv", dtype={"experiment_id": str})
     units = check_columns(list(df.columns), path)
     if df.empty:
         raise MoesimError(f"{path}: no rows", "add one row per measured run")
@@ -426,13 +418,24 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
     )
 
 
-def _read_requests(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, what: str, hint: str, **csv_kwargs: Any) -> pd.DataFrame:
+    """A parquet (by its suffix) or CSV table read through `model.inputs` (a missing, empty, binary or non-UTF-8
+    file, or a file that is not a parquet file, is one `MoesimError` naming it)."""
+    if path.suffix == ".parquet":
+        data = inputs.read_bytes(path, what, hint)
+        inputs.check_magic(data, ".parquet", path, hint, noun="a readable parquet table")
+        reader: Callable[[], pd.DataFrame] = lambda: pd.read_parquet(io.BytesIO(data))  # noqa: E731
+    else:
+        text = inputs.read_text(path, what, hint)
+        reader = lambda: pd.read_csv(io.StringIO(text), **csv_kwargs)  # noqa: E731
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as exc:
-        raise MoesimError(
-            f"per_request_file {path}: unreadable ({type(exc).__name__})", "give a parquet or CSV"
-        ) from None
+        return reader()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+        raise MoesimError(f"{path}: not a readable table ({' '.join(str(exc).split())[:120]})", hint) from None
+
+
+def _read_requests(path: Path) -> pd.DataFrame:
+    df = _read_table(path, "a per_request_file", "check per_request_file (a parquet or CSV, relative to RUNS.csv)")
     if "arrival_time_ms" not in df.columns and "arrival_time" in df.columns:
         raise MoesimError(f"per_request_file {path}: column arrival_time has no unit", "rename it arrival_time_ms")
     need = ("arrival_time_ms", "input_tokens", "output_tokens")
@@ -551,11 +554,6 @@ def scenario_for(run: Run, trace: str, profile: str | None = None, host: dict[st
     }
 
 
-#: Memo entries of a `StepTimer` that hold GPU-side step parts only (kernels, collectives, launch counts), valid
-#: for any host-cost values except launch_s / graph_replay_s (`sim.serving.steptime.StepTimer._parts`).
-GPU_MEMO_KEYS = frozenset({"decode_exact", "exact", "decode", "padded", "experts"})
-
-
 @dataclass
 class Prediction:
     """One run's prediction: metrics (ms), whether the simulator saw an overload, wall seconds."""
@@ -589,7 +587,7 @@ def predict(
     The analytical engine solves each load stage at its own rate (requests / span of its arrivals) and takes each
     request's latency (the client's: request path included, `Analytical.solve`) from its stage's steady state.
     ``gpu_memo`` (analytical only; a dict kept by the caller per run): the step timers' GPU-side results (kernel
-    and collective times per batch shape, `GPU_MEMO_KEYS`) carried from one call to the next, for a fit that
+    and collective times per batch shape, `StepTimer.gpu_results`) carried from one call to the next, for a fit that
     changes only host costs which those results do not depend on.
     """
     from moesim.sim.serving.serve import load
@@ -617,7 +615,7 @@ def predict(
     model = Analytical(built)
     if gpu_memo is not None:
         for role, timer in model.timers.items():
-            timer._memo.update(gpu_memo.get(role, {}))
+            timer.reuse_gpu_results(gpu_memo.get(role, {}))
     n = len(req)
     ttft, e2e = np.full(n, np.nan), np.full(n, np.nan)
     arr, stage = req["arrival_s"].to_numpy(float), req["stage"].to_numpy()
@@ -632,7 +630,7 @@ def predict(
         reasons += [f"stage {k} {role}: {s.reason}" for role, s in states.items() if s.overloaded]
     if gpu_memo is not None:
         for role, timer in model.timers.items():
-            gpu_memo[role] = {k: v for k, v in timer._memo.items() if isinstance(k, tuple) and k[0] in GPU_MEMO_KEYS}
+            gpu_memo[role] = timer.gpu_results()
     m = latency_metrics(e2e * 1e3, ttft * 1e3, out)
     kv = float(next(iter(model.caps.values())).kv_blocks) if model.caps else math.nan
     return Prediction(m, bool(reasons), "; ".join(reasons), time.perf_counter() - t0, kv)
