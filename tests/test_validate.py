@@ -300,3 +300,53 @@ def test_reference_replay_subsample(tmp_path):
     # the first 400 requests' own measured mean E2E, not the whole run's 3558 ms
     assert 1500 < row["measured_e2e_mean_ms"] < 3000
     assert np.isfinite(row["error_e2e_mean_ms"])
+
+
+# ---------------------------------------------------------------- inference-perf's prompt set
+
+
+def test_shared_prefix_prompt_set_becomes_prefix_ids(tmp_path):
+    """inference-perf's shared_prefix dataset sends prompt i mod (groups x prompts per group): repeats of one prompt
+    share a prefix id and the whole prompt, so the simulator's prefix cache finds their full blocks."""
+    path = _runs_csv(tmp_path)
+    df = pd.read_csv(path)
+    df["dataset"] = "inference-perf synthetic shared_prefix"
+    df["resolved_sp_num_groups"], df["resolved_sp_num_prompts_per_group"] = 2, 3
+    df["prefix_caching"], df["sp_system_prompt_len_tokens"] = True, 100
+    df.to_csv(path, index=False)
+    req_file = tmp_path / "a.csv"
+    reqs = pd.read_csv(req_file)
+    reqs["request_index"] = np.arange(len(reqs))
+    ok = ~reqs["has_error"]
+    reqs.loc[ok, "input_tokens"] = 300 + 10 * (reqs.loc[ok, "request_index"] % 6)  # six prompts in turn
+    reqs.loc[7, "input_tokens"] = 305  # a repeat recorded a few tokens shorter: its id's prefix is the shortest
+    reqs.to_csv(req_file, index=False)
+    runs = read_runs(path)
+    assert [r.prompt_set for r in runs] == [6, 6, 6]
+    assert "prefix_hit_rate" not in runs[0].engine  # the ids decide, not a declared rate
+    req = run_requests(runs[0])
+    np.testing.assert_array_equal(req["prefix_id"][:12], np.arange(12) % 6)
+    assert (req.groupby("prefix_id")["prefix_tokens"].nunique() == 1).all()
+    assert (req["prefix_tokens"] <= req["input_tokens"]).all()
+    assert list(req["prefix_tokens"][:6]) == [300, 305, 320, 330, 340, 350]
+    staged = run_requests(runs[2])
+    np.testing.assert_array_equal(staged["prefix_id"], np.arange(len(staged)) % 6)
+    trace = write_trace_csv(req, tmp_path / "t.csv")
+    assert pd.read_csv(trace).columns.tolist()[-2:] == ["prefix_id", "prefix_tokens"]
+    # without the prompt set, the shared system prompt's whole blocks are a declared hit rate, as before
+    df.drop(columns=["resolved_sp_num_groups"]).to_csv(path, index=False)
+    plain = read_runs(path)
+    assert plain[0].prompt_set == 0 and plain[0].engine["prefix_hit_rate"] == pytest.approx(
+        96 / req["input_tokens"].mean(), abs=1e-3
+    )
+    assert "prefix_id" not in run_requests(plain[0]).columns
+
+
+@needs_data
+def test_reference_runs_repeat_a_hundred_prompts():
+    runs = read_runs(DATA / "experiments.csv", only=["2-codellama-34b-tp2-codegen"])
+    assert runs[0].prompt_set == 100
+    req = run_requests(runs[0])
+    assert req["prefix_id"].nunique() == 100
+    # the recorded prompt lengths repeat with the prompt: the shared part covers all but ~0.2% of the tokens
+    assert req["prefix_tokens"].sum() / req["input_tokens"].sum() > 0.99

@@ -14,8 +14,10 @@ and step times from `sim.serving.steptime.StepTimer.expected` (the same cost mod
 routing statistics and placement as the discrete-event engine, with the
 expected busiest GPU). Per request of input I and output O:
 
-    TTFT = r + ceil(I / budget) t_decode + I (t_mixed - t_decode) / c
-                   (r = E[step^2] / (2 E[step]): the residual step an arrival waits for)
+    TTFT = r + g + ceil(I / budget) t_decode + I (t_mixed - t_decode) / c
+                   (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
+                    overlapping scheduler, which decides the next step while the current one runs, else 0;
+                    I: the prompt tokens computed, prefix-cache hits left out)
     TPOT = tau        E2E = TTFT + (O - 1) tau
 
 and percentiles come from the workload's length distribution (the same
@@ -70,6 +72,7 @@ class PoolState:
     flops_per_s: float
     overloaded: bool
     reason: str = ""
+    cached: float = 0.0  # mean prompt tokens per request found in the prefix cache
 
 
 def _steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
@@ -98,41 +101,61 @@ def _compute_steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: in
 
 
 def _packed(
-    timer: StepTimer, rate: float, mean_in: float, b: int, ctx: int, chunk: int, max_tokens: int
+    timer: StepTimer, rate: float, mean_in: float, b: int, ctx: int, chunk: int, max_tokens: int, cached: int = 0
 ) -> tuple[float, int, Any, bool]:
     """The saturated regime of continuous batching: every step is mixed and carries the prompt tokens
     that arrive while it runs (several prompts per step when they fit the token budget).
 
     Solves c = rate x mean_in x t_mixed(b, c) for the prompt tokens per step c, at least one
-    ``chunk``, at most the budget ``max_tokens - b``. Returns (step s, c, the mixed step, overloaded:
-    the arriving prompt tokens exceed the budget).
+    ``chunk``, at most the budget ``max_tokens - b``; ``mean_in`` counts the prompt tokens to compute (prefix-cache
+    hits left out) and ``cached`` the hit tokens the chunk's attention reads. Returns (step s, c, the mixed step,
+    overloaded: the arriving prompt tokens exceed the budget).
     """
     budget = max(max_tokens - b, 1)
-    c, mix = chunk, _steps(timer, b, ctx, chunk, 0)[1]
+    c, mix = chunk, _steps(timer, b, ctx, chunk, cached)[1]
     for _ in range(50):
         need = rate * mean_in * mix.duration_s
         c_new = int(min(budget, max(chunk, math.ceil(need))))
         if c_new == c:
             break
         c = c_new
-        mix = _steps(timer, b, ctx, c, 0)[1]
+        mix = _steps(timer, b, ctx, c, cached)[1]
     return mix.duration_s, c, mix, rate * mean_in * mix.duration_s > budget * (1 + 1e-9)
 
 
+def chunk_context(computed: float, cached: float, chunks: int) -> int:
+    """Tokens already in the KV cache when the mean prompt chunk runs (its attention reads them): the prefix-cache
+    hit, plus half the computed prompt when the prompt takes several chunks."""
+    return int(cached + (computed / 2 if chunks > 1 else 0))
+
+
 def pool_state(
-    timer: StepTimer, cap: Capacity, pool: Pool, rate: float, mean_in: float, mean_out: float, role: str
+    timer: StepTimer,
+    cap: Capacity,
+    pool: Pool,
+    rate: float,
+    mean_in: float,
+    mean_out: float,
+    role: str,
+    cached: float = 0.0,
 ) -> PoolState:
-    """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s."""
+    """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s.
+
+    ``mean_in``: mean prompt tokens; ``cached``: of them, the mean found in the prefix cache (tokens): only
+    ``mean_in - cached`` are computed in prefill chunks, whose attention still reads the cached ones.
+    """
     eng = pool.engine
     ctx = int(mean_in + mean_out / 2)
     decode_only = role == "decode"
     prefill_only = role == "prefill"
+    cached = min(max(float(cached), 0.0), max(mean_in - 1.0, 0.0))
+    comp_in = mean_in - cached  # prompt tokens computed per request
     b, tau = 1.0, None
     for _ in range(200):
         bi = max(1, round(b)) if not prefill_only else 0
-        chunk = 0 if decode_only else int(max(1, min(mean_in, eng.max_tokens - bi)))
-        chunks = 0 if decode_only else math.ceil(mean_in / chunk)
-        dec, mix = _steps(timer, bi, ctx, chunk, int(mean_in / 2) if chunks > 1 else 0)
+        chunk = 0 if decode_only else int(max(1, min(comp_in, eng.max_tokens - bi)))
+        chunks = 0 if decode_only else math.ceil(comp_in / chunk)
+        dec, mix = _steps(timer, bi, ctx, chunk, chunk_context(comp_in, cached, chunks))
         t_dec = dec.duration_s if dec else mix.duration_s
         t_mix = mix.duration_s
         if decode_only:
@@ -145,8 +168,10 @@ def pool_state(
             if f >= 1.0:
                 new_tau = t_mix
                 if role == "mixed":
-                    new_tau, chunk, mix, packed_over = _packed(timer, rate, mean_in, bi, ctx, chunk, eng.max_tokens)
-                    t_mix, chunks = new_tau, math.ceil(mean_in / chunk)
+                    new_tau, chunk, mix, packed_over = _packed(
+                        timer, rate, comp_in, bi, ctx, chunk, eng.max_tokens, int(cached)
+                    )
+                    t_mix, chunks = new_tau, math.ceil(comp_in / chunk)
                     if packed_over:
                         return PoolState(
                             t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill tokens exceed the budget"
@@ -175,6 +200,45 @@ def pool_state(
     elif b * (ctx + mean_out / 2) > cap.kv_tokens:
         over, reason = True, f"KV cache of {b:.0f} requests exceeds {cap.kv_tokens:,} tokens"
     return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
+
+
+def prefix_hits(
+    df: pd.DataFrame, caching: bool, declared: float | None, block_size: int, replicas: int = 1
+) -> tuple[np.ndarray, float]:
+    """Prompt tokens each request finds in the prefix cache, if the cache keeps what it has seen [requests], and
+    the tokens the distinct prefixes occupy (the cache's working set, tokens per replica).
+
+    As the simulator's replica (`sim.serving.replica`): caching off, none; a declared hit rate r, min(round(r x
+    prompt), prompt - 1) for every request; else a request whose ``prefix_id`` was seen before finds its prefix's
+    full blocks, min(prefix_tokens, prompt - 1) // block_size blocks, and the first ``replicas`` requests of each
+    prefix (one per replica's own cache) find nothing. Requests in ``df``'s arrival order.
+    """
+    inp = df["input_tokens"].to_numpy(np.int64)
+    none = np.zeros(len(inp), float)
+    if not caching:
+        return none, 0.0
+    if declared is not None:
+        return np.minimum(np.round(declared * inp), np.maximum(inp - 1, 0)).astype(float), 0.0
+    if "prefix_id" not in df.columns or "prefix_tokens" not in df.columns:
+        return none, 0.0
+    order = np.argsort(df["arrival_s"].to_numpy(float), kind="stable") if "arrival_s" in df.columns else None
+    pid = df["prefix_id"].to_numpy(np.int64)
+    full = np.minimum(df["prefix_tokens"].to_numpy(np.int64), np.maximum(inp - 1, 0)) // block_size * block_size
+    seen = np.zeros(len(inp), np.int64)  # earlier requests of the same prefix, in arrival order
+    ids = pid if order is None else pid[order]
+    ok = ids >= 0
+    if ok.any():
+        s = pd.Series(ids[ok])
+        counts = s.groupby(s).cumcount().to_numpy()
+        tmp = np.zeros(len(ids), np.int64)
+        tmp[ok] = counts
+        if order is None:
+            seen = tmp
+        else:
+            seen[order] = tmp
+    hits = np.where((pid >= 0) & (seen >= max(replicas, 1)), full, 0).astype(float)
+    working = float(pd.Series(full[pid >= 0]).groupby(pid[pid >= 0]).max().sum()) if (pid >= 0).any() else 0.0
+    return hits, working
 
 
 class Analytical:
@@ -212,6 +276,13 @@ class Analytical:
         self.pools = {p.role: p for p in built.pools}
         self.caps = {role: replica_capacity(built, p) for role, p in self.pools.items()}
         check_requests_fit(built, df, self.caps)
+        front = self.pools.get("mixed") or self.pools["prefill"]
+        prof = engine_profile(front.engine, built.base_dir)
+        #: per request, prompt tokens found in the prefix cache if it keeps every prefix [requests], and the
+        #: tokens the distinct prefixes hold (the working set the cache must keep)
+        self.hits, self.prefix_set = prefix_hits(
+            df, prof.prefix_caching, front.engine.prefix_hit_rate, front.engine.block_size, front.replicas
+        )
         self.timers = timers or {role: make_timer(built, p, self.caps[role], seed) for role, p in self.pools.items()}
         self.setup_s = time.perf_counter() - t0
 
@@ -222,19 +293,32 @@ class Analytical:
         states = {}
         if "mixed" in pools:
             p = pools["mixed"]
-            s = pool_state(timers["mixed"], caps["mixed"], p, rate / p.replicas, mean_in, mean_out, "mixed")
+            hits, r = self.hits, rate / p.replicas
+            s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+            kept = self._kept(s, caps["mixed"].kv_tokens)
+            if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
+                hits = hits * kept
+                s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+            s.cached = float(hits.mean())
             states["mixed"] = s
+            inp = inp - hits  # prompt tokens each request computes
             resid = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
             # a prompt of I tokens: chunks of the budget left beside the decoders, each costing the decode
             # step plus its share of the mean chunk's extra time (linear in prefill tokens)
             budget = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
             extra = (s.t_mixed - s.t_decode) / max(s.chunk, 1)
-            ttft = resid + np.ceil(inp / budget) * s.t_decode + inp * extra
+            # an overlapping scheduler has decided the next step already: an arrival joins the one after it
+            lag = s.tau if engine_profile(p.engine, built.base_dir).overlap else 0.0
+            ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
             tpot = s.tau
             transfer = 0.0
         else:
             pp, dp = pools["prefill"], pools["decode"]
-            sp = pool_state(timers["prefill"], caps["prefill"], pp, rate / pp.replicas, mean_in, 1, "prefill")
+            hits = self.hits * (1.0 if self.prefix_set <= caps["prefill"].kv_tokens else 0.0)
+            sp = pool_state(
+                timers["prefill"], caps["prefill"], pp, rate / pp.replicas, mean_in, 1, "prefill", hits.mean()
+            )
+            sp.cached = float(hits.mean())
             sd = pool_state(timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode")
             states["prefill"], states["decode"] = sp, sd
             service = sp.t_mixed * sp.chunks
@@ -242,7 +326,7 @@ class Analytical:
             if rho >= 1:
                 sp.overloaded, sp.reason = True, f"prefill utilisation {rho:.2f} >= 1"
             wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
-            ttft = wait + np.ceil(inp / max(sp.chunk, 1)) * sp.t_mixed
+            ttft = wait + np.ceil((inp - hits) / max(sp.chunk, 1)) * sp.t_mixed
             cl = built.cluster
             d = built.scenario.disaggregation
             kind = d.kv_link if d and d.kv_link != "auto" else ("intra" if built.gpus <= cl.gpus_per_node else "inter")
@@ -255,7 +339,7 @@ class Analytical:
         # scheduler, detokeniser after it; TTFT and E2E as the client sees them
         path = engine_profile((pools.get("mixed") or pools["prefill"]).engine, built.base_dir)
         h = path.host
-        front = front_s(inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
         ttft, e2e = client_times(
             front + ttft,
             front + e2e,
@@ -265,6 +349,19 @@ class Analytical:
             chunk_tokens=path.stream_chunk_tokens,
         )
         return states, ttft, e2e, tpot
+
+    def _kept(self, state: PoolState, kv_tokens: int) -> float:
+        """Share of the prefix-cache hits that survive eviction in the steady state ``state``, 0..1.
+
+        The cache keeps the distinct prefixes (``prefix_set`` tokens) when they fit the KV cache beside the
+        running requests' own tokens (batch x (mean prompt + half the mean output)); otherwise it holds the
+        share that fits, and under uniform reuse of the prefixes an LRU cache of C tokens over a working set of
+        N finds about C / N of them (the independent-reference model of LRU with equal popularity).
+        """
+        if self.prefix_set <= 0:
+            return 1.0
+        room = kv_tokens - state.batch * (self.mean_in + self.mean_out / 2)
+        return float(min(max(room / self.prefix_set, 0.0), 1.0))
 
     def summary(self, rate: float | None = None) -> dict[str, Any]:
         """The analytical summary at ``rate`` req/s (None: the workload's own rate; a closed loop is iterated).
@@ -353,7 +450,8 @@ class Analytical:
             timer = self.timers[role]
             b = 0 if role == "prefill" else max(1, round(st.batch))
             packed = role == "mixed" and st.mixed_frac >= 1.0
-            chunk_ctx = int(self.mean_in / 2) if st.chunks > 1 and not packed else 0
+            computed = self.mean_in - st.cached
+            chunk_ctx = int(st.cached) if packed else chunk_context(computed, st.cached, st.chunks)
             dec, mix = _steps(timer, b, ctx, st.chunk if role != "decode" else 0, chunk_ctx)
             if dec is not None:
                 rows.append(cost_row(dec, "decode"))

@@ -27,11 +27,19 @@ Prefix caching (vLLM V1 automatic prefix caching, SGLang's radix cache), when th
 
 ``_Requests.cached`` holds each request's hit at its first admission (vLLM's ``num_cached_tokens``).
 
+Admission with an overlapping scheduler (the profile's ``overlap``: vLLM's async scheduling, SGLang's overlap
+scheduler): the engine decides step n+1's batch while the GPU runs step n (vllm-project/vllm@vllm/v1/engine/core.py:
+step_with_batch_queue schedules and submits the next batch before it waits for the one in flight), so a request
+that reaches the scheduler while step n runs cannot join step n+1, already decided, and is admitted to step n+2 at
+the earliest: back to back, a step admits only requests that arrived before the previous step started. With
+nothing else to run, the next step is decided at once (the batch queue is empty).
+
 Units: seconds, tokens, KV blocks.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from typing import Any, Protocol
 
@@ -130,6 +138,9 @@ class Replica:
             stages = est.stage_seconds()
             self.stage_share = max(stages) / sum(stages)
         self.in_run = False  # inside a folded decode run, which a submitted request cuts short
+        #: the scheduler decides a step while the previous one runs (see the module docstring)
+        self.overlap = bool(profile.overlap) if profile is not None else False
+        self.last_start, self.last_end = -math.inf, -math.inf  # the latest step's start and end, s
         self.proc = self.env.process(self.loop())
 
     @property
@@ -227,8 +238,17 @@ class Replica:
         """Share of KV blocks in use: requests' own blocks and cached prefixes that running requests use."""
         return (self.blocks_used + self._pinned()) / max(self.cap.kv_blocks, 1)
 
-    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
-        """Choose this step's sequences and their new tokens; preempt and admit. Returns (ids, alloc)."""
+    def _cutoff(self) -> float:
+        """Latest engine arrival this step may admit, s: with an overlapping scheduler and the previous step just
+        ended, the previous step's start (when this step was decided); else now."""
+        now = self.env.now
+        if self.overlap and self.pool.layout.pp == 1 and self.last_end >= now:
+            return self.last_start
+        return now
+
+    def _schedule(self, cutoff: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+        """Choose this step's sequences and their new tokens; preempt and admit requests that reached the
+        engine by ``cutoff`` (s). Returns (ids, alloc)."""
         R, eng = self.sim.req, self.eng
         budget = eng.max_tokens
         ids = np.array([r for r in self.running if r not in self.in_flight], np.int64)
@@ -254,6 +274,8 @@ class Replica:
         free = self.cap.kv_blocks - self.blocks_used - self._pinned() - (int(grow.sum()) if ids.size else 0)
         while self.waiting and budget > 0 and seqs < eng.max_batch:
             rid = self.waiting[0]
+            if R.engine_arrival[rid] > cutoff:
+                break
             hit, shared, p = self._lookup(rid)
             start = max(int(R.comp[rid]), hit)
             need = int(R.inp[rid] + R.gen[rid]) - start
@@ -294,7 +316,10 @@ class Replica:
     def loop(self):
         R = self.sim.req
         while True:
-            ids, alloc = self._schedule()
+            cutoff = self._cutoff()
+            ids, alloc = self._schedule(cutoff)
+            if not ids.size and self.waiting and cutoff < self.env.now:  # nothing decided ahead: decide now
+                ids, alloc = self._schedule(self.env.now)
             if not ids.size:
                 self.wake = self.env.event()
                 yield self.wake
@@ -316,6 +341,7 @@ class Replica:
             else:
                 yield self.env.timeout(cost.duration_s)
                 self._land(ids, alloc)
+            self.last_start, self.last_end = start, self.env.now
             self._record(start, cost, ids, alloc, decode, waiting0, running0)
 
     def _can_run(self, ids: np.ndarray, alloc: np.ndarray) -> bool:
@@ -358,6 +384,7 @@ class Replica:
         finally:
             self.in_run = False
         durations, ends, costs = durations[:k], ends[:k], costs[:k]
+        self.last_start, self.last_end = float(ends[-1] - durations[-1]), float(ends[-1])
         self.blocks_used += int(growth[:k].sum())
         self._evict()
         # every sequence got k tokens, one per step
