@@ -52,16 +52,26 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("profile", ["profile", "--device", "cpu", "--quick", "--ops", "memcpy", "--out", "prof", "--json"]),
     ("demo", ["demo", "--no-profile", "--out", "rep", "--json"]),
     ("place", [*PLACE, "--workers", "1"]),
+    ("validate", ["validate", "RUNS.csv", "--engine", "analytical", "--out", "val", "--json"]),
+    ("fit-engine", ["fit-engine", "RUNS.csv", "--out", "fit.yaml", "--cv", "none", "--max-evals", "2", "--json"]),
 ]
+
+#: Two TEST-INPUT measured runs (invented latencies) for ``validate`` and ``fit-engine``: staged Poisson loads.
+RUNS = """experiment_id,model,gpu,tp,max_num_seqs,stage_rates_req_per_s,stage_durations_s,input_len_mean_tokens,\
+output_len_mean_tokens,e2e_mean_ms,ttft_mean_ms
+a,meta-llama/Llama-3.1-8B-Instruct,H100,1,64,2,5,300,40,400,30
+b,Qwen/Qwen2.5-7B-Instruct,H100,1,64,3,5,500,30,350,35
+"""
 
 
 @pytest.fixture
 def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working folder with the commands' input files."""
+    """A working folder with the commands' input files (serve.yaml, train.yaml, sweep.yaml, trace.json, RUNS.csv)."""
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(SERVE))
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(TRAIN))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
     (tmp_path / "trace.json").write_text(json.dumps(_trace()))
+    (tmp_path / "RUNS.csv").write_text(RUNS.replace("\\\n", ""))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
