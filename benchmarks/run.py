@@ -80,7 +80,7 @@ def bench_params() -> tuple[str, dict]:
     for name in preset_names():
         c = count_params(load_model(name))
         p = pub.loc[name]
-        te = c.total / p["total"] - 1
+        te = (c.total + p["not_modelled"]) / p["total"] - 1  # + the vision tower Llama 4's totals count
         ae = published_active(c, p["convention"]) / p["active"] - 1
         worst_total = max(worst_total, abs(te))
         rows.append(

@@ -12,7 +12,7 @@ projection. MLA (DeepSeek) in two forms:
   output (``v_absorb``).
 
 Core attention FLOPs: 2 per multiply-add over causal query-key pairs
-(`Batch.attention_pairs`, window-capped): ``2 * pairs * heads * (d_qk + d_v)``.
+(`Batch.attention_pairs`, window-capped, chunk-local): ``2 * pairs * heads * (d_qk + d_v)``.
 KV bytes: every cached token of a sequence is read once (FlashAttention-style,
 one pass per KV head). The step's new tokens are written by a kernel of their
 own before attention (``kv_write``: vLLM's ``reshape_and_cache_flash``, MLA's
@@ -100,19 +100,25 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
     ab, wb, kvb = p.activation_bytes, p.weight_bytes, p.kv_bytes
     dt, at = c.gemm_dtype, p.attention_compute_dtype()
     heads = a.num_heads // lay.tp
-    pairs = b.attention_pairs(g.window)
-    kv_read = b.kv_tokens_read(g.window)
+    pairs = b.attention_pairs(g.window, g.chunk)
+    kv_read = b.kv_tokens_read(g.window, g.chunk)
     shape = {"batch": b.sequences, "tokens": t, "kv_read": kv_read, "pairs": pairs, "heads": heads, "window": g.window}
+    if g.chunk:
+        shape["chunk"] = g.chunk
     ops: list[Op] = []
     if a.kind != "mla":
         kvh = -(-a.num_kv_heads // lay.tp)  # kv heads per GPU, replicated when fewer than tp
         d, dv = a.head_dim, a.v_head_dim
         act = p.activations
         ops.append(gemm("qkv_proj", label, n, t, heads * d + kvh * (d + dv), h, wb, ab, dt))
-        if a.qk_norm != "none":  # q_norm and k_norm: two rms_norm launches, per head (Qwen3) or over q and k (OLMoE)
-            weight = 2 * d if a.qk_norm == "head" else (heads + kvh) * d
+        # q_norm and k_norm: two rms_norm launches, per head (Qwen3) or over q and k (OLMoE); Llama 4's weightless
+        # per-head norm runs after the rotary on RoPE layers only (vllm-project/vllm@vllm/model_executor/models/
+        # llama4.py: ``use_qk_norm = config.use_qk_norm and not self.nope``)
+        if a.qk_norm in ("head", "full") or (a.qk_norm == "l2" and g.rope):
+            weight = 2 * d if a.qk_norm == "head" else 0 if a.qk_norm == "l2" else (heads + kvh) * d
             ops.append(_rms("qk_norm", label, n, t, heads + kvh, d, ab, act, 2, weight))
-        ops.append(rope_op(label, n, t, heads, kvh, d, ab, act))
+        if g.rope:  # Llama 4's NoPE layers skip the rotary embedding
+            ops.append(rope_op(label, n, t, heads, kvh, d, ab, act))
         ops.append(kv_write_op(label, n, t, kvh * (d + dv), ab, kvb, act))
         ops.append(
             Op(

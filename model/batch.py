@@ -3,7 +3,8 @@ and how many it already holds in the KV cache.
 
 Prefill: ``new = prompt length``, ``cached = 0``. Decode: ``new = 1``,
 ``cached = context length``. Chunked prefill and mixed batches are any mix.
-Attention work is counted exactly for causal masking and sliding windows.
+Attention work is counted exactly for causal masking, sliding windows and
+chunked local attention.
 """
 
 from __future__ import annotations
@@ -86,13 +87,17 @@ class Batch:
         """Tokens whose logits are computed: one per sequence (the last new token)."""
         return self.sequences
 
-    def attention_pairs(self, window: int | None = None) -> int:
+    def attention_pairs(self, window: int | None = None, chunk: int | None = None) -> int:
         """Query-key pairs of causal attention, summed over sequences.
 
         New token i (0-based) of a sequence with c cached tokens attends to
-        c + i + 1 keys, or to at most ``window`` keys with a sliding window.
+        c + i + 1 keys, or to at most ``window`` keys with a sliding window,
+        or with chunked local attention (``chunk`` = C tokens, Llama 4) to the
+        (c + i) mod C + 1 keys of its own chunk.
         """
         n, c = self._new, self._cached
+        if chunk is not None:
+            return int((_chunk_pairs(c + n, int(chunk)) - _chunk_pairs(c, int(chunk))).sum())
         if window is None:
             return int((n * c + n * (n + 1) // 2).sum())
         # keys for token i: min(window, c + i + 1); split at the i where it saturates
@@ -101,9 +106,16 @@ class Batch:
         below = full * c + full * (full + 1) // 2
         return int((below + (n - full) * w).sum())
 
-    def kv_tokens_read(self, window: int | None = None) -> int:
-        """KV-cache tokens read once per sequence: min(window, cached + new)."""
+    def kv_tokens_read(self, window: int | None = None, chunk: int | None = None) -> int:
+        """KV-cache tokens read once per sequence: min(window, cached + new).
+
+        With chunked local attention (``chunk`` = C tokens) a sequence reads the
+        chunks its new tokens fall in: from the start of the first new token's
+        chunk, floor(c / C) * C, up to c + n (decode: (c mod C) + 1 tokens).
+        """
         total = self._cached + self._new
+        if chunk is not None:
+            return int((total - self._cached // int(chunk) * int(chunk)).sum())
         if window is not None:
             total = np.minimum(total, window)
         return int(total.sum())
@@ -124,6 +136,17 @@ class Batch:
         if self.phase == "prefill" and len(set(self.new_tokens)) == 1:
             return f"prefill B={self.sequences} len={self.new_tokens[0]}"
         return f"{self.phase} B={self.sequences} tokens={self.tokens}"
+
+
+def _chunk_pairs(positions: np.ndarray, chunk: int) -> np.ndarray:
+    """Causal query-key pairs of the first ``positions`` tokens of a sequence under chunked local attention.
+
+    Token p attends to the (p mod ``chunk``) + 1 keys of its own chunk, so P tokens hold
+    q full chunks of chunk (chunk + 1) / 2 pairs each plus r (r + 1) / 2, with q, r = divmod(P, chunk).
+    Shape: ``positions`` [B] -> [B].
+    """
+    q, r = np.divmod(positions, chunk)
+    return q * (chunk * (chunk + 1) // 2) + r * (r + 1) // 2
 
 
 def _positive(**values: int) -> None:

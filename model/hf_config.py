@@ -1,14 +1,15 @@
 """Read a `ModelSpec` from a Hugging Face ``config.json`` (a path or a dict).
 
 Supported ``model_type`` values: llama, mistral, qwen2, qwen3 (dense);
-mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, dbrx, gpt_oss
-(MoE). A config that lacks a key the family needs, or holds inconsistent
-values, raises `ConfigError` listing every such key at once.
+mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, dbrx, gpt_oss,
+llama4 / llama4_text (MoE). A config that lacks a key the family needs, or holds
+inconsistent values, raises `ConfigError` listing every such key at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ _LIMITS = {
     "max_position_embeddings": MAX_CONTEXT,
     "max_seq_len": MAX_CONTEXT,
     "sliding_window": MAX_CONTEXT,
+    "interleave_moe_layer_step": MAX_LAYERS,
+    "no_rope_layer_interval": MAX_LAYERS,
+    "attention_chunk_size": MAX_CONTEXT,
 }
 
 
@@ -144,6 +148,105 @@ def _qwen_moe_layers(k: _Keys, layers: int) -> tuple[bool, ...]:
     step = k.int("decoder_sparse_step", 1)
     dense = set(k.get("mlp_only_layers", []))
     return tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
+
+
+def _llama4(k: _Keys, name: str) -> ModelSpec:
+    """Llama 4 (Scout, Maverick): the text model of ``Llama4ForConditionalGeneration``.
+
+    The multimodal config nests the language model under ``text_config``; a text-only checkpoint
+    (``model_type: llama4_text``) holds the same keys at the top. The vision tower
+    (``vision_config``: encoder, adapter, projector) is not modelled. Meanings, from
+    huggingface/transformers@src/transformers/models/llama4/configuration_llama4.py and
+    modeling_llama4.py, and vllm-project/vllm@vllm/model_executor/models/llama4.py:
+
+    - MoE layers: ``moe_layers`` when given, else every ``interleave_moe_layer_step``-th layer
+      counted from ``step - 1`` (Scout: step 1, all 48; Maverick: step 2, the odd layers).
+    - A MoE layer: ``num_local_experts`` routed experts of width ``intermediate_size``, top
+      ``num_experts_per_tok`` by sigmoid of the router logits, beside one always-on shared expert
+      of the same width (``Llama4TextMoe.shared_expert``); the router has no bias.
+    - A dense layer: a SwiGLU MLP of width ``intermediate_size_mlp``.
+    - Attention: ``no_rope_layers[i]`` is 1 on RoPE layers and 0 on NoPE layers (when the list is
+      empty, every ``no_rope_layer_interval``-th layer, default 4, is NoPE). RoPE layers attend
+      in chunks of ``attention_chunk_size`` tokens (vLLM's ``ChunkedLocalAttention``); NoPE
+      layers attend globally. A ``layer_types`` list (``chunked_attention`` / ``full_attention``)
+      overrides that derivation. ``use_qk_norm`` (default true) is a weightless per-head RMS norm
+      (``Llama4TextL2Norm``) on RoPE layers: a kernel, no parameters (``qk_norm="l2"``).
+    - ``tie_word_embeddings`` sits at the top of the multimodal config (default false).
+    """
+    outer = k
+    if k.family == "llama4":
+        text = k.cfg.get("text_config")
+        if not isinstance(text, Mapping):
+            raise ConfigError(
+                f"{k.where} (llama4): "
+                + ("missing keys: text_config" if text is None else f"text_config={text!r} is not a JSON object"),
+                "a llama4 config.json nests the language model's keys under text_config; " + _FIX,
+            )
+        k = _Keys(text, k.family, k.where)
+    hidden, layers = k.int("hidden_size"), k.int("num_hidden_layers")
+    step = k.int("interleave_moe_layer_step", 1)
+    listed = k.get("moe_layers")
+    if listed is not None:
+        ok = isinstance(listed, list) and all(isinstance(i, int) and 0 <= i < layers for i in listed)
+        k.check(ok, f"moe_layers={listed!r} (need a list of layer indices from 0 to {layers - 1})")
+        moe_set = set(listed) if ok else set()
+    else:
+        moe_set = set(range(step - 1, layers, step))
+    moe_layers = tuple(i in moe_set for i in range(layers))
+    width = k.int("intermediate_size")
+    moe = MoESpec(
+        num_experts=k.int("num_local_experts"),
+        top_k=k.int("num_experts_per_tok"),
+        intermediate_size=width,
+        shared_intermediate_size=width,
+        num_shared_experts=1,
+        scoring="sigmoid",
+    )
+    dense = k.int("intermediate_size_mlp") if not all(moe_layers) else 0  # Scout: no dense layer
+    chunk = k.optional_int("attention_chunk_size", minimum=1)
+    rope = _llama4_rope_layers(k, layers)
+    chunks = tuple(chunk if local else None for local in _llama4_local_layers(k, layers, rope))
+    bias = bool(k.get("attention_bias", False))
+    qk_norm = "l2" if k.get("use_qk_norm", True) else "none"  # transformers' default is True
+    tie = outer.get("tie_word_embeddings", k.get("tie_word_embeddings", False))
+    spec = _spec(
+        k,
+        name,
+        hidden,
+        layers,
+        _gqa(k, hidden, qkv_bias=bias, o_bias=bias, qk_norm=qk_norm),
+        dense_intermediate_size=dense,
+        moe=moe if any(moe_layers) else None,
+        moe_layers=moe_layers,
+        chunks=chunks if chunk else (),
+        rope=rope,
+    )
+    outer.missing += [f"text_config.{m}" for m in k.missing] if outer is not k else []
+    outer.bad += k.bad if outer is not k else []
+    return replace(spec, tie_embeddings=bool(tie))
+
+
+def _llama4_local_layers(k: _Keys, layers: int, rope: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Per layer, True where Llama 4 attends in chunks: from ``layer_types`` when given, else the RoPE layers."""
+    types = k.get("layer_types")
+    if types is None:
+        return rope
+    ok = isinstance(types, list) and len(types) >= layers
+    ok = ok and all(t in ("chunked_attention", "full_attention") for t in types[:layers])
+    k.check(ok, f"layer_types={types!r} (need chunked_attention or full_attention for each of {layers} layers)")
+    return tuple(t == "chunked_attention" for t in types[:layers]) if ok else (False,) * layers
+
+
+def _llama4_rope_layers(k: _Keys, layers: int) -> tuple[bool, ...]:
+    """Per layer, True where Llama 4 applies RoPE: ``no_rope_layers`` (1 = RoPE), else every layer but each
+    ``no_rope_layer_interval``-th (default 4)."""
+    rope = k.get("no_rope_layers")
+    if rope:  # an empty list means "derive it", as transformers does
+        ok = isinstance(rope, list) and len(rope) >= layers and all(v in (0, 1) for v in rope[:layers])
+        k.check(ok, f"no_rope_layers={rope!r} (need 0 or 1 for each of {layers} layers)")
+        return tuple(bool(v) for v in rope[:layers]) if ok else (False,) * layers
+    interval = k.int("no_rope_layer_interval", 4)
+    return tuple((i + 1) % interval != 0 for i in range(layers))
 
 
 def _spec(k: _Keys, name: str, hidden: int, layers: int, attention: AttentionSpec, **fields: Any) -> ModelSpec:
@@ -390,6 +493,8 @@ _PARSERS: dict[str, Callable[[_Keys, str], ModelSpec]] = {
     "deepseek_v3": _deepseek,
     "dbrx": _dbrx,
     "gpt_oss": _gpt_oss,
+    "llama4": _llama4,
+    "llama4_text": _llama4,
 }
 
 SUPPORTED_FAMILIES = tuple(_PARSERS)

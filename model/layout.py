@@ -32,14 +32,21 @@ class Layout:
         ep: expert-parallel size of MoE layers (divides ``tp * dp_attn``).
         dp_attn: data-parallel attention groups per stage.
         pp: pipeline stages.
+        a2a_backend: who runs the EP dispatch and combine all-to-alls: ``deepep`` (DeepEP's normal and
+            low-latency kernels, as SGLang and vLLM run EP) or ``nccl`` (`model.a2a`).
     """
 
     tp: int = 1
     ep: int = 1
     dp_attn: int = 1
     pp: int = 1
+    a2a_backend: str = "deepep"
 
     def __post_init__(self) -> None:
+        if self.a2a_backend not in ("deepep", "nccl"):
+            raise LayoutError(
+                f"a2a_backend '{self.a2a_backend}' is not one of deepep, nccl", "use a2a_backend: deepep or nccl"
+            )
         for name in ("tp", "ep", "dp_attn", "pp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GPUS:

@@ -68,11 +68,16 @@ def kv_bytes_per_token(model: ModelSpec, layout: Layout, precision: Precision, l
 def kv_bytes_for_batch(
     model: ModelSpec, layout: Layout, precision: Precision, batch: Batch, layers: range | None = None
 ) -> float:
-    """KV-cache bytes ``batch`` holds after its step on one GPU, sliding windows capped."""
+    """KV-cache bytes ``batch`` holds after its step on one GPU, sliding windows capped.
+
+    A chunked-local-attention layer (Llama 4) holds the chunks the step's tokens fall in: vLLM's
+    ``ChunkedLocalAttentionSpec`` frees the blocks of earlier chunks (vllm-project/vllm@vllm/v1/kv_cache_interface.py).
+    """
     layers = layers if layers is not None else range(model.num_layers)
     per_token_layer = kv_bytes_per_token(model, layout, precision, range(1))
-    windows = Counter(model.windows[i] for i in layers)  # the cache after the step: cached + new, window-capped
-    return float(sum(n * batch.kv_tokens_read(w) for w, n in windows.items()) * per_token_layer)
+    # the cache after the step: cached + new, window-capped or chunk-local
+    spans = Counter((model.windows[i], model.chunk_of(i)) for i in layers)
+    return float(sum(n * batch.kv_tokens_read(w, c) for (w, c), n in spans.items()) * per_token_layer)
 
 
 @dataclass(frozen=True)

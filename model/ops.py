@@ -28,6 +28,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from moesim.model.a2a import ep_a2a_ops
 from moesim.model.attention_ops import attention_ops
 from moesim.model.batch import Batch
 from moesim.model.dtypes import Precision
@@ -36,7 +37,7 @@ from moesim.model.hardware import ClusterSpec
 from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet, layer_sets
-from moesim.model.routing import gpu_loads, token_fanout
+from moesim.model.routing import gpu_loads
 from moesim.model.spec import ModelSpec
 
 #: Kinds of the memory-bound kernels an inference engine runs between the GEMMs (vLLM's and SGLang's custom
@@ -385,33 +386,13 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
         # every GPU holds every expert (width split moe_tp ways) and gathers all tokens
         ops.append(collective("dp_gather", "all_gather", label, n, t_all * h * ab, lay.stage_gpus, gpn))
     elif lay.ep > 1:
-        fan = token_fanout(
-            lay.ep, max(1, gpn // lay.moe_tp), moe.top_k, moe.num_experts, moe.n_group, moe.topk_group, loads, phys
-        )
-        src_tokens = t_all / lay.stage_gpus  # each GPU dispatches an equal share
-        per_token = h * ab * lay.moe_tp
-        dispatch = Op(
-            "ep_dispatch",
-            "all_to_all",
-            label,
-            n,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            intra_bytes=src_tokens * fan.intra * per_token,
-            inter_bytes=src_tokens * fan.inter * per_token,
-            intra_msgs=1 if fan.intra > 0 else 0,
-            inter_msgs=1 if fan.inter > 0 else 0,
-            shape={
-                "tokens": t_all,
-                "gpus": lay.ep,
-                "hidden": h,
-                "top_k": moe.top_k,
-                # the per-GPU all-to-all buffer, as NCCL benchmarks size it (the share kept local included)
-                "bytes": src_tokens * (fan.intra + fan.inter) * per_token * lay.ep / (lay.ep - 1),
-            },
-        )
+        # the backend's bytes (DeepEP normal or low-latency, or NCCL): `model.a2a`
+        dispatch, combine = ep_a2a_ops(
+            label, n, tokens=t_all, hidden=h, top_k=moe.top_k, num_experts=moe.num_experts, ep=lay.ep,
+            stage_gpus=lay.stage_gpus, gpus_per_node=gpn, moe_tp=lay.moe_tp, act_bytes=ab, backend=lay.a2a_backend,
+            phase=c.batch.phase, fp8_dispatch=p.weights == "fp8" and getattr(p, "fp8_scaling", "tensor") == "block",
+            n_group=moe.n_group, topk_group=moe.topk_group, loads=loads, phys_to_log=phys,
+        )  # fmt: skip
         ops.append(dispatch)
     ops.append(
         experts_op(
@@ -431,7 +412,7 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
         )
     )
     if dispatch is not None:
-        ops.append(replace(dispatch, name="ep_combine"))
+        ops.append(combine)
         if lay.tp > 1:
             op = collective("tp_gather", "all_gather", label, n, t_attn * h * ab, lay.tp, gpn)
             ops.append(op) if op else None

@@ -173,6 +173,8 @@ class LayerGroup:
     last: int
     is_moe: bool
     window: int | None
+    chunk: int | None = None
+    rope: bool = True
 
     @property
     def count(self) -> int:
@@ -181,20 +183,26 @@ class LayerGroup:
 
     @property
     def label(self) -> str:
-        """E.g. ``3-60 moe`` or ``0 dense``."""
+        """E.g. ``3-60 moe``, ``0 dense``, ``0-2 moe chunk8192`` or ``3 moe nope``."""
         span = f"{self.first}" if self.first == self.last else f"{self.first}-{self.last}"
-        kind = "moe" if self.is_moe else "dense"
-        return f"{span} {kind}" + (f" swa{self.window}" if self.window else "")
+        return f"{span} {_kind(self.is_moe, self.window, self.chunk, self.rope)}"
+
+
+def _kind(is_moe: bool, window: int | None, chunk: int | None, rope: bool) -> str:
+    """``moe`` / ``dense``, then ``swa<window>`` or ``chunk<chunk>`` when the attention is local, ``nope`` without
+    rotary embedding."""
+    local = (f" swa{window}" if window else "") + (f" chunk{chunk}" if chunk else "")
+    return ("moe" if is_moe else "dense") + local + ("" if rope else " nope")
 
 
 def layer_groups(m: ModelSpec, layers: Iterable[int] | None = None) -> list[LayerGroup]:
-    """Runs of consecutive layers with the same FFN kind and attention window."""
+    """Runs of consecutive layers with the same FFN kind, attention window, attention chunk and rotary use."""
     groups: list[LayerGroup] = []
     for i in layers if layers is not None else range(m.num_layers):
-        key = (m.moe_layers[i], m.windows[i])
+        key = (m.moe_layers[i], m.windows[i], m.chunk_of(i), m.uses_rope(i))
         g = groups[-1] if groups else None
-        if g is not None and g.last == i - 1 and (g.is_moe, g.window) == key:
-            groups[-1] = LayerGroup(g.first, i, g.is_moe, g.window)
+        if g is not None and g.last == i - 1 and (g.is_moe, g.window, g.chunk, g.rope) == key:
+            groups[-1] = LayerGroup(g.first, i, g.is_moe, g.window, g.chunk, g.rope)
         else:
             groups.append(LayerGroup(i, i, *key))
     return groups
@@ -208,11 +216,15 @@ class LayerSet:
         layers: the layer indices, ascending.
         is_moe: MoE FFN (else dense).
         window: sliding-attention window, or None.
+        chunk: chunked-local-attention chunk (tokens), or None.
+        rope: the layers rotate q and k (False: Llama 4's NoPE layers).
     """
 
     layers: tuple[int, ...]
     is_moe: bool
     window: int | None
+    chunk: int | None = None
+    rope: bool = True
 
     @property
     def count(self) -> int:
@@ -226,8 +238,8 @@ class LayerSet:
 
     @property
     def label(self) -> str:
-        """``3-60 moe`` when consecutive, else e.g. ``moe swa128 x18``."""
-        kind = ("moe" if self.is_moe else "dense") + (f" swa{self.window}" if self.window else "")
+        """``3-60 moe`` when consecutive, else e.g. ``moe swa128 x18`` or ``moe chunk8192 x36``."""
+        kind = _kind(self.is_moe, self.window, self.chunk, self.rope)
         lo, hi = self.layers[0], self.layers[-1]
         if hi - lo + 1 == len(self.layers):
             return f"{lo} {kind}" if lo == hi else f"{lo}-{hi} {kind}"
@@ -235,17 +247,17 @@ class LayerSet:
 
 
 def layer_sets(m: ModelSpec, layers: Iterable[int] | None = None, split_moe: bool = False) -> list[LayerSet]:
-    """Layers grouped by (MoE or dense, window), in order of first appearance.
+    """Layers grouped by (MoE or dense, window, chunk, rotary use), in order of first appearance.
 
     With ``split_moe`` every MoE layer is its own set (per-layer routing).
     """
     sets: dict[tuple[object, ...], list[int]] = {}
     for i in layers if layers is not None else range(m.num_layers):
-        key: tuple[object, ...] = (m.moe_layers[i], m.windows[i])
+        key: tuple[object, ...] = (m.moe_layers[i], m.windows[i], m.chunk_of(i), m.uses_rope(i))
         if split_moe and m.moe_layers[i]:
             key = (*key, i)
         sets.setdefault(key, []).append(i)
-    return [LayerSet(tuple(ls), bool(k[0]), k[1]) for k, ls in sets.items()]  # type: ignore[arg-type]
+    return [LayerSet(tuple(ls), bool(k[0]), k[1], k[2], bool(k[3])) for k, ls in sets.items()]  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -306,7 +318,11 @@ def published_params() -> pd.DataFrame:
 
     Columns: model, total, active (parameters), convention (``all``: input
     embedding and LM head counted; ``excl_input``: input embedding left out,
-    as DeepSeek and OpenAI count), source (URL).
+    as DeepSeek and OpenAI count), not_modelled (parameters the published
+    total counts that moesim does not model: Llama 4's vision encoder, adapter
+    and projector, summed from ``vision_config`` as ``model/presets/SOURCES.md``
+    shows; compare ``count_params(m).total + not_modelled`` with ``total``),
+    source (URL).
     """
     return pd.read_csv(PUBLISHED_CSV)
 

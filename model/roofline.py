@@ -5,6 +5,13 @@ device plus its link time ``max over link classes of (bytes / link bandwidth
 + messages x latency)`` (intra-node and inter-node links work in parallel).
 No efficiency factor is applied: the roofline is the hardware's limit, a
 lower bound that measured kernels calibrate upward (``profiling``).
+
+The one exception is the expert-parallel dispatch and combine that DeepEP runs
+(``Layout.a2a_backend: deepep``, the default): its time is DeepEP's mechanism,
+a fixed cost per call plus the bytes at the fraction of each link DeepEP is
+published to reach (`model.a2a.deepep_time`; the source says ``deepep-...``),
+never the bare link roofline, which is 2 to 5 times too fast for it. The NCCL
+backend keeps the link roofline above.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from moesim.model.a2a import deepep_time, is_deepep
 from moesim.model.batch import Batch
 from moesim.model.dtypes import Precision
 from moesim.model.hardware import ClusterSpec
@@ -34,6 +42,8 @@ class OpTime:
         link_s: the slower link class's time, s.
         bound: ``compute``, ``memory``, ``intra-link`` or ``inter-link``.
         source: where the time comes from (``roofline`` or a measured table).
+        band: for a time transferred from another GPU's measurements, the (P50, P90) absolute relative error
+            expected of it (fractions: 0.05 = 5%; `profiling.transfer`); None otherwise.
     """
 
     seconds: float
@@ -42,6 +52,7 @@ class OpTime:
     link_s: float
     bound: str
     source: str = "roofline"
+    band: tuple[float, float] | None = None
 
 
 @runtime_checkable
@@ -62,6 +73,9 @@ class RooflineCostModel:
 
     def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
         """Roofline time of ``op`` (see the module docstring)."""
+        if is_deepep(op):  # DeepEP dispatch / combine: its own model, `model.a2a`
+            t = deepep_time(op, cluster)
+            return OpTime(t.seconds, 0.0, 0.0, t.seconds, t.bound, t.source)
         gpu = cluster.gpu
         compute = op.flops / gpu.peak(op.dtype) if op.flops else 0.0
         memory = op.bytes / gpu.bandwidth() if op.bytes else 0.0
@@ -146,7 +160,8 @@ class StepEstimate:
         weight_bytes, kv_bytes, act_bytes, intra_bytes, inter_bytes (per
         occurrence; FLOP and bytes), time_s (per occurrence), total_s
         (time_s x count), share (of the step), bound, dtype, stage, source
-        (where the time comes from: the roofline, a measured table...)."""
+        (where the time comes from: the roofline, a measured table...), band_p50 and band_p90 (the
+        expected error of a time transferred from another GPU, fractions; None otherwise)."""
         rows = [
             {
                 "group": op.group,
@@ -166,6 +181,8 @@ class StepEstimate:
                 "dtype": op.dtype,
                 "stage": op.stage,
                 "source": t.source,
+                "band_p50": t.band[0] if t.band else None,
+                "band_p90": t.band[1] if t.band else None,
             }
             for op, t in zip(self.ops, self.times, strict=True)
         ]

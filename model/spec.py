@@ -27,7 +27,8 @@ class AttentionSpec:
         v_head_dim: value head dimension.
         qkv_bias: q, k and v projections carry a bias.
         o_bias: the output projection carries a bias.
-        qk_norm: ``head`` (RMSNorm over each head, Qwen3), ``full`` (over the
+        qk_norm: ``head`` (RMSNorm over each head, Qwen3), ``l2`` (a weightless
+            RMS norm over each head, on RoPE layers only, Llama 4), ``full`` (over the
             whole q and k projections, OLMoE) or ``none``.
         sinks: one learned attention-sink logit per head (gpt-oss).
         q_lora_rank: MLA query low-rank dimension (None: a full q projection).
@@ -44,7 +45,7 @@ class AttentionSpec:
     v_head_dim: int
     qkv_bias: bool = False
     o_bias: bool = False
-    qk_norm: Literal["none", "head", "full"] = "none"
+    qk_norm: Literal["none", "head", "full", "l2"] = "none"
     sinks: bool = False
     q_lora_rank: int | None = None
     kv_lora_rank: int = 0
@@ -128,6 +129,13 @@ class ModelSpec:
         moe_layers: per layer, True where the FFN is a MoE block.
         windows: per layer, the sliding-attention window in tokens, or None
             for full attention.
+        chunks: per layer, the chunk of chunked local attention in tokens
+            (Llama 4's RoPE layers: a token attends only to the earlier tokens
+            of its own ``attention_chunk_size`` chunk), or None; empty (the
+            default) means no layer is chunked. See `chunk_of`.
+        rope: per layer, False where the layer applies no rotary embedding
+            (Llama 4's NoPE layers); empty (the default): every layer does.
+            See `uses_rope`.
         mlp_bias: dense FFN projections carry biases.
         mtp_layers: DeepSeek-V3 multi-token-prediction layers in the
             checkpoint, not counted in ``num_layers`` or the parameters.
@@ -148,6 +156,16 @@ class ModelSpec:
     mlp_bias: bool = False
     mtp_layers: int = 0
     max_position_embeddings: int = 0
+    chunks: tuple[int | None, ...] = ()
+    rope: tuple[bool, ...] = ()
+
+    def chunk_of(self, layer: int) -> int | None:
+        """The attention chunk of ``layer`` in tokens, or None when the layer is not chunked."""
+        return self.chunks[layer] if self.chunks else None
+
+    def uses_rope(self, layer: int) -> bool:
+        """True when ``layer`` rotates q and k (False on Llama 4's NoPE layers)."""
+        return self.rope[layer] if self.rope else True
 
     @property
     def is_moe(self) -> bool:

@@ -3,35 +3,71 @@
 The format, as ai-dynamo/aiconfigurator ships it (one file per op family,
 ``latency`` in milliseconds):
 
-- ``gemm_perf``: ``gemm_dtype`` (bfloat16, fp8, fp8_block), ``m, n, k``:
+- ``gemm_perf``: ``gemm_dtype`` (`DTYPES`), ``m, n, k``:
   C[m, n] = A[m, k] @ B[k, n];
-- ``moe_perf``: ``moe_dtype`` (bfloat16, fp8, fp8_block, int4_wo),
-  ``num_tokens, hidden_size, inter_size, topk, num_experts, moe_tp_size,
+- ``moe_perf``: ``moe_dtype`` (`DTYPES`), ``kernel_source`` (the engine's
+  kernel: ``vllm_fused_moe``, ``vllm_marlin_int4_moe``...), ``num_tokens,
+  hidden_size, inter_size, topk, num_experts, moe_tp_size,
   moe_ep_size, distribution``: one fused MoE layer on one GPU of the EP/TP
   group (no all-to-all);
 - ``nccl_perf``: ``op_name`` (all_gather, all_reduce, alltoall,
-  reduce_scatter), ``nccl_dtype`` (half, int8), ``num_gpus``,
+  reduce_scatter), ``nccl_dtype`` (`NCCL_DTYPES`), ``num_gpus``,
   ``message_size``. The message size counts elements, not bytes: at the
   same ``message_size`` a half all-gather takes about twice as long as an
   int8 one, as it moves twice the bytes; bytes = elements x element size.
 
-Mapped to moesim tables (`profiling.tables`): dtypes bfloat16 -> bf16,
-fp8 and fp8_block -> fp8 (the block-scaled kernel keeps its name in
-``impl``), int4_wo -> int4; ``time_s`` = latency / 1000.
+Mapped to moesim tables (`profiling.tables`): every quantisation scheme stays
+its own table dtype, so each kernel gets its own fit and the cost model never
+times one scheme with another's (`DTYPES`: bfloat16 -> bf16, fp8 (per-tensor
+scales) -> fp8, fp8_block -> fp8_block, int4_wo -> int4, w4a16_mxfp4 ->
+w4a16_mxfp4...); ``impl`` is the ``kernel_source`` (`profiling.costmodel.KERNELS`
+names the engine kernel it measured); ``time_s`` = latency / 1000. A dtype
+outside `DTYPES` is refused with one line naming it; a MoE ``kernel_source``
+that is no engine kernel moesim knows is imported, listed under ``unmapped``
+in the summary and warned about on stderr (its fit times MoE only when the
+engine asks for no kernel in particular).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from moesim.profiling.costmodel import kernel_family, kernel_of
 from moesim.profiling.runner import cuda_preset
 from moesim.profiling.tables import TableError, check_parquet, check_table_folder, table_writer, write_table_folder
 
-DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "int4_wo": "int4", "float16": "fp16"}
-NCCL_BYTES = {"half": 2, "int8": 1, "bfloat16": 2, "float": 4, "fp8": 1}
+#: AIConfigurator's GEMM and MoE quant modes -> (moesim table dtype, impl suffix). Source: GEMMQuantMode and
+#: MoEQuantMode in ai-dynamo/aiconfigurator@032de3f76714545c74d81d247cdb1a3f93f388c9
+#: src/aiconfigurator/sdk/common.py (``float16`` is the 16-bit mode's name in releases before ``bfloat16``).
+#: Table dtypes outside `model.dtypes` are described in `profiling.opshapes.TABLE_DTYPES`. The suffix keeps a
+#: variant of one format's kernel apart (its own fit; `profiling.costmodel.kernel_of` reads past it).
+DTYPES: dict[str, tuple[str, str]] = {
+    "bfloat16": ("bf16", ""),
+    "float16": ("fp16", ""),
+    "fp8": ("fp8", ""),  # W8A8 e4m3, per-tensor scales
+    "fp8_static": ("fp8", ":fp8_static"),  # per-tensor, static activation scale
+    "fp8_ootb": ("fp8", ":fp8_ootb"),  # TensorRT's out-of-the-box fp8 GEMM
+    "fp8_block": ("fp8_block", ""),  # 128 x 128 weight blocks, 1 x 128 activation groups (DeepSeek-V3's fp8)
+    "sq": ("int8", ""),  # W8A8 int8 (SmoothQuant)
+    "int8_wo": ("int8_wo", ""),  # W8A16
+    "int4_wo": ("int4", ""),  # W4A16, group scales (GPTQ/AWQ: Marlin in vLLM)
+    "w4afp8": ("w4afp8", ""),  # int4 weights, fp8 activations
+    "w4a16_mxfp4": ("w4a16_mxfp4", ""),  # MXFP4 weights, 16-bit math (gpt-oss on Hopper)
+    "w4a8_mxfp4_mxfp8": ("w4a8_mxfp4_mxfp8", ""),  # MXFP4 weights, MXFP8 activations (Blackwell)
+    "nvfp4": ("nvfp4", ""),  # NVFP4 weights and activations (Blackwell)
+}
+#: AIConfigurator's ``nccl_dtype`` (CommQuantMode, same file) -> (moesim dtype, bytes per element).
+NCCL_DTYPES: dict[str, tuple[str, int]] = {
+    "half": ("fp16", 2),
+    "bfloat16": ("bf16", 2),
+    "float": ("fp32", 4),
+    "int8": ("int8", 1),
+    "fp8": ("fp8", 1),
+}
 NCCL_OPS = {
     "all_gather": "all_gather",
     "all_reduce": "all_reduce",
@@ -54,15 +90,20 @@ def _need(df: pd.DataFrame, cols: tuple[str, ...], where: Path) -> None:
 
 
 def _impl(df: pd.DataFrame, dtype_col: str) -> pd.Series:
+    """The rows' ``impl``: their ``kernel_source``, with the dtype's variant suffix (`DTYPES`)."""
     src = df["kernel_source"].astype(str) if "kernel_source" in df else pd.Series("aiconfigurator", index=df.index)
-    return src.where(df[dtype_col] != "fp8_block", src + ":fp8_block")
+    return src + df[dtype_col].astype(str).map(lambda d: DTYPES.get(d, ("", ""))[1])  # unknown: `_dtype` refuses
 
 
 def _dtype(df: pd.DataFrame, col: str, where: Path) -> pd.Series:
+    """The rows' moesim table dtype; `TableError` naming every value moesim cannot map (no row is dropped)."""
     unknown = sorted(set(df[col].astype(str)) - set(DTYPES))
     if unknown:
-        raise TableError(f"{where}: unknown {col} value(s) {', '.join(unknown)}", f"known: {', '.join(DTYPES)}")
-    return df[col].map(DTYPES)
+        raise TableError(
+            f"{where}: {col} {', '.join(map(repr, unknown))} is no kernel moesim can map",
+            f"known: {', '.join(DTYPES)}; drop those rows or map them in profiling/aiconfigurator.py DTYPES",
+        )
+    return df[col].astype(str).map(lambda d: DTYPES[d][0])
 
 
 def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
@@ -86,10 +127,12 @@ def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
         if ops.isna().any():
             bad = sorted(set(df.loc[ops.isna(), "op_name"].astype(str)))
             raise TableError(f"{where}: unknown op_name(s) {', '.join(bad)}", f"known: {', '.join(NCCL_OPS)}")
-        size = df["nccl_dtype"].map(NCCL_BYTES)
-        if size.isna().any():
-            raise TableError(f"{where}: unknown nccl_dtype", f"known: {', '.join(NCCL_BYTES)}")
-        out = pd.DataFrame({"op": ops, "impl": "nccl", "dtype": df["nccl_dtype"].map({"half": "fp16"}).fillna("int8")})
+        names = df["nccl_dtype"].astype(str)
+        bad = sorted(set(names) - set(NCCL_DTYPES))
+        if bad:
+            raise TableError(f"{where}: unknown nccl_dtype(s) {', '.join(bad)}", f"known: {', '.join(NCCL_DTYPES)}")
+        size = names.map(lambda d: NCCL_DTYPES[d][1])
+        out = pd.DataFrame({"op": ops, "impl": "nccl", "dtype": names.map(lambda d: NCCL_DTYPES[d][0])})
         out["bytes"] = (df["message_size"].astype(float) * size).astype("int64").to_numpy()
         out["gpus"] = df["num_gpus"].astype(int).to_numpy()
     out["time_s"] = t.to_numpy()
@@ -99,7 +142,9 @@ def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
 def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Convert every ``*_perf.parquet`` under ``src`` into moesim tables under ``out``.
 
-    Returns a summary: the files written, rows per kind, and the device. The
+    Returns a summary: the files written, rows per kind, the device, the kernels (``kind/dtype/impl`` -> the
+    engine kernel it times, `profiling.costmodel.kernel_of`) and ``unmapped``: the MoE kernel sources that are
+    no engine kernel moesim knows (one warning line each on stderr). The
     hardware in each table's metadata is the GPU preset named by the
     ``device`` column (``NVIDIA H100 80GB HBM3`` -> H100-SXM). Tables are added to ``out`` as
     `profiling.tables.write_table_folder` does (``force``: over files moesim did not write).
@@ -127,7 +172,17 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
             "version": str(raw["version"].iloc[0]) if "version" in raw and len(raw) else None,
         }
         converted.append((f.stem, convert(f.stem, raw, f), meta))
-    files, rows = {}, {}
+    files, rows, kernels = {}, {}, {}
+    for _, df, _ in converted:
+        for (kind, dtype, impl), _ in df.groupby(["op", "dtype", "impl"], sort=True):
+            kernels[f"{kind}/{dtype}/{impl}"] = kernel_of(str(kind), str(impl))
+    unmapped = sorted(k for k, v in kernels.items() if v is None and kernel_family(k.split("/")[0]) is not None)
+    for k in unmapped:
+        print(
+            f"warning: {src}: {k}: kernel_source {k.split('/')[2]!r} is no engine kernel moesim knows; its fit times "
+            "MoE only when the engine asks for no kernel in particular (add it to profiling/costmodel.py KERNELS)",
+            file=sys.stderr,
+        )
     for stem, df, meta in converted:
         for kind, part in df.groupby("op", sort=True):
             name = f"{kind}.parquet" if stem != "nccl_perf" else f"nccl_{kind}.parquet"
@@ -135,4 +190,11 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
             rows[str(kind)] = rows.get(str(kind), 0) + len(part)
     written = [str(p) for p in write_table_folder(out, "import", files, force).values()]
     devices = sorted({m["device"] for _, _, m in converted})
-    return {"out": str(out), "files": written, "rows": rows, "device": devices}
+    return {
+        "out": str(out),
+        "files": written,
+        "rows": rows,
+        "device": devices,
+        "kernels": kernels,
+        "unmapped": unmapped,
+    }

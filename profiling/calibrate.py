@@ -55,7 +55,7 @@ from moesim.profiling.costmodel import (
     reference_times,
     save,
 )
-from moesim.profiling.opshapes import feature_matrix, row_ops
+from moesim.profiling.opshapes import check_dtypes, feature_matrix, row_ops
 from moesim.profiling.skew import skew_error
 from moesim.profiling.tables import TableError, load_tables
 
@@ -108,6 +108,7 @@ def calibrate(
     sources = []
     seen_kinds: set[str] = set()
     for df, meta, path in load_tables(paths):
+        check_dtypes(df, path)
         hw = _hardware(meta, path, hardware)
         specs[hw.key] = hw
         sources.append(str(path))

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from moesim.model.a2a import is_deepep
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import ClusterSpec, HardwareSpec, make_cluster
 from moesim.model.ops import Op
@@ -32,6 +33,7 @@ from moesim.model.roofline import OpTime, RooflineCostModel
 from moesim.profiling import fit as fitlib
 from moesim.profiling.opshapes import FEATURES, FLAGS, features, table_dtype
 from moesim.profiling.tables import COLLECTIVES, check_parquet
+from moesim.profiling.transfer import achieved_bandwidth, band_for, default_bands, derated_seconds, derating_applies
 
 META_KEY = b"moesim_calibration"
 #: How far (log2 units, i.e. doublings) beyond the measured range a feature may go before the roofline takes over.
@@ -72,13 +74,15 @@ class Kernel:
 KERNELS: tuple[Kernel, ...] = (
     Kernel(
         "moe", "triton",
-        ("vllm_fused_moe", "fused_moe_triton", "triton_graph", "triton", "vllm_fused_moe:fp8_block"), (),
+        ("vllm_fused_moe", "fused_moe_triton", "triton_graph", "triton"), ("marlin",),
         ("fused_moe", "fused_moe_triton", "vllm_fused_moe", "triton_experts"),
         "vLLM's fused-MoE Triton kernel (TritonExperts, vllm/model_executor/layers/fused_moe/fused_moe.py), the "
         "unquantized default on CUDA (vllm/model_executor/layers/fused_moe/oracle/unquantized.py "
         "select_unquantized_moe_backend); tables: AIConfigurator's vllm_fused_moe (vLLM 0.19 kernels), else our "
-        "Triton kernel of the same layout (profiling/triton_moe.py, triton_graph: replayed from a CUDA graph); "
-        "fp8 weights: per-tensor scales first, then AIConfigurator's block-scaled (fp8_block) run of it",
+        "Triton kernel of the same layout (profiling/triton_moe.py, triton_graph: replayed from a CUDA graph). "
+        "Each quantisation is its own table (dtype fp8: per-tensor scales, fp8_block: 128 x 128 blocks). "
+        "Nearest: Marlin, what vLLM runs for int4 (GPTQ/AWQ) MoE instead of this kernel "
+        "(vllm/model_executor/layers/quantization/gptq_marlin.py GPTQMarlinMoEMethod)",
     ),
     Kernel(
         "moe", "sglang_triton", ("sglang_fused_moe", "sglang_triton"), ("triton",), ("sglang", "sglang_fused_moe"),
@@ -160,11 +164,25 @@ def kernel_family(kind: str) -> str | None:
     return next((f for f, kinds in FAMILY_KINDS.items() if kind in kinds), None)
 
 
+def base_impl(impl: str) -> str:
+    """A table ``impl`` without its variant suffix (``vllm_default:fp8_static`` -> ``vllm_default``)."""
+    return impl.split(":", 1)[0]
+
+
 def kernel_of(kind: str, impl: str) -> str | None:
-    """The kernel (``family:name``, e.g. ``moe:triton``) a table of op ``kind`` measured as ``impl`` times, or None."""
+    """The kernel (``family:name``, e.g. ``moe:triton``) a table of op ``kind`` measured as ``impl`` times, or None.
+
+    A variant suffix (``:fp8_static``, `profiling.aiconfigurator.DTYPES`) names the same kernel.
+    """
     family = kernel_family(kind)
-    hit = next((k for k in KERNELS if k.family == family and impl in k.impls), None)
+    hit = next((k for k in KERNELS if k.family == family and base_impl(impl) in k.impls), None)
     return f"{hit.family}:{hit.name}" if hit else None
+
+
+def fit_dtype(dtype: str, impl: str) -> str:
+    """The table dtype a fit of ``dtype`` and ``impl`` times: ``dtype``, except fp8 imported with impl
+    ``...:fp8_block`` before block-scaled fp8 became its own dtype: ``fp8_block`` (never a per-tensor fp8 op)."""
+    return "fp8_block" if dtype == "fp8" and impl.endswith(":fp8_block") else dtype
 
 
 #: Provenance classes of an `OpTime.source`, in the order `source_class` tests them.
@@ -276,15 +294,23 @@ def reference_times(ops: list[Op], hw: HardwareSpec) -> tuple[np.ndarray, str]:
 
 @dataclass
 class Calibration:
-    """Every fit of a calibration, and the skew model's error when skewed rows were measured."""
+    """Every fit of a calibration, the skew model's error when skewed rows were measured, and the uncertainty band
+    of a prediction transferred to another GPU (``transfer_bands``: ``kind/dtype`` -> P50/P90 relative error,
+    `profiling.transfer.TRANSFER_BANDS` unless given)."""
 
     fits: list[Fit]
     skew: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    transfer_bands: dict[str, dict[str, Any]] = field(default_factory=default_bands)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready figures: per fit, and the skew model."""
-        return {"fits": [f.summary() for f in self.fits], "skew": self.skew, "sources": self.sources}
+        """JSON-ready figures: per fit, the skew model and the transfer bands."""
+        return {
+            "fits": [f.summary() for f in self.fits],
+            "skew": self.skew,
+            "sources": self.sources,
+            "transfer_bands": self.transfer_bands,
+        }
 
 
 def is_calibration_file(path: Path) -> bool:
@@ -335,6 +361,7 @@ def save(cal: Calibration, path: str | Path, force: bool = False) -> Path:
         ],
         "skew": cal.skew,
         "sources": cal.sources,
+        "transfer_bands": cal.transfer_bands,
     }
     table = pa.Table.from_pandas(data, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
@@ -393,7 +420,8 @@ def _from_parts(meta: dict[str, Any], data: pd.DataFrame) -> Calibration:
                 m.get("floor_s", 0.0),
             )
         )
-    return Calibration(fits, meta.get("skew", {}), meta.get("sources", []))
+    bands = meta.get("transfer_bands")  # files written before the bands existed: today's defaults
+    return Calibration(fits, meta.get("skew", {}), meta.get("sources", []), default_bands() if bands is None else bands)
 
 
 class CalibratedCostModel:
@@ -411,7 +439,12 @@ class CalibratedCostModel:
     missing kernel goes to stderr.
     On another GPU it transfers a fit: the predicted ratio times that GPU's
     roofline, so compute-bound shapes scale with the peak and memory-bound
-    shapes with the bandwidth. Each `OpTime.source` says which: ``measured:``,
+    shapes with the bandwidth; between GPUs of one compute die with measured
+    streaming bandwidths (H100 SXM -> H200) the derated transfer of
+    `profiling.transfer` instead (the achieved-bandwidth gain on the part of
+    the time the achieved roofline explains, the rest unchanged). A transferred
+    time carries its family's uncertainty band (`OpTime.band`, from the
+    calibration's ``transfer_bands``). Each `OpTime.source` says which: ``measured:``,
     ``transfer:``, ``fallback:`` or ``roofline:`` with the reason
     (`source_class` sorts them).
 
@@ -440,7 +473,8 @@ class CalibratedCostModel:
                 self.kernels[family] = resolved
         self._roof = RooflineCostModel()
         self._by_key: dict[tuple[str, str], list[Fit]] = {}
-        for f in sorted(calibration.fits, key=lambda f: f.median_ratio):
+        fits = [f if fit_dtype(f.dtype, f.impl) == f.dtype else replace(f, dtype="fp8_block") for f in calibration.fits]
+        for f in sorted(fits, key=lambda f: f.median_ratio):
             self._by_key.setdefault((f.kind, f.dtype), []).append(f)
             if f.kind in COLLECTIVES:  # timed by bytes: any dtype's table will do, 16-bit first
                 self._by_key.setdefault((f.kind, "*"), []).append(f)
@@ -481,7 +515,9 @@ class CalibratedCostModel:
         return hit
 
     def _candidates(self, op: Op) -> list[Fit]:
-        """The fits that may time ``op`` (fastest first), before the kernel choice and the device."""
+        """The fits that may time ``op`` (fastest first), before the kernel choice and the device: those of the op's
+        own quantisation (`table_dtype`: per-tensor fp8, block-scaled fp8, int4, MXFP4... each its own), never
+        another's; with ``extrapolate`` and none measured, the 16-bit table's (``dtype-transfer`` in the source)."""
         fits = self._by_key.get((op.kind, table_dtype(op))) or self._by_key.get((op.kind, "*"), [])
         if not fits and self.extrapolate:
             fits = self._by_key.get((op.kind, "bf16")) or self._by_key.get((op.kind, "fp16"), [])
@@ -513,7 +549,7 @@ class CalibratedCostModel:
         chain = [want, *_BY_NAME[(family, want)].nearest]
         for i, name in enumerate(chain):
             impls = _BY_NAME[(family, name)].impls
-            mine = sorted((f for f in fits if f.impl in impls), key=lambda f: impls.index(f.impl))
+            mine = sorted((f for f in fits if base_impl(f.impl) in impls), key=lambda f: impls.index(base_impl(f.impl)))
             fit, transfer = self._on(mine, cluster)
             if fit is None:
                 continue
@@ -542,6 +578,8 @@ class CalibratedCostModel:
 
     def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
         """The op's time from its fit, or its roofline with the reason (see the class docstring)."""
+        if is_deepep(op):  # DeepEP dispatch / combine: `model.a2a`'s model, never an NCCL all-to-all table
+            return self._roof.op_time(op, cluster)
         fit, transfer, note = self._pick(op, cluster)
         kind = f"{op.kind}/{table_dtype(op)}"
         if fit is None:
@@ -584,9 +622,14 @@ class CalibratedCostModel:
             out = replace(self._roof.op_time(op, cluster), source=why)
         else:
             ratio = float(np.exp(fit.predictor.predict(x)[0]))
+            derated, band = None, None
             if transfer:
                 ref = self._roof.op_time(op, cluster)
-                src = f"{fallback}{clamped}transfer:{fit.key}->{cluster.gpu.key} ({fit.predictor.method}){chosen}"
+                derated, how = self._derated(op, fit, cluster, ratio)
+                b = band_for(self.calibration.transfer_bands, op.kind, table_dtype(op))
+                band = (b.p50, b.p90) if b is not None else None
+                method = f"{fit.predictor.method}; {how}"
+                src = f"{fallback}{clamped}transfer:{fit.key}->{cluster.gpu.key} ({method}){chosen}"
             else:
                 ref = (
                     self._roof.op_time(op, _same_device(cluster, fit.hardware)) if fit.reference == "roofline" else None
@@ -596,10 +639,21 @@ class CalibratedCostModel:
                 t = ratio * (reference_times([op], fit.hardware)[0][0] + fit.floor_s)
                 out = OpTime(t, 0.0, 0.0, 0.0, "measured", src)
             else:
-                t = ratio * (ref.seconds + fit.floor_s)
-                out = OpTime(t, ref.compute_s, ref.memory_s, ref.link_s, ref.bound, src)
+                t = derated if derated is not None else ratio * (ref.seconds + fit.floor_s)
+                out = OpTime(t, ref.compute_s, ref.memory_s, ref.link_s, ref.bound, src, band)
         self._cache[key] = out
         return out
+
+    def _derated(self, op: Op, fit: Fit, cluster: ClusterSpec, ratio: float) -> tuple[float | None, str]:
+        """``op``'s derated time (s) on ``cluster`` from ``fit`` measured on another GPU (`profiling.transfer`), and
+        how it was carried: (seconds, ``derated: ...``), or (None, why the ratio is carried instead)."""
+        why = derating_applies(op, fit.hardware, cluster.gpu)
+        if why is not None:
+            return None, why
+        t_src = ratio * (self._roof.op_time(op, _same_device(cluster, fit.hardware)).seconds + fit.floor_s)
+        t, share = derated_seconds(op, t_src, fit.hardware, cluster.gpu)
+        gain = (achieved_bandwidth(cluster.gpu) or 1.0) / (achieved_bandwidth(fit.hardware) or 1.0)
+        return t, f"derated: achieved bandwidth x{gain:.2f}, {share:.0%} of the time bandwidth/compute-bound"
 
 
 def _same_device(cluster: ClusterSpec, hw: HardwareSpec) -> ClusterSpec:

@@ -32,7 +32,7 @@ def test_models_and_inspect_json(capsys):
     code, out, _ = run(capsys, "models", "--json")
     assert code == 0
     models = json.loads(out)["models"]
-    assert len(models) == 21 and all(m["total_params"] >= m["active_params"] for m in models)
+    assert len(models) == 23 and all(m["total_params"] >= m["active_params"] for m in models)
     code, out, _ = run(capsys, "inspect", "qwen3-30b-a3b", "--json")
     s = json.loads(out)
     assert s["total_params"] == pytest.approx(30.5e9, rel=0.01)

@@ -113,10 +113,13 @@ def test_collective_bytes(cluster8):
 def test_ep_dispatch_uniform_by_hand(cluster8):
     # Mixtral EP8 x DP8: one expert per GPU; a token goes to the GPUs of its 2 experts
     m = load_model("mixtral-8x7b")
-    ops = decompose(m, Batch.decode(64, 128), Layout(tp=1, dp_attn=8, ep=8), cluster8)
+    ops = decompose(m, Batch.decode(64, 128), Layout(tp=1, dp_attn=8, ep=8, a2a_backend="nccl"), cluster8)
     d = by_name(ops, "ep_dispatch")
     # per source token, each of the 7 other GPUs is hit with probability 2/8
     assert d.intra_bytes == pytest.approx(64 / 8 * 7 * (2 / 8) * 4096 * 2)
+    # DeepEP low-latency (decode): the same selections, each message with its 16-byte header
+    deepep = by_name(decompose(m, Batch.decode(64, 128), Layout(tp=1, dp_attn=8, ep=8), cluster8), "ep_dispatch")
+    assert deepep.intra_bytes == pytest.approx(64 / 8 * 7 * (2 / 8) * (4096 * 2 + 16))
     ex = by_name(ops, "routed_experts")
     assert ex.shape["mean_pairs"] == pytest.approx(64 * 2 / 8)
     assert ex.shape["pairs"] > ex.shape["mean_pairs"]  # the busiest GPU's expected share

@@ -16,7 +16,9 @@ def test_every_preset_has_a_published_figure():
 
 @pytest.mark.parametrize("name", preset_names())
 def test_total_params_within_one_percent(name):
-    assert count_params(load_model(name)).total == pytest.approx(PUBLISHED.loc[name, "total"], rel=0.01)
+    """Llama 4's published totals count the vision tower moesim does not model (``not_modelled``)."""
+    row = PUBLISHED.loc[name]
+    assert count_params(load_model(name)).total + row["not_modelled"] == pytest.approx(row["total"], rel=0.01)
 
 
 @pytest.mark.parametrize("name", preset_names())

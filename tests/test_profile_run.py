@@ -149,5 +149,5 @@ def test_import_aiconfigurator_reference(capsys, tmp_path):
         s["rows"]["gemm"] == 101003 and s["rows"]["grouped_gemm"] == 15498 and s["device"] == ["NVIDIA H100 80GB HBM3"]
     )
     moe, meta = read_table(tmp_path / "aic" / "grouped_gemm.parquet")
-    assert meta["device_key"] == "H100-SXM" and set(moe["dtype"]) == {"bf16", "fp8", "int4"}
+    assert meta["device_key"] == "H100-SXM" and set(moe["dtype"]) == {"bf16", "fp8", "fp8_block", "int4"}
     write_table(moe.head(3), tmp_path / "x.parquet", meta)  # an imported table is a valid moesim table

@@ -242,7 +242,7 @@ def test_aiconfigurator_rows_convert_with_units(tmp_path):
     gemm_raw = pd.DataFrame({"gemm_dtype": ["bfloat16", "fp8_block"], "m": [1, 2], "n": [3, 4], "k": [5, 6]}
                             | {"latency": [0.5, 1.0], "kernel_source": ["vllm_default"] * 2})  # fmt: skip
     g = convert("gemm_perf", gemm_raw, tmp_path)
-    assert list(g["dtype"]) == ["bf16", "fp8"] and list(g["impl"]) == ["vllm_default", "vllm_default:fp8_block"]
+    assert list(g["dtype"]) == ["bf16", "fp8_block"] and list(g["impl"]) == ["vllm_default", "vllm_default"]
     assert list(g["time_s"]) == [0.5e-3, 1.0e-3]
     nccl_raw = pd.DataFrame({"op_name": ["alltoall", "all_reduce"], "nccl_dtype": ["half", "int8"]}
                             | {"num_gpus": [8, 2], "message_size": [1024, 1024], "latency": [0.01, 0.02]})  # fmt: skip

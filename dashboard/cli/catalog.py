@@ -142,7 +142,13 @@ def inspect(
     if pub:
         how = "embeddings counted" if pub["convention"] == "all" else "input embedding not counted"
         out.print(
-            f"published: {params(pub['total_params'])} total ({pub['total_error']:+.2%}), "
+            f"published: {params(pub['total_params'])} total ({pub['total_error']:+.2%}"
+            + (
+                f", which counts {params(pub['not_modelled_params'])} not modelled here: the vision tower"
+                if pub.get("not_modelled_params")
+                else ""
+            )
+            + "), "
             f"{params(pub['active_params'])} active, {how} ({pub['active_error']:+.2%}); {pub['source']}"
         )
     t = Table(title="Parameters by component")
@@ -181,6 +187,11 @@ def inspect(
         if windows
         else ""
     )
+    chunks = s["attention_detail"].get("attention_chunks")
+    if chunks:
+        note += (
+            f"; {s['attention_detail']['chunked_layers']} layers attend in {chunks} token chunks, capping their share"
+        )
     out.print(
         "KV cache per token: "
         + ", ".join(f"{d} {b / 1024:,.1f} KiB" for d, b in s["kv_bytes_per_token"].items())

@@ -81,7 +81,11 @@ def roofline(
     dp_attn: Annotated[int, typer.Option("--dp-attn", min=1, help="Data-parallel attention groups.")] = 1,
     pp: Annotated[int, typer.Option(min=1, help="Pipeline stages.")] = 1,
     dtype: Annotated[
-        str, typer.Option(help="Linear-layer weights: fp32, bf16, fp16, fp8, int8, int4 (W4A16), fp4 (MXFP4).")
+        str,
+        typer.Option(
+            help="Linear-layer weights: fp32, bf16, fp16, fp8 (per-tensor scales), fp8_block (128x128 block scales), "
+            "int8, int4 (W4A16), fp4 (MXFP4)."
+        ),
     ] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="KV cache: fp32, bf16, fp16, fp8.")] = "bf16",
     nodes: Annotated[int | None, typer.Option(min=1, help="Nodes (default: enough for the layout).")] = None,
@@ -213,6 +217,11 @@ def print_roofline(run: RooflineRun) -> None:
         out.print(
             "op times: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + " (each op's source in --json)"
         )
+        from moesim.profiling.transfer import band_text, estimate_band
+
+        band = band_text(estimate_band(est.ops, est.times))
+        if band:
+            out.print(band + " (per op: band_p50/band_p90 in --json)")
     shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(est.bound_shares().items(), key=lambda kv: -kv[1]))
     out.print(f"step {seconds(est.step_s)} ({est.cost_model}); {est.tokens_per_s:,.0f} tokens/s; bound: {shares}")
     if est.layout.pp > 1:

@@ -229,6 +229,25 @@ def run_training(mapping: dict[str, Any], base_dir: str) -> dict[str, Any]:
     return {"summary": res.summary, "memory": res.memory, "tasks": res.tasks}
 
 
+def provenance_caption(provenance: dict[str, Any] | None) -> str:
+    """One line on where a serving run's step times come from (the summary's ``cost_provenance``): the decode
+    step's share measured / transferred / fallback / roofline, and the expected error of the transferred part
+    (`profiling.transfer.step_band`). ``""`` without a provenance."""
+    dec = (provenance or {}).get("decode") or {}
+    share = dec.get("share") or {}
+    if not share:
+        return ""
+    parts = ", ".join(f"{k} {v:.0%}" for k, v in share.items() if v > 0.0005)
+    text = f"Decode step time ({provenance.get('cost_model', 'roofline')}): {parts}."
+    band = dec.get("band") or {}
+    if band.get("transferred_share", 0.0) > 0.0:
+        text += (
+            f" Transferred from another GPU's tables: expected error of the step +/-{band['p50']:.0%} (P50), "
+            f"+/-{band['p90']:.0%} (P90), from cross-transfer between two H100 measurements."
+        )
+    return text
+
+
 def latency_cdf_series(result: dict[str, Any]) -> dict[str, np.ndarray]:
     """TTFT, TPOT and end-to-end samples, s (DES: per request; empty for the analytical engine)."""
     req = result["requests"]

@@ -204,6 +204,9 @@ c[3].metric("SLO met", fmt(s["slo_attainment"], "%"), help=HELP["goodput"])
 c[4].metric("S-MBU", fmt(s["s_mbu"], "%"), help=HELP["s_mbu"])
 c[5].metric("S-MFU", fmt(s["s_mfu"], "%"), help=HELP["s_mfu"])
 c[6].metric("$/M tok", fmt(s["usd_per_mtok"], "$"), help=HELP["cost"] + f" Basis: {s['cost_basis']}.")
+caption = sl.provenance_caption(s.get("cost_provenance"))
+if caption:
+    st.caption(caption)
 slo = mapping.get("slo") or {}
 if engine == "des":
     st.caption(

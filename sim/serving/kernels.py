@@ -23,6 +23,7 @@ import numpy as np
 from moesim.model import Batch, CostModel, estimate_step
 from moesim.model.errors import MoesimError
 from moesim.profiling.costmodel import FAMILY_KINDS, SOURCE_CLASSES, resolve_kernel, source_class
+from moesim.profiling.transfer import estimate_band
 from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.scenario import Built, EngineSpec, Pool
 from moesim.sim.serving.workload import generate
@@ -71,8 +72,10 @@ def _mean_lengths(built: Built) -> tuple[float, float]:
 def step_provenance(built: Built, pool: Pool, batch: Batch) -> dict[str, Any]:
     """Where the time of ``batch`` on ``pool`` comes from.
 
-    Returns ``step_s`` (s), ``ops`` (op kind -> the source of the largest share of that kind's time) and
-    ``share`` (`SOURCE_CLASSES` -> share of the step's time, summing to 1).
+    Returns ``step_s`` (s), ``ops`` (op kind -> the source of the largest share of that kind's time),
+    ``share`` (`SOURCE_CLASSES` -> share of the step's time, summing to 1) and ``band`` (the step's expected
+    error from its ops transferred from another GPU's tables: ``p50``, ``p90`` fractions of the step,
+    ``transferred_share``; `profiling.transfer.step_band`).
     """
     cm = pool_cost_model(built, pool)
     est = estimate_step(
@@ -90,6 +93,7 @@ def step_provenance(built: Built, pool: Pool, batch: Batch) -> dict[str, Any]:
         "step_s": est.step_s,
         "ops": {k: max(v.items(), key=lambda kv: kv[1])[0] for k, v in sorted(by_kind.items())},
         "share": {c: (v / total if total > 0 else 0.0) for c, v in by_class.items()},
+        "band": estimate_band(est.ops, est.times),
     }
 
 

@@ -91,9 +91,12 @@ class LayoutSpec(_Strict):
     ep: int = Field(1, ge=1, le=MAX_GPUS)
     dp_attn: int = Field(1, ge=1, le=MAX_GPUS)
     pp: int = Field(1, ge=1, le=MAX_GPUS)
+    #: who runs the EP dispatch/combine all-to-alls: ``deepep`` (DeepEP normal for prefill and mixed steps,
+    #: low-latency for decode, as SGLang and vLLM run EP) or ``nccl`` (`model.a2a`)
+    a2a_backend: Literal["deepep", "nccl"] = "deepep"
 
     def build(self) -> Layout:
-        return Layout(tp=self.tp, ep=self.ep, dp_attn=self.dp_attn, pp=self.pp)
+        return Layout(tp=self.tp, ep=self.ep, dp_attn=self.dp_attn, pp=self.pp, a2a_backend=self.a2a_backend)
 
 
 class EngineSpec(_Strict):

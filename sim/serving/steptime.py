@@ -17,7 +17,10 @@ Physics options:
 - two-batch overlap: the step runs as two micro-batches of half the sequences;
   each MoE layer costs max(rho x compute, all-to-all) with rho = 2 t(T/2) / t(T)
   the micro-batching inefficiency of the non-expert ops, plus half a layer's
-  all-to-all that nothing hides (the first micro-batch's dispatch).
+  all-to-all that nothing hides (the first micro-batch's dispatch). While a
+  DeepEP normal-mode all-to-all runs it holds 24 SMs, so the compute under it
+  runs ``slow`` times slower (`model.a2a.compute_slowdown`): the layer costs
+  max(all-to-all, rho x compute + all-to-all x (1 - 1/slow)).
 - offloading: experts not resident are fetched over PCIe into an LRU cache of
   ``cache_experts`` slots per GPU before the layer runs (not overlapped).
 
@@ -45,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
+from moesim.model.a2a import a2a_mode, compute_slowdown
 from moesim.model.cap import utilisation_exact
 from moesim.model.ops import experts_op
 from moesim.model.roofline import RooflineCostModel, StepEstimate
@@ -572,7 +576,10 @@ class StepTimer:
             # per MoE layer: its share of the non-expert compute plus its experts, against its all-to-all
             comp_l = rho[:, None] * (other[:, None] / self.n_layers + expert_layers)
             comm_l = (a2a / self.n_moe)[:, None]
-            moe_part = np.maximum(comp_l, comm_l).sum(axis=1) + 0.5 * comm_l[:, 0]
+            # DeepEP's normal kernels hold some SMs: computation overlapping them progresses 1/slow as fast
+            backend = self.layout.a2a_backend
+            slow = compute_slowdown(backend, a2a_mode(backend, step[2]), self.cluster.gpu.key)
+            moe_part = np.maximum(comm_l, comp_l + comm_l * (1.0 - 1.0 / slow)).sum(axis=1) + 0.5 * comm_l[:, 0]
             dense_part = rho * other * (self.n_layers - self.n_moe) / self.n_layers
             total = moe_part + dense_part + comm + fetch
             exposed = np.maximum(total - fetch - comm - rho * (other + experts), 0.0)

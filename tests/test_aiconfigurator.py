@@ -1,0 +1,208 @@
+"""Kernel identity: the AIConfigurator importer keeps every quantisation its own table dtype, and the calibrated cost
+model times an op only with the fit of its own quantisation (block-scaled fp8 never with the per-tensor fp8 fit),
+falling back visibly where that table is missing.
+
+Synthetic tables on the H100 spec (no GPU, no network); the real database in ../shared/data is used only when
+present.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moesim.model import Batch, Layout, estimate_step, load_model, make_cluster
+from moesim.model.dtypes import Precision
+from moesim.model.errors import MoesimError
+from moesim.model.hardware import get_gpu
+from moesim.model.roofline import RooflineCostModel
+from moesim.profiling.aiconfigurator import DTYPES, convert, import_aiconfigurator
+from moesim.profiling.calibrate import calibrate
+from moesim.profiling.costmodel import CalibratedCostModel, Calibration, kernel_of, source_class
+from moesim.profiling.opshapes import TABLE_DTYPES, row_op, table_dtype
+from moesim.profiling.tables import TableError, write_table
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aiconfigurator-h100-sxm"
+#: Measured / roofline of each synthetic kernel: block-scaled fp8 is 2x slower than per-tensor here.
+SLOWDOWN = {"bf16": 1.5, "fp8": 1.5, "fp8_block": 3.0, "int4": 2.0}
+
+
+def _h100():
+    return get_gpu("H100-SXM")
+
+
+def _cluster():
+    return make_cluster(_h100(), num_gpus=1)
+
+
+def _gemm_rows(dtype: str) -> pd.DataFrame:
+    roof, cl, rows = RooflineCostModel(), _cluster(), []
+    for m, n, k in itertools.product([1, 4, 16, 64, 256, 1024, 4096], [1024, 4096, 14336], [1024, 4096, 14336]):
+        op = row_op("gemm", {"m": m, "n": n, "k": k, "dtype": dtype})
+        t = roof.op_time(op, cl).seconds * SLOWDOWN[dtype] + 5e-6
+        rows.append({"op": "gemm", "impl": "vllm_default", "dtype": dtype, "m": m, "n": n, "k": k, "time_s": t})
+    return pd.DataFrame(rows)
+
+
+def _moe_rows(dtype: str, impl: str) -> pd.DataFrame:
+    roof, cl, rows = RooflineCostModel(), _cluster(), []
+    for tokens in [1, 4, 16, 64, 256, 1024, 4096]:
+        r = {"tokens": tokens, "hidden": 4096, "inter": 14336, "experts": 8, "top_k": 2, "dtype": dtype}
+        t = roof.op_time(row_op("grouped_gemm", r), cl).seconds * SLOWDOWN[dtype] + 20e-6
+        rows.append({"op": "grouped_gemm", "impl": impl, **r, "time_s": t})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def cal(tmp_path_factory) -> Calibration:
+    """bf16, per-tensor fp8 and block-scaled fp8 GEMMs and fused MoE; int4 MoE (Marlin)."""
+    out = tmp_path_factory.mktemp("aic")
+    meta = {"source": "synthetic", "device_key": "H100-SXM", "hardware": _h100().model_dump()}
+    write_table(pd.concat([_gemm_rows(d) for d in ("bf16", "fp8", "fp8_block")]), out / "gemm.parquet", meta)
+    moe = [_moe_rows(d, "vllm_fused_moe") for d in ("bf16", "fp8", "fp8_block")]
+    write_table(pd.concat([*moe, _moe_rows("int4", "vllm_marlin_int4_moe")]), out / "grouped_gemm.parquet", meta)
+    return calibrate([out], holdout=0.0)
+
+
+# --- importer ---------------------------------------------------------------------------------
+
+
+def test_every_public_quant_mode_maps_to_its_own_table_dtype(tmp_path):
+    """AIConfigurator's GEMM and MoE quant modes (w4a16_mxfp4 included) import, each keeping its identity."""
+    shape = {"num_tokens": 64, "hidden_size": 2048, "inter_size": 768, "topk": 8, "num_experts": 128}
+    moe = pd.DataFrame({"moe_dtype": list(DTYPES), "latency": 0.1, "kernel_source": "vllm_fused_moe"} | shape)
+    out = convert("moe_perf", moe, tmp_path)
+    got = dict(zip(moe["moe_dtype"], out["dtype"] + "|" + out["impl"], strict=True))
+    assert got["fp8"] == "fp8|vllm_fused_moe" and got["fp8_block"] == "fp8_block|vllm_fused_moe"
+    assert got["w4a16_mxfp4"] == "w4a16_mxfp4|vllm_fused_moe" and got["int4_wo"] == "int4|vllm_fused_moe"
+    assert got["fp8_static"] == "fp8|vllm_fused_moe:fp8_static"  # a variant of per-tensor fp8: its own fit
+    assert len(set(got.values())) == len(got)  # no two quant modes share a table
+    for r in out.to_dict("records"):  # every row builds an op with its format's bytes and math
+        op = row_op("grouped_gemm", r)
+        assert op.bytes > 0 and op.flops > 0
+        if r["dtype"] in ("fp8_block", "w4a16_mxfp4"):
+            assert table_dtype(op) == r["dtype"]  # the op asks for the table it came from
+    mx = row_op("grouped_gemm", out[moe["moe_dtype"] == "w4a16_mxfp4"].iloc[0].to_dict())
+    assert mx.dtype == "bf16" and mx.shape["w_bytes"] == pytest.approx(0.5 + 1 / 32)  # MXFP4 weights, 16-bit math
+    assert set(TABLE_DTYPES) <= {d for d, _ in DTYPES.values()}
+
+
+def test_unknown_dtype_is_one_error_line_naming_it(tmp_path):
+    raw = pd.DataFrame({"gemm_dtype": ["bfloat16", "fp6_e3m2"], "m": 1, "n": 2, "k": 3, "latency": 0.1})
+    with pytest.raises(TableError) as exc:
+        convert("gemm_perf", raw, tmp_path / "gemm_perf.parquet")
+    line = exc.value.one_line()
+    assert "\n" not in line and "gemm_perf.parquet" in line and "'fp6_e3m2'" in line and "w4a16_mxfp4" in line
+    nccl = pd.DataFrame({"op_name": ["all_reduce"], "nccl_dtype": ["fp4"], "num_gpus": 2, "message_size": 8})
+    with pytest.raises(TableError, match=r"unknown nccl_dtype\(s\) fp4"):
+        convert("nccl_perf", nccl.assign(latency=0.1), tmp_path)
+    bf = convert("nccl_perf", nccl.assign(nccl_dtype="bfloat16", latency=0.1), tmp_path)
+    assert list(bf["dtype"]) == ["bf16"] and list(bf["bytes"]) == [16]  # 2 bytes an element
+
+
+def test_unknown_moe_kernel_source_is_imported_and_said(tmp_path, capsys):
+    raw = pd.DataFrame({"moe_dtype": ["bfloat16"] * 2, "kernel_source": ["vllm_fused_moe", "my_cool_moe"]}
+                       | {"num_tokens": 8, "hidden_size": 2048, "inter_size": 768, "topk": 8, "num_experts": 128}
+                       | {"latency": [0.1, 0.2], "device": "NVIDIA H100 80GB HBM3"})  # fmt: skip
+    raw.to_parquet(tmp_path / "moe_perf.parquet")
+    summary = import_aiconfigurator(tmp_path / "moe_perf.parquet", tmp_path / "out")
+    assert summary["kernels"]["grouped_gemm/bf16/vllm_fused_moe"] == "moe:triton"
+    assert summary["unmapped"] == ["grouped_gemm/bf16/my_cool_moe"]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("warning:") and "'my_cool_moe'" in err[0]
+    assert kernel_of("grouped_gemm", "vllm_fused_moe:fp8_static") == "moe:triton"
+
+
+# --- the cost model: one quantisation, one kernel -----------------------------------------------
+
+
+def test_block_scaled_fp8_is_timed_by_its_own_fit(cal):
+    cm, cl = CalibratedCostModel(cal), _cluster()
+    shape = {"m": 64, "n": 4096, "k": 4096}
+    tensor = row_op("gemm", shape | {"dtype": "fp8"})
+    block = row_op("gemm", shape | {"dtype": "fp8_block"})
+    tt, tb = cm.op_time(tensor, cl), cm.op_time(block, cl)
+    assert tt.source.startswith("measured:gemm/fp8/") and tb.source.startswith("measured:gemm/fp8_block/")
+    roof = RooflineCostModel()
+    for op, t, d in ((tensor, tt, "fp8"), (block, tb, "fp8_block")):  # each its own kernel's synthetic time
+        assert t.seconds == pytest.approx(roof.op_time(op, cl).seconds * SLOWDOWN[d] + 5e-6, rel=0.1), d
+    assert tb.seconds > 1.15 * tt.seconds
+    # through the model: fp8_block weights ask for the block-scaled table, on GEMMs and on the fused MoE
+    est = estimate_step(
+        load_model("mixtral-8x7b"), Batch.decode(16, 1024), Layout(tp=1), cl, Precision("fp8_block"), cm
+    )
+    src = {(op.kind, table_dtype(op)): t.source for op, t in zip(est.ops, est.times, strict=True)}
+    assert ("gemm", "fp8") not in src and src[("gemm", "fp8_block")].startswith("measured:gemm/fp8_block/")
+    assert src[("grouped_gemm", "fp8_block")].startswith("measured:grouped_gemm/fp8_block/")
+    engine = cm.with_kernels({"moe": "triton"})
+    moe = next(op for op in est.ops if op.kind == "grouped_gemm")
+    assert engine.op_time(moe, cl).source.startswith("measured:grouped_gemm/fp8_block/vllm_fused_moe@H100-SXM")
+
+
+def test_missing_block_table_falls_back_visibly_never_to_per_tensor(cal, capsys):
+    no_block = Calibration([f for f in cal.fits if f.dtype != "fp8_block"])
+    cm, cl = CalibratedCostModel(no_block), _cluster()
+    block = row_op("gemm", {"m": 64, "n": 4096, "k": 4096, "dtype": "fp8_block"})
+    t = cm.op_time(block, cl)
+    assert t.source == "roofline: no measured gemm/fp8_block table" and source_class(t.source) == "roofline"
+    moe = row_op("grouped_gemm", _moe_rows("fp8_block", "x").iloc[3].to_dict())
+    t = cm.with_kernels({"moe": "triton"}).op_time(moe, cl)
+    assert t.source.startswith("roofline: no table for triton") and "fp8_block" in t.source
+    assert "warning: no measured triton table" in capsys.readouterr().err
+
+
+def test_int4_under_the_triton_engine_falls_back_to_marlin(cal, capsys):
+    """vLLM runs Marlin for int4 MoE; with the engine's kernel named triton and no triton int4 table, Marlin's
+    table stands in, and says so."""
+    cm, cl = CalibratedCostModel(cal).with_kernels({"moe": "triton"}), _cluster()
+    op = row_op("grouped_gemm", _moe_rows("int4", "x").iloc[3].to_dict())
+    t = cm.op_time(op, cl)
+    assert t.source.startswith("fallback: no triton table, used marlin; measured:grouped_gemm/int4/vllm_marlin")
+    err = capsys.readouterr().err
+    assert source_class(t.source) == "fallback" and err.count("warning:") == 1 and "with the marlin table" in err
+
+
+def test_old_block_scaled_imports_still_time_only_block_ops(cal):
+    """A calibration imported before fp8_block was its own dtype (dtype fp8, impl ...:fp8_block) stays apart."""
+    old = [f for f in cal.fits if f.kind == "gemm" and f.dtype in ("fp8", "fp8_block")]
+    renamed = [f if f.dtype == "fp8" else replace(f, dtype="fp8", impl="x:fp8_block") for f in old]
+    cm, cl = CalibratedCostModel(Calibration(renamed)), _cluster()
+    shape = {"m": 64, "n": 4096, "k": 4096}
+    assert cm.op_time(row_op("gemm", shape | {"dtype": "fp8_block"}), cl).source.startswith("measured:gemm/fp8_block")
+    assert cm.op_time(row_op("gemm", shape | {"dtype": "fp8"}), cl).source.startswith("measured:gemm/fp8/vllm")
+
+
+def test_precision_says_block_scaled():
+    p = Precision("fp8_block")
+    assert (p.weights, p.fp8_scaling) == ("fp8", "block") and p == Precision("fp8", fp8_scaling="block")
+    assert p.weight_bytes == pytest.approx(1 + 4 / 128**2) and Precision("fp8").weight_bytes == 1.0
+    with pytest.raises(MoesimError, match=r"fp8_scaling .block. with int4 weights"):
+        Precision("int4", fp8_scaling="block")
+    with pytest.raises(MoesimError, match="unknown fp8_scaling"):
+        Precision("fp8", fp8_scaling="row")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/aiconfigurator-h100-sxm is not present")
+def test_real_database_imports_with_every_kernel_named(tmp_path):
+    summary = import_aiconfigurator(DATA, tmp_path / "aic")
+    assert summary["unmapped"] == []
+    kernels = summary["kernels"]
+    assert kernels["grouped_gemm/fp8_block/vllm_fused_moe"] == "moe:triton"
+    assert kernels["grouped_gemm/int4/vllm_marlin_int4_moe"] == "moe:marlin"
+    assert {k.split("/")[1] for k in kernels if k.startswith("gemm/")} == {"bf16", "fp8", "fp8_block"}
+    assert np.isfinite(list(summary["rows"].values())).all()
+
+
+def test_a_table_whose_dtype_no_kernel_maps_is_one_error_line(tmp_path):
+    """A moesim table (profiled or hand-made) with a dtype the cost model cannot map: refused, not fitted as 16-bit."""
+    meta = {"source": "synthetic", "device_key": "H100-SXM", "hardware": _h100().model_dump()}
+    write_table(_gemm_rows("bf16").assign(dtype="fp6"), tmp_path / "gemm.parquet", meta)
+    with pytest.raises(TableError) as exc:
+        calibrate([tmp_path])
+    line = exc.value.one_line()
+    assert "\n" not in line and "gemm.parquet" in line and "'fp6'" in line and "fp8_block" in line
