@@ -361,3 +361,113 @@ def sampling_shapes(b: Budget) -> list[Shape]:
         for n in b.decode_batch
         for rule in ("greedy", "random")
     ]
+
+
+# ---- training's kernels (`model.train_ops`): backward passes and fp8 casts at training sizes ----
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Size limits of the training kernels' grids (per device).
+
+    ``tokens``: rows of a micro-batch's token-wise kernels (micro-batch x sequence on one GPU); ``expert_rows``:
+    token-expert pairs per local expert (thousands in training); ``gemm_nk``, ``gemm_shapes``: as `Budget`'s;
+    ``expert_bytes``: local expert weights (fp32 bytes) of a grouped GEMM; ``seq_len``: causal attention lengths;
+    ``attn_heads``: most query heads; ``logits``: most tokens x vocab elements of a cross-entropy (the vocabulary
+    is halved, as vocab-parallel TP splits it, until it fits); ``configs``: preset sizes kept per kind.
+    """
+
+    tokens: tuple[int, ...]
+    gemm_nk: int
+    gemm_shapes: int
+    expert_rows: tuple[int, ...]
+    expert_bytes: float
+    seq_len: tuple[int, ...]
+    attn_heads: int
+    logits: int
+    configs: int
+
+
+TRAIN_BUDGETS: dict[tuple[str, str], TrainBudget] = {
+    ("cpu", "tiny"): TrainBudget((64, 256), 2**20, 2, (32, 128), 4e6, (128,), 2, 2**21, 1),
+    ("cpu", "quick"): TrainBudget((256, 1024, 4096), 2**21, 3, (128, 512, 2048), 24e6, (512, 1024), 4, 2**25, 2),
+    ("cpu", "full"): TrainBudget((256, 1024, 4096), 2**22, 6, (128, 512, 2048), 96e6, (512, 1024, 2048), 8, 2**26, 3),
+    ("cuda", "tiny"): TrainBudget((1024, 4096), 2**24, 2, (512, 2048), 1e9, (2048,), 16, 2**28, 1),
+    ("cuda", "quick"): TrainBudget(
+        (1024, 4096, 16384), 2**27, 8, (512, 2048, 8192), 8e9, (2048, 4096), 128, 2**31, 3
+    ),
+    ("cuda", "full"): TrainBudget(
+        (512, 1024, 2048, 4096, 8192, 16384), 2**29, 20, (256, 1024, 4096, 16384), 40e9, (1024, 2048, 4096, 8192),
+        128, 2**32, 6,
+    ),
+}  # fmt: skip
+
+
+def _as_budget(t: TrainBudget, b: Budget) -> Budget:
+    """``b`` with the training budget's GEMM, expert and attention limits (for the forward grids' helpers)."""
+    from dataclasses import replace
+
+    return replace(
+        b, gemm_nk=t.gemm_nk, gemm_shapes=t.gemm_shapes, expert_bytes=t.expert_bytes, moe_configs=t.configs,
+        attn_heads=t.attn_heads, attn_configs=t.configs,
+    )  # fmt: skip
+
+
+def train_shapes(t: TrainBudget, b: Budget) -> list[tuple[str, Shape]]:
+    """(kind, shape) of every training kernel (`model.train_ops.TRAIN_KINDS`) at training sizes.
+
+    GEMM dgrad and wgrad over the presets' (N, K) (TP-sharded to ``t.gemm_nk``) at ``t.tokens`` rows; the experts'
+    grouped dgrad and wgrad at ``t.expert_rows`` pairs per local expert; attention backward at ``t.seq_len``;
+    the memory-bound kernels' backward, the cross-entropy and the fp8 casts at ``t.tokens`` rows.
+    """
+    bb = _as_budget(t, b)
+    out: list[tuple[str, Shape]] = []
+    nk = {(s["n"], s["k"]) for s in gemm_shapes(replace_m(bb))}
+    for n, k in sorted(nk):
+        for m in t.tokens:
+            out += [("gemm_dgrad", {"m": m, "n": n, "k": k}), ("gemm_wgrad", {"m": m, "n": n, "k": k})]
+    for c in moe_configs(bb):
+        local = c["experts"] // c["ep"]
+        for rows in t.expert_rows:
+            s = {**c, "tokens": max(1, rows * local * c["ep"] // c["top_k"]), "distribution": "balanced"}
+            out += [("grouped_gemm_dgrad", s), ("grouped_gemm_wgrad", s)]
+    for c in attention_configs(bb):
+        out += [("attention_bwd", {**c, "batch": 1, "q_len": n, "kv_len": n}) for n in t.seq_len]
+        out += [
+            ("rope_bwd", {"tokens": n, "heads": c["heads"], "kv_heads": c["kv_heads"], "rot_dim": c["head_dim"]})
+            for n in t.tokens
+        ]
+    hidden = _spread(sorted({m.hidden_size for m in _models()}), t.configs)
+    out += [("norm_bwd", {"tokens": n, "hidden": h}) for h in hidden for n in t.tokens]
+    widths = sorted({s["width"] for s in activation_shapes(bb)})
+    out += [("activation_bwd", {"tokens": n, "width": w}) for w in _spread(widths, t.configs) for n in t.tokens]
+    cfgs = _spread(sorted({(m.hidden_size, m.moe.top_k) for m in _models() if m.moe is not None}), t.configs)
+    out += [
+        ("permute_bwd", {"tokens": n, "hidden": h, "top_k": k, "direction": d})
+        for h, k in cfgs
+        for n in t.tokens
+        for d in ("dispatch", "combine")
+    ]
+    for v in _spread(sorted({m.vocab_size for m in _models()}), t.configs):
+        for n in t.tokens:
+            while n * v > t.logits and v > 1024:
+                v //= 2
+            out += [("cross_entropy", {"tokens": n, "vocab": v}), ("cross_entropy_bwd", {"tokens": n, "vocab": v})]
+    # fp8 casts of the GEMMs' inputs: every hidden size and (sharded) expert width, 1 x 128 groups; per token too
+    cast_widths = _spread(sorted({w for w in (*hidden, *widths) if w % 128 == 0}), t.configs + 1)
+    for w in cast_widths:
+        for n in t.tokens:
+            out += [
+                ("quantize", {"tokens": n, "width": w, "group_cols": 128}),
+                ("quantize", {"tokens": n, "width": w, "group_cols": w}),
+                ("cast_transpose", {"tokens": n, "width": w, "group_cols": 128}),
+                ("amax", {"tokens": n, "width": w}),
+            ]
+    return out
+
+
+def replace_m(b: Budget) -> Budget:
+    """``b`` with one GEMM row count: `gemm_shapes` then lists each (N, K) once."""
+    from dataclasses import replace
+
+    return replace(b, gemm_m=(1,))

@@ -335,6 +335,212 @@ def prepare_sampling(shape: Row, dtype: str, pool: Pool) -> Prepared:
     return run, extra
 
 
+# ---- training's kernels (`model.train_ops`; `moesim profile --ops train`) ----
+
+
+def _mm(m: int, inner: int, n: int, dtype: str, pool: Pool, transposed_a: bool = False) -> Callable[[], Any]:
+    """[m, inner] @ [inner, n]; ``transposed_a``: the left operand is stored [inner, m] and read transposed (the
+    weight gradient's A^T, a TN GEMM). fp8 on CUDA through ``torch._scaled_mm`` (row-major @ column-major)."""
+    if dtype == "fp8":
+        a = pool.get(m, inner).to(torch.float8_e4m3fn)
+        b = pool.get(n, inner, offset=m * inner).to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device=pool.device)
+        return lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16)
+    td = torch_dtype(dtype)
+    a = pool.get(inner, m, dtype=td).t() if transposed_a else pool.get(m, inner, dtype=td)
+    b = pool.get(inner, n, dtype=td, offset=m * inner)
+    return lambda: torch.mm(a, b)
+
+
+def prepare_gemm_dgrad(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The input gradient of C[m, n] = A[m, k] @ B[k, n]: dA[m, k] = dC[m, n] @ B^T (an [m, n] @ [n, k] GEMM)."""
+    m, n, k = shape["m"], shape["n"], shape["k"]
+    return _mm(m, n, k, dtype, pool), {"flops": 2.0 * m * n * k, "impl": "torch"}
+
+
+def prepare_gemm_wgrad(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The weight gradient of C[m, n] = A[m, k] @ B[k, n]: dB[k, n] = A^T[k, m] @ dC[m, n], the reduction over the
+    m tokens, A read transposed (as cuBLAS runs Megatron's wgrad)."""
+    m, n, k = shape["m"], shape["n"], shape["k"]
+    return _mm(k, m, n, dtype, pool, transposed_a=True), {"flops": 2.0 * m * n * k, "impl": "torch"}
+
+
+def _grouped_bwd(shape: Row, dtype: str, pool: Pool, wgrad: bool) -> Prepared:
+    """The experts' two grouped GEMMs backward on tokens sorted by expert, a loop over the local experts.
+
+    dgrad: dh = dy_e @ W2_e ([n_e, hidden] @ [hidden, width]), dx = dgu_e @ W13_e ([n_e, 2 width] @ [2 width,
+    hidden]). wgrad (k-grouped: each expert reduces over its own n_e rows): dW2_e = dy_e^T @ h_e, dW13_e =
+    dgu_e^T @ x_e. FLOP: 6 pairs x hidden x width, as the forward's two GEMMs.
+    """
+    counts, w13, w2, width = _moe_operands(shape, dtype, pool)
+    h, pairs = shape["hidden"], int(counts.sum())
+    off = w13.numel() + w2.numel()
+    x = pool.get(pairs, h, dtype=w13.dtype, offset=off)  # the input x, and the output's gradient dy
+    gu = pool.get(pairs, 2 * width, dtype=w13.dtype, offset=off + x.numel())  # dgu, and the activation h in it
+    bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    live = [e for e in range(len(counts)) if counts[e]]
+
+    def dgrad() -> None:
+        for e in live:
+            s, f = bounds[e], bounds[e + 1]
+            x[s:f] @ w2[e]
+            gu[s:f] @ w13[e]
+
+    def wgrad_fn() -> None:
+        for e in live:
+            s, f = bounds[e], bounds[e + 1]
+            x[s:f].t() @ gu[s:f, :width]
+            gu[s:f].t() @ x[s:f]
+
+    extra = _moe_extra(counts, width, h, "torch_loop")
+    extra["flops"] = 4.0 * pairs * h * width + 2.0 * pairs * h * width
+    return (wgrad_fn if wgrad else dgrad), extra
+
+
+def prepare_grouped_gemm_dgrad(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The experts' input gradients (`_grouped_bwd`)."""
+    return _grouped_bwd(shape, dtype, pool, wgrad=False)
+
+
+def prepare_grouped_gemm_wgrad(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The experts' k-grouped weight gradients (`_grouped_bwd`)."""
+    return _grouped_bwd(shape, dtype, pool, wgrad=True)
+
+
+def _backward(out: torch.Tensor, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor) -> Callable[[], Any]:
+    """The backward of a graph built once: ``out``'s gradients w.r.t. ``inputs``, the graph kept for the next call."""
+    return lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True)
+
+
+def prepare_attention_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """torch SDPA's backward (causal when q_len == kv_len): dq, dk, dv from dO; on CUDA FlashAttention-2's
+    backward kernel (torch's flash backend), on the CPU torch's flash-attention CPU kernel."""
+    b, lq, lk = shape["batch"], shape["q_len"], shape["kv_len"]
+    h, kvh, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
+    td = torch_dtype(dtype)
+    q = pool.get(b, h, lq, d, dtype=td).clone().requires_grad_()
+    k = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel()).clone().requires_grad_()
+    v = pool.get(b, kvh, lk, d, dtype=td, offset=q.numel() + k.numel()).clone().requires_grad_()
+    causal = lq == lk and lq > 1
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=kvh != h)
+    pairs = b * (lq * (lq + 1) / 2 if causal else lq * lk)
+    extra = {"flops": 10.0 * pairs * h * d, "impl": "torch_sdpa"}
+    return _backward(out, (q, k, v), torch.ones_like(out)), extra
+
+
+def prepare_norm_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """RMSNorm's backward over [tokens, hidden]: dx and the weight's gradient (torch's ``rms_norm`` autograd)."""
+    t, h = shape["tokens"], shape["hidden"]
+    td = torch_dtype(dtype)
+    x = pool.get(t, h, dtype=td).clone().requires_grad_()
+    w = pool.get(h, dtype=td, offset=t * h).clone().requires_grad_()
+    y = F.rms_norm(x, (h,), w, 1e-6)
+    return _backward(y, (x, w), torch.ones_like(y)), {"bytes_moved": 3.0 * t * h * _itemsize(td), "impl": "torch"}
+
+
+def prepare_rope_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """Rotary backward: dq and dk rotated back (the forward's rotation with sin negated, in place), as
+    Transformer Engine's ``fused_rope_backward`` does."""
+    fn, extra = prepare_rope(shape, dtype, pool)  # the same traffic: the inverse rotation is a rotation
+    return fn, extra
+
+
+def prepare_activation_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """SwiGLU's backward: d(gate) and d(up) [tokens, 2 width] from dy [tokens, width] and the saved input."""
+    t, w = shape["tokens"], shape["width"]
+    td = torch_dtype(dtype)
+    x = pool.get(t, 2 * w, dtype=td).clone().requires_grad_()
+    y = F.silu(x[:, :w]) * x[:, w:]
+    extra = {"bytes_moved": 5.0 * t * w * _itemsize(td), "impl": "torch"}
+    return _backward(y, (x,), torch.ones_like(y)), extra
+
+
+def prepare_permute_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The permutations' backward: a dispatch gather's is a scatter-add of the rows' gradients to their tokens; a
+    combine's is a gather of the output's gradient to each routed row, scaled by its routing weight."""
+    t, h, k = shape["tokens"], shape["hidden"], shape["top_k"]
+    td = torch_dtype(dtype)
+    src_token = torch.randperm(t * k, device=pool.device) // k
+    extra = {"bytes_moved": 2.0 * t * k * h * _itemsize(td), "impl": "torch"}
+    if shape["direction"] == "dispatch":
+        dy = pool.get(t * k, h, dtype=td)
+        dx = torch.zeros(t, h, device=pool.device, dtype=td)
+        return (lambda: dx.zero_().index_add_(0, src_token, dy)), extra
+    dout = pool.get(t, h, dtype=td)
+    w = pool.get(t * k, 1, dtype=td, offset=dout.numel())
+    return (lambda: dout.index_select(0, src_token) * w), extra
+
+
+def _ce_graph(shape: Row, dtype: str, pool: Pool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t, v = shape["tokens"], shape["vocab"]
+    logits = pool.get(t, v, dtype=torch_dtype(dtype)).clone().requires_grad_()
+    target = torch.randint(0, v, (t,), device=pool.device)
+    return logits, target, F.cross_entropy(logits.float(), target)
+
+
+def prepare_cross_entropy(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The loss over [tokens, vocab] logits, computed in fp32 (``F.cross_entropy`` of the upcast logits)."""
+    logits, target, _ = _ce_graph(shape, dtype, pool)
+    extra = {"bytes_moved": 2.0 * logits.numel() * logits.element_size(), "impl": "torch"}
+    return (lambda: F.cross_entropy(logits.float(), target)), extra
+
+
+def prepare_cross_entropy_bwd(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The loss's gradient w.r.t. the [tokens, vocab] logits (softmax minus the one-hot target)."""
+    logits, _, loss = _ce_graph(shape, dtype, pool)
+    extra = {"bytes_moved": 2.0 * logits.numel() * logits.element_size(), "impl": "torch"}
+    return _backward(loss, (logits,), torch.ones_like(loss)), extra
+
+
+#: The largest finite e4m3 value: a group's amax is scaled to it.
+E4M3_MAX = 448.0
+
+
+def _quantize(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [rows, width] to e4m3 with one fp32 scale per ``group`` elements of a row (group's amax -> 448)."""
+    r, w = x.shape
+    g = x.reshape(r, w // group, group)
+    scale = g.abs().amax(dim=-1, keepdim=True).float().clamp_(min=1e-12) / E4M3_MAX
+    return (g / scale).to(torch.float8_e4m3fn).reshape(r, w), scale
+
+
+def _group_cols(shape: Row) -> int:
+    g = int(shape.get("group_cols", 128) or 128)
+    return g if shape["width"] % g == 0 else shape["width"]
+
+
+def prepare_quantize(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """Quantise [tokens, width] to fp8 (e4m3) with a scale per ``group_cols`` elements of a row (DeepSeek-V3's
+    1 x 128 tiles): the group's amax, the scale, the cast. On the CPU torch's fp8 cast (software) runs it: the
+    same bytes read and written as a GPU kernel, not its speed."""
+    t, w = shape["tokens"], shape["width"]
+    x = pool.get(t, w, dtype=torch_dtype(dtype))
+    g = _group_cols(shape)
+    extra = {"bytes_moved": t * w * (_itemsize(x.dtype) + 1.0), "impl": "torch"}
+    return (lambda: _quantize(x, g)), extra
+
+
+def prepare_cast_transpose(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """Cast [tokens, width] to fp8 row-wise and transposed (column-wise scales), what an fp8 weight gradient needs:
+    Transformer Engine's ``cast_transpose``, here the two casts one after the other."""
+    t, w = shape["tokens"], shape["width"]
+    x = pool.get(t, w, dtype=torch_dtype(dtype))
+    g = _group_cols(shape)
+    gt = g if t % g == 0 else t
+
+    def run() -> None:
+        _quantize(x, g)
+        _quantize(x.t().contiguous(), gt)
+
+    return run, {"bytes_moved": t * w * (_itemsize(x.dtype) + 2.0), "impl": "torch"}
+
+
+def prepare_amax(shape: Row, dtype: str, pool: Pool) -> Prepared:
+    """The absolute maximum of [tokens, width] (a per-tensor current scale's amax)."""
+    x = pool.get(shape["tokens"], shape["width"], dtype=torch_dtype(dtype))
+    return (lambda: x.abs().amax()), {"bytes_moved": x.numel() * _itemsize(x.dtype), "impl": "torch"}
+
+
 PREPARE = {
     "gemm": prepare_gemm,
     "grouped_gemm": prepare_grouped_gemm,
@@ -349,4 +555,18 @@ PREPARE = {
     "kv_write": prepare_kv_write,
     "topk_softmax": prepare_topk_softmax,
     "sampling": prepare_sampling,
+    "gemm_dgrad": prepare_gemm_dgrad,
+    "gemm_wgrad": prepare_gemm_wgrad,
+    "grouped_gemm_dgrad": prepare_grouped_gemm_dgrad,
+    "grouped_gemm_wgrad": prepare_grouped_gemm_wgrad,
+    "attention_bwd": prepare_attention_bwd,
+    "norm_bwd": prepare_norm_bwd,
+    "rope_bwd": prepare_rope_bwd,
+    "activation_bwd": prepare_activation_bwd,
+    "permute_bwd": prepare_permute_bwd,
+    "cross_entropy": prepare_cross_entropy,
+    "cross_entropy_bwd": prepare_cross_entropy_bwd,
+    "quantize": prepare_quantize,
+    "cast_transpose": prepare_cast_transpose,
+    "amax": prepare_amax,
 }

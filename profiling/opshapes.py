@@ -10,22 +10,41 @@ so one unit is a doubling.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
+from moesim.model import train_ops
 from moesim.model.attention_ops import kv_write_op, rope_op
-from moesim.model.dtypes import DTYPE_BYTES, Precision
-from moesim.model.ops import Op, act_op, collective, experts_op, fused_moe_op, gemm, norm_op, sampler_op, topk_op
-from moesim.profiling.tables import COLLECTIVES
+from moesim.model.dtypes import DTYPE_BYTES, FP8_BLOCK_SCALE_BYTES, WEIGHT_DTYPES, Precision
+from moesim.model.ops import (
+    Op,
+    act_op,
+    collective,
+    experts_gemms,
+    experts_op,
+    fused_moe_op,
+    gemm,
+    norm_op,
+    sampler_op,
+    topk_op,
+)
+from moesim.profiling.tables import COLLECTIVES, TableError
 
+#: Alignments (elements) the grouped GEMM's flags test its expert width and hidden size against.
+ALIGN = (16, 64, 128)
+_ALIGN_FLAGS = tuple(f"{d}{a}" for d in ("inter", "hidden") for a in ALIGN)
 #: Feature names per op kind: log2 of sizes, except ``direction`` (0 dispatch, 1 combine) and
 #: ``aligned4``/``aligned16`` (1 when m is a multiple of 4 / 16: GEMM libraries pick faster
 #: kernels for aligned rows; in the H100 reference data an fp8 block-scaled GEMM of 257 rows
-#: takes 1.4x the time of one of 256).
+#: takes 1.4x the time of one of 256), and the grouped GEMM's ``inter16``... ``hidden128``
+#: (1 when the expert width after the TP split / the hidden size is a multiple of 16, 64, 128:
+#: the fused-MoE kernel tiles N and K in blocks of 64-128 and loads 16-byte vectors, so a width
+#: of 84 or 168 leaves partial tiles and unaligned loads; `ALIGN`).
 FEATURES: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k", "aligned4", "aligned16"),
-    "grouped_gemm": ("pairs_per_expert", "active_experts", "hidden", "inter", "routed"),
+    "grouped_gemm": ("pairs_per_expert", "active_experts", "hidden", "inter", "routed", *_ALIGN_FLAGS),
     "attention": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
     "router": ("tokens", "hidden", "experts", "top_k"),
     "permute": ("tokens", "hidden", "top_k", "direction"),
@@ -37,8 +56,57 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "topk_softmax": ("tokens", "experts", "top_k"),
     "sampling": ("sequences", "vocab", "random"),
     **{c: ("bytes", "gpus") for c in COLLECTIVES},
+    # training's kernels (`model.train_ops`): the backward kinds take their forward kind's features
+    "gemm_dgrad": ("m", "n", "k", "aligned4", "aligned16"),
+    "gemm_wgrad": ("m", "n", "k", "aligned4", "aligned16"),
+    "grouped_gemm_dgrad": ("pairs_per_expert", "active_experts", "hidden", "inter", "routed", *_ALIGN_FLAGS),
+    "grouped_gemm_wgrad": ("pairs_per_expert", "active_experts", "hidden", "inter", "routed", *_ALIGN_FLAGS),
+    "attention_bwd": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    "norm_bwd": ("tokens", "hidden"),
+    "rope_bwd": ("tokens", "heads", "kv_heads", "rot_dim"),
+    "activation_bwd": ("tokens", "width"),
+    "permute_bwd": ("tokens", "hidden", "top_k", "direction"),
+    "cross_entropy": ("tokens", "vocab"),
+    "cross_entropy_bwd": ("tokens", "vocab"),
+    "quantize": ("tokens", "width", "group_cols"),
+    "cast_transpose": ("tokens", "width", "group_cols"),
+    "amax": ("tokens", "width"),
 }
-_BYTES_TO_DTYPE = {4.0: "fp32", 0.5 + 2.0 / 128.0: "int4", 0.5 + 1.0 / 32.0: "fp4"}
+#: Kinds whose features are their forward kind's (`features`).
+_AS_FORWARD = {
+    "gemm_dgrad": "gemm", "gemm_wgrad": "gemm", "grouped_gemm_dgrad": "grouped_gemm",
+    "grouped_gemm_wgrad": "grouped_gemm", "attention_bwd": "attention", "permute_bwd": "permute",
+}  # fmt: skip
+_BYTES_TO_DTYPE = {4.0: "fp32", 0.5 + 2.0 / 128.0: "int4", 1.0 + FP8_BLOCK_SCALE_BYTES: "fp8_block"}
+_FP4 = DTYPE_BYTES["fp4"]
+
+#: Table dtypes that are not a `model.dtypes` weight dtype: the quantisation scheme a kernel table measured,
+#: as (the weight dtype whose bytes the row's op carries, the peak its math runs at). Each stays its own fit:
+#: ``fp8_block`` (fp8 weights in 128 x 128 blocks, activations in 1 x 128 groups), ``w4a16_mxfp4`` (MXFP4
+#: weights, 16-bit math: gpt-oss's experts on Hopper), ``w4a8_mxfp4_mxfp8`` (MXFP4 weights, MXFP8
+#: activations), ``nvfp4`` (4-bit weights and activations, fp8 scale per 16: timed with MXFP4's bytes,
+#: 3% fewer), ``int8_wo`` (W8A16), ``w4afp8`` (int4 weights, fp8 activations). The last four are imported
+#: and fitted, and no moesim precision runs them yet. Names: AIConfigurator's quant modes
+#: (ai-dynamo/aiconfigurator@032de3f src/aiconfigurator/sdk/common.py, GEMMQuantMode, MoEQuantMode).
+TABLE_DTYPES: dict[str, tuple[str, str]] = {
+    "fp8_block": ("fp8_block", "fp8"),
+    "w4a16_mxfp4": ("fp4", "bf16"),
+    "w4a8_mxfp4_mxfp8": ("fp4", "fp8"),
+    "nvfp4": ("fp4", "fp4"),
+    "int8_wo": ("int8", "bf16"),
+    "w4afp8": ("int4", "fp8"),
+}
+
+
+def check_dtypes(df: pd.DataFrame, where: object) -> None:
+    """Raise `TableError` (one line naming ``where`` and the values) unless every row's ``dtype`` is one the cost
+    model can map to a kernel: a `model.dtypes` name or a `TABLE_DTYPES` scheme."""
+    bad = sorted(set(df["dtype"].astype(str)) - set(DTYPE_BYTES) - set(TABLE_DTYPES))
+    if bad:
+        raise TableError(
+            f"{where}: dtype {', '.join(map(repr, bad))} is no kernel moesim can map",
+            f"use one of {', '.join([*DTYPE_BYTES, *TABLE_DTYPES])} (profiling/opshapes.py TABLE_DTYPES)",
+        )
 
 
 def _act_bytes(dtype: str) -> float:
@@ -46,17 +114,32 @@ def _act_bytes(dtype: str) -> float:
 
 
 def _compute_dtype(dtype: str) -> str:
-    """The peak a kernel of ``dtype`` weights runs at (int4 is W4A16: 16-bit math)."""
+    """The peak a kernel of table ``dtype`` runs at (int4 is W4A16: 16-bit math)."""
+    if dtype in TABLE_DTYPES:
+        return TABLE_DTYPES[dtype][1]
     return {"int4": "bf16", "fp4": "fp4", "int8": "int8"}.get(dtype, dtype)
 
 
+def _weight_precision(dtype: str) -> Precision:
+    """The precision whose weight bytes a table ``dtype``'s op carries (16-bit for a non-weight dtype)."""
+    weights = TABLE_DTYPES[dtype][0] if dtype in TABLE_DTYPES else dtype
+    return Precision(weights=weights) if weights in WEIGHT_DTYPES else Precision()
+
+
 def table_dtype(op: Op) -> str:
-    """The dtype a measured table must have to time ``op``: its weights' dtype for GEMMs, else its own."""
+    """The dtype a measured table must have to time ``op``: its weights' format for GEMMs, else its own.
+
+    The weights' bytes (scales included, `model.dtypes`) tell the formats apart: fp8 with block scales is
+    ``fp8_block``, never the per-tensor ``fp8`` kernel's table; MXFP4 weights with 16-bit math (where the GPU
+    has no fp4 peak) are ``w4a16_mxfp4``.
+    """
     wb = op.shape.get("w_bytes")
     if wb is None:
         return op.dtype
     if wb in _BYTES_TO_DTYPE:
         return _BYTES_TO_DTYPE[wb]
+    if wb == _FP4:
+        return "fp4" if op.dtype == "fp4" else "w4a16_mxfp4"
     if wb == 1.0:
         return "int8" if op.dtype == "int8" else "fp8"
     return op.dtype if op.dtype in ("bf16", "fp16") else "bf16"
@@ -65,7 +148,7 @@ def table_dtype(op: Op) -> str:
 def _grouped(r: dict, dtype: str) -> Op:
     moe_tp, ep = int(r.get("moe_tp", 1) or 1), int(r.get("ep", 1) or 1)
     width = int(r["inter"]) // moe_tp
-    p = Precision(weights=dtype) if dtype in DTYPE_BYTES and dtype != "tf32" else Precision()
+    p = _weight_precision(dtype)
     op = experts_op(
         float(r["tokens"]), int(r["hidden"]), width, int(r["top_k"]), int(r["experts"]), ep, p,
         _compute_dtype(dtype), moe_tp=moe_tp, balanced=True,
@@ -121,13 +204,46 @@ def _sampling_row(r: dict, dtype: str, ab: float) -> Op:
     return sampler_op(int(r["sequences"]), int(r["vocab"]), ab, rule, dtype)
 
 
+def _train_row(kind: str, r: dict, dtype: str, ab: float) -> Op:
+    """The `Op` of a training kernel's row (`model.train_ops`): a backward kind is built from its forward row."""
+    if kind in ("gemm_dgrad", "gemm_wgrad"):
+        fwd = row_op("gemm", r)
+        return train_ops.gemm_dgrad(fwd) if kind == "gemm_dgrad" else train_ops.gemm_wgrad(fwd)
+    if kind in ("grouped_gemm_dgrad", "grouped_gemm_wgrad"):
+        fwd = experts_gemms(_grouped(r, dtype))
+        return train_ops.grouped_dgrad(fwd) if kind == "grouped_gemm_dgrad" else train_ops.grouped_wgrad(fwd)
+    if kind == "attention_bwd":
+        return train_ops.attention_bwd(_attention(r, dtype))
+    if kind == "permute_bwd":
+        return train_ops.permute_bwd(row_op("permute", r))
+    t = float(r["tokens"])
+    if kind == "norm_bwd":
+        return train_ops.norm_bwd(t, int(r["hidden"]), ab, dtype)
+    if kind == "rope_bwd":
+        return train_ops.rope_bwd(t, int(r["heads"]), int(r["kv_heads"]), int(r["rot_dim"]), ab, dtype)
+    if kind == "activation_bwd":
+        return train_ops.activation_bwd(t, int(r["width"]), ab, dtype)
+    if kind in ("cross_entropy", "cross_entropy_bwd"):
+        fwd = train_ops.cross_entropy_op(t, int(r["vocab"]), ab, dtype)
+        return fwd if kind == "cross_entropy" else train_ops.cross_entropy_bwd(fwd)
+    group_cols = int(r.get("group_cols", train_ops.FP8_GROUP) or train_ops.FP8_GROUP)
+    if kind == "quantize":
+        return train_ops.quantize_op(t, int(r["width"]), ab, group_cols)
+    if kind == "cast_transpose":
+        return train_ops.cast_transpose_op(t, int(r["width"]), ab, group_cols)
+    return train_ops.amax_op(t, int(r["width"]), ab)
+
+
 def row_op(kind: str, r: dict) -> Op:
     """The `Op` of one table row (a dict of its columns)."""
     dtype = str(r["dtype"])
     ab = _act_bytes(dtype)
+    if kind in train_ops.TRAIN_KINDS:
+        return _train_row(kind, r, dtype, ab)
     if kind == "gemm":
         m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
-        return gemm("gemm", "", 1, m, n, k, DTYPE_BYTES.get(dtype, 2.0), ab, _compute_dtype(dtype))
+        wb = _weight_precision(dtype).weight_bytes if dtype in TABLE_DTYPES else DTYPE_BYTES.get(dtype, 2.0)
+        return gemm("gemm", "", 1, m, n, k, wb, ab, _compute_dtype(dtype))
     if kind == "grouped_gemm":
         return _grouped(r, dtype)
     if kind == "attention":
@@ -176,15 +292,23 @@ def _log2(x: float) -> float:
 
 def features(op: Op) -> tuple[float, ...] | None:
     """The predictor's coordinates of ``op`` (`FEATURES`), or None when its shape lacks them."""
+    if op.kind in _AS_FORWARD:
+        return features(replace(op, kind=_AS_FORWARD[op.kind]))
     s = op.shape
     try:
+        if op.kind in ("quantize", "cast_transpose"):
+            return (_log2(s["tokens"]), _log2(s["width"]), _log2(s.get("group_cols", train_ops.FP8_GROUP)))
+        if op.kind in ("norm_bwd", "rope_bwd", "activation_bwd", "cross_entropy", "cross_entropy_bwd", "amax"):
+            return tuple(_log2(s[c]) for c in FEATURES[op.kind])
         if op.kind == "gemm":
             m = int(s["m"]) * int(s.get("batch", 1))
             return (_log2(m), _log2(s["n"]), _log2(s["k"]), float(m % 4 == 0), float(m % 16 == 0))
         if op.kind == "grouped_gemm":
             active = max(float(s["active_experts"]), 1.0)
             routed = s["tokens"] * s["top_k"]
-            return (_log2(s["pairs"] / active), _log2(active), _log2(s["hidden"]), _log2(s["inter"]), _log2(routed))
+            sizes = (_log2(s["pairs"] / active), _log2(active), _log2(s["hidden"]), _log2(s["inter"]), _log2(routed))
+            inter, hidden = int(s["inter"]), int(s["hidden"])
+            return sizes + tuple(float(inter % a == 0) for a in ALIGN) + tuple(float(hidden % a == 0) for a in ALIGN)
         if op.kind == "attention":
             b = max(int(s["batch"]), 1)
             return tuple(
@@ -210,7 +334,7 @@ def features(op: Op) -> tuple[float, ...] | None:
 
 
 #: Features that are flags, not sizes: the measured-range check skips them.
-FLAGS = {"direction", "aligned4", "aligned16", "residual", "random"}
+FLAGS = {"direction", "aligned4", "aligned16", "residual", "random", *_ALIGN_FLAGS}
 
 
 def feature_matrix(ops: list[Op]) -> np.ndarray:

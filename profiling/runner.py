@@ -25,7 +25,7 @@ import yaml
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import HardwareSpec, NodeSpec, list_gpus, local_cpu
 from moesim.profiling import grids
-from moesim.profiling.tables import check_table_folder, table_writer, write_table_folder
+from moesim.profiling.tables import TRAIN_TABLE_KINDS, check_table_folder, table_writer, write_table_folder
 
 #: ``--ops`` names and the table kinds they fill.
 OP_GROUPS = {
@@ -42,7 +42,13 @@ OP_GROUPS = {
     "topk_softmax": ("topk_softmax",),
     "sampling": ("sampling",),
     "collective": ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"),
+    # training's kernels at training sizes (`model.train_ops`; `grids.train_shapes`): not in the default run
+    "train": TRAIN_TABLE_KINDS,
 }
+#: ``--ops`` groups a run without ``ops`` times.
+DEFAULT_GROUPS = tuple(g for g in OP_GROUPS if g != "train")
+#: Training kinds timed in fp8 when fp8 is asked for (on CUDA); the others take the run's 16-bit dtypes.
+FP8_TRAIN_KINDS = ("gemm_dgrad", "gemm_wgrad")
 #: CUDA device names (as torch reports them) to GPU presets.
 CUDA_NAMES = {
     "H100 80GB HBM3": "H100-SXM",
@@ -166,6 +172,9 @@ def plan(device: str, mode: str, ops: list[str], dtypes: list[str]) -> list[tupl
             # copies are timed by bytes; the router's logits are fp32 (`model.ops.topk_op`)
             kind_dtypes = ["fp32"] if op in ("memcpy", "topk_softmax") else [d for d in dtypes if d != "fp8"]
             points += [(op, s, d) for d in kind_dtypes for s in shapes]
+        elif op == "train":
+            shapes = grids.train_shapes(grids.TRAIN_BUDGETS[(device, mode)], b)
+            points += [(k, s, d) for d in dtypes for k, s in shapes if d != "fp8" or k in FP8_TRAIN_KINDS]
     return points
 
 
@@ -186,7 +195,7 @@ def profile(
         out: output folder (created).
         mode: ``quick`` (about 2.5 minutes on a 2-core CPU), ``full``, or
             ``tiny`` (seconds: the demo's and the tests' grid).
-        ops: ``--ops`` names (`OP_GROUPS`); default all.
+        ops: ``--ops`` names (`OP_GROUPS`); default all but ``train`` (`DEFAULT_GROUPS`).
         dtypes: dtypes to time; default fp32 on the CPU (this CPU has no
             16-bit matrix hardware), bf16 on CUDA.
         progress: called as progress(done, total, label) after each point.
@@ -199,7 +208,7 @@ def profile(
     from moesim.profiling.kernels import PREPARE, Pool
     from moesim.profiling.timing import Timer, environment, summarise
 
-    ops = list(ops or OP_GROUPS)
+    ops = list(ops or DEFAULT_GROUPS)
     unknown = [o for o in ops if o not in OP_GROUPS]
     if unknown:
         raise MoesimError(f"unknown op group(s) {', '.join(unknown)}", f"use --ops with {','.join(OP_GROUPS)}")

@@ -10,7 +10,9 @@ Common to every kind:
 - ``impl``: the implementation timed (``torch``, ``torch_loop``, ``triton``,
   ``vllm_fused_moe``, ``nccl``...);
 - ``dtype``: the weights' (or tensors') dtype in `model.dtypes` names
-  (``fp32``, ``bf16``, ``fp16``, ``fp8``, ``int4``...);
+  (``fp32``, ``bf16``, ``fp16``, ``fp8``, ``int4``...), or the kernel's
+  quantisation scheme where one format has several (``fp8_block``,
+  ``w4a16_mxfp4``...: `profiling.opshapes.TABLE_DTYPES`);
 - ``time_s``: the median time of one call, s;
 - optional ``time_p10_s``, ``time_p90_s`` (the spread, s), ``reps`` (timed
   repetitions) and ``threads`` (CPU threads used).
@@ -35,6 +37,13 @@ absent and take the default shown):
 - ``permute``: ``tokens, hidden, top_k, direction``: the dispatch gather
   (``dispatch``) or the weighted combine scatter (``combine``);
 - ``memcpy``: ``bytes``: a device-to-device copy of that many bytes;
+- training's kernels (`TRAIN_TABLE_KINDS`, `model.train_ops`): ``gemm_dgrad``, ``gemm_wgrad`` (the forward
+  GEMM's ``m, n, k``: dA = dC B^T, dB = A^T dC), ``grouped_gemm_dgrad``, ``grouped_gemm_wgrad`` (the forward
+  grouped GEMM's columns; the two expert GEMMs only, no activation), ``attention_bwd`` (attention's columns),
+  ``norm_bwd`` (``tokens, hidden``), ``rope_bwd`` (rope's), ``activation_bwd`` (``tokens, width``: SwiGLU),
+  ``permute_bwd`` (permute's), ``cross_entropy`` and ``cross_entropy_bwd`` (``tokens, vocab``), and fp8's
+  ``quantize``, ``cast_transpose`` (``tokens, width``, optional ``group_cols``: elements per fp32 scale in a
+  row, 128) and ``amax`` (``tokens, width``);
 - ``all_reduce``, ``all_gather``, ``reduce_scatter``, ``all_to_all``:
   ``bytes, gpus``: the full tensor's bytes on one GPU over ``gpus`` ranks.
 
@@ -64,7 +73,15 @@ from moesim.model.errors import MoesimError
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 #: The inference engines' memory-bound kernels between the GEMMs (`model.ops.ENGINE_KINDS`).
 ENGINE_TABLE_KINDS = ("norm", "rope", "activation", "kv_write", "topk_softmax", "sampling")
-KINDS = ("gemm", "grouped_gemm", "attention", "router", "permute", "memcpy", *ENGINE_TABLE_KINDS, *COLLECTIVES)
+#: Training's kernels (`model.train_ops`): the backward of each forward kind, the cross-entropy, the fp8 casts.
+TRAIN_TABLE_KINDS = (
+    "gemm_dgrad", "gemm_wgrad", "grouped_gemm_dgrad", "grouped_gemm_wgrad", "attention_bwd", "norm_bwd", "rope_bwd",
+    "activation_bwd", "permute_bwd", "cross_entropy", "cross_entropy_bwd", "quantize", "cast_transpose", "amax",
+)  # fmt: skip
+KINDS = (
+    "gemm", "grouped_gemm", "attention", "router", "permute", "memcpy", *ENGINE_TABLE_KINDS, *COLLECTIVES,
+    *TRAIN_TABLE_KINDS,
+)  # fmt: skip
 COMMON_COLUMNS = ("op", "impl", "dtype", "time_s")
 SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
@@ -80,9 +97,28 @@ SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "topk_softmax": ("tokens", "experts", "top_k"),
     "sampling": ("sequences", "vocab"),
     **{c: ("bytes", "gpus") for c in COLLECTIVES},
+    "gemm_dgrad": ("m", "n", "k"),
+    "gemm_wgrad": ("m", "n", "k"),
+    "grouped_gemm_dgrad": ("tokens", "hidden", "inter", "experts", "top_k"),
+    "grouped_gemm_wgrad": ("tokens", "hidden", "inter", "experts", "top_k"),
+    "attention_bwd": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    "norm_bwd": ("tokens", "hidden"),
+    "rope_bwd": ("tokens", "heads", "kv_heads", "rot_dim"),
+    "activation_bwd": ("tokens", "width"),
+    "permute_bwd": ("tokens", "hidden", "top_k", "direction"),
+    "cross_entropy": ("tokens", "vocab"),
+    "cross_entropy_bwd": ("tokens", "vocab"),
+    "quantize": ("tokens", "width"),
+    "cast_transpose": ("tokens", "width"),
+    "amax": ("tokens", "width"),
 }
 OPTIONAL_COLUMNS: dict[str, dict[str, Any]] = {
     "grouped_gemm": {"ep": 1, "moe_tp": 1, "distribution": "balanced"},
+    "grouped_gemm_dgrad": {"ep": 1, "moe_tp": 1, "distribution": "balanced"},
+    "grouped_gemm_wgrad": {"ep": 1, "moe_tp": 1, "distribution": "balanced"},
+    "norm_bwd": {"residual": 0},
+    "quantize": {"group_cols": 128},
+    "cast_transpose": {"group_cols": 128},
     "sampling": {"sampling": "greedy"},
 }
 META_KEY = b"moesim"

@@ -76,7 +76,8 @@ def profile(
         str,
         typer.Option(
             help="Comma-separated: gemm,moe,attention,router,permute,collective,memcpy and the engines' kernels "
-            "between the GEMMs: norm,rope,activation,kv_write,topk_softmax,sampling."
+            "between the GEMMs: norm,rope,activation,kv_write,topk_softmax,sampling; train: training's backward "
+            "kernels and fp8 casts at training sizes (not in the default)."
         ),
     ] = "gemm,moe,attention,router,permute,collective,memcpy,norm,rope,activation,kv_write,topk_softmax,sampling",
     dtype: Annotated[
@@ -197,6 +198,8 @@ def import_tables(
             f"mapped {seconds(summary['mapped_s'])} of kernel time; unmapped {seconds(summary['unmapped_s'])} "
             f"({summary['unmapped_names']} names, listed in {summary['unmapped_csv']})"
         )
+        for stack, c in summary["coverage"].get("by_stack", {}).items():
+            out.print(f"  {stack}: {c['share']:.1%} of kernel time, {c['tabled_share']:.0%} of it in tables")
 
 
 def _import_trace(

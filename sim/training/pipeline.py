@@ -431,3 +431,166 @@ def run_pipeline(
     except RuntimeError as exc:  # no events left before every rank finished
         raise RuntimeError(f"schedule {sched.name} deadlocked: {exc}") from None
     return PipelineRun(records, rank_end, max(rank_end), peak_bytes, peak_n, last_grad)
+
+
+# ---- stage layouts: which units (embedding, decoder layers, MTP layers, LM head) each pipeline stage runs ----
+
+#: Megatron-Core's ``--pipeline-model-parallel-layout`` symbols (NVIDIA/Megatron-LM@megatron/core/transformer/
+#: pipeline_parallel_layer_layout.py): ``E`` the embedding, ``t`` a decoder layer, ``m`` a multi-token-prediction
+#: layer, ``L`` the LM head and loss; ``|`` ends a stage; ``(...)*n`` and ``t*n`` repeat; commas and spaces are ignored.
+LAYOUT_SYMBOLS = frozenset("EtmL")
+
+
+def _expand_layout(text: str) -> str:
+    """``"Et*3|(tt|)*2mL"`` -> ``"Ettt|tt|tt|mL"`` (repetitions expanded, separators kept)."""
+    import re
+
+    limit = 100_000  # symbols after expansion: far above any model's layers
+
+    def times(body: str, n: str) -> str:
+        if len(n) > 6 or len(body) * int(n) > limit:
+            raise MoesimError(
+                f"layout.pipeline_layout {text!r}: a repetition expands past {limit:,} symbols",
+                "repeat each group at most as many times as there are stages",
+            )
+        return body * int(n)
+
+    s = text.replace(",", "").replace(" ", "")
+    group = re.compile(r"\(([^()]*)\)\*(\d+)")
+    while True:
+        s2 = group.sub(lambda g: times(g.group(1), g.group(2)), s)
+        if len(s2) > limit:
+            raise MoesimError(f"layout.pipeline_layout {text!r} expands past {limit:,} symbols", "shorten it")
+        if s2 == s:
+            break
+        s = s2
+    return re.sub(r"([EtmL])\*(\d+)", lambda g: times(g.group(1), g.group(2)), s)
+
+
+def parse_pipeline_layout(text: str, stages: int, num_layers: int, mtp: int) -> list[list[int]]:
+    """Units of each pipeline stage from a Megatron layout string (see `LAYOUT_SYMBOLS`).
+
+    Units: 0 the embedding, 1..L the decoder layers, L+1..L+D the MTP layers, L+D+1 the LM head
+    (L = ``num_layers``, D = ``mtp``). Stages are listed in virtual-stage order (stage ``c x pp + r``
+    is chunk ``c`` of rank ``r``), as Megatron lists them. `MoesimError` when the string does not
+    place exactly every unit once, in order, over ``stages`` stages.
+    """
+    where = f"layout.pipeline_layout {text!r}"
+    s = _expand_layout(text)
+    bad = sorted(set(s) - LAYOUT_SYMBOLS - {"|"})
+    if bad:
+        raise MoesimError(
+            f"{where}: unknown symbols {''.join(bad)}",
+            "use E (embedding), t (decoder layer), m (MTP layer), L (loss), | between stages, (..)*n to repeat",
+        )
+    parts = s.split("|")
+    if len(parts) != stages:
+        raise MoesimError(
+            f"{where} has {len(parts)} stages, the layout needs {stages}",
+            "give one '|'-separated stage per pipeline stage (pp x virtual_stages; pp for DualPipe)",
+        )
+    counts = {c: s.count(c) for c in "EtmL"}
+    if counts["t"] != num_layers:
+        raise MoesimError(
+            f"{where} places {counts['t']} decoder layers, the model has {num_layers}",
+            f"make the stage sizes add up to {num_layers} 't'",
+        )
+    if counts["m"] != mtp:
+        raise MoesimError(
+            f"{where} places {counts['m']} MTP layers, the scenario trains mtp_layers={mtp}",
+            f"put {mtp} 'm' in the layout (or set mtp_layers: {counts['m']})",
+        )
+    if counts["E"] != 1 or not parts[0].startswith("E") or counts["L"] != 1 or not parts[-1].endswith("L"):
+        raise MoesimError(
+            f"{where}: the embedding E must open the first stage and the loss L close the last, once each",
+            "e.g. 'Et*3|(tt|)*29,m|L'",
+        )
+    out: list[list[int]] = []
+    layer, m = 1, num_layers + 1
+    for part in parts:
+        units: list[int] = []
+        for c in part:
+            if c == "E":
+                units.append(0)
+            elif c == "t":
+                units.append(layer)
+                layer += 1
+            elif c == "m":
+                if layer != num_layers + 1:
+                    raise MoesimError(f"{where}: an MTP layer before the last decoder layer", "put every m after the t")
+                units.append(m)
+                m += 1
+            else:
+                units.append(num_layers + mtp + 1)
+        out.append(units)
+    return out
+
+
+def split_stage_units(
+    num_layers: int,
+    stages: int,
+    *,
+    pp: int,
+    mtp: int = 0,
+    first: int | None = None,
+    last: int | None = None,
+    account_embedding: bool = False,
+    account_loss: bool = False,
+) -> list[list[int]]:
+    """Units of each pipeline stage (units as in `parse_pipeline_layout`), Megatron-Core's even split and its options.
+
+    Without options: layers as even as possible, earlier stages taking the extra layer. ``first`` /
+    ``last``: decoder layers of the first / last pipeline rank (Megatron's
+    ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``), the other ranks
+    sharing the rest evenly, each rank's layers split evenly over its ``stages / pp`` chunks.
+    ``account_embedding`` / ``account_loss``: the embedding / the loss counts as one layer in the split
+    (``--account-for-embedding-in-pipeline-split``, ``--account-for-loss-in-pipeline-split``), so the first /
+    last stage holds one decoder layer fewer; Megatron requires the counted layers to divide evenly.
+    MTP layers join the last stage (Megatron's post-process stage). `MoesimError` when the sizes do not add up.
+    """
+    v = stages // pp
+    if first is not None or last is not None:
+        f, la = first or 0, last or 0
+        middle = pp - (first is not None) - (last is not None)
+        rest = num_layers - f - la
+        if rest < 0 or (middle == 0 and rest != 0) or (middle > 0 and rest % middle):
+            raise MoesimError(
+                f"layout.first_stage_layers={first} and last_stage_layers={last} leave {rest} of the {num_layers} "
+                f"layers for {middle} other pipeline ranks: the stage sizes do not add up to the layers",
+                f"pick first and last so that {num_layers} - first - last splits evenly over the other ranks",
+            )
+        per_rank = [rest // middle if middle else 0] * pp
+        if first is not None:
+            per_rank[0] = f
+        if last is not None:
+            per_rank[-1] = la
+        for r, n in enumerate(per_rank):
+            if n % v:
+                raise MoesimError(
+                    f"pipeline rank {r} gets {n} layers, not a multiple of its {v} virtual stages",
+                    "pick first/last stage layers that divide by virtual_stages (Megatron requires it)",
+                )
+        sizes = [per_rank[s % pp] // v for s in range(stages)]
+    elif account_embedding or account_loss:
+        total = num_layers + int(account_embedding) + int(account_loss)
+        if total % stages:
+            raise MoesimError(
+                f"{num_layers} layers + {int(account_embedding)} embedding + {int(account_loss)} loss = {total} do "
+                f"not split evenly over {stages} pipeline stages",
+                "Megatron's account-for-embedding/loss split needs an even split: change pp or virtual_stages",
+            )
+        sizes = [total // stages] * stages
+        sizes[0] -= int(account_embedding)
+        sizes[-1] -= int(account_loss)
+        if min(sizes) < 0:
+            raise MoesimError(f"{stages} stages are too many for {num_layers} layers", "use fewer pipeline stages")
+    else:
+        base, extra = divmod(num_layers, stages)
+        sizes = [base + (1 if s < extra else 0) for s in range(stages)]
+    out, start = [], 1
+    for n in sizes:
+        out.append(list(range(start, start + n)))
+        start += n
+    out[0].insert(0, 0)
+    out[-1] += list(range(num_layers + 1, num_layers + mtp + 2))
+    return out

@@ -58,6 +58,7 @@ from moesim.sim.training.train_cost import (
     precision_of,
     unit_costs,
 )
+from moesim.sim.training.train_memory import KINDS
 from moesim.sim.training.train_result import TrainResult
 from moesim.sim.training.train_scenario import (
     TrainScenario,
@@ -93,7 +94,7 @@ def load(
 def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[StageCost], list[list[int]]]:
     """Per pipeline stage, its `StageCost` and its units."""
     stages = setup.pp * (1 if setup.schedule == "dualpipe" else setup.virtual)
-    units = chunk_units(setup.model.num_layers, stages)
+    units = [list(u) for u in setup.stage_units] or chunk_units(setup.model.num_layers, stages)
     pbytes = DTYPE_BYTES[setup.scenario.precision.params]
     gbytes = DTYPE_BYTES[setup.scenario.precision.grads]
     out = []
@@ -157,6 +158,15 @@ def _memory(setup: TrainSetup, uc: UnitCosts, units: list[list[int]], run: Pipel
             row["params"] += 2.0 * float(np.sort(per_unit)[-2:].sum() if len(us) > 1 else per_unit.sum())
         row["total"] = sum(v for k, v in row.items() if k != "rank")
         row["inflight_microbatches"] = run.peak_inflight[r]
+        # the peak's activations by kind: the rank's stages' mix (exact when its stages keep the same mix)
+        if uc.act_kinds is not None:
+            mix = uc.act_kinds[us].sum(axis=0)
+            share = mix / mix.sum() if mix.sum() > 0 else mix
+            for kind, x in zip(KINDS, share, strict=True):
+                row[f"act_{kind}"] = float(x * run.peak_act_bytes[r])
+        if uc.host_bytes is not None:
+            per_mb = float(uc.host_bytes[us].sum()) / max(1, len(stages))
+            row["host_offloaded"] = per_mb * run.peak_inflight[r]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -307,6 +317,20 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
     return TrainResult(summary, setup, tasks, memory, pd.DataFrame(comm_rows), steps, uc)
 
 
+def _dominant(row: pd.Series, comps: list[str]) -> str:
+    """What dominates the fullest GPU's memory, e.g. ``activations 52% (expert_fc1_in 31%)``."""
+    total = float(row["total"])
+    if total <= 0:
+        return ""
+    top = max(comps, key=lambda c: float(row[c]))
+    text = f"{top} {float(row[top]) / total:.0%}"
+    acts = {k: float(row[f"act_{k}"]) for k in KINDS if f"act_{k}" in row}
+    if top == "activations" and acts and sum(acts.values()) > 0:
+        k = max(acts, key=lambda x: acts[x])
+        text += f" ({k} {acts[k] / total:.0%} of the total)"
+    return text
+
+
 def _summary(
     setup: TrainSetup, uc: UnitCosts, step_s: float, breakdown: dict[str, float], memory: pd.DataFrame, cm: CostModel
 ) -> dict[str, Any]:
@@ -352,6 +376,10 @@ def _summary(
         "model_flops_per_token": 3.0 * f_tok,
         "mem_per_gpu_gib": float(fullest["total"] / GIB),
         "mem_by_component_gib": {c: float(fullest[c] / GIB) for c in comps},
+        "activations_by_kind_gib": {
+            k: float(fullest[f"act_{k}"] / GIB) for k in KINDS if f"act_{k}" in fullest and fullest[f"act_{k}"] > 0
+        },
+        "memory_dominant": _dominant(fullest, comps),
         "fits": fits,
         "memory_verdict": verdict,
         "breakdown": {k: float(v) for k, v in breakdown.items()},
@@ -360,6 +388,8 @@ def _summary(
         "usd_per_btok": gpu_s_per_tok * 1e9 * per_s,
         "cost_basis": basis,
         "cost_model": getattr(cm, "name", type(cm).__name__),
+        # how each backward and fp8-cast kernel was timed: its own table, or the assumed ratio (`train_cost`)
+        "kernel_sources": uc.kernel_sources or {},
     }
 
 

@@ -3,11 +3,22 @@
 The forward comes from the op model (`model.ops.decompose`) on the group's
 `Layout` (``tp``, ``dp_attn = ep x etp / tp``, ``ep``) with one micro-batch
 per data-parallel attention group, MLA in its plain (training) form, and an
-LM head over every token. Each op is timed by the `CostModel`; the backward
-is the forward time scaled per op kind (`BACKWARD`): a GEMM's input gradient
-and weight gradient each cost one forward GEMM; FlashAttention's backward is
-2.5 forward (five matmuls against two); an all-to-all or a tensor-parallel
-collective runs once more in the backward with the same bytes.
+LM head over every token. Each op is timed by the `CostModel`. The backward
+of an op is its own kernels (`model.train_ops`: a GEMM's dgrad and wgrad, the
+experts' grouped dgrad and k-grouped wgrad, FlashAttention's backward, the
+norms', rotary's, SwiGLU's and the permutations' backward, the
+cross-entropy's), each timed from its own measured table (``moesim profile
+--ops train``) when the cost model has one (provenance measured or
+transferred); where it has none, the backward is the forward time scaled per
+op kind (`BACKWARD`, `_ELEMENTWISE_BWD`: a GEMM's dgrad and wgrad each one
+forward GEMM, FlashAttention's backward 2.5 forward), and the provenance says
+``assumed ratio`` (`UnitCosts.kernel_sources`). An all-to-all or a
+tensor-parallel collective runs once more in the backward with the same bytes.
+
+fp8 training (``precision.gemm: fp8``) adds the casts around every fp8 GEMM
+(`fp8_cast_ops`): its input and output gradient cast to fp8 row-wise and
+transposed (the wgrad reduces over tokens), its weight cast once per step,
+and with per-tensor current scaling an amax pass before each cast.
 
 Per unit (the embedding, each layer, the LM head with its cross-entropy)
 and pass (F: forward; B: input gradients plus recomputation; W: weight
@@ -16,18 +27,16 @@ routing), ``straggler`` (the busiest EP GPU's extra expert time from routing
 skew and sampling noise), ``ep_comm`` (dispatch and combine all-to-alls) and
 ``tp_comm`` (tensor-parallel collectives). Recomputation: ``full`` re-runs a
 layer's whole forward (communication included) in its backward; ``selective``
-recomputes norms, activation functions (SwiGLU) and MLA up-projections, timed
-as their GEMMs plus a memory-bound pass over the recreated tensors.
+re-runs the forward ops of the Megatron modules it recomputes
+(`train_memory.recompute_modules_of`: norms, MLA up-projections, SwiGLU,
+core attention, the dense MLP, the whole MoE block with its all-to-alls).
 
-Saved activations per micro-batch (bytes per GPU, `activation_bytes`): every
-GEMM keeps its input for its weight gradient (a block's norm output once per
-block, split ``tp`` ways under sequence parallelism), gate/up GEMMs keep their
-output (the SwiGLU input), attention keeps Q, K, V and the softmax statistics
-(its output is the output projection's input), the router keeps fp32 scores,
-routed experts keep the dispatched tokens, the SwiGLU input and output and
-their own outputs (for the combine's gradient), and each layer keeps its two
-residual inputs. ``selective`` drops the norm outputs, SwiGLU outputs and MLA
-up-projection outputs; ``full`` keeps only each layer's input.
+Saved activations per micro-batch (bytes per GPU, ``act_bytes``, by kind in
+``act_kinds``): `sim.training.train_memory`, as Megatron-Core and DeepSeek-V3
+keep them (recompute modules, fp8 caching, the routing weight inside the
+activation, the cross-entropy kernel, offloading). Multi-token-prediction
+layers (``setup.mtp``) are units of their own between the last layer and the
+LM head: a decoder layer like the last one, ``eh_proj``, and the shared head.
 """
 
 from __future__ import annotations
@@ -36,15 +45,29 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moesim.model import ClusterSpec, CostModel, Precision
+from moesim.model import ClusterSpec, CostModel, Precision, train_ops
+from moesim.model.a2a import FP8_DISPATCH_BYTES_PER_ELEMENT, is_deepep
 from moesim.model.batch import Batch
+from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.memory import params_per_gpu
 from moesim.model.ops import ENGINE_KINDS, Op, collective, decompose, experts_gemms, experts_op, gemm
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
 from moesim.model.routing import inclusion_probs
+from moesim.profiling.costmodel import source_class
+from moesim.profiling.opshapes import table_dtype
+from moesim.sim.training.train_memory import (
+    KINDS,
+    Policy,
+    kind_index,
+    layer_saved,
+    make_policy,
+    op_saved,
+    recompute_modules_of,
+)
 from moesim.sim.training.train_scenario import TrainSetup
 
-#: Backward time per op kind as multiples of the forward time: (input gradients, weight gradients).
+#: Backward per op kind as multiples of the forward: (input gradients, weight gradients). FLOP always; time only
+#: where the cost model has no measured table of the backward kernel (provenance ``assumed ratio``).
 BACKWARD: dict[str, tuple[float, float]] = {
     "gemm": (1.0, 1.0),
     "grouped_gemm": (1.0, 1.0),
@@ -62,9 +85,6 @@ BACKWARD: dict[str, tuple[float, float]] = {
 #: Columns of a pass's cost rows.
 PARTS = ("compute", "straggler", "ep_comm", "tp_comm")
 COMM_KINDS = {"all_to_all", "all_reduce", "all_gather", "reduce_scatter", "p2p"}
-#: Ops whose input is a block's norm output (counted once per block).
-_NORM_OUT = {"qkv_proj", "q_proj", "q_a_proj", "kv_a_proj", "ffn_gate_up", "shared_gate_up", "router"}
-_MLA_UP = {"q_b_proj", "kv_b_proj"}
 #: Kinds of `decompose`'s serving kernels training leaves out: its own norms, residual adds, rotary embedding
 #: and SwiGLU (`_elementwise_ops`, unfused as Megatron-Core runs them) replace the engine's fused ones, and
 #: training has no KV cache to write and no sampler. The router's top-k (``topk_softmax``) stays.
@@ -93,6 +113,14 @@ class UnitCosts:
         drop_frac: share of routed (token, expert) pairs dropped by the capacity factor.
         a2a_bytes: the busiest GPU's dispatch buffer of one MoE layer, bytes.
         tokens_per_gpu: tokens of one micro-batch per attention group (micro-batch x seq_len).
+        act_kinds: ``act_bytes`` by saved-tensor kind, shape [units, len(train_memory.KINDS)].
+        host_bytes: activation bytes per micro-batch offloaded to host memory, shape [units].
+        kernel_sources: how each backward and fp8 kernel was timed (`_Sources.summary`): ``measured`` (its own
+            table, measured or transferred) and ``assumed`` (`BACKWARD`'s ratio to the forward time; an fp8 cast:
+            the roofline) ``"<op> <kind>"`` names, and ``fp8_cast_s`` (s per micro-batch, all units).
+
+    Units: 0 the embedding, 1..L the decoder layers, L+1..L+D the multi-token-prediction layers
+    (``setup.mtp``), L+D+1 the LM head.
     """
 
     f: np.ndarray
@@ -106,6 +134,9 @@ class UnitCosts:
     drop_frac: float
     a2a_bytes: float
     tokens_per_gpu: int
+    act_kinds: np.ndarray | None = None
+    host_bytes: np.ndarray | None = None
+    kernel_sources: dict | None = None
 
     @property
     def units(self) -> int:
@@ -177,16 +208,22 @@ def _head_ops(setup: TrainSetup, tokens: int, p: Precision) -> list[Op]:
     head = gemm("lm_head", "head", 1, tokens, v, m.hidden_size, p.unquantized_bytes, p.activation_bytes, p.activations)
     nbytes = tokens * v * (p.activation_bytes + 4.0)  # logits read, fp32 softmax written
     ce = Op("cross_entropy", "memcpy", "head", 1, 0.0, 0.0, 0.0, 2.0 * nbytes, dtype=p.activations)
-    return [head, replace(ce, shape={"bytes": nbytes})]
+    return [head, replace(ce, shape={"bytes": nbytes, "tokens": tokens, "vocab": v})]
 
 
 #: Backward time of the memory-bound training kernels, per forward time (by op name).
-_ELEMENTWISE_BWD = {"norms": 1.5, "residual": 0.0, "rope": 1.0, "swiglu": 5.0 / 3.0, "permute": 1.0, "unpermute": 1.0}
+_ELEMENTWISE_BWD = {
+    "norms": 1.5, "residual": 0.0, "rope": 1.0, "swiglu": 5.0 / 3.0, "moe_swiglu": 5.0 / 3.0, "permute": 1.0,
+    "unpermute": 1.0,
+}  # fmt: skip
 
 
-def _copy(name: str, group: str, nbytes: float, dtype: str) -> Op:
-    """A memory-bound kernel that reads and writes ``nbytes`` each (timed as a copy of that size)."""
-    return Op(name, "memcpy", group, 1, 0.0, 0.0, 0.0, 2.0 * nbytes, dtype=dtype, shape={"bytes": float(nbytes)})
+def _copy(name: str, group: str, nbytes: float, dtype: str, **dims: float) -> Op:
+    """A memory-bound kernel that reads and writes ``nbytes`` each (timed as a copy of that size); ``dims``: its
+    kernel's shape (``tokens``, ``hidden``...), which its backward kernel's table is looked up by."""
+    return Op(
+        name, "memcpy", group, 1, 0.0, 0.0, 0.0, 2.0 * nbytes, dtype=dtype, shape={"bytes": float(nbytes), **dims}
+    )
 
 
 def _elementwise_ops(setup: TrainSetup, ops: list[Op], tokens: int, p: Precision, sp_div: int) -> list[Op]:
@@ -203,24 +240,27 @@ def _elementwise_ops(setup: TrainSetup, ops: list[Op], tokens: int, p: Precision
     t_sp = tokens / sp_div
     heads = a.num_heads // tp
     if a.kind == "mla":
-        rope = tokens * (heads + 1) * a.qk_rope_head_dim * ab
+        rope_dims = {"heads": heads, "kv_heads": 1, "rot_dim": a.qk_rope_head_dim}
     else:
-        rope = tokens * (heads + -(-a.num_kv_heads // tp)) * a.head_dim * ab
+        rope_dims = {"heads": heads, "kv_heads": -(-a.num_kv_heads // tp), "rot_dim": a.head_dim}
+    rope = tokens * (rope_dims["heads"] + rope_dims["kv_heads"]) * rope_dims["rot_dim"] * ab
     out: list[Op] = []
     for label in dict.fromkeys(op.group for op in ops if op.group not in ("embed", "head")):
         dt = p.activations
         out += [
-            _copy("norms", label, 2 * t_sp * h * ab, dt),
+            _copy("norms", label, 2 * t_sp * h * ab, dt, tokens=t_sp, hidden=h, rows=2),
             _copy("residual", label, 2 * 1.5 * t_sp * h * ab, dt),
-            _copy("rope", label, rope, dt),
+            _copy("rope", label, rope, dt, tokens=tokens, **rope_dims),
         ]
         for op in ops:
             if op.group != label:
                 continue
             if op.kind == "gemm" and op.name.endswith("gate_up"):
-                out.append(_copy("swiglu", label, 1.5 * op.shape["m"] * op.shape["n"] / 2 * ab, dt))
+                rows, width = op.shape["m"], op.shape["n"] / 2
+                out.append(_copy("swiglu", label, 1.5 * rows * width * ab, dt, tokens=rows, width=width))
             elif op.kind == "grouped_gemm":
-                out.append(_copy("swiglu", label, 1.5 * op.shape["pairs"] * op.shape["inter"] * ab, dt))
+                rows, width = op.shape["pairs"], op.shape["inter"]
+                out.append(_copy("moe_swiglu", label, 1.5 * rows * width * ab, dt, tokens=rows, width=width))
                 local = tokens / tp
                 for name in ("permute", "unpermute"):
                     k = op.shape["top_k"]
@@ -231,40 +271,193 @@ def _elementwise_ops(setup: TrainSetup, ops: list[Op], tokens: int, p: Precision
     return out
 
 
-def _saved(op: Op, setup: TrainSetup, ab: float, sp_div: int) -> tuple[float, float]:
-    """(always kept, dropped by selective recompute) bytes this op saves for its backward.
+class _Sources:
+    """How the backward and fp8 kernels of a step were timed (`UnitCosts.kernel_sources`)."""
 
-    A GEMM's input is kept in the GEMM's dtype (fp8 GEMMs keep the cast input,
-    as Transformer Engine and DeepSeek-V3 do); everything else in ``ab`` bytes.
+    def __init__(self) -> None:
+        self.measured: dict[str, str] = {}
+        self.assumed: dict[str, str] = {}
+        self.fp8_cast_s = 0.0
+
+    def add(self, op: Op, measured: bool, why: str) -> None:
+        """Record ``op`` (name and kind) as timed from its table (``measured``) or not, with the reason."""
+        key = f"{op.name} {op.kind}"
+        (self.measured if measured else self.assumed).setdefault(key, why)
+
+    def summary(self) -> dict:
+        """``{"measured": [...], "assumed": {name: why}, "fp8_cast_s": s}``."""
+        return {"measured": sorted(self.measured), "assumed": dict(sorted(self.assumed.items())),
+                "fp8_cast_s": self.fp8_cast_s}  # fmt: skip
+
+
+def _table_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> float | None:
+    """``op``'s seconds from its own measured (or transferred) table, else None (the roofline or no table)."""
+    t = cost_model.op_time(op, cluster)
+    return t.seconds if source_class(t.source) in ("measured", "transferred") else None
+
+
+def _router_gemm(op: Op) -> Op:
+    """The router's logits GEMM [tokens, hidden] @ [hidden, experts] as a ``gemm`` op (for its dgrad and wgrad)."""
+    s = op.shape
+    ab = op.act_bytes / max(float(s["tokens"]) * float(s["hidden"]) + 2.0 * float(s["tokens"]) * s["experts"], 1.0)
+    return gemm(op.name, op.group, 1, s["tokens"], s["experts"], s["hidden"], ab, ab, op.dtype)
+
+
+def backward_kernels(op: Op) -> list[tuple[int, Op, float]]:
+    """The backward kernels of a training forward op: (pass, kernel op, repeats); pass 0 input gradients (B),
+    1 weight gradients (W). [] where training has no table kind for its backward (the embedding, the router's
+    top-k, collectives, residual adds): `BACKWARD`'s ratio times those.
+
+    A GEMM: dgrad (B) and wgrad (W); the routed experts: grouped dgrad and k-grouped wgrad; the router: its GEMM's
+    dgrad and wgrad; attention: FlashAttention's backward; the memory-bound kernels of `_elementwise_ops` (copies
+    carrying their kernel's dims): RMSNorm (x ``rows``), rotary, SwiGLU, and the cross-entropy; the permutations.
     """
-    s, name, a = op.shape, op.name, setup.model.attention
-    gb = 1.0 if setup.scenario.precision.gemm == "fp8" else ab
+    s, ab = op.shape, 0.0
     if op.kind == "gemm":
-        m, n, k = s["m"], s["n"], s["k"]
-        if name in _NORM_OUT:
-            return 0.0, 0.0  # the block's norm output: counted once per block
-        keep, drop = m * k * gb, 0.0
-        if name.endswith("gate_up"):
-            keep += m * n * ab
-        if name.endswith("_down"):
-            keep, drop = 0.0, m * k * gb
-        if name in _MLA_UP:
-            return m * k * gb, m * n * ab
-        if name == "lm_head":
-            keep = m * k * ab / sp_div
-        return keep, drop
-    if op.kind == "attention":
-        t, heads = s["tokens"], s["heads"]
-        if s.get("form") == "mla":
-            return t * heads * 4.0, 0.0  # q, k, v are the up-projections' outputs (see _MLA_UP)
-        qkv = t * (heads * s["head_dim"] + s["kv_heads"] * (s["head_dim"] + a.v_head_dim))
-        return qkv * ab + t * heads * 4.0, 0.0
+        return [(0, train_ops.gemm_dgrad(op), 1.0), (1, train_ops.gemm_wgrad(op), 1.0)]
     if op.kind == "router":
-        return s["tokens"] * s["experts"] * 4.0, 0.0
+        g = _router_gemm(op)
+        return [(0, train_ops.gemm_dgrad(g), 1.0), (1, train_ops.gemm_wgrad(g), 1.0)]
     if op.kind == "grouped_gemm":
-        pairs, h, i = s["pairs"], s["hidden"], s["inter"]
-        return pairs * h * (gb + ab) + 2 * pairs * i * ab, pairs * i * gb
-    return 0.0, 0.0
+        return [(0, train_ops.grouped_dgrad(op), 1.0), (1, train_ops.grouped_wgrad(op), 1.0)]
+    if op.kind == "attention" and "heads" in s:
+        return [(0, train_ops.attention_bwd(op), 1.0)]
+    if op.kind == "permute":
+        return [(0, train_ops.permute_bwd(op), 1.0)]
+    if op.kind != "memcpy" or "tokens" not in s:
+        return []
+    ab = DTYPE_BYTES.get(op.dtype, 2.0)
+    if op.name == "norms":
+        k = train_ops.norm_bwd(s["tokens"], int(s["hidden"]), ab, op.dtype, op.group, op.name)
+        return [(0, k, float(s["rows"]))]
+    if op.name == "rope":
+        k = train_ops.rope_bwd(s["tokens"], int(s["heads"]), int(s["kv_heads"]), int(s["rot_dim"]), ab, op.dtype)
+        return [(0, replace(k, group=op.group), 1.0)]
+    if op.name in ("swiglu", "moe_swiglu"):
+        return [(0, train_ops.activation_bwd(s["tokens"], int(s["width"]), ab, op.dtype, op.group, op.name), 1.0)]
+    if op.name == "cross_entropy":
+        fwd = train_ops.cross_entropy_op(s["tokens"], int(s["vocab"]), ab, op.dtype, op.group)
+        return [(0, train_ops.cross_entropy_bwd(fwd), 1.0)]
+    return []
+
+
+def _assumed_ratio(op: Op) -> tuple[float, float]:
+    """`BACKWARD`'s (input-gradient, weight-gradient) multiples of ``op``'s forward time."""
+    bi, bw = BACKWARD.get(op.kind, (1.0, 0.0))
+    if op.kind == "memcpy" and op.name in _ELEMENTWISE_BWD:
+        bi = _ELEMENTWISE_BWD[op.name]
+    return bi, bw
+
+
+def backward_seconds(
+    op: Op, fwd: np.ndarray, cost_model: CostModel, cluster: ClusterSpec, sources: _Sources
+) -> tuple[np.ndarray, np.ndarray]:
+    """``op``'s input-gradient and weight-gradient rows (columns `PARTS`), given its forward row ``fwd``.
+
+    Each backward kernel (`backward_kernels`) is timed from its own measured table where the cost model has one;
+    a pass without one takes `BACKWARD`'s ratio times the forward, recorded in ``sources`` as assumed. The
+    routed experts' straggler scales with their measured time (the busiest GPU's extra pairs cost the same per
+    pair as the others); a routed-experts kernel also takes the faster of the grouped table and a loop of per-expert
+    GEMMs (`experts_seconds`).
+    """
+    ratio = _assumed_ratio(op)
+    out = [ratio[0] * fwd, ratio[1] * fwd]
+    kernels = backward_kernels(op)
+    done = [False, False]
+    measured = [0.0, 0.0]
+    for part, k, reps in kernels:
+        t = _table_seconds(k, cost_model, cluster)
+        if t is None and k.kind in ("grouped_gemm_dgrad", "grouped_gemm_wgrad"):
+            t = _experts_loop(k, cost_model, cluster)
+        if t is None:
+            sources.add(k, False, f"assumed ratio {ratio[part]:g} x forward (no measured {k.kind} table)")
+            continue
+        sources.add(k, True, "")
+        measured[part] += reps * t
+        done[part] = True
+    for part in (0, 1):
+        if not done[part]:
+            continue
+        if op.kind == "grouped_gemm":
+            base = fwd[0] if fwd[0] > 0 else 1.0
+            out[part] = np.array([measured[part], fwd[1] * measured[part] / base, 0.0, 0.0])
+        else:
+            row = np.zeros(4)
+            row[int(np.argmax(fwd)) if fwd.any() else 0] = measured[part]
+            out[part] = row
+    if not kernels and op.kind not in COMM_KINDS and ratio != (0.0, 0.0):
+        sources.add(op, False, f"assumed ratio {ratio[0]:g}, {ratio[1]:g} x forward (no backward kernel kind)")
+    return out[0], out[1]
+
+
+def _experts_loop(k: Op, cost_model: CostModel, cluster: ClusterSpec) -> float | None:
+    """The experts' backward as a loop of per-expert dense dgrad (wgrad) GEMMs from their measured tables, or None.
+
+    At training sizes (thousands of rows per expert) a grouped GEMM runs like separate dense GEMMs
+    (`experts_seconds`); per active expert, the gate-up and down GEMMs' backward."""
+    s = k.shape
+    active = max(1.0, float(s["active_experts"]))
+    rows = max(1, round(s["pairs"] / active))
+    wb, ab = s["w_bytes"], s["a_bytes"]
+    up = gemm("expert_gate_up", k.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, k.dtype)
+    down = gemm("expert_down", k.group, 1, rows, s["hidden"], s["inter"], wb, ab, k.dtype)
+    build = train_ops.gemm_dgrad if k.kind == "grouped_gemm_dgrad" else train_ops.gemm_wgrad
+    times = [_table_seconds(build(g), cost_model, cluster) for g in (up, down)]
+    return None if None in times else active * sum(t for t in times if t is not None)
+
+
+#: fp8 scaling recipes: how the casts around an fp8 GEMM run. ``block``: DeepSeek-V3's fine-grained scaling
+#: (arXiv 2412.19437 section 3.3.2: activations in 1 x 128 tiles, weights in 128 x 128 blocks, each tile's amax
+#: taken inside the cast kernel; Transformer Engine's ``Float8BlockScaling``); ``delayed``: per-tensor scales from
+#: an amax history, the amax taken inside the cast (TE's ``DelayedScaling``, its default); ``current``: per-tensor
+#: scales from the tensor's own amax, a separate amax pass before each cast (TE's ``Float8CurrentScaling``);
+#: ``mxfp8``: one power-of-two scale per 32 elements (TE's ``MXFP8BlockScaling``, Blackwell only).
+#: (recipe -> (elements per scale in a row, 0 meaning the whole row; a separate amax pass))
+#: (NVIDIA/TransformerEngine transformer_engine/common/recipe/__init__.py.)
+FP8_RECIPES: dict[str, tuple[int, bool]] = {"block": (train_ops.FP8_GROUP, False), "delayed": (0, False),
+                                             "current": (0, True), "mxfp8": (32, False)}  # fmt: skip
+
+
+def _is_fp8(op: Op) -> bool:
+    """Whether ``op`` is a GEMM whose weights are fp8 (per-tensor or block-scaled)."""
+    return op.kind in ("gemm", "grouped_gemm") and table_dtype(op) in ("fp8", "fp8_block")
+
+
+def fp8_cast_ops(op: Op, microbatches: int, recipe: str = "block") -> list[tuple[int, Op, float]]:
+    """The fp8 casts around an fp8 GEMM ``op``: (pass: 0 forward, 1 backward; cast op; repeats per micro-batch).
+
+    A linear layer Y[m, n] = X[m, k] W^T: forward, X cast to fp8 row-wise (fprop) and transposed (for the wgrad,
+    which reduces over the m tokens: DeepSeek-V3's 128 x 1 tiles); backward, dY cast the same two ways (dgrad,
+    wgrad); the weight [n, k] cast and transposed once per step, spread over the ``microbatches`` (Transformer
+    Engine keeps the fp8 weight between micro-batches). The routed experts: the same for both grouped GEMMs
+    (inputs [pairs, hidden] and [pairs, width]; gradients [pairs, hidden] and [pairs, 2 width]; every local
+    expert's weights). Block recipe: one scale per 128 elements of a row; per-tensor recipes: one per row
+    (the kernel's traffic is the same), with ``current`` an amax pass over each tensor before its cast.
+    Casts read 16-bit activations (``a_bytes``) and the weights in bf16 (the optimizer's copy).
+    """
+    if not _is_fp8(op):
+        return []
+    group_cols, amax = FP8_RECIPES[recipe]
+    s = op.shape
+    per_step = 1.0 / max(1, microbatches)
+    ab = float(s.get("a_bytes", 2.0))
+    if op.kind == "gemm":
+        m, n, k = float(s["m"]) * float(s.get("batch", 1)), int(s["n"]), int(s["k"])
+        tensors = [(0, m, k, "x", 1.0), (1, m, n, "dy", 1.0), (0, float(n), k, "w", per_step)]
+    else:
+        pairs, h, w, local = float(s["pairs"]), int(s["hidden"]), int(s["inter"]), float(s["experts"])
+        tensors = [(0, pairs, h, "x", 1.0), (0, pairs, w, "act", 1.0), (1, pairs, h, "dy", 1.0),
+                   (1, pairs, 2 * w, "dgate_up", 1.0), (0, 2.0 * w, h, "w13", local * per_step),
+                   (0, float(h), w, "w2", local * per_step)]  # fmt: skip
+    out: list[tuple[int, Op, float]] = []
+    for part, rows, width, what, reps in tensors:
+        g = group_cols or width
+        name = f"{op.name}.{what}"
+        cast = train_ops.cast_transpose_op(rows, width, ab, g if width % g == 0 else width, name=name + ".cast")
+        out.append((part, replace(cast, group=op.group), reps))
+        if amax:
+            out.append((part, replace(train_ops.amax_op(rows, width, ab, name=name + ".amax"), group=op.group), reps))
+    return out
 
 
 def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
@@ -280,21 +473,36 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     sp_div = setup.tp if sc.layout.sequence_parallel and setup.tp > 1 else 1
     ops = [op for op in ops if op.group != "head"] + _head_ops(setup, tokens, p)
     ops += _elementwise_ops(setup, ops, tokens, p, sp_div)
-    L = m.num_layers
-    unit_of: dict[str, list[int]] = {"embed": [0], "head": [L + 1]}
+    L, D = m.num_layers, setup.mtp
+    n_units = L + D + 2
+    head = n_units - 1
+    ops += _mtp_ops(setup, ops, tokens, p, sp_div) if D else []
+    unit_of: dict[str, list[int]] = {"embed": [0], "head": [head], "mtp": list(range(L + 1, head))}
+    moe_block: dict[str, bool] = {"embed": False, "head": False, "mtp": False}
     for s in layer_sets(m, range(L), split_moe=per_layer):
         unit_of[s.label] = [i + 1 for i in s.layers]
+        moe_block[s.label] = s.is_moe
+        if L - 1 in s.layers:  # an MTP depth runs a decoder layer like the last one (DeepSeek-V3: MoE)
+            unit_of[s.label] += unit_of["mtp"]
     moe_index = {layer: i for i, layer in enumerate(np.flatnonzero(m.moe_layers))}
-    f, b, w = (np.zeros((L + 2, 4)) for _ in range(3))
-    flops = np.zeros((L + 2, 3))
-    keep, drop = np.zeros(L + 2), np.zeros(L + 2)
+    f, b, w = (np.zeros((n_units, 4)) for _ in range(3))
+    flops = np.zeros((n_units, 3))
     ab = p.activation_bytes
+    pol = make_policy(sc, ab)
+    kinds = np.zeros((n_units, len(KINDS)))
+    no_recompute = np.zeros(n_units)  # bytes saved with nothing recomputed: what a backward holds while it runs
+    kcol = kind_index()
+    mla = m.attention.kind == "mla"
+    v_dim = m.attention.v_head_dim
     fp8_dispatch = sc.precision.dispatch == "fp8"
+    recipe = getattr(sc.precision, "fp8_recipe", None) or "block"
+    sources = _Sources()
     drops: list[float] = []
     a2a = 0.0
     for op in ops:
         units = unit_of[op.group]
         straggle = 0.0
+        timed = op  # the op whose backward kernels are timed: for the routed experts, at balanced routing
         if op.kind == "grouped_gemm":
             first = units[0] - 1
             loads = None
@@ -312,84 +520,123 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             straggle = max(0.0, experts_seconds(op, cost_model, cluster) - t_ideal)
             fwd = np.array([t_ideal, straggle, 0.0, 0.0])
             a2a = max(a2a, op.shape["pairs"] * m.hidden_size * ab)
+            timed = ideal
         else:
             t = cost_model.op_time(op, cluster).seconds
+            if op.kind == "memcpy" and op.name == "cross_entropy":  # the loss kernel's own table, where measured
+                ce = train_ops.cross_entropy_op(op.shape["tokens"], int(op.shape["vocab"]), ab, op.dtype, op.group)
+                t_ce = _table_seconds(ce, cost_model, cluster)
+                sources.add(ce, t_ce is not None, "" if t_ce is not None else "no measured cross_entropy table: a copy")
+                t = t_ce if t_ce is not None else t
             col = 2 if op.kind == "all_to_all" else 3 if op.kind in COMM_KINDS else 0
             fwd = np.zeros(4)
             fwd[col] = t
-        bi, bw = BACKWARD.get(op.kind, (1.0, 0.0))
-        if op.kind == "memcpy" and op.name in _ELEMENTWISE_BWD:
-            bi = _ELEMENTWISE_BWD[op.name]
-        bwd = bi * fwd
+        bi, bw = _assumed_ratio(op)
+        bwd, wgt = backward_seconds(timed, fwd, cost_model, cluster, sources)
+        if sc.precision.gemm == "fp8":  # the casts around an fp8 GEMM (`fp8_cast_ops`), in the compute column
+            for part, cast, reps in fp8_cast_ops(timed, setup.microbatches, recipe):
+                t_cast = cost_model.op_time(cast, cluster)
+                sources.add(cast, source_class(t_cast.source) in ("measured", "transferred"), t_cast.source)
+                (fwd if part == 0 else bwd)[0] += reps * t_cast.seconds
+                sources.fp8_cast_s += reps * t_cast.seconds * len(units)
         if op.name == "ep_dispatch" and fp8_dispatch:  # fp8 forward dispatch; its backward moves bf16 gradients
-            s = 1.0 / ab
+            # DeepEP sends fp8 with one fp32 scale per 128 elements (`model.a2a`); NCCL: the fp8 bytes alone
+            s = (FP8_DISPATCH_BYTES_PER_ELEMENT if is_deepep(op) else 1.0) / ab
             small = replace(
                 op, intra_bytes=op.intra_bytes * s, inter_bytes=op.inter_bytes * s,
                 shape={**op.shape, "bytes": op.shape.get("bytes", 0.0) * s},
             )  # fmt: skip
             fwd = np.array([0.0, 0.0, cost_model.op_time(small, cluster).seconds, 0.0])
-        k_keep, k_drop = _saved(op, setup, ab, sp_div)
+        saved = op_saved(op, pol, v_dim, sp_div)
+        everything = sum(op_saved(op, _keep_all(pol), v_dim, sp_div).values())
+        # selective recomputation re-runs the forward of the ops of the recomputed modules (`train_memory`)
+        mods = recompute_modules_of(op, moe_block[op.group], mla)
+        rerun = pol.mode == "selective" and bool(pol.recompute.intersection(mods))
         for u in units:
             f[u] += fwd
-            b[u] += bwd
-            w[u] += bw * fwd
-            flops[u] += np.array([1.0, bi, bw]) * op.flops
-            keep[u] += k_keep
-            drop[u] += k_drop
+            b[u] += bwd + (fwd if rerun else 0.0)
+            w[u] += wgt
+            flops[u] += np.array([1.0, bi + rerun, bw]) * op.flops
+            for k, x in saved.items():
+                kinds[u, kcol[k]] += x
+            no_recompute[u] += everything
     h = m.hidden_size
-    gb = 1.0 if sc.precision.gemm == "fp8" else ab
-    keep[1 : L + 1] += 2 * tokens * h * ab / sp_div  # residual (norm) inputs of both blocks
-    drop[1 : L + 1] += 2 * tokens * h * gb / sp_div  # the two blocks' norm outputs (GEMM inputs)
-    full = keep + drop
-    mode = sc.recompute
-    if mode == "none":
-        act = full.copy()
-    elif mode == "selective":
-        act = keep.copy()
-        for op in ops:
-            if op.name in _MLA_UP:
-                for u in unit_of[op.group]:
-                    b[u, 0] += cost_model.op_time(op, cluster).seconds
-                    flops[u, 1] += op.flops
-        recreate = [
-            Op("recompute", "memcpy", "", 1, 0.0, 0.0, 0.0, 2.0 * x, dtype=p.activations, shape={"bytes": float(x)})
-            for x in drop
-        ]
-        b[:, 0] += [cost_model.op_time(op, cluster).seconds if op.shape["bytes"] > 0 else 0.0 for op in recreate]
-    else:
-        act = np.zeros(L + 2)
-        act[1 : L + 1] = tokens * h * ab / sp_div
-        act[L + 1] = keep[L + 1]
-        b[1 : L + 1] += f[1 : L + 1]
-        flops[1 : L + 1, 1] += flops[1 : L + 1, 0]
-    work = full.copy()
-    work[L + 1] += 2.0 * tokens * (m.vocab_size // setup.tp) * 4.0  # fp32 logits and their gradient
+    for k, x in layer_saved(tokens, h, pol, sp_div).items():
+        kinds[1:head, kcol[k]] += x
+    no_recompute[1:head] += sum(layer_saved(tokens, h, _keep_all(pol), sp_div).values())
+    if pol.mode == "full":  # only each layer's input is kept; its whole forward runs again in the backward
+        kinds[1:head] = 0.0
+        kinds[1:head, kcol["attn_norm_in"]] = tokens * h * ab / sp_div
+        b[1:head] += f[1:head]
+        flops[1:head, 1] += flops[1:head, 0]
+    off = [kcol[k] for k in pol.offload]
+    host = kinds[:, off].sum(axis=1) if off else np.zeros(n_units)
+    if off:
+        kinds[:, off] = 0.0
+        # device-to-host after the forward, host-to-device before the backward, beside the computation
+        copy_s = host / (sc.activations.offload_gbps * 1e9)
+        f[:, 0] += np.maximum(0.0, copy_s - f[:, :2].sum(axis=1))
+        b[:, 0] += np.maximum(0.0, copy_s - b[:, :2].sum(axis=1))
+    act = kinds.sum(axis=1)
+    work = no_recompute.copy()
+    work[head] += tokens * (m.vocab_size // setup.tp) * pol.ce_transient_bytes  # the cross-entropy in flight
     dense, expert = _params(setup)
     return UnitCosts(
-        f, b, w, flops, act, work, dense, expert, float(np.mean(drops)) if drops else 0.0, 2.0 * a2a, tokens
-    )
+        f, b, w, flops, act, work, dense, expert, float(np.mean(drops)) if drops else 0.0, 2.0 * a2a, tokens,
+        act_kinds=kinds, host_bytes=host, kernel_sources=sources.summary(),
+    )  # fmt: skip
+
+
+def _keep_all(pol: Policy) -> Policy:
+    """``pol`` with nothing recomputed (what the backward of one unit holds while it runs)."""
+    return replace(pol, mode="none")
+
+
+def _mtp_ops(setup: TrainSetup, ops: list[Op], tokens: int, p: Precision, sp_div: int) -> list[Op]:
+    """The ops of one multi-token-prediction depth besides its decoder layer (DeepSeek-V3 report section 2.2).
+
+    Two RMSNorms (of the hidden state and of the next token's embedding), the projection ``eh_proj`` of
+    their concatenation [T, 2h] -> [T, h], and the shared output head with its cross-entropy; the
+    embedding lookup is shared with the main model. The decoder layer itself is the last layer's ops.
+    """
+    tp, h = setup.tp, setup.model.hidden_size
+    like = next((op for op in ops if op.name == "o_proj"), None)
+    dtype = like.dtype if like is not None else p.activations
+    wb = like.shape.get("w_bytes", p.weight_bytes) if like is not None else p.weight_bytes
+    out = [
+        _copy("norms", "mtp", 2 * tokens / sp_div * h * p.activation_bytes, p.activations),
+        gemm("eh_proj", "mtp", 1, tokens, h // tp, 2 * h, wb, p.activation_bytes, dtype),
+    ]
+    out += [replace(op, group="mtp") for op in _head_ops(setup, tokens, p)]
+    return out
 
 
 def _params(setup: TrainSetup) -> tuple[np.ndarray, np.ndarray]:
     """Parameters one GPU holds per unit, non-expert and expert, shape [L + 2] each."""
     m, lay = setup.model, setup.group_layout
-    L = m.num_layers
-    dense, expert = np.zeros(L + 2), np.zeros(L + 2)
-    for i in range(L):
-        for t in layer_tensors(m, i):
+    L, D = m.num_layers, setup.mtp
+    head = L + D + 1
+    dense, expert = np.zeros(head + 1), np.zeros(head + 1)
+    for i in range(L + D):  # MTP depth d: a decoder layer like the last one, eh_proj [2h, h] and two norms
+        for t in layer_tensors(m, min(i, L - 1)):
             n = params_per_gpu(t, m, lay)
             if t.shard == "experts":
                 expert[i + 1] += n
             else:
                 dense[i + 1] += n
+        if i >= L:
+            dense[i + 1] += 2 * m.hidden_size * m.hidden_size / lay.tp + 2 * m.hidden_size
     for t in embedding_tensors(m):
         n = params_per_gpu(t, m, lay)
         if t.name == "embed_tokens":
             dense[0] += n
-            if m.tie_embeddings and setup.pp > 1:
-                dense[L + 1] += n
+            # a tied head, or MTP's embedding lookup, needs the embedding on the last stage: a copy there
+            # (Megatron's GPTModel builds it where pre_process or mtp_process), unless DualPipe puts both
+            # ends on one rank, which shares it (DeepSeek-V3 report section 3.2.3)
+            if setup.pp > 1 and (m.tie_embeddings or D) and setup.schedule != "dualpipe":
+                dense[head] += n
         else:
-            dense[L + 1] += n
+            dense[head] += n
     return dense, expert
 
 

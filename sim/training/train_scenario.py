@@ -11,9 +11,13 @@ keys are errors. Example::
     gpu: H100-SXM                  # or cluster: dgx-h100-x4
     nodes: 8
     layout: {tp: 1, pp: 4, ep: 8, etp: 1, zero: 1, schedule: interleaved, virtual_stages: 8}
+    # uneven stages: pipeline_layout: "Et*3|(tt|)*29,m|L", or first_stage_layers / last_stage_layers,
+    # or account_for_embedding / account_for_loss (Megatron-Core's options)
     batch: {global_batch: 256, micro_batch: 1, seq_len: 4096}
     precision: {gemm: bf16, grads: fp32, master: fp32, optimizer_states: fp32}
     recompute: none                # none | selective | full
+    activations: {recompute_modules: [core_attn], cross_entropy: unfused, probs_in_act: true}
+    mtp_layers: 0                  # DeepSeek-V3 multi-token prediction depths
     routing: {distribution: uniform, capacity_factor: null}
     overlap: none                  # none | chunk_pairs
     steps: 1
@@ -39,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moesim.model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
 from moesim.model.errors import LayoutError, MoesimError
+from moesim.model.hardware import HardwareSpec
 from moesim.model.hf_config import load_model
 from moesim.model.limits import (
     MAX_BATCH,
@@ -88,6 +93,15 @@ class TrainLayout(_Strict):
             the last micro-batch's backward (Megatron's ``--overlap-grad-reduce``).
         overlap_param_gather: ZeRO's parameter all-gather after the optimizer
             overlaps the next step's first forwards (``--overlap-param-gather``).
+        a2a_backend: who runs the EP dispatch and combine: ``deepep`` (DeepEP's normal kernels, as DeepSeek-V3
+            trained and Megatron's ``flex`` dispatcher runs them) or ``nccl`` (Megatron's ``alltoall``
+            dispatcher), `model.a2a`.
+        pipeline_layout: Megatron-Core's ``--pipeline-model-parallel-layout``: the units of every pipeline
+            stage, e.g. ``"Et|(tt|)*30mL"`` (`sim.training.pipeline.parse_pipeline_layout`).
+        first_stage_layers, last_stage_layers: decoder layers of the first / last pipeline rank
+            (``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``).
+        account_for_embedding, account_for_loss: the embedding / the loss counts as a layer in the even
+            split (``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split``).
     """
 
     tp: int = Field(1, ge=1, le=MAX_GPUS)
@@ -102,6 +116,12 @@ class TrainLayout(_Strict):
     virtual_stages: int = Field(1, ge=1, le=MAX_LAYERS)
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
+    a2a_backend: Literal["deepep", "nccl"] = "deepep"
+    pipeline_layout: str | None = Field(None, min_length=1, max_length=10_000)
+    first_stage_layers: int | None = Field(None, ge=0, le=MAX_LAYERS)
+    last_stage_layers: int | None = Field(None, ge=0, le=MAX_LAYERS)
+    account_for_embedding: bool = False
+    account_for_loss: bool = False
 
 
 class TrainBatch(_Strict):
@@ -124,6 +144,10 @@ class TrainPrecision(_Strict):
         optimizer_states: dtype of Adam's two moments (DeepSeek-V3 keeps bf16).
         dispatch: dtype of the tokens the forward all-to-all dispatches
             (DeepSeek-V3 quantises them to fp8; combines and backward stay bf16).
+        fp8_recipe: how fp8 GEMMs scale (`sim.training.train_cost.FP8_RECIPES`): ``block`` (DeepSeek-V3's
+            1 x 128 / 128 x 128 tiles, Transformer Engine's Float8BlockScaling), ``delayed`` (per-tensor, amax
+            history), ``current`` (per-tensor, an amax pass per cast) or ``mxfp8`` (1 x 32 blocks with
+            power-of-two scales: Blackwell's block-scaled tensor cores only).
     """
 
     gemm: Literal["bf16", "fp8"] = "bf16"
@@ -132,6 +156,7 @@ class TrainPrecision(_Strict):
     master: Literal["fp32", "bf16", "none"] = "fp32"
     optimizer_states: Literal["fp32", "bf16"] = "fp32"
     dispatch: Literal["bf16", "fp8"] = "bf16"
+    fp8_recipe: Literal["block", "delayed", "current", "mxfp8"] = "block"
 
 
 class TrainRouting(_Strict):
@@ -158,6 +183,49 @@ class TrainRouting(_Strict):
     capacity_factor: float | None = Field(None, gt=0, le=MAX_CAPACITY_FACTOR)
 
 
+#: Megatron-Core's ``--recompute-modules`` (``--recompute-granularity selective``), NVIDIA/Megatron-LM@
+#: megatron/core/transformer/moe/README.md ("Checkpointing") and transformer_config.py; ``shared_experts`` since
+#: MCore v0.14. Output-discarding: ``layernorm``, ``mla_up_proj``, ``moe_act``; the others checkpoint the module.
+RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
+#: Megatron-Core's fine-grained activation offloading (``--fine-grained-activation-offloading --offload-modules``,
+#: NVIDIA/Megatron-LM@docs fine_grained_activation_offloading): each module's input goes to host memory after the
+#: forward and comes back before its backward.
+OFFLOAD_MODULES = ("attn_norm", "qkv_linear", "core_attn", "attn_proj", "mlp_norm", "expert_fc1", "moe_act")
+
+
+class TrainActivations(_Strict):
+    """How the saved activations are stored (`sim.training.train_memory`); defaults are Megatron-Core's.
+
+    Attributes:
+        recompute_modules: for ``recompute: selective``, the modules recomputed (`RECOMPUTE_MODULES`);
+            None: Megatron's default ``[core_attn]``.
+        moe_act_input: dtype the routed experts' SwiGLU input is kept in: ``bf16``, or ``fp8`` with one fp32
+            scale per 1x128 tile (DeepSeek-V3 report, arXiv 2412.19437 section 3.3.3 "Low-Precision Activation").
+        attn_out: dtype of the attention output kept for both FlashAttention's and the output projection's
+            backward: ``bf16`` (plus an fp8 copy for an fp8 output projection, as Transformer Engine keeps
+            it), or DeepSeek-V3's one ``e5m6`` copy (12 bits, power-of-2 scales per 1x128 tile; section 3.3.3).
+        probs_in_act: the routing weights multiply the experts' SwiGLU output (Megatron-Core since v0.13,
+            "moving the probs multiplication from unpermutation to activation function of GroupedMLP"), so
+            the unpermutation keeps no expert outputs for the weights' gradient; False: it keeps them.
+        cross_entropy: ``unfused`` (Megatron's ``vocab_parallel_cross_entropy``: fp32 softmax kept, an fp32 copy
+            of the logits in flight), ``fused`` (``--cross-entropy-loss-fusion``: fp32 softmax kept in place of
+            the fp32 logits), ``te`` (``--cross-entropy-fusion-impl te``: Transformer Engine's kernel writes the
+            bf16 logits' gradient in place during the forward and keeps only that).
+        offload_modules: modules whose saved input goes to host memory (`OFFLOAD_MODULES`).
+        offload_gbps: host link bandwidth per direction for the offload copies, GB/s: PCIe Gen5 x16,
+            64 GB/s each way (NVIDIA H100 datasheet: "PCIe Gen5 128 GB/s", both directions together). The
+            copies run on their own stream; only the part longer than the unit's computation is exposed.
+    """
+
+    recompute_modules: list[Literal[RECOMPUTE_MODULES]] | None = None  # type: ignore[valid-type]
+    moe_act_input: Literal["bf16", "fp8"] = "bf16"
+    attn_out: Literal["bf16", "e5m6"] = "bf16"
+    probs_in_act: bool = True
+    cross_entropy: Literal["unfused", "fused", "te"] = "unfused"
+    offload_modules: list[Literal[OFFLOAD_MODULES]] = []  # type: ignore[valid-type]
+    offload_gbps: float = Field(64.0, gt=0, le=1e5)
+
+
 class TrainCost(_Strict):
     """How GPU time is priced (`model.cap.CostAssumptions`)."""
 
@@ -170,10 +238,13 @@ class TrainScenario(_Strict):
     """A training scenario (see the module docstring).
 
     Attributes:
-        recompute: activation recomputation: ``none``; ``selective`` (core
-            attention, norms and activation functions recomputed in the
+        recompute: activation recomputation: ``none``; ``selective`` (the
+            modules of ``activations.recompute_modules`` recomputed in the
             backward, Megatron's selective mode); ``full`` (each layer's
             forward re-run in the backward, only its input kept).
+        activations: how saved activations are stored (`TrainActivations`).
+        mtp_layers: multi-token-prediction depths trained (DeepSeek-V3: 1; Megatron's ``--mtp-num-layers``);
+            the model's config must have them (``num_nextn_predict_layers``).
         overlap: ``none``; ``chunk_pairs``: a forward chunk and a backward
             chunk of two micro-batches run together, each one's all-to-all
             and tensor-parallel communication hidden under the other's
@@ -201,6 +272,8 @@ class TrainScenario(_Strict):
     batch: TrainBatch
     precision: TrainPrecision = TrainPrecision()
     recompute: Literal["none", "selective", "full"] = "none"
+    activations: TrainActivations = TrainActivations()
+    mtp_layers: int = Field(0, ge=0, le=MAX_LAYERS)
     routing: TrainRouting = TrainRouting()
     overlap: Literal["none", "chunk_pairs"] = "none"
     comm_sm_fraction: float = Field(20 / 132, ge=0, lt=1)
@@ -217,6 +290,11 @@ def parse_train_scenario(data: Any, where: str = "scenario") -> TrainScenario:
     if sc.layout.schedule not in SCHEDULES:
         raise MoesimError(
             f"{where}: layout.schedule: unknown schedule {sc.layout.schedule!r}", f"use one of {', '.join(SCHEDULES)}"
+        )
+    if sc.activations.recompute_modules is not None and sc.recompute != "selective":
+        raise MoesimError(
+            f"{where}: activations.recompute_modules is set but recompute is {sc.recompute!r}",
+            "set recompute: selective (Megatron reads --recompute-modules only with --recompute-granularity selective)",
         )
     return sc
 
@@ -243,6 +321,9 @@ class TrainSetup:
         loads: expert load shares [moe_layers, experts], or None (uniform).
         cost_model: a calibrated model named by the scenario, or None.
         assumptions: how GPU time is priced.
+        mtp: multi-token-prediction layers trained.
+        stage_units: per pipeline stage (virtual-stage order), its units: 0 the embedding, 1..L the
+            decoder layers, L+1..L+mtp the MTP layers, L+mtp+1 the LM head.
     """
 
     scenario: TrainScenario
@@ -262,6 +343,8 @@ class TrainSetup:
     loads: np.ndarray | None
     cost_model: CostModel | None
     assumptions: CostAssumptions
+    mtp: int = 0
+    stage_units: tuple[tuple[int, ...], ...] = ()
 
     @property
     def gpus(self) -> int:
@@ -335,6 +418,24 @@ def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
     return CalibratedCostModel(calibrate(paths, holdout=0.0), name="calibrated:" + "+".join(p.name for p in paths))
 
 
+def _check_fp8(p: TrainPrecision, gpu: HardwareSpec) -> None:
+    """`MoesimError` for fp8 GEMMs on a GPU without fp8 tensor cores (no ``fp8`` peak: A100), or the ``mxfp8``
+    recipe on a GPU without block-scaled (microscaling) tensor cores: those came with Blackwell (sm100) and its fp4
+    peak (NVIDIA/TransformerEngine transformer_engine/pytorch/fp8.py check_mxfp8_support: "Device compute
+    capability 10.0 or higher required for MXFP8 execution")."""
+    if p.gemm != "fp8":
+        return
+    if "fp8" not in gpu.peak_flops:
+        raise MoesimError(
+            f"precision.gemm: fp8 on {gpu.key}, which has no fp8 tensor cores", "use precision.gemm: bf16 on this GPU"
+        )
+    if p.fp8_recipe == "mxfp8" and "fp4" not in gpu.peak_flops:
+        raise MoesimError(
+            f"precision.fp8_recipe: mxfp8 on {gpu.key}, which has no block-scaled (MXFP8) tensor cores",
+            "use fp8_recipe: block (DeepSeek-V3's tiles), delayed or current on Hopper; mxfp8 needs Blackwell",
+        )
+
+
 def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: CostModel | None = None) -> TrainSetup:
     """Build a training scenario's objects; `MoesimError` on anything that does not fit together."""
     base = Path(base_dir)
@@ -391,7 +492,9 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
             )
         virtual = 1
     chunks = pp * (1 if lay.schedule == "dualpipe" else virtual)
-    if chunks > model.num_layers:
+    mtp = _mtp_layers(sc, model)
+    stage_units = _stage_units(sc, model, chunks, pp, mtp)
+    if chunks > model.num_layers and lay.pipeline_layout is None:
         raise MoesimError(
             f"pp={pp} x virtual_stages={virtual} = {chunks} pipeline chunks exceed the {model.num_layers} layers "
             f"of {model.name}",
@@ -435,10 +538,11 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
                 "raise global_batch or lower micro_batch or dp",
             )
     try:
-        group_layout = Layout(tp=tp, ep=ep, dp_attn=group // tp, pp=1)
+        group_layout = Layout(tp=tp, ep=ep, dp_attn=group // tp, pp=1, a2a_backend=sc.layout.a2a_backend)
         group_layout.check(model)
     except LayoutError as exc:
         raise MoesimError(exc.message.replace("TP", "training TP", 1), exc.hint) from None
+    _check_fp8(sc.precision, cluster.gpu)
     if cost_model is None and sc.cost_model:
         cost_model = _load_cost_model(sc.cost_model, base)
     return TrainSetup(
@@ -459,4 +563,41 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
         loads=_loads(sc, model, base),
         cost_model=cost_model,
         assumptions=CostAssumptions(pricing=sc.cost.pricing, years=sc.cost.years, utilisation=sc.cost.utilisation),
+        mtp=mtp,
+        stage_units=tuple(tuple(u) for u in stage_units),
     )
+
+
+def _mtp_layers(sc: TrainScenario, model: ModelSpec) -> int:
+    """The MTP depth trained; `MoesimError` when the model's config has fewer MTP layers."""
+    if sc.mtp_layers > model.mtp_layers:
+        has = f"has {model.mtp_layers}" if model.mtp_layers else "has no"
+        raise MoesimError(
+            f"mtp_layers={sc.mtp_layers} but {model.name} {has} multi-token-prediction layers "
+            f"(num_nextn_predict_layers={model.mtp_layers} in its config)",
+            f"set mtp_layers to at most {model.mtp_layers}" if model.mtp_layers else "remove mtp_layers",
+        )
+    return sc.mtp_layers
+
+
+def _stage_units(sc: TrainScenario, model: ModelSpec, stages: int, pp: int, mtp: int) -> list[list[int]]:
+    """Units of each pipeline stage from the layout keys (`sim.training.pipeline`)."""
+    from moesim.sim.training.pipeline import parse_pipeline_layout, split_stage_units
+
+    lay = sc.layout
+    uneven = lay.first_stage_layers is not None or lay.last_stage_layers is not None
+    account = lay.account_for_embedding or lay.account_for_loss
+    if sum((lay.pipeline_layout is not None, uneven, account)) > 1:
+        raise MoesimError(
+            "layout: pipeline_layout, first/last_stage_layers and account_for_embedding/loss are exclusive",
+            "give one way to split the layers over the pipeline stages",
+        )
+    if (uneven or account) and pp == 1:
+        raise MoesimError("layout: an uneven pipeline split needs pp > 1", "remove the split keys or raise pp")
+    if lay.pipeline_layout is not None:
+        return parse_pipeline_layout(lay.pipeline_layout, stages, model.num_layers, mtp)
+    return split_stage_units(
+        model.num_layers, stages, pp=pp, mtp=mtp,
+        first=lay.first_stage_layers, last=lay.last_stage_layers,
+        account_embedding=lay.account_for_embedding, account_loss=lay.account_for_loss,
+    )  # fmt: skip

@@ -1,0 +1,65 @@
+"""Training memory of published MoE training runs that ran: peak per GPU and what dominates it.
+
+Each configuration ran on 80 GB GPUs, with the layout its source states (the example file cites it and names
+every setting that had to be guessed):
+
+- DeepSeek-V3 technical report (arXiv 2412.19437): 2,048 H800, PP16 DualPipe, EP64, FP8
+  (``examples/train-deepseek-v3-h800.yaml``);
+- Megatron-MoE-ModelZoo DeepSeek-V3 best practice: 1,024 H100, TP2 PP8 VPP4 EP64, FP8, MTP, layout
+  ``Et|(tt|)*30mL`` (``examples/train-deepseek-v3-megatron-h100.yaml``);
+- Megatron-LM MoE README, reference mappings: Mixtral-8x7B on 64 H100 (TP1 EP8 PP4 VP8) and Mixtral-8x22B on
+  128 H100 (TP4 EP2 PP8 VP7) (``examples/train-mixtral-8x{7,22}b-h100.yaml``);
+- Megatron-MoE-ModelZoo Qwen3-235B-A22B: 256 H100, TP2 PP8 VPP4 EP32 (``examples/train-qwen3-235b-h100.yaml``).
+
+Run: ``python -m benchmarks.train_memory``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from moesim.model import RooflineCostModel  # noqa: E402
+from moesim.sim.training.train import run  # noqa: E402
+
+EXAMPLES = ROOT / "examples"
+#: (example file, the run as its source states it)
+RUNS = (
+    ("train-deepseek-v3-h800.yaml", "DeepSeek-V3, 2,048 H800, PP16 DualPipe EP64, FP8, MTP 1"),
+    ("train-deepseek-v3-megatron-h100.yaml", "DeepSeek-V3, 1,024 H100, TP2 PP8 VPP4 EP64, FP8, MTP 1 (Megatron)"),
+    ("train-mixtral-8x7b-h100.yaml", "Mixtral-8x7B, 64 H100, TP1 EP8 PP4 VP8, BF16 (Megatron)"),
+    ("train-mixtral-8x22b-h100.yaml", "Mixtral-8x22B, 128 H100, TP4 EP2 PP8 VP7, BF16 (Megatron)"),
+    ("train-qwen3-235b-h100.yaml", "Qwen3-235B-A22B, 256 H100, TP2 PP8 VPP4 EP32, BF16 (Megatron)"),
+)
+
+
+def bench_train_memory() -> tuple[str, dict]:
+    """Peak memory per GPU of each published run and its breakdown (the roofline times the pipeline)."""
+    rows, stats = [], {}
+    for name, label in RUNS:
+        s = run(EXAMPLES / name, cost_model=RooflineCostModel()).summary
+        c = s["mem_by_component_gib"]
+        kinds = sorted(s["activations_by_kind_gib"].items(), key=lambda kv: -kv[1])[:3]
+        stats[name] = {"mem_per_gpu_gib": s["mem_per_gpu_gib"], "fits": s["fits"], "components": c}
+        rows.append(
+            f"| {label} | {s['mem_per_gpu_gib']:.1f} | {'yes' if s['fits'] else 'no'} | {c['params']:.1f} | "
+            f"{c['grads']:.1f} | {c['master_weights'] + c['optimizer_states']:.1f} | {c['activations']:.1f} | "
+            f"{c['working'] + c['comm_buffers']:.1f} | " + ", ".join(f"{k} {v:.1f}" for k, v in kinds) + " |"
+        )
+    text = [
+        "## Training memory of published runs (GiB per GPU, fullest pipeline rank)",
+        "",
+        "| run | peak | fits 80 GB | weights | grads | master + Adam | activations | working + buffers "
+        "| largest activations |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    return "\n".join(text), stats
+
+
+if __name__ == "__main__":
+    print(bench_train_memory()[0])
