@@ -368,6 +368,11 @@ def save(cal: Calibration, path: str | Path, force: bool = False) -> Path:
     return write_file(path, lambda tmp: pq.write_table(table, tmp), owned=is_calibration_file, force=force)
 
 
+class _Outdated(Exception):
+    """A calibration file whose fits use fewer shape features than this version (written before features were
+    added): it cannot be read, only remade from its tables."""
+
+
 def load(path: str | Path) -> Calibration:
     """Read a calibration written by `save`."""
     path = Path(path)
@@ -385,6 +390,11 @@ def load(path: str | Path) -> Calibration:
         )
     try:
         return _from_parts(json.loads(raw), data)
+    except _Outdated as exc:
+        raise MoesimError(
+            f"{path}: a calibration written by an older moesim ({exc})",
+            "write it again from its tables with 'moesim calibrate TABLES --out FILE'",
+        ) from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, ValidationError) as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
         raise MoesimError(
@@ -398,6 +408,9 @@ def _from_parts(meta: dict[str, Any], data: pd.DataFrame) -> Calibration:
     for i, m in enumerate(meta["fits"]):
         rows = data[data["fit"] == i]
         d = len(FEATURES[m["kind"]])
+        have = sum(1 for j in range(d) if f"x{j}" in rows.columns and rows[f"x{j}"].notna().any())
+        if have < d and len(rows):
+            raise _Outdated(f"its {m['kind']} fits have {have} shape features, this moesim uses {d}")
         x = rows[[f"x{j}" for j in range(d)]].to_numpy(float)
         p = m["predictor"]
         pred = fitlib.Predictor(p["method"], x, rows["y"].to_numpy(float), np.asarray(p["coef"], float), p["k"])

@@ -96,3 +96,27 @@ def test_aligned_width_is_not_slowed_by_misaligned_neighbours(tmp_path, width):
     odd = df[df["inter"] == width]  # a measured misaligned width is still its own (slow) self
     pred = np.array([cm.op_time(op, cluster).seconds for op in row_ops("grouped_gemm", odd)])
     assert np.abs(pred / odd["time_s"].to_numpy() - 1).mean() < 0.1
+
+
+def test_calibration_from_before_the_alignment_flags_is_one_clear_line(tmp_path):
+    """A calibration file written before the grouped-GEMM alignment flags existed cannot be read: the error says
+    it is outdated and how to remake it, not that it is damaged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fast_inputs import TABLES
+
+    from moesim.model.errors import MoesimError
+    from moesim.profiling.costmodel import load, save
+
+    path = save(calibrate([TABLES], kinds=["grouped_gemm"]), tmp_path / "cal.parquet")
+    table = pq.read_table(path)
+    old = [c for c in table.column_names if c in {f"x{j}" for j in range(5, 11)}]
+    assert old  # today's grouped-GEMM fits store 11 features
+    older = table.drop(old).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(
+        pa.Table.from_pandas(older.to_pandas(), preserve_index=False).replace_schema_metadata(table.schema.metadata),
+        path,
+    )
+    with pytest.raises(MoesimError) as err:
+        load(path)
+    assert "older moesim" in err.value.one_line() and "moesim calibrate" in err.value.one_line()
