@@ -85,6 +85,12 @@ def test_percentiles_exact_and_nan():
     assert p == pytest.approx({"mean": 2.5, "p50": 2.5, "p90": 3.7, "p99": 3.97})
     assert all(math.isnan(v) for v in percentiles([NAN, NAN]).values())
     assert all(math.isnan(v) for v in percentiles([]).values())
+    # an overloaded run's infinite latencies stay infinite (inf - inf is no gap, not NaN)
+    inf = percentiles([1.0, math.inf, math.inf, math.inf])
+    assert inf["p50"] == inf["p90"] == inf["p99"] == math.inf
+    assert np.array_equal(
+        np.percentile([1.0, 2.0, 3.0, 4.0], [50, 90, 99]), list(percentiles([1, 2, 3, 4]).values())[1:]
+    )
 
 
 def test_summary_keys_documented_and_json_ready():

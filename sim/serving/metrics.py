@@ -297,7 +297,8 @@ def percentiles(x: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float]
     hi = np.minimum(lo + 1, a.size - 1)
     part = np.partition(a, np.unique(np.concatenate([lo, hi])))
     t = pos - lo
-    diff = part[hi] - part[lo]
+    with np.errstate(invalid="ignore"):  # inf - inf (an overloaded run's infinite latencies): equal, no gap
+        diff = np.where(part[hi] == part[lo], 0.0, part[hi] - part[lo])
     p50, p90, p99 = np.where(t >= 0.5, part[hi] - diff * (1 - t), part[lo] + diff * t).tolist()
     return {"mean": float(a.mean()), "p50": p50, "p90": p90, "p99": p99}
 
