@@ -19,6 +19,11 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
     locally and on Dask, resume after kill -9 (`benchmarks/sweep.py`);
 11. the dashboard's first render per page (`benchmarks/dashboard.py`);
 12. serving against real vLLM runs, before and after ``moesim fit-engine`` (`benchmarks/serving_validation.py`).
+
+Sections 13-20 of RESULTS.md come from standalone scripts, not run here: `benchmarks/skew.py`,
+`benchmarks/kernel_identity.py`, `benchmarks/transfer.py`, `benchmarks/alltoall.py`, `benchmarks/train_memory.py`
+(and the Llama-4 rows of section 1, the kernel tables of `profiling/data/cpu-epyc-train`, the trace-import coverage
+of tests/test_trace_import.py).
 """
 
 from __future__ import annotations
