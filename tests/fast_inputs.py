@@ -4,6 +4,7 @@ a hang or a runaway allocation into a failure of one case instead of the machine
 from __future__ import annotations
 
 import contextlib
+import copy
 import resource
 import signal
 from collections.abc import Iterator
@@ -32,6 +33,18 @@ TRAIN: dict[str, Any] = {
     "layout": {"tp": 1, "pp": 2, "ep": 4, "zero": 1},
     "batch": {"global_batch": 32, "micro_batch": 1, "seq_len": 1024},
 }
+
+
+def train_scenario(*overs: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `TRAIN` with each mapping of ``overs`` laid over it in turn: a mapping value merges into the
+    scenario's mapping of that key one level deep (``{"layout": {"pp": 4}}`` keeps tp, ep and zero)."""
+    sc = copy.deepcopy(TRAIN)
+    for over in overs:
+        for key, value in over.items():
+            sc[key] = {**sc[key], **value} if isinstance(value, dict) and isinstance(sc.get(key), dict) else value
+    return sc
+
+
 #: A one-point analytical sweep.
 SWEEP: dict[str, Any] = {
     "name": "t",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fast_inputs import train_scenario  # tests/fast_inputs.py
 
 from moesim.model import ClusterSpec, MoesimError, RooflineCostModel, train_ops
 from moesim.model.ops import Op, gemm
@@ -21,17 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def small(**over: object) -> dict:
     """OLMoE on one 8-GPU H100 node (as tests/test_training.py's)."""
-    sc: dict = {
-        "model": "olmoe-1b-7b",
-        "gpu": "H100-SXM",
-        "nodes": 1,
-        "gpus_per_node": 8,
-        "layout": {"tp": 1, "pp": 2, "ep": 4, "zero": 1},
-        "batch": {"global_batch": 32, "micro_batch": 1, "seq_len": 1024},
-    }
-    for key, value in over.items():
-        sc[key] = {**sc[key], **value} if isinstance(value, dict) and isinstance(sc.get(key), dict) else value
-    return sc
+    return train_scenario(over)
 
 
 class Measured:

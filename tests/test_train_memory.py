@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fast_inputs import train_scenario  # tests/fast_inputs.py
 
 from moesim.dashboard.cli import main
 from moesim.model import MoesimError, RooflineCostModel
@@ -23,20 +24,7 @@ K = {k: i for i, k in enumerate(KINDS)}
 
 def small(**over: object) -> dict:
     """OLMoE (16 MoE layers, 64 experts, top-8, h 2048, i 1024) on one 8-GPU H100 node, TP2 EP4 PP2."""
-    sc: dict = {
-        "model": "olmoe-1b-7b",
-        "gpu": "H100-SXM",
-        "nodes": 1,
-        "gpus_per_node": 8,
-        "layout": {"tp": 2, "pp": 2, "ep": 4, "zero": 1},
-        "batch": {"global_batch": 16, "micro_batch": 1, "seq_len": 1024},
-    }
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(sc.get(key), dict):
-            sc[key] = {**sc[key], **value}
-        else:
-            sc[key] = value
-    return sc
+    return train_scenario({"layout": {"tp": 2}, "batch": {"global_batch": 16}}, over)
 
 
 def kinds(**over: object) -> np.ndarray:

@@ -52,6 +52,7 @@ from moesim.model.layout import Layout
 from moesim.sim.serving.engine import Capacity, check_requests_fit, make_timer, replica_capacity
 from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.metrics import client_times, front_s, percentiles
+from moesim.sim.serving.replica import cacheable_blocks, declared_hit
 from moesim.sim.serving.scenario import Built, Pool
 from moesim.sim.serving.steptime import StepTimer, cost_row, step_breakdown
 from moesim.sim.serving.workload import generate
@@ -218,12 +219,12 @@ def prefix_hits(
     if not caching:
         return none, 0.0
     if declared is not None:
-        return np.minimum(np.round(declared * inp), np.maximum(inp - 1, 0)).astype(float), 0.0
+        return declared_hit(declared, inp).astype(float), 0.0
     if "prefix_id" not in df.columns or "prefix_tokens" not in df.columns:
         return none, 0.0
     order = np.argsort(df["arrival_s"].to_numpy(float), kind="stable") if "arrival_s" in df.columns else None
     pid = df["prefix_id"].to_numpy(np.int64)
-    full = np.minimum(df["prefix_tokens"].to_numpy(np.int64), np.maximum(inp - 1, 0)) // block_size * block_size
+    full = cacheable_blocks(df["prefix_tokens"].to_numpy(np.int64), inp, block_size) * block_size
     seen = np.zeros(len(inp), np.int64)  # earlier requests of the same prefix, in arrival order
     ids = pid if order is None else pid[order]
     ok = ids >= 0

@@ -53,6 +53,24 @@ from moesim.sim.serving.host import EngineProfile
 from moesim.sim.serving.scenario import Pool
 from moesim.sim.serving.steptime import StepCost, StepTimer
 
+
+def cacheable_blocks(prefix_tokens: Any, prompt: Any, block_size: int) -> Any:
+    """Full KV blocks of a prompt's shared prefix that the prefix cache can hold for it: min(prefix, prompt - 1) //
+    block_size (vLLM caches full blocks only and caps a hit at the prompt less its last token; see the module
+    docstring). Ints give an int; arrays [requests] give an array."""
+    if isinstance(prefix_tokens, np.ndarray) or isinstance(prompt, np.ndarray):
+        return np.minimum(prefix_tokens, np.maximum(np.asarray(prompt) - 1, 0)) // block_size
+    return min(int(prefix_tokens), int(prompt) - 1) // block_size
+
+
+def declared_hit(rate: float, prompt: Any) -> Any:
+    """Prompt tokens found in the cache under a declared hit rate: min(round(rate x prompt), prompt - 1). Ints give
+    an int; arrays [requests] give an array."""
+    if isinstance(prompt, np.ndarray):
+        return np.minimum(np.round(rate * prompt), np.maximum(prompt - 1, 0))
+    return min(round(rate * prompt), int(prompt) - 1)
+
+
 #: Most decode steps folded into one event.
 MAX_RUN = 64
 
@@ -170,13 +188,13 @@ class Replica:
             return 0, 0, -1
         inp = int(R.inp[rid])
         if self.declared is not None:
-            return min(round(self.declared * inp), inp - 1), 0, -1
+            return declared_hit(self.declared, inp), 0, -1
         p = int(R.prefix_id[rid])
         blocks = self.pcache.get(p, 0) if p >= 0 else 0
         if not blocks:
             return 0, 0, -1
         bs = self.eng.block_size
-        shared = min(blocks, min(int(R.prefix_tokens[rid]), inp - 1) // bs)
+        shared = min(blocks, cacheable_blocks(R.prefix_tokens[rid], inp, bs))
         return shared * bs, shared, (p if shared else -1)
 
     def _take(self, rid: int, hit: int, shared: int, p: int) -> None:
@@ -216,7 +234,7 @@ class Replica:
         bs = self.eng.block_size
         for rid in cand.tolist():
             p = int(R.prefix_id[rid])
-            full = min(int(R.prefix_tokens[rid]), int(R.inp[rid]) - 1) // bs
+            full = cacheable_blocks(R.prefix_tokens[rid], R.inp[rid], bs)
             if p in self.pcache or full <= 0 or R.comp[rid] < full * bs:
                 continue
             self.pcache[p] = full
