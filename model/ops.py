@@ -37,7 +37,7 @@ from moesim.model.hardware import ClusterSpec
 from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet, layer_sets
-from moesim.model.routing import gpu_loads
+from moesim.model.routing import GpuLoad, gpu_loads
 from moesim.model.spec import ModelSpec
 
 #: Kinds of the memory-bound kernels an inference engine runs between the GEMMs (vLLM's and SGLang's custom
@@ -299,13 +299,35 @@ def experts_op(
         active = min(num_experts / ep, tokens * top_k / ep)
         mean, imbalance = pairs, 1.0
     else:
-        load = gpu_loads(tokens, top_k, ep, loads, phys_to_log, num_experts)
+        load = _gpu_loads_memo(tokens, top_k, ep, loads, phys_to_log, num_experts)
         pairs, active = load.busiest_pairs, float(load.active_experts.max())
         mean, imbalance = float(load.mean_pairs.mean()), load.imbalance
     return fused_moe_op(
         tokens, pairs, active, hidden, width, top_k, num_experts, ep, precision.weight_bytes,
         precision.activation_bytes, dtype, group=group, count=count, moe_tp=moe_tp, mean=mean, imbalance=imbalance,
     )  # fmt: skip
+
+
+#: `_gpu_loads_memo`'s entries, keyed by the routing statistics' bytes (cleared when full).
+_LOADS_MEMO: dict[tuple, GpuLoad] = {}
+
+
+def _gpu_loads_memo(
+    tokens: int, top_k: int, ep: int, loads: np.ndarray | None, phys: np.ndarray | None, num_experts: int
+) -> GpuLoad:
+    """`model.routing.gpu_loads`, memoised by its arguments (the routing statistics by value): a step's
+    decomposition asks for the same token count many times (a decode step at every context, each micro-batch)."""
+    key = (
+        tokens, top_k, ep, num_experts,
+        None if loads is None else (np.shape(loads), np.asarray(loads, float).tobytes()),
+        None if phys is None else (np.shape(phys), np.asarray(phys).tobytes()),
+    )  # fmt: skip
+    hit = _LOADS_MEMO.get(key)
+    if hit is None:
+        if len(_LOADS_MEMO) >= 1 << 14:
+            _LOADS_MEMO.clear()
+        hit = _LOADS_MEMO[key] = gpu_loads(tokens, top_k, ep, loads, phys_to_log=phys, num_experts=num_experts)
+    return hit
 
 
 def topk_op(group: str, count: int, tokens: int, experts: int, top_k: int) -> Op:

@@ -39,7 +39,10 @@ and SGLang schedule them:
 Runs of pure-decode steps with no arrival, completion or admission in between
 are processed in one event (each step still gets its own routing draw and
 time, and its own row in the step table): this is what makes 10,000 requests
-take seconds. A request submitted to the replica during a run (a KV transfer,
+take seconds. A run is timed as one `sim.serving.steptime.StepBlock` (arrays over its
+steps) and recorded as a block of rows (`sim.serving.results.StepLog`): the step table keeps
+every step, one row each (nothing sampled or summarised), so ``--trace`` can draw all of them.
+A request submitted to the replica during a run (a KV transfer,
 a closed-loop client) ends the run after the step in progress.
 
 Before simulating, `check_requests_fit` refuses a workload holding a request no replica could
@@ -80,9 +83,9 @@ from moesim.sim.serving.replica import (
     _Requests,
 )
 from moesim.sim.serving.results import (
-    STEP_COLUMNS,
     TRANSFER_COLUMNS,
     SimResult,
+    StepLog,
     request_table,
 )
 from moesim.sim.serving.scenario import Built
@@ -102,7 +105,7 @@ class Simulation:
         if self.df.empty:
             raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
         self.req = _Requests(self.df)
-        self.steps: list[tuple[Any, ...]] = []
+        self.steps = StepLog()
         self.transfers: list[tuple[Any, ...]] = []
         self.progress = progress
         self.done = 0
@@ -139,6 +142,7 @@ class Simulation:
         self.waiters: dict[int, simpy.Event] = {}
         self.wall0 = time.perf_counter()
         self._last_progress = 0.0
+        self._progress_step = max(1, self.req.n // 100)  # report at least every 1% of requests, whatever the speed
 
     # ---- arrivals and routing --------------------------------------------------------------------
     def next_arrival(self) -> float:
@@ -188,7 +192,8 @@ class Simulation:
         ev = self.waiters.pop(rid, None)
         if ev is not None:
             ev.succeed()
-        if self.progress and (self.done == self.req.n or time.perf_counter() - self._last_progress > 0.2):
+        due = self.done == self.req.n or self.done % self._progress_step == 0
+        if self.progress and (due or time.perf_counter() - self._last_progress > 0.2):
             self._last_progress = time.perf_counter()
             self.progress(self.done, self.req.n, f"{self.env.now:.1f} s simulated")
 
@@ -256,7 +261,7 @@ class Simulation:
         if "prefix_id" in self.df:
             columns |= {"prefix_id": R.prefix_id, "prefix_tokens": R.prefix_tokens}
         req = request_table(columns)
-        steps = pd.DataFrame(self.steps, columns=STEP_COLUMNS)
+        steps = self.steps.frame()
         transfers = pd.DataFrame(self.transfers, columns=TRANSFER_COLUMNS)
         engine_itl = np.concatenate(R.itl) if R.itl else np.zeros(0)
         itl = engine_itl if stream else np.zeros(0)  # the client's: gaps between streamed chunks

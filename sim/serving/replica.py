@@ -50,8 +50,9 @@ import simpy
 from moesim.model import Batch
 from moesim.sim.serving.capacity import Capacity
 from moesim.sim.serving.host import EngineProfile
+from moesim.sim.serving.results import StepLog
 from moesim.sim.serving.scenario import Pool
-from moesim.sim.serving.steptime import StepCost, StepTimer
+from moesim.sim.serving.steptime import StepBlock, StepCost, StepTimer
 
 
 def cacheable_blocks(prefix_tokens: Any, prompt: Any, block_size: int) -> Any:
@@ -71,6 +72,13 @@ def declared_hit(rate: float, prompt: Any) -> Any:
     return min(round(rate * prompt), int(prompt) - 1)
 
 
+#: `StepBlock` fields that are step-table columns of the same name.
+_COST_COLUMNS = (
+    "duration_s", "compute_s", "comm_s", "straggler_s", "fetch_s", "dropped_pairs", "pairs", "bytes", "flops",
+    "scheduler_s", "prepare_s", "sampling_s", "launch_s", "host_s", "scheduler_cpu_s", "prepare_cpu_s",
+    "sampling_cpu_s", "launch_cpu_s", "launches", "graphs",
+)  # fmt: skip
+
 #: Most decode steps folded into one event.
 MAX_RUN = 64
 
@@ -80,7 +88,7 @@ class Host(Protocol):
 
     env: simpy.Environment
     req: _Requests
-    steps: list[tuple[Any, ...]]
+    steps: StepLog
 
     def next_arrival(self) -> float:
         """The next open-loop arrival time, s (inf when none is due)."""
@@ -379,18 +387,17 @@ class Replica:
         left = int((R.out[ids] - R.gen[ids]).min())
         steps = max(1, min(left, MAX_RUN))
         cached0 = R.comp[ids].copy()
-        growth = np.array(
-            [int((self._blocks(cached0 + j + 1) - self._blocks(cached0 + j)).sum()) for j in range(steps)]
-        )
+        # KV blocks the run adds at each step: [steps]
+        growth = np.diff(self._blocks(cached0[None, :] + np.arange(steps + 1)[:, None]).sum(axis=1))
         fits = int(np.searchsorted(self.blocks_used + self._pinned() + np.cumsum(growth) > self.cap.kv_blocks, True))
         if fits == 0:  # not even one step fits: preempt the latest admitted and schedule again
             self._preempt(int(ids[-1]))
             return
         steps = min(steps, fits)
         ones = np.ones(ids.size, np.int64)
-        costs = self.timer.sample_run(ones, cached0[None, :] + np.arange(steps)[:, None])
+        block = self.timer.sample_block(ones, cached0[None, :] + np.arange(steps)[:, None])
         start = self.env.now
-        durations = np.array([c.duration_s for c in costs])
+        durations = block.duration_s
         ends = start + np.cumsum(durations)
         k = min(steps, int(np.searchsorted(ends, self.sim.next_arrival())) + 1)
         self.in_run = True
@@ -401,7 +408,7 @@ class Replica:
             yield self.env.timeout(max(0.0, float(ends[k - 1]) - self.env.now))
         finally:
             self.in_run = False
-        durations, ends, costs = durations[:k], ends[:k], costs[:k]
+        durations, ends = durations[:k], ends[:k]
         self.last_start, self.last_end = float(ends[-1] - durations[-1]), float(ends[-1])
         self.blocks_used += int(growth[:k].sum())
         self._evict()
@@ -416,8 +423,7 @@ class Replica:
         R.comp[ids] += k
         R.gen[ids] += k
         R.last[ids] = ends[-1]
-        for j, cost in enumerate(costs):
-            self._record(float(ends[j] - durations[j]), cost, ids, ones, ids.size, waiting0)
+        self._record_block(ends - durations, block, k, int(ids.size), waiting0)
         self._finish_done(ids)
 
     def _land_later(self, ids: np.ndarray, alloc: np.ndarray, at: float):
@@ -510,3 +516,26 @@ class Replica:
         idle = wait[self.ep_rank] if wait.size == self.pool.layout.ep else 0.0
         # the GPUs idle while the step's exposed host time (scheduler, launches, ...) runs
         self.busy += self.stage_share * (c.duration_s - c.host_exposed_s - idle)
+
+    def _record_block(self, starts: np.ndarray, b: StepBlock, k: int, seqs: int, waiting: int) -> None:
+        """Append the first ``k`` steps of a folded decode run (``seqs`` sequences decoding one token each; every
+        step counted with ``waiting`` waiting and the running requests of now), started at ``starts`` [k] s."""
+        cols: dict[str, Any] = {f: getattr(b, f)[:k] for f in _COST_COLUMNS}
+        cols |= {
+            "replica": self.index,
+            "pool": self.pool.role,
+            "start_s": starts,
+            "phase": "decode",
+            "tokens": seqs,
+            "prefill_tokens": 0,
+            "decode_seqs": seqs,
+            "seqs": seqs,
+            "kv_used_frac": self.kv_used(),
+            "waiting": waiting,
+            "running": len(self.running),
+            "padded_batch": b.padded_batch,
+        }
+        self.sim.steps.extend(cols, k)
+        wait = b.gpu_wait_s[:k]
+        idle = wait[:, self.ep_rank].sum(axis=0) if wait.shape[1] == self.pool.layout.ep else 0.0
+        self.busy += self.stage_share * (float((b.duration_s[:k] - b.host_exposed_s[:k]).sum()) - idle)

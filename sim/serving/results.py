@@ -10,6 +10,7 @@ each means).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,12 @@ STEP_COLUMNS = [
     "padded_batch",
 ]
 
+#: Step columns holding counts (integers).
+_INT_COLUMNS = (
+    "replica", "tokens", "prefill_tokens", "decode_seqs", "seqs", "waiting", "running", "dropped_pairs", "pairs",
+    "launches", "graphs", "padded_batch",
+)  # fmt: skip
+
 
 @dataclass
 class SimResult:
@@ -95,3 +102,61 @@ def request_table(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     latencies in seconds (`sim.serving.metrics.with_derived`): the client's ttft_s, tpot_s (NaN for one-token
     outputs), e2e_s and the engine's engine_ttft_s, engine_tpot_s, engine_e2e_s and queue_s."""
     return with_derived(pd.DataFrame(columns))
+
+
+class StepLog:
+    """The step table as the DES records it: rows one at a time (a single step) or columns a block at a time (a
+    folded decode run, `sim.serving.steptime.StepBlock`), in recording order; `frame` gives the
+    `STEP_COLUMNS` DataFrame with every step, one row each (nothing is sampled or dropped)."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple] = []  # numeric fields of single steps (`_NUMERIC` order)
+        self._blocks: list[np.ndarray] = []  # numeric fields of blocks, [k, len(_NUMERIC)] each
+        self._kinds: list[int] = []  # per entry: its length k, negative for a single step
+        self._text: list[tuple[str, str]] = []  # per entry: (pool, phase)
+
+    def __len__(self) -> int:
+        return int(np.abs(self._kinds).sum()) if self._kinds else 0
+
+    def append(self, row: tuple) -> None:
+        """One step's row, its fields in `STEP_COLUMNS` order."""
+        self._rows.append(tuple(row[i] for i in _NUMERIC_AT))
+        self._text.append((row[_POOL_AT], row[_PHASE_AT]))
+        self._kinds.append(-1)
+
+    def extend(self, columns: dict[str, Any], k: int) -> None:
+        """``k`` steps at once: every `STEP_COLUMNS` name to an array [k] or one value for all ``k`` (``pool`` and
+        ``phase`` one value)."""
+        mat = np.empty((k, len(_NUMERIC)))
+        for i, c in enumerate(_NUMERIC):
+            mat[:, i] = columns[c]
+        self._blocks.append(mat)
+        self._text.append((columns["pool"], columns["phase"]))
+        self._kinds.append(k)
+
+    def frame(self) -> pd.DataFrame:
+        """Every recorded step, one row each (`STEP_COLUMNS`)."""
+        if not self._kinds:
+            return pd.DataFrame(columns=STEP_COLUMNS)
+        kinds = np.asarray(self._kinds)
+        lengths = np.abs(kinds)
+        n = int(lengths.sum())
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        full = np.empty((n, len(_NUMERIC)))
+        if self._rows:
+            full[offsets[kinds < 0]] = np.array(self._rows, dtype=float)
+        if self._blocks:
+            starts, ks = offsets[kinds > 0], kinds[kinds > 0]
+            pos = np.repeat(starts - np.concatenate([[0], np.cumsum(ks)[:-1]]), ks) + np.arange(int(ks.sum()))
+            full[pos] = np.concatenate(self._blocks)
+        text = np.array(self._text, dtype=object)
+        data: dict[str, Any] = {"pool": np.repeat(text[:, 0], lengths), "phase": np.repeat(text[:, 1], lengths)}
+        for i, c in enumerate(_NUMERIC):
+            data[c] = full[:, i].astype(np.int64) if c in _INT_COLUMNS else full[:, i]
+        return pd.DataFrame(data, columns=STEP_COLUMNS)
+
+
+#: Numeric step columns and where they sit in a `STEP_COLUMNS` row.
+_NUMERIC = tuple(c for c in STEP_COLUMNS if c not in ("pool", "phase"))
+_NUMERIC_AT = tuple(STEP_COLUMNS.index(c) for c in _NUMERIC)
+_POOL_AT, _PHASE_AT = STEP_COLUMNS.index("pool"), STEP_COLUMNS.index("phase")

@@ -3,13 +3,19 @@
 `StepTimer.expected` is the analytical step: `model.roofline.estimate_step`
 with the routing statistics and placement, so the MoE layer already waits for
 the *expected* busiest GPU. `StepTimer.sample` is the discrete-event step:
-every op except the routed experts comes from the same estimate, and for each
+every op except the routed experts comes from the same decomposition, and for each
 MoE layer the (token, expert) pairs of the step are drawn from the routing
 statistics (a multinomial over the expert slots of the placement, T x top_k
 draws with slot probability = inclusion probability / top_k), so each GPU's
 pairs and active experts vary from step to step and the layer waits for the
 slowest GPU (the straggler). Per GPU, the grouped-GEMM time of (pairs, active
 experts) is interpolated from a table built once with the cost model.
+
+Speed (the discrete-event step): the routing draws come from `RoutingBank` (exact multinomial samples per layer
+drawn once per pair count, a row per (step, layer) picked at random; the module's tests check the per-step
+distribution against direct draws), a prefill or mixed batch's parts from separable tables over the three numbers
+the non-attention ops depend on, with only the attention ops built per step (`StepTimer._fast_parts`), and a run of
+``k`` steps comes back in columnar form (`StepBlock`, `StepTimer.sample_block`), with its host time vectorised.
 
 Physics options:
 - capacity factor: each expert takes at most ceil(cf x T x top_k / E) pairs
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,14 +56,17 @@ import pandas as pd
 
 from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
 from moesim.model.a2a import a2a_mode, compute_slowdown
+from moesim.model.attention_ops import attention_ops
 from moesim.model.cap import utilisation_exact
-from moesim.model.ops import experts_op
+from moesim.model.hardware import make_cluster
+from moesim.model.op_record import OpContext
+from moesim.model.ops import decompose, experts_op
+from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
 from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
 from moesim.sim.serving.host import (
     EngineProfile,
     attention_launches,
-    exposed,
     graph_mode,
     host_cost,
     kernel_launches,
@@ -66,6 +76,11 @@ from moesim.sim.serving.host import (
 )
 
 _COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
+#: `StepTimer._fast_parts`: ops that depend on the whole batch's tokens, on the attention group's sequences, and on
+#: every sequence's context (the rest depend on the attention group's tokens only); `model.ops.decompose`'s names.
+_T_ALL_OPS = frozenset({"routed_experts", "ep_dispatch", "ep_combine", "dp_gather", "dp_scatter"})
+_ROW_OPS = frozenset({"lm_head", "logits_gather", "sampler"})
+_ATT_OPS = frozenset({"attention", "kv_b_proj"})
 _N = 11  # parts of a batch (`StepTimer._parts`)
 
 
@@ -141,9 +156,216 @@ class StepCost:
         return self.scheduler_s + self.prepare_s + self.sampling_s + self.launch_s
 
 
+#: `StepBlock` fields held per step as arrays [k] (`StepCost`'s scalar fields but ``padded_batch``).
+_BLOCK_FIELDS = (
+    "duration_s", "compute_s", "comm_s", "straggler_s", "fetch_s", "pairs", "dropped_pairs", "bytes", "flops",
+    "scheduler_s", "prepare_s", "sampling_s", "launch_s", "host_s", "scheduler_cpu_s", "prepare_cpu_s",
+    "sampling_cpu_s", "launch_cpu_s", "launches", "graphs",
+)  # fmt: skip
+
+
+@dataclass
+class StepBlock:
+    """``k`` consecutive steps' costs in columnar form: each `StepCost` field an array [k] (s, counts, bytes,
+    FLOP), ``gpu_wait_s`` [k, G], ``padded_batch`` one int for all (a block is one batch shape). What the DES
+    records a folded decode run from without building a `StepCost` per step; `cost` gives one step's."""
+
+    duration_s: np.ndarray
+    compute_s: np.ndarray
+    comm_s: np.ndarray
+    straggler_s: np.ndarray
+    fetch_s: np.ndarray
+    pairs: np.ndarray
+    dropped_pairs: np.ndarray
+    bytes: np.ndarray
+    flops: np.ndarray
+    gpu_wait_s: np.ndarray
+    scheduler_s: np.ndarray
+    prepare_s: np.ndarray
+    sampling_s: np.ndarray
+    launch_s: np.ndarray
+    host_s: np.ndarray
+    scheduler_cpu_s: np.ndarray
+    prepare_cpu_s: np.ndarray
+    sampling_cpu_s: np.ndarray
+    launch_cpu_s: np.ndarray
+    launches: np.ndarray
+    graphs: np.ndarray
+    padded_batch: int = 0
+
+    def __len__(self) -> int:
+        return len(self.duration_s)
+
+    @property
+    def host_exposed_s(self) -> np.ndarray:
+        """Host time each step pays beyond its GPU time, s, shape [k]."""
+        return self.scheduler_s + self.prepare_s + self.sampling_s + self.launch_s
+
+    def cost(self, j: int) -> StepCost:
+        """Step ``j`` as a `StepCost`."""
+        kw: dict[str, Any] = {f: getattr(self, f)[j].item() for f in _BLOCK_FIELDS}
+        for f in ("pairs", "dropped_pairs", "launches", "graphs"):
+            kw[f] = int(kw[f])
+        return StepCost(gpu_wait_s=self.gpu_wait_s[j], padded_batch=self.padded_batch, **kw)
+
+    def costs(self) -> list[StepCost]:
+        """Every step as a `StepCost`."""
+        return [self.cost(j) for j in range(len(self))]
+
+
 def _q(x: float, per_octave: int = 48) -> int:
     """Log-scale bucket of a count (exact up to 64)."""
     return int(x) if x <= 64 else 64 + round(per_octave * math.log2(x / 64.0))
+
+
+class RoutingBank:
+    """Exact routing samples of a replica's MoE layers, drawn once per pair count and reused by every step.
+
+    The discrete-event step needs, per MoE layer, each GPU's routed pairs and active experts under this step's
+    routing: a multinomial of the step's (token, expert) pairs over the placement's expert slots (slot
+    probability = inclusion probability / top_k), capped by the capacity factor. Drawing it for every step costs
+    one multinomial per layer and step (``L x S`` binomials); instead, per pair count ``n`` and per distinct
+    layer (layers with the same slot probabilities share one), this bank draws ``rows`` such multinomials once
+    and keeps each GPU's pairs, active experts and drops. A step then takes, for each layer independently, one
+    row of the layer's bank chosen uniformly at random: each layer's (pairs, active) vector is an exact draw of
+    the current sampler (the same multinomial), layers are independent as before, and a run of ``k`` steps costs
+    one gather of [k, L, G]. Rows are reused across steps; with ``rows`` samples per layer and ``L`` layers per
+    step the per-step variation keeps its distribution (`tests/test_des_speed.py` checks it against direct
+    multinomial draws).
+
+    Pair counts up to `EXACT` (any count under a capacity factor) each get their own bank; above, counts share
+    the bank of the nearest point ``nb`` of a grid `PER_OCTAVE` per octave (at most 2.2% apart; half as many
+    points where a bank has under 256 rows), each GPU's pairs moved to ``n``: mean x n / nb, deviation from it x
+    sqrt(n / nb) (a multinomial's mean and variance at ``n``), its seconds along their slope per pair.
+    ``rows`` is the most samples per layer that keep one bank at `BUDGET` multinomial categories (rows x distinct
+    layers x slots), at least `MIN_ROWS`; a bank starts at `FIRST_ROWS` and grows with use (see there).
+
+    Args:
+        slot_p: slot probabilities [L, S] (rows sum to 1).
+        times: grouped-GEMM seconds of (pairs, active experts) arrays, elementwise (`StepTimer.expert_times`).
+        ep: expert-parallel GPUs G (S / G slots each, in order).
+        replicas: replicas of each slot's expert [L, S] (the capacity factor's split).
+        num_experts: logical experts E.
+        capacity_factor: None: dropless.
+        rng: the bank's generator.
+    """
+
+    EXACT = 64
+    PER_OCTAVE = 16
+    BUDGET = 1 << 17
+    MIN_ROWS, MAX_ROWS = 8, 16384
+    #: A pair count's first bank has at most FIRST_ROWS rows; once it has served as many steps as it has rows it is
+    #: drawn anew 4 times bigger, up to ``rows`` (a count seen a few times costs little, one in heavy use gets the
+    #: full bank); a full bank is drawn anew after serving max(REUSE x rows, MIN_REFRESH) steps, so a long run does
+    #: not lean on one set of rows (their sampling error averages out over refreshes as a per-step sampler's does).
+    FIRST_ROWS = 1024
+    REUSE, MIN_REFRESH = 64, 512
+
+    def __init__(
+        self,
+        slot_p: np.ndarray,
+        times: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        ep: int,
+        replicas: np.ndarray,
+        num_experts: int,
+        capacity_factor: float | None,
+        rng: np.random.Generator,
+    ) -> None:
+        key = np.concatenate([slot_p, replicas.astype(float)], axis=1)
+        distinct, self.layer_of = np.unique(key, axis=0, return_inverse=True)
+        self.layer_of = self.layer_of.reshape(-1)
+        s = slot_p.shape[1]
+        self.p, self.rep, self.times = distinct[:, :s], distinct[:, s:], times
+        self.ep, self.per_gpu = ep, s // ep
+        self.num_experts, self.capacity_factor, self.rng = num_experts, capacity_factor, rng
+        self.rows = int(np.clip(self.BUDGET // (len(distinct) * s), self.MIN_ROWS, self.MAX_ROWS))
+        self._banks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._means: dict[int, np.ndarray] = {}
+        self._used: dict[int, int] = {}
+        self._rows: dict[int, int] = {}
+
+    def grid(self, n: int) -> int:
+        """The pair count whose bank serves ``n`` pairs (``n`` itself under a capacity factor: capped loads do not
+        move with the count the way `draw` moves a grid point's)."""
+        if n <= self.EXACT or self.capacity_factor is not None:
+            return n
+        per = self.PER_OCTAVE if self.rows >= 256 else self.PER_OCTAVE // 2  # a costly bank: half as many
+        j = round(per * math.log2(n / self.EXACT))
+        return round(self.EXACT * 2 ** (j / per))
+
+    def samples(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The bank of ``n`` pairs (exactly ``n``, no grid), per distinct layer: each GPU's pairs [D, rows, G], its
+        grouped-GEMM seconds [D, rows, G] (``times``), their slope per pair [D, rows, G] (s; 0 on a GPU with no
+        pairs) and the dropped pairs [D, rows].
+
+        The multinomial is drawn as its chain of conditional binomials (slot j gets Binomial(pairs left, p_j /
+        (1 - p_1 - ... - p_{j-1}))), vectorised over every row and layer: the same distribution as
+        ``Generator.multinomial``, one call per slot instead of one per row.
+        """
+        hit = self._banks.get(n)
+        if hit is None:
+            d, m, s = len(self.p), self._rows.setdefault(n, min(self.rows, self.FIRST_ROWS)), self.p.shape[1]
+            counts = np.empty((d, m, s), np.int64)
+            rem = np.full((d, m), n, np.int64)
+            left = np.ones(d)
+            for j in range(s - 1):
+                q = np.clip(self.p[:, j] / np.maximum(left, 1e-300), 0.0, 1.0)
+                x = self.rng.binomial(rem, q[:, None])
+                counts[:, :, j] = x
+                rem -= x
+                left -= self.p[:, j]
+            counts[:, :, -1] = rem
+            dropped = np.zeros((d, m))
+            if self.capacity_factor is not None:
+                cap = np.ceil(self.capacity_factor * n / self.num_experts / self.rep)[:, None, :]  # [D, 1, S]
+                over = np.maximum(counts - cap, 0)
+                dropped = over.sum(axis=2)
+                counts = counts - over.astype(counts.dtype)
+            per = counts.reshape(d, m, self.ep, self.per_gpu)
+            pairs, active = per.sum(axis=3).astype(float), (per > 0).sum(axis=3).astype(float)
+            te = self.times(pairs, active)
+            slope = np.where(pairs > 0, self.times(pairs + 1.0, active) - te, 0.0)
+            hit = self._banks[n] = (pairs, te, slope, dropped)
+        return hit
+
+    def draw(self, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Routing of ``k`` steps of ``n`` pairs per layer: each GPU's grouped-GEMM seconds [k, L, G] and the
+        dropped pairs [k] (summed over layers); each (step, layer) one row of the layer's bank drawn with ``rng``.
+        A grid point's rows are moved to ``n`` pairs (see the class docstring), their seconds along the slope."""
+        nb = self.grid(n)
+        pairs, te, slope, dropped = self.samples(nb)
+        rows = len(pairs[0])
+        self._used[nb] = self._used.get(nb, 0) + k
+        grow = rows < self.rows and self._used[nb] >= rows
+        if grow or self._used[nb] >= max(self.REUSE * rows, self.MIN_REFRESH):  # drawn anew from the next call on
+            del self._banks[nb], self._used[nb]
+            self._means.pop(nb, None)
+            if grow:  # a count in use gets a bigger bank, up to ``rows``
+                self._rows[nb] = min(4 * rows, self.rows)
+        idx = rng.integers(0, rows, size=(k, len(self.layer_of)))
+        layer = self.layer_of[None, :]
+        t, dr = te[layer, idx], dropped[layer, idx].sum(axis=1)
+        if nb != n:  # mean x n / nb, deviation from it x sqrt(n / nb)
+            f = n / nb
+            mean = self._means.get(nb)
+            if mean is None:
+                mean = self._means[nb] = pairs.mean(axis=1)[layer]  # [1, L, G]
+            p = pairs[layer, idx]
+            moved = np.maximum(f * mean + math.sqrt(f) * (p - mean), 0.0)
+            t = t + slope[layer, idx] * (moved - p)
+            dr = dr * f
+        return t, dr
+
+    def draw_pairs(self, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Like `draw`, but each GPU's pairs [k, L, G] (moved to ``n`` for a grid point)."""
+        nb = self.grid(n)
+        pairs = self.samples(nb)[0]
+        idx = rng.integers(0, len(pairs[0]), size=(k, len(self.layer_of)))
+        p = pairs[self.layer_of[None, :], idx]
+        if nb != n:
+            f, mean = n / nb, pairs.mean(axis=1)[self.layer_of[None, :]]
+            p = np.maximum(f * mean + math.sqrt(f) * (p - mean), 0.0)
+        return p
 
 
 class StepTimer:
@@ -183,10 +405,17 @@ class StepTimer:
         self.loads, self.phys = loads, phys_to_log
         self.capacity_factor, self.overlap, self.offload = capacity_factor, overlap, offload
         self.rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._bank: RoutingBank | None = None
         self._memo: dict[tuple, tuple] = {}
         self.moe = model.moe if model.is_moe else None
         self.n_moe = model.num_moe_layers if self.moe else 0
         self.n_layers = model.num_layers
+        # `_fast_parts`: the layer sets whose attention ops each step builds (the replica's and one device's)
+        self._gemm_dtype = precision.gemm_compute_dtype(cluster.gpu.peak_flops)
+        self._one = make_cluster(cluster.gpu, gpus_per_node=1, nodes=1, name="one device")
+        self._att_sets = [g for stage in layout.stage_layers(model) for g in layer_sets(model, stage)]
+        self._util_sets = [g for stage in Layout().stage_layers(model) for g in layer_sets(model, stage)]
         if self.moe is None:
             return
         moe, ep = self.moe, layout.ep
@@ -327,6 +556,8 @@ class StepTimer:
                     hit = self._memo[key] = self._compute(new, cached, exact)
                 return hit
             return self.decode_parts(s, np.array([kv]), exact)[0]
+        if not exact and self._fast_ok():  # the discrete-event step: separable tables, no bucket
+            return self._fast_parts(new, cached)
         if exact:  # the analytical step: keyed by the batch itself, so a result never depends on what ran before
             key = ("exact", new.astype(np.int64).tobytes(), np.asarray(cached, np.int64).tobytes())
         else:
@@ -368,7 +599,11 @@ class StepTimer:
         hit = self._memo.get(key)
         if hit is None:
             ctx = max(round(2 ** (bucket / 4) / seqs) - 1, 0)
-            hit = self._memo[key] = self._compute(np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64), exact)
+            new, cached = np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64)
+            if not exact and self._fast_ok():  # the discrete-event step: separable tables
+                hit = self._memo[key] = self._fast_parts(new, cached, "decode")
+            else:
+                hit = self._memo[key] = self._compute(new, cached, exact)
         return hit
 
     def _compute(self, new: np.ndarray, cached: np.ndarray, exact: bool) -> np.ndarray:
@@ -393,6 +628,127 @@ class StepTimer:
             launches, attention = 2 * launches, 2 * attention  # each micro-batch launches its own kernels
         use = utilisation_exact(self.model, batch, self.cluster.gpu, 1.0, 1, self.precision)
         return np.array([*parts, rho, use.bytes, use.flops, launches, attention, *waits])
+
+    # ---- separable step tables (the discrete-event step of a prefill or mixed batch) -------------------------
+    def _fast_ok(self) -> bool:
+        """Whether `_fast_parts` may stand for `_compute` in the discrete-event step: always, but for an engine
+        whose host issues launches one by one while the GPU waits (its launch waits need the whole op list)."""
+        prof = self.profile
+        return prof is None or prof.ideal or bool(prof.overlap)
+
+    def _fast_parts(
+        self, new: np.ndarray, cached: np.ndarray, phase: str | None = None, halves: bool = True
+    ) -> np.ndarray:
+        """`_compute`'s parts [_N] of a batch from separable tables (the discrete-event step: prefill and mixed
+        batches, and the grid edges of `decode_parts`).
+
+        Every op of `model.ops.decompose` but the core attention depends on one number of the batch only: the
+        busiest attention group's tokens (projections, norms, router, shared experts...), the whole batch's tokens
+        (routed experts, all-to-all, DP gather/scatter) or the attention group's sequences (LM head, logits gather,
+        sampler). Each of those three sums (seconds by class, launches; and S-MBU/S-MFU's bytes and FLOP from the
+        one-device decomposition of `model.cap.utilisation_exact`) is a table over its number (`_sep`: computed
+        once per entry from `decompose` on a one-sequence batch, exact up to 64 and linear between entries 1/32
+        octave apart beyond; kernel launches exact), so only the attention ops (``attention``, MLA's
+        ``kv_b_proj``), which depend on every sequence's context, are built (`model.attention_ops.attention_ops`)
+        and timed per step.
+        ``phase``: the batch's label (default: from its tokens), which sets MLA's form and the all-to-all mode;
+        ``halves``: with two-batch overlap, compute rho from the two micro-batches (as `_compute` does).
+        """
+        if phase is None:
+            phase = "decode" if int(new.max()) == 1 else "prefill" if int(cached.max()) == 0 else "mixed"
+        lay = self.layout
+        dp = max(lay.dp_attn, 1)
+        total = int(new.sum())
+        if dp > 1 and new.size > 1:  # `Batch.split` deals sequences round-robin; the busiest group attends
+            groups = [(int(new[g::dp].sum()), len(new[g::dp]), g) for g in range(min(dp, new.size))]
+            g = max(groups, key=lambda x: (x[0], x[1]))[2]
+            a_new, a_cached = new[g::dp], cached[g::dp]
+        else:
+            a_new, a_cached = new, cached
+        t_attn, rows = int(a_new.sum()), int(a_new.size)
+        whole_t = self._sep("tokens", phase, total)
+        out = self._sep("tokens", phase, t_attn)[0] + whole_t[1] + self._sep("rows", phase, rows)[0]
+        util = whole_t[2] + self._sep("rows", phase, int(new.size))[2]
+        # the attention ops, per step
+        p = self.precision
+        absorb = phase != "prefill"
+        attn = Batch(tuple(a_new.tolist()), tuple(a_cached.tolist()), phase)
+        whole = Batch(tuple(new.tolist()), tuple(cached.tolist()), phase)
+        ctx = OpContext(self.model, whole, attn, lay, self.cluster, p, self._gemm_dtype)
+        att = 0.0
+        for g in self._att_sets:
+            for op in attention_ops(ctx, g, absorb):
+                if op.name in _ATT_OPS:
+                    sec = self.cost_model.op_time(op, self.cluster).seconds * op.count
+                    out[0] += sec
+                    out[4] += op.kernels * op.count
+                    if op.kind == "attention":
+                        att += op.kernels * op.count
+        one = OpContext(self.model, whole, whole, Layout(), self._one, p, self._gemm_dtype)
+        for g in self._util_sets:
+            for op in attention_ops(one, g, phase == "decode"):  # `utilisation_exact`: MLA absorbed for decode only
+                if op.name in _ATT_OPS:
+                    util[0] += (op.weight_bytes + op.kv_bytes) * op.count
+                    util[1] += op.flops * op.count
+        launches, attention = out[4], att
+        rho = 1.0
+        if halves and self.overlap == "two_batch" and new.size >= 2:
+            cut = (slice(0, None, 2), slice(1, None, 2))
+            parts = [self._fast_parts(new[h], cached[h], "mixed", halves=False) for h in cut]
+            whole_s = out[0] + out[3]
+            rho = sum(h[0] + h[3] for h in parts) / whole_s if whole_s > 0 else 1.0
+            launches, attention = 2 * launches, 2 * attention
+        return np.array([out[0], out[1], out[2], out[3], rho, util[0], util[1], launches, attention, 0.0, 0.0])
+
+    def _sep(self, kind: str, phase: str, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The separable sums at ``x`` (`_fast_parts`), exact up to 64 and linear between entries 1/32 octave
+        apart beyond: for ``kind`` ``tokens`` (the ops depending on the attention group's tokens, those depending
+        on the whole batch's tokens, the one-device bytes and FLOP of both), for ``rows`` (the ops depending on
+        the attention group's sequences, unused, their one-device bytes and FLOP). Vectors: (other compute s,
+        all-to-all s, other comm s, routed experts s, kernel launches) and (bytes, FLOP)."""
+        if x <= 64:
+            return self._sep_entry(kind, phase, x)
+        j = 32 * math.log2(x / 64)
+        lo, hi = round(64 * 2 ** (math.floor(j) / 32)), round(64 * 2 ** ((math.floor(j) + 1) / 32))
+        if hi <= lo or x <= lo:
+            return self._sep_entry(kind, phase, lo)
+        f = (x - lo) / (hi - lo)
+        a, b = self._sep_entry(kind, phase, lo), self._sep_entry(kind, phase, hi)
+        out = [(1 - f) * u + f * v for u, v in zip(a, b, strict=True)]
+        for i in (0, 1):  # kernel launches are counts, monotone in x: the entries' when they agree, else x's own
+            if a[i][4] != b[i][4]:
+                out[i][4] = self._sep_entry(kind, phase, x)[i][4]
+        return tuple(out)  # type: ignore[return-value]
+
+    def _sep_entry(self, kind: str, phase: str, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One `_sep` entry, computed from `decompose` once (memoised)."""
+        key = ("table", kind, phase, x)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        dp = max(self.layout.dp_attn, 1)
+        if kind == "tokens":
+            batch, one = Batch((x,), (0,), phase), Batch((x,), (0,), phase)
+        else:  # every attention group gets x sequences of one token
+            batch, one = Batch((1,) * (x * dp), (0,) * (x * dp), phase), Batch((1,) * x, (0,) * x, phase)
+        est = self.estimate(batch, per_layer=False)
+        first, second = np.zeros(5), np.zeros(5)
+        for op, tm in zip(est.ops, est.times, strict=True):
+            if op.name in _ATT_OPS or (kind == "tokens") == (op.name in _ROW_OPS):
+                continue
+            vec = first if kind == "rows" or op.name not in _T_ALL_OPS else second
+            sec = tm.seconds * op.count
+            cls = 3 if op.name == "routed_experts" else 1 if op.kind == "all_to_all" else 2 if op.kind in _COMM else 0
+            vec[cls] += sec
+            vec[4] += op.kernels * op.count
+        use = np.zeros(2)
+        cluster = self._one
+        for op in decompose(self.model, one, Layout(), cluster, self.precision):
+            if op.name in _ATT_OPS or (kind == "tokens") == (op.name in _ROW_OPS):
+                continue
+            use += ((op.weight_bytes + op.kv_bytes) * op.count, op.flops * op.count)
+        hit = self._memo[key] = (first, second, use)
+        return hit
 
     def _launch_waits(self, est: StepEstimate) -> tuple[float, float]:
         """(eager, piecewise) forward seconds beyond the GPU time of ``est``'s ops, issued by one CPU thread."""
@@ -504,7 +860,7 @@ class StepTimer:
             np.zeros((1, 1)),
             np.zeros((1, max(self.layout.ep, 1))),
             (*shape, padded),
-        )[0]
+        ).cost(0)
 
     def _padded(self, shape: tuple[int, int, str]) -> int:
         """Sequences the GPU runs: the capture size of a decode graph replay, else the batch's sequences."""
@@ -515,10 +871,19 @@ class StepTimer:
 
     def sample(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
         """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches."""
-        return self.sample_run(np.asarray(new), np.asarray(cached)[None, :])[0]
+        return self.sample_block(np.asarray(new), np.asarray(cached)[None, :]).cost(0)
 
     def sample_run(self, new: np.ndarray, cached: np.ndarray) -> list[StepCost]:
         """``k`` consecutive steps of the same sequences, new tokens [B], cached tokens [k, B]."""
+        return self.sample_block(np.asarray(new), np.asarray(cached)).costs()
+
+    def sample_block(self, new: np.ndarray, cached: np.ndarray) -> StepBlock:
+        """`sample_run` in columnar form: ``k`` steps of the same sequences, new tokens [B], cached tokens [k, B].
+
+        Each step gets its own routing draw (`_route`): per MoE layer a draw of each GPU's (pairs, active
+        experts) from the layer's bank of exact routing samples (`RoutingBank`), so a run of steps costs a few
+        array gathers and reductions, not a multinomial and a dozen reductions per step.
+        """
         k = cached.shape[0]
         shape = _shape(new, cached[0])
         padded = self._padded(shape)
@@ -533,23 +898,65 @@ class StepTimer:
             z = np.zeros(k)
             return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)), step)
         tokens = int(new.sum()) + (padded - int(new.size))  # padded dummy tokens are routed too
-        n_pairs = tokens * self.moe.top_k
+        slowest, straggler, wait, pairs_total, dropped, fetch = self._route(k, tokens * self.moe.top_k)
+        extras = np.stack([pairs_total, dropped, fetch], axis=1)
+        return self._combine(parts, slowest, straggler, fetch, extras, wait, step)
+
+    def _route(
+        self, k: int, n_pairs: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Routing of ``k`` steps of ``n_pairs`` (token, expert) pairs per MoE layer: (per-layer expert time of
+        the slowest GPU [k, L] s, straggler [k] s, each GPU's wait [k, G] s, routed pairs [k], dropped pairs [k],
+        expert fetches [k] s).
+
+        Without offloading the draws come from `RoutingBank` (per layer, exact multinomial samples of each GPU's
+        pairs and active experts, drawn once per pair count and reused); with offloading every step draws its own
+        multinomial, since the expert cache needs which slots each step touched.
+        """
+        assert self.moe is not None
+        pairs_total = np.full(k, float(n_pairs * self.n_moe))
+        if self.offload is None:
+            te, dropped = self.bank.draw(n_pairs, k, self.rng)  # [k, L, G], [k]
+            fetch = np.zeros(k)
+        else:
+            te, dropped, fetch = self._route_direct(k, n_pairs)
+        slowest = te.max(axis=2)
+        straggler = (slowest - te.mean(axis=2)).sum(axis=1)
+        wait = (slowest[:, :, None] - te).sum(axis=1)  # [k, G]
+        return slowest, straggler, wait, pairs_total, dropped, fetch
+
+    def _route_direct(self, k: int, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Routing of ``k`` steps drawn step by step (one multinomial per step and layer, the sampler `RoutingBank`
+        reuses): per GPU expert times [k, L, G] s, dropped pairs [k], expert fetches [k] s (with offloading)."""
+        assert self.moe is not None
+        ep = max(self.layout.ep, 1)
         counts = self.rng.multinomial(n_pairs, self.slot_p, size=(k, self.n_moe))  # [k, L, S]
-        pairs_total = np.full(k, n_pairs * self.n_moe)
         dropped = np.zeros(k)
         if self.capacity_factor is not None:
             cap = np.ceil(self.capacity_factor * n_pairs / self.moe.num_experts / self.replicas)
             over = np.maximum(counts - cap, 0)
-            dropped = over.sum(axis=(1, 2))
+            dropped = over.sum(axis=(1, 2)).astype(float)
             counts = counts - over.astype(counts.dtype)
         per = counts.reshape(k, self.n_moe, ep, self.per_gpu)
         te = self.expert_times(per.sum(axis=3), (per > 0).sum(axis=3))  # [k, L, G]
-        slowest = te.max(axis=2)
-        straggler = (slowest - te.mean(axis=2)).sum(axis=1)
-        wait = (slowest[:, :, None] - te).sum(axis=1)  # [k, G]
         fetch = np.array([self._fetch(per[j]) for j in range(k)]) if self.offload else np.zeros(k)
-        extras = np.stack([pairs_total, dropped, fetch], axis=1)
-        return self._combine(parts, slowest, straggler, fetch, extras, wait, step)
+        return te, dropped, fetch
+
+    @property
+    def bank(self) -> RoutingBank:
+        """The routing-sample bank of this replica's MoE layers (built on first use)."""
+        if self._bank is None:
+            assert self.moe is not None
+            self._bank = RoutingBank(
+                self.slot_p,
+                self.expert_times,
+                max(self.layout.ep, 1),
+                self.replicas,
+                self.moe.num_experts,
+                self.capacity_factor,
+                np.random.default_rng(self._seed + 7919),
+            )
+        return self._bank
 
     def _combine(
         self,
@@ -560,7 +967,7 @@ class StepTimer:
         extras: np.ndarray,
         wait: np.ndarray,
         step: tuple[int, int, str, int] = (0, 0, "decode", 0),
-    ) -> list[StepCost]:
+    ) -> StepBlock:
         """Steps from their parts [k, _N], per-layer expert times [k, L], stragglers [k], fetches [k], and
         ``step`` = (sequences, tokens, phase, padded sequences) for the host time."""
         other, a2a, comm, rho, nbytes, flops = (
@@ -589,47 +996,71 @@ class StepTimer:
             compute = other + experts - straggler
             total = other + experts + a2a + comm + fetch
             comm_total = a2a + comm
-        pairs = extras[:, 0] if extras.shape[1] > 1 else np.zeros(len(total))
-        dropped = extras[:, 1] if extras.shape[1] > 1 else np.zeros(len(total))
+        k = len(total)
+        pairs = extras[:, 0] if extras.shape[1] > 1 else np.zeros(k)
+        dropped = extras[:, 1] if extras.shape[1] > 1 else np.zeros(k)
         seqs, tokens, phase, padded = step
-        out = []
-        for j in range(len(total)):
-            cost = StepCost(
-                float(total[j]),
-                float(compute[j]),
-                float(comm_total[j]),
-                float(straggler[j]),
-                float(fetch[j]),
-                int(pairs[j]),
-                int(dropped[j]),
-                float(nbytes[j]),
-                float(flops[j]),
-                wait[j],
-                padded_batch=padded,
-            )
-            if self.profile is not None and not self.profile.ideal:
-                self._add_host(cost, seqs, tokens, phase, parts[j, 7:])
-            out.append(cost)
-        return out
+        zero = np.zeros(k)
+        host = dict.fromkeys(_BLOCK_FIELDS[9:], zero)
+        if self.profile is not None and not self.profile.ideal:
+            host = self._host_block(total, seqs, tokens, phase, parts[:, 7:])
+            total = host.pop("duration_s")
+        return StepBlock(
+            duration_s=np.asarray(total, float),
+            compute_s=np.asarray(compute, float),
+            comm_s=np.asarray(comm_total, float),
+            straggler_s=np.asarray(straggler, float),
+            fetch_s=np.asarray(fetch, float),
+            pairs=np.asarray(pairs, float),
+            dropped_pairs=np.asarray(dropped, float),
+            bytes=np.asarray(nbytes, float),
+            flops=np.asarray(flops, float),
+            gpu_wait_s=wait,
+            padded_batch=padded,
+            **host,
+        )
 
-    def _add_host(self, cost: StepCost, seqs: int, tokens: int, phase: str, launch_parts: np.ndarray) -> None:
-        """Add the engine's host time to a step whose GPU time ``cost.duration_s`` holds (in place).
+    def _host_block(
+        self, gpu_s: np.ndarray, seqs: int, tokens: int, phase: str, launch_parts: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The engine's host time of steps of GPU time ``gpu_s`` [k] (s): the host fields of `StepBlock` and the
+        new ``duration_s`` [k]. Per step the same as `sim.serving.host.exposed` on `host_cost`.
 
-        ``launch_parts``: (kernel launches, attention launches, eager launch wait s, piecewise launch wait s).
+        ``launch_parts`` [k, 4]: (kernel launches, attention launches, eager launch wait s, piecewise launch
+        wait s).
         """
         prof = self.profile
         assert prof is not None
-        launches, att, eager_wait, piece_wait = (float(x) for x in launch_parts)
+        k = len(gpu_s)
         mode = graph_mode(prof, phase, seqs, tokens)
-        hc = host_cost(prof, seqs, tokens, round(launches), mode, round(att), self.n_layers + 1)
-        # the forward from its first launch: the GPU runs a full graph back to back once it is replayed
-        wait = {"eager": eager_wait, "piecewise": piece_wait, "full": hc.launch_s}[mode]
-        sched, prep, samp, launch = exposed(prof, cost.duration_s, hc, cost.duration_s + wait)
-        cost.scheduler_s, cost.prepare_s, cost.sampling_s, cost.launch_s = sched, prep, samp, launch
-        cost.host_s, cost.launches, cost.graphs = hc.total_s, hc.launches, hc.graphs
-        cost.scheduler_cpu_s, cost.prepare_cpu_s = hc.scheduler_s, hc.prepare_s
-        cost.sampling_cpu_s, cost.launch_cpu_s = hc.sampling_s, hc.launch_s
-        cost.duration_s = cost.duration_s + sched + prep + samp + launch
+        out = {f: np.zeros(k) for f in _BLOCK_FIELDS[9:]}
+        counts = np.round(launch_parts[:, :2]).astype(np.int64)
+        same = k == 1 or bool((counts == counts[0]).all())
+        keys = counts[:1] if same else np.unique(counts, axis=0)
+        for launches, att in keys.tolist():
+            rows = slice(None) if same else np.flatnonzero((counts[:, 0] == launches) & (counts[:, 1] == att))
+            hc = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+            g = gpu_s[rows]
+            # the forward from its first launch: the GPU runs a full graph back to back once it is replayed
+            wait = {"eager": launch_parts[rows, 2], "piecewise": launch_parts[rows, 3]}.get(mode)
+            cpu = (hc.scheduler_s, hc.prepare_s, hc.sampling_s, hc.launch_s)
+            if prof.overlap:  # `host.exposed`: the host time beyond the GPU time, shared in proportion
+                total = sum(cpu)
+                extra = np.maximum(total - g, 0.0)
+                f = extra / total if total > 0.0 else np.zeros_like(g)
+                ex = [c * f for c in cpu]
+            else:
+                forward = g + (hc.launch_s if wait is None else wait)
+                ex = [np.full_like(g, hc.scheduler_s), np.full_like(g, hc.prepare_s), np.full_like(g, hc.sampling_s)]
+                ex.append(np.maximum(forward - g, 0.0))
+            for name, v in zip(("scheduler_s", "prepare_s", "sampling_s", "launch_s"), ex, strict=True):
+                out[name][rows] = v
+            out["host_s"][rows], out["launches"][rows], out["graphs"][rows] = hc.total_s, hc.launches, hc.graphs
+            out["scheduler_cpu_s"][rows], out["prepare_cpu_s"][rows] = hc.scheduler_s, hc.prepare_s
+            out["sampling_cpu_s"][rows], out["launch_cpu_s"][rows] = hc.sampling_s, hc.launch_s
+        sched, prep, samp, launch = out["scheduler_s"], out["prepare_s"], out["sampling_s"], out["launch_s"]
+        out["duration_s"] = gpu_s + sched + prep + samp + launch
+        return out
 
     def _fetch(self, per: np.ndarray) -> float:
         """Seconds fetching missed experts this step: per layer, the slowest GPU's misses over its host link."""
