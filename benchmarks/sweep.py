@@ -9,12 +9,21 @@ on local processes and on a Dask LocalCluster, and resume after kill -9.
   `LocalCluster` on 127.0.0.1 (one thread per worker).
 - Resume: the discrete-event sweep of `tests/test_sweep.py` style, started as a real process, killed with
   SIGKILL once its first shard lands, then run again; points lost and points stored twice are counted.
+- Old against new (``--old REV``, default 466109d; ``--old none`` skips it): the same two sweeps on the code of
+  commit REV (``git archive REV`` into a temporary folder, run in a subprocess whose ``PYTHONPATH`` makes
+  ``import moesim`` that code), timed the same way; the analytical rows compared column by column (equal to
+  float rounding: rel 1e-12), the capacities compared configuration by configuration (new / old).
+  ``--old-results DIR`` takes the old run's ``analytical.parquet`` / ``des.parquet`` / ``timing.json`` from
+  an earlier run instead (``--keep DIR`` keeps this run's there).
 
-Run: ``python -m benchmarks.sweep [--quick]`` (or ``make bench``).
+Run: ``python -m benchmarks.sweep [--quick] [--old REV | --old-results DIR] [--keep DIR]`` (``make bench``
+runs it without the old code).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
@@ -27,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
@@ -42,6 +52,7 @@ def _analytical(tmp: Path) -> dict:
     res = run_sweep(spec, tmp / "analytical", workers=1, post=False)
     s = res.summary
     configs = res.results["config_key"].nunique()
+    res.results.to_parquet(tmp / "analytical.parquet")
     return {
         "points": s["points"],
         "configurations": int(configs),
@@ -64,6 +75,7 @@ def _des(tmp: Path, quick: bool) -> dict:
     out: dict = {"points": len(expand(spec).points)}
     res = run_sweep(spec, tmp / "des-local", workers=2)
     df = res.results
+    df.to_parquet(tmp / "des.parquet")
     out["local_s"] = res.summary["run_s"]
     out["status"] = res.summary["status"]
     out["des_runs"] = int(df["capacity_runs"].sum())
@@ -134,9 +146,133 @@ def _resume(tmp: Path) -> dict:
     }
 
 
-def bench_sweep(quick: bool = False) -> tuple[str, dict]:
-    """Section 10 (see the module docstring)."""
+_OLD_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+
+def main():
+    import moesim
+    from moesim.sim.sweeps.sweep import run_sweep
+    from moesim.sim.sweeps.sweep_spec import parse_sweep
+    spec_a, spec_d, out = parse_sweep(json.loads(sys.argv[1])), parse_sweep(json.loads(sys.argv[2])), Path(sys.argv[3])
+    timing = {"moesim": moesim.__file__}
+    ra = run_sweep(spec_a, out / "a", workers=1, post=False)
+    ra.results.to_parquet(out / "analytical.parquet")
+    timing["analytical_run_s"], timing["analytical_points_per_s"] = ra.summary["run_s"], ra.summary["points_per_s"]
+    rd = run_sweep(spec_d, out / "d", workers=2, post=False)
+    rd.results.to_parquet(out / "des.parquet")
+    timing["des_run_s"] = rd.summary["run_s"]
+    (out / "timing.json").write_text(json.dumps(timing))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _specs(quick: bool) -> tuple[dict, dict]:
+    """The analytical and the discrete-event sweep files as mappings (``quick``: the 12-configuration one)."""
+    ana = yaml.safe_load((ROOT / "examples" / "sweep-mixtral-gpu-choice.yaml").read_text())
+    des = yaml.safe_load((ROOT / "benchmarks" / "sweep-des-capacity.yaml").read_text())
+    if quick:
+        des["axes"] |= {"gpu": ["H100-SXM"], "gpus": [2, 8], "max_batch": [256], "routing_skew": [0]}
+        des["axes"]["precision"] = ["fp8", "bf16"]
+    return ana, des
+
+
+def _old_run(rev: str, quick: bool, tmp: Path) -> Path:
+    """Both sweeps on the code of commit ``rev`` in a subprocess; returns the folder of its results."""
+    code = tmp / "old-code"
+    (code / "moesim").mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(code / "moesim")], input=archive, check=True)
+    script = tmp / "old_sweeps.py"
+    script.write_text(_OLD_SCRIPT)
+    ana, des = _specs(quick)
+    out = tmp / "old"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(code))
+    cmd = [sys.executable, str(script), json.dumps(ana), json.dumps(des), str(out)]
+    subprocess.run(cmd, check=True, cwd=tmp, env=env)
+    timing = json.loads((out / "timing.json").read_text())
+    if not timing["moesim"].startswith(str(code)):
+        raise RuntimeError(f"the old run imported {timing['moesim']}, not the code of {rev}")
+    return out
+
+
+def _compare(new_dir: Path, old_dir: Path) -> dict:
+    """The new results against the old: analytical columns equal to float rounding, capacities by configuration."""
+    out: dict = {"timing": json.loads((old_dir / "timing.json").read_text())}
+    a_new = pd.read_parquet(new_dir / "analytical.parquet").set_index("point_id")
+    a_old = pd.read_parquet(old_dir / "analytical.parquet").set_index("point_id")
+    common = a_new.index.intersection(a_old.index)
+    differ = {}
+    for c in a_old.columns.intersection(a_new.columns):
+        if c == "wall_s":
+            continue
+        x, y = a_old.loc[common, c], a_new.loc[common, c]
+        if x.dtype.kind == "f" and y.dtype.kind == "f":
+            same = np.isclose(x, y, rtol=1e-12, atol=0.0, equal_nan=True) | (x == y)
+        else:
+            same = (x == y) | (x.isna() & y.isna())
+        if not same.all():
+            differ[c] = int((~same).sum())
+    out["analytical_points_compared"] = len(common)
+    out["analytical_columns_differing"] = differ
+    cols = ["label", "capacity_req_s", "capacity_runs"]
+    d_new = pd.read_parquet(new_dir / "des.parquet").set_index("point_id")[cols]
+    d_old = pd.read_parquet(old_dir / "des.parquet").set_index("point_id")[cols]
+    both = d_old.merge(d_new, left_index=True, right_index=True, suffixes=("_old", "_new"))
+    both = both.drop(columns="label_new").rename(columns={"label_old": "label"})
+    both["ratio"] = both["capacity_req_s_new"] / both["capacity_req_s_old"]
+    out["des_table"] = both.reset_index(drop=True)
+    r = both["ratio"].dropna()
+    out["des_configurations"] = len(both)
+    out["des_equal"] = int((both["capacity_req_s_new"] == both["capacity_req_s_old"]).sum())
+    out["des_ratio_median"] = float(r.median()) if len(r) else None
+    out["des_ratio_range"] = (float(r.min()), float(r.max())) if len(r) else None
+    out["des_found_old_new"] = (int(both["capacity_req_s_old"].notna().sum()), int(r.size))
+    out["des_runs_old_new"] = (int(both["capacity_runs_old"].sum()), int(both["capacity_runs_new"].sum()))
+    return out
+
+
+def _comparison_lines(c: dict, rev: str, a: dict, d: dict) -> list[str]:
+    t = c["timing"]
+    lo, hi = c["des_ratio_range"] or (math.nan, math.nan)
+    lines = [
+        f"Against the code of {rev} (same machine, same run):",
+        "",
+        "| measure | old | new | new / old |",
+        "|---|---|---|---|",
+        f"| analytical sweep, points/s/core | {t['analytical_points_per_s']:,.0f} | "
+        f"{a['points_per_s_per_core']:,.0f} | {a['points_per_s_per_core'] / t['analytical_points_per_s']:.1f}x |",
+        f"| discrete-event capacity sweep, 2 processes, s | {t['des_run_s']:.0f} | {d['local_s']:.0f} | "
+        f"{d['local_s'] / t['des_run_s']:.2f} |",
+        f"| discrete-event simulations | {c['des_runs_old_new'][0]} | {c['des_runs_old_new'][1]} | |",
+        "",
+        f"Analytical rows: {c['analytical_points_compared']} points compared, columns differing beyond float "
+        f"rounding (rel 1e-12): {c['analytical_columns_differing'] or 'none'}.",
+        f"Capacities: found in {c['des_found_old_new'][0]} (old) and {c['des_found_old_new'][1]} (new) of "
+        f"{c['des_configurations']} configurations; identical in {c['des_equal']}; new / old "
+        f"{c['des_ratio_median']:.3f} at the median ({lo:.3f} to {hi:.3f}).",
+        "",
+        "| configuration | capacity old, req/s | capacity new, req/s | new / old | runs old | runs new |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in c["des_table"].itertuples():
+        lines.append(
+            f"| {row.label} | {row.capacity_req_s_old:.2f} | {row.capacity_req_s_new:.2f} | {row.ratio:.3f} | "
+            f"{row.capacity_runs_old} | {row.capacity_runs_new} |"
+        )
+    return [*lines, ""]
+
+
+def bench_sweep(
+    quick: bool = False, old: str | None = None, old_results: Path | None = None, keep: Path | None = None
+) -> tuple[str, dict]:
+    """Section 10 (see the module docstring). ``old``: a commit to compare against (None: none);
+    ``old_results``: an earlier old run's results folder instead; ``keep``: a folder for this run's results."""
     tmp = Path(tempfile.mkdtemp(prefix="moesim-bench-sweep-"))
+    cmp = None
     try:
         r = _resume(tmp)
         print(f"resume: {r}", file=sys.stderr, flush=True)
@@ -144,6 +280,15 @@ def bench_sweep(quick: bool = False) -> tuple[str, dict]:
         print(f"analytical: {a}", file=sys.stderr, flush=True)
         d = _des(tmp, quick)
         print(f"discrete-event: {d}", file=sys.stderr, flush=True)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("analytical.parquet", "des.parquet"):
+                shutil.copy(tmp / name, keep / name)
+        if old_results is None and old is not None:
+            old_results = _old_run(old, quick, tmp)
+        if old_results is not None:
+            cmp = _compare(tmp, old_results)
+            print(f"old against new: { ({k: v for k, v in cmp.items() if k != 'des_table'}) }", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = __doc__.split("\n\n")[1]
@@ -153,10 +298,10 @@ def bench_sweep(quick: bool = False) -> tuple[str, dict]:
         "|---|---|---|",
         f"| analytical sweep, {a['points']:,} points ({a['configurations']} configurations), one core | "
         f"{a['points_per_s_per_core']:,.0f} points/s ({a['run_s']:.1f} s; expansion {a['expand_s']:.2f} s, "
-        f"{a['expand_points_per_s']:,.0f} points/s) | ≥ 2,000 points/s/core |",
+        f"{a['expand_points_per_s']:,.0f} points/s) | ≥ 10,000 points/s/core |",
         f"| discrete-event capacity search, {d['points']} configurations, 2 local processes | "
         f"{d['local_s']:.0f} s ({d['des_runs']:,} simulations, {d['runs_per_point']:.1f} per configuration) | "
-        "≤ 600 s |",
+        "≤ 120 s |",
         "| the same on a 2-worker Dask LocalCluster | "
         + (f"{d['dask_s']:.0f} s (same capacities: {d['dask_same_results']})" if d.get("dask_s") else "not run")
         + " | about the local time |",
@@ -172,10 +317,25 @@ def bench_sweep(quick: bool = False) -> tuple[str, dict]:
             f"analytical model's is {d['des_over_analytical_median']:.2f} at the median ({lo:.2f} to {hi:.2f}).",
             "",
         ]
-    return "\n".join(lines), {"analytical": a, "des": d, "resume": r}
+    if cmp is not None:
+        lines += _comparison_lines(cmp, old or str(old_results), a, d)
+        cmp["des_table"] = cmp["des_table"].to_dict("records")
+    return "\n".join(lines), {"analytical": a, "des": d, "resume": r, "old_against_new": cmp}
+
+
+def _arg(name: str, default: str | None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
 if __name__ == "__main__":
-    text, s = bench_sweep("--quick" in sys.argv)
+    rev = _arg("--old", "466109d")
+    prior = _arg("--old-results", None)
+    kept = _arg("--keep", None)
+    text, s = bench_sweep(
+        "--quick" in sys.argv,
+        old=None if rev in (None, "none") or prior else rev,
+        old_results=Path(prior) if prior else None,
+        keep=Path(kept) if kept else None,
+    )
     print(text)
     print(s, file=sys.stderr)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.metrics import client_times, front_s, percentiles
 from moesim.sim.serving.replica import cacheable_blocks, declared_hit
 from moesim.sim.serving.scenario import Built, Pool
-from moesim.sim.serving.steptime import StepTimer, cost_row, step_breakdown
+from moesim.sim.serving.steptime import BREAKDOWN_PARTS, StepCost, StepTimer, cost_row, step_breakdown
 from moesim.sim.serving.workload import generate
 
 
@@ -462,6 +463,220 @@ class Analytical:
         for entry in out.values():
             entry.pop("steps", None)
         return out
+
+    # ---- many rates at once (the sweep's path) ----------------------------------------------------------------
+    def summaries(self, rates: Sequence[float]) -> list[dict[str, Any]]:
+        """`summary` at each of ``rates`` (req/s, open loop), the same figures (to float rounding) at a fraction
+        of the cost: the rate-independent pieces (prices, peaks, engine profiles, the request path) once, each
+        rate's steady state from the timers' memoised steps, the latency arrays of all rates as one
+        [rates, requests] array and their percentiles row by row, and the step breakdown from the steps
+        themselves (memoised per steady-state shape) instead of a steps table. ``wall_s`` is the batch's wall
+        time shared evenly. `summary` stays the reference (`tests/test_sweep_fast.py` compares them).
+
+        Raises:
+            MoesimError: a rate that is not > 0 (as `summary`).
+        """
+        t0 = time.perf_counter()
+        rates = [float(r) for r in rates]
+        for r in rates:
+            if not r > 0:
+                raise MoesimError(f"request rate must be > 0 req/s, got {r}", "give a positive rate")
+        if not rates:
+            return []
+        built, pools = self.built, self.pools
+        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
+        states_all, ttft, e2e, tpot = self._solve_many(rates)
+        gpus, gpu = built.gpus, built.cluster.gpu
+        try:
+            per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
+        except MoesimError as exc:
+            per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
+        slo = built.scenario.slo
+        ok = np.ones(ttft.shape, bool)
+        if slo.ttft_s is not None:
+            ok &= ttft <= slo.ttft_s
+        if slo.tpot_s is not None:
+            ok &= (tpot[:, None] <= slo.tpot_s) | (out <= 1)[None, :]
+        att = ok.mean(axis=1)
+        bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
+        n_rep = sum(p.replicas for p in built.pools)
+        t_stats, e_stats = _row_percentiles(ttft), _row_percentiles(e2e)
+        mean_e2e = e2e.mean(axis=1)
+        energy_w = gpus * gpu.tdp_w if gpu.tdp_w else None
+        results = []
+        for i, (rate, states) in enumerate(zip(rates, states_all, strict=True)):
+            overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
+            out_tok_s = rate * mean_out
+            main = states.get("mixed") or states["decode"]
+            smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
+            smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
+            summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
+            tp = float(tpot[i])
+            stats = {"ttft": t_stats[i], "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tp), "e2e": e_stats[i]}
+            for name, values in stats.items():
+                for k, v in values.items():
+                    summary[f"{name}_{k}_s"] = v
+            summary.update(
+                {
+                    "throughput_req_s": rate,
+                    "throughput_tok_s": out_tok_s,
+                    "input_tok_s": rate * mean_in,
+                    "total_tok_s": rate * (mean_in + mean_out),
+                    "goodput_req_s": rate * float(att[i]),
+                    "slo_attainment": float(att[i]),
+                    "mean_batch": main.batch,
+                    "s_mbu": smbu,
+                    "s_mfu": smfu,
+                    "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
+                    "cost_basis": basis,
+                    "energy_j_per_token": energy_w / out_tok_s if energy_w and out_tok_s > 0 else None,
+                    "gpus": gpus,
+                    "replicas": n_rep,
+                    "step_s": main.tau,
+                    "decode_step_s": main.t_decode,
+                    "mixed_step_s": main.t_mixed,
+                    "overloaded": bool(overloaded),
+                    "overload_reason": "; ".join(overloaded),
+                    "simulated_s": float(len(inp) / rate + mean_e2e[i]),
+                    "step_breakdown": self._breakdown_fast(states),
+                }
+            )
+            results.append(summary)
+        wall = (time.perf_counter() - t0) / len(rates)
+        for summary in results:
+            summary["wall_s"] = wall
+        return results
+
+    def _solve_many(self, rates: list[float]) -> tuple[list[dict[str, PoolState]], np.ndarray, np.ndarray, np.ndarray]:
+        """`solve` at each of ``rates``: pool states per rate, TTFT and E2E [rates, requests] s, TPOT [rates] s.
+
+        The mixed pool's per-request latencies are one broadcast over [rates, requests] (the same operations as
+        `solve`'s, so the same floats); a disaggregated deployment takes `solve` rate by rate.
+        """
+        built, pools = self.built, self.pools
+        if "mixed" not in pools:
+            solved = [self.solve(r) for r in rates]
+            return (
+                [s[0] for s in solved],
+                np.stack([s[1] for s in solved]),
+                np.stack([s[2] for s in solved]),
+                np.array([s[3] for s in solved], float),
+            )
+        p, cap, timer = pools["mixed"], self.caps["mixed"], self.timers["mixed"]
+        mean_in, mean_out, base_hits = self.mean_in, self.mean_out, self.hits
+        n_r = len(rates)
+        states_all: list[dict[str, PoolState]] = []
+        hits2 = np.broadcast_to(base_hits, (n_r, len(base_hits))).copy()
+        resid, lag, budget, t_dec, extra = (np.empty(n_r) for _ in range(5))
+        overlap = engine_profile(p.engine, built.base_dir).overlap
+        h_mean = base_hits.mean()
+        for i, rate in enumerate(rates):
+            r = rate / p.replicas
+            s = pool_state(timer, cap, p, r, mean_in, mean_out, "mixed", h_mean)
+            kept = self._kept(s, cap.kv_tokens)
+            if kept < 1.0:
+                hits2[i] = base_hits * kept
+                s = pool_state(timer, cap, p, r, mean_in, mean_out, "mixed", hits2[i].mean())
+            s.cached = float(hits2[i].mean())
+            states_all.append({"mixed": s})
+            resid[i] = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
+            budget[i] = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
+            extra[i] = (s.t_mixed - s.t_decode) / max(s.chunk, 1)
+            lag[i] = s.tau if overlap else 0.0
+            t_dec[i] = s.t_decode
+        inp = self.inp[None, :] - hits2
+        col = (resid + lag)[:, None]
+        ttft = col + np.ceil(inp / budget[:, None]) * t_dec[:, None] + inp * extra[:, None]
+        tpot = np.array([st["mixed"].tau for st in states_all], float)
+        e2e = ttft + 0.0 + np.maximum(self.out - 1, 0)[None, :] * tpot[:, None]
+        path = engine_profile(p.engine, built.base_dir)
+        h = path.host
+        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"])[None, :]
+        ttft, e2e = client_times(
+            front + ttft,
+            front + e2e,
+            self.out,
+            detokenize_per_token_s=h["detokenize_per_token_s"],
+            stream=path.stream,
+            chunk_tokens=path.stream_chunk_tokens,
+        )
+        return states_all, ttft, e2e, tpot
+
+    def _breakdown_fast(self, states: dict[str, PoolState]) -> dict[str, dict[str, Any]]:
+        """`breakdown` built from the steps themselves, memoised per steady-state shape (a fresh copy each call).
+
+        With one step per phase (always, here: the decode and the mixed step of a mixed pool; the prefill and the
+        decode step of a disaggregated one) ``step_breakdown``'s means are the steps' own values; anything else
+        takes `breakdown`.
+        """
+        ctx = int(self.mean_in + self.mean_out / 2)
+        costs: list[tuple[StepCost, str]] = []
+        key: list[Any] = []
+        for role, st in states.items():
+            if st.overloaded and not st.tau:
+                continue
+            timer = self.timers[role]
+            b = 0 if role == "prefill" else max(1, round(st.batch))
+            packed = role == "mixed" and st.mixed_frac >= 1.0
+            computed = self.mean_in - st.cached
+            chunk_ctx = int(st.cached) if packed else chunk_context(computed, st.cached, st.chunks)
+            chunk = st.chunk if role != "decode" else 0
+            dec, mix = _steps(timer, b, ctx, chunk, chunk_ctx)
+            key.append((role, id(timer), b, chunk, chunk_ctx))
+            if dec is not None:
+                costs.append((dec, "decode"))
+            if role != "decode":
+                costs.append((mix, "prefill" if role == "prefill" else "mixed"))
+        phases = [ph for _, ph in costs]
+        if len(set(phases)) != len(phases):
+            return self.breakdown(states)
+        memo = self.__dict__.setdefault("_breakdown_memo", {})
+        k = tuple(key)
+        hit = memo.get(k)
+        if hit is None:
+            by_phase = {q: c for c, q in costs}
+            order = [ph for ph in ("decode", "prefill", "mixed") if ph in by_phase]
+            hit = memo[k] = {ph: _breakdown_entry(by_phase[ph]) for ph in order}
+        return {ph: {**e, "share": dict(e["share"])} for ph, e in hit.items()}
+
+
+def _breakdown_entry(cost: StepCost) -> dict[str, Any]:
+    """`step_breakdown`'s entry of a phase holding the one step ``cost`` (without its ``steps`` count)."""
+    step_s = float(cost.duration_s)
+    entry: dict[str, Any] = {"step_s": step_s}
+    for name, cols in BREAKDOWN_PARTS.items():
+        entry[name] = float(sum(float(getattr(cost, c)) for c in cols))
+    entry["share"] = {name: entry[name] / step_s if step_s > 0 else 0.0 for name in BREAKDOWN_PARTS}
+    entry["host_cpu_s"] = float(cost.host_s)
+    entry["launches"] = float(cost.launches)
+    entry["graphs"] = float(cost.graphs)
+    entry["padded_batch"] = float(cost.padded_batch)
+    return entry
+
+
+_QS = np.array([0.50, 0.90, 0.99])
+
+
+def _row_percentiles(a: np.ndarray) -> list[dict[str, float]]:
+    """`sim.serving.metrics.percentiles` of each row of ``a`` [rows, n] (the same order statistics and linear
+    interpolation, from one partition of the whole array); a row holding NaN takes `percentiles` itself."""
+    if a.shape[1] == 0 or np.isnan(a).any():
+        return [percentiles(row) for row in a]
+    n = a.shape[1]
+    pos = _QS * (n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    part = np.partition(a, np.unique(np.concatenate([lo, hi])), axis=1)
+    t = pos - lo
+    p_lo, p_hi = part[:, lo], part[:, hi]
+    with np.errstate(invalid="ignore"):
+        diff = np.where(p_hi == p_lo, 0.0, p_hi - p_lo)
+    q = np.where(t >= 0.5, p_hi - diff * (1 - t), p_lo + diff * t)
+    means = a.mean(axis=1)
+    return [
+        {"mean": float(m), "p50": float(r[0]), "p90": float(r[1]), "p99": float(r[2])}
+        for m, r in zip(means.tolist(), q.tolist(), strict=True)
+    ]
 
 
 def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:

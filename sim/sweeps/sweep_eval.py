@@ -4,7 +4,11 @@
 in a worker process and returns one row per point. Each process keeps the
 objects it built (scenario, analytical model with its memoised step times,
 expert placements) keyed by configuration, so the points of one
-configuration cost one build between them.
+configuration cost one build between them. The analytical points of one
+configuration go through `evaluate_rates` together: `Analytical.summaries`
+solves every rate from the same memoised steps and evaluates the latencies of
+all rates as one array (the same figures as `evaluate` point by point, which
+stays the reference).
 
 Capacity search (`capacity`): the highest request rate whose TTFT and TPOT
 percentiles meet the SLOs. The analytical model's answer is found by
@@ -12,7 +16,10 @@ bisection on log(rate); with the discrete-event engine it is the starting
 point of a bracket (widened by x1.5 steps until one end meets the SLOs and
 the other does not) that seeded simulations then bisect until high / low <=
 1 + tolerance. Each simulation replays the same seeded request sample, so
-the search is deterministic.
+the search is deterministic. A simulation certain to miss the SLOs (enough
+requests already over the TTFT or TPOT bound for the percentile to exceed it)
+stops there (`_probe`): it fails as the whole run would, so the search and its
+result are unchanged, without the drain of an overloaded queue.
 """
 
 from __future__ import annotations
@@ -128,6 +135,68 @@ def _des(built: Built, rate: float | None, seed: int, requests: int | None = Non
     return des_summary(b, simulate(b, seed))
 
 
+class _Missed(Exception):
+    """Raised inside a capacity probe once its TTFT percentile is certain to miss the SLO (`_probe`)."""
+
+
+def _probe(
+    built: Built,
+    rate: float,
+    seed: int,
+    requests: int,
+    percentile: int,
+    ttft_s: float | None,
+    tpot_s: float | None = None,
+) -> dict[str, Any]:
+    """A capacity-search simulation at ``rate`` req/s: `_des`'s summary, or, once the run's TTFT or TPOT at
+    ``percentile`` is certain to exceed ``ttft_s`` / ``tpot_s`` s, a stub summary saying it missed
+    (``stopped_early``).
+
+    Certain: with n requests, p = percentile / 100 and lo = floor(p (n - 1)), the percentile interpolates between
+    the order statistics lo and lo + 1, so it exceeds the SLO once n - lo requests have a TTFT over it. A request
+    counts when its engine first token (or, still waiting, the simulated clock) is more than ``ttft_s`` after its
+    arrival: the client's first token comes no earlier (`sim.serving.metrics.client_times`). The stub fails
+    `meets` as the whole run would, and the search never takes a failed run's figures, so stopping changes no
+    result; it saves the drain of an overloaded queue. TPOT likewise over the requests of more than one output
+    token, when the client streams (its TPOT is then the engine's (finish - first) / (out - 1), and a request
+    still decoding finishes no earlier than the simulated clock).
+    """
+    from moesim.sim.serving.engine import Simulation
+    from moesim.sim.serving.serve import des_summary
+
+    b = _with_rate(built, rate, requests)
+    if ttft_s is None and tpot_s is None:
+        return _des(built, rate, seed, requests)
+    sim: Any = None
+    need = need_tpot = 0
+
+    def watch(done: float, total: float, label: str) -> None:
+        req, now = sim.req, sim.env.now
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if ttft_s is not None:
+                first = np.where(np.isnan(req.first), now, req.first)
+                if int(np.count_nonzero(first - req.arrival > ttft_s)) >= need:
+                    raise _Missed
+            if need_tpot:  # streamed: TPOT = (finish - first) / (out - 1), the finish no earlier than now
+                end = np.where(np.isnan(req.finish), now, req.finish)
+                tpot = (end - req.first) / (req.out - 1.0)
+                if int(np.count_nonzero((req.out > 1) & (tpot > tpot_s * (1 + 1e-9)))) >= need_tpot:
+                    raise _Missed
+        sim._last_progress = -math.inf  # look again at the next finished request (the engine throttles by wall time)
+
+    sim = Simulation(b, seed, watch)
+    n, q = sim.req.n, percentile / 100
+    need = n - math.floor(q * (n - 1))
+    m = int(np.count_nonzero(sim.req.out > 1))  # the TPOT percentile is over multi-token outputs
+    if tpot_s is not None and sim.path.stream and m:
+        need_tpot = m - math.floor(q * (m - 1))
+    try:
+        result = sim.run()
+    except _Missed:
+        return {"overloaded": True, "stopped_early": True, "requests": n, "completed": sim.done}
+    return des_summary(b, result)
+
+
 def _slos(spec: SweepSpec, built: Built) -> tuple[float | None, float | None]:
     cap = spec.capacity
     slo = built.scenario.slo
@@ -182,7 +251,7 @@ def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, A
     built = model.built
     ttft, tpot = _slos(spec, built)
     r_a, r_a_fail = _bisect_analytical(model, cap, ttft, tpot)
-    runs = 0
+    runs = stopped = 0
     if spec.engine == "analytical":
         best = model.summary(r_a) if r_a > 0 else None
         found = r_a
@@ -191,10 +260,11 @@ def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, A
         cache: dict[float, dict[str, Any]] = {}
 
         def run(r: float) -> dict[str, Any]:
-            nonlocal runs
+            nonlocal runs, stopped
             if r not in cache:
                 runs += 1
-                cache[r] = _des(built, r, spec.seed, des_requests(cap, r))
+                cache[r] = _probe(built, r, spec.seed, des_requests(cap, r), cap.percentile, ttft, tpot)
+                stopped += bool(cache[r].get("stopped_early"))
             return cache[r]
 
         def ok(r: float) -> bool:
@@ -234,6 +304,8 @@ def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, A
         "capacity_fail_req_s": fail if fail is not None else math.nan,  # the lowest rate seen to miss the SLOs
         "capacity_analytical_req_s": r_a if r_a > 0 else math.nan,
         "capacity_runs": runs,
+        # of them, the runs stopped once certain to miss the SLOs (`_probe`)
+        "capacity_stopped_runs": stopped,
     }
     if best is not None:
         pct = cap.percentile
@@ -302,6 +374,50 @@ def evaluate(point: Point, spec: SweepSpec) -> dict[str, Any]:
     return row
 
 
+def evaluate_rates(points: list[Point], spec: SweepSpec) -> list[dict[str, Any]]:
+    """Rows of analytical ``points`` of one configuration, each at its own rate: `Analytical.summaries` over
+    all their rates at once (the same figures as `evaluate` point by point, to float rounding).
+
+    Anything the batch cannot answer as a whole (a bad rate, an error building the configuration) is left to
+    `evaluate` point by point, so every point keeps its own row, status and error.
+    """
+    t0 = time.perf_counter()
+    try:
+        model = _analytical(points[0], spec)
+        summaries = model.summaries([p.values["rate"] for p in points])
+    except Exception:  # `evaluate` records each point's own error
+        return [evaluate(p, spec) for p in points]
+    wall = (time.perf_counter() - t0) / len(points)
+    rows = []
+    for p, summary in zip(points, summaries, strict=True):
+        row = _row(p, spec, summary, model.built)
+        row["status"] = "overloaded" if summary.get("overloaded") else "ok"
+        row["error"] = str(summary.get("overload_reason") or "") if row["status"] == "overloaded" else ""
+        row["wall_s"] = wall
+        rows.append(row)
+    return rows
+
+
+def _batchable(point: Point, spec: SweepSpec) -> bool:
+    """Whether ``point`` can join its configuration's batch of rates (`evaluate_rates`)."""
+    rate = point.values.get("rate")
+    return spec.engine == "analytical" and spec.capacity is None and isinstance(rate, (int, float)) and rate == rate
+
+
 def evaluate_task(points: list[Point], spec: SweepSpec) -> list[dict[str, Any]]:
-    """Rows of ``points`` in order (a worker's unit of work)."""
-    return [evaluate(p, spec) for p in points]
+    """Rows of ``points`` in order (a worker's unit of work); the analytical points of one configuration at
+    given rates go through `evaluate_rates` together, the rest through `evaluate` one by one."""
+    rows: list[dict[str, Any]] = []
+    i = 0
+    while i < len(points):
+        p = points[i]
+        if not _batchable(p, spec):
+            rows.append(evaluate(p, spec))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(points) and points[j].config_key == p.config_key and _batchable(points[j], spec):
+            j += 1
+        rows.extend(evaluate_rates(points[i:j], spec))
+        i = j
+    return rows
