@@ -17,14 +17,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from moesim.model.errors import MoesimError
-from moesim.placement.baselines import check_shape, eplb_policy, rebalance_experts, round_robin
+from moesim.placement.baselines import (
+    check_shape,
+    duplicate_slots,
+    eplb_policy,
+    rebalance_experts,
+    repack_no_duplicates,
+    round_robin,
+)
 from moesim.placement.ilp import IlpOptions, LayerResult, solve
+from moesim.placement.layertime import layer_time
 from moesim.placement.metrics import gpu_loads, migration_bytes, plan_metrics
 from moesim.placement.plan import PlacementPlan
 from moesim.placement.stats import RoutingStats
@@ -40,6 +48,7 @@ class PlacementResult:
     plan: PlacementPlan
     metrics: dict[str, Any]
     layer_max_load: np.ndarray  # [L] busiest GPU's load per layer (units of stats.counts)
+    layer_time_s: np.ndarray | None = None  # [L] predicted MoE-layer time, s (with ``IlpOptions.cost``)
 
 
 # wall-clock entries of a method's report: in its metrics, never in its plan file (they differ between runs)
@@ -109,6 +118,7 @@ def place(
         current: the plan in place now (migration cost and bytes).
         progress: called with (method, layers done, layers).
     """
+    t_call = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MoesimError(f"unknown placement method {unknown[0]!r}", f"choose from {', '.join(METHODS)} or all")
@@ -136,17 +146,31 @@ def place(
     )
     out: dict[str, PlacementResult] = {}
 
+    rng = np.random.default_rng(options.seed)
+    tokens = [stats.token_sample(i, 512, rng) for i in range(layers)] if "ilp" in methods or options.cost else []
+
     def finish(method: str, p2l: np.ndarray, info: dict[str, Any]) -> None:
+        bad = duplicate_slots(p2l, num_gpus)
+        assert not bad, f"{method} put two replicas of expert {bad[0][2]} on GPU {bad[0][1]} in layer {bad[0][0]}"
         kept = {k: v for k, v in info.items() if k not in TIMING_KEYS}  # the plan file: same inputs, same bytes
         plan = PlacementPlan(p2l, method=method, info=kept, **common)
         m: dict[str, Any] = {**plan_metrics(plan, stats), **info}
+        lt = None
+        if options.cost is not None:
+            lt = np.array(
+                [layer_time(p2l[i], stats.counts[i], num_gpus, gpus_per_node, tokens[i], options.cost)
+                 for i in range(layers)]
+            )  # fmt: skip
+            m["layer_time_s"] = float(lt.mean())
+            m["layer_time_worst_s"] = float(lt.max())
         if current is not None and expert_bytes:
             m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
-        out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1))
+        out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1), lt)
 
     if "round-robin" in methods:
         t0 = time.perf_counter()
         p2l = round_robin(layers, n, slots)
+        p2l = np.stack([repack_no_duplicates(p2l[i], stats.counts[i], num_gpus, gpus_per_node) for i in range(layers)])
         finish("round-robin", p2l, {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic"})
     greedy = None
     if "eplb" in methods or "ilp" in methods:
@@ -154,16 +178,19 @@ def place(
         greedy = rebalance_experts(stats.counts, slots, num_groups, num_gpus // gpus_per_node, num_gpus)[0]
         policy = eplb_policy(n, num_groups, num_gpus // gpus_per_node)
         if "eplb" in methods:
-            finish(
-                "eplb",
-                greedy,
-                {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic", "policy": policy},
+            # EPLB's replica counts and nodes, repacked so no GPU holds two replicas of one expert
+            packed = np.stack(
+                [repack_no_duplicates(greedy[i], stats.counts[i], num_gpus, gpus_per_node) for i in range(layers)]
             )
+            info = {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic", "policy": policy}
+            finish("eplb", packed, {**info, "layers_repacked": int((packed != greedy).any(axis=1).sum())})
     if "ilp" in methods:
         assert greedy is not None
         rng = np.random.default_rng(options.seed)
         tokens = [stats.token_sample(i, 512, rng) for i in range(layers)]
         t0 = time.perf_counter()
+        # the time limit covers the whole call: what the steps before the ILP took comes off its budget
+        budget = replace(options, time_limit=max(0.05, options.time_limit - (time.perf_counter() - t_call)))
         res = solve(
             stats.counts,
             slots,
@@ -171,7 +198,7 @@ def place(
             gpus_per_node,
             tokens,
             greedy,
-            options,
+            budget,
             None if current is None else current.phys_to_log,
             progress=None if progress is None else lambda i, k: progress("ilp", i, k),
         )

@@ -167,3 +167,55 @@ def rebalance_experts(
 def round_robin(num_layers: int, num_experts: int, num_slots: int) -> np.ndarray:
     """Linear placement [L, S]: slot s holds expert s mod N (redundant slots cycle from expert 0)."""
     return np.tile(np.arange(num_slots) % num_experts, (num_layers, 1))
+
+
+def duplicate_slots(phys_to_log: np.ndarray, num_gpus: int) -> list[tuple[int, int, int]]:
+    """(layer, GPU, expert) for every GPU holding two or more replicas of one expert, plans [L, S]."""
+    p = np.atleast_2d(phys_to_log)
+    per = p.reshape(p.shape[0], num_gpus, -1)
+    out = []
+    srt = np.sort(per, axis=2)
+    for layer, gpu in zip(*np.nonzero((srt[:, :, 1:] == srt[:, :, :-1]).any(2)), strict=True):
+        row = per[layer, gpu]
+        vals, cnt = np.unique(row, return_counts=True)
+        out.append((int(layer), int(gpu), int(vals[cnt > 1][0])))
+    return out
+
+
+def repack_no_duplicates(p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int) -> np.ndarray:
+    """One layer's plan [S] with the same replica counts and, where it can, the same replicas per node, packed so
+    no GPU holds two replicas of one expert: heaviest replica (load ``w`` [N] / count) first onto the lightest GPU
+    of its node with room and without that expert, else onto any such GPU; a plan without duplicates is returned
+    unchanged. An expert with more replicas than GPUs (EPLB's global policy allows it) makes the counts D'Hondt's
+    with at most one replica per GPU."""
+    if not duplicate_slots(p2l, num_gpus):
+        return p2l.copy()
+    n = w.size
+    per = p2l.size // num_gpus
+    cnt = np.bincount(p2l, minlength=n)
+    node_of = np.arange(p2l.size) // (per * gpus_per_node)
+    pairs = list(zip(p2l.tolist(), node_of.tolist(), strict=True))
+    if cnt.max() > num_gpus:  # more replicas than GPUs: no valid packing keeps them; D'Hondt counts capped at G
+        from moesim.placement.metrics import dhondt_counts
+
+        cnt = dhondt_counts(w, p2l.size, num_gpus)
+        pairs = [(e, -1) for e in range(n) for _ in range(int(cnt[e]))]
+    per_rep = w / np.maximum(cnt, 1)
+    items = sorted(((float(per_rep[e]), int(e), int(k)) for e, k in pairs), key=lambda x: (-x[0], x[1]))
+    slots: list[list[int]] = [[] for _ in range(num_gpus)]
+    load = np.zeros(num_gpus)
+    for wt, e, k in items:
+        free = [g for g in range(num_gpus) if len(slots[g]) < per and e not in slots[g]]
+        if not free:  # every GPU with room holds e: swap another expert off a full GPU without e
+            h = next(g for g in range(num_gpus) if len(slots[g]) < per)
+            j, f = next((j, f) for j in range(num_gpus) if e not in slots[j] for f in slots[j] if f not in slots[h])
+            slots[j].remove(f)
+            slots[h].append(f)
+            load[j] -= per_rep[f]
+            load[h] += per_rep[f]
+            free = [j]
+        home = [g for g in free if g // gpus_per_node == k]
+        g = min(home or free, key=lambda i: (load[i], i))
+        slots[g].append(e)
+        load[g] += wt
+    return np.array(slots, np.int64).reshape(-1)

@@ -61,6 +61,7 @@ def export_plan(plan: PlacementPlan, fmt: str, out_dir: str | Path, final_dir: s
 
     _check_fmt(fmt)
     plan.validate()
+    check_no_duplicates(plan, f"{fmt} export")
     _check_rows(plan.phys_to_log, plan.num_experts, plan.num_gpus, f"{fmt} export")
     out_dir = Path(out_dir)
     final = Path(final_dir) if final_dir is not None else out_dir
@@ -146,6 +147,20 @@ _HINT = {
     "vllm-ascend": "expected {moe_layer_count, layer_list: [{device_list: [{device_expert}]}]}",
     "trtllm": "expected a load_balancer YAML with num_slots and initial_global_assignments",
 }
+
+
+def check_no_duplicates(plan: PlacementPlan, what: str) -> None:
+    """Refuse a plan with two replicas of one logical expert on one GPU (SGLang and TensorRT-LLM load it but waste
+    the slot; vLLM-Ascend's loader collapses it), naming the first MoE layer, GPU and expert."""
+    from moesim.placement.baselines import duplicate_slots
+
+    bad = duplicate_slots(plan.phys_to_log, plan.num_gpus)
+    if bad:
+        layer, gpu, e = bad[0]
+        raise MoesimError(
+            f"{what}: MoE layer {layer} puts two replicas of expert {e} on GPU {gpu} ({len(bad)} such GPUs in all)",
+            "re-plan with moesim place (its plans never double an expert on a GPU)",
+        )
 
 
 def _check_fmt(fmt: str) -> None:

@@ -47,7 +47,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from moesim.model.errors import MoesimError
-from moesim.placement.baselines import check_shape
+from moesim.placement.baselines import check_shape, repack_no_duplicates
 from moesim.placement.coloc import improve_nodes
 from moesim.placement.ilp_solver import IlpOptions, LayerResult, StageReport, stdout_to_stderr
 from moesim.placement.ilp_stages import (
@@ -59,7 +59,9 @@ from moesim.placement.ilp_stages import (
     _node_stage,
     _objective,
     _pattern_stage,
+    _units,
 )
+from moesim.placement.layertime import node_hits
 from moesim.placement.metrics import dhondt_counts
 
 __all__ = ["IlpOptions", "LayerResult", "StageReport", "solve", "solve_layer", "stdout_to_stderr"]
@@ -82,51 +84,154 @@ def solve_layer(
     n = w.size
     nodes = num_gpus // gpus_per_node
     per_gpu = num_slots // num_gpus
+    # the baseline as moesim writes it: EPLB's replica counts and nodes, never two replicas of one expert on a GPU
+    baseline = repack_no_duplicates(baseline, w, num_gpus, gpus_per_node)
     cur_gpu = None if current is None else _incidence(current, n, num_gpus)
     greedy = _greedy_global(w, num_slots, num_gpus)
     if not _no_duplicates(greedy, num_gpus):  # EPLB may stack two replicas on a GPU; repack for a valid start
         cnt = dhondt_counts(w, num_slots, num_gpus)
         greedy = _pack_within(w, cnt, cnt[:, None], num_gpus, num_slots // num_gpus)
     stages: list[StageReport] = []
-    if nodes == 1 and n * num_gpus <= opts.exact_max_vars:
+
+    def left() -> float:
+        return time_limit - (time.perf_counter() - t0)
+
+    def out_of_time() -> LayerResult:
+        """The layer's cap ran out before a stage could start: the baseline, reported as cut by the clock."""
+        base_obj, _ = _objective(baseline, w, num_gpus, nodes, tokens, opts, current)
+        stages.append(StageReport("time limit", base_obj, float("nan"), float("nan"), 0.0))
+        return LayerResult(baseline.copy(), stages, True, base_obj, base_obj)
+
+    if left() <= 0:
+        return out_of_time()
+    if opts.cost is not None and nodes > 1:
+        found = _physical_search(w, greedy, baseline, num_gpus, gpus_per_node, tokens, opts, current, left())
+        if found is None:
+            return out_of_time()
+        slots, rep = found
+        stages.append(rep)
+    elif nodes == 1 and n * num_gpus <= opts.exact_max_vars:
         start = _incidence(greedy, n, num_gpus)
-        found = None if cur_gpu is not None else _pattern_stage(w, num_slots, num_gpus, start, opts, time_limit)
-        slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, time_limit, cur_gpu)
+        found = None if cur_gpu is not None else _pattern_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()))
+        slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()), cur_gpu)
         stages.append(rep)
     else:
         r = np.bincount(greedy, minlength=n)
         a = r[:, None]
+        nic_s = 0.0
         if nodes > 1:
             cur_node = None if current is None else _incidence(current, n, nodes)
             a0 = _incidence(greedy, n, nodes)
-            if opts.traffic_weight:
+            weight = _start_weight(w, r, nodes, gpus_per_node, opts)
+            if weight:
                 starts = [
                     a0,
                     _structured(w, r, nodes, gpus_per_node, _incidence(baseline, n, nodes)),
                     _clustered(w, r, nodes, gpus_per_node, tokens),
                 ]
-                # 300 swaps at most per start: a count, not seconds, so the start is the same on any machine
-                starts = [improve_nodes(s, w, r, tokens, opts.traffic_weight, 300) for s in starts]
-                a0 = min(starts, key=lambda s: _node_score(s, w, r, tokens, opts.traffic_weight))
-            left = max(0.1, time_limit - (time.perf_counter() - t0))
+                # a count of swaps, not seconds, so the start is the same on any machine; 300 per start with the weight
+                # objective, 60 over the ILP's token sample with the physical one (whose larger traffic weight makes
+                # every start swap to the limit)
+                # the clock only stops a search whose layer then keeps the baseline ("time limit"), so a plan
+                # returned never depends on it
+                starts = [improve_nodes(s, w, r, tokens, weight, 300, seconds=max(0.0, left())) for s in starts]
+                if left() <= 0:
+                    return out_of_time()
+                a0 = min(starts, key=lambda s: _node_score(s, w, r, tokens, weight))
+            if left() <= 0:
+                return out_of_time()
             a, rep = _node_stage(
-                w, r, nodes, gpus_per_node, tokens[: opts.token_sample], a0, opts, 0.7 * left, cur_node
+                w, r, nodes, gpus_per_node, tokens[: opts.token_sample], a0, opts, 0.7 * left(), cur_node
             )
             stages.append(rep)
+            nic_s = _node_nic_s(a, r, tokens, num_gpus, gpus_per_node, opts)
         start = _incidence(greedy, n, num_gpus) if (a == _incidence(greedy, n, nodes)).all() else None
         if start is None:
             start = _incidence(_pack_within(w, r, a, gpus_per_node, per_gpu), n, num_gpus)
-        left = max(0.1, time_limit - (time.perf_counter() - t0))
-        slots, rep = _gpu_stage(w, r, a, gpus_per_node, per_gpu, start, opts, left, cur_gpu)
+        if left() <= 0:
+            return out_of_time()
+        slots, rep = _gpu_stage(w, r, a, gpus_per_node, per_gpu, start, opts, max(0.05, left()), cur_gpu, nic_s)
         stages.append(rep)
     p2l = slots.reshape(-1)
     obj, busiest = _objective(p2l, w, num_gpus, nodes, tokens, opts, current)
     base_obj, base_busiest = _objective(baseline, w, num_gpus, nodes, tokens, opts, current)
     res = LayerResult(p2l, stages, objective=obj, baseline_objective=base_obj)
-    moving = current is not None and opts.migration_weight > 0  # staying put may be worth a busier GPU
-    if obj > base_obj + 1e-9 or (not moving and busiest > base_busiest * (1 + 1e-9)):
+    # the weight objective also keeps the busiest GPU no worse (unless staying put is worth a busier GPU); the
+    # physical one is the layer's time, the only criterion
+    moving = (current is not None and opts.migration_weight > 0) or opts.cost is not None
+    if obj > base_obj + 1e-12 * max(1.0, abs(base_obj)) or (not moving and busiest > base_busiest * (1 + 1e-9)):
         res.phys_to_log, res.fallback, res.objective = baseline.copy(), True, base_obj
     return res
+
+
+def _physical_search(
+    w: np.ndarray,
+    greedy: np.ndarray,
+    baseline: np.ndarray,
+    num_gpus: int,
+    gpn: int,
+    tokens: np.ndarray,
+    opts: IlpOptions,
+    current: np.ndarray | None = None,
+    seconds: float = float("inf"),
+) -> tuple[np.ndarray, StageReport] | None:
+    """Multi-node layer under the physical objective: slots per GPU [G, S/G] and a "search" report; None when the
+    wall-clock cap ``seconds`` ran out during the search (the caller keeps the baseline).
+
+    The node MIP's root LP alone takes seconds per layer on the DeepSeek-V3 shape (96 sampled tokens x 8 nodes
+    of ``h`` terms), more than a 30 s budget leaves 58 layers on two cores, and cutting it by the clock is not
+    reproducible. So the nodes come from a count-limited local search on the same linearised trade (`improve_nodes`,
+    node load against remote nodes per token at the physical exchange rate `_start_weight`) from three starts (the
+    greedy global plan's nodes, EPLB's nodes with replicated experts spread, co-activation clusters), each packed
+    onto GPUs heaviest replica first without duplicates (`_pack_within`), and the plan of least predicted layer time
+    (`layertime.layer_time`, over all the tokens given) is kept. Deterministic: every cut-off is a count.
+    """
+    t0 = time.perf_counter()
+    n = w.size
+    nodes = num_gpus // gpn
+    per_gpu = greedy.size // num_gpus
+    r = np.bincount(greedy, minlength=n)
+    weight = _start_weight(w, r, nodes, gpn, opts)
+    sample = tokens[: opts.token_sample]
+    starts = [
+        _incidence(greedy, n, nodes),
+        _structured(w, r, nodes, gpn, _incidence(baseline, n, nodes)),
+        _clustered(w, r, nodes, gpn, sample),
+    ]
+    # 15 swaps per start (a count, not seconds: the plan is the same on any machine); the greedy start as it is
+    # (measured on the DeepSeek-V3 shape, its swaps rarely pay for their time)
+    starts = starts[:1] + [improve_nodes(a, w, r, sample, weight, 15, seconds=max(0.0, seconds)) for a in starts[1:]]
+    if time.perf_counter() - t0 >= seconds:
+        return None
+    plans = [_pack_within(w, r, a, gpn, per_gpu) for a in starts] + [baseline]
+    if current is not None and _no_duplicates(current, num_gpus):  # staying put: a candidate when moving costs
+        plans.append(current)
+    times = [_objective(p, w, num_gpus, nodes, tokens, opts, current)[0] for p in plans]
+    best = plans[int(np.argmin(times))]
+    rep = StageReport("search", float(min(times)), float("nan"), float("nan"), time.perf_counter() - t0)
+    return best.reshape(num_gpus, per_gpu), rep
+
+
+def _start_weight(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, opts: IlpOptions) -> float:
+    """Traffic weight of the heuristic node starts (`improve_nodes`, `_node_score`): ``opts.traffic_weight``, or
+    under the physical objective a node NIC's seconds per remote node per token over the mean GPU's GEMM seconds
+    (the same trade in the score's units)."""
+    if opts.cost is None:
+        return opts.traffic_weight
+    gemm, _ = _units(w, r, opts, nodes * gpn)
+    mean_gemm = float((gemm * r).sum()) / (nodes * gpn)
+    per_node_tokens = opts.cost.tokens_per_gpu * gpn  # tokens a node sends; a send per remote node they reach
+    return per_node_tokens * opts.cost.nic_s_per_token / gpn / mean_gemm if mean_gemm > 0 else 0.0
+
+
+def _node_nic_s(a: np.ndarray, r: np.ndarray, tokens: np.ndarray, num_gpus: int, gpn: int, opts: IlpOptions) -> float:
+    """Busiest node's NIC seconds for replicas per node ``a`` [N, nodes] (physical objective; 0 otherwise)."""
+    if opts.cost is None or opts.cost.nic_s_per_token <= 0:
+        return 0.0
+    n, nodes = a.shape
+    p2l = np.concatenate([np.repeat(np.arange(n), a[:, k]) for k in range(nodes)])
+    inbound = node_hits(p2l, n, nodes, tokens) * opts.cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes
+    return float(inbound.max()) * opts.cost.nic_s_per_token / gpn
 
 
 def _structured(w: np.ndarray, r: np.ndarray, nodes: int, gpn: int, prefer: np.ndarray) -> np.ndarray:
@@ -237,18 +342,19 @@ def _pack_within(w: np.ndarray, r: np.ndarray, a: np.ndarray, gpn: int, per_gpu:
     return np.array(out, np.int64).reshape(-1)
 
 
-def _layer_cap(deadline: float, share: float, left_after: float) -> float:
-    """Wall seconds layer may use: its share of the time limit plus what earlier layers left unused (the time to
-    ``deadline``, a ``time.monotonic()`` instant, less ``left_after`` seconds kept for the layers after it)."""
-    return max(share, deadline - time.monotonic() - left_after)
+def _layer_cap(deadline: float, share: float, left_after: float, hard: float) -> float:
+    """Wall seconds a layer may use: its share of the time limit plus what earlier layers left unused (the time to
+    ``deadline``, a ``time.monotonic()`` instant, less ``left_after`` seconds kept for the layers after it), never
+    past ``hard`` (the instant the whole solve must end: a layer that starts after it returns the baseline)."""
+    return min(hard - time.monotonic(), max(share, deadline - time.monotonic() - left_after))
 
 
 def _solve_one(args: tuple) -> LayerResult:
     """One layer in a worker process (or in this one): ``args`` is solve_layer's arguments, the time limit given as
-    (deadline, share, seconds kept for later layers); fd 1 points at stderr while it runs."""
-    *head, (deadline, share, left_after), current = args
+    (deadline, share, seconds kept for later layers, hard end); fd 1 points at stderr while it runs."""
+    *head, (deadline, share, left_after, hard), current = args
     with stdout_to_stderr():
-        return solve_layer(*head, _layer_cap(deadline, share, left_after), current)
+        return solve_layer(*head, _layer_cap(deadline, share, left_after, hard), current)
 
 
 def solve(
@@ -281,6 +387,7 @@ def solve(
     # the time limit is a safety cap: each layer gets its share, plus whatever the layers before it left unused
     per_layer = max(0.05, opts.time_limit * workers / layers * 0.8)
     deadline = time.monotonic() + 0.8 * opts.time_limit
+    hard = time.monotonic() + 0.85 * opts.time_limit  # the rest: worker start-up, results, the caller's metrics
     jobs = [
         (
             weight[i],
@@ -290,7 +397,7 @@ def solve(
             token_sets[i],
             baseline[i],
             opts,
-            (deadline, per_layer, per_layer * ((layers - 1 - i) // workers)),
+            (deadline, per_layer, per_layer * ((layers - 1 - i) // workers), hard),
             None if current is None else current[i],
         )
         for i in range(layers)

@@ -20,6 +20,7 @@ import numpy as np
 import pulp
 
 from moesim.model.errors import MoesimError
+from moesim.placement.layertime import LayerCost
 
 try:  # highspy is a dependency, but keep CBC working without it
     import highspy
@@ -52,6 +53,10 @@ class IlpOptions:
         exact_max_vars: layers on one node with at most this many (expert, GPU)
             pairs get the exact model with replica counts chosen jointly.
         seed: token sampling seed and HiGHS' ``random_seed`` (modulo 2**31).
+        cost: the physical objective (`placement.layertime.LayerCost`): minimise the predicted MoE-layer time, s;
+            ``traffic_weight`` is then unused and ``migration_weight`` is in seconds of layer time per expert copy
+            moved (e.g. copy bytes / link bytes/s / steps until the next rebalance). None: the older weight-based
+            objective (busiest/mean load + ``traffic_weight`` x remote nodes per token).
     """
 
     time_limit: float = 60.0
@@ -65,6 +70,7 @@ class IlpOptions:
     solver: str = "highs"
     exact_max_vars: int = 1024
     seed: int = 0
+    cost: LayerCost | None = None
 
 
 @dataclass

@@ -103,7 +103,7 @@ class RoutingStats:
         ids = self.topk[:, layer, :]
         m = np.zeros((ids.shape[0], self.num_experts + 1), np.float32)  # last column absorbs -1
         np.put_along_axis(m, np.where(ids >= 0, ids, self.num_experts), 1.0, axis=1)
-        return m[:, :-1]
+        return np.ascontiguousarray(m[:, :-1])  # contiguous: a strided operand takes numpy's slow matmul path
 
     def coactivation_counts(self) -> np.ndarray | None:
         """[L, N, N] tokens choosing both experts in a layer (None without a trace or a given tensor)."""
@@ -114,8 +114,14 @@ class RoutingStats:
     def transition_counts(self) -> np.ndarray | None:
         """[L-1, N, N] (e at layer l, f at layer l+1) pair counts over tokens (None when unknown)."""
         if self.transitions is None and self.topk is not None and self.num_layers > 1:
-            hs = [self._onehot(i) for i in range(self.num_layers)]
-            self.transitions = np.stack([hs[i].T @ hs[i + 1] for i in range(self.num_layers - 1)])
+            n = self.num_experts
+            out = np.zeros((self.num_layers - 1, n, n))
+            for i in range(self.num_layers - 1):  # pair counts by bincount: a [T, N] one-hot matmul is ~50x slower
+                e, f = self.topk[:, i, :, None], self.topk[:, i + 1, None, :]
+                ok = (e >= 0) & (f >= 0)
+                idx = (np.broadcast_to(e, ok.shape) * n + np.broadcast_to(f, ok.shape))[ok]
+                out[i] = np.bincount(idx, minlength=n * n).reshape(n, n)
+            self.transitions = out
         return self.transitions
 
     def token_sample(self, layer: int, m: int, rng: np.random.Generator) -> np.ndarray:

@@ -53,6 +53,40 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
     return st, spec
 
 
+def simulate_plans(scenario: Path, results: dict[str, Any], counts: Any, work: Path) -> dict[str, dict[str, float]]:
+    """Run the serving DES of ``scenario`` once per method's plan (EPLB's, the ILP's...) with the routing loads of
+    the statistics (``routing: {distribution: file}``, [MoE layers, experts] ``counts``) and the plan as its
+    ``placement:`` (a .npy [MoE layers, slots]); returns per method the mean and p99 TTFT, TPOT and E2E, s.
+    Files go under ``work``."""
+    import numpy as np
+    import yaml
+
+    from moesim.sim.serving.serve import run
+
+    try:
+        data = yaml.safe_load(scenario.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise MoesimError(f"--simulate {scenario}: cannot read it ({exc})", "give a serving scenario YAML") from None
+    if not isinstance(data, dict):
+        raise MoesimError(f"--simulate {scenario}: not a scenario mapping", "give a serving scenario YAML")
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "loads.npy", np.asarray(counts, float))
+    out: dict[str, dict[str, float]] = {}
+    for m in ("eplb", "ilp", "round-robin"):
+        if m not in results:
+            continue
+        np.save(work / f"plan_{m}.npy", results[m].plan.phys_to_log)
+        sc = dict(data)
+        sc["routing"] = {**(data.get("routing") or {}), "distribution": "file", "file": str(work / "loads.npy")}
+        sc["routing"].pop("exponent", None)
+        sc["placement"] = str(work / f"plan_{m}.npy")
+        err.print(f"  simulating {scenario.name} with the {m} plan")
+        summary = run(sc, "des", base_dir=scenario.parent).summary
+        out[m] = {k: float(summary[k]) for k in summary if k.split("_")[0] in ("ttft", "tpot", "e2e") and
+                  k.endswith(("mean_s", "p99_s"))}  # fmt: skip
+    return out
+
+
 def is_place_output(folder: Path) -> bool:
     """Whether ``folder`` was written by an older ``moesim place`` (before output markers): only its file names."""
     from moesim.placement.exporters import FILES
@@ -159,6 +193,32 @@ def place(
     groups: Annotated[
         int, typer.Option(min=0, max=MAX_EXPERTS, help="Expert groups for EPLB (default: the model's n_group, else 1).")
     ] = 0,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="ILP objective: 'time' (predicted MoE-layer time from the GPUs, links and model shape: grouped GEMM "
+            "per GPU plus DeepEP dispatch/combine over NVLink and the NIC; needs --model) or 'weight' (busiest/mean "
+            "load + --traffic-weight x remote nodes per token). Default: time with --model, else weight."
+        ),
+    ] = "auto",
+    gpu: Annotated[
+        str, typer.Option(help="GPU preset of the nodes, for --objective time (moesim hardware lists them).")
+    ] = "H100-SXM",
+    batch_tokens: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_TRACE_TOKENS,
+            help="Tokens per GPU per MoE layer step for --objective time (4096: DeepEP's normal-mode setting).",
+        ),
+    ] = 4096,
+    simulate: Annotated[
+        Path | None,
+        typer.Option(
+            help="A serving scenario YAML: run its discrete-event simulation with EPLB's plan and with the ILP's "
+            "(the statistics as its routing loads) and report TTFT/TPOT/E2E side by side."
+        ),
+    ] = None,
     solver: Annotated[str, typer.Option(help="highs (highspy) or cbc.")] = "highs",
     workers: Annotated[int, typer.Option(min=0, max=MAX_WORKERS, help="ILP processes (0: one per CPU core).")] = 0,
     fmt: Annotated[
@@ -193,6 +253,9 @@ def place(
     Example: moesim place --stats synthetic --model deepseek-v3 --gpus 64 --gpus-per-node 8 --redundant 64
     --method all --time-limit 60 --export sglang,trtllm --out runs/placement
 
+    Example (end-to-end effect): moesim place --stats synthetic --model deepseek-v3 --gpus 32 --redundant 32
+    --gpu H200-SXM --simulate examples/deepseek-v3-dp32-ep32.yaml
+
     Reproducible: the same inputs give the same plan files on any machine and with any --workers, unless
     --time-limit stops an ILP solve: then the status says 'time limit' (reproducible: false) and the plan depends
     on the machine's speed and load. The search stops deterministically at --work-limit nodes per solve; the time
@@ -225,7 +288,26 @@ def place(
     n_group = groups or (spec.moe.n_group if spec else 1)
     moe_ids = [i for i, m in enumerate(spec.moe_layers) if m] if spec else None
     expert_bytes = 3.0 * spec.hidden_size * spec.moe.intermediate_size * 2 if spec else 0.0
+    if objective not in ("auto", "time", "weight"):
+        raise MoesimError(f"unknown --objective {objective!r}", "use time or weight")
+    if objective == "time" and spec is None:
+        raise MoesimError("--objective time needs --model (the expert shape)", "add --model, or --objective weight")
+    cost = None
+    if gpus % gpus_per_node:
+        raise MoesimError(f"{gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
+    if objective == "time" or (objective == "auto" and spec is not None):
+        from moesim.model.hardware import get_gpu, make_cluster
+        from moesim.placement.layertime import layer_cost
+
+        assert spec is not None and spec.moe is not None
+        cluster = make_cluster(get_gpu(gpu), nodes=gpus // gpus_per_node, gpus_per_node=gpus_per_node)
+        dtype = "fp8" if spec.family.startswith("deepseek_v3") else "bf16"  # DeepSeek-V3 ships fp8 weights
+        cost = layer_cost(
+            cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
+            tokens_per_gpu=batch_tokens,
+        )  # fmt: skip
     opts = IlpOptions(
+        cost=cost,
         time_limit=time_limit,
         work_limit=work_limit,
         mip_gap=mip_gap,
@@ -279,6 +361,19 @@ def place(
             if e.metrics["inter_node_sends_per_token"]
             else None,
         }
+        if i.layer_time_s is not None and e.layer_time_s is not None:
+            ratio = i.layer_time_s / e.layer_time_s
+            summary["ilp_vs_eplb"]["layer_time_change"] = float(ratio.mean() - 1)
+            summary["ilp_vs_eplb"]["layers_time_not_worse"] = int((ratio <= 1 + 1e-9).sum())
+    if cost is not None:
+        summary["layer_cost"] = cost.as_dict()
+        summary["cost_model"] = "roofline"  # layer times: grouped GEMMs on the roofline (placement.layertime)
+    if simulate is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="moesim-place-sim-") as work:
+            sims = simulate_plans(simulate, results, st.counts, Path(work))
+        summary["simulate"] = {"scenario": str(simulate), **sims}
     # everything is computed; now write into a staging folder that replaces --out whole (model.outputs)
     exports: dict[str, Any] = {}
     with output_dir(out_dir, "place", force=force, legacy=is_place_output) as tmp:
@@ -297,6 +392,7 @@ def place(
     t = Table(title=f"expert placement: {st.num_layers} MoE layers x {st.num_experts} experts on {gpus} GPUs")
     for col in (
         "method",
+        "layer time",
         "busiest/mean",
         "worst layer",
         "busiest/bound",
@@ -312,6 +408,7 @@ def place(
         loc = x.get("cross_layer_locality")
         t.add_row(
             m,
+            f"{x['layer_time_s'] * 1e3:.3f} ms" if "layer_time_s" in x else "-",
             f"{x['max_load_ratio']:.3f}",
             f"{x['max_load_ratio_worst']:.3f}",
             f"{x['max_over_lb']:.3f}",
@@ -324,13 +421,31 @@ def place(
             + (" (not reproducible)" if x.get("reproducible") is False else ""),
         )
     out.print(t)
+    if summary.get("cost_model") == "roofline":
+        out.print("layer time: its grouped GEMMs are timed on the roofline (a lower bound), not by a calibrated model")
     if "ilp_vs_eplb" in summary:
         c = summary["ilp_vs_eplb"]
         sends = "" if c["sends_change"] is None else f", remote nodes per token {c['sends_change']:+.1%}"
+        lt = (
+            f"predicted MoE-layer time {c['layer_time_change']:+.1%} on average, not worse on "
+            f"{c['layers_time_not_worse']}/{st.num_layers} layers; "
+            if "layer_time_change" in c
+            else ""
+        )
         out.print(
-            f"ILP vs EPLB: busiest GPU {c['busiest_load_change']:+.1%} on average, not worse on "
+            f"ILP vs EPLB: {lt}busiest GPU {c['busiest_load_change']:+.1%} on average, not worse on "
             f"{c['layers_busiest_not_worse']}/{st.num_layers} layers{sends}"
         )
+    if "simulate" in summary:
+        sim = summary["simulate"]
+        ts = Table(title=f"serving DES of {sim['scenario']} with each plan")
+        ts.add_column("metric")
+        names = [m for m in sim if m != "scenario"]
+        for m in names:
+            ts.add_column(m, justify="right")
+        for k in ("ttft_mean_s", "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "e2e_mean_s", "e2e_p99_s"):
+            ts.add_row(k, *(f"{sim[m][k] * 1e3:.2f} ms" if k in sim[m] else "-" for m in names))
+        out.print(ts)
     for f, x in exports.items():
         out.print(f"{f}: {', '.join(x['files'])}\n  {x['flags']}")
     out.print(f"plans and summary.json in {out_dir}")
