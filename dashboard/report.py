@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from moesim.dashboard.format import fmt_by_key, fmt_count, fmt_number, fmt_pct, fmt_rate, fmt_seconds, fmt_usd
 from moesim.dashboard.summaries import RooflineRun, inspect_summary, roofline_summary, run_roofline
 from moesim.model import (
     Batch,
@@ -81,7 +82,7 @@ def _plots(out: Path, runs: dict[str, RooflineRun], sweep: list[dict[str, Any]],
         ax.barh(list(runs), vals, left=left, label=kind)
         left += vals
     for i, r in enumerate(runs.values()):
-        ax.text(101, i, f"{r.estimate.step_s * 1e3:.2f} ms", va="center", fontsize=8)
+        ax.text(101, i, fmt_seconds(r.estimate.step_s), va="center", fontsize=8)
     ax.set_xlim(0, 115)
     ax.set_xlabel("share of step time (%)")
     ax.set_title("Where the step time goes (total step time at the right)")
@@ -305,9 +306,9 @@ def _machine_markdown(h: dict[str, Any]) -> list[str]:
     lines = [
         "## This machine's kernels",
         "",
-        f"Profiled here for {h['wall_s']:.0f} s ({h['device']}, {h['threads']} threads, fp32, the tiny grid; "
-        f"tables in `profile/`): measured peak {h['peak_fp32_flops'] / 1e9:.0f} GFLOP/s, copy bandwidth "
-        f"{h['memory_bandwidth'] / 1e9:.1f} GB/s. Calibrated on 80% of the shapes; the error is on the other 20% "
+        f"Profiled here for {fmt_seconds(h['wall_s'])} ({h['device']}, {h['threads']} threads, fp32, the tiny grid; "
+        f"tables in `profile/`): measured peak {fmt_rate(h['peak_fp32_flops'], 'FLOP/s')}, copy bandwidth "
+        f"{fmt_rate(h['memory_bandwidth'], 'B/s')}. Calibrated on 80% of the shapes; the error is on the other 20% "
         "(`profile/calibration.parquet`). A profile this brief holds few shapes, each timed a few times, so the "
         "error below is mostly this machine's timing noise; `moesim profile --quick` (about 2.5 minutes) times a "
         "larger grid more often, and `benchmarks/RESULTS.md` gives its error.",
@@ -316,16 +317,16 @@ def _machine_markdown(h: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for f in h["fits"]:
-        p90 = f"{f['p90_ape']:.1f}%" if f["p90_ape"] == f["p90_ape"] else "-"
         lines.append(
-            f"| {f['kind']} | {f['impl']} | {f['method']} | {f['rows_fit']} | {f['rows_holdout']} | "
-            f"{f['mape']:.1f}% | {p90} |"
+            f"| {f['kind']} | {f['impl']} | {f['method']} | {fmt_count(f['rows_fit'])} | "
+            f"{fmt_count(f['rows_holdout'])} | {fmt_pct(f['mape'] / 100)} | {fmt_pct(f['p90_ape'] / 100)} |"
         )
     if h.get("skew", {}).get("rows"):
         s = h["skew"]
         lines += [
             "",
-            f"Skew model: {s['rows']} skewed grouped GEMMs predicted from balanced ones, MAPE {s['mape']:.1f}%.",
+            f"Skew model: {s['rows']} skewed grouped GEMMs predicted from balanced ones, "
+            f"MAPE {fmt_pct(s['mape'] / 100)}.",
         ]
     return [*lines, ""]
 
@@ -344,17 +345,20 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
             else [f"Ops timed by the calibrated cost model `{s['cost_model']}`. Produced by `moesim demo`."]
         ),
         "",
-        f"Parameters: {inspected['total_params'] / 1e9:.2f} B total, "
-        f"{inspected['active_params'] / 1e9:.2f} B active per token.",
+        f"Parameters: {fmt_number(inspected['total_params'])} total, "
+        f"{fmt_number(inspected['active_params'])} active per token.",
         "",
-        "| run | step | tokens/s | S-MBU | S-MFU | $/M tokens | memory |",
+        "| run | step | tokens/s | S-MBU | "
+        + ("S-MFU (roofline)" if s["cost_model"] == "roofline" else "S-MFU")
+        + " | $/M tokens | memory |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in s["runs"].items():
         cap = r["cap"]
         lines.append(
-            f"| {name} | {r['step_s'] * 1e3:.3f} ms | {r['tokens_per_s']:,.0f} | {cap['smbu']:.1%} | "
-            f"{cap['smfu']:.2%} | {cap['usd_per_mtok']:.4g} | {'fits' if r['memory']['fits'] else 'does not fit'} |"
+            f"| {name} | {fmt_seconds(r['step_s'])} | {fmt_rate(r['tokens_per_s'], 'tok/s')} | "
+            f"{fmt_pct(cap['smbu'])} | {fmt_pct(cap['smfu'])} | {fmt_usd(cap['usd_per_mtok'])} | "
+            f"{'fits' if r['memory']['fits'] else 'does not fit'} |"
         )
     lines += [
         "",
@@ -365,8 +369,8 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
     ]
     for r in s["decode_sweep"]:
         lines.append(
-            f"| {r['layout']} | {r['batch']} | {r['step_s'] * 1e3:.3f} ms | {r['tokens_per_s']:,.0f} | "
-            f"{r['smbu']:.1%} | {r['smfu']:.2%} | {'yes' if r['fits'] else 'no'} |"
+            f"| {r['layout']} | {r['batch']} | {fmt_seconds(r['step_s'])} | {fmt_rate(r['tokens_per_s'], 'tok/s')} | "
+            f"{fmt_pct(r['smbu'])} | {fmt_pct(r['smfu'])} | {'yes' if r['fits'] else 'no'} |"
         )
     lines += ["", *_machine_markdown(s["this_machine"])]
     sv = s.get("serving")
@@ -375,7 +379,8 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
             "",
             f"## Serving: {sv['scenario']['name']}",
             "",
-            f"Poisson {sv['scenario']['workload']['rate']} req/s, {sv['scenario']['workload']['requests']} requests, "
+            f"Poisson {fmt_rate(sv['scenario']['workload']['rate'], 'req/s')}, "
+            f"{fmt_count(sv['scenario']['workload']['requests'])} requests, "
             "power-law expert popularity (exponent 1.2); outputs in `serving/` (requests.parquet, steps.parquet, "
             "summary.json, plots).",
             "",
@@ -384,10 +389,11 @@ def _markdown(s: dict[str, Any], inspected: dict[str, Any]) -> str:
         ]
         for k in sv["analytical"]:
             d, a = sv["des"][k], sv["analytical"][k]
-            lines.append(f"| {k} | {d:.4g} | {a:.4g} |")
+            lines.append(f"| {k} | {fmt_by_key(k, d)} | {fmt_by_key(k, a)} |")
         lines.append(
-            f"\nStraggler wait: {sv['des']['straggler_frac']:.1%} of step time; "
-            f"${sv['des']['usd_per_mtok']:.3g} per million output tokens; simulated in {sv['des']['wall_s']:.1f} s."
+            f"\nStraggler wait: {fmt_pct(sv['des']['straggler_frac'])} of step time; "
+            f"{fmt_usd(sv['des']['usd_per_mtok'])} per million output tokens; "
+            f"simulated in {fmt_seconds(sv['des']['wall_s'])}."
         )
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]] + [""]
     return "\n".join(lines)

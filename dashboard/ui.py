@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from moesim.dashboard.format import fmt_bytes, fmt_number, fmt_pct, fmt_seconds, fmt_usd
 from moesim.model import MoesimError
 
 #: The pages, in navigation order: (script under dashboard/views/, title, icon, url path).
@@ -88,19 +89,62 @@ def guarded(stop: bool = True) -> Iterator[None]:
 
 
 def fmt(v: Any, kind: str = "") -> str:
-    """A figure for a caption: ``s`` seconds with a unit, ``%`` a fraction, ``$`` dollars; '-' when missing."""
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
+    """A figure for a caption (`dashboard.format`): ``s`` seconds, ``%`` a fraction, ``$`` dollars, ``B`` bytes;
+    else a plain number. `format.MISSING` when absent."""
     if kind == "s":
-        v = float(v)
-        return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+        return fmt_seconds(v)
     if kind == "%":
-        return f"{float(v):.1%}"
+        return fmt_pct(v)
     if kind == "$":
-        return f"${float(v):,.3g}"
-    if isinstance(v, float):
-        return f"{v:,.3g}"
-    return str(v)
+        return fmt_usd(v)
+    if kind == "B":
+        return fmt_bytes(v)
+    if isinstance(v, str):
+        return v
+    return fmt_number(v)
+
+
+def is_roofline(cost_model: str | None) -> bool:
+    """Whether a result's ``cost_model`` (`sim.serving.serve.cost_model_name`) is the uncalibrated roofline."""
+    return not cost_model or str(cost_model).startswith("roofline")
+
+
+#: What the roofline badge's tooltip says.
+ROOFLINE_HELP = (
+    "No calibrated cost model: every op takes max(FLOP / peak FLOP/s, bytes / peak bandwidth), the roofline. "
+    "Times are lower bounds and throughputs, MFU and S-MFU upper bounds, not predictions. Calibrate on measured "
+    "kernel tables (moesim calibrate, the Profiles & calibration page) for predictions."
+)
+
+
+def cost_model_badge(cost_model: str | None) -> bool:
+    """A badge above predicted figures: "roofline (lower bound)" without a calibrated cost model, else the
+    calibrated model's name. Returns `is_roofline`."""
+    if is_roofline(cost_model):
+        st.badge("roofline (lower bound)", icon=":material/straighten:", color="orange", help=ROOFLINE_HELP)
+        return True
+    st.badge(f"calibrated: {cost_model}", icon=":material/verified:", color="green")
+    return False
+
+
+def mfu_label(name: str, roofline: bool) -> str:
+    """A utilisation metric's label: ``MFU (roofline)`` in roofline mode (an upper bound, not a measurement)."""
+    return f"{name} (roofline)" if roofline else name
+
+
+def smfu_note(s_mfu: float | None, roofline: bool) -> str:
+    """A caption when S-MFU exceeds 100% in roofline mode (an artefact of that mode), else ``""``."""
+    if roofline and s_mfu is not None and s_mfu == s_mfu and s_mfu > 1.0:
+        return (
+            f"S-MFU {fmt_pct(s_mfu)} is above 100%: an artefact of roofline mode (MoE-CAP's FLOP count over a "
+            "roofline step time, which is a lower bound), not a utilisation a GPU reaches."
+        )
+    return ""
+
+
+def smfu_value(s_mfu: float | None, roofline: bool) -> str:
+    """S-MFU as a metric value; marked with a dagger (see `smfu_note`) above 100% in roofline mode."""
+    return fmt_pct(s_mfu) + (" †" if smfu_note(s_mfu, roofline) else "")
 
 
 def csv_bytes(df: pd.DataFrame) -> bytes:
@@ -122,7 +166,16 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(json.loads(clean_json(obj)), indent=1) + "\n").encode()
 
 
+#: Page-wide CSS: headline metrics in a smaller font and narrower side padding of the main area, so that a
+#: figure with its unit is not cut in a 1000 px window (four metrics a row beside the sidebar).
+CSS = """<style>
+[data-testid="stMetricValue"] { font-size: 1.5rem; }
+[data-testid="stMainBlockContainer"] { padding-left: 2.5rem; padding-right: 2.5rem; }
+</style>"""
+
+
 def page_header(title: str, caption: str) -> None:
     """The page's title and a one-line description of what it is for."""
+    st.html(CSS)
     st.title(title)
     st.caption(caption)

@@ -59,13 +59,13 @@ def test_defaults_render_without_solving() -> None:
 
 
 def test_run_shows_ilp_against_greedy(ran: AppTest) -> None:
-    metrics = ran.dataframe[0].value
+    metrics = ran.dataframe[0].value.merge(ran.dataframe[1].value, on="method")  # the balance and solver tables
     assert list(metrics["method"]) == ["round-robin (before)", "greedy EPLB", "ILP"]
     rr, eplb, ilp = metrics["busiest_over_mean"]
     assert eplb < rr and ilp <= eplb * (1 + 1e-9)  # greedy beats round-robin; the ILP never loses to greedy
     assert metrics["status"].iloc[2] in ("optimal", "work limit", "time limit")
     assert len(ran.get("plotly_chart")) == 1 + 2 + 3  # heatmap, per-GPU bars + per-layer lines, three GPU maps
-    latency = ran.dataframe[1].value
+    latency = ran.dataframe[2].value.merge(ran.dataframe[3].value, on="plan")  # analytical and DES columns
     assert len(latency) == 3 and np.isfinite(latency[["tpot_ms", "ttft_p99_ms", "straggler_share"]]).all().all()
     assert latency["tpot_ms"].iloc[1] < latency["tpot_ms"].iloc[0]  # balanced experts decode faster
     buttons = ran.get("download_button")

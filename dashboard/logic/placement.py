@@ -18,6 +18,7 @@ overrun by a wide margin on one-node layouts with redundant slots, and a page mu
 
 from __future__ import annotations
 
+import math
 import pickle
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from moesim.dashboard.format import fmt_count, fmt_pct, fmt_seconds
 from moesim.dashboard.logic.placement_charts import (  # noqa: F401  (re-exported for the page and tests)
     LABELS,
     expert_map,
@@ -99,7 +101,7 @@ METRIC_COLUMNS: dict[str, tuple[str, str | None, str]] = {
         "percent",
         "Share of a token's consecutive-layer expert pairs served on one GPU (needs a per-token trace).",
     ),
-    "solve_s": ("solve (s)", "%.3f", "Wall-clock seconds the method took (the ILP's includes building its models)."),
+    "solve_s": ("solve time", "%.3f", "Wall-clock time the method took (the ILP's includes building its models)."),
     "status": (
         "status",
         None,
@@ -120,6 +122,15 @@ METRIC_COLUMNS: dict[str, tuple[str, str | None, str]] = {
         "MoE layers where the ILP's plan was no better than EPLB's, so EPLB's plan was kept.",
     ),
 }
+#: The metrics table's balance columns (the page shows them apart from the solver's: time, status, gap, layers).
+BALANCE_COLUMNS = (
+    "busiest_over_mean",
+    "worst_layer",
+    "balancedness",
+    "busiest_over_bound",
+    "remote_nodes_per_token",
+    "same_gpu_next_layer",
+)
 #: The latency table's columns: key -> (label, number format or None, tooltip with units).
 LATENCY_COLUMNS: dict[str, tuple[str, str | None, str]] = {
     "plan": ("plan", None, "The placement the simulated engine runs."),
@@ -253,7 +264,7 @@ def run_ilp(
             )
         except subprocess.TimeoutExpired:
             raise MoesimError(
-                f"the ILP ran past {cap:.0f} s (its time limit is {time_limit:g} s) and was stopped",
+                f"the ILP ran past {fmt_seconds(cap)} (its time limit is {fmt_seconds(time_limit)}) and was stopped",
                 "lower the time limit or the redundant slots, or spread the GPUs over more nodes; "
                 "the round-robin and greedy results stand",
             ) from None
@@ -294,6 +305,22 @@ def metrics_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def solver_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The solver's columns of `metrics_table` as text with units (``189 ms``, ``0.0%``, ``32``); ``–`` where a
+    heuristic has no such figure (a blank cell, not ``None``)."""
+    out = pd.DataFrame({"method": table["method"]})
+    if "solve_s" in table:
+        out["solve_s"] = [fmt_seconds(v) for v in table["solve_s"]]
+    if "status" in table:
+        out["status"] = table["status"]
+    if "gap" in table:
+        out["gap"] = [fmt_pct(v) for v in table["gap"]]
+    for c in ("layers_optimal", "layers_fallback"):
+        if c in table:
+            out[c] = [fmt_count(v) for v in table[c]]
+    return out
+
+
 # simulated latency --------------------------------------------------------------------------------------------------
 def scenario(
     model: str, gpu: str, num_gpus: int, gpus_per_node: int, rate: float, requests: int, seed: int
@@ -330,6 +357,7 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
     """
     from moesim.sim.serving.analytical import Analytical
     from moesim.sim.serving.scenario import build, parse_scenario
+    from moesim.sim.serving.serve import cost_model_name
 
     built = build(parse_scenario(sc, "placement studio scenario"))
     shares = np.asarray(counts, float)
@@ -343,6 +371,7 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
         "throughput_tok_s": s["throughput_tok_s"],
         "overloaded": bool(s["overloaded"]),
         "overload_reason": s["overload_reason"],
+        "cost_model": cost_model_name(built.cost_model),
     }
     if des:
         from moesim.sim.serving.engine import simulate
@@ -356,14 +385,18 @@ def simulate_plan(sc: dict, counts: np.ndarray, phys_to_log: np.ndarray, des: bo
 
 
 def latency_table(sims: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per plan (method -> `simulate_plan` figures): the columns of `LATENCY_COLUMNS`, milliseconds."""
+    """One row per plan (method -> `simulate_plan` figures): the columns of `LATENCY_COLUMNS`, milliseconds.
+
+    An overloaded plan's TTFTs are blank (NaN): its queue grows while the run lasts, so they measure the run's
+    length, not the plan; the ``overloaded`` column says so."""
     rows = []
     for m, s in sims.items():
+        over = bool(s["overloaded"])
         row = {
             "plan": LABELS.get(m, m),
             "tpot_ms": s["tpot_s"] * 1e3,
-            "ttft_p50_ms": s["ttft_p50_s"] * 1e3,
-            "ttft_p99_ms": s["ttft_p99_s"] * 1e3,
+            "ttft_p50_ms": math.nan if over else s["ttft_p50_s"] * 1e3,
+            "ttft_p99_ms": math.nan if over else s["ttft_p99_s"] * 1e3,
             "step_ms": s["step_s"] * 1e3,
             "overloaded": s["overloaded"],
         }

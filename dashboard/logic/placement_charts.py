@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from moesim.dashboard.logic.charts import PALETTE, heatmap
+from moesim.dashboard.logic.charts import LEGEND_TOP, PALETTE, heatmap, title_top
 
 LABELS = {"round-robin": "round-robin (before)", "eplb": "greedy EPLB", "ilp": "ILP"}
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "template": "plotly_white"}
@@ -26,8 +26,8 @@ def loads_figure(counts: np.ndarray) -> go.Figure:
         rel,
         x=range(n),
         y=range(layers),
-        title="Expert load per MoE layer (1 = the layer's mean expert)",
-        colorbar="load ÷ mean",
+        title="Expert load per MoE layer",
+        colorbar="÷ layer mean",
         x_title="expert",
         y_title="MoE layer",
         text_fmt=".2f",
@@ -54,10 +54,10 @@ def gpu_load_figure(results: dict[str, dict[str, Any]], layer: int) -> go.Figure
     fig.add_hline(y=1.0, line_dash="dot", line_color="#444")
     fig.update_layout(
         barmode="group",
-        title=f"Per-GPU load, MoE layer {layer}",
+        title=title_top(f"Per-GPU load, MoE layer {layer}"),
         yaxis_title="load ÷ mean GPU load",
-        legend={"orientation": "h", "y": -0.2},
-        **_LAYOUT,
+        legend=LEGEND_TOP,
+        **(_LAYOUT | {"margin": {"l": 10, "r": 10, "t": 115, "b": 10}}),
     )
     return fig
 
@@ -79,11 +79,11 @@ def imbalance_figure(results: dict[str, dict[str, Any]]) -> go.Figure:
         )
     fig.add_hline(y=1.0, line_dash="dot", line_color="#444")
     fig.update_layout(
-        title="Busiest / mean GPU load per MoE layer (1 = balanced)",
+        title=title_top("Busiest ÷ mean GPU load by layer"),
         xaxis_title="MoE layer",
         yaxis_title="busiest ÷ mean",
-        legend={"orientation": "h", "y": -0.2},
-        **_LAYOUT,
+        legend=LEGEND_TOP,
+        **(_LAYOUT | {"margin": {"l": 10, "r": 10, "t": 115, "b": 10}}),
     )
     return fig
 
@@ -109,8 +109,8 @@ def expert_map_figure(result: dict[str, Any], counts: np.ndarray, layer: int, la
         z,
         x=range(counts.shape[1]),
         y=[f"GPU {i}" for i in range(g)],
-        title=f"{label}: which GPU serves which expert, MoE layer {layer} (% of the layer's load; blank: not held)",
-        colorbar="% of load",
+        title=f"{label}: GPU of each expert, layer {layer}",
+        colorbar="% of layer",
         x_title="expert",
         y_title="GPU",
         text_fmt=".1f",

@@ -19,7 +19,15 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from moesim.dashboard.logic.charts import PALETTE
+from moesim.dashboard.format import fmt_bytes, fmt_pct, fmt_seconds
+from moesim.dashboard.logic.charts import (
+    LEGEND_TOP,
+    PALETTE,
+    clip_seconds,
+    legend_height,
+    seconds_axis,
+    title_top,
+)
 from moesim.model import Batch, MoesimError, estimate_memory, estimate_step, inputs
 
 #: moesim's package root: the repository in a source checkout (editable install), ``site-packages/moesim`` from
@@ -120,13 +128,41 @@ def open_scenario(mapping: dict[str, Any], source: str, base_dir: str | Path | N
     st.switch_page(SCENARIO_PAGE)
 
 
-def _memory_parts(model: Any, layout: Any, gpu: Any, precision: Any, mem_fraction: float) -> dict[str, float]:
-    """Bytes on the fullest GPU of one pool: weights by component, activations, KV room, the reserve."""
-    mem = estimate_memory(model, layout, gpu, precision, mem_fraction=mem_fraction)
+#: The memory chart's row of host-resident (offloaded) bytes is named ``<pool role> host``; GPU rows the role.
+HOST_SUFFIX = " host (offloaded)"
+
+
+def _memory_parts(built: Any, pool: Any) -> dict[str, dict[str, float]]:
+    """Bytes on the fullest GPU of one pool: weights by component, activations, KV room, the reserve; with
+    offloaded experts the GPU-resident experts (the cache) and, in a separate ``<role> host (offloaded)`` row,
+    the experts that live in host memory and are fetched over PCIe (`sim.serving.capacity.replica_capacity`).
+
+    Returns:
+        row name -> part -> bytes: the pool's GPU row, and its host row when experts are offloaded.
+    """
+    from moesim.sim.serving.capacity import replica_capacity
+
+    gpu = pool.cluster.gpu
+    mem = estimate_memory(built.model, pool.layout, gpu, built.precision, mem_fraction=pool.engine.mem_fraction)
     parts = {f"weights: {k.replace('_', ' ')}": float(v) for k, v in mem.weights_by_component.items() if v > 0}
-    parts["KV cache room"] = max(0.0, mem.usable_bytes - mem.weight_bytes - mem.activation_bytes)
+    host: dict[str, float] = {}
+    try:
+        cap = replica_capacity(built, pool)
+    except MoesimError:  # does not fit: the page says so elsewhere; draw the weights as they are
+        cap = None
+    resident = mem.weight_bytes
+    if cap is not None and cap.offload is not None:
+        experts = parts.pop("weights: routed experts", 0.0)
+        cached = min(experts, cap.offload.cache_experts * cap.offload.expert_bytes)
+        parts["weights: routed experts (GPU cache)"] = cached
+        host["routed experts offloaded to host"] = max(0.0, experts - cached)
+        resident = mem.weight_bytes - experts + cached
+    parts["KV cache room"] = max(0.0, mem.usable_bytes - resident - mem.activation_bytes)
     parts["reserved (1 - mem_fraction)"] = mem.capacity_bytes - mem.usable_bytes
-    return parts
+    out = {pool.role: parts}
+    if host:
+        out[pool.role + HOST_SUFFIX] = host
+    return out
 
 
 def _op_breakdown(built: Any, pool: Any, batch: float, ctx: int) -> dict[str, float]:
@@ -193,9 +229,9 @@ def run_serving(
 
     res = run(mapping, engine, base_dir=base_dir, progress=progress)
     b, s = res.built, res.summary
-    memory = {
-        p.role: _memory_parts(b.model, p.layout, p.cluster.gpu, b.precision, p.engine.mem_fraction) for p in b.pools
-    }
+    memory: dict[str, dict[str, float]] = {}
+    for p in b.pools:
+        memory |= _memory_parts(b, p)
     pool = b.pools[-1]  # decode pool of a disaggregated deployment, the only pool otherwise
     mean_batch = s.get("mean_batch", math.nan)
     batch = mean_batch if mean_batch == mean_batch and mean_batch > 0 else 1
@@ -208,6 +244,7 @@ def run_serving(
         "itl": np.asarray(res.itl, dtype=float),
         "series": time_series(res.steps, res.requests) if len(res.steps) else pd.DataFrame(),
         "memory": memory,
+        "gpu_bytes": float(pool.cluster.gpu.memory_bytes),
         "breakdown": _op_breakdown(b, pool, batch, ctx),
         "breakdown_at": {"batch": max(1, round(batch)), "context": ctx},
         "components": {},
@@ -237,13 +274,13 @@ def provenance_caption(provenance: dict[str, Any] | None) -> str:
     share = dec.get("share") or {}
     if not share:
         return ""
-    parts = ", ".join(f"{k} {v:.0%}" for k, v in share.items() if v > 0.0005)
+    parts = ", ".join(f"{k} {fmt_pct(v, 0)}" for k, v in share.items() if v > 0.0005)
     text = f"Decode step time ({provenance.get('cost_model', 'roofline')}): {parts}."
     band = dec.get("band") or {}
     if band.get("transferred_share", 0.0) > 0.0:
         text += (
-            f" Transferred from another GPU's tables: expected error of the step +/-{band['p50']:.0%} (P50), "
-            f"+/-{band['p90']:.0%} (P90), from cross-transfer between two H100 measurements."
+            f" Transferred from another GPU's tables: expected error of the step ±{fmt_pct(band['p50'], 0)} (P50), "
+            f"±{fmt_pct(band['p90'], 0)} (P90), from cross-transfer between two H100 measurements."
         )
     return text
 
@@ -258,31 +295,64 @@ def latency_cdf_series(result: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
+def latency_cap_s(slo: dict[str, float | None]) -> float:
+    """Where a latency axis stops: 100 x the largest SLO (1 s without one), at least 10 s. Above it a run is
+    overloaded (its queue grows while it runs) and its latencies say how long the run lasted, not how fast it is."""
+    slos = [float(v) for v in (slo or {}).values() if v]
+    return max(10.0, 100.0 * max(slos, default=1.0))
+
+
 def percentile_chart(summary: dict[str, Any], slo: dict[str, float | None]) -> go.Figure:
-    """The analytical model's latency percentiles (p50, p90, p99) per metric, SLOs marked, log scale."""
+    """The analytical model's latency percentiles (p50, p90, p99) per metric, SLOs marked, log scale; a
+    percentile above `latency_cap_s` is drawn at the cap and labelled overloaded."""
     fig = go.Figure()
+    cap = latency_cap_s(slo)
+    top = 0.0
     for i, (key, name) in enumerate((("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "end-to-end"))):
         qs = [q for q in ("p50", "p90", "p99") if summary.get(f"{key}_{q}_s") == summary.get(f"{key}_{q}_s")]
+        heights, labels = clip_seconds([summary[f"{key}_{q}_s"] for q in qs], cap)
+        top = max([top, *heights])
         fig.add_trace(
             go.Bar(
                 x=qs,
-                y=[summary[f"{key}_{q}_s"] for q in qs],
+                y=heights,
                 name=name,
                 marker_color=PALETTE[i],
-                hovertemplate=name + " %{x}: %{y:.4g} s<extra></extra>",
+                marker_pattern_shape=["/" if "overloaded" in t else "" for t in labels],
+                text=labels,
+                textposition="none",
+                hovertemplate=name + " %{x}: %{text}<extra></extra>",
             )
         )
     for key, dash in (("ttft_s", "dash"), ("tpot_s", "dot")):
         if slo.get(key):
-            fig.add_hline(y=slo[key], line_dash=dash, annotation_text=f"{key[:4].upper()} SLO")
+            # the label as its own annotation: plotly places an add_hline annotation at 10^y on a log axis
+            fig.add_hline(y=slo[key], line_dash=dash, line_color="#555")
+            fig.add_annotation(
+                y=math.log10(slo[key]),
+                yref="y",
+                x=0,
+                xref="paper",
+                xanchor="left",
+                yanchor="bottom",
+                text=f"{key[:4].upper()} SLO {fmt_seconds(slo[key])}",
+                showarrow=False,
+                font={"size": 11, "color": "#555"},
+                bgcolor="rgba(255,255,255,0.8)",
+            )
+    title = "Latency percentiles (analytical steady state)"
+    if top >= cap:
+        title += f"; hatched: overloaded, above {fmt_seconds(cap)}"
     fig.update_layout(
         barmode="group",
-        title="Latency percentiles (analytical steady state)",
-        yaxis_title="seconds",
+        title=title_top(title),
+        yaxis_title="seconds (log)",
         yaxis_type="log",
         template="plotly_white",
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend=LEGEND_TOP,
+        margin={"l": 10, "r": 10, "t": 115, "b": 10},
     )
+    seconds_axis(fig, "y", dtick=1)
     return fig
 
 
@@ -312,8 +382,20 @@ def series_chart(series: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def memory_chart(memory: dict[str, dict[str, float]], title: str = "Memory on the fullest GPU") -> go.Figure:
-    """One stacked horizontal bar per pool (GiB): weights by component, KV room, the reserve."""
+def gpu_memory_bytes(gpu: str | None) -> float | None:
+    """One ``gpu`` preset's memory, bytes (None for an unknown name)."""
+    from moesim.model import list_gpus
+
+    spec = list_gpus().get(str(gpu))
+    return float(spec.memory_bytes) if spec is not None else None
+
+
+def memory_chart(
+    memory: dict[str, dict[str, float]], title: str = "Memory on the fullest GPU", capacity_bytes: float | None = None
+) -> go.Figure:
+    """One stacked horizontal bar per row (GiB): weights by component, KV room, the reserve; a row named
+    ``... host (offloaded)`` holds experts in host memory (hatched, outside the GPU). ``capacity_bytes`` draws
+    one GPU's memory as a dashed line."""
     fig = go.Figure()
     names: list[str] = []
     for parts in memory.values():
@@ -326,18 +408,30 @@ def memory_chart(memory: dict[str, dict[str, float]], title: str = "Memory on th
                 name=name,
                 orientation="h",
                 marker_color=PALETTE[i % len(PALETTE)],
-                hovertemplate=name + ": %{x:.2f} GiB<extra></extra>",
+                marker_pattern_shape="/" if "host" in name else "",
+                customdata=[fmt_bytes(memory[role].get(name, 0.0)) for role in memory],
+                hovertemplate=name + ": %{customdata}<extra></extra>",
             )
         )
+    if capacity_bytes:
+        fig.add_vline(
+            x=capacity_bytes / 2**30,
+            line_dash="dash",
+            line_color="#D55E00",
+            annotation_text=f"GPU memory {fmt_bytes(capacity_bytes)}",
+            annotation_position="top",
+        )
+    # legend on the right, one entry a line: the figure is as tall as the longer of the bars and the legend
+    height = max(140 + 50 * len(memory), legend_height(len(names)))
     fig.update_layout(
         barmode="stack",
         title=title,
         xaxis_title="GiB",
-        height=180 + 60 * len(memory),
+        height=height,
         template="plotly_white",
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "y": -0.4},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
     )
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -352,14 +446,14 @@ def training_breakdown_chart(breakdown: dict[str, float], step_s: float) -> go.F
                 name=name.replace("_", " "),
                 orientation="h",
                 marker_color=PALETTE[i % len(PALETTE)],
-                hovertemplate=f"{name}: %{{x:.4g}} s ({v / step_s:.1%})<extra></extra>" if step_s else None,
+                hovertemplate=f"{name}: {fmt_seconds(v)} ({fmt_pct(v / step_s)})<extra></extra>" if step_s else None,
             )
         )
     fig.update_layout(
         barmode="stack",
         title="Step time by cause",
         xaxis_title="seconds per step",
-        height=240,
+        height=legend_height(len(breakdown), 240),
         template="plotly_white",
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from moesim.dashboard.format import fmt_pct, fmt_rate, fmt_ratio, fmt_seconds
 from moesim.dashboard.logic import placement as lp
-from moesim.dashboard.ui import csv_bytes, fmt, guarded, json_bytes, page_header, show_error
+from moesim.dashboard.ui import cost_model_badge, csv_bytes, guarded, json_bytes, page_header, show_error
 
 page_header(
     "Placement studio",
@@ -125,8 +126,8 @@ if st.button(
         with guarded():
             results = dict(lp.run_greedy(stats, model, int(gpus), gpn, int(redundant)))
         st.write(
-            f"ILP: {num_layers} layers, time limit {float(time_limit):g} s "
-            f"(stopped after {lp.ilp_cap_s(float(time_limit)):.0f} s at most)..."
+            f"ILP: {num_layers} layers, time limit {fmt_seconds(float(time_limit))} "
+            f"(stopped after {fmt_seconds(lp.ilp_cap_s(float(time_limit)))} at most)..."
         )
         ilp_error = None
         try:
@@ -153,24 +154,30 @@ if ilp_error is not None:
 
 # results ------------------------------------------------------------------------------------------------------------
 table = lp.metrics_table(results)
-st.dataframe(table, hide_index=True, key="pl_metrics_table", column_config=lp.column_config(lp.METRIC_COLUMNS))
+# two tables, balance and solver, each narrow enough to show all its columns
+balance = ["method", *[c for c in lp.BALANCE_COLUMNS if c in table]]
+solver = ["method", *[c for c in table if c not in balance]]
+st.dataframe(table[balance], hide_index=True, key="pl_metrics_table", column_config=lp.column_config(lp.METRIC_COLUMNS))
+solver_cfg = {k: st.column_config.TextColumn(v[0], help=v[2]) for k, v in lp.METRIC_COLUMNS.items() if k in solver}
+st.dataframe(lp.solver_display(table[solver]), hide_index=True, key="pl_solver_table", column_config=solver_cfg)
 base = results["round-robin"]["metrics"]["max_load_ratio"]
+st.caption("Busiest GPU's load over the mean GPU's (1.00× is perfect balance), whole model:")
 mcols = st.columns(len(results))
 for col, (m, r) in zip(mcols, results.items(), strict=True):
     x = r["metrics"]
     col.metric(
-        f"{lp.LABELS[m]}: busiest / mean",
-        f"{x['max_load_ratio']:.3f}",
-        delta=None if m == "round-robin" else f"{x['max_load_ratio'] / base - 1:+.1%} vs round-robin",
+        lp.LABELS[m],
+        fmt_ratio(x["max_load_ratio"], 3),
+        delta=None if m == "round-robin" else f"{fmt_pct(x['max_load_ratio'] / base - 1, signed=True)} vs round-robin",
         delta_color="inverse",
         help=lp.METRIC_COLUMNS["busiest_over_mean"][2],
     )
 if "ilp" in results:
     x = results["ilp"]["metrics"]
     st.caption(
-        f"ILP: status {x['status']}, MIP gap {fmt(x.get('gap'), '%')}, {x['layers_optimal']}/{num_layers} layers "
-        f"proven optimal, {x['layers_fallback']} kept EPLB's plan, {fmt(x['solve_s'], 's')} "
-        f"({fmt(x['solver_seconds'], 's')} in the solver)."
+        f"ILP: status {x['status']}, MIP gap {fmt_pct(x.get('gap'))}, {x['layers_optimal']}/{num_layers} layers "
+        f"proven optimal, {x['layers_fallback']} kept EPLB's plan, {fmt_seconds(x['solve_s'])} "
+        f"({fmt_seconds(x['solver_seconds'])} in the solver)."
     )
 
 layer = st.columns([1, 3])[0].selectbox(
@@ -206,7 +213,7 @@ requests = scols[2].number_input(
     help="Requests in the simulated workload (prompts ~512, outputs ~128).",
 )
 des = scols[3].toggle(
-    "Discrete-event check",
+    "DES check",
     value=True,
     key="pl_des",
     help="Also run the discrete-event simulator (about 1 s per plan at the defaults): step-to-step routing noise, "
@@ -215,12 +222,19 @@ des = scols[3].toggle(
 sc = lp.scenario(model, gpu, int(gpus), gpn, float(rate), int(requests), int(seed))
 with guarded(stop=False), st.spinner("Simulating the plans..."):
     sims = {m: lp.simulate_plan(sc, stats["counts"], r["phys_to_log"], des) for m, r in results.items()}
+    cost_model_badge(next(iter(sims.values())).get("cost_model"))
     lat = lp.latency_table(sims)
-    st.dataframe(lat, hide_index=True, key="pl_latency_table", column_config=lp.column_config(lp.LATENCY_COLUMNS))
+    # the analytical model's columns, then the discrete-event simulation's: each table shows all its columns
+    des_cols = ["plan", *[c for c in lat if c.startswith("des_") or c == "straggler_share"]]
+    ana_cols = [c for c in lat if c not in des_cols[1:]]
+    cfg = lp.column_config(lp.LATENCY_COLUMNS)
+    st.dataframe(lat[ana_cols], hide_index=True, key="pl_latency_table", column_config=cfg)
+    if len(des_cols) > 1:
+        st.dataframe(lat[des_cols], hide_index=True, key="pl_des_table", column_config=cfg)
     over = [f"{lp.LABELS[m]}: {s['overload_reason']}" for m, s in sims.items() if s["overloaded"]]
     st.caption(
         f"Analytical model (closed form, the expected busiest GPU per MoE layer) of one {int(gpus)}-GPU EP replica "
-        f"of {model} on {gpu} at {float(rate):g} req/s, routing drawn from these statistics"
+        f"of {model} on {gpu} at {fmt_rate(float(rate), 'req/s')}, routing drawn from these statistics"
         + ("; discrete-event columns from one seeded run" if des else "")
         + "."
         + (f" Overloaded: {'; '.join(over)}." if over else "")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from moesim.dashboard.format import fmt_count, fmt_seconds
 from moesim.dashboard.logic import profiles as logic
-from moesim.dashboard.ui import csv_bytes, fmt, guarded, page_header, show_error
+from moesim.dashboard.ui import csv_bytes, guarded, page_header, show_error
 
 HELP = {
     "source": "Where the measured tables come from: GPU runs committed in profiling/data, this machine's "
@@ -28,7 +29,7 @@ HELP = {
     "ratio": "Median measured time over the reference (the op's roofline on the measured device plus the "
     "fastest call): 1 is at the roofline, higher is slower.",
     "quick": "Times GEMMs and grouped GEMMs in fp32 on this machine's CPU over the demo's small grid "
-    "(moesim profile --device cpu with the tiny grid: some 15 s on an idle 2-core CPU, longer on a busy one), "
+    f"(moesim profile --device cpu with the tiny grid: {logic.quick_profile_promise()}), "
     "writes the tables to a temporary folder and calibrates on them.",
 }
 QUICK_KEY = "profiles_quick"
@@ -55,12 +56,16 @@ with col_run, st.container(border=True):
             with st.status("Profiling this CPU...", expanded=True) as status:
                 bar = st.progress(0.0, text="probing peak FLOP/s and memory bandwidth")
                 last = [0.0]
+                began = time.perf_counter()
 
                 def progress(done: int, total: int, label: str) -> None:
                     now = time.perf_counter()
                     if now - last[0] > 0.25 or done == total:  # a busy progress bar steals time from the kernels
                         last[0] = now
-                        bar.progress(done / max(total, 1), text=f"{done}/{total} {label[:60]}")
+                        left = (now - began) * (total - done) / max(done, 1)
+                        bar.progress(
+                            done / max(total, 1), text=f"{done}/{total}, about {fmt_seconds(left)} left: {label[:50]}"
+                        )
 
                 try:
                     run = logic.run_quick_profile(
@@ -71,14 +76,16 @@ with col_run, st.container(border=True):
                     show_error(exc)
                     st.stop()
                 bar.empty()  # a finished bar left on the page reads as work still running
-                status.update(label=f"Profiled this CPU in {fmt(run['wall_s'], 's')}", state="complete", expanded=False)
+                status.update(
+                    label=f"Profiled this CPU in {fmt_seconds(run['wall_s'])}", state="complete", expanded=False
+                )
             st.session_state[QUICK_KEY] = run
             st.session_state["profiles_source"] = "quick"
     quick = st.session_state.get(QUICK_KEY)
     if quick:
-        rows = ", ".join(f"{k} {n}" for k, n in quick["rows"].items())
+        rows = ", ".join(f"{k} {fmt_count(n)}" for k, n in quick["rows"].items())
         st.caption(
-            f"Last run: {quick['device']} ({quick['threads']} threads), {rows} rows in {fmt(quick['wall_s'], 's')}; "
+            f"Last run: {quick['device']} ({quick['threads']} threads), {rows} rows in {fmt_seconds(quick['wall_s'])}; "
             f"tables in `{quick['folder']}`."
         )
         for s in quick["skipped"]:
@@ -125,24 +132,20 @@ with guarded():
         sig = logic.signature(tables_dir)
         tables = logic.load_set(tables_dir, sig)
     n_rows = sum(len(t) for t in tables.tables.values())
-    with st.spinner(f"Calibrating on {n_rows:,} rows..."):
+    with st.spinner(f"Calibrating on {fmt_count(n_rows)} rows..."):
         cal = logic.calibrate_set(tables_dir, sig, float(holdout), seed)
 
 # -- what was measured, where
 num = st.column_config.NumberColumn
 st.subheader("Tables")
-st.caption(f"`{tables_dir}`: {len(tables.files)} files, {n_rows:,} rows.")
-st.dataframe(tables.files, hide_index=True, key="profiles_files")
+st.caption(f"`{tables_dir}`: {len(tables.files)} files, {fmt_count(n_rows)} rows.")
+shown_cols = [c for c in logic.FILE_COLUMNS if c in tables.files]
+st.dataframe(tables.files[shown_cols], hide_index=True, key="profiles_files")
+with st.expander("Every file's metadata (library versions, grid, machine)"):
+    st.dataframe(tables.files, hide_index=True, key="profiles_files_all")
 if not tables.hardware.empty:
-    st.caption("Devices measured (peak FLOP/s and memory bandwidth in B/s: datasheet for a known GPU, probed on a CPU)")
-    flops = {
-        c: num(c.replace("peak_", "peak ") + " (FLOP/s)", format="compact") for c in tables.hardware if "peak_" in c
-    }
-    st.dataframe(
-        tables.hardware,
-        hide_index=True,
-        column_config=flops | {"memory_bandwidth": num("memory bandwidth (B/s)", format="compact")},
-    )
+    st.caption("Devices measured (peak FLOP/s and memory bandwidth: datasheet for a known GPU, probed on a CPU)")
+    st.dataframe(logic.hardware_display(tables.hardware), hide_index=True, key="profiles_hardware")
 
 # -- calibration and its error
 st.subheader("Calibration", help=HELP["scatter"])
@@ -151,19 +154,19 @@ left.plotly_chart(logic.scatter_figure(cal), key="profiles_scatter")
 right.plotly_chart(logic.error_bars(cal), key="profiles_error_bars")
 
 st.dataframe(
-    cal.errors.drop(columns=["kind", "dtype", "impl", "device"]),
+    logic.errors_display(cal.errors),
     hide_index=True,
     key="profiles_errors",
     column_config={
         "fit": st.column_config.TextColumn("fit", help="op kind / dtype / implementation @ measured device"),
-        "mape": num("MAPE (%)", help=HELP["mape"], format="%.1f"),
-        "p90_ape": num("P90 error (%)", help=HELP["p90"], format="%.1f"),
-        "median_ratio_to_reference": num("x reference", help=HELP["ratio"], format="%.2f"),
+        "mape": num("MAPE (%)", help=HELP["mape"], format="%.1f", width="small"),
+        "p90_ape": num("P90 (%)", help=HELP["p90"], format="%.1f", width="small"),
+        "median_ratio_to_reference": num("x reference", help=HELP["ratio"], format="%.2f", width="small"),
         "error_on": st.column_config.TextColumn("error on", help=HELP["holdout"]),
-        "rows_fit": num("fitted rows"),
-        "rows_holdout": num("held-out rows"),
-        "floor_s": num(
-            "floor (s)", format="%.3g", help="fastest fitted call, s: the launch floor added to the roofline"
+        "rows_fit": num("fitted", help="rows the fit was made on", width="small"),
+        "rows_holdout": num("held out", help="rows set aside: the error is measured on them", width="small"),
+        "floor_us": num(
+            "floor (µs)", format="%.1f", help="fastest fitted call, µs: the launch floor added to the roofline"
         ),
     },
 )
@@ -183,8 +186,8 @@ tabs = st.tabs([f"{k} ({len(t):,})" for k, t in tables.tables.items()])
 for tab, (kind, t) in zip(tabs, tables.tables.items(), strict=True):
     with tab:
         if len(t) > logic.MAX_ROWS_SHOWN:
-            st.caption(f"The first {logic.MAX_ROWS_SHOWN:,} of {len(t):,} rows. Times in seconds.")
+            st.caption(f"The first {fmt_count(logic.MAX_ROWS_SHOWN)} of {fmt_count(len(t))} rows. Times in µs.")
         else:
-            st.caption("Times in seconds (time_s: median of the timed calls; p10/p90: their spread).")
-        times = {c: num(c, format="%.3g") for c in ("time_s", "time_p10_s", "time_p90_s")}
-        st.dataframe(t.head(logic.MAX_ROWS_SHOWN), hide_index=True, key=f"profiles_{kind}", column_config=times)
+            st.caption("Times in µs (time: median of the timed calls; p10/p90: their spread).")
+        shown, times = logic.rows_display(t.head(logic.MAX_ROWS_SHOWN))
+        st.dataframe(shown, hide_index=True, key=f"profiles_{kind}", column_config=times)

@@ -7,9 +7,20 @@ import copy
 import pandas as pd
 import streamlit as st
 
+from moesim.dashboard.format import fmt_bytes, fmt_count, fmt_number, fmt_pct, fmt_rate, fmt_seconds, fmt_usd
 from moesim.dashboard.logic import cap, charts
 from moesim.dashboard.logic import scenario as sl
-from moesim.dashboard.ui import HELP, csv_bytes, fmt, guarded, json_bytes, page_header
+from moesim.dashboard.ui import (
+    HELP,
+    cost_model_badge,
+    csv_bytes,
+    guarded,
+    json_bytes,
+    mfu_label,
+    page_header,
+    smfu_note,
+    smfu_value,
+)
 
 page_header(
     "Scenario",
@@ -146,12 +157,18 @@ if kind == "training":
     with guarded(), st.spinner("simulating one training step"):
         res = sl.run_training(mapping, base_dir)
     s = res["summary"]
+    roofline = cost_model_badge(s["cost_model"])
     c1, c2, c3, c4, c5 = st.columns(5)
-    c1.metric("Step time", fmt(s["step_s"], "s"), help="One optimizer step, seconds.")
-    c2.metric("Tokens/s", f"{s['tokens_per_s']:,.0f}", help="Training tokens per second, all GPUs.")
-    c3.metric("MFU", fmt(s["mfu"], "%"), help="Model FLOP per second over the GPUs' peak.")
-    c4.metric("Memory/GPU", f"{s['mem_per_gpu_gib']:.1f} GiB", help=s["memory_verdict"])
-    c5.metric("$ per B tokens", fmt(s["usd_per_btok"], "$"), help=s["cost_basis"])
+    c1.metric("Step time", fmt_seconds(s["step_s"]), help="One optimizer step, seconds.")
+    c2.metric("Tokens/s", fmt_rate(s["tokens_per_s"], "tok/s"), help="Training tokens per second, all GPUs.")
+    c3.metric(
+        mfu_label("MFU", roofline),
+        fmt_pct(s["mfu"]),
+        help="Model FLOP per second over the GPUs' peak."
+        + (" Roofline mode: an upper bound, not a prediction." if roofline else ""),
+    )
+    c4.metric("Memory/GPU", fmt_bytes(s["mem_per_gpu_gib"] * 2**30), help=s["memory_verdict"])
+    c5.metric("$ per B tokens", fmt_usd(s["usd_per_btok"]), help=s["cost_basis"])
     if not s["fits"]:
         st.warning(s["memory_verdict"])
     st.caption(f"{s['layout']} on {s['cluster']}; cost model: {s['cost_model']}")
@@ -159,7 +176,8 @@ if kind == "training":
     mem = res["memory"]
     parts = [c for c in mem.columns if c not in ("rank", "total", "inflight_microbatches")]
     by_rank = {f"rank {int(r['rank'])}": {c: float(r[c]) for c in parts} for _, r in mem.iterrows()}
-    st.plotly_chart(sl.memory_chart(by_rank, "Memory per GPU by pipeline rank"), key="tr_memory")
+    gpu_bytes = sl.gpu_memory_bytes(s.get("gpu"))
+    st.plotly_chart(sl.memory_chart(by_rank, "Memory per GPU by pipeline rank", gpu_bytes), key="tr_memory")
     d1, d2 = st.columns(2)
     d1.download_button("Summary (JSON)", json_bytes(s), "summary.json", "application/json", key="tr_dl_summary")
     d2.download_button("Tasks (CSV)", csv_bytes(res["tasks"]), "tasks.csv", "text/csv", key="tr_dl_tasks")
@@ -169,9 +187,8 @@ if kind == "training":
 des_key = yaml_text + base_dir
 kept = st.session_state.get("sc_des")
 ran_des = kept is not None and kept[0] == des_key
-left, right = st.columns([3, 2])
-left.markdown("**Discrete-event simulation** of every request." if ran_des else "**Analytical model** (steady state).")
-click = right.button(
+st.markdown("**Discrete-event simulation** of every request." if ran_des else "**Analytical model** (steady state).")
+click = st.button(
     "Run the discrete-event simulation",
     type="primary",
     disabled=ran_des,
@@ -194,52 +211,60 @@ else:
     with guarded(), st.spinner("running the analytical model"):
         res = sl.run_analytical(mapping, base_dir)
 s = res["summary"]
+roofline = cost_model_badge(s.get("cost_model"))
 if s.get("overloaded"):
     st.warning(f"Overloaded: {s['overload_reason']}")
-c = st.columns(7)
-c[0].metric("TTFT p99", fmt(s["ttft_p99_s"], "s"), help=HELP["ttft"])
-c[1].metric("TPOT p99", fmt(s["tpot_p99_s"], "s"), help=HELP["tpot"])
-c[2].metric("Output tok/s", f"{s['throughput_tok_s']:,.0f}", help=HELP["throughput"])
-c[3].metric("SLO met", fmt(s["slo_attainment"], "%"), help=HELP["goodput"])
-c[4].metric("S-MBU", fmt(s["s_mbu"], "%"), help=HELP["s_mbu"])
-c[5].metric("S-MFU", fmt(s["s_mfu"], "%"), help=HELP["s_mfu"])
-c[6].metric("$/M tok", fmt(s["usd_per_mtok"], "$"), help=HELP["cost"] + f" Basis: {s['cost_basis']}.")
+c = st.columns(4)
+c[0].metric("TTFT p99", fmt_seconds(s["ttft_p99_s"]), help=HELP["ttft"])
+c[1].metric("TPOT p99", fmt_seconds(s["tpot_p99_s"]), help=HELP["tpot"])
+c[2].metric("Output", fmt_rate(s["throughput_tok_s"], "tok/s"), help=HELP["throughput"])
+c[3].metric("SLO met", fmt_pct(s["slo_attainment"]), help=HELP["goodput"])
+c = st.columns(4)
+c[0].metric(mfu_label("S-MBU", roofline), fmt_pct(s["s_mbu"]), help=HELP["s_mbu"])
+c[1].metric(mfu_label("S-MFU", roofline), smfu_value(s["s_mfu"], roofline), help=HELP["s_mfu"])
+c[2].metric("$/M tok", fmt_usd(s["usd_per_mtok"]), help=HELP["cost"] + f" Basis: {s['cost_basis']}.")
+c[3].metric("Mean batch", fmt_number(s["mean_batch"]), help="Sequences per decode step, on average.")
+note = smfu_note(s["s_mfu"], roofline)
+if note:
+    st.caption("† " + note)
 caption = sl.provenance_caption(s.get("cost_provenance"))
 if caption:
     st.caption(caption)
 slo = mapping.get("slo") or {}
 if engine == "des":
     st.caption(
-        f"{s['requests']:,} requests over {s['simulated_s']:.1f} simulated s in {s['wall_s']:.1f} s wall; "
-        f"mean batch {s['mean_batch']:.1f}, KV use up to {s['max_kv_used']:.0%}, preemptions {s['preemptions']}"
+        f"{fmt_count(s['requests'])} requests over {fmt_seconds(s['simulated_s'])} simulated in "
+        f"{fmt_seconds(s['wall_s'])} wall; KV use up to {fmt_pct(s['max_kv_used'], 0)}, "
+        f"preemptions {fmt_count(s['preemptions'])}"
     )
     series = sl.latency_cdf_series(res)
     a, b, c2 = st.columns(3)
-    ttft_cdf = charts.cdf({"TTFT": series["TTFT"]}, "TTFT", "seconds (log)", slo.get("ttft_s"), log_x=True)
-    tpot_cdf = charts.cdf({"TPOT": series["TPOT"]}, "TPOT", "seconds (log)", slo.get("tpot_s"), log_x=True)
+    ttft_cdf = charts.cdf({"TTFT": series["TTFT"]}, "TTFT", "log scale", slo.get("ttft_s"), True)
+    tpot_cdf = charts.cdf({"TPOT": series["TPOT"]}, "TPOT", "log scale", slo.get("tpot_s"), True)
     a.plotly_chart(ttft_cdf, key="sc_cdf_ttft")
     b.plotly_chart(tpot_cdf, key="sc_cdf_tpot")
-    c2.plotly_chart(charts.cdf({"E2E": series["end-to-end"]}, "End-to-end", "seconds"), key="sc_cdf_e2e")
+    e2e = charts.cdf({"E2E": series["end-to-end"]}, "End-to-end", "arrival to last token")
+    st.caption("Share of requests at or below each latency; dashed: the SLO.")
+    c2.plotly_chart(e2e, key="sc_cdf_e2e")
     if not res["series"].empty:
         st.plotly_chart(sl.series_chart(res["series"]), key="sc_series")
 else:
     st.caption(
-        f"mean batch {s['mean_batch']:.1f}; decode step {fmt(s['decode_step_s'], 's')}, "
-        f"mixed step {fmt(s['mixed_step_s'], 's')}. Run the discrete-event simulation for CDFs and time series."
+        f"Decode step {fmt_seconds(s['decode_step_s'])}, mixed step {fmt_seconds(s['mixed_step_s'])}. "
+        "Run the discrete-event simulation for CDFs and time series."
     )
     st.plotly_chart(sl.percentile_chart(s, slo), key="sc_percentiles")
 
-a, b = st.columns(2)
 at = res["breakdown_at"]
-a.plotly_chart(
+st.plotly_chart(
     charts.stacked_bar(
         res["breakdown"], f"Decode step by op kind (batch {at['batch']}, context {at['context']})", "ms", 1e3
     ),
     key="sc_breakdown",
 )
 if res["components"]:
-    b.plotly_chart(charts.stacked_bar(res["components"], "All steps by cause", "s"), key="sc_components")
-st.plotly_chart(sl.memory_chart(res["memory"]), key="sc_memory")
+    st.plotly_chart(charts.stacked_bar(res["components"], "All steps by cause", "s"), key="sc_components")
+st.plotly_chart(sl.memory_chart(res["memory"], capacity_bytes=res.get("gpu_bytes")), key="sc_memory")
 
 d = st.columns(3)
 d[0].download_button("Summary (JSON)", json_bytes(s), "summary.json", "application/json", key="sc_dl_summary")
