@@ -74,7 +74,7 @@ def test_default_page_is_the_cap_overview() -> None:
 def test_cap_defaults_show_radar_pareto_bars_and_table() -> None:
     at = page("cap")
     clean(at)
-    assert charts(at) == 3
+    assert charts(at) == 4  # radar, Pareto, utilisation, throughput-interactivity frontier
     table = at.dataframe[0].value
     assert len(table) == 8  # 2 models x 2 GPUs x 1 layout x 2 precisions, none pruned
     assert table["pareto"].any()
@@ -299,7 +299,7 @@ def test_sweeps_run_small_sweep_then_explore(tmp_path: Path) -> None:
     assert "96 points" in at.markdown[0].value
     primary(at).click().run()
     clean(at)
-    assert charts(at) == 2  # heatmap, Pareto
+    assert charts(at) == 3  # heatmap, Pareto, throughput-interactivity frontier
     points = at.dataframe[-1].value
     assert len(points) == (points["status"] == "ok").sum() > 0
     # narrowing a filter narrows the rows
@@ -371,7 +371,7 @@ def test_sweeps_upload_results(tmp_path: Path) -> None:
     at.file_uploader(key="sw_upload").set_value(("results.parquet", buf.read_bytes(), "application/octet-stream"))
     at.run()
     clean(at)
-    assert charts(at) == 2
+    assert charts(at) == 3
     assert at.button(key="sw_open").disabled  # no manifest with an upload
 
 

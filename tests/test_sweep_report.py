@@ -326,15 +326,17 @@ def test_write_plots_writes_heatmaps_pareto_and_radar(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     paths = write_plots(grid_sweep(), tmp_path / "plots")
     names = [p.name for p in paths]
-    assert names == ["heatmap_capacity_tok_s.png", "heatmap_capacity_usd_per_mtok.png", "pareto.png", "cap_radar.png"]
+    assert names == ["heatmap_capacity_tok_s.png", "heatmap_capacity_usd_per_mtok.png", "pareto.png", "frontier.png",
+                     "cap_radar.png"]  # fmt: skip
     for p in paths:
         assert_png(p)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temp files left
 
 
 def stub_pareto_and_radar(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replace the scatter and the radar by empty files, so a test draws only the heatmaps."""
+    """Replace the scatter, the frontier and the radar by empty files, so a test draws only the heatmaps."""
     monkeypatch.setattr(sweep_plots, "_write_pareto", lambda table, path: path)
+    monkeypatch.setattr(sweep_plots, "_write_frontier", lambda points, path: path)
     monkeypatch.setattr(sweep_plots, "_write_radar", lambda table, path, rows: path)
 
 
@@ -343,7 +345,8 @@ def test_write_plots_no_heatmap_when_nothing_varies(tmp_path: Path, monkeypatch:
     stub_pareto_and_radar(monkeypatch)
     df = grid_sweep()
     one = df[(df["gpu"] == "L40S") & (df["precision"] == "fp8")]  # only max_batch varies: a one-row heatmap
-    assert [p.name for p in write_plots(one.iloc[:1], tmp_path / "one")] == ["pareto.png", "cap_radar.png"]
+    assert [p.name for p in write_plots(one.iloc[:1], tmp_path / "one")] == ["pareto.png", "frontier.png",
+                                                                             "cap_radar.png"]  # fmt: skip
     assert not list((tmp_path / "one").glob("heatmap_*"))
     assert sweep_plots._heatmap_axes(one) == ["max_batch"]
     assert sweep_plots._heatmap_axes(df) == ["precision", "gpu"]  # 3 precisions before 2 GPUs and 2 batches
@@ -358,7 +361,7 @@ def test_write_plots_rate_sweep_heatmaps(tmp_path: Path, monkeypatch: pytest.Mon
     rate = rate.assign(rate=1.0, throughput_tok_s=1000.0, slo_attainment=1.0)
     paths = write_plots(rate, tmp_path / "rate", heatmap_axes=("max_batch", "gpu"))
     assert [p.name for p in paths] == ["heatmap_throughput_tok_s.png", "heatmap_usd_per_mtok.png", "pareto.png",
-                                       "cap_radar.png"]  # fmt: skip
+                                       "frontier.png", "cap_radar.png"]  # fmt: skip
     for p in paths[:2]:
         assert_png(p)
     with pytest.raises(MoesimError, match="heatmap axes"):
@@ -407,7 +410,7 @@ def test_write_dashboard_data(tmp_path: Path) -> None:
     expected = df[pareto_mask(df, cap_objectives(df))]
     assert front["point_id"].tolist() == expected["point_id"].tolist()
     assert set(front["status"]) == {"ok"}
-    assert sorted(p.name for p in (tmp_path / "dash").iterdir()) == ["cap_table.csv", "pareto.parquet"]
+    assert sorted(p.name for p in (tmp_path / "dash").iterdir()) == ["cap_table.csv", "frontier.csv", "pareto.parquet"]
     assert write_dashboard_data(df, tmp_path / "dash")["cheapest"] is None
 
 

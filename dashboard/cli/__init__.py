@@ -20,9 +20,11 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from moesim.dashboard.cli._common import err, out
 from moesim.dashboard.cli.catalog import clusters, gpus, inspect, models
 from moesim.dashboard.cli.demo import demo
+from moesim.dashboard.cli.drift import drift
 from moesim.dashboard.cli.place import place
 from moesim.dashboard.cli.profile import calibrate, import_tables, profile
 from moesim.dashboard.cli.roofline import roofline
+from moesim.dashboard.cli.schema import schema
 from moesim.dashboard.cli.serve_app import dashboard
 from moesim.dashboard.cli.simulate import simulate
 from moesim.dashboard.cli.sweep import sweep
@@ -56,8 +58,15 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print moesim's version and exit."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still print); or MOESIM_QUIET=1."),
+    ] = False,
 ) -> None:
     """Performance modelling and simulation for Mixture-of-Experts training and serving."""
+    from moesim.dashboard.cli._common import set_quiet
+
+    set_quiet(quiet)
 
 
 for command in (
@@ -69,6 +78,7 @@ for command in (
     simulate,
     train,
     place,
+    drift,
     sweep,
     profile,
     calibrate,
@@ -79,6 +89,7 @@ for command in (
 app.command(name="import")(import_tables)
 app.command()(validate)
 app.command(name="fit-engine")(fit_engine)
+app.command()(schema)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,14 @@
-"""Shared pieces of the CLI: consoles, JSON output, number formatting, errors."""
+"""Shared pieces of the CLI: consoles, JSON output, progress and ``--quiet``, number formatting, errors."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,112 @@ from rich.console import Console
 #: Human output goes to stdout; progress and errors to stderr.
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
+
+#: Exit code of a command whose configuration does not fit in GPU memory (``moesim roofline``, ``moesim train``);
+#: its report is still printed, with ``"fits": false`` in ``--json``. 1 is bad input, 2 bad usage.
+EXIT_DOES_NOT_FIT = 3
+
+#: When stderr is not a terminal (CI logs, nohup), a plain progress line each time another tenth of the work is
+#: done, and at least every `PLAIN_EVERY_S` seconds (s) while it runs.
+PLAIN_EVERY_FRAC = 0.1
+PLAIN_EVERY_S = 30.0
+
+_quiet = False
+
+
+def set_quiet(value: bool) -> None:
+    """Silence progress and informational lines on stderr (``moesim --quiet CMD``); errors still print."""
+    global _quiet
+    _quiet = bool(value)
+
+
+def is_quiet() -> bool:
+    """Whether ``--quiet`` was given, or the environment variable MOESIM_QUIET is set to anything but 0/empty."""
+    return _quiet or os.environ.get("MOESIM_QUIET", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (what was written, what is being done), unless quiet."""
+    if not is_quiet():
+        err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _clock(s: float) -> str:
+    """Seconds as ``42 s`` or ``3 min 05 s``."""
+    s = max(0.0, s)
+    return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
+
+
+@contextmanager
+def progress_bar(what: str, quiet: bool = False) -> Iterator[Callable[[int, int, str], None]]:
+    """Progress on stderr, from the first update on; yields ``update(done, total, label)``.
+
+    On a terminal, a live bar. Otherwise (CI logs, ``nohup``, a pipe) plain lines such as
+    ``simulating: 30% (300/1,000), 12 s elapsed, eta 28 s, <label>`` each time another tenth is done
+    (`PLAIN_EVERY_FRAC`) or `PLAIN_EVERY_S` seconds have passed. Nothing with ``quiet`` or `is_quiet`.
+    Starting lazily keeps the stderr of a command that fails before any work to its one error line.
+    """
+    if quiet or is_quiet():
+        yield lambda done, total, label: None
+        return
+    if not err.is_terminal:
+        t0 = time.monotonic()
+        last = {"t": t0, "tenth": 0}
+
+        def plain(done: int, total: int, label: str) -> None:
+            now = time.monotonic()
+            frac = done / total if total > 0 else 0.0
+            tenth = int(frac / PLAIN_EVERY_FRAC + 1e-9)
+            if tenth <= last["tenth"] and now - last["t"] < PLAIN_EVERY_S:
+                return
+            last.update(t=now, tenth=max(tenth, last["tenth"]))
+            elapsed = now - t0
+            eta = f", eta {_clock(elapsed * (1 - frac) / frac)}" if 0 < frac < 1 else ""
+            label = f", {label[:70]}" if label else ""
+            err.print(
+                f"{what}: {frac:.0%} ({done:,}/{total:,}), {_clock(elapsed)} elapsed{eta}{label}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        yield plain
+        return
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(f"[bold]{what}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    # two refreshes a second: a busier bar thread steals time from the kernels being timed on a small CPU
+    bar = Progress(*columns, console=err, transient=True, refresh_per_second=2)
+    task = None
+
+    def update(done: int, total: int, label: str) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("", total=total)
+        bar.update(task, completed=done, total=total, description=label[:70])
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def finite(

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moesim.dashboard.cli._common import emit_json, err, finite, out, seconds
+from moesim.dashboard.cli._common import emit_json, err, finite, out, progress_bar, seconds
 from moesim.dashboard.cli.catalog import HardwareOpt, JsonOpt
 from moesim.model import get_gpu
 from moesim.model.errors import MoesimError
 from moesim.model.limits import MAX_SEED
-
-
-@contextmanager
-def progress_bar(what: str, quiet: bool = False):
-    """A progress bar on stderr, drawn from the first update on; yields ``update(done, total, label)``.
-
-    Starting it lazily keeps the stderr of a command that fails before any
-    work to its one error line.
-    """
-    columns = (
-        TextColumn(f"[bold]{what}[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    # two refreshes a second: a busier bar thread steals time from the kernels being timed on a small CPU
-    bar = Progress(*columns, console=err, transient=True, disable=quiet, refresh_per_second=2)
-    task = None
-
-    def update(done: int, total: int, label: str) -> None:
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("", total=total)
-        bar.update(task, completed=done, total=total, description=label[:70])
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            bar.stop()
 
 
 class Device(str, Enum):

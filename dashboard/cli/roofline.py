@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moesim.dashboard.cli._common import emit_json, err, finite, out, seconds, si
+from moesim.dashboard.cli._common import EXIT_DOES_NOT_FIT, emit_json, err, finite, out, seconds, si
 from moesim.dashboard.cli.catalog import HardwareOpt, JsonOpt
 from moesim.dashboard.summaries import RooflineRun, roofline_summary, run_roofline
 from moesim.model import (
@@ -37,6 +37,26 @@ class Pricing(str, Enum):
     auto = "auto"
     cloud = "cloud"
     capex = "capex"
+
+
+#: Printed under every report a roofline cost model produced (no calibration, ``cost_model: roofline`` in --json).
+ROOFLINE_NOTE = (
+    "roofline: every kernel timed at peak FLOP/s or bandwidth, so the times above are lower bounds and throughput, "
+    "MFU, S-MBU and S-MFU upper bounds, not predictions; for predictions: moesim calibrate, then --cost-model"
+)
+
+
+def mode_label(cost_model: str) -> str:
+    """``roofline`` or ``calibrated``: the label next to a utilisation (MFU, S-MBU, S-MFU) in a report."""
+    return "roofline" if cost_model == "roofline" else "calibrated"
+
+
+def pct_text(value: float, digits: int = 1) -> str:
+    """A utilisation as a percentage; above 100% flagged as an artefact of how it was counted, not a real one."""
+    text = f"{value:.{digits}%}"
+    if value > 1:
+        text += " (above 100%: an artefact of the counting, e.g. MoE-CAP's code, not a utilisation)"
+    return text
 
 
 def load_cost_model(path: Path | None) -> CostModel | None:
@@ -103,7 +123,11 @@ def roofline(
         ),
     ] = 0.9,
     ignore_memory: Annotated[
-        bool, typer.Option("--ignore-memory", help="Report a layout that does not fit instead of failing.")
+        bool,
+        typer.Option(
+            "--ignore-memory",
+            help="A layout that does not fit: exit 0 with a warning (without it: the report, an error line, exit 3).",
+        ),
     ] = False,
     pricing: Annotated[
         Pricing, typer.Option(help="cloud $/GPU-hour, capex (price amortised + energy), or auto.")
@@ -137,6 +161,9 @@ def roofline(
     """Ops per layer (FLOPs, bytes, comm bytes, time, bound), the step time, memory and CAP metrics.
 
     Example: moesim roofline mixtral-8x7b --gpu H100-SXM --tp 8 --phase decode --batch 64 --ctx 2048
+
+    A layout whose weights and KV cache do not fit in GPU memory still gets its report ("fits": false in --json),
+    then one error line and exit code 3, as 'moesim train' does (1: bad input, 2: bad usage).
     """
     m = load_model(model)
     lay = Layout(tp=tp, ep=ep, dp_attn=dp_attn, pp=pp)
@@ -157,17 +184,17 @@ def roofline(
         mla_absorb,
         load_cost_model(cost_model),
     )
-    if not run.memory.fits and not ignore_memory:
-        raise MoesimError(
-            f"{m.name} {lay.label()} {run.memory.verdict}",
-            f"{run.memory.fix}; or pass --ignore-memory to see the roofline anyway",
-        )
     if json_out:
-        emit_json(roofline_summary(run))
-        return
+        emit_json({**roofline_summary(run), "fits": run.memory.fits})
+    else:
+        print_roofline(run)
     if not run.memory.fits:
-        err.print(f"[yellow]warning: {run.memory.verdict} (fix: {run.memory.fix})[/yellow]")
-    print_roofline(run)
+        if ignore_memory:
+            err.print(f"warning: {run.memory.verdict} (fix: {run.memory.fix})", markup=False, soft_wrap=True)
+            return
+        fail = MoesimError(f"{m.name} {lay.label()} {run.memory.verdict}", f"{run.memory.fix}; or pass --ignore-memory")
+        err.print(f"error: {fail.one_line()}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
 def print_roofline(run: RooflineRun) -> None:
@@ -224,6 +251,8 @@ def print_roofline(run: RooflineRun) -> None:
             out.print(band + " (per op: band_p50/band_p90 in --json)")
     shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(est.bound_shares().items(), key=lambda kv: -kv[1]))
     out.print(f"step {seconds(est.step_s)} ({est.cost_model}); {est.tokens_per_s:,.0f} tokens/s; bound: {shares}")
+    if est.cost_model == "roofline":
+        out.print(ROOFLINE_NOTE)
     if est.layout.pp > 1:
         out.print(
             "stages: "
@@ -231,10 +260,13 @@ def print_roofline(run: RooflineRun) -> None:
             + f"; {est.pipelined_tokens_per_s:,.0f} tokens/s with {est.layout.pp} steps in flight"
         )
     out.print(f"memory: {mem.verdict}; KV cache {mem.kv_bytes_per_token / 1024:,.1f} KiB per token per GPU")
-    moecap = f"; MoE-CAP code: S-MBU {cap.moecap.smbu:.1%}, S-MFU {cap.moecap.smfu:.2%}" if cap.moecap else ""
+    moecap = (
+        f"; MoE-CAP code: S-MBU {pct_text(cap.moecap.smbu)}, S-MFU {pct_text(cap.moecap.smfu, 2)}" if cap.moecap else ""
+    )
     out.print(
         f"[bold]performance[/bold]: {seconds(cap.s_per_token)} per token per sequence, "
-        f"S-MBU {cap.exact.smbu:.1%}, S-MFU {cap.exact.smfu:.2%} ({cap.exact.peak_dtype} peak){moecap}"
+        f"S-MBU {pct_text(cap.exact.smbu)}, S-MFU {pct_text(cap.exact.smfu, 2)} ({cap.exact.peak_dtype} peak, "
+        f"{mode_label(est.cost_model)}){moecap}"
     )
     out.print(
         f"[bold]cost[/bold]: ${cap.usd_per_mtok:,.4g} per million tokens ({cap.cost_basis}); "

@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moesim.dashboard.cli._common import emit_json, out, seconds
-from moesim.dashboard.cli.profile import progress_bar
-from moesim.dashboard.cli.roofline import load_cost_model
+from moesim.dashboard.cli._common import emit_json, note, out, progress_bar, seconds
+from moesim.dashboard.cli.roofline import ROOFLINE_NOTE, load_cost_model, mode_label, pct_text
 from moesim.model import MoesimError
 from moesim.model.limits import MAX_SEED
 
@@ -31,7 +30,20 @@ def simulate(
         typer.Option("--out", help="Folder for summary.json, requests.parquet, steps.parquet and plots."),
     ] = None,
     trace: Annotated[
-        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) of the steps per GPU (des only).")
+        Path | None,
+        typer.Option(
+            help="Write a Chrome trace (Perfetto, chrome://tracing) of every step on every GPU (des only), streamed. "
+            "A path ending in .gz is gzip-compressed; a trace of more than 2 million events is written "
+            "compressed to PATH.gz (ui.perfetto.dev opens .json.gz). What was written is said on stderr.",
+        ),
+    ] = None,
+    trace_window: Annotated[
+        str | None,
+        typer.Option(
+            "--trace-window",
+            metavar="START:END",
+            help="Trace only the steps overlapping this span of simulated seconds, e.g. 60:90 (or 60: to the end).",
+        ),
     ] = None,
     cost_model: Annotated[
         Path | None, typer.Option(help="A calibration from 'moesim calibrate' (default: the roofline).")
@@ -50,14 +62,19 @@ def simulate(
 ) -> None:
     """Simulate a serving deployment: latency percentiles, throughput, goodput, S-MBU/S-MFU, cost.
 
-    Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json
+    Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json.gz
+
+    Only a window: moesim simulate examples/mixtral-8x7b-ep8.yaml --trace runs/t.json --trace-window 60:65
     """
     from moesim.model.outputs import check_replaceable
-    from moesim.sim.serving.chrome_trace import check_trace_path
+    from moesim.sim.serving.chrome_trace import check_trace_path, parse_window
     from moesim.sim.serving.serve import is_output, run, write_outputs
 
     if trace and engine is Engine.analytical:
         raise MoesimError("--trace needs the discrete-event engine", "drop --trace or use --engine des")
+    if trace_window is not None and not trace:
+        raise MoesimError(f"--trace-window {trace_window} needs --trace", "add --trace FILE, or drop --trace-window")
+    window = parse_window(trace_window) if trace_window is not None else None
     if out_dir:  # refuse before the work, not after it
         check_replaceable(out_dir, "simulate", force, legacy=is_output)
     if trace:
@@ -75,10 +92,17 @@ def simulate(
             trace,
             gpus_per_replica=res.sim.gpus_per_replica,
             kv_transfers=res.kv_transfers,
-            max_steps=5000,
+            window=window,
             force=force,
         )
-        s["trace"] = {"path": str(trace), **info}
+        s["trace"] = info
+        line = trace_note(info, trace)
+        if window and not info["steps_written"] and len(res.steps):
+            ends = res.steps["start_s"] + res.steps["duration_s"]
+            line += (
+                f" (no step in the window: the run's steps span {res.steps['start_s'].min():,.1f}-{ends.max():,.1f} s)"
+            )
+        note(line)
     if out_dir:
         write_outputs(res, out_dir, force=force)
         s["out"] = str(out_dir)
@@ -100,7 +124,8 @@ def simulate(
         f"requests {s['requests']:,} ({s['completed']:,} completed) over {s['simulated_s']:.1f} s simulated",
         f"throughput {s['throughput_req_s']:.2f} req/s, {s['throughput_tok_s']:,.0f} output tok/s; "
         f"goodput {s['goodput_req_s']:.2f} req/s (SLO attainment {s['slo_attainment']:.1%})",
-        f"S-MBU {s['s_mbu']:.1%}  S-MFU {s['s_mfu']:.1%}  ${s['usd_per_mtok']:.3g} per M output tokens "
+        f"S-MBU {pct_text(s['s_mbu'])}  S-MFU {pct_text(s['s_mfu'])} ({mode_label(s['cost_model'])})  "
+        f"${s['usd_per_mtok']:.3g} per M output tokens "
         f"({s['cost_basis']})",
     ]
     if s["engine"] == "des":
@@ -115,9 +140,39 @@ def simulate(
         )
     elif s.get("overloaded"):
         lines.append(f"overloaded: {s['overload_reason']}")
+    if s["cost_model"] == "roofline":
+        lines.append(ROOFLINE_NOTE)
     for line in lines:
         out.print(line)
     if out_dir:
         out.print(f"wrote {out_dir}/ (summary.json, requests.parquet, steps.parquet, plots)")
-    if trace:
-        out.print(f"wrote {trace} ({s['trace']['events']:,} events; open in ui.perfetto.dev)")
+
+
+def trace_note(info: dict, asked: Path | None = None) -> str:
+    """What a trace holds, in one line for stderr, e.g. ``trace: wrote runs/t.json.gz (101,234 of 101,234 steps,
+    4,048,000 events, 61.2 MB gzip of 598 MB JSON, 0-1,203.4 s); open it in ui.perfetto.dev``.
+
+    ``asked``: the path given to --trace; when the trace went to ``asked.gz`` instead (too large for plain JSON),
+    the line says why.
+    """
+    from moesim.dashboard.cli._common import si
+    from moesim.sim.serving.chrome_trace import GZIP_ABOVE_EVENTS
+
+    steps = f"{info['steps_written']:,} of {info['steps_total']:,} steps"
+    size = si(info["bytes"], "B")
+    if info["gzip"]:
+        size += f" gzip of {si(info['json_bytes'], 'B')} JSON"
+    if info.get("window_s"):
+        lo, hi = info["window_s"]
+        span = f"window {lo:,.6g}-{'end' if hi is None else f'{hi:,.6g}'} s"
+    else:
+        span = "the whole run"
+    if info.get("span_s"):
+        span += f", steps from {info['span_s'][0]:,.1f} to {info['span_s'][1]:,.1f} s"
+    kv = f", {info['kv_transfers_written']:,} KV transfers" if info.get("kv_transfers_written") else ""
+    if asked is not None and str(asked) != info["path"]:
+        kv += f"; compressed, not {asked}: more than {GZIP_ABOVE_EVENTS:,} events"
+    return (
+        f"trace: wrote {info['path']} ({steps}{kv}, {info['events']:,} events, {size}; {span}); "
+        "open it in ui.perfetto.dev"
+    )

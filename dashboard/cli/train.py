@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moesim.dashboard.cli._common import emit_json, err, out, seconds
-from moesim.dashboard.cli.roofline import load_cost_model
+from moesim.dashboard.cli._common import EXIT_DOES_NOT_FIT, emit_json, err, note, out, seconds
+from moesim.dashboard.cli.roofline import ROOFLINE_NOTE, load_cost_model, mode_label, pct_text
 
 
 def train(
@@ -25,6 +25,13 @@ def train(
         Path | None,
         typer.Option(help="A calibration from 'moesim calibrate' (default: the scenario's, else the roofline)."),
     ] = None,
+    ignore_memory: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-memory",
+            help="A layout that does not fit: exit 0 with a warning (without it: the report, an error line, exit 3).",
+        ),
+    ] = False,
     force: Annotated[
         bool,
         typer.Option(
@@ -39,6 +46,9 @@ def train(
     """Simulate MoE training steps: step time and its breakdown, tokens/s, MFU, memory per GPU, cost.
 
     Example: moesim train examples/train-mixtral-8x7b-h100.yaml --out runs/mixtral-train --trace runs/train.json
+
+    A layout that does not fit in GPU memory still gets its report ("fits": false in --json, outputs written),
+    then one error line and exit code 3, as 'moesim roofline' does (1: bad input, 2: bad usage).
     """
     from moesim.model.outputs import check_replaceable
     from moesim.sim.serving.chrome_trace import check_trace_path
@@ -49,19 +59,32 @@ def train(
     if trace:
         check_trace_path(trace, force)
     cm = load_cost_model(cost_model)
-    err.print(f"simulating {scenario} ...")
+    note(f"simulating {scenario} ...")
     res = run(scenario, cost_model=cm)
     s = res.summary
     if trace:
         from moesim.sim.training.train_plots import write_train_trace
 
         s["trace"] = {"path": str(trace), **write_train_trace(res, trace, force)}
+        note(f"trace: wrote {trace} ({s['trace']['events']:,} events); open it in ui.perfetto.dev")
     if out_dir:
         write_outputs(res, out_dir, force=force)
         s["out"] = str(out_dir)
     if as_json:
         emit_json(s)
-        return
+    else:
+        _print_summary(s, out_dir)
+    if not s["fits"]:
+        if ignore_memory:
+            err.print(f"warning: {s['memory_verdict']}", markup=False, soft_wrap=True)
+            return
+        fix = "more GPUs per stage (tp, pp, ep), ZeRO, recomputation or a smaller micro-batch; or pass --ignore-memory"
+        err.print(f"error: {s['name']}: {s['memory_verdict']} (fix: {fix})", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def _print_summary(s: dict, out_dir: Path | None) -> None:
+    """The human-readable training report."""
     t = Table(title=f"{s['name']}: {s['model']} on {s['gpus']:,} x {s['gpu']} ({s['layout']})")
     t.add_column("step time part")
     t.add_column("seconds", justify="right")
@@ -72,7 +95,8 @@ def train(
     out.print(t)
     out.print(
         f"{s['tokens_per_s']:,.0f} tokens/s ({s['tokens_per_s_per_gpu']:,.0f} per GPU), "
-        f"MFU {s['mfu']:.1%} (bf16 peak), S-MFU {s['s_mfu']:.1%} ({s['s_mfu_peak_dtype']} peak), "
+        f"MFU {pct_text(s['mfu'])} (bf16 peak, {mode_label(s['cost_model'])}), "
+        f"S-MFU {pct_text(s['s_mfu'])} ({s['s_mfu_peak_dtype']} peak), "
         f"{s['model_tflops_per_gpu']:.0f} model TFLOP/s per GPU"
     )
     out.print(
@@ -84,7 +108,7 @@ def train(
     out.print(
         f"simulated {s['microbatches']} micro-batches per pipeline in {s['wall_s']:.2f} s wall ({s['cost_model']})"
     )
+    if s["cost_model"] == "roofline":
+        out.print(ROOFLINE_NOTE)
     if out_dir:
         out.print(f"wrote {out_dir}/ (summary.json, tasks.parquet, memory.csv, schedule.png, breakdown.png)")
-    if trace:
-        out.print(f"wrote {trace} ({s['trace']['events']:,} events; open in ui.perfetto.dev)")

@@ -12,12 +12,16 @@ Pareto flag.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from moesim.model import list_gpus, load_model, preset_names
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 #: Named layouts offered on the page -> the sweep's layout value (``gpus``: the configuration's GPU count).
 LAYOUTS: dict[str, dict[str, Any]] = {
@@ -171,3 +175,221 @@ def failed_rows(df: pd.DataFrame) -> pd.DataFrame:
     bad = df[df["status"].isin(["error", "overloaded", "slo_unmet"])]
     cols = [c for c in ("label", "status", "error", "overload_reason") if c in bad.columns]
     return bad[cols].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# figures: the cost-speed front and the throughput-interactivity frontier (plotly, the configuration in the hover)
+
+_FIG_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "template": "plotly_white", "height": 460}
+
+
+def _config_text(df: pd.DataFrame) -> list[str]:
+    """One hover line per row naming its configuration (the columns of `FRONTIER_CONFIG` present)."""
+    from moesim.sim.sweeps.cap import FRONTIER_CONFIG
+
+    cols = [c for c in FRONTIER_CONFIG if c in df.columns and c not in ("engine", "gpus")]
+    return [
+        " · ".join(f"{c} {v}" for c, v in zip(cols, vals, strict=True) if v == v and v is not None)
+        for vals in df[cols].itertuples(index=False, name=None)
+    ]
+
+
+def _log_if_wide(values: np.ndarray) -> str:
+    """``log`` for an axis whose positive values span more than a factor of 20, else ``linear``."""
+    v = values[np.isfinite(values) & (values > 0)]
+    return "log" if v.size and v.max() / v.min() > 20 else "linear"
+
+
+def pareto_figure(table: pd.DataFrame) -> go.Figure:
+    """Cost ($ per M output tokens) against time per output token (ms), one marker per configuration of a
+    `sim.sweeps.cap.cap_table`. The dashed staircase is this plot's own two-axis front (`front_2d`); membership
+    of the three-axis CAP front (cost, speed, accuracy: the table's ``pareto``) is an open square, since a
+    configuration can be on it for its accuracy alone. No text on the plot: every figure is in the hover."""
+    import plotly.graph_objects as go
+
+    from moesim.dashboard.logic.charts import LEGEND_INSIDE, PALETTE
+    from moesim.sim.sweeps.cap import front_2d
+
+    cost = pd.to_numeric(table["cost_usd_per_mtok"], errors="coerce").to_numpy(float)
+    spt = pd.to_numeric(table["s_per_token"], errors="coerce").to_numpy(float)
+    t = table[np.isfinite(cost) & np.isfinite(spt) & (cost > 0) & (spt > 0)].reset_index(drop=True)
+    fig = go.Figure()
+    if t.empty:
+        fig.add_annotation(
+            text="no configuration with both cost and speed", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+        fig.update_layout(title="Cost vs speed", **_FIG_LAYOUT)
+        return fig
+    x, y = t["s_per_token"].to_numpy(float) * 1e3, t["cost_usd_per_mtok"].to_numpy(float)
+    acc = pd.to_numeric(t.get("accuracy", pd.Series(np.nan, index=t.index)), errors="coerce").to_numpy(float)
+    custom = np.column_stack(
+        [
+            t["label"].astype(str),
+            [f"{a:.1f}" if a == a else "not published" for a in acc],
+            [f"{v:,.0f}" if v == v else "-" for v in pd.to_numeric(t["throughput_tok_s"], errors="coerce")],
+            t["throughput_basis"].astype(str) if "throughput_basis" in t else [""] * len(t),
+            _config_text(t),
+        ]
+    )
+    hover = (
+        "<b>%{customdata[0]}</b><br>%{x:.3g} ms per output token · $%{y:.3g} per M output tokens<br>"
+        "accuracy %{customdata[1]} · %{customdata[2]} output tok/s (%{customdata[3]})<br>"
+        "%{customdata[4]}<extra></extra>"
+    )
+    groups = t["gpu"].astype(str).to_numpy() if "gpu" in t else np.array(["all"] * len(t))
+    for i, g in enumerate(sorted(set(groups))):
+        m = groups == g
+        fig.add_trace(
+            go.Scatter(
+                x=x[m],
+                y=y[m],
+                mode="markers",
+                name=g,
+                customdata=custom[m],
+                hovertemplate=hover,
+                marker={"size": 10, "color": PALETTE[i % len(PALETTE)]},
+            )
+        )
+    three = t["pareto"].to_numpy(dtype=bool) if "pareto" in t else np.zeros(len(t), dtype=bool)
+    if three.any():
+        fig.add_trace(
+            go.Scatter(
+                x=x[three],
+                y=y[three],
+                mode="markers",
+                name="on the cost-speed-accuracy front",
+                marker={"symbol": "square-open", "size": 18, "color": "#b2182b", "line": {"width": 1.5}},
+                customdata=custom[three],
+                hovertemplate=hover,
+            )
+        )
+    front = np.flatnonzero(front_2d(x, y, "min", "min"))
+    front = front[np.lexsort((y[front], x[front]))]
+    fig.add_trace(
+        go.Scatter(
+            x=x[front],
+            y=y[front],
+            mode="lines+markers",
+            name="cost-speed front (this plot)",
+            line={"color": "#222", "dash": "dash", "shape": "hv", "width": 1.2},
+            marker={"symbol": "circle-open", "size": 16, "color": "#222", "line": {"width": 2}},
+            customdata=custom[front],
+            hovertemplate=hover,
+        )
+    )
+    fig.update_layout(
+        title="Cost vs time per output token (lower left is better)",
+        xaxis_title="time per output token (ms)",
+        yaxis_title="$ per million output tokens",
+        xaxis_type=_log_if_wide(x),
+        yaxis_type=_log_if_wide(y),
+        legend=LEGEND_INSIDE | {"x": 0.98, "y": 0.98, "yanchor": "top"},
+        **_FIG_LAYOUT,
+    )
+    return fig
+
+
+def frontier_figure(points: pd.DataFrame, best: dict[str, Any] | list[dict[str, Any]] | None = None) -> go.Figure:
+    """Output tokens/s per GPU against output tokens/s per user of every operating point of
+    `sim.sweeps.cap.frontier_points`, coloured by GPU; the frontier as the best tokens/s per GPU at each
+    per-user speed (a staircase per workload), ``best`` (`sim.sweeps.cap.best_at_speed` or a list of them)
+    as stars. Each point's
+    configuration, rate and figures are in its hover."""
+    import plotly.graph_objects as go
+
+    from moesim.dashboard.logic.charts import LEGEND_INSIDE, PALETTE
+
+    fig = go.Figure()
+    title = "Throughput vs interactivity (upper right is better)"
+    if points.empty:
+        fig.add_annotation(
+            text="no operating point meets the SLOs", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+        fig.update_layout(title=title, **_FIG_LAYOUT)
+        return fig
+    x, y = points["tok_s_per_user"].to_numpy(float), points["tok_s_per_gpu"].to_numpy(float)
+    at = [
+        f"at capacity, {r:.3g} req/s" if c else f"at {r:.3g} req/s offered"
+        for c, r in zip(points["at_capacity"], points["rate_req_s"], strict=True)
+    ]
+    custom = np.column_stack(
+        [
+            points["label"].astype(str),
+            at,
+            [f"{v * 1e3:.3g}" for v in points["tpot_s"].to_numpy(float)],
+            _config_text(points),
+            [f"{v:.3g}" if v == v else "-" for v in points["usd_per_mtok"]],
+        ]
+    )
+    hover = (
+        "<b>%{customdata[0]}</b> %{customdata[1]}<br>%{x:,.3g} output tok/s per user "
+        "(%{customdata[2]} ms per token) · %{y:,.0f} output tok/s per GPU · $%{customdata[4]}/M tok<br>"
+        "%{customdata[3]}<extra></extra>"
+    )
+    groups = points["gpu"].astype(str).to_numpy() if "gpu" in points else np.array(["all"] * len(points))
+    for i, g in enumerate(sorted(set(groups))):
+        m = groups == g
+        fig.add_trace(
+            go.Scatter(
+                x=x[m],
+                y=y[m],
+                mode="markers",
+                name=g,
+                customdata=custom[m],
+                hovertemplate=hover,
+                marker={"size": 7, "opacity": 0.6, "color": PALETTE[i % len(PALETTE)]},
+            )
+        )
+    on = points["frontier"].to_numpy(dtype=bool)
+    work = points["workload"].astype(str).to_numpy() if "workload" in points else np.full(len(points), "")
+    names = sorted(set(work[on]))
+    for n, w in enumerate(names):  # a frontier per workload: different requests do not compare
+        front = np.flatnonzero(on & (work == w))
+        front = front[np.lexsort((-y[front], x[front]))]
+        fig.add_trace(
+            go.Scatter(
+                x=x[front],
+                y=y[front],
+                mode="lines+markers",
+                name=(f"frontier, {w}" if len(names) > 1 else "frontier") + f" ({front.size} points)",
+                line={"color": "#222", "shape": "vh", "width": 1.5, "dash": ("solid", "dash", "dot", "dashdot")[n % 4]},
+                marker={"symbol": "circle-open", "size": 13, "color": "#222", "line": {"width": 2}},
+                customdata=custom[front],
+                hovertemplate=hover,
+            )
+        )
+    bests = [best] if isinstance(best, dict) else list(best or [])
+    if bests:
+        fig.add_trace(
+            go.Scatter(
+                x=[b["tok_s_per_user"] for b in bests],
+                y=[b["tok_s_per_gpu"] for b in bests],
+                mode="markers",
+                name=f"best at ≥ {bests[0]['asked_tok_s_per_user']:g} tok/s per user",
+                marker={"symbol": "star", "size": 18, "color": "#D55E00"},
+                text=[b["label"] for b in bests],
+                hovertemplate="<b>%{text}</b><extra>best</extra>",
+            )
+        )
+        fig.add_vline(x=bests[0]["asked_tok_s_per_user"], line={"color": "#D55E00", "dash": "dot", "width": 1})
+    fig.update_layout(
+        title=title,
+        xaxis_title="output tokens/s per user (1 / time per output token)",
+        yaxis_title="output tokens/s per GPU",
+        xaxis_type=_log_if_wide(x),
+        yaxis_type=_log_if_wide(y),
+        legend=LEGEND_INSIDE | {"x": 0.98, "y": 0.98, "yanchor": "top"},
+        **_FIG_LAYOUT,
+    )
+    return fig
+
+
+def frontier_table(points: pd.DataFrame) -> pd.DataFrame:
+    """The frontier rows of `sim.sweeps.cap.frontier_points`, fastest per user first, for a table: label,
+    figures, where it was measured and the configuration columns."""
+    from moesim.sim.sweeps.cap import FRONTIER_CONFIG
+
+    front = points[points["frontier"]].sort_values("tok_s_per_user", ascending=False)
+    cols = ["label", "tok_s_per_user", "tok_s_per_gpu", "tpot_s", "rate_req_s", "at_capacity", "usd_per_mtok"]
+    cols += [c for c in FRONTIER_CONFIG if c in front.columns and c not in cols]
+    return front[cols].reset_index(drop=True)

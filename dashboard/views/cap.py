@@ -7,6 +7,7 @@ import streamlit as st
 from moesim.dashboard.logic import cap, charts
 from moesim.dashboard.logic.scenario import open_scenario
 from moesim.dashboard.ui import HELP, csv_bytes, fmt, guarded, page_header
+from moesim.sim.sweeps.cap import best_at_speed, frontier_points
 
 page_header(
     "CAP overview",
@@ -102,7 +103,7 @@ st.plotly_chart(charts.cap_radar(chosen), key="cap_radar")
 
 a, b = st.columns(2)
 with a:
-    st.plotly_chart(charts.pareto_scatter(usable), key="cap_pareto")
+    st.plotly_chart(cap.pareto_figure(usable), key="cap_pareto")
 with b:
     st.plotly_chart(charts.utilisation_bars(usable), key="cap_util")
 
@@ -116,6 +117,10 @@ st.dataframe(
         "usd_per_hour": cc.NumberColumn("$/h", help=HELP["usd_per_hour"], format="%.2f"),
         "s_per_token": cc.NumberColumn("s/token", help=HELP["s_per_token"], format="%.4f"),
         "throughput_tok_s": cc.NumberColumn("tok/s", help=HELP["throughput"], format="%.0f"),
+        "throughput_basis": cc.TextColumn(
+            "tok/s at", help="capacity: the highest rate meeting the SLOs; offered load: the rate asked of it"
+        ),
+        "rate_req_s": cc.NumberColumn("req/s", format="%.3g"),
         "accuracy": cc.NumberColumn("accuracy", help=HELP["accuracy"], format="%.1f"),
         "s_mbu": cc.ProgressColumn("S-MBU", help=HELP["s_mbu"], min_value=0.0, max_value=1.0, format="percent"),
         "s_mfu": cc.ProgressColumn("S-MFU", help=HELP["s_mfu"], min_value=0.0, max_value=1.0, format="percent"),
@@ -123,6 +128,46 @@ st.dataframe(
         "pareto": cc.CheckboxColumn("Pareto", help=HELP["pareto"]),
     },
 )
+st.subheader(
+    "Throughput vs interactivity",
+    help="Output tokens/s per GPU (what the hardware yields) against output tokens/s per user (1 / time per "
+    "output token: what each user sees), every point meeting the SLOs; the frontier holds the points no other "
+    "beats on both (NVIDIA AIConfigurator's and InferenceMAX's view). Hover a point for its configuration.",
+)
+points = frontier_points(results)
+speed = st.number_input(
+    "Best configuration at this speed per user (output tok/s per user; 0: none)",
+    min_value=0.0,
+    value=0.0,
+    step=10.0,
+    key="cap_tps_user",
+)
+best = best_at_speed(results, speed) if speed > 0 and len(points) else None
+f1, f2 = st.columns([3, 2])
+with f1:
+    st.plotly_chart(cap.frontier_figure(points, best), key="cap_frontier")
+with f2:
+    if speed > 0:
+        if best:
+            st.success(
+                f"**{best['label']}**: {fmt(best['tok_s_per_gpu'])} output tok/s per GPU at "
+                f"{fmt(best['tok_s_per_user'])} tok/s per user"
+            )
+        else:
+            st.warning(f"No point meeting the SLOs gives {speed:g} output tok/s per user.")
+    st.dataframe(
+        cap.frontier_table(points),
+        hide_index=True,
+        height=320,
+        column_config={
+            "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),
+            "tok_s_per_gpu": st.column_config.NumberColumn("tok/s per GPU", format="%.0f"),
+            "tpot_s": st.column_config.NumberColumn("TPOT (s)", format="%.4f"),
+            "rate_req_s": st.column_config.NumberColumn("req/s", format="%.3g"),
+            "usd_per_mtok": st.column_config.NumberColumn("$/M tok", format="%.3f"),
+        },
+    )
+
 if not bad.empty:
     with st.expander(f"{len(bad)} points without figures"):
         st.dataframe(bad, hide_index=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from moesim.dashboard.logic import charts
+from moesim.dashboard.logic import cap, charts
 from moesim.dashboard.logic import sweeps as sw
 from moesim.dashboard.logic.scenario import open_scenario
 from moesim.dashboard.ui import HELP, csv_bytes, guarded, page_header, parquet_bytes
 from moesim.model import MoesimError
-from moesim.sim.sweeps.sweep_report import cap_table
+from moesim.sim.sweeps.sweep_report import best_at_speed_per_workload, cap_table, frontier_points
 
 page_header(
     "Sweep explorer",
@@ -102,15 +102,61 @@ else:
 st.subheader("Pareto front", help=HELP["pareto"])
 table = cap_table(view)
 a, b = st.columns([3, 2])
-a.plotly_chart(charts.pareto_scatter(table), key="sw_pareto")
+a.plotly_chart(cap.pareto_figure(table), key="sw_pareto")
 b.dataframe(
-    table[table["pareto"]][["label", "cost_usd_per_mtok", "s_per_token", "accuracy", "throughput_tok_s"]],
+    table[table["pareto"]][
+        ["label", "cost_usd_per_mtok", "s_per_token", "accuracy", "throughput_tok_s", "throughput_basis", "rate_req_s"]
+    ],
     hide_index=True,
     column_config={
         "cost_usd_per_mtok": st.column_config.NumberColumn("$/M tok", help=HELP["cost"], format="%.3f"),
         "s_per_token": st.column_config.NumberColumn("s/token", help=HELP["s_per_token"], format="%.4f"),
         "accuracy": st.column_config.NumberColumn("accuracy", help=HELP["accuracy"], format="%.1f"),
         "throughput_tok_s": st.column_config.NumberColumn("tok/s", help=HELP["throughput"], format="%.0f"),
+        "throughput_basis": st.column_config.TextColumn(
+            "tok/s at", help="capacity: the highest rate meeting the SLOs; offered load: the rate asked of it"
+        ),
+        "rate_req_s": st.column_config.NumberColumn("req/s", format="%.3g"),
+    },
+)
+
+st.subheader(
+    "Throughput vs interactivity",
+    help="Output tokens/s per GPU against output tokens/s per user (1 / time per output token) of every point "
+    "meeting the SLOs; the frontier holds the points no other beats on both. Hover a point for its configuration.",
+)
+points = frontier_points(view)
+speed = st.number_input(
+    "Best configuration at this speed per user (output tok/s per user; 0: none)",
+    min_value=0.0,
+    value=0.0,
+    step=10.0,
+    key="sw_tps_user",
+)
+bests = best_at_speed_per_workload(view, speed) if speed > 0 and len(points) else []
+f1, f2 = st.columns([3, 2])
+f1.plotly_chart(cap.frontier_figure(points, bests), key="sw_frontier")
+for best in bests:
+    where = (
+        f"at capacity, {best['rate_req_s']:.3g} req/s" if best["at_capacity"] else f"at {best['rate_req_s']:.3g} req/s"
+    )
+    f2.success(
+        (f"{best['workload']}: " if best.get("workload") else "")
+        + f"**{best['label']}** {where}: {best['tok_s_per_gpu']:,.0f} output tok/s per GPU at "
+        f"{best['tok_s_per_user']:,.0f} tok/s per user"
+    )
+if speed > 0 and not bests:
+    f2.warning(f"No point meeting the SLOs gives {speed:g} output tok/s per user.")
+f2.dataframe(
+    cap.frontier_table(points),
+    hide_index=True,
+    height=320,
+    column_config={
+        "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),
+        "tok_s_per_gpu": st.column_config.NumberColumn("tok/s per GPU", format="%.0f"),
+        "tpot_s": st.column_config.NumberColumn("TPOT (s)", format="%.4f"),
+        "rate_req_s": st.column_config.NumberColumn("req/s", format="%.3g"),
+        "usd_per_mtok": st.column_config.NumberColumn("$/M tok", format="%.3f"),
     },
 )
 

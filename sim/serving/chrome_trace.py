@@ -32,6 +32,7 @@ keep the true seconds. KV-cache transfers (prefill → decode under disaggregati
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.model.errors import MoesimError
-from moesim.sim.common import is_moesim_trace, write_trace_json
+from moesim.sim.common import is_moesim_trace
 from moesim.sim.serving.metrics import require_columns
 
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "phase", "compute_s", "comm_s", "straggler_s", "fetch_s")
@@ -112,9 +113,13 @@ def _meta(kind: str, pid: int, tid: int, args: dict) -> dict:
     return {"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": args}
 
 
-def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
-    """Phase slices and their sub-slices, on every GPU, for the steps in ``sel``."""
-    events: list[dict] = []
+#: Steps turned into events at a time while streaming (bounds the memory a long run's trace needs).
+CHUNK_STEPS = 2000
+
+
+def _step_events(sel: pd.DataFrame, gpus: dict[int, int], chunk: int = CHUNK_STEPS) -> Iterator[list[dict]]:
+    """Phase slices and their sub-slices, on every GPU, for the steps in ``sel``: lists of events, ``chunk`` steps
+    of one replica at a time (the edges are computed for the whole replica first, so chunks join seamlessly)."""
     arg_cols = [c for c in (*_STEP_ARGS, *_HOST_ARGS) if c in sel.columns]
     host_cols = all(c in sel.columns for _, c in _HOST_SLICES)
     for replica, grp in sel.groupby("replica", sort=True):
@@ -132,8 +137,8 @@ def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
         lead = np.minimum(lead, room)
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.where(total > room - lead, (room - lead) / total, 1.0)
-        if host_cols:
-            events.extend(_host_events(grp, pid, start, end))
+        host_edges = _host_edges(grp, start, end) if host_cols else None
+        step_start = start
         start = np.minimum(start + _ns(lead), end)
         # Sub-slice edges (ns) on a non-busiest GPU; GPU 0 merges [b0, b2] into one compute slice.
         b0 = start
@@ -141,25 +146,33 @@ def _step_events(sel: pd.DataFrame, gpus: dict[int, int]) -> list[dict]:
         b2 = np.minimum(start + _ns((compute + straggler) * scale), end)
         b3 = np.minimum(start + _ns((compute + straggler + comm) * scale), end)
         b4 = np.minimum(start + _ns(total * scale), end)
-        phases = grp["phase"].astype(str).tolist()
-        true_s = np.column_stack(parts).tolist()
-        arg_rows = grp[arg_cols].to_dict("records") if arg_cols else [{} for _ in range(len(grp))]
-        cols = (b0.tolist(), b1.tolist(), b2.tolist(), b3.tolist(), b4.tolist(), end.tolist())
-        step_start = _ns(grp["start_s"].to_numpy(float)).tolist()
-        for i, (s0, s1, s2, s3, s4, e) in enumerate(zip(*cols, strict=True)):
-            args = {k: _jsonable(v) for k, v in arg_rows[i].items()}
-            args.update(zip(("compute_s", "comm_s", "straggler_s", "fetch_s"), true_s[i], strict=True))
-            for g in range(gpus[int(replica)]):
-                tid = g + 1
-                events.append(_slice(phases[i], "step", pid, tid, step_start[i], e, args))
-                subs = (
-                    [("compute", "compute", s0, s2)]
-                    if g == 0
-                    else [("compute", "compute", s0, s1), ("straggler wait", "straggler", s1, s2)]
+        phases = grp["phase"].astype(str).to_numpy()
+        true_s = np.column_stack(parts)
+        for lo in range(0, len(grp), chunk):
+            hi = min(lo + chunk, len(grp))
+            events: list[dict] = []
+            if host_edges is not None:
+                events.extend(_host_events(grp, pid, host_edges, lo, hi))
+            rows = grp.iloc[lo:hi]
+            arg_rows = rows[arg_cols].to_dict("records") if arg_cols else [{} for _ in range(hi - lo)]
+            cols = (b0[lo:hi], b1[lo:hi], b2[lo:hi], b3[lo:hi], b4[lo:hi], end[lo:hi], step_start[lo:hi])
+            for i, (s0, s1, s2, s3, s4, e, st) in enumerate(zip(*(c.tolist() for c in cols), strict=True)):
+                args = {k: _jsonable(v) for k, v in arg_rows[i].items()}
+                args.update(
+                    zip(("compute_s", "comm_s", "straggler_s", "fetch_s"), true_s[lo + i].tolist(), strict=True)
                 )
-                subs += [("all-to-all", "comm", s2, s3), ("expert fetch", "fetch", s3, s4)]
-                events.extend(_slice(name, cat, pid, tid, a, b) for name, cat, a, b in subs if b > a)
-    return events
+                phase = str(phases[lo + i])
+                for g in range(gpus[int(replica)]):
+                    tid = g + 1
+                    events.append(_slice(phase, "step", pid, tid, st, e, args))
+                    subs = (
+                        [("compute", "compute", s0, s2)]
+                        if g == 0
+                        else [("compute", "compute", s0, s1), ("straggler wait", "straggler", s1, s2)]
+                    )
+                    subs += [("all-to-all", "comm", s2, s3), ("expert fetch", "fetch", s3, s4)]
+                    events.extend(_slice(name, cat, pid, tid, a, b) for name, cat, a, b in subs if b > a)
+            yield events
 
 
 def _col(grp: pd.DataFrame, name: str) -> np.ndarray:
@@ -169,21 +182,29 @@ def _col(grp: pd.DataFrame, name: str) -> np.ndarray:
     return np.clip(np.nan_to_num(grp[name].to_numpy(float)), 0.0, None)
 
 
-def _host_events(grp: pd.DataFrame, pid: int, start: np.ndarray, end: np.ndarray) -> list[dict]:
-    """The host (CPU) slices of one replica's steps: raw CPU parts end to end from each step's start [ns]."""
+def _host_edges(grp: pd.DataFrame, start: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
+    """Edges [ns] of the host (CPU) slices of one replica's steps: raw CPU parts end to end from each step's start;
+    ``len(_HOST_SLICES) + 1`` arrays [rows]."""
+    edges = [start.copy()]
+    for _, col in _HOST_SLICES:
+        edges.append(np.minimum(edges[-1] + _ns(_col(grp, col)), end))
+    return edges
+
+
+def _host_events(grp: pd.DataFrame, pid: int, edges: list[np.ndarray], lo: int, hi: int) -> list[dict]:
+    """The host (CPU) slices of rows ``lo:hi`` of one replica's steps (``edges`` from `_host_edges`)."""
     events: list[dict] = []
-    edge = start.copy()
-    graphs, launches = _col(grp, "graphs"), _col(grp, "launches")
-    for name, col in _HOST_SLICES:
-        sec = _col(grp, col)
-        nxt = np.minimum(edge + _ns(sec), end)
+    rows = grp.iloc[lo:hi]
+    graphs, launches = _col(rows, "graphs"), _col(rows, "launches")
+    for k, (name, col) in enumerate(_HOST_SLICES):
+        sec = _col(rows, col)
+        edge, nxt = edges[k][lo:hi], edges[k + 1][lo:hi]
         for i in np.flatnonzero(nxt > edge).tolist():
             label = "graph replay" if name == "launch" and graphs[i] > 0 and launches[i] == 0 else name
             args = {"cpu_s": float(sec[i])}
             if name == "launch":
                 args |= {"launches": int(launches[i]), "graphs": int(graphs[i])}
             events.append(_slice(label, "host", pid, HOST_TID, int(edge[i]), int(nxt[i]), args))
-        edge = nxt
     return events
 
 
@@ -215,6 +236,26 @@ def _kv_events(kv: pd.DataFrame, gpus: dict[int, int]) -> tuple[list[dict], dict
     return events, lanes_used
 
 
+def parse_window(text: str, flag: str = "--trace-window") -> tuple[float, float]:
+    """``START:END`` in simulated seconds as ``(start_s, end_s)``; either side may be empty (0 and no end).
+
+    Raises `MoesimError` naming ``flag`` when the text is not two numbers with 0 <= START < END.
+    Example: ``parse_window("60:90") == (60.0, 90.0)``; ``parse_window("120:") == (120.0, inf)``.
+    """
+    hint = f"give {flag} START:END in simulated seconds, e.g. {flag} 60:90 (or 60: for the rest of the run)"
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise MoesimError(f"{flag} {text!r} is not START:END", hint)
+    try:
+        lo = float(parts[0]) if parts[0].strip() else 0.0
+        hi = float(parts[1]) if parts[1].strip() else math.inf
+    except ValueError:
+        raise MoesimError(f"{flag} {text!r} is not two numbers", hint) from None
+    if not (math.isfinite(lo) and lo >= 0 and not math.isnan(hi) and hi > lo):
+        raise MoesimError(f"{flag} {text!r} needs 0 <= START < END", hint)
+    return lo, hi
+
+
 def check_trace_path(path: str | Path, force: bool = False) -> None:
     """Raise `MoesimError` before any work when ``--trace path`` could not be written.
 
@@ -230,20 +271,43 @@ def check_trace_path(path: str | Path, force: bool = False) -> None:
         )
 
 
+#: Above this many events a trace whose path does not end in .gz is written gzip-compressed to ``PATH.gz``
+#: instead (about 150 bytes of JSON per event, so ~300 MB uncompressed; Perfetto reads .json.gz directly).
+GZIP_ABOVE_EVENTS = 2_000_000
+#: zlib level: 1 compresses moesim's repetitive JSON about 8x at several times the speed of the default 9.
+GZIP_LEVEL = 1
+
+
+def estimate_events(steps: pd.DataFrame, gpus_per_replica: dict[int, int] | int) -> int:
+    """About how many events the steps of ``steps`` become: five per step per GPU, plus four host slices."""
+    if not len(steps):
+        return 0
+    per_replica = steps.groupby("replica").size()
+    if isinstance(gpus_per_replica, dict):
+        g = np.array([gpus_per_replica.get(int(r), 1) for r in per_replica.index])
+    else:
+        g = np.full(len(per_replica), int(gpus_per_replica))
+    return int((per_replica.to_numpy() * (5 * g + 4)).sum())
+
+
 def write_chrome_trace(
     steps: pd.DataFrame,
     path: str | Path,
     *,
     gpus_per_replica: dict[int, int] | int,
     kv_transfers: pd.DataFrame | None = None,
-    max_steps: int = 20000,
+    max_steps: int | None = None,
+    window: tuple[float, float] | None = None,
+    compress: bool | None = None,
     force: bool = False,
-) -> dict[str, int | bool]:
-    """Write the steps (and KV transfers) of a simulated run as a Chrome trace JSON file.
+) -> dict[str, Any]:
+    """Write the steps (and KV transfers) of a simulated run as a Chrome trace JSON file, streamed.
 
-    Only the first ``max_steps`` steps by start time are written, so the file stays small enough to open
-    (each step becomes about five events per GPU); KV transfers starting after the last written step ends
-    are left out with them. The file is written atomically: a failure leaves any previous file intact.
+    Every step is written unless ``window`` or ``max_steps`` narrows it. The events are produced and written a
+    chunk of steps at a time (`CHUNK_STEPS`), so memory stays bounded however long the run; the file is
+    gzip-compressed when ``path`` ends in ``.gz``, or when ``compress`` is None and the trace would hold more than
+    `GZIP_ABOVE_EVENTS` events (it is then written to ``path`` + ``.gz``, the path returned). The file is written
+    atomically: a failure leaves any previous file intact.
 
     Args:
         steps: per-step DataFrame (``replica``, ``pool``, ``start_s``, ``duration_s``, ``phase``,
@@ -253,35 +317,54 @@ def write_chrome_trace(
         gpus_per_replica: GPUs of each replica, or one count for all.
         kv_transfers: prefill → decode KV transfers (``request_id``, ``src_replica``, ``dst_replica``,
             ``start_s``, ``duration_s``, s, ``bytes``), or None / empty.
-        max_steps: most steps written (≥ 0).
-        force: replace an existing ``path`` even when moesim did not write it (else refused).
+        max_steps: most steps written, the earliest by start time (≥ 0; None: all). KV transfers starting after
+            the last written step ends are left out with them.
+        window: ``(start_s, end_s)`` in simulated seconds: only the steps and KV transfers that overlap it
+            (timestamps stay those of the run).
+        compress: True: gzip; False: plain JSON whatever the size; None: by the suffix and the size (above).
+        force: replace an existing file even when moesim did not write it (else refused).
 
     Returns:
-        ``events`` (trace events written, metadata included), ``steps_written``, ``steps_total``,
-        ``truncated`` (some steps were left out) and ``kv_transfers_written``.
+        ``path`` (the file written), ``events`` (trace events written, metadata included), ``steps_written``,
+        ``steps_total``, ``truncated`` (some steps were left out), ``kv_transfers_written``, ``bytes`` (the file's
+        size), ``json_bytes`` (uncompressed), ``gzip``, ``window_s`` (``[start, end]`` asked, or None) and
+        ``span_s`` (``[first start, last end]`` of the written steps, s; None when none).
     """
     require_columns(steps, STEP_COLUMNS, "steps")
-    if max_steps < 0:
+    if max_steps is not None and max_steps < 0:
         raise MoesimError(f"max_steps = {max_steps} is negative", "pass 0 or more")
     kv = kv_transfers if kv_transfers is not None else pd.DataFrame(columns=list(KV_COLUMNS))
     require_columns(kv, KV_COLUMNS, "kv_transfers")
 
-    sel = steps.sort_values("start_s", kind="stable").iloc[:max_steps]
-    truncated = len(sel) < len(steps)
-    if truncated:
+    sel = steps.sort_values("start_s", kind="stable")
+    if window is not None:
+        lo, hi = window
+        s0, s1 = sel["start_s"].astype(float), (sel["start_s"] + sel["duration_s"]).astype(float)
+        sel = sel[(s0 < hi) & ((s1 > lo) | (s0 >= lo))]
+        k0 = kv["start_s"].astype(float)
+        kv = kv[(k0 < hi) & (((k0 + kv["duration_s"].astype(float)) > lo) | (k0 >= lo))]
+    if max_steps is not None and len(sel) > max_steps:
+        sel = sel.iloc[:max_steps]
         cutoff = float((sel["start_s"] + sel["duration_s"]).max()) if len(sel) else -math.inf
         kv = kv[kv["start_s"].astype(float) <= cutoff]
+    truncated = len(sel) < len(steps)
     replicas = sorted({int(r) for r in steps["replica"]} | {int(r) for r in kv["dst_replica"]})
     gpus = _gpu_counts(gpus_per_replica, replicas)
     pools = steps.groupby("replica")["pool"].first().to_dict() if "pool" in steps.columns else {}
 
-    body = _step_events(sel, gpus)
+    path = Path(path)
+    gz = path.name.endswith(".gz") if compress is None else bool(compress)
+    if compress is None and not gz and estimate_events(sel, gpus) > GZIP_ABOVE_EVENTS:
+        gz, path = True, path.with_name(path.name + ".gz")
+
     kv_body, kv_lanes = _kv_events(kv, gpus)
     meta: list[dict] = []
     for r in replicas:
         pid = r + 1
         pool = pools.get(r)
-        meta.append(_meta("process_name", pid, 0, {"name": f"replica {r} ({pool} pool)" if pool else f"replica {r}"}))
+        name = f"replica {r} ({pool} pool)" if pool else f"replica {r}"
+        # the first event names moesim too, so a compressed trace is recognised from its start (`is_moesim_trace`)
+        meta.append(_meta("process_name", pid, 0, {"name": name, **({"generator": "moesim"} if not meta else {})}))
         meta.append(_meta("process_sort_index", pid, 0, {"sort_index": r}))
         if any(c in steps.columns for _, c in _HOST_SLICES):
             meta.append(_meta("thread_name", pid, HOST_TID, {"name": "host (CPU)"}))
@@ -294,14 +377,76 @@ def write_chrome_trace(
             meta.append(_meta("thread_name", pid, tid, {"name": "KV transfer" + (f" {lane + 1}" if lane else "")}))
             meta.append(_meta("thread_sort_index", pid, tid, {"sort_index": gpus[r] + lane}))
 
-    events = meta + body + kv_body
-    summary: dict[str, int | bool] = {
-        "events": len(events),
+    span = None
+    if len(sel):
+        span = [float(sel["start_s"].min()), float((sel["start_s"] + sel["duration_s"]).max())]
+    summary: dict[str, Any] = {
+        "events": 0,
         "steps_written": len(sel),
         "steps_total": len(steps),
         "truncated": truncated,
         "kv_transfers_written": len(kv),
     }
-    doc = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "moesim", **summary}}
-    write_trace_json(doc, Path(path), force)
-    return summary
+    chunks = _chain([meta], _step_events(sel, gpus), [kv_body])
+    counts = _stream_trace(chunks, path, gz, summary, force)
+    return {
+        "path": str(path),
+        **summary,
+        "bytes": counts["bytes"],
+        "json_bytes": counts["json_bytes"],
+        "gzip": gz,
+        "window_s": [window[0], window[1] if math.isfinite(window[1]) else None] if window else None,
+        "span_s": span,
+    }
+
+
+def _chain(*parts: Any) -> Iterator[list[dict]]:
+    """The event lists of each iterable of event lists, in order."""
+    for part in parts:
+        yield from part
+
+
+def _stream_trace(chunks: Iterator[list[dict]], path: Path, gz: bool, summary: dict, force: bool) -> dict[str, int]:
+    """Write ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {...}}`` chunk by chunk.
+
+    ``summary["events"]`` is counted as the chunks are written; ``otherData`` (written last) holds ``summary``.
+    Returns ``bytes`` (the file's size) and ``json_bytes`` (the JSON text's size).
+    """
+    import gzip
+    import json
+
+    from moesim.model.outputs import write_file
+
+    counts = {"bytes": 0, "json_bytes": 0}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw:
+            f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) if gz else raw
+            try:
+                n = 0
+
+                def put(text: str) -> None:
+                    nonlocal n
+                    data = text.encode("utf-8")
+                    n += len(data)
+                    f.write(data)
+
+                put('{"traceEvents":[')
+                first = True
+                for events in chunks:
+                    if not events:
+                        continue
+                    text = json.dumps(events, separators=(",", ":"), allow_nan=False)[1:-1]
+                    put(text if first else "," + text)
+                    first = False
+                    summary["events"] += len(events)
+                tail = {"generator": "moesim", **summary}
+                put('],"displayTimeUnit":"ms","otherData":' + json.dumps(tail, separators=(",", ":")) + "}")
+                counts["json_bytes"] = n
+            finally:
+                if gz:
+                    f.close()
+        counts["bytes"] = Path(tmp).stat().st_size
+
+    write_file(path, write, owned=is_moesim_trace, force=force, flag="--trace")
+    return counts

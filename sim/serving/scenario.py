@@ -85,7 +85,14 @@ class _Strict(BaseModel):
 
 
 class LayoutSpec(_Strict):
-    """A parallel layout (see `model.layout.Layout`)."""
+    """A parallel layout (see `model.layout.Layout`).
+
+    Attributes:
+        tp: tensor-parallel size of attention and dense layers, GPUs.
+        ep: expert-parallel size of the MoE layers, GPUs.
+        dp_attn: data-parallel attention groups (DP attention, as SGLang's ``--enable-dp-attention``), GPUs.
+        pp: pipeline stages.
+    """
 
     tp: int = Field(1, ge=1, le=MAX_GPUS)
     ep: int = Field(1, ge=1, le=MAX_GPUS)
@@ -156,7 +163,13 @@ class EngineSpec(_Strict):
 
 
 class PoolSpec(_Strict):
-    """One pool of a disaggregated deployment."""
+    """One pool of a disaggregated deployment.
+
+    Attributes:
+        replicas: engines in the pool.
+        layout: each replica's parallel layout.
+        engine: each replica's scheduler settings (None: the scenario's ``engine``).
+    """
 
     replicas: int = Field(1, ge=1, le=MAX_GPUS)
     layout: LayoutSpec = LayoutSpec()
@@ -164,7 +177,14 @@ class PoolSpec(_Strict):
 
 
 class DisaggSpec(_Strict):
-    """Prefill/decode disaggregation: two pools and the link that carries the KV cache."""
+    """Prefill/decode disaggregation: two pools and the link that carries the KV cache.
+
+    Attributes:
+        prefill: the pool that runs prompts and sends their KV cache.
+        decode: the pool that receives the KV cache and generates the output tokens.
+        kv_link: the link the KV cache crosses: ``intra`` (NVLink), ``inter`` (the NIC), ``auto`` (intra when a
+            prefill and a decode replica share a node, else inter).
+    """
 
     prefill: PoolSpec
     decode: PoolSpec
@@ -178,6 +198,8 @@ class RoutingSpec(_Strict):
         distribution: ``uniform``; ``power`` (expert popularity falls as
             rank^-exponent, a fresh random order per layer); ``file`` (loads
             [moe_layers, experts] or [experts] from ``file``: .npy, .csv or .json).
+        exponent: the power law's exponent (``distribution: power``).
+        file: the loads file for ``distribution: file``, relative to the scenario.
         capacity_factor: None: dropless; else each expert takes at most
             ceil(factor x tokens x top_k / experts) pairs per step and drops the rest.
         overlap: ``none``; ``two_batch``: two micro-batches, one's all-to-all
@@ -209,14 +231,26 @@ class OffloadSpec(_Strict):
 
 
 class SloSpec(_Strict):
-    """Service-level objectives (None: not set, always met)."""
+    """Service-level objectives (None: not set, always met).
+
+    Attributes:
+        ttft_s: time to first token a request must meet, s.
+        tpot_s: time per output token (after the first) a request must meet, s.
+    """
 
     ttft_s: float | None = Field(None, gt=0)
     tpot_s: float | None = Field(None, gt=0)
 
 
 class CostSpec(_Strict):
-    """How GPU time is priced (`model.cap.CostAssumptions`)."""
+    """How GPU time is priced (`model.cap.CostAssumptions`).
+
+    Attributes:
+        pricing: ``cloud`` ($/GPU-hour), ``capex`` (purchase price amortised plus energy) or ``auto`` (cloud
+            where the GPU has a cloud price).
+        years: amortisation period of the purchase price (capex), years.
+        utilisation: share of wall time the GPUs do this work (capex only).
+    """
 
     pricing: Literal["auto", "cloud", "capex"] = "auto"
     years: float = Field(5.0, gt=0, le=100)
@@ -224,7 +258,34 @@ class CostSpec(_Strict):
 
 
 class Scenario(_Strict):
-    """A serving scenario (see the module docstring)."""
+    """A serving scenario (see the module docstring).
+
+    Attributes:
+        name: the scenario's name in reports.
+        model: a model preset (``moesim models``) or the path of a Hugging Face config.json.
+        cluster: a cluster preset (``moesim clusters``); or give ``gpu`` (with ``nodes`` / ``gpus_per_node``).
+        gpu: a GPU preset (``moesim gpus``) when no ``cluster`` is named.
+        nodes: nodes of the cluster (with ``gpu``, or to resize ``cluster``).
+        gpus_per_node: GPUs per node (with ``gpu``, or to resize ``cluster``).
+        hardware: a YAML file of extra GPU and cluster definitions, relative to the scenario (`model.hardware`).
+        precision: dtypes by key: ``weights`` (bf16, fp8, fp8_block, int4, ...), ``kv_cache``, ``fp8_scaling``
+            (`model.dtypes.Precision`); empty: bf16 throughout.
+        layout: the parallel layout of one replica.
+        replicas: engine replicas, or ``auto``: the cluster's GPUs over the layout's.
+        router: how requests are spread over replicas.
+        engine: each replica's scheduler and engine profile.
+        disaggregation: prefill and decode pools in place of ``layout`` / ``replicas`` (None: no disaggregation).
+        workload: the requests: arrivals, counts, lengths or a trace (`sim.serving.workload.Workload`).
+        routing: how tokens pick experts.
+        placement: an expert placement file (SGLang's ``--init-expert-location`` JSON, or a .npy
+            [moe_layers, slots] of expert ids), relative to the scenario; None: experts in blocks.
+        offload: routed experts in host memory.
+        slo: the service-level objectives goodput and SLO attainment count against.
+        cost: how GPU time is priced.
+        cost_model: a calibration file from ``moesim calibrate``, relative to the scenario; None: the roofline
+            (every time a lower bound, not a prediction).
+        seed: random seed of the workload and the routing.
+    """
 
     name: str = "scenario"
     model: str

@@ -137,6 +137,12 @@ def engine_summary(built: Built) -> dict[str, Any]:
     return out
 
 
+def cost_model_name(cost_model: CostModel | None) -> str:
+    """What a summary's ``cost_model`` says: ``roofline`` (no calibration: every time is a lower bound, not a
+    prediction) or the calibrated model's name (``calibrated:<file>``)."""
+    return "roofline" if cost_model is None else str(getattr(cost_model, "name", type(cost_model).__name__))
+
+
 def run(
     scenario: str | Path | Scenario | dict,
     engine: str = "des",
@@ -153,6 +159,7 @@ def run(
 
         summary = analyse(built, seed)
         summary["cost_provenance"] = cost_provenance(built)  # which kernel timed each op, from which table
+        summary["cost_model"] = cost_model_name(built.cost_model)
         return ServeResult(summary, built)
     if engine != "des":
         raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
@@ -161,6 +168,7 @@ def run(
     req = res.requests
     lengths = (float(req["input_tokens"].mean()), float(req["output_tokens"].mean())) if len(req) else None
     summary["cost_provenance"] = cost_provenance(built, mean_running(res.steps), lengths)
+    summary["cost_model"] = cost_model_name(built.cost_model)
     return ServeResult(summary, built, res.requests, res.steps, res.kv_transfers, res.itl, res)
 
 

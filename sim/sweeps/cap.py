@@ -33,6 +33,8 @@ CAP_COLUMNS = (
     "usd_per_hour",
     "s_per_token",
     "throughput_tok_s",
+    "throughput_basis",
+    "rate_req_s",
     "accuracy",
     "accuracy_benchmark",
     "s_mbu",
@@ -283,6 +285,10 @@ def cap_table(df: pd.DataFrame) -> pd.DataFrame:
     - ``usd_per_hour``: $/h for the whole configuration.
     - ``s_per_token``: s per output token (``capacity_tpot_s``, else ``tpot_p50_s``).
     - ``throughput_tok_s``: output tokens/s (``capacity_tok_s`` for a capacity row).
+    - ``throughput_basis``: what that throughput is: ``capacity`` (the highest rate meeting the SLOs, found by
+      the sweep's capacity search) or ``offered load`` (the best offered rate of a rate sweep: what was asked
+      of the configuration, not what it could serve); empty when there are no figures.
+    - ``rate_req_s``: the request rate of that row, req/s (the capacity, or the offered rate).
     - ``accuracy``: score 0..100 (NaN when unknown); ``accuracy_benchmark``: its benchmark.
     - ``s_mbu``, ``s_mfu``: sparsity-aware bandwidth and compute utilisation, fractions 0..1.
     - ``energy_j_per_token``: J per output token.
@@ -304,6 +310,11 @@ def cap_table(df: pd.DataFrame) -> pd.DataFrame:
     out["usd_per_hour"] = _num(sel, "usd_per_hour")
     out["s_per_token"] = metrics["s_per_token"]
     out["throughput_tok_s"] = metrics["throughput_tok_s"]
+    tier = sel["_tier"].to_numpy()
+    out["throughput_basis"] = np.where(tier == _TIER_CAPACITY, "capacity", np.where(usable, "offered load", ""))
+    out["rate_req_s"] = np.where(
+        tier == _TIER_CAPACITY, _num(sel, "capacity_req_s"), np.where(usable, _num(sel, "rate"), np.nan)
+    )
     out["accuracy"] = _num(sel, "accuracy")
     out["accuracy_benchmark"] = sel["accuracy_benchmark"].to_numpy() if "accuracy_benchmark" in sel else np.nan
     for col in ("s_mbu", "s_mfu", "energy_j_per_token"):
@@ -363,4 +374,187 @@ def cheapest_meeting(df: pd.DataFrame, target_tok_s: float) -> dict[str, Any] | 
         total_usd_per_hour=float(n_rep * price[best]),
         meets_as_is=n_rep == 1,
     )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# throughput-interactivity frontier
+
+#: Columns of `frontier_points`, in order (the configuration columns of `FRONTIER_CONFIG` follow them).
+FRONTIER_COLUMNS = (
+    "label",
+    "point_id",
+    "tok_s_per_user",
+    "tok_s_per_gpu",
+    "tpot_s",
+    "throughput_tok_s",
+    "gpus",
+    "rate_req_s",
+    "at_capacity",
+    "meets_slos",
+    "usd_per_mtok",
+    "frontier",
+)
+#: Configuration columns carried by each frontier point (those present in the sweep table).
+FRONTIER_CONFIG = ("model", "gpu", "gpus", "layout", "tp", "ep", "dp_attn", "pp", "precision", "max_batch",
+                   "workload", "routing_skew", "placement", "engine")  # fmt: skip
+
+
+def frontier_points(df: pd.DataFrame, *, slos: bool = True) -> pd.DataFrame:
+    """Every operating point of a sweep on the throughput-interactivity plane, its frontier flagged.
+
+    The plane serving planners read: output tokens/s per GPU (y, what the hardware yields) against output
+    tokens/s per user (x, = 1 / time per output token, what each user sees), one point per (configuration,
+    operating point); the frontier is the points no other point beats on both. This is the view of NVIDIA
+    AIConfigurator (``tokens/s/gpu`` against ``tokens/s/user``, front by ``get_pareto_front`` and the best
+    configuration at a TPOT by ``get_best_configs_under_tpot_constraint``, ai-dynamo/aiconfigurator@
+    src/aiconfigurator/sdk/pareto_analysis.py) and of SemiAnalysis InferenceMAX ("Token Throughput per GPU"
+    against "Interactivity (tok/s/user)", https://newsletter.semianalysis.com/p/inferencemax-open-source-inference).
+    Both count output (generated) tokens per GPU; so does this. Like theirs, a frontier holds one workload:
+    points serving different requests (a chat and a long-prompt workload) do not compare, so with a
+    ``workload`` column the frontier is found within each workload.
+
+    A point is a row of ``df`` whose ``status`` is ``ok``: a rate row at its offered rate (``throughput_tok_s``,
+    ``tpot_p50_s``), or a capacity row at its capacity (``capacity_tok_s``; ``tpot_p50_s`` at that rate, else
+    ``capacity_tpot_s``). Per GPU divides by ``gpus`` (the configuration's GPUs in all); per user is
+    1 / TPOT p50 (the median request's decode speed; AIConfigurator's ``tokens/s/user`` is 1000 / TPOT ms).
+
+    Args:
+        df: the sweep results table, [points].
+        slos: keep only points meeting the SLOs (capacity rows, rate rows with ``slo_attainment`` >= 0.99;
+            every ok row when there is no attainment); False keeps every ok point.
+
+    Returns:
+        DataFrame [points with finite positive figures], `FRONTIER_COLUMNS` then the `FRONTIER_CONFIG`
+        columns present, sorted by ``tok_s_per_user`` ascending: ``tok_s_per_user`` (output tok/s per user),
+        ``tok_s_per_gpu`` (output tok/s per GPU), ``tpot_s`` (s), ``throughput_tok_s`` (output tok/s of the
+        configuration), ``rate_req_s`` (offered req/s; the capacity for a capacity row), ``at_capacity``,
+        ``meets_slos`` (bool), ``usd_per_mtok`` ($ per M output tokens), ``frontier`` (bool, on its
+        workload's front).
+    """
+    tier, _ = _tiers(df)
+    at_cap = tier == _TIER_CAPACITY
+    thr = np.where(at_cap, _num(df, "capacity_tok_s"), _num(df, "throughput_tok_s"))
+    tpot = _num(df, "tpot_p50_s")
+    tpot = np.where(at_cap & ~np.isfinite(tpot), _num(df, "capacity_tpot_s"), tpot)
+    gpus = _num(df, "gpus")
+    rate = np.where(at_cap, _num(df, "capacity_req_s"), _num(df, "rate"))
+    cost = np.where(at_cap & np.isfinite(_num(df, "capacity_usd_per_mtok")), _num(df, "capacity_usd_per_mtok"),
+                    _num(df, "usd_per_mtok"))  # fmt: skip
+    meets = tier <= _TIER_SLO
+    keep = (meets if slos else tier <= _TIER_OK) & (thr > 0) & (tpot > 0) & (gpus > 0)
+    keep &= np.isfinite(thr) & np.isfinite(tpot) & np.isfinite(gpus)
+    out = pd.DataFrame(
+        {
+            "label": _labels(df).to_numpy()[keep],
+            "point_id": df["point_id"].astype(str).to_numpy()[keep] if "point_id" in df else np.arange(len(df))[keep],
+            "tok_s_per_user": 1.0 / tpot[keep],
+            "tok_s_per_gpu": thr[keep] / gpus[keep],
+            "tpot_s": tpot[keep],
+            "throughput_tok_s": thr[keep],
+            "gpus": gpus[keep],
+            "rate_req_s": rate[keep],
+            "at_capacity": at_cap[keep],
+            "meets_slos": meets[keep],
+            "usd_per_mtok": cost[keep],
+        }
+    )
+    for col in FRONTIER_CONFIG:
+        if col in df.columns and col != "gpus":
+            out[col] = df[col].to_numpy()[keep]
+    out["frontier"] = False
+    for _, idx in _workload_groups(out).items():
+        sub = out.loc[idx]
+        out.loc[idx, "frontier"] = front_2d(sub["tok_s_per_user"].to_numpy(), sub["tok_s_per_gpu"].to_numpy(),
+                                            "max", "max")  # fmt: skip
+    out = out[[*FRONTIER_COLUMNS, *(c for c in out.columns if c not in FRONTIER_COLUMNS)]]
+    return out.sort_values(["tok_s_per_user", "tok_s_per_gpu"], ascending=[True, False], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def _workload_groups(points: pd.DataFrame) -> dict[str, pd.Index]:
+    """Row index per workload (one group ``""`` when there is no ``workload`` column)."""
+    if "workload" not in points.columns:
+        return {"": points.index}
+    return {str(k): v for k, v in points.groupby(points["workload"].astype(str), sort=True).groups.items()}
+
+
+def front_2d(x: np.ndarray, y: np.ndarray, x_best: str, y_best: str) -> np.ndarray:
+    """Bool [points]: the points no other point dominates on the two axes ``x``, ``y`` [points] alone.
+
+    ``x_best``/``y_best`` are ``"min"`` or ``"max"``; NaN is the worst value (`pareto_mask`'s rules, so ties are
+    all kept). This is the front a two-axis plot must draw: a three-axis front drawn on two axes puts points
+    on the line that the plot's own axes show dominated.
+    """
+    t = pd.DataFrame({"x": np.asarray(x, dtype=float), "y": np.asarray(y, dtype=float)})
+    return pareto_mask(t, {"x": x_best, "y": y_best})
+
+
+def frontier_records(points: pd.DataFrame) -> list[dict[str, Any]]:
+    """The frontier rows of `frontier_points` as JSON-ready dicts, fastest per user first, each with its
+    figures and a ``config`` dict (the `FRONTIER_CONFIG` values of the point)."""
+    front = points[points["frontier"]].sort_values("tok_s_per_user", ascending=False)
+    return [_frontier_record(r) for r in front.to_dict("records")]
+
+
+def _frontier_record(r: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(r.get("gpus"), float) and float(r["gpus"]).is_integer():
+        r = {**r, "gpus": int(r["gpus"])}
+    rec = {k: _jsonable(r.get(k)) for k in FRONTIER_COLUMNS if k != "frontier"}
+    rec["config"] = {k: _jsonable(r[k]) for k in FRONTIER_CONFIG if k in r and _jsonable(r[k]) is not None}
+    return rec
+
+
+def best_at_speed(
+    df: pd.DataFrame, tok_s_per_user: float, *, workload: str | None = None, slos: bool = True
+) -> dict[str, Any] | None:
+    """The configuration yielding the most output tokens/s per GPU while each user gets at least
+    ``tok_s_per_user`` output tokens/s (AIConfigurator's ``get_best_configs_under_tpot_constraint``:
+    TPOT <= 1 / ``tok_s_per_user``, the most ``tokens/s/gpu``).
+
+    Ties on tokens/s per GPU go to the faster point per user (so the answer is on the frontier), then to the
+    lower $ per M output tokens.
+
+    Args:
+        df: the sweep results table, [points].
+        tok_s_per_user: output tokens/s each user must see, > 0.
+        workload: only the points of this workload (None: every point; give one when the sweep has several,
+            see `best_at_speed_per_workload`).
+        slos: as in `frontier_points`.
+
+    Returns:
+        The chosen point as `frontier_records` writes one (with ``frontier`` True: the answer is always on
+        the frontier), plus ``asked_tok_s_per_user``; None when no point is that fast.
+
+    Raises:
+        MoesimError: ``tok_s_per_user`` is not a positive finite number.
+    """
+    if not (math.isfinite(tok_s_per_user) and tok_s_per_user > 0):
+        raise MoesimError(f"per-user speed {tok_s_per_user} tok/s", "give a positive output tokens/s per user")
+    pts = frontier_points(df, slos=slos)
+    if workload is not None:
+        pts = pts[pts["workload"].astype(str) == workload] if "workload" in pts.columns else pts.iloc[:0]
+    fast = pts[pts["tok_s_per_user"] >= tok_s_per_user * (1.0 - 1e-12)]
+    if fast.empty:
+        return None
+    cost = fast["usd_per_mtok"].fillna(np.inf).to_numpy()
+    order = np.lexsort((cost, -fast["tok_s_per_user"].to_numpy(), -fast["tok_s_per_gpu"].to_numpy()))
+    rec = _frontier_record(fast.iloc[int(order[0])].to_dict())
+    rec["frontier"] = bool(fast["frontier"].iloc[int(order[0])])
+    rec["asked_tok_s_per_user"] = float(tok_s_per_user)
+    return rec
+
+
+def best_at_speed_per_workload(df: pd.DataFrame, tok_s_per_user: float, *, slos: bool = True) -> list[dict[str, Any]]:
+    """`best_at_speed` for each workload of ``df`` (one entry when there is no ``workload`` column), each record
+    with ``workload``; a workload with no point that fast is left out."""
+    if not (math.isfinite(tok_s_per_user) and tok_s_per_user > 0):
+        raise MoesimError(f"per-user speed {tok_s_per_user} tok/s", "give a positive output tokens/s per user")
+    names = sorted({str(w) for w in df["workload"].dropna()}) if "workload" in df.columns else [None]
+    out = []
+    for w in names:
+        best = best_at_speed(df, tok_s_per_user, workload=w, slos=slos)
+        if best is not None:
+            out.append(best | {"workload": w})
     return out

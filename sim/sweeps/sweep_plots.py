@@ -1,10 +1,12 @@
-"""Plots of a what-if sweep: heatmaps per axis pair, the Pareto scatter and the MoE-CAP radar (matplotlib, Agg only
+"""Plots of a what-if sweep: heatmaps per axis pair, the Pareto scatter, the throughput-interactivity frontier and
+the MoE-CAP radar (matplotlib, Agg only
 via `sim.serving.plots`). Each PNG is written atomically; inputs are the sweep results or CAP table DataFrames.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ from moesim.sim.sweeps.cap import (
     _usable,
     cap_objectives,
     cap_table,
+    front_2d,
+    frontier_points,
     write_atomic,
 )
 
@@ -91,7 +95,8 @@ def _heatmap_metrics(df: pd.DataFrame) -> list[tuple[str, str, str, int]]:
                 ("capacity_usd_per_mtok", "Cost at capacity", "$ per M output tokens", _TIER_CAPACITY),
             )
         return out
-    out = [("throughput_tok_s", "Best output tok/s among points meeting the SLOs", "output tokens/s", _TIER_SLO)]
+    out = [("throughput_tok_s", "Best output tok/s at an offered load meeting the SLOs (offered load, not capacity)",
+            "output tokens/s", _TIER_SLO)]  # fmt: skip
     if "usd_per_mtok" in df.columns:
         out.append(("usd_per_mtok", "Lowest cost among points meeting the SLOs", "$ per M output tokens", _TIER_SLO))
     return out
@@ -169,53 +174,160 @@ def _no_data(ax: Axes, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
 
 
+def _log_axes(ax: Axes) -> None:
+    """Log x and y with plain-number tick labels ("0.3", "20": clearer than mathtext 3×10⁻¹); minor ticks
+    (2, 3, 5 times a power of ten; more under one decade) are labelled only on an axis spanning under two decades."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1000 else f"{v:g}")
+
+    def minor(leads: tuple[float, ...]) -> FuncFormatter:
+        def fmt(v: float, _pos: int) -> str:
+            return plain(v, None) if round(v / 10 ** np.floor(np.log10(v)), 6) in leads else ""
+
+        return FuncFormatter(fmt)
+
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        axis.set_major_formatter(plain)
+        span = hi / lo if lo > 0 else np.inf
+        leads = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if span < 10 else (2.0, 3.0, 5.0)
+        axis.set_minor_formatter(minor(leads) if span < 100 else NullFormatter())
+
+
+def _fmt_num(v: float) -> str:
+    """A figure for a label: thousands separators from 100 up, else 3 significant digits."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _numbered(ax: Axes, side: Axes, x: np.ndarray, y: np.ndarray, names: Sequence[str], title: str) -> None:
+    """Number the points (x, y) [n] on ``ax`` (at most `_FRONT_LABELS`, evenly spread) and list number ->
+    name on ``side``: short numbers do not overlap where long labels would."""
+    n = len(x)
+    pick = np.unique(np.linspace(0, n - 1, min(n, _FRONT_LABELS)).round().astype(int)) if n else np.array([], int)
+    lines = []
+    placed: list[tuple[float, float, float, float]] = []  # label boxes so far, display pixels
+    scale = ax.figure.dpi / 72.0
+    for k, i in enumerate(pick, start=1):
+        px, py = ax.transData.transform((x[i], y[i]))
+        w, h = (6.0 * len(str(k)) + 4.0) * scale, 12.0 * scale
+        options = ((6, 5), (6, -12), (-7 - 6 * len(str(k)), 5), (-7 - 6 * len(str(k)), -12), (6, 16), (6, -24))
+        for dx, dy in options:  # the first offset whose box is clear of the numbers already placed
+            bx, by = px + dx * scale, py + dy * scale
+            if not any(bx < q[2] and q[0] < bx + w and by < q[3] and q[1] < by + h for q in placed):
+                break
+        placed.append((bx, by, bx + w, by + h))
+        box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}
+        ax.annotate(str(k), (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                    fontweight="bold", bbox=box)  # fmt: skip
+        lines.append(f"{k}. {names[i]}")
+    side.axis("off")
+    more = f"\n({n - len(pick)} more on the front: see the CSV)" if n > len(pick) else ""
+    side.text(0.0, 1.0, _esc(title + "\n\n" + "\n".join(textwrap.fill(t, 48, subsequent_indent="   ")
+                                                          for t in lines) + more),
+              va="top", ha="left", fontsize=7.5, transform=side.transAxes, family="monospace")  # fmt: skip
+
+
+def _two_panels(figsize: tuple[float, float]) -> tuple[Figure, Axes, Axes]:
+    """A figure with the plot on the left and a narrow panel on the right for the numbered labels."""
+    fig = figure_class()(figsize=figsize, layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=[3.0, 1.35])
+    return fig, fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+
+
 def _write_pareto(table: pd.DataFrame, path: Path) -> Path:
-    """``pareto.png``: cost vs s per output token of every configuration of ``table`` (a `cap_table`)."""
-    figure = figure_class()
-    fig = figure(figsize=(10.0, 7.0), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
+    """``pareto.png``: cost against time per output token of every configuration of ``table`` (a `cap_table`).
+
+    The line is this plot's own front over its two axes (`front_2d`, both minimised): no point on it is beaten
+    on both cost and speed. Membership of the three-axis CAP front (cost, speed, accuracy; the table's
+    ``pareto``) is marked apart with a square, since a point can be on it for its accuracy alone.
+    """
+    fig, ax, side = _two_panels((12.5, 7.0))
     cost, spt = _num(table, "cost_usd_per_mtok"), _num(table, "s_per_token")
     shown = np.isfinite(cost) & (cost > 0) & np.isfinite(spt) & (spt > 0)
     t = table[shown].reset_index(drop=True)
     ax.set_xlabel(_esc("cost ($ per million output tokens, log scale)"))
-    ax.set_ylabel("seconds per output token (log scale)")
+    ax.set_ylabel("time per output token (ms, log scale)")
     ax.grid(True, which="both", alpha=0.3)
     if t.empty:
         _no_data(ax)
+        side.axis("off")
         fig.suptitle("Cost vs speed per configuration")
         return _save_atomic(fig, path)
-    x, y = t["cost_usd_per_mtok"].to_numpy(float), t["s_per_token"].to_numpy(float)
+    x, y = t["cost_usd_per_mtok"].to_numpy(float), t["s_per_token"].to_numpy(float) * 1e3
     acc = _num(t, "accuracy")
     if np.isfinite(acc).any():
         known = np.isfinite(acc)
-        sc = ax.scatter(x[known], y[known], c=acc[known], cmap="plasma", s=40, zorder=2)
-        fig.colorbar(sc, ax=ax, label="accuracy (score 0-100)")
+        sc = ax.scatter(x[known], y[known], c=acc[known], cmap="plasma", s=36, zorder=2)
+        fig.colorbar(sc, ax=ax, label="accuracy (score 0-100)", pad=0.01)
         if (~known).any():
-            ax.scatter(x[~known], y[~known], facecolors="none", edgecolors="grey", s=40, label="accuracy unknown")
+            ax.scatter(x[~known], y[~known], facecolors="none", edgecolors="grey", s=36, label="accuracy unknown")
     else:
         gpus = t["gpu"].astype(str) if "gpu" in t.columns else pd.Series(["?"] * len(t))
         for i, g in enumerate(sorted(gpus.unique(), key=_natural_key)):
             sel = (gpus == g).to_numpy()
-            ax.scatter(x[sel], y[sel], color=f"C{i % 10}", s=40, label=_esc(g), zorder=2)
-    front = np.flatnonzero(t["pareto"].to_numpy(dtype=bool))
-    if front.size:
-        front = front[np.argsort(x[front], kind="stable")]
-        ax.plot(x[front], y[front], color="black", linestyle="--", linewidth=1, zorder=1)
-        ax.scatter(x[front], y[front], facecolors="none", edgecolors="black", s=130, linewidths=1.5, zorder=3,
-                   label=f"Pareto front ({front.size})")  # fmt: skip
-        labelled = front[np.unique(np.linspace(0, front.size - 1, min(front.size, _FRONT_LABELS)).round().astype(int))]
-        for i in labelled:
-            ax.annotate(_esc(t["label"].iloc[i]), (x[i], y[i]), xytext=(6, 6), textcoords="offset points", fontsize=7)
-    from matplotlib.ticker import LogFormatter
+            ax.scatter(x[sel], y[sel], color=f"C{i % 10}", s=36, label=_esc(g), zorder=2)
+    three = t["pareto"].to_numpy(dtype=bool) if "pareto" in t.columns else np.zeros(len(t), dtype=bool)
+    if three.any() and len(cap_objectives(table)) > 2:
+        ax.scatter(x[three], y[three], marker="s", facecolors="none", edgecolors="#b2182b", s=150, linewidths=1.2,
+                   zorder=3, label=f"on the cost-speed-accuracy front ({int(three.sum())})")  # fmt: skip
+    front = np.flatnonzero(front_2d(x, y, "min", "min"))
+    front = front[np.lexsort((y[front], x[front]))]
+    ax.step(x[front], y[front], where="post", color="black", linestyle="--", linewidth=1, zorder=1)
+    ax.scatter(x[front], y[front], facecolors="none", edgecolors="black", s=110, linewidths=1.5, zorder=4,
+               label=f"cost-speed front of this plot ({front.size})")  # fmt: skip
+    _log_axes(ax)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    names = [f"{lab}: {c:.3g} $/Mtok, {fmt_s(v / 1e3)}/token" for lab, c, v in
+             zip(t["label"].to_numpy()[front], x[front], y[front], strict=True)]  # fmt: skip
+    _numbered(ax, side, x[front], y[front], names, "Cost-speed front, cheapest first:")
+    fig.suptitle("Cost vs time per output token per configuration (lower left is better)", fontsize=11)
+    return _save_atomic(fig, path)
 
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):  # plain numbers ("0.6", "20"): clearer and faster than mathtext 6×10⁻¹
-        axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-        axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
-    ax.legend(loc="best", fontsize=8)
-    objectives = ", ".join(f"{c} ({d})" for c, d in cap_objectives(table).items())
-    fig.suptitle(_esc(f"Cost vs speed per configuration; Pareto front over {objectives}"), fontsize=11)
+
+def _write_frontier(points: pd.DataFrame, path: Path) -> Path:
+    """``frontier.png``: output tokens/s per GPU against output tokens/s per user of every operating point
+    (``points``: `frontier_points`), the frontier drawn as the best tokens/s per GPU at each per-user speed
+    (one staircase per workload)."""
+    fig, ax, side = _two_panels((12.5, 7.0))
+    ax.set_xlabel("output tokens/s per user (1 / median time per output token)")
+    ax.set_ylabel("output tokens/s per GPU")
+    ax.grid(True, which="both", alpha=0.3)
+    title = "Throughput vs interactivity: every operating point meeting the SLOs (upper right is better)"
+    if points.empty:
+        _no_data(ax, "no operating point meets the SLOs")
+        side.axis("off")
+        fig.suptitle(title, fontsize=11)
+        return _save_atomic(fig, path)
+    x, y = points["tok_s_per_user"].to_numpy(float), points["tok_s_per_gpu"].to_numpy(float)
+    groups = points["gpu"].astype(str) if "gpu" in points.columns else pd.Series(["all"] * len(points))
+    for i, g in enumerate(sorted(groups.unique(), key=_natural_key)):
+        sel = (groups == g).to_numpy()
+        ax.scatter(x[sel], y[sel], color=f"C{i % 10}", s=18, alpha=0.55, label=_esc(g), zorder=2)
+    on = points["frontier"].to_numpy(dtype=bool)
+    work = points["workload"].astype(str).to_numpy() if "workload" in points.columns else np.full(len(points), "")
+    names_w = sorted(set(work[on]), key=_natural_key)
+    for k, w in enumerate(names_w):  # a frontier per workload: different requests do not compare
+        front = np.flatnonzero(on & (work == w))
+        front = front[np.lexsort((-y[front], x[front]))]
+        what = f"frontier, {w}" if len(names_w) > 1 else "frontier"
+        ax.step(x[front], y[front], where="pre", color="black", linestyle=("-", "--", ":", "-.")[k % 4],
+                linewidth=1.2, zorder=3, label=_esc(f"{what} ({front.size} points)"))  # fmt: skip
+    front = np.flatnonzero(on)
+    front = front[np.lexsort((-y[front], x[front]))]
+    ax.scatter(x[front], y[front], facecolors="none", edgecolors="black", s=90, linewidths=1.4, zorder=4)
+    if x.max() / x.min() > 20 or y.max() / y.min() > 20:
+        _log_axes(ax)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    order = front[::-1]  # fastest per user first
+    names = []
+    for i in order:
+        r = points.iloc[i]
+        at = "at capacity" if bool(r["at_capacity"]) else f"at {r['rate_req_s']:.3g} req/s offered"
+        names.append(f"{r['label']} {at}: {_fmt_num(x[i])} tok/s/user, {_fmt_num(y[i])} tok/s/GPU")
+    _numbered(ax, side, x[order], y[order], names, "Frontier, fastest per user first:")
+    fig.suptitle(title, fontsize=11)
     return _save_atomic(fig, path)
 
 
@@ -311,9 +423,13 @@ def write_plots(
       the other axes, annotated, with a colorbar. Default axes: the two of gpu, precision, layout, gpus,
       max_batch, workload, routing_skew, placement with the most distinct values (> 1); one row when only one
       varies; no heatmap when none varies (or the metric has no qualifying value).
-    - ``pareto.png``: cost ($/M output tokens, log x) vs s per output token (log y) per configuration of
-      `cap_table`, coloured by accuracy when known else by GPU; the Pareto front ringed, joined and labelled
-      (at most 12 labels).
+    - ``pareto.png``: cost ($/M output tokens, log x) vs time per output token (ms, log y) per configuration
+      of `cap_table`, coloured by accuracy when known else by GPU; the plot's own cost-speed front ringed and
+      drawn as a staircase, membership of the three-axis CAP front marked by a square; front points numbered
+      (at most 12) and named in a side panel.
+    - ``frontier.png``: output tokens/s per GPU vs output tokens/s per user of every operating point meeting
+      the SLOs (`frontier_points`), coloured by GPU, the frontier drawn as the best tokens/s per GPU at each
+      per-user speed, numbered and named (configuration, offered rate or capacity) in a side panel.
     - ``cap_radar.png``: the MoE-CAP radar (cost, performance, accuracy, S-MBU, S-MFU; each 0..1, outer is
       better) of up to six configurations: ``radar_labels``, else the front of `cap_table`, cheapest first.
 
@@ -324,7 +440,7 @@ def write_plots(
         radar_labels: configuration labels for the radar (at most six); None: the Pareto front.
 
     Returns:
-        The paths written: heatmaps, then ``pareto.png``, then ``cap_radar.png``.
+        The paths written: heatmaps, then ``pareto.png``, ``frontier.png``, then ``cap_radar.png``.
 
     Raises:
         MoesimError: matplotlib is not installed; a heatmap axis or radar label is unknown.
@@ -341,5 +457,6 @@ def write_plots(
     axes = list(heatmap_axes) if heatmap_axes is not None else _heatmap_axes(df)
     written = _write_heatmaps(df, out, axes) if axes and len(df) else []
     written.append(_write_pareto(table, out / "pareto.png"))
+    written.append(_write_frontier(frontier_points(df), out / "frontier.png"))
     written.append(_write_radar(table, out / "cap_radar.png", radar))
     return written

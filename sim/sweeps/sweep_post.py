@@ -1,4 +1,5 @@
-"""The end of a sweep: accuracy scores, the merged results, the CAP table, the Pareto front and the plots.
+"""The end of a sweep: accuracy scores, the merged results, the CAP table, the Pareto front, the throughput-
+interactivity frontier (`frontier.csv`, `frontier.png`, the summary's ``frontier``) and the plots.
 
 Accuracy (the A of CAP) comes from the published scores in
 `model.accuracy` for each (model, weight precision). One benchmark is used

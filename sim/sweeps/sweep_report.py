@@ -23,9 +23,10 @@ Every function is pure: DataFrames in, a DataFrame, an array, a dict or the path
 is imported only when a plot is drawn (`sim.serving.plots` owns the Agg-only figure handling); every file is
 written to a temporary name beside its target and moved into place with `os.replace`.
 
-Where the parts live: `cap` (column helpers, `write_atomic`, `pareto_mask`, `cap_objectives`, `cap_table`,
-`cheapest_meeting`), `sweep_plots` (`write_plots`, `radar_values`, `RADAR_AXES`); this module re-exports them
-and holds `write_dashboard_data`.
+Where the parts live: `cap` (column helpers, `write_atomic`, `pareto_mask`, `front_2d`, `cap_objectives`,
+`cap_table`, `cheapest_meeting`, and the throughput-interactivity frontier: `frontier_points`,
+`frontier_records`, `best_at_speed`), `sweep_plots` (`write_plots`, `radar_values`, `RADAR_AXES`); this module
+re-exports them and holds `write_dashboard_data`.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ import pandas as pd
 
 from moesim.sim.sweeps.cap import (
     CAP_COLUMNS,
+    FRONTIER_COLUMNS,
     _jsonable,
+    best_at_speed,
+    best_at_speed_per_workload,
     cap_objectives,
     cap_table,
     cheapest_meeting,
+    front_2d,
+    frontier_points,
+    frontier_records,
     pareto_mask,
     write_atomic,
 )
@@ -48,10 +55,16 @@ from moesim.sim.sweeps.sweep_plots import RADAR_AXES, radar_values, write_plots
 
 __all__ = [
     "CAP_COLUMNS",
+    "FRONTIER_COLUMNS",
     "RADAR_AXES",
+    "best_at_speed",
+    "best_at_speed_per_workload",
     "cap_objectives",
     "cap_table",
     "cheapest_meeting",
+    "front_2d",
+    "frontier_points",
+    "frontier_records",
     "pareto_mask",
     "radar_values",
     "write_atomic",
@@ -65,8 +78,10 @@ __all__ = [
 
 
 def write_dashboard_data(df: pd.DataFrame, out_dir: str | Path, target_tok_s: float | None = None) -> dict[str, Any]:
-    """Write ``cap_table.csv`` (`cap_table`) and ``pareto.parquet`` (``df``'s rows on the front of
-    `pareto_mask` over `cap_objectives`) into ``out_dir`` (created if missing), each atomically.
+    """Write ``cap_table.csv`` (`cap_table`), ``pareto.parquet`` (``df``'s rows on the front of
+    `pareto_mask` over `cap_objectives`) and ``frontier.csv`` (`frontier_points`: every operating point meeting
+    the SLOs on the throughput-interactivity plane, its frontier flagged) into ``out_dir`` (created if missing),
+    each atomically.
 
     Args:
         df: the sweep results table, [points].
@@ -76,8 +91,10 @@ def write_dashboard_data(df: pd.DataFrame, out_dir: str | Path, target_tok_s: fl
     Returns:
         A JSON-ready dict: ``points`` (rows of ``df``), ``configurations`` (rows of the CAP table),
         ``pareto_points`` (rows in ``pareto.parquet``), ``objectives`` (column -> min/max), ``cheapest``
-        (`cheapest_meeting`'s dict, or None) and ``cap_table_top`` (up to 10 Pareto rows of the CAP table,
-        cheapest first: label, cost_usd_per_mtok, s_per_token, throughput_tok_s, accuracy).
+        (`cheapest_meeting`'s dict, or None), ``cap_table_top`` (up to 10 Pareto rows of the CAP table,
+        cheapest first: label, cost_usd_per_mtok, s_per_token, throughput_tok_s, throughput_basis, rate_req_s,
+        accuracy) and ``frontier`` (`frontier_records`: the throughput-interactivity frontier, fastest per user
+        first, each point with its figures and configuration).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +103,11 @@ def write_dashboard_data(df: pd.DataFrame, out_dir: str | Path, target_tok_s: fl
     front = df[pareto_mask(df, objectives)].reset_index(drop=True)
     write_atomic(out / "cap_table.csv", lambda tmp: table.to_csv(tmp, index=False))
     write_atomic(out / "pareto.parquet", lambda tmp: front.to_parquet(tmp, index=False))
-    top = table[table["pareto"]].head(10)[["label", "cost_usd_per_mtok", "s_per_token", "throughput_tok_s", "accuracy"]]
+    points = frontier_points(df)
+    write_atomic(out / "frontier.csv", lambda tmp: points.to_csv(tmp, index=False))
+    cols = ["label", "cost_usd_per_mtok", "s_per_token", "throughput_tok_s", "throughput_basis", "rate_req_s"]
+    cols.append("accuracy")
+    top = table[table["pareto"]].head(10)[cols]
     return {
         "points": len(df),
         "configurations": len(table),
@@ -94,4 +115,5 @@ def write_dashboard_data(df: pd.DataFrame, out_dir: str | Path, target_tok_s: fl
         "objectives": dict(objectives),
         "cheapest": cheapest_meeting(df, target_tok_s) if target_tok_s is not None else None,
         "cap_table_top": [{k: _jsonable(v) for k, v in r.items()} for r in top.to_dict("records")],
+        "frontier": frontier_records(points),
     }

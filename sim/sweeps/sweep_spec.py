@@ -165,20 +165,46 @@ class CapacitySpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """A throughput to reach: output tokens/s under the SLOs."""
+    """A throughput to reach: output tokens/s under the SLOs.
+
+    Attributes:
+        throughput_tok_s: output tokens/s the deployment must deliver while meeting the SLOs.
+    """
 
     throughput_tok_s: float = Field(gt=0, le=1e15)
 
 
 class PlacementOptions(_Strict):
-    """How the ``placement`` axis's ILP runs: wall seconds per plan and its MIP gap."""
+    """How the ``placement`` axis's ILP runs: wall seconds per plan and its MIP gap.
+
+    Attributes:
+        time_limit: the ILP solver's wall-clock limit per plan, s.
+        mip_gap: the relative MIP gap at which the solver stops.
+    """
 
     time_limit: float = Field(10.0, gt=0, le=MAX_SECONDS)
     mip_gap: float = Field(1e-3, ge=0, le=1)
 
 
 class SweepSpec(_Strict):
-    """A validated sweep file (see the module docstring)."""
+    """A validated sweep file (see the module docstring).
+
+    Attributes:
+        name: the sweep's name in reports.
+        description: free text shown in reports.
+        base: the base serving scenario: a mapping of scenario keys (``moesim schema serving``), or the path of a
+            scenario YAML relative to the sweep file.
+        axes: axis name -> the values it takes (`AXES`; a list, or for ``rate`` a {start, stop, num, scale}
+            range in req/s, for ``workload`` a mapping of named variants); the points are their product.
+        constraints: what prunes a point before it runs.
+        engine: ``analytical`` (closed-form steady state) or ``des`` (discrete-event simulation) per point.
+        metrics: summary keys kept per point beyond `DEFAULT_METRICS`.
+        capacity: per point, search the highest request rate meeting the SLOs (None: run each rate given).
+        target: the cheapest configuration delivering this throughput under the SLOs (None: none picked).
+        placement_options: how the ``placement`` axis's ILP runs.
+        accuracy_benchmark: the benchmark whose accuracy the reports join per model and precision (None: none).
+        seed: random seed of every point.
+    """
 
     name: str = "sweep"
     description: str = ""

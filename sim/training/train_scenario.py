@@ -125,7 +125,13 @@ class TrainLayout(_Strict):
 
 
 class TrainBatch(_Strict):
-    """The batch of one optimizer step, in sequences of ``seq_len`` tokens."""
+    """The batch of one optimizer step, in sequences of ``seq_len`` tokens.
+
+    Attributes:
+        global_batch: sequences per optimizer step, over all data-parallel ranks.
+        micro_batch: sequences per micro-batch on one data-parallel rank.
+        seq_len: tokens per sequence.
+    """
 
     global_batch: int = Field(ge=1, le=MAX_BATCH)
     micro_batch: int = Field(1, ge=1, le=MAX_BATCH)
@@ -227,7 +233,14 @@ class TrainActivations(_Strict):
 
 
 class TrainCost(_Strict):
-    """How GPU time is priced (`model.cap.CostAssumptions`)."""
+    """How GPU time is priced (`model.cap.CostAssumptions`).
+
+    Attributes:
+        pricing: ``cloud`` ($/GPU-hour), ``capex`` (purchase price amortised plus energy) or ``auto`` (cloud
+            where the GPU has a cloud price).
+        years: amortisation period of the purchase price (capex), years.
+        utilisation: share of wall time the GPUs do this work (capex only).
+    """
 
     pricing: Literal["auto", "cloud", "capex"] = "auto"
     years: float = Field(5.0, gt=0, le=100)
@@ -238,6 +251,19 @@ class TrainScenario(_Strict):
     """A training scenario (see the module docstring).
 
     Attributes:
+        name: the scenario's name in reports.
+        model: a model preset (``moesim models``) or the path of a Hugging Face config.json.
+        cluster: a cluster preset (``moesim clusters``); or give ``gpu`` (with ``nodes`` / ``gpus_per_node``).
+        gpu: a GPU preset (``moesim gpus``) when no ``cluster`` is named.
+        nodes: nodes of the cluster (with ``gpu``, or to resize ``cluster``).
+        gpus_per_node: GPUs per node (with ``gpu``, or to resize ``cluster``).
+        hardware: a YAML file of extra GPU and cluster definitions, relative to the scenario (`model.hardware`).
+        layout: the parallel layout and pipeline schedule (`TrainLayout`).
+        batch: the batch of one optimizer step (`TrainBatch`).
+        precision: training dtypes (`TrainPrecision`).
+        routing: how tokens pick experts (`TrainRouting`).
+        cost: how GPU time is priced.
+        seed: random seed of the routing.
         recompute: activation recomputation: ``none``; ``selective`` (the
             modules of ``activations.recompute_modules`` recomputed in the
             backward, Megatron's selective mode); ``full`` (each layer's
