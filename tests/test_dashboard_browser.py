@@ -50,7 +50,7 @@ OUT = Path(os.environ.get("MOESIM_TEST_OUT", ROOT / "test-output")) / "browser"
 WIDTHS = (1400, 1000)
 #: Pages whose layout checks are reported (a warning, and ``<page>-problems.txt`` beside the screenshots) rather
 #: than asserted, until the problems left on them are fixed (issue 24, item 9).
-REPORT_ONLY = {"cap", "sweeps"}
+REPORT_ONLY: set[str] = set()
 #: Figures printed raw: a float's repr (5+ decimals), an exponent, Python's None, a NaN.
 RAW = re.compile(r"\b\d+\.\d{5,}\b|\b\d(?:\.\d+)?e[+-]?\d+\b|\bNone\b|\bnan\b|\bNaN\b|\binf\b")
 

@@ -278,7 +278,7 @@ def pareto_figure(table: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="Cost vs time per output token (lower left is better)",
+        title="Cost vs time per token (lower left: better)",
         xaxis_title="time per output token (ms)",
         yaxis_title="$ per million output tokens",
         xaxis_type=_log_if_wide(x),
@@ -381,7 +381,14 @@ def frontier_figure(points: pd.DataFrame, best: dict[str, Any] | list[dict[str, 
         legend=LEGEND_INSIDE | {"x": 0.98, "y": 0.98, "yanchor": "top"},
         **_FIG_LAYOUT,
     )
+    for axis, values in ((fig.update_xaxes, x), (fig.update_yaxes, y)):
+        if _log_if_wide(values) == "log":  # one labelled tick per decade: plotly's 2-5 ticks overlap when narrow
+            axis(dtick=1)
     return fig
+
+
+#: The frontier table's columns on screen (the label names the configuration; the hover and the CSV hold the rest).
+FRONTIER_SHOWN = ["label", "tok_s_per_user", "tok_s_per_gpu", "tpot_s", "rate_req_s", "at_capacity", "usd_per_mtok"]
 
 
 def frontier_table(points: pd.DataFrame) -> pd.DataFrame:

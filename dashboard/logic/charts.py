@@ -117,59 +117,6 @@ def cap_radar(table: pd.DataFrame, max_configs: int = 6) -> go.Figure:
     return fig
 
 
-def pareto_scatter(table: pd.DataFrame, x: str = "s_per_token", y: str = "cost_usd_per_mtok") -> go.Figure:
-    """Cost against seconds per token, one marker per configuration, the Pareto front outlined and joined.
-
-    Args:
-        table: a `cap_table` (columns ``label``, ``x``, ``y``, ``accuracy``, ``pareto``, ``gpu``).
-    """
-    t = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[y].astype(float))]
-    if t.empty:
-        return _empty("Pareto front", "no configuration with both cost and speed")
-    fig = go.Figure()
-    groups = t["gpu"].astype(str) if "gpu" in t else pd.Series(["all"] * len(t), index=t.index)
-    for i, g in enumerate(sorted(groups.unique())):
-        s = t[groups == g]
-        acc = s["accuracy"].astype(float) if "accuracy" in s else pd.Series(np.nan, index=s.index)
-        fig.add_trace(
-            go.Scatter(
-                x=s[x] * 1e3,
-                y=s[y],
-                mode="markers",
-                name=g,
-                marker={
-                    "size": 11,
-                    "color": PALETTE[i % len(PALETTE)],
-                    "line": {"width": np.where(s["pareto"], 2.5, 0), "color": "#222"},
-                },
-                text=s["label"],
-                customdata=np.column_stack([[f"{a:.1f}" if a == a else "not published" for a in acc], s["pareto"]]),
-                hovertemplate="%{text}<br>%{x:.2f} ms/token · $%{y:.3~r}/M tok<br>accuracy %{customdata[0]}"
-                "<extra></extra>",
-            )
-        )
-    front = t[t["pareto"].astype(bool)].sort_values(x)
-    if len(front):
-        fig.add_trace(
-            go.Scatter(
-                x=front[x] * 1e3,
-                y=front[y],
-                mode="lines",
-                name="Pareto front (outlined)",
-                line={"color": "#222", "dash": "dot"},
-                hoverinfo="skip",
-            )
-        )
-    fig.update_layout(
-        title="Cost vs speed",
-        xaxis_title="seconds per output token (ms)",
-        yaxis_title="$ per million output tokens",
-        yaxis_type="log",
-        **_LAYOUT,
-    )
-    return fig
-
-
 def utilisation_bars(table: pd.DataFrame) -> go.Figure:
     """S-MBU and S-MFU (%) per configuration, grouped bars."""
     if table.empty:

@@ -50,6 +50,7 @@ with right:
     run_capacity = st.button(
         "Find each configuration's capacity",
         type="primary",
+        width="stretch",
         disabled=at_capacity,
         help="Bisect each configuration's request rate on the analytical model until the SLOs are just met.",
     )
@@ -109,9 +110,13 @@ with b:
 
 st.subheader("All configurations", help="One row per configuration, cheapest first.")
 cc = st.column_config
+#: the columns shown (the label names the configuration); the CSV download below holds every column
+shown = ["label", "cost_usd_per_mtok", "s_per_token", "throughput_tok_s", "throughput_basis",
+         "rate_req_s", "accuracy", "s_mbu", "s_mfu", "pareto"]  # fmt: skip
 st.dataframe(
     table,
     hide_index=True,
+    column_order=[c for c in shown if c in table.columns],
     column_config={
         "cost_usd_per_mtok": cc.NumberColumn("$/M tok", help=HELP["cost"], format="%.3f"),
         "usd_per_hour": cc.NumberColumn("$/h", help=HELP["usd_per_hour"], format="%.2f"),
@@ -122,8 +127,12 @@ st.dataframe(
         ),
         "rate_req_s": cc.NumberColumn("req/s", format="%.3g"),
         "accuracy": cc.NumberColumn("accuracy", help=HELP["accuracy"], format="%.1f"),
-        "s_mbu": cc.ProgressColumn("S-MBU", help=HELP["s_mbu"], min_value=0.0, max_value=1.0, format="percent"),
-        "s_mfu": cc.ProgressColumn("S-MFU", help=HELP["s_mfu"], min_value=0.0, max_value=1.0, format="percent"),
+        "s_mbu": cc.ProgressColumn(
+            "S-MBU", help=HELP["s_mbu"], min_value=0.0, max_value=1.0, format="percent", width="small"
+        ),
+        "s_mfu": cc.ProgressColumn(
+            "S-MFU", help=HELP["s_mfu"], min_value=0.0, max_value=1.0, format="percent", width="small"
+        ),
         "energy_j_per_token": cc.NumberColumn("J/token", format="%.3f"),
         "pareto": cc.CheckboxColumn("Pareto", help=HELP["pareto"]),
     },
@@ -143,10 +152,8 @@ speed = st.number_input(
     key="cap_tps_user",
 )
 best = best_at_speed(results, speed) if speed > 0 and len(points) else None
-f1, f2 = st.columns([3, 2])
-with f1:
-    st.plotly_chart(cap.frontier_figure(points, best), key="cap_frontier")
-with f2:
+st.plotly_chart(cap.frontier_figure(points, best), key="cap_frontier")
+with st.container():
     if speed > 0:
         if best:
             st.success(
@@ -158,6 +165,7 @@ with f2:
     st.dataframe(
         cap.frontier_table(points),
         hide_index=True,
+        column_order=cap.FRONTIER_SHOWN,
         height=320,
         column_config={
             "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from moesim.dashboard.format import fmt_number
 from moesim.dashboard.logic import cap, charts
 from moesim.dashboard.logic import sweeps as sw
 from moesim.dashboard.logic.scenario import open_scenario
@@ -78,7 +79,10 @@ with st.sidebar:
     chosen = {}
     for col in axes:
         values = sw.sorted_values(list(df[col].dropna().unique()))
-        chosen[col] = st.multiselect(col, values, default=values, key=f"sw_f_{col}")
+        chosen[col] = st.multiselect(
+            col, values, default=values, key=f"sw_f_{col}",
+            format_func=lambda v: fmt_number(v) if isinstance(v, float) else str(v),
+        )  # fmt: skip
     ok_only = st.checkbox("ok points only", value=True, key="sw_ok")
 view = sw.filter_rows(df, chosen, ok_only)
 if view.empty:
@@ -101,9 +105,8 @@ else:
 
 st.subheader("Pareto front", help=HELP["pareto"])
 table = cap_table(view)
-a, b = st.columns([3, 2])
-a.plotly_chart(cap.pareto_figure(table), key="sw_pareto")
-b.dataframe(
+st.plotly_chart(cap.pareto_figure(table), key="sw_pareto")
+st.dataframe(
     table[table["pareto"]][
         ["label", "cost_usd_per_mtok", "s_per_token", "accuracy", "throughput_tok_s", "throughput_basis", "rate_req_s"]
     ],
@@ -134,8 +137,8 @@ speed = st.number_input(
     key="sw_tps_user",
 )
 bests = best_at_speed_per_workload(view, speed) if speed > 0 and len(points) else []
-f1, f2 = st.columns([3, 2])
-f1.plotly_chart(cap.frontier_figure(points, bests), key="sw_frontier")
+st.plotly_chart(cap.frontier_figure(points, bests), key="sw_frontier")
+f2 = st.container()
 for best in bests:
     where = (
         f"at capacity, {best['rate_req_s']:.3g} req/s" if best["at_capacity"] else f"at {best['rate_req_s']:.3g} req/s"
@@ -150,6 +153,7 @@ if speed > 0 and not bests:
 f2.dataframe(
     cap.frontier_table(points),
     hide_index=True,
+    column_order=cap.FRONTIER_SHOWN,
     height=320,
     column_config={
         "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),
