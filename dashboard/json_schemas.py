@@ -556,6 +556,57 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         {"cost_model": COST_MODEL, "layer_cost": _OBJ},  # with --objective time (predicted layer times)
     ),
+    "drift": _obj(
+        {
+            "cost_model": COST_MODEL,
+            "info": _obj(
+                {
+                    "model": _STR,
+                    "ep": _INT,
+                    "redundant": _INT,
+                    "windows": _INT,
+                    "requests_per_window": _INT,
+                    "engine": {"enum": ["des", "analytical"]},
+                    "cost_model": COST_MODEL,
+                    "expert_bytes": _NUM,
+                }
+            ),
+            "policies": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": _obj(
+                    {
+                        "overall": _obj(
+                            {
+                                "ttft_mean_s": _NUM_OR_NULL,
+                                "tpot_mean_s": _NUM_OR_NULL,
+                                "e2e_mean_s": _NUM_OR_NULL,
+                                "max_load_ratio": _NUM,
+                                "migration_bytes": _NUM,
+                                "pause_s": _NUM,
+                            }
+                        ),
+                        "windows": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": _obj(
+                                {
+                                    "window": _INT,
+                                    "rebalanced": {"type": "boolean"},
+                                    "max_load_ratio": _NUM,
+                                    "migration_bytes": _NUM,
+                                    "pause_s": _NUM,
+                                    "ttft_mean_s": _NUM_OR_NULL,
+                                    "tpot_mean_s": _NUM_OR_NULL,
+                                    "e2e_mean_s": _NUM_OR_NULL,
+                                }
+                            ),
+                        },
+                    }
+                ),
+            },
+        }
+    ),
     "validate": _obj(
         {
             "runs": _INT,

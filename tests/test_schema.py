@@ -156,6 +156,12 @@ replicas: 1
 workload: {arrival: poisson, rate: 2, requests: 40, input: 128, output: 32}
 slo: {ttft_s: 2.0, tpot_s: 0.1}
 """
+EP_SCENARIO = """
+model: mixtral-8x7b
+gpu: H100-SXM
+layout: {tp: 1, dp_attn: 8, ep: 8}
+workload: {arrival: poisson, rate: 4, requests: 40, input: 128, output: 16}
+"""
 SWEEP = """
 name: tiny
 base: {model: mixtral-8x7b, workload: {arrival: poisson, requests: 50, input: 128, output: 32},
@@ -213,6 +219,12 @@ RUNS_OF = {
         lambda t: ["validate", str(t / "RUNS.csv"), "--engine", "analytical", "--out", str(t / "v")],
         "roofline",
     ),
+    "drift": (
+        "drift",
+        lambda t: ["drift", str(t / "ep.yaml"), "--policy", "static", "--policy", "eplb:1", "--windows", "1",
+                   "--window-requests", "8", "--window-tokens", "64"],
+        "roofline",
+    ),
     "calibrate": ("calibrate", lambda t: ["calibrate", str(TABLES), "--out", str(t / "cal.parquet")], None),
 }  # fmt: skip
 
@@ -228,6 +240,7 @@ def test_every_json_output_validates_against_its_schema(run, tmp_path, capsys):
     (tmp_path / "sw.yaml").write_text(SWEEP)
     (tmp_path / "train.yaml").write_text(TRAIN)
     (tmp_path / "RUNS.csv").write_text(RUNS)
+    (tmp_path / "ep.yaml").write_text(EP_SCENARIO)
     code, out, err = _cli(capsys, *argv(tmp_path), "--json")
     assert code == 0, err
     assert out.count("\n") == 1, "--json prints one JSON object on one line"

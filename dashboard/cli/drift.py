@@ -80,7 +80,7 @@ def drift(
             progress=update,
         )
     res.info |= {"drift": None if stats else drift_, "skew": None if stats else skew, "stats": stats}
-    data = res.to_dict()
+    data = {"cost_model": res.info["cost_model"], **res.to_dict()}  # top level, as every predicting command
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "drift.json").write_text(clean_json(data) + "\n")

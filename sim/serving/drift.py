@@ -52,6 +52,7 @@ from moesim.placement.plan import PlacementPlan
 from moesim.placement.stats import RoutingStats
 from moesim.placement.synthetic import synthetic_trace
 from moesim.sim.serving.scenario import Built
+from moesim.sim.serving.serve import cost_model_name
 
 #: Most served windows (--windows).
 MAX_WINDOWS = 1000
@@ -432,6 +433,7 @@ def simulate_drift(
             "windows": served,
             "requests_per_window": requests_per_window,
             "engine": engine,
+            "cost_model": cost_model_name(built.cost_model),
             "pause_model": "SGLang EPLBManager.rebalance blocks the scheduler; layers copied one after another",
         }
     )
