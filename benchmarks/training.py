@@ -107,14 +107,15 @@ def bench_training(quick: bool = False) -> tuple[str, dict]:
         "the tables (target: 10 s).",
         "",
         "Modelled: DeepSeek-V3's MTP layer, its activation savings and uneven pipeline split (the example's "
-        "stated assumptions), fp8 casts around every fp8 GEMM, and DeepEP dispatch/combine (the DeepSeek example; "
-        "Mixtral's Megatron alltoall dispatcher runs NCCL at link peak). Left out, and why the predictions are "
-        "optimistic: kernels timed in isolation at boost clocks (a training step runs them back to back under "
-        "power limits and beside communication kernels); no GPU-measured backward kernels in the committed H100 "
-        "tables (without them a GEMM's two backward GEMMs and FlashAttention's 2.5x backward are assumed to run at "
-        "the forward's efficiency; `moesim profile --ops train` measures them when a GPU is at hand); "
-        "data-parallel collectives at link peak bandwidth; no contention between expert-parallel and "
-        "data-parallel traffic on the NIC; no host overheads (kernel launches, Python, synchronisation).",
+        "stated assumptions), fp8 casts around every fp8 GEMM, DeepEP dispatch/combine (the DeepSeek example; "
+        "Mixtral's Megatron alltoall dispatcher runs NCCL at link peak), and data-parallel and expert-parallel "
+        "traffic sharing each GPU's NIC where they overlap (breakdown `nic_contention`). Left out, and why the "
+        "predictions are optimistic: kernels timed in isolation at boost clocks (a training step runs them back to "
+        "back under power limits and beside communication kernels); no GPU-measured backward kernels in the "
+        "committed H100 tables (without them a GEMM's two backward GEMMs and FlashAttention's 2.5x backward are "
+        "assumed to run at the forward's efficiency; `moesim profile --ops train` measures them when a GPU is at "
+        "hand); data-parallel collectives at link peak bandwidth; no host overheads (kernel launches, Python, "
+        "synchronisation).",
         "",
     ]
     return "\n".join(text), stats

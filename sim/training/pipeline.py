@@ -238,6 +238,8 @@ class StageCost:
     ``dp_f`` / ``dp_b``: data-parallel communication each forward /
     backward triggers (ZeRO-2/3), run on its own stream beside the task.
     ``act_bytes``: activations the stage keeps per micro-batch until its backward.
+    ``nic_f`` / ``nic_b`` / ``nic_w``: seconds of each pass's EP all-to-alls during which
+    the GPU's NIC carries their inter-node bytes (`train_cost.ep_nic_seconds`).
     """
 
     f: tuple[float, float, float, float]
@@ -246,6 +248,9 @@ class StageCost:
     dp_f: float = 0.0
     dp_b: float = 0.0
     act_bytes: float = 0.0
+    nic_f: float = 0.0
+    nic_b: float = 0.0
+    nic_w: float = 0.0
 
 
 @dataclass
@@ -254,6 +259,9 @@ class TaskRecord:
 
     ``parts``: seconds of compute, straggler, exposed EP and TP
     communication, and exposed ZeRO communication; they sum to ``end - start``.
+    ``ep_nic``: seconds its EP all-to-alls keep the NIC busy (inter-node bytes at full NIC bandwidth).
+    ``nic_s``: of ``parts[2]``, the exposed seconds its EP traffic lost to data-parallel
+    traffic on the same NIC (``ep_extra`` of `run_pipeline`).
     """
 
     rank: int
@@ -265,6 +273,13 @@ class TaskRecord:
     parts: tuple[float, float, float, float, float]
     mb2: int = -1
     s2: int = -1
+    ep_nic: float = 0.0
+    nic_s: float = 0.0
+
+    @property
+    def key(self) -> tuple[int, str, int, int, int, int]:
+        """(rank, kind, mb, s, mb2, s2): the task's identity across runs of one schedule."""
+        return (self.rank, self.kind, self.mb, self.s, self.mb2, self.s2)
 
 
 @dataclass
@@ -290,13 +305,21 @@ class PipelineRun:
 
 
 def _duration(
-    f: tuple[float, ...] | None, b: tuple[float, ...] | None, overlap: bool, sm_frac: float, dp: float
+    f: tuple[float, ...] | None,
+    b: tuple[float, ...] | None,
+    overlap: bool,
+    sm_frac: float,
+    dp: float,
+    ep_extra: float = 0.0,
 ) -> tuple[float, tuple[float, float, float, float, float]]:
-    """Seconds of a task and its parts: one pass, or a forward and a backward together."""
+    """Seconds of a task and its parts: one pass, or a forward and a backward together.
+
+    ``ep_extra``: seconds added to its EP communication (NIC contention), hidden like the rest under chunk pairs.
+    """
     passes = [x for x in (f, b) if x is not None]
     comp = sum(x[0] for x in passes)
     strag = sum(x[1] for x in passes)
-    ep = sum(x[2] for x in passes)
+    ep = sum(x[2] for x in passes) + ep_extra
     tp = sum(x[3] for x in passes)
     if overlap and len(passes) == 2:
         slow = 1.0 / (1.0 - sm_frac)
@@ -319,6 +342,7 @@ def run_pipeline(
     env: simpy.Environment | None = None,
     ready: Callable[[int, int], simpy.Event | None] | None = None,
     start: float = 0.0,
+    ep_extra: dict[tuple[int, str, int, int, int, int], float] | None = None,
 ) -> PipelineRun:
     """Simulate one step of ``sched`` (see the module docstring).
 
@@ -332,6 +356,8 @@ def run_pipeline(
         ready: per (rank, stage), an event the stage's first forward waits for
             (ZeRO's parameter gather), or None.
         start: simulation time the step starts at.
+        ep_extra: per task (`TaskRecord.key`), seconds its EP communication loses to
+            data-parallel traffic on the same NIC (`train.nic_contention`).
     """
     if len(costs) != sched.stages:
         raise ValueError(f"need {sched.stages} stage costs, got {len(costs)}")
@@ -370,7 +396,7 @@ def run_pipeline(
         for t in sched.orders[r]:
             waits = []
             f_cost = b_cost = None
-            dp = 0.0
+            dp = nic = 0.0
             if t.kind in ("F", "FB"):
                 if t.s > 0:
                     waits.append(ev(done_f, (t.mb, t.s - 1)))
@@ -381,6 +407,7 @@ def run_pipeline(
                         waits.append(e)
                 f_cost = costs[t.s].f
                 dp += costs[t.s].dp_f
+                nic += costs[t.s].nic_f
             if t.kind in ("B", "FB"):
                 mb, s, zb = (t.mb2, t.s2, False) if t.kind == "FB" else (t.mb, t.s, t.zb)
                 if s < sched.stages - 1:
@@ -390,23 +417,28 @@ def run_pipeline(
                 c = costs[s]
                 b_cost = c.b if zb else tuple(x + y for x, y in zip(c.b, c.w, strict=True))
                 dp += c.dp_b
+                nic += c.nic_b + (0.0 if zb else c.nic_w)
             if t.kind == "W":
                 if not pending_w:
                     raise ValueError(f"rank {r}: a W task with no deferred weight gradients")
                 mb, s = pending_w.pop(0)
                 b_cost = costs[s].w
+                nic += costs[s].nic_w
             for w in waits:
                 if not w.processed:
                     yield w
             t0 = env.now
-            dur, parts = _duration(f_cost, b_cost, overlap and t.kind == "FB", sm_frac, dp)
+            pair = overlap and t.kind == "FB"
+            extra = ep_extra.get((r, t.kind, t.mb, t.s, t.mb2, t.s2), 0.0) if ep_extra else 0.0
+            dur, parts = _duration(f_cost, b_cost, pair, sm_frac, dp, extra)
+            lost = dur - _duration(f_cost, b_cost, pair, sm_frac, dp)[0] if extra > 0 else 0.0
             if t.kind in ("F", "FB"):
                 held_bytes += costs[t.s].act_bytes
                 held_n += 1
                 peak_bytes[r] = max(peak_bytes[r], held_bytes)
                 peak_n[r] = max(peak_n[r], held_n)
             yield env.timeout(dur)
-            rec = TaskRecord(r, t.kind, t.mb, t.s, t0, env.now, parts, t.mb2, t.s2)
+            rec = TaskRecord(r, t.kind, t.mb, t.s, t0, env.now, parts, t.mb2, t.s2, nic, lost)
             records.append(rec)
             if t.kind in ("F", "FB"):
                 finish(done_f, t.mb, t.s, r, t.s + 1)

@@ -20,14 +20,51 @@ One step, as simulated (SimPy, `sim.training.pipeline`):
 4. a global synchronisation (the gradient norm for clipping), then the Adam
    step on each GPU's shard (memory-bound).
 
+NIC contention (`nic_contention`, breakdown ``nic_contention``): on a rail-optimised
+HGX node each GPU has its own NIC, and both a GPU's data-parallel traffic (NCCL's
+hierarchical ring sends the node-level part of the collective over the GPU's own
+NIC, `model.ops.collective`) and its expert-parallel inter-node traffic (DeepEP
+sends a token's copy for another node over the GPU's own RDMA NIC,
+deepseek-ai/DeepEP@README.md) use it. Where the parameter gathers (step 1) or the
+gradient buckets (step 3) overlap tasks whose all-to-alls cross nodes, both share
+the NIC fairly (`nic_contention`): the buckets and gathers take longer, and so
+does each overlapped task's EP communication (hidden like the rest of it inside a
+chunk pair). Only bytes that cross nodes count: a data-parallel group inside a
+node (``dp <= gpus_per_node / tp``, `train_cost.dp_collective_parts`) or EP
+inside a node puts nothing on the NIC. The EP side's NIC time is each
+all-to-all's ``inter_bytes`` at the NIC's bandwidth (`train_cost.ep_nic_seconds`).
+A probe of the step without contention finds which tasks overlap which transfers;
+the step is then run with those tasks' EP lengthened, and the buckets lengthen by
+what they lose to the tasks they overlap in that run (one fixed-point iteration,
+never faster than without contention). ``nic_contention`` in the breakdown is the
+exposed time it adds (EP seconds of the tasks plus the buckets' later end; the
+parameter gathers' own lengthening stays where their wait is counted, ``dp_comm`` or
+``pp_bubble``), averaged over pipeline ranks like the other entries. ZeRO-2/3's per-task reduce-scatters and gathers
+(beside each task on their own stream) do not contend in this model.
+
+EP communication overlap: ``overlap: chunk_pairs`` makes DualPipe's ``FB`` tasks
+(a forward and a backward chunk of two micro-batches) hide each one's all-to-all
+and TP communication under the other's computation, on the SMs communication
+leaves (``comm_sm_fraction``). Megatron-Core's EP A2A overlap
+(``--overlap-moe-expert-parallel-comm``, "combined 1F1B":
+NVIDIA/Megatron-LM@megatron/core/pipeline_parallel/combined_1f1b.py, docs.nvidia.com/
+megatron-core/developer-guide/nightly/user-guide/features/moe_a2a_overlap.html)
+pairs, in the steady phase of 1F1B and of interleaved 1F1B, the forward of one
+micro-batch with the backward of the previous one layer by layer, dispatch and
+combine on a communication stream under the other's attention / MLP computation
+(the first forward and last backward run alone). That is the same mechanism as a
+chunk pair, but moesim's 1F1B and interleaved schedules have no ``FB`` tasks:
+with those schedules ``overlap: chunk_pairs`` changes nothing, so Megatron's EP
+overlap (and its ``--delay-wgrad-compute``) is not modelled there.
+
 A calibrated cost model is used with ``extrapolate`` on (training's layers
 are larger than most kernel tables reach; see `CalibratedCostModel`).
 Every data-parallel replica runs the same program; the pipeline simulated is
 the one with the busiest expert-parallel GPUs (skewed routing makes every
 all-to-all wait for the busiest GPU of its group). What is not modelled:
-contention between data-parallel and expert-parallel traffic on the NIC,
 the kernels' slowdown from communication sharing the SMs outside chunk pairs,
-and per-micro-batch variation of routing.
+contention on the NIC between EP and pipeline sends or ZeRO-2/3 per-task traffic,
+congestion in the network beyond the GPU's own NIC, and per-micro-batch variation of routing.
 """
 
 from __future__ import annotations
@@ -52,6 +89,7 @@ from moesim.sim.training.pipeline import PipelineRun, StageCost, TaskRecord, run
 from moesim.sim.training.train_cost import (
     UnitCosts,
     chunk_units,
+    dp_collective_parts,
     dp_collective_seconds,
     optimizer_seconds,
     p2p_seconds,
@@ -69,7 +107,9 @@ from moesim.sim.training.train_scenario import (
 )
 
 #: Breakdown keys, in the order they add up to the step time (seconds per step, averaged over pipeline ranks).
-BREAKDOWN = ("compute", "straggler", "ep_comm", "tp_comm", "pp_bubble", "dp_comm", "optimizer")
+BREAKDOWN = (
+    "compute", "straggler", "ep_comm", "tp_comm", "pp_bubble", "dp_comm", "nic_contention", "optimizer",
+)  # fmt: skip
 
 
 def load(
@@ -97,6 +137,7 @@ def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[
     units = [list(u) for u in setup.stage_units] or chunk_units(setup.model.num_layers, stages)
     pbytes = DTYPE_BYTES[setup.scenario.precision.params]
     gbytes = DTYPE_BYTES[setup.scenario.precision.grads]
+    nic_frac = uc.ep_nic_frac if uc.ep_nic_frac is not None else np.zeros(uc.units)
     out = []
     for us in units:
         dense, expert = float(uc.dense_params[us].sum()), float(uc.expert_params[us].sum())
@@ -114,9 +155,45 @@ def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[
                 dp_f,
                 dp_b,
                 float(uc.act_bytes[us].sum()),
+                *(float((cost[us, 2] * nic_frac[us]).sum()) for cost in (uc.f, uc.b, uc.w)),
             )
         )
     return out, units
+
+
+def nic_contention(
+    tasks: list[tuple[float, float, float]], flows: list[tuple[float, float, float]]
+) -> tuple[list[float], list[float]]:
+    """Seconds each task's EP traffic and each data-parallel transfer lose sharing one GPU's NIC.
+
+    ``tasks``: (start s, end s, NIC-busy s of its EP all-to-alls); ``flows``: (start s, end s, NIC-busy s) of the
+    data-parallel transfers on the same GPU. Both sides are taken to spread their NIC-busy seconds evenly over their
+    span. Two transfers that each would fill the link share it fairly (the fluid max-min fair-share model of one
+    link): NCCL and DeepEP each drive the GPU's own NIC over RDMA, and nothing prioritises one over the other by
+    default; DeepEP's README ("Traffic isolation", deepseek-ai/DeepEP@README.md) recommends putting expert-parallel
+    and other traffic on separate InfiniBand virtual lanes "to prevent interference", and even then the lanes share
+    the port's wire by weighted round-robin arbitration (equal weights: equal shares). While both run, each moves at
+    half the rate, so if, in their common window, the task has ``a`` and the
+    flow ``b`` NIC-busy seconds, both finish ``min(a, b)`` seconds later (the smaller one waits for as many bytes of
+    the other as it has itself; the larger one for all of the smaller's). Summed over the disjoint windows (a GPU
+    runs one task and one data-parallel transfer at a time); zero where nothing overlaps or either side has no
+    inter-node bytes. Returns (per task, per flow) lost seconds, each at most its own NIC-busy seconds.
+    """
+    t_lost = [0.0] * len(tasks)
+    f_lost = [0.0] * len(flows)
+    for i, (ts, te, tn) in enumerate(tasks):
+        if tn <= 0 or te <= ts:
+            continue
+        for j, (fs, fe, fn) in enumerate(flows):
+            if fn <= 0 or fe <= fs:
+                continue
+            window = min(te, fe) - max(ts, fs)
+            if window <= 0:
+                continue
+            d = min(tn * window / (te - ts), fn * window / (fe - fs))
+            t_lost[i] += d
+            f_lost[j] += d
+    return t_lost, f_lost
 
 
 def _rank_stages(setup: TrainSetup, stages: int) -> list[list[int]]:
@@ -196,18 +273,22 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
     rank_stages = _rank_stages(setup, len(units))
     # end-of-step collectives per unit: ZeRO-0 all-reduce, ZeRO-1 reduce-scatter; ZeRO-1/2 parameter gather
     grad_kind = {0: "all_reduce", 1: "reduce_scatter"}.get(setup.zero)
-    red = [
-        dp_collective_seconds(setup, cm, grad_kind, uc.dense_params[u] * gb, uc.expert_params[u] * gb)
-        if grad_kind
-        else 0.0
-        for u in range(uc.units)
-    ]
-    gather = [
-        dp_collective_seconds(setup, cm, "all_gather", uc.dense_params[u] * pb, uc.expert_params[u] * pb)
-        if setup.zero in (1, 2)
-        else 0.0
-        for u in range(uc.units)
-    ]
+    red, red_nic = (
+        np.array([
+            dp_collective_parts(setup, cm, grad_kind, uc.dense_params[u] * gb, uc.expert_params[u] * gb)
+            if grad_kind
+            else (0.0, 0.0)
+            for u in range(uc.units)
+        ]).reshape(-1, 2).T.tolist()
+    )  # fmt: skip
+    gather, gather_nic = (
+        np.array([
+            dp_collective_parts(setup, cm, "all_gather", uc.dense_params[u] * pb, uc.expert_params[u] * pb)
+            if setup.zero in (1, 2)
+            else (0.0, 0.0)
+            for u in range(uc.units)
+        ]).reshape(-1, 2).T.tolist()
+    )  # fmt: skip
     opt = []
     for stages in rank_stages:
         us = [u for s in stages for u in units[s]]
@@ -216,34 +297,39 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
             uc.dense_params[us].sum() / (shard or setup.dp) + uc.expert_params[us].sum() / (shard or setup.edp)
         )
         opt.append(optimizer_seconds(setup, cm, local))
-    env = simpy.Environment()
-    links = [simpy.Resource(env, capacity=1) for _ in range(setup.pp)]
-    comm_rows: list[dict[str, Any]] = []
-    all_tasks: list[TaskRecord] = []
-    step_rows: list[dict[str, float]] = []
-    sums = dict.fromkeys(BREAKDOWN, 0.0)
-    run: PipelineRun | None = None
+    nic_possible = any(max(c.nic_f, c.nic_b, c.nic_w) > 0 for c in costs) and (any(red_nic) or any(gather_nic))
 
-    def on_link(r: int, what: str, dur: float, after: simpy.Event | None, at: float | None = None) -> Any:
-        if after is not None and not after.processed:
-            yield after
-        if at is not None and at > env.now:
-            yield env.timeout(at - env.now)
-        with links[r].request() as req:
-            yield req
-            t0 = env.now
-            yield env.timeout(dur)
-            comm_rows.append({"rank": r, "what": what, "start_s": t0, "end_s": env.now})
+    def one_step(
+        env: simpy.Environment,
+        start: float,
+        rows: list[dict[str, Any]],
+        ep_extra: dict | None = None,
+        gather_extra: dict[tuple[int, int], float] | None = None,
+    ) -> tuple[PipelineRun, list[float], list[float]]:
+        """One step's pipeline and data-parallel traffic from ``start``; rows of the DP link appended to ``rows``.
 
-    for step in range(sc.steps):
-        start = env.now
+        Returns the run, per rank when its last gradient bucket ended, and the same without NIC contention.
+        """
+        links = [simpy.Resource(env, capacity=1) for _ in range(setup.pp)]
+
+        def on_link(r: int, what: str, dur: float, nic: float, lost: float) -> Any:
+            with links[r].request() as req:
+                yield req
+                t0 = env.now
+                yield env.timeout(dur)
+                rows.append(
+                    {"rank": r, "what": what, "start_s": t0, "end_s": env.now, "nic_s": nic, "nic_lost_s": lost}
+                )
+
         gathered: dict[tuple[int, int], simpy.Event] = {}
         if setup.zero in (1, 2) and any(gather):
             all_done = []
             for r, stages in enumerate(rank_stages):
                 for s in stages:
-                    dur = sum(gather[u] for u in units[s])
-                    gathered[(r, s)] = env.process(on_link(r, f"param all-gather stage {s}", dur, None))
+                    dur = sum(gather[u] for u in units[s]) + (gather_extra or {}).get((r, s), 0.0)
+                    nic = sum(gather_nic[u] for u in units[s])
+                    lost = (gather_extra or {}).get((r, s), 0.0)
+                    gathered[(r, s)] = env.process(on_link(r, f"param all-gather stage {s}", dur, nic, lost))
                     all_done.append(gathered[(r, s)])
             if not sc.layout.overlap_param_gather:
                 barrier = simpy.AllOf(env, all_done)
@@ -254,16 +340,22 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
 
         run = run_pipeline(
             sched, costs, p2p, overlap=sc.overlap == "chunk_pairs", sm_frac=sc.comm_sm_fraction, env=env,
-            ready=ready if gathered else None, start=start,
+            ready=ready if gathered else None, start=start, ep_extra=ep_extra,
         )  # fmt: skip
         # gradient reduction, bucket per unit, as the last backward of each stage frees its units' gradients;
-        # each rank's data-parallel link takes the buckets in order (after its parameter gathers)
+        # each rank's data-parallel link takes the buckets in order (after its parameter gathers); a bucket
+        # lengthens by what it loses to the EP traffic of the tasks it overlaps on the NIC (`nic_contention`)
         rank_done = [run.rank_end[r] for r in range(setup.pp)]
+        done0 = list(rank_done)
         if grad_kind:
             free = [start] * setup.pp
-            for row in comm_rows:
+            for row in rows:
                 if row["start_s"] >= start:
                     free[row["rank"]] = max(free[row["rank"]], row["end_s"])
+            free0 = list(free)
+            by_rank: dict[int, list[tuple[float, float, float]]] = {}
+            for t in run.tasks:
+                by_rank.setdefault(t.rank, []).append((t.start, t.end, t.ep_nic))
             buckets = []
             for (r, s), rec in run.last_grad_task.items():
                 us = list(reversed(units[s]))  # backward order: last layer first
@@ -274,9 +366,45 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
                     buckets.append((at, r, u))
             for at, r, u in sorted(buckets):
                 t0 = max(at, free[r])
-                free[r] = t0 + red[u]
-                comm_rows.append({"rank": r, "what": f"grad {grad_kind} unit {u}", "start_s": t0, "end_s": free[r]})
+                lost = 0.0
+                if nic_possible and red_nic[u] > 0:
+                    lost = sum(nic_contention(by_rank.get(r, []), [(t0, t0 + red[u], red_nic[u])])[1])
+                free[r] = t0 + red[u] + lost
+                free0[r] = max(at, free0[r]) + red[u]
+                rows.append({
+                    "rank": r, "what": f"grad {grad_kind} unit {u}", "start_s": t0, "end_s": free[r],
+                    "nic_s": red_nic[u], "nic_lost_s": lost,
+                })  # fmt: skip
                 rank_done[r] = max(rank_done[r], free[r])
+                done0[r] = max(done0[r], free0[r])
+        return run, rank_done, done0
+
+    env = simpy.Environment()
+    comm_rows: list[dict[str, Any]] = []
+    all_tasks: list[TaskRecord] = []
+    step_rows: list[dict[str, float]] = []
+    sums = dict.fromkeys(BREAKDOWN, 0.0)
+    run: PipelineRun | None = None
+    ep_extra: dict | None = None
+    gather_extra: dict[tuple[int, int], float] | None = None
+    if nic_possible:  # a probe step without contention finds which tasks overlap which DP transfers on the NIC
+        probe_rows: list[dict[str, Any]] = []
+        probe, _, _ = one_step(simpy.Environment(), 0.0, probe_rows)
+        ep_extra, gather_extra = {}, {}
+        for r in range(setup.pp):
+            mine = [t for t in probe.tasks if t.rank == r]
+            flows = [row for row in probe_rows if row["rank"] == r]
+            t_lost, f_lost = nic_contention(
+                [(t.start, t.end, t.ep_nic) for t in mine], [(x["start_s"], x["end_s"], x["nic_s"]) for x in flows]
+            )
+            ep_extra.update({t.key: d for t, d in zip(mine, t_lost, strict=True) if d > 0})
+            for x, d in zip(flows, f_lost, strict=True):
+                if x["what"].startswith("param all-gather stage ") and d > 0:
+                    gather_extra[(r, int(x["what"].rsplit(" ", 1)[1]))] = d
+
+    for step in range(sc.steps):
+        start = env.now
+        run, rank_done, done0 = one_step(env, start, comm_rows, ep_extra, gather_extra)
         sync = max(rank_done)
         end = sync + max(opt)
         if end > env.now:
@@ -285,13 +413,15 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
             mine = [t for t in run.tasks if t.rank == r]
             parts = np.array([t.parts for t in mine]).sum(axis=0)
             busy = float(parts.sum())
+            lost = float(sum(t.nic_s for t in mine))
             sums["compute"] += parts[0]
             sums["straggler"] += parts[1]
-            sums["ep_comm"] += parts[2]
+            sums["ep_comm"] += parts[2] - lost
             sums["tp_comm"] += parts[3]
             first = min(t.start for t in mine)
             gather_wait = first - start if r == 0 else 0.0
-            sums["dp_comm"] += parts[4] + (rank_done[r] - run.rank_end[r]) + gather_wait
+            sums["dp_comm"] += parts[4] + max(0.0, done0[r] - run.rank_end[r]) + gather_wait
+            sums["nic_contention"] += lost + (rank_done[r] - max(done0[r], run.rank_end[r]))
             sums["pp_bubble"] += (run.rank_end[r] - start) - busy - gather_wait + (sync - rank_done[r])
             sums["optimizer"] += end - sync
         all_tasks += run.tasks
@@ -308,6 +438,7 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
                 "rank": t.rank, "kind": t.kind, "mb": t.mb, "stage": t.s, "mb2": t.mb2, "stage2": t.s2,
                 "start_s": t.start, "end_s": t.end, "compute_s": t.parts[0], "straggler_s": t.parts[1],
                 "ep_comm_s": t.parts[2], "tp_comm_s": t.parts[3], "dp_comm_s": t.parts[4],
+                "ep_nic_s": t.ep_nic, "nic_contention_s": t.nic_s,
             }
             for t in all_tasks
         ]

@@ -118,6 +118,9 @@ class UnitCosts:
         kernel_sources: how each backward and fp8 kernel was timed (`_Sources.summary`): ``measured`` (its own
             table, measured or transferred) and ``assumed`` (`BACKWARD`'s ratio to the forward time; an fp8 cast:
             the roofline) ``"<op> <kind>"`` names, and ``fp8_cast_s`` (s per micro-batch, all units).
+        ep_nic_frac: per unit, the share of its ``ep_comm`` seconds during which the GPU's NIC is busy with the
+            all-to-all's inter-node bytes at the NIC's full bandwidth (`ep_nic_seconds`), shape [units]; 0 where
+            expert parallelism stays inside a node (`train.nic_contention` uses it).
 
     Units: 0 the embedding, 1..L the decoder layers, L+1..L+D the multi-token-prediction layers
     (``setup.mtp``), L+D+1 the LM head.
@@ -137,6 +140,7 @@ class UnitCosts:
     act_kinds: np.ndarray | None = None
     host_bytes: np.ndarray | None = None
     kernel_sources: dict | None = None
+    ep_nic_frac: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -499,6 +503,7 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     sources = _Sources()
     drops: list[float] = []
     a2a = 0.0
+    ep_s, ep_nic = np.zeros(n_units), np.zeros(n_units)  # forward EP seconds and their NIC-busy seconds per unit
     for op in ops:
         units = unit_of[op.group]
         straggle = 0.0
@@ -547,12 +552,19 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 shape={**op.shape, "bytes": op.shape.get("bytes", 0.0) * s},
             )  # fmt: skip
             fwd = np.array([0.0, 0.0, cost_model.op_time(small, cluster).seconds, 0.0])
+            op_nic = ep_nic_seconds(small, fwd[2], cluster)
+        elif op.kind == "all_to_all":
+            op_nic = ep_nic_seconds(op, fwd[2], cluster)
+        else:
+            op_nic = 0.0
         saved = op_saved(op, pol, v_dim, sp_div)
         everything = sum(op_saved(op, _keep_all(pol), v_dim, sp_div).values())
         # selective recomputation re-runs the forward of the ops of the recomputed modules (`train_memory`)
         mods = recompute_modules_of(op, moe_block[op.group], mla)
         rerun = pol.mode == "selective" and bool(pol.recompute.intersection(mods))
         for u in units:
+            ep_s[u] += fwd[2]
+            ep_nic[u] += op_nic
             f[u] += fwd
             b[u] += bwd + (fwd if rerun else 0.0)
             w[u] += wgt
@@ -584,7 +596,22 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     return UnitCosts(
         f, b, w, flops, act, work, dense, expert, float(np.mean(drops)) if drops else 0.0, 2.0 * a2a, tokens,
         act_kinds=kinds, host_bytes=host, kernel_sources=sources.summary(),
+        ep_nic_frac=np.divide(ep_nic, ep_s, out=np.zeros(n_units), where=ep_s > 0),
     )  # fmt: skip
+
+
+def ep_nic_seconds(op: Op, seconds: float, cluster: ClusterSpec) -> float:
+    """Seconds an EP all-to-all ``op`` (taking ``seconds``) keeps the GPU's own NIC busy: its inter-node bytes at
+    the NIC's full bandwidth (``op.inter_bytes / cluster.inter_bw``), at most ``seconds``; 0 when it stays in a node.
+
+    On a rail-optimised HGX node every GPU has its own NIC (NVIDIA DGX H100 user guide: eight ConnectX-7 400 Gb/s
+    compute NICs, one per GPU), and DeepEP's normal kernels send a token's inter-node copy from the GPU over its own
+    RDMA NIC to the same-rank GPU of the other node (deepseek-ai/DeepEP@README.md, "NVLink and RDMA forwarding"),
+    so the bytes `model.a2a` counts as ``inter_bytes`` are the ones the GPU's NIC carries.
+    """
+    if op.inter_bytes <= 0 or cluster.inter_bw is None or seconds <= 0:
+        return 0.0
+    return min(seconds, op.inter_bytes / cluster.inter_bw)
 
 
 def _keep_all(pol: Policy) -> Policy:
@@ -682,8 +709,20 @@ def dp_collective_seconds(
     (``gpus_per_node / tp`` of them per node), expert tensors over the ``edp``
     GPUs that share an (ep, etp, pp) coordinate; the two run one after the other.
     """
+    return dp_collective_parts(setup, cost_model, kind, dense_bytes, expert_bytes)[0]
+
+
+def dp_collective_parts(
+    setup: TrainSetup, cost_model: CostModel, kind: str, dense_bytes: float, expert_bytes: float
+) -> tuple[float, float]:
+    """(seconds, NIC-busy seconds) of one data-parallel collective (`dp_collective_seconds`).
+
+    NIC-busy seconds: the collective's inter-node bytes per GPU (`model.ops.collective`'s hierarchical ring: the
+    node-level part divided over the node's GPUs, each on its own NIC) at the NIC's full bandwidth, at most the
+    collective's time; 0 when its group fits in a node (``gpus <= gpus_per_node / tp``: NVLink only).
+    """
     gpn = setup.cluster.gpus_per_node
-    total = 0.0
+    total = nic = 0.0
     for nbytes, gpus, per_node in (
         (dense_bytes, setup.dp, max(1, gpn // setup.tp)),
         (expert_bytes, setup.edp, max(1, gpn // (setup.ep * setup.etp))),
@@ -692,8 +731,11 @@ def dp_collective_seconds(
             continue
         op = collective("dp_" + kind, kind, "dp", 1, nbytes, gpus, min(per_node, gpus))
         if op is not None:
-            total += cost_model.op_time(op, setup.cluster).seconds
-    return total
+            t = cost_model.op_time(op, setup.cluster).seconds
+            total += t
+            if op.inter_bytes > 0 and setup.cluster.inter_bw is not None:
+                nic += min(t, op.inter_bytes / setup.cluster.inter_bw)
+    return total, nic
 
 
 def optimizer_seconds(setup: TrainSetup, cost_model: CostModel, params: float) -> float:

@@ -113,7 +113,8 @@ def write_train_trace(res: TrainResult, path: str | Path, force: bool = False) -
     for c in res.comm.itertuples(index=False):
         events.append(
             {"ph": "X", "name": str(c.what), "cat": "dp", "pid": pid, "tid": 2 * int(c.rank) + 2,
-             "ts": us(c.start_s), "dur": us(c.end_s - c.start_s)}
+             "ts": us(c.start_s), "dur": us(c.end_s - c.start_s),
+             "args": {k: float(getattr(c, k)) for k in ("nic_s", "nic_lost_s") if hasattr(c, k)}}
         )  # fmt: skip
     opt = res.summary["breakdown"]["optimizer"]
     for s in res.steps.itertuples(index=False):
