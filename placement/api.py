@@ -102,6 +102,7 @@ def place(
     expert_bytes: float = 0.0,
     current: PlacementPlan | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    mtp_layers: int = 0,
 ) -> dict[str, PlacementResult]:
     """Place the experts of every MoE layer with each method.
 
@@ -117,6 +118,7 @@ def place(
         expert_bytes: bytes of one expert's weights in one layer (for ``migration_bytes`` against ``current``).
         current: the plan in place now (migration cost and bytes).
         progress: called with (method, layers done, layers).
+        mtp_layers: the model's multi-token-prediction layers (`PlacementPlan.mtp_layers`, for the exporters).
     """
     t_call = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
@@ -143,6 +145,7 @@ def place(
         gpus_per_node=gpus_per_node,
         moe_layer_ids=list(moe_layer_ids or []),
         num_hidden_layers=num_hidden_layers,
+        mtp_layers=mtp_layers,
     )
     out: dict[str, PlacementResult] = {}
 

@@ -20,6 +20,18 @@ whole or not at all (`model.outputs.write_file`):
   llm_args.py) ``{num_slots, initial_global_assignments: {decoder layer index: [S]}, layer_updates_per_iter: 0}``
   and ``trtllm_extra_llm_api_options.yaml`` pointing ``moe_config.load_balancer`` at it.
 
+MTP layers (DeepSeek-V3's layer 61, `PlacementPlan.mtp_layers`): TensorRT-LLM builds the MTP layer as
+``DeepseekV3MTP(model_config, num_hidden_layers + i, ...)`` (tensorrt_llm/_torch/models/modeling_deepseekv3.py,
+modeling_speculative.py) and its MoE asks ``MoeLoadBalancerConfig.get_layer_initial_global_assignments(layer_idx)``,
+which raises ``KeyError`` for a missing layer (tensorrt_llm/llmapi/llm_args.py): so ``trtllm`` gets one entry per
+MTP layer, keyed ``num_hidden_layers + i``, holding the last MoE layer's plan (routing statistics cover the decoder
+layers only; the MTP layer follows the last one). SGLang needs none: only the target worker reads
+``--init-expert-location`` (python/sglang/srt/model_executor/model_runner.py: ``if not self.is_draft_worker``) with
+one row per decoder layer; the NextN draft shares that global metadata (sgl-project/sglang PR #16044). vLLM loads
+no map from a file, and its EPLB keeps a draft model's experts as a model of their own (vllm-project/vllm PR #57549,
+DSpark drafts), so its file stays [MoE layers][S]; vLLM-Ascend's and EPLB's files also stay per MoE layer (not
+checked for MTP).
+
 Slot convention everywhere: GPU (EP rank) g holds slots ``g*S/G .. (g+1)*S/G - 1``.
 """
 
@@ -129,6 +141,11 @@ def read_plan(
             )
         num_hidden_layers = num_hidden_layers or len(p2l)
         p2l = [p2l[i] for i in moe_layer_ids]
+    mtp = 0
+    cut = num_hidden_layers or (max(moe_layer_ids) + 1 if moe_layer_ids else 0)
+    if layer_ids is not None and cut and layer_ids[-1] >= cut:  # TensorRT-LLM's MTP entries, keyed past the decoder
+        keep = [i for i, k in enumerate(layer_ids) if k < cut]
+        mtp, p2l, layer_ids = len(layer_ids) - len(keep), [p2l[i] for i in keep], [layer_ids[i] for i in keep]
     if layer_ids is not None and moe_layer_ids and list(moe_layer_ids) != layer_ids:
         raise MoesimError(f"{path}: layers {layer_ids} but moe_layer_ids {list(moe_layer_ids)}", "name the same model")
     ids = list(moe_layer_ids or layer_ids or range(len(p2l)))
@@ -136,7 +153,9 @@ def read_plan(
         raise MoesimError(f"{path}: {len(p2l)} MoE layers but {len(ids)} moe_layer_ids", "give one id per MoE layer")
     rows = np.asarray(p2l, dtype=np.int64)
     _check_rows(rows, num_experts, num_gpus, str(path))
-    return PlacementPlan(rows, num_experts, num_gpus, gpus_per_node, ids, num_hidden_layers or 0, method=f"read:{fmt}")
+    return PlacementPlan(
+        rows, num_experts, num_gpus, gpus_per_node, ids, num_hidden_layers or 0, method=f"read:{fmt}", mtp_layers=mtp
+    )
 
 
 # checks -------------------------------------------------------------------------------------------------------------
@@ -228,9 +247,9 @@ def _render_vllm_ascend(plan: PlacementPlan, paths: list[Path]) -> list[bytes]:
 
 def _render_trtllm(plan: PlacementPlan, paths: list[Path]) -> list[bytes]:
     """Int keys (decoder-layer indices, ``Dict[int, List[int]]``) and flow-style lists, as the generator writes."""
-    rows = "".join(
-        f"  {int(d)}: {json.dumps(r.tolist())}\n" for d, r in zip(plan.moe_layer_ids, plan.phys_to_log, strict=True)
-    )
+    keyed = list(zip(plan.moe_layer_ids, plan.phys_to_log, strict=True))
+    keyed += [(plan.num_hidden_layers + i, plan.phys_to_log[-1]) for i in range(plan.mtp_layers)]  # MTP: see top
+    rows = "".join(f"  {int(d)}: {json.dumps(r.tolist())}\n" for d, r in keyed)
     balancer = f"num_slots: {plan.num_slots}\ninitial_global_assignments:\n{rows}layer_updates_per_iter: 0\n"
     options = {"enable_attention_dp": True, "moe_config": {"load_balancer": str(paths[1].resolve())}}
     return [yaml.safe_dump(options, sort_keys=False).encode(), balancer.encode()]

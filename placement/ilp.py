@@ -3,7 +3,8 @@
 Per MoE layer, with loads ``w`` [N], slots S on G GPUs in ``nodes`` nodes:
 
 1. replica counts ``r`` [N]: jointly with the assignment when the layer is
-   small and on one node (the exact model, below); otherwise D'Hondt counts,
+   small and on one node (with one or two slots per GPU: `placement.exact`, an
+   enumeration with a proof, no MIP; else the exact model, below); otherwise D'Hondt counts,
    which minimise the largest load per replica (a lower bound on the busiest
    GPU);
 2. node stage (nodes > 1): integer ``a[e,n]`` replicas of e on node n,
@@ -49,6 +50,7 @@ import numpy as np
 from moesim.model.errors import MoesimError
 from moesim.placement.baselines import check_shape, repack_no_duplicates
 from moesim.placement.coloc import improve_nodes
+from moesim.placement.exact import exact_one_node
 from moesim.placement.ilp_solver import IlpOptions, LayerResult, StageReport, stdout_to_stderr
 from moesim.placement.ilp_stages import (
     _exact_stage,
@@ -63,6 +65,7 @@ from moesim.placement.ilp_stages import (
 )
 from moesim.placement.layertime import node_hits
 from moesim.placement.metrics import dhondt_counts
+from moesim.placement.nicsearch import nic_search
 
 __all__ = ["IlpOptions", "LayerResult", "StageReport", "solve", "solve_layer", "stdout_to_stderr"]
 
@@ -112,7 +115,10 @@ def solve_layer(
         stages.append(rep)
     elif nodes == 1 and n * num_gpus <= opts.exact_max_vars:
         start = _incidence(greedy, n, num_gpus)
-        found = None if cur_gpu is not None else _pattern_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()))
+        # without a current plan: the exact enumeration (one or two slots per GPU, `placement.exact`), else the MIP
+        found = None if cur_gpu is not None else exact_one_node(w, num_slots, num_gpus, opts)
+        if found is None and cur_gpu is None:
+            found = _pattern_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()))
         slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()), cur_gpu)
         stages.append(rep)
     else:
@@ -184,7 +190,8 @@ def _physical_search(
     node load against remote nodes per token at the physical exchange rate `_start_weight`) from three starts (the
     greedy global plan's nodes, EPLB's nodes with replicated experts spread, co-activation clusters), each packed
     onto GPUs heaviest replica first without duplicates (`_pack_within`), and the plan of least predicted layer time
-    (`layertime.layer_time`, over all the tokens given) is kept. Deterministic: every cut-off is a count.
+    (`layertime.layer_time`, over all the tokens given) is kept, after swaps out of the busiest node's NIC from the
+    best plan and from EPLB's (`nicsearch.nic_search`, ``opts.nic_passes``). Deterministic: every cut-off is a count.
     """
     t0 = time.perf_counter()
     n = w.size
@@ -207,6 +214,17 @@ def _physical_search(
     if current is not None and _no_duplicates(current, num_gpus):  # staying put: a candidate when moving costs
         plans.append(current)
     times = [_objective(p, w, num_gpus, nodes, tokens, opts, current)[0] for p in plans]
+    if opts.cost is not None and opts.nic_passes > 0:
+        # the busiest node's NIC sets the layer time under group-limited routing (`placement.nicsearch`): swap out
+        # of it, from the best plan so far and from EPLB's nodes, over all the tokens given; counts, not seconds
+        for p in dict.fromkeys((int(np.argmin(times)), len(starts))):
+            rp = np.bincount(plans[p], minlength=n)
+            a = nic_search(_incidence(plans[p], n, nodes), w, rp, tokens, gpn, opts.cost, opts.nic_passes,
+                           seconds=seconds - (time.perf_counter() - t0))  # fmt: skip
+            if a is None:
+                return None
+            plans.append(_pack_within(w, rp, a, gpn, per_gpu))
+            times.append(_objective(plans[-1], w, num_gpus, nodes, tokens, opts, current)[0])
     best = plans[int(np.argmin(times))]
     rep = StageReport("search", float(min(times)), float("nan"), float("nan"), time.perf_counter() - t0)
     return best.reshape(num_gpus, per_gpu), rep

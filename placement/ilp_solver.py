@@ -57,6 +57,9 @@ class IlpOptions:
             ``traffic_weight`` is then unused and ``migration_weight`` is in seconds of layer time per expert copy
             moved (e.g. copy bytes / link bytes/s / steps until the next rebalance). None: the older weight-based
             objective (busiest/mean load + ``traffic_weight`` x remote nodes per token).
+        nic_passes: swaps out of the busiest node's NIC across nodes under the physical objective
+            (`placement.nicsearch`), a count; 0 turns the search off. 100: the 32-GPU DeepSeek-V3 benchmark case
+            reaches its local optimum before it.
     """
 
     time_limit: float = 60.0
@@ -71,6 +74,7 @@ class IlpOptions:
     exact_max_vars: int = 1024
     seed: int = 0
     cost: LayerCost | None = None
+    nic_passes: int = 100
 
 
 @dataclass

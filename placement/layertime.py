@@ -165,3 +165,36 @@ def layer_time(
 ) -> float:
     """Predicted time of one layer's plan, s (`layer_time_parts`' total)."""
     return layer_time_parts(p2l, w, num_gpus, gpus_per_node, tokens, cost)["total"]
+
+
+def layer_time_bound(
+    w: np.ndarray, num_slots: int, num_gpus: int, gpus_per_node: int, cost: LayerCost
+) -> dict[str, float]:
+    """A lower bound of `layer_time_parts` over every plan of ``num_slots`` slots for loads ``w`` [N], seconds:
+
+    - ``gemm``: the mean GPU's GEMM, ``sum_e max(pairs_e x s_per_pair, s_per_expert_read) / G`` and at least
+      ``S x s_per_expert_read / G`` (every replica reads its weights at least once; splitting an expert never
+      lowers its compute);
+    - ``nvlink``: the mean GPU's received pairs, ``pairs / G x nvlink_s_per_token``;
+    - ``nic``: every token reaches at least one node, so the nodes together receive at least ``(nodes - 1) / nodes``
+      of all tokens once; the busiest node at least its mean share (a weak bound: it ignores which experts a token
+      uses together);
+    - ``total``: ``fixed + gemm + max(nvlink, nic)``.
+    """
+    pairs = pairs_per_expert(w, cost, num_gpus)
+    gemm = max(
+        float(np.maximum(pairs * cost.s_per_pair, cost.s_per_expert_read).sum()), num_slots * cost.s_per_expert_read
+    )
+    gemm /= num_gpus
+    nvl = float(pairs.sum()) / num_gpus * cost.nvlink_s_per_token
+    nodes = num_gpus // gpus_per_node
+    nic = 0.0
+    if nodes > 1:
+        nic = cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes / nodes * cost.nic_s_per_token / gpus_per_node
+    return {
+        "total": cost.fixed_s + gemm + max(nvl, nic),
+        "gemm": gemm,
+        "nvlink": nvl,
+        "nic": nic,
+        "fixed": cost.fixed_s,
+    }

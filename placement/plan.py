@@ -39,6 +39,8 @@ class PlacementPlan:
         num_hidden_layers: decoder layers of the model (default: last MoE layer + 1).
         method: the solver that made the plan.
         info: solver report (objective, bound, gap, status, ...; no wall-clock seconds: same inputs, same file).
+        mtp_layers: multi-token-prediction layers after the decoder layers (DeepSeek-V3's layer 61): an engine that
+            keys its plan by layer and runs the MTP layer's MoE from it (TensorRT-LLM) needs an entry for each.
     """
 
     phys_to_log: np.ndarray
@@ -49,6 +51,7 @@ class PlacementPlan:
     num_hidden_layers: int = 0
     method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    mtp_layers: int = 0
 
     def __post_init__(self) -> None:
         self.phys_to_log = np.asarray(self.phys_to_log, dtype=np.int64)
@@ -156,7 +159,7 @@ class PlacementPlan:
             "moe_layer_ids": list(map(int, self.moe_layer_ids)),
             "physical_to_logical_map": self.phys_to_log.tolist(),
             "info": self.info,
-        }
+        } | ({"mtp_layers": self.mtp_layers} if self.mtp_layers else {})  # absent when 0: older files stay the same
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "plan") -> PlacementPlan:
@@ -173,6 +176,7 @@ class PlacementPlan:
                 num_hidden_layers=int(d.get("num_hidden_layers", 0)),
                 method=str(d.get("method", "")),
                 info=dict(d.get("info", {})),
+                mtp_layers=int(d.get("mtp_layers", 0)),
             )
         except KeyError as exc:
             raise MoesimError(f"{what}: not a moesim placement plan (no key {exc})", fix) from None

@@ -339,6 +339,7 @@ def place(
         expert_bytes,
         cur,
         progress,
+        mtp_layers=spec.mtp_layers if spec else 0,
     )
     best = next(m for m in ("ilp", "eplb", "round-robin") if m in results)
     summary: dict[str, Any] = {
