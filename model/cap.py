@@ -87,11 +87,8 @@ def utilisation_exact(
     """moesim's exact S-MBU and S-MFU (see the module docstring)."""
     _check_step(step_s)
     p = precision or Precision()
-    one = make_cluster(gpu, gpus_per_node=1, nodes=1, name="one device")
-    ops = decompose(model, batch, Layout(), one, p, **routing)  # type: ignore[arg-type]
-    nbytes = sum((op.weight_bytes + op.kv_bytes) * op.count for op in ops)
-    flops = sum(op.flops * op.count for op in ops)
     dtype = p.gemm_compute_dtype(gpu.peak_flops)
+    nbytes, flops = _exact_counts(model, batch, gpu, p, dtype, routing)
     return Utilisation(
         "exact",
         nbytes / (step_s * num_gpus * gpu.bandwidth()),
@@ -100,6 +97,32 @@ def utilisation_exact(
         flops,
         dtype,
     )
+
+
+#: `_exact_counts` entries (model, bytes, FLOP) by (model id, batch, precision, GEMM dtype) (cleared when full).
+_COUNTS_MEMO: dict[tuple, tuple[ModelSpec, float, float]] = {}
+
+
+def _exact_counts(
+    model: ModelSpec, batch: Batch, gpu: HardwareSpec, p: Precision, dtype: str, routing: dict[str, object]
+) -> tuple[float, float]:
+    """(bytes, FLOP) of ``batch``'s step on one device (`utilisation_exact`). The decomposition reads the GPU
+    only through the GEMM dtype, so without routing arguments it is memoised by (model, batch, precision, dtype):
+    a sweep asks for the same step on every GPU and layout."""
+    # the model by id (see `model.ops._pieces_memo`), the batch by its fields (not the object: it caches arrays)
+    key = (id(model), batch.new_tokens, batch.cached_tokens, batch.phase, p, dtype) if not routing else None
+    hit = _COUNTS_MEMO.get(key) if key is not None else None
+    if hit is not None and hit[0] is model:
+        return hit[1], hit[2]
+    one = make_cluster(gpu, gpus_per_node=1, nodes=1, name="one device")
+    ops = decompose(model, batch, Layout(), one, p, **routing)  # type: ignore[arg-type]
+    nbytes = sum((op.weight_bytes + op.kv_bytes) * op.count for op in ops)
+    flops = sum(op.flops * op.count for op in ops)
+    if key is not None:
+        if len(_COUNTS_MEMO) >= 1 << 13:
+            _COUNTS_MEMO.clear()
+        _COUNTS_MEMO[key] = (model, nbytes, flops)
+    return nbytes, flops
 
 
 def utilisation_moecap(

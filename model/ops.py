@@ -24,6 +24,7 @@ rest over the NIC). An op's numbers are for one occurrence; it repeats
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import numpy as np
@@ -380,6 +381,46 @@ def sampler_op(rows: int, vocab: int, ab: float, sampling: str = "greedy", dtype
     )
 
 
+#: `_moe_ops_memo` and `_edge_ops_memo` entries: the step's ops that do not depend on its context (cleared when full).
+_PIECES_MEMO: dict[tuple, tuple[ModelSpec, tuple[Op, ...]]] = {}
+
+
+def _array_key(arr: np.ndarray | None) -> tuple | None:
+    return None if arr is None else (np.shape(arr), np.asarray(arr).dtype.str, np.asarray(arr).tobytes())
+
+
+def _pieces_memo(model: ModelSpec, key: tuple, make: Callable[[], list[Op]]) -> list[Op]:
+    """``make()``, memoised by ``model`` (its id: hashing a whole spec on every call costs more than the ops) and
+    ``key`` (every other input of the pieces, by value). The entry holds the model, so its id stays its own while
+    the entry lives. Ops are frozen: sharing them is safe."""
+    key = (id(model), *key)
+    hit = _PIECES_MEMO.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_PIECES_MEMO) >= 1 << 12:
+            _PIECES_MEMO.clear()
+        hit = _PIECES_MEMO[key] = (model, tuple(make()))
+    return list(hit[1])
+
+
+def _moe_ops_memo(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
+    """`_moe_ops`, memoised: a MoE block's ops depend on the step's token counts and phase, not on its context
+    (a decode step at every context, a mixed step at every chunk context share them)."""
+    key = (
+        "moe", c.layout, c.cluster.gpus_per_node, c.precision, c.gemm_dtype, c.batch.tokens,
+        c.attn_batch.tokens, c.batch.phase, g, _array_key(loads), _array_key(phys),
+    )  # fmt: skip
+    return _pieces_memo(c.model, key, lambda: _moe_ops(c, g, loads, phys))
+
+
+def _edge_ops_memo(c: OpContext, sampling: str) -> list[Op]:
+    """`_edge_ops`, memoised by everything they read (the attention batch's tokens and logit rows)."""
+    key = (
+        "edge", c.layout, c.cluster.gpus_per_node, c.precision, c.attn_batch.tokens,
+        c.attn_batch.logit_tokens, sampling,
+    )  # fmt: skip
+    return _pieces_memo(c.model, key, lambda: _edge_ops(c, sampling))
+
+
 def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
     m, lay, p = c.model, c.layout, c.precision
     moe = m.moe
@@ -563,20 +604,25 @@ def decompose(
         phys_to_log is not None and np.asarray(phys_to_log).ndim == 2
     )
     absorb = (batch.phase == "decode") if mla_absorb is None else mla_absorb
-    edge = _edge_ops(ctx, sampling)
+    edge = _edge_ops_memo(ctx, sampling)
     n_head = len(edge) - (2 if layout.tp > 1 else 1)  # the final norm, LM head, logits gather, sampler
     ops: list[Op] = edge[:-n_head]
     h, t = model.hidden_size, attn_batch.tokens
     moe_index = {layer: i for i, layer in enumerate(np.flatnonzero(model.moe_layers))}
     for s, stage in enumerate(layout.stage_layers(model)):
         first = len(ops)
-        for g in layer_sets(model, stage, split_moe=per_layer):
-            ops.append(norm_op("attn_norm", g.label, g.count, t, h, p, residual=True))
+        for g in _layer_sets_memo(model, stage, per_layer):
+            norms = _pieces_memo(
+                model,
+                ("norms", g.label, g.count, t, h, p),
+                lambda g=g: [norm_op(n, g.label, g.count, t, h, p, residual=True) for n in ("attn_norm", "ffn_norm")],
+            )
+            ops.append(norms[0])
             ops += attention_ops(ctx, g, absorb)
-            ops.append(norm_op("ffn_norm", g.label, g.count, t, h, p, residual=True))
+            ops.append(norms[1])
             if g.is_moe:
                 i = moe_index[g.first]
-                ops += _moe_ops(ctx, g, _per_layer(loads, i), _per_layer(phys_to_log, i))
+                ops += _moe_ops_memo(ctx, g, _per_layer(loads, i), _per_layer(phys_to_log, i))
             else:
                 ops += _dense_ffn_ops(ctx, g)
         if s < layout.pp - 1:
@@ -602,5 +648,20 @@ def decompose(
         if s:
             ops[first:] = [replace(op, stage=s) for op in ops[first:]]
     last = layout.pp - 1
-    ops += [replace(op, stage=last) for op in edge[-n_head:]]
+    ops += [op if op.stage == last else replace(op, stage=last) for op in edge[-n_head:]]
     return ops
+
+
+#: `_layer_sets_memo` entries (cleared when full).
+_SETS_MEMO: dict[tuple, tuple[ModelSpec, list[LayerSet]]] = {}
+
+
+def _layer_sets_memo(model: ModelSpec, stage: Iterable[int], split_moe: bool) -> list[LayerSet]:
+    """`model.params.layer_sets`, memoised by (model, layers, split_moe): a pure function of them."""
+    key = (id(model), tuple(stage), split_moe)  # the model by id, held by the entry (see `_pieces_memo`)
+    hit = _SETS_MEMO.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_SETS_MEMO) >= 1 << 10:
+            _SETS_MEMO.clear()
+        hit = _SETS_MEMO[key] = (model, layer_sets(model, key[1], split_moe=split_moe))
+    return hit[1]
