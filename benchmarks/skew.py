@@ -11,7 +11,11 @@ Two steps, each runnable alone:
 - ``report``: calibrates on the balanced rows only and predicts the skewed rows three ways: the skew model
   (`profiling.skew.predict_skewed`), the previous per-expert sum (`profiling.skew.predict_per_expert_sum`),
   and "assume balanced" (the balanced layer with the same pairs over every local expert,
-  `profiling.skew.predict_balanced`); MAPE per EP size.
+  `profiling.skew.predict_balanced`); MAPE per EP size. Also the op the discrete-event simulator times for one
+  GPU (`sim.serving.steptime.expert_op`: the GPU's pairs spread evenly over its active experts; it knows each
+  GPU's pairs and active experts, not each expert's count), with the step's real N (what it does now) and with
+  N = pairs x ep / top_k (before: the N at which the GPU's pairs are the mean load). The same comparison on the
+  H100 tables' skewed rows (``profiling/data/h100-sxm/full-bf16``, ``torch_loop``, EP 1 only).
 
 The kernel (`fused_moe_cpu`) is one pass as vLLM's fused MoE makes it, not a Python loop over experts: one
 stable sort of the (token, expert) pairs by expert, one gather of the routed tokens' rows, two grouped GEMMs
@@ -43,6 +47,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_DIR = ROOT / "profiling" / "data" / "cpu-epyc-skew"
+#: The committed H100 tables with skewed rows (``torch_loop``, power-law routing at EP 1).
+H100_DIR = ROOT / "profiling" / "data" / "h100-sxm" / "full-bf16"
 #: The layer timed: DeepSeek-V3's routing (256 experts, top 8) on a small expert (hidden 512, width 256), bf16.
 EXPERTS, TOP_K, HIDDEN, INTER, DTYPE = 256, 8, 512, 256, "bf16"
 EPS = (1, 8, 64, 256)
@@ -265,14 +271,19 @@ def skew_mape(table: pd.DataFrame, hardware: Any, holdout: float = 0.0) -> dict[
         hardware: the `HardwareSpec` they were measured on.
         holdout: fraction of balanced rows held out of the fit (0: fit on all of them).
     Returns:
-        ``{"by_ep": {ep: {"rows", "new", "old", "balanced"}}, "all": {...}, "fit": fit summary}``, MAPE in %.
+        ``{"by_ep": {ep: {"rows", "new", "old", "balanced", "des_real_n", "des_pairs_n"}}, "all": {...}, "fit": fit
+        summary}``, MAPE in %; ``des_*``: the simulator's per-GPU op (`sim.serving.steptime.expert_op`) with the
+        step's real N and with N = pairs x ep / top_k.
     """
     import tempfile
 
+    from moesim.model.hardware import make_cluster
     from moesim.profiling.calibrate import calibrate
     from moesim.profiling.costmodel import CalibratedCostModel
+    from moesim.profiling.opshapes import row_op
     from moesim.profiling.skew import predict_balanced, predict_per_expert_sum, predict_skewed
     from moesim.profiling.tables import write_table
+    from moesim.sim.serving.steptime import expert_op
 
     skewed = table[table["distribution"].astype(str) != "balanced"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,10 +293,19 @@ def skew_mape(table: pd.DataFrame, hardware: Any, holdout: float = 0.0) -> dict[
     model = CalibratedCostModel(type(cal)([fit]))
     rows = skewed.to_dict("records")
     meas = skewed["time_s"].to_numpy(float)
+    cl = make_cluster(hardware, num_gpus=1)
+
+    def _des(r: dict[str, Any], real_n: bool) -> float:
+        template = row_op("grouped_gemm", {**r, "pairs": None})  # the layer's balanced op, as `StepTimer` builds it
+        op = expert_op(template, float(r["pairs"]), float(r["active_experts"]), float(r["tokens"]) if real_n else None)
+        return model.op_time(op, cl).seconds
+
     preds = {
         "new": [predict_skewed(model, r, hardware.key) for r in rows],
         "old": [predict_per_expert_sum(model, r, hardware.key) for r in rows],
         "balanced": [predict_balanced(model, r, hardware.key) for r in rows],
+        "des_real_n": [_des(r, True) for r in rows],
+        "des_pairs_n": [_des(r, False) for r in rows],
     }
     ape = {k: np.abs(np.asarray(v) / meas - 1.0) * 100 for k, v in preds.items()}
     eps = skewed["ep"].to_numpy(int)
@@ -305,24 +325,49 @@ def skew_mape(table: pd.DataFrame, hardware: Any, holdout: float = 0.0) -> dict[
     return out
 
 
-def report(table_dir: Path = TABLE_DIR) -> tuple[str, dict[str, Any]]:
-    """The MAPE table (markdown) and its figures, from the committed table."""
+def _lines(res: dict[str, Any]) -> list[str]:
+    lines = [
+        "| EP | skewed rows | skew model MAPE | previous per-expert sum | assume balanced | simulator's GPU op, real N "
+        "| simulator's GPU op, N from pairs (before) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ep, s in [*res["by_ep"].items(), ("all", res["all"])]:
+        lines.append(
+            f"| {ep} | {s['rows']} | {s['new']:.1f}% | {s['old']:.1f}% | {s['balanced']:.1f}% | {s['des_real_n']:.1f}% "
+            f"| {s['des_pairs_n']:.1f}% |"
+        )
+    return lines
+
+
+def report(table_dir: Path = TABLE_DIR, h100_dir: Path | None = H100_DIR) -> tuple[str, dict[str, Any]]:
+    """The MAPE tables (markdown) and their figures, from the committed tables: this CPU's, and the H100's
+    skewed rows of their own kernel (``h100``; skipped when ``h100_dir`` is None or has no skewed rows)."""
+    from moesim.model.hardware import HardwareSpec
     from moesim.profiling.tables import read_table
 
     df, meta = read_table(table_dir / "grouped_gemm.parquet")
-    from moesim.model.hardware import HardwareSpec
-
     res = skew_mape(df, HardwareSpec(**meta["hardware"]))
     lines = [
         f"Skew model on {meta.get('device', 'this CPU')} ({IMPL}, {DTYPE}, {EXPERTS} experts top-{TOP_K}, "
         f"hidden {HIDDEN}, width {INTER}; fitted on {res['balanced_rows']} balanced rows, fit "
         f"{res['fit']['method']}):",
         "",
-        "| EP | skewed rows | skew model MAPE | previous per-expert sum | assume balanced |",
-        "|---|---|---|---|---|",
+        *_lines(res),
     ]
-    for ep, s in [*res["by_ep"].items(), ("all", res["all"])]:
-        lines.append(f"| {ep} | {s['rows']} | {s['new']:.1f}% | {s['old']:.1f}% | {s['balanced']:.1f}% |")
+    path = None if h100_dir is None else h100_dir / "grouped_gemm.parquet"
+    if path is not None and path.is_file():
+        h, hmeta = read_table(path)
+        skewed = h[h["distribution"].astype(str) != "balanced"]
+        if len(skewed):
+            impl = str(skewed["impl"].iloc[0])
+            res["h100"] = skew_mape(h[h["impl"] == impl], HardwareSpec(**hmeta["hardware"]))
+            lines += [
+                "",
+                f"The same on {hmeta.get('device', 'the H100')} ({impl}, its balanced rows of every shape fitted: "
+                f"{res['h100']['balanced_rows']} rows, fit {res['h100']['fit']['method']}):",
+                "",
+                *_lines(res["h100"]),
+            ]
     return "\n".join(lines), res
 
 
