@@ -607,6 +607,85 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
             },
         }
     ),
+    "models": _obj(
+        {
+            "models": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj({"name": _STR, "layers": _INT, "hidden": _INT, "experts": _INT, "total_params": _INT}),
+            }
+        }
+    ),
+    "gpus": _obj(
+        {
+            "gpus": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    {"key": _STR, "peak_flops": _OBJ, "memory_gib": _NUM_OR_NULL, "memory_bandwidth": _NUM_OR_NULL}
+                ),
+            }
+        }
+    ),
+    "clusters": _obj(
+        {
+            "clusters": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj({"name": _STR, "gpu": _STR, "gpus_per_node": _INT, "nodes": _INT, "num_gpus": _INT}),
+            }
+        }
+    ),
+    "inspect": _obj(
+        {
+            "name": _STR,
+            "layers": _INT,
+            "hidden": _INT,
+            "experts": _INT,
+            "top_k": _INT,
+            "total_params": _INT,
+            "active_params": _INT,
+            "by_component": _OBJ,
+            "weight_bytes": _OBJ,
+            "kv_bytes_per_token": _OBJ,
+        }
+    ),
+    "import": _obj({"format": _STR, "out": _STR, "files": _ARR, "rows": _OBJ}, {"coverage": _OBJ, "mapped_s": _NUM}),
+    "profile": _obj(
+        {
+            "out": _STR,
+            "device": _STR,
+            "mode": _STR,
+            "rows": _OBJ,
+            "tables": _OBJ,
+            "peak_flops": _OBJ,
+            "memory_bandwidth": _NUM,
+            "wall_s": _NUM,
+        }
+    ),
+    "demo": _obj(
+        {
+            "model": _STR,
+            "cluster": _STR,
+            "gpus": _INT,
+            "cost_model": COST_MODEL,
+            "runs": _OBJ,
+            "serving": _OBJ,
+            "plots": _ARR,
+            "out_dir": _STR,
+        }
+    ),
+    "fit-engine": _obj(
+        {
+            "out": _STR,
+            "params": {"type": "array", "items": _STR},
+            "values_s": _OBJ,
+            "engine": {"enum": ["analytical", "des"]},
+            "cost_model": COST_MODEL,
+            "evaluations": _INT,
+            "wall_s": _NUM,
+        }
+    ),
     "validate": _obj(
         {
             "runs": _INT,

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from fast_inputs import SERVE, SWEEP, TABLES, TRAIN  # tests/fast_inputs.py
 
 from moesim.dashboard.cli import main
+from moesim.dashboard.json_schemas import OUTPUT_SCHEMAS, output_schema
 
 
 def _trace() -> dict[str, Any]:
@@ -81,5 +83,14 @@ def test_json_stdout_is_one_object(inputs: Path, capfd: pytest.CaptureFixture[st
     code = main(argv)
     out, err = capfd.readouterr()
     assert code == 0, err
-    assert isinstance(json.loads(out), dict), out[:300]
+    doc = json.loads(out)
+    assert isinstance(doc, dict), out[:300]
     assert "Traceback" not in err
+    # and it validates against the command's output schema (`moesim schema output:<command>`)
+    schema = output_schema(argv[0])
+    problems = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+    assert problems == [], problems[:5]
+
+
+def test_every_command_with_json_has_an_output_schema() -> None:
+    assert {argv[0] for _, argv in COMMANDS} <= set(OUTPUT_SCHEMAS)

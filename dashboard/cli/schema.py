@@ -13,8 +13,8 @@ def schema(
     kind: Annotated[
         str | None,
         typer.Argument(
-            help="serving, training or sweep (an input file); or output:<command> (simulate, train, roofline, "
-            "sweep, place, validate) for the schema of that command's --json summary.",
+            help="serving, training or sweep (an input file); or output:<command> (any command with --json: "
+            "simulate, train, roofline, sweep, place, drift, validate, ...) for the schema of its --json summary.",
             show_default=False,
         ),
     ] = None,
