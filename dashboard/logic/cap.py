@@ -183,6 +183,50 @@ def failed_rows(df: pd.DataFrame) -> pd.DataFrame:
 _FIG_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "template": "plotly_white", "height": 460}
 
 
+def _traces_by_gpu(
+    fig: go.Figure,
+    rows: pd.DataFrame,
+    x: np.ndarray,
+    y: np.ndarray,
+    custom: np.ndarray,
+    hover: str,
+    marker: dict[str, Any],
+) -> None:
+    """One marker trace per GPU of ``rows`` (its ``gpu`` column; one ``all`` trace without it), coloured from the
+    palette, with the rows' hover data ``custom`` [rows, fields] and template ``hover``."""
+    import plotly.graph_objects as go
+
+    from moesim.dashboard.logic.charts import PALETTE
+
+    groups = rows["gpu"].astype(str).to_numpy() if "gpu" in rows else np.array(["all"] * len(rows))
+    for i, g in enumerate(sorted(set(groups))):
+        m = groups == g
+        fig.add_trace(
+            go.Scatter(
+                x=x[m], y=y[m], mode="markers", name=g, customdata=custom[m], hovertemplate=hover,
+                marker=marker | {"color": PALETTE[i % len(PALETTE)]},
+            )
+        )  # fmt: skip
+
+
+def frontier_dataframe(points: pd.DataFrame) -> None:
+    """The frontier table of `frontier_table` on the page, the columns `FRONTIER_SHOWN` with units."""
+    cc = st.column_config
+    st.dataframe(
+        frontier_table(points),
+        hide_index=True,
+        column_order=FRONTIER_SHOWN,
+        height=320,
+        column_config={
+            "tok_s_per_user": cc.NumberColumn("tok/s per user", format="%.0f"),
+            "tok_s_per_gpu": cc.NumberColumn("tok/s per GPU", format="%.0f"),
+            "tpot_s": cc.NumberColumn("TPOT (s)", format="%.4f"),
+            "rate_req_s": cc.NumberColumn("req/s", format="%.3g"),
+            "usd_per_mtok": cc.NumberColumn("$/M tok", format="%.3f"),
+        },
+    )
+
+
 def _config_text(df: pd.DataFrame) -> list[str]:
     """One hover line per row naming its configuration (the columns of `FRONTIER_CONFIG` present)."""
     from moesim.sim.sweeps.cap import FRONTIER_CONFIG
@@ -207,7 +251,7 @@ def pareto_figure(table: pd.DataFrame) -> go.Figure:
     configuration can be on it for its accuracy alone. No text on the plot: every figure is in the hover."""
     import plotly.graph_objects as go
 
-    from moesim.dashboard.logic.charts import LEGEND_INSIDE, PALETTE
+    from moesim.dashboard.logic.charts import LEGEND_INSIDE
     from moesim.sim.sweeps.cap import front_2d
 
     cost = pd.to_numeric(table["cost_usd_per_mtok"], errors="coerce").to_numpy(float)
@@ -236,20 +280,7 @@ def pareto_figure(table: pd.DataFrame) -> go.Figure:
         "accuracy %{customdata[1]} · %{customdata[2]} output tok/s (%{customdata[3]})<br>"
         "%{customdata[4]}<extra></extra>"
     )
-    groups = t["gpu"].astype(str).to_numpy() if "gpu" in t else np.array(["all"] * len(t))
-    for i, g in enumerate(sorted(set(groups))):
-        m = groups == g
-        fig.add_trace(
-            go.Scatter(
-                x=x[m],
-                y=y[m],
-                mode="markers",
-                name=g,
-                customdata=custom[m],
-                hovertemplate=hover,
-                marker={"size": 10, "color": PALETTE[i % len(PALETTE)]},
-            )
-        )
+    _traces_by_gpu(fig, t, x, y, custom, hover, {"size": 10})
     three = t["pareto"].to_numpy(dtype=bool) if "pareto" in t else np.zeros(len(t), dtype=bool)
     if three.any():
         fig.add_trace(
@@ -297,7 +328,7 @@ def frontier_figure(points: pd.DataFrame, best: dict[str, Any] | list[dict[str, 
     configuration, rate and figures are in its hover."""
     import plotly.graph_objects as go
 
-    from moesim.dashboard.logic.charts import LEGEND_INSIDE, PALETTE
+    from moesim.dashboard.logic.charts import LEGEND_INSIDE
 
     fig = go.Figure()
     title = "Throughput vs interactivity (upper right is better)"
@@ -326,20 +357,7 @@ def frontier_figure(points: pd.DataFrame, best: dict[str, Any] | list[dict[str, 
         "(%{customdata[2]} ms per token) · %{y:,.0f} output tok/s per GPU · $%{customdata[4]}/M tok<br>"
         "%{customdata[3]}<extra></extra>"
     )
-    groups = points["gpu"].astype(str).to_numpy() if "gpu" in points else np.array(["all"] * len(points))
-    for i, g in enumerate(sorted(set(groups))):
-        m = groups == g
-        fig.add_trace(
-            go.Scatter(
-                x=x[m],
-                y=y[m],
-                mode="markers",
-                name=g,
-                customdata=custom[m],
-                hovertemplate=hover,
-                marker={"size": 7, "opacity": 0.6, "color": PALETTE[i % len(PALETTE)]},
-            )
-        )
+    _traces_by_gpu(fig, points, x, y, custom, hover, {"size": 7, "opacity": 0.6})
     on = points["frontier"].to_numpy(dtype=bool)
     work = points["workload"].astype(str).to_numpy() if "workload" in points else np.full(len(points), "")
     names = sorted(set(work[on]))

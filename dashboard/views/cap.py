@@ -162,19 +162,7 @@ with st.container():
             )
         else:
             st.warning(f"No point meeting the SLOs gives {speed:g} output tok/s per user.")
-    st.dataframe(
-        cap.frontier_table(points),
-        hide_index=True,
-        column_order=cap.FRONTIER_SHOWN,
-        height=320,
-        column_config={
-            "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),
-            "tok_s_per_gpu": st.column_config.NumberColumn("tok/s per GPU", format="%.0f"),
-            "tpot_s": st.column_config.NumberColumn("TPOT (s)", format="%.4f"),
-            "rate_req_s": st.column_config.NumberColumn("req/s", format="%.3g"),
-            "usd_per_mtok": st.column_config.NumberColumn("$/M tok", format="%.3f"),
-        },
-    )
+    cap.frontier_dataframe(points)
 
 if not bad.empty:
     with st.expander(f"{len(bad)} points without figures"):

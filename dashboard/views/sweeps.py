@@ -150,19 +150,8 @@ for best in bests:
     )
 if speed > 0 and not bests:
     f2.warning(f"No point meeting the SLOs gives {speed:g} output tok/s per user.")
-f2.dataframe(
-    cap.frontier_table(points),
-    hide_index=True,
-    column_order=cap.FRONTIER_SHOWN,
-    height=320,
-    column_config={
-        "tok_s_per_user": st.column_config.NumberColumn("tok/s per user", format="%.0f"),
-        "tok_s_per_gpu": st.column_config.NumberColumn("tok/s per GPU", format="%.0f"),
-        "tpot_s": st.column_config.NumberColumn("TPOT (s)", format="%.4f"),
-        "rate_req_s": st.column_config.NumberColumn("req/s", format="%.3g"),
-        "usd_per_mtok": st.column_config.NumberColumn("$/M tok", format="%.3f"),
-    },
-)
+with f2:
+    cap.frontier_dataframe(points)
 
 st.subheader("Points")
 st.dataframe(view, hide_index=True, height=300)

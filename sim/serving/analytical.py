@@ -382,8 +382,7 @@ class Analytical:
         Same keys as the simulator's summary where they are defined.
         """
         t0 = time.perf_counter()
-        built, pools = self.built, self.pools
-        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
+        built, inp, out, mean_out = self.built, self.inp, self.out, self.mean_out
         sc, w = built.scenario, built.workload
         closed = w.arrival == "closed" and rate is None
         if rate is None:
@@ -399,28 +398,45 @@ class Analytical:
                     break
                 rate = 0.5 * rate + 0.5 * new_rate
                 states, ttft, e2e, tpot = self.solve(rate)
-        overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
-        gpus = built.gpus
-        gpu = built.cluster.gpu
-        try:
-            per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
-        except MoesimError as exc:
-            per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
-        out_tok_s = rate * mean_out
+        per_s, basis = self._price()
         slo = sc.slo
         ok = np.ones(len(inp), bool)
         if slo.ttft_s is not None:
             ok &= ttft <= slo.ttft_s
         if slo.tpot_s is not None:
             ok &= (tpot <= slo.tpot_s) | (out <= 1)
-        main = states.get("mixed") or states["decode"]
-        bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
-        n_rep = sum(p.replicas for p in built.pools)
-        smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
-        smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
-        summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
         stats = {"ttft": percentiles(ttft), "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tpot)}
         stats["e2e"] = percentiles(e2e)
+        summary = self._summary(rate, states, stats, float(ok.mean()), float(np.mean(e2e)), per_s, basis)
+        summary["step_breakdown"] = self.breakdown(states)
+        summary["wall_s"] = time.perf_counter() - t0
+        return summary
+
+    def _price(self) -> tuple[float, str]:
+        """USD per GPU-second of the deployment's GPU and its basis (NaN and why, when it has no price)."""
+        try:
+            return usd_per_gpu_second(self.built.cluster.gpu, self.built.assumptions)
+        except MoesimError as exc:
+            return float("nan"), f"unpriced: {exc.one_line()}"
+
+    def _summary(
+        self,
+        rate: float,
+        states: dict[str, PoolState],
+        stats: dict[str, dict[str, float]],
+        attainment: float,
+        mean_e2e: float,
+        per_s: float,
+        basis: str,
+    ) -> dict[str, Any]:
+        """One rate's summary (`summary`, `summaries`) from its pool states, latency statistics (s), SLO attainment
+        (a share), mean end-to-end latency (s) and the GPU price (USD per GPU-second and its basis)."""
+        built, pools, gpu, gpus = self.built, self.pools, self.built.cluster.gpu, self.built.gpus
+        overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
+        out_tok_s = rate * self.mean_out
+        main = states.get("mixed") or states["decode"]
+        bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
+        summary: dict[str, Any] = {"engine": "analytical", "requests": len(self.inp), "completed": len(self.inp)}
         for name, values in stats.items():
             for k, v in values.items():
                 summary[f"{name}_{k}_s"] = v
@@ -428,26 +444,24 @@ class Analytical:
             {
                 "throughput_req_s": rate,
                 "throughput_tok_s": out_tok_s,
-                "input_tok_s": rate * mean_in,
-                "total_tok_s": rate * (mean_in + mean_out),
-                "goodput_req_s": rate * float(ok.mean()),
-                "slo_attainment": float(ok.mean()),
+                "input_tok_s": rate * self.mean_in,
+                "total_tok_s": rate * (self.mean_in + self.mean_out),
+                "goodput_req_s": rate * attainment,
+                "slo_attainment": attainment,
                 "mean_batch": main.batch,
-                "s_mbu": smbu,
-                "s_mfu": smfu,
+                "s_mbu": sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw),
+                "s_mfu": sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak),
                 "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
                 "cost_basis": basis,
                 "energy_j_per_token": gpus * gpu.tdp_w / out_tok_s if gpu.tdp_w and out_tok_s > 0 else None,
                 "gpus": gpus,
-                "replicas": n_rep,
+                "replicas": sum(p.replicas for p in built.pools),
                 "step_s": main.tau,
                 "decode_step_s": main.t_decode,
                 "mixed_step_s": main.t_mixed,
                 "overloaded": bool(overloaded),
                 "overload_reason": "; ".join(overloaded),
-                "simulated_s": float(len(inp) / rate + np.mean(e2e)) if rate > 0 else math.nan,
-                "step_breakdown": self.breakdown(states),
-                "wall_s": time.perf_counter() - t0,
+                "simulated_s": float(len(self.inp) / rate + mean_e2e),
             }
         )
         return summary
@@ -494,64 +508,23 @@ class Analytical:
                 raise MoesimError(f"request rate must be > 0 req/s, got {r}", "give a positive rate")
         if not rates:
             return []
-        built, pools = self.built, self.pools
-        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         states_all, ttft, e2e, tpot = self._solve_many(rates)
-        gpus, gpu = built.gpus, built.cluster.gpu
-        try:
-            per_s, basis = usd_per_gpu_second(gpu, built.assumptions)
-        except MoesimError as exc:
-            per_s, basis = float("nan"), f"unpriced: {exc.one_line()}"
-        slo = built.scenario.slo
+        per_s, basis = self._price()
+        slo, out = self.built.scenario.slo, self.out
         ok = np.ones(ttft.shape, bool)
         if slo.ttft_s is not None:
             ok &= ttft <= slo.ttft_s
         if slo.tpot_s is not None:
             ok &= (tpot[:, None] <= slo.tpot_s) | (out <= 1)[None, :]
         att = ok.mean(axis=1)
-        bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
-        n_rep = sum(p.replicas for p in built.pools)
         t_stats, e_stats = _row_percentiles(ttft), _row_percentiles(e2e)
         mean_e2e = e2e.mean(axis=1)
-        energy_w = gpus * gpu.tdp_w if gpu.tdp_w else None
         results = []
         for i, (rate, states) in enumerate(zip(rates, states_all, strict=True)):
-            overloaded = [f"{role}: {s.reason}" for role, s in states.items() if s.overloaded]
-            out_tok_s = rate * mean_out
-            main = states.get("mixed") or states["decode"]
-            smbu = sum(s.bytes_per_s * pools[r].replicas for r, s in states.items()) / (gpus * bw)
-            smfu = sum(s.flops_per_s * pools[r].replicas for r, s in states.items()) / (gpus * peak)
-            summary: dict[str, Any] = {"engine": "analytical", "requests": len(inp), "completed": len(inp)}
             tp = float(tpot[i])
             stats = {"ttft": t_stats[i], "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tp), "e2e": e_stats[i]}
-            for name, values in stats.items():
-                for k, v in values.items():
-                    summary[f"{name}_{k}_s"] = v
-            summary.update(
-                {
-                    "throughput_req_s": rate,
-                    "throughput_tok_s": out_tok_s,
-                    "input_tok_s": rate * mean_in,
-                    "total_tok_s": rate * (mean_in + mean_out),
-                    "goodput_req_s": rate * float(att[i]),
-                    "slo_attainment": float(att[i]),
-                    "mean_batch": main.batch,
-                    "s_mbu": smbu,
-                    "s_mfu": smfu,
-                    "usd_per_mtok": gpus * per_s / out_tok_s * 1e6 if out_tok_s > 0 else math.nan,
-                    "cost_basis": basis,
-                    "energy_j_per_token": energy_w / out_tok_s if energy_w and out_tok_s > 0 else None,
-                    "gpus": gpus,
-                    "replicas": n_rep,
-                    "step_s": main.tau,
-                    "decode_step_s": main.t_decode,
-                    "mixed_step_s": main.t_mixed,
-                    "overloaded": bool(overloaded),
-                    "overload_reason": "; ".join(overloaded),
-                    "simulated_s": float(len(inp) / rate + mean_e2e[i]),
-                    "step_breakdown": self._breakdown_fast(states),
-                }
-            )
+            summary = self._summary(rate, states, stats, float(att[i]), mean_e2e[i], per_s, basis)
+            summary["step_breakdown"] = self._breakdown_fast(states)
             results.append(summary)
         wall = (time.perf_counter() - t0) / len(rates)
         for summary in results:
