@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moesim.model import inputs
 from moesim.model.errors import HardwareError, MoesimError
@@ -39,6 +39,53 @@ class NodeSpec(BaseModel):
     inter_latency_s: float | None = Field(ge=0, le=3600, description="per-collective latency across nodes, s")
 
 
+class AchievedFigure(BaseModel):
+    """One published figure of what a GPU's kernels reach (`AchievableSpec`): its value, where it comes from (a
+    URL or repo@path and what was measured) and, where it is another GPU's figure, why (``reused``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    value: float = Field(gt=0, le=MAX_HW_VALUE)
+    source: str = Field(min_length=1)
+    reused: str | None = None
+
+
+class AchievableSpec(BaseModel):
+    """What real kernels reach on a GPU: the figures of the ``achievable`` cost model (`moesim.model.achievable`),
+    from ``model/presets/achievable.yaml`` or a ``--hardware`` entry's ``achievable:`` block.
+
+    Attributes:
+        dram_bw: bytes/s a streaming kernel reaches (device copy or STREAM triad).
+        gemm_fraction: fraction (0..1] of the dtype's dense peak a large GEMM reaches, per compute dtype and
+            ``fp8_block`` (block-scaled fp8).
+        block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams its weights at (None: ``dram_bw``).
+        attention_fraction: fraction (0..1] of the dense peak FlashAttention's forward pass reaches.
+        attention_cta_blocks: key blocks' worth of time each attention CTA spends outside its key loop.
+        sms: streaming multiprocessors (compute units).
+        kernel_s: fixed device time per kernel launch, s.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    dram_bw: AchievedFigure
+    gemm_fraction: dict[str, AchievedFigure]
+    block_fp8_bw: AchievedFigure | None = None
+    attention_fraction: AchievedFigure
+    attention_cta_blocks: AchievedFigure
+    sms: AchievedFigure
+    kernel_s: AchievedFigure
+
+    @model_validator(mode="after")
+    def _fractions(self) -> AchievableSpec:
+        for name, fig in [*((f"gemm_fraction.{k}", v) for k, v in self.gemm_fraction.items()),
+                          ("attention_fraction", self.attention_fraction)]:  # fmt: skip
+            if fig.value > 1.0:
+                raise ValueError(f"{name}: a fraction of the peak must be at most 1, got {fig.value!r}")
+        if "bf16" not in self.gemm_fraction:
+            raise ValueError("gemm_fraction: needs a bf16 entry (other dtypes fall back to it)")
+        if self.kernel_s.value >= 1.0:
+            raise ValueError(f"kernel_s: seconds per kernel launch must be under 1, got {self.kernel_s.value!r}")
+        return self
+
+
 class HardwareSpec(BaseModel):
     """One accelerator's datasheet.
 
@@ -54,6 +101,7 @@ class HardwareSpec(BaseModel):
         cloud_usd_per_hour: on-demand rental per GPU-hour, USD (None: unknown).
         node: the reference server's links (None where unmeasured).
         sources: where each figure comes from.
+        achievable: what real kernels reach on it (`AchievableSpec`; None: no figures of its own).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -68,6 +116,7 @@ class HardwareSpec(BaseModel):
     cloud_usd_per_hour: float | None = Field(default=None, gt=0, le=MAX_HW_VALUE)
     node: NodeSpec
     sources: dict[str, str] = Field(default_factory=dict)
+    achievable: AchievableSpec | None = None
 
     @property
     def memory_bytes(self) -> float:
@@ -222,12 +271,30 @@ def local_cpu() -> HardwareSpec:
     )
 
 
+def _achievable_presets() -> dict[str, AchievableSpec]:
+    """``model/presets/achievable.yaml``: the published achievable figures per GPU preset key."""
+    out = {}
+    for key, entry in _read_yaml(PRESET_DIR / "achievable.yaml").items():
+        try:
+            out[str(key)] = AchievableSpec(**entry)
+        except ValidationError as exc:
+            hint = "see model/presets/achievable.yaml"
+            raise HardwareError(_one_line(exc, f"achievable.yaml: {key}"), hint) from None
+    return out
+
+
 @lru_cache(maxsize=8)
 def _presets(extra: str | None) -> dict[str, HardwareSpec]:
     gpus = _parse_gpus(_read_yaml(PRESET_DIR / "gpus.yaml"), "gpus.yaml")
+    for key, figures in _achievable_presets().items():
+        if key in gpus and gpus[key].achievable is None:
+            gpus[key] = gpus[key].model_copy(update={"achievable": figures})
     gpus["cpu"] = local_cpu()
     if extra:
-        gpus.update(_parse_gpus(_read_yaml(Path(extra)), extra))
+        # a --hardware entry's own `achievable:` block wins; a preset key without one keeps the preset's figures
+        for key, spec in _parse_gpus(_read_yaml(Path(extra)), extra).items():
+            kept = gpus[key].achievable if key in gpus and spec.achievable is None else spec.achievable
+            gpus[key] = spec.model_copy(update={"achievable": kept})
     return gpus
 
 

@@ -36,25 +36,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from moesim.model.errors import HardwareError
-from moesim.model.hardware import HardwareSpec
+from moesim.model.hardware import HardwareSpec, list_gpus
 from moesim.model.ops import Op
 from moesim.profiling.tables import COLLECTIVES
 
+
+def _own_bandwidths() -> dict[str, tuple[float, str]]:
+    """Each GPU preset's own measured streaming bandwidth (bytes/s, source) from ``model/presets/achievable.yaml``
+    (`HardwareSpec.achievable.dram_bw`); a figure reused from another GPU is left out."""
+    out = {}
+    for key, gpu in list_gpus().items():
+        fig = gpu.achievable.dram_bw if gpu.achievable is not None else None
+        if fig is not None and not fig.reused:
+            out[key] = (fig.value, fig.source)
+    return out
+
+
 #: Measured streaming bandwidth of a GPU (bytes/s), and where the figure comes from. Keys: `HardwareSpec.key`.
-ACHIEVED_BW: dict[str, tuple[float, str]] = {
-    "H100-SXM": (
-        3.02e12,
-        "moesim profile --device cuda on an H100 SXM (profiling/data/h100-sxm/full-bf16/memcpy.parquet, README): "
-        "device-to-device copy of 1 GiB and more, 3.02 TB/s counting bytes read and written (90% of 3.35 TB/s)",
-    ),
-    "H200-SXM": (
-        3.90e12,
-        "github.com/te42kyfo/gpu-benches@fd7091f gpu-stream/h200.txt: the 'init' store stream plateaus at "
-        "3,876-3,898 GB/s from 56% occupancy on (81% of 4.8 TB/s). A store stream, not a copy: on the H100 PCIe "
-        "the same benchmark's init reaches 101% of the datasheet and its triad 92%, so the H200 copy figure is "
-        "likely lower and this derating conservative",
-    ),
-}
+#: One source with the achievable cost model: ``model/presets/achievable.yaml`` (own figures only).
+ACHIEVED_BW: dict[str, tuple[float, str]] = _own_bandwidths()
+_PRESET_KEYS = frozenset(list_gpus())
 
 #: Op kinds the derating is defined for: every kernel bound by HBM or tensor cores. Collectives are bound by links,
 #: whose gain is the link model's (carried).
@@ -134,9 +135,16 @@ def bands_from_errors(errors: Mapping[str, Iterable[float]], basis: str = _BASIS
 
 
 def achieved_bandwidth(hw: HardwareSpec, table: Mapping[str, tuple[float, str]] | None = None) -> float | None:
-    """``hw``'s measured streaming bandwidth (bytes/s, `ACHIEVED_BW`), or None without a figure."""
+    """``hw``'s measured streaming bandwidth (bytes/s): ``table``'s (default `ACHIEVED_BW`, the presets' own
+    figures); for a GPU that is no preset (a ``--hardware`` file's new key), its own ``achievable.dram_bw``; else
+    None."""
     hit = (ACHIEVED_BW if table is None else table).get(hw.key)
-    return float(hit[0]) if hit else None
+    if hit:
+        return float(hit[0])
+    own = hw.achievable.dram_bw if hw.achievable is not None else None
+    if table is None and hw.key not in _PRESET_KEYS and own is not None and not own.reused:
+        return float(own.value)
+    return None
 
 
 def same_die(a: HardwareSpec, b: HardwareSpec) -> bool:

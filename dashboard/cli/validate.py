@@ -89,7 +89,8 @@ def validate(
         Path | None, typer.Option(help="An engine profile YAML (e.g. from 'moesim fit-engine'); default: shipped.")
     ] = None,
     cost_model: Annotated[
-        str | None, typer.Option(help="'roofline' (default) or a calibration file from 'moesim calibrate'.")
+        str | None,
+        typer.Option(help="'roofline' (default), 'achievable' or a calibration file from 'moesim calibrate'."),
     ] = None,
     engine: Annotated[
         Engine, typer.Option(help="des: discrete-event replay; analytical: closed form per load stage (fast).")
@@ -144,7 +145,7 @@ def validate(
 
             sc = scenario_for(run, f"../traces/{_safe(run.run_id)}.csv", profile)
             if cm is not None:  # replayable with 'moesim simulate' as validated
-                sc["cost_model"] = str(Path(cm_name).resolve())
+                sc["cost_model"] = cm_name if cm_name == "achievable" else str(Path(cm_name).resolve())
             (tmp / "scenarios" / f"{_safe(run.run_id)}.yaml").write_text(yaml.safe_dump(sc, sort_keys=False))
         res.rows.to_csv(tmp / "runs.csv", index=False)
         (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
@@ -180,7 +181,8 @@ def fit_engine(
     ] = CvBy.model,
     engine_profile: Annotated[Path | None, typer.Option(help="The profile to start from (default: shipped).")] = None,
     cost_model: Annotated[
-        str | None, typer.Option(help="'roofline' (default) or a calibration file from 'moesim calibrate'.")
+        str | None,
+        typer.Option(help="'roofline' (default), 'achievable' or a calibration file from 'moesim calibrate'."),
     ] = None,
     engine: Annotated[
         Engine, typer.Option(help="Engine of the inner loop: analytical (default, fast) or des (minutes per run).")

@@ -1,0 +1,451 @@
+"""The achievable cost model: the roofline plus the mechanisms that keep real kernels off it.
+
+`model.roofline.RooflineCostModel` times an op at the datasheet's peak FLOP/s and bandwidth: a lower bound that
+real kernels never reach. Without measured tables for a GPU (``moesim calibrate``) that bound is all moesim had,
+and end-to-end it is systematically optimistic. `AchievableCostModel` (``--cost-model achievable``) keeps the
+roofline's form and its links, and adds five mechanisms, each with a published figure per GPU family
+(`ACHIEVABLE`; nothing here is fitted to end-to-end serving runs):
+
+1. **Achievable DRAM bandwidth** (bytes/s): what a streaming kernel reaches (a device copy or STREAM triad), not
+   the datasheet figure. H100 SXM: 3.02 TB/s (90% of 3.35).
+2. **Achievable tensor-core throughput** (fraction of the dense peak) of a large, well-shaped GEMM (cuBLAS at its
+   best shape), and **tile and wave quantisation**: a GEMM ``C[m, n] = A[m, k] @ W[k, n]`` runs as
+   ``tiles = ceil(m / tm) x ceil(n / tn)`` output tiles over ``ceil(k / tk) x tk`` of K, in
+   ``waves = ceil(tiles / SMs)`` waves, each wave as long as one tile on one SM at ``fraction x peak / SMs``.
+   The tile is the one of `GEMM_TILES` that finishes first (cuBLAS' heuristics choose among such tiles). This is
+   what makes small and odd GEMMs slow (NVIDIA, *Matrix Multiplication Background User's Guide*, DU-09799-001,
+   "Tile Quantization" and "Wave Quantization"). The fused-MoE layer is timed kernel by kernel
+   (`model.ops.fused_moe_parts`: alignment, two grouped GEMMs, activation, top-k sum), each grouped GEMM with
+   vLLM's default Triton tiles (block_m 16 or 64 rows per expert, `model.ops.moe_block_m`; block_n 32 or 64).
+3. **A fixed time per kernel** (s): each kernel launch spends time on the device in which no byte streams and no
+   FLOP runs (launch, ramp-up, tail). It is *added* to the kernel's work time, once per launch (``Op.kernels``):
+   a device copy's time on the H100 is ``4.0 us + bytes / 2.95 TB/s`` over 8 KB to 4 GiB
+   (profiling/data/h100-sxm/full-bf16/memcpy.parquet, timed with CUDA events around each call). The figure holds
+   the events' own cost too; back to back, AIConfigurator's smallest H100 GEMM takes 2.44 us. Checked at the
+   level of a step: with it, a Llama-3.2-1B decode step at batch 1 on an H100 moves its bytes at 50% of 3.35
+   TB/s, where Hazy Research measured vLLM and SGLang at "at most 50%" (``python -m benchmarks.achievable``).
+4. **Attention**: FLOPs at FlashAttention's published achieved rate on long sequences (FA3 on Hopper: 629.5
+   TFLOP/s at head_dim 128; FA2 on Ampere/Ada: 73% of the peak), one CTA per 128 queries of a sequence and head,
+   each spending 1.83 key blocks' worth of time outside its key loop (the published FA3 curve over sequence
+   length, `attention_compute_s`), SMs left idle by too few CTAs, and the causal mask's longest CTA; the KV cache
+   read (paged, in blocks) at the achievable bandwidth.
+
+5. **Block-scaled fp8** (fp8 weights in 128 x 128 blocks with one fp32 scale each, activations in 1 x 128 groups:
+   `is_block_fp8`): the GEMM first runs an activation-quantisation kernel (`act_quant_op`, vLLM's
+   ``per_token_group_quant_fp8``), then a main loop whose tensor-core partial sums are scaled and promoted on the
+   CUDA cores every 128 of K. The dense GEMM is vLLM's CUTLASS blockwise kernel on Hopper: its fraction of the
+   fp8 peak (``gemm_fraction.fp8_block``, 57%) and its weight-streaming rate (``block_fp8_bw``, 1.9 TB/s) are
+   DeepGEMM's published H800 figures divided by its published speed-up over that CUTLASS kernel. The fused-MoE
+   Triton kernel quantises the input of each of its two grouped GEMMs (two more kernels) and runs at the same
+   fraction. Per-tensor fp8 GEMMs run the single tile vLLM's ``cutlass_scaled_mm`` dispatch picks for their m
+   (`vllm_fp8_tile`), not the best of `GEMM_TILES`.
+
+The figures live in ``model/presets/achievable.yaml`` (`HardwareSpec.achievable`), each with its source; a
+``--hardware`` file's GPU entry may carry its own ``achievable:`` block.
+
+An op's time is ``kernels x kernel_s + max(compute, memory) + link`` with ``compute`` and ``memory`` from the
+mechanisms above; collectives and DeepEP keep the roofline's link model unchanged (no kernel term: the measured
+collective latency already holds it). Every time is at least the roofline's.
+
+A GPU without its own figure for a mechanism reuses another GPU's, and says so: `params_for` names every reused
+figure, and each op's ``source`` reads ``achievable`` (all figures its own) or ``achievable:reused ...``. An unknown
+GPU (a ``--hardware`` file's) reuses the H100 SXM's fractions and floor, scaled to its own datasheet.
+
+Units: seconds, bytes, bytes/s, FLOP, FLOP/s; fractions are of the datasheet's dense peak (0.84 = 84%).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from moesim.model.a2a import deepep_time, is_deepep
+from moesim.model.dtypes import FP8_BLOCK_SCALE_BYTES
+from moesim.model.hardware import AchievableSpec, AchievedFigure, ClusterSpec, HardwareSpec, list_gpus
+from moesim.model.op_record import Op, memory_op
+from moesim.model.ops import fused_moe_parts, moe_block_m
+from moesim.model.roofline import OpTime
+
+#: Output tiles (rows, columns) a GEMM library chooses among (CUTLASS/cuBLAS threadblock tiles on sm80/sm90; the
+#: NVIDIA guide above lists 256x128, 128x256, 128x128, 256x64, 64x256, 128x64, 64x128 and 64x64). The model takes
+#: the one that finishes first. K is processed in steps of `GEMM_TILE_K`.
+GEMM_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
+#: K per main-loop step of a tensor-core GEMM (elements; 64 for 16-bit operands in CUTLASS' sm80/sm90 kernels).
+GEMM_TILE_K = 64
+#: Queries per CTA of FlashAttention's forward kernel (kBlockM: 128 for head_dim 64-128 in FA2's
+#: csrc/flash_attn/src/flash_fwd_launch_template.h and FA3's hopper/tile_size.h).
+ATTN_BLOCK_Q = 128
+#: Keys per inner-loop block of the same kernels (kBlockN: 128 for FA3's causal head_dim 128; 64-128 in FA2).
+ATTN_BLOCK_K = 128
+#: Kinds timed as a GEMM with tile and wave quantisation (``shape`` has ``m, n, k``).
+GEMM_KINDS = frozenset({"gemm"})
+
+
+#: One published figure: ``value``, ``source`` (a URL or repo@path, and what was measured) and ``reused`` (why,
+#: where it is another GPU's figure). The figures live in ``model/presets/achievable.yaml`` (`HardwareSpec.achievable`).
+Figure = AchievedFigure
+
+
+@dataclass(frozen=True)
+class AchievableParams:
+    """What one GPU family reaches, per mechanism (see the module docstring).
+
+    Attributes:
+        gpu: the `HardwareSpec.key` these figures are for.
+        dram_bw: achievable device-memory bandwidth, bytes/s.
+        gemm_fraction: achieved fraction of the dense tensor peak of a large GEMM, per dtype (``bf16``, ``fp8``,
+            ``fp8_block``; a dtype without one takes ``bf16``'s, ``fp8_block`` takes ``fp8``'s).
+        attention_fraction: achieved fraction of the dense peak of FlashAttention's forward pass on long sequences.
+        attention_cta_blocks: each attention CTA's time outside its key loop, in key blocks (`attention_compute_s`).
+        sms: streaming multiprocessors (compute units): the width of one wave.
+        kernel_s: fixed device time per kernel launch, s.
+        block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams at (None: ``dram_bw``).
+        reused: the figures taken from another GPU for want of one of its own, each ``name: why``.
+    """
+
+    gpu: str
+    dram_bw: Figure
+    gemm_fraction: dict[str, Figure]
+    attention_fraction: Figure
+    attention_cta_blocks: Figure
+    sms: Figure
+    kernel_s: Figure
+    block_fp8_bw: Figure | None = None
+    reused: tuple[str, ...] = field(default=())
+
+    def gemm(self, dtype: str) -> float:
+        """Achieved fraction of the ``dtype`` peak of a large GEMM (``fp8_block`` falls back to ``fp8``, any other
+        missing dtype to ``bf16``)."""
+        hit = self.gemm_fraction.get(dtype)
+        if hit is None and dtype == "fp8_block":
+            hit = self.gemm_fraction.get("fp8")
+        return (hit or self.gemm_fraction["bf16"]).value
+
+    def block_bw(self) -> float:
+        """Bytes/s of a memory-bound block-scaled fp8 GEMM: ``block_fp8_bw``, at most ``dram_bw``."""
+        bw = self.dram_bw.value
+        return min(bw, self.block_fp8_bw.value) if self.block_fp8_bw is not None else bw
+
+
+def params_from_spec(key: str, spec: AchievableSpec) -> AchievableParams:
+    """`AchievableParams` of GPU ``key`` from its `AchievableSpec` (``reused`` gathered from its figures)."""
+    named = [
+        ("dram_bw", spec.dram_bw), *((f"gemm_fraction.{k}", v) for k, v in spec.gemm_fraction.items()),
+        ("block_fp8_bw", spec.block_fp8_bw), ("attention_fraction", spec.attention_fraction),
+        ("attention_cta_blocks", spec.attention_cta_blocks), ("sms", spec.sms), ("kernel_s", spec.kernel_s),
+    ]  # fmt: skip
+    reused = tuple(f"{name}: {fig.reused}" for name, fig in named if fig is not None and fig.reused)
+    return AchievableParams(
+        gpu=key, dram_bw=spec.dram_bw, gemm_fraction=dict(spec.gemm_fraction),
+        attention_fraction=spec.attention_fraction, attention_cta_blocks=spec.attention_cta_blocks, sms=spec.sms,
+        kernel_s=spec.kernel_s, block_fp8_bw=spec.block_fp8_bw, reused=reused,
+    )  # fmt: skip
+
+
+def _table() -> dict[str, AchievableParams]:
+    return {key: params_from_spec(key, g.achievable) for key, g in list_gpus().items() if g.achievable is not None}
+
+
+#: Published figures per GPU preset key (`HardwareSpec.key`), read from ``model/presets/achievable.yaml``. A GPU
+#: missing here reuses H100-SXM's (`params_for`).
+ACHIEVABLE: dict[str, AchievableParams] = _table()
+
+
+@lru_cache(maxsize=64)
+def _fallback(key: str, bandwidth: float | None) -> AchievableParams:
+    ref = ACHIEVABLE["H100-SXM"]
+    frac = ref.dram_bw.value / 3.35e12
+    why = f"no published figure for {key}: H100-SXM's reused"
+    return AchievableParams(
+        gpu=key,
+        # model_construct: an unmeasured datasheet gives 0 here, and `_kernel` raises the roofline's error on use
+        dram_bw=Figure.model_construct(
+            value=frac * (bandwidth or 0.0), source=f"H100-SXM's measured fraction ({frac:.0%}) of {key}'s datasheet"
+        ),
+        gemm_fraction=ref.gemm_fraction,
+        attention_fraction=ref.attention_fraction,
+        attention_cta_blocks=ref.attention_cta_blocks,
+        sms=Figure(value=132.0, source="H100-SXM's 132 SMs (unknown for this GPU)"),
+        kernel_s=ref.kernel_s,
+        block_fp8_bw=None,
+        reused=(f"all figures ({why}: fractions, SMs and floor)",),
+    )
+
+
+_OWN: dict[int, tuple[AchievableSpec, AchievableParams]] = {}
+
+
+def params_for(gpu: HardwareSpec, table: dict[str, AchievableParams] | None = None) -> AchievableParams:
+    """The figures for ``gpu``: its row of ``table`` when one is given and has it; else its `HardwareSpec.achievable`
+    (the preset's ``achievable.yaml`` entry or a ``--hardware`` file's block); else H100-SXM's fractions and
+    floor applied to ``gpu``'s datasheet, with ``reused`` saying so."""
+    hit = table.get(gpu.key) if table is not None else None
+    if hit is not None:
+        return hit
+    if gpu.achievable is not None:
+        cached = _OWN.get(id(gpu.achievable))
+        if cached is None or cached[0] is not gpu.achievable:
+            cached = (gpu.achievable, params_from_spec(gpu.key, gpu.achievable))
+            _OWN[id(gpu.achievable)] = cached
+        return cached[1]
+    return _fallback(gpu.key, gpu.memory_bandwidth)
+
+
+# --- the mechanisms --------------------------------------------------------------------------------------------
+
+
+#: vLLM's per-tensor fp8 GEMM on Hopper (``cutlass_scaled_mm``) runs one CUTLASS tile per range of m, with no
+#: split-K (vllm-project/vllm@csrc/quantization/w8a8/cutlass/c3x/scaled_mm_sm90_fp8_dispatch.cuh,
+#: ``cutlass_gemm_sm90_fp8_dispatch``): m <= 16 and m <= 64 with n <= 1280: 64 x 16 over (n, m) (operands
+#: swapped); m <= 64: 64 x 64 (swapped); m <= 128: 64 x 128; above: 128 x 128 (persistent scheduler). As
+#: (rows of m, columns of n) per tile.
+def vllm_fp8_tile(m: float, n: float) -> tuple[int, int]:
+    """The (m, n) output tile vLLM's sm90 ``cutlass_scaled_mm`` dispatch picks for an fp8 GEMM of ``m`` rows and
+    ``n`` columns (see the comment above)."""
+    if m <= 16 or (m <= 64 and n <= 1280):
+        return 16, 64
+    if m <= 64:
+        return 64, 64
+    return (64, 128) if m <= 128 else (128, 128)
+
+
+def gemm_compute_s(
+    m: float,
+    n: float,
+    k: float,
+    peak: float,
+    fraction: float,
+    sms: int,
+    batch: int = 1,
+    tiles: tuple[tuple[int, int], ...] = GEMM_TILES,
+) -> float:
+    """Tile- and wave-quantised time of ``batch`` GEMMs ``[m, k] @ [k, n]`` (s) at ``fraction x peak`` FLOP/s.
+
+    For each tile ``(tm, tn)`` of `GEMM_TILES`: ``tiles = batch x ceil(m / tm) x ceil(n / tn)``, ``waves =
+    ceil(tiles / sms)``, time = ``waves x 2 tm tn ceil(k / GEMM_TILE_K) GEMM_TILE_K / (fraction x peak / sms)``;
+    the fastest of ``tiles`` (default `GEMM_TILES`; one tile where the engine's kernel fixes it). 0 for an empty
+    GEMM.
+    """
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    per_sm = fraction * peak / sms
+    kp = math.ceil(k / GEMM_TILE_K) * GEMM_TILE_K
+    best = math.inf
+    for tm, tn in tiles:
+        count = batch * math.ceil(m / tm) * math.ceil(n / tn)
+        best = min(best, math.ceil(count / sms) * 2.0 * tm * tn * kp / per_sm)
+    return best
+
+
+def grouped_gemm_compute_s(
+    rows: float, experts: float, n: float, k: float, block_m: int, block_n: int, per_sm: float, sms: int
+) -> float:
+    """The fused-MoE Triton kernel's quantised compute time (s): ``experts`` experts share ``rows`` (token, expert)
+    rows evenly, each expert's rows padded to ``block_m``; ``tiles = experts x ceil(rows / experts / block_m) x
+    ceil(n / block_n)`` tiles of ``block_m x block_n`` over K padded to `GEMM_TILE_K`, in ``ceil(tiles / sms)``
+    waves at ``per_sm`` FLOP/s per SM."""
+    if rows <= 0 or experts <= 0:
+        return 0.0
+    e = max(1.0, math.floor(experts))
+    tiles = e * math.ceil(rows / e / block_m) * math.ceil(n / block_n)
+    kp = math.ceil(k / GEMM_TILE_K) * GEMM_TILE_K
+    return math.ceil(tiles / sms) * 2.0 * block_m * block_n * kp / per_sm
+
+
+def attention_compute_s(op: Op, rate: float, sms: int, cta_blocks: float = 0.0) -> float:
+    """FlashAttention's compute time (s) of an attention op at ``rate`` FLOP/s (the achieved fraction of the peak,
+    reached by long sequences).
+
+    Prefill (more than one query per sequence): the kernel runs one CTA per (sequence, head, block of
+    `ATTN_BLOCK_Q` queries), ``ctas = batch x heads x ceil(q / ATTN_BLOCK_Q)``, each looping over its blocks of
+    `ATTN_BLOCK_K` keys; a CTA also spends ``cta_blocks`` blocks' worth of time outside that loop (loading Q,
+    pipeline fill, the softmax's final rescale and writing O), which is what makes short sequences slow. On
+    average a CTA runs ``n = pairs / (q blocks x ATTN_BLOCK_Q x ATTN_BLOCK_K)`` key blocks, so the balanced time
+    is ``FLOPs / (min(ctas, sms) x rate / sms) x (n + cta_blocks) / n`` (fewer CTAs than SMs leave SMs idle); under
+    a causal mask the last query block of a sequence runs all of its ``kv / ATTN_BLOCK_K`` key blocks, and no
+    schedule finishes before that longest CTA. The time is the larger of the two. Decode (one query per sequence:
+    split-KV kernels spread the keys over the SMs) and ops without the shape: ``FLOPs / rate``.
+    """
+    s = op.shape
+    need = ("batch", "tokens", "kv_read", "pairs", "heads")
+    if any(key not in s for key in need) or s["batch"] <= 0 or s["pairs"] <= 0 or s["heads"] <= 0:
+        return op.flops / rate
+    q = s["tokens"] / s["batch"]
+    if q <= 1.0:
+        return op.flops / rate
+    per_sm = rate / sms
+    q_blocks = s["batch"] * math.ceil(q / ATTN_BLOCK_Q)
+    ctas = q_blocks * s["heads"]
+    n_mean = max(s["pairs"] / (q_blocks * ATTN_BLOCK_Q * ATTN_BLOCK_K), 1e-9)
+    balanced = op.flops / (min(ctas, sms) * per_sm) * (n_mean + cta_blocks) / n_mean
+    block_s = op.flops / (s["pairs"] * s["heads"]) * ATTN_BLOCK_Q * ATTN_BLOCK_K / per_sm
+    n_max = s["kv_read"] / s["batch"] / ATTN_BLOCK_K
+    return max(balanced, (n_max + cta_blocks) * block_s)
+
+
+def _moe_parts(op: Op) -> list[Op] | None:
+    """The kernels of a routed-experts op (`model.ops.fused_moe_op` or `experts_gemms`), or None without its shape."""
+    s = op.shape
+    need = ("tokens", "pairs", "active_experts", "hidden", "inter", "experts", "top_k", "w_bytes", "a_bytes", "ep")
+    if any(key not in s for key in need):
+        return None
+    tokens = s["tokens"] if s["ep"] == 1 else s["pairs"] / s["top_k"]
+    parts = fused_moe_parts(
+        tokens, s["pairs"], s["active_experts"], s["hidden"], s["inter"], s["experts"], s["top_k"],
+        s["w_bytes"], s["a_bytes"], op.dtype, reduce=s["ep"] == 1,
+    )  # fmt: skip
+    if op.kernels == sum(p.kernels for p in parts):
+        return parts
+    gemms = [p for p in parts if p.kind == "grouped_gemm"]
+    return gemms if op.kernels == len(gemms) else None
+
+
+def is_block_fp8(op: Op) -> bool:
+    """Whether ``op`` runs fp8 weights with 128 x 128 block scales (`model.dtypes.FP8_BLOCK_SCALE_BYTES` in its
+    ``w_bytes``): DeepSeek-V3-style block-scaled fp8, a kernel apart from per-tensor fp8."""
+    return op.dtype == "fp8" and op.shape.get("w_bytes") == 1.0 + FP8_BLOCK_SCALE_BYTES
+
+
+def act_quant_op(name: str, rows: float, cols: float, a_bytes: float) -> Op:
+    """The activation-quantisation kernel a block-scaled fp8 GEMM needs first: vLLM's ``per_token_group_quant_fp8``
+    (vllm-project/vllm@vllm/model_executor/layers/quantization/utils/fp8_utils.py, ``W8A8BlockFp8LinearOp``:
+    ``input_quant_op`` before the CUTLASS or DeepGEMM GEMM; ``moe_kernel_quantize_input`` before each fused-MoE
+    GEMM). One launch; reads ``[rows, cols]`` at ``a_bytes``, writes ``[rows, cols]`` fp8 and one fp32 scale per
+    1 x 128 group (bytes)."""
+    return memory_op(
+        name, "quantize", "", 1, flops=0.0, read=rows * cols * a_bytes, written=rows * cols * (1.0 + 4.0 / 128.0),
+        dtype="fp8", shape={"tokens": rows, "width": cols, "group_cols": 128}, kernels=1,
+    )  # fmt: skip
+
+
+class AchievableCostModel:
+    """The roofline plus achievable bandwidth, GEMM throughput with tile and wave quantisation, a fixed time per
+    kernel, and FlashAttention's achieved fraction (module docstring). ``table``: figures per GPU key that
+    win over a GPU's own (default: none; each GPU's `HardwareSpec.achievable`, else H100-SXM's, `params_for`)."""
+
+    name = "achievable"
+
+    def __init__(self, table: dict[str, AchievableParams] | None = None) -> None:
+        self.table = table
+
+    def params(self, gpu: HardwareSpec) -> AchievableParams:
+        """The figures used for ``gpu`` (`params_for`)."""
+        return params_for(gpu, self.table)
+
+    def source(self, gpu: HardwareSpec) -> str:
+        """``achievable``, or ``achievable:reused <which figures and why>`` when a figure is another GPU's."""
+        p = self.params(gpu)
+        return "achievable" if not p.reused else "achievable:reused " + "; ".join(p.reused)
+
+    def _kernel(self, op: Op, gpu: HardwareSpec, p: AchievableParams) -> tuple[float, float, float]:
+        """(fixed, compute, memory) seconds of one kernel-level op on ``gpu``."""
+        sms = int(p.sms.value)
+        fixed = op.kernels * p.kernel_s.value
+        if op.bytes and p.dram_bw.value <= 0:
+            gpu.bandwidth()  # unmeasured: the roofline's one-line HardwareError
+        block = is_block_fp8(op)
+        if block:  # the weights stream at the block-scaled kernel's rate, the rest at the achievable bandwidth
+            memory = op.weight_bytes / p.block_bw() + (op.bytes - op.weight_bytes) / p.dram_bw.value
+        else:
+            memory = op.bytes / p.dram_bw.value if op.bytes else 0.0
+        if not op.flops:
+            return fixed, 0.0, memory
+        peak = gpu.peak(op.dtype)
+        s = op.shape
+        if op.kind in GEMM_KINDS and {"m", "n", "k"} <= s.keys():
+            frac = p.gemm("fp8_block" if block else op.dtype)
+            tiles = (vllm_fp8_tile(s["m"], s["n"]),) if op.dtype == "fp8" and not block else GEMM_TILES
+            compute = gemm_compute_s(s["m"], s["n"], s["k"], peak, frac, sms, int(s.get("batch", 1)), tiles)
+        elif op.kind == "attention":
+            compute = attention_compute_s(op, peak * p.attention_fraction.value, sms, p.attention_cta_blocks.value)
+        else:
+            compute = op.flops / peak
+        return fixed, compute, memory
+
+    def _moe(self, op: Op, parts: list[Op], gpu: HardwareSpec, p: AchievableParams) -> tuple[float, float, float]:
+        """(fixed, compute, memory) seconds of a routed-experts op, kernel by kernel; compute and memory are the
+        summed per-kernel max split in proportion (each kernel is bound by one of them)."""
+        sms = int(p.sms.value)
+        s = op.shape
+        tokens = s["tokens"] if s["ep"] == 1 else s["pairs"] / s["top_k"]
+        block_m = moe_block_m(tokens, s["experts"])
+        block_n = 32 if block_m == 16 else 64  # vLLM get_default_config: 16x32 when tokens <= experts, else 64x64
+        block = is_block_fp8(op)
+        per_sm = p.gemm("fp8_block" if block else op.dtype) * gpu.peak(op.dtype) / sms
+        if block:  # each grouped GEMM quantises its input first (tokens x hidden, then pairs x inter)
+            kernels = []
+            for part in parts:
+                if part.kind == "grouped_gemm":
+                    rows, cols = (tokens, s["hidden"]) if part.name == "gate_up" else (s["pairs"], s["inter"])
+                    kernels.append(act_quant_op(f"{part.name}_quant", rows, cols, s["a_bytes"]))
+                kernels.append(part)
+            parts = kernels
+        fixed = compute = memory = 0.0
+        for part in parts:
+            f, c, m = self._kernel(part, gpu, p)
+            if part.kind == "grouped_gemm":
+                n, k = (2 * s["inter"], s["hidden"]) if part.name == "gate_up" else (s["hidden"], s["inter"])
+                c = grouped_gemm_compute_s(s["pairs"], s["active_experts"], n, k, block_m, block_n, per_sm, sms)
+            fixed += f
+            if c >= m:
+                compute += c
+            else:
+                memory += m
+        return fixed, compute, memory
+
+    def _block_gemm(self, op: Op, gpu: HardwareSpec, p: AchievableParams) -> tuple[float, float, float]:
+        """(fixed, compute, memory) seconds of a block-scaled fp8 GEMM: the activation-quantisation kernel
+        (`act_quant_op`, memory-bound) and then the GEMM, each bound by one of compute and memory, summed."""
+        s = op.shape
+        m, n, k = s["m"] * s.get("batch", 1), s["n"], s["k"]
+        a_bytes = op.act_bytes / (m * (k + n)) if op.act_bytes and m else 2.0
+        fq, _, mq = self._kernel(act_quant_op("act_quant", m, k, a_bytes), gpu, p)
+        fg, cg, mg = self._kernel(op, gpu, p)
+        return fq + fg, (cg if cg >= mg else 0.0), mq + (mg if mg > cg else 0.0)
+
+    def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
+        """``kernels x kernel_s + max(compute, memory)`` on the device plus the roofline's link time (module
+        docstring). DeepEP dispatch and combine keep their own model (`model.a2a`)."""
+        if is_deepep(op):
+            t = deepep_time(op, cluster)
+            return OpTime(t.seconds, 0.0, 0.0, t.seconds, t.bound, t.source)
+        gpu = cluster.gpu
+        p = self.params(gpu)
+        intra = inter = 0.0
+        if op.intra_bytes or op.intra_msgs:
+            bw, lat = cluster.link("intra")
+            intra = op.intra_bytes / bw + op.intra_msgs * lat
+        if op.inter_bytes or op.inter_msgs:
+            bw, lat = cluster.link("inter")
+            inter = op.inter_bytes / bw + op.inter_msgs * lat
+        link = max(intra, inter)
+        parts = _moe_parts(op) if op.kind == "grouped_gemm" else None
+        if not op.flops and not op.bytes:  # a collective: the link model alone (its latency holds the launch)
+            local = fixed = compute = memory = 0.0
+        elif parts is not None:  # per-kernel maxima, summed
+            fixed, compute, memory = self._moe(op, parts, gpu, p)
+            local = fixed + compute + memory
+        elif is_block_fp8(op) and op.kind in GEMM_KINDS and {"m", "n", "k"} <= op.shape.keys():
+            fixed, compute, memory = self._block_gemm(op, gpu, p)
+            local = fixed + compute + memory
+        else:
+            fixed, compute, memory = self._kernel(op, gpu, p)
+            local = fixed + max(compute, memory)
+        if link > local:
+            bound = "inter-link" if inter >= intra else "intra-link"
+        elif fixed > max(compute, memory):  # the fixed per-kernel time dominates
+            bound = "kernel"
+        else:
+            bound = "compute" if compute >= memory else "memory"
+        return OpTime(local + link, compute, memory, link, bound, self.source(gpu))
+
+
+#: Cost models selected by name wherever ``--cost-model`` or a scenario's ``cost_model:`` takes a file.
+COST_MODEL_NAMES = ("roofline", "achievable")
+
+
+def named_cost_model(name: str) -> AchievableCostModel | None:
+    """The cost model a name selects: ``achievable`` -> `AchievableCostModel`; anything else (``roofline``, a file
+    path) -> None (the caller keeps the roofline for ``roofline`` and reads a file otherwise)."""
+    return AchievableCostModel() if name.strip().lower() == "achievable" else None
