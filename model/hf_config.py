@@ -4,6 +4,12 @@ Supported ``model_type`` values: llama, mistral, qwen2, qwen3 (dense);
 mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, dbrx, gpt_oss,
 llama4 / llama4_text (MoE). A config that lacks a key the family needs, or holds
 inconsistent values, raises `ConfigError` listing every such key at once.
+
+A ``quantization_config`` sets the checkpoint's weight format (`checkpoint_weights`:
+DeepSeek-V3's block-scaled fp8 is ``fp8_block``, gpt-oss's MXFP4 ``fp4``, AWQ/GPTQ
+``int4``), which scenarios, ``moesim roofline`` and sweeps use when they name no
+weights; a ``quant_method`` moesim cannot map is one `ConfigError` line, not a silent
+16-bit fallback (that would double the weights' memory and pick another kernel).
 """
 
 from __future__ import annotations
@@ -480,6 +486,116 @@ def _gpt_oss(k: _Keys, name: str) -> ModelSpec:
     )
 
 
+#: ``quantization_config.quant_method`` values moesim reads (`checkpoint_weights`), and what each means.
+QUANT_METHODS = {
+    "fp8": "fp8 e4m3 weights; with weight_block_size (DeepSeek-V3, Qwen3-FP8: [128, 128]) block-scaled (fp8_block), "
+    "else per-tensor scales (vLLM Fp8LinearMethod / Fp8MoEMethod, vllm/model_executor/layers/quantization/fp8.py)",
+    "fbgemm_fp8": "fp8 weights with per-channel scales and dynamic per-token activations (fp8; Llama 4 Maverick FP8)",
+    "mxfp4": "MXFP4 experts (fp4; gpt-oss: 4-bit values, one 8-bit scale per 32), 16-bit math on Hopper",
+    "awq": "4-bit integer weights, 16-bit activations (int4 W4A16; vLLM runs Marlin: awq_marlin.py)",
+    "gptq": "4-bit integer weights, 16-bit activations (int4 W4A16; vLLM runs Marlin: gptq_marlin.py)",
+    "compressed-tensors": "llm-compressor's config_groups: fp8 (tensor/channel or block), int8 W8A8, int4 W4A16",
+    "modelopt": "NVIDIA ModelOpt: quant_algo FP8 (fp8)",
+}
+_QUANT_FIX = (
+    f"moesim reads quant_method {', '.join(QUANT_METHODS)}; to model this checkpoint anyway, remove "
+    "quantization_config from the config.json and choose the weights with --dtype or precision.weights"
+)
+
+
+def checkpoint_weights(cfg: Mapping[str, Any], where: str = "config") -> tuple[str, str]:
+    """The weight format a checkpoint ships, from its ``quantization_config``: (a `model.dtypes.WEIGHT_DTYPES` name,
+    how it was read in words).
+
+    No ``quantization_config``: (``bf16``, ``""``): a 16-bit checkpoint (fp16 ones run the same 16-bit kernels).
+    ``quant_method`` (`QUANT_METHODS`): ``fp8`` with ``weight_block_size`` -> ``fp8_block`` (vLLM's block-scaled
+    path: ``Fp8Config.weight_block_size``, vllm-project/vllm@vllm/model_executor/layers/quantization/fp8.py), without
+    -> ``fp8``; ``fbgemm_fp8`` -> ``fp8``; ``mxfp4`` -> ``fp4``; ``awq`` / ``gptq`` with ``bits: 4`` -> ``int4``;
+    ``compressed-tensors`` -> the ``Linear`` group's weights (8-bit float: ``fp8``, or ``fp8_block`` with the
+    ``block`` strategy; 8-bit int with 8-bit int activations: ``int8``; 4-bit int without activation quantization:
+    ``int4``); ``modelopt`` with ``quant_algo: FP8`` -> ``fp8``. What moesim sizes and times differently from the
+    checkpoint is said in the text (a block shape other than 128 x 128 is sized with 128 x 128 scales; layers the
+    checkpoint leaves in 16 bits, e.g. gpt-oss's attention, take the same format as the others).
+
+    Raises:
+        ConfigError: one line naming the key and value moesim cannot map (another quant_method, another bit
+            width, NVFP4...); the hint lists what it reads.
+    """
+    q = cfg.get("quantization_config")
+    if q is None:
+        return "bf16", ""
+    if not isinstance(q, Mapping):
+        raise ConfigError(f"{where}: quantization_config={q!r} is not a JSON object", _QUANT_FIX)
+    method = str(q.get("quant_method", "")).lower().replace("_", "-") if q.get("quant_method") else ""
+    method = {"fbgemm-fp8": "fbgemm_fp8"}.get(method, method)
+    kept = q.get("modules_to_not_convert") or q.get("ignore") or []
+    keep = f"; {len(kept)} module patterns kept in 16 bits are sized and timed like the others" if kept else ""
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        if block is None:
+            return "fp8", f"quantization_config: fp8, per-tensor scales{keep}"
+        if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+            raise ConfigError(
+                f"{where}: quantization_config.weight_block_size={block!r} (need two positive integers)", _QUANT_FIX
+            )
+        note = "" if block == [128, 128] else f" (sized and timed as 128 x 128; the checkpoint's are {block})"
+        return "fp8_block", f"quantization_config: fp8, {block[0]} x {block[1]} weight blocks{note}{keep}"
+    if method == "fbgemm_fp8":
+        return "fp8", f"quantization_config: fbgemm_fp8, per-channel scales{keep}"
+    if method == "mxfp4":
+        return "fp4", f"quantization_config: mxfp4{keep}"
+    if method in ("awq", "gptq"):
+        bits = q.get("bits", q.get("w_bit"))
+        if bits != 4:
+            raise ConfigError(
+                f"{where}: quantization_config.bits={bits!r} with quant_method {method} (moesim models 4-bit only)",
+                _QUANT_FIX,
+            )
+        group = q.get("group_size", q.get("q_group_size", 128))
+        note = "" if group == 128 else f" (sized with one scale per 128; the checkpoint's group is {group})"
+        return "int4", f"quantization_config: {method} 4-bit, group {group}{note}{keep}"
+    if method == "compressed-tensors":
+        return _compressed_tensors(q, where, keep)
+    if method == "modelopt":
+        algo = str(q.get("quant_algo", "")).upper()
+        if algo == "FP8":
+            return "fp8", f"quantization_config: modelopt FP8{keep}"
+        raise ConfigError(
+            f"{where}: quantization_config.quant_algo={q.get('quant_algo')!r} with quant_method modelopt "
+            "(moesim reads FP8 only; NVFP4 has no precision setting here)",
+            _QUANT_FIX,
+        )
+    raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} is not one moesim reads",
+                      _QUANT_FIX)  # fmt: skip
+
+
+def _compressed_tensors(q: Mapping[str, Any], where: str, keep: str) -> tuple[str, str]:
+    """`checkpoint_weights` of a ``compressed-tensors`` config: its ``Linear`` group (else its first)."""
+    groups = q.get("config_groups")
+    if not isinstance(groups, Mapping) or not groups:
+        raise ConfigError(f"{where}: quantization_config.config_groups is missing or empty", _QUANT_FIX)
+    items = list(groups.items())
+    name, group = next(((n, g) for n, g in items if "Linear" in (g or {}).get("targets", [])), items[0])
+    w, a = (group or {}).get("weights") or {}, (group or {}).get("input_activations") or {}
+    bits, kind, strategy = w.get("num_bits"), w.get("type"), w.get("strategy")
+    text = f"quantization_config: compressed-tensors {name}: {bits}-bit {kind} weights ({strategy})"
+    if bits == 8 and kind == "float":
+        if strategy == "block":
+            block = w.get("block_structure") or [128, 128]
+            note = "" if list(block) == [128, 128] else f" (sized and timed as 128 x 128; the checkpoint's are {block})"
+            return "fp8_block", text + note + keep
+        return "fp8", text + keep
+    if bits == 8 and kind == "int" and a.get("num_bits") == 8 and a.get("type") == "int":
+        return "int8", text + ", int8 activations" + keep
+    if bits == 4 and kind == "int" and not a:
+        return "int4", text + ", 16-bit activations" + keep
+    raise ConfigError(
+        f"{where}: quantization_config.config_groups.{name}: {bits}-bit {kind} weights with "
+        f"{a.get('num_bits', 16)}-bit activations have no precision setting in moesim",
+        _QUANT_FIX,
+    )
+
+
 _PARSERS: dict[str, Callable[[_Keys, str], ModelSpec]] = {
     "llama": _dense,
     "mistral": _dense,
@@ -539,7 +655,8 @@ def model_from_config(config: Mapping[str, Any] | str | Path, name: str | None =
             f"top-k={moe.top_k} exceeds the experts in topk_group={moe.topk_group} groups",
         )
     keys.raise_if_any()
-    return spec
+    weights, how = checkpoint_weights(config, where)  # Llama 4: the multimodal config's top level holds it
+    return replace(spec, checkpoint_weights=weights, quantization=how)
 
 
 def preset_names() -> list[str]:

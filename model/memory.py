@@ -5,12 +5,29 @@ with pipeline parallelism the fullest stage is reported. The KV cache per
 token counts the layers of that stage: GQA caches ``ceil(kv_heads / tp)`` heads
 per GPU, MLA caches its latent in full on every TP rank. ``mem_fraction`` of
 the device is usable (vLLM's default ``gpu_memory_utilization`` is 0.9).
+
+Chunked local attention (Llama 4: ``attention_chunk_size`` 8192 on 3 of every 4 layers) keeps only the current
+chunk's KV: vLLM's hybrid KV-cache manager (on for chunked local attention by default in current vLLM:
+``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE`` defaults to 1 in vllm-project/vllm@vllm/envs.py; releases
+before that defaulted to 0 and kept every token on every layer) splits a stage's attention layers into KV-cache
+groups of equal size, one block table each, sharing one pool of pages (vllm-project/vllm@docs/design/
+hybrid_kv_cache_manager.md): a full-attention group holds a block for every token of a request, a chunked-local
+group only those of the chunk being attended (``ChunkedLocalAttentionManager`` frees the blocks before it).
+Sliding-window layers (gpt-oss: ``sliding_window`` 128 on alternate layers) form groups the same way (the hybrid
+manager is on for them by default): ``SlidingWindowManager.remove_skipped_blocks`` frees every block wholly before
+token ``computed - window + 1`` (vllm-project/vllm@vllm/v1/core/single_type_kv_cache_manager.py), so a request holds
+at most ``cdiv(window - 1, block_size) + 1`` blocks on such a group, the ``+ 1`` because the window need not start at
+a block boundary (``SlidingWindowSpec.max_memory_usage_bytes``, vllm-project/vllm@vllm/v1/kv_cache_interface.py).
+`kv_groups` says how a stage's layers group; `KvGroups.blocks` counts a request's pages.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from moesim.model.batch import Batch
 from moesim.model.dtypes import Precision
@@ -81,6 +98,90 @@ def kv_bytes_for_batch(
 
 
 @dataclass(frozen=True)
+class KvGroups:
+    """How vLLM's hybrid KV-cache manager groups one pipeline stage's attention layers (see the module docstring).
+
+    A page holds ``block_size`` tokens of every layer of one group; a request holds, per group, a page for each block
+    of its tokens (full attention) or of the tokens it still attends (chunked local attention: at most ``local_tokens``
+    since the chunk's start; sliding window: the last ``local_tokens``, one block of slack). Without local layers it is
+    one group of all the stage's layers: a request holds ``ceil(tokens / block_size)`` pages, as a plain paged cache
+    does.
+
+    Attributes:
+        group_layers: layers per group (vLLM: the smallest layer count among the attention types; a type whose count
+            is not a multiple of it gets a padded group).
+        full_groups: groups of full-attention layers.
+        local_groups: groups of local layers (chunked or sliding-window).
+        local_tokens: most tokens a request attends per local layer: the chunk (``attention_chunk_size``) or the
+            window (``sliding_window``) (0 without local layers; the largest when a stage mixes sizes). A
+            chunked-prefill step that crosses a chunk start, or whose new tokens outrun the window, briefly holds the
+            new tokens too (vLLM sizes its admission for window + ``max_num_batched_tokens``); not counted.
+        page_bytes_per_token: KV bytes one group holds per token on one GPU (a page is this x ``block_size``).
+        sliding: the local layers slide a window (True) rather than attend in chunks (False).
+    """
+
+    group_layers: int
+    full_groups: int
+    local_groups: int
+    local_tokens: int
+    page_bytes_per_token: float
+    sliding: bool = False
+
+    @property
+    def groups(self) -> int:
+        """KV-cache groups (block tables) of a request."""
+        return self.full_groups + self.local_groups
+
+    def local_blocks(self, block_size: int) -> int:
+        """Most pages a request holds on one local group: ``cdiv(chunk, block_size)``, or for a sliding window
+        ``cdiv(window - 1, block_size) + 1`` (vLLM's ``SlidingWindowSpec.max_memory_usage_bytes`` with no new
+        tokens)."""
+        if self.sliding:
+            return -(-(self.local_tokens - 1) // block_size) + 1
+        return -(-self.local_tokens // block_size)
+
+    def blocks(self, tokens: Any, block_size: int) -> Any:
+        """Pages a request of ``tokens`` cached tokens holds (int or int array, like ``tokens``), non-decreasing in
+        ``tokens``: a local group holds ``min(cdiv(tokens, block_size), local_blocks)`` (the most it holds at any
+        length up to ``tokens``; a sliding group's count alternates between ``local_blocks`` and one less)."""
+        full = -(-tokens // block_size)
+        if not self.local_groups:
+            return full if self.full_groups == 1 else full * self.full_groups
+        local = np.minimum(full, self.local_blocks(block_size))
+        return self.full_groups * full + self.local_groups * local
+
+    def bytes_for(self, tokens: float) -> float:
+        """KV bytes a request of ``tokens`` cached tokens holds on one GPU (before block rounding)."""
+        local = min(tokens, self.local_tokens) if self.local_groups else 0.0
+        return self.page_bytes_per_token * (self.full_groups * tokens + self.local_groups * local)
+
+
+def kv_groups(
+    model: ModelSpec, layout: Layout, precision: Precision, layers: range | None = None, *, hybrid: bool = True
+) -> KvGroups:
+    """The KV-cache groups of ``layers`` (default: all) on one GPU (`KvGroups`).
+
+    ``hybrid=False``: vLLM with the hybrid manager off (``--disable-hybrid-kv-cache-manager``, or releases that
+    turned it off for chunked local attention): one group, every layer holding every token. A layer that is both
+    chunked and windowed counts as chunked.
+    """
+    layers = layers if layers is not None else range(model.num_layers)
+    n = len(layers)
+    spans = {i: model.chunk_of(i) or model.windows[i] or 0 for i in layers} if hybrid else {}
+    local = sum(1 for v in spans.values() if v)
+    full = n - local
+    if not local or not full:
+        group, n_full, n_local = max(n, 1), int(full > 0 or not local), int(local > 0 and not full)
+    else:
+        group = min(full, local)
+        n_full, n_local = -(-full // group), -(-local // group)
+    span = max(spans.values()) if local else 0
+    sliding = local > 0 and not any(model.chunk_of(i) for i in layers)
+    page = kv_bytes_per_token(model, layout, precision, range(group))
+    return KvGroups(group, n_full, n_local, int(span), page, sliding)
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Memory on the fullest GPU.
 
@@ -96,6 +197,8 @@ class MemoryEstimate:
         fits: weights, the batch's KV cache and activations fit in usable memory.
         verdict: one line saying so, or by how much it does not fit.
         fix: how to make it fit (empty when it fits).
+        kv_groups: the fullest stage's KV-cache groups (`kv_groups`): what one request's cache costs
+            (`sequences_at`).
     """
 
     capacity_bytes: float
@@ -109,6 +212,18 @@ class MemoryEstimate:
     fits: bool
     verdict: str
     fix: str = ""
+    kv_groups: KvGroups | None = None
+
+    def sequences_at(self, context_tokens: int) -> int:
+        """Sequences of ``context_tokens`` cached tokens each whose KV cache fits beside the weights and activations
+        (chunked and sliding-window layers holding their chunk or window only: `KvGroups.bytes_for`;
+        ``kv_capacity_tokens // context_tokens`` without such layers)."""
+        free = self.usable_bytes - self.weight_bytes - self.activation_bytes
+        if context_tokens <= 0 or free <= 0:
+            return 0
+        if self.kv_groups is None or not self.kv_groups.local_groups:
+            return self.kv_capacity_tokens // context_tokens
+        return int(free // self.kv_groups.bytes_for(context_tokens))
 
 
 def estimate_memory(
@@ -164,6 +279,8 @@ def estimate_memory(
             f"fits: weights {weights / GIB:.1f} GiB + KV cache {kv / GIB:.1f} GiB + activations "
             f"{activation_bytes / GIB:.2f} GiB of {where}; room for {tokens:,} KV tokens"
         )
+    groups = kv_groups(model, layout, p, stages[s])
     return MemoryEstimate(
-        capacity, usable, weights, per_stage[s], per_token, kv, activation_bytes, tokens, need <= usable, verdict, fix
-    )
+        capacity, usable, weights, per_stage[s], per_token, kv, activation_bytes, tokens, need <= usable, verdict, fix,
+        groups,
+    )  # fmt: skip

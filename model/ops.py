@@ -331,13 +331,16 @@ def _gpu_loads_memo(
     return hit
 
 
-def topk_op(group: str, count: int, tokens: int, experts: int, top_k: int) -> Op:
+def topk_op(group: str, count: int, tokens: int, experts: int, top_k: int, hidden: int | None = None) -> Op:
     """The router's top-k: vLLM ``topk_softmax`` (vllm-project/vllm@csrc/moe/topk_softmax_kernels.cu).
 
     Reads the fp32 router logits [tokens, experts]; softmax over the experts (max, subtract, exp, sum,
     divide: 5 FLOP per logit), then ``top_k`` rounds of arg-max over the row (1 compare per logit each);
     writes the top-k weights (fp32), expert ids and token-expert indices (int32): 12 bytes per pair. One
     launch. DeepSeek's grouped sigmoid top-k (``grouped_topk``) does the same work within a few percent.
+    ``hidden`` (the router GEMM's input width, in the shape when given) lets a cost model whose router table
+    timed the GEMM and the top-k together find the router op this top-k belongs to
+    (`profiling.costmodel.ROUTER_WITH_TOPK_IMPLS`).
     """
     return memory_op(
         "topk_softmax",
@@ -348,7 +351,7 @@ def topk_op(group: str, count: int, tokens: int, experts: int, top_k: int) -> Op
         read=tokens * experts * 4.0,
         written=tokens * top_k * 12.0,
         dtype="fp32",
-        shape={"tokens": tokens, "experts": experts, "top_k": top_k},
+        shape={"tokens": tokens, "experts": experts, "top_k": top_k} | ({"hidden": hidden} if hidden else {}),
     )
 
 
@@ -441,7 +444,7 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
             dtype=p.activations,
             shape={"tokens": t_attn, "experts": moe.num_experts, "hidden": h, "top_k": moe.top_k},
         ),
-        topk_op(label, n, t_attn, moe.num_experts, moe.top_k),
+        topk_op(label, n, t_attn, moe.num_experts, moe.top_k, hidden=h),
     ]
     width = moe.intermediate_size // lay.moe_tp
     dispatch = None

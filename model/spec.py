@@ -140,6 +140,11 @@ class ModelSpec:
         mtp_layers: DeepSeek-V3 multi-token-prediction layers in the
             checkpoint, not counted in ``num_layers`` or the parameters.
         max_position_embeddings: longest context the config declares.
+        checkpoint_weights: the linear layers' weight format the checkpoint ships (a `model.dtypes.WEIGHT_DTYPES`
+            name: ``bf16``, ``fp8`` per-tensor/channel, ``fp8_block``, ``int4`` W4A16, ``fp4`` MXFP4...), read from
+            the config's ``quantization_config`` (`model.hf_config.checkpoint_weights`): the precision a scenario,
+            ``moesim roofline`` or a sweep uses when it names none.
+        quantization: how ``checkpoint_weights`` was read, in words (empty for an unquantized checkpoint).
     """
 
     name: str
@@ -158,6 +163,8 @@ class ModelSpec:
     max_position_embeddings: int = 0
     chunks: tuple[int | None, ...] = ()
     rope: tuple[bool, ...] = ()
+    checkpoint_weights: str = "bf16"
+    quantization: str = ""
 
     def chunk_of(self, layer: int) -> int | None:
         """The attention chunk of ``layer`` in tokens, or None when the layer is not chunked."""

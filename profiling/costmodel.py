@@ -135,6 +135,13 @@ KERNELS: tuple[Kernel, ...] = (
     ),
 )  # fmt: skip
 _BY_NAME: dict[tuple[str, str], Kernel] = {(k.family, k.name): k for k in KERNELS}
+#: The MoE kernel an engine runs for a quantised format in place of its unquantised fused-MoE Triton kernel
+#: (``triton``, ``sglang_triton``), by table dtype (`table_dtype`): int4 (GPTQ / AWQ W4A16) experts run Marlin
+#: (vllm-project/vllm@vllm/model_executor/layers/quantization/gptq_marlin.py ``GPTQMarlinMoEMethod``,
+#: awq_marlin.py ``AWQMarlinMoEMethod``; SGLang imports the same method; every int4_wo MoE row of AIConfigurator's vLLM
+#: database is ``kernel_source: vllm_marlin_int4_moe``). A checkpoint's format (`model.hf_config.checkpoint_weights`)
+#: thus picks its kernel; a kernel the engine names outright (DeepGEMM, CUTLASS, Marlin) is kept.
+QUANT_MOE_KERNELS: dict[str, str] = {"int4": "marlin"}
 _ALIASES: dict[tuple[str, str], str] = {(k.family, a.lower()): k.name for k in KERNELS for a in (k.name, *k.aliases)}
 
 
@@ -183,6 +190,19 @@ def fit_dtype(dtype: str, impl: str) -> str:
     """The table dtype a fit of ``dtype`` and ``impl`` times: ``dtype``, except fp8 imported with impl
     ``...:fp8_block`` before block-scaled fp8 became its own dtype: ``fp8_block`` (never a per-tensor fp8 op)."""
     return "fp8_block" if dtype == "fp8" and impl.endswith(":fp8_block") else dtype
+
+
+#: Router table ``impl`` values whose times include the softmax and top-k along with the router GEMM: ``moesim
+#: profile`` before the top-k became its own kind (commit 35ec13d; the H100 tables in ``profiling/data/h100-sxm``:
+#: ``torch.topk(torch.softmax((x @ w.t()).float(), -1), k)``). Router tables profiled since time the GEMM alone
+#: (``torch_gemm``, `profiling.kernels.prepare_router`). Where such a table times a step's router op, that op's
+#: ``topk_softmax`` op costs nothing more (`CalibratedCostModel.op_time`), so the top-k is counted once.
+ROUTER_WITH_TOPK_IMPLS = ("torch",)
+
+
+def includes_topk(fit: Fit) -> bool:
+    """Whether ``fit`` is a router fit whose measured times include the softmax and top-k (`ROUTER_WITH_TOPK_IMPLS`)."""
+    return fit.kind == "router" and base_impl(fit.impl) in ROUTER_WITH_TOPK_IMPLS
 
 
 #: Provenance classes of an `OpTime.source`, in the order `source_class` tests them.
@@ -556,6 +576,8 @@ class CalibratedCostModel:
         fits = self._candidates(op)
         family = kernel_family(op.kind)
         want = self.kernels.get(family) if family else None
+        if family == "moe" and want in ("triton", "sglang_triton"):
+            want = QUANT_MOE_KERNELS.get(table_dtype(op), want)
         if want is None:
             fit, transfer = self._on(fits, cluster)
             return fit, transfer, ""
@@ -593,6 +615,10 @@ class CalibratedCostModel:
         """The op's time from its fit, or its roofline with the reason (see the class docstring)."""
         if is_deepep(op):  # DeepEP dispatch / combine: `model.a2a`'s model, never an NCCL all-to-all table
             return self._roof.op_time(op, cluster)
+        if op.kind == "topk_softmax":
+            inside = self._topk_in_router(op, cluster)
+            if inside is not None:
+                return inside
         fit, transfer, note = self._pick(op, cluster)
         kind = f"{op.kind}/{table_dtype(op)}"
         if fit is None:
@@ -656,6 +682,28 @@ class CalibratedCostModel:
                 out = OpTime(t, ref.compute_s, ref.memory_s, ref.link_s, ref.bound, src, band)
         self._cache[key] = out
         return out
+
+    def _topk_in_router(self, op: Op, cluster: ClusterSpec) -> OpTime | None:
+        """Zero seconds for a ``topk_softmax`` op whose router op (same tokens, experts, top-k and hidden width, 16-bit
+        activations) is timed from a router table that already includes the softmax and top-k (`includes_topk`);
+        None otherwise (the top-k is timed on its own). The source names that router table."""
+        s = op.shape
+        if "hidden" not in s:
+            return None
+        t, h, e, k = float(s["tokens"]), int(s["hidden"]), int(s["experts"]), int(s["top_k"])
+        router = Op(
+            "router", "router", op.group, op.count, flops=2.0 * t * h * e, weight_bytes=2.0 * h * e, kv_bytes=0.0,
+            act_bytes=2.0 * t * h + 4.0 * t * e, dtype="bf16",
+            shape={"tokens": t, "experts": e, "hidden": h, "top_k": k},
+        )  # fmt: skip
+        fit, _, _ = self._pick(router, cluster)
+        if fit is None or not includes_topk(fit):
+            return None
+        src = self.op_time(router, cluster).source
+        if source_class(src) not in ("measured", "transferred") or fit.key not in src:
+            return None  # the router op falls to the roofline, which counts the GEMM alone
+        why = f"measured: included in {fit.key} (router GEMM + softmax + top-k)"
+        return OpTime(0.0, 0.0, 0.0, 0.0, "measured", why)
 
     def _derated(self, op: Op, fit: Fit, cluster: ClusterSpec, ratio: float) -> tuple[float | None, str]:
         """``op``'s derated time (s) on ``cluster`` from ``fit`` measured on another GPU (`profiling.transfer`), and

@@ -156,15 +156,14 @@ def test_missing_block_table_falls_back_visibly_never_to_per_tensor(cal, capsys)
     assert "warning: no measured triton table" in capsys.readouterr().err
 
 
-def test_int4_under_the_triton_engine_falls_back_to_marlin(cal, capsys):
-    """vLLM runs Marlin for int4 MoE; with the engine's kernel named triton and no triton int4 table, Marlin's
-    table stands in, and says so."""
+def test_int4_under_the_triton_engine_is_timed_by_marlin(cal, capsys):
+    """vLLM runs Marlin for int4 (GPTQ/AWQ) MoE whatever kernel the engine names for 16-bit MoE
+    (`costmodel.QUANT_MOE_KERNELS`), so Marlin's table times it as the engine's own kernel: measured, no warning."""
     cm, cl = CalibratedCostModel(cal).with_kernels({"moe": "triton"}), _cluster()
     op = row_op("grouped_gemm", _moe_rows("int4", "x").iloc[3].to_dict())
     t = cm.op_time(op, cl)
-    assert t.source.startswith("fallback: no triton table, used marlin; measured:grouped_gemm/int4/vllm_marlin")
-    err = capsys.readouterr().err
-    assert source_class(t.source) == "fallback" and err.count("warning:") == 1 and "with the marlin table" in err
+    assert t.source.startswith("measured:grouped_gemm/int4/vllm_marlin") and t.source.endswith("[kernel marlin]")
+    assert source_class(t.source) == "measured" and "warning:" not in capsys.readouterr().err
 
 
 def test_old_block_scaled_imports_still_time_only_block_ops(cal):

@@ -281,6 +281,10 @@ def test_local_processes_and_dask_give_the_same_rows(tmp_path):
     f = write(tmp_path, sweep())
     one = run_sweep(f, tmp_path / "one", workers=1, post=False).results
     two = run_sweep(f, tmp_path / "two", workers=2, post=False).results
+    # a point that raises is recorded with status "error" and no figures: say why first (spawned workers import the
+    # code afresh from disk, so a source file edited while the test runs shows up here, in them only)
+    for name, rows in (("workers=1", one), ("workers=2", two)):
+        assert not (rows["status"] == "error").any(), (name, sorted(set(rows.loc[rows["status"] == "error", "error"])))
     cols = ["point_id", "label", "ttft_p99_s", "tpot_p50_s", "throughput_tok_s", "usd_per_mtok", "status"]
     pd.testing.assert_frame_equal(one[cols], two[cols])
     with distributed.LocalCluster(

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from moesim.dashboard.cli._common import EXIT_DOES_NOT_FIT, emit_json, err, finite, out, seconds, si
+from moesim.dashboard.cli.a2a_flag import A2aBackendOpt, check_backend
 from moesim.dashboard.cli.catalog import HardwareOpt, JsonOpt
 from moesim.dashboard.summaries import RooflineRun, roofline_summary, run_roofline
 from moesim.model import (
@@ -47,8 +48,9 @@ ROOFLINE_NOTE = (
 
 
 def mode_label(cost_model: str) -> str:
-    """``roofline`` or ``calibrated``: the label next to a utilisation (MFU, S-MBU, S-MFU) in a report."""
-    return "roofline" if cost_model == "roofline" else "calibrated"
+    """``roofline``, ``achievable`` or ``calibrated``: the label next to a utilisation (MFU, S-MBU, S-MFU) in a
+    report."""
+    return cost_model if cost_model in ("roofline", "achievable") else "calibrated"
 
 
 def pct_text(value: float, digits: int = 1) -> str:
@@ -59,10 +61,18 @@ def pct_text(value: float, digits: int = 1) -> str:
     return text
 
 
-def load_cost_model(path: Path | None) -> CostModel | None:
-    """The calibrated cost model in ``path`` (None: the roofline)."""
+def load_cost_model(path: Path | str | None) -> CostModel | None:
+    """The cost model ``--cost-model`` names: None or ``roofline``: the roofline (None); ``achievable``: the roofline
+    plus published achievable bandwidth, GEMM throughput, tile/wave quantisation and a kernel floor
+    (`model.achievable`); else the calibrated cost model in the file ``path``. The two names win over files of the
+    same name (give ``./achievable`` for such a file)."""
+    from moesim.model.achievable import named_cost_model
+
     if path is None:
         return None
+    named = named_cost_model(str(path))
+    if named is not None or str(path) == "roofline":
+        return named
     from moesim.profiling.calibrate import CalibratedCostModel
 
     return CalibratedCostModel.from_file(path)
@@ -100,13 +110,15 @@ def roofline(
     ep: Annotated[int, typer.Option(min=1, help="Expert-parallel size of MoE layers (divides tp x dp-attn).")] = 1,
     dp_attn: Annotated[int, typer.Option("--dp-attn", min=1, help="Data-parallel attention groups.")] = 1,
     pp: Annotated[int, typer.Option(min=1, help="Pipeline stages.")] = 1,
+    a2a_backend: A2aBackendOpt = None,
     dtype: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Linear-layer weights: fp32, bf16, fp16, fp8 (per-tensor scales), fp8_block (128x128 block scales), "
-            "int8, int4 (W4A16), fp4 (MXFP4)."
+            "int8, int4 (W4A16), fp4 (MXFP4). Default: the checkpoint's, from its config's quantization_config "
+            "(deepseek-v3: fp8_block, gpt-oss: fp4), else bf16."
         ),
-    ] = "bf16",
+    ] = None,
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="KV cache: fp32, bf16, fp16, fp8.")] = "bf16",
     nodes: Annotated[int | None, typer.Option(min=1, help="Nodes (default: enough for the layout).")] = None,
     gpus_per_node: Annotated[int | None, typer.Option("--gpus-per-node", min=1, help="GPUs per node.")] = None,
@@ -153,7 +165,11 @@ def roofline(
     ] = None,
     cost_model: Annotated[
         Path | None,
-        typer.Option("--cost-model", help="A calibration file from 'moesim calibrate' (default: the roofline)."),
+        typer.Option(
+            "--cost-model",
+            help="'achievable' (published kernel efficiencies, no tables needed) or a calibration file from "
+            "'moesim calibrate' (default: the roofline).",
+        ),
     ] = None,
     hardware: HardwareOpt = None,
     json_out: JsonOpt = False,
@@ -162,11 +178,14 @@ def roofline(
 
     Example: moesim roofline mixtral-8x7b --gpu H100-SXM --tp 8 --phase decode --batch 64 --ctx 2048
 
+    NCCL all-to-all instead of DeepEP: moesim roofline deepseek-v3 --cluster hgx-h200-x2 --dp-attn 16 --ep 16
+    --a2a-backend nccl
+
     A layout whose weights and KV cache do not fit in GPU memory still gets its report ("fits": false in --json),
     then one error line and exit code 3, as 'moesim train' does (1: bad input, 2: bad usage).
     """
     m = load_model(model)
-    lay = Layout(tp=tp, ep=ep, dp_attn=dp_attn, pp=pp)
+    lay = Layout(tp=tp, ep=ep, dp_attn=dp_attn, pp=pp, a2a_backend=check_backend(a2a_backend) or "deepep")
     c = build_cluster(gpu, cluster, lay.num_gpus, nodes, gpus_per_node, hardware)
     b = Batch.decode(batch, ctx) if phase == Phase.decode else Batch.prefill(batch, ctx)
     cost = CostAssumptions(
@@ -177,7 +196,7 @@ def roofline(
         b,
         lay,
         c,
-        Precision(weights=dtype, kv_cache=kv_dtype),
+        Precision(weights=m.checkpoint_weights if dtype is None else dtype, kv_cache=kv_dtype),
         cost,
         load_accuracy(accuracy_csv),
         mem_fraction,
@@ -185,7 +204,9 @@ def roofline(
         load_cost_model(cost_model),
     )
     if json_out:
-        emit_json({**roofline_summary(run), "fits": run.memory.fits})
+        extra = {"a2a_backend": lay.a2a_backend, "fp8_scaling": run.estimate.precision.fp8_scaling}
+        extra["quantization"] = m.quantization  # how the checkpoint's own weights were read (default --dtype)
+        emit_json({**roofline_summary(run), "fits": run.memory.fits, **extra})
     else:
         print_roofline(run)
     if not run.memory.fits:
@@ -203,7 +224,9 @@ def print_roofline(run: RooflineRun) -> None:
     c = est.cluster
     out.print(
         f"[bold]{est.model.name}[/bold] on {c.name} ({c.num_gpus} GPUs), {est.layout.label()}, "
-        f"{est.batch.describe()}, weights {est.precision.weights}, KV {est.precision.kv_cache}"
+        f"{est.batch.describe()}, weights {est.precision.weights}"
+        + (" (128x128 block scales)" if est.precision.fp8_scaling == "block" else "")
+        + f", KV {est.precision.kv_cache}"
     )
     t = Table(title="Ops on the busiest GPU (per occurrence; 'total' = time x layers)")
     for col in (

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from moesim.dashboard.cli._common import emit_json, note, out, progress_bar, seconds
+from moesim.dashboard.cli.a2a_flag import A2aBackendOpt, check_backend
 from moesim.dashboard.cli.roofline import ROOFLINE_NOTE, load_cost_model, mode_label, pct_text
 from moesim.model import MoesimError
 from moesim.model.limits import MAX_SEED
@@ -49,6 +50,7 @@ def simulate(
         Path | None, typer.Option(help="A calibration from 'moesim calibrate' (default: the roofline).")
     ] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Override the scenario's seed.")] = None,
+    a2a_backend: A2aBackendOpt = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -65,6 +67,8 @@ def simulate(
     Example: moesim simulate examples/mixtral-8x7b-ep8.yaml --out runs/mixtral --trace runs/mixtral.json.gz
 
     Only a window: moesim simulate examples/mixtral-8x7b-ep8.yaml --trace runs/t.json --trace-window 60:65
+
+    Another all-to-all backend: moesim simulate examples/mixtral-8x7b-ep8.yaml --a2a-backend nccl
     """
     from moesim.model.outputs import check_replaceable
     from moesim.sim.serving.chrome_trace import check_trace_path, parse_window
@@ -75,14 +79,26 @@ def simulate(
     if trace_window is not None and not trace:
         raise MoesimError(f"--trace-window {trace_window} needs --trace", "add --trace FILE, or drop --trace-window")
     window = parse_window(trace_window) if trace_window is not None else None
+    backend = check_backend(a2a_backend)
     if out_dir:  # refuse before the work, not after it
         check_replaceable(out_dir, "simulate", force, legacy=is_output)
     if trace:
         check_trace_path(trace, force)
     cm = load_cost_model(cost_model)
     with progress_bar("simulating") as update:
-        res = run(scenario, engine.value, cost_model=cm, seed=seed, progress=update)
+        if backend is None:
+            res = run(scenario, engine.value, cost_model=cm, seed=seed, progress=update)
+        else:  # the scenario with its layouts' a2a_backend replaced; its paths still resolve from its folder
+            from moesim.dashboard.cli.a2a_flag import serving_scenario
+
+            sc = serving_scenario(scenario, backend)
+            res = run(sc, engine.value, cost_model=cm, seed=seed, progress=update, base_dir=scenario.parent)
     s = res.summary
+    from moesim.dashboard.cli.a2a_flag import serving_backends
+
+    s["a2a_backend"] = serving_backends(res.built)
+    if isinstance(s.get("cost_provenance"), dict):
+        s["cost_provenance"]["a2a_backend"] = s["a2a_backend"]
     if trace:
         from moesim.sim.serving.chrome_trace import write_chrome_trace
 

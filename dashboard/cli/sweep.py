@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from moesim.dashboard.cli._common import emit_json, err, out, seconds
+from moesim.dashboard.cli.a2a_flag import A2aBackendOpt, check_backend
 from moesim.dashboard.cli.profile import progress_bar
 
 #: Most local worker processes (--workers).
@@ -52,6 +53,7 @@ def sweep(
             "workload.",
         ),
     ] = None,
+    a2a_backend: A2aBackendOpt = None,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -73,6 +75,8 @@ def sweep(
     frontier.png and frontier.csv; --at-tps-user 50 names the best configuration at 50 tokens/s per user.
 
     Example: moesim sweep examples/sweep-mixtral-gpu-choice.yaml --workers 2 --out runs/mixtral-gpus --at-tps-user 50
+
+    Every point on NCCL all-to-all: moesim sweep examples/sweep-deepseek-v3-layouts.yaml --out r --a2a-backend nccl
     """
     import os
 
@@ -81,10 +85,17 @@ def sweep(
 
     if at_tps_user is not None and not (0 < at_tps_user < float("inf")):
         raise MoesimError(f"--at-tps-user {at_tps_user}", "give a positive output tokens/s per user, e.g. 50")
+    backend = check_backend(a2a_backend)
+    if backend is not None:  # the sweep with every layout's a2a_backend replaced (a resume needs the same flag)
+        from moesim.dashboard.cli.a2a_flag import sweep_spec
+
+        spec = sweep_spec(sweep_file, backend)
     with progress_bar("sweep") as update:
         n = workers if workers is not None else os.cpu_count() or 1
-        res = run_sweep(sweep_file, out_dir, workers=n, dask=dask, fresh=fresh, progress=update, force=force)
+        what = sweep_file if backend is None else spec
+        res = run_sweep(what, out_dir, workers=n, dask=dask, fresh=fresh, progress=update, force=force)
     s = res.summary
+    s["a2a_backend"] = backend or "scenario"
     s["cost_model"] = _cost_model(sweep_file)
     if at_tps_user is not None:
         from moesim.sim.sweeps.cap import best_at_speed_per_workload
@@ -190,4 +201,6 @@ def _cost_model(sweep_file: Path) -> str:
     from moesim.sim.sweeps.sweep_spec import base_scenario, read_sweep
 
     cm = base_scenario(read_sweep(sweep_file)).get("cost_model")
-    return f"calibrated:{Path(str(cm)).name}" if cm else "roofline"
+    if not cm or str(cm) in ("roofline", "achievable"):
+        return str(cm or "roofline")
+    return f"calibrated:{Path(str(cm)).name}"

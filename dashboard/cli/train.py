@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from moesim.dashboard.cli._common import EXIT_DOES_NOT_FIT, emit_json, err, note, out, seconds
+from moesim.dashboard.cli.a2a_flag import A2aBackendOpt, check_backend
 from moesim.dashboard.cli.roofline import ROOFLINE_NOTE, load_cost_model, mode_label, pct_text
 
 
@@ -32,6 +33,7 @@ def train(
             help="A layout that does not fit: exit 0 with a warning (without it: the report, an error line, exit 3).",
         ),
     ] = False,
+    a2a_backend: A2aBackendOpt = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -47,6 +49,8 @@ def train(
 
     Example: moesim train examples/train-mixtral-8x7b-h100.yaml --out runs/mixtral-train --trace runs/train.json
 
+    Another all-to-all backend: moesim train examples/train-deepseek-v3-h800.yaml --a2a-backend nccl
+
     A layout that does not fit in GPU memory still gets its report ("fits": false in --json, outputs written),
     then one error line and exit code 3, as 'moesim roofline' does (1: bad input, 2: bad usage).
     """
@@ -58,10 +62,17 @@ def train(
         check_replaceable(out_dir, "train", force, legacy=is_output)
     if trace:
         check_trace_path(trace, force)
+    backend = check_backend(a2a_backend)
     cm = load_cost_model(cost_model)
     note(f"simulating {scenario} ...")
-    res = run(scenario, cost_model=cm)
+    if backend is None:
+        res = run(scenario, cost_model=cm)
+    else:  # the scenario with its layout's a2a_backend replaced; its paths still resolve from its folder
+        from moesim.dashboard.cli.a2a_flag import training_scenario
+
+        res = run(training_scenario(scenario, backend), cost_model=cm, base_dir=scenario.parent)
     s = res.summary
+    s["a2a_backend"] = res.setup.scenario.layout.a2a_backend
     if trace:
         from moesim.sim.training.train_plots import write_train_trace
 

@@ -12,13 +12,15 @@ Units: tokens, blocks, bytes (GiB where a name says so).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from moesim.model import Batch, estimate_memory
 from moesim.model.errors import MoesimError
+from moesim.model.memory import KvGroups
 from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.kernels import pool_cost_model
 from moesim.sim.serving.scenario import PCIE_BW, Built, Pool
@@ -35,6 +37,11 @@ class Capacity:
         weight_gib: weights resident on the fullest GPU, GiB.
         offload: the expert cache when experts are offloaded (None: all resident).
         verdict: one line on how memory is used.
+        kv_groups: how the layers share the blocks (`model.memory.KvGroups`: chunked-local layers of Llama 4 hold
+            their chunk only, gpt-oss's sliding-window layers their window); None: one block per ``block_size``
+            tokens of a request, every layer full length.
+            With groups, ``kv_blocks`` counts pages of one group and ``kv_tokens`` the tokens a request holding
+            every layer at full length could use (what vLLM logs as the KV cache size).
     """
 
     kv_blocks: int
@@ -42,6 +49,22 @@ class Capacity:
     weight_gib: float
     offload: Offload | None
     verdict: str
+    kv_groups: KvGroups | None = None
+
+    def blocks(self, tokens: Any, block_size: int) -> Any:
+        """KV blocks (pages) a request of ``tokens`` cached tokens holds (int or int array, like ``tokens``)."""
+        if self.kv_groups is None:
+            return -(-tokens // block_size)
+        return self.kv_groups.blocks(tokens, block_size)
+
+    def at_length(self, held: int, block_size: int) -> Capacity:
+        """This capacity with ``kv_tokens`` the tokens the cache holds when every request holds ``held`` tokens:
+        ``kv_blocks x held / blocks(held)`` (never below the full-length ``kv_tokens``), for a model that counts a
+        request in tokens (the analytical engine). Without chunked or sliding-window layers it is ``self``."""
+        if self.kv_groups is None or held <= 0:
+            return self
+        tokens = self.kv_blocks * held // int(self.blocks(held, block_size))
+        return replace(self, kv_tokens=max(self.kv_tokens, tokens))
 
 
 def replica_capacity(built: Built, pool: Pool) -> Capacity:
@@ -56,7 +79,9 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
     except MoesimError:
         act = 0.0
     free = mem.usable_bytes - mem.weight_bytes - act
-    per_token = mem.kv_bytes_per_token
+    groups = mem.kv_groups if mem.kv_groups is not None and mem.kv_groups.local_groups else None
+    # a block (page) holds block_size tokens of one KV-cache group's layers: all of them without chunked layers
+    per_token = groups.page_bytes_per_token if groups is not None else mem.kv_bytes_per_token
     off = built.scenario.offload
     offload = None
     weights = mem.weight_bytes
@@ -88,10 +113,17 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
         )
     tokens_per_group = int(free // per_token) if per_token else 10**9
     blocks = (tokens_per_group // eng.block_size) * lay.dp_attn
-    verdict = f"weights {weights / 2**30:.1f} GiB/GPU, KV cache {blocks * eng.block_size:,} tokens per replica" + (
+    tokens = blocks * eng.block_size if groups is None else blocks // groups.groups * eng.block_size
+    local = (
+        f" ({groups.local_groups} of {groups.groups} layer groups {'sliding-window' if groups.sliding else 'chunked'}:"
+        f" a request holds at most {groups.local_tokens:,} tokens on those)"
+        if groups is not None
+        else ""
+    )
+    verdict = f"weights {weights / 2**30:.1f} GiB/GPU, KV cache {tokens:,} tokens per replica{local}" + (
         f", {offload.cache_experts} of {slots} expert slots cached per GPU" if offload else ""
     )
-    return Capacity(blocks, blocks * eng.block_size, weights / 2**30, offload, verdict)
+    return Capacity(blocks, tokens, weights / 2**30, offload, verdict, groups)
 
 
 def _first_over(need: np.ndarray, room: int) -> tuple[int, int] | None:
@@ -140,7 +172,7 @@ def check_requests_fit(built: Built, requests: pd.DataFrame, caps: dict[str, Cap
     for pool in built.pools:
         cap, eng = caps[pool.role], pool.engine
         held = inp if pool.role == "prefill" else inp + out - 1  # tokens in the cache at the request's longest
-        blocks = -(-held // eng.block_size)
+        blocks = cap.blocks(held, eng.block_size)
         hit = _first_over(blocks, cap.kv_blocks)
         if hit is not None:
             i, n = hit

@@ -269,7 +269,8 @@ class Scenario(_Strict):
         gpus_per_node: GPUs per node (with ``gpu``, or to resize ``cluster``).
         hardware: a YAML file of extra GPU and cluster definitions, relative to the scenario (`model.hardware`).
         precision: dtypes by key: ``weights`` (bf16, fp8, fp8_block, int4, ...), ``kv_cache``, ``fp8_scaling``
-            (`model.dtypes.Precision`); empty: bf16 throughout.
+            (`model.dtypes.Precision`); without ``weights``: the checkpoint's own (its config's
+            ``quantization_config``: fp8_block for DeepSeek-V3, fp4 for gpt-oss, else bf16); KV cache bf16.
         layout: the parallel layout of one replica.
         replicas: engine replicas, or ``auto``: the cluster's GPUs over the layout's.
         router: how requests are spread over replicas.
@@ -282,7 +283,8 @@ class Scenario(_Strict):
         offload: routed experts in host memory.
         slo: the service-level objectives goodput and SLO attainment count against.
         cost: how GPU time is priced.
-        cost_model: a calibration file from ``moesim calibrate``, relative to the scenario; None: the roofline
+        cost_model: a calibration file from ``moesim calibrate``, relative to the scenario; ``achievable``: the
+            roofline plus published kernel efficiencies (`model.achievable`); None or ``roofline``: the roofline
             (every time a lower bound, not a prediction).
         seed: random seed of the workload and the routing.
     """
@@ -448,7 +450,10 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
     """Build a scenario's objects; `MoesimError` on anything that does not fit together."""
     base = Path(base_dir)
     model = load_model(sc.model if not sc.model.endswith(".json") else str(base / sc.model))
-    precision = Precision(**sc.precision) if sc.precision else Precision()
+    # unset weights: the checkpoint's own format (its quantization_config, `ModelSpec.checkpoint_weights`)
+    own = model.checkpoint_weights
+    own = "fp8" if own == "fp8_block" and "fp8_scaling" in sc.precision else own  # an explicit scaling wins
+    precision = Precision(**({"weights": own} | dict(sc.precision)))
     workload = parse_workload(sc.workload, "workload")
     if sc.disaggregation:
         d = sc.disaggregation
@@ -493,10 +498,11 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         engine_profile(pool.engine, base)
     for pool in pools:
         _check_prefix_cache(pool, base)
-    if cost_model is None and sc.cost_model:
+    if cost_model is None and sc.cost_model and sc.cost_model.strip().lower() != "roofline":
+        from moesim.model.achievable import named_cost_model
         from moesim.profiling.calibrate import CalibratedCostModel
 
-        cost_model = CalibratedCostModel.from_file(base / sc.cost_model)
+        cost_model = named_cost_model(sc.cost_model) or CalibratedCostModel.from_file(base / sc.cost_model)
     return Built(
         scenario=sc,
         model=model,

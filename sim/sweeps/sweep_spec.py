@@ -359,13 +359,16 @@ def _layouts(raw: Any) -> list[Any]:
     return raw if isinstance(raw, list) else [raw]
 
 
-def _resolve_layout(raw: Any, gpus: int) -> dict[str, int]:
+def _resolve_layout(raw: Any, gpus: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise MoesimError(f"axes.layout: {raw!r} is not a mapping", "give layouts like {tp: 1, dp_attn: 8, ep: 8}")
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in raw.items():
+        if k == "a2a_backend":  # who runs the EP all-to-alls (model.layout.Layout checks the name), not a size
+            out[k] = v
+            continue
         if k not in ("tp", "ep", "dp_attn", "pp"):
-            raise MoesimError(f"axes.layout: unknown key '{k}'", "use tp, ep, dp_attn and pp")
+            raise MoesimError(f"axes.layout: unknown key '{k}'", "use tp, ep, dp_attn, pp and a2a_backend")
         if v == "gpus":
             v = gpus
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -599,7 +602,9 @@ def _point(
     placement = v.get("placement", {"method": "default", "redundant": 0})
     if placement["method"] != "default" and lay["ep"] == 1:
         return "placement_needs_ep", sc, {}, {}  # one GPU holds every expert: nothing to place
-    weights, kv = prec.get("weights", "bf16"), prec.get("kv_cache", "bf16")
+    # unset weights: the checkpoint's own (its quantization_config, `ModelSpec.checkpoint_weights`)
+    own = load_model(model).checkpoint_weights if "weights" not in prec else "bf16"
+    weights, kv = prec.get("weights", own), prec.get("kv_cache", "bf16")
     lay_t = (lay["tp"], lay["ep"], lay["dp_attn"], lay["pp"])
     if c.layout_divides:
         if gpus is not None and gpus % layout_gpus:

@@ -1,0 +1,74 @@
+"""The router's softmax and top-k are counted once: a router table that timed them with the GEMM (the H100 tables'
+``torch`` router) leaves the step's ``topk_softmax`` op nothing to add; a GEMM-only router table does not."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moesim.model import Batch, Layout, Precision, load_model
+from moesim.model.hardware import get_gpu, make_cluster
+from moesim.model.ops import decompose, topk_op
+from moesim.model.roofline import estimate_step
+from moesim.profiling.calibrate import CalibratedCostModel, calibrate
+from moesim.profiling.costmodel import Calibration, includes_topk
+
+RUN = Path(__file__).resolve().parents[1] / "profiling" / "data" / "h100-sxm" / "full-bf16"
+
+
+@pytest.fixture(scope="module")
+def cal() -> Calibration:
+    return calibrate([RUN], holdout=0.0, kinds=["router", "gemm"])
+
+
+def _parts(cm: CalibratedCostModel, batch: Batch) -> tuple[float, float, str, float]:
+    """(router s, top-k s, top-k source, step s) of a Mixtral-8x7B TP8 step on the H100."""
+    m, lay = load_model("mixtral-8x7b"), Layout(tp=8)
+    cluster = make_cluster(get_gpu("H100-SXM"), num_gpus=8)
+    est = estimate_step(m, batch, lay, cluster, Precision(), cm)
+    pairs = list(zip(est.ops, est.times, strict=True))
+    router = sum(t.seconds * o.count for o, t in pairs if o.kind == "router")
+    topk = [(t.seconds * o.count, t.source) for o, t in pairs if o.kind == "topk_softmax"]
+    assert len(topk) == 1
+    return router, topk[0][0], topk[0][1], est.step_s
+
+
+def test_the_h100_router_table_includes_the_top_k(cal):
+    router = [f for f in cal.fits if f.kind == "router"]
+    assert router and all(f.impl == "torch" and includes_topk(f) for f in router)
+
+
+def test_top_k_inside_a_measured_router_costs_nothing_more(cal):
+    cm = CalibratedCostModel(cal)
+    for batch in (Batch.decode(64, 2048), Batch.prefill(1, 1024)):
+        router, topk, source, _ = _parts(cm, batch)
+        assert router > 0 and topk == 0.0
+        assert source.startswith("measured: included in router/bf16/torch@H100-SXM"), source
+
+
+def test_a_gemm_only_router_table_leaves_the_top_k_its_own_time(cal):
+    gemm_only = Calibration([replace(f, impl="torch_gemm") if f.kind == "router" else f for f in cal.fits])
+    cm = CalibratedCostModel(gemm_only)
+    batch = Batch.prefill(1, 1024)
+    router, topk, source, step = _parts(cm, batch)
+    assert topk > 0 and "included in router" not in source
+    # the same router table read as GEMM + top-k: the step is shorter by exactly the top-k's time
+    with_topk = _parts(CalibratedCostModel(cal), batch)
+    assert with_topk[0] == pytest.approx(router) and with_topk[3] == pytest.approx(step - topk)
+
+
+def test_top_k_without_its_router_shape_is_timed_alone(cal):
+    cm = CalibratedCostModel(cal)
+    cluster = make_cluster(get_gpu("H100-SXM"), num_gpus=1)
+    alone = cm.op_time(topk_op("", 1, 1024, 8, 2), cluster)  # a table row's op: no hidden width
+    assert alone.seconds > 0 and "included" not in alone.source
+    ops = decompose(load_model("mixtral-8x7b"), Batch.decode(8, 512), Layout(), cluster)
+    assert next(o for o in ops if o.kind == "topk_softmax").shape["hidden"] == 4096
+
+
+def test_a_router_outside_its_table_leaves_the_top_k_its_own_time():
+    quick = calibrate([RUN.parent / "quick-bf16"], holdout=0.0, kinds=["router"])
+    _, topk, source, _ = _parts(CalibratedCostModel(quick), Batch.decode(64, 2048))
+    assert topk > 0 and "included" not in source  # Mixtral's router width is outside the quick grid: roofline
