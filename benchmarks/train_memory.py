@@ -9,7 +9,8 @@ every setting that had to be guessed):
   ``Et|(tt|)*30mL`` (``examples/train-deepseek-v3-megatron-h100.yaml``);
 - Megatron-LM MoE README, reference mappings: Mixtral-8x7B on 64 H100 (TP1 EP8 PP4 VP8) and Mixtral-8x22B on
   128 H100 (TP4 EP2 PP8 VP7) (``examples/train-mixtral-8x{7,22}b-h100.yaml``);
-- Megatron-MoE-ModelZoo Qwen3-235B-A22B: 256 H100, TP2 PP8 VPP4 EP32 (``examples/train-qwen3-235b-h100.yaml``).
+- Megatron-MoE-ModelZoo Qwen3-235B-A22B: 256 H100, TP2 PP8 VPP4 EP32 (``examples/train-qwen3-235b-h100.yaml``), and
+  the other layouts of its H100 table (``examples/train-qwen3-235b-h100-*.yaml``).
 
 Run: ``python -m benchmarks.train_memory``.
 """
@@ -33,6 +34,10 @@ RUNS = (
     ("train-mixtral-8x7b-h100.yaml", "Mixtral-8x7B, 64 H100, TP1 EP8 PP4 VP8, BF16 (Megatron)"),
     ("train-mixtral-8x22b-h100.yaml", "Mixtral-8x22B, 128 H100, TP4 EP2 PP8 VP7, BF16 (Megatron)"),
     ("train-qwen3-235b-h100.yaml", "Qwen3-235B-A22B, 256 H100, TP2 PP8 VPP4 EP32, BF16 (Megatron)"),
+    ("train-qwen3-235b-h100-a2a-overlap.yaml", "Qwen3-235B-A22B, same + EP all-to-all overlap (Megatron)"),
+    ("train-qwen3-235b-h100-fsdp-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP1 FSDP MBS4, full recompute"),
+    ("train-qwen3-235b-h100-ep8-pp32.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP32 VPP3, NCCL a2a"),
+    ("train-qwen3-235b-h100-tp4-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP4 EP8 PP8 VPP4, no recompute"),
 )
 
 

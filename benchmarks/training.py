@@ -1,23 +1,28 @@
-"""Benchmark section 8: the training simulator against published training throughputs, and its speed.
+"""Benchmark section 8: the training simulator against published MoE training runs with stated layouts.
 
-Published figures (read from the sources, not re-measured):
+Each run is an example scenario (``examples/train-*.yaml``) whose comments give every setting, its source and every
+setting that had to be guessed. Published figures (read from the sources, not re-measured):
 
-- DeepSeek-V3 technical report (arXiv 2412.19437, sections 3.1, 3.2 and 4.2):
-  2,048 H800 GPUs, PP16 (DualPipe), EP64 over 8 nodes, ZeRO-1 data
-  parallelism, no TP, FP8 GEMMs, 4K sequences, batch 15,360 sequences;
-  "each trillion tokens requires only 180K H800 GPU hours".
-- Megatron-LM's MoE README (NVIDIA/Megatron-LM,
-  megatron/core/transformer/moe/README.md): "468 TFLOPS for Mixtral 8X7B bf16
-  training" (MCore v0.9), with the reference mapping of its table: 64 H100
-  GPUs, TP1 EP8 PP4 VP8, MBS1 GBS256, sequence 4096, dropless, all-to-all.
-  TFLOPS there are Megatron's model FLOPs (`megatron_flops_per_token`), so
-  the published tokens/s per GPU is 468e12 over that count.
+- DeepSeek-V3 technical report (arXiv 2412.19437, sections 3.1, 3.2 and 4.2): 2,048 H800 GPUs, PP16 (DualPipe),
+  EP64, ZeRO-1, FP8 GEMMs, 4K sequences; "each trillion tokens requires only 180K H800 GPU hours".
+- Megatron-LM's MoE README (NVIDIA/Megatron-LM megatron/core/transformer/moe/README.md): "468 TFLOPS for Mixtral 8X7B
+  bf16 training" (MCore v0.9) with its reference mapping (64 H100, TP1 EP8 PP4 VP8, MBS1 GBS256, seq 4096).
+  TFLOPS there are Megatron's model FLOPs (`megatron_flops_per_token`).
+- Megatron-Core MoE technical report (arXiv 2603.07685, section 8 performance table, read through a summary note of
+  the report): DeepSeek-V3 on 1,024 H100, seq 4096: 368 TFLOPS and 1,412 tokens/s per GPU.
+- NVIDIA Megatron-MoE-ModelZoo best_practice/qwen3/readme.md, H100 table: Qwen3-235B-A22B on 256 H100, seq 4096,
+  GBS 2048, five layouts with their step times (19.7, 17.6, 17.6, 24.2 and 29.0 s).
 
-Run: ``python -m benchmarks.training`` (or ``make bench``).
+Ratio: predicted over reported throughput (above 1: the simulator is optimistic). Pairs: every two runs of one model
+on one GPU type, ranked by reported and by predicted throughput per GPU.
+
+Run: ``python -m benchmarks.training`` (or ``make bench``); ``--mechanisms`` adds each run's ratio with none, each
+and all of the kernel and collective mechanisms of ``sim.training.train_cost.MECHANISMS``.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -25,14 +30,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moesim.model import RooflineCostModel  # noqa: E402
 from moesim.model.hf_config import load_model  # noqa: E402
 from moesim.model.spec import ModelSpec  # noqa: E402
 from moesim.sim.training.train import run  # noqa: E402
+from moesim.sim.training.train_scenario import load_train_scenario  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
-DSV3_GPU_HOURS_PER_TTOK = 180e3
-MIXTRAL_TFLOPS = 468.0
+ZOO_QWEN3 = "github.com/NVIDIA/Megatron-MoE-ModelZoo best_practice/qwen3/readme.md (H100 table)"
+#: (example file, label, source, what is reported: gpu_hours_per_btok | megatron_tflops | tokens_per_s_per_gpu |
+#: step_s, the reported value, its code version where the source names one)
+RUNS: tuple[tuple[str, str, str, str, float, str], ...] = (
+    ("train-deepseek-v3-h800.yaml", "DeepSeek-V3, 2,048 H800, PP16 DualPipe EP64 ZeRO-1, FP8",
+     "arXiv 2412.19437 s4.2", "gpu_hours_per_btok", 180.0, ""),
+    ("train-mixtral-8x7b-h100.yaml", "Mixtral-8x7B, 64 H100, TP1 EP8 PP4 VP8, BF16, NCCL a2a",
+     "github.com/NVIDIA/Megatron-LM megatron/core/transformer/moe/README.md", "megatron_tflops", 468.0, "MCore v0.9"),
+    ("train-deepseek-v3-megatron-h100.yaml", "DeepSeek-V3, 1,024 H100, TP2 PP8 VPP4 EP64, FP8 block, EP overlap",
+     "arXiv 2603.07685 s8", "tokens_per_s_per_gpu", 1412.0, ""),
+    ("train-qwen3-235b-h100.yaml", "Qwen3-235B, 256 H100, TP2 EP32 PP8 VPP4, DeepEP", ZOO_QWEN3, "step_s", 19.7,
+     "moe_dev f3e6c5"),
+    ("train-qwen3-235b-h100-a2a-overlap.yaml", "Qwen3-235B, same + EP a2a overlap (combined 1F1B)", ZOO_QWEN3,
+     "step_s", 17.6, "moe_dev f3e6c5"),
+    ("train-qwen3-235b-h100-fsdp-ep8.yaml", "Qwen3-235B, TP2 EP8 PP1 FSDP MBS4, full recompute, DeepEP", ZOO_QWEN3,
+     "step_s", 17.6, "main 1e057005"),
+    ("train-qwen3-235b-h100-ep8-pp32.yaml", "Qwen3-235B, TP2 EP8 PP32 VPP3, NCCL a2a", ZOO_QWEN3, "step_s", 24.2,
+     "main 1e057005"),
+    ("train-qwen3-235b-h100-tp4-ep8.yaml", "Qwen3-235B, TP4 EP8 PP8 VPP4, no recompute, DeepEP", ZOO_QWEN3,
+     "step_s", 29.0, "main 1e057005"),
+)  # fmt: skip
 
 
 def megatron_flops_per_token(m: ModelSpec, seq_len: int, padded_vocab: int) -> float:
@@ -48,78 +72,135 @@ def megatron_flops_per_token(m: ModelSpec, seq_len: int, padded_vocab: int) -> f
     return 12.0 * h * h * m.num_layers * (attn + ffn) + 6.0 * h * padded_vocab
 
 
+def reported_tokens_per_s_per_gpu(name: str, kind: str, value: float, summary: dict) -> float:
+    """The published throughput of a run as tokens/s per GPU (the tokens of a step from the scenario)."""
+    if kind == "gpu_hours_per_btok":
+        return 1e9 / (value * 3600.0)
+    if kind == "megatron_tflops":
+        sc = load_train_scenario(EXAMPLES / name)
+        m = load_model(sc.model)
+        return value * 1e12 / megatron_flops_per_token(m, sc.batch.seq_len, m.vocab_size)
+    if kind == "tokens_per_s_per_gpu":
+        return value
+    if kind == "step_s":
+        return summary["tokens_per_step"] / value / summary["gpus"]
+    raise ValueError(kind)
+
+
+def _without_overlap(name: str) -> dict:
+    """The example's prediction with ``overlap: none`` (moesim before Megatron's EP overlap was modelled)."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / name).read_text())
+    data["overlap"] = "none"
+    return run(data, base_dir=EXAMPLES).summary
+
+
 def bench_training(quick: bool = False) -> tuple[str, dict]:
     """Section 8 (see the module docstring)."""
     title = "## 8. Training simulator against published training runs"
-    rows, stats = [], {}
+    rows, stats, per = [], {}, []
     t0 = time.perf_counter()
-    ds = run(EXAMPLES / "train-deepseek-v3-h800.yaml")
-    ds_total = time.perf_counter() - t0
-    ds_roof = run(EXAMPLES / "train-deepseek-v3-h800.yaml", cost_model=RooflineCostModel()).summary
-    s = ds.summary
-    ratio = DSV3_GPU_HOURS_PER_TTOK / 1e3 / s["gpu_hours_per_btok"]
-    stats["deepseek_v3"] = {**{k: s[k] for k in ("step_s", "gpu_hours_per_btok", "mfu", "mem_per_gpu_gib")},
-                            "predicted_over_reported_throughput": ratio, "sim_wall_s": s["wall_s"],
-                            "total_wall_s": ds_total}  # fmt: skip
-    rows.append(
-        f"| DeepSeek-V3, 2,048 H800, PP16 DualPipe EP64 ZeRO-1, FP8 | 180 GPU-hours per B tokens "
-        f"| {s['gpu_hours_per_btok']:.1f} (roofline {ds_roof['gpu_hours_per_btok']:.1f}) | {ratio:.2f} "
-        f"| {s['mfu']:.1%} |"
-    )
-    mx = run(EXAMPLES / "train-mixtral-8x7b-h100.yaml").summary
-    mx_roof = run(EXAMPLES / "train-mixtral-8x7b-h100.yaml", cost_model=RooflineCostModel()).summary
-    model = load_model("mixtral-8x7b")
-    per_tok = megatron_flops_per_token(model, 4096, model.vocab_size)
-    reported_tps = MIXTRAL_TFLOPS * 1e12 / per_tok
-    ratio_mx = mx["tokens_per_s_per_gpu"] / reported_tps
-    stats["mixtral_8x7b"] = {
-        "tokens_per_s_per_gpu": mx["tokens_per_s_per_gpu"],
-        "reported_tokens_per_s_per_gpu": reported_tps,
-        "predicted_over_reported_throughput": ratio_mx,
-        "mfu": mx["mfu"],
-    }
-    rows.append(
-        f"| Mixtral-8x7B, 64 H100, TP1 EP8 PP4 VP8, BF16 | 468 TFLOP/s per GPU = {reported_tps:,.0f} tokens/s "
-        f"per GPU | {mx['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU = "
-        f"{mx['tokens_per_s_per_gpu'] * per_tok / 1e12:.0f} "
-        f"TFLOP/s (roofline {mx_roof['tokens_per_s_per_gpu']:,.0f}) | {ratio_mx:.2f} | {mx['mfu']:.1%} |"
-    )
-    b = s["breakdown"]
+    for name, label, source, kind, value, code in RUNS:
+        s = run(EXAMPLES / name).summary
+        rep = reported_tokens_per_s_per_gpu(name, kind, value, s)
+        ratio = s["tokens_per_s_per_gpu"] / rep
+        sc = load_train_scenario(EXAMPLES / name)
+        before = None
+        if sc.overlap == "ep_a2a":
+            before = _without_overlap(name)["tokens_per_s_per_gpu"] / rep
+        stats[name] = {"reported_tokens_per_s_per_gpu": rep, "tokens_per_s_per_gpu": s["tokens_per_s_per_gpu"],
+                       "predicted_over_reported_throughput": ratio, "ratio_without_ep_a2a": before,
+                       "step_s": s["step_s"], "mfu": s["mfu"], "mem_per_gpu_gib": s["mem_per_gpu_gib"],
+                       "fits": s["fits"], "breakdown": s["breakdown"]}  # fmt: skip
+        per.append((name, label, sc.model, s["gpu"], rep, s["tokens_per_s_per_gpu"], code))
+        shown = {"step_s": f"{value:g} s per step", "gpu_hours_per_btok": f"{value:g} GPU-hours per B tokens",
+                 "megatron_tflops": f"{value:g} TFLOP/s per GPU",
+                 "tokens_per_s_per_gpu": f"{value:,g} tokens/s per GPU"}  # fmt: skip
+        rows.append(
+            f"| {label} | {source} | {shown[kind]} = {rep:,.0f} tok/s/GPU | {s['tokens_per_s_per_gpu']:,.0f} "
+            f"({s['step_s']:.2f} s) | {ratio:.2f}" + (f" (without ep_a2a {before:.2f})" if before else "")
+            + f" | {s['mfu']:.1%} | {'yes' if s['fits'] else 'NO'} {s['mem_per_gpu_gib']:.1f} GiB |"
+        )  # fmt: skip
+    wall = time.perf_counter() - t0
+    ratios = [v["predicted_over_reported_throughput"] for v in stats.values()]
+    within = sum(abs(r - 1.0) <= 0.15 for r in ratios)
+    pairs, agree, ranked = [], 0, 0
+    for a, b in itertools.combinations(per, 2):
+        if a[2] != b[2] or a[3] != b[3]:
+            continue
+        real = a[4] > b[4]
+        pred = a[5] > b[5]
+        tie = abs(a[4] - b[4]) <= 1e-9 * a[4]
+        ok = real == pred
+        agree += ok and not tie
+        ranked += not tie
+        note = "" if a[6] == b[6] else f" (code {a[6]} vs {b[6]})"
+        verdict = "tie reported, not counted" if tie else ("yes" if ok else "NO")
+        pairs.append(
+            f"| {a[1]} vs {b[1]} | {'equal' if tie else ('first' if real else 'second') + ' faster'} | "
+            f"{'first' if pred else 'second'} faster | {verdict}{note} |"
+        )
+    stats["summary"] = {"runs": len(ratios), "within_15pct": within, "pairs": ranked, "pairs_agree": agree,
+                        "median_ratio": sorted(ratios)[len(ratios) // 2], "wall_s": wall}  # fmt: skip
     text = [
         title,
         "",
-        "Predicted with `moesim train examples/train-deepseek-v3-h800.yaml` and "
-        "`examples/train-mixtral-8x7b-h100.yaml` (kernel times from the H100 SXM tables in "
-        "`profiling/data/h100-sxm`, calibrated on load; in brackets the roofline alone). Ratio: predicted over "
-        "reported throughput (above 1: the simulator is optimistic). Mixtral's reported tokens/s come from "
-        f"Megatron's FLOP count, {per_tok / 1e9:.1f} GFLOP per token (`megatron_flops_per_token`).",
+        "Predicted with `moesim train examples/<file>` (kernel times from the H100 SXM tables in "
+        "`profiling/data/h100-sxm`, calibrated on load). Ratio: predicted over reported throughput (above 1: "
+        "optimistic); for runs with `overlap: ep_a2a` (Megatron's `--overlap-moe-expert-parallel-comm`) the ratio "
+        "moesim gave before that overlap was modelled is in brackets.",
         "",
-        "| run | reported | predicted | predicted / reported | MFU (bf16 peak) |",
-        "|---|---|---|---|---|",
+        "| run | source | reported | predicted tok/s/GPU (step) | predicted / reported | MFU (bf16 peak) "
+        "| fits 80 GB |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"DeepSeek-V3 step: {s['step_s']:.2f} s for {s['tokens_per_step']:,} tokens; breakdown "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in b.items())
-        + f". Memory: {s['memory_verdict']}.",
+        f"Within +-15%: {within} of {len(ratios)} runs; median ratio {stats['summary']['median_ratio']:.2f}.",
         "",
-        f"Speed: one DeepSeek-V3 step (2,048 GPUs, 120 micro-batches x 16 ranks of DualPipe) simulated in "
-        f"{s['wall_s']:.2f} s of wall time; {ds_total:.1f} s with building the scenario and calibrating on "
-        "the tables (target: 10 s).",
+        "Pairs of runs of one model on one GPU type (ordered by throughput per GPU):",
         "",
-        "Modelled: DeepSeek-V3's MTP layer, its activation savings and uneven pipeline split (the example's "
-        "stated assumptions), fp8 casts around every fp8 GEMM, DeepEP dispatch/combine (the DeepSeek example; "
-        "Mixtral's Megatron alltoall dispatcher runs NCCL at link peak), and data-parallel and expert-parallel "
-        "traffic sharing each GPU's NIC where they overlap (breakdown `nic_contention`). Left out, and why the "
-        "predictions are optimistic: kernels timed in isolation at boost clocks (a training step runs them back to "
-        "back under power limits and beside communication kernels); no GPU-measured backward kernels in the "
-        "committed H100 tables (without them a GEMM's two backward GEMMs and FlashAttention's 2.5x backward are "
-        "assumed to run at the forward's efficiency; `moesim profile --ops train` measures them when a GPU is at "
-        "hand); data-parallel collectives at link peak bandwidth; no host overheads (kernel launches, Python, "
-        "synchronisation).",
+        "| pair | reported | predicted | same order |",
+        "|---|---|---|---|",
+        *pairs,
+        "",
+        f"{agree} of {ranked} pairs ranked as reported (ties not counted). Simulated in {wall:.1f} s of wall time "
+        "in all.",
         "",
     ]
     return "\n".join(text), stats
 
 
+def bench_mechanisms() -> str:
+    """Each run's ratio with every mechanism of `train_cost.MECHANISMS`, with none, and with each one alone (the
+    before/after of issue 21's second round). About 7 x the main table's wall time."""
+    from moesim.sim.training import train_cost
+
+    saved = set(train_cost.MECHANISMS)
+    configs = [("none", set())] + [(m, {m}) for m in sorted(saved)] + [("all", saved)]
+    cols: dict[str, list[float]] = {}
+    try:
+        for label, mech in configs:
+            train_cost.MECHANISMS.clear()
+            train_cost.MECHANISMS.update(mech)
+            ratios = []
+            for name, _, _, kind, value, _ in RUNS:
+                s = run(EXAMPLES / name).summary
+                ratios.append(s["tokens_per_s_per_gpu"] / reported_tokens_per_s_per_gpu(name, kind, value, s))
+            cols[label] = ratios
+    finally:
+        train_cost.MECHANISMS.clear()
+        train_cost.MECHANISMS.update(saved)
+    head = "| run | " + " | ".join(c for c, _ in configs) + " |"
+    lines = [head, "|---" * (len(configs) + 1) + "|"]
+    for i, r in enumerate(RUNS):
+        lines.append(f"| {r[1]} | " + " | ".join(f"{cols[c][i]:.2f}" for c, _ in configs) + " |")
+    med = [sorted(cols[c])[len(RUNS) // 2] for c, _ in configs]
+    lines.append("| median | " + " | ".join(f"{x:.2f}" for x in med) + " |")
+    return "\n".join(["Predicted / reported throughput by mechanism (none; each alone; all):", "", *lines, ""])
+
+
 if __name__ == "__main__":
     print(bench_training()[0])
+    if "--mechanisms" in sys.argv[1:]:
+        print(bench_mechanisms())

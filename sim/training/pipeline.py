@@ -216,6 +216,38 @@ def dualpipe(pp: int, m: int) -> Schedule:
     return Schedule("dualpipe", pp, pp, m, orders, rank_of)
 
 
+def combined_1f1b(sched: Schedule) -> Schedule:
+    """``sched`` (1F1B or interleaved 1F1B) with Megatron-Core's EP all-to-all overlap: every steady-phase
+    backward and the forward that follows it run together as one ``FB`` task.
+
+    Megatron's ``--overlap-moe-expert-parallel-comm`` ("combined 1F1B": NVIDIA/Megatron-LM@megatron/core/
+    pipeline_parallel/combined_1f1b.py ``combined_1f1b_schedule_for_interleaved_pipelining`` and
+    ``..._for_no_pipelining``; Megatron-MoE-ModelZoo design_docs MR3074 and MR3470) merges the forward step of one
+    micro-batch and the backward step of another, layer by layer, each one's dispatch and combine on a
+    communication stream under the other's computation; the first forward and the last backward run alone. A
+    rank's program keeps its order: a ``B`` directly followed by an ``F`` becomes ``FB(F, B)``, so the pair's
+    forward never feeds its own backward (which would deadlock) and warm-up forwards and cool-down backwards stay
+    single. GPipe has no such pairs and DualPipe makes its own (``overlap: chunk_pairs``).
+    """
+    if sched.name not in ("1f1b", "interleaved"):
+        raise ValueError(f"combined 1F1B needs a 1f1b or interleaved schedule, got {sched.name}")
+    orders = []
+    for tasks in sched.orders:
+        out: list[Task] = []
+        i = 0
+        while i < len(tasks):
+            t = tasks[i]
+            nxt = tasks[i + 1] if i + 1 < len(tasks) else None
+            if t.kind == "B" and not t.zb and nxt is not None and nxt.kind == "F":
+                out.append(Task("FB", nxt.mb, nxt.s, t.mb, t.s))
+                i += 2
+                continue
+            out.append(t)
+            i += 1
+        orders.append(out)
+    return Schedule(sched.name + "+a2a_overlap", sched.pp, sched.stages, sched.microbatches, orders, sched.rank_of)
+
+
 def schedule(kind: str, pp: int, m: int, v: int = 1) -> Schedule:
     """The `Schedule` named ``kind`` (``gpipe``, ``1f1b``, ``interleaved``, ``dualpipe``)."""
     if kind == "1f1b":
@@ -240,6 +272,8 @@ class StageCost:
     ``act_bytes``: activations the stage keeps per micro-batch until its backward.
     ``nic_f`` / ``nic_b`` / ``nic_w``: seconds of each pass's EP all-to-alls during which
     the GPU's NIC carries their inter-node bytes (`train_cost.ep_nic_seconds`).
+    ``a2a_exposed``: seconds the stage's layers add beyond their computation when a forward and a backward of the
+    stage run as Megatron's combined 1F1B pair (`train_cost.combined_layer_seconds`; ``overlap: ep_a2a``).
     """
 
     f: tuple[float, float, float, float]
@@ -251,6 +285,7 @@ class StageCost:
     nic_f: float = 0.0
     nic_b: float = 0.0
     nic_w: float = 0.0
+    a2a_exposed: float = 0.0
 
 
 @dataclass
@@ -311,22 +346,33 @@ def _duration(
     sm_frac: float,
     dp: float,
     ep_extra: float = 0.0,
+    hide_tp: bool = True,
+    paired_ep: float | None = None,
 ) -> tuple[float, tuple[float, float, float, float, float]]:
     """Seconds of a task and its parts: one pass, or a forward and a backward together.
 
     ``ep_extra``: seconds added to its EP communication (NIC contention), hidden like the rest under chunk pairs.
+    ``hide_tp``: an overlapped pair hides its tensor-parallel collectives too (DualPipe's chunk pairs); False:
+    only the EP all-to-alls (Megatron's combined 1F1B runs TP collectives on the computation stream).
+    ``paired_ep``: for a combined-1F1B pair, the EP seconds it exposes, from the layer-level two-stream schedule
+    (`StageCost.a2a_exposed`, SM sharing included); replaces the pair's EP column and the whole-pair overlap.
     """
     passes = [x for x in (f, b) if x is not None]
     comp = sum(x[0] for x in passes)
     strag = sum(x[1] for x in passes)
     ep = sum(x[2] for x in passes) + ep_extra
     tp = sum(x[3] for x in passes)
-    if overlap and len(passes) == 2:
+    if overlap and len(passes) == 2 and paired_ep is not None:
+        ep = paired_ep + ep_extra
+    elif overlap and len(passes) == 2:
         slow = 1.0 / (1.0 - sm_frac)
         comp, strag = comp * slow, strag * slow
-        comm = ep + tp
-        exposed = max(0.0, comm - comp - strag)
-        ep, tp = (exposed * ep / comm, exposed * tp / comm) if comm > 0 else (0.0, 0.0)
+        if hide_tp:
+            comm = ep + tp
+            exposed = max(0.0, comm - comp - strag)
+            ep, tp = (exposed * ep / comm, exposed * tp / comm) if comm > 0 else (0.0, 0.0)
+        else:
+            ep = max(0.0, ep - comp - strag)
     busy = comp + strag + ep + tp
     extra = max(0.0, dp - busy)
     return busy + extra, (comp, strag, ep, tp, extra)
@@ -343,6 +389,7 @@ def run_pipeline(
     ready: Callable[[int, int], simpy.Event | None] | None = None,
     start: float = 0.0,
     ep_extra: dict[tuple[int, str, int, int, int, int], float] | None = None,
+    hide_tp: bool = True,
 ) -> PipelineRun:
     """Simulate one step of ``sched`` (see the module docstring).
 
@@ -358,6 +405,7 @@ def run_pipeline(
         start: simulation time the step starts at.
         ep_extra: per task (`TaskRecord.key`), seconds its EP communication loses to
             data-parallel traffic on the same NIC (`train.nic_contention`).
+        hide_tp: overlapped pairs hide tensor-parallel collectives too (`_duration`).
     """
     if len(costs) != sched.stages:
         raise ValueError(f"need {sched.stages} stage costs, got {len(costs)}")
@@ -430,8 +478,11 @@ def run_pipeline(
             t0 = env.now
             pair = overlap and t.kind == "FB"
             extra = ep_extra.get((r, t.kind, t.mb, t.s, t.mb2, t.s2), 0.0) if ep_extra else 0.0
-            dur, parts = _duration(f_cost, b_cost, pair, sm_frac, dp, extra)
-            lost = dur - _duration(f_cost, b_cost, pair, sm_frac, dp)[0] if extra > 0 else 0.0
+            paired = None
+            if pair and not hide_tp:  # Megatron's combined 1F1B: the layer-level two-stream pair (`StageCost`)
+                paired = 0.5 * (costs[t.s].a2a_exposed + costs[t.s2].a2a_exposed)
+            dur, parts = _duration(f_cost, b_cost, pair, sm_frac, dp, extra, hide_tp, paired)
+            lost = dur - _duration(f_cost, b_cost, pair, sm_frac, dp, 0.0, hide_tp, paired)[0] if extra > 0 else 0.0
             if t.kind in ("F", "FB"):
                 held_bytes += costs[t.s].act_bytes
                 held_n += 1

@@ -45,17 +45,16 @@ parameter gathers' own lengthening stays where their wait is counted, ``dp_comm`
 EP communication overlap: ``overlap: chunk_pairs`` makes DualPipe's ``FB`` tasks
 (a forward and a backward chunk of two micro-batches) hide each one's all-to-all
 and TP communication under the other's computation, on the SMs communication
-leaves (``comm_sm_fraction``). Megatron-Core's EP A2A overlap
+leaves (``comm_sm_fraction``). ``overlap: ep_a2a`` is Megatron-Core's EP A2A overlap
 (``--overlap-moe-expert-parallel-comm``, "combined 1F1B":
 NVIDIA/Megatron-LM@megatron/core/pipeline_parallel/combined_1f1b.py, docs.nvidia.com/
-megatron-core/developer-guide/nightly/user-guide/features/moe_a2a_overlap.html)
-pairs, in the steady phase of 1F1B and of interleaved 1F1B, the forward of one
-micro-batch with the backward of the previous one layer by layer, dispatch and
-combine on a communication stream under the other's attention / MLP computation
-(the first forward and last backward run alone). That is the same mechanism as a
-chunk pair, but moesim's 1F1B and interleaved schedules have no ``FB`` tasks:
-with those schedules ``overlap: chunk_pairs`` changes nothing, so Megatron's EP
-overlap (and its ``--delay-wgrad-compute``) is not modelled there.
+megatron-core/developer-guide/nightly/user-guide/features/moe_a2a_overlap.html): in
+the steady phase of interleaved 1F1B (or every micro-batch at pp 1) a backward and
+the next forward run as one ``FB`` task (`pipeline.combined_1f1b`; the first forward
+and last backward alone), each one's dispatch and combine hidden under the other's
+computation on the SMs communication leaves; TP collectives stay exposed.
+Megatron's ``--delay-wgrad-compute`` (weight gradients after the combine) is not
+modelled separately: the pair's backward includes its weight gradients.
 
 A calibrated cost model is used with ``extrapolate`` on (training's layers
 are larger than most kernel tables reach; see `CalibratedCostModel`).
@@ -85,7 +84,7 @@ from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import GIB, make_cluster
 from moesim.model.ops import decompose
-from moesim.sim.training.pipeline import PipelineRun, StageCost, TaskRecord, run_pipeline, schedule
+from moesim.sim.training.pipeline import PipelineRun, StageCost, TaskRecord, combined_1f1b, run_pipeline, schedule
 from moesim.sim.training.train_cost import (
     UnitCosts,
     chunk_units,
@@ -156,6 +155,7 @@ def _stage_costs(setup: TrainSetup, uc: UnitCosts, cm: CostModel) -> tuple[list[
                 dp_b,
                 float(uc.act_bytes[us].sum()),
                 *(float((cost[us, 2] * nic_frac[us]).sum()) for cost in (uc.f, uc.b, uc.w)),
+                float(uc.a2a_exposed[us].sum()) if uc.a2a_exposed is not None else 0.0,
             )
         )
     return out, units
@@ -268,6 +268,8 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
     uc = unit_costs(setup, cm)
     costs, units = _stage_costs(setup, uc, cm)
     sched = schedule(setup.schedule, setup.pp, setup.microbatches, setup.virtual)
+    if sc.overlap == "ep_a2a":  # Megatron's combined 1F1B: steady-phase backward + next forward as one pair
+        sched = combined_1f1b(sched if setup.pp > 1 else schedule("1f1b", 1, setup.microbatches))
     p2p = p2p_seconds(setup, cm, uc.tokens_per_gpu) if setup.pp > 1 else 0.0
     pb, gb = DTYPE_BYTES[sc.precision.params], DTYPE_BYTES[sc.precision.grads]
     rank_stages = _rank_stages(setup, len(units))
@@ -339,8 +341,8 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
             return gathered.get((r, s))
 
         run = run_pipeline(
-            sched, costs, p2p, overlap=sc.overlap == "chunk_pairs", sm_frac=sc.comm_sm_fraction, env=env,
-            ready=ready if gathered else None, start=start, ep_extra=ep_extra,
+            sched, costs, p2p, overlap=sc.overlap != "none", sm_frac=sc.comm_sm_fraction, env=env,
+            ready=ready if gathered else None, start=start, ep_extra=ep_extra, hide_tp=sc.overlap == "chunk_pairs",
         )  # fmt: skip
         # gradient reduction, bucket per unit, as the last backward of each stage frees its units' gradients;
         # each rank's data-parallel link takes the buckets in order (after its parameter gathers); a bucket

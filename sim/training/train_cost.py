@@ -98,6 +98,44 @@ def training_ops(ops: list[Op]) -> list[Op]:
     return [experts_gemms(op) if op.kind == "grouped_gemm" else op for op in ops if op.kind not in _SERVING_ONLY]
 
 
+def sequence_parallel_collectives(ops: list[Op], moe_tp: int = 1, tp: int = 1) -> list[Op]:
+    """``ops``' tensor-parallel collectives as Megatron-Core runs them with sequence parallelism.
+
+    Sequence parallelism keeps activations split along the sequence between tensor-parallel regions: each region
+    (attention, a dense or TP-split MLP, shared experts, the embedding's output) starts with an all-gather of its
+    input and ends with a reduce-scatter of its output, where serving's op model has one all-reduce at its end
+    (Korthikanti et al., arXiv 2205.05198 section 4.2.2; NVIDIA/Megatron-LM@megatron/core/tensor_parallel/
+    layers.py ``gather_from_sequence_parallel_region`` / ``reduce_scatter_to_sequence_parallel_region``). The routed
+    experts with expert parallelism and ``moe_tp`` 1 dispatch each GPU's own sequence shard (Megatron's all-to-all
+    dispatcher gathers only over the expert-tensor-parallel group), so serving's all-gather after the combine
+    (``tp_gather``) is gone, unless shared experts follow: then it is their all-gather, and a reduce-scatter ends
+    them. Same message sizes (the full activation [tokens, hidden]). The router and its top-k run on each GPU's
+    own sequence shard too (tokens / ``tp``: Megatron's router sits before the dispatcher, on the sharded input).
+    """
+    out: list[Op] = []
+    shared = {op.group for op in ops if op.name.startswith("shared_")}
+    for op in ops:
+        if op.kind == "all_reduce" and op.name in ("attn_allreduce", "ffn_allreduce", "moe_allreduce"):
+            stem = op.name.removesuffix("_allreduce")
+            # a ring all-reduce sends twice an all-gather's (or a reduce-scatter's) bytes (`model.ops.collective`)
+            half = {"intra_bytes": op.intra_bytes / 2, "inter_bytes": op.inter_bytes / 2}
+            gather = replace(op, name=f"{stem}_gather", kind="all_gather", **half)
+            scatter = replace(gather, name=f"{stem}_scatter", kind="reduce_scatter")
+            out += [gather, scatter]
+        elif op.kind == "all_reduce" and op.name == "embed_allreduce":
+            half = {"intra_bytes": op.intra_bytes / 2, "inter_bytes": op.inter_bytes / 2}
+            out.append(replace(op, name="embed_scatter", kind="reduce_scatter", **half))
+        elif op.kind in ("router", "topk_softmax") and tp > 1 and op.shape and "tokens" in op.shape:
+            shard = {**op.shape, "tokens": op.shape["tokens"] / tp}
+            out.append(replace(op, flops=op.flops / tp, act_bytes=op.act_bytes / tp, shape=shard))
+        elif op.name == "tp_gather" and moe_tp == 1:
+            if op.group in shared:
+                out += [replace(op, name="shared_gather"), replace(op, name="shared_scatter", kind="reduce_scatter")]
+        else:
+            out.append(op)
+    return out
+
+
 @dataclass(frozen=True)
 class UnitCosts:
     """Per-unit costs of one micro-batch on the busiest GPU; units: embedding, layers 0..L-1, LM head.
@@ -116,11 +154,17 @@ class UnitCosts:
         act_kinds: ``act_bytes`` by saved-tensor kind, shape [units, len(train_memory.KINDS)].
         host_bytes: activation bytes per micro-batch offloaded to host memory, shape [units].
         kernel_sources: how each backward and fp8 kernel was timed (`_Sources.summary`): ``measured`` (its own
-            table, measured or transferred) and ``assumed`` (`BACKWARD`'s ratio to the forward time; an fp8 cast:
-            the roofline) ``"<op> <kind>"`` names, and ``fp8_cast_s`` (s per micro-batch, all units).
+            table, measured or transferred) and ``assumed`` (`BACKWARD`'s ratio to the forward time, refined by the
+            published figures of `MECHANISMS`: FlashAttention's backward efficiency, the fp32 main-grad floor of a
+            wgrad, NCCL's measured collectives, the fused unpermute timed as the dispatch gather; an fp8 cast: the
+            roofline) ``"<op> <kind>"`` names, with the reason,
+            and ``fp8_cast_s`` (s per micro-batch, all units).
         ep_nic_frac: per unit, the share of its ``ep_comm`` seconds during which the GPU's NIC is busy with the
             all-to-all's inter-node bytes at the NIC's full bandwidth (`ep_nic_seconds`), shape [units]; 0 where
             expert parallelism stays inside a node (`train.nic_contention` uses it).
+        a2a_exposed: per unit, the seconds a forward and a backward of the unit paired by Megatron's combined 1F1B
+            (``overlap: ep_a2a``) take beyond their computation alone (`combined_layer_seconds` minus the
+            computation), shape [units]; None unless the scenario runs ``ep_a2a``.
 
     Units: 0 the embedding, 1..L the decoder layers, L+1..L+D the multi-token-prediction layers
     (``setup.mtp``), L+D+1 the LM head.
@@ -141,6 +185,7 @@ class UnitCosts:
     host_bytes: np.ndarray | None = None
     kernel_sources: dict | None = None
     ep_nic_frac: np.ndarray | None = None
+    a2a_exposed: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -220,6 +265,151 @@ _ELEMENTWISE_BWD = {
     "norms": 1.5, "residual": 0.0, "rope": 1.0, "swiglu": 5.0 / 3.0, "moe_swiglu": 5.0 / 3.0, "permute": 1.0,
     "unpermute": 1.0,
 }  # fmt: skip
+
+
+#: Mechanisms `unit_costs` applies beyond the kernel tables (all on by default; a set for before/after ablations in
+#: ``benchmarks/training.py``): ``attn_bwd_efficiency`` (`attention_bwd_ratio`), ``wgrad_main_grad``
+#: (`wgrad_traffic_seconds`), ``tp_nccl`` (tensor-parallel collectives, `nccl_seconds`), ``ep_nccl`` (NCCL-backend
+#: expert-parallel all-to-alls inside a node, `nccl_seconds`), ``sp_collectives`` (`sequence_parallel_collectives`),
+#: ``permute_fusion`` (the fused unpermute gather of Megatron's ``--moe-permute-fusion``, `fused_unpermute_seconds`).
+MECHANISMS: set[str] = {"attn_bwd_efficiency", "wgrad_main_grad", "tp_nccl", "ep_nccl", "sp_collectives",
+                        "permute_fusion"}  # fmt: skip
+
+#: FlashAttention's achieved TFLOP/s on an H100 SXM5 at head dim 128, no causal mask, batch x seq = 16k tokens,
+#: 2,048 hidden, by sequence length (tokens): (forward, backward). FlashAttention-3 paper (Shah et al., arXiv
+#: 2407.08608), Figure 5 ("Attention forward speed, head dim 128 (H100 80GB SXM5)", no causal mask) and Figure 6
+#: ("Attention backward speed, head dim 128"): per kernel family, FlashAttention-2 (what PyTorch's SDPA runs on
+#: H100: the committed ``torch_sdpa`` tables), cuDNN (Transformer Engine's fused attention) and FlashAttention-3.
+#: The backward's FLOP are 2.5 x the forward's (5 matmuls against 2; the same paper's FLOP count), so its time is
+#: 2.5 x the forward's x (forward TFLOP/s / backward TFLOP/s) (`attention_bwd_ratio`).
+FA_H100_TFLOPS: dict[str, dict[int, tuple[float, float]]] = {
+    "flash_attn2": {512: (309, 214), 1024: (350, 260), 2048: (362, 291), 4096: (368, 310), 8192: (370, 318),
+                    16384: (370, 322)},
+    "cudnn": {512: (497, 305), 1024: (574, 408), 2048: (617, 465), 4096: (609, 499), 8192: (600, 518),
+              16384: (595, 516)},
+    "flash_attn3": {512: (467, 316), 1024: (565, 424), 2048: (625, 501), 4096: (638, 542), 8192: (646, 559),
+                    16384: (648, 561)},
+}  # fmt: skip
+#: Attention table implementations -> the kernel family of `FA_H100_TFLOPS` they run (PyTorch's SDPA dispatches
+#: to its vendored FlashAttention-2 kernels on sm90: pytorch/pytorch@aten/src/ATen/native/transformers/cuda/flash_attn).
+ATTN_FAMILY = {"torch_sdpa": "flash_attn2", "flash_attn": "flash_attn2", "fa2": "flash_attn2", "fa3": "flash_attn3",
+               "flash_attn3": "flash_attn3", "cudnn": "cudnn", "te": "cudnn"}  # fmt: skip
+
+
+def attention_bwd_ratio(seq_len: float, family: str = "flash_attn2") -> float:
+    """Backward time over forward time of one FlashAttention call at ``seq_len`` tokens (dimensionless):
+    2.5 (the FLOP ratio) x forward TFLOP/s / backward TFLOP/s of `FA_H100_TFLOPS`'s ``family``, interpolated in
+    log2(seq_len) and held at the measured ends. At 4,096 tokens: FA2 2.97, cuDNN 3.05, FA3 2.94."""
+    pts = FA_H100_TFLOPS.get(family, FA_H100_TFLOPS["flash_attn2"])
+    xs = np.log2(np.array(sorted(pts), dtype=float))
+    eff = np.array([pts[k][0] / pts[k][1] for k in sorted(pts)])
+    return 2.5 * float(np.interp(np.log2(max(float(seq_len), 1.0)), xs, eff))
+
+
+#: NCCL on an H100 SXM node (NVSwitch, NCCL 2.29.2), bf16, two message sizes per (collective, GPUs):
+#: (bytes, seconds) at 16 MiB and 128 MiB of message (the all-gather's output, the reduce-scatter's input, the
+#: all-reduce's buffer, the all-to-all's send buffer per GPU).
+#: ai-dynamo/aiconfigurator@src/aiconfigurator/systems/data/h100_sxm (nccl_perf, the TRT-LLM collector's rows;
+#: message_size 8,388,608 and 67,108,864 half elements; median of the repeated rows).
+#: Between and beyond them a collective takes the line through the two points (latency + bytes / achieved bus
+#: bandwidth), never less than the link roofline.
+NCCL_H100: dict[tuple[str, int], tuple[tuple[float, float], tuple[float, float]]] = {
+    ("all_gather", 2): ((2**24, 56.115e-6), (2**27, 292.695e-6)),
+    ("all_gather", 4): ((2**24, 65.545e-6), (2**27, 352.420e-6)),
+    ("all_gather", 8): ((2**24, 67.450e-6), (2**27, 389.335e-6)),
+    ("reduce_scatter", 2): ((2**24, 52.595e-6), (2**27, 312.665e-6)),
+    ("reduce_scatter", 4): ((2**24, 59.255e-6), (2**27, 355.620e-6)),
+    ("reduce_scatter", 8): ((2**24, 71.110e-6), (2**27, 381.235e-6)),
+    ("all_reduce", 2): ((2**24, 81.260e-6), (2**27, 465.765e-6)),
+    ("all_reduce", 4): ((2**24, 99.270e-6), (2**27, 614.930e-6)),
+    ("all_reduce", 8): ((2**24, 122.285e-6), (2**27, 579.035e-6)),
+    ("all_to_all", 2): ((2**24, 55.800e-6), (2**27, 268.735e-6)),
+    ("all_to_all", 4): ((2**24, 67.360e-6), (2**27, 334.790e-6)),
+    ("all_to_all", 8): ((2**24, 72.485e-6), (2**27, 404.170e-6)),
+}  # fmt: skip
+#: GPUs `NCCL_H100` was measured on (`HardwareSpec.key`).
+NCCL_GPUS = frozenset({"H100-SXM"})
+
+
+def nccl_seconds(op: Op, roofline_s: float, cluster: ClusterSpec) -> float | None:
+    """Seconds of an intra-node NCCL collective (a tensor-parallel all-gather, reduce-scatter or all-reduce, or an
+    expert-parallel all-to-all on the NCCL backend) at NCCL's measured speed (`NCCL_H100`), or None where no figure
+    applies (another GPU, kind or group size, a multi-node group, DeepEP's kernels). At least ``roofline_s``."""
+    g = int(op.shape.get("gpus", 0)) if op.shape else 0
+    pts = NCCL_H100.get((op.kind, g))
+    if pts is None or op.inter_bytes > 0 or cluster.gpu.key not in NCCL_GPUS or is_deepep(op):
+        return None
+    (b1, t1), (b2, t2) = pts
+    nbytes = float(op.shape.get("bytes", 0.0))
+    t = t1 + (nbytes - b1) * (t2 - t1) / (b2 - b1)
+    return max(roofline_s, t)
+
+
+def _nccl_or(op: Op, t: float, cost_model: CostModel, cluster: ClusterSpec, sources: _Sources) -> float:
+    """``t`` (the cost model's seconds for ``op``), or, where the cost model has no table for the collective (its
+    roofline) and the mechanism is on (``tp_nccl`` for TP collectives, ``ep_nccl`` for all-to-alls), `nccl_seconds`
+    (recorded in ``sources``)."""
+    want = "ep_nccl" if op.kind == "all_to_all" else "tp_nccl"
+    if op.kind not in ("all_gather", "reduce_scatter", "all_reduce", "all_to_all") or want not in MECHANISMS:
+        return t
+    if not cost_model.op_time(op, cluster).source.startswith("roofline"):
+        return t
+    t_nccl = nccl_seconds(op, t, cluster)
+    if t_nccl is None:
+        return t
+    sources.add(op, False, "NCCL's measured H100 speed (NCCL_H100: aiconfigurator nccl_perf)")
+    return t_nccl
+
+
+def fused_unpermute_seconds(op: Op, t: float, cost_model: CostModel, cluster: ClusterSpec, sources: _Sources) -> float:
+    """Seconds of the MoE combine-side ``unpermute`` (``op``: kind ``permute``, direction ``combine``) as Megatron-Core
+    runs it with ``--moe-permute-fusion`` (mechanism ``permute_fusion``); ``t``: the cost model's seconds, returned
+    unchanged for any other op or with the mechanism off.
+
+    The committed ``permute`` tables time the combine as PyTorch's ``index_add_`` (one atomic add per routed row:
+    about 365 GB/s on an H100 SXM at 1k-16k tokens x top-8 x 4096 hidden, ``profiling/data/h100-sxm``), which is
+    what unfused Megatron runs (``scatter_add_`` in ``megatron/core/transformer/moe/moe_utils.py: unpermute``). With
+    the fusion on (Megatron-Bridge's Qwen3-MoE and DeepSeek-V3 performance recipes set ``moe_permute_fusion = True``)
+    the combine is Transformer Engine's ``unpermute_with_mask_map`` (NVIDIA/TransformerEngine@
+    transformer_engine/pytorch/triton/permutation.py): a Triton kernel on the grid (tokens, hidden blocks), each
+    program gathering its token's top-k rows and writing the sum once, no atomics: the mirror of the dispatch-side
+    ``_permute_kernel`` on the same grid, over the same bytes (k x hidden rows on one side, one row on the other).
+    So it is timed as the measured dispatch gather at the same shape (s), never above ``t``."""
+    if "permute_fusion" not in MECHANISMS or op.kind != "permute" or op.shape.get("direction") != "combine":
+        return t
+    gather = replace(op, shape={**op.shape, "direction": "dispatch"})
+    t_gather = cost_model.op_time(gather, cluster).seconds
+    if t_gather >= t:
+        return t
+    sources.add(op, False, "permute_fusion: TE's fused unpermute gather, timed as the permute table's dispatch gather")
+    return t_gather
+
+
+def wgrad_traffic_seconds(op: Op, main_grad_bytes: float, cost_model: CostModel, cluster: ClusterSpec) -> float:
+    """Seconds the weight-gradient kernels of a GEMM (or the routed experts' grouped GEMMs) need for their memory
+    traffic when they accumulate into an fp32 ``main_grad`` (Megatron's gradient-accumulation fusion, on by
+    default: ``fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32(input, grad_output, weight.main_grad)`` in
+    NVIDIA/Megatron-LM@megatron/core/tensor_parallel/layers.py, and Transformer Engine's
+    ``fuse_wgrad_accumulation`` for its (grouped) linears, megatron/core/extensions/transformer_engine.py).
+
+    Per micro-batch the kernel reads both operands (16-bit) and reads and writes the whole fp32 weight gradient
+    (``main_grad_bytes`` each way). Timed as a device copy of half that traffic (the cost model's ``memcpy``
+    table: a copy reads and writes its bytes). 0 for other ops or ``main_grad_bytes`` 0.
+    """
+    s = op.shape or {}
+    ab = float(s.get("a_bytes", 2.0))
+    if op.kind == "gemm":
+        m, n, k = float(s["m"]) * float(s.get("batch", 1)), float(s["n"]), float(s["k"])
+        traffic = (m * n + m * k) * ab + 2.0 * n * k * main_grad_bytes
+    elif op.kind == "grouped_gemm":
+        pairs, h, w, local = float(s["pairs"]), float(s["hidden"]), float(s["inter"]), float(s["experts"])
+        # w13 [2w, h]: reads x [pairs, h] and dgate_up [pairs, 2w]; w2 [h, w]: reads act [pairs, w] and dy [pairs, h]
+        traffic = pairs * (2 * h + 3 * w) * ab + 2.0 * local * 3.0 * h * w * main_grad_bytes
+    else:
+        return 0.0
+    if main_grad_bytes <= 0 or traffic <= 0:
+        return 0.0
+    return cost_model.op_time(_copy("wgrad_traffic", op.group, traffic / 2.0, "bf16"), cluster).seconds
 
 
 def _copy(name: str, group: str, nbytes: float, dtype: str, **dims: float) -> Op:
@@ -354,8 +544,9 @@ def _assumed_ratio(op: Op) -> tuple[float, float]:
 
 
 def backward_seconds(
-    op: Op, fwd: np.ndarray, cost_model: CostModel, cluster: ClusterSpec, sources: _Sources
-) -> tuple[np.ndarray, np.ndarray]:
+    op: Op, fwd: np.ndarray, cost_model: CostModel, cluster: ClusterSpec, sources: _Sources,
+    main_grad_bytes: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``op``'s input-gradient and weight-gradient rows (columns `PARTS`), given its forward row ``fwd``.
 
     Each backward kernel (`backward_kernels`) is timed from its own measured table where the cost model has one;
@@ -363,8 +554,18 @@ def backward_seconds(
     routed experts' straggler scales with their measured time (the busiest GPU's extra pairs cost the same per
     pair as the others); a routed-experts kernel also takes the faster of the grouped table and a loop of per-expert
     GEMMs (`experts_seconds`).
+
+    Without a measured table, two kernel mechanisms refine the ratio (`MECHANISMS`): FlashAttention's backward runs
+    at a lower TFLOP/s than its forward (`attention_bwd_ratio` at the call's sequence length, for the kernel family
+    of the forward's table), and a GEMM's weight gradient accumulated into an fp32 ``main_grad``
+    (``main_grad_bytes`` per element; 0: none) takes at least its memory traffic (`wgrad_traffic_seconds`).
     """
     ratio = _assumed_ratio(op)
+    if op.kind == "attention" and "attn_bwd_efficiency" in MECHANISMS and op.shape:
+        seq = float(op.shape.get("kv_read", op.shape.get("tokens", 4096)))
+        src = cost_model.op_time(op, cluster).source
+        family = next((f for impl, f in ATTN_FAMILY.items() if impl in src), "flash_attn2")
+        ratio = (attention_bwd_ratio(seq, family), ratio[1])
     out = [ratio[0] * fwd, ratio[1] * fwd]
     kernels = backward_kernels(op)
     done = [False, False]
@@ -374,7 +575,11 @@ def backward_seconds(
         if t is None and k.kind in ("grouped_gemm_dgrad", "grouped_gemm_wgrad"):
             t = _experts_loop(k, cost_model, cluster)
         if t is None:
-            sources.add(k, False, f"assumed ratio {ratio[part]:g} x forward (no measured {k.kind} table)")
+            why = f"assumed ratio {ratio[part]:g} x forward (no measured {k.kind} table)"
+            if k.kind == "attention_bwd" and ratio[0] != BACKWARD["attention"][0]:
+                why = (f"assumed ratio {ratio[0]:.3g} x forward (no measured {k.kind} table): 2.5 x FLOP at "
+                       "FlashAttention's forward/backward TFLOP/s, arXiv 2407.08608 figs 5-6")  # fmt: skip
+            sources.add(k, False, why)
             continue
         sources.add(k, True, "")
         measured[part] += reps * t
@@ -389,6 +594,16 @@ def backward_seconds(
             row = np.zeros(4)
             row[int(np.argmax(fwd)) if fwd.any() else 0] = measured[part]
             out[part] = row
+    if not done[1] and main_grad_bytes > 0 and "wgrad_main_grad" in MECHANISMS and op.kind in ("gemm", "grouped_gemm"):
+        t_mem = wgrad_traffic_seconds(op, main_grad_bytes, cost_model, cluster)
+        if t_mem > out[1][0]:
+            sources.add(
+                replace(op, name=op.name + ".wgrad", kind="fp32_main_grad"),
+                False,
+                "at least its operands' and fp32 main_grad's traffic (gradient-accumulation fusion; memcpy)",
+            )
+            out[1] = out[1].copy()
+            out[1][0] = t_mem
     if not kernels and op.kind not in COMM_KINDS and ratio != (0.0, 0.0):
         sources.add(op, False, f"assumed ratio {ratio[0]:g}, {ratio[1]:g} x forward (no backward kernel kind)")
     return out[0], out[1]
@@ -475,6 +690,8 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     per_layer = setup.loads is not None
     ops = training_ops(decompose(m, batch, lay, cluster, p, loads=setup.loads, mla_absorb=False))
     sp_div = setup.tp if sc.layout.sequence_parallel and setup.tp > 1 else 1
+    if sp_div > 1 and "sp_collectives" in MECHANISMS:
+        ops = sequence_parallel_collectives(ops, lay.moe_tp, setup.tp)
     ops = [op for op in ops if op.group != "head"] + _head_ops(setup, tokens, p)
     ops += _elementwise_ops(setup, ops, tokens, p, sp_div)
     L, D = m.num_layers, setup.mtp
@@ -501,9 +718,15 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     fp8_dispatch = sc.precision.dispatch == "fp8"
     recipe = getattr(sc.precision, "fp8_recipe", None) or "block"
     sources = _Sources()
+    # bytes per element of the weight gradient the wgrad GEMMs accumulate into (Megatron's main_grad: the grads dtype)
+    main_grad_bytes = float(DTYPE_BYTES[sc.precision.grads])
     drops: list[float] = []
     a2a = 0.0
     ep_s, ep_nic = np.zeros(n_units), np.zeros(n_units)  # forward EP seconds and their NIC-busy seconds per unit
+    # combined 1F1B's pieces per unit: attention-node computation (F, B, W), MLP-node computation (F, B, W) and the
+    # dispatch / combine seconds (F, B) (`combined_layer_seconds`)
+    node = np.zeros((n_units, 6))
+    a2a_s = np.zeros((n_units, 4))
     for op in ops:
         units = unit_of[op.group]
         straggle = 0.0
@@ -533,11 +756,13 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 t_ce = _table_seconds(ce, cost_model, cluster)
                 sources.add(ce, t_ce is not None, "" if t_ce is not None else "no measured cross_entropy table: a copy")
                 t = t_ce if t_ce is not None else t
+            t = _nccl_or(op, t, cost_model, cluster, sources)
+            t = fused_unpermute_seconds(op, t, cost_model, cluster, sources)
             col = 2 if op.kind == "all_to_all" else 3 if op.kind in COMM_KINDS else 0
             fwd = np.zeros(4)
             fwd[col] = t
         bi, bw = _assumed_ratio(op)
-        bwd, wgt = backward_seconds(timed, fwd, cost_model, cluster, sources)
+        bwd, wgt = backward_seconds(timed, fwd, cost_model, cluster, sources, main_grad_bytes)
         if sc.precision.gemm == "fp8":  # the casts around an fp8 GEMM (`fp8_cast_ops`), in the compute column
             for part, cast, reps in fp8_cast_ops(timed, setup.microbatches, recipe):
                 t_cast = cost_model.op_time(cast, cluster)
@@ -551,7 +776,8 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 op, intra_bytes=op.intra_bytes * s, inter_bytes=op.inter_bytes * s,
                 shape={**op.shape, "bytes": op.shape.get("bytes", 0.0) * s},
             )  # fmt: skip
-            fwd = np.array([0.0, 0.0, cost_model.op_time(small, cluster).seconds, 0.0])
+            t_small = _nccl_or(small, cost_model.op_time(small, cluster).seconds, cost_model, cluster, sources)
+            fwd = np.array([0.0, 0.0, t_small, 0.0])
             op_nic = ep_nic_seconds(small, fwd[2], cluster)
         elif op.kind == "all_to_all":
             op_nic = ep_nic_seconds(op, fwd[2], cluster)
@@ -562,7 +788,15 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
         # selective recomputation re-runs the forward of the ops of the recomputed modules (`train_memory`)
         mods = recompute_modules_of(op, moe_block[op.group], mla)
         rerun = pol.mode == "selective" and bool(pol.recompute.intersection(mods))
+        mlp_node = 3 if op.name in _MLP_NODE else 0
         for u in units:
+            node[u, mlp_node] += fwd[0] + fwd[1]
+            node[u, mlp_node + 1] += bwd[0] + bwd[1] + ((fwd[0] + fwd[1]) if rerun else 0.0)
+            node[u, mlp_node + 2] += wgt[0] + wgt[1]
+            if op.name in ("ep_dispatch", "ep_combine"):
+                k = 0 if op.name == "ep_dispatch" else 1
+                a2a_s[u, k] += fwd[2]
+                a2a_s[u, k + 2] += bwd[2] + (fwd[2] if rerun else 0.0)
             ep_s[u] += fwd[2]
             ep_nic[u] += op_nic
             f[u] += fwd
@@ -593,11 +827,81 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     work = no_recompute.copy()
     work[head] += tokens * (m.vocab_size // setup.tp) * pol.ce_transient_bytes  # the cross-entropy in flight
     dense, expert = _params(setup)
+    exposed = None
+    if sc.overlap == "ep_a2a":
+        if pol.mode == "full":  # each layer's forward, its all-to-alls included, runs again in its backward
+            node[1:head, [1, 4]] += node[1:head][:, [0, 3]]
+            a2a_s[1:head, 2:] += a2a_s[1:head, :2]
+        exposed = np.zeros(n_units)
+        for u in range(n_units):
+            if a2a_s[u].any():
+                fa, ba, wa, fm, bm, wm = node[u]
+                pair = combined_layer_seconds(fa, fm, ba + wa, bm, wm, *a2a_s[u], sc.comm_sm_fraction)
+                exposed[u] = max(0.0, pair - node[u].sum())
     return UnitCosts(
         f, b, w, flops, act, work, dense, expert, float(np.mean(drops)) if drops else 0.0, 2.0 * a2a, tokens,
         act_kinds=kinds, host_bytes=host, kernel_sources=sources.summary(),
-        ep_nic_frac=np.divide(ep_nic, ep_s, out=np.zeros(n_units), where=ep_s > 0),
+        ep_nic_frac=np.divide(ep_nic, ep_s, out=np.zeros(n_units), where=ep_s > 0), a2a_exposed=exposed,
     )  # fmt: skip
+
+
+#: Ops of a layer that Megatron-Core's combined 1F1B runs in the "mlp" node (the experts, shared experts, dense MLP
+#: and the combine's unpermute); every other computing op of the layer is in its "attn" node (attention, norms,
+#: router, the dispatch's permute). NVIDIA/Megatron-LM@megatron/core/models/gpt/fine_grained_callables.py.
+_MLP_NODE = frozenset({
+    "routed_experts", "moe_swiglu", "shared_gate_up", "shared_down", "swiglu", "ffn_gate_up", "ffn_down", "unpermute",
+})  # fmt: skip
+
+
+def combined_layer_seconds(
+    f_attn: float, f_mlp: float, b_attn: float, b_mlp: float, b_mlp_w: float,
+    f_disp: float, f_comb: float, b_disp: float, b_comb: float, sm_frac: float,
+) -> float:  # fmt: skip
+    """Seconds of one layer's forward (micro-batch i) and another layer's backward (micro-batch j) run together as
+    Megatron-Core's combined 1F1B does (``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``).
+
+    Two CUDA streams (NVIDIA/Megatron-LM@megatron/core/models/common/model_chunk_schedule_plan.py
+    ``TransformerLayerSchedulePlan.run``): the communication stream runs the backward's combine, the forward's
+    dispatch, the backward's dispatch and the forward's combine; the computation stream runs the forward's attention
+    node, the backward's MLP input gradients (``b_mlp``) and weight gradients (``b_mlp_w``), the forward's MLP node
+    and the backward's attention node. Each waits for its stream and for what it consumes: the forward's dispatch
+    for its attention, its MLP for its dispatch, its combine for its MLP; the backward's MLP for its combine, its
+    dispatch for its MLP input gradients, its attention for its dispatch. While an all-to-all runs, the computation
+    has the SMs it leaves (``1 - sm_frac``: DeepEP's kernels occupy ``--moe-deepep-num-sms`` SMs).
+    All arguments in seconds (communication at full speed, computation alone on the whole GPU).
+    """
+    comp = [("fa", f_attn, None), ("bm", b_mlp, "bc"), ("bw", b_mlp_w, None), ("fm", f_mlp, "fd"), ("ba", b_attn, "bd")]
+    comm = [("bc", b_comb, None), ("fd", f_disp, "fa"), ("bd", b_disp, "bm"), ("fc", f_comb, "fm")]
+    done: set[str] = set()
+    t = 0.0
+    gi = ci = 0
+    g_left = comp[0][1]
+    c_left = comm[0][1]
+    rate = max(1e-9, 1.0 - sm_frac)
+    while gi < len(comp) or ci < len(comm):
+        g_ready = gi < len(comp) and (comp[gi][2] is None or comp[gi][2] in done)
+        c_ready = ci < len(comm) and (comm[ci][2] is None or comm[ci][2] in done)
+        if not g_ready and not c_ready:  # cannot happen with the order above; guard against a bad order
+            raise ValueError("combined 1F1B layer schedule deadlocked")
+        c_active = c_ready and c_left > 0
+        g_speed = rate if c_active else 1.0
+        dt_g = g_left / g_speed if g_ready else float("inf")
+        dt_c = c_left if c_ready else float("inf")
+        dt = min(dt_g, dt_c)
+        t += dt
+        if g_ready:
+            g_left -= dt * g_speed
+        if c_ready:
+            c_left -= dt
+        if g_ready and g_left <= 1e-15:
+            done.add(comp[gi][0])
+            gi += 1
+            g_left = comp[gi][1] if gi < len(comp) else 0.0
+        if c_ready and c_left <= 1e-15:
+            done.add(comm[ci][0])
+            ci += 1
+            c_left = comm[ci][1] if ci < len(comm) else 0.0
+    return t
 
 
 def ep_nic_seconds(op: Op, seconds: float, cluster: ClusterSpec) -> float:

@@ -19,7 +19,7 @@ keys are errors. Example::
     activations: {recompute_modules: [core_attn], cross_entropy: unfused, probs_in_act: true}
     mtp_layers: 0                  # DeepSeek-V3 multi-token prediction depths
     routing: {distribution: uniform, capacity_factor: null}
-    overlap: none                  # none | chunk_pairs
+    overlap: none                  # none | chunk_pairs (DualPipe) | ep_a2a (Megatron's combined 1F1B)
     steps: 1
 
 Layout (Megatron-Core's terms, "MoE parallel folding"): the ``tp x pp x dp``
@@ -275,7 +275,11 @@ class TrainScenario(_Strict):
             chunk of two micro-batches run together, each one's all-to-all
             and tensor-parallel communication hidden under the other's
             computation (DeepSeek-V3's DualPipe chunk pairs); the computation
-            then runs on the SMs communication leaves (``comm_sm_fraction``).
+            then runs on the SMs communication leaves (``comm_sm_fraction``); needs schedule dualpipe.
+            ``ep_a2a``: Megatron-Core's EP all-to-all overlap (``--overlap-moe-expert-parallel-comm``, combined
+            1F1B): each steady-phase backward and the next forward run together, each one's dispatch and combine
+            hidden under the other's computation (tensor-parallel collectives are not); needs schedule
+            interleaved, or pp 1 (Megatron requires virtual pipeline stages when pp > 1).
         comm_sm_fraction: share of SMs the overlapped communication takes
             (DeepSeek-V3: 20 of the H800's 132).
         mem_reserved_gib: memory per GPU outside the model's tensors (CUDA
@@ -284,7 +288,8 @@ class TrainScenario(_Strict):
         steps: optimizer steps simulated back to back.
         cost_model: a calibration file from ``moesim calibrate``, or measured
             table folders (one or a list, relative to the scenario) calibrated
-            on load, e.g. ``profiling/data/h100-sxm/full-bf16``; None: the roofline.
+            on load, e.g. ``profiling/data/h100-sxm/full-bf16``; ``achievable``: the roofline plus published
+            kernel efficiencies (`model.achievable`); None: the roofline.
     """
 
     name: str = "train"
@@ -301,7 +306,7 @@ class TrainScenario(_Strict):
     activations: TrainActivations = TrainActivations()
     mtp_layers: int = Field(0, ge=0, le=MAX_LAYERS)
     routing: TrainRouting = TrainRouting()
-    overlap: Literal["none", "chunk_pairs"] = "none"
+    overlap: Literal["none", "chunk_pairs", "ep_a2a"] = "none"
     comm_sm_fraction: float = Field(20 / 132, ge=0, lt=1)
     mem_reserved_gib: float = Field(0.0, ge=0, le=1e6)
     steps: int = Field(1, ge=1, le=1000)
@@ -433,8 +438,12 @@ def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None
 
 def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
     """A calibration file, or table folders calibrated now (everything fitted, nothing held out)."""
+    from moesim.model.achievable import named_cost_model
     from moesim.profiling.calibrate import CalibratedCostModel, calibrate
 
+    named = named_cost_model(spec) if isinstance(spec, str) else None
+    if named is not None:
+        return named
     paths = [base / p for p in ([spec] if isinstance(spec, str) else spec)]
     for p in paths:
         if not p.exists():
@@ -520,7 +529,8 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
     chunks = pp * (1 if lay.schedule == "dualpipe" else virtual)
     mtp = _mtp_layers(sc, model)
     stage_units = _stage_units(sc, model, chunks, pp, mtp)
-    if chunks > model.num_layers and lay.pipeline_layout is None:
+    accounted = int(lay.account_for_embedding) + int(lay.account_for_loss)  # counted as layers in the split
+    if chunks > model.num_layers + accounted and lay.pipeline_layout is None:
         raise MoesimError(
             f"pp={pp} x virtual_stages={virtual} = {chunks} pipeline chunks exceed the {model.num_layers} layers "
             f"of {model.name}",
@@ -563,13 +573,14 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
                 f"DualPipe needs an even number of micro-batches per pipeline >= 2 x pp = {2 * pp}, got {m}",
                 "raise global_batch or lower micro_batch or dp",
             )
+    _check_overlap(sc.overlap, lay.schedule, pp)
     try:
         group_layout = Layout(tp=tp, ep=ep, dp_attn=group // tp, pp=1, a2a_backend=sc.layout.a2a_backend)
         group_layout.check(model)
     except LayoutError as exc:
         raise MoesimError(exc.message.replace("TP", "training TP", 1), exc.hint) from None
     _check_fp8(sc.precision, cluster.gpu)
-    if cost_model is None and sc.cost_model:
+    if cost_model is None and sc.cost_model and sc.cost_model != "roofline":
         cost_model = _load_cost_model(sc.cost_model, base)
     return TrainSetup(
         scenario=sc,
@@ -592,6 +603,22 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
         mtp=mtp,
         stage_units=tuple(tuple(u) for u in stage_units),
     )
+
+
+def _check_overlap(overlap: str, schedule: str, pp: int) -> None:
+    """`MoesimError` for an overlap mode the pipeline schedule cannot run: DualPipe's chunk pairs exist only in
+    DualPipe; Megatron's combined 1F1B (``ep_a2a``) pairs the steady phase of interleaved 1F1B, or every
+    micro-batch when pp is 1 (Megatron-LM arguments: EP A2A overlap with pp > 1 needs virtual pipeline stages)."""
+    if overlap == "chunk_pairs" and schedule != "dualpipe":
+        raise MoesimError(
+            f"overlap: chunk_pairs needs schedule: dualpipe, got schedule: {schedule}",
+            "use overlap: ep_a2a (Megatron's combined 1F1B) with schedule: interleaved, or schedule: dualpipe",
+        )
+    if overlap == "ep_a2a" and not (schedule == "interleaved" or (pp == 1 and schedule in ("1f1b", "gpipe"))):
+        raise MoesimError(
+            f"overlap: ep_a2a (Megatron's combined 1F1B) cannot run with schedule: {schedule} and pp={pp}",
+            "use schedule: interleaved with virtual_stages >= 2 (or pp: 1); DualPipe overlaps with chunk_pairs",
+        )
 
 
 def _mtp_layers(sc: TrainScenario, model: ModelSpec) -> int:
