@@ -101,6 +101,7 @@ def test_streamed_versus_not_streamed_first_token():
 
 def _scenario(**engine) -> dict:
     host = {"api_per_request_s": API_S, "tokenize_per_token_s": TOKENIZE_S, "detokenize_per_token_s": DETOKENIZE_S}
+    host["stream_per_seq_s"] = 0.0  # the per-batch output handling has its own test (tests/test_validate_stream.py)
     return {
         "model": "mixtral-8x7b",
         "gpu": "H100-SXM",

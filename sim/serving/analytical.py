@@ -14,11 +14,17 @@ and step times from `sim.serving.steptime.StepTimer.expected` (the same cost mod
 routing statistics and placement as the discrete-event engine, with the
 expected busiest GPU). Per request of input I and output O:
 
-    TTFT = r + g + ceil(I / budget) t_decode + I (t_mixed - t_decode) / c
+    TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
                     overlapping scheduler, which decides the next step while the current one runs, else 0;
-                    I: the prompt tokens computed, prefix-cache hits left out)
+                    I: the prompt tokens computed, prefix-cache hits left out; W: the wait for a slot of the
+                    running set, which holds max_batch requests or the requests the KV cache fits, an M/G/c
+                    queue with each request holding its slot from admission to its last token (`slot_wait`))
     TPOT = tau        E2E = TTFT + (O - 1) tau
+
+and the client's times add the request path (`sim.serving.metrics`: API server and tokenisation before the
+scheduler; each streamed token leaves after the API server has handled its step's outputs, ``stream_per_seq_s``
+x B, and its detokenisation).
 
 and percentiles come from the workload's length distribution (the same
 samples the simulator would replay). The pool is overloaded when B exceeds
@@ -166,11 +172,13 @@ def pool_state(
     b, tau = 1.0, None
     for _ in range(200):
         bi = max(1, round(b)) if not prefill_only else 0
-        chunk = 0 if decode_only else int(max(1, min(comp_in, eng.max_tokens - bi)))
+        chunk = 0 if decode_only else int(max(1, min(math.ceil(comp_in - 1e-9), eng.max_tokens - bi)))
         chunks = 0 if decode_only else math.ceil(comp_in / chunk)
         dec, mix = _steps(timer, bi, ctx, chunk, chunk_context(comp_in, cached, chunks))
         t_dec = dec.duration_s if dec else mix.duration_s
-        t_mix = mix.duration_s
+        # a mixed step runs the decode step's sequences and a prompt chunk: never shorter than the decode step, even
+        # where the cost tables' noise between two batch shapes says so
+        t_mix = max(mix.duration_s, t_dec)
         if decode_only:
             f, new_tau = 0.0, t_dec
         else:
@@ -213,6 +221,61 @@ def pool_state(
     elif b * (ctx + mean_out / 2) > cap.kv_tokens:
         over, reason = True, f"KV cache of {b:.0f} requests exceeds {cap.kv_tokens:,} tokens"
     return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
+
+
+def erlang_c(c: int, a: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue: ``c`` servers, offered load ``a`` Erlangs (0..1; 1 when
+    a >= c). Erlang B by its stable recurrence B_k = a B_(k-1) / (k + a B_(k-1)), then C = B / (1 - (a/c)(1 - B))."""
+    if a <= 0:
+        return 0.0
+    if a >= c:
+        return 1.0
+    b = 1.0
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    return b / (1 - a / c * (1 - b))
+
+
+def slot_wait(c: int, a: float, hold_s: float, cs2: float) -> float:
+    """Mean wait (s) for one of ``c`` slots (vLLM's running set: max_num_seqs, or the requests the KV cache holds)
+    at an offered load of ``a`` Erlangs, each request holding a slot ``hold_s`` s on average with squared
+    coefficient of variation ``cs2``: the M/G/c approximation of Allen and Cunneen (W = C(c, a) hold / (c - a) x
+    (1 + cs2) / 2, Poisson arrivals). Exactly 0 far below saturation (a < c - 5 sqrt(c), where C < 1e-6), inf at
+    or above it."""
+    if a <= 0 or c <= 0:
+        return 0.0 if a <= 0 else math.inf
+    if a >= c:
+        return math.inf
+    if a < c - 5 * math.sqrt(c):
+        return 0.0
+    return erlang_c(c, a) * hold_s / (c - a) * (1 + cs2) / 2
+
+
+def _slot_wait(
+    s: PoolState,
+    ttft: np.ndarray,
+    out: np.ndarray,
+    rate: float,
+    pool: Pool,
+    kv_tokens: int,
+    mean_in: float,
+    mean_out: float,
+) -> float:
+    """The mean wait (s) of a mixed pool's arrivals for a slot of the running set at ``rate`` req/s per replica.
+
+    A request holds a slot from admission to its last token (``ttft`` [requests] s, engine side, plus its decode
+    steps); the running set holds ``max_batch`` requests, or the requests the KV cache fits at mean prompt plus
+    output tokens. At or above saturation ``s`` is flagged overloaded (if not yet) and 0 is returned: the latencies
+    stay those of the saturated engine, as with the other overload checks.
+    """
+    hold = ttft + np.maximum(out - 1, 0) * s.tau
+    slots = min(pool.engine.max_batch, int(kv_tokens // max(mean_in + mean_out, 1.0)))
+    busy = rate * float(hold.mean())  # offered load, Erlangs
+    if busy >= slots:
+        if not s.overloaded:
+            s.overloaded, s.reason = True, f"requests need {busy:.0f} slots of the running set, it has {slots}"
+        return 0.0
+    return slot_wait(slots, busy, float(hold.mean()), float(hold.var() / hold.mean() ** 2))
 
 
 def prefix_hits(
@@ -289,6 +352,10 @@ class Analytical:
         self.pools = {p.role: p for p in built.pools}
         self.caps = {role: replica_capacity(built, p) for role, p in self.pools.items()}
         check_requests_fit(built, df, self.caps)
+        # chunked/sliding-window layers hold their chunk or window only: count the cache in tokens at the mean
+        # request's held length (prompt + half the output), `Capacity.at_length`
+        held = max(round(self.mean_in + self.mean_out / 2), 1)
+        self.caps = {role: c.at_length(held, self.pools[role].engine.block_size) for role, c in self.caps.items()}
         front = self.pools.get("mixed") or self.pools["prefill"]
         prof = engine_profile(front.engine, built.base_dir)
         #: per request, prompt tokens found in the prefix cache if it keeps every prefix [requests], and the
@@ -319,12 +386,16 @@ class Analytical:
             # a prompt of I tokens: chunks of the budget left beside the decoders, each costing the decode
             # step plus its share of the mean chunk's extra time (linear in prefill tokens)
             budget = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
-            extra = (s.t_mixed - s.t_decode) / max(s.chunk, 1)
+            # (a mixed step does the decode step's work and a prompt chunk: never less time, whatever the tables'
+            # noise between their batch shapes says)
+            extra = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
             # an overlapping scheduler has decided the next step already: an arrival joins the one after it
             lag = s.tau if engine_profile(p.engine, built.base_dir).overlap else 0.0
             ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
             tpot = s.tau
             transfer = 0.0
+            ttft = ttft + _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out)
+            batch = s.batch
         else:
             pp, dp = pools["prefill"], pools["decode"]
             hits = self.hits * (1.0 if self.prefix_set <= caps["prefill"].kv_tokens else 0.0)
@@ -347,6 +418,7 @@ class Analytical:
             per_tok = kv_bytes_per_token(built.model, Layout(), built.precision)
             transfer = float(np.mean(inp * per_tok / (bw * pp.layout.tp * pp.layout.pp) + lat))
             tpot = sd.tau  # the decode pool runs decode steps only
+            batch = sd.batch
         e2e = ttft + transfer + np.maximum(out - 1, 0) * tpot
         # the request path, as the simulator's (`sim.serving.metrics`): API server and tokeniser before the
         # scheduler, detokeniser after it; TTFT and E2E as the client sees them
@@ -360,6 +432,8 @@ class Analytical:
             detokenize_per_token_s=h["detokenize_per_token_s"],
             stream=path.stream,
             chunk_tokens=path.stream_chunk_tokens,
+            first_batch_s=h["stream_per_seq_s"] * batch,
+            finish_batch_s=h["stream_per_seq_s"] * batch,
         )
         return states, ttft, e2e, tpot
 
@@ -565,12 +639,16 @@ class Analytical:
             states_all.append({"mixed": s})
             resid[i] = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
             budget[i] = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
-            extra[i] = (s.t_mixed - s.t_decode) / max(s.chunk, 1)
+            extra[i] = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
             lag[i] = s.tau if overlap else 0.0
             t_dec[i] = s.t_decode
         inp = self.inp[None, :] - hits2
         col = (resid + lag)[:, None]
         ttft = col + np.ceil(inp / budget[:, None]) * t_dec[:, None] + inp * extra[:, None]
+        for i, rate in enumerate(rates):  # `solve`'s wait for a slot of the running set
+            st = states_all[i]["mixed"]
+            ttft[i] += _slot_wait(st, ttft[i], self.out, rate / p.replicas, p, cap.kv_tokens, mean_in, mean_out)
+        batch = np.array([st["mixed"].batch for st in states_all], float)[:, None]
         tpot = np.array([st["mixed"].tau for st in states_all], float)
         e2e = ttft + 0.0 + np.maximum(self.out - 1, 0)[None, :] * tpot[:, None]
         path = engine_profile(p.engine, built.base_dir)
@@ -583,6 +661,8 @@ class Analytical:
             detokenize_per_token_s=h["detokenize_per_token_s"],
             stream=path.stream,
             chunk_tokens=path.stream_chunk_tokens,
+            first_batch_s=h["stream_per_seq_s"] * batch,
+            finish_batch_s=h["stream_per_seq_s"] * batch,
         )
         return states_all, ttft, e2e, tpot
 

@@ -67,6 +67,7 @@ BOUNDS: dict[str, float] = {
     "api_per_request_s": 0.2,
     "tokenize_per_token_s": 1e-4,
     "detokenize_per_token_s": 1e-4,
+    "stream_per_seq_s": 5e-4,
 }
 
 #: Host parameters the GPU-side step results depend on (the launch wait of an eager forward): no reuse with these.

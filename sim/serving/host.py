@@ -73,6 +73,8 @@ PARAMS: dict[str, str] = {
     "api_per_request_s": "API server (HTTP, request parsing), per request, before the scheduler, s",
     "tokenize_per_token_s": "tokenisation, per prompt token, before the scheduler, s",
     "detokenize_per_token_s": "detokenisation, per output token, on the way back to the client, s",
+    "stream_per_seq_s": "API server output handling per running request per step: a streamed token waits for its "
+    "step's whole batch to be processed, s",
 }
 
 #: Where shipped profiles live (package data).

@@ -13,8 +13,11 @@ A request's timeline, as a benchmark client sees it (times in s from the start o
 4. Each output token is detokenised (``detokenize_per_token_s``) and sent back (`client_times`): streamed,
    every token reaches the client detokenize_per_token_s after the engine emitted it; not streamed, the whole
    response arrives once, after the last token and the detokenisation of the last group of tokens the engine
-   had not yet detokenised (``stream_chunk_tokens`` per group; 0: all of them). ``client_first_s`` and
-   ``client_finish_s`` are the client's receive times of the first chunk holding a token and of the last.
+   had not yet detokenised (``stream_chunk_tokens`` per group; 0: all of them). Each token also waits for the
+   API server to handle its step's outputs of every running request (``stream_per_seq_s`` x the running requests,
+   `running_at`; vLLM's output_handler processes a step's whole batch before the streams send their chunks).
+   ``client_first_s`` and ``client_finish_s`` are the client's receive times of the first chunk holding a token
+   and of the last.
 
 The summary's latencies are the client's, defined as vLLM's and SGLang's benchmark clients define them
 (vllm-project/vllm@vllm/benchmarks/lib/endpoint_request_func.py and vllm/benchmarks/serve.py, formerly
@@ -203,6 +206,8 @@ def client_times(
     detokenize_per_token_s: float,
     stream: bool,
     chunk_tokens: int,
+    first_batch_s: np.ndarray | float = 0.0,
+    finish_batch_s: np.ndarray | float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """When the client receives its first token and its last (see the module docstring), s.
 
@@ -212,17 +217,47 @@ def client_times(
         detokenize_per_token_s: detokenisation time per output token, s.
         stream: the client streams.
         chunk_tokens: tokens the engine hands to the detokeniser at once for a non-streamed request (0: all).
+        first_batch_s, finish_batch_s: the API server's handling of the whole step's outputs that the first and
+            the last token wait behind (``stream_per_seq_s`` x the running requests at that step, `running_at`),
+            s, scalar or [n].
 
     Returns:
-        (client_first_s, client_finish_s), float64 [n]: streamed, first_token_s + detok and finish_s + detok;
-        not streamed, both finish_s + detok x `last_chunk_tokens` (the first chunk is the whole response).
+        (client_first_s, client_finish_s), float64 [n]: streamed, first_token_s + first batch + detok and finish_s +
+        finish batch + detok; not streamed, both finish_s + finish batch + detok x `last_chunk_tokens` (the first
+        chunk is the whole response).
     """
     finish = np.asarray(finish_s, dtype=float)
-    tail = detokenize_per_token_s * last_chunk_tokens(output_tokens, stream, chunk_tokens)
+    # (detokenisation + batch) first, as the closed-loop client of `sim.serving.engine` adds them: the same floats
+    tail = detokenize_per_token_s * last_chunk_tokens(output_tokens, stream, chunk_tokens) + finish_batch_s
     client_finish = finish + tail
     if not stream:
         return client_finish.copy(), client_finish
-    return np.asarray(first_token_s, dtype=float) + detokenize_per_token_s, client_finish
+    return np.asarray(first_token_s, dtype=float) + (detokenize_per_token_s + first_batch_s), client_finish
+
+
+def running_at(times: np.ndarray, group: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Requests in the running set of the same group (replica) at each time: start <= t < end.
+
+    Args:
+        times: the instants to count at, s [n] (NaN: 0).
+        group: each request's replica [n] (the group of ``times[i]`` is ``group[i]``).
+        start, end: each request's admission to the running set and its last token, s [n] (NaN: never admitted).
+
+    Returns:
+        float64 [n]: the running requests at ``times[i]`` in ``group[i]`` (the request itself included when it runs).
+    """
+    times, group = np.asarray(times, float), np.asarray(group)
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    out = np.zeros(len(times))
+    for g in np.unique(group):
+        sel = group == g
+        ok = sel & np.isfinite(start)
+        s_sorted = np.sort(start[ok])
+        e_sorted = np.sort(np.where(np.isfinite(end[ok]), end[ok], np.inf))
+        t = times[sel]
+        n = np.searchsorted(s_sorted, t, side="right") - np.searchsorted(e_sorted, t, side="right")
+        out[sel] = np.where(np.isfinite(t), n, 0)
+    return out
 
 
 def _tpot(e2e: np.ndarray, ttft: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -28,7 +28,10 @@ prefix_caching, chunked_prefill              booleans (empty: the engine profile
 cuda_graphs_enforce_eager                    boolean: ``--enforce-eager`` (empty: the profile's default)
 engine_kind, vllm_version                    ``vllm`` (default) or ``sglang``; the engine version (empty: newest)
 workload_label                                ``general``, ``codegen``, ``roleplay``, ``reasoning``,
-                                             ``general-lite``: the inference-perf profile of `LABEL_PROFILES`
+                                             ``general-lite``, ``reasoning-lite``: the inference-perf profile of
+                                             `LABEL_PROFILES`
+workload_in_folder_name                      the workload in the run's folder name: ``<label>-lite`` there names
+                                             the workload instead of the label (`_lite_folder`)
 per_request_file                             parquet or CSV (path relative to RUNS.csv) with arrival_time_ms,
                                              input_tokens, output_tokens, has_error (and e2e_ms, ttft_ms):
                                              replayed, failed requests left out
@@ -43,6 +46,8 @@ dataset, resolved_sp_num_groups,             inference-perf's ``shared_prefix`` 
 resolved_sp_num_prompts_per_group            groups x prompts_per_group prompts, request i sending prompt
                                              i mod that number (`PROMPT_SET`); with prefix caching each repeat
                                              finds its whole prompt's full blocks cached
+sp_output_len_tokens, ignore_eos             the client's ``max_tokens`` and ``ignore_eos``: when both are set the
+                                             engine generated ``max_tokens`` for every request (see below)
 n_requests_failed                            > 0 marks the run overloaded (client time-outs)
 e2e_mean_ms, ttft_mean_ms          yes       measured mean end-to-end latency and time to first token
 tpot_derived_mean_ms                         (mean e2e - mean TTFT) / (mean output - 1): the per-token decode
@@ -67,6 +72,16 @@ vs 44 ms). Replayed and staged runs with a known prompt set
 get ``prefix_id`` = request index mod the set's size and ``prefix_tokens`` = the prompt (the shortest of that id's
 rows), so the simulator's prefix cache (full blocks, LRU eviction) decides the hits; without one, the shared system
 prompt's whole blocks are a declared hit rate.
+
+Output lengths: inference-perf counts a request's output tokens by re-tokenising the streamed text on the client
+(kubernetes-sigs/inference-perf@inference_perf/apis/completion.py ``process_response``: ``tokenizer.count_tokens(
+output_text, add_special_tokens=False)``) and sends ``max_tokens`` with ``ignore_eos``, so vLLM generates
+``max_tokens`` tokens for every request (it stops at max_tokens only). Text that does not round-trip (special tokens
+a base model emits past its EOS, skipped in detokenisation) makes the count shorter: the Llama-2-7B runs count 195-209
+tokens of 247-251 generated. The simulated requests generate ``max_tokens``; the metrics divide by the recorded
+counts, as the study's ITL does (``output_measured``). Evidence in the data: inference-perf's own inter-event P90 (a
+decode step, ``ip_itl_p90_ms``) is 9.2 ms in the Llama-2-7B codegen run against a derived ITL of 10.6 ms (x 1.15),
+while CodeLlama-34B's, whose counts match ``max_tokens``, is 15.4 against 14.8 ms.
 
 Speed: the discrete-event engine replays a 16,800-request run in about a minute (measured with the shipped vLLM
 profile on a loaded 2-core machine: 74 s for Llama-2-7B, 39 s for CodeLlama-34B TP2; 180 s before host costs made
@@ -118,13 +133,69 @@ GPU_NAMES: dict[str, str] = {"H100": "H100-SXM", "A100-80GB": "A100-SXM-80GB", "
 #: 786-787, 1081-1083 tokens; system prompt + question in the profile, tokenised); output = the profile's
 #: sp_output_len. ``general-lite`` is "same token distributions as General at 6 rps peak" (the study's figures
 #: spec); its stage rates are not recorded: assumed General's 8 -> 20 req/s shape scaled to a 6 req/s peak.
+#: ``prompts``: the distinct prompts inference-perf's shared_prefix dataset cycles through; every run whose profile is
+#: recorded resolved 10 groups x 10 prompts (the README: "results/config.yaml ... shows 10 x 10 for every run"; the
+#: profiles are "identical across models"), assumed for the label-only runs of the same study and load generator.
 LABEL_PROFILES: dict[str, dict[str, Any]] = {
-    "general": {"rates": (8.0, 20.0), "durations": (600.0, 600.0), "input": 575, "output": 248, "system": 100},
-    "codegen": {"rates": (5.0, 10.0), "durations": (600.0, 600.0), "input": 593, "output": 247, "system": 100},
-    "roleplay": {"rates": (6.0,), "durations": (1200.0,), "input": 787, "output": 251, "system": 150},
-    "reasoning": {"rates": (4.0,), "durations": (1200.0,), "input": 1082, "output": 1448, "system": 100},
-    "general-lite": {"rates": (2.4, 6.0), "durations": (600.0, 600.0), "input": 575, "output": 248, "system": 100},
+    "general": {
+        "rates": (8.0, 20.0),
+        "durations": (600.0, 600.0),
+        "input": 575,
+        "output": 248,
+        "system": 100,
+        "prompts": 100,
+    },
+    "codegen": {
+        "rates": (5.0, 10.0),
+        "durations": (600.0, 600.0),
+        "input": 593,
+        "output": 247,
+        "system": 100,
+        "prompts": 100,
+    },
+    "roleplay": {"rates": (6.0,), "durations": (1200.0,), "input": 787, "output": 251, "system": 150, "prompts": 100},
+    "reasoning": {
+        "rates": (4.0,),
+        "durations": (1200.0,),
+        "input": 1082,
+        "output": 1448,
+        "system": 100,
+        "prompts": 100,
+    },
+    "general-lite": {
+        "rates": (2.4, 6.0),
+        "durations": (600.0, 600.0),
+        "input": 575,
+        "output": 248,
+        "system": 100,
+        "prompts": 100,
+    },
+    # assumed: reasoning's lengths at general-lite's 0.3 load scale (6 / 20 req/s peak) -> 0.3 x 4 = 1.2 req/s
+    "reasoning-lite": {
+        "rates": (1.2,),
+        "durations": (1200.0,),
+        "input": 1082,
+        "output": 1448,
+        "system": 100,
+        "prompts": 100,
+    },
 }
+
+
+def _lite_folder(label: Any, folder: Any) -> bool:
+    """Whether a row's folder name ``<label>-lite`` names its workload instead of its ``workload_label``.
+
+    When ``workload_label`` and ``workload_in_folder_name`` differ (5 trainval rows: general vs general-lite,
+    reasoning vs reasoning-lite; the data's README: "the study's files do not say which is right"), the folder's
+    "-lite" name is used. Evidence in ../shared/data/vllm-e2e-dense per_stage: the decode step grows between the two
+    stages by the KV read of the added running requests (ITL slope per running request). Under general-lite (2.4 ->
+    6 req/s) Yi-34B TP2 gives 0.046 ms/request and Mistral-Nemo TP2 0.037, matching CodeLlama-34B TP2's 0.040-0.041
+    measured at known rates (runs 57 and 20260218-150304); under general (8 -> 20 req/s) they would give 0.014 and
+    0.011. Llama-3.1-70B TP4 keeps its TTFT flat (52 -> 54 ms) where Llama-2-70B TP4 at 20 req/s queues (57 -> 121
+    ms, run 20260217-202857); Llama-2-7B reasoning at 4 req/s fails 85% of requests on the same deployment as run 67.
+    """
+    return label is not None and folder is not None and str(folder) == f"{label}-lite" and str(folder) in LABEL_PROFILES
+
 
 #: Metrics compared: key -> (label, measured column). ITL is the per-output-token decode time.
 METRICS: dict[str, tuple[str, str]] = {
@@ -178,6 +249,8 @@ class Run:
         notes: what was assumed for this row.
         prompt_set: distinct prompts the load generator sends in turn (inference-perf shared_prefix: groups x
             prompts per group), 0 when unknown.
+        max_tokens: output tokens the engine generated per request when the client sent ``ignore_eos`` with a
+            fixed ``max_tokens`` (``sp_output_len_tokens``), else None (the recorded lengths are what it generated).
     """
 
     run_id: str
@@ -196,6 +269,7 @@ class Run:
     kv_blocks: float = math.nan
     notes: tuple[str, ...] = ()
     prompt_set: int = 0  # distinct prompts the load generator cycles through (0: unknown)
+    max_tokens: int | None = None  # tokens generated per request under ignore_eos (None: the recorded lengths)
 
 
 def _cell(row: pd.Series, col: str) -> Any:
@@ -382,6 +456,11 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
             )
     rates, durations = _list(row, "stage_rates_req_per_s", where), _list(row, "stage_durations_s", where)
     label = _cell(row, "workload_label")
+    folder = _cell(row, "workload_in_folder_name")
+    label_disagrees = folder is not None and label is not None and str(folder) != str(label)
+    if _lite_folder(label, folder):
+        notes.append(f"workload label {label!r}, folder name {folder!r}: the folder's used (validate._lite_folder)")
+        label, label_disagrees = folder, False
     profile = LABEL_PROFILES.get(str(label)) if label is not None else None
     in_mean = _number(row, "input_len_mean_tokens", where)
     out_mean = _number(row, "output_len_mean_tokens", where)
@@ -405,13 +484,23 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
             )
         in_mean, out_mean = in_mean or profile["input"], out_mean or profile["output"]
         notes.append(f"lengths assumed from label {label!r}: {in_mean:g} in / {out_mean:g} out tokens")
-    folder = _cell(row, "workload_in_folder_name")
-    if folder is not None and label is not None and str(folder) != str(label):
+    if label_disagrees:
         notes.append(f"workload ambiguous: label {label!r}, folder name {folder!r}")
     system = _number(row, "sp_system_prompt_len_tokens", where)
     if system is None and profile is not None and per_request is None:
         system = float(profile["system"])
     prompt_set = _prompt_set(row, where)
+    if not prompt_set and per_request is None and profile is not None and _cell(row, "dataset") is None:
+        prompt_set = int(profile["prompts"])
+        notes.append(f"prompt set assumed: inference-perf shared_prefix, {prompt_set} prompts")
+    if engine.get("prefix_caching") is None:
+        # not recorded: the engine's default (vLLM V1: automatic prefix caching on)
+        from moesim.sim.serving.host import engine_profile
+        from moesim.sim.serving.scenario import EngineSpec
+
+        if engine_profile(EngineSpec(**engine)).prefix_caching:
+            engine["prefix_caching"] = True
+            notes.append("prefix caching not recorded: the engine's default (on)")
     if engine.get("prefix_caching") and system and not prompt_set:
         # vLLM caches whole blocks: the shared system prompt's full blocks are hits (per-request data does not
         # say which requests share it; every one does in inference-perf's shared_prefix dataset)
@@ -420,6 +509,12 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         if mean_in:
             engine["prefix_hit_rate"] = round(min(hit_tokens / mean_in, 1.0), 4)
     failed = _number(row, "n_requests_failed", where, positive=False) or 0.0
+    # with ignore_eos the engine generates max_tokens for every request; the recorded output lengths are the
+    # client's re-tokenised count of the streamed text, which can be shorter (module docstring)
+    max_out = _number(row, "sp_output_len_tokens", where, integer=True)
+    generated = int(max_out) if max_out and _bool(row, "ignore_eos", where) else None
+    if generated and out_mean and abs(out_mean / generated - 1) > 0.05:
+        notes.append(f"engine generated {generated} tokens per request (ignore_eos), client counted {out_mean:.0f}")
     return Run(
         run_id=str(row["experiment_id"]),
         model_id=model_id,
@@ -437,6 +532,7 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         kv_blocks=_number(row, "kv_blocks_total_gpu", where) or math.nan,
         notes=tuple(notes),
         prompt_set=prompt_set,
+        max_tokens=generated,
     )
 
 
@@ -499,7 +595,9 @@ def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd
 
     Columns: arrival_s (s from the first), input_tokens, output_tokens, stage (0-based load stage), and, from a
     per-request file, the measured e2e_ms and ttft_ms (NaN without one). Failed requests of a per-request file are
-    left out (the measured latencies cover successes only). A staged workload draws Poisson arrivals per stage
+    left out (the measured latencies cover successes only); output_tokens is what the engine generates (the run's
+    ``max_tokens`` under ignore_eos, else the recorded length) and output_measured the recorded (client-counted)
+    length that the metrics divide by. A staged workload draws Poisson arrivals per stage
     (seeded; the recorded inter-arrival CV is about 1) with the mean lengths. ``max_requests``: the first N.
     """
     if run.per_request is not None:
@@ -513,7 +611,9 @@ def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd
                 "sent": sent,
                 "arrival_s": t - (t.min() if len(t) else 0.0),
                 "input_tokens": np.maximum(df["input_tokens"].to_numpy(np.int64), 1),
-                "output_tokens": np.maximum(df["output_tokens"].to_numpy(np.int64), 1),
+                "output_tokens": np.maximum(df["output_tokens"].to_numpy(np.int64), 1)
+                if run.max_tokens is None
+                else np.full(len(df), run.max_tokens, np.int64),
                 "output_measured": df["output_tokens"].to_numpy(np.int64),
                 "e2e_ms": df["e2e_ms"].to_numpy(float) if "e2e_ms" in df.columns else np.nan,
                 "ttft_ms": df["ttft_ms"].to_numpy(float) if "ttft_ms" in df.columns else np.nan,
@@ -532,8 +632,8 @@ def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd
         out = pd.concat(parts, ignore_index=True)
         out["sent"] = np.arange(len(out))
         out["input_tokens"] = max(round(run.input_mean), 1)
-        out["output_tokens"] = max(round(run.output_mean), 1)
-        out["output_measured"] = out["output_tokens"]
+        out["output_tokens"] = run.max_tokens or max(round(run.output_mean), 1)
+        out["output_measured"] = max(round(run.output_mean), 1)
         out["e2e_ms"], out["ttft_ms"] = np.nan, np.nan
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     if run.prompt_set:
