@@ -43,7 +43,10 @@ take seconds. A run is timed as one `sim.serving.steptime.StepBlock` (arrays ove
 steps) and recorded as a block of rows (`sim.serving.results.StepLog`): the step table keeps
 every step, one row each (nothing sampled or summarised), so ``--trace`` can draw all of them.
 A request submitted to the replica during a run (a KV transfer,
-a closed-loop client) ends the run after the step in progress.
+a closed-loop client) ends the run after the step in progress; an open-loop arrival does not need to: the run is
+sized to end with the step in which the next arrival reaches the scheduler, and with an overlapping scheduler with
+the step after it too (decided before the arrival, so it cannot admit it). A run's steps are timed in chunks up to
+that point, not all `MAX_RUN` at once (`sim.serving.replica`: FORESEE, CHUNKED; tests/test_des_speed_runs.py).
 
 Before simulating, `check_requests_fit` refuses a workload holding a request no replica could
 ever serve (over the model's context, over one replica's KV cache, or an unchunked prompt over
@@ -69,6 +72,7 @@ import simpy
 
 from moesim.model import Layout, kv_bytes_per_token
 from moesim.model.errors import MoesimError
+from moesim.model.memory import kv_groups
 from moesim.sim.serving.capacity import (
     Capacity,  # noqa: F401 (re-exported)
     check_requests_fit,
@@ -76,7 +80,7 @@ from moesim.sim.serving.capacity import (
     replica_capacity,
 )
 from moesim.sim.serving.host import engine_profile
-from moesim.sim.serving.metrics import client_times, front_s, last_chunk_tokens
+from moesim.sim.serving.metrics import client_times, front_s, last_chunk_tokens, running_at
 from moesim.sim.serving.replica import (
     MAX_RUN,  # noqa: F401 (re-exported)
     Replica,
@@ -138,6 +142,8 @@ class Simulation:
         self._arrivals = (self.req.arrival + self.front)[self._order]
         self._next = 0
         self.kv_per_token = kv_bytes_per_token(built.model, Layout(), built.precision)
+        # chunked-local layers send their chunk only (`model.memory.KvGroups`); other models: tokens x kv_per_token
+        self.kv_groups = kv_groups(built.model, Layout(), built.precision)
         self.links: dict[int, simpy.Resource] = {}
         self.waiters: dict[int, simpy.Event] = {}
         self.wall0 = time.perf_counter()
@@ -157,12 +163,13 @@ class Simulation:
             return rep
         return min(pool, key=lambda r: (r.outstanding, r.index))
 
-    def _arrive(self, rid: int) -> None:
+    def _arrive(self, rid: int, foreseen: bool = False) -> None:
+        """Request ``rid`` reaches the scheduler now; ``foreseen``: an open-loop arrival (`next_arrival` knew it)."""
         self.req.engine_arrival[rid] = self.env.now
         rep = self._route(self.entry, "entry")
         self.req.replica[rid] = rep.index
         self.req.prefill_replica[rid] = rep.index if rep.pool.role == "prefill" else -1
-        rep.submit(rid)
+        rep.submit(rid, foreseen=foreseen)
 
     def open_loop(self):
         for i, rid in enumerate(self._order.tolist()):
@@ -170,7 +177,7 @@ class Simulation:
             if wait > 0:
                 yield self.env.timeout(wait)
             self._next = i + 1
-            self._arrive(rid)
+            self._arrive(rid, foreseen=True)
 
     def client(self, first: int, stride: int):
         think = self.built.workload.think_s
@@ -182,10 +189,22 @@ class Simulation:
                 yield self.env.timeout(float(self.front[rid]))
             self._arrive(rid)
             yield done
-            if self.back[rid] > 0:  # the last chunk reaches the client
-                yield self.env.timeout(float(self.back[rid]))
+            back = float(self.back[rid])
+            per_seq = self.path.host["stream_per_seq_s"]
+            if per_seq:  # the API server handles the last step's whole batch first (as `run`'s client_times)
+                t = self.env.now - 1e-9
+                back += per_seq * running_at(np.array([t]), np.zeros(1), *self._running_view(rid))[0]
+            if back > 0:  # the last chunk reaches the client
+                yield self.env.timeout(back)
             if think:
                 yield self.env.timeout(think)
+
+    def _running_view(self, rid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Admission and finish times (s) of the requests of ``rid``'s replica so far (finish NaN: running), for
+        `running_at` at group 0."""
+        R = self.req
+        same = R.replica == R.replica[rid]
+        return R.scheduled[same], R.finish[same]
 
     def on_finish(self, rid: int) -> None:
         self.done += 1
@@ -213,7 +232,7 @@ class Simulation:
         if kind == "auto":
             kind = "intra" if self.built.gpus <= cl.gpus_per_node else "inter"
         bw, lat = cl.link(kind)
-        nbytes = float(R.comp[rid]) * self.kv_per_token
+        nbytes = self.kv_groups.bytes_for(float(R.comp[rid]))
         seconds = nbytes / (bw * pool.layout.tp * pool.layout.pp) + lat
         link = self.links.setdefault(dst.index, simpy.Resource(self.env, capacity=1))
         with link.request() as req:
@@ -234,6 +253,7 @@ class Simulation:
         self.env.run()
         R = self.req
         stream = self.path.stream
+        per_seq = self.path.host["stream_per_seq_s"]  # the API server handles each step's whole batch
         client_first, client_finish = client_times(
             R.first,
             R.finish,
@@ -241,6 +261,9 @@ class Simulation:
             detokenize_per_token_s=self.path.host["detokenize_per_token_s"],
             stream=stream,
             chunk_tokens=self.path.stream_chunk_tokens,
+            # the batch of the step that emitted the token: the requests running just before its end
+            first_batch_s=per_seq * running_at(R.first - 1e-9, R.replica, R.scheduled, R.finish) if per_seq else 0.0,
+            finish_batch_s=per_seq * running_at(R.finish - 1e-9, R.replica, R.scheduled, R.finish) if per_seq else 0.0,
         )
         columns = {
             "request_id": self.df["request_id"].to_numpy(),

@@ -81,6 +81,11 @@ _COST_COLUMNS = (
 
 #: Most decode steps folded into one event.
 MAX_RUN = 64
+#: `Replica._decode_run`'s shortcuts, each exact or distribution-preserving (tests/test_des_speed_runs.py checks them
+#: against the reference, False): FORESEE: an open-loop arrival does not interrupt a run (the run already ends for
+#: it) and, with an overlapping scheduler, the run takes the step after the arrival's too (decided before the
+#: arrival); CHUNKED: a run's steps are timed in chunks up to the next arrival instead of all MAX_RUN at once.
+FORESEE, CHUNKED = True, True
 
 
 class Host(Protocol):
@@ -164,6 +169,7 @@ class Replica:
             stages = est.stage_seconds()
             self.stage_share = max(stages) / sum(stages)
         self.in_run = False  # inside a folded decode run, which a submitted request cuts short
+        self.run_submits: list[float] = []  # when requests were submitted during the current run, s
         #: the scheduler decides a step while the previous one runs (see the module docstring)
         self.overlap = bool(profile.overlap) if profile is not None else False
         self.last_start, self.last_end = -math.inf, -math.inf  # the latest step's start and end, s
@@ -173,16 +179,21 @@ class Replica:
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def submit(self, rid: int, front: bool = False) -> None:
+    def submit(self, rid: int, front: bool = False, foreseen: bool = False) -> None:
+        """Queue request ``rid`` (``front``: ahead of the others). ``foreseen``: an open-loop arrival, which a
+        folded decode run already ends for (`_decode_run` sizes runs by `Host.next_arrival`), so it does not cut
+        the run short."""
         (self.waiting.appendleft if front else self.waiting.append)(rid)
-        if self.in_run:  # a request the run did not foresee (a KV transfer, a closed-loop client): end it early
-            self.in_run = False
-            self.proc.interrupt()
+        if self.in_run:
+            self.run_submits.append(self.env.now)
+            if not (foreseen and FORESEE):  # a request the run did not foresee (a KV transfer, a closed-loop client)
+                self.in_run = False
+                self.proc.interrupt()
         if not self.wake.triggered:
             self.wake.succeed()
 
     def _blocks(self, tokens: np.ndarray) -> np.ndarray:
-        return -(-tokens // self.eng.block_size)
+        return self.cap.blocks(tokens, self.eng.block_size)  # chunked-local layers hold their chunk only
 
     # ---- prefix cache ------------------------------------------------------------------------------------------
     def _pinned(self) -> int:
@@ -395,12 +406,36 @@ class Replica:
             return
         steps = min(steps, fits)
         ones = np.ones(ids.size, np.int64)
-        block = self.timer.sample_block(ones, cached0[None, :] + np.arange(steps)[:, None])
         start = self.env.now
+        # the run ends with the step in which the next arrival reaches the scheduler; with an overlapping scheduler
+        # the step after it too, decided while that step ran, before the arrival (see the module docstring)
+        arrival, extra = self.sim.next_arrival(), (2 if self.overlap and FORESEE else 1)
+        # steps are timed in chunks until one reaches past the arrival (each step's routing is its own draw, so
+        # timing them in one block or several is the same): the first chunk sized by the latest step's duration
+        last = self.last_end - self.last_start
+        guess = (arrival - start) / last if CHUNKED and math.isfinite(arrival) and 0.0 < last < math.inf else math.inf
+        chunks: list[StepBlock] = []
+        done, t = 0, start
+        while done < steps:
+            m = steps - done if guess == math.inf else max(1, min(steps - done, math.ceil(1.25 * guess) + extra))
+            chunk = self.timer.sample_block(ones, cached0[None, :] + np.arange(done, done + m)[:, None])
+            chunks.append(chunk)
+            chunk_ends = t + np.cumsum(chunk.duration_s)
+            j = int(np.searchsorted(chunk_ends, arrival))  # the arrival's step in this chunk (m: after it)
+            need = done + j + extra  # steps the run needs when the arrival falls in this chunk
+            done, t = done + m, float(chunk_ends[-1])
+            if j < m:
+                if done >= need:
+                    break
+                guess = need - done - extra  # the few steps after the arrival's that the chunk lacks
+            else:
+                guess = (arrival - t) / max(float(chunk.duration_s.mean()), 1e-12)
+        block = chunks[0] if len(chunks) == 1 else StepBlock.concat(chunks)
         durations = block.duration_s
         ends = start + np.cumsum(durations)
-        k = min(steps, int(np.searchsorted(ends, self.sim.next_arrival())) + 1)
+        k = min(len(durations), int(np.searchsorted(ends, arrival)) + extra)
         self.in_run = True
+        self.run_submits = []
         try:
             yield self.env.timeout(float(ends[k - 1] - start))
         except simpy.Interrupt:  # a request was submitted: finish the step in progress, then schedule again
@@ -423,7 +458,10 @@ class Replica:
         R.comp[ids] += k
         R.gen[ids] += k
         R.last[ids] = ends[-1]
-        self._record_block(ends - durations, block, k, int(ids.size), waiting0)
+        starts = ends - durations
+        # requests waiting at each step's start: those submitted during the run before it (none before the run)
+        waiting = np.searchsorted(np.asarray(self.run_submits), starts, side="right") if self.run_submits else 0
+        self._record_block(starts, block, k, int(ids.size), waiting0 + waiting)
         self._finish_done(ids)
 
     def _land_later(self, ids: np.ndarray, alloc: np.ndarray, at: float):
@@ -517,9 +555,10 @@ class Replica:
         # the GPUs idle while the step's exposed host time (scheduler, launches, ...) runs
         self.busy += self.stage_share * (c.duration_s - c.host_exposed_s - idle)
 
-    def _record_block(self, starts: np.ndarray, b: StepBlock, k: int, seqs: int, waiting: int) -> None:
+    def _record_block(self, starts: np.ndarray, b: StepBlock, k: int, seqs: int, waiting: Any) -> None:
         """Append the first ``k`` steps of a folded decode run (``seqs`` sequences decoding one token each; every
-        step counted with ``waiting`` waiting and the running requests of now), started at ``starts`` [k] s."""
+        step counted with ``waiting`` waiting, one count or [k], and the running requests of now), started at
+        ``starts`` [k] s."""
         cols: dict[str, Any] = {f: getattr(b, f)[:k] for f in _COST_COLUMNS}
         cols |= {
             "replica": self.index,
