@@ -188,9 +188,34 @@ def _gpu_loads(
         if num_experts is None:
             raise MoesimError("need num_experts or loads", "pass one")
         loads = np.full(num_experts, 1.0 / num_experts)
+    ps, mu, var = _slot_moments(np.asarray(loads, float), top_k, num_gpus, phys_to_log)
+    mean = tokens * mu
+    busiest = expected_max_normal(mean, np.sqrt(tokens * var))
+    cap = tokens * min(top_k, ps.shape[1])
+    active = (1.0 - (1.0 - ps) ** tokens).sum(axis=1)
+    return GpuLoad(mean_pairs=mean, busiest_pairs=float(min(max(busiest, mean.max()), cap)), active_experts=active)
+
+
+#: `_slot_moments` results by (loads, placement, top_k, GPUs): they do not depend on the token count, which the
+#: serving simulators vary step by step (bounded; cleared when full)
+_MOMENTS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_MOMENTS_MAX = 2048
+
+
+def _slot_moments(
+    loads: np.ndarray, top_k: int, num_gpus: int, phys_to_log: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-token inclusion moments of each GPU's slots: (ps [G, S/G], mean [G], variance [G]) of the count one token
+    adds to each GPU (see `gpu_loads`); memoised on the arrays' bytes, read-only arrays."""
+    placement = None if phys_to_log is None else np.asarray(phys_to_log)
+    key = (loads.tobytes(), None if placement is None else placement.tobytes(), top_k, num_gpus)
+    hit = _MOMENTS.get(key)
+    if hit is not None:
+        return hit
     pi = inclusion_probs(loads, top_k)
     n_exp = pi.shape[-1]
-    placement = default_placement(n_exp) if phys_to_log is None else np.asarray(phys_to_log)
+    if placement is None:
+        placement = default_placement(n_exp)
     if placement.size % num_gpus:
         raise MoesimError(
             f"{placement.size} expert slots do not split evenly over {num_gpus} GPUs",
@@ -200,11 +225,12 @@ def _gpu_loads(
     mu = ps.sum(axis=1)
     c = -(n_exp - top_k) / (top_k * (n_exp - 1)) if n_exp > 1 else 0.0
     var = np.maximum((ps * (1 - ps)).sum(axis=1) + c * (mu**2 - (ps**2).sum(axis=1)), 0.0)
-    mean = tokens * mu
-    busiest = expected_max_normal(mean, np.sqrt(tokens * var))
-    cap = tokens * min(top_k, ps.shape[1])
-    active = (1.0 - (1.0 - ps) ** tokens).sum(axis=1)
-    return GpuLoad(mean_pairs=mean, busiest_pairs=float(min(max(busiest, mean.max()), cap)), active_experts=active)
+    for a in (ps, mu, var):
+        a.flags.writeable = False
+    if len(_MOMENTS) >= _MOMENTS_MAX:
+        _MOMENTS.clear()
+    hit = _MOMENTS[key] = (ps, mu, var)
+    return hit
 
 
 @lru_cache(maxsize=4096)

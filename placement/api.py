@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from moesim.model.errors import MoesimError
+from moesim.placement.affinity import affinity_saving_s, relabel
 from moesim.placement.baselines import (
     check_shape,
     duplicate_slots,
@@ -32,7 +33,7 @@ from moesim.placement.baselines import (
     round_robin,
 )
 from moesim.placement.ilp import IlpOptions, LayerResult, solve
-from moesim.placement.layertime import layer_time
+from moesim.placement.layertime import dispatch_link_s, layer_time_parts
 from moesim.placement.metrics import gpu_loads, migration_bytes, plan_metrics
 from moesim.placement.plan import PlacementPlan
 from moesim.placement.stats import RoutingStats
@@ -160,12 +161,18 @@ def place(
         m: dict[str, Any] = {**plan_metrics(plan, stats), **info}
         lt = None
         if options.cost is not None:
-            lt = np.array(
-                [layer_time(p2l[i], stats.counts[i], num_gpus, gpus_per_node, tokens[i], options.cost)
-                 for i in range(layers)]
-            )  # fmt: skip
+            parts = [layer_time_parts(p2l[i], stats.counts[i], num_gpus, gpus_per_node, tokens[i], options.cost)
+                     for i in range(layers)]  # fmt: skip
+            lt = np.array([p["total"] for p in parts])
             m["layer_time_s"] = float(lt.mean())
             m["layer_time_worst_s"] = float(lt.max())
+            if options.cost.phase != "prefill":
+                m["layer_time_prefill_s"] = float(np.mean([p["prefill"] for p in parts]))
+                m["layer_time_decode_s"] = float(np.mean([p["decode"] for p in parts]))
+            trans = stats.transition_counts() if options.affinity else None
+            if trans is not None:  # what an engine with context-coherent EP (ExFlow) would save per step
+                disp = np.array([dispatch_link_s(p, options.cost) for p in parts])
+                m["affinity_saving_s"] = affinity_saving_s(p2l, trans, num_gpus, disp)
         if current is not None and expert_bytes:
             m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
         out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1), lt)
@@ -206,5 +213,8 @@ def place(
             progress=None if progress is None else lambda i, k: progress("ilp", i, k),
         )
         p2l = np.stack([r.phys_to_log for r in res])
+        trans = stats.transition_counts() if options.affinity else None
+        if trans is not None:  # cross-layer affinity: GPUs relabelled, every layer's time unchanged
+            p2l = relabel(p2l, trans, num_gpus, gpus_per_node)
         finish("ilp", p2l, {"solve_s": time.perf_counter() - t0, **_ilp_report(res, options), "solver": options.solver})
     return out

@@ -48,6 +48,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from moesim.model.errors import MoesimError
+from moesim.placement.affinity import align
 from moesim.placement.baselines import check_shape, repack_no_duplicates
 from moesim.placement.coloc import improve_nodes
 from moesim.placement.exact import exact_one_node
@@ -159,6 +160,9 @@ def solve_layer(
         slots, rep = _gpu_stage(w, r, a, gpus_per_node, per_gpu, start, opts, max(0.05, left()), cur_gpu, nic_s)
         stages.append(rep)
     p2l = slots.reshape(-1)
+    if current is not None:  # the fewest copies for the same layer time (`affinity.align`)
+        p2l = align(p2l, current, num_gpus, gpus_per_node)
+        baseline = align(baseline, current, num_gpus, gpus_per_node)
     obj, busiest = _objective(p2l, w, num_gpus, nodes, tokens, opts, current)
     base_obj, base_busiest = _objective(baseline, w, num_gpus, nodes, tokens, opts, current)
     res = LayerResult(p2l, stages, objective=obj, baseline_objective=base_obj)
@@ -213,6 +217,8 @@ def _physical_search(
     plans = [_pack_within(w, r, a, gpn, per_gpu) for a in starts] + [baseline]
     if current is not None and _no_duplicates(current, num_gpus):  # staying put: a candidate when moving costs
         plans.append(current)
+    if current is not None:  # GPUs renumbered to keep the most of the current plan (layer time unchanged)
+        plans = [align(p, current, num_gpus, gpn) for p in plans]
     times = [_objective(p, w, num_gpus, nodes, tokens, opts, current)[0] for p in plans]
     if opts.cost is not None and opts.nic_passes > 0:
         # the busiest node's NIC sets the layer time under group-limited routing (`placement.nicsearch`): swap out
@@ -224,6 +230,8 @@ def _physical_search(
             if a is None:
                 return None
             plans.append(_pack_within(w, rp, a, gpn, per_gpu))
+            if current is not None:
+                plans[-1] = align(plans[-1], current, num_gpus, gpn)
             times.append(_objective(plans[-1], w, num_gpus, nodes, tokens, opts, current)[0])
     best = plans[int(np.argmin(times))]
     rep = StageReport("search", float(min(times)), float("nan"), float("nan"), time.perf_counter() - t0)

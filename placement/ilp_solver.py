@@ -60,6 +60,10 @@ class IlpOptions:
         nic_passes: swaps out of the busiest node's NIC across nodes under the physical objective
             (`placement.nicsearch`), a count; 0 turns the search off. 100: the 32-GPU DeepSeek-V3 benchmark case
             reaches its local optimum before it.
+        affinity: after the solve, permute each layer's GPUs (inside nodes, and nodes as wholes: no layer's
+            predicted time changes) to keep consecutive layers' expert pairs on one GPU (`placement.affinity`);
+            off by default: only an engine with context-coherent expert parallelism (ExFlow) saves a dispatch
+            by it, and none that moesim exports for does.
     """
 
     time_limit: float = 60.0
@@ -75,6 +79,7 @@ class IlpOptions:
     seed: int = 0
     cost: LayerCost | None = None
     nic_passes: int = 100
+    affinity: bool = False
 
 
 @dataclass

@@ -22,6 +22,23 @@ linear in the assignment; a token reaching node k is ``h[t,k] >= replicas of e o
 (exact when each of its experts has one replica); NIC and NVLink are linear in those. `layer_time` is the exact
 evaluation the reports use and the ILP's fallback compares.
 
+**Phases** (``LayerCost.phase``): a serving deployment runs prefill (and mixed) batches in DeepEP's normal mode and
+pure decode batches in its low-latency mode (SGLang ``--deepep-mode auto``: sgl-project/sglang PR #4767;
+`model.a2a.a2a_mode`), at very different tokens per GPU. ``prefill`` prices the normal mode above at
+``tokens_per_gpu``; ``decode`` prices the low-latency mode at ``decode_tokens_per_gpu``; ``both`` weighs the two
+by ``decode_share`` (the share of the deployment's time in decode steps). The low-latency price is
+`model.a2a`'s, term for term, so it agrees with what the serving simulators charge for the layer
+(`sim.serving.steptime.StepTimer._layer_a2a`): every (token, expert) selection is its own message, so a GPU of
+load share ``s_g`` (its replicas' shares, an expert's share split over its replicas) receives ``top_k x s_g`` of
+each source token from each other GPU, and a token sends ``top_k x (1 - its node's share)`` selections off its
+node (`model.a2a.selection_fanout`); per direction ``fixed + max(NVLink, NIC)`` with the busiest GPU's bytes of
+each class at DeepEP's low-latency efficiency (`model.a2a.deepep_time`), no per-node deduplication: in decode the
+plan's balance is all that counts, remote nodes per token cost nothing extra. The decode GEMM is the slowest GPU's
+replicas at the decode batch (mostly weight-read-bound, each replica only when a pair reaches it:
+`decode_replica_gemm_s`). The ILP's swap searches (`placement.nicsearch`) still score the normal-mode terms; every
+candidate plan, and EPLB's it must not lose to, is then compared on the weighted total. Two-batch overlap, which
+hides most of a decode step's all-to-all under computation in the serving simulators, is not in the objective.
+
 Units: seconds, bytes, FLOP; loads ``w`` [N] in any unit (normalised to the step's pairs).
 """
 
@@ -31,13 +48,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moesim.model.a2a import efficiency, normal_fixed_s, token_bytes
+from moesim.model.a2a import DEEPEP_LL_SETUP, efficiency, ll_fixed_s, normal_fixed_s, token_bytes
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import ClusterSpec
 
 #: Tokens per GPU per MoE layer call in the default step: DeepEP's normal-mode benchmark setting (4096 tokens per
 #: batch, hidden 7168, top-8; deepseek-ai/DeepEP@README.md "Normal kernels with NVLink and RDMA forwarding").
 DEFAULT_TOKENS_PER_GPU = 4096
+#: Tokens per GPU of a decode step by default: DeepEP's low-latency benchmark setting (128 tokens per GPU,
+#: deepseek-ai/DeepEP@docs/legacy.md "Low-latency kernels with pure RDMA"; `model.a2a.DEEPEP_LL_SETUP`).
+DEFAULT_DECODE_TOKENS_PER_GPU = DEEPEP_LL_SETUP[0]
+#: The objective's phases (`LayerCost.phase`).
+PHASES = ("prefill", "decode", "both")
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,15 @@ class LayerCost:
         nic_s_per_token: dispatch + combine seconds per token received over one GPU's NIC, s.
         fixed_s: both calls' fixed costs, s.
         source: what the figures come from.
+        phase: ``prefill`` (normal mode only), ``decode`` (low-latency only) or ``both`` (weighted by
+            ``decode_share``); see the module docstring.
+        decode_share: the decode phase's weight in ``both``, in [0, 1].
+        decode_tokens_per_gpu: tokens each GPU holds per decode step.
+        ll_intra_s, ll_inter_s: low-latency seconds per selection over a GPU's NVLink / NIC at DeepEP's low-latency
+            efficiency, (dispatch, combine), s.
+        ll_fixed_s: the low-latency calls' fixed costs, (dispatch, combine), s.
+        dispatch_share: the dispatch's share of a normal-mode token's link seconds (fp8 or bf16 payload against the
+            bf16 combine), for `dispatch_link_s`.
     """
 
     tokens_per_gpu: float
@@ -63,6 +94,19 @@ class LayerCost:
     nic_s_per_token: float
     fixed_s: float
     source: str = ""
+    phase: str = "prefill"
+    decode_share: float = 0.0
+    decode_tokens_per_gpu: float = DEFAULT_DECODE_TOKENS_PER_GPU
+    ll_intra_s: tuple[float, float] = (0.0, 0.0)
+    ll_inter_s: tuple[float, float] = (0.0, 0.0)
+    ll_fixed_s: tuple[float, float] = (0.0, 0.0)
+    dispatch_share: float = 0.5
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(prefill, decode) weights of the objective."""
+        d = {"prefill": 0.0, "decode": 1.0}.get(self.phase, self.decode_share)
+        return 1.0 - d, d
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -77,28 +121,45 @@ def layer_cost(
     *,
     dtype: str = "bf16",
     tokens_per_gpu: float = DEFAULT_TOKENS_PER_GPU,
+    phase: str = "prefill",
+    decode_share: float = 0.0,
+    decode_tokens_per_gpu: float = DEFAULT_DECODE_TOKENS_PER_GPU,
+    fp8_dispatch: bool | None = None,
 ) -> LayerCost:
     """The `LayerCost` of ``num_gpus`` GPUs of ``cluster`` for experts of ``hidden`` x ``intermediate`` (gate, up,
-    down), weights and GEMMs in ``dtype`` (``fp8``: 1 byte a weight, the GPU's fp8 peak; else 2 bytes, bf16)."""
-    if tokens_per_gpu <= 0 or hidden <= 0 or intermediate <= 0 or top_k <= 0:
+    down), weights and GEMMs in ``dtype`` (``fp8``: 1 byte a weight, the GPU's fp8 peak; else 2 bytes, bf16);
+    ``phase``, ``decode_share``, ``decode_tokens_per_gpu``: see `LayerCost`; ``fp8_dispatch``: dispatch in fp8
+    (None: with fp8 weights; the serving simulators dispatch fp8 only for block-scaled fp8, `model.ops`)."""
+    if tokens_per_gpu <= 0 or hidden <= 0 or intermediate <= 0 or top_k <= 0 or decode_tokens_per_gpu <= 0:
         raise MoesimError(
-            f"layer cost needs positive tokens per GPU, sizes and top-k (got {tokens_per_gpu}, {hidden}, "
-            f"{intermediate}, {top_k})",
-            "give --batch-tokens > 0 and an MoE model",
+            f"layer cost needs positive tokens per GPU, sizes and top-k (got {tokens_per_gpu}, "
+            f"{decode_tokens_per_gpu}, {hidden}, {intermediate}, {top_k})",
+            "give --batch-tokens and --decode-tokens > 0 and an MoE model",
         )
+    if phase not in PHASES:
+        raise MoesimError(f"--phase {phase!r} is not one of {', '.join(PHASES)}", "use prefill, decode or both")
+    if not 0.0 <= decode_share <= 1.0:
+        raise MoesimError(f"--decode-share {decode_share} is outside [0, 1]", "give the decode phase's time share")
     gpu = cluster.gpu
     fp8 = dtype == "fp8"
+    fp8_disp = fp8 if fp8_dispatch is None else bool(fp8_dispatch)
     peak = gpu.peak("fp8" if fp8 else "bf16")
     wbytes = 3.0 * hidden * intermediate * (1.0 if fp8 else 2.0)
     nvl_bw, _ = cluster.link("intra")
     nodes = max(1, num_gpus // cluster.gpus_per_node)
     nvl = nic = 0.0
-    for direction in ("dispatch", "combine"):
-        nbytes = token_bytes(hidden, direction, "normal", 2.0, fp8)
+    ll_intra, ll_inter = [0.0, 0.0], [0.0, 0.0]
+    disp = token_bytes(hidden, "dispatch", "normal", 2.0, fp8_disp)
+    disp_share = disp / (disp + token_bytes(hidden, "combine", "normal", 2.0, fp8_disp))
+    for i, direction in enumerate(("dispatch", "combine")):
+        nbytes = token_bytes(hidden, direction, "normal", 2.0, fp8_disp)
         nvl += nbytes / (efficiency("normal", direction, "intra", num_gpus) * nvl_bw)
+        sel = token_bytes(hidden, direction, "low_latency", 2.0, fp8_disp)
+        ll_intra[i] = sel / (efficiency("low_latency", direction, "intra", num_gpus) * nvl_bw)
         if nodes > 1:
             nic_bw, _ = cluster.link("inter")
             nic += nbytes / (efficiency("normal", direction, "inter", num_gpus) * nic_bw)
+            ll_inter[i] = sel / (efficiency("low_latency", direction, "inter", num_gpus) * nic_bw)
     fixed = sum(normal_fixed_s(d, cluster, nodes > 1) for d in ("dispatch", "combine"))
     return LayerCost(
         tokens_per_gpu=float(tokens_per_gpu),
@@ -109,7 +170,16 @@ def layer_cost(
         nic_s_per_token=nic,
         fixed_s=fixed,
         source=f"{cluster.name}: {dtype} peak and HBM from the GPU table, links at DeepEP's normal-mode efficiency "
-        f"(moesim.model.a2a), {tokens_per_gpu:g} tokens per GPU",
+        f"(moesim.model.a2a), {tokens_per_gpu:g} tokens per GPU"
+        + (f"; decode in low-latency mode at {decode_tokens_per_gpu:g} tokens per GPU" if phase != "prefill" else "")
+        + (f", {decode_share:.0%} of the time" if phase == "both" else ""),
+        phase=phase,
+        decode_share=float(decode_share),
+        decode_tokens_per_gpu=float(decode_tokens_per_gpu),
+        ll_intra_s=(ll_intra[0], ll_intra[1]),
+        ll_inter_s=(ll_inter[0], ll_inter[1]),
+        ll_fixed_s=(ll_fixed_s("dispatch"), ll_fixed_s("combine")),
+        dispatch_share=disp_share,
     )
 
 
@@ -135,11 +205,73 @@ def node_hits(p2l: np.ndarray, n: int, nodes: int, tokens: np.ndarray) -> np.nda
     return (1.0 - miss).mean(axis=0)
 
 
+def decode_replica_gemm_s(rep_share: np.ndarray, num_gpus: int, cost: LayerCost) -> np.ndarray:
+    """Expected grouped-GEMM seconds of replicas [S] holding ``rep_share`` of a decode step's pairs each.
+
+    A decode step has ``n = decode_tokens_per_gpu x G x top_k`` pairs, few per replica, so a replica may get none
+    and read no weights: the serving simulators draw the pairs as a multinomial over the slots (`sim.serving.
+    steptime`), so a replica is active with probability ``1 - (1 - share)^n``, and an active one costs
+    ``max(pairs x s_per_pair, s_per_expert_read)`` (compute- or weight-read-bound). Expected:
+    ``max(pairs x s_per_pair, P(active) x s_per_expert_read)``."""
+    n = cost.decode_tokens_per_gpu * num_gpus * cost.top_k
+    active = 1.0 - np.power(np.clip(1.0 - rep_share, 0.0, 1.0), n)
+    return np.maximum(rep_share * n * cost.s_per_pair, active * cost.s_per_expert_read)
+
+
+def ll_a2a_s(share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost) -> float:
+    """Low-latency dispatch + combine of a decode step, s, from each GPU's load share ``share_gpu`` [G] (summing
+    to 1): `model.a2a.selection_fanout`'s busiest GPU per link class times `model.a2a.deepep_time`'s rule."""
+    g = share_gpu.size
+    k = cost.top_k
+    s_g = k * share_gpu
+    node_of = np.arange(g) // gpus_per_node
+    in_node = np.bincount(node_of)[node_of]
+    node_sum = np.bincount(node_of, weights=s_g)[node_of]
+    intra = float(np.maximum(node_sum - s_g, s_g * (in_node - 1)).max())
+    inter = float(np.maximum(k - node_sum, s_g * (g - in_node)).max()) if g > gpus_per_node else 0.0
+    tok = cost.decode_tokens_per_gpu
+    return sum(
+        cost.ll_fixed_s[d] + max(tok * intra * cost.ll_intra_s[d], tok * inter * cost.ll_inter_s[d]) for d in (0, 1)
+    )
+
+
+def decode_time_parts(p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, cost: LayerCost) -> dict:
+    """Predicted decode-step time of one layer's plan ``p2l`` [S] for loads ``w`` [N] (DeepEP low-latency mode at
+    ``cost.decode_tokens_per_gpu``): ``total``, ``gemm`` (slowest GPU), ``a2a`` (dispatch + combine); seconds."""
+    n = w.size
+    cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
+    total_w = float(w.sum())
+    share = np.minimum(w / total_w, 1.0 / cost.top_k) if total_w > 0 else np.full(n, 1.0 / n)  # pi <= 1
+    rep_share = (share / cnt)[p2l]  # [S]
+    gemm = decode_replica_gemm_s(rep_share, num_gpus, cost).reshape(num_gpus, -1).sum(axis=1)
+    gpu_share = rep_share.reshape(num_gpus, -1).sum(axis=1)
+    a2a = ll_a2a_s(gpu_share / max(float(gpu_share.sum()), 1e-300), gpus_per_node, cost)
+    return {"total": float(gemm.max()) + a2a, "gemm": float(gemm.max()), "a2a": a2a}
+
+
 def layer_time_parts(
     p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, cost: LayerCost
 ) -> dict[str, float]:
     """Predicted time of one layer's plan ``p2l`` [S] for loads ``w`` [N] and token expert sets ``tokens`` [T, k]:
-    ``total``, ``gemm`` (slowest GPU), ``nvlink`` (busiest GPU), ``nic`` (busiest node), ``fixed``; seconds."""
+    ``total`` (the phases weighted, `LayerCost.weights`), the prefill parts ``gemm`` (slowest GPU), ``nvlink``
+    (busiest GPU), ``nic`` (busiest node), ``fixed`` and ``prefill`` (their total), and ``decode``
+    (`decode_time_parts`; with a decode weight only, else 0); seconds."""
+    pre = _prefill_parts(p2l, w, num_gpus, gpus_per_node, tokens, cost)
+    wp, wd = cost.weights
+    dec = decode_time_parts(p2l, w, num_gpus, gpus_per_node, cost) if wd > 0 else {"total": 0.0, "a2a": 0.0}
+    return {
+        **pre,
+        "total": wp * pre["total"] + wd * dec["total"],
+        "prefill": pre["total"],
+        "decode": dec["total"],
+        "decode_a2a": dec["a2a"],
+    }
+
+
+def _prefill_parts(
+    p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, cost: LayerCost
+) -> dict[str, float]:
+    """The normal-mode (prefill) parts of `layer_time_parts`, s."""
     n = w.size
     nodes = num_gpus // gpus_per_node
     cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
@@ -158,6 +290,19 @@ def layer_time_parts(
         "nic": nic,
         "fixed": cost.fixed_s,
     }
+
+
+def dispatch_link_s(parts: dict[str, float], cost: LayerCost) -> float:
+    """The dispatch's part of a layer's link time in `layer_time_parts` ``parts``, s: the busiest link's dispatch +
+    combine seconds in the normal (prefill) mode times the dispatch's share of the bytes (`LayerCost.dispatch_share`),
+    and in the low-latency (decode) mode weighted as the objective weighs the phases."""
+    wp, wd = cost.weights
+    pre = max(parts["nvlink"], parts["nic"]) * cost.dispatch_share
+    dec = 0.0
+    if wd > 0:
+        ratio = cost.ll_inter_s[0] / max(sum(cost.ll_inter_s), 1e-300) if sum(cost.ll_inter_s) > 0 else 0.5
+        dec = max(parts.get("decode_a2a", 0.0) - sum(cost.ll_fixed_s), 0.0) * ratio
+    return wp * pre + wd * dec
 
 
 def layer_time(
@@ -179,8 +324,26 @@ def layer_time_bound(
     - ``nic``: every token reaches at least one node, so the nodes together receive at least ``(nodes - 1) / nodes``
       of all tokens once; the busiest node at least its mean share (a weak bound: it ignores which experts a token
       uses together);
-    - ``total``: ``fixed + gemm + max(nvlink, nic)``.
+    - ``prefill``: ``fixed + gemm + max(nvlink, nic)``;
+    - ``decode``: the mean GPU's expected GEMM at the decode batch (each expert on one replica) plus the low-latency
+      calls with every GPU at the mean share (each link class's busiest GPU carries at least the mean);
+    - ``total``: the phases weighted as `layer_time_parts` weighs them.
     """
+    pre = _prefill_bound(w, num_slots, num_gpus, gpus_per_node, cost)
+    wp, wd = cost.weights
+    dec = 0.0
+    if wd > 0:
+        # an expert split over replicas is active at least as often as one replica of it (1 - (1-p)^n is concave)
+        share = np.minimum(w / max(float(w.sum()), 1e-300), 1.0 / cost.top_k)
+        gemm = float(decode_replica_gemm_s(share, num_gpus, cost).sum()) / num_gpus
+        dec = gemm + ll_a2a_s(np.full(num_gpus, 1.0 / num_gpus), gpus_per_node, cost)
+    return {**pre, "total": wp * pre["total"] + wd * dec, "prefill": pre["total"], "decode": dec}
+
+
+def _prefill_bound(
+    w: np.ndarray, num_slots: int, num_gpus: int, gpus_per_node: int, cost: LayerCost
+) -> dict[str, float]:
+    """The normal-mode part of `layer_time_bound`, s."""
     pairs = pairs_per_expert(w, cost, num_gpus)
     gemm = max(
         float(np.maximum(pairs * cost.s_per_pair, cost.s_per_expert_read).sum()), num_slots * cost.s_per_expert_read

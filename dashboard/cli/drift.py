@@ -38,6 +38,14 @@ def drift(
         int | None, typer.Option(help="Redundant expert slots per layer (default: one per EP GPU).")
     ] = None,
     engine: Annotated[str, typer.Option(help="des (a discrete-event run per window) or analytical.")] = "des",
+    layers_per_chunk: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A rebalance moves this many layers at a time, a step between chunks (SGLang "
+            "--eplb-rebalance-layers-per-chunk; default: all layers in one pause).",
+        ),
+    ] = None,
     time_limit: Annotated[float, typer.Option(help="Wall-clock cap of one ILP placement, s.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic drifting trace.")] = 0,
     out_dir: Annotated[
@@ -78,6 +86,7 @@ def drift(
             engine=engine,
             ilp_time_limit=time_limit,
             progress=update,
+            layers_per_chunk=layers_per_chunk,
         )
     res.info |= {"drift": None if stats else drift_, "skew": None if stats else skew, "stats": stats}
     data = {"cost_model": res.info["cost_model"], **res.to_dict()}  # top level, as every predicting command

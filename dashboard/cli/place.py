@@ -53,11 +53,45 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
     return st, spec
 
 
-def simulate_plans(scenario: Path, results: dict[str, Any], counts: Any, work: Path) -> dict[str, dict[str, float]]:
+def phase_profile(steps: Any, ep: int) -> dict[str, float]:
+    """The phases a DES run spent its time in, for the per-phase placement objective (`placement.layertime`):
+    ``decode_share`` (the share of step time in pure-decode steps, which DeepEP runs in low-latency mode; every
+    other step runs its normal mode), ``decode_tokens_per_gpu`` and ``prefill_tokens_per_gpu`` (each phase's
+    tokens per step over the ``ep`` GPUs of the expert-parallel group, weighted by step time)."""
+    import numpy as np
+
+    dur = steps["duration_s"].to_numpy(float)
+    dec = (steps["decode_seqs"] == steps["seqs"]).to_numpy() & (steps["seqs"] > 0).to_numpy()
+    tok = steps["tokens"].to_numpy(float)
+    total = float(dur.sum())
+
+    def per_gpu(mask: Any, default: float) -> float:
+        return float(np.average(tok[mask], weights=dur[mask])) / ep if dur[mask].sum() > 0 else default
+
+    return {
+        "decode_share": float(dur[dec].sum()) / total if total > 0 else 0.0,
+        "decode_tokens_per_gpu": max(per_gpu(dec, 1.0), 1e-3),
+        "prefill_tokens_per_gpu": max(per_gpu(~dec, 1.0), 1.0),
+    }
+
+
+def scenario_dispatch(scenario: Path) -> tuple[bool, int]:
+    """(fp8 dispatch, EP size) of ``scenario``: DeepEP dispatches fp8 where the weights are block-scaled fp8, as the
+    serving simulators decide it (`model.ops`)."""
+    from moesim.sim.serving.serve import load
+
+    built = load(scenario)
+    p = built.precision
+    return p.weights == "fp8" and getattr(p, "fp8_scaling", "tensor") == "block", built.pools[0].layout.ep
+
+
+def simulate_plans(
+    scenario: Path, results: dict[str, Any], counts: Any, work: Path, phases: dict[str, Any] | None = None
+) -> dict[str, dict[str, float]]:
     """Run the serving DES of ``scenario`` once per method's plan (EPLB's, the ILP's...) with the routing loads of
     the statistics (``routing: {distribution: file}``, [MoE layers, experts] ``counts``) and the plan as its
     ``placement:`` (a .npy [MoE layers, slots]); returns per method the mean and p99 TTFT, TPOT and E2E, s.
-    Files go under ``work``."""
+    Files go under ``work``. ``phases``: filled per method with `phase_profile` of its run."""
     import numpy as np
     import yaml
 
@@ -81,9 +115,12 @@ def simulate_plans(scenario: Path, results: dict[str, Any], counts: Any, work: P
         sc["routing"].pop("exponent", None)
         sc["placement"] = str(work / f"plan_{m}.npy")
         err.print(f"  simulating {scenario.name} with the {m} plan")
-        summary = run(sc, "des", base_dir=scenario.parent).summary
+        res = run(sc, "des", base_dir=scenario.parent)
+        summary = res.summary
         out[m] = {k: float(summary[k]) for k in summary if k.split("_")[0] in ("ttft", "tpot", "e2e") and
                   k.endswith(("mean_s", "p99_s"))}  # fmt: skip
+        if phases is not None and res.steps is not None:
+            phases[m] = phase_profile(res.steps, res.built.pools[0].layout.ep)
     return out
 
 
@@ -212,6 +249,41 @@ def place(
             help="Tokens per GPU per MoE layer step for --objective time (4096: DeepEP's normal-mode setting).",
         ),
     ] = 4096,
+    phase: Annotated[
+        str,
+        typer.Option(
+            help="Serving phases the time objective prices: 'prefill' (DeepEP normal mode at --batch-tokens), "
+            "'decode' (low-latency mode at --decode-tokens), 'both' (weighted by --decode-share) or 'auto': with "
+            "--simulate, both, with the share and tokens per GPU measured on the scenario's DES run with EPLB's plan; "
+            "else prefill."
+        ),
+    ] = "auto",
+    decode_share: Annotated[
+        float | None,
+        typer.Option(
+            callback=finite("--decode-share", 0.0, 1.0),
+            help="Share of the deployment's time in decode steps, for --phase both (default: measured by --simulate, "
+            "else 0.5).",
+        ),
+    ] = None,
+    decode_tokens: Annotated[
+        float | None,
+        typer.Option(
+            callback=finite("--decode-tokens", 0.0, float(MAX_TRACE_TOKENS), lo_open=True),
+            help="Tokens per GPU of a decode step for --phase decode/both (default: measured by --simulate, else 128, "
+            "DeepEP's low-latency benchmark setting).",
+        ),
+    ] = None,
+    affinity: Annotated[
+        bool,
+        typer.Option(
+            "--affinity/--no-affinity",
+            help="Cross-layer affinity (ExFlow): permute each ILP layer's GPUs, inside nodes and nodes as wholes (no "
+            "layer's predicted time changes), to keep consecutive layers' expert pairs on one GPU, and report the "
+            "dispatch time an engine with context-coherent expert parallelism would save. Off by default: SGLang, "
+            "vLLM and TensorRT-LLM dispatch and combine at every layer, so none saves anything by it.",
+        ),
+    ] = False,
     simulate: Annotated[
         Path | None,
         typer.Option(
@@ -293,18 +365,47 @@ def place(
     if objective == "time" and spec is None:
         raise MoesimError("--objective time needs --model (the expert shape)", "add --model, or --objective weight")
     cost = None
+    presim: dict[str, dict[str, float]] = {}
     if gpus % gpus_per_node:
         raise MoesimError(f"{gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
     if objective == "time" or (objective == "auto" and spec is not None):
         from moesim.model.hardware import get_gpu, make_cluster
-        from moesim.placement.layertime import layer_cost
+        from moesim.placement.layertime import DEFAULT_DECODE_TOKENS_PER_GPU, PHASES, layer_cost
 
         assert spec is not None and spec.moe is not None
         cluster = make_cluster(get_gpu(gpu), nodes=gpus // gpus_per_node, gpus_per_node=gpus_per_node)
         dtype = "fp8" if spec.family.startswith("deepseek_v3") else "bf16"  # DeepSeek-V3 ships fp8 weights
+        if phase not in ("auto", *PHASES):
+            raise MoesimError(f"unknown --phase {phase!r}", "use auto, prefill, decode or both")
+        kind = phase if phase != "auto" else "both" if simulate is not None else "prefill"
+        share = 0.5 if decode_share is None else decode_share
+        dec_tok = float(DEFAULT_DECODE_TOKENS_PER_GPU if decode_tokens is None else decode_tokens)
+        pre_tok, fp8_dispatch = float(batch_tokens), None
+        if simulate is not None and kind != "prefill":
+            fp8_dispatch, ep = scenario_dispatch(simulate)
+            if ep != gpus:
+                raise MoesimError(
+                    f"--simulate {simulate}: its expert-parallel group is {ep} GPUs, not --gpus {gpus}",
+                    "give --gpus the scenario's layout.ep",
+                )
+        if simulate is not None and kind != "prefill" and (decode_share is None or decode_tokens is None):
+            # the phases as the deployment runs them: its DES run with EPLB's plan (SGLang's own rebalancer)
+            import tempfile
+
+            err.print(f"  measuring the phases of {simulate.name} with EPLB's plan")
+            first = run_place(st, gpus, gpus_per_node, redundant, ("eplb",), n_group, IlpOptions(seed=seed), moe_ids,
+                              spec.num_layers, expert_bytes, cur, None, mtp_layers=spec.mtp_layers)  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="moesim-place-sim-") as work:
+                measured: dict[str, Any] = {}
+                presim = simulate_plans(simulate, first, st.counts, Path(work), measured)
+            prof = measured["eplb"]
+            share = prof["decode_share"] if decode_share is None else share
+            dec_tok = prof["decode_tokens_per_gpu"] if decode_tokens is None else dec_tok
+            pre_tok = prof["prefill_tokens_per_gpu"]
         cost = layer_cost(
             cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
-            tokens_per_gpu=batch_tokens,
+            tokens_per_gpu=pre_tok, phase=kind, decode_share=share, decode_tokens_per_gpu=dec_tok,
+            fp8_dispatch=fp8_dispatch,
         )  # fmt: skip
     opts = IlpOptions(
         cost=cost,
@@ -316,6 +417,7 @@ def place(
         workers=workers or None,
         solver=solver,
         seed=seed,
+        affinity=affinity,
     )
     err.print(
         f"placing {st.num_experts} experts x {st.num_layers} MoE layers on {gpus} GPUs "
@@ -373,7 +475,10 @@ def place(
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="moesim-place-sim-") as work:
-            sims = simulate_plans(simulate, results, st.counts, Path(work))
+            # EPLB's plan does not depend on the objective: its run measuring the phases stands
+            todo = {m: r for m, r in results.items() if m not in presim}
+            sims = {**presim, **simulate_plans(simulate, todo, st.counts, Path(work))}
+            sims = {m: sims[m] for m in results if m in sims}
         summary["simulate"] = {"scenario": str(simulate), **sims}
     # everything is computed; now write into a staging folder that replaces --out whole (model.outputs)
     exports: dict[str, Any] = {}
@@ -437,6 +542,13 @@ def place(
             f"ILP vs EPLB: {lt}busiest GPU {c['busiest_load_change']:+.1%} on average, not worse on "
             f"{c['layers_busiest_not_worse']}/{st.num_layers} layers{sends}"
         )
+    for m, r in results.items():
+        if "affinity_saving_s" in r.metrics:
+            out.print(
+                f"{m}: an engine with context-coherent expert parallelism (ExFlow) would save "
+                f"{r.metrics['affinity_saving_s'] * 1e3:.3f} ms of dispatch per step (all layers); SGLang, vLLM and "
+                "TensorRT-LLM save none"
+            )
     if "simulate" in summary:
         sim = summary["simulate"]
         ts = Table(title=f"serving DES of {sim['scenario']} with each plan")

@@ -23,11 +23,15 @@ it costs? A deployment is simulated window by window:
   the link latency; the layers run one after another. Serving pauses that long.
 - **serving** (`simulate_drift`): every window is one run of the discrete-event simulator (`sim.serving.engine`)
   with the window's routing shares as the scenario's loads and the policy's plan as its ``placement``; every
-  policy sees the same requests in a window (the same seed). A rebalance's pause is at the window's start: requests
-  arriving during it are held until it ends (the DES serves the backlog after) and their latencies count from
-  their true arrival. Requests still in flight at the boundary, from the previous window's run, are not charged
-  (each window is its own run): the pause's cost is a lower bound by about (requests in flight) x pause.
-  ``engine="analytical"`` times each window with the closed-form model instead (faster, no pause in the latencies).
+  policy sees the same requests in a window (the same seed). A rebalance starts at the window's start, taken as
+  the previous window's last arrival: the previous window's requests still running then wait it out
+  (`charge_in_flight`: E2E, TTFT if their first token came after, TPOT over their output); requests arriving
+  during it are held until its chunk ends (the DES serves the backlog after), then wait out the later chunks while
+  running, and their latencies count from their true arrival. With ``layers_per_chunk`` (SGLang
+  ``--eplb-rebalance-layers-per-chunk``) the same total pause comes in chunks with a step between them: a request
+  running through the whole rebalance waits as long, but no step stalls longer than one chunk (``max_stall_s``)
+  and arrivals start sooner. ``engine="analytical"`` times each window with the closed-form model instead (faster,
+  no pause in the latencies).
 
 Units: seconds, bytes; loads in (token, expert) pairs.
 """
@@ -209,23 +213,42 @@ class Migration:
     inter_bytes: float = 0.0
     copies: int = 0
     pause_s: float = 0.0
+    chunk_pauses_s: tuple[float, ...] = ()
+
+    @property
+    def max_stall_s(self) -> float:
+        """The longest stall one step sees: the slowest chunk's copies (the whole pause when not chunked), s."""
+        return max(self.chunk_pauses_s, default=self.pause_s)
 
 
-def migration_cost(old: PlacementPlan, new: PlacementPlan, expert_bytes: float, cluster: Any) -> Migration:
+def migration_cost(
+    old: PlacementPlan, new: PlacementPlan, expert_bytes: float, cluster: Any, layers_per_chunk: int | None = None
+) -> Migration:
     """The expert copies turning ``old`` into ``new`` as SGLang's updater makes them, and the serving pause, s.
 
     Per layer, every (GPU, expert) that ``new`` needs and ``old`` lacks on that GPU is copied from a GPU of the same
     node holding it (the least-used sender), else from one on another node; the layer takes
     ``max over GPUs of max(NVLink bytes / intra_bw, NIC bytes / inter_bw)`` (send or receive, whichever is more)
     plus the link latency, and layers run one after another (`expert_location_updater.py` updates them in a loop).
+
+    ``layers_per_chunk`` (SGLang ``--eplb-rebalance-layers-per-chunk``, default None: every layer in one go): the
+    layers are updated that many at a time, one forward pass between chunks (sgl-project/sglang@python/sglang/srt/
+    eplb/eplb_manager.py ``rebalance`` yields after each chunk but the first); ``chunk_pauses_s`` holds each
+    chunk's copy time.
     """
+    if layers_per_chunk is not None and layers_per_chunk < 1:
+        raise MoesimError(
+            f"drift: --layers-per-chunk = {layers_per_chunk} is below 1", "give 1 or more layers, or leave it out"
+        )
     g, gpn = new.num_gpus, new.gpus_per_node
     intra_bw, intra_lat = cluster.link("intra")
     inter = cluster.link("inter") if g > gpn else (math.inf, 0.0)
     total = intra = inter_b = 0.0
     copies = 0
     pause = 0.0
+    per_layer: list[float] = []
     for a, b in zip(old.gpu_experts(), new.gpu_experts(), strict=True):
+        before = pause
         holders: dict[int, list[int]] = {}
         for gpu, row in enumerate(a):
             for e in set(row.tolist()):
@@ -246,9 +269,30 @@ def migration_cost(old: PlacementPlan, new: PlacementPlan, expert_bytes: float, 
             pause += max(t_nvl, t_nic) + (inter[1] if nic.any() else intra_lat)
         intra += float(nvl[:, 1].sum())
         inter_b += float(nic[:, 1].sum())
+        per_layer.append(pause - before)
     total = migration_bytes(old, new, expert_bytes)
     assert abs(total - intra - inter_b) <= 1e-6 * max(total, 1.0)
-    return Migration(total, intra, inter_b, copies, pause)
+    k = layers_per_chunk or max(len(per_layer), 1)
+    chunks = tuple(float(sum(per_layer[i : i + k])) for i in range(0, len(per_layer), k))
+    return Migration(total, intra, inter_b, copies, pause, chunks)
+
+
+def charge_in_flight(req: Any, boundary_s: float, pause_s: float) -> Any:
+    """A window's requests with a rebalance that starts at ``boundary_s`` (its run's clock) and stalls every step
+    ``pause_s`` in all: a request still running then waits it out (E2E; TTFT if its first token came after; TPOT
+    spread over its output); a copy, the columns `_latencies` reads."""
+    out = req.copy()
+    if pause_s <= 0 or not len(out):
+        return out
+    finish = out["finish_s"].to_numpy(float)
+    first = out["arrival_s"].to_numpy(float) + out["ttft_s"].to_numpy(float)
+    live = np.isfinite(finish) & (finish > boundary_s)
+    out.loc[live, "e2e_s"] = out.loc[live, "e2e_s"] + pause_s
+    out.loc[live & (first > boundary_s), "ttft_s"] = out.loc[live & (first > boundary_s), "ttft_s"] + pause_s
+    dec = live & (first <= boundary_s)
+    gaps = np.maximum(out.loc[dec, "output_tokens"].to_numpy(float) - 1.0, 1.0)
+    out.loc[dec, "tpot_s"] = out.loc[dec, "tpot_s"] + pause_s / gaps
+    return out
 
 
 def expert_bytes(built: Built) -> float:
@@ -291,6 +335,7 @@ class DriftResult:
         out["max_load_ratio"] = float(np.mean([w.max_load_ratio for w in ws]))
         out["migration_bytes"] = float(sum(w.migration.bytes for w in ws))
         out["pause_s"] = float(sum(w.migration.pause_s for w in ws))
+        out["max_stall_s"] = float(max((w.migration.max_stall_s for w in ws), default=0.0))
         out["rebalances"] = float(sum(w.rebalanced for w in ws))
         return out
 
@@ -312,6 +357,8 @@ class DriftResult:
                             "migration_inter_bytes": w.migration.inter_bytes,
                             "migration_copies": w.migration.copies,
                             "pause_s": w.migration.pause_s,
+                            "max_stall_s": w.migration.max_stall_s,
+                            "chunks": len(w.migration.chunk_pauses_s),
                             **{k: w.summary.get(k) for k in LATENCY_KEYS},
                         }
                         for w in ws
@@ -326,13 +373,16 @@ class DriftResult:
 LATENCY_KEYS = ("ttft_mean_s", "ttft_p90_s", "tpot_mean_s", "tpot_p90_s", "e2e_mean_s", "e2e_p90_s")
 
 
-def _latencies(req: Any, held_s: np.ndarray) -> dict[str, float]:
+def _latencies(req: Any, held_s: np.ndarray, stalled_s: np.ndarray | None = None) -> dict[str, float]:
     """Latency means and p90s of completed requests; ``held_s`` [n] seconds each was held by a pause (added to
-    TTFT and E2E: they count from the true arrival)."""
+    TTFT and E2E: they count from the true arrival); ``stalled_s`` [n] seconds of a chunked rebalance's later
+    chunks each waited out while running (added to E2E, and to TPOT over its output)."""
     done = req["finish_s"].notna().to_numpy()
+    stall = np.zeros(len(req)) if stalled_s is None else np.asarray(stalled_s, float)
     ttft = req["ttft_s"].to_numpy(float)[done] + held_s[done]
-    e2e = req["e2e_s"].to_numpy(float)[done] + held_s[done]
-    tpot = req["tpot_s"].to_numpy(float)[done]
+    e2e = req["e2e_s"].to_numpy(float)[done] + held_s[done] + stall[done]
+    gaps = np.maximum(req["output_tokens"].to_numpy(float) - 1.0, 1.0)
+    tpot = req["tpot_s"].to_numpy(float)[done] + (stall / gaps)[done]
     tpot = tpot[np.isfinite(tpot)]
 
     def stat(x: np.ndarray) -> tuple[float, float]:
@@ -344,8 +394,12 @@ def _latencies(req: Any, held_s: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _window_workload(built: Built, requests: int, seed: int, pause_s: float, folder: Path) -> tuple[Any, np.ndarray]:
-    """The window's requests as a replayed trace, arrivals during the pause held to its end; (workload, held [n])."""
+def _window_workload(
+    built: Built, requests: int, seed: int, pauses_s: Sequence[float], folder: Path
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The window's requests as a replayed trace; a rebalance of chunks ``pauses_s`` runs from the window's start
+    (one step between chunks, taken as short beside them): an arrival during a chunk is held to its end, then waits
+    out the chunks after it while running. (workload, held [n], stalled [n]) seconds."""
     import pandas as pd
 
     from moesim.sim.serving.workload import Workload, generate
@@ -354,13 +408,20 @@ def _window_workload(built: Built, requests: int, seed: int, pause_s: float, fol
     df = generate(w, seed=seed, base_dir=built.base_dir)
     arrival = df["arrival_s"].to_numpy(float)
     arrival = arrival - arrival.min()
-    held = np.maximum(arrival, pause_s) - arrival
+    held, stalled = np.zeros(arrival.size), np.zeros(arrival.size)
+    ends = np.cumsum(np.asarray(pauses_s, float))
+    if ends.size:
+        j = np.searchsorted(ends, arrival, side="right")  # the chunk running at each arrival (ends.size: none)
+        during = j < ends.size
+        end = np.where(during, ends[np.minimum(j, ends.size - 1)], arrival)
+        held, stalled = end - arrival, np.where(during, ends[-1] - end, 0.0)
+    total = float(ends[-1]) if ends.size else 0.0
     cols = {"arrival_s": arrival + held, "input_tokens": df["input_tokens"], "output_tokens": df["output_tokens"]}
     if "prefix_id" in df.columns:
         cols |= {"prefix_id": df["prefix_id"], "prefix_tokens": df["prefix_tokens"]}
-    path = folder / f"window-{seed}-{pause_s:.9g}.csv"
+    path = folder / f"window-{seed}-{total:.9g}-{len(pauses_s)}.csv"
     pd.DataFrame(cols).to_csv(path, index=False)
-    return Workload(trace=str(path), trace_format="csv"), held
+    return Workload(trace=str(path), trace_format="csv"), held, stalled
 
 
 def simulate_drift(
@@ -373,6 +434,7 @@ def simulate_drift(
     engine: str = "des",
     ilp_time_limit: float = 60.0,
     progress: Progress | None = None,
+    layers_per_chunk: int | None = None,
 ) -> DriftResult:
     """Serve windows 1..W of ``windows`` under each policy (see the module docstring).
 
@@ -385,6 +447,7 @@ def simulate_drift(
         engine: ``des`` (a discrete-event run per window) or ``analytical``.
         ilp_time_limit: wall-clock cap of one ILP placement, s.
         progress: called with (steps done, steps, label).
+        layers_per_chunk: a rebalance updates this many layers at a time (`migration_cost`); None: all at once.
     """
     moe = _moe(built)
     if len(built.pools) != 1:
@@ -455,24 +518,35 @@ def simulate_drift(
             plan = initial[pol.method]
             rows: list[WindowResult] = []
             steps_per_window = 0.0
+            last: tuple[Any, np.ndarray, np.ndarray] | None = None  # the previous window's requests, held, stalled
             for w in range(1, served + 1):
                 mig = Migration()
                 rebalanced = bool(pol.interval) and w > 1 and (w - 1) % pol.interval == 0
                 if rebalanced:
                     seen = merge(windows[max(0, w - pol.interval) : w])
                     new = solve(pol.method, seen, plan, steps_per_window * pol.interval)
-                    mig = migration_cost(plan, new, ebytes, pool.cluster)
+                    mig = migration_cost(plan, new, ebytes, pool.cluster, layers_per_chunk)
                     plan = new
+                    if last is not None and mig.pause_s > 0:
+                        # the previous window's requests still running when the rebalance starts (its last arrival)
+                        # wait out every chunk: its figures are charged now
+                        req, h, st = last
+                        boundary = float(req["arrival_s"].max()) if len(req) else 0.0
+                        rows[-1].summary = _latencies(charge_in_flight(req, boundary, mig.pause_s), h, st)
                 truth = windows[w]
                 loads = gpu_loads(plan.phys_to_log, truth.counts, ep)
                 ratio = float(np.mean(loads.max(axis=1) / loads.mean(axis=1)))
-                wl, held = _window_workload(built, requests_per_window, built.scenario.seed + w, mig.pause_s, Path(tmp))
+                chunks = mig.chunk_pauses_s if mig.pause_s > 0 else ()
+                wl, held, stalled = _window_workload(
+                    built, requests_per_window, built.scenario.seed + w, chunks, Path(tmp)
+                )
                 b = replace(built, loads=truth.shares(), phys_to_log=plan.phys_to_log, workload=wl)
                 if engine == "des":
                     from moesim.sim.serving.engine import simulate
 
                     sim = simulate(b, built.scenario.seed)
-                    summary = _latencies(sim.requests, held)
+                    summary = _latencies(sim.requests, held, stalled)
+                    last = (sim.requests, held, stalled)
                     steps_per_window = len(sim.steps) / max(1, pool.replicas)
                 else:
                     from moesim.sim.serving.analytical import analyse

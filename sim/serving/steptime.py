@@ -84,6 +84,15 @@ _COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
 _T_ALL_OPS = frozenset({"routed_experts", "ep_dispatch", "ep_combine", "dp_gather", "dp_scatter"})
 _ROW_OPS = frozenset({"lm_head", "logits_gather", "sampler"})
 _ATT_OPS = frozenset({"attention", "kv_b_proj"})
+_EP_A2A = frozenset({"ep_dispatch", "ep_combine"})
+#: Tokens of the per-layer estimate whose all-to-all bytes `StepTimer._layer_a2a` scales (any count: bytes are
+#: linear in tokens).
+_A2A_REF_TOKENS = 1024
+#: (grid points per octave, exact below this many tokens) of the per-layer expected expert time in the step-cost
+#: tables (`StepTimer._sep_entry`): within 0.1% of the 32-per-octave grid (Qwen3-30B-A3B EP16 with per-layer
+#: plans, 33-16,000 tokens; tests/test_placement_phase.py) at a quarter of its grid points. DeepSeek-V3 EP32 with
+#: per-layer routing, 300 requests: 46 s of CPU with the fine grid, 9.7 s with this one
+_TABLE_EXPERT_GRID = (8, 32)
 _N = 11  # parts of a batch (`StepTimer._parts`)
 
 
@@ -167,6 +176,12 @@ _BLOCK_FIELDS = (
 )  # fmt: skip
 
 
+#: `StepTimer._host_overlap`: the host fields that are constant for a batch shape, in this order.
+_HOST_CONST = (
+    "host_s", "launches", "graphs", "scheduler_cpu_s", "prepare_cpu_s", "sampling_cpu_s", "launch_cpu_s",
+)  # fmt: skip
+
+
 @dataclass
 class StepBlock:
     """``k`` consecutive steps' costs in columnar form: each `StepCost` field an array [k] (s, counts, bytes,
@@ -203,6 +218,13 @@ class StepBlock:
     def host_exposed_s(self) -> np.ndarray:
         """Host time each step pays beyond its GPU time, s, shape [k]."""
         return self.scheduler_s + self.prepare_s + self.sampling_s + self.launch_s
+
+    @staticmethod
+    def concat(blocks: list[StepBlock]) -> StepBlock:
+        """Blocks of the same batch shape, one after the other, as one block."""
+        kw: dict[str, Any] = {f: np.concatenate([getattr(b, f) for b in blocks]) for f in _BLOCK_FIELDS}
+        wait = np.concatenate([b.gpu_wait_s for b in blocks])
+        return StepBlock(gpu_wait_s=wait, padded_batch=blocks[0].padded_batch, **kw)
 
     def cost(self, j: int) -> StepCost:
         """Step ``j`` as a `StepCost`."""
@@ -263,6 +285,8 @@ class RoutingBank:
     #: full bank); a full bank is drawn anew after serving max(REUSE x rows, MIN_REFRESH) steps, so a long run does
     #: not lean on one set of rows (their sampling error averages out over refreshes as a per-step sampler's does).
     FIRST_ROWS = 1024
+    #: `draw_stats`: most banks moved to a pair count kept at once (each [D x rows, G] floats; cleared when full).
+    MAX_MOVED = 64
     REUSE, MIN_REFRESH = 64, 512
 
     def __init__(
@@ -285,6 +309,10 @@ class RoutingBank:
         self.rows = int(np.clip(self.BUDGET // (len(distinct) * s), self.MIN_ROWS, self.MAX_ROWS))
         self._banks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._means: dict[int, np.ndarray] = {}
+        #: `draw_stats`: live banks moved to a pair count (grid point, count) -> (seconds [D x rows, G], slowest
+        #: [D x rows], dropped [D x rows]), and the (grid point, count) pairs drawn before
+        self._moved: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._seen: set[tuple[int, int]] = set()
         self._used: dict[int, int] = {}
         self._rows: dict[int, int] = {}
 
@@ -332,20 +360,29 @@ class RoutingBank:
             hit = self._banks[n] = (pairs, te, slope, dropped)
         return hit
 
+    def _rows_for(self, n: int, k: int) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], bool]:
+        """(grid point, its bank, whether the bank stays in use after this draw of ``k`` steps): the bookkeeping
+        of `draw`'s growth and refresh (a stale bank serves this draw and is drawn anew from the next one)."""
+        nb = self.grid(n)
+        bank = self.samples(nb)
+        rows = len(bank[0][0])
+        self._used[nb] = self._used.get(nb, 0) + k
+        grow = rows < self.rows and self._used[nb] >= rows
+        live = not (grow or self._used[nb] >= max(self.REUSE * rows, self.MIN_REFRESH))
+        if not live:  # drawn anew from the next call on
+            del self._banks[nb], self._used[nb]
+            self._means.pop(nb, None)
+            self._moved = {key: v for key, v in self._moved.items() if key[0] != nb}
+            if grow:  # a count in use gets a bigger bank, up to ``rows``
+                self._rows[nb] = min(4 * rows, self.rows)
+        return nb, bank, live
+
     def draw(self, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Routing of ``k`` steps of ``n`` pairs per layer: each GPU's grouped-GEMM seconds [k, L, G] and the
         dropped pairs [k] (summed over layers); each (step, layer) one row of the layer's bank drawn with ``rng``.
         A grid point's rows are moved to ``n`` pairs (see the class docstring), their seconds along the slope."""
-        nb = self.grid(n)
-        pairs, te, slope, dropped = self.samples(nb)
+        nb, (pairs, te, slope, dropped), _ = self._rows_for(n, k)
         rows = len(pairs[0])
-        self._used[nb] = self._used.get(nb, 0) + k
-        grow = rows < self.rows and self._used[nb] >= rows
-        if grow or self._used[nb] >= max(self.REUSE * rows, self.MIN_REFRESH):  # drawn anew from the next call on
-            del self._banks[nb], self._used[nb]
-            self._means.pop(nb, None)
-            if grow:  # a count in use gets a bigger bank, up to ``rows``
-                self._rows[nb] = min(4 * rows, self.rows)
         idx = rng.integers(0, rows, size=(k, len(self.layer_of)))
         layer = self.layer_of[None, :]
         t, dr = te[layer, idx], dropped[layer, idx].sum(axis=1)
@@ -359,6 +396,49 @@ class RoutingBank:
             t = t + slope[layer, idx] * (moved - p)
             dr = dr * f
         return t, dr
+
+    def draw_stats(self, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`draw` reduced to what a step needs, the same draws (the same ``rng`` calls, the same rows): per step and
+        MoE layer the slowest GPU's seconds [k, L], per step and GPU its seconds summed over layers [k, G], and the
+        dropped pairs [k].
+
+        A pair count drawn again from a live bank (a decode run's, whose count repeats) uses the bank moved to
+        ``n`` once, [D, rows, G], with each row's slowest GPU, so a step costs two gathers (at most `MAX_MOVED` such
+        tables are kept); else (a mixed step's count, one step at a time) the drawn rows are moved as in `draw`."""
+        nb, (pairs, te, slope, dropped), live = self._rows_for(n, k)
+        d, rows, g = te.shape
+        idx = rng.integers(0, rows, size=(k, len(self.layer_of)))
+        key = (nb, n)
+        hit = self._moved.get(key)
+        if hit is None and live and key in self._seen and (nb == n or k > 1):  # a grid point's: for runs only
+            if len(self._moved) >= self.MAX_MOVED:
+                self._moved.clear()
+            t, dr = te, dropped
+            if nb != n:
+                f = n / nb
+                mean = pairs.mean(axis=1, keepdims=True)  # [D, 1, G]
+                moved = np.maximum(f * mean + math.sqrt(f) * (pairs - mean), 0.0)
+                t, dr = te + slope * (moved - pairs), dropped * f
+            hit = self._moved[key] = (t.reshape(d * rows, g), t.max(axis=2).reshape(-1), dr.reshape(-1))
+        if live:
+            self._seen.add(key)
+        if hit is not None:
+            flat = idx + (self.layer_of * rows)[None, :]  # [k, L] rows of the [D x rows] table
+            tab, top, drop = hit
+            t_sum = np.take(tab, flat, axis=0).sum(axis=1)  # [k, G]
+            return np.take(top, flat), t_sum, np.take(drop, flat).sum(axis=1)
+        layer = self.layer_of[None, :]
+        t, dr = te[layer, idx], dropped[layer, idx].sum(axis=1)
+        if nb != n:  # as `draw`
+            f = n / nb
+            mean = self._means.get(nb)
+            if mean is None:
+                mean = self._means[nb] = pairs.mean(axis=1)[layer]  # [1, L, G]
+            p = pairs[layer, idx]
+            moved = np.maximum(f * mean + math.sqrt(f) * (p - mean), 0.0)
+            t = t + slope[layer, idx] * (moved - p)
+            dr = dr * f
+        return t.max(axis=2), t.sum(axis=1), dr
 
     def draw_pairs(self, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
         """Like `draw`, but each GPU's pairs [k, L, G] (moved to ``n`` for a grid point)."""
@@ -666,14 +746,20 @@ class StepTimer:
         b = np.floor(4 * np.log2(kv)).astype(np.int64)
         lo, hi = 2.0 ** (b / 4), 2.0 ** ((b + 1) / 4)
         fk = ((kv - lo) / (hi - lo))[:, None]
-        lo_v, hi_v = np.empty((kv.size, _N)), np.empty((kv.size, _N))
-        for i, bucket in enumerate(b.tolist()):
-            if i and bucket == b[i - 1]:
-                lo_v[i], hi_v[i] = lo_v[i - 1], hi_v[i - 1]
-                continue
-            for row, edge in ((lo_v, bucket), (hi_v, bucket + 1)):
-                row[i] = self._edge(s_lo, edge, exact) * (1 - fs) + self._edge(s_hi, edge, exact) * fs
-        return lo_v * (1 - fk) + hi_v * fk
+        first, last = int(b.min()), int(b.max())
+        # the sequence-blended edges from bucket ``first`` to ``last + 1`` [E, _N], memoised per (seqs, bucket)
+        edges = np.array([self._seq_edge(seqs, s_lo, s_hi, fs, e, exact) for e in range(first, last + 2)])
+        j = b - first
+        return edges[j] * (1 - fk) + edges[j + 1] * fk
+
+    def _seq_edge(self, seqs: int, s_lo: int, s_hi: int, fs: float, bucket: int, exact: bool) -> np.ndarray:
+        """`decode_parts`' edge ``bucket`` at ``seqs`` sequences: the grid's edges at ``s_lo`` and ``s_hi`` blended
+        by ``fs`` (memoised)."""
+        key = ("decode_seqs", exact, seqs, bucket)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._edge(s_lo, bucket, exact) * (1 - fs) + self._edge(s_hi, bucket, exact) * fs
+        return hit
 
     def _edge(self, seqs: int, bucket: int, exact: bool) -> np.ndarray:
         key = ("decode", exact, seqs, bucket)
@@ -695,8 +781,11 @@ class StepTimer:
         parts = self._split(est)
         launches, attention = float(kernel_launches(est.ops)), float(attention_launches(est.ops))
         waits = self._launch_waits(est)
-        if exact and per_layer:  # the expected busiest GPU of each layer, memoised by tokens
+        a2a = self._layer_a2a(batch.tokens, phase)
+        if (exact and per_layer) or a2a is not None:  # the expected busiest GPU of each layer, memoised by tokens
             parts = (*parts[:3], self._expected_experts(batch.tokens))
+        if a2a is not None:  # each layer's dispatch and combine from its own loads and placement
+            parts = (parts[0], a2a, *parts[2:])
         rho = 1.0
         if self.overlap == "two_batch" and new.size >= 2:
             halves = (slice(0, None, 2), slice(1, None, 2))
@@ -704,6 +793,8 @@ class StepTimer:
                 self._split(self.estimate(Batch(tuple(new[h].tolist()), tuple(cached[h].tolist())), exact))
                 for h in halves
             ]
+            if a2a is not None and not exact:  # per-layer routing: each half's experts as the whole's (`_sep_entry`)
+                half = [(*x[:3], self._expected_experts(int(new[h].sum()))) for x, h in zip(half, halves, strict=True)]
             whole = parts[0] + parts[3]
             rho = sum(h[0] + h[3] for h in half) / whole if whole > 0 else 1.0
             launches, attention = 2 * launches, 2 * attention  # each micro-batch launches its own kernels
@@ -814,14 +905,24 @@ class StepTimer:
             batch, one = Batch((1,) * (x * dp), (0,) * (x * dp), phase), Batch((1,) * x, (0,) * x, phase)
         est = self.estimate(batch, per_layer=False)
         first, second = np.zeros(5), np.zeros(5)
+        a2a = self._layer_a2a(x, phase) if kind == "tokens" else None
+        # per-layer routing or placement: each layer's expected busiest GPU (as `_compute`), not the layer-averaged
+        # loads on the first layer's placement (two-batch overlap's rho reads it)
+        experts = self._expected_experts(x, *_TABLE_EXPERT_GRID) if a2a is not None else None
         for op, tm in zip(est.ops, est.times, strict=True):
             if op.name in _ATT_OPS or (kind == "tokens") == (op.name in _ROW_OPS):
                 continue
             vec = first if kind == "rows" or op.name not in _T_ALL_OPS else second
             sec = tm.seconds * op.count
+            if a2a is not None and op.name in _EP_A2A:
+                sec = 0.0
+            elif experts is not None and op.name == "routed_experts":  # every layer set's in the first one's place
+                sec, experts = experts, 0.0
             cls = 3 if op.name == "routed_experts" else 1 if op.kind == "all_to_all" else 2 if op.kind in _COMM else 0
             vec[cls] += sec
             vec[4] += op.kernels * op.count
+        if a2a is not None:
+            second[1] += a2a
         use = np.zeros(2)
         cluster = self._one
         for op in decompose(self.model, one, Layout(), cluster, self.precision):
@@ -830,6 +931,34 @@ class StepTimer:
             use += ((op.weight_bytes + op.kv_bytes) * op.count, op.flops * op.count)
         hit = self._memo[key] = (first, second, use)
         return hit
+
+    def _layer_a2a(self, tokens: int, phase: str) -> float | None:
+        """Expert-parallel dispatch + combine of a step of ``tokens`` tokens in ``phase``, summed over the MoE layers
+        with each layer's bytes from its own loads and placement, s; None where routing and placement are the same
+        for every layer (the layer-set estimate is then exact) or there is no expert parallelism.
+
+        The layer-set estimate (`estimate` with ``per_layer=False``) prices every layer's all-to-all with the
+        layer-averaged loads on the first layer's placement, which matches neither (a plan made for layer 0's loads,
+        read against the mean loads, looks unbalanced: DeepSeek-V3 EP32 with EPLB's plan, decode 11.0 ms per step
+        against 8.7 ms summed layer by layer). Each layer's ops come from one per-layer estimate per phase at
+        `_A2A_REF_TOKENS` tokens; bytes are linear in the tokens (`model.a2a.ep_a2a_ops`: tokens x fan-out x token
+        bytes), so they are scaled to ``tokens`` and timed by the cost model as the estimate times them."""
+        if self.moe is None or self.layout.ep <= 1 or tokens <= 0:
+            return None
+        if np.ndim(self.loads) != 2 and np.ndim(self.phys) != 2:
+            return None
+        key = ("a2a_layers", phase)
+        ops = self._memo.get(key)
+        if ops is None:
+            est = self.estimate(Batch((_A2A_REF_TOKENS,), (0,), phase), per_layer=True)
+            ops = self._memo[key] = [op for op in est.ops if op.name in _EP_A2A]
+        f = tokens / _A2A_REF_TOKENS
+        total = 0.0
+        for op in ops:
+            shape = {**op.shape, "tokens": op.shape["tokens"] * f, "bytes": op.shape["bytes"] * f}
+            scaled = replace(op, intra_bytes=op.intra_bytes * f, inter_bytes=op.inter_bytes * f, shape=shape)
+            total += self.cost_model.op_time(scaled, self.cluster).seconds * op.count
+        return total
 
     def _launch_waits(self, est: StepEstimate) -> tuple[float, float]:
         """(eager, piecewise) forward seconds beyond the GPU time of ``est``'s ops, issued by one CPU thread."""
@@ -843,16 +972,21 @@ class StepTimer:
         piecewise = launch_pipeline(piecewise_items(est.ops, sec, launch, replay)) - gpu
         return max(eager, 0.0), max(piecewise, 0.0)
 
-    def _expected_experts(self, tokens: int) -> float:
+    def _expected_experts(self, tokens: int, per_octave: int = 32, exact_below: int = 64) -> float:
         """Sum over MoE layers of the routed experts' time on the expected busiest GPU, s.
 
-        Exact up to 64 tokens, then linear between fixed grid points 32 per octave apart (computed
-        once each), so the answer never depends on which token counts were asked for before.
+        Exact up to ``exact_below`` tokens, then linear in tokens between fixed grid points ``per_octave`` per
+        octave apart (computed once each), so the answer never depends on which token counts were asked for
+        before. Each grid point costs one busiest-GPU expectation per MoE layer (DeepSeek-V3: 58 x ~3 ms), so
+        the step-cost tables, which meet every token count of a run, ask for a coarser grid (`_sep_entry`);
+        linear interpolation is exact wherever the expert time is affine in tokens and errs only near a kink.
         """
-        if tokens <= 64:
+        if tokens <= exact_below:
             return self._experts_at(tokens)
-        x = 32 * math.log2(tokens / 64)
-        t_lo, t_hi = round(64 * 2 ** (math.floor(x) / 32)), round(64 * 2 ** ((math.floor(x) + 1) / 32))
+        n = per_octave
+        x = n * math.log2(tokens / exact_below)
+        t_lo = round(exact_below * 2 ** (math.floor(x) / n))
+        t_hi = round(exact_below * 2 ** ((math.floor(x) + 1) / n))
         if t_hi <= t_lo or tokens <= t_lo:
             return self._experts_at(t_lo)
         f = (tokens - t_lo) / (t_hi - t_lo)
@@ -997,13 +1131,15 @@ class StepTimer:
         assert self.moe is not None
         pairs_total = np.full(k, float(n_pairs * self.n_moe))
         if self.offload is None:
-            te, dropped = self.bank.draw(n_pairs, k, self.rng)  # [k, L, G], [k]
+            slowest, t_sum, dropped = self.bank.draw_stats(n_pairs, k, self.rng)  # [k, L], [k, G], [k]
             fetch = np.zeros(k)
         else:
             te, dropped, fetch = self._route_direct(k, n_pairs)
-        slowest = te.max(axis=2)
-        straggler = (slowest - te.mean(axis=2)).sum(axis=1)
-        wait = (slowest[:, :, None] - te).sum(axis=1)  # [k, G]
+            slowest, t_sum = te.max(axis=2), te.sum(axis=1)
+        # per step: sum over layers of (slowest - mean over GPUs); each GPU's wait summed over layers [k, G]
+        top = slowest.sum(axis=1)
+        straggler = top - t_sum.sum(axis=1) / t_sum.shape[1]
+        wait = top[:, None] - t_sum
         return slowest, straggler, wait, pairs_total, dropped, fetch
 
     def _route_direct(self, k: int, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1117,6 +1253,8 @@ class StepTimer:
         out = {f: np.zeros(k) for f in _BLOCK_FIELDS[9:]}
         counts = np.round(launch_parts[:, :2]).astype(np.int64)
         same = k == 1 or bool((counts == counts[0]).all())
+        if same and prof.overlap:  # the common case (one batch shape, an overlapping scheduler) in a few array ops
+            return self._host_overlap(gpu_s, seqs, tokens, mode, *counts[0].tolist())
         keys = counts[:1] if same else np.unique(counts, axis=0)
         for launches, att in keys.tolist():
             rows = slice(None) if same else np.flatnonzero((counts[:, 0] == launches) & (counts[:, 1] == att))
@@ -1141,6 +1279,30 @@ class StepTimer:
             out["sampling_cpu_s"][rows], out["launch_cpu_s"][rows] = hc.sampling_s, hc.launch_s
         sched, prep, samp, launch = out["scheduler_s"], out["prepare_s"], out["sampling_s"], out["launch_s"]
         out["duration_s"] = gpu_s + sched + prep + samp + launch
+        return out
+
+    def _host_overlap(
+        self, gpu_s: np.ndarray, seqs: int, tokens: int, mode: str, launches: int, att: int
+    ) -> dict[str, np.ndarray]:
+        """`_host_block` of ``k`` steps of one shape under an overlapping scheduler: the same values, the host cost
+        memoised by shape."""
+        key = ("host", seqs, tokens, mode, launches, att)
+        hc = self._memo.get(key)
+        if hc is None:
+            prof = self.profile
+            assert prof is not None
+            hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+        k = len(gpu_s)
+        cpu = (hc.scheduler_s, hc.prepare_s, hc.sampling_s, hc.launch_s)
+        total = sum(cpu)
+        # `host.exposed`: the host time beyond the GPU time, shared in proportion
+        f = np.maximum(total - gpu_s, 0.0) / total if total > 0.0 else np.zeros(k)
+        ex = [c * f for c in cpu]
+        out = {name: v for name, v in zip(("scheduler_s", "prepare_s", "sampling_s", "launch_s"), ex, strict=True)}
+        const = np.empty((len(_HOST_CONST), k))  # the per-shape constants, one row each
+        const[...] = np.array([hc.total_s, hc.launches, hc.graphs, *cpu])[:, None]
+        out.update(zip(_HOST_CONST, const, strict=True))
+        out["duration_s"] = gpu_s + ex[0] + ex[1] + ex[2] + ex[3]
         return out
 
     def _fetch(self, per: np.ndarray) -> float:
