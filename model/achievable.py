@@ -65,7 +65,7 @@ from moesim.model.dtypes import FP8_BLOCK_SCALE_BYTES
 from moesim.model.hardware import AchievableSpec, AchievedFigure, ClusterSpec, HardwareSpec, list_gpus
 from moesim.model.op_record import Op, memory_op
 from moesim.model.ops import fused_moe_parts, moe_block_m
-from moesim.model.roofline import OpTime
+from moesim.model.roofline import OpTime, link_seconds
 
 #: Output tiles (rows, columns) a GEMM library chooses among (CUTLASS/cuBLAS threadblock tiles on sm80/sm90; the
 #: NVIDIA guide above lists 256x128, 128x256, 128x128, 256x64, 64x256, 128x64, 64x128 and 64x64). The model takes
@@ -412,13 +412,7 @@ class AchievableCostModel:
             return OpTime(t.seconds, 0.0, 0.0, t.seconds, t.bound, t.source)
         gpu = cluster.gpu
         p = self.params(gpu)
-        intra = inter = 0.0
-        if op.intra_bytes or op.intra_msgs:
-            bw, lat = cluster.link("intra")
-            intra = op.intra_bytes / bw + op.intra_msgs * lat
-        if op.inter_bytes or op.inter_msgs:
-            bw, lat = cluster.link("inter")
-            inter = op.inter_bytes / bw + op.inter_msgs * lat
+        intra, inter = link_seconds(op, cluster)
         link = max(intra, inter)
         parts = _moe_parts(op) if op.kind == "grouped_gemm" else None
         if not op.flops and not op.bytes:  # a collective: the link model alone (its latency holds the launch)

@@ -55,6 +55,19 @@ class OpTime:
     band: tuple[float, float] | None = None
 
 
+def link_seconds(op: Op, cluster: ClusterSpec) -> tuple[float, float]:
+    """(intra-node, inter-node) link time of ``op``, s: each class's bytes / its bandwidth + messages x its
+    latency (0 where the op sends nothing over it)."""
+    intra = inter = 0.0
+    if op.intra_bytes or op.intra_msgs:
+        bw, lat = cluster.link("intra")
+        intra = op.intra_bytes / bw + op.intra_msgs * lat
+    if op.inter_bytes or op.inter_msgs:
+        bw, lat = cluster.link("inter")
+        inter = op.inter_bytes / bw + op.inter_msgs * lat
+    return intra, inter
+
+
 @runtime_checkable
 class CostModel(Protocol):
     """Anything that times an op on a cluster (roofline, calibrated tables...)."""
@@ -79,13 +92,7 @@ class RooflineCostModel:
         gpu = cluster.gpu
         compute = op.flops / gpu.peak(op.dtype) if op.flops else 0.0
         memory = op.bytes / gpu.bandwidth() if op.bytes else 0.0
-        intra = inter = 0.0
-        if op.intra_bytes or op.intra_msgs:
-            bw, lat = cluster.link("intra")
-            intra = op.intra_bytes / bw + op.intra_msgs * lat
-        if op.inter_bytes or op.inter_msgs:
-            bw, lat = cluster.link("inter")
-            inter = op.inter_bytes / bw + op.inter_msgs * lat
+        intra, inter = link_seconds(op, cluster)
         local, link = max(compute, memory), max(intra, inter)
         if link > local:
             bound = "inter-link" if inter >= intra else "intra-link"

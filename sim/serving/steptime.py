@@ -381,9 +381,14 @@ class RoutingBank:
         """Routing of ``k`` steps of ``n`` pairs per layer: each GPU's grouped-GEMM seconds [k, L, G] and the
         dropped pairs [k] (summed over layers); each (step, layer) one row of the layer's bank drawn with ``rng``.
         A grid point's rows are moved to ``n`` pairs (see the class docstring), their seconds along the slope."""
-        nb, (pairs, te, slope, dropped), _ = self._rows_for(n, k)
-        rows = len(pairs[0])
-        idx = rng.integers(0, rows, size=(k, len(self.layer_of)))
+        nb, bank, _ = self._rows_for(n, k)
+        idx = rng.integers(0, len(bank[0][0]), size=(k, len(self.layer_of)))
+        return self._take(n, nb, bank, idx)
+
+    def _take(self, n: int, nb: int, bank: tuple[np.ndarray, ...], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` [k, L] of grid point ``nb``'s bank, moved to ``n`` pairs: each GPU's seconds [k, L, G] and
+        the dropped pairs [k] (summed over layers)."""
+        pairs, te, slope, dropped = bank
         layer = self.layer_of[None, :]
         t, dr = te[layer, idx], dropped[layer, idx].sum(axis=1)
         if nb != n:  # mean x n / nb, deviation from it x sqrt(n / nb)
@@ -405,7 +410,8 @@ class RoutingBank:
         A pair count drawn again from a live bank (a decode run's, whose count repeats) uses the bank moved to
         ``n`` once, [D, rows, G], with each row's slowest GPU, so a step costs two gathers (at most `MAX_MOVED` such
         tables are kept); else (a mixed step's count, one step at a time) the drawn rows are moved as in `draw`."""
-        nb, (pairs, te, slope, dropped), live = self._rows_for(n, k)
+        nb, bank, live = self._rows_for(n, k)
+        pairs, te, slope, dropped = bank
         d, rows, g = te.shape
         idx = rng.integers(0, rows, size=(k, len(self.layer_of)))
         key = (nb, n)
@@ -427,17 +433,7 @@ class RoutingBank:
             tab, top, drop = hit
             t_sum = np.take(tab, flat, axis=0).sum(axis=1)  # [k, G]
             return np.take(top, flat), t_sum, np.take(drop, flat).sum(axis=1)
-        layer = self.layer_of[None, :]
-        t, dr = te[layer, idx], dropped[layer, idx].sum(axis=1)
-        if nb != n:  # as `draw`
-            f = n / nb
-            mean = self._means.get(nb)
-            if mean is None:
-                mean = self._means[nb] = pairs.mean(axis=1)[layer]  # [1, L, G]
-            p = pairs[layer, idx]
-            moved = np.maximum(f * mean + math.sqrt(f) * (p - mean), 0.0)
-            t = t + slope[layer, idx] * (moved - p)
-            dr = dr * f
+        t, dr = self._take(n, nb, bank, idx)
         return t.max(axis=2), t.sum(axis=1), dr
 
     def draw_pairs(self, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
