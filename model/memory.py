@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from moesim.model.batch import Batch
-from moesim.model.dtypes import Precision
+from moesim.model.dtypes import Precision, dtype_bytes
 from moesim.model.hardware import GIB, HardwareSpec
 from moesim.model.layout import Layout
 from moesim.model.params import Tensor, embedding_tensors, layer_tensors
@@ -260,7 +260,10 @@ def estimate_memory(
     tokens = int(max(free, 0.0) // per_token) if per_token else 0
     need = weights + kv + activation_bytes
     where = f"{gpu.key} ({gpu.memory_gib:g} GiB x {mem_fraction:.2f} = {usable / GIB:.1f} GiB usable)"
-    fix = "more GPUs (--tp/--ep/--pp), a smaller --dtype (fp8, int4) or a GPU with more memory"
+    # a smaller weight dtype only where one exists (DeepSeek-V3's checkpoint is already fp8)
+    smaller = [d for d in ("fp8", "int4") if dtype_bytes(d) < dtype_bytes(p.weights.removesuffix("_block"))]
+    options = ["more GPUs (--tp/--ep/--pp)"] + ([f"a smaller --dtype ({', '.join(smaller)})"] if smaller else [])
+    fix = f"{', '.join(options)} or a GPU with more memory"
     if weights + activation_bytes > usable:
         verdict = (
             f"does not fit: weights need {weights / GIB:.1f} GiB per GPU on {where}, "

@@ -65,3 +65,13 @@ def test_verdicts():
     assert ok.fits and ok.verdict.startswith("fits") and ok.kv_capacity_tokens > 64 * 2049
     full = estimate_memory(load_model("mixtral-8x7b"), Layout(tp=2), h100, batch=Batch.decode(512, 32000))
     assert not full.fits and "KV cache" in full.verdict and "--kv-dtype fp8" in full.fix
+
+
+def test_the_fix_suggests_only_a_smaller_weight_dtype():
+    """The "does not fit" hint names a smaller --dtype only where one exists: bf16 weights get fp8 and int4,
+    fp8 (block-scaled too) only int4, int4 none."""
+    model, gpu = load_model("mixtral-8x7b"), get_gpu("RTX-4090")
+    fixes = {w: estimate_memory(model, Layout(), gpu, Precision(weights=w)).fix for w in ("bf16", "fp8_block", "int4")}
+    assert "a smaller --dtype (fp8, int4)" in fixes["bf16"]
+    assert "a smaller --dtype (int4)" in fixes["fp8_block"]
+    assert "--dtype" not in fixes["int4"] and fixes["int4"].endswith("or a GPU with more memory")
