@@ -1,5 +1,5 @@
-"""Shared by the bad-input tests: small valid inputs that run in well under a second, and a guard that turns
-a hang or a runaway allocation into a failure of one case instead of the machine."""
+"""Shared by tests (the bad-input tests first): small valid inputs that run in well under a second, and a guard
+that turns a hang or a runaway allocation into a failure of one case instead of the machine."""
 
 from __future__ import annotations
 
@@ -23,6 +23,30 @@ SERVE: dict[str, Any] = {
     "gpus_per_node": 8,
     "layout": {"tp": 8},
     "workload": {"arrival": "poisson", "rate": 5, "requests": 20, "input": 128, "output": 16},
+}
+#: A drift scenario (tests/test_drift*.py): Mixtral EP4 on four H100s, prefill-heavy so that the expert GEMMs are
+#: compute-bound and imbalance costs time.
+DRIFT: dict[str, Any] = {
+    "model": "mixtral-8x7b",
+    "gpu": "H100-SXM",
+    "nodes": 1,
+    "gpus_per_node": 4,
+    "layout": {"tp": 1, "dp_attn": 4, "ep": 4},
+    "workload": {"arrival": "poisson", "rate": 20, "requests": 24, "input": 4096, "output": 4},
+}
+#: A sweep's base scenario without its GPU (tests/test_step_memo.py, tests/test_sweep_fast.py): Mixtral with chunked
+#: prefill, lognormal lengths, expert offload allowed and an SLO, so packed prefill, offload and SLO columns appear.
+SWEEP_BASE: dict[str, Any] = {
+    "model": "mixtral-8x7b",
+    "engine": {"max_tokens": 4096, "chunked_prefill": True},
+    "workload": {
+        "arrival": "poisson",
+        "requests": 300,
+        "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 4096},
+        "output": {"dist": "lognormal", "mean": 128, "cv": 1.0, "max": 1024},
+    },
+    "offload": {"enabled": True},
+    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
 }
 #: A training scenario: OLMoE on one H100 node, PP2 x EP4.
 TRAIN: dict[str, Any] = {

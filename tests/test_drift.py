@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from fast_inputs import DRIFT  # tests/fast_inputs.py
 
 from moesim.dashboard.cli import main
 from moesim.model.errors import MoesimError
@@ -20,15 +21,7 @@ from moesim.sim.serving.drift import (
 )
 from moesim.sim.serving.serve import load
 
-#: Mixtral EP4 on four H100s, prefill-heavy so that the expert GEMMs are compute-bound and imbalance costs time.
-SCENARIO = {
-    "model": "mixtral-8x7b",
-    "gpu": "H100-SXM",
-    "nodes": 1,
-    "gpus_per_node": 4,
-    "layout": {"tp": 1, "dp_attn": 4, "ep": 4},
-    "workload": {"arrival": "poisson", "rate": 20, "requests": 24, "input": 4096, "output": 4},
-}
+SCENARIO = DRIFT
 SPEC = DriftSpec(windows=3, drift=1.0, skew=1.5, tokens_per_window=256, seed=0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fast_inputs import DRIFT  # tests/fast_inputs.py
 
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import get_cluster, get_gpu, make_cluster
@@ -27,14 +28,7 @@ from moesim.sim.serving.drift import (
 )
 from moesim.sim.serving.serve import load
 
-SCENARIO = {
-    "model": "mixtral-8x7b",
-    "gpu": "H100-SXM",
-    "nodes": 1,
-    "gpus_per_node": 4,
-    "layout": {"tp": 1, "dp_attn": 4, "ep": 4},
-    "workload": {"arrival": "poisson", "rate": 20, "requests": 24, "input": 4096, "output": 4},
-}
+SCENARIO = DRIFT
 
 
 def _plans(layers: int = 4) -> tuple[PlacementPlan, PlacementPlan]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from fast_inputs import SWEEP_BASE  # tests/fast_inputs.py
 
 from moesim.model import cap, ops
 from moesim.model.batch import Batch
@@ -24,18 +25,7 @@ from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
 SWEEP = {
     "name": "memo",
-    "base": {
-        "model": "mixtral-8x7b",
-        "engine": {"max_tokens": 4096, "chunked_prefill": True},
-        "workload": {
-            "arrival": "poisson",
-            "requests": 300,
-            "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 4096},
-            "output": {"dist": "lognormal", "mean": 128, "cv": 1.0, "max": 1024},
-        },
-        "offload": {"enabled": True},
-        "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
-    },
+    "base": SWEEP_BASE,
     "axes": {
         "gpu": ["A100-SXM-80GB", "H100-SXM"],
         "gpus": [2],

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from fast_inputs import SWEEP_BASE  # tests/fast_inputs.py
 
 from moesim.model.errors import MoesimError
 from moesim.sim.serving.analytical import Analytical, _row_percentiles
@@ -19,19 +20,7 @@ from moesim.sim.serving.scenario import build, parse_scenario
 from moesim.sim.sweeps import sweep_eval
 from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
-BASE = {
-    "model": "mixtral-8x7b",
-    "gpu": "H100-SXM",
-    "engine": {"max_tokens": 4096, "chunked_prefill": True},
-    "workload": {
-        "arrival": "poisson",
-        "requests": 300,
-        "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 4096},
-        "output": {"dist": "lognormal", "mean": 128, "cv": 1.0, "max": 1024},
-    },
-    "offload": {"enabled": True},
-    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
-}
+BASE = SWEEP_BASE | {"gpu": "H100-SXM"}
 # light load to overload: ok points, packed prefill, diverging batches and max_batch limits all appear
 RATES = [0.5, 4.0, 32.0, 256.0, 1024.0, 4096.0]
 

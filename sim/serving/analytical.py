@@ -543,8 +543,18 @@ class Analytical:
     def breakdown(self, states: dict[str, PoolState]) -> dict[str, dict[str, Any]]:
         """The expected steps of the steady state by phase, split as the simulator's ``step_breakdown``:
         kernels, collectives, launches, scheduler, input preparation and sampling (s, and shares)."""
-        rows = []
+        costs, _ = self._phase_steps(states)
+        out = step_breakdown(pd.DataFrame([cost_row(cost, phase) for cost, phase in costs]))
+        for entry in out.values():
+            entry.pop("steps", None)
+        return out
+
+    def _phase_steps(self, states: dict[str, PoolState]) -> tuple[list[tuple[StepCost, str]], list[tuple]]:
+        """The expected step of each phase of the steady state: ([(step, phase)], one shape key per pool role),
+        phases ``decode``, ``prefill`` or ``mixed``; overloaded pools without a steady state are left out."""
         ctx = int(self.mean_in + self.mean_out / 2)
+        costs: list[tuple[StepCost, str]] = []
+        key: list[tuple] = []
         for role, st in states.items():
             if st.overloaded and not st.tau:
                 continue
@@ -553,15 +563,14 @@ class Analytical:
             packed = role == "mixed" and st.mixed_frac >= 1.0
             computed = self.mean_in - st.cached
             chunk_ctx = int(st.cached) if packed else chunk_context(computed, st.cached, st.chunks)
-            dec, mix = _steps(timer, b, ctx, st.chunk if role != "decode" else 0, chunk_ctx)
+            chunk = st.chunk if role != "decode" else 0
+            dec, mix = _steps(timer, b, ctx, chunk, chunk_ctx)
+            key.append((role, id(timer), b, chunk, chunk_ctx))
             if dec is not None:
-                rows.append(cost_row(dec, "decode"))
+                costs.append((dec, "decode"))
             if role != "decode":
-                rows.append(cost_row(mix, "prefill" if role == "prefill" else "mixed"))
-        out = step_breakdown(pd.DataFrame(rows))
-        for entry in out.values():
-            entry.pop("steps", None)
-        return out
+                costs.append((mix, "prefill" if role == "prefill" else "mixed"))
+        return costs, key
 
     # ---- many rates at once (the sweep's path) ----------------------------------------------------------------
     def summaries(self, rates: Sequence[float]) -> list[dict[str, Any]]:
@@ -673,24 +682,7 @@ class Analytical:
         decode step of a disaggregated one) ``step_breakdown``'s means are the steps' own values; anything else
         takes `breakdown`.
         """
-        ctx = int(self.mean_in + self.mean_out / 2)
-        costs: list[tuple[StepCost, str]] = []
-        key: list[Any] = []
-        for role, st in states.items():
-            if st.overloaded and not st.tau:
-                continue
-            timer = self.timers[role]
-            b = 0 if role == "prefill" else max(1, round(st.batch))
-            packed = role == "mixed" and st.mixed_frac >= 1.0
-            computed = self.mean_in - st.cached
-            chunk_ctx = int(st.cached) if packed else chunk_context(computed, st.cached, st.chunks)
-            chunk = st.chunk if role != "decode" else 0
-            dec, mix = _steps(timer, b, ctx, chunk, chunk_ctx)
-            key.append((role, id(timer), b, chunk, chunk_ctx))
-            if dec is not None:
-                costs.append((dec, "decode"))
-            if role != "decode":
-                costs.append((mix, "prefill" if role == "prefill" else "mixed"))
+        costs, key = self._phase_steps(states)
         phases = [ph for _, ph in costs]
         if len(set(phases)) != len(phases):
             return self.breakdown(states)
