@@ -424,7 +424,7 @@ class Analytical:
         # scheduler, detokeniser after it; TTFT and E2E as the client sees them
         path = engine_profile((pools.get("mixed") or pools["prefill"]).engine, built.base_dir)
         h = path.host
-        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])
         ttft, e2e = client_times(
             front + ttft,
             front + e2e,
@@ -662,7 +662,7 @@ class Analytical:
         e2e = ttft + 0.0 + np.maximum(self.out - 1, 0)[None, :] * tpot[:, None]
         path = engine_profile(p.engine, built.base_dir)
         h = path.host
-        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"])[None, :]
+        front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])[None, :]
         ttft, e2e = client_times(
             front + ttft,
             front + e2e,

@@ -133,7 +133,7 @@ class Simulation:
         # the request path: the entry pool's API server, tokeniser and detokeniser (`sim.serving.metrics`)
         self.path = engine_profile(self.entry[0].pool.engine, built.base_dir)
         h = self.path.host
-        self.front = front_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        self.front = front_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])
         self.back = h["detokenize_per_token_s"] * last_chunk_tokens(
             self.req.out, self.path.stream, self.path.stream_chunk_tokens
         )

@@ -66,6 +66,7 @@ BOUNDS: dict[str, float] = {
     "graph_replay_s": 1e-3,
     "api_per_request_s": 0.2,
     "tokenize_per_token_s": 1e-4,
+    "tokenize_wait_s": 0.05,
     "detokenize_per_token_s": 1e-4,
     "stream_per_seq_s": 5e-4,
 }

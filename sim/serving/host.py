@@ -5,7 +5,8 @@ per running sequence), it prepares the inputs (block tables, positions, slot map
 scheduled token), it samples (the host side of logits processing and sampling, per step and per sequence) and it
 launches the step's kernels, one by one in an eager step (``launch_s`` each) or as one replay of a captured CUDA
 graph (``graph_replay_s``) for a decode step whose batch, padded up to the next capture size, has a graph. Before
-the scheduler, the API server parses each request and tokenises its prompt; after it, outputs are detokenised.
+the scheduler, the API server parses each request, waits for the tokeniser's micro-batch window to close
+(``tokenize_wait_s``) and tokenises its prompt; after it, outputs are detokenised.
 
 An `EngineProfile` holds those costs for one engine kind and version: YAML files shipped in
 ``sim/serving/engines/`` (one per kind, each parameter with its value, unit and source), or a user's file (e.g.
@@ -72,6 +73,7 @@ PARAMS: dict[str, str] = {
     "graph_replay_s": "CPU cost of one captured CUDA graph replay, s",
     "api_per_request_s": "API server (HTTP, request parsing), per request, before the scheduler, s",
     "tokenize_per_token_s": "tokenisation, per prompt token, before the scheduler, s",
+    "tokenize_wait_s": "the tokeniser's micro-batching window a prompt waits before it is tokenised, per request, s",
     "detokenize_per_token_s": "detokenisation, per output token, on the way back to the client, s",
     "stream_per_seq_s": "API server output handling per running request per step: a streamed token waits for its "
     "step's whole batch to be processed, s",
