@@ -28,7 +28,12 @@ roofline's form and its links, and adds five mechanisms, each with a published f
    TFLOP/s at head_dim 128; FA2 on Ampere/Ada: 73% of the peak), one CTA per 128 queries of a sequence and head,
    each spending 1.83 key blocks' worth of time outside its key loop (the published FA3 curve over sequence
    length, `attention_compute_s`), SMs left idle by too few CTAs, and the causal mask's longest CTA; the KV cache
-   read (paged, in blocks) at the achievable bandwidth.
+   read (paged, in blocks) at the achievable bandwidth. **Decode** (one query per sequence, not MLA) is
+   FlashAttention's paged split-KV kernel as vLLM V1 runs it (`decode_attention`): every sequence's cache read in
+   whole 16-token pages, one CTA per (sequence, KV head, split) with the query heads of a KV head packed together,
+   FlashAttention's own split heuristic (`fa_num_splits`) and its combine kernel when it splits, and each CTA's
+   fixed time outside its loop (FA3's 1.83 key blocks), exposed where few CTAs run. The time per running
+   sequence so grows with its context, and few KV heads per GPU (GQA under tensor parallelism) pay a fixed cost.
 
 5. **Block-scaled fp8** (fp8 weights in 128 x 128 blocks with one fp32 scale each, activations in 1 x 128 groups:
    `is_block_fp8`): the GEMM first runs an activation-quantisation kernel (`act_quant_op`, vLLM's
@@ -78,6 +83,19 @@ GEMM_TILE_K = 64
 ATTN_BLOCK_Q = 128
 #: Keys per inner-loop block of the same kernels (kBlockN: 128 for FA3's causal head_dim 128; 64-128 in FA2).
 ATTN_BLOCK_K = 128
+#: Tokens per KV-cache page: vLLM's default ``block_size`` 16 on CUDA (vllm-project/vllm@vllm/config/cache.py
+#: ``CacheConfig.block_size``; the vllm-e2e-dense runs record 16). A sequence's cache is read in whole pages.
+PAGE_TOKENS = 16
+#: Most KV splits FlashAttention's split-KV decode takes (``max_splits`` 128 in Dao-AILab/flash-attention@
+#: csrc/flash_attn/flash_api.cpp ``set_params_splitkv``).
+MAX_KV_SPLITS = 128
+#: Query rows per CTA of FA2's split-KV kernel (kBlockM 64, flash_fwd_launch_template.h
+#: ``run_mha_fwd_splitkv_dispatch``): with one query per sequence the ``heads / kv_heads`` query heads of a KV head
+#: are packed as its rows (FA2's ``seqlenq_ngroups_swapped``, FA3's PackGQA), so a CTA serves one KV head of one
+#: sequence.
+DECODE_BLOCK_M = 64
+#: Attention forms timed by FlashAttention's paged decode (not MLA, which FlashMLA or the MLA backends run).
+FA_FORMS = frozenset({"mha", "gqa", "mqa", "", "standard"})
 #: Kinds timed as a GEMM with tile and wave quantisation (``shape`` has ``m, n, k``).
 GEMM_KINDS = frozenset({"gemm"})
 
@@ -284,6 +302,105 @@ def attention_compute_s(op: Op, rate: float, sms: int, cta_blocks: float = 0.0) 
     return max(balanced, (n_max + cta_blocks) * block_s)
 
 
+def decode_block_k(head_dim: float) -> int:
+    """Keys per block of FlashAttention's split-KV decode kernel: 256 for head_dim <= 64, 128 up to 128, else 64
+    (Dao-AILab/flash-attention@csrc/flash_attn/flash_api.cpp ``set_params_splitkv``: ``block_n``)."""
+    return 256 if head_dim <= 64 else 128 if head_dim <= 128 else 64
+
+
+def fa_num_splits(work: int, sms: int, n_blocks: int, max_splits: int = MAX_KV_SPLITS) -> int:
+    """FlashAttention's split-KV count (Dao-AILab/flash-attention@csrc/flash_attn/flash_api.cpp
+    ``num_splits_heuristic``, which vLLM's fork keeps): 1 when ``work`` CTAs (batch x KV heads x query blocks)
+    nearly fill the ``sms``; else the fewest splits whose wave efficiency is within 85% of the best over
+    1..min(max_splits, sms, n_blocks), skipping split counts that leave the blocks per split unchanged."""
+    if work <= 0 or n_blocks <= 0 or work >= 0.8 * sms:
+        return 1
+    top = min(max_splits, sms, n_blocks)
+
+    def eligible(k: int) -> bool:
+        return k == 1 or math.ceil(n_blocks / k) != math.ceil(n_blocks / (k - 1))
+
+    eff = {}
+    for k in range(1, top + 1):
+        if eligible(k):
+            waves = work * k / sms
+            eff[k] = waves / math.ceil(waves)
+    best = max(eff.values(), default=0.0)
+    return next((k for k, e in eff.items() if e >= 0.85 * best), 1)
+
+
+@dataclass(frozen=True)
+class DecodeAttention:
+    """FlashAttention's paged decode of one attention op (`decode_attention`), seconds and counts.
+
+    Attributes:
+        seconds: the main kernel's time (s), without its launch's fixed time.
+        combine_s: the split-KV combine kernel's time (s; 0 with one split), without its launch's fixed time.
+        kernels: launches (1, or 2 with the combine kernel).
+        splits: KV splits per (sequence, KV head).
+        ctas: CTAs of the main kernel.
+        bytes: bytes read and written (pages of K and V, Q, O and the fp32 partial outputs), bytes.
+    """
+
+    seconds: float
+    combine_s: float
+    kernels: int
+    splits: int
+    ctas: int
+    bytes: float
+
+
+def is_paged_decode(op: Op) -> bool:
+    """Whether ``op`` is an attention op of one query per sequence that FlashAttention's paged decode runs (form
+    not MLA, the shape `decode_attention` needs)."""
+    s = op.shape
+    need = ("batch", "tokens", "kv_read", "heads", "kv_heads", "head_dim")
+    if op.kind != "attention" or any(k not in s for k in need) or s["batch"] <= 0 or s["kv_read"] <= 0:
+        return False
+    return s["tokens"] <= s["batch"] and str(s.get("form", "")) in FA_FORMS and op.kv_bytes > 0
+
+
+def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float) -> DecodeAttention:
+    """FlashAttention's paged split-KV decode (what vLLM V1 runs for one query per sequence), as its kernel runs it.
+
+    ``b`` sequences of mean context ``L = kv_read / b`` keys; each reads its cache in whole `PAGE_TOKENS` pages
+    (``Lp = ceil(L / 16) x 16`` keys, K and V of every KV head). The kernel runs one CTA per (sequence, KV head,
+    split) (the query heads of a KV head packed as rows, `DECODE_BLOCK_M` per CTA), each looping over its share of
+    ``n = ceil(Lp / decode_block_k)`` key blocks; the split count is FlashAttention's (`fa_num_splits`), which
+    splits the keys when the sequences and KV heads alone leave SMs idle. The running CTAs share the achievable
+    bandwidth ``bw``, and each CTA spends a fixed ``t_fix`` outside its loop (loading Q, filling the pipeline, the
+    final rescale and writing O): FA3's published ``cta_blocks`` key blocks of 128 queries at its compute ``rate``
+    (FLOP/s; `attention_compute_s`), 3.2 us at head_dim 128 on an H100. With many CTAs per SM that time overlaps
+    other CTAs' streaming (the H100 SDPA calibration times Llama-2-7B's MHA decode of 64 sequences of 800 keys at
+    1.08x its bytes at 3.02 TB/s), so the kernel takes the longer of the pages' bytes at ``bw`` and its longest CTA
+    ``ceil(n / splits) x block bytes / (bw / min(ctas, sms)) + t_fix``. Splits write fp32 partial outputs, and a
+    second kernel (``flash_fwd_splitkv_combine_kernel``) reads them and writes O, at ``bw``.
+
+    Per running sequence this costs its pages' bytes (so the step's slope per sequence grows with the context,
+    rounded up to whole pages); few CTAs (a few KV heads per GPU, a small batch) leave the longest CTA and its
+    fixed time exposed, and the splits and the combine kernel are then a fixed cost.
+    """
+    s = op.shape
+    b, kvh, heads, d = float(s["batch"]), float(s["kv_heads"]), float(s["heads"]), float(s["head_dim"])
+    per_key = op.kv_bytes / s["kv_read"] / max(kvh, 1.0)  # bytes of K and V of one key of one KV head
+    lp = math.ceil(s["kv_read"] / b / PAGE_TOKENS) * PAGE_TOKENS
+    block = decode_block_k(d)
+    n = max(1, math.ceil(lp / block))
+    m_blocks = max(1, math.ceil(heads / max(kvh, 1.0) / DECODE_BLOCK_M))
+    work = math.ceil(b * kvh * m_blocks)
+    splits = fa_num_splits(work, sms, n)
+    ctas = work * splits
+    block_bytes = block * per_key
+    t_fix = cta_blocks * 4.0 * ATTN_BLOCK_Q * ATTN_BLOCK_K * d / (rate / sms)  # FA3's per-CTA time outside its loop
+    kv = b * lp * kvh * per_key
+    longest = math.ceil(n / splits) * block_bytes / (bw / min(ctas, sms)) + t_fix
+    q_o = op.act_bytes  # Q read and O written
+    partial = splits * b * heads * d * 4.0 if splits > 1 else 0.0  # fp32 partial outputs, written then read
+    main = max(kv / bw, longest) + partial / bw
+    combine = (partial + q_o / 2.0) / bw if splits > 1 else 0.0
+    return DecodeAttention(main, combine, 2 if splits > 1 else 1, splits, ctas, kv + q_o + 2.0 * partial)
+
+
 def _moe_parts(op: Op) -> list[Op] | None:
     """The kernels of a routed-experts op (`model.ops.fused_moe_op` or `experts_gemms`), or None without its shape."""
     s = op.shape
@@ -344,6 +461,11 @@ class AchievableCostModel:
         fixed = op.kernels * p.kernel_s.value
         if op.bytes and p.dram_bw.value <= 0:
             gpu.bandwidth()  # unmeasured: the roofline's one-line HardwareError
+        if is_paged_decode(op):  # FlashAttention's paged split-KV decode: memory-bound, kernel by kernel
+            rate = gpu.peak(op.dtype) * p.attention_fraction.value
+            dec = decode_attention(op, p.dram_bw.value, sms, p.attention_cta_blocks.value, rate)
+            fixed = dec.kernels * p.kernel_s.value
+            return fixed, op.flops / (gpu.peak(op.dtype) * p.attention_fraction.value), dec.seconds + dec.combine_s
         block = is_block_fp8(op)
         if block:  # the weights stream at the block-scaled kernel's rate, the rest at the achievable bandwidth
             memory = op.weight_bytes / p.block_bw() + (op.bytes - op.weight_bytes) / p.dram_bw.value

@@ -206,17 +206,25 @@ def includes_topk(fit: Fit) -> bool:
 
 
 #: Provenance classes of an `OpTime.source`, in the order `source_class` tests them.
-SOURCE_CLASSES = ("fallback", "transferred", "measured", "roofline")
+SOURCE_CLASSES = ("fallback", "transferred", "measured", "achievable", "roofline")
+#: Op kinds whose decode ops no table covers are timed by the achievable model (`model.achievable`) instead of the
+#: bare roofline: attention, whose decode is FlashAttention's paged split-KV kernel (`model.achievable.
+#: decode_attention`) that no table here measured, and whose GQA shapes (2 KV heads per GPU at TP4) lie outside the
+#: SDPA table. Such kinds never follow a table's edge (`CalibratedCostModel._edge`).
+ACHIEVABLE_KINDS = frozenset({"attention"})
 
 
 def source_class(source: str) -> str:
     """``fallback``, ``transferred``, ``measured`` or ``roofline``: where an `OpTime.source` says its time came from.
 
     ``fallback``: the engine's kernel had no table and another kernel's stood in; ``transferred``: a table measured
-    on another GPU; ``measured``: the kernel's own table on this GPU; anything else is the roofline.
+    on another GPU; ``measured``: the kernel's own table on this GPU; ``achievable``: no table covers it and the
+    achievable model (published figures, `model.achievable`) times it; anything else is the roofline.
     """
     if source.startswith("fallback"):
         return "fallback"
+    if source.startswith("achievable"):
+        return "achievable"
     if "transfer:" in source:
         return "transferred"
     if "measured:" in source:
@@ -623,7 +631,7 @@ class CalibratedCostModel:
         kind = f"{op.kind}/{table_dtype(op)}"
         if fit is None:
             why = note if note.startswith("roofline") else f"roofline: no measured {kind} table"
-            return replace(self._roof.op_time(op, cluster), source=why)
+            return self._uncovered(op, cluster, why)
         fallback = note if note.startswith("fallback") else ""
         chosen = note if note.startswith(" [kernel") else ""
         # a roofline time keeps the kernel choice in its reason: " [kernel K]" or " [fallback for K]"
@@ -647,18 +655,23 @@ class CalibratedCostModel:
             x[outside] = np.clip(x[outside], fit.lo[outside], fit.hi[outside])
             clamped = "clamped " + ",".join(FEATURES[op.kind][j] for j in outside) + " "
             outside = outside[:0]
+        elif op.kind not in ACHIEVABLE_KINDS:  # beyond the measured range: follow the table along its edge
+            beyond = np.flatnonzero(sizes & ((x < fit.lo) | (x > fit.hi)))
+            if beyond.size:
+                x, clamped = self._edge(op, fit, x, beyond)
+            outside = outside[:0]
         if table_dtype(op) != fit.dtype and op.kind not in COLLECTIVES:
             clamped += f"dtype-transfer {fit.dtype}->{table_dtype(op)} "
         if outside.size:
             j = int(outside[0])
             name = FEATURES[op.kind][j]
             why = f"{name}=2^{x[j]:.1f} outside measured 2^{fit.lo[j]:.1f}..2^{fit.hi[j]:.1f} of {fit.key}"
-            out = replace(self._roof.op_time(op, cluster), source=f"roofline: {why}{tag}")
+            out = self._uncovered(op, cluster, f"roofline: {why}{tag}")
         elif (
             not self.extrapolate and fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP
         ):
             why = f"roofline: no measured shape near it in {fit.key}{tag}"
-            out = replace(self._roof.op_time(op, cluster), source=why)
+            out = self._uncovered(op, cluster, why)
         else:
             ratio = float(np.exp(fit.predictor.predict(x)[0]))
             derated, band = None, None
@@ -680,8 +693,59 @@ class CalibratedCostModel:
             else:
                 t = derated if derated is not None else ratio * (ref.seconds + fit.floor_s)
                 out = OpTime(t, ref.compute_s, ref.memory_s, ref.link_s, ref.bound, src, band)
+            out = self._monotone_rows(op, cluster, out)
         self._cache[key] = out
         return out
+
+    def _monotone_rows(self, op: Op, cluster: ClusterSpec, out: OpTime) -> OpTime:
+        """A GEMM's table time, never below that of the same GEMM with fewer rows: ``m`` rows (one GEMM, not a
+        batch) take at least the time of ``2^floor(log2 m)`` rows, whose work they contain (same weights, more
+        activations). A fit between measured row counts can dip below both neighbours (the H100 bf16 table: a
+        Llama-3.1-8B decode step's GEMMs at 40 rows 9% below 32 rows), which flattens a decode step's growth with
+        the batch. Serving only (not with ``extrapolate``); the source gains ``[>= m=M rows]`` where it binds."""
+        s = op.shape
+        if self.extrapolate or op.kind != "gemm" or {"m", "n", "k"} - s.keys() or s.get("batch", 1) != 1:
+            return out
+        m = float(s["m"])
+        lo = 2.0 ** math.floor(math.log2(m)) if m >= 2 else m
+        if lo >= m:
+            return out
+        f = lo / m
+        fewer = replace(op, flops=op.flops * f, act_bytes=op.act_bytes * f, shape={**s, "m": lo})
+        t = self.op_time(fewer, cluster)
+        if t.seconds <= out.seconds or source_class(t.source) not in ("measured", "transferred"):
+            return out
+        return replace(out, seconds=t.seconds, source=f"{out.source} [>= m={lo:.0f} rows]")
+
+    def _uncovered(self, op: Op, cluster: ClusterSpec, why: str) -> OpTime:
+        """``op``'s time where no table covers it; ``why`` is the roofline's reason (``roofline: ...``).
+
+        Decode attention (one query per sequence, `model.achievable.is_paged_decode`) takes the achievable model's
+        time (FlashAttention's paged split-KV decode at published figures, `model.achievable.decode_attention`) with
+        the source ``achievable: <why>``; every other op (prefill and mixed attention included: the achievable
+        model times a mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
+        from moesim.model.achievable import AchievableCostModel, is_paged_decode
+
+        if op.kind in ACHIEVABLE_KINDS and is_paged_decode(op):
+            t = AchievableCostModel().op_time(op, cluster)
+            reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
+            return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
+        return replace(self._roof.op_time(op, cluster), source=why)
+
+    def _edge(self, op: Op, fit: Fit, x: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, str]:
+        """``x`` with its size features at ``outside`` moved onto the edge of ``fit``'s measured range, and the
+        source's note (``edge <feature>=2^x->2^edge ...``).
+
+        The op is then timed at the edge's ratio to its own reference (the roofline plus the fit's floor), as the
+        skew model carries a measured time to another shape: beyond the table the time keeps the table's last
+        efficiency and grows as the roofline does, so it is continuous at the edge and never falls as the op grows
+        where the roofline does not (a fit's own extrapolation past its last point, within `RANGE_SLACK`, could)."""
+        x = x.copy()
+        moved = np.clip(x[outside], fit.lo[outside], fit.hi[outside])
+        names = FEATURES[op.kind]
+        note = ",".join(f"{names[j]}=2^{x[j]:.1f}->2^{v:.1f}" for j, v in zip(outside, moved, strict=True))
+        x[outside] = moved
+        return x, f"edge {note} "
 
     def _topk_in_router(self, op: Op, cluster: ClusterSpec) -> OpTime | None:
         """Zero seconds for a ``topk_softmax`` op whose router op (same tokens, experts, top-k and hidden width, 16-bit

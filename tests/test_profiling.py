@@ -170,11 +170,16 @@ def test_calibrated_model_in_range_out_of_range_and_unmeasured(tables, h100):
     t = model.op_time(op, cluster)
     assert t.source.startswith("measured:gemm/bf16")
     assert t.seconds == pytest.approx(roof.op_time(op, cluster).seconds * _efficiency(48), rel=0.05)
-    far = row_op("gemm", {"m": 48, "n": 3000, "k": 2**20, "dtype": "bf16"})
-    t = model.op_time(far, cluster)
-    assert (
-        t.source.startswith("roofline: k=2^20.0 outside measured") and t.seconds == roof.op_time(far, cluster).seconds
-    )
+    # beyond the measured K (2^13): the table followed along its edge (the edge's ratio to the roofline), not the
+    # bare roofline
+    far = row_op("gemm", {"m": 64, "n": 3000, "k": 2**20, "dtype": "bf16"})  # 2^6 rows: no fewer-row bound
+    edge = row_op("gemm", {"m": 64, "n": 3000, "k": 2**13, "dtype": "bf16"})
+    t, t_edge = model.op_time(far, cluster), model.op_time(edge, cluster)
+    assert t.source.startswith("edge k=2^20.0->2^13.0 measured:gemm/bf16")
+    assert t.seconds > roof.op_time(far, cluster).seconds
+    floor = next(f.floor_s for f in model.calibration.fits if f.kind == "gemm")
+    ratio = t_edge.seconds / (roof.op_time(edge, cluster).seconds + floor)
+    assert t.seconds / (roof.op_time(far, cluster).seconds + floor) == pytest.approx(ratio, rel=1e-9)
     fp8 = row_op("gemm", {"m": 48, "n": 3000, "k": 3000, "dtype": "fp8"})
     assert model.op_time(fp8, cluster).source == "roofline: no measured gemm/fp8 table"
 
@@ -208,12 +213,12 @@ def test_save_load_round_trip_predicts_the_same(tables, tmp_path, h100):
 
 
 def test_calibrated_model_drives_a_step_estimate(tables, h100):
-    """Every op of a Mixtral decode step is timed: measured where tables exist, roofline (with the reason) elsewhere."""
+    """Every op of a Mixtral decode step is timed: measured where tables exist, else achievable or roofline (why)."""
     model = CalibratedCostModel(calibrate([tables]))
     cluster = make_cluster(h100, num_gpus=8)
     est = estimate_step(load_model("mixtral-8x7b"), Batch.decode(16, 1024), Layout(tp=8), cluster, cost_model=model)
     sources = {op.kind: t.source for op, t in zip(est.ops, est.times, strict=True)}
-    assert sources["gemm"].startswith("measured:") and sources["attention"].startswith("roofline: no measured")
+    assert sources["gemm"].startswith("measured:") and sources["attention"].startswith("achievable: no measured")
     roof = estimate_step(load_model("mixtral-8x7b"), Batch.decode(16, 1024), Layout(tp=8), cluster)
     assert est.step_s > roof.step_s  # measured kernels are slower than the hardware's limit
 
