@@ -66,6 +66,7 @@ UNITS: dict[str, str] = {
     "exponent": "1",
     "capacity_factor": "1",
     "max_violation": "1",
+    "sequence_cv": "1",
     "cache_experts": "expert slots",
     "kv_fraction": "1",
     "host_bw": "bytes/s",

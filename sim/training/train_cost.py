@@ -52,7 +52,7 @@ from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.memory import params_per_gpu
 from moesim.model.ops import ENGINE_KINDS, Op, collective, decompose, experts_gemms, experts_op, gemm
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
-from moesim.model.routing import inclusion_probs
+from moesim.model.routing import expected_max_normal, inclusion_probs
 from moesim.profiling.costmodel import source_class
 from moesim.profiling.opshapes import table_dtype
 from moesim.sim.training.train_memory import (
@@ -231,6 +231,50 @@ def _capacity(setup: TrainSetup, op: Op, loads: np.ndarray | None) -> tuple[Op, 
     return new, float(dropped.sum() / pairs)
 
 
+def sequence_hot_factor(setup: TrainSetup) -> float:
+    """The busiest EP GPU's routed pairs over the mean when dropless routing is concentrated per sequence (>= 1).
+
+    A router trained with a global-batch balance loss (Qwen3: arXiv 2501.11873, "Demons in the Detail") or none
+    balances the corpus, not each sequence: a sequence routes its tokens to the experts of its domain, so one EP
+    GPU's share of a sequence's pairs varies from sequence to sequence, with coefficient of variation
+    ``routing.sequence_cv`` (for the 1/ep mean share). An EP group routes the tokens of ``n = micro_batch x dp_attn``
+    sequences per micro-batch (``dp_attn = ep x etp / tp``: the attention ranks feeding one EP group); their shares
+    average, so a GPU's share has CV ``cv / sqrt(n)``, and the busiest of the ``ep`` GPUs carries
+    ``1 + cv / sqrt(n) x E[max of ep standard normals]`` times the mean. 1.0 without ``sequence_cv``, with a
+    capacity factor (token dropping caps the load) or with the mechanism off (`MECHANISMS`).
+    """
+    r = setup.scenario.routing
+    cv = r.sequence_cv or 0.0
+    if cv <= 0.0 or r.capacity_factor is not None or "sequence_concentration" not in MECHANISMS or setup.ep <= 1:
+        return 1.0
+    lay = setup.group_layout
+    n = max(1, setup.scenario.batch.micro_batch * lay.dp_attn)
+    z = expected_max_normal(np.zeros(setup.ep), np.ones(setup.ep))
+    return 1.0 + cv / float(np.sqrt(n)) * z
+
+
+def _concentrated(setup: TrainSetup, op: Op, hot: float) -> Op:
+    """The routed-experts op on the busiest GPU with per-sequence concentration ``hot`` (`sequence_hot_factor`).
+
+    The sampling excess already in ``op`` (mean + z sigma_noise) and the concentration's (z sigma_seq) add as
+    independent normals' deviations, ``sqrt(noise^2 + conc^2)``; the GPU holds at most every token once per local
+    expert. `unit_costs` keeps the activation memory and FLOP of the op before: the busiest GPU changes from layer
+    to layer, so a GPU's memory over its layers keeps to the mean."""
+    if hot <= 1.0:
+        return op
+    moe = setup.model.moe
+    assert moe is not None
+    s = op.shape
+    mean = s["tokens"] * moe.top_k / setup.ep
+    noise = max(0.0, s["pairs"] - mean)
+    most = s["tokens"] * min(moe.top_k, moe.num_experts // setup.ep)
+    pairs = min(most, mean + float(np.hypot(noise, mean * (hot - 1.0))))
+    if pairs <= s["pairs"]:
+        return op
+    k = pairs / s["pairs"]
+    return replace(op, flops=op.flops * k, shape={**s, "pairs": pairs})
+
+
 def experts_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> float:
     """Seconds of a routed-experts op: the faster of the grouped GEMM and one GEMM pair per active expert.
 
@@ -271,9 +315,11 @@ _ELEMENTWISE_BWD = {
 #: ``benchmarks/training.py``): ``attn_bwd_efficiency`` (`attention_bwd_ratio`), ``wgrad_main_grad``
 #: (`wgrad_traffic_seconds`), ``tp_nccl`` (tensor-parallel collectives, `nccl_seconds`), ``ep_nccl`` (NCCL-backend
 #: expert-parallel all-to-alls inside a node, `nccl_seconds`), ``sp_collectives`` (`sequence_parallel_collectives`),
-#: ``permute_fusion`` (the fused unpermute gather of Megatron's ``--moe-permute-fusion``, `fused_unpermute_seconds`).
+#: ``permute_fusion`` (the fused unpermute gather of Megatron's ``--moe-permute-fusion``, `fused_unpermute_seconds`),
+#: ``sequence_concentration`` (dropless routing concentrated per sequence, `sequence_hot_factor`; only where the
+#: scenario gives ``routing.sequence_cv``).
 MECHANISMS: set[str] = {"attn_bwd_efficiency", "wgrad_main_grad", "tp_nccl", "ep_nccl", "sp_collectives",
-                        "permute_fusion"}  # fmt: skip
+                        "permute_fusion", "sequence_concentration"}  # fmt: skip
 
 #: FlashAttention's achieved TFLOP/s on an H100 SXM5 at head dim 128, no causal mask, batch x seq = 16k tokens,
 #: 2,048 hidden, by sequence length (tokens): (forward, backward). FlashAttention-3 paper (Shah et al., arXiv
@@ -727,9 +773,11 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     # dispatch / combine seconds (F, B) (`combined_layer_seconds`)
     node = np.zeros((n_units, 6))
     a2a_s = np.zeros((n_units, 4))
+    hot = sequence_hot_factor(setup)  # dropless routing concentrated per sequence: the busiest EP GPU's load
     for op in ops:
         units = unit_of[op.group]
         straggle = 0.0
+        mean_op = op
         timed = op  # the op whose backward kernels are timed: for the routed experts, at balanced routing
         if op.kind == "grouped_gemm":
             first = units[0] - 1
@@ -737,6 +785,14 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             if setup.loads is not None:
                 loads = setup.loads[moe_index[first]] if setup.loads.ndim == 2 else setup.loads
             op, dropped = _capacity(setup, op, loads)
+            mean_op = op  # memory and FLOP: a GPU is the busiest of its EP group in some layers only
+            op = _concentrated(setup, op, hot)
+            if hot > 1.0:
+                sources.add(
+                    replace(op, name="routing", kind="sequence_concentration"), False,
+                    f"busiest EP GPU's pairs and all-to-all x{hot:.3f} the mean (routing.sequence_cv="
+                    f"{sc.routing.sequence_cv:g}, {sc.batch.micro_batch * lay.dp_attn} sequences per EP group)",
+                )  # fmt: skip
             drops += [dropped] * len(units)
             moe = m.moe
             assert moe is not None
@@ -758,6 +814,8 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 t = t_ce if t_ce is not None else t
             t = _nccl_or(op, t, cost_model, cluster, sources)
             t = fused_unpermute_seconds(op, t, cost_model, cluster, sources)
+            if op.name in ("ep_dispatch", "ep_combine"):  # the busiest GPU receives (and returns) its extra pairs
+                t *= hot
             col = 2 if op.kind == "all_to_all" else 3 if op.kind in COMM_KINDS else 0
             fwd = np.zeros(4)
             fwd[col] = t
@@ -777,14 +835,14 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 shape={**op.shape, "bytes": op.shape.get("bytes", 0.0) * s},
             )  # fmt: skip
             t_small = _nccl_or(small, cost_model.op_time(small, cluster).seconds, cost_model, cluster, sources)
-            fwd = np.array([0.0, 0.0, t_small, 0.0])
+            fwd = np.array([0.0, 0.0, t_small * hot, 0.0])
             op_nic = ep_nic_seconds(small, fwd[2], cluster)
         elif op.kind == "all_to_all":
             op_nic = ep_nic_seconds(op, fwd[2], cluster)
         else:
             op_nic = 0.0
-        saved = op_saved(op, pol, v_dim, sp_div)
-        everything = sum(op_saved(op, _keep_all(pol), v_dim, sp_div).values())
+        saved = op_saved(mean_op, pol, v_dim, sp_div)
+        everything = sum(op_saved(mean_op, _keep_all(pol), v_dim, sp_div).values())
         # selective recomputation re-runs the forward of the ops of the recomputed modules (`train_memory`)
         mods = recompute_modules_of(op, moe_block[op.group], mla)
         rerun = pol.mode == "selective" and bool(pol.recompute.intersection(mods))
@@ -802,7 +860,7 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             f[u] += fwd
             b[u] += bwd + (fwd if rerun else 0.0)
             w[u] += wgt
-            flops[u] += np.array([1.0, bi + rerun, bw]) * op.flops
+            flops[u] += np.array([1.0, bi + rerun, bw]) * mean_op.flops
             for k, x in saved.items():
                 kinds[u, kcol[k]] += x
             no_recompute[u] += everything

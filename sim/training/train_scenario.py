@@ -180,6 +180,9 @@ class TrainRouting(_Strict):
         file: the loads file for ``distribution: file``.
         capacity_factor: None: dropless; else each expert takes at most
             ceil(factor x pairs / experts) pairs per micro-batch and drops the rest.
+        sequence_cv: dropless routing concentrated per sequence: the coefficient of variation of one EP GPU's
+            share of a single sequence's routed pairs (`train_cost.sequence_hot_factor`); None: none (a router
+            balanced within every micro-batch, or Megatron's forced balancing).
     """
 
     distribution: Literal["uniform", "power", "file"] = "uniform"
@@ -187,6 +190,7 @@ class TrainRouting(_Strict):
     max_violation: float | None = Field(None, ge=0)
     file: str | None = None
     capacity_factor: float | None = Field(None, gt=0, le=MAX_CAPACITY_FACTOR)
+    sequence_cv: float | None = Field(None, ge=0)
 
 
 #: Megatron-Core's ``--recompute-modules`` (``--recompute-granularity selective``), NVIDIA/Megatron-LM@
@@ -424,6 +428,12 @@ def _power_for_maxvio(num_layers: int, num_experts: int, max_violation: float, s
 
 def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None:
     moe = model.moe
+    if sc.routing.sequence_cv and sc.routing.capacity_factor is not None:
+        raise MoesimError(
+            f"routing.sequence_cv={sc.routing.sequence_cv:g} describes dropless routing, but routing.capacity_factor="
+            f"{sc.routing.capacity_factor:g} drops tokens",
+            "set routing.capacity_factor: null, or leave routing.sequence_cv out",
+        )
     if moe is not None and model.is_moe and sc.routing.max_violation is not None:
         top = moe.num_experts / moe.top_k - 1  # a token picks an expert at most once: its share is at most 1/top_k
         if sc.routing.max_violation > top + 1e-9:
