@@ -350,6 +350,7 @@ def _efficiencies() -> dict[tuple[str, str, str], dict[int, float]]:
     return out
 
 
+@lru_cache(maxsize=4096)  # pure: `_efficiencies` is a fixed table (the DES asks per layer per step-table entry)
 def efficiency(mode: str, direction: str, link: str, ep: int, exclude: int | None = None) -> float:
     """Achieved fraction of a link's bandwidth (0..1] for DeepEP at EP size ``ep`` (`_efficiencies`).
 

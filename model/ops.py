@@ -206,19 +206,18 @@ def fused_moe_op(
     """The routed-experts op: `fused_moe_parts` summed into one ``grouped_gemm`` op (one lookup in the
     grouped-GEMM tables, which time the whole fused layer), ``kernels`` = their launches."""
     local = num_experts // ep
-    parts = fused_moe_parts(
-        tokens if ep == 1 else pairs / top_k, pairs, active, hidden, width, local, top_k, w_bytes, a_bytes, dtype,
-        reduce=ep == 1,
-    )  # fmt: skip
+    flops, weight_bytes, act_bytes, kernels = _fused_moe_totals(
+        tokens if ep == 1 else pairs / top_k, pairs, active, hidden, width, local, w_bytes, a_bytes, reduce=ep == 1
+    )
     return Op(
         "routed_experts",
         "grouped_gemm",
         group,
         count,
-        flops=sum(o.flops for o in parts),
-        weight_bytes=sum(o.weight_bytes for o in parts),
+        flops=flops,
+        weight_bytes=weight_bytes,
         kv_bytes=0.0,
-        act_bytes=sum(o.act_bytes for o in parts),
+        act_bytes=act_bytes,
         dtype=dtype,
         shape={
             "tokens": tokens,
@@ -235,8 +234,44 @@ def fused_moe_op(
             "w_bytes": w_bytes,
             "a_bytes": a_bytes,
         },
-        kernels=sum(o.kernels for o in parts),
+        kernels=kernels,
     )
+
+
+def _fused_moe_totals(
+    tokens: float,
+    pairs: float,
+    active: float,
+    hidden: int,
+    width: int,
+    local_experts: int,
+    w_bytes: float,
+    a_bytes: float,
+    *,
+    reduce: bool,
+) -> tuple[float, float, float, int]:
+    """`fused_moe_parts`' (FLOP, weight bytes, activation bytes, launches) summed over its ops, without building
+    them: the same expressions added in the same order (bit for bit: tests/test_routing_iid.py), for the sweeps,
+    which rebuild the routed experts at every new token count."""
+    block = moe_block_m(tokens, local_experts)
+    big = pairs >= 1024 or local_experts > 64
+    padded = pairs + local_experts * (block - 1)
+    f_up, f_act, f_down = 2.0 * pairs * hidden * 2 * width, float(5.0 * pairs * width), 2.0 * pairs * width * hidden
+    f_down += pairs * hidden
+    a_align = float(4.0 * pairs + 4.0 * (padded + padded / block + local_experts + 1))
+    a_up = (pairs * hidden + pairs * 2 * width) * a_bytes
+    a_act = float(2.0 * pairs * width * a_bytes + pairs * width * a_bytes)
+    a_down = (pairs * width + pairs * hidden) * a_bytes
+    flops = 0 + 0.0 + f_up + f_act + f_down
+    weight = 0 + 0.0 + active * hidden * 2 * width * w_bytes + 0.0 + active * width * hidden * w_bytes
+    act = 0 + a_align + a_up + a_act + a_down
+    kernels = (2 if big else 1) + 3
+    if reduce:
+        flops += float(pairs * hidden)
+        weight += 0.0
+        act += float(pairs * hidden * a_bytes + tokens * hidden * a_bytes)
+        kernels += 1
+    return flops, weight, act, kernels
 
 
 def experts_gemms(op: Op) -> Op:
@@ -301,8 +336,8 @@ def experts_op(
         mean, imbalance = pairs, 1.0
     else:
         load = _gpu_loads_memo(tokens, top_k, ep, loads, phys_to_log, num_experts)
-        pairs, active = load.busiest_pairs, float(load.active_experts.max())
-        mean, imbalance = float(load.mean_pairs.mean()), load.imbalance
+        pairs, active = load.busiest_pairs, load.max_active_experts
+        mean, imbalance = load.mean_gpu_pairs, load.imbalance
     return fused_moe_op(
         tokens, pairs, active, hidden, width, top_k, num_experts, ep, precision.weight_bytes,
         precision.activation_bytes, dtype, group=group, count=count, moe_tp=moe_tp, mean=mean, imbalance=imbalance,
@@ -415,6 +450,15 @@ def _moe_ops_memo(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.
     return _pieces_memo(c.model, key, lambda: _moe_ops(c, g, loads, phys))
 
 
+def _moe_routed_ops_memo(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
+    """`_moe_routed_ops`, memoised like `_moe_ops_memo` (they read the whole batch's tokens and phase only)."""
+    key = (
+        "routed", c.layout, c.cluster.gpus_per_node, c.precision, c.gemm_dtype, c.batch.tokens, c.batch.phase, g,
+        _array_key(loads), _array_key(phys),
+    )  # fmt: skip
+    return _pieces_memo(c.model, key, lambda: _moe_routed_ops(c, g, loads, phys))
+
+
 def _edge_ops_memo(c: OpContext, sampling: str) -> list[Op]:
     """`_edge_ops`, memoised by everything they read (the attention batch's tokens and logit rows)."""
     key = (
@@ -429,7 +473,7 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
     moe = m.moe
     assert moe is not None
     h, ab, gpn = m.hidden_size, p.activation_bytes, c.cluster.gpus_per_node
-    t_all, t_attn = c.batch.tokens, c.attn_batch.tokens
+    t_attn = c.attn_batch.tokens
     label, n = g.label, g.count
     ops: list[Op] = [
         Op(
@@ -446,6 +490,29 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
         ),
         topk_op(label, n, t_attn, moe.num_experts, moe.top_k, hidden=h),
     ]
+    ops += _moe_routed_ops(c, g, loads, phys)
+    if lay.ep > 1 and lay.tp > 1:  # after the combine
+        op = collective("tp_gather", "all_gather", label, n, t_attn * h * ab, lay.tp, gpn)
+        ops.append(op) if op else None
+    elif lay.ep == 1 and lay.dp_attn <= 1 and lay.tp > 1:  # (with data-parallel attention: the routed ops' scatter)
+        op = collective("moe_allreduce", "all_reduce", label, n, t_attn * h * ab, lay.tp, gpn)
+        ops.append(op) if op else None
+    if moe.shared_intermediate_size:
+        ops += _ffn("shared", label, n, t_attn, moe.shared_intermediate_size // lay.tp, h, p, c.gemm_dtype)
+    return ops
+
+
+def _moe_routed_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarray | None) -> list[Op]:
+    """The MoE block's ops that read the whole batch's tokens (`_moe_ops`' middle, in order): the data-parallel
+    attention's gather or the expert-parallel dispatch, the routed experts, the combine or the scatter. The sweeps
+    rebuild these alone at every new token count (`moesim.sim.serving.steparray`)."""
+    m, lay, p = c.model, c.layout, c.precision
+    moe = m.moe
+    assert moe is not None
+    h, ab, gpn = m.hidden_size, p.activation_bytes, c.cluster.gpus_per_node
+    t_all = c.batch.tokens
+    label, n = g.label, g.count
+    ops: list[Op] = []
     width = moe.intermediate_size // lay.moe_tp
     dispatch = None
     if lay.ep == 1 and lay.dp_attn > 1:
@@ -479,17 +546,9 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
     )
     if dispatch is not None:
         ops.append(combine)
-        if lay.tp > 1:
-            op = collective("tp_gather", "all_gather", label, n, t_attn * h * ab, lay.tp, gpn)
-            ops.append(op) if op else None
     elif lay.dp_attn > 1:
         op = collective("dp_scatter", "reduce_scatter", label, n, t_all * h * ab, lay.stage_gpus, gpn)
         ops.append(op) if op else None
-    elif lay.tp > 1:
-        op = collective("moe_allreduce", "all_reduce", label, n, t_attn * h * ab, lay.tp, gpn)
-        ops.append(op) if op else None
-    if moe.shared_intermediate_size:
-        ops += _ffn("shared", label, n, t_attn, moe.shared_intermediate_size // lay.tp, h, p, c.gemm_dtype)
     return ops
 
 

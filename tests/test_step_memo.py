@@ -19,7 +19,7 @@ from moesim.model.dtypes import Precision
 from moesim.model.hardware import get_gpu, make_cluster
 from moesim.model.hf_config import load_model
 from moesim.model.layout import Layout
-from moesim.sim.serving import analytical
+from moesim.sim.serving import analytical, steparray
 from moesim.sim.sweeps import sweep_eval
 from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
@@ -67,6 +67,7 @@ def _same(a: object, b: object, key: str) -> None:
 
 
 def test_sweep_rows_identical_without_the_memos(monkeypatch):
+    monkeypatch.setattr(steparray, "ENABLED", False)  # the scalar path's memos (the array form: test_steparray.py)
     _clear()
     fast = _rows()
     assert ops._PIECES_MEMO and cap._COUNTS_MEMO  # the memos were used

@@ -61,6 +61,7 @@ from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.metrics import client_times, front_s, percentiles
 from moesim.sim.serving.replica import cacheable_blocks, declared_hit
 from moesim.sim.serving.scenario import Built, Pool
+from moesim.sim.serving.steparray import expected as array_expected
 from moesim.sim.serving.steptime import BREAKDOWN_PARTS, StepCost, StepTimer, cost_row, step_breakdown
 from moesim.sim.serving.workload import generate
 
@@ -102,7 +103,7 @@ def _decode_step(timer: StepTimer, b: int, ctx: int) -> Any:
     key = ("analytic_decode", b, ctx)
     hit = timer._memo.get(key)
     if hit is None:
-        hit = timer.expected(np.ones(b, np.int64), np.full(b, ctx, np.int64))
+        hit = array_expected(timer, b, ctx)  # = timer.expected(ones(b), full(b, ctx)), op parts in array form
         if timer.offload:
             hit.duration_s += timer.expected_fetch(float(b))
         timer._memo[key] = hit
@@ -112,8 +113,7 @@ def _decode_step(timer: StepTimer, b: int, ctx: int) -> Any:
 def _compute_steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
     dec = _decode_step(timer, b, ctx) if b else None
     new = np.concatenate([np.ones(b, np.int64), [chunk]]) if chunk else np.ones(b, np.int64)
-    cached = np.concatenate([np.full(b, ctx, np.int64), [chunk_ctx]]) if chunk else np.full(b, ctx, np.int64)
-    mix = timer.expected(new, cached)
+    mix = array_expected(timer, b, ctx, chunk, chunk_ctx)  # = timer.expected(new, cached) (`sim.serving.steparray`)
     fetch = timer.expected_fetch(float(new.sum())) if timer.offload else 0.0
     mix.duration_s += fetch
     return dec, mix
