@@ -7,7 +7,8 @@ The ILP minimises the predicted MoE-layer time (`placement.layertime`: grouped
 GEMM per GPU, DeepEP normal-mode dispatch + combine over NVLink and the NIC,
 4,096 tokens per GPU; DeepSeek-V3 fp8 on HGX H200 nodes, Mixtral bf16 on one
 HGX H200): on several nodes a count-limited search (node starts, then swaps out
-of the busiest node's NIC, `placement.nicsearch`), on one node with two slots per
+of the busiest node's NIC, then swaps lowering the slowest GPU's GEMM within
+its node, `placement.nicsearch`), on one node with two slots per
 GPU an exact enumeration of replica counts with a proof (`placement.exact`: gap
 0 by construction, no MIP), all deterministic, within a 30 s wall-clock cap for
 the whole call (5 s for Mixtral); a layer cut by the cap keeps EPLB's plan and is

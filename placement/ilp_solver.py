@@ -60,6 +60,13 @@ class IlpOptions:
         nic_passes: swaps out of the busiest node's NIC across nodes under the physical objective
             (`placement.nicsearch`), a count; 0 turns the search off. 100: the 32-GPU DeepSeek-V3 benchmark case
             reaches its local optimum before it.
+        swap_passes: improving swaps of the exact pair search across nodes after it (`nicsearch.pair_swap_search`),
+            a count; 0 (the default) turns it off: on the ILP's 512-token sample it fits the sample's noise in the
+            busiest node's hit share (32-GPU DeepSeek-V3 benchmark shape, placed on 4,096 tokens of an 8,192-token
+            trace: -10.2% against EPLB on the sample, -4.2% on the other 4,096 tokens, against -7.3% / -6.1%
+            without it); 200 converges on that shape.
+        gpu_passes: swaps inside a node that lower the slowest GPU's GEMM (`nicsearch.polish_gpus`), a count; 0
+            turns it off.
         affinity: after the solve, permute each layer's GPUs (inside nodes, and nodes as wholes: no layer's
             predicted time changes) to keep consecutive layers' expert pairs on one GPU (`placement.affinity`);
             off by default: only an engine with context-coherent expert parallelism (ExFlow) saves a dispatch
@@ -79,6 +86,8 @@ class IlpOptions:
     seed: int = 0
     cost: LayerCost | None = None
     nic_passes: int = 100
+    swap_passes: int = 0
+    gpu_passes: int = 200
     affinity: bool = False
 
 
