@@ -215,7 +215,8 @@ ACHIEVABLE_KINDS = frozenset({"attention"})
 
 
 def source_class(source: str) -> str:
-    """``fallback``, ``transferred``, ``measured`` or ``roofline``: where an `OpTime.source` says its time came from.
+    """``fallback``, ``transferred``, ``measured``, ``achievable`` or ``roofline``: where an `OpTime.source` says its
+    time came from (a table followed along its edge, ``edge ... measured: ...``, counts as its table's class).
 
     ``fallback``: the engine's kernel had no table and another kernel's stood in; ``transferred``: a table measured
     on another GPU; ``measured``: the kernel's own table on this GPU; ``achievable``: no table covers it and the
