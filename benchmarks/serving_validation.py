@@ -17,7 +17,8 @@ Equivalent commands (the figures quoted in the closing note come from them)::
     moesim fit-engine ../shared/data/vllm-e2e-dense/experiments.csv --out vllm-fitted.yaml --cv model
     moesim validate ../shared/data/vllm-e2e-dense/experiments.csv --engine des \\
         --only <the 12 per-request runs> --engine-profile vllm-fitted.yaml --out runs/after-des
-    (and the same with --cost-model FILE from 'moesim calibrate profiling/data/h100-sxm/full-bf16 --out FILE')
+    (and the same with --cost-model achievable, and with --cost-model FILE from
+    'moesim calibrate profiling/data/h100-sxm/full-bf16 --out FILE')
 
 Run: ``python -m benchmarks.serving_validation [--quick]`` writes this section into benchmarks/RESULTS.md
 (replacing an earlier section 12); ``benchmarks/run.py`` includes it.
@@ -148,7 +149,7 @@ def bench_serving_validation(quick: bool = False) -> tuple[str, dict]:
     runs = read_runs(DATA / "experiments.csv")
     replay = [r for r in runs if r.per_request is not None]
     des_requests = 500 if quick else None
-    stats: dict[str, Any] = {"roofline": {}, "calibrated": {}}
+    stats: dict[str, Any] = {"roofline": {}, "achievable": {}, "calibrated": {}}
     rows: list[str] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="moesim-bench-") as work:
@@ -156,6 +157,12 @@ def bench_serving_validation(quick: bool = False) -> tuple[str, dict]:
         rows += _one("roofline", runs, replay, w / "roofline", None, des_requests, quick, stats["roofline"])
         notes += stats["roofline"].pop("_notes")
         stats["roofline"].pop("_rows")
+        from moesim.model.achievable import AchievableCostModel
+
+        ach = AchievableCostModel()
+        rows += _one("achievable", runs, replay, w / "achievable", ach, des_requests, quick, stats["achievable"])
+        notes += stats["achievable"].pop("_notes")
+        stats["achievable"].pop("_rows")
         cal = _calibration(w)
         if cal is not None:
             from moesim.profiling.calibrate import CalibratedCostModel
@@ -173,7 +180,8 @@ def bench_serving_validation(quick: bool = False) -> tuple[str, dict]:
         "per-request arrivals and lengths, replayed). Other runs: Poisson stages of their workload label's profile "
         "(`sim/serving/validate.py` LABEL_PROFILES; an assumption named in each run's note). Cells: median / P90 of "
         "|predicted / measured - 1|. ITL = (mean E2E - mean TTFT) / (mean output - 1), the study's per-token "
-        "figure. Calibrated: the H100 SXM tables of `profiling/data/h100-sxm/full-bf16` (A100 and L40S runs fall "
+        "figure. Achievable: the roofline plus published kernel efficiencies (`model/achievable.py`), no tables. "
+        "Calibrated: the H100 SXM tables of `profiling/data/h100-sxm/full-bf16` (A100 and L40S runs fall "
         "back visibly where a table is missing). fit-engine fits "
         f"{', '.join(DEFAULT_PARAMS)} (bounds in `sim/serving/fit_engine.py` BOUNDS) with the analytical engine in "
         "the loop; CV: each model predicted by a fit on the others.",

@@ -54,14 +54,21 @@ DEFAULT_PARAMS = ("scheduler_base_s", "scheduler_per_seq_s", "prepare_per_token_
 
 #: Upper bound of each host parameter, s: generous physical ceilings (measured values sit one to two orders of
 #: magnitude below: microsoft/vidur cpu_overheads.csv has vLLM's scheduler at 41 us + 15.5 us per sequence and
-#: input preparation at 0.21 ms per step; a CUDA kernel launch costs 5-10 us of CPU).
+#: input preparation at 0.21 ms per step; a CUDA kernel launch costs 5-10 us of CPU), except the per-sequence
+#: costs, bounded at vLLM v0's measured slopes (the same file: scheduler 15.5 us, sampler 7.8 us per sequence;
+#: V1's scheduler and sampler do less per sequence, so these are upper bounds for V1). A per-sequence host cost
+#: lengthens every step by its cost x the decode batch, and the batch grows with the step (B = rate x output
+#: tokens x step), so the decode batch is B0 / (1 - rate x output tokens x cost): a fit that took the cost model's
+#: missing per-sequence GPU time as host time (74-120 us with the roofline model, the bound was 200 us) ran away on
+#: held-out high-rate runs (Llama-3.1-8B at 20 req/s x 247 tokens x 120 us = 0.59: 2.4x the batch), which put the
+#: roofline model's cross-validated P90 at 89 % (E2E) and 107 % (TTFT) against 40 % and 50 % in-sample.
 BOUNDS: dict[str, float] = {
     "scheduler_base_s": 5e-3,
-    "scheduler_per_seq_s": 2e-4,
+    "scheduler_per_seq_s": 1.55e-5,
     "prepare_base_s": 5e-3,
     "prepare_per_token_s": 2e-5,
     "sampling_base_s": 5e-3,
-    "sampling_per_seq_s": 2e-4,
+    "sampling_per_seq_s": 7.8e-6,
     "launch_s": 5e-5,
     "graph_replay_s": 1e-3,
     "api_per_request_s": 0.2,

@@ -728,7 +728,8 @@ def predict(
     """Simulate ``run`` on the requests ``req`` (written at ``trace``) with the DES or the analytical engine.
 
     The analytical engine solves each load stage at its own rate (requests / span of its arrivals) and takes each
-    request's latency (the client's: request path included, `Analytical.solve`) from its stage's steady state.
+    request's latency (the client's: request path included, `Analytical.solve`) from its stage's steady state, the
+    wait for a slot of the running set from the run's own arrival times (`sim.serving.analytical.fifo_waits`).
     ``gpu_memo`` (analytical only; a dict kept by the caller per run): the step timers' GPU-side results (kernel
     and collective times per batch shape, `StepTimer.gpu_results`) carried from one call to the next, for a fit that
     changes only host costs which those results do not depend on.
@@ -768,7 +769,7 @@ def predict(
         a = arr[idx]
         span = float(a.max() - a.min()) if idx.sum() > 1 else 0.0
         rate = (idx.sum() - 1) / span if span > 0 else float(idx.sum())
-        states, t, e, _ = model.solve(rate)
+        states, t, e, _ = model.solve(rate, arr)
         ttft[idx], e2e[idx] = t[idx], e[idx]
         reasons += [f"stage {k} {role}: {s.reason}" for role, s in states.items() if s.overloaded]
     if gpu_memo is not None:
