@@ -227,7 +227,9 @@ def combined_1f1b(sched: Schedule) -> Schedule:
     communication stream under the other's computation; the first forward and the last backward run alone. A
     rank's program keeps its order: a ``B`` directly followed by an ``F`` becomes ``FB(F, B)``, so the pair's
     forward never feeds its own backward (which would deadlock) and warm-up forwards and cool-down backwards stay
-    single. GPipe has no such pairs and DualPipe makes its own (``overlap: chunk_pairs``).
+    single. The steady phase's first forward thereby runs alone, as Megatron's one extra warm-up micro-batch under
+    the overlap (``num_warmup_microbatches + 1`` in megatron/core/pipeline_parallel/schedules.py; pinned by
+    tests/test_train_a2a_megatron.py). GPipe has no such pairs and DualPipe makes its own (``overlap: chunk_pairs``).
     """
     if sched.name not in ("1f1b", "interleaved"):
         raise ValueError(f"combined 1F1B needs a 1f1b or interleaved schedule, got {sched.name}")

@@ -925,7 +925,12 @@ def combined_layer_seconds(
     and the backward's attention node. Each waits for its stream and for what it consumes: the forward's dispatch
     for its attention, its MLP for its dispatch, its combine for its MLP; the backward's MLP for its combine, its
     dispatch for its MLP input gradients, its attention for its dispatch. While an all-to-all runs, the computation
-    has the SMs it leaves (``1 - sm_frac``: DeepEP's kernels occupy ``--moe-deepep-num-sms`` SMs).
+    has the SMs it leaves (``1 - sm_frac``: DeepEP's kernels occupy ``--moe-deepep-num-sms`` SMs). These waits are
+    Megatron's: each node waits on its micro-batch's one shared CUDA event, recorded by the node launched before
+    it, and on its stream. DeepEP's dispatch also holds the host until its receive counts arrive
+    (deepseek-ai/DeepEP README: "the CPU will wait for GPU's signal"), which, with a host that launches faster than
+    the GPU runs, delays no node here: every node whose launch it holds back already waits for the dispatch's
+    inputs.
     All arguments in seconds (communication at full speed, computation alone on the whole GPU).
     """
     comp = [("fa", f_attn, None), ("bm", b_mlp, "bc"), ("bw", b_mlp_w, None), ("fm", f_mlp, "fd"), ("ba", b_attn, "bd")]
