@@ -18,6 +18,13 @@ tables). The wall time is the simulation's own (`SimResult.wall_s`: the event lo
 the scenario's build; the CPU time (``time.process_time`` of the worker, the build included) gives a second ratio
 that other jobs on shared cores disturb less. Prints one table per example and, with ``--json``, one JSON object.
 
+``--bank-ab`` (alone) compares the routing banks in one process instead: each example of the working tree run with
+the banks of 91c4171 (`RoutingBank.LEGACY`: drawn in turn from one generator, first banks of up to 1,024 rows) and
+with today's (each bank a function of its seed, pair count, generation and rows, first banks of at most 16,384
+categories), each at two seeds, in alternating order: CPU seconds of each run (``time.process_time``, the build
+included) and the key results, the seed-to-seed difference of one kind of bank being the sampling noise the other's
+difference is to be judged against.
+
 Units: seconds; simulated s per wall s is the run's makespan over its wall time.
 """
 
@@ -138,6 +145,53 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def bank_ab(requests: int = 0, seeds: tuple[int, int] = (0, 1), only: str | None = None) -> dict:
+    """``--bank-ab`` (see the module docstring): per example, per bank kind and seed, the CPU seconds and `KEYS`;
+    prints one markdown table per example."""
+    import time
+
+    import yaml
+
+    from moesim.sim.serving.serve import run
+    from moesim.sim.serving.steptime import RoutingBank
+
+    report: dict[str, dict] = {}
+    for name in EXAMPLES:
+        if only and name != only:
+            continue
+        path = ROOT / "examples" / f"{name}.yaml"
+        runs: dict[str, dict] = {}
+        warm = yaml.safe_load(path.read_text())
+        warm["workload"]["requests"] = 20
+        run(warm, "des", base_dir=path.parent)  # imports and module-level tables, outside the timing
+        # alternating: the first seed's legacy run first, the second's last
+        pairs = ((True, False), (False, True))
+        order = [(legacy, seed) for j, seed in enumerate(seeds) for legacy in pairs[j % 2]]
+        for legacy, seed in order:
+            d = yaml.safe_load(path.read_text())
+            if requests:
+                d["workload"]["requests"] = requests
+            d["seed"] = seed
+            RoutingBank.LEGACY = legacy
+            try:
+                c0 = time.process_time()
+                res = run(d, "des", base_dir=path.parent)
+                cpu = time.process_time() - c0
+            finally:
+                RoutingBank.LEGACY = False
+            label = f"{'91c4171' if legacy else 'now'} seed {seed}"
+            runs[label] = {k: res.summary.get(k) for k in KEYS} | {"cpu_s": cpu}
+            print(f"{name}: {label} {cpu:.2f} CPU s", file=sys.stderr, flush=True)
+        report[name] = runs
+        labels = sorted(runs)
+        print(f"\n## {name} (working tree example, {requests or 'all its'} requests)")
+        print("| | " + " | ".join(labels) + " |")
+        print("|---|" + "---|" * len(labels))
+        for k in ("cpu_s", *KEYS):
+            print(f"| {k} | " + " | ".join(_fmt(runs[lab].get(k)) for lab in labels) + " |")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=0, help="requests for the current code (0: the example's)")
@@ -146,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--only", choices=EXAMPLES, help="one example only")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--bank-ab", action="store_true", help="compare the routing banks of 91c4171 and now, one process")
     args = ap.parse_args(argv)
+    if args.bank_ab:
+        return bank_ab(args.requests, only=args.only)
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="des_speed_") as tmp:
         scratch = Path(tmp)

@@ -16,8 +16,22 @@ on local processes and on a Dask LocalCluster, and resume after kill -9.
   ``--old-results DIR`` takes the old run's ``analytical.parquet`` / ``des.parquet`` / ``timing.json`` from
   an earlier run instead (``--keep DIR`` keeps this run's there).
 
+- Shared timers on and off (``--share-ab``, alone): the capacity search of 8 H100 configurations of
+  `benchmarks/sweep-des-capacity.yaml` (2 and 8 GPUs, TP or EP, fp8, batch 256, routing skew 0 and 1) in this
+  process, each configuration three ways in alternating order: as the code of 91c4171 (its routing banks,
+  `RoutingBank.LEGACY`; per-layer routing on the scalar step path, `steparray.PER_LAYER` off; every timer its
+  own, `sim.serving.capacity.SHARE` off), with today's banks and array-form per-layer steps alone, and
+  shared (the analytical model and the probes share tables, step costs and per seed routing banks); CPU seconds
+  (``time.process_time``) of each, the capacity columns compared (shared and alone identical by construction:
+  `tests/test_step_share.py`; the legacy path's within the simulation's sampling noise).
+
+- Old against new per configuration (``--legacy-ab N``, alone): every N-th configuration of
+  `benchmarks/sweep-des-capacity.yaml` evaluated as 91c4171 (the three switches above) and as today, interleaved
+  over 2 forked processes; CPU seconds per evaluation and the capacities compared.
+
 Run: ``python -m benchmarks.sweep [--quick] [--old REV | --old-results DIR] [--keep DIR]`` (``make bench``
-runs it without the old code).
+runs it without the old code), ``python -m benchmarks.sweep --share-ab``, ``python -m benchmarks.sweep
+--legacy-ab 3``.
 """
 
 from __future__ import annotations
@@ -323,11 +337,118 @@ def bench_sweep(
     return "\n".join(lines), {"analytical": a, "des": d, "resume": r, "old_against_new": cmp}
 
 
+def share_ab() -> tuple[str, dict]:
+    """``--share-ab`` (see the module docstring): a markdown table and the figures."""
+    from moesim.sim.serving import capacity as capmod
+    from moesim.sim.serving import steparray
+    from moesim.sim.serving.steptime import RoutingBank
+    from moesim.sim.sweeps import sweep_eval
+
+    data = yaml.safe_load((ROOT / "benchmarks" / "sweep-des-capacity.yaml").read_text())
+    data["axes"] |= {"gpu": ["H100-SXM"], "gpus": [2, 8], "max_batch": [256], "routing_skew": [0, 1.0]}
+    data["axes"]["precision"] = ["fp8"]
+    spec = parse_sweep(data)
+    cols = ("capacity_req_s", "capacity_runs", "capacity_tok_s", "capacity_ttft_s", "capacity_tpot_s")
+    # (label, RoutingBank.LEGACY and not steparray.PER_LAYER, capacity.SHARE)
+    variants = (("legacy", True, False), ("alone", False, False), ("shared", False, True))
+    rows, total = [], dict.fromkeys(("legacy", "alone", "shared"), 0.0)
+    try:
+        for i, p in enumerate(expand(spec).points):
+            got = {}
+            for label, legacy, share in variants if i % 2 == 0 else variants[::-1]:
+                RoutingBank.LEGACY, steparray.PER_LAYER, capmod.SHARE = legacy, not legacy, share
+                sweep_eval._CACHE.clear()
+                if not share:
+                    sweep_eval._analytical(p, spec)  # the build, outside the timing (shared: built inside it)
+                t0 = time.process_time()
+                row = sweep_eval.evaluate(p, spec)
+                cpu = time.process_time() - t0
+                total[label] += cpu
+                got[label] = ([row[c] for c in cols], cpu)
+            same = got["shared"][0] == got["alone"][0]
+            rows.append((p.values["label"], got, same))
+            print(f"share-ab: {rows[-1]}", file=sys.stderr, flush=True)
+    finally:
+        RoutingBank.LEGACY, steparray.PER_LAYER, capmod.SHARE = False, True, True
+    lines = [
+        "| configuration | CPU s: as 91c4171 | today's, alone | shared | legacy / shared | "
+        "capacity req/s (runs): as 91c4171 | today's | shared = alone |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, got, same in rows:
+        (lc, lr), (nc, nr) = got["legacy"][0][:2], got["shared"][0][:2]
+        lines.append(
+            f"| {label} | {got['legacy'][1]:.2f} | {got['alone'][1]:.2f} | {got['shared'][1]:.2f} | "
+            f"{got['legacy'][1] / got['shared'][1]:.2f}x | {lc:.2f} ({lr}) | {nc:.2f} ({nr}) | {same} |"
+        )
+    lines.append(
+        f"| all | {total['legacy']:.1f} | {total['alone']:.1f} | {total['shared']:.1f} | "
+        f"{total['legacy'] / total['shared']:.2f}x | | | {all(r[2] for r in rows)} |"
+    )
+    return "\n".join(lines), {"cpu_s": total, "rows": rows}
+
+
+def _legacy_work(args: tuple[int, str]) -> dict:
+    """One configuration ``i`` of `benchmarks/sweep-des-capacity.yaml` evaluated as 91c4171 (``legacy``) or today
+    (``new``) in this worker process (`legacy_ab`): its capacity columns and CPU seconds."""
+    from moesim.sim.serving import capacity as capmod
+    from moesim.sim.serving import steparray
+    from moesim.sim.serving.steptime import RoutingBank
+    from moesim.sim.sweeps import sweep_eval
+
+    i, variant = args
+    spec = read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")
+    p = expand(spec).points[i]
+    legacy = variant == "legacy"
+    RoutingBank.LEGACY, steparray.PER_LAYER, capmod.SHARE = legacy, not legacy, not legacy
+    sweep_eval._CACHE.clear()
+    t0 = time.process_time()
+    row = sweep_eval.evaluate(p, spec)
+    cpu = time.process_time() - t0
+    keep = ("label", "capacity_req_s", "capacity_runs", "capacity_ttft_s", "status")
+    return {"i": i, "variant": variant, "cpu_s": cpu} | {k: row[k] for k in keep}
+
+
+def legacy_ab(every: int) -> tuple[str, dict]:
+    """``--legacy-ab N``: every N-th configuration of `benchmarks/sweep-des-capacity.yaml` as 91c4171 (its routing
+    banks, per-layer steps on the scalar path, no shared timers) and as today, interleaved over 2 forked processes,
+    CPU seconds per evaluation (``time.process_time``) and the capacities compared."""
+    from multiprocessing import get_context
+
+    n = len(expand(read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")).points)
+    tasks: list[tuple[int, str]] = []
+    for j, i in enumerate(range(0, n, every)):
+        tasks += [(i, "legacy"), (i, "new")] if j % 2 == 0 else [(i, "new"), (i, "legacy")]
+    with get_context("fork").Pool(2) as pool:
+        df = pd.DataFrame(pool.map(_legacy_work, tasks, chunksize=1))
+    w = df.pivot(index="i", columns="variant")
+    cap, cpu = w["capacity_req_s"], w["cpu_s"]
+    skew = w["label"]["new"].str.contains("skew1")
+    same = (cap["legacy"] == cap["new"]) | (cap["legacy"].isna() & cap["new"].isna())
+    lines = [
+        f"Every {every}th configuration ({len(w)}), 2 processes: CPU s as 91c4171 {cpu['legacy'].sum():.1f}, today "
+        f"{cpu['new'].sum():.1f} ({cpu['legacy'].sum() / cpu['new'].sum():.2f}x; routing skew 0: "
+        f"{cpu['legacy'][~skew].sum():.1f} -> {cpu['new'][~skew].sum():.1f}, skew 1: {cpu['legacy'][skew].sum():.1f} "
+        f"-> {cpu['new'][skew].sum():.1f}); simulations {int(w['capacity_runs']['legacy'].sum())} -> "
+        f"{int(w['capacity_runs']['new'].sum())}; capacities identical in {int(same.sum())}/{len(w)}.",
+    ]
+    for i in w.index[~same]:
+        lines.append(
+            f"- {w['label']['new'][i]}: {cap['legacy'][i]:.2f} -> {cap['new'][i]:.2f} req/s (p99 TTFT at it "
+            f"{w['capacity_ttft_s']['legacy'][i]:.3f} -> {w['capacity_ttft_s']['new'][i]:.3f} s)"
+        )
+    return "\n".join(lines), {"rows": df.to_dict("records")}
+
+
 def _arg(name: str, default: str | None) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "--share-ab" in sys.argv:
+    print(share_ab()[0])
+elif __name__ == "__main__" and "--legacy-ab" in sys.argv:
+    print(legacy_ab(int(_arg("--legacy-ab", "3") or 3))[0])
+elif __name__ == "__main__":
     rev = _arg("--old", "466109d")
     prior = _arg("--old-results", None)
     kept = _arg("--keep", None)

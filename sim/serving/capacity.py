@@ -5,13 +5,17 @@ weights and activations (`model.memory.estimate_memory`), offloading routed expe
 memory when the scenario allows it. `check_requests_fit` refuses a workload holding a request
 no replica could ever serve (over the model's context, over one replica's KV cache, or an
 unchunked prompt over the step budget): such a request would otherwise wait forever; the DES
-and the analytical engine share it. `make_timer` builds a pool's `StepTimer` from its capacity.
+and the analytical engine share it. `make_timer` builds a pool's `StepTimer` from its capacity; inside
+`shared_timers` the timers of the same replica and seed share their routing banks, tables and step-cost memo
+across runs (`sim.serving.steptime.TimerShare`: the same results, bit for bit, without drawing them again).
 
 Units: tokens, blocks, bytes (GiB where a name says so).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +28,7 @@ from moesim.model.memory import KvGroups
 from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.kernels import pool_cost_model
 from moesim.sim.serving.scenario import PCIE_BW, Built, Pool
-from moesim.sim.serving.steptime import Offload, StepTimer
+from moesim.sim.serving.steptime import BankStore, Offload, StepTimer, TimerShare
 
 
 @dataclass(frozen=True)
@@ -194,9 +198,52 @@ def check_requests_fit(built: Built, requests: pd.DataFrame, caps: dict[str, Cap
                 )
 
 
+#: Whether `shared_timers` shares anything (False: every timer its own, the reference the tests and
+#: `benchmarks.sweep --share-ab` compare against)
+SHARE = True
+#: `shared_timers`' registry while one is open: configuration key -> (the objects the key names, kept alive so that
+#: their ids stay theirs; the tables; the step-cost memo; the routing banks by seed)
+_SHARED: dict[tuple, tuple[tuple, dict, dict, dict[int, BankStore]]] | None = None
+
+
+@contextlib.contextmanager
+def shared_timers() -> Iterator[None]:
+    """Within this block, `make_timer` gives the timers of the same replica (the same model, pool, loads,
+    placement, precision, cost model, routing physics and expert cache, as objects: the runs of one built
+    configuration at several request rates, and its analytical model) one grouped-GEMM table and step-cost memo,
+    and those of the same replica and seed one store of routing banks (`TimerShare`), so a later run reuses what an
+    earlier one computed. The tables and memo are functions of the timer's arguments and their keys (no seed: the
+    routing draws are never memoised), a bank of its seed and key, so every run's results are those of a run alone
+    (`tests/test_step_share.py`). Nested blocks share the outer one's registry."""
+    global _SHARED
+    if _SHARED is not None or not SHARE:
+        yield
+        return
+    _SHARED = {}
+    try:
+        yield
+    finally:
+        _SHARED = None
+
+
+def _share(built: Built, pool: Pool, cap: Capacity, seed: int) -> TimerShare | None:
+    """The `TimerShare` of this timer in the open `shared_timers` block (None outside one)."""
+    if _SHARED is None:
+        return None
+    r = built.scenario.routing
+    objs = (built.model, pool, built.loads, built.phys_to_log, built.precision, built.cost_model)
+    key = (*map(id, objs), cap.offload, r.capacity_factor, r.overlap, str(built.base_dir))
+    hit = _SHARED.get(key)
+    if hit is None:
+        hit = _SHARED[key] = (objs, {}, {}, {})
+    _, tables, memo, banks = hit
+    return TimerShare(banks.setdefault(int(seed), BankStore()), tables, memo)
+
+
 def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
     """The step timer of one replica of ``pool``: its model, layout, routing physics, expert cache and the
-    engine profile of its ``engine:`` (host time per step, `sim.serving.host`)."""
+    engine profile of its ``engine:`` (host time per step, `sim.serving.host`); inside `shared_timers`, sharing
+    what an earlier timer of the same replica and seed computed."""
     r = built.scenario.routing
     return StepTimer(
         built.model,
@@ -212,4 +259,5 @@ def make_timer(built: Built, pool: Pool, cap: Capacity, seed: int) -> StepTimer:
         seed=seed,
         max_pairs=pool.engine.max_tokens * (built.model.moe.top_k if built.model.moe else 1),
         profile=engine_profile(pool.engine, built.base_dir),
+        share=_share(built, pool, cap, seed),
     )

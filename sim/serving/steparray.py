@@ -15,8 +15,11 @@ experts are an expectation over the routing; DeepEP's all-to-all, timed by its o
 block: it is rebuilt by `model.ops._moe_routed_ops_memo` at the whole batch's tokens (the ops rebuilt read no others),
 memoised across the timers of a sweep, and checked equal to the decomposed op at every fitting shape. A class
 where any of this fails is costed by the scalar path, as is anything this module does not cover
-(a cost model other than the roofline, two-batch overlap, per-layer routing or placement, an engine whose host
-issues launches while the GPU waits): `supported` says which.
+(a cost model other than the roofline, two-batch overlap, an engine whose host issues launches while the GPU
+waits): `supported` says which. With per-layer routing or placement the scalar path itself takes every op but the
+routed experts and the expert-parallel all-to-all from the layer-set estimate (layer-averaged loads on the first
+layer's placement), and those two from per-layer sums memoised by tokens; the array form fits that estimate and
+adds the same sums (`StepArray._per_layer_parts`).
 
 The op times are then the roofline's (`model.roofline.RooflineCostModel.op_time`) on arrays [shapes, ops]:
 max(FLOP / peak, bytes / bandwidth) + max(intra, inter link time), link time = bytes / link bandwidth +
@@ -52,6 +55,9 @@ from moesim.sim.serving.steptime import _COMM, StepCost, StepTimer, _shape
 _FIELDS = ("flops", "weight_bytes", "kv_bytes", "act_bytes", "intra_bytes", "inter_bytes", "intra_msgs", "inter_msgs")
 #: Off: `expected` takes the scalar path always (tests of the scalar path's memos compare it bit for bit).
 ENABLED = True
+#: Off: a timer with per-layer routing or placement takes the scalar path (as before 2026-12-05; the reference of
+#: `benchmarks.sweep --share-ab`).
+PER_LAYER = True
 #: MoE-block ops always rebuilt at the step's tokens, never fitted: their fields depend on the whole batch's tokens
 #: through the routing's expectations (the busiest GPU's pairs, the active experts, the GPUs a token is sent to),
 #: which saturate and switch regime (`model.ops.moe_block_m`): a fit on some shapes says nothing of others.
@@ -195,10 +201,16 @@ class StepArray:
         self.supported = (
             type(t.cost_model) is RooflineCostModel
             and t.overlap != "two_batch"
-            and np.ndim(t.loads) != 2
-            and np.ndim(t.phys) != 2
             and (prof is None or prof.ideal or bool(prof.overlap))
+            and (PER_LAYER or (np.ndim(t.loads) != 2 and np.ndim(t.phys) != 2))
         )
+        #: per-layer routing or placement: `StepTimer._compute` takes the other ops from the layer-set estimate (the
+        #: layer-averaged loads on the first layer's placement, as `StepTimer.estimate(per_layer=False)`), the routed
+        #: experts from `StepTimer._expected_experts` and the expert-parallel all-to-all from `StepTimer._layer_a2a`
+        #: (both memoised by tokens); so does `_per_layer_parts` here
+        self._per_layer = t.moe is not None and (np.ndim(t.loads) == 2 or np.ndim(t.phys) == 2)
+        self._loads = np.asarray(t.loads).mean(axis=0) if np.ndim(t.loads) == 2 else t.loads
+        self._phys = np.asarray(t.phys)[0] if np.ndim(t.phys) == 2 else t.phys
         self._dp = max(t.layout.dp_attn, 1)
         #: what the op fields depend on (`_fit`, `_block`): not the GPU but through the GEMM dtype
         self._gkey = (
@@ -239,7 +251,22 @@ class StepArray:
         does not apply (the caller takes the scalar path)."""
         key, row, t_all, _ = _describe(b, ctx, pads, chunk, chunk_ctx, self._dp)
         timed = self._class(key, (b, ctx, pads, chunk, chunk_ctx))
-        return None if timed is None else self._eval(timed, key[0], np.array([row]), [t_all])[0]
+        if timed is None:
+            return None
+        out = self._eval(timed, key[0], np.array([row]), [t_all])[0]
+        return self._per_layer_parts(out, key[0], t_all) if self._per_layer else out
+
+    def _per_layer_parts(self, parts: np.ndarray, phase: str, tokens: int) -> np.ndarray:
+        """``parts`` [11] of the layer-set estimate with `StepTimer._compute`'s per-layer terms in place: the routed
+        experts on each layer's expected busiest GPU, and each layer's all-to-all where there is expert parallelism
+        (a step of ``tokens`` tokens in ``phase``)."""
+        t = self.timer
+        out = parts.copy()
+        out[3] = t._expected_experts(tokens)
+        a2a = t._layer_a2a(tokens, phase)
+        if a2a is not None:
+            out[1] = a2a
+        return out
 
     def parts_many(self, shapes: list[tuple[int, int, int, int, int]]) -> np.ndarray:
         """The parts [k, 11] of ``k`` shapes (b, ctx, pads, chunk, chunk_ctx) at once: one array evaluation per
@@ -254,6 +281,9 @@ class StepArray:
             if timed is not None:
                 idx = [i for i, _, _ in members]
                 out[idx] = self._eval(timed, key[0], np.array([r for _, r, _ in members]), [t for _, _, t in members])
+                if self._per_layer:
+                    for i, _, t_all in members:
+                        out[i] = self._per_layer_parts(out[i], key[0], t_all)
         return out
 
     def _class(self, key: tuple, shape: tuple[int, int, int, int, int]) -> tuple | None:
@@ -331,7 +361,7 @@ class StepArray:
         if hit is not None and hit[0] is self.timer.model:
             return hit[1]
         lay, cluster = (Layout(), t._one) if one else (t.layout, t.cluster)
-        loads, phys = (None, None) if one else (t.loads, t.phys)
+        loads, phys = (None, None) if one else (self._loads, self._phys)
         whole = Batch((t_all,), (0,), phase)
         whole.__dict__["tokens"] = t_all  # its cached `Batch.tokens` (the sum of one count), not rebuilt from arrays
         ctx = OpContext(t.model, whole, whole, lay, cluster, t.precision, t._gemm_dtype)
@@ -370,7 +400,9 @@ class StepArray:
         rng = np.random.default_rng(12345)
         draws = np.exp(rng.uniform(0.0, 1.0, (200 * n, 5)) * np.log([1024, 32768, 256, 8192, 16384]))
         out, rows, seen = [shape], [_describe(*shape, self._dp)[1]], {shape}
-        for d in draws.astype(np.int64).tolist():
+        ints = draws.astype(np.int64)
+        # converted to Python ints a chunk at a time (most classes fill up from the first few hundred draws)
+        for d in (d for lo in range(0, len(ints), 4 * n) for d in ints[lo : lo + 4 * n].tolist()):
             if len(out) >= n:
                 break
             s = (

@@ -16,9 +16,11 @@ N axis in octaves, `StepTimer.expert_times`).
 
 Speed (the discrete-event step): the routing draws come from `RoutingBank` (exact multinomial samples per layer
 drawn once per pair count, a row per (step, layer) picked at random; the module's tests check the per-step
-distribution against direct draws), a prefill or mixed batch's parts from separable tables over the three numbers
-the non-attention ops depend on, with only the attention ops built per step (`StepTimer._fast_parts`), and a run of
-``k`` steps comes back in columnar form (`StepBlock`, `StepTimer.sample_block`), with its host time vectorised.
+distribution against direct draws; each bank a function of its seed and key, so the runs of a capacity search
+share them through a `BankStore`, `TimerShare`), a prefill or mixed batch's parts from separable tables over the
+three numbers the non-attention ops depend on, with only the attention ops built per step
+(`StepTimer._fast_parts`), and a run of ``k`` steps comes back in columnar form (`StepBlock`,
+`StepTimer.sample_block`), with its host time vectorised.
 
 Physics options:
 - capacity factor: each expert takes at most ceil(cf x T x top_k / E) pairs
@@ -238,9 +240,65 @@ class StepBlock:
         return [self.cost(j) for j in range(len(self))]
 
 
+def _with_fields(op: Op, **fields: Any) -> Op:
+    """``dataclasses.replace(op, **fields)`` for a frozen `Op` (no ``__post_init__``, fields only in its
+    ``__dict__``) without re-running its ``__init__``: the same field values, a tenth of the cost (the per-layer
+    all-to-all of `StepTimer._layer_a2a` rescales 2 ops per MoE layer per step shape)."""
+    new = object.__new__(Op)
+    new.__dict__.update(op.__dict__)
+    new.__dict__.update(fields)
+    return new
+
+
 def _q(x: float, per_octave: int = 48) -> int:
     """Log-scale bucket of a count (exact up to 64)."""
     return int(x) if x <= 64 else 64 + round(per_octave * math.log2(x / 64.0))
+
+
+class BankStore:
+    """Routing banks (`RoutingBank.samples`) drawn by the step timers of one replica configuration and seed, kept
+    across their runs: the discrete-event runs of a capacity search (`sim.sweeps.sweep_eval.capacity`) simulate
+    the same replicas with the same seeds at several request rates, and a bank is a function of (seed, pair count,
+    generation, rows), so a run takes the banks an earlier run drew instead of drawing them again, with the same
+    results bit for bit. Least recently used banks go first beyond ``max_bytes`` (they are drawn again if needed).
+
+    Args:
+        max_bytes: most bytes of bank arrays kept.
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._banks: OrderedDict[tuple[int, int, int], tuple[np.ndarray, ...]] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> tuple[np.ndarray, ...] | None:
+        """The bank of ``key`` = (pairs, generation, rows), or None."""
+        hit = self._banks.get(key)
+        if hit is not None:
+            self._banks.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[int, int, int], bank: tuple[np.ndarray, ...]) -> None:
+        """Keep ``bank`` under ``key`` (dropping the least recently used beyond ``max_bytes``)."""
+        if key in self._banks:
+            return
+        self._banks[key] = bank
+        self.bytes += sum(a.nbytes for a in bank)
+        while self.bytes > self.max_bytes and len(self._banks) > 1:
+            _, old = self._banks.popitem(last=False)
+            self.bytes -= sum(a.nbytes for a in old)
+
+
+@dataclass
+class TimerShare:
+    """What the step timers of one replica configuration and seed can share across discrete-event runs (see
+    `BankStore`): the routing banks, the grouped-GEMM tables (`StepTimer._slice`) and the step-cost memo
+    (`StepTimer._memo`), each a function of the timer's arguments and its keys alone, so sharing them changes no
+    result (`tests/test_step_share.py`)."""
+
+    banks: BankStore = field(default_factory=BankStore)
+    tables: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)
 
 
 class RoutingBank:
@@ -263,7 +321,8 @@ class RoutingBank:
     points where a bank has under 256 rows), each GPU's pairs moved to ``n``: mean x n / nb, deviation from it x
     sqrt(n / nb) (a multinomial's mean and variance at ``n``), its seconds along their slope per pair.
     ``rows`` is the most samples per layer that keep one bank at `BUDGET` multinomial categories (rows x distinct
-    layers x slots), at least `MIN_ROWS`; a bank starts at `FIRST_ROWS` and grows with use (see there).
+    layers x slots), at least `MIN_ROWS`; a bank starts at `FIRST_ROWS` rows and `FIRST_CATEGORIES` categories at
+    most and grows with use (see there).
 
     Args:
         slot_p: slot probabilities [L, S] (rows sum to 1).
@@ -273,7 +332,11 @@ class RoutingBank:
         replicas: replicas of each slot's expert [L, S] (the capacity factor's split).
         num_experts: logical experts E.
         capacity_factor: None: dropless.
-        rng: the bank's generator.
+        seed: the bank's seed: the bank of ``n`` pairs drawn for the ``g``-th time (after ``g`` retirements,
+            `_rows_for`) with ``m`` rows is drawn from a generator seeded with (seed, n, g, m), so it is a function
+            of those four numbers, not of the other banks drawn before it.
+        store: banks already drawn by timers of the same replica and seed (`BankStore`; None: none kept): a bank
+            found there is taken as it is, bit-equal to drawing it again.
     """
 
     EXACT = 64
@@ -285,6 +348,15 @@ class RoutingBank:
     #: full bank); a full bank is drawn anew after serving max(REUSE x rows, MIN_REFRESH) steps, so a long run does
     #: not lean on one set of rows (their sampling error averages out over refreshes as a per-step sampler's does).
     FIRST_ROWS = 1024
+    #: ... and at most FIRST_CATEGORIES multinomial categories (rows x distinct layers x slots): a replica with
+    #: per-layer routing (Mixtral with skew: 32 distinct layers of 8 slots, full banks of 512 rows) meets a hundred
+    #: pair counts in the mixed steps of a short run, each used by a median of 28 steps (measured on the 8-GPU EP
+    #: capacity search of benchmarks/sweep-des-capacity.yaml), so its first banks hold 64 rows, 1/8 of the cost.
+    FIRST_CATEGORIES = 1 << 14
+    #: True: the banks of commit 91c4171, the reference for comparisons in one run (`benchmarks.des_speed
+    #: --bank-ab`): each drawn in turn from one generator seeded with ``seed`` (a bank then depends on the banks
+    #: drawn before it, so no `store`), first banks of FIRST_ROWS rows whatever their categories.
+    LEGACY = False
     #: `draw_stats`: most banks moved to a pair count kept at once (each [D x rows, G] floats; cleared when full).
     MAX_MOVED = 64
     REUSE, MIN_REFRESH = 64, 512
@@ -297,7 +369,8 @@ class RoutingBank:
         replicas: np.ndarray,
         num_experts: int,
         capacity_factor: float | None,
-        rng: np.random.Generator,
+        seed: int,
+        store: BankStore | None = None,
     ) -> None:
         key = np.concatenate([slot_p, replicas.astype(float)], axis=1)
         distinct, self.layer_of = np.unique(key, axis=0, return_inverse=True)
@@ -305,8 +378,17 @@ class RoutingBank:
         s = slot_p.shape[1]
         self.p, self.rep, self.times = distinct[:, :s], distinct[:, s:], times
         self.ep, self.per_gpu = ep, s // ep
-        self.num_experts, self.capacity_factor, self.rng = num_experts, capacity_factor, rng
+        self.num_experts, self.capacity_factor = num_experts, capacity_factor
+        self.seed, self.store = int(seed) & 0xFFFFFFFFFFFFFFFF, store  # SeedSequence entropy is non-negative
+        #: how many banks of each pair count this bank has retired (`_rows_for`): a bank is the draw of its
+        #: (count, generation), so a shared `store` serves another timer of the same seed the same rows
+        self._gen: dict[int, int] = {}
         self.rows = int(np.clip(self.BUDGET // (len(distinct) * s), self.MIN_ROWS, self.MAX_ROWS))
+        first = min(self.FIRST_ROWS, self.FIRST_CATEGORIES // (len(distinct) * s))
+        self.first_rows = min(self.rows, max(first, self.MIN_ROWS))
+        self._legacy = np.random.default_rng(seed) if self.LEGACY else None
+        if self._legacy is not None:
+            self.first_rows, self.store = min(self.rows, self.FIRST_ROWS), None
         self._banks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._means: dict[int, np.ndarray] = {}
         #: `draw_stats`: live banks moved to a pair count (grid point, count) -> (seconds [D x rows, G], slowest
@@ -336,29 +418,40 @@ class RoutingBank:
         """
         hit = self._banks.get(n)
         if hit is None:
-            d, m, s = len(self.p), self._rows.setdefault(n, min(self.rows, self.FIRST_ROWS)), self.p.shape[1]
-            counts = np.empty((d, m, s), np.int64)
-            rem = np.full((d, m), n, np.int64)
-            left = np.ones(d)
-            for j in range(s - 1):
-                q = np.clip(self.p[:, j] / np.maximum(left, 1e-300), 0.0, 1.0)
-                x = self.rng.binomial(rem, q[:, None])
-                counts[:, :, j] = x
-                rem -= x
-                left -= self.p[:, j]
-            counts[:, :, -1] = rem
-            dropped = np.zeros((d, m))
-            if self.capacity_factor is not None:
-                cap = np.ceil(self.capacity_factor * n / self.num_experts / self.rep)[:, None, :]  # [D, 1, S]
-                over = np.maximum(counts - cap, 0)
-                dropped = over.sum(axis=2)
-                counts = counts - over.astype(counts.dtype)
-            per = counts.reshape(d, m, self.ep, self.per_gpu)
-            pairs, active = per.sum(axis=3).astype(float), (per > 0).sum(axis=3).astype(float)
-            te = self.times(pairs, active, n)
-            slope = np.where(pairs > 0, self.times(pairs + 1.0, active, n) - te, 0.0)
-            hit = self._banks[n] = (pairs, te, slope, dropped)
+            m = self._rows.setdefault(n, self.first_rows)
+            key = (n, self._gen.get(n, 0), m)
+            hit = self.store.get(key) if self.store is not None else None
+            if hit is None:
+                hit = self._draw(n, m, self._legacy or np.random.default_rng((self.seed, *key)))
+                if self.store is not None:
+                    self.store.put(key, hit)
+            self._banks[n] = hit
         return hit
+
+    def _draw(self, n: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A new bank of ``m`` rows of ``n`` pairs drawn with ``rng`` (`samples`' arrays)."""
+        d, s = len(self.p), self.p.shape[1]
+        counts = np.empty((d, m, s), np.int64)
+        rem = np.full((d, m), n, np.int64)
+        left = np.ones(d)
+        for j in range(s - 1):
+            q = np.clip(self.p[:, j] / np.maximum(left, 1e-300), 0.0, 1.0)
+            x = rng.binomial(rem, q[:, None])
+            counts[:, :, j] = x
+            rem -= x
+            left -= self.p[:, j]
+        counts[:, :, -1] = rem
+        dropped = np.zeros((d, m))
+        if self.capacity_factor is not None:
+            cap = np.ceil(self.capacity_factor * n / self.num_experts / self.rep)[:, None, :]  # [D, 1, S]
+            over = np.maximum(counts - cap, 0)
+            dropped = over.sum(axis=2)
+            counts = counts - over.astype(counts.dtype)
+        per = counts.reshape(d, m, self.ep, self.per_gpu)
+        pairs, active = per.sum(axis=3).astype(float), (per > 0).sum(axis=3).astype(float)
+        te = self.times(pairs, active, n)
+        slope = np.where(pairs > 0, self.times(pairs + 1.0, active, n) - te, 0.0)
+        return pairs, te, slope, dropped
 
     def _rows_for(self, n: int, k: int) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], bool]:
         """(grid point, its bank, whether the bank stays in use after this draw of ``k`` steps): the bookkeeping
@@ -371,6 +464,7 @@ class RoutingBank:
         live = not (grow or self._used[nb] >= max(self.REUSE * rows, self.MIN_REFRESH))
         if not live:  # drawn anew from the next call on
             del self._banks[nb], self._used[nb]
+            self._gen[nb] = self._gen.get(nb, 0) + 1
             self._means.pop(nb, None)
             self._moved = {key: v for key, v in self._moved.items() if key[0] != nb}
             if grow:  # a count in use gets a bigger bank, up to ``rows``
@@ -493,6 +587,8 @@ class StepTimer:
         offload: None: every expert resident.
         seed: the routing draws' seed.
         profile: the engine's host costs (`sim.serving.host.engine_profile`); None: ``ideal`` (no host time).
+        share: routing banks, grouped-GEMM tables and step-cost memo shared with earlier timers built with the
+            same arguments (`TimerShare`; None: this timer's own).
     """
 
     def __init__(
@@ -510,8 +606,10 @@ class StepTimer:
         seed: int = 0,
         max_pairs: int = 1 << 16,
         profile: EngineProfile | None = None,
+        share: TimerShare | None = None,
     ) -> None:
         self.model, self.layout, self.cluster, self.precision = model, layout, cluster, precision
+        self.share = share
         self.profile = profile
         self.cost_model = cost_model or RooflineCostModel()
         self.loads, self.phys = loads, phys_to_log
@@ -519,7 +617,7 @@ class StepTimer:
         self.rng = np.random.default_rng(seed)
         self._seed = seed
         self._bank: RoutingBank | None = None
-        self._memo: dict[tuple, tuple] = {}
+        self._memo: dict[tuple, Any] = share.memo if share is not None else {}
         self.moe = model.moe if model.is_moe else None
         self.n_moe = model.num_moe_layers if self.moe else 0
         self.n_layers = model.num_layers
@@ -558,7 +656,7 @@ class StepTimer:
         # a GPU's share of a step's pairs, lowest and highest over layers and GPUs (`_slice`'s band of pairs)
         gpu_share = self.slot_p.reshape(self.n_moe, ep, self.per_gpu).sum(axis=2)
         self._share = (float(gpu_share.min()) if capacity_factor is None else 0.0, float(gpu_share.max()))
-        self._tables: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[int | None, tuple[np.ndarray, np.ndarray]] = share.tables if share is not None else {}
         self._blend: tuple[float, tuple[np.ndarray, np.ndarray]] | None = None
         self._caches = [OrderedDict() for _ in range(ep)] if offload else []
 
@@ -943,6 +1041,9 @@ class StepTimer:
             return None
         if np.ndim(self.loads) != 2 and np.ndim(self.phys) != 2:
             return None
+        hit = self._memo.get(("a2a_total", phase, tokens))  # a function of (phase, tokens): memoised
+        if hit is not None:
+            return hit
         key = ("a2a_layers", phase)
         ops = self._memo.get(key)
         if ops is None:
@@ -952,8 +1053,9 @@ class StepTimer:
         total = 0.0
         for op in ops:
             shape = {**op.shape, "tokens": op.shape["tokens"] * f, "bytes": op.shape["bytes"] * f}
-            scaled = replace(op, intra_bytes=op.intra_bytes * f, inter_bytes=op.inter_bytes * f, shape=shape)
+            scaled = _with_fields(op, intra_bytes=op.intra_bytes * f, inter_bytes=op.inter_bytes * f, shape=shape)
             total += self.cost_model.op_time(scaled, self.cluster).seconds * op.count
+        self._memo[("a2a_total", phase, tokens)] = total
         return total
 
     def _launch_waits(self, est: StepEstimate) -> tuple[float, float]:
@@ -1167,7 +1269,8 @@ class StepTimer:
                 self.replicas,
                 self.moe.num_experts,
                 self.capacity_factor,
-                np.random.default_rng(self._seed + 7919),
+                self._seed + 7919,
+                self.share.banks if self.share is not None else None,
             )
         return self._bank
 

@@ -19,7 +19,11 @@ the other does not) that seeded simulations then bisect until high / low <=
 the search is deterministic. A simulation certain to miss the SLOs (enough
 requests already over the TTFT or TPOT bound for the percentile to exceed it)
 stops there (`_probe`): it fails as the whole run would, so the search and its
-result are unchanged, without the drain of an overloaded queue.
+result are unchanged, without the drain of an overloaded queue. The analytical
+model and every simulation of one search run inside
+`sim.serving.capacity.shared_timers`: the replicas' step timers share their
+grouped-GEMM tables, step-cost memo and (per seed) routing banks, so a probe
+reuses what an earlier one computed, with the same results bit for bit.
 """
 
 from __future__ import annotations
@@ -243,8 +247,74 @@ def _bisect_analytical(
     return lo, hi
 
 
+def _des_search(
+    built: Built, spec: SweepSpec, r_a: float, ttft: float | None, tpot: float | None
+) -> tuple[float, float | None, dict[str, Any] | None, int, int]:
+    """The discrete-event capacity search from the analytical answer ``r_a`` req/s (module docstring): (highest
+    rate meeting the SLOs or 0, lowest rate seen to miss them or None, the summary at the first, simulations
+    run, of them stopped early)."""
+    cap = spec.capacity
+    assert cap is not None
+    runs = stopped = 0
+    cache: dict[float, dict[str, Any]] = {}
+
+    def run(r: float) -> dict[str, Any]:
+        nonlocal runs, stopped
+        if r not in cache:
+            runs += 1
+            cache[r] = _probe(built, r, spec.seed, des_requests(cap, r), cap.percentile, ttft, tpot)
+            stopped += bool(cache[r].get("stopped_early"))
+        return cache[r]
+
+    def ok(r: float) -> bool:
+        return meets(run(r), cap.percentile, ttft, tpot)
+
+    r0 = min(max(r_a, cap.min_rate), cap.max_rate)
+    lo = hi = None
+    if ok(r0):
+        lo = r0
+        r = r0
+        while hi is None:
+            r = min(r * 1.5, cap.max_rate)
+            if ok(r):
+                lo = r
+                if r >= cap.max_rate:
+                    break
+            else:
+                hi = r
+    else:
+        hi = r0
+        r = r0
+        while lo is None and r > cap.min_rate:
+            r = max(r / 1.5, cap.min_rate)
+            if ok(r):
+                lo = r
+            else:
+                hi = r
+    if lo is not None and hi is not None:
+        while hi / lo > 1 + cap.tolerance:
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    found = lo or 0.0
+    fail = hi
+    best = cache[lo] if lo is not None else None
+    return found, fail, best, runs, stopped
+
+
 def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary at the capacity rate, capacity columns) of one point (see the module docstring)."""
+    from moesim.sim.serving.capacity import shared_timers
+
+    if spec.engine != "analytical":
+        # every probe simulates the same replicas as the analytical model: tables, step costs and (per seed)
+        # routing banks computed once (`shared_timers`; the same results)
+        with shared_timers():
+            return _capacity(point, spec)
+    return _capacity(point, spec)
+
+
+def _capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`capacity`'s search."""
     cap = spec.capacity
     assert cap is not None
     model = _analytical(point, spec)
@@ -257,48 +327,7 @@ def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, A
         found = r_a
         fail = r_a_fail
     else:
-        cache: dict[float, dict[str, Any]] = {}
-
-        def run(r: float) -> dict[str, Any]:
-            nonlocal runs, stopped
-            if r not in cache:
-                runs += 1
-                cache[r] = _probe(built, r, spec.seed, des_requests(cap, r), cap.percentile, ttft, tpot)
-                stopped += bool(cache[r].get("stopped_early"))
-            return cache[r]
-
-        def ok(r: float) -> bool:
-            return meets(run(r), cap.percentile, ttft, tpot)
-
-        r0 = min(max(r_a, cap.min_rate), cap.max_rate)
-        lo = hi = None
-        if ok(r0):
-            lo = r0
-            r = r0
-            while hi is None:
-                r = min(r * 1.5, cap.max_rate)
-                if ok(r):
-                    lo = r
-                    if r >= cap.max_rate:
-                        break
-                else:
-                    hi = r
-        else:
-            hi = r0
-            r = r0
-            while lo is None and r > cap.min_rate:
-                r = max(r / 1.5, cap.min_rate)
-                if ok(r):
-                    lo = r
-                else:
-                    hi = r
-        if lo is not None and hi is not None:
-            while hi / lo > 1 + cap.tolerance:
-                mid = math.sqrt(lo * hi)
-                lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-        found = lo or 0.0
-        fail = hi
-        best = cache[lo] if lo is not None else None
+        found, fail, best, runs, stopped = _des_search(built, spec, r_a, ttft, tpot)
     cols: dict[str, Any] = {
         "capacity_req_s": found if found > 0 else math.nan,
         "capacity_fail_req_s": fail if fail is not None else math.nan,  # the lowest rate seen to miss the SLOs
