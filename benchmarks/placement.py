@@ -8,7 +8,8 @@ GEMM per GPU, DeepEP normal-mode dispatch + combine over NVLink and the NIC,
 4,096 tokens per GPU; DeepSeek-V3 fp8 on HGX H200 nodes, Mixtral bf16 on one
 HGX H200): on several nodes a count-limited search (node starts, then swaps out
 of the busiest node's NIC, then swaps lowering the slowest GPU's GEMM within
-its node, `placement.nicsearch`), on one node with two slots per
+its node, `placement.nicsearch`, on 2,048 of the 4,096 tokens, the plans compared
+on the other 2,048; the layer time reported on all 4,096), on one node with two slots per
 GPU an exact enumeration of replica counts with a proof (`placement.exact`: gap
 0 by construction, no MIP), all deterministic, within a 30 s wall-clock cap for
 the whole call (5 s for Mixtral); a layer cut by the cap keeps EPLB's plan and is
@@ -41,7 +42,13 @@ from moesim.placement.api import place  # noqa: E402
 from moesim.placement.baselines import duplicate_slots  # noqa: E402
 from moesim.placement.exporters import check_no_duplicates  # noqa: E402
 from moesim.placement.ilp import IlpOptions  # noqa: E402
-from moesim.placement.layertime import layer_cost, layer_time_bound  # noqa: E402
+from moesim.placement.layertime import (  # noqa: E402
+    balanced_time_parts,
+    layer_cost,
+    layer_time_bound,
+    layer_time_parts,
+)
+from moesim.placement.stats import RoutingStats  # noqa: E402
 from moesim.placement.synthetic import synthetic_trace  # noqa: E402
 
 #: The per-phase objective at the operating point `moesim place --simulate examples/deepseek-v3-dp32-ep32.yaml` (300
@@ -120,6 +127,20 @@ def _case(
         "eplb_over_bound": float((e.layer_time_s / lb).mean() - 1),
         "ilp_over_bound": float((i.layer_time_s / lb).mean() - 1),
     }
+    if gpus > gpn and not phases:  # where the time goes across nodes: each plan as it is and perfectly balanced
+        for key, r in (("eplb", e), ("ilp", i)):
+            tok = [st.topk[:, k, :] for k in range(layers)]
+            act = [
+                layer_time_parts(r.plan.phys_to_log[k], st.counts[k], gpus, gpn, tok[k], cost) for k in range(layers)
+            ]
+            bal = [
+                balanced_time_parts(r.plan.phys_to_log[k], st.counts[k], gpus, gpn, tok[k], cost) for k in range(layers)
+            ]
+            for part in ("total", "gemm", "nvlink", "nic"):
+                d[f"{key}_{part}_ms"] = float(np.mean([a[part] for a in act]) * 1e3)
+                d[f"{key}_balanced_{part}_ms"] = float(np.mean([b[part] for b in bal]) * 1e3)
+            d[f"{key}_nodes_per_token"] = float(np.mean([b["nodes_per_token"] for b in bal]))
+            d[f"{key}_balanced_vs_eplb"] = float(np.mean([b["total"] for b in bal] / e.layer_time_s) - 1)
     sends = "-" if not se else f"{se:.2f} → {si:.2f} ({si / se - 1:+.1%})"
     row = (
         f"| {name} | {wall:.1f} s | {d['eplb_layer_time_ms']:.3f} → {d['ilp_layer_time_ms']:.3f} ms "
@@ -131,6 +152,41 @@ def _case(
         f"{d['bound_ms']:.3f} ms: EPLB {d['eplb_over_bound']:+.1%}, ILP {d['ilp_over_bound']:+.1%} |"
     )
     return row, d
+
+
+def _held_out(gpus: int, cluster: str, redundant: int) -> dict:
+    """The DeepSeek-V3-shaped case on ``gpus`` GPUs placed on the first 4,096 tokens of an 8,192-token trace (same
+    knobs as `_case`) and scored on the other 4,096: what a plan is worth on routing it was not fitted to."""
+    layers, experts, top_k, gpn = 58, 256, 8, 8
+    st = synthetic_trace(layers, experts, top_k, tokens=8192, alpha=1.0, affinity=2.0, n_group=8, topk_group=4, seed=1)
+    fit = RoutingStats.from_topk(st.topk[:4096], experts, source="synthetic, first half")
+    cost = layer_cost(get_cluster(cluster), 7168, 2048, top_k, gpus, dtype="fp8")
+    t0 = time.perf_counter()
+    res = place(fit, gpus, gpn, redundant, ("eplb", "ilp"), 8, IlpOptions(time_limit=30.0, cost=cost))
+    wall = time.perf_counter() - t0
+    out: dict = {"wall_s": wall}
+    held = st.topk[4096:]
+    for key, r in res.items():
+        p2l = r.plan.phys_to_log
+        loads = [np.bincount(held[:, k].ravel(), minlength=experts).astype(float) for k in range(layers)]
+        out[key] = np.array(
+            [layer_time_parts(p2l[k], loads[k], gpus, gpn, held[:, k], cost)["total"] for k in range(layers)]
+        )
+        out[key + "_bal"] = np.array(
+            [balanced_time_parts(p2l[k], loads[k], gpus, gpn, held[:, k], cost)["total"] for k in range(layers)]
+        )
+        out[key + "_fit"] = r.layer_time_s
+    e, i = out["eplb"], out["ilp"]
+    return {
+        "wall_s": wall,
+        "fit_change": float((out["ilp_fit"] / out["eplb_fit"]).mean() - 1),
+        "held_change": float((i / e).mean() - 1),
+        "held_worst": float((i / e).max() - 1),
+        "held_not_worse": int((i <= e * (1 + 1e-9)).sum()),
+        "eplb_balanced_vs_eplb": float((out["eplb_bal"] / e).mean() - 1),
+        "ilp_balanced_vs_eplb": float((out["ilp_bal"] / e).mean() - 1),
+        "layers": layers,
+    }
 
 
 def bench_placement(quick: bool = False) -> tuple[str, dict]:
@@ -182,6 +238,38 @@ def bench_placement(quick: bool = False) -> tuple[str, dict]:
         row, d = _case(*case)
         lines.append(row)
         stats[case[0]] = d
+    multi = [(k, d) for k, d in stats.items() if "eplb_balanced_total_ms" in d]
+    if multi:
+        lines += [
+            "",
+            "Where the time goes across nodes (mean over the layers, ms; `layertime.layer_time_parts` as placed, and "
+            "`layertime.balanced_time_parts`: the same plan with every GPU at the mean GEMM and NVLink and every "
+            "node's NIC at the mean, i.e. the same replicas and nodes reached per token, perfectly balanced):",
+            "",
+            "| case | plan | total | GEMM | NVLink | NIC | nodes reached per token "
+            "| perfectly balanced: total (vs EPLB as placed, mean per layer) | GEMM | NIC |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, d in multi:
+            for key in ("eplb", "ilp"):
+                lines.append(
+                    f"| {name} | {key.upper()} | {d[key + '_total_ms']:.3f} | {d[key + '_gemm_ms']:.3f} | "
+                    f"{d[key + '_nvlink_ms']:.3f} | {d[key + '_nic_ms']:.3f} | {d[key + '_nodes_per_token']:.3f} | "
+                    f"{d[key + '_balanced_total_ms']:.3f} ({d[key + '_balanced_vs_eplb']:+.1%}) | "
+                    f"{d[key + '_balanced_gemm_ms']:.3f} | {d[key + '_balanced_nic_ms']:.3f} |"
+                )
+    if not quick:
+        ho = _held_out(32, "hgx-h200-x4", 32)
+        stats["held_out_32"] = ho
+        lines += [
+            "",
+            "Held out (32 GPUs / 4 nodes, +32; placed on the first 4,096 tokens of an 8,192-token trace, scored on the "
+            f"other 4,096; place() wall {ho['wall_s']:.1f} s): ILP against EPLB {ho['fit_change']:+.1%} on the "
+            f"tokens placed on, {ho['held_change']:+.1%} held out (mean per layer; worst layer "
+            f"{ho['held_worst']:+.1%}, {ho['held_not_worse']}/{ho['layers']} layers not worse); each plan perfectly "
+            f"balanced, held out: EPLB's {ho['eplb_balanced_vs_eplb']:+.1%}, "
+            f"the ILP's {ho['ilp_balanced_vs_eplb']:+.1%}.",
+        ]
     lines += [
         "",
         f"On this machine ({os.cpu_count()} cores). Remote nodes per token: expected nodes other than the "

@@ -48,6 +48,14 @@ class IlpOptions:
             current node or GPU (needs ``current``).
         token_sample: tokens per layer in the node-stage MIP's traffic model (the co-location start and
             the final comparison use all the tokens given).
+        search_tokens: tokens per layer (the first of those given) the swap searches across nodes price
+            (`nicsearch.nic_search`, `nicsearch.pair_swap_search`); under the physical objective the candidate
+            plans, EPLB's included, are compared on the tokens after them (`ilp._unsearched`: when at least as many
+            are left), and the plan kept must not lose to EPLB's on those nor on all the tokens given
+            (`placement.api` gives 4,096 and reports the layer time on them). Measured on the 32-GPU DeepSeek-V3
+            benchmark shape, placed on 4,096 tokens of an 8,192-token trace and scored on the other 4,096 (c23,
+            2026-12-05, 2 cores at load ~4): 512 -> -6.0% against EPLB held out (place() 9.9 s), 1,024 -> -6.3%
+            (10.3 s), 2,048 -> -6.4% (11.9 s); searched and scored on the same 512 tokens, as before: -6.1%.
         workers: parallel processes (default: CPU count).
         solver: "highs" or "cbc".
         exact_max_vars: layers on one node with at most this many (expert, GPU)
@@ -80,6 +88,7 @@ class IlpOptions:
     traffic_weight: float = 0.05
     migration_weight: float = 0.0
     token_sample: int = 96
+    search_tokens: int = 2048
     workers: int | None = None
     solver: str = "highs"
     exact_max_vars: int = 1024

@@ -312,6 +312,36 @@ def layer_time(
     return layer_time_parts(p2l, w, num_gpus, gpus_per_node, tokens, cost)["total"]
 
 
+def balanced_time_parts(
+    p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, cost: LayerCost
+) -> dict[str, float]:
+    """The normal-mode (prefill) time of plan ``p2l`` [S] if its work were spread perfectly evenly, s: the same
+    replica counts and the same nodes reached per token, but every GPU at the mean GEMM and NVLink and every node's NIC
+    at the mean (`layer_time_parts` takes the busiest of each). A lower bound of the plan's own prefill time (a mean
+    never exceeds a max); what is left between the two is imbalance, what is below it needs fewer nodes reached per
+    token or fewer replicas. ``total``, ``gemm``, ``nvlink``, ``nic``, ``fixed`` and ``nodes_per_token`` (the mean
+    nodes a token reaches, its own included when its experts are there)."""
+    n = w.size
+    nodes = num_gpus // gpus_per_node
+    cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
+    rep_pairs = (pairs_per_expert(w, cost, num_gpus) / cnt)[p2l]
+    gemm = float(replica_gemm_s(rep_pairs, cost).sum()) / num_gpus
+    nvl = float(rep_pairs.sum()) / num_gpus * cost.nvlink_s_per_token
+    hits = node_hits(p2l, n, nodes, tokens) if nodes > 1 else np.ones(1)
+    nic = 0.0
+    if nodes > 1 and cost.nic_s_per_token > 0:
+        nic = float(hits.mean()) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes * cost.nic_s_per_token
+        nic /= gpus_per_node
+    return {
+        "total": cost.fixed_s + gemm + max(nvl, nic),
+        "gemm": gemm,
+        "nvlink": nvl,
+        "nic": nic,
+        "fixed": cost.fixed_s,
+        "nodes_per_token": float(hits.sum()),
+    }
+
+
 def layer_time_bound(
     w: np.ndarray, num_slots: int, num_gpus: int, gpus_per_node: int, cost: LayerCost
 ) -> dict[str, float]:

@@ -18,7 +18,9 @@ per-node hit shares in closed form over the token sample, replicated experts inc
 the 512 tokens it searched, but it fits their noise: the busiest of 4 nodes' hit shares, each estimated from 512
 tokens (standard error ~1.8 points), is what it lowers. Placed on 4,096 tokens of an 8,192-token trace and scored
 on the other 4,096, it is -4.2% against -6.1% without it, so the ILP runs it only when asked
-(``IlpOptions.swap_passes``); a sample of 2,048 tokens generalises (-6.7% held out) but takes 40 s.
+(``IlpOptions.swap_passes``); a sample of 2,048 tokens generalises (-6.7% held out) but takes 40 s. The searches
+price the first ``IlpOptions.search_tokens`` tokens given (2,048) and the ILP compares their plans, and EPLB's, on
+the tokens after those (`ilp._unsearched`), so a swap that only fitted the searched sample's noise is not kept.
 
 Shapes: ``a`` [N, nodes] replicas of each expert per node; ``r`` [N] replica counts; ``tokens`` [T, k] (-1 padded).
 """
