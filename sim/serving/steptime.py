@@ -294,7 +294,9 @@ class TimerShare:
     """What the step timers of one replica configuration and seed can share across discrete-event runs (see
     `BankStore`): the routing banks, the grouped-GEMM tables (`StepTimer._slice`) and the step-cost memo
     (`StepTimer._memo`), each a function of the timer's arguments and its keys alone, so sharing them changes no
-    result (`tests/test_step_share.py`)."""
+    result (`tests/test_step_share.py`). The memo is not shared by a timer whose engine launches kernels one by one
+    (`StepTimer._fast_ok` false): its discrete-event steps are memoised in buckets, filled by whichever batch came
+    first."""
 
     banks: BankStore = field(default_factory=BankStore)
     tables: dict = field(default_factory=dict)
@@ -617,7 +619,9 @@ class StepTimer:
         self.rng = np.random.default_rng(seed)
         self._seed = seed
         self._bank: RoutingBank | None = None
-        self._memo: dict[tuple, Any] = share.memo if share is not None else {}
+        # the shared memo only where every entry is keyed by its exact arguments: without `_fast_ok` the
+        # discrete-event step's entries are buckets filled by the first batch that fell in them (order-dependent)
+        self._memo: dict[tuple, Any] = share.memo if share is not None and self._fast_ok() else {}
         self.moe = model.moe if model.is_moe else None
         self.n_moe = model.num_moe_layers if self.moe else 0
         self.n_layers = model.num_layers
