@@ -3,7 +3,7 @@
 `model.roofline.RooflineCostModel` times an op at the datasheet's peak FLOP/s and bandwidth: a lower bound that
 real kernels never reach. Without measured tables for a GPU (``moesim calibrate``) that bound is all moesim had,
 and end-to-end it is systematically optimistic. `AchievableCostModel` (``--cost-model achievable``) keeps the
-roofline's form and its links, and adds five mechanisms, each with a published figure per GPU family
+roofline's form and its links, and adds six mechanisms, each with a published figure per GPU family
 (`ACHIEVABLE`; nothing here is fitted to end-to-end serving runs):
 
 1. **Achievable DRAM bandwidth** (bytes/s): what a streaming kernel reaches (a device copy or STREAM triad), not
@@ -44,6 +44,13 @@ roofline's form and its links, and adds five mechanisms, each with a published f
    Triton kernel quantises the input of each of its two grouped GEMMs (two more kernels) and runs at the same
    fraction. Per-tensor fp8 GEMMs run the single tile vLLM's ``cutlass_scaled_mm`` dispatch picks for their m
    (`vllm_fp8_tile`), not the best of `GEMM_TILES`.
+
+6. **vLLM's sort-based top-k/top-p sampler** (`model.ops.sampler_op` ``top_p`` / ``top_k_top_p``, what vLLM 0.15
+   runs for a model whose generation config sets top-p): PyTorch's row sort is radix-sort kernels that move their
+   bytes at `SORT_BW_FRACTION` of the achievable bandwidth and take `SORT_KERNEL_S` each (both from published H100
+   timings of that very filter, `sort_sampler_time`); its other kernels as any memory-bound kernel. It costs ~18 us
+   per running sequence per step at a 128k vocabulary on an H100: the per-sequence decode cost the vllm-e2e-dense
+   runs of Llama-3.1, Llama-2 and Qwen showed beyond the KV read.
 
 The figures live in ``model/presets/achievable.yaml`` (`HardwareSpec.achievable`), each with its source; a
 ``--hardware`` file's GPU entry may carry its own ``achievable:`` block.
@@ -98,6 +105,20 @@ DECODE_BLOCK_M = 64
 FA_FORMS = frozenset({"mha", "gqa", "mqa", "", "standard"})
 #: Kinds timed as a GEMM with tile and wave quantisation (``shape`` has ``m, n, k``).
 GEMM_KINDS = frozenset({"gemm"})
+#: Fraction of the achievable DRAM bandwidth at which the radix-sort kernels of PyTorch's row sort move their bytes
+#: (`model.ops.SORT_BYTES_PER_LOGIT`), and the fixed device time of each of them (s), from the published H100
+#: timings of vLLM's PyTorch top-p filter (``apply_top_k_top_p_pytorch``, fp32 logits, vocabulary 32768, CUDA events;
+#: the sort plus 54 bytes per logit of top-p and scatter kernels in 7 more launches, `model.ops.sampler_op`):
+#: 0.179 ms at 4 rows (vllm-project/vllm#42191, "Benchmark results on a H100") and 0.393 ms at 56 rows
+#: (vllm-project/vllm#33538, the same author's benchmark, reopening #25824 "Tested on a H100"). The slope between
+#: them, 125.6 ps per logit, is 54 / 3.02 TB/s + 156 / (3.02 TB/s x 0.48); the intercept leaves 12.2 us per sort
+#: kernel once the other 7 take `kernel_s` (4 us) each. Checked on the same tables outside the two points: 512 and
+#: 1,024 rows of 131,072 (PyTorch's segmented sort path) predicted 8.6 and 17.0 ms against 8.79 and 16.31 ms; 1 row
+#: of 32,768 (its single-segment path, 7 sort kernels) 116 us against 94 us. A cub onesweep radix sort reaches a
+#: similar share on large inputs: 29.4 GKey/s of 32-bit keys on an A100 (Adinets and Merrill, arXiv:2206.01784) is
+#: 36 bytes per key at 1.06 TB/s. Other GPUs reuse the fraction (of their own achievable bandwidth) and the time.
+SORT_BW_FRACTION = 0.48
+SORT_KERNEL_S = 12.2e-6
 
 
 #: One published figure: ``value``, ``source`` (a URL or repo@path, and what was measured) and ``reused`` (why,
@@ -401,6 +422,24 @@ def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float
     return DecodeAttention(main, combine, 2 if splits > 1 else 1, splits, ctas, kv + q_o + 2.0 * partial)
 
 
+def is_sort_sampler(op: Op) -> bool:
+    """Whether ``op`` is a sampler whose top-k/top-p filter sorts the logits (`model.ops.sampler_op`'s ``top_p``
+    and ``top_k_top_p``: ``shape["sort_bytes"]``)."""
+    return op.kind == "sampling" and op.shape.get("sort_bytes", 0.0) > 0.0
+
+
+def sort_sampler_time(op: Op, bw: float, kernel_s: float) -> tuple[float, float]:
+    """(fixed, memory) device seconds of a sort-based sampler (`is_sort_sampler`): its sort kernels move
+    ``shape["sort_bytes"]`` at `SORT_BW_FRACTION` of ``bw`` (bytes/s) and take `SORT_KERNEL_S` each; its other
+    kernels move the rest of its bytes at ``bw`` and take ``kernel_s`` each (the figures' source is at
+    `SORT_BW_FRACTION`). Memory-bound: its FLOPs (exponentials, compares) are a few per byte."""
+    s = op.shape
+    sort_b, sort_k = float(s["sort_bytes"]), int(s.get("sort_kernels", 0))
+    rest_k = max(op.kernels - sort_k, 0)
+    fixed = sort_k * SORT_KERNEL_S + rest_k * kernel_s
+    return fixed, sort_b / (SORT_BW_FRACTION * bw) + (op.bytes - sort_b) / bw
+
+
 def _moe_parts(op: Op) -> list[Op] | None:
     """The kernels of a routed-experts op (`model.ops.fused_moe_op` or `experts_gemms`), or None without its shape."""
     s = op.shape
@@ -461,6 +500,9 @@ class AchievableCostModel:
         fixed = op.kernels * p.kernel_s.value
         if op.bytes and p.dram_bw.value <= 0:
             gpu.bandwidth()  # unmeasured: the roofline's one-line HardwareError
+        if is_sort_sampler(op):  # vLLM's sort-based top-k/top-p sampler: the sort at its own rate
+            fixed, memory = sort_sampler_time(op, p.dram_bw.value, p.kernel_s.value)
+            return fixed, 0.0, memory
         if is_paged_decode(op):  # FlashAttention's paged split-KV decode: memory-bound, kernel by kernel
             rate = gpu.peak(op.dtype) * p.attention_fraction.value
             dec = decode_attention(op, p.dram_bw.value, sms, p.attention_cta_blocks.value, rate)

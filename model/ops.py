@@ -45,8 +45,20 @@ from moesim.model.spec import ModelSpec
 #: ops); training frameworks run their own versions of some (`sim.training.train_cost`).
 ENGINE_KINDS = frozenset({"norm", "rope", "activation", "kv_write", "topk_softmax", "sampling"})
 #: Sampling rules of `sampler_op`: ``greedy`` (temperature 0, what vLLM's benchmark client sends:
-#: vllm-project/vllm@benchmarks/backend_request_func.py, ``"temperature": 0.0``) or ``random``.
-SAMPLING = ("greedy", "random")
+#: vllm-project/vllm@benchmarks/backend_request_func.py, ``"temperature": 0.0``), ``random`` (temperature only),
+#: ``top_p`` and ``top_k_top_p`` (vLLM 0.15's sort-based filter, `sampler_op`).
+SAMPLING = ("greedy", "random", "top_p", "top_k_top_p")
+#: Bytes per logit of the sort in vLLM's sort-based top-k/top-p filter (``logits.sort(dim=-1)``): PyTorch sorts a
+#: [rows, vocab] fp32 tensor of more than 4096 columns and fewer than 128 rows with
+#: ``segmented_sort_pairs_by_full_sort`` (pytorch/pytorch@aten/src/ATen/native/cuda/SortStable.cu): an index and
+#: segment fill (writes int2, 8), a cub radix sort of (fp32 key, int2 value) pairs over all rows at once (an upfront
+#: histogram reads the keys, 4; four 8-bit onesweep passes each read and write key and value, 4 x 24), a one-pass
+#: radix sort of the int64 (index, segment) words on the segment bits (histogram 8, pass 16) and a postprocess
+#: (reads the word 8 and gathers the value 4, writes value 4 and int64 index 8): 8 + 100 + 24 + 24.
+SORT_BYTES_PER_LOGIT = 156.0
+#: Kernel launches of that sort: the fill, the pairs sort (histogram, exclusive sum, 4 passes), the keys sort
+#: (histogram, exclusive sum, 1 pass) and the postprocess.
+SORT_KERNELS = 11
 
 
 def kernel_launches(ops: list[Op] | tuple[Op, ...]) -> int:
@@ -399,12 +411,32 @@ def sampler_op(rows: int, vocab: int, ab: float, sampling: str = "greedy", dtype
     temperature (reads and writes 4), softmax (reads 4, writes 4), ``q.exponential_()`` (writes 4),
     ``probs.div_(q)`` (reads 8, writes 4), arg-max (reads 4): 6 launches, 10 FLOP per logit. ``dtype``: the
     logits' (the table a calibrated model looks it up in).
+
+    ``top_p`` / ``top_k_top_p``: ``random`` with vLLM 0.15's PyTorch filter before the softmax
+    (vllm-project/vllm@vllm/v1/sample/ops/topk_topp_sampler.py ``apply_top_k_top_p``, which ``forward_native`` runs:
+    the FlashInfer sampler is opt-in, ``VLLM_USE_FLASHINFER_SAMPLER``, and the Triton filter came after 0.15,
+    vllm-project/vllm#33538): ``logits.sort(dim=-1)`` (`SORT_BYTES_PER_LOGIT`, `SORT_KERNELS`); for top-k the
+    threshold's compare (reads 4, writes a bool) and ``masked_fill_`` (reads 5, writes 4) after two small kernels
+    (``vocab - k``, the gather); for top-p a softmax over the sorted row (a row of more than 1024 fp32 is read three
+    times: max, sum, write; reads 12, writes 4), the in-place ``cumsum`` (reads 4, writes 4), ``1 - p``, the compare
+    (reads 4, writes 1), the last column set, ``masked_fill_`` (reads 5, writes 4); then ``logits.scatter_`` back
+    (reads the int64 index and the value, 12, writes 4). The softmax that follows is a long row's too (reads 12
+    rather than 4). The sort's bytes are in ``shape["sort_bytes"]`` (the cost model may time them at the sort's own
+    rate) and its launches in ``shape["sort_kernels"]``.
     """
     n = float(rows) * vocab
+    shape: dict[str, float | str] = {"sequences": rows, "vocab": vocab, "sampling": sampling}
     if sampling == "greedy":
         read, written, flops, kernels = n * (ab + 4.0), 4.0 * n, n, 2
-    else:
+    elif sampling == "random":
         read, written, flops, kernels = n * (ab + 4.0 + 4.0 + 8.0 + 4.0), n * (4.0 * 5), 10.0 * n, 6
+    else:  # cast, temperature, [top-k], top-p, scatter, softmax, exponential, division, arg-max
+        top_k = sampling == "top_k_top_p"
+        read = n * (ab + 4.0 + (9.0 if top_k else 0.0) + 12.0 + 4.0 + 4.0 + 5.0 + 12.0 + 12.0 + 8.0 + 4.0)
+        written = n * (4.0 + 4.0 + (5.0 if top_k else 0.0) + 4.0 + 4.0 + 1.0 + 4.0 + 4.0 + 4.0 + 4.0 + 4.0)
+        flops, kernels = 20.0 * n, 2 + SORT_KERNELS + (5 if top_k else 0) + 6 + 1 + 4
+        read, written = read + n * SORT_BYTES_PER_LOGIT / 2.0, written + n * SORT_BYTES_PER_LOGIT / 2.0
+        shape |= {"sort_bytes": n * SORT_BYTES_PER_LOGIT, "sort_kernels": SORT_KERNELS}
     return memory_op(
         "sampler",
         "sampling",
@@ -414,7 +446,7 @@ def sampler_op(rows: int, vocab: int, ab: float, sampling: str = "greedy", dtype
         read=read,
         written=written,
         dtype=dtype,
-        shape={"sequences": rows, "vocab": vocab, "sampling": sampling},
+        shape=shape,
         kernels=kernels,
     )
 
@@ -652,7 +684,7 @@ def decompose(
     """
     p = precision or Precision()
     if sampling not in SAMPLING:
-        raise MoesimError(f"sampling '{sampling}' is not one of {', '.join(SAMPLING)}", "use greedy or random")
+        raise MoesimError(f"sampling '{sampling}' is not one of {', '.join(SAMPLING)}", "use one of those")
     layout.check(model)
     if layout.num_gpus > cluster.num_gpus:
         raise LayoutError(

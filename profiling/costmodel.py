@@ -725,9 +725,10 @@ class CalibratedCostModel:
         time (FlashAttention's paged split-KV decode at published figures, `model.achievable.decode_attention`) with
         the source ``achievable: <why>``; every other op (prefill and mixed attention included: the achievable
         model times a mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
-        from moesim.model.achievable import AchievableCostModel, is_paged_decode
+        from moesim.model.achievable import AchievableCostModel, is_paged_decode, is_sort_sampler
 
-        if op.kind in ACHIEVABLE_KINDS and is_paged_decode(op):
+        # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`)
+        if (op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)) or is_sort_sampler(op):
             t = AchievableCostModel().op_time(op, cluster)
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")

@@ -8,6 +8,10 @@ graph (``graph_replay_s``) for a decode step whose batch, padded up to the next 
 the scheduler, the API server parses each request, waits for the tokeniser's micro-batch window to close
 (``tokenize_wait_s``) and tokenises its prompt; after it, outputs are detokenised.
 
+The sampler's GPU kernels are part of the step's ops; which sampler runs is the profile's setting ``sampling``
+(`sampling_rule`): vLLM gives a request that sets no sampling parameters the model's generation_config.json
+defaults (``engines/generation_config.yaml``), and with top-p set vLLM 0.15 sorts every sequence's logits each step.
+
 An `EngineProfile` holds those costs for one engine kind and version: YAML files shipped in
 ``sim/serving/engines/`` (one per kind, each parameter with its value, unit and source), or a user's file (e.g.
 written by ``moesim fit-engine``), with a scenario's ``engine:`` overrides on top. `engine_profile` resolves it
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moesim.model.errors import MoesimError
+from moesim.model.ops import SAMPLING
 from moesim.model.ops import kernel_launches as model_kernel_launches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,7 +99,16 @@ _SETTINGS = (
     "moe_kernel",
     "prefix_caching",
     "stream_chunk_tokens",
+    "sampling",
 )
+#: Settings a profile may leave out, with their default.
+_OPTIONAL_SETTINGS: dict[str, Any] = {"sampling": "greedy"}
+#: `EngineProfile.sampling` values: a sampler rule of `model.ops.SAMPLING`, or ``generation_config``.
+SAMPLING_SETTINGS = (*SAMPLING, "generation_config")
+#: The models' generation-config sampling defaults, by moesim preset (package data).
+GENERATION_CONFIG_FILE = ENGINES_DIR / "generation_config.yaml"
+#: The rule of a model whose generation config moesim does not know: greedy, moesim's sampler before the setting.
+UNKNOWN_GENERATION_RULE = "greedy"
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,9 @@ class EngineProfile:
         stream_chunk_tokens: output tokens the engine hands to its detokeniser at once for a non-streamed request
             (SGLang 50, vLLM 1; 0: all at the end); the client still gets one response, after the last group is
             detokenised (`sim.serving.metrics.client_times`; see the profile's source).
+        sampling: how the engine samples a request that sets no sampling parameters: a rule of
+            `model.ops.SAMPLING` (``greedy``: moesim's default), or ``generation_config`` (the model's
+            generation_config.json defaults, `sampling_rule`).
         host: host-cost parameters by name (`PARAMS`), s.
         sources: where each value comes from, by parameter or setting name.
         path: the profile file it was read from ("" for ``ideal``).
@@ -135,6 +152,7 @@ class EngineProfile:
     stream: bool
     stream_chunk_tokens: int
     host: Mapping[str, float] = field(default_factory=dict)
+    sampling: str = "greedy"
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -427,7 +445,8 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
     for key in settings:
         if key not in _SETTINGS:
             raise MoesimError(f"{where}: unknown setting {key!r}", f"use {', '.join(_SETTINGS)}")
-    missing = [k for k in _SETTINGS if k not in settings]
+    missing = [k for k in _SETTINGS if k not in settings and k not in _OPTIONAL_SETTINGS]
+    settings = {**_OPTIONAL_SETTINGS, **settings}
     if missing:
         raise MoesimError(f"{where}: settings lack {', '.join(missing)}", "see sim/serving/engines/*.yaml")
     host: dict[str, float] = {}
@@ -455,6 +474,8 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
     mixed = settings["mixed_graphs"]
     if mixed not in ("piecewise", "none"):
         raise MoesimError(f"{where}: mixed_graphs {mixed!r}", "use piecewise or none")
+    if settings["sampling"] not in SAMPLING_SETTINGS:
+        raise MoesimError(f"{where}: sampling {settings['sampling']!r}", f"use one of {', '.join(SAMPLING_SETTINGS)}")
     chunk = settings["stream_chunk_tokens"]
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
         raise MoesimError(f"{where}: stream_chunk_tokens {chunk!r}", "give a whole number >= 0 (0: whole output)")
@@ -475,6 +496,7 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
         stream=spec.stream,
         stream_chunk_tokens=chunk,
         host=host,
+        sampling=str(settings["sampling"]),
         sources=sources,
         path=where,
     )
@@ -528,3 +550,44 @@ def _cached(key: str, path: str, stamp: float, spec: EngineSpec) -> EngineProfil
         _MEMO.clear()
     _MEMO[(key, path, stamp)] = prof
     return prof
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+
+_GENERATION: dict[str, dict[str, Any]] = {}
+
+
+def generation_defaults(model: str) -> dict[str, Any] | None:
+    """The sampling fields the generation_config.json of moesim preset ``model`` sets (``temperature``, ``top_p``,
+    ``top_k``, ``repetition_penalty``; `GENERATION_CONFIG_FILE`), or None when moesim does not know that file."""
+    if not _GENERATION:
+        from moesim.sim.common import read_yaml
+
+        data = read_yaml(GENERATION_CONFIG_FILE, "the generation-config defaults")
+        _GENERATION.update({str(k): dict(v) for k, v in (data or {}).items()})
+    hit = _GENERATION.get(model)
+    return None if hit is None else {k: v for k, v in hit.items() if k not in ("hf_id", "source")}
+
+
+def sampling_rule(profile: EngineProfile | None, model: str) -> str:
+    """The sampler rule (`model.ops.SAMPLING`) of a decode step of preset ``model`` under ``profile``.
+
+    ``profile.sampling`` a rule: that rule. ``generation_config``: what vLLM does with the model's defaults
+    (`generation_defaults`) for a request that sets none: temperature (default 1.0) below 1e-5 is greedy
+    (vllm/sampling_params.py ``_SAMPLING_EPS``); top-p below 1 with top-k above 0 is ``top_k_top_p``, top-p alone
+    ``top_p`` (both the sort-based filter of vLLM 0.15, `model.ops.sampler_op`); top-k alone (vLLM's ``topk``
+    path, no sort) and neither are ``random``. A model moesim has no generation config for:
+    `UNKNOWN_GENERATION_RULE`. No profile (``ideal`` timers): greedy.
+    """
+    if profile is None or profile.ideal:
+        return "greedy"
+    if profile.sampling != "generation_config":
+        return profile.sampling
+    gen = generation_defaults(model)
+    if gen is None:
+        return UNKNOWN_GENERATION_RULE
+    if float(gen.get("temperature", 1.0)) < 1e-5:
+        return "greedy"
+    top_p = float(gen.get("top_p", 1.0)) < 1.0
+    top_k = int(gen.get("top_k", 0) or 0) > 0
+    return "top_k_top_p" if top_p and top_k else "top_p" if top_p else "random"

@@ -78,6 +78,7 @@ from moesim.sim.serving.host import (
     launch_pipeline,
     op_items,
     piecewise_items,
+    sampling_rule,
 )
 
 _COMM = ("all_reduce", "all_gather", "reduce_scatter", "p2p")
@@ -613,6 +614,8 @@ class StepTimer:
         self.model, self.layout, self.cluster, self.precision = model, layout, cluster, precision
         self.share = share
         self.profile = profile
+        #: the sampler's rule (`model.ops.SAMPLING`): the engine's for this model (`host.sampling_rule`)
+        self.sampling = sampling_rule(profile, model.name)
         self.cost_model = cost_model or RooflineCostModel()
         self.loads, self.phys = loads, phys_to_log
         self.capacity_factor, self.overlap, self.offload = capacity_factor, overlap, offload
@@ -786,6 +789,7 @@ class StepTimer:
             loads=loads,
             phys_to_log=phys,
             mla_absorb=batch.phase != "prefill",
+            sampling=self.sampling,
         )
 
     def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
