@@ -227,6 +227,8 @@ def test_fit_recovers_known_host_costs(tmp_path):
     prof = base_profile("vllm", str(prof_path))
     assert prof.host["api_per_request_s"] == pytest.approx(fit.values["api_per_request_s"], rel=1e-5)
     assert "fitted by moesim fit-engine on RUNS.csv (2 runs" in prof.sources["api_per_request_s"]
+    # the settings are the base's, its sampler rule included (a fitted vLLM profile keeps the generation config)
+    assert prof.sampling == base_profile("vllm").sampling == "generation_config"
 
 
 def test_fit_engine_cli_with_cv(tmp_path, capsys):

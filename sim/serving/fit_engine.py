@@ -337,6 +337,7 @@ def profile_yaml(fit: Fit, runs_path: str | Path, n_runs: int, kind: str = "vllm
         "moe_kernel": base.moe_kernel,
         "prefix_caching": base.prefix_caching,
         "stream_chunk_tokens": base.stream_chunk_tokens,
+        "sampling": base.sampling,  # the base's sampler rule: a fit must not fall back to greedy
     }
     doc = {
         "kind": base.kind,
