@@ -29,9 +29,13 @@ on local processes and on a Dask LocalCluster, and resume after kill -9.
   `benchmarks/sweep-des-capacity.yaml` evaluated as 91c4171 (the three switches above) and as today, interleaved
   over 2 forked processes; CPU seconds per evaluation and the capacities compared.
 
+- Old against new, analytical only (``--analytical-ab REV [--pairs N]``, alone): the analytical sweep above on the
+  code of commit REV and on this tree, alternately, each in a fresh subprocess; CPU seconds (``time.process_time``)
+  and points per second of each, and the rows compared bit for bit.
+
 Run: ``python -m benchmarks.sweep [--quick] [--old REV | --old-results DIR] [--keep DIR]`` (``make bench``
 runs it without the old code), ``python -m benchmarks.sweep --share-ab``, ``python -m benchmarks.sweep
---legacy-ab 3``.
+--legacy-ab 3``, ``python -m benchmarks.sweep --analytical-ab HEAD``.
 """
 
 from __future__ import annotations
@@ -440,11 +444,119 @@ def legacy_ab(every: int) -> tuple[str, dict]:
     return "\n".join(lines), {"rows": df.to_dict("records")}
 
 
+_AB_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+
+def main():
+    import moesim
+    from moesim.sim.sweeps.sweep import run_sweep
+    from moesim.sim.sweeps.sweep_spec import read_sweep
+    spec, out = read_sweep(Path(sys.argv[1])), Path(sys.argv[2])
+    t0 = time.process_time()
+    res = run_sweep(spec, out / "run", workers=1, post=False)
+    cpu = time.process_time() - t0
+    res.results.to_parquet(out / "rows.parquet")
+    s = res.summary
+    info = {"moesim": moesim.__file__, "cpu_s": cpu, "points": s["points"], "points_per_s": s["points_per_s"]}
+    (out / "timing.json").write_text(json.dumps(info))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, int]:
+    """Columns of two analytical sweeps' rows that are not bit-identical (NaN equal to NaN; ``wall_s`` left out),
+    with the number of rows that differ; the rows matched by ``point_id``."""
+    a, b = a.set_index("point_id").sort_index(), b.set_index("point_id").sort_index()
+    if list(a.index) != list(b.index):
+        return {"<points>": len(a.index.symmetric_difference(b.index))}
+    differ = {}
+    for c in a.columns.union(b.columns):
+        if c == "wall_s":
+            continue
+        if c not in a or c not in b:
+            differ[c] = len(a)
+            continue
+        x, y = a[c], b[c]
+        if x.dtype.kind == "f" and y.dtype.kind == "f":
+            xv, yv = x.to_numpy(float), y.to_numpy(float)
+            same = (xv == yv) | (np.isnan(xv) & np.isnan(yv))
+        else:
+            same = (x.astype(str) == y.astype(str)).to_numpy()
+        if not same.all():
+            differ[c] = int((~same).sum())
+    return differ
+
+
+def analytical_ab(rev: str, pairs: int = 3) -> tuple[str, dict]:
+    """``--analytical-ab REV`` (issue 22): the analytical sweep of `examples/sweep-mixtral-gpu-choice.yaml` on one
+    core with the code of commit REV and with this tree, alternately (``pairs`` times each, old first), each in a
+    fresh subprocess whose ``PYTHONPATH`` makes ``import moesim`` that code; CPU seconds of `run_sweep`
+    (``time.process_time``, so other load on the machine counts less than in wall time), points per second as the
+    sweep reports them (wall), and the rows compared bit for bit (every column but ``wall_s``)."""
+    tmp = Path(tempfile.mkdtemp(prefix="moesim-bench-ab-"))
+    try:
+        old, new = tmp / "old-code", tmp / "new-code"
+        (old / "moesim").mkdir(parents=True)
+        new.mkdir()
+        (new / "moesim").symlink_to(ROOT)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old / "moesim")], input=archive, check=True)
+        script = tmp / "ab.py"
+        script.write_text(_AB_SCRIPT)
+        example = ROOT / "examples" / "sweep-mixtral-gpu-choice.yaml"
+        runs: list[dict] = []
+        for i in range(pairs):
+            for variant, code in (("old", old), ("new", new)):
+                out = tmp / f"{variant}-{i}"
+                out.mkdir()
+                env = dict(os.environ, PYTHONPATH=str(code))
+                subprocess.run([sys.executable, str(script), str(example), str(out)], check=True, cwd=tmp, env=env)
+                info = json.loads((out / "timing.json").read_text())
+                if not info["moesim"].startswith(str(code)):
+                    raise RuntimeError(f"the {variant} run imported {info['moesim']}, not {code}")
+                runs.append({"variant": variant, "pair": i, "load": os.getloadavg()[0], **info, "dir": str(out)})
+                print(f"{variant} {i}: {info['cpu_s']:.2f} CPU s, {info['points_per_s']:.0f} points/s", file=sys.stderr)
+        ref = pd.read_parquet(Path(runs[0]["dir"]) / "rows.parquet")
+        differ = {r["variant"] + str(r["pair"]): _same_rows(ref, pd.read_parquet(Path(r["dir"]) / "rows.parquet"))
+                  for r in runs[1:]}  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    df = pd.DataFrame(runs).drop(columns="dir")
+    cpu = df.groupby("variant")["cpu_s"].median()
+    pps = df.groupby("variant")["points_per_s"].median()
+    points = int(df["points"].iloc[0])
+    lines = [
+        f"`python -m benchmarks.sweep --analytical-ab {rev}` ({pairs} pairs, old first; load average "
+        f"{df['load'].min():.1f}-{df['load'].max():.1f} after the runs):",
+        "",
+        f"| code | CPU s per sweep ({points:,} points) | points per CPU second | points/s (wall, as reported) |",
+        "|---|---|---|---|",
+    ]
+    for v, name in (("old", rev), ("new", "this tree")):
+        runs_v = df[df["variant"] == v]
+        lines.append(
+            f"| {name} | {cpu[v]:.2f} ({', '.join(f'{x:.2f}' for x in runs_v['cpu_s'])}) | {points / cpu[v]:,.0f} | "
+            f"{pps[v]:,.0f} |"
+        )
+    same = all(not d for d in differ.values())
+    lines += [
+        "",
+        f"Speed-up {cpu['old'] / cpu['new']:.2f}x in CPU time (medians). Rows against the first old run: "
+        + ("bit-identical in every column of every run." if same else f"differ: {differ}"),
+    ]
+    return "\n".join(lines), {"runs": df.to_dict("records"), "differ": differ}
+
+
 def _arg(name: str, default: str | None) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
-if __name__ == "__main__" and "--share-ab" in sys.argv:
+if __name__ == "__main__" and "--analytical-ab" in sys.argv:
+    print(analytical_ab(_arg("--analytical-ab", "HEAD") or "HEAD", int(_arg("--pairs", "3") or 3))[0])
+elif __name__ == "__main__" and "--share-ab" in sys.argv:
     print(share_ab()[0])
 elif __name__ == "__main__" and "--legacy-ab" in sys.argv:
     print(legacy_ab(int(_arg("--legacy-ab", "3") or 3))[0])

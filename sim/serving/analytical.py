@@ -107,16 +107,26 @@ def _decode_step(timer: StepTimer, b: int, ctx: int) -> Any:
     if hit is None:
         hit = array_expected(timer, b, ctx)  # = timer.expected(ones(b), full(b, ctx)), op parts in array form
         if timer.offload:
-            hit.duration_s += timer.expected_fetch(float(b))
+            hit.duration_s += _fetch(timer, b)
         timer._memo[key] = hit
+    return hit
+
+
+def _fetch(timer: StepTimer, tokens: int) -> float:
+    """`StepTimer.expected_fetch` of a step of ``tokens`` tokens (s), memoised in the timer by tokens: the decode
+    step of every context and the mixed steps of every split of the same tokens share it."""
+    key = ("analytic_fetch", tokens)
+    hit = timer._memo.get(key)
+    if hit is None:
+        hit = timer._memo[key] = timer.expected_fetch(float(tokens))
     return hit
 
 
 def _compute_steps(timer: StepTimer, b: int, ctx: int, chunk: int, chunk_ctx: int) -> tuple[Any, Any]:
     dec = _decode_step(timer, b, ctx) if b else None
-    new = np.concatenate([np.ones(b, np.int64), [chunk]]) if chunk else np.ones(b, np.int64)
     mix = array_expected(timer, b, ctx, chunk, chunk_ctx)  # = timer.expected(new, cached) (`sim.serving.steparray`)
-    fetch = timer.expected_fetch(float(new.sum())) if timer.offload else 0.0
+    # the step's new tokens: b decoding sequences and the chunk
+    fetch = _fetch(timer, b + chunk) if timer.offload else 0.0
     mix.duration_s += fetch
     return dec, mix
 
@@ -391,13 +401,24 @@ class Analytical:
         seed: the workload sample's seed (None: the scenario's).
         timers: step timers per pool role to reuse (a sweep shares them between configurations that
             differ only in the workload or ``max_batch``, which the timers do not depend on).
+        caps: `replica_capacity` per pool role, already computed (a sweep shares them as it shares ``timers``:
+            they read neither the workload nor ``max_batch``); None: computed here.
+        sample: the workload's requests, ``generate(built.workload, seed, built.base_dir)`` already drawn (a sweep
+            shares one per workload and seed; read, never modified); None: drawn here.
     """
 
-    def __init__(self, built: Built, seed: int | None = None, timers: dict[str, StepTimer] | None = None) -> None:
+    def __init__(
+        self,
+        built: Built,
+        seed: int | None = None,
+        timers: dict[str, StepTimer] | None = None,
+        caps: dict[str, Capacity] | None = None,
+        sample: pd.DataFrame | None = None,
+    ) -> None:
         t0 = time.perf_counter()
         sc = built.scenario
         seed = sc.seed if seed is None else seed
-        df = generate(built.workload, seed=seed, base_dir=built.base_dir)
+        df = generate(built.workload, seed=seed, base_dir=built.base_dir) if sample is None else sample
         if df.empty:
             raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
         self.built = built
@@ -416,7 +437,7 @@ class Analytical:
             self.workload_rate = (len(arr) - 1) / span if span > 0 else float(w.rate or 1.0)
             self.arrivals = arr - (arr.min() if len(arr) else 0.0)
         self.pools = {p.role: p for p in built.pools}
-        self.caps = {role: replica_capacity(built, p) for role, p in self.pools.items()}
+        self.caps = caps or {role: replica_capacity(built, p) for role, p in self.pools.items()}
         check_requests_fit(built, df, self.caps)
         # chunked/sliding-window layers hold their chunk or window only: count the cache in tokens at the mean
         # request's held length (prompt + half the output), `Capacity.at_length`

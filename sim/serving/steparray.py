@@ -12,7 +12,7 @@ sum of new x cached tokens, sum of squared new tokens, sum of cached tokens). Th
 at every one of them and at held-out ones (relative 1e-10 on every field; op names, kinds, counts, dtypes and
 kernel launches equal); an op that is not of that form (the routed experts, whose busiest GPU's pairs and active
 experts are an expectation over the routing; DeepEP's all-to-all, timed by its own model) must belong to the MoE
-block: it is rebuilt by `model.ops._moe_routed_ops_memo` at the whole batch's tokens (the ops rebuilt read no others),
+block: it is rebuilt by `model.ops._moe_routed_ops` at the whole batch's tokens (the ops rebuilt read no others),
 memoised across the timers of a sweep, and checked equal to the decomposed op at every fitting shape. A class
 where any of this fails is costed by the scalar path, as is anything this module does not cover
 (a cost model other than the roofline, two-batch overlap, an engine whose host issues launches while the GPU
@@ -32,13 +32,20 @@ to 32,768, chunks up to 8,192 tokens): a kink outside them in a fitted op would 
 saturating ops are never fitted for that reason (`_T_ALL_OPS`), and sliding-window or chunked attention fails
 the check and stays on the scalar path. `expected` is `StepTimer.expected` on those parts.
 
+Per step shape the analytical engine asks for one step at a time (its fixed points are sequential), so the one-shape
+path is kept lean (issue 22): `StepArray._eval_one` is `_eval` on a vector instead of a one-row matrix, and
+`StepArray._lean_cost` does `StepTimer._combine`'s and `StepTimer._host_overlap`'s arithmetic for one step in Python
+floats (IEEE doubles, the same operations in the same order: the same values) instead of building a dozen one-element
+arrays and a `StepBlock`; it is checked equal to `_combine` on each timer's first `_LEAN_CHECKS` shapes and dropped
+for a timer where it is not (`LEAN` and `EVAL_ONE` switch them off; tests/test_sweep_speed.py compares both ways).
+
 Units: seconds, bytes, FLOP. Shapes: ``moments`` [k, 11]; op fields [k, ops].
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -47,9 +54,10 @@ from moesim.model import Batch
 from moesim.model.a2a import is_deepep
 from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext
-from moesim.model.ops import _layer_sets_memo, _moe_routed_ops_memo, decompose
+from moesim.model.ops import _layer_sets_memo, _moe_routed_ops, decompose
 from moesim.model.roofline import RooflineCostModel
-from moesim.sim.serving.steptime import _COMM, StepCost, StepTimer, _shape
+from moesim.sim.serving.host import graph_mode, host_cost
+from moesim.sim.serving.steptime import _COMM, StepCost, StepTimer
 
 #: Op fields the roofline reads, fitted per op.
 _FIELDS = ("flops", "weight_bytes", "kv_bytes", "act_bytes", "intra_bytes", "inter_bytes", "intra_msgs", "inter_msgs")
@@ -58,6 +66,15 @@ ENABLED = True
 #: Off: a timer with per-layer routing or placement takes the scalar path (as before 2026-12-05; the reference of
 #: `benchmarks.sweep --share-ab`).
 PER_LAYER = True
+#: Off: `StepArray.expected` combines the parts with `StepTimer._combine` (one-row arrays and a `StepBlock`) rather
+#: than `StepArray._lean_cost` (the same operations on Python floats); tests compare the two bit for bit.
+LEAN = True
+#: Off: `StepArray.parts` evaluates its one shape by `StepArray._eval` (a one-row block) rather than `_eval_one`.
+EVAL_ONE = True
+#: Shapes per timer on which `_lean_cost` is checked equal to `StepTimer._combine` before it is trusted alone.
+_LEAN_CHECKS = 8
+#: The host fields of a step without a host model (`StepCost`'s defaults).
+_NO_HOST: dict[str, Any] = {}
 #: MoE-block ops always rebuilt at the step's tokens, never fitted: their fields depend on the whole batch's tokens
 #: through the routing's expectations (the busiest GPU's pairs, the active experts, the GPUs a token is sent to),
 #: which saturate and switch regime (`model.ops.moe_block_m`): a fit on some shapes says nothing of others.
@@ -139,11 +156,15 @@ def _group_moments(n_dec: int, ctx: int, n_pad: int, has_chunk: bool, chunk: int
 
 def _group_kinds(n_dec: int, ctx: int, n_pad: int, has_chunk: bool, chunk: int, cc: int) -> tuple[str, ...]:
     """`_kinds` of the same sequences."""
-    d = (n_dec > 0 and ctx > 0) or (has_chunk and chunk == 1 and cc > 0)
-    p = (n_dec > 0 and ctx == 0) or n_pad > 0 or (has_chunk and chunk == 1 and cc == 0)
-    c = has_chunk and chunk > 1 and cc > 0
-    f = has_chunk and chunk > 1 and cc == 0
-    return tuple(k for k, on in (("d", d), ("p", p), ("c", c), ("f", f)) if on)
+    one, many = has_chunk and chunk == 1, has_chunk and chunk > 1
+    out = []
+    if (n_dec > 0 and ctx > 0) or (one and cc > 0):
+        out.append("d")
+    if (n_dec > 0 and ctx == 0) or n_pad > 0 or (one and cc == 0):
+        out.append("p")
+    if many:
+        out.append("c" if cc > 0 else "f")
+    return tuple(out)
 
 
 def _describe(b: int, ctx: int, pads: int, chunk: int, cc: int, dp: int) -> tuple[tuple, list[float], int, int]:
@@ -165,9 +186,9 @@ def _describe(b: int, ctx: int, pads: int, chunk: int, cc: int, dp: int) -> tupl
             if best is None or k > best[0]:
                 best = (k, (n_dec, ctx, n_pad, has, chunk, cc))
         attn = best[1]  # type: ignore[index]
-    key = (phase, _group_kinds(*whole), _group_kinds(*attn))
-    mw, ma = _group_moments(*whole), _group_moments(*attn)
-    return key, [1.0, *mw, *ma], int(mw[1]), int(ma[1])
+    kw, mw = _group_kinds(*whole), _group_moments(*whole)
+    ka, ma = (kw, mw) if attn is whole else (_group_kinds(*attn), _group_moments(*attn))
+    return (phase, kw, ka), [1.0, *mw, *ma], int(mw[1]), int(ma[1])
 
 
 @dataclass
@@ -221,30 +242,106 @@ class StepArray:
         self._gid = _key_id(self._gkey)
         self._one_id = _key_id((id(t.model), t.precision, t._gemm_dtype, "one device"))
         self._timed: dict[tuple, Any] = {}  # class key -> per-op roofline constants on this cluster (or None)
+        #: `_lean_cost` in place of `StepTimer._combine` (off once a check finds them different), shapes checked
+        self._lean = LEAN
+        self._lean_checked = 0
+        self._ones_n = np.ones(max(t.n_moe, 1))  # `_lean_cost`'s per-layer expert shares, times each share
+        self._links2: dict[int, tuple] = {}  # `_eval_one`'s link constants per timed class (by its id in `_timed`)
         self._moe_memo: dict[tuple, np.ndarray] = {}
+        self._moe_sets: dict[bool, list] = {}  # `_block`'s MoE layer sets, on the replica (False) and one device
 
     # ---- the public entry ------------------------------------------------------------------------------------
     def expected(self, b: int, ctx: int, chunk: int = 0, chunk_ctx: int = 0) -> StepCost:
         """`StepTimer.expected` of ``b`` sequences decoding at context ``ctx`` and a prompt chunk of ``chunk``
         tokens at ``chunk_ctx`` cached ones (0: none), the op-level parts from the array form where it applies."""
         t = self.timer
-        new, cached = _batch(b, ctx, 0, chunk, chunk_ctx)
-        shape = _shape(new, cached)
+        seqs = b + (1 if chunk else 0)
+        # `steptime._shape` of `_batch`'s arrays, without them: decode (one new token each), prefill (no cache), mixed
+        phase = "decode" if chunk <= 1 else "prefill" if not ((b and ctx) or (chunk and chunk_ctx)) else "mixed"
+        shape = (seqs, b + chunk, phase) if seqs else (0, 0, "decode")
         padded = t._padded(shape)
-        pads = padded - new.size if padded > new.size else 0
+        pads = padded - seqs if padded > seqs else 0
         # the scalar path interpolates a decode step of several contexts on its grid (`StepTimer.decode_parts`):
         # that one, and a padded step holding a chunk, stay on it
-        uneven = shape[2] == "decode" and not pads and chunk and chunk_ctx != ctx and b
-        scalar = not ENABLED or not self.supported or not new.size or uneven or (pads and chunk)
+        uneven = phase == "decode" and not pads and chunk and chunk_ctx != ctx and b
+        scalar = not ENABLED or not self.supported or not seqs or uneven or (pads and chunk)
         parts = None if scalar else self.parts(b, ctx, pads, chunk, chunk_ctx)
         if parts is None:
-            return t.expected(new, cached)
+            return t.expected(*_batch(b, ctx, 0, chunk, chunk_ctx))
+        step = (*shape, padded)
+        if self._lean:
+            try:
+                cost = self._lean_cost(parts, step)
+            except Exception:  # a host model the lean form cannot call: `_combine` answers (and raises, if it must)
+                self._lean = False
+                return self._combine(parts, step)
+            if self._lean_checked >= _LEAN_CHECKS:
+                return cost
+            # checked against `StepTimer._combine` on this timer's first shapes: any difference (a term the lean
+            # form does not know) and this timer takes `_combine` from then on
+            ref = self._combine(parts, step)
+            self._lean_checked += 1
+            if _same_cost(cost, ref):
+                return cost
+            self._lean = False
+            return ref
+        return self._combine(parts, step)
+
+    def _combine(self, parts: np.ndarray, step: tuple[int, int, str, int]) -> StepCost:
+        """`StepTimer.expected`'s step from its parts [11] (`StepTimer._combine` on one row)."""
+        t = self.timer
         n = max(t.n_moe, 1)
         layers = np.full((1, n), parts[3] / n)
         one = np.zeros(1)
         return t._combine(
-            parts[None, :], layers, one, one, np.zeros((1, 1)), np.zeros((1, max(t.layout.ep, 1))), (*shape, padded)
+            parts[None, :], layers, one, one, np.zeros((1, 1)), np.zeros((1, max(t.layout.ep, 1))), step
         ).cost(0)
+
+    def _lean_cost(self, parts: np.ndarray, step: tuple[int, int, str, int]) -> StepCost:
+        """`_combine` of one step in Python floats: the same operations in the same order as `StepTimer._combine`
+        and `StepTimer._host_overlap` on a one-row block (IEEE double either way, so the same values), for the
+        timers `supported` admits (no two-batch overlap; no host, an ideal one or an overlapping scheduler),
+        without a dozen one-element arrays and a `StepBlock` per step."""
+        t = self.timer
+        other, a2a, comm, e_total, _, nbytes, flops, launches, att, _, _ = parts.tolist()
+        n = max(t.n_moe, 1)
+        # `_combine`'s sum over the layers of equal shares (the same reduction as `np.full(n, share).sum()`)
+        experts = e_total if n == 1 else float(np.add.reduce(self._ones_n * (e_total / n)))
+        compute = other + experts - 0.0
+        total = other + experts + a2a + comm + 0.0
+        seqs, tokens, phase, padded = step
+        host = _NO_HOST
+        prof = t.profile
+        if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` (one row, overlapping)
+            mode = graph_mode(prof, phase, seqs, tokens)
+            key = ("host", seqs, tokens, mode, round(launches), round(att))
+            hc = t._memo.get(key)
+            if hc is None:
+                hc = t._memo[key] = host_cost(prof, seqs, tokens, key[4], mode, key[5], t.n_layers + 1)
+            cpu = (float(hc.scheduler_s), float(hc.prepare_s), float(hc.sampling_s), float(hc.launch_s))
+            h_total = sum(cpu)
+            f = max(h_total - total, 0.0) / h_total if h_total > 0.0 else 0.0
+            ex = [c * f for c in cpu]
+            host = {
+                "scheduler_s": ex[0], "prepare_s": ex[1], "sampling_s": ex[2], "launch_s": ex[3],
+                "host_s": float(hc.total_s), "launches": int(float(hc.launches)), "graphs": int(float(hc.graphs)),
+                "scheduler_cpu_s": cpu[0], "prepare_cpu_s": cpu[1], "sampling_cpu_s": cpu[2], "launch_cpu_s": cpu[3],
+            }  # fmt: skip
+            total = total + ex[0] + ex[1] + ex[2] + ex[3]
+        return StepCost(
+            duration_s=total,
+            compute_s=compute,
+            comm_s=a2a + comm,
+            straggler_s=0.0,
+            fetch_s=0.0,
+            pairs=0,
+            dropped_pairs=0,
+            bytes=nbytes,
+            flops=flops,
+            gpu_wait_s=np.zeros(max(t.layout.ep, 1)),
+            padded_batch=padded,
+            **host,
+        )
 
     def parts(self, b: int, ctx: int, pads: int, chunk: int, chunk_ctx: int) -> np.ndarray | None:
         """The parts [11] of `StepTimer._compute` (exact) for the batch of `_batch`; None where the array form
@@ -253,7 +350,10 @@ class StepArray:
         timed = self._class(key, (b, ctx, pads, chunk, chunk_ctx))
         if timed is None:
             return None
-        out = self._eval(timed, key[0], np.array([row]), [t_all])[0]
+        if EVAL_ONE:
+            out = self._eval_one(timed, key[0], row, t_all)
+        else:
+            out = self._eval(timed, key[0], np.array([row]), [t_all])[0]
         return self._per_layer_parts(out, key[0], t_all) if self._per_layer else out
 
     def _per_layer_parts(self, parts: np.ndarray, phase: str, tokens: int) -> np.ndarray:
@@ -317,6 +417,35 @@ class StepArray:
             out[:, 7] += extra[:, 6]
         return out
 
+    def _eval_one(self, timed: tuple, phase: str, row: list[float], t_all: int) -> np.ndarray:
+        """`_eval` of one shape, parts [11]: the same operations on the same values (a vector where `_eval` has a
+        one-row matrix: numpy's matmul takes the same vector-matrix product for both), without its per-call
+        reshaping and stacking."""
+        cls, peak_inv, bw_inv, links, count_class = timed
+        link = self._links2.get(id(timed))
+        if link is None:  # (intra, inter) stacked: [2, 1] inverse bandwidths and latencies, [2, linear ops] sends
+            (ibw, ilat, isend), (ebw, elat, esend) = links
+            link = (np.array([[ibw], [ebw]]), np.array([[ilat], [elat]]), np.stack([isend, esend]))
+            self._links2[id(timed)] = link
+        bw2, lat2, send2 = link
+        m = np.array(row) / cls.scale
+        f = (m @ cls.coef).reshape(len(_FIELDS), -1)  # flops, weight, kv, act bytes, intra, inter bytes, msgs
+        local = np.maximum(f[0] * peak_inv, (f[1] + f[2] + f[3]) * bw_inv)
+        # `_eval`'s max(intra, inter) of the link times, each where the op sends on that link
+        link = np.where(send2, f[4:6] * bw2 + f[6:8] * lat2, 0.0)
+        sec = local + np.maximum(link[0], link[1])  # [linear ops], s
+        out = np.empty(11)
+        out[:4] = sec @ count_class
+        out[4] = 1.0
+        out[5:7] = m @ cls.util_coef
+        out[7], out[8], out[9], out[10] = cls.launches, cls.attention, 0.0, 0.0
+        if cls.moe or cls.util_moe:
+            extra = self._moe_parts(cls, phase, t_all)  # [7]
+            out[:4] += extra[:4]
+            out[5:7] += extra[4:6]
+            out[7] += extra[6]
+        return out
+
     # ---- the MoE block's non-linear ops ------------------------------------------------------------------------
     def _moe_parts(self, cls: _Class, phase: str, t_all: int) -> np.ndarray:
         """(other, all-to-all, comm, experts s; one-device bytes, FLOP; kernel launches) of the class's ops rebuilt
@@ -325,7 +454,7 @@ class StepArray:
         hit = self._moe_memo.get(key)
         if hit is None:
             t = self.timer
-            out = np.zeros(7)
+            out = [0.0] * 7  # summed in Python floats: the same additions, in the same order, as on an array
             block = self._block(phase, t_all, one=False)
             for i, label in cls.moe:
                 op = block[(cls.names[i][0], label)]
@@ -339,11 +468,11 @@ class StepArray:
                     out[5] += op.flops * op.count
             if len(self._moe_memo) >= 1 << 15:
                 self._moe_memo.clear()
-            hit = self._moe_memo[key] = out
+            hit = self._moe_memo[key] = np.array(out)
         return hit
 
     def _block(self, phase: str, t_all: int, one: bool) -> dict[tuple[str, str], Op]:
-        """The MoE blocks' routed ops by (name, layer-set label) at ``t_all`` tokens (`model.ops._moe_routed_ops_memo`),
+        """The MoE blocks' routed ops by (name, layer-set label) at ``t_all`` tokens (`model.ops._moe_routed_ops`),
         on the replica or (``one``) on one device as `utilisation_exact` decomposes it (no routing statistics).
 
         The ops rebuilt from it (`_T_ALL_OPS`) read the whole batch's tokens only, so the attention group is given
@@ -365,11 +494,15 @@ class StepArray:
         whole = Batch((t_all,), (0,), phase)
         whole.__dict__["tokens"] = t_all  # its cached `Batch.tokens` (the sum of one count), not rebuilt from arrays
         ctx = OpContext(t.model, whole, whole, lay, cluster, t.precision, t._gemm_dtype)
+        sets = self._moe_sets.get(one)
+        if sets is None:  # the MoE layer sets of the pipeline stages, in order
+            sets = [g for st in lay.stage_layers(t.model) for g in _layer_sets_memo(t.model, st, False) if g.is_moe]
+            self._moe_sets[one] = sets
         ops: dict[tuple[str, str], Op] = {}
-        for stage in lay.stage_layers(t.model):
-            for g in _layer_sets_memo(t.model, stage, False):
-                if g.is_moe:
-                    ops.update({(op.name, op.group): op for op in _moe_routed_ops_memo(ctx, g, loads, phys)})
+        for g in sets:
+            # `_moe_routed_ops` itself: `_BLOCKS` memoises it here already (its own memo's key, with the loads' bytes
+            # and a hash of the layout and precision, cost more than it saved)
+            ops.update({(op.name, op.group): op for op in _moe_routed_ops(ctx, g, loads, phys)})
         if len(_BLOCKS) >= 1 << 15:
             _BLOCKS.clear()
         _BLOCKS[key] = (t.model, ops)
@@ -557,6 +690,19 @@ def _same_op(a: Op, b: Op) -> bool:
         return bool(replace(a, stage=b.stage) == b)
     except Exception:  # uncomparable shapes (arrays): not provably the same
         return False
+
+
+def _same_cost(a: StepCost, b: StepCost) -> bool:
+    """Whether two steps are equal field by field (the same types and values, NaN equal to NaN), ``gpu_wait_s``
+    included."""
+    for f in fields(StepCost):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "gpu_wait_s":
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                return False
+        elif type(x) is not type(y) or not (x == y or (x != x and y != y)):
+            return False
+    return True
 
 
 def _lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -109,14 +109,30 @@ def _timer_key(point: Point) -> str:
 def _analytical(point: Point, spec: SweepSpec) -> Any:
     from moesim.sim.serving.analytical import Analytical
     from moesim.sim.serving.engine import make_timer, replica_capacity
+    from moesim.sim.serving.workload import generate
 
     def make() -> Analytical:
         built = _built(point, spec)
 
-        def timers() -> dict[str, Any]:
-            return {p.role: make_timer(built, p, replica_capacity(built, p), spec.seed) for p in built.pools}
+        def setup() -> tuple[dict[str, Any], dict[str, Any]]:
+            # a replica's KV capacity reads the model, layout, GPU, precision, engine memory settings and offload:
+            # what the timers depend on, not the workload or max_batch, so it is shared as they are (computed pool
+            # by pool with its timer, in the order the errors of an unbuildable configuration have always come)
+            caps, timers = {}, {}
+            for p in built.pools:
+                caps[p.role] = replica_capacity(built, p)
+                timers[p.role] = make_timer(built, p, caps[p.role], spec.seed)
+            return caps, timers
 
-        return Analytical(built, spec.seed, _cached(f"timers:{_timer_key(point)}", timers))
+        caps, timers = _cached(f"setup:{_timer_key(point)}", setup)
+        # the workload's requests: one sample per workload and seed for all the configurations that run it
+        w = built.workload
+        sample_key = _hash(
+            {"workload": w.model_dump(mode="json"), "set": sorted(w.model_fields_set), "seed": spec.seed}
+            | {"base_dir": str(built.base_dir)}
+        )
+        sample = _cached(f"sample:{sample_key}", lambda: generate(w, seed=spec.seed, base_dir=built.base_dir))
+        return Analytical(built, spec.seed, timers, caps, sample)
 
     return _cached(f"analytical:{point.config_key}", make)
 
