@@ -172,11 +172,14 @@ class GpuLoad:
         mean_pairs: expected pairs per GPU, shape [G].
         busiest_pairs: expected pairs on the busiest GPU, sampling noise included.
         active_experts: expected distinct expert slots with >= 1 token, per GPU, shape [G].
+        busiest_active: expected active slots on the GPU with the most, E[max over GPUs] (`expected_max_active`);
+            NaN: not computed (`max_active_experts` falls back to the largest expectation).
     """
 
     mean_pairs: np.ndarray
     busiest_pairs: float
     active_experts: np.ndarray
+    busiest_active: float = math.nan
 
     @cached_property
     def mean_gpu_pairs(self) -> float:
@@ -185,7 +188,12 @@ class GpuLoad:
 
     @cached_property
     def max_active_experts(self) -> float:
-        """The most expected active expert slots on one GPU (taken once)."""
+        """The busiest GPU's expected active expert slots: E[max over GPUs] where computed (a decode step of a few
+        tokens lights a handful of each GPU's experts, and the GPU that drew the most reads the most weights: 8
+        tokens of DeepSeek-V3 on 16 GPUs light 5.9 on the busiest against at most 4.05 expected on any one),
+        else the most expected on one GPU (taken once)."""
+        if math.isfinite(self.busiest_active):
+            return max(self.busiest_active, float(self.active_experts.max()))
         return float(self.active_experts.max())
 
     @property
@@ -255,8 +263,32 @@ def _gpu_loads(
     mean = tokens * mu
     busiest = expected_max_normal(mean, np.sqrt(tokens * var))
     cap = tokens * min(top_k, ps.shape[1])
-    active = (1.0 - (1.0 - ps) ** tokens).sum(axis=1)
-    return GpuLoad(mean_pairs=mean, busiest_pairs=float(min(max(busiest, mean.max()), cap)), active_experts=active)
+    hit = 1.0 - (1.0 - ps) ** tokens  # [G, S/G]: each slot's chance of at least one of the tokens
+    active = hit.sum(axis=1)
+    return GpuLoad(
+        mean_pairs=mean,
+        busiest_pairs=float(min(max(busiest, mean.max()), cap)),
+        active_experts=active,
+        busiest_active=expected_max_active(hit),
+    )
+
+
+def expected_max_active(hit: np.ndarray) -> float:
+    """E[max over GPUs of the active slots] when slot s of GPU g is active with probability ``hit`` [G, S/G]
+    (independently across slots and GPUs): each GPU's count is Poisson-binomial (its distribution built slot by
+    slot), P(max <= m) = prod_g P(count_g <= m), and E[max] = sum_m P(max > m). Exact up to the independence
+    (a token's top-k experts are distinct, which couples the slots slightly)."""
+    g, per = hit.shape
+    if g == 0 or per == 0:
+        return 0.0
+    pmf = np.zeros((g, per + 1))
+    pmf[:, 0] = 1.0
+    for s in range(per):
+        q = hit[:, s : s + 1]
+        pmf[:, 1:] = pmf[:, 1:] * (1 - q) + pmf[:, :-1] * q
+        pmf[:, 0] *= 1 - q[:, 0]
+    cdf = np.clip(np.cumsum(pmf, axis=1), 0.0, 1.0)  # [G, per + 1]
+    return float(np.sum(1.0 - np.prod(cdf[:, :-1], axis=0)))
 
 
 #: `_slot_moments` results by (loads, placement, top_k, GPUs): they do not depend on the token count, which the

@@ -350,8 +350,9 @@ def test_placement_axis_changes_the_expert_map():
     assert maps[0] is None and maps[1].shape == (32, 8) and maps[2].shape == (32, 16)
     rows = [evaluate(p, spec) for p in pts]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-    # spreading the hot experts over GPUs shortens the expected busiest GPU's step
-    assert rows[2]["tpot_p50_s"] < rows[0]["tpot_p50_s"]
+    # the map reaches the step: with a second slot per GPU the decode step's busiest GPU (a few tokens, E[max active
+    # slots] near 2) reads two experts' weights where it read one, which the better balance does not buy back
+    assert rows[2]["tpot_p50_s"] > rows[0]["tpot_p50_s"]
 
 
 def test_an_analytical_step_does_not_depend_on_what_its_timer_saw_before():
