@@ -61,6 +61,13 @@ from moesim.model.layout import Layout
 from moesim.sim.serving.engine import Capacity, check_requests_fit, make_timer, replica_capacity
 from moesim.sim.serving.host import engine_profile
 from moesim.sim.serving.metrics import client_times, front_s, percentiles
+from moesim.sim.serving.prefill_work import (
+    PrefillWork,
+    decode_spans,
+    prefill_queue,
+    prefill_work,
+    single_server_waits,
+)
 from moesim.sim.serving.replica import cacheable_blocks, declared_hit
 from moesim.sim.serving.scenario import Built, Pool
 from moesim.sim.serving.steparray import expected as array_expected
@@ -169,11 +176,15 @@ def pool_state(
     mean_out: float,
     role: str,
     cached: float = 0.0,
+    work: PrefillWork | None = None,
 ) -> PoolState:
     """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s.
 
     ``mean_in``: mean prompt tokens; ``cached``: of them, the mean found in the prefix cache (tokens): only
     ``mean_in - cached`` are computed in prefill chunks, whose attention still reads the cached ones.
+    ``work``: the requests' own prompt chunks priced at a nearby batch (`sim.serving.prefill_work`): the mixed
+    steps' time per request is then their mean (moved to each batch tried by the mean prompt's change), not the
+    mean prompt's, and the mixed steps per request their mean count.
     """
     eng = pool.engine
     ctx = int(mean_in + mean_out / 2)
@@ -195,9 +206,14 @@ def pool_state(
             f, new_tau = 0.0, t_dec
         else:
             # f depends on tau: f = rate * tau * chunks; tau = f t_mix + (1 - f) t_dec
-            denom = 1 - rate * chunks * (t_mix - t_dec)
+            # (time per second in mixed steps beyond decode steps: rate x the extra per request, so
+            # tau = t_dec / (1 - rate x extra))
+            extra, n_mix = chunks * (t_mix - t_dec), chunks
+            if work is not None:
+                extra, n_mix = max(work.mean_x + extra - work.mean_form, 0.0), work.mean_n
+            denom = 1 - rate * extra
             new_tau = t_dec / denom if denom > 0 else math.inf
-            f = min(1.0, rate * new_tau * chunks) if math.isfinite(new_tau) else 1.0
+            f = min(1.0, rate * new_tau * n_mix) if math.isfinite(new_tau) else 1.0
             if f >= 1.0:
                 new_tau = t_mix
                 if role == "mixed":
@@ -210,7 +226,8 @@ def pool_state(
                             t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill tokens exceed the budget"
                         )
         packed = role == "mixed" and f >= 1.0
-        if not math.isfinite(new_tau) or (not decode_only and not packed and rate * chunks * t_mix > 1.0 + 1e-9):
+        busy = rate * chunks * t_mix if work is None else rate * (n_mix * t_dec + extra)
+        if not math.isfinite(new_tau) or (not decode_only and not packed and busy > 1.0 + 1e-9):
             return PoolState(t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps")
         new_b = rate * max(mean_out - 1, 0) * new_tau if not prefill_only else 0.0
         if new_b > 4 * eng.max_batch:  # the decode batch runs away: more work arrives than the engine can do
@@ -338,15 +355,27 @@ def _slot_wait(
         return 0.0
     if arrivals_s is None:
         return slot_wait(slots, busy, float(hold.mean()), float(hold.var() / hold.mean() ** 2))
-    reps = max(pool.replicas, 1)
-    hold = np.broadcast_to(hold, np.shape(arrivals_s))
-    if reps == 1 or not round_robin:
-        return fifo_waits(arrivals_s, hold, slots * reps)
+    return replica_waits(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin)
+
+
+def replica_waits(
+    arrivals_s: np.ndarray, hold_s: np.ndarray, servers: int, replicas: int, round_robin: bool
+) -> np.ndarray:
+    """Each request's wait (s) [requests] for one of ``servers`` servers per replica, first come first served
+    (`fifo_waits`): with ``round_robin``, each replica its own queue of every ``replicas``-th arrival; else one
+    queue of all the replicas' servers (the least-loaded router pools them). ``hold_s`` [requests] or a scalar."""
+    hold = np.broadcast_to(hold_s, np.shape(arrivals_s))
+
+    def waits_of(arr: np.ndarray, h: np.ndarray, c: int) -> np.ndarray:
+        return single_server_waits(arr, h) if c == 1 else fifo_waits(arr, h, c)
+
+    if replicas == 1 or not round_robin:
+        return waits_of(arrivals_s, hold, servers * replicas)
     order = np.argsort(arrivals_s, kind="stable")
     waits = np.zeros(len(order))
-    for k in range(reps):
-        idx = order[k::reps]
-        waits[idx] = fifo_waits(arrivals_s[idx], hold[idx], slots)
+    for k in range(replicas):
+        idx = order[k::replicas]
+        waits[idx] = waits_of(arrivals_s[idx], hold[idx], servers)
     return waits
 
 
@@ -455,8 +484,9 @@ class Analytical:
 
     def solve(
         self, rate: float, arrivals_s: np.ndarray | None = None
-    ) -> tuple[dict[str, PoolState], np.ndarray, np.ndarray, float]:
-        """Pool states, TTFT [requests] s, end-to-end latency [requests] s and TPOT s at ``rate`` req/s.
+    ) -> tuple[dict[str, PoolState], np.ndarray, np.ndarray, float | np.ndarray]:
+        """Pool states, TTFT [requests] s, end-to-end latency [requests] s and TPOT s (one for all, or [requests]
+        where a mixed pool replays the arrivals, `_mixed`) at ``rate`` req/s.
 
         ``arrivals_s`` [requests] s: the times at which the requests queue for the running set's slots, as given
         (a replayed run's load stage solved at its own rate); None: the workload's arrivals scaled to ``rate``
@@ -466,32 +496,8 @@ class Analytical:
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         states = {}
         if "mixed" in pools:
-            p = pools["mixed"]
-            hits, r = self.hits, rate / p.replicas
-            s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
-            kept = self._kept(s, caps["mixed"].kv_tokens)
-            if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
-                hits = hits * kept
-                s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
-            s.cached = float(hits.mean())
-            states["mixed"] = s
-            inp = inp - hits  # prompt tokens each request computes
-            resid = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
-            # a prompt of I tokens: chunks of the budget left beside the decoders, each costing the decode
-            # step plus its share of the mean chunk's extra time (linear in prefill tokens)
-            budget = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
-            # (a mixed step does the decode step's work and a prompt chunk: never less time, whatever the tables'
-            # noise between their batch shapes says)
-            extra = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
-            # an overlapping scheduler has decided the next step already: an arrival joins the one after it
-            lag = s.tau if engine_profile(p.engine, built.base_dir).overlap else 0.0
-            ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
-            tpot = s.tau
-            transfer = 0.0
-            arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
-            rr = built.scenario.router == "round_robin"
-            ttft = ttft + _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr)
-            batch = s.batch
+            s, ttft, tpot = self._mixed(rate, arrivals_s)
+            states["mixed"], transfer, batch = s, 0.0, s.batch
         else:
             pp, dp = pools["prefill"], pools["decode"]
             hits = self.hits * (1.0 if self.prefix_set <= caps["prefill"].kv_tokens else 0.0)
@@ -501,12 +507,22 @@ class Analytical:
             sp.cached = float(hits.mean())
             sd = pool_state(timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode")
             states["prefill"], states["decode"] = sp, sd
-            service = sp.t_mixed * sp.chunks
-            rho = rate / pp.replicas * service
-            if rho >= 1:
+            # each prompt's own chunks, one prefill step each (`sim.serving.prefill_work`), queued FCFS per replica
+            tp, ctx0 = timers["prefill"], int(mean_in)
+            budget = max(pp.engine.max_tokens, 1) if pp.engine.chunked_prefill else 10**9
+
+            def prefill_step(chunk: int, chunk_ctx: int) -> float:
+                return _steps(tp, 0, ctx0, chunk, chunk_ctx)[1].duration_s
+
+            service = prefill_work(prefill_step, 0, inp - hits, hits, budget, 0.0, 0.0).x
+            wait, rho = prefill_queue(rate / pp.replicas, service, 0.0)
+            if not math.isfinite(wait):
                 sp.overloaded, sp.reason = True, f"prefill utilisation {rho:.2f} >= 1"
-            wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
-            ttft = wait + np.ceil((inp - hits) / max(sp.chunk, 1)) * sp.t_mixed
+            else:
+                arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
+                if arr is not None:
+                    wait = replica_waits(arr, service, 1, pp.replicas, built.scenario.router == "round_robin")
+            ttft = wait + service
             cl = built.cluster
             d = built.scenario.disaggregation
             kind = d.kv_link if d and d.kv_link != "auto" else ("intra" if built.gpus <= cl.gpus_per_node else "inter")
@@ -532,6 +548,112 @@ class Analytical:
             finish_batch_s=h["stream_per_seq_s"] * batch,
         )
         return states, ttft, e2e, tpot
+
+    def _mixed(
+        self, rate: float, arrivals_s: np.ndarray | None = None
+    ) -> tuple[PoolState, np.ndarray, float | np.ndarray]:
+        """The mixed pool at ``rate`` req/s (`solve`): its state, each request's engine-side TTFT [requests] s (slot
+        wait, prefill queue and its own prompt chunks) and TPOT, s: one for all, or [requests] where the arrivals
+        are replayed (each request decoding through the prompts prefilled meanwhile, `prefill_work.decode_spans`)."""
+        built, caps, timers = self.built, self.caps, self.timers
+        inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
+        p = self.pools["mixed"]
+        hits, r = self.hits, rate / p.replicas
+        s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+        kept = self._kept(s, caps["mixed"].kv_tokens)
+        if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
+            hits = hits * kept
+            s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+        s.cached = float(hits.mean())
+        s, work = self._refine(timers["mixed"], caps["mixed"], p, r, s, inp - hits, hits)
+        inp = inp - hits  # prompt tokens each request computes
+        resid = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
+        # a prompt of I tokens: chunks of the budget left beside the decoders, each costing the decode
+        # step plus its share of the mean chunk's extra time (linear in prefill tokens)
+        budget = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
+        # (a mixed step does the decode step's work and a prompt chunk: never less time, whatever the tables'
+        # noise between their batch shapes says)
+        extra = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
+        # an overlapping scheduler has decided the next step already: an arrival joins the one after it
+        lag = s.tau if engine_profile(p.engine, built.base_dir).overlap else 0.0
+        arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
+        rr = built.scenario.router == "round_robin"
+        tpot: float | np.ndarray = s.tau
+        if work is None:
+            ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
+        else:  # each prompt's own chunks, queued FCFS for the prefill work (`sim.serving.prefill_work`)
+            service = work.n * s.t_decode + work.shifted(self._mean_form(timers["mixed"], p, s.batch)[1])
+            wait, rho = prefill_queue(r, service, s.t_decode)
+            if not math.isfinite(wait):
+                s.overloaded, s.reason = True, f"prefill work utilisation {rho:.2f} >= 1"
+                wait = 0.0
+            elif arr is not None:  # the arrivals as they come: each prompt behind those still in prefill
+                queued = replica_waits(arr, service, 1, p.replicas, rr)
+                # an arrival finding no prompt in prefill waits out the decode step running (half of one)
+                wait = queued + np.where(queued > 0, 0.0, s.t_decode / 2)
+                if p.replicas == 1 or rr:  # each request decodes through the prompts prefilled meanwhile
+                    reps = max(p.replicas, 1)
+                    spans = np.zeros(len(arr))
+                    order = np.argsort(arr, kind="stable")
+                    for k in range(reps):
+                        i = order[k::reps]
+                        x_i = service[i] - work.n[i] * s.t_decode
+                        spans[i] = decode_spans(arr[i] + queued[i], service[i], x_i, out[i], s.t_decode)
+                    tpot = np.where(out > 1, spans / np.maximum(out - 1, 1), s.tau)
+            ttft = wait + lag + service
+        ttft = ttft + _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr)
+        return s, ttft, tpot
+
+    def _mean_form(self, timer: StepTimer, pool: Pool, batch: float) -> tuple[float, float]:
+        """(decode step s, prefill time per request beyond its decode steps s) of the mean prompt at ``batch``
+        requests decoding, as `pool_state` prices it: one chunk size, min(mean computed prompt, budget)."""
+        b = max(1, round(batch))
+        cached = float(self.hits.mean())
+        comp_in = self.mean_in - cached
+        ctx = int(self.mean_in + self.mean_out / 2)
+        chunk = int(max(1, min(math.ceil(comp_in - 1e-9), pool.engine.max_tokens - b)))
+        chunks = math.ceil(comp_in / chunk)
+        dec, mix = _steps(timer, b, ctx, chunk, chunk_context(comp_in, cached, chunks))
+        t_dec = dec.duration_s
+        return t_dec, chunks * (max(mix.duration_s, t_dec) - t_dec)
+
+    def _refine(
+        self, timer: StepTimer, cap: Capacity, pool: Pool, rate: float, s: PoolState, comp: np.ndarray, hits: np.ndarray
+    ) -> tuple[PoolState, PrefillWork | None]:
+        """The mixed pool's state ``s`` (solved with the mean prompt) solved again with every request's own prompt
+        chunks (`sim.serving.prefill_work`), their costs evaluated at the batch found and again if it moves by more
+        than a tenth; None for the work where the pool is overloaded or every step is mixed (the packed regime)."""
+        if s.overloaded or s.mixed_frac >= 1.0 or rate <= 0 or not len(comp):
+            return s, None
+        eng = pool.engine
+        ctx = int(self.mean_in + self.mean_out / 2)
+        # the works priced so far for these prompts (a sweep solves many rates: one within a quarter of the batch
+        # serves, moved to the batch by `PrefillWork.shifted`)
+        priced = timer._memo.setdefault(("prefill_work", ctx, comp.tobytes(), hits.tobytes()), [])
+        work = None
+        for _ in range(3):
+            b = max(1, round(s.batch))
+            if work is not None and abs(b - work.b) <= 0.1 * work.b + 1:
+                break
+            t_dec, mean_form = self._mean_form(timer, pool, b)
+            near = [w for w in priced if abs(b - w.b) <= 0.25 * w.b + 2]
+            if near:
+                w = min(near, key=lambda w: abs(b - w.b))
+                work = PrefillWork(b, w.n, w.shifted(mean_form), mean_form, w.comp)
+            else:
+                budget = max(eng.max_tokens - b, 1) if eng.chunked_prefill else 10**9
+
+                def steps(chunk: int, chunk_ctx: int, b: int = b) -> float:
+                    return _steps(timer, b, ctx, chunk, chunk_ctx)[1].duration_s
+
+                work = prefill_work(steps, b, comp, hits, budget, t_dec, mean_form)
+                priced.append(work)
+            new = pool_state(timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work)
+            if new.overloaded or new.mixed_frac >= 1.0:
+                new.cached = s.cached
+                return new, None
+            new.cached, s = s.cached, new
+        return s, work
 
     def _arrivals_at(self, rate: float) -> np.ndarray | None:
         """The workload's arrival times [requests] s at ``rate`` req/s: its own, stretched by its rate / ``rate``
@@ -582,7 +704,7 @@ class Analytical:
             ok &= ttft <= slo.ttft_s
         if slo.tpot_s is not None:
             ok &= (tpot <= slo.tpot_s) | (out <= 1)
-        stats = {"ttft": percentiles(ttft), "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tpot)}
+        stats = {"ttft": percentiles(ttft), "tpot": _tpot_stats(tpot, out)}
         stats["e2e"] = percentiles(e2e)
         summary = self._summary(rate, states, stats, float(ok.mean()), float(np.mean(e2e)), per_s, basis)
         summary["step_breakdown"] = self.breakdown(states)
@@ -701,14 +823,14 @@ class Analytical:
         if slo.ttft_s is not None:
             ok &= ttft <= slo.ttft_s
         if slo.tpot_s is not None:
-            ok &= (tpot[:, None] <= slo.tpot_s) | (out <= 1)[None, :]
+            per_request = np.stack([np.broadcast_to(np.asarray(t, float), out.shape) for t in tpot])
+            ok &= (per_request <= slo.tpot_s) | (out <= 1)[None, :]
         att = ok.mean(axis=1)
         t_stats, e_stats = _row_percentiles(ttft), _row_percentiles(e2e)
         mean_e2e = e2e.mean(axis=1)
         results = []
         for i, (rate, states) in enumerate(zip(rates, states_all, strict=True)):
-            tp = float(tpot[i])
-            stats = {"ttft": t_stats[i], "tpot": dict.fromkeys(("mean", "p50", "p90", "p99"), tp), "e2e": e_stats[i]}
+            stats = {"ttft": t_stats[i], "tpot": _tpot_stats(tpot[i], out), "e2e": e_stats[i]}
             summary = self._summary(rate, states, stats, float(att[i]), mean_e2e[i], per_s, basis)
             summary["step_breakdown"] = self._breakdown_fast(states)
             results.append(summary)
@@ -717,11 +839,15 @@ class Analytical:
             summary["wall_s"] = wall
         return results
 
-    def _solve_many(self, rates: list[float]) -> tuple[list[dict[str, PoolState]], np.ndarray, np.ndarray, np.ndarray]:
-        """`solve` at each of ``rates``: pool states per rate, TTFT and E2E [rates, requests] s, TPOT [rates] s.
+    def _solve_many(
+        self, rates: list[float]
+    ) -> tuple[list[dict[str, PoolState]], np.ndarray, np.ndarray, list[float | np.ndarray]]:
+        """`solve` at each of ``rates``: pool states per rate, TTFT and E2E [rates, requests] s, TPOT per rate (s, or
+        [requests] s as `solve`'s).
 
-        The mixed pool's per-request latencies are one broadcast over [rates, requests] (the same operations as
-        `solve`'s, so the same floats); a disaggregated deployment takes `solve` rate by rate.
+        The mixed pool rate by rate (`_mixed`, as `solve`), then the request path over [rates, requests] at once
+        (the same operations as `solve`'s, so the same floats); a disaggregated deployment takes `solve` rate by
+        rate.
         """
         built, pools = self.built, self.pools
         if "mixed" not in pools:
@@ -730,41 +856,19 @@ class Analytical:
                 [s[0] for s in solved],
                 np.stack([s[1] for s in solved]),
                 np.stack([s[2] for s in solved]),
-                np.array([s[3] for s in solved], float),
+                [s[3] for s in solved],
             )
-        p, cap, timer = pools["mixed"], self.caps["mixed"], self.timers["mixed"]
-        mean_in, mean_out, base_hits = self.mean_in, self.mean_out, self.hits
-        n_r = len(rates)
+        p = pools["mixed"]
         states_all: list[dict[str, PoolState]] = []
-        hits2 = np.broadcast_to(base_hits, (n_r, len(base_hits))).copy()
-        resid, lag, budget, t_dec, extra = (np.empty(n_r) for _ in range(5))
-        overlap = engine_profile(p.engine, built.base_dir).overlap
-        h_mean = base_hits.mean()
-        for i, rate in enumerate(rates):
-            r = rate / p.replicas
-            s = pool_state(timer, cap, p, r, mean_in, mean_out, "mixed", h_mean)
-            kept = self._kept(s, cap.kv_tokens)
-            if kept < 1.0:
-                hits2[i] = base_hits * kept
-                s = pool_state(timer, cap, p, r, mean_in, mean_out, "mixed", hits2[i].mean())
-            s.cached = float(hits2[i].mean())
+        rows, tpot = [], []
+        for rate in rates:
+            s, t, tp = self._mixed(rate)
             states_all.append({"mixed": s})
-            resid[i] = (s.mixed_frac * s.t_mixed**2 + (1 - s.mixed_frac) * s.t_decode**2) / (2 * s.tau)
-            budget[i] = max(p.engine.max_tokens - round(s.batch), 1) if p.engine.chunked_prefill else 10**9
-            extra[i] = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
-            lag[i] = s.tau if overlap else 0.0
-            t_dec[i] = s.t_decode
-        inp = self.inp[None, :] - hits2
-        col = (resid + lag)[:, None]
-        ttft = col + np.ceil(inp / budget[:, None]) * t_dec[:, None] + inp * extra[:, None]
-        rr = built.scenario.router == "round_robin"
-        for i, rate in enumerate(rates):  # `solve`'s wait for a slot of the running set
-            st, arr = states_all[i]["mixed"], self._arrivals_at(rate)
-            r = rate / p.replicas
-            ttft[i] += _slot_wait(st, ttft[i], self.out, r, p, cap.kv_tokens, mean_in, mean_out, arr, rr)
+            rows.append(t)
+            tpot.append(tp)
+        ttft = np.stack(rows)
+        e2e = np.stack([t + 0.0 + np.maximum(self.out - 1, 0) * tp for t, tp in zip(rows, tpot, strict=True)])
         batch = np.array([st["mixed"].batch for st in states_all], float)[:, None]
-        tpot = np.array([st["mixed"].tau for st in states_all], float)
-        e2e = ttft + 0.0 + np.maximum(self.out - 1, 0)[None, :] * tpot[:, None]
         path = engine_profile(p.engine, built.base_dir)
         h = path.host
         front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])[None, :]
@@ -816,6 +920,15 @@ def _breakdown_entry(cost: StepCost) -> dict[str, Any]:
 
 
 _QS = np.array([0.50, 0.90, 0.99])
+
+
+def _tpot_stats(tpot: float | np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """TPOT's mean and percentiles (s): of the requests of more than one token where ``tpot`` is per request
+    [requests], else the one value."""
+    if np.ndim(tpot):
+        t = np.asarray(tpot, float)
+        return percentiles(t[out > 1] if np.any(out > 1) else t)
+    return dict.fromkeys(("mean", "p50", "p90", "p99"), float(tpot))
 
 
 def _row_percentiles(a: np.ndarray) -> list[dict[str, float]]:
