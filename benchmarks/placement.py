@@ -12,8 +12,8 @@ its node, `placement.nicsearch`, on 2,048 of the 4,096 tokens, the plans compare
 on the other 2,048; the layer time reported on all 4,096), on one node with two slots per
 GPU an exact enumeration of replica counts with a proof (`placement.exact`: gap
 0 by construction, no MIP), all deterministic, within a 30 s wall-clock cap for
-the whole call (5 s for Mixtral); a layer cut by the cap keeps EPLB's plan and is
-not reproducible. "Lower bound": `layertime.layer_time_bound` per layer (mean
+the whole call (5 s for Mixtral); a layer cut by the cap keeps its best plan so far
+(never worse than EPLB's) and is not reproducible. "Lower bound": `layertime.layer_time_bound` per layer (mean
 GPU's GEMM + max(mean GPU's NVLink, busiest node's NIC if every token reached
 one node)); its NIC part is weak, so a gap there is not all room. "EPLB" is
 `rebalance_experts` exactly as EPLB picks its policy (hierarchical when the 8

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,7 @@ def place(
     current: PlacementPlan | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     mtp_layers: int = 0,
+    deadline: float | None = None,
 ) -> dict[str, PlacementResult]:
     """Place the experts of every MoE layer with each method.
 
@@ -134,8 +135,14 @@ def place(
         current: the plan in place now (migration cost and bytes).
         progress: called with (method, layers done, layers).
         mtp_layers: the model's multi-token-prediction layers (`PlacementPlan.mtp_layers`, for the exporters).
+        deadline: the ``time.monotonic()`` instant by which the call returns (default: ``options.time_limit``
+            seconds after it starts; the CLI gives the instant its command started plus ``--time-limit``). Every
+            step before the ILP comes off its time, and the ILP leaves what scoring its plan takes (measured on the
+            plans scored before it in this call).
     """
-    t_call = time.perf_counter()
+    t_call = time.monotonic()
+    end = t_call + options.time_limit if deadline is None else deadline
+    scoring_s: list[float] = []  # wall seconds each plan's scoring (`finish`) took
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MoesimError(f"unknown placement method {unknown[0]!r}", f"choose from {', '.join(METHODS)} or all")
@@ -169,6 +176,7 @@ def place(
     tokens = [stats.token_sample(i, sample, rng) for i in range(layers)] if "ilp" in methods or options.cost else []
 
     def finish(method: str, p2l: np.ndarray, info: dict[str, Any]) -> None:
+        t_score = time.monotonic()
         bad = duplicate_slots(p2l, num_gpus)
         assert not bad, f"{method} put two replicas of expert {bad[0][2]} on GPU {bad[0][1]} in layer {bad[0][0]}"
         kept = {k: v for k, v in info.items() if k not in TIMING_KEYS}  # the plan file: same inputs, same bytes
@@ -191,45 +199,58 @@ def place(
         if current is not None and expert_bytes:
             m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
         out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1), lt)
+        scoring_s.append(time.monotonic() - t_score)
 
     if "round-robin" in methods:
         t0 = time.perf_counter()
         p2l = round_robin(layers, n, slots)
         p2l = np.stack([repack_no_duplicates(p2l[i], stats.counts[i], num_gpus, gpus_per_node) for i in range(layers)])
         finish("round-robin", p2l, {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic"})
-    greedy = None
+    packed = None
     if "eplb" in methods or "ilp" in methods:
         t0 = time.perf_counter()
         greedy = rebalance_experts(stats.counts, slots, num_groups, num_gpus // gpus_per_node, num_gpus)[0]
         policy = eplb_policy(n, num_groups, num_gpus // gpus_per_node)
+        # EPLB's replica counts and nodes, repacked so no GPU holds two replicas of one expert (the ILP's baseline
+        # too: its layers then find nothing to repack)
+        packed = np.stack(
+            [repack_no_duplicates(greedy[i], stats.counts[i], num_gpus, gpus_per_node) for i in range(layers)]
+        )
         if "eplb" in methods:
-            # EPLB's replica counts and nodes, repacked so no GPU holds two replicas of one expert
-            packed = np.stack(
-                [repack_no_duplicates(greedy[i], stats.counts[i], num_gpus, gpus_per_node) for i in range(layers)]
-            )
             info = {"solve_s": time.perf_counter() - t0, "gap": None, "status": "heuristic", "policy": policy}
             finish("eplb", packed, {**info, "layers_repacked": int((packed != greedy).any(axis=1).sum())})
     if "ilp" in methods:
-        assert greedy is not None
-        rng = np.random.default_rng(options.seed)
-        tokens = [stats.token_sample(i, sample, rng) for i in range(layers)]
+        assert packed is not None
         t0 = time.perf_counter()
-        # the time limit covers the whole call: what the steps before the ILP took comes off its budget
-        budget = replace(options, time_limit=max(0.05, options.time_limit - (time.perf_counter() - t_call)))
+        # the time limit covers the whole call: what the steps before the ILP took comes off its time, and so does
+        # the scoring of its plan after it (`finish`: as long as the slowest plan scored so far took, the same work
+        # on a plan of the same shape; with none scored yet, a tenth of the time left: on the DeepSeek-V3 benchmark
+        # shapes scoring took 0.3-0.8 s of 5-30 s)
+        left = end - time.monotonic()
+        solve_end = end - (max(scoring_s) if scoring_s else 0.1 * max(left, 0.0))
         res = solve(
             stats.counts,
             slots,
             num_gpus,
             gpus_per_node,
             tokens,
-            greedy,
-            budget,
+            packed,
+            options,
             None if current is None else current.phys_to_log,
             progress=None if progress is None else lambda i, k: progress("ilp", i, k),
+            deadline=solve_end,
         )
         p2l = np.stack([r.phys_to_log for r in res])
         trans = stats.transition_counts() if options.affinity else None
         if trans is not None:  # cross-layer affinity: GPUs relabelled, every layer's time unchanged
             p2l = relabel(p2l, trans, num_gpus, gpus_per_node)
-        finish("ilp", p2l, {"solve_s": time.perf_counter() - t0, **_ilp_report(res, options), "solver": options.solver})
+        info = {"solve_s": time.perf_counter() - t0, **_ilp_report(res, options), "solver": options.solver}
+        e = out.get("eplb")
+        if e is not None and np.array_equal(p2l, e.plan.phys_to_log):  # every layer kept EPLB's plan: its scores
+            kept = {k: v for k, v in info.items() if k not in TIMING_KEYS}
+            plan = PlacementPlan(p2l, method="ilp", info=kept, **common)
+            scores = {k: v for k, v in e.metrics.items() if k not in info and k not in ("policy", "layers_repacked")}
+            out["ilp"] = PlacementResult("ilp", plan, {**scores, **info}, e.layer_max_load, e.layer_time_s)
+        else:
+            finish("ilp", p2l, info)
     return out

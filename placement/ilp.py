@@ -84,21 +84,19 @@ def solve_layer(
 ) -> LayerResult:
     """Place one layer: loads ``w`` [N], token expert sets ``tokens`` [T, k], the greedy ``baseline`` [S]
     it must not lose to, an optional ``current`` plan [S]; returns the plan [S] with its solver reports."""
-    t0 = time.perf_counter()
+    t0_mono = time.monotonic()
     n = w.size
     nodes = num_gpus // gpus_per_node
     per_gpu = num_slots // num_gpus
     # the baseline as moesim writes it: EPLB's replica counts and nodes, never two replicas of one expert on a GPU
     baseline = repack_no_duplicates(baseline, w, num_gpus, gpus_per_node)
     cur_gpu = None if current is None else _incidence(current, n, num_gpus)
-    greedy = _greedy_global(w, num_slots, num_gpus)
-    if not _no_duplicates(greedy, num_gpus):  # EPLB may stack two replicas on a GPU; repack for a valid start
-        cnt = dhondt_counts(w, num_slots, num_gpus)
-        greedy = _pack_within(w, cnt, cnt[:, None], num_gpus, num_slots // num_gpus)
     stages: list[StageReport] = []
+    end = t0_mono + time_limit
 
     def left() -> float:
-        return time_limit - (time.perf_counter() - t0)
+        """Wall seconds left to the layer's cap (a stage gets what is left, its model's build included)."""
+        return end - time.monotonic()
 
     def out_of_time() -> LayerResult:
         """The layer's cap ran out before a stage could start: the baseline, reported as cut by the clock."""
@@ -108,19 +106,22 @@ def solve_layer(
 
     if left() <= 0:
         return out_of_time()
+    greedy = _greedy_global(w, num_slots, num_gpus)
+    if not _no_duplicates(greedy, num_gpus):  # EPLB may stack two replicas on a GPU; repack for a valid start
+        cnt = dhondt_counts(w, num_slots, num_gpus)
+        greedy = _pack_within(w, cnt, cnt[:, None], num_gpus, num_slots // num_gpus)
     if opts.cost is not None and nodes > 1:
-        found = _physical_search(w, greedy, baseline, num_gpus, gpus_per_node, tokens, opts, current, left())
-        if found is None:
-            return out_of_time()
-        slots, rep = found
+        slots, rep = _physical_search(w, greedy, baseline, num_gpus, gpus_per_node, tokens, opts, current, left())
         stages.append(rep)
     elif nodes == 1 and n * num_gpus <= opts.exact_max_vars:
         start = _incidence(greedy, n, num_gpus)
         # without a current plan: the exact enumeration (one or two slots per GPU, `placement.exact`), else the MIP
         found = None if cur_gpu is not None else exact_one_node(w, num_slots, num_gpus, opts)
         if found is None and cur_gpu is None:
-            found = _pattern_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()))
-        slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, max(0.05, left()), cur_gpu)
+            found = _pattern_stage(w, num_slots, num_gpus, start, opts, left())
+        if found is None and left() <= 0:
+            return out_of_time()
+        slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, left(), cur_gpu)
         stages.append(rep)
     else:
         r = np.bincount(greedy, minlength=n)
@@ -157,7 +158,7 @@ def solve_layer(
             start = _incidence(_pack_within(w, r, a, gpus_per_node, per_gpu), n, num_gpus)
         if left() <= 0:
             return out_of_time()
-        slots, rep = _gpu_stage(w, r, a, gpus_per_node, per_gpu, start, opts, max(0.05, left()), cur_gpu, nic_s)
+        slots, rep = _gpu_stage(w, r, a, gpus_per_node, per_gpu, start, opts, left(), cur_gpu, nic_s)
         stages.append(rep)
     p2l = slots.reshape(-1)
     if current is not None:  # the fewest copies for the same layer time (`affinity.align`)
@@ -189,9 +190,10 @@ def _physical_search(
     opts: IlpOptions,
     current: np.ndarray | None = None,
     seconds: float = float("inf"),
-) -> tuple[np.ndarray, StageReport] | None:
-    """Multi-node layer under the physical objective: slots per GPU [G, S/G] and a "search" report; None when the
-    wall-clock cap ``seconds`` ran out during the search (the caller keeps the baseline).
+) -> tuple[np.ndarray, StageReport]:
+    """Multi-node layer under the physical objective: slots per GPU [G, S/G] and a "search" report, or a "time
+    limit" one when the wall-clock cap ``seconds`` ran out: then the steps left are skipped and the best candidate
+    so far (EPLB's plan among them) is kept, a plan that may differ from run to run.
 
     The node MIP's root LP alone takes seconds per layer on the DeepSeek-V3 shape (96 sampled tokens x 8 nodes
     of ``h`` terms), more than a 30 s budget leaves 58 layers on two cores, and cutting it by the clock is not
@@ -207,7 +209,11 @@ def _physical_search(
     nodes unchanged, so the NIC term is too). Deterministic: every cut-off is a count.
     """
     t0 = time.perf_counter()
-    cut = False
+    end = time.monotonic() + seconds
+
+    def late() -> bool:
+        return time.monotonic() >= end
+
     n = w.size
     nodes = num_gpus // gpn
     per_gpu = greedy.size // num_gpus
@@ -215,56 +221,53 @@ def _physical_search(
     weight = _start_weight(w, r, nodes, gpn, opts)
     sample = tokens[: opts.token_sample]
     search = tokens[: opts.search_tokens]  # what the swap searches price; every candidate is scored on all tokens
-    starts = [
-        _incidence(greedy, n, nodes),
-        _structured(w, r, nodes, gpn, _incidence(baseline, n, nodes)),
-        _clustered(w, r, nodes, gpn, sample),
-    ]
     # 15 swaps per start (a count, not seconds: the plan is the same on any machine); the greedy start as it is
-    # (measured on the DeepSeek-V3 shape, its swaps rarely pay for their time)
-    starts = starts[:1] + [improve_nodes(a, w, r, sample, weight, 15, seconds=max(0.0, seconds)) for a in starts[1:]]
-    if time.perf_counter() - t0 >= seconds:
-        return None
+    # (measured on the DeepSeek-V3 shape, its swaps rarely pay for their time); a start the clock cuts keeps the
+    # swaps made
+    starts = [_incidence(greedy, n, nodes)]
+    for a in (_structured(w, r, nodes, gpn, _incidence(baseline, n, nodes)), _clustered(w, r, nodes, gpn, sample)):
+        if late():
+            break
+        starts.append(improve_nodes(a, w, r, sample, weight, 15, seconds=max(0.0, end - time.monotonic())))
     plans = [_pack_within(w, r, a, gpn, per_gpu) for a in starts] + [baseline]
+    eplb = len(starts)  # EPLB's plan: a candidate, so the plan kept never loses to it on the tokens compared
     if current is not None and _no_duplicates(current, num_gpus):  # staying put: a candidate when moving costs
         plans.append(current)
     if current is not None:  # GPUs renumbered to keep the most of the current plan (layer time unchanged)
         plans = [align(p, current, num_gpus, gpn) for p in plans]
     check = _unsearched(tokens, opts)  # candidates are compared on tokens the swap searches did not price
     times = [_objective(p, w, num_gpus, nodes, check, opts, current)[0] for p in plans]
+
+    def add(p: np.ndarray, realign: bool = True) -> None:
+        """A candidate plan [S] and its time on ``check`` (GPUs renumbered against ``current``: a new packing)."""
+        plans.append(p if current is None or not realign else align(p, current, num_gpus, gpn))
+        times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
+
     if opts.cost is not None and opts.nic_passes > 0:
         # the busiest node's NIC sets the layer time under group-limited routing (`placement.nicsearch`): swap out
         # of it, from the best plan so far and from EPLB's nodes, over the first ``search_tokens`` tokens given;
-        # counts, not seconds
-        for p in dict.fromkeys((int(np.argmin(times)), len(starts))):
+        # counts, not seconds (the clock only cuts a search short: the swaps made are kept, the layer reported cut)
+        for p in dict.fromkeys((int(np.argmin(times)), eplb)):
+            if late():
+                break
             rp = np.bincount(plans[p], minlength=n)
             a = nic_search(_incidence(plans[p], n, nodes), w, rp, search, gpn, opts.cost, opts.nic_passes,
-                           seconds=seconds - (time.perf_counter() - t0))  # fmt: skip
-            if a is None:
-                return None
-            plans.append(_pack_within(w, rp, a, gpn, per_gpu))
-            if current is not None:
-                plans[-1] = align(plans[-1], current, num_gpus, gpn)
-            times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
-    if opts.cost is not None and opts.swap_passes > 0:
+                           seconds=end - time.monotonic())  # fmt: skip
+            add(_pack_within(w, rp, a, gpn, per_gpu))
+    if opts.cost is not None and opts.swap_passes > 0 and not late():
         # every pair of replicas between the busiest node and another, priced exactly in closed form
         # (`nicsearch.pair_swap_search`), from the best plan so far; counts, not seconds (from the second best too,
-        # the 32-GPU benchmark case gained 0.1% at 1.6x the time); a search the clock stops leaves the best plan so
-        # far (never worse than EPLB's), reported as cut
+        # the 32-GPU benchmark case gained 0.1% at 1.6x the time)
         p = plans[int(np.argmin(times))]
         rp = np.bincount(p, minlength=n)
         a = pair_swap_search(_incidence(p, n, nodes), w, rp, search, gpn, opts.cost, opts.swap_passes,
-                             seconds=seconds - (time.perf_counter() - t0))  # fmt: skip
-        cut = a is None
-        if a is not None:
-            plans.append(_pack_within(w, rp, a, gpn, per_gpu))
-            if current is not None:
-                plans[-1] = align(plans[-1], current, num_gpus, gpn)
-            times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
-    if opts.cost is not None and opts.gpu_passes > 0:  # the slowest GPU's GEMM within its node (NIC unchanged)
-        p = plans[int(np.argmin(times))]
-        plans.append(polish_gpus(p, w, gpn, num_gpus, opts.cost, opts.gpu_passes))
-        times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
+                             seconds=end - time.monotonic())  # fmt: skip
+        add(_pack_within(w, rp, a, gpn, per_gpu))
+    if opts.cost is not None and opts.gpu_passes > 0 and not late():
+        # the slowest GPU's GEMM within its node (NIC unchanged)
+        add(polish_gpus(plans[int(np.argmin(times))], w, gpn, num_gpus, opts.cost, opts.gpu_passes,
+                        seconds=end - time.monotonic()), realign=False)  # fmt: skip
+    cut = late()
     best = plans[int(np.argmin(times))]
     status = "time limit" if cut else "search"
     obj = _objective(best, w, num_gpus, nodes, tokens, opts, current)[0]
@@ -412,19 +415,35 @@ def _pack_within(w: np.ndarray, r: np.ndarray, a: np.ndarray, gpn: int, per_gpu:
     return np.array(out, np.int64).reshape(-1)
 
 
-def _layer_cap(deadline: float, share: float, left_after: float, hard: float) -> float:
-    """Wall seconds a layer may use: its share of the time limit plus what earlier layers left unused (the time to
-    ``deadline``, a ``time.monotonic()`` instant, less ``left_after`` seconds kept for the layers after it), never
-    past ``hard`` (the instant the whole solve must end: a layer that starts after it returns the baseline)."""
-    return min(hard - time.monotonic(), max(share, deadline - time.monotonic() - left_after))
+def _layer_cap(end: float, share: float, left_after: float) -> float:
+    """Wall seconds a layer may use: what is left to ``end`` (a ``time.monotonic()`` instant) less ``left_after``
+    seconds kept for the layers queued after it on its worker, at least its ``share`` of the time, and never past
+    ``end`` itself (a layer that starts after it keeps EPLB's plan)."""
+    now = time.monotonic()
+    return min(end - now, max(share, end - now - left_after))
+
+
+#: Share of its fair share of the time each layer queued later is guaranteed (`solve`): a layer runs until its
+#: search's counts stop it as long as that keeps half a share for every later layer, so a slow layer early is not
+#: cut while the call ends far inside its limit (at a whole share kept, 2 of 58 layers of the 32-GPU DeepSeek-V3
+#: case were cut at load 4 with 15 of 26 s used), and a layer squeezed to half a share still keeps most of its gain
+#: (the search keeps its swaps when cut: two 64-GPU DeepSeek-V3 layers cut at 0.05 s were 20.0% and 24.8% under
+#: EPLB's time, uncut 23.4% and 26.5%; g23, 2026-12-05).
+KEEP_SHARE = 0.5
 
 
 def _solve_one(args: tuple) -> LayerResult:
     """One layer in a worker process (or in this one): ``args`` is solve_layer's arguments, the time limit given as
-    (deadline, share, seconds kept for later layers, hard end); fd 1 points at stderr while it runs."""
-    *head, (deadline, share, left_after, hard), current = args
+    (end instant, share, seconds kept for later layers); fd 1 points at stderr while it runs."""
+    *head, (end, share, left_after), current = args
     with stdout_to_stderr():
-        return solve_layer(*head, _layer_cap(deadline, share, left_after, hard), current)
+        return solve_layer(*head, _layer_cap(end, share, left_after), current)
+
+
+#: Wall seconds a layer's result takes after its cap (its final scoring on all the tokens given, the pickling back):
+#: 5-36 ms over the cap measured on 64-GPU DeepSeek-V3 layers (4,096 tokens; g23, 2026-12-05), so 50 ms are kept
+#: off the end every layer's cap is bound by.
+RESULT_S = 0.05
 
 
 def solve(
@@ -437,9 +456,15 @@ def solve(
     opts: IlpOptions = IlpOptions(),
     current: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> list[LayerResult]:
     """Solve every layer, in parallel processes; the same plans for any ``workers`` (results in layer order, no
     cut-off that depends on the process count) unless the time limit stops a solve.
+
+    The wall clock: every layer ends by ``deadline`` (a ``time.monotonic()`` instant; default ``opts.time_limit``
+    seconds from now). The time left is shared: each layer gets what is left less `KEEP_SHARE` of a share of the
+    worker-seconds for each layer queued after it on its worker, and at least its share; inside a layer each stage
+    gets what is left (`solve_layer`).
 
     Args:
         weight: [L, N] expert loads.
@@ -450,14 +475,15 @@ def solve(
         opts: time limit, gap, weights.
         current: optional [L, S] plan in place now (for migration cost).
         progress: called with (layers done, layers) as layers finish.
+        deadline: the ``time.monotonic()`` instant by which every layer's result is back.
     """
     layers, n = weight.shape
     check_shape(n, num_slots, num_gpus, num_gpus // gpus_per_node)
     workers = max(1, min(opts.workers or os.cpu_count() or 1, layers))
     # the time limit is a safety cap: each layer gets its share, plus whatever the layers before it left unused
-    per_layer = max(0.05, opts.time_limit * workers / layers * 0.8)
-    deadline = time.monotonic() + 0.8 * opts.time_limit
-    hard = time.monotonic() + 0.85 * opts.time_limit  # the rest: worker start-up, results, the caller's metrics
+    now = time.monotonic()
+    end = (now + opts.time_limit if deadline is None else deadline) - RESULT_S
+    per_layer = max(0.0, end - now) * workers / layers
     jobs = [
         (
             weight[i],
@@ -467,13 +493,13 @@ def solve(
             token_sets[i],
             baseline[i],
             opts,
-            (deadline, per_layer, per_layer * ((layers - 1 - i) // workers), hard),
+            (end, per_layer, KEEP_SHARE * per_layer * ((layers - 1 - i) // workers)),
             None if current is None else current[i],
         )
         for i in range(layers)
     ]
     out: list[LayerResult] = []
-    if workers == 1:
+    if workers == 1 or end <= time.monotonic():  # no time left: every layer keeps EPLB's plan, no processes started
         for i, job in enumerate(jobs):
             out.append(_solve_one(job))
             if progress:

@@ -33,9 +33,12 @@ class IlpOptions:
     """Knobs of the placement ILP.
 
     Attributes:
-        time_limit: wall seconds for the whole solve (all layers), a safety cap: a MIP solve it stops reports
-            status "time limit" and its plan may differ between runs (the cut-off depends on the machine's speed
-            and load); a solve that ends before it (optimal, or at ``work_limit``) is reproducible.
+        time_limit: wall seconds for the whole `placement.api.place` call (every method, the scoring, all layers;
+            the CLI counts it from the command's start), a safety cap: each layer gets its share of what is left
+            and each stage of a layer what the layer has left, the model's build included; a solve or search it
+            stops reports status "time limit", keeps its best plan so far (never worse than EPLB's) and may differ
+            between runs (the cut-off depends on the machine's speed and load); a solve that ends before it
+            (optimal, or at ``work_limit``) is reproducible.
         work_limit: branch-and-bound nodes per MIP solve (HiGHS' ``mip_max_nodes``, CBC's ``maxNodes``), the
             deterministic cut-off of the search: a solve it stops reports status "work limit".
         max_candidates: candidate GPU patterns the exact one-node pattern model may enumerate; beyond it the
@@ -240,15 +243,22 @@ class _WarmHiGHS(pulp.HiGHS):
 
 
 def _solve(prob: pulp.LpProblem, opts: IlpOptions, time_limit: float) -> StageReport:
-    """Solve ``prob`` with at most ``opts.work_limit`` branch-and-bound nodes and ``time_limit`` wall seconds."""
+    """Solve ``prob`` with at most ``opts.work_limit`` branch-and-bound nodes and ``time_limit`` wall seconds.
+
+    With no time left (``time_limit`` <= 0: building the model used it up) the solver is not started: the
+    variables keep their warm start (every stage sets one) and the report says "time limit"."""
     t0 = time.perf_counter()
     nodes = 0
+    if time_limit <= 0:
+        obj = pulp.value(prob.objective)
+        return StageReport("time limit", math.nan if obj is None else float(obj), math.nan, math.nan, 0.0)
+    warm = [(v, v.varValue) for v in prob.variables()]  # the stage's start, kept if the clock stops the solver first
     if opts.solver == "highs" and highspy is not None:
         solver = _WarmHiGHS(
             random_seed=opts.seed % 2**31,
             max_nodes=opts.work_limit,
             msg=False,
-            timeLimit=max(time_limit, 0.05),
+            timeLimit=time_limit,
             gapRel=opts.mip_gap,
             threads=1,
         )
@@ -277,6 +287,11 @@ def _solve(prob: pulp.LpProblem, opts: IlpOptions, time_limit: float) -> StageRe
         obj = pulp.value(prob.objective)
         bound, gap = (obj, 0.0) if status == "optimal" else (math.nan, math.nan)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        if status == "time limit" and all(x is not None for _, x in warm):  # stopped before it took the start
+            for v, x in warm:
+                v.varValue = x
+            obj = pulp.value(prob.objective)
+            return StageReport(status, float(obj), math.nan, math.nan, time.perf_counter() - t0, int(nodes))
         raise MoesimError(f"placement ILP found no feasible plan ({status})", "check slots, GPUs and redundancy")
     if status == "optimal":
         gap = max(gap, 0.0) if math.isfinite(gap) else 0.0

@@ -1,11 +1,15 @@
 """The ILP stages of one layer: the one-node exact model, the multi-node node/GPU stages, the pattern model.
 
 Loads ``w`` [N] per expert; placements ``p2l`` [S] map slots to experts (S/G consecutive slots per GPU).
+A stage's ``time_limit`` (wall seconds) counts from the stage's start: building the PuLP model comes off what
+HiGHS gets, and a stage whose build used it all returns its warm start, reported as "time limit"
+(`ilp_solver._solve`).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pulp
@@ -79,6 +83,7 @@ def _node_stage(
     current: np.ndarray | None,
 ) -> tuple[np.ndarray, StageReport]:
     """Replicas per node a [N, nodes] (start: a warm start of the same shape)."""
+    end = time.monotonic() + time_limit  # building the model comes off the solver's seconds
     n = w.size
     per_node = int(r.sum()) // nodes
     gemm, nvl = _units(w, r, opts, nodes * gpn)
@@ -136,7 +141,7 @@ def _node_stage(
     mn.varValue = float(max((start[:, k] * gemm).sum() for k in range(nodes))) / gpn
     ta0 = 0.0 if nvl is None else float(max((start[:, k] * nvl).sum() for k in range(nodes))) / gpn
     ta.varValue = max(ta0, float(nic0.max())) if physical else ta0
-    rep = _solve(prob, opts, time_limit)
+    rep = _solve(prob, opts, end - time.monotonic())
     out = np.array([[round(_val(a[e, k])) for k in range(nodes)] for e in range(n)], np.int64)
     return out, rep
 
@@ -155,6 +160,7 @@ def _gpu_stage(
 ) -> tuple[np.ndarray, StageReport]:
     """Slots of each GPU [G, per_gpu] given replicas per node a [N, nodes]; ``nic_s``: the busiest node's NIC
     seconds, fixed by ``a`` (physical objective: dispatch + combine >= it)."""
+    end = time.monotonic() + time_limit  # building the model comes off the solver's seconds
     n, nodes = a.shape
     g_all = nodes * gpn
     gemm, nvl = _units(w, r, opts, g_all)
@@ -184,7 +190,7 @@ def _gpu_stage(
         m.varValue = float(max((start[:, g] * gemm).sum() for g in range(g_all)))
         ta0 = 0.0 if nvl is None else float(max((start[:, g] * nvl).sum() for g in range(g_all)))
         ta.varValue = max(ta0, float(nic_s)) if nvl is not None else 0.0
-    rep = _solve(prob, opts, time_limit)
+    rep = _solve(prob, opts, end - time.monotonic())
     slots = [[e for e in range(n) if (e, g) in x and _val(x[e, g]) > 0.5] for g in range(g_all)]
     return np.array(slots, np.int64), rep
 
@@ -204,6 +210,7 @@ def _exact_stage(
     sum_g x[e,g,c] = c z[e,c] and GPU g's load sum_{e,c} w_e/c x[e,g,c] is linear without big-M terms. GPUs are
     interchangeable, so their loads are ordered (symmetry breaking).
     """
+    end = time.monotonic() + time_limit  # building the model comes off the solver's seconds
     n = w.size
     per_gpu = num_slots // num_gpus
     cs = range(1, min(num_gpus, num_slots - n + 1) + 1)
@@ -253,7 +260,7 @@ def _exact_stage(
     m.varValue = float(max((start[:, g] * per_rep).sum() for g in range(num_gpus)))
     nv = np.zeros(n) if nu is None else np.array([float(nu[e, int(cnt[e]) - 1]) for e in range(n)])
     ta.varValue = float(max((start[:, g] * nv).sum() for g in range(num_gpus)))
-    rep = _solve(prob, opts, time_limit)
+    rep = _solve(prob, opts, end - time.monotonic())
     slots = [[e for e in range(n) if any(_val(x[e, g, c]) > 0.5 for c in cs)] for g in range(num_gpus)]
     return np.array(slots, np.int64), rep
 
@@ -275,8 +282,10 @@ def _pattern_stage(
     Returns None when there are more than ``max_patterns`` patterns, or more than ``opts.max_candidates``
     candidates to enumerate (the candidates grow as C(experts x replica counts, slots per GPU), and when few pass
     the load bound the pattern cap alone never stops the enumeration). Both cut-offs are counts, so whether the
-    stage runs never depends on the machine's speed.
+    stage runs never depends on the machine's speed, unless the wall clock ``time_limit`` runs out during the
+    enumeration: then also None, and the caller keeps EPLB's plan, reported as cut by the clock.
     """
+    end = time.monotonic() + time_limit  # building the model comes off the solver's seconds
     from itertools import combinations
 
     n = w.size
@@ -294,7 +303,9 @@ def _pattern_stage(
     pats = []
     if math.comb(len(items), per_gpu) > opts.max_candidates:
         return None
-    for combo in combinations(range(len(items)), per_gpu):
+    for seen, combo in enumerate(combinations(range(len(items)), per_gpu)):
+        if seen % 4096 == 4095 and time.monotonic() >= end:  # the clock ran out while enumerating: the caller's cut
+            return None
         es = {items[i][0] for i in combo}
         load = sum(items[i][2] for i in combo)
         link = sum(items[i][3] for i in combo)
@@ -336,7 +347,7 @@ def _pattern_stage(
     for (e, c), v in z.items():
         v.varValue = float(cnt[e] == c)
     m.varValue, ta.varValue = m0, t0
-    rep = _solve(prob, opts, time_limit)
+    rep = _solve(prob, opts, end - time.monotonic())
     slots = []
     for p, (combo, _, _) in enumerate(pats):
         slots += [[items[i][0] for i in combo]] * round(_val(y[p]))

@@ -117,10 +117,17 @@ def cross_layer_locality(plan: PlacementPlan, stats: RoutingStats) -> float | No
     if trans is None or plan.num_layers < 2:
         return None
     same = total = 0.0
-    fr = [gpu_fractions(row, plan.num_experts, plan.num_gpus) for row in plan.phys_to_log]
+    # a transition e -> f is on one GPU with probability sum_g fr_l[e, g] fr_l+1[f, g] (fr: share of the expert's
+    # replicas on g), summed here over the pairs of slots of each GPU: a gather, not a BLAS product (OpenBLAS's
+    # threads, spinning beside the ILP's worker processes on a loaded machine, took seconds for it)
+    slots = plan.phys_to_log.reshape(plan.num_layers, plan.num_gpus, -1)
+    share = np.stack([1.0 / np.bincount(row, minlength=plan.num_experts)[row] for row in plan.phys_to_log])
+    share = share.reshape(slots.shape)
     for layer in range(plan.num_layers - 1):
         t = trans[layer]
-        same += float(np.sum(t * (fr[layer] @ fr[layer + 1].T)))
+        a, b = slots[layer], slots[layer + 1]
+        pair = share[layer][:, :, None] * share[layer + 1][:, None, :]
+        same += float(np.sum(t[a[:, :, None], b[:, None, :]] * pair))
         total += float(t.sum())
     return same / total if total else None
 

@@ -50,10 +50,11 @@ def nic_search(
     passes: int = 100,
     width: int = 8,
     seconds: float = float("inf"),
-) -> np.ndarray | None:
+) -> np.ndarray:
     """Replicas per node [N, nodes] after at most ``passes`` improving swaps (``width`` x ``width`` candidates each)
-    out of the busiest node; ``a`` is not changed. None when the wall-clock cap ``seconds`` ran out (a safety cap:
-    the caller then keeps the baseline, so a plan returned never depends on the clock)."""
+    out of the busiest node; ``a`` is not changed. The wall-clock cap ``seconds`` is a safety cap: when it runs out
+    the swaps made so far are returned (each one lowers the score), and the caller, seeing its deadline passed,
+    reports the layer as cut by the clock (a plan that may differ from run to run)."""
     t0 = time.perf_counter()
     a = a.copy()
     n, nodes = a.shape
@@ -82,7 +83,7 @@ def nic_search(
     t_count = idx.shape[0]
     for _ in range(passes):
         if time.perf_counter() - t0 > seconds:
-            return None
+            break
         h = int(np.argmax(hits))
         on_h = np.flatnonzero(a[:, h] > 0)
         frac_h = np.append(a[:, h] / r, 0.0)
@@ -136,7 +137,7 @@ def pair_swap_search(
     cost: LayerCost,
     passes: int = 200,
     seconds: float = float("inf"),
-) -> np.ndarray | None:
+) -> np.ndarray:
     """Replicas per node [N, nodes] after at most ``passes`` improving swaps of one replica of expert e on node h
     with one of expert f on node c, h the node of most inbound tokens (or of most GEMM), every pair scored exactly.
 
@@ -151,8 +152,8 @@ def pair_swap_search(
     nodes still counts; a swap is taken only when that score falls and the slowest terms do not rise. Never more
     replicas of an expert on a node than it has GPUs. Deterministic: cut-offs are counts, ties go to the lowest
     indices. Shapes: ``a`` [N, nodes], ``w``, ``r`` [N], ``tokens`` [T, k] (-1 padded); ``a`` is not changed.
-    None when the wall-clock cap ``seconds`` ran out (a safety cap: the caller then keeps its best plan so far and
-    reports the layer as cut by the clock, so a plan returned never depends on the clock).
+    When the wall-clock cap ``seconds`` runs out, the swaps made so far (a safety cap: the caller, seeing its
+    deadline passed, reports the layer as cut by the clock).
     """
     t0 = time.perf_counter()
     a = a.copy()
@@ -180,7 +181,7 @@ def pair_swap_search(
         hits[k], move[k], both[k] = _hit_terms(a[:, k], *sample)
     for _ in range(passes):
         if time.perf_counter() - t0 > seconds:
-            return None
+            break
         gl, vl = a.T @ gemm, a.T @ nvl
         nic = hits * nic_per_share
         link = np.maximum(nic, vl)
@@ -262,7 +263,13 @@ def _norm8(v: np.ndarray) -> float:
 
 
 def polish_gpus(
-    p2l: np.ndarray, w: np.ndarray, gpn: int, num_gpus: int, cost: LayerCost, passes: int = 200
+    p2l: np.ndarray,
+    w: np.ndarray,
+    gpn: int,
+    num_gpus: int,
+    cost: LayerCost,
+    passes: int = 200,
+    seconds: float = float("inf"),
 ) -> np.ndarray:
     """A plan [S] with the slowest GPU's grouped GEMM lowered by swapping two replicas between it and another GPU of
     its node (nodes keep their replicas, so the NIC term is unchanged), at most ``passes`` swaps.
@@ -270,13 +277,17 @@ def polish_gpus(
     `_pack_within` packs each node heaviest replica first, which leaves its slowest GPU above the node's mean; each
     pass takes the slowest GPU and makes the swap with one of its node's GPUs that lowers the larger of the two the
     most, never putting two replicas of one expert on a GPU; it stops when the slowest GPU cannot be lowered.
-    Deterministic (ties to the lowest indices). ``p2l`` is not changed."""
+    Deterministic (ties to the lowest indices). ``p2l`` is not changed. ``seconds``: a wall-clock safety cap, the
+    swaps made when it runs out are kept (as in `nic_search`)."""
+    t0 = time.perf_counter()
     n = w.size
     r = np.bincount(p2l, minlength=n)
     slots = p2l.reshape(num_gpus, -1).copy()
     per = replica_gemm_s(pairs_per_expert(w, cost, num_gpus) / np.maximum(r, 1), cost)
     load = per[slots].sum(axis=1)
     for _ in range(passes):
+        if time.perf_counter() - t0 > seconds:
+            break
         g = int(np.argmax(load))
         best = (load[g] * (1 - 1e-12), None)
         for h in range(g // gpn * gpn, (g // gpn + 1) * gpn):
