@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -132,12 +131,9 @@ def bench(scenarios: list[Path], before: dict[str, Any] | None = None) -> tuple[
 
 def write_section(text: str, path: Path) -> None:
     """Put ``text`` into ``path`` in place of an earlier section 27 (or at the end)."""
-    old = path.read_text() if path.is_file() else "# moesim benchmark results\n"
-    pattern = re.compile(r"^## 27\. .*?(?=^## \d+\. |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _m: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    from benchmarks.serving_validation import replace_section
+
+    replace_section(path, 27, text)
 
 
 if __name__ == "__main__":

@@ -205,14 +205,20 @@ def bench_serving_validation(quick: bool = False) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
-def write_section(text: str, path: Path) -> None:
-    """Put ``text`` into ``path`` in place of an earlier section 12 (or at the end)."""
+def replace_section(path: Path, number: int, text: str) -> None:
+    """Put ``text`` into ``path`` in place of an earlier section ``number`` of RESULTS.md (or at the end), written
+    through a temporary file."""
     old = path.read_text() if path.is_file() else "# moesim benchmark results\n"
-    pattern = re.compile(r"^## 12\. .*?(?=^## \d+\. |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {number}\. .*?(?=^## \d+\. |\Z)", re.S | re.M)
     new = pattern.sub(lambda _m: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     tmp = path.with_suffix(".tmp")
     tmp.write_text(new)
     tmp.replace(path)
+
+
+def write_section(text: str, path: Path) -> None:
+    """Put ``text`` into ``path`` in place of an earlier section 12 (or at the end)."""
+    replace_section(path, 12, text)
 
 
 if __name__ == "__main__":

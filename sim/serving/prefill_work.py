@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -146,13 +145,6 @@ def prefill_queue(rate: float, service_s: np.ndarray, t_decode: float) -> tuple[
     if rho >= 1.0:
         return math.inf, rho
     return rate * float(np.mean(s * s)) / (2 * (1 - rho)) + (1 - rho) * t_decode / 2, rho
-
-
-def describe(work: PrefillWork | None) -> dict[str, Any]:
-    """A summary of ``work`` for the result's notes (chunks and seconds per request)."""
-    if work is None:
-        return {}
-    return {"prefill_chunks_mean": work.mean_n, "prefill_extra_mean_s": work.mean_x, "prefill_batch": work.b}
 
 
 def decode_spans(
