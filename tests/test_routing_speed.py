@@ -42,7 +42,7 @@ def test_normal_cdf_in_place_is_the_textbook_formula_bit_for_bit():
 def test_expected_max_normal_matches_a_fine_grid(gpus):
     rng = np.random.default_rng(gpus)
     worst_new, worst_old = 0.0, 0.0
-    for _ in range(40):
+    for _ in range(40 if gpus <= 32 else 8):  # the 40,001-point truth at 256 GPUs costs ~0.5 s a draw
         mean = rng.uniform(0, 100, gpus) * rng.choice([0.0, 0.01, 1.0])
         std = rng.uniform(0.01, 10, gpus) * rng.choice([0.01, 1.0])
         truth = _emn_grid(mean, std, 40001)
