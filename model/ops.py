@@ -128,6 +128,20 @@ def moe_block_m(tokens: float, local_experts: int) -> int:
     return 16 if tokens <= local_experts else 64
 
 
+def moe_align_kernels(pairs: float, local_experts: float) -> int:
+    """Launches of vLLM's ``moe_align_block_size`` for ``pairs`` (token, expert) pairs over ``local_experts``
+    experts: its small-batch kernel (one launch) while pairs < 1024 and experts <= 64, else two
+    (vllm-project/vllm@csrc/moe/moe_align_sum_kernels.cu)."""
+    return 2 if pairs >= 1024 or local_experts > 64 else 1
+
+
+def fused_moe_kernels(pairs: float, local_experts: float, *, reduce: bool) -> int:
+    """Launches of `fused_moe_parts` at ``pairs`` pairs over ``local_experts`` experts: the alignment, two
+    grouped GEMMs, the activation, and ``moe_sum`` when ``reduce``. The kernel count of a routed-experts op must
+    follow its pairs: the achievable cost model splits an op into these kernels only when the counts agree."""
+    return moe_align_kernels(pairs, local_experts) + 3 + (1 if reduce else 0)
+
+
 def fused_moe_parts(
     tokens: float,
     pairs: float,
@@ -166,13 +180,13 @@ def fused_moe_parts(
             per activation; dtype: the GEMMs' peak.
     """
     block = moe_block_m(tokens, local_experts)
-    big = pairs >= 1024 or local_experts > 64
     padded = pairs + local_experts * (block - 1)
     ops = [
         memory_op(
             "moe_align", "moe_align", "", 1, flops=0.0, read=4.0 * pairs,
             written=4.0 * (padded + padded / block + local_experts + 1), dtype="int32",
-            shape={"pairs": pairs, "experts": local_experts, "block_m": block}, kernels=2 if big else 1,
+            shape={"pairs": pairs, "experts": local_experts, "block_m": block},
+            kernels=moe_align_kernels(pairs, local_experts),
         ),
         Op(
             "gate_up", "grouped_gemm", "", 1, flops=2.0 * pairs * hidden * 2 * width,
@@ -266,7 +280,6 @@ def _fused_moe_totals(
     them: the same expressions added in the same order (bit for bit: tests/test_routing_iid.py), for the sweeps,
     which rebuild the routed experts at every new token count."""
     block = moe_block_m(tokens, local_experts)
-    big = pairs >= 1024 or local_experts > 64
     padded = pairs + local_experts * (block - 1)
     f_up, f_act, f_down = 2.0 * pairs * hidden * 2 * width, float(5.0 * pairs * width), 2.0 * pairs * width * hidden
     f_down += pairs * hidden
@@ -277,7 +290,7 @@ def _fused_moe_totals(
     flops = 0 + 0.0 + f_up + f_act + f_down
     weight = 0 + 0.0 + active * hidden * 2 * width * w_bytes + 0.0 + active * width * hidden * w_bytes
     act = 0 + a_align + a_up + a_act + a_down
-    kernels = (2 if big else 1) + 3
+    kernels = fused_moe_kernels(pairs, local_experts, reduce=False)
     if reduce:
         flops += float(pairs * hidden)
         weight += 0.0

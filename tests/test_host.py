@@ -171,9 +171,11 @@ def test_eager_step_pays_one_launch_per_kernel() -> None:
     est = timer.estimate(__import__("moesim.model", fromlist=["Batch"]).Batch(tuple(new), tuple(cached), "decode"))
     assert c.launches == kernel_launches(est.ops) > 100 and c.graphs == 0 and c.padded_batch == 30
     assert c.launch_cpu_s == pytest.approx(c.launches * prof.host["launch_s"])
-    assert c.scheduler_cpu_s == pytest.approx(prof.host["scheduler_base_s"] + 30 * prof.host["scheduler_per_seq_s"])
-    assert c.prepare_cpu_s == pytest.approx(prof.host["prepare_base_s"] + 30 * prof.host["prepare_per_token_s"])
-    assert c.sampling_cpu_s == pytest.approx(prof.host["sampling_base_s"] + 30 * prof.host["sampling_per_seq_s"])
+    # DP attention over 8 ranks, each its own scheduler: the busiest rank's ceil(30 / 8) = 4 sequences and tokens
+    assert timer.host_shape(30, 30) == (4, 4)
+    assert c.scheduler_cpu_s == pytest.approx(prof.host["scheduler_base_s"] + 4 * prof.host["scheduler_per_seq_s"])
+    assert c.prepare_cpu_s == pytest.approx(prof.host["prepare_base_s"] + 4 * prof.host["prepare_per_token_s"])
+    assert c.sampling_cpu_s == pytest.approx(prof.host["sampling_base_s"] + 4 * prof.host["sampling_per_seq_s"])
     # no overlap: scheduler, prepare and sampling add; the forward is the launch pipeline, between
     # max(GPU, launches) and their sum
     serial = EngineProfile(**{**prof.__dict__, "overlap": False})
@@ -206,9 +208,11 @@ def test_decode_graph_runs_padded_and_replays_once() -> None:
     assert c.flops > unpadded.flops and c.compute_s + c.comm_s > unpadded.duration_s
     sampled = timer.sample(new, cached)
     assert sampled.padded_batch == 32 and sampled.pairs == 32 * 2 * 32  # dummies are routed: 32 tokens x top-2 x L
-    # beyond the largest capture size: eager, unpadded
-    big = timer.expected(np.ones(600, np.int64), np.full(600, 100, np.int64))
-    assert big.padded_batch == 600 and big.graphs == 0 and big.launches > 0
+    # 30 sequences over 8 DP ranks: each rank replays the busiest rank's (4 sequences) capture size, 4
+    assert timer._padded((30, 30, "decode")) == 8 * prof.padded_batch(4) == 32
+    # beyond the largest capture size on a rank (600 each): eager, unpadded
+    big = timer.expected(np.ones(8 * 600, np.int64), np.full(8 * 600, 100, np.int64))
+    assert big.padded_batch == 8 * 600 and big.graphs == 0 and big.launches > 0
     # prefill of at most 512 tokens: piecewise graphs (layers + 1) with the attention launched eagerly
     pre = timer.expected(np.array([400]), np.array([0]))
     assert pre.graphs == timer.n_layers + 1 and 0 < pre.launches < 200

@@ -173,7 +173,8 @@ def test_sampled_decode_steps_match_the_expected_busiest_gpu():
     "when a step routes fewer pairs than there are GPUs; the DES draws at least one",
 )
 def test_expected_single_sequence_decode_reads_at_least_one_expert_per_layer():
-    built = load(moderate())
+    # TP8 x EP8, one scheduler: with DP attention every rank would replay its batch-1 graph, 8 tokens routed
+    built = load({**moderate(), "layout": {"tp": 8, "ep": 8}})
     pool = built.pools[0]
     timer = make_timer(built, pool, replica_capacity(built, pool), seed=0)
     new, cached = np.ones(1, np.int64), np.array([500])

@@ -268,7 +268,11 @@ class StepArray:
         parts = None if scalar else self.parts(b, ctx, pads, chunk, chunk_ctx)
         if parts is None:
             return t.expected(*_batch(b, ctx, 0, chunk, chunk_ctx))
-        step = (*shape, padded)
+        dp = max(t.layout.dp_attn, 1)
+        # the busiest DP rank's tokens as `_batch` deals them (`steptime.busiest_rank_tokens`): the chunk sits at
+        # index b, with the b // dp decodes of its rank
+        rank = -(-b // dp) if not chunk else max(-(-b // dp), b // dp + chunk)
+        step = (*shape, padded, rank if dp > 1 else b + pads + chunk)
         if self._lean:
             try:
                 cost = self._lean_cost(parts, step)
@@ -287,7 +291,7 @@ class StepArray:
             return ref
         return self._combine(parts, step)
 
-    def _combine(self, parts: np.ndarray, step: tuple[int, int, str, int]) -> StepCost:
+    def _combine(self, parts: np.ndarray, step: tuple) -> StepCost:
         """`StepTimer.expected`'s step from its parts [11] (`StepTimer._combine` on one row)."""
         t = self.timer
         n = max(t.n_moe, 1)
@@ -297,7 +301,7 @@ class StepArray:
             parts[None, :], layers, one, one, np.zeros((1, 1)), np.zeros((1, max(t.layout.ep, 1))), step
         ).cost(0)
 
-    def _lean_cost(self, parts: np.ndarray, step: tuple[int, int, str, int]) -> StepCost:
+    def _lean_cost(self, parts: np.ndarray, step: tuple) -> StepCost:
         """`_combine` of one step in Python floats: the same operations in the same order as `StepTimer._combine`
         and `StepTimer._host_overlap` on a one-row block (IEEE double either way, so the same values), for the
         timers `supported` admits (no two-batch overlap; no host, an ideal one or an overlapping scheduler),
@@ -309,10 +313,11 @@ class StepArray:
         experts = e_total if n == 1 else float(np.add.reduce(self._ones_n * (e_total / n)))
         compute = other + experts - 0.0
         total = other + experts + a2a + comm + 0.0
-        seqs, tokens, phase, padded = step
+        seqs, tokens, phase, padded = step[:4]
         host = _NO_HOST
         prof = t.profile
         if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` (one row, overlapping)
+            seqs, tokens = t.host_shape(seqs, tokens, step[4])  # one DP-attention rank's scheduler
             mode = graph_mode(prof, phase, seqs, tokens)
             key = ("host", seqs, tokens, mode, round(launches), round(att))
             hc = t._memo.get(key)

@@ -65,7 +65,7 @@ from moesim.model.attention_ops import attention_ops
 from moesim.model.cap import utilisation_exact
 from moesim.model.hardware import make_cluster
 from moesim.model.op_record import OpContext
-from moesim.model.ops import Op, decompose, experts_op
+from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels
 from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
 from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
@@ -97,6 +97,15 @@ _A2A_REF_TOKENS = 1024
 #: per-layer routing, 300 requests: 46 s of CPU with the fine grid, 9.7 s with this one
 _TABLE_EXPERT_GRID = (8, 32)
 _N = 11  # parts of a batch (`StepTimer._parts`)
+
+
+def busiest_rank_tokens(new: np.ndarray, dp: int) -> int:
+    """Tokens of the busiest of ``dp`` attention-data-parallel ranks when a batch's sequences (new tokens
+    ``new`` [B]) are dealt round-robin (`model.batch.Batch.split`): ``max_g sum(new[g::dp])``."""
+    new = np.asarray(new)
+    if dp <= 1 or new.size <= 1:
+        return int(new.sum())
+    return int(max(int(new[g::dp].sum()) for g in range(min(dp, new.size))))
 
 
 def _shape(new: np.ndarray, cached: np.ndarray) -> tuple[int, int, str]:
@@ -563,6 +572,10 @@ def expert_op(template: Op, pairs: float, active: float, tokens: float | None = 
     mean = n * s["top_k"] / s["ep"]
     return replace(
         template,
+        # the launches follow the pairs (vLLM's alignment takes two kernels from 1,024 pairs): the template's,
+        # built at one token, would no longer match the op's kernels, and the achievable model would time the
+        # op as one kernel at the peak instead of its grouped GEMMs' tiles
+        kernels=fused_moe_kernels(pairs, s["experts"], reduce=s["ep"] == 1),
         flops=6.0 * pairs * h * w,
         weight_bytes=active * 3.0 * h * w * wb,
         act_bytes=(2.0 * pairs * h + 4.0 * pairs * w) * ab,
@@ -891,8 +904,10 @@ class StepTimer:
         rho = 1.0
         if self.overlap == "two_batch" and new.size >= 2:
             halves = (slice(0, None, 2), slice(1, None, 2))
+            # a micro-batch of a prefill (decode, mixed) step is a prefill (decode, mixed) batch: MLA keeps its form
+            # (plain for prefill, absorbed otherwise) and DeepEP its mode
             half = [
-                self._split(self.estimate(Batch(tuple(new[h].tolist()), tuple(cached[h].tolist())), exact))
+                self._split(self.estimate(Batch(tuple(new[h].tolist()), tuple(cached[h].tolist()), phase), exact))
                 for h in halves
             ]
             if a2a is not None and not exact:  # per-layer routing: each half's experts as the whole's (`_sep_entry`)
@@ -968,7 +983,7 @@ class StepTimer:
         rho = 1.0
         if halves and self.overlap == "two_batch" and new.size >= 2:
             cut = (slice(0, None, 2), slice(1, None, 2))
-            parts = [self._fast_parts(new[h], cached[h], "mixed", halves=False) for h in cut]
+            parts = [self._fast_parts(new[h], cached[h], phase, halves=False) for h in cut]  # the step's phase
             whole_s = out[0] + out[3]
             rho = sum(h[0] + h[3] for h in parts) / whole_s if whole_s > 0 else 1.0
             launches, attention = 2 * launches, 2 * attention
@@ -1160,6 +1175,7 @@ class StepTimer:
         new, cached = np.asarray(new), np.asarray(cached)
         shape = _shape(new, cached)
         padded = self._padded(shape)
+        rank = busiest_rank_tokens(new, self.layout.dp_attn)
         if padded > new.size:  # a decode graph replay: the GPU runs the capture size, dummies hold no cache
             extra = padded - new.size
             new = np.concatenate([new, np.ones(extra, new.dtype)])
@@ -1180,15 +1196,34 @@ class StepTimer:
             np.zeros(1),
             np.zeros((1, 1)),
             np.zeros((1, max(self.layout.ep, 1))),
-            (*shape, padded),
+            (*shape, padded, rank),
         ).cost(0)
 
     def _padded(self, shape: tuple[int, int, str]) -> int:
-        """Sequences the GPU runs: the capture size of a decode graph replay, else the batch's sequences."""
+        """Sequences the replica runs: the capture size of a decode graph replay, else the batch's sequences.
+
+        With attention data-parallel over ``dp_attn`` ranks every rank replays the graph of the busiest rank's
+        sequences (SGLang pads each DP rank to the largest rank's batch so that the ranks' collectives match;
+        sequences are dealt round-robin, so that is ``ceil(seqs / dp_attn)``): ``dp_attn`` times its capture size.
+        """
         seqs, _, phase = shape
         if self.profile is None or phase != "decode":
             return seqs
-        return self.profile.padded_batch(seqs) or seqs
+        dp = max(self.layout.dp_attn, 1)
+        rank = -(-seqs // dp)
+        return dp * self.profile.padded_batch(rank) if self.profile.padded_batch(rank) else seqs
+
+    def host_shape(self, seqs: int, tokens: int, rank_tokens: int | None = None) -> tuple[int, int]:
+        """(sequences, tokens) one scheduler handles in a step of the replica's ``seqs`` and ``tokens``: with
+        attention data-parallel over ``dp_attn`` ranks each rank runs its own scheduler, input preparation,
+        sampler and launches on its own CPU process (SGLang's DP attention, vLLM's data-parallel engine cores),
+        in parallel, so a step's host time is the busiest rank's: ``ceil(seqs / dp_attn)`` sequences (dealt
+        round-robin) and ``rank_tokens`` tokens (`busiest_rank_tokens`; None: ``ceil(tokens / dp_attn)``); the
+        replica's own without DP attention."""
+        dp = max(self.layout.dp_attn, 1)
+        if dp == 1:
+            return seqs, tokens
+        return -(-seqs // dp), (-(-tokens // dp) if rank_tokens is None else int(rank_tokens))
 
     def sample(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
         """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches."""
@@ -1208,7 +1243,7 @@ class StepTimer:
         k = cached.shape[0]
         shape = _shape(new, cached[0])
         padded = self._padded(shape)
-        step = (*shape, padded)
+        step = (*shape, padded, busiest_rank_tokens(new, self.layout.dp_attn))
         if new.size and int(new.max()) == 1:
             # a graph replay runs ``padded`` sequences: the dummies hold one token of cache each
             parts = self.decode_parts(padded, (cached + 1).sum(axis=1) + (padded - new.size))
@@ -1290,10 +1325,11 @@ class StepTimer:
         fetch: np.ndarray,
         extras: np.ndarray,
         wait: np.ndarray,
-        step: tuple[int, int, str, int] = (0, 0, "decode", 0),
+        step: tuple = (0, 0, "decode", 0),
     ) -> StepBlock:
         """Steps from their parts [k, _N], per-layer expert times [k, L], stragglers [k], fetches [k], and
-        ``step`` = (sequences, tokens, phase, padded sequences) for the host time."""
+        ``step`` = (sequences, tokens, phase, padded sequences[, the busiest DP rank's tokens]) for the host
+        time."""
         other, a2a, comm, rho, nbytes, flops = (
             parts[:, 0],
             parts[:, 1],
@@ -1323,11 +1359,12 @@ class StepTimer:
         k = len(total)
         pairs = extras[:, 0] if extras.shape[1] > 1 else np.zeros(k)
         dropped = extras[:, 1] if extras.shape[1] > 1 else np.zeros(k)
-        seqs, tokens, phase, padded = step
+        seqs, tokens, phase, padded = step[:4]
         zero = np.zeros(k)
         host = dict.fromkeys(_BLOCK_FIELDS[9:], zero)
         if self.profile is not None and not self.profile.ideal:
-            host = self._host_block(total, seqs, tokens, phase, parts[:, 7:])
+            rank = self.host_shape(seqs, tokens, step[4] if len(step) > 4 else None)  # one DP rank's scheduler
+            host = self._host_block(total, *rank, phase, parts[:, 7:])
             total = host.pop("duration_s")
         return StepBlock(
             duration_s=np.asarray(total, float),
