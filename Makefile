@@ -43,7 +43,7 @@ demo: $(VENV)/.installed-report
 	$(BIN)/moesim demo --out $(REPORT)
 
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 dashboard: $(VENV)/.installed-dashboard
 	$(BIN)/moesim dashboard

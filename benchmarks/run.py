@@ -20,10 +20,11 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 11. the dashboard's first render per page (`benchmarks/dashboard.py`);
 12. serving against real vLLM runs, before and after ``moesim fit-engine`` (`benchmarks/serving_validation.py`).
 
-Sections 13-20 of RESULTS.md come from standalone scripts, not run here: `benchmarks/skew.py`,
-`benchmarks/kernel_identity.py`, `benchmarks/transfer.py`, `benchmarks/alltoall.py`, `benchmarks/train_memory.py`
-(and the Llama-4 rows of section 1, the kernel tables of `profiling/data/cpu-epyc-train`, the trace-import coverage
-of tests/test_trace_import.py).
+Sections 13-28 of RESULTS.md come from standalone scripts, not run here: `benchmarks/skew.py`,
+`benchmarks/kernel_identity.py`, `benchmarks/transfer.py`, `benchmarks/alltoall.py`, `benchmarks/train_memory.py`,
+`benchmarks/des_speed.py`, `benchmarks/drift.py`, `benchmarks/achievable.py`, `benchmarks/engines.py` (27) and
+`benchmarks/moe_published.py` (28) (and the Llama-4 rows of section 1, the kernel tables of
+`profiling/data/cpu-epyc-train`, the trace-import coverage of tests/test_trace_import.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,7 +51,7 @@ from benchmarks.calibration import (  # noqa: E402
 )
 from benchmarks.dashboard import bench_dashboard  # noqa: E402
 from benchmarks.placement import bench_placement  # noqa: E402
-from benchmarks.serving_validation import bench_serving_validation  # noqa: E402
+from benchmarks.serving_validation import bench_serving_validation, replace_section  # noqa: E402
 from benchmarks.sweep import bench_sweep  # noqa: E402
 from benchmarks.training import bench_training  # noqa: E402
 from moesim.model import (  # noqa: E402
@@ -316,16 +318,21 @@ def main() -> None:
         sections.append(text)
         log(f"{name}: {time.perf_counter() - t0:.1f} s")
     cpu = local_cpu().name
-    head = [
-        "# moesim benchmark results",
-        "",
-        f"Written by `make bench` ({'--quick' if args.quick else 'full'}) on "
+    stamp = (
+        f"Sections 1-12 written by `make bench` ({'--quick' if args.quick else 'full'}) on "
         f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {cpu}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}.",
-        "",
-    ]
+        f"Python {platform.python_version()}. The other sections come from the standalone scripts named in them."
+    )
+    # each section in place of its earlier text; the sections the standalone scripts wrote are kept
+    if not args.out.is_file():
+        args.out.write_text(f"# moesim benchmark results\n\n{stamp}\n")
+    for text in sections:
+        number = int(re.match(r"## (\d+)\.", text.lstrip()).group(1))
+        replace_section(args.out, number, text)
+    old = args.out.read_text()
+    _, _, rest = old.partition("\n## ")
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(head + sections))
+    tmp.write_text(f"# moesim benchmark results\n\n{stamp}\n\n## {rest}" if rest else old)
     tmp.replace(args.out)
     log(f"wrote {args.out}")
 
