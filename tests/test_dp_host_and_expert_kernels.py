@@ -20,7 +20,7 @@ from moesim.model.layout import Layout
 from moesim.model.ops import experts_op, fused_moe_kernels, fused_moe_parts
 from moesim.sim.serving.host import EngineProfile, engine_profile
 from moesim.sim.serving.scenario import EngineSpec
-from moesim.sim.serving.steptime import StepTimer, expert_op
+from moesim.sim.serving.steptime import StepTimer, busiest_rank_tokens, expert_op
 
 DS = load_model("deepseek-v3")
 H100 = make_cluster(get_gpu("H100-SXM"), gpus_per_node=8, nodes=4)
@@ -80,3 +80,12 @@ def test_des_expert_op_is_timed_as_its_kernels() -> None:
     n = 32 * 4
     new, cached = np.full(n, 4096), np.zeros(n, np.int64)
     assert t.sample(new, cached).duration_s == pytest.approx(t.expected(new, cached).duration_s, rel=0.02)
+
+
+def test_busiest_rank_tokens_is_the_round_robin_deal() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n, dp = int(rng.integers(1, 80)), int(rng.integers(1, 40))
+        new = rng.integers(1, 500, n) if rng.random() < 0.5 else np.ones(n, np.int64)
+        deal = [int(new[g::dp].sum()) for g in range(min(dp, n))]
+        assert busiest_rank_tokens(new, dp) == (int(new.sum()) if dp <= 1 else max(deal))

@@ -105,7 +105,13 @@ def busiest_rank_tokens(new: np.ndarray, dp: int) -> int:
     new = np.asarray(new)
     if dp <= 1 or new.size <= 1:
         return int(new.sum())
-    return int(max(int(new[g::dp].sum()) for g in range(min(dp, new.size))))
+    if new.size <= dp:
+        return int(new.max())
+    if int(new.max()) == 1:  # a decode step: one token per sequence
+        return -(-int(new.size) // dp)
+    padded = np.zeros(-(-new.size // dp) * dp, np.int64)
+    padded[: new.size] = new
+    return int(padded.reshape(-1, dp).sum(axis=0).max())
 
 
 def _shape(new: np.ndarray, cached: np.ndarray) -> tuple[int, int, str]:
