@@ -158,6 +158,10 @@ def simulate(
         lines.append(f"overloaded: {s['overload_reason']}")
     if s["cost_model"] == "roofline":
         lines.append(ROOFLINE_NOTE)
+    if s.get("checked_against"):
+        from moesim.sim.fidelity import check_line
+
+        lines.append(check_line(s["checked_against"]))
     for line in lines:
         out.print(line)
     if out_dir:

@@ -121,5 +121,9 @@ def _print_summary(s: dict, out_dir: Path | None) -> None:
     )
     if s["cost_model"] == "roofline":
         out.print(ROOFLINE_NOTE)
+    if s.get("checked_against"):
+        from moesim.sim.fidelity import check_line
+
+        out.print(check_line(s["checked_against"]))
     if out_dir:
         out.print(f"wrote {out_dir}/ (summary.json, tasks.parquet, memory.csv, schedule.png, breakdown.png)")

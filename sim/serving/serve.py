@@ -143,6 +143,13 @@ def cost_model_name(cost_model: CostModel | None) -> str:
     return "roofline" if cost_model is None else str(getattr(cost_model, "name", type(cost_model).__name__))
 
 
+def _checked(built: Built, cost_model: str) -> dict[str, Any]:
+    """How far off predictions of this kind were against real runs (`sim.fidelity.serving_check`)."""
+    from moesim.sim.fidelity import serving_check
+
+    return serving_check(built.model.is_moe, max(p.layout.ep for p in built.pools), cost_model)
+
+
 def run(
     scenario: str | Path | Scenario | dict,
     engine: str = "des",
@@ -160,6 +167,7 @@ def run(
         summary = analyse(built, seed)
         summary["cost_provenance"] = cost_provenance(built)  # which kernel timed each op, from which table
         summary["cost_model"] = cost_model_name(built.cost_model)
+        summary["checked_against"] = _checked(built, summary["cost_model"])
         return ServeResult(summary, built)
     if engine != "des":
         raise MoesimError(f"unknown engine '{engine}'", "use --engine des or --engine analytical")
@@ -169,6 +177,7 @@ def run(
     lengths = (float(req["input_tokens"].mean()), float(req["output_tokens"].mean())) if len(req) else None
     summary["cost_provenance"] = cost_provenance(built, mean_running(res.steps), lengths)
     summary["cost_model"] = cost_model_name(built.cost_model)
+    summary["checked_against"] = _checked(built, summary["cost_model"])
     return ServeResult(summary, built, res.requests, res.steps, res.kv_transfers, res.itl, res)
 
 

@@ -84,6 +84,7 @@ from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import GIB, make_cluster
 from moesim.model.ops import decompose
+from moesim.sim.fidelity import training_check
 from moesim.sim.training.pipeline import PipelineRun, StageCost, TaskRecord, combined_1f1b, run_pipeline, schedule
 from moesim.sim.training.train_cost import (
     UnitCosts,
@@ -521,6 +522,8 @@ def _summary(
         "usd_per_btok": gpu_s_per_tok * 1e9 * per_s,
         "cost_basis": basis,
         "cost_model": getattr(cm, "name", type(cm).__name__),
+        # how far off predictions of this kind were against published runs (`sim.fidelity`)
+        "checked_against": training_check(getattr(cm, "name", None)),
         # how each backward and fp8-cast kernel was timed: its own table, or the assumed ratio (`train_cost`)
         "kernel_sources": uc.kernel_sources or {},
     }

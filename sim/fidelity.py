@@ -1,0 +1,107 @@
+"""How far off moesim's predictions of a kind have been where they were checked against real runs.
+
+Each figure comes from a section of ``benchmarks/RESULTS.md`` (measured there, with the command that reproduces it)
+and is copied here so that a summary can say it next to the prediction (``checked_against`` in ``moesim simulate``
+and ``moesim train`` summaries); ``tests/test_fidelity.py`` checks that the two agree. A prediction of a kind no real
+run has checked says so rather than borrowing another kind's figure.
+
+Kinds:
+
+- serving, dense models (no expert parallelism to speak of): 38 real vLLM v0.15.1 runs of dense models
+  (``../shared/data/vllm-e2e-dense``), section 12, leave-model-out cross-validation of the analytical engine:
+  median and P90 of |predicted / measured - 1| of mean E2E, TTFT and ITL, by cost model;
+- serving, MoE models with expert parallelism: SGLang's published DeepSeek-V3 throughput on H100 (prefill EP32,
+  decode EP72), section 28: the range of predicted / published tokens/s per node, by cost model;
+- training: nine published MoE training runs with stated layouts, section 8: predicted / reported throughput,
+  with the committed H100 kernel tables (calibrated).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Section 12 (rerun 2026-12-05): leave-model-out CV, analytical engine; metric -> (median, P90) of |error|.
+SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
+    "achievable": {"e2e": (0.025, 0.142), "ttft": (0.035, 0.200), "itl": (0.046, 0.153)},
+    "calibrated": {"e2e": (0.083, 0.144), "ttft": (0.045, 0.226), "itl": (0.061, 0.136)},
+    "roofline": {"e2e": (0.288, 0.412), "ttft": (0.153, 0.417), "itl": (0.297, 0.438)},
+}
+#: Section 28 (2026-12-05): predicted / published tokens/s per node, (lowest, highest) over its five cases.
+SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.29, 1.53), "roofline": (1.62, 2.43)}
+#: Section 8 (2026-12-05): predicted / reported throughput of nine runs with the calibrated H100 tables.
+TRAINING: dict[str, Any] = {
+    "lowest": 0.97,
+    "median": 1.32,
+    "highest": 1.56,
+    "runs": 9,
+    "within_15pct": 2,
+    "pairs": "6/9",
+}
+
+
+def cost_model_class(name: str | None) -> str:
+    """``roofline``, ``achievable`` or ``calibrated`` for a summary's ``cost_model`` name (a calibration's name
+    starts with ``calibrated``; None: the roofline)."""
+    if not name or name == "roofline":
+        return "roofline"
+    if name.startswith("achievable"):
+        return "achievable"
+    return "calibrated"
+
+
+def serving_check(is_moe: bool, ep: int, cost_model: str | None) -> dict[str, Any]:
+    """What real runs say about a serving prediction of this kind: ``reference`` (the runs), ``section`` (of
+    benchmarks/RESULTS.md), ``cost_model`` (the class the figure is for) and the figure (``abs_error``: metric ->
+    [median, P90] of |predicted / measured - 1|; or ``predicted_over_measured``: [lowest, highest]), with ``note``
+    saying which way it errs; ``reference`` None where no real run of this kind was checked."""
+    cls = cost_model_class(cost_model)
+    if not is_moe:
+        return {
+            "reference": "38 real vLLM v0.15.1 runs of dense models (vllm-e2e-dense), each model left out of the fit",
+            "section": 12,
+            "cost_model": cls,
+            "abs_error": {k: list(v) for k, v in SERVING_DENSE[cls].items()},
+            "note": "a lower bound, too fast" if cls == "roofline" else "median / P90 of |predicted/measured - 1|",
+        }
+    if ep > 1 and cls in SERVING_MOE_EP:
+        lo, hi = SERVING_MOE_EP[cls]
+        return {
+            "reference": "SGLang's published DeepSeek-V3 runs on H100 (prefill EP32, decode EP72)",
+            "section": 28,
+            "cost_model": cls,
+            "predicted_over_measured": [lo, hi],
+            "note": f"optimistic: throughput predicted {lo:.2f}-{hi:.2f}x the published",
+        }
+    why = "with this cost model" if ep > 1 else "without expert parallelism"
+    return {"reference": None, "section": None, "cost_model": cls, "note": f"no real MoE run checked {why}"}
+
+
+def training_check(cost_model: str | None) -> dict[str, Any]:
+    """What the published training runs (section 8) say about a training prediction with this cost model."""
+    cls = cost_model_class(cost_model)
+    if cls != "calibrated":
+        return {"reference": None, "section": 8, "cost_model": cls, "note": "checked with the H100 kernel tables only"}
+    t = TRAINING
+    return {
+        "reference": f"{t['runs']} published MoE training runs with stated layouts (DeepSeek-V3, Mixtral, Qwen3)",
+        "section": 8,
+        "cost_model": cls,
+        "predicted_over_measured": [t["lowest"], t["highest"]],
+        "median": t["median"],
+        "note": f"mostly optimistic: median {t['median']:.2f}x the reported throughput, {t['within_15pct']} of "
+        f"{t['runs']} within 15%, {t['pairs']} same-model pairs ranked as reported",
+    }
+
+
+def check_line(check: dict[str, Any]) -> str:
+    """One line for a report: ``checked against ...`` or ``not checked against real runs ...``."""
+    if check.get("reference") is None:
+        return f"not checked against real runs: {check['note']} (benchmarks/RESULTS.md)"
+    if "abs_error" in check:
+        e = check["abs_error"]
+        figs = ", ".join(f"{k.upper()} {e[k][0]:.0%} / {e[k][1]:.0%}" for k in ("e2e", "ttft", "itl"))
+        return (
+            f"checked against {check['reference']} ({check['cost_model']}): median / P90 error {figs}; "
+            f"{check['note']} (benchmarks/RESULTS.md section {check['section']})"
+        )
+    return f"checked against {check['reference']}: {check['note']} (benchmarks/RESULTS.md section {check['section']})"

@@ -1,0 +1,86 @@
+"""The figures `sim.fidelity` states next to each prediction are those of benchmarks/RESULTS.md, and each kind of
+prediction names its own reference (or none)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from moesim.sim.fidelity import (
+    SERVING_DENSE,
+    SERVING_MOE_EP,
+    TRAINING,
+    check_line,
+    cost_model_class,
+    serving_check,
+    training_check,
+)
+from moesim.sim.serving.serve import run
+
+RESULTS = (Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md").read_text()
+
+
+def _section(n: int) -> str:
+    m = re.search(rf"^## {n}\. .*?(?=^## \d+\. |\Z)", RESULTS, re.S | re.M)
+    assert m, f"section {n}"
+    return m.group(0)
+
+
+@pytest.mark.parametrize("cls", ["achievable", "calibrated", "roofline"])
+def test_dense_serving_figures_are_section_12s(cls: str) -> None:
+    row = next(ln for ln in _section(12).splitlines() if ln.startswith(f"| {cls}: fit-engine leave-model-out CV"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    for metric, cell in zip(("e2e", "ttft", "itl"), cells[2:5], strict=True):
+        med, p90 = (float(x.rstrip("%")) / 100 for x in cell.split(" / "))
+        assert SERVING_DENSE[cls][metric] == pytest.approx((med, p90), abs=5e-4), (cls, metric)
+
+
+@pytest.mark.parametrize("cls", ["achievable", "roofline"])
+def test_moe_serving_figures_are_section_28s(cls: str) -> None:
+    ratios = [float(r.split("|")[6]) for r in _section(28).splitlines() if r.startswith("| ") and f"| {cls} |" in r]
+    assert len(ratios) == 5
+    assert SERVING_MOE_EP[cls] == (min(ratios), max(ratios))
+
+
+def test_training_figures_are_section_8s() -> None:
+    s = _section(8)
+    m = re.search(r"Within \+-15%: (\d+) of (\d+) runs; median ratio (\d+\.\d+)", s)
+    assert m and (int(m.group(1)), int(m.group(2)), float(m.group(3))) == (
+        TRAINING["within_15pct"],
+        TRAINING["runs"],
+        TRAINING["median"],
+    )
+    table = s.split("| run | source | reported |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    ratios = [float(re.match(r"\d+\.\d+", row.split("|")[5].strip()).group(0)) for row in table]
+    assert len(ratios) == TRAINING["runs"]
+    assert (min(ratios), max(ratios)) == (TRAINING["lowest"], TRAINING["highest"])
+    done, total = TRAINING["pairs"].split("/")
+    assert f"{done} of {total} pairs ranked as reported" in s
+
+
+def test_each_kind_names_its_reference() -> None:
+    assert cost_model_class(None) == "roofline" and cost_model_class("calibrated:x") == "calibrated"
+    assert cost_model_class("achievable") == "achievable"
+    dense = serving_check(False, 1, "achievable")
+    assert dense["section"] == 12 and dense["abs_error"]["itl"] == list(SERVING_DENSE["achievable"]["itl"])
+    moe = serving_check(True, 32, "roofline")
+    assert moe["section"] == 28 and moe["predicted_over_measured"] == list(SERVING_MOE_EP["roofline"])
+    for unchecked in (serving_check(True, 1, "achievable"), serving_check(True, 8, "calibrated:h100")):
+        assert unchecked["reference"] is None and check_line(unchecked).startswith("not checked")
+    assert training_check("calibrated:full-bf16")["median"] == TRAINING["median"]
+    assert training_check("roofline")["reference"] is None
+    assert "section 12" in check_line(dense) and "section 28" in check_line(moe)
+
+
+def test_simulate_summary_says_how_far_off() -> None:
+    sc = {
+        "model": "mixtral-8x7b",
+        "cluster": "dgx-h100",
+        "layout": {"tp": 1, "dp_attn": 8, "ep": 8},
+        "workload": {"rate": 2, "requests": 20, "input": 128, "output": 16},
+        "cost_model": "achievable",
+    }
+    s = run(sc, "analytical").summary
+    assert s["checked_against"]["section"] == 28 and s["checked_against"]["cost_model"] == "achievable"
