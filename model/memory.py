@@ -234,6 +234,7 @@ def estimate_memory(
     batch: Batch | None = None,
     activation_bytes: float = 0.0,
     mem_fraction: float = DEFAULT_MEM_FRACTION,
+    expert_slots: int | None = None,
 ) -> MemoryEstimate:
     """Weights, KV cache and activations on the fullest GPU against ``mem_fraction`` of its memory.
 
@@ -243,9 +244,16 @@ def estimate_memory(
             busiest group's share); None: weights only.
         activation_bytes: the step's peak activation bytes (from the op model).
         mem_fraction: usable share of device memory.
+        expert_slots: routed-expert slots per MoE layer over the expert-parallel group when a placement adds
+            redundant experts (SGLang's ``--ep-num-redundant-experts``: 256 experts in 288 slots); each slot holds
+            a whole expert's weights, so a GPU holds ``expert_slots / ep`` experts, not ``experts / ep``. None: one
+            slot per expert.
     """
     p = precision or Precision()
     per_stage = weight_bytes_per_gpu(model, layout, p)
+    if expert_slots and model.moe is not None and expert_slots != model.moe.num_experts:
+        scale = expert_slots / model.moe.num_experts
+        per_stage = [{k: v * scale if k == "routed_experts" else v for k, v in st.items()} for st in per_stage]
     stages = layout.stage_layers(model)
     s = max(range(len(per_stage)), key=lambda i: sum(per_stage[i].values()))
     weights = sum(per_stage[s].values())

@@ -89,3 +89,39 @@ def test_busiest_rank_tokens_is_the_round_robin_deal() -> None:
         new = rng.integers(1, 500, n) if rng.random() < 0.5 else np.ones(n, np.int64)
         deal = [int(new[g::dp].sum()) for g in range(min(dp, n))]
         assert busiest_rank_tokens(new, dp) == (int(new.sum()) if dp <= 1 else max(deal))
+
+
+def test_redundant_expert_slots_take_memory(tmp_path) -> None:
+    """256 experts in 288 slots over EP32: each GPU holds 9 experts' weights, not 8 (fewer KV blocks)."""
+    from moesim.model.memory import weight_bytes_per_gpu
+    from moesim.sim.serving.capacity import replica_capacity
+    from moesim.sim.serving.scenario import build, parse_scenario
+
+    layers = DS.num_moe_layers
+    plan = np.tile(np.concatenate([np.arange(256), np.arange(32)]), (layers, 1))
+    np.save(tmp_path / "plan.npy", plan)
+    base = {
+        "model": "deepseek-v3",
+        "gpu": "H100-SXM",
+        "nodes": 4,
+        "gpus_per_node": 8,
+        "precision": {"weights": "fp8_block"},
+        "layout": {"tp": 1, "dp_attn": 32, "ep": 32},
+        "workload": {"rate": 1, "requests": 4, "input": 64, "output": 8},
+    }
+    caps = []
+    for extra in ({}, {"placement": "plan.npy"}):
+        built = build(parse_scenario({**base, **extra}), tmp_path)
+        caps.append(replica_capacity(built, built.pools[0]))
+    routed = weight_bytes_per_gpu(DS, Layout(tp=1, dp_attn=32, ep=32), FP8)[0]["routed_experts"]
+    extra_gib = (caps[1].weight_gib - caps[0].weight_gib) * 2**30
+    assert extra_gib == pytest.approx(routed * 32 / 256, rel=1e-9)  # one more expert per GPU
+    assert caps[1].kv_tokens < caps[0].kv_tokens
+
+
+def test_sweep_memory_constraint_counts_redundant_slots() -> None:
+    from moesim.sim.sweeps.sweep_spec import _fits
+
+    args = ("deepseek-v3", 1, 8, 8, 1, "H200-SXM", "fp8_block", "bf16", 0.9, False)
+    assert _fits(*args) is None  # 256 experts over 8 H200s: about 84 GB of weights each
+    assert _fits(*args, 256) == "memory_fits"  # 512 slots: every GPU holds twice the routed experts

@@ -392,11 +392,24 @@ def _placement(raw: Any) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4096)
-def _fits(model: str, tp: int, ep: int, dp: int, pp: int, gpu: str, weights: str, kv: str, frac: float, off: bool):
-    """None when the weights fit; else the reason."""
+def _fits(
+    model: str,
+    tp: int,
+    ep: int,
+    dp: int,
+    pp: int,
+    gpu: str,
+    weights: str,
+    kv: str,
+    frac: float,
+    off: bool,
+    redundant: int = 0,
+):
+    """None when the weights fit (``redundant`` expert slots' weights included); else the reason."""
     m = load_model(model)
     lay = Layout(tp=tp, ep=ep, dp_attn=dp, pp=pp)
-    mem = estimate_memory(m, lay, get_gpu(gpu), Precision(weights, kv), mem_fraction=frac)
+    slots = m.moe.num_experts + redundant if m.moe is not None and redundant else None
+    mem = estimate_memory(m, lay, get_gpu(gpu), Precision(weights, kv), mem_fraction=frac, expert_slots=slots)
     need = mem.weight_bytes + mem.kv_bytes_per_token * 16
     if off and m.moe is not None:
         need -= mem.weights_by_component.get("routed_experts", 0.0)
@@ -617,7 +630,7 @@ def _point(
     if c.memory_fits and gpu is not None:
         off = bool((sc.get("offload") or {}).get("enabled", False))
         try:
-            fits = _fits(model, *lay_t, gpu, weights, kv, frac, off)
+            fits = _fits(model, *lay_t, gpu, weights, kv, frac, off, placement["redundant"])
         except MoesimError:
             fits = "memory_fits"
         if fits:
