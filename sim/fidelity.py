@@ -96,12 +96,12 @@ def training_check(cost_model: str | None) -> dict[str, Any]:
 def check_line(check: dict[str, Any]) -> str:
     """One line for a report: ``checked against ...`` or ``not checked against real runs ...``."""
     if check.get("reference") is None:
-        return f"not checked against real runs: {check['note']} (benchmarks/RESULTS.md)"
+        return f"Not checked against real runs: {check['note']} (benchmarks/RESULTS.md)"
     if "abs_error" in check:
         e = check["abs_error"]
         figs = ", ".join(f"{k.upper()} {e[k][0]:.0%} / {e[k][1]:.0%}" for k in ("e2e", "ttft", "itl"))
         return (
-            f"checked against {check['reference']} ({check['cost_model']}): median / P90 error {figs}; "
+            f"Checked against {check['reference']} ({check['cost_model']}): median / P90 error {figs}; "
             f"{check['note']} (benchmarks/RESULTS.md section {check['section']})"
         )
-    return f"checked against {check['reference']}: {check['note']} (benchmarks/RESULTS.md section {check['section']})"
+    return f"Checked against {check['reference']}: {check['note']} (benchmarks/RESULTS.md section {check['section']})"

@@ -68,7 +68,7 @@ def test_each_kind_names_its_reference() -> None:
     moe = serving_check(True, 32, "roofline")
     assert moe["section"] == 28 and moe["predicted_over_measured"] == list(SERVING_MOE_EP["roofline"])
     for unchecked in (serving_check(True, 1, "achievable"), serving_check(True, 8, "calibrated:h100")):
-        assert unchecked["reference"] is None and check_line(unchecked).startswith("not checked")
+        assert unchecked["reference"] is None and check_line(unchecked).startswith("Not checked")
     assert training_check("calibrated:full-bf16")["median"] == TRAINING["median"]
     assert training_check("roofline")["reference"] is None
     assert "section 12" in check_line(dense) and "section 28" in check_line(moe)

@@ -75,8 +75,9 @@ def test_collectives_over_gloo():
     ops = {r["op"] for r in rows}
     assert {"all_reduce", "all_gather", "all_to_all"} <= ops | set(skipped)
     assert all(r["time_s"] > 0 and r["gpus"] == 2 and r["impl"] == "gloo" for r in rows)
-    big = {r["op"]: r["time_s"] for r in rows if r["bytes"] == 2**24}
-    small = {r["op"]: r["time_s"] for r in rows if r["bytes"] == 4096}
+    # the fastest repetitions (p10): a median of 3 can be two scheduler stalls when other tests load the CPUs
+    big = {r["op"]: r["time_p10_s"] for r in rows if r["bytes"] == 2**24}
+    small = {r["op"]: r["time_p10_s"] for r in rows if r["bytes"] == 4096}
     assert all(big[op] > small[op] for op in big)
 
 

@@ -21,6 +21,7 @@ from moesim.dashboard.ui import (
     smfu_note,
     smfu_value,
 )
+from moesim.sim.fidelity import check_line
 
 page_header(
     "Scenario",
@@ -172,6 +173,8 @@ if kind == "training":
     if not s["fits"]:
         st.warning(s["memory_verdict"])
     st.caption(f"{s['layout']} on {s['cluster']}; cost model: {s['cost_model']}")
+    if s.get("checked_against"):  # how far off training predictions were against published runs
+        st.caption(check_line(s["checked_against"]))
     st.plotly_chart(sl.training_breakdown_chart(s["breakdown"], s["step_s"]), key="tr_breakdown")
     mem = res["memory"]
     parts = [c for c in mem.columns if c not in ("rank", "total", "inflight_microbatches")]
@@ -230,6 +233,8 @@ if note:
 caption = sl.provenance_caption(s.get("cost_provenance"))
 if caption:
     st.caption(caption)
+if s.get("checked_against"):  # how far off predictions of this kind were against real runs
+    st.caption(check_line(s["checked_against"]))
 slo = mapping.get("slo") or {}
 if engine == "des":
     st.caption(
