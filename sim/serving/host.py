@@ -100,9 +100,10 @@ _SETTINGS = (
     "prefix_caching",
     "stream_chunk_tokens",
     "sampling",
+    "routes_padding",
 )
 #: Settings a profile may leave out, with their default.
-_OPTIONAL_SETTINGS: dict[str, Any] = {"sampling": "greedy"}
+_OPTIONAL_SETTINGS: dict[str, Any] = {"sampling": "greedy", "routes_padding": True}
 #: `EngineProfile.sampling` values: a sampler rule of `model.ops.SAMPLING`, or ``generation_config``.
 SAMPLING_SETTINGS = (*SAMPLING, "generation_config")
 #: The models' generation-config sampling defaults, by moesim preset (package data).
@@ -132,6 +133,10 @@ class EngineProfile:
         stream_chunk_tokens: output tokens the engine hands to its detokeniser at once for a non-streamed request
             (SGLang 50, vLLM 1; 0: all at the end); the client still gets one response, after the last group is
             detokenised (`sim.serving.metrics.client_times`; see the profile's source).
+        routes_padding: the rows a decode graph replay pads (up to its capture size, and on every attention-DP
+            rank up to the busiest rank's) are routed to experts like real tokens (vLLM: they run the whole
+            forward), or masked out of the top-k (SGLang's ``num_token_non_padded``): their attention and dense
+            layers still run, their expert GEMMs and all-to-all traffic do not.
         sampling: how the engine samples a request that sets no sampling parameters: a rule of
             `model.ops.SAMPLING` (``greedy``: moesim's default), or ``generation_config`` (the model's
             generation_config.json defaults, `sampling_rule`).
@@ -155,6 +160,7 @@ class EngineProfile:
     sampling: str = "greedy"
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
+    routes_padding: bool = True
 
     @property
     def ideal(self) -> bool:
@@ -479,6 +485,8 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
     chunk = settings["stream_chunk_tokens"]
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
         raise MoesimError(f"{where}: stream_chunk_tokens {chunk!r}", "give a whole number >= 0 (0: whole output)")
+    if not isinstance(settings["routes_padding"], bool):
+        raise MoesimError(f"{where}: routes_padding {settings['routes_padding']!r}", "give true or false")
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -499,6 +507,7 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
         sampling=str(settings["sampling"]),
         sources=sources,
         path=where,
+        routes_padding=settings["routes_padding"],
     )
 
 

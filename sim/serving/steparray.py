@@ -264,7 +264,8 @@ class StepArray:
         # the scalar path interpolates a decode step of several contexts on its grid (`StepTimer.decode_parts`):
         # that one, and a padded step holding a chunk, stay on it
         uneven = phase == "decode" and not pads and chunk and chunk_ctx != ctx and b
-        scalar = not ENABLED or not self.supported or not seqs or uneven or (pads and chunk)
+        masked = pads and t.moe is not None and not t._routes_padding()  # masked padding: the scalar path splits it
+        scalar = not ENABLED or not self.supported or not seqs or uneven or (pads and chunk) or masked
         parts = None if scalar else self.parts(b, ctx, pads, chunk, chunk_ctx)
         if parts is None:
             return t.expected(*_batch(b, ctx, 0, chunk, chunk_ctx))

@@ -1184,6 +1184,7 @@ class StepTimer:
         rank = busiest_rank_tokens(new, self.layout.dp_attn)
         if padded > new.size:  # a decode graph replay: the GPU runs the capture size, dummies hold no cache
             extra = padded - new.size
+            real_new, real_cached = new, cached
             new = np.concatenate([new, np.ones(extra, new.dtype)])
             cached = np.concatenate([cached, np.zeros(extra, cached.dtype)])
             key = ("padded", np.asarray(cached, np.int64).tobytes())  # exact, as the unpadded analytical step
@@ -1191,6 +1192,11 @@ class StepTimer:
             if hit is None:
                 hit = self._memo[key] = self._compute(new, cached, True)
             parts = hit[None, :]
+            if self.moe is not None and not self._routes_padding():
+                # the padded rows are masked out of the top-k: experts and all-to-all carry the real tokens only
+                real = self._parts(real_new, real_cached, exact=True)
+                parts = parts.copy()
+                parts[0, 1], parts[0, 3] = real[1], real[3]
         else:
             parts = self._parts(new, cached, exact=True)[None, :]
         n = max(self.n_moe, 1)
@@ -1204,6 +1210,10 @@ class StepTimer:
             np.zeros((1, max(self.layout.ep, 1))),
             (*shape, padded, rank),
         ).cost(0)
+
+    def _routes_padding(self) -> bool:
+        """Whether a graph replay's padded rows are routed to experts (`EngineProfile.routes_padding`)."""
+        return self.profile is None or self.profile.routes_padding
 
     def _padded(self, shape: tuple[int, int, str]) -> int:
         """Sequences the replica runs: the capture size of a decode graph replay, else the batch's sequences.
@@ -1253,13 +1263,18 @@ class StepTimer:
         if new.size and int(new.max()) == 1:
             # a graph replay runs ``padded`` sequences: the dummies hold one token of cache each
             parts = self.decode_parts(padded, (cached + 1).sum(axis=1) + (padded - new.size))
+            if padded > new.size and self.moe is not None and not self._routes_padding():
+                # masked out of the top-k: the all-to-all carries the real tokens only
+                parts = parts.copy()
+                parts[:, 1] = self.decode_parts(int(new.size), (cached + 1).sum(axis=1))[:, 1]
         else:
             parts = np.stack([self._parts(new, cached[j]) for j in range(k)])  # [k, _N]
         ep = max(self.layout.ep, 1)
         if self.moe is None:
             z = np.zeros(k)
             return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)), step)
-        tokens = int(new.sum()) + (padded - int(new.size))  # padded dummy tokens are routed too
+        # padded dummy tokens are routed too, unless the engine masks them out of the top-k
+        tokens = int(new.sum()) + ((padded - int(new.size)) if self._routes_padding() else 0)
         slowest, straggler, wait, pairs_total, dropped, fetch = self._route(k, tokens * self.moe.top_k)
         extras = np.stack([pairs_total, dropped, fetch], axis=1)
         return self._combine(parts, slowest, straggler, fetch, extras, wait, step)
