@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from moesim.dashboard.cli import main
 from moesim.model.errors import MoesimError
@@ -229,6 +230,9 @@ def test_fit_recovers_known_host_costs(tmp_path):
     assert "fitted by moesim fit-engine on RUNS.csv (2 runs" in prof.sources["api_per_request_s"]
     # the settings are the base's, its sampler rule included (a fitted vLLM profile keeps the generation config)
     assert prof.sampling == base_profile("vllm").sampling == "generation_config"
+    # and its padded rows' routing: an SGLang fit keeps SGLang's masking
+    sgl = yaml.safe_load(profile_yaml(fit, path, 2, kind="sglang"))
+    assert sgl["settings"]["routes_padding"] is False and base_profile("sglang").routes_padding is False
 
 
 def test_fit_engine_cli_with_cv(tmp_path, capsys):

@@ -338,6 +338,7 @@ def profile_yaml(fit: Fit, runs_path: str | Path, n_runs: int, kind: str = "vllm
         "prefix_caching": base.prefix_caching,
         "stream_chunk_tokens": base.stream_chunk_tokens,
         "sampling": base.sampling,  # the base's sampler rule: a fit must not fall back to greedy
+        "routes_padding": base.routes_padding,  # and its padded rows' routing (SGLang masks them)
     }
     doc = {
         "kind": base.kind,
