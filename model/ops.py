@@ -290,12 +290,11 @@ def _fused_moe_totals(
     flops = 0 + 0.0 + f_up + f_act + f_down
     weight = 0 + 0.0 + active * hidden * 2 * width * w_bytes + 0.0 + active * width * hidden * w_bytes
     act = 0 + a_align + a_up + a_act + a_down
-    kernels = fused_moe_kernels(pairs, local_experts, reduce=False)
+    kernels = fused_moe_kernels(pairs, local_experts, reduce=reduce)
     if reduce:
         flops += float(pairs * hidden)
         weight += 0.0
         act += float(pairs * hidden * a_bytes + tokens * hidden * a_bytes)
-        kernels += 1
     return flops, weight, act, kernels
 
 

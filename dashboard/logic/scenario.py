@@ -143,9 +143,13 @@ def _memory_parts(built: Any, pool: Any) -> dict[str, dict[str, float]]:
     from moesim.sim.serving.capacity import replica_capacity
 
     gpu = pool.cluster.gpu
-    slots = None if built.phys_to_log is None else int(built.phys_to_log.shape[-1])  # redundant experts' weights
     mem = estimate_memory(
-        built.model, pool.layout, gpu, built.precision, mem_fraction=pool.engine.mem_fraction, expert_slots=slots
+        built.model,
+        pool.layout,
+        gpu,
+        built.precision,
+        mem_fraction=pool.engine.mem_fraction,
+        expert_slots=built.expert_slots,  # redundant experts' weights
     )
     parts = {f"weights: {k.replace('_', ' ')}": float(v) for k, v in mem.weights_by_component.items() if v > 0}
     host: dict[str, float] = {}

@@ -76,8 +76,7 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
     m, lay, p, gpu = built.model, pool.layout, built.precision, pool.cluster.gpu
     eng = pool.engine
     probe = Batch.prefill(1, min(eng.max_tokens, 4096))
-    slots = None if built.phys_to_log is None else int(np.shape(built.phys_to_log)[-1])  # redundant experts' weights
-    mem = estimate_memory(m, lay, gpu, p, mem_fraction=eng.mem_fraction, expert_slots=slots)
+    mem = estimate_memory(m, lay, gpu, p, mem_fraction=eng.mem_fraction, expert_slots=built.expert_slots)
     act = 0.0
     try:
         act = max(op.act_bytes for op in StepTimer(m, lay, pool.cluster, p).estimate(probe).ops)

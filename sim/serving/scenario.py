@@ -388,6 +388,12 @@ class Built:
     def gpus(self) -> int:
         return sum(p.gpus for p in self.pools)
 
+    @property
+    def expert_slots(self) -> int | None:
+        """Routed-expert slots per MoE layer of the placement (more than the experts with redundant ones), for
+        `model.memory.estimate_memory`; None without a placement (one slot per expert)."""
+        return None if self.phys_to_log is None else int(np.shape(self.phys_to_log)[-1])
+
 
 def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) -> np.ndarray | None:
     if not sc.placement or model.moe is None:

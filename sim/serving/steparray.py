@@ -273,7 +273,7 @@ class StepArray:
         # the busiest DP rank's tokens as `_batch` deals them (`steptime.busiest_rank_tokens`): the chunk sits at
         # index b, with the b // dp decodes of its rank
         rank = -(-b // dp) if not chunk else max(-(-b // dp), b // dp + chunk)
-        step = (*shape, padded, rank if dp > 1 else b + pads + chunk)
+        step = (*shape, padded, rank)  # `host_shape` reads it only with DP attention
         if self._lean:
             try:
                 cost = self._lean_cost(parts, step)

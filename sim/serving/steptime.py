@@ -1226,8 +1226,8 @@ class StepTimer:
         if self.profile is None or phase != "decode":
             return seqs
         dp = max(self.layout.dp_attn, 1)
-        rank = -(-seqs // dp)
-        return dp * self.profile.padded_batch(rank) if self.profile.padded_batch(rank) else seqs
+        per_rank = self.profile.padded_batch(-(-seqs // dp))
+        return dp * per_rank if per_rank else seqs
 
     def host_shape(self, seqs: int, tokens: int, rank_tokens: int | None = None) -> tuple[int, int]:
         """(sequences, tokens) one scheduler handles in a step of the replica's ``seqs`` and ``tokens``: with
