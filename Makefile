@@ -43,7 +43,8 @@ demo: $(VENV)/.installed-report
 	$(BIN)/moesim demo --out $(REPORT)
 
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 -m 'not wall_clock'
+	$(BIN)/python -m pytest -m wall_clock  # deadline tests, alone on the CPUs
 
 dashboard: $(VENV)/.installed-dashboard
 	$(BIN)/moesim dashboard

@@ -16,6 +16,9 @@ from moesim.placement.ilp_stages import _gpu_stage, _incidence
 from moesim.placement.layertime import layer_cost
 from moesim.placement.synthetic import synthetic_trace
 
+#: Each test asserts a wall-clock limit: `make test` runs them alone, after the parallel run (pyproject markers).
+pytestmark = pytest.mark.wall_clock
+
 #: Seconds over the limit the tests allow besides its 10%: a layer's result after its cap (`ilp.RESULT_S`) and the
 #: scheduler's jitter on a loaded 2-core machine.
 SLACK_S = 0.3

@@ -76,6 +76,7 @@ def test_physical_ilp_never_loses_to_eplb_and_is_deterministic():
     assert not duplicate_slots(a["ilp"].plan.phys_to_log, 16)
 
 
+@pytest.mark.wall_clock  # run alone, after the parallel run (`make test`)
 def test_the_whole_call_keeps_the_time_limit():
     st = synthetic_trace(6, 256, 8, tokens=2048, alpha=1.0, n_group=8, topk_group=4, seed=1)
     limit = 3.0
