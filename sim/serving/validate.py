@@ -111,7 +111,8 @@ import pandas as pd
 from moesim.model import CostModel, inputs
 from moesim.model.errors import MoesimError
 
-#: Hugging Face ids of the reference data's models -> moesim presets.
+#: Hugging Face ids -> moesim presets: every preset under the id its config was read from (model/presets/SOURCES.md,
+#: checked by tests/test_validate_moe.py), plus the Instruct twins whose config.json has the same architecture.
 HF_PRESETS: dict[str, str] = {
     "meta-llama/Llama-2-7b-hf": "llama-2-7b",
     "meta-llama/Llama-2-70b-hf": "llama-2-70b",
@@ -122,6 +123,23 @@ HF_PRESETS: dict[str, str] = {
     "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
     "mistralai/Mistral-Nemo-Instruct-2407": "mistral-nemo-12b",
     "01-ai/Yi-34B": "yi-34b",
+    "meta-llama/Meta-Llama-3-8B": "llama-3-8b",
+    "meta-llama/Meta-Llama-3-70B": "llama-3-70b",
+    "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
+    "mistralai/Mixtral-8x22B-v0.1": "mixtral-8x22b",
+    "mistralai/Mixtral-8x22B-Instruct-v0.1": "mixtral-8x22b",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "deepseek-ai/DeepSeek-V2-Lite": "deepseek-v2-lite",
+    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
+    "Qwen/Qwen3-235B-A22B": "qwen3-235b-a22b",
+    "Qwen/Qwen1.5-MoE-A2.7B": "qwen1.5-moe-a2.7b",
+    "allenai/OLMoE-1B-7B-0924": "olmoe-1b-7b",
+    "databricks/dbrx-base": "dbrx",
+    "databricks/dbrx-instruct": "dbrx",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct": "llama-4-scout",
+    "meta-llama/Llama-4-Maverick-17B-128E-Instruct": "llama-4-maverick",
 }
 
 #: GPU names of the reference data -> moesim GPU keys (model/presets/gpus.yaml); the study's figures spec lists
