@@ -16,7 +16,11 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
    what makes small and odd GEMMs slow (NVIDIA, *Matrix Multiplication Background User's Guide*, DU-09799-001,
    "Tile Quantization" and "Wave Quantization"). The fused-MoE layer is timed kernel by kernel
    (`model.ops.fused_moe_parts`: alignment, two grouped GEMMs, activation, top-k sum), each grouped GEMM with
-   vLLM's default Triton tiles (block_m 16 or 64 rows per expert, `model.ops.moe_block_m`; block_n 32 or 64).
+   vLLM's default Triton tiles (block_m 16 or 64 rows per expert, `model.ops.moe_block_m`; block_n 32 or 64), at
+   the fraction of the peak that Triton kernel reaches (``moe_fraction``: 50% in bf16 on the H100, measured in
+   AIConfigurator's database, against cuBLAS' 84%; a GPU or dtype without the figure takes ``gemm_fraction``).
+   Training's grouped GEMMs (the two GEMMs alone, `model.ops.experts_gemms`) and quantised weights keep
+   ``gemm_fraction``.
 3. **A fixed time per kernel** (s): each kernel launch spends time on the device in which no byte streams and no
    FLOP runs (launch, ramp-up, tail). It is *added* to the kernel's work time, once per launch (``Op.kernels``):
    a device copy's time on the H100 is ``4.0 us + bytes / 2.95 TB/s`` over 8 KB to 4 GiB
@@ -135,6 +139,8 @@ class AchievableParams:
         dram_bw: achievable device-memory bandwidth, bytes/s.
         gemm_fraction: achieved fraction of the dense tensor peak of a large GEMM, per dtype (``bf16``, ``fp8``,
             ``fp8_block``; a dtype without one takes ``bf16``'s, ``fp8_block`` takes ``fp8``'s).
+        moe_fraction: achieved fraction of the dense tensor peak of the Triton fused-MoE kernel's grouped GEMMs on
+            a large batch, per dtype (a dtype without one takes `gemm`'s: that kernel is not cuBLAS).
         attention_fraction: achieved fraction of the dense peak of FlashAttention's forward pass on long sequences.
         attention_cta_blocks: each attention CTA's time outside its key loop, in key blocks (`attention_compute_s`).
         sms: streaming multiprocessors (compute units): the width of one wave.
@@ -151,6 +157,7 @@ class AchievableParams:
     sms: Figure
     kernel_s: Figure
     block_fp8_bw: Figure | None = None
+    moe_fraction: dict[str, Figure] = field(default_factory=dict)
     reused: tuple[str, ...] = field(default=())
 
     def gemm(self, dtype: str) -> float:
@@ -160,6 +167,12 @@ class AchievableParams:
         if hit is None and dtype == "fp8_block":
             hit = self.gemm_fraction.get("fp8")
         return (hit or self.gemm_fraction["bf16"]).value
+
+    def moe(self, dtype: str) -> float:
+        """Achieved fraction of the ``dtype`` peak of the Triton fused-MoE grouped GEMMs on a large batch: the
+        ``moe_fraction`` figure, else `gemm`'s."""
+        hit = self.moe_fraction.get(dtype)
+        return hit.value if hit is not None else self.gemm(dtype)
 
     def block_bw(self) -> float:
         """Bytes/s of a memory-bound block-scaled fp8 GEMM: ``block_fp8_bw``, at most ``dram_bw``."""
@@ -171,6 +184,7 @@ def params_from_spec(key: str, spec: AchievableSpec) -> AchievableParams:
     """`AchievableParams` of GPU ``key`` from its `AchievableSpec` (``reused`` gathered from its figures)."""
     named = [
         ("dram_bw", spec.dram_bw), *((f"gemm_fraction.{k}", v) for k, v in spec.gemm_fraction.items()),
+        *((f"moe_fraction.{k}", v) for k, v in spec.moe_fraction.items()),
         ("block_fp8_bw", spec.block_fp8_bw), ("attention_fraction", spec.attention_fraction),
         ("attention_cta_blocks", spec.attention_cta_blocks), ("sms", spec.sms), ("kernel_s", spec.kernel_s),
     ]  # fmt: skip
@@ -178,7 +192,7 @@ def params_from_spec(key: str, spec: AchievableSpec) -> AchievableParams:
     return AchievableParams(
         gpu=key, dram_bw=spec.dram_bw, gemm_fraction=dict(spec.gemm_fraction),
         attention_fraction=spec.attention_fraction, attention_cta_blocks=spec.attention_cta_blocks, sms=spec.sms,
-        kernel_s=spec.kernel_s, block_fp8_bw=spec.block_fp8_bw, reused=reused,
+        kernel_s=spec.kernel_s, block_fp8_bw=spec.block_fp8_bw, moe_fraction=dict(spec.moe_fraction), reused=reused,
     )  # fmt: skip
 
 
@@ -203,6 +217,7 @@ def _fallback(key: str, bandwidth: float | None) -> AchievableParams:
             value=frac * (bandwidth or 0.0), source=f"H100-SXM's measured fraction ({frac:.0%}) of {key}'s datasheet"
         ),
         gemm_fraction=ref.gemm_fraction,
+        moe_fraction=ref.moe_fraction,
         attention_fraction=ref.attention_fraction,
         attention_cta_blocks=ref.attention_cta_blocks,
         sms=Figure(value=132.0, source="H100-SXM's 132 SMs (unknown for this GPU)"),
@@ -536,7 +551,12 @@ class AchievableCostModel:
         block_m = moe_block_m(tokens, s["experts"])
         block_n = 32 if block_m == 16 else 64  # vLLM get_default_config: 16x32 when tokens <= experts, else 64x64
         block = is_block_fp8(op)
-        per_sm = p.gemm("fp8_block" if block else op.dtype) * gpu.peak(op.dtype) / sms
+        # the serving engines' Triton fused-MoE kernel on 16-bit weights (the op split into all of `fused_moe_parts`'
+        # kernels) has its own figure; the two grouped GEMMs alone (training's `experts_gemms`) and quantised weights
+        # (Marlin for int4, the fp8 paths) are timed at the GEMM fraction
+        triton = any(part.kind != "grouped_gemm" for part in parts) and s["w_bytes"] >= 2.0
+        frac = p.gemm("fp8_block") if block else p.moe(op.dtype) if triton else p.gemm(op.dtype)
+        per_sm = frac * gpu.peak(op.dtype) / sms
         if block:  # each grouped GEMM quantises its input first (tokens x hidden, then pairs x inter)
             kernels = []
             for part in parts:

@@ -57,6 +57,9 @@ class AchievableSpec(BaseModel):
         dram_bw: bytes/s a streaming kernel reaches (device copy or STREAM triad).
         gemm_fraction: fraction (0..1] of the dtype's dense peak a large GEMM reaches, per compute dtype and
             ``fp8_block`` (block-scaled fp8).
+        moe_fraction: fraction (0..1] of the dtype's dense peak that the Triton fused-MoE kernel's grouped GEMMs
+            (vLLM's ``fused_moe``, SGLang's copy of it) reach on a large batch, per compute dtype; a dtype without
+            one takes ``gemm_fraction``'s.
         block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams its weights at (None: ``dram_bw``).
         attention_fraction: fraction (0..1] of the dense peak FlashAttention's forward pass reaches.
         attention_cta_blocks: key blocks' worth of time each attention CTA spends outside its key loop.
@@ -67,6 +70,7 @@ class AchievableSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     dram_bw: AchievedFigure
     gemm_fraction: dict[str, AchievedFigure]
+    moe_fraction: dict[str, AchievedFigure] = {}
     block_fp8_bw: AchievedFigure | None = None
     attention_fraction: AchievedFigure
     attention_cta_blocks: AchievedFigure
@@ -76,6 +80,7 @@ class AchievableSpec(BaseModel):
     @model_validator(mode="after")
     def _fractions(self) -> AchievableSpec:
         for name, fig in [*((f"gemm_fraction.{k}", v) for k, v in self.gemm_fraction.items()),
+                          *((f"moe_fraction.{k}", v) for k, v in self.moe_fraction.items()),
                           ("attention_fraction", self.attention_fraction)]:  # fmt: skip
             if fig.value > 1.0:
                 raise ValueError(f"{name}: a fraction of the peak must be at most 1, got {fig.value!r}")

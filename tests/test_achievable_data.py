@@ -80,6 +80,7 @@ def test_a_preset_key_overridden_without_figures_keeps_the_presets(tmp_path):
         ("dram_bw", {"value": float("nan"), "source": "x"}, "achievable.dram_bw.value"),
         ("gemm_fraction", {"bf16": {"value": 1.2, "source": "x"}}, "at most 1"),
         ("attention_fraction", {"value": 1.01, "source": "x"}, "at most 1"),
+        ("moe_fraction", {"bf16": {"value": 1.5, "source": "x"}}, "moe_fraction.bf16: a fraction"),
         ("kernel_s", {"value": 0.0, "source": "x"}, "achievable.kernel_s.value"),
         ("sms", {"value": 132}, "achievable.sms.source"),
     ],
