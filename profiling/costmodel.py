@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from moesim.model.a2a import is_deepep
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import ClusterSpec, HardwareSpec, make_cluster
-from moesim.model.ops import Op
+from moesim.model.ops import Op, gemm
 from moesim.model.roofline import OpTime, RooflineCostModel
 from moesim.profiling import fit as fitlib
 from moesim.profiling.opshapes import FEATURES, FLAGS, features, table_dtype
@@ -198,6 +198,14 @@ def fit_dtype(dtype: str, impl: str) -> str:
 #: (``torch_gemm``, `profiling.kernels.prepare_router`). Where such a table times a step's router op, that op's
 #: ``topk_softmax`` op costs nothing more (`CalibratedCostModel.op_time`), so the top-k is counted once.
 ROUTER_WITH_TOPK_IMPLS = ("torch",)
+#: Why a cost model timing a serving engine's kernels (`CalibratedCostModel.kernels` set) does not use such a table:
+#: vLLM and SGLang run the router as one GEMM and one fused softmax-top-k kernel (``topk_softmax``:
+#: vllm-project/vllm@csrc/moe/topk_softmax_kernels.cu, called by ``fused_topk``; SGLang's ``select_experts`` calls
+#: sgl-kernel's ``topk_softmax``), not torch's softmax and top-k, and the table was timed eagerly: on the H100 it
+#: reads a median of 40-61 us per call at 1 to 1,024 tokens, not growing with the tokens: the host launching its
+#: kernels, not the GPU running them
+#: (a decode step replays them from a CUDA graph; an eager step's launches are the host model's, `sim.serving.host`).
+ROUTER_UNFUSED_NOTE = "the router table times an unfused torch softmax + top-k, launched eagerly"
 
 
 def includes_topk(fit: Fit) -> bool:
@@ -628,6 +636,8 @@ class CalibratedCostModel:
             inside = self._topk_in_router(op, cluster)
             if inside is not None:
                 return inside
+        if op.kind == "router" and self._engine_router(op):
+            return self._router_gemm(op, cluster)
         fit, transfer, note = self._pick(op, cluster)
         kind = f"{op.kind}/{table_dtype(op)}"
         if fit is None:
@@ -727,8 +737,10 @@ class CalibratedCostModel:
         model times a mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
         from moesim.model.achievable import AchievableCostModel, is_paged_decode, is_sort_sampler
 
-        # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`)
-        if (op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)) or is_sort_sampler(op):
+        # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`);
+        # an engine's fused softmax-top-k kernel (`ROUTER_UNFUSED_NOTE`): one small kernel, its fixed time and bytes
+        small = op.kind == "topk_softmax" and bool(self.kernels)
+        if (op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)) or is_sort_sampler(op) or small:
             t = AchievableCostModel().op_time(op, cluster)
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
@@ -749,6 +761,24 @@ class CalibratedCostModel:
         x[outside] = moved
         return x, f"edge {note} "
 
+    def _engine_router(self, op: Op) -> bool:
+        """Whether ``op`` (a router op) is a serving engine's router, timed as a GEMM (`ROUTER_UNFUSED_NOTE`): the
+        model times an engine's kernels, and the router tables of the op's dtype time the unfused eager top-k."""
+        if not self.kernels or "hidden" not in op.shape:
+            return False
+        fits = self._candidates(op)
+        return bool(fits) and all(includes_topk(f) for f in fits)
+
+    def _router_gemm(self, op: Op, cluster: ClusterSpec) -> OpTime:
+        """A serving engine's router op timed as the GEMM it is (``tokens x hidden`` by ``hidden x experts``) from
+        the GEMM tables; its ``topk_softmax`` op is then timed on its own (`_topk_in_router`)."""
+        s = op.shape
+        t, h, e = round(float(s["tokens"])), int(s["hidden"]), int(s["experts"])
+        a_bytes = 2.0 if op.dtype in ("bf16", "fp16") else 4.0
+        as_gemm = gemm(op.name, op.group, op.count, max(t, 1), e, h, a_bytes, a_bytes, op.dtype)
+        out = self.op_time(as_gemm, cluster)
+        return replace(out, source=f"{out.source} [router GEMM: {ROUTER_UNFUSED_NOTE}]")
+
     def _topk_in_router(self, op: Op, cluster: ClusterSpec) -> OpTime | None:
         """Zero seconds for a ``topk_softmax`` op whose router op (same tokens, experts, top-k and hidden width, 16-bit
         activations) is timed from a router table that already includes the softmax and top-k (`includes_topk`);
@@ -762,6 +792,8 @@ class CalibratedCostModel:
             act_bytes=2.0 * t * h + 4.0 * t * e, dtype="bf16",
             shape={"tokens": t, "experts": e, "hidden": h, "top_k": k},
         )  # fmt: skip
+        if self._engine_router(router):
+            return None  # an engine's router: its GEMM alone, the fused top-k timed on its own
         fit, _, _ = self._pick(router, cluster)
         if fit is None or not includes_topk(fit):
             return None

@@ -74,3 +74,23 @@ def test_a_router_outside_its_table_follows_its_edge_with_the_top_k_inside():
     quick = calibrate([RUN.parent / "quick-bf16"], holdout=0.0, kinds=["router"])
     router, topk, source, _ = _parts(CalibratedCostModel(quick), Batch.decode(64, 2048))
     assert router > 0 and topk == 0.0 and source.startswith("measured: included in router/bf16/torch@"), source
+
+
+def test_an_engines_router_is_its_gemm_and_one_fused_top_k(cal):
+    """With a serving engine's kernels named (vLLM, SGLang: one router GEMM and the fused ``topk_softmax`` kernel),
+    the unfused eager router table is not the engine's path: the router is timed as its GEMM from the GEMM table and
+    the top-k as one small kernel; without an engine (training, the CLI's roofline) the table times it as before."""
+    engine = CalibratedCostModel(cal).with_kernels({"moe": "triton", "attention": "flash_attn"})
+    batch = Batch.decode(32, 700)
+    router, topk, source, _ = _parts(engine, batch)
+    legacy = _parts(CalibratedCostModel(cal), batch)
+    assert legacy[1] == 0.0 and topk > 0 and source.startswith("achievable:"), source
+    m, lay = load_model("mixtral-8x7b"), Layout(tp=8)
+    cluster = make_cluster(get_gpu("H100-SXM"), num_gpus=8)
+    est = estimate_step(m, batch, lay, cluster, Precision(), engine)
+    src = next(t.source for o, t in zip(est.ops, est.times, strict=True) if o.kind == "router")
+    assert "gemm/bf16/torch@H100-SXM" in src and "router GEMM" in src, src
+    # the eager table reads the host's launches (a median of 40-61 us at any decode size); the GEMM and the top-k a
+    # fraction of that, per layer
+    per_layer = (router + topk) / m.num_layers
+    assert per_layer < 0.5 * (legacy[0] + legacy[1]) / m.num_layers and 4e-6 < per_layer < 20e-6
