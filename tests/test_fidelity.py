@@ -11,6 +11,7 @@ import pytest
 from moesim.sim.fidelity import (
     SERVING_DENSE,
     SERVING_MOE_EP,
+    SERVING_MOE_TP,
     TRAINING,
     check_line,
     cost_model_class,
@@ -44,6 +45,22 @@ def test_moe_serving_figures_are_section_28s(cls: str) -> None:
     assert SERVING_MOE_EP[cls] == (min(ratios), max(ratios))
 
 
+@pytest.mark.parametrize(
+    ("cls", "label"),
+    [
+        ("achievable", "achievable"),
+        ("calibrated", "calibrated: our H100 tables + AIConfigurator's vLLM kernels"),
+        ("roofline", "roofline"),
+    ],
+)
+def test_moe_tensor_parallel_figures_are_section_29s(cls: str, label: str) -> None:
+    row = next(ln for ln in _section(29).splitlines() if ln.startswith(f"| {label} | analytical |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    for metric, cell in zip(("e2e", "ttft", "itl"), cells[3:6], strict=True):
+        med, p90 = (float(x.rstrip("%")) / 100 for x in cell.split(" (")[0].split(" / "))
+        assert SERVING_MOE_TP[cls][metric] == pytest.approx((med, p90), abs=5e-4), (cls, metric)
+
+
 def test_training_figures_are_section_8s() -> None:
     s = _section(8)
     m = re.search(r"Within \+-15%: (\d+) of (\d+) runs; median ratio (\d+\.\d+)", s)
@@ -67,8 +84,11 @@ def test_each_kind_names_its_reference() -> None:
     assert dense["section"] == 12 and dense["abs_error"]["itl"] == list(SERVING_DENSE["achievable"]["itl"])
     moe = serving_check(True, 32, "roofline")
     assert moe["section"] == 28 and moe["predicted_over_measured"] == list(SERVING_MOE_EP["roofline"])
-    for unchecked in (serving_check(True, 1, "achievable"), serving_check(True, 8, "calibrated:h100")):
-        assert unchecked["reference"] is None and check_line(unchecked).startswith("Not checked")
+    unchecked = serving_check(True, 8, "calibrated:h100")
+    assert unchecked["reference"] is None and check_line(unchecked).startswith("Not checked")
+    tp = serving_check(True, 1, "achievable")
+    assert tp["section"] == 29 and tp["abs_error"]["itl"] == list(SERVING_MOE_TP["achievable"]["itl"])
+    assert "section 29" in check_line(tp)
     assert training_check("calibrated:full-bf16")["median"] == TRAINING["median"]
     assert training_check("roofline")["reference"] is None
     assert "section 12" in check_line(dense) and "section 28" in check_line(moe)
