@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import sys
 import tempfile
 import time
@@ -89,238 +90,35 @@ RUNS: tuple[dict[str, Any], ...] = (
 )  # fmt: skip
 #: The study's other Mixtral runs (inference-sim/sim-to-real-accuracy-validation@9bcf9391
 #: results/cluster_2000req/error_records.csv, column ``actual``, stage -1 = the whole run; the same value on every
-#: simulator's row): folder, model, workload label, GPU, TP, DP, CPU KV offload, gpu_memory_utilization,
-#: max_num_batched_tokens, then mean E2E, P90 E2E, mean TTFT, P90 TTFT, mean ITL (ms). Only these columns are
-#: recorded, as for the dense study's ground-truth rows: the workload is the label's inference-perf profile
-#: (`sim.serving.validate.LABEL_PROFILES`, an assumption each run's note names), and no failure counts. A run whose
-#: measured mean TTFT exceeds `SATURATED_TTFT_MS` queued its requests for seconds: it is marked overloaded (left out
-#: of the error summary) whatever moesim predicts for it.
-STUDY_RUNS: tuple[tuple[Any, ...], ...] = (
-    (
-        "27-mixtral-8x7b-tp2-general-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        1,
-        False,
-        0.9,
-        1024,
-        94377.02310578288,
-        224690.39879902263,
-        75824.88217841511,
-        205333.4595717024,
-        76.05419613188374,
-    ),
-    (
-        "27-mixtral-8x7b-tp2-general-lite-2-1",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general-lite",
-        "H100",
-        2,
-        1,
-        False,
-        0.9,
-        1024,
-        4451.420398951307,
-        4774.974953196943,
-        54.21151784486046,
-        60.22704560309649,
-        18.04112293903224,
-    ),
-    (
-        "28-mixtral-8x7b-tp2-general-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        1,
-        False,
-        0.9,
-        8192,
-        5031.172289826902,
-        5218.405665177852,
-        63.70944649499421,
-        68.528923811391,
-        20.32838718688085,
-    ),
-    (
-        "29-mixtral-8x7b-tp2-general-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        1,
-        True,
-        0.9,
-        2048,
-        5023.152523054353,
-        5205.390745215118,
-        65.64931337560883,
-        69.48230043053627,
-        20.24872267577896,
-    ),
-    (
-        "30-mixtral-8x7b-tp2-general-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        1,
-        False,
-        0.95,
-        2048,
-        5000.2047020835535,
-        5176.7591850832105,
-        63.782997485028496,
-        68.52390449494123,
-        20.20534396112106,
-    ),
-    (
-        "31-mixtral-8x7b-tp4-general-4",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        4,
-        1,
-        False,
-        0.9,
-        2048,
-        2799.512144286363,
-        2977.5436513125896,
-        37.02832644300846,
-        41.07323419302702,
-        11.255301649130432,
-    ),
-    (
-        "32-mixtral-8x7b-tp2-general-2-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        2,
-        False,
-        0.9,
-        2048,
-        4802.883980200578,
-        5033.512840373442,
-        56.68273518685185,
-        65.44010222423822,
-        19.57289593962761,
-    ),
-    (
-        "42-mixtral-8x7b-tp2-general-2",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "A100-80GB",
-        2,
-        1,
-        False,
-        0.9,
-        2048,
-        111205.43164410233,
-        258770.24509161708,
-        101666.03238633231,
-        248973.67639821023,
-        39.00569813286054,
-    ),
-    (
-        "49-mixtral-8x22b-tp8-general-8",
-        "mistralai/Mixtral-8x22B-Instruct-v0.1",
-        "general",
-        "H100",
-        8,
-        1,
-        False,
-        0.9,
-        2048,
-        4825.594617607727,
-        5000.934884883463,
-        61.84485486874889,
-        68.17838605493307,
-        19.22383004981723,
-    ),
-    (
-        "50-mixtral-8x22b-tp8-codegen-8",
-        "mistralai/Mixtral-8x22B-Instruct-v0.1",
-        "codegen",
-        "H100",
-        8,
-        1,
-        False,
-        0.9,
-        2048,
-        4447.049135179363,
-        4474.002961907536,
-        58.168594109722314,
-        60.13457700610161,
-        17.78734262433005,
-    ),
-    (
-        "51-mixtral-8x22b-tp8-roleplay-8",
-        "mistralai/Mixtral-8x22B-Instruct-v0.1",
-        "roleplay",
-        "H100",
-        8,
-        1,
-        False,
-        0.9,
-        2048,
-        4509.577732635403,
-        4539.461996499449,
-        57.68870374692293,
-        59.88409407436848,
-        17.760126710499826,
-    ),
-    (
-        "53-mixtral-8x22b-tp8-reasoning-8",
-        "mistralai/Mixtral-8x22B-Instruct-v0.1",
-        "reasoning",
-        "H100",
-        8,
-        1,
-        False,
-        0.9,
-        2048,
-        30969.616801549953,
-        33590.92594143004,
-        939.6308566767644,
-        3565.401204675436,
-        20.830352081062355,
-    ),
-    (
-        "53-mixtral-8x22b-tp8-reasoning-lite-8-1",
-        "mistralai/Mixtral-8x22B-v0.1",
-        "reasoning-lite",
-        "H100",
-        8,
-        1,
-        False,
-        0.9,
-        2048,
-        26005.52856216052,
-        26410.34397352487,
-        65.6433540629223,
-        64.90281093865634,
-        18.20660106247587,
-    ),
-    (
-        "56-mixtral-8x7b-tp2-general-2-1",
-        "mistralai/Mixtral-8x7B-v0.1",
-        "general",
-        "H100",
-        2,
-        1,
-        False,
-        0.9,
-        2048,
-        5033.736496456743,
-        5224.781347438693,
-        62.909530246896395,
-        68.29091813415289,
-        20.38335524768345,
-    ),
-)
+#: simulator's row, rounded here to 0.01 ms): folder, model, workload label, GPU, TP, DP, CPU KV offload,
+#: gpu_memory_utilization, max_num_batched_tokens, then mean E2E, P90 E2E, mean TTFT, P90 TTFT, mean ITL (ms). Only
+#: these columns are recorded, as for the dense study's ground-truth rows: the workload is the label's inference-perf
+#: profile (`sim.serving.validate.LABEL_PROFILES`, an assumption each run's note names), and no failure counts. A
+#: run whose measured mean TTFT exceeds `SATURATED_TTFT_MS` queued its requests for seconds: it is marked overloaded
+#: (left out of the error summary) whatever moesim predicts for it.
+STUDY_RUNS = """\
+folder,model,label,gpu,tp,dp,offload,util,mnbt,e2e_mean,e2e_p90,ttft_mean,ttft_p90,itl_mean
+27-mixtral-8x7b-tp2-general-2,8x7B,general,H100,2,1,0,0.9,1024,94377.02,224690.40,75824.88,205333.46,76.05
+27-mixtral-8x7b-tp2-general-lite-2-1,8x7B,general-lite,H100,2,1,0,0.9,1024,4451.42,4774.97,54.21,60.23,18.04
+28-mixtral-8x7b-tp2-general-2,8x7B,general,H100,2,1,0,0.9,8192,5031.17,5218.41,63.71,68.53,20.33
+29-mixtral-8x7b-tp2-general-2,8x7B,general,H100,2,1,1,0.9,2048,5023.15,5205.39,65.65,69.48,20.25
+30-mixtral-8x7b-tp2-general-2,8x7B,general,H100,2,1,0,0.95,2048,5000.20,5176.76,63.78,68.52,20.21
+31-mixtral-8x7b-tp4-general-4,8x7B,general,H100,4,1,0,0.9,2048,2799.51,2977.54,37.03,41.07,11.26
+32-mixtral-8x7b-tp2-general-2-2,8x7B,general,H100,2,2,0,0.9,2048,4802.88,5033.51,56.68,65.44,19.57
+42-mixtral-8x7b-tp2-general-2,8x7B,general,A100-80GB,2,1,0,0.9,2048,111205.43,258770.25,101666.03,248973.68,39.01
+49-mixtral-8x22b-tp8-general-8,8x22B-Instruct,general,H100,8,1,0,0.9,2048,4825.59,5000.93,61.84,68.18,19.22
+50-mixtral-8x22b-tp8-codegen-8,8x22B-Instruct,codegen,H100,8,1,0,0.9,2048,4447.05,4474.00,58.17,60.13,17.79
+51-mixtral-8x22b-tp8-roleplay-8,8x22B-Instruct,roleplay,H100,8,1,0,0.9,2048,4509.58,4539.46,57.69,59.88,17.76
+53-mixtral-8x22b-tp8-reasoning-8,8x22B-Instruct,reasoning,H100,8,1,0,0.9,2048,30969.62,33590.93,939.63,3565.40,20.83
+53-mixtral-8x22b-tp8-reasoning-lite-8-1,8x22B,reasoning-lite,H100,8,1,0,0.9,2048,26005.53,26410.34,65.64,64.90,18.21
+56-mixtral-8x7b-tp2-general-2-1,8x7B,general,H100,2,1,0,0.9,2048,5033.74,5224.78,62.91,68.29,20.38
+"""
+#: `STUDY_RUNS` model column -> Hugging Face id (the error table's ``model``).
+STUDY_MODELS = {
+    "8x7B": "mistralai/Mixtral-8x7B-v0.1",
+    "8x22B-Instruct": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "8x22B": "mistralai/Mixtral-8x22B-v0.1",
+}
 #: Mean TTFT (ms) above which a run counts as saturated (see `STUDY_RUNS`): the unsaturated runs measure 37-69 ms.
 SATURATED_TTFT_MS = 1000.0
 KEYS = ("e2e_mean_ms", "ttft_mean_ms", "itl_mean_ms", "e2e_p90_ms", "ttft_p90_ms")
@@ -335,10 +133,14 @@ def runs_csv(path: Path) -> Path:
     - 1); a study run is overloaded when saturated)."""
     df = pd.DataFrame([{**COMMON, **r} for r in RUNS])
     df["tpot_derived_mean_ms"] = (df.e2e_mean_ms - df.ttft_mean_ms) / (df.output_len_mean_tokens - 1)
-    cols = ("experiment_id", "model", "workload_label", "gpu", "tp", "dp", "cpu_kv_offload", "gpu_memory_utilization",
-            "max_num_batched_tokens", "e2e_mean_ms", "e2e_p90_ms", "ttft_mean_ms", "ttft_p90_ms",
-            "tpot_derived_mean_ms")  # fmt: skip
-    study = pd.DataFrame([dict(zip(cols, r, strict=True)) for r in STUDY_RUNS])
+    study = pd.read_csv(io.StringIO(STUDY_RUNS)).rename(columns={
+        "folder": "experiment_id", "label": "workload_label", "offload": "cpu_kv_offload",
+        "util": "gpu_memory_utilization", "mnbt": "max_num_batched_tokens", "e2e_mean": "e2e_mean_ms",
+        "e2e_p90": "e2e_p90_ms", "ttft_mean": "ttft_mean_ms", "ttft_p90": "ttft_p90_ms",
+        "itl_mean": "tpot_derived_mean_ms",
+    })  # fmt: skip
+    study["model"] = study.model.map(STUDY_MODELS)
+    study["cpu_kv_offload"] = study.cpu_kv_offload.astype(bool)
     study["n_requests_failed"] = (study.ttft_mean_ms > SATURATED_TTFT_MS).astype(int)
     pd.concat([df, study], ignore_index=True).to_csv(path, index=False)
     return path
