@@ -250,7 +250,9 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
             stats["runs"][f"{label} / {engine}"] = {**s, "rows": res.rows.to_dict(orient="records"), "wall_s": wall}
             _log(f"{label} / {engine}: E2E {s['e2e_mean_ms']} in {wall:.0f} s")
             cells = " | ".join(_cell(s, k) for k in KEYS)
-            rows.append(f"| {label} | {engine} | {s.get('runs_compared', 0)} of {len(runs)} | {cells} |")
+            ov = s["overload"]
+            over = f"{ov['measured']} / {ov['predicted']} / {ov['both']}"
+            rows.append(f"| {label} | {engine} | {s.get('runs_compared', 0)} of {len(runs)} | {cells} | {over} |")
             for r in res.rows.to_dict(orient="records"):
                 per_run.append(
                     f"| {label} | {engine} | {r['run_id']} | "
@@ -267,7 +269,8 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
     out = [
         TITLE,
         "",
-        f"Measured runs: {len(RUNS)} with their profiles, {SOURCE}, and {len(STUDY_RUNS)} more of the same study "
+        f"Measured runs: {len(RUNS)} with their profiles, {SOURCE}, and {len(STUDY_RUNS.splitlines()) - 1} more of the "
+        "same study "
         "from its error table (module docstring: the runs, what was read from where, what was assumed): vLLM "
         "v0.15.1, Mixtral-8x7B at TP2 (1,024 / 2,048 / 8,192 batched tokens, DP2, CPU KV offload, A100-80GB), at "
         "TP4, and Mixtral-8x22B at TP8, H100 unless named. `python -m benchmarks.moe_vllm_runs` puts them through "
@@ -276,8 +279,9 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
         f"(overloaded: failed requests, or a measured mean TTFT above {SATURATED_TTFT_MS / 1e3:.0f} s); ITL = "
         "(mean E2E - mean TTFT) / (mean output - 1).",
         "",
-        "| cost model | engine | runs | mean E2E | mean TTFT | mean ITL | P90 E2E | P90 TTFT |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cost model | engine | runs | mean E2E | mean TTFT | mean ITL | P90 E2E | P90 TTFT | overloaded: measured / "
+        "predicted / both |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Per run, measured / predicted (ms):",

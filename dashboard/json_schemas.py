@@ -691,6 +691,7 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "runs": _INT,
             "runs_compared": _INT,
+            "overload": _obj({"measured": _INT, "predicted": _INT, "both": _INT}),
             "engine": {"enum": ["analytical", "des"]},
             "cost_model": COST_MODEL,
             "e2e_mean_ms": _ERRORS,

@@ -168,6 +168,22 @@ def test_overloaded_and_unknown_runs_are_flagged_not_summarised(tmp_path):
     assert list(v.rows["status"]) == ["ok", "overloaded", "error"]
     assert "no-such" in v.rows["note"].iloc[2]
     assert v.summary["runs_compared"] == 1 and v.summary["e2e_mean_ms"]["runs"] == 1
+    # whether the simulator agrees that the measured run was overloaded is reported, not hidden behind the status
+    assert list(v.rows["predicted_overloaded"].iloc[:2]) == [False, False]
+    assert "simulator: sustained" in v.rows["note"].iloc[1]
+    assert v.summary["overload"] == {"measured": 1, "predicted": 0, "both": 0}
+
+
+def test_a_run_the_simulator_cannot_sustain_says_so(tmp_path):
+    """The staged run at ten times its rates through a 2-sequence running set: the analytical engine flags it
+    overloaded in the row (``predicted_overloaded``), its note and the summary's overload count."""
+    path = _edit(tmp_path, lambda d: d.assign(max_num_seqs=[64, 64, 2], n_requests_failed=[0, 0, 3],
+                                              stage_rates_req_per_s=[None, None, "20;40"]))  # fmt: skip
+    v = validate(read_runs(path, only=["c"]), tmp_path / "w", engine="analytical")
+    row = v.rows.iloc[0]
+    assert row["status"] == "overloaded" and bool(row["predicted_overloaded"]), row["note"]
+    assert "simulator: overloaded (" in row["note"]
+    assert v.summary["overload"] == {"measured": 1, "predicted": 1, "both": 1}
 
 
 def test_des_and_analytical_agree_on_a_light_run(tmp_path):

@@ -166,6 +166,12 @@ def validate(
         t.add_row(str(r["run_id"])[:40], str(r["status"]), *cells, str(r.get("note") or "")[:80])
     out.print(t)
     out.print(_table(res.summary, f"error over {res.summary['runs_compared']} runs (overloaded and failed left out)"))
+    ov = res.summary.get("overload")
+    if ov and (ov["measured"] or ov["predicted"]):
+        out.print(
+            f"overloaded: {ov['measured']} measured, {ov['predicted']} predicted, {ov['both']} both "
+            "(predicted_overloaded in runs.csv)"
+        )
     out.print(f"wrote {out_dir}/ (runs.csv, summary.json, {'predicted_vs_measured.png, ' if plot else ''}scenarios/)")
 
 

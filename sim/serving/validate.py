@@ -806,10 +806,13 @@ class Validation:
     """Predicted against measured, per run, and the error summary.
 
     Attributes:
-        rows: one row per run: run_id, model, gpu, tp, status (``ok``, ``overloaded``, ``error``), note,
-            ``measured_<metric>``, ``predicted_<metric>``, ``error_<metric>`` (relative: predicted / measured - 1),
-            requests, subsampled, wall_s, kv_blocks_moesim and kv_blocks_recorded (KV-cache blocks per replica).
-        summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, and counts.
+        rows: one row per run: run_id, model, gpu, tp, status (``ok``, ``overloaded``: the measured run had
+            failed requests, ``error``), note, ``measured_<metric>``, ``predicted_<metric>``, ``error_<metric>``
+            (relative: predicted / measured - 1), predicted_overloaded (the simulator saw the run overloaded:
+            unfinished requests, or an analytical stage past saturation), requests, subsampled, wall_s,
+            kv_blocks_moesim and kv_blocks_recorded (KV-cache blocks per replica).
+        summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, counts, and
+            ``overload``: runs overloaded as measured, as predicted, and both.
     """
 
     rows: pd.DataFrame
@@ -820,6 +823,16 @@ def error_summary(rows: pd.DataFrame) -> dict[str, Any]:
     """Median and P90 of |predicted / measured - 1| per metric over the runs with status ``ok``."""
     ok = rows[rows["status"] == "ok"] if len(rows) else rows
     out: dict[str, Any] = {"runs": len(rows), "runs_compared": len(ok)}
+    out["overload"] = {"measured": 0, "predicted": 0, "both": 0}
+    if len(rows) and "predicted_overloaded" in rows:
+        done = rows[rows["status"] != "error"]
+        measured = (done["status"] == "overloaded").to_numpy(bool)
+        predicted = done["predicted_overloaded"].to_numpy(object) == True  # noqa: E712 (NaN on error rows)
+        out["overload"] = {
+            "measured": int(measured.sum()),
+            "predicted": int(predicted.sum()),
+            "both": int((measured & predicted).sum()),
+        }
     for key in METRICS:
         col = f"error_{key}"
         err = ok[col].abs().dropna().to_numpy(float) if col in ok else np.zeros(0)
@@ -871,12 +884,14 @@ def validate(
                 p, m = pred.metrics[key], measured[key]
                 rec[f"measured_{key}"], rec[f"predicted_{key}"] = m, p
                 rec[f"error_{key}"] = p / m - 1 if m > 0 and math.isfinite(p) else math.nan
+            rec["predicted_overloaded"] = pred.overloaded
+            if pred.overloaded:
+                notes.insert(0, f"simulator: overloaded ({pred.reason})")
+            elif run.overloaded:
+                notes.insert(0, "simulator: sustained")
             if run.overloaded:
                 rec["status"] = "overloaded"
                 notes.insert(0, "measured run overloaded (failed requests): left out of the summary")
-            elif pred.overloaded:
-                rec["status"] = "ok"
-                notes.insert(0, f"simulator: overloaded ({pred.reason})")
             else:
                 rec["status"] = "ok"
         except MoesimError as exc:
