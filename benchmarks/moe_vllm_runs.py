@@ -20,17 +20,20 @@ measurements would, with the shipped vLLM profile and each cost model: the roofl
 kernel efficiencies, no tables); ``achievable`` without the Triton fused-MoE figure (``moe_fraction``, the model
 before it); calibrated on our H100 SXM tables (``profiling/data/h100-sxm/full-bf16``: our Triton fused-MoE
 kernel, not vLLM's); and calibrated on those plus AIConfigurator's H100 kernel database imported with ``moesim
-import`` (vLLM 0.19's own fused-MoE kernel; when ``../shared/data/aiconfigurator-h100-sxm`` is present). The
-reasoning run is overloaded (3,294 of 4,800 requests failed at the client's 300 s timeout) and is reported but
-left out of the error summary, as ``moesim validate`` does.
+import`` (vLLM 0.19's own fused-MoE kernel and GEMMs, timed back to back; when
+``../shared/data/aiconfigurator-h100-sxm`` is present). The reasoning run is overloaded (3,294 of 4,800 requests
+failed at the client's 300 s timeout) and is reported but left out of the error summary, as ``moesim validate``
+does.
 
 Second table (when the AIConfigurator data is present): the ``achievable`` model's time of vLLM's fused-MoE layer
 against its measured time in that database (bf16, no expert parallelism, every token count and expert shape),
 with and without ``moe_fraction``; the figure was read from the TP1 rows at 8,192 tokens and more, the other
 rows are held out.
 
+The calibrated models are also run on the dense runs of ``../shared/data/vllm-e2e-dense`` (section 12's), when present.
+
 Run: ``python -m benchmarks.moe_vllm_runs [--des] [--print]`` (about a minute; ``--des`` adds the discrete-event
-engine with the achievable model, about a minute more); writes section 29 of RESULTS.md.
+engine with the achievable model, about three minutes more); writes section 29 of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from moesim.sim.serving.validate import read_runs, validate  # noqa: E402
 
 AIC = ROOT.parent / "shared" / "data" / "aiconfigurator-h100-sxm"
+DENSE = ROOT.parent / "shared" / "data" / "vllm-e2e-dense"
 SOURCE = "inference-sim/training@c4f03409 default_args/20260218-*-mixtral-8x7b-v0-1-tp2-*"
 TITLE = "## 29. MoE serving against real vLLM Mixtral runs (held out; issue 19)"
 
@@ -262,6 +266,15 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
                     )
                     + f" | {r['status']} |"
                 )
+        dense_rows: list[str] = []
+        if (DENSE / "experiments.csv").is_file():  # the same calibrations on the dense runs of section 12
+            dense = read_runs(DENSE / "experiments.csv")
+            for i, (label, cm) in enumerate(m for m in models if m[0].startswith("calibrated")):
+                res = validate(dense, work / f"dense{i}", "analytical", cm)
+                s = res.summary
+                stats["dense"] = {**stats.get("dense", {}), label: s}
+                cells = " | ".join(_cell(s, k) for k in KEYS[:3])
+                dense_rows.append(f"| {label} | {s.get('runs_compared', 0)} of {len(dense)} | {cells} |")
     kernel_lines: list[str] = []
     if AIC.is_dir():
         kernel_lines, stats["kernel"] = _kernel_table()
@@ -291,6 +304,16 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
         *per_run,
         "",
     ]
+    if dense_rows:
+        out += [
+            "The same calibrations on the 38 dense runs of section 12 (`vllm-e2e-dense`, analytical engine, shipped "
+            "profile, no fit; section 12's CV figures are for our tables alone):",
+            "",
+            "| cost model | runs | mean E2E | mean TTFT | mean ITL |",
+            "|---|---|---|---|---|",
+            *dense_rows,
+            "",
+        ]
     if kernel_lines:
         k = stats["kernel"]
         out += [

@@ -206,6 +206,14 @@ ROUTER_WITH_TOPK_IMPLS = ("torch",)
 #: kernels, not the GPU running them
 #: (a decode step replays them from a CUDA graph; an eager step's launches are the host model's, `sim.serving.host`).
 ROUTER_UNFUSED_NOTE = "the router table times an unfused torch softmax + top-k, launched eagerly"
+#: GEMM table ``impl`` values that time a serving engine's own GEMMs as its steps run them: AIConfigurator's
+#: ``vllm_default`` (vLLM 0.19's linear layers, cuBLAS and CUTLASS, each shape timed back to back). With an engine's
+#: kernels named (`CalibratedCostModel.kernels`) a GEMM is timed from such a table on the cluster's GPU before any
+#: other: ``moesim profile`` times each call alone between CUDA events after an L2 flush, which on the H100 reads
+#: 4-8 us more per call than back to back below 300 us (345 shapes both measured; median 1.26-1.59x under 50 us),
+#: a cost a step's kernels, replayed from a CUDA graph one after another, do not pay (benchmarks/RESULTS.md
+#: section 29).
+ENGINE_GEMM_IMPLS = ("vllm_default",)
 
 
 def includes_topk(fit: Fit) -> bool:
@@ -596,6 +604,10 @@ class CalibratedCostModel:
         if family == "moe" and want in ("triton", "sglang_triton"):
             want = QUANT_MOE_KERNELS.get(table_dtype(op), want)
         if want is None:
+            if op.kind == "gemm" and self.kernels:  # a serving engine's GEMM: its own table first (ENGINE_GEMM_IMPLS)
+                fit, transfer = self._on([f for f in fits if base_impl(f.impl) in ENGINE_GEMM_IMPLS], cluster)
+                if fit is not None and not transfer:
+                    return fit, transfer, " [kernel: the engine's GEMM, timed back to back]"
             fit, transfer = self._on(fits, cluster)
             return fit, transfer, ""
         chain = [want, *_BY_NAME[(family, want)].nearest]
