@@ -203,8 +203,8 @@ ROUTER_WITH_TOPK_IMPLS = ("torch",)
 #: vllm-project/vllm@csrc/moe/topk_softmax_kernels.cu, called by ``fused_topk``; SGLang's ``select_experts`` calls
 #: sgl-kernel's ``topk_softmax``), not torch's softmax and top-k, and the table was timed eagerly: on the H100 it
 #: reads a median of 40-61 us per call at 1 to 1,024 tokens, not growing with the tokens: the host launching its
-#: kernels, not the GPU running them
-#: (a decode step replays them from a CUDA graph; an eager step's launches are the host model's, `sim.serving.host`).
+#: kernels, not the GPU running them (a decode step replays them from a CUDA graph; an eager step's launches are the
+#: host model's, `sim.serving.host`).
 ROUTER_UNFUSED_NOTE = "the router table times an unfused torch softmax + top-k, launched eagerly"
 #: GEMM table ``impl`` values that time a serving engine's own GEMMs as its steps run them: AIConfigurator's
 #: ``vllm_default`` (vLLM 0.19's linear layers, cuBLAS and CUTLASS, each shape timed back to back). With an engine's
