@@ -16,6 +16,15 @@ The format, as ai-dynamo/aiconfigurator ships it (one file per op family,
   same ``message_size`` a half all-gather takes about twice as long as an
   int8 one, as it moves twice the bytes; bytes = elements x element size.
 
+AIConfigurator's expert-parallel MoE rows (``moe_ep_size`` > 1) are left out of the import, and the summary
+counts them (``left_out``): they time vLLM's expert parallelism without an all-to-all, in which every GPU holds
+every token of the group and its fused-MoE kernel aligns and scans all of them for its local experts (on the H100,
+DeepSeek-V3's fp8 layer at EP64: 0.17 ms at 256 tokens for 32 local pairs, 3.35 ms at 16,384 tokens for 2,048 local
+pairs, where the same 2,048 pairs over 32 experts at EP8 take 1.0 ms: the time follows the group's tokens, not the
+GPU's pairs). moesim's expert-parallel layers are dispatched (DeepEP, or the NCCL all-to-all): a GPU's kernel sees
+only the pairs sent to it, so those rows would time a layer moesim never runs (a DeepSeek-V3 EP64 decode step's
+experts at 195 ms, 15x the achievable model's 13 ms).
+
 Mapped to moesim tables (`profiling.tables`): every quantisation scheme stays
 its own table dtype, so each kernel gets its own fit and the cost model never
 times one scheme with another's (`DTYPES`: bfloat16 -> bf16, fp8 (per-tensor
@@ -106,9 +115,20 @@ def _dtype(df: pd.DataFrame, col: str, where: Path) -> pd.Series:
     return df[col].astype(str).map(lambda d: DTYPES[d][0])
 
 
+def allgather_ep_rows(df: pd.DataFrame) -> pd.Series:
+    """Which rows of a ``moe_perf`` table are expert-parallel (``moe_ep_size`` > 1): vLLM's EP without an
+    all-to-all, which the import leaves out (module docstring)."""
+    if "moe_ep_size" not in df:
+        return pd.Series(False, index=df.index)
+    return df["moe_ep_size"].astype(int) > 1
+
+
 def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
-    """One AIConfigurator table (``gemm_perf``, ``moe_perf`` or ``nccl_perf``) as moesim rows."""
+    """One AIConfigurator table (``gemm_perf``, ``moe_perf`` or ``nccl_perf``) as moesim rows (a ``moe_perf``
+    table's expert-parallel rows left out: `allgather_ep_rows`)."""
     _need(df, FILES[name], where)
+    if name == "moe_perf":
+        df = df[~allgather_ep_rows(df)]
     t = df["latency"].astype(float) / 1e3
     if name == "gemm_perf":
         out = pd.DataFrame({"op": "gemm", "impl": _impl(df, "gemm_dtype"), "dtype": _dtype(df, "gemm_dtype", where)})
@@ -143,8 +163,9 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
     """Convert every ``*_perf.parquet`` under ``src`` into moesim tables under ``out``.
 
     Returns a summary: the files written, rows per kind, the device, the kernels (``kind/dtype/impl`` -> the
-    engine kernel it times, `profiling.costmodel.kernel_of`) and ``unmapped``: the MoE kernel sources that are
-    no engine kernel moesim knows (one warning line each on stderr). The
+    engine kernel it times, `profiling.costmodel.kernel_of`), ``unmapped``: the MoE kernel sources that are
+    no engine kernel moesim knows (one warning line each on stderr), and ``left_out``: per file, the
+    expert-parallel MoE rows not imported (`allgather_ep_rows`; one note line on stderr). The
     hardware in each table's metadata is the GPU preset named by the
     ``device`` column (``NVIDIA H100 80GB HBM3`` -> H100-SXM). Tables are added to ``out`` as
     `profiling.tables.write_table_folder` does (``force``: over files moesim did not write).
@@ -155,6 +176,7 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
     if not files:
         raise TableError(f"{src}: no gemm_perf/moe_perf/nccl_perf .parquet files", "point at an AIConfigurator folder")
     converted: list[tuple[str, pd.DataFrame, dict[str, Any]]] = []
+    left_out: dict[str, int] = {}
     for f in files:
         check_parquet(f, "an AIConfigurator table", "re-download the table")
         try:
@@ -171,6 +193,15 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
             "framework": str(raw["framework"].iloc[0]) if "framework" in raw and len(raw) else None,
             "version": str(raw["version"].iloc[0]) if "version" in raw and len(raw) else None,
         }
+        if f.stem == "moe_perf":
+            dropped = int(allgather_ep_rows(raw).sum())
+            if dropped:
+                left_out[f.name] = dropped
+                print(
+                    f"note: {f}: {dropped} expert-parallel rows (moe_ep_size > 1) left out: they time vLLM's EP "
+                    "without an all-to-all (every GPU scans the group's tokens), which moesim does not run",
+                    file=sys.stderr,
+                )
         converted.append((f.stem, convert(f.stem, raw, f), meta))
     files, rows, kernels = {}, {}, {}
     for _, df, _ in converted:
@@ -197,4 +228,5 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
         "device": devices,
         "kernels": kernels,
         "unmapped": unmapped,
+        "left_out": left_out,
     }

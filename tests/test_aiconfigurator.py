@@ -118,6 +118,21 @@ def test_unknown_moe_kernel_source_is_imported_and_said(tmp_path, capsys):
     assert kernel_of("grouped_gemm", "vllm_fused_moe:fp8_static") == "moe:triton"
 
 
+def test_expert_parallel_moe_rows_are_left_out_and_counted(tmp_path, capsys):
+    """AIConfigurator's EP rows time vLLM's EP without an all-to-all (every GPU scans the group's tokens); moesim's
+    EP layers are dispatched, so those rows are not imported, and the summary and one stderr note say how many."""
+    raw = pd.DataFrame({"moe_dtype": "fp8_block", "kernel_source": "vllm_fused_moe", "num_tokens": [256, 256, 16384]}
+                       | {"hidden_size": 7168, "inter_size": 2048, "topk": 8, "num_experts": 256, "moe_tp_size": 1}
+                       | {"moe_ep_size": [1, 64, 64], "latency": [0.5, 0.17, 3.35]}
+                       | {"device": "NVIDIA H100 80GB HBM3"})  # fmt: skip
+    assert list(convert("moe_perf", raw, tmp_path)["tokens"]) == [256]
+    raw.to_parquet(tmp_path / "moe_perf.parquet")
+    summary = import_aiconfigurator(tmp_path / "moe_perf.parquet", tmp_path / "out")
+    assert summary["left_out"] == {"moe_perf.parquet": 2} and summary["rows"] == {"grouped_gemm": 1}
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("note:") and "2 expert-parallel rows" in err[0]
+
+
 # --- the cost model: one quantisation, one kernel -----------------------------------------------
 
 
@@ -189,7 +204,7 @@ def test_precision_says_block_scaled():
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/aiconfigurator-h100-sxm is not present")
 def test_real_database_imports_with_every_kernel_named(tmp_path):
     summary = import_aiconfigurator(DATA, tmp_path / "aic")
-    assert summary["unmapped"] == []
+    assert summary["unmapped"] == [] and summary["left_out"]["moe_perf.parquet"] > 0
     kernels = summary["kernels"]
     assert kernels["grouped_gemm/fp8_block/vllm_fused_moe"] == "moe:triton"
     assert kernels["grouped_gemm/int4/vllm_marlin_int4_moe"] == "moe:marlin"

@@ -55,4 +55,6 @@ def test_import_of_the_reference_data_works(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     s = json.loads(out)
-    assert s["rows"]["gemm"] > 100_000 and s["rows"]["grouped_gemm"] > 10_000
+    # the expert-parallel MoE rows are left out (profiling/aiconfigurator.py allgather_ep_rows) and counted
+    assert s["rows"]["gemm"] > 100_000 and s["rows"]["grouped_gemm"] > 6_000
+    assert s["left_out"]["moe_perf.parquet"] > 8_000
