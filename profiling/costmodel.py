@@ -228,6 +228,12 @@ SOURCE_CLASSES = ("fallback", "transferred", "measured", "achievable", "roofline
 #: decode_attention`) that no table here measured, and whose GQA shapes (2 KV heads per GPU at TP4) lie outside the
 #: SDPA table. Such kinds never follow a table's edge (`CalibratedCostModel._edge`).
 ACHIEVABLE_KINDS = frozenset({"attention"})
+#: Op kinds that, where no table reaches, take the achievable model's time rather than the roofline's: the fused-MoE
+#: layer, which the achievable model times kernel by kernel (tiles, waves, the Triton kernel's fraction) and which
+#: it predicts within 12.7-19.6% MAPE of AIConfigurator's measured H100 layers against the roofline's 30.4-37.5%
+#: (benchmarks/RESULTS.md section 25; a DeepSeek-V3 EP64 decode step's DeepEP-dispatched fp8 experts, which no
+#: table measures: 13 ms against the roofline's 5.6 ms).
+ACHIEVABLE_FALLBACK_KINDS = frozenset({"grouped_gemm"})
 
 
 def source_class(source: str) -> str:
@@ -745,14 +751,17 @@ class CalibratedCostModel:
 
         Decode attention (one query per sequence, `model.achievable.is_paged_decode`) takes the achievable model's
         time (FlashAttention's paged split-KV decode at published figures, `model.achievable.decode_attention`) with
-        the source ``achievable: <why>``; every other op (prefill and mixed attention included: the achievable
-        model times a mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
+        the source ``achievable: <why>``, as do grouped GEMMs (`ACHIEVABLE_FALLBACK_KINDS`), vLLM's sort sampler and
+        an engine's fused top-k; every other op (prefill and mixed attention included: the achievable model times a
+        mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
         from moesim.model.achievable import AchievableCostModel, is_paged_decode, is_sort_sampler
 
         # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`);
-        # an engine's fused softmax-top-k kernel (`ROUTER_UNFUSED_NOTE`): one small kernel, its fixed time and bytes
+        # an engine's fused softmax-top-k kernel (`ROUTER_UNFUSED_NOTE`): one small kernel, its fixed time and bytes;
+        # a grouped GEMM (`ACHIEVABLE_FALLBACK_KINDS`)
         small = op.kind == "topk_softmax" and bool(self.kernels)
-        if (op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)) or is_sort_sampler(op) or small:
+        paged = op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)
+        if paged or is_sort_sampler(op) or small or op.kind in ACHIEVABLE_FALLBACK_KINDS:
             t = AchievableCostModel().op_time(op, cluster)
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
