@@ -22,7 +22,8 @@ tokens, 4 expert slots and 2,048 routed pairs per MoE layer, and a similar share
 (56/64 against 64/72). Ratio: predicted over published (above 1: optimistic). Both the analytical step (expected
 busiest GPU) and the discrete-event step (routing drawn, mean of ``SAMPLES`` draws) are shown.
 
-Run: ``python -m benchmarks.moe_published [--json FILE]`` (about a minute); writes section 28 of RESULTS.md.
+Run: ``python -m benchmarks.moe_published [--json FILE] [--cost-model CALIBRATION ...]`` (about a minute); writes
+section 28 of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ def predict(case: tuple, cost_model: str) -> dict:
     }
 
 
-def bench() -> tuple[str, list[dict]]:
+def bench(extra: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
+    """Section 28; ``extra``: more cost models (calibration files from ``moesim calibrate``) after the defaults."""
     t0 = time.perf_counter()
     rows = []
-    for cm in COST_MODELS:
+    for cm in (*COST_MODELS, *extra):
         for case in CASES:
             rows.append(predict(case, cm))
             print(f"[moe_published] {cm}: {case[0]}: ratio {rows[-1]['ratio']:.2f}", file=sys.stderr)
@@ -148,8 +150,9 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--json", type=Path, default=None, help="also write every row here")
     ap.add_argument("--print", action="store_true", help="print the section instead of writing RESULTS.md")
+    ap.add_argument("--cost-model", action="append", default=[], help="also this calibration file (repeatable)")
     args = ap.parse_args()
-    text, rows = bench()
+    text, rows = bench(tuple(args.cost_model))
     if args.print:
         print(text)
     else:
