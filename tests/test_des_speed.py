@@ -126,7 +126,8 @@ def _batches(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_fast_parts_match_the_decomposition(calibrated: bool) -> None:
     """The separable tables against `decompose` + `estimate_step` + `utilisation_exact` per batch: seconds within
-    0.5% (linear between table entries 1/32 octave apart), bytes, FLOP and kernel launches exact."""
+    0.5% (linear between table entries 1/32 octave apart; the experts of a step-wise cost model within 6%), bytes,
+    FLOP and kernel launches exact."""
     cm = (
         CalibratedCostModel(calibrate([TABLES], holdout=0.0, kinds=["grouped_gemm", "attention"]))
         if calibrated
@@ -135,7 +136,11 @@ def test_fast_parts_match_the_decomposition(calibrated: bool) -> None:
     timer = _mixtral(cm)
     for new, cached in _batches(np.random.default_rng(2)):
         ref, fast = timer._compute(new, cached, False), timer._fast_parts(new, cached)
-        assert fast[:4] == pytest.approx(ref[:4], rel=5e-3, abs=1e-12)
+        assert fast[:3] == pytest.approx(ref[:3], rel=5e-3, abs=1e-12)
+        # the experts: with the calibration, the shapes its quick tables do not reach are timed by the achievable
+        # model (costmodel.ACHIEVABLE_FALLBACK_KINDS), which steps with the waves of tiles; the 1/32-octave
+        # interpolation follows it within 6% (the achievable model alone: 5.8% at worst on these batches)
+        assert fast[3] == pytest.approx(ref[3], rel=0.06 if calibrated else 5e-3, abs=1e-12)
         assert fast[5:9] == pytest.approx(ref[5:9], rel=1e-6)  # the same sums in another order
 
 
