@@ -158,20 +158,20 @@ def _without_moe_figure():
 
 
 def _calibrations(work: Path) -> list[tuple[str, Any]]:
+    """Our H100 tables calibrated as section 12 calibrates them, and with AIConfigurator's import (``work/aic``,
+    written by `bench` when the data is present) beside them."""
+    from benchmarks.serving_validation import _calibration
     from moesim.profiling.calibrate import CalibratedCostModel, calibrate, save
 
-    out = []
-    ours = ROOT / "profiling" / "data" / "h100-sxm" / "full-bf16"
-    if ours.is_dir():
-        save(calibrate([ours]), work / "ours.json")
-        out.append(("calibrated: our H100 tables", CalibratedCostModel.from_file(work / "ours.json")))
-        if AIC.is_dir():
-            from moesim.profiling.aiconfigurator import import_aiconfigurator
-
-            import_aiconfigurator(AIC, work / "aic")
-            save(calibrate([ours, work / "aic"]), work / "ours-aic.json")
-            label = "calibrated: our H100 tables + AIConfigurator's vLLM kernels"
-            out.append((label, CalibratedCostModel.from_file(work / "ours-aic.json")))
+    ours = _calibration(work)
+    if ours is None:
+        return []
+    out: list[tuple[str, Any]] = [("calibrated: our H100 tables", CalibratedCostModel.from_file(ours))]
+    if (work / "aic").is_dir():
+        tables = ROOT / "profiling" / "data" / "h100-sxm" / "full-bf16"
+        save(calibrate([tables, work / "aic"]), work / "ours-aic.json")
+        label = "calibrated: our H100 tables + AIConfigurator's vLLM kernels"
+        out.append((label, CalibratedCostModel.from_file(work / "ours-aic.json")))
     return out
 
 
@@ -182,17 +182,15 @@ def _cell(s: dict[str, Any], key: str) -> str:
     return f"{m['median_abs_error']:.1%} / {m['p90_abs_error']:.1%} ({m['median_signed_error']:+.1%})"
 
 
-def _kernel_table() -> tuple[list[str], dict[str, Any]]:
-    """The achievable model against AIConfigurator's vLLM fused-MoE times, with and without ``moe_fraction``."""
+def _kernel_table(aic: Path) -> tuple[list[str], dict[str, Any]]:
+    """The achievable model against AIConfigurator's vLLM fused-MoE times (imported under ``aic``), with and
+    without ``moe_fraction``."""
     from moesim.model import get_gpu, make_cluster
     from moesim.model.achievable import AchievableCostModel
-    from moesim.profiling.aiconfigurator import import_aiconfigurator
     from moesim.profiling.opshapes import row_ops
     from moesim.profiling.tables import read_table
 
-    with tempfile.TemporaryDirectory(prefix="moesim-aic-") as tmp:
-        import_aiconfigurator(AIC, Path(tmp))
-        table = read_table(Path(tmp) / "grouped_gemm.parquet")
+    table = read_table(aic / "grouped_gemm.parquet")
     df = table[0] if isinstance(table, tuple) else table
     df = df[(df.impl == "vllm_fused_moe") & (df.dtype == "bf16") & (df.ep == 1)].reset_index(drop=True)
     cluster = make_cluster(get_gpu("H100-SXM"), num_gpus=8)
@@ -236,6 +234,10 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
     per_run: list[str] = []
     with tempfile.TemporaryDirectory(prefix="moesim-moe-runs-") as tmp:
         work = Path(tmp)
+        if AIC.is_dir():
+            from moesim.profiling.aiconfigurator import import_aiconfigurator
+
+            import_aiconfigurator(AIC, work / "aic")
         runs = read_runs(runs_csv(work / "runs.csv"))
         models: list[tuple[str, Any]] = [
             ("roofline", None),
@@ -275,9 +277,9 @@ def bench(des: bool = False) -> tuple[str, dict[str, Any]]:
                 stats["dense"] = {**stats.get("dense", {}), label: s}
                 cells = " | ".join(_cell(s, k) for k in KEYS[:3])
                 dense_rows.append(f"| {label} | {s.get('runs_compared', 0)} of {len(dense)} | {cells} |")
-    kernel_lines: list[str] = []
-    if AIC.is_dir():
-        kernel_lines, stats["kernel"] = _kernel_table()
+        kernel_lines: list[str] = []
+        if (work / "aic").is_dir():
+            kernel_lines, stats["kernel"] = _kernel_table(work / "aic")
     wall = time.perf_counter() - t0
     out = [
         TITLE,

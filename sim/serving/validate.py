@@ -827,7 +827,7 @@ def error_summary(rows: pd.DataFrame) -> dict[str, Any]:
     if len(rows) and "predicted_overloaded" in rows:
         done = rows[rows["status"] != "error"]
         measured = (done["status"] == "overloaded").to_numpy(bool)
-        predicted = done["predicted_overloaded"].to_numpy(object) == True  # noqa: E712 (NaN on error rows)
+        predicted = done["predicted_overloaded"].eq(True).to_numpy(bool)  # NaN (an error row) is not True
         out["overload"] = {
             "measured": int(measured.sum()),
             "predicted": int(predicted.sum()),
