@@ -548,6 +548,7 @@ class CalibratedCostModel:
         self._cache: dict[tuple[Any, ...], OpTime] = {}
         self._warned: set[tuple[str, ...]] = set()
         self._variants: dict[tuple[tuple[str, str], ...], CalibratedCostModel] = {}
+        self._floors: dict[str, tuple[float, str] | None] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedCostModel:
@@ -577,6 +578,26 @@ class CalibratedCostModel:
             hit._warned, hit._variants = self._warned, self._variants  # one warning per missing kernel in all
             self._variants[key] = hit
         return hit
+
+    def kernel_floor(self, gpu_key: str) -> tuple[float, str] | None:
+        """(seconds, fit key) of the shortest kernel a table timed back to back on ``gpu_key`` measured: the
+        smallest ``floor_s`` of its engine GEMM tables (`ENGINE_GEMM_IMPLS`, measured on that GPU, not
+        transferred); None without such a table.
+
+        A kernel replayed in a step, one after another, takes at least this long however few bytes it moves (its
+        launch on the device, ramp-up and tail): on the H100, AIConfigurator's smallest GEMM, 2.44 us. The
+        roofline's time of a tiny norm or KV-cache write (0.02-1 us) is below what any kernel takes. Tables timed
+        one call at a time between CUDA events (``moesim profile``'s) hold the events' own cost in their floor
+        (a device copy's 3.97 us on the H100), which a step does not pay, so they give none."""
+        if gpu_key not in self._floors:
+            fits = [
+                f
+                for f in self._by_key.get(("gemm", "bf16"), []) + self._by_key.get(("gemm", "fp16"), [])
+                if base_impl(f.impl) in ENGINE_GEMM_IMPLS and f.device_key == gpu_key and f.floor_s > 0
+            ]
+            best = min(fits, key=lambda f: f.floor_s, default=None)
+            self._floors[gpu_key] = (best.floor_s, best.key) if best is not None else None
+        return self._floors[gpu_key]
 
     def _candidates(self, op: Op) -> list[Fit]:
         """The fits that may time ``op`` (fastest first), before the kernel choice and the device: those of the op's
@@ -753,7 +774,9 @@ class CalibratedCostModel:
         time (FlashAttention's paged split-KV decode at published figures, `model.achievable.decode_attention`) with
         the source ``achievable: <why>``, as do grouped GEMMs (`ACHIEVABLE_FALLBACK_KINDS`), vLLM's sort sampler and
         an engine's fused top-k; every other op (prefill and mixed attention included: the achievable model times a
-        mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source."""
+        mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source, plus, for each of
+        its kernels, the shortest kernel the calibration timed back to back on that GPU (`kernel_floor`; not for
+        collectives, whose link latency holds their launch)."""
         from moesim.model.achievable import AchievableCostModel, is_paged_decode, is_sort_sampler
 
         # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`);
@@ -765,7 +788,14 @@ class CalibratedCostModel:
             t = AchievableCostModel().op_time(op, cluster)
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
-        return replace(self._roof.op_time(op, cluster), source=why)
+        t = self._roof.op_time(op, cluster)
+        kernel = op.kernels > 0 and op.kind not in (*COLLECTIVES, "p2p") and not is_deepep(op)
+        floor = self.kernel_floor(cluster.gpu.key) if kernel else None
+        if floor is not None:  # no kernel is shorter than the shortest a table timed back to back (kernel_floor)
+            extra = op.kernels * floor[0]
+            why = f"{why} + {op.kernels} x {floor[0] * 1e6:.2f} us kernel floor ({floor[1]})"
+            return replace(t, seconds=t.seconds + extra, bound="kernel" if extra > t.seconds else t.bound, source=why)
+        return replace(t, source=why)
 
     def _edge(self, op: Op, fit: Fit, x: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, str]:
         """``x`` with its size features at ``outside`` moved onto the edge of ``fit``'s measured range, and the
