@@ -32,11 +32,11 @@ SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
 }
 #: Section 28 (2026-12-05): predicted / published tokens/s per node, (lowest, highest) over its five cases.
 SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.29, 1.53), "roofline": (1.62, 2.43)}
-#: Section 29 (2026-12-05): 15 sustained real vLLM Mixtral runs, analytical engine; metric -> (median, P90) of
+#: Section 29 (2026-12-06): 15 sustained real vLLM Mixtral runs, analytical engine; metric -> (median, P90) of
 #: |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM kernels).
 SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
     "achievable": {"e2e": (0.036, 0.081), "ttft": (0.102, 0.188), "itl": (0.046, 0.071)},
-    "calibrated": {"e2e": (0.009, 0.025), "ttft": (0.074, 0.170), "itl": (0.018, 0.033)},
+    "calibrated": {"e2e": (0.011, 0.029), "ttft": (0.057, 0.147), "itl": (0.013, 0.027)},
     "roofline": {"e2e": (0.226, 0.360), "ttft": (0.279, 0.418), "itl": (0.235, 0.355)},
 }
 #: Section 8 (2026-12-05): predicted / reported throughput of nine runs with the calibrated H100 tables.
