@@ -214,6 +214,18 @@ ROUTER_UNFUSED_NOTE = "the router table times an unfused torch softmax + top-k, 
 #: a cost a step's kernels, replayed from a CUDA graph one after another, do not pay (benchmarks/RESULTS.md
 #: section 29).
 ENGINE_GEMM_IMPLS = ("vllm_default",)
+#: The largest tensor-parallel all-reduce message (bytes) a serving engine runs in its own kernels rather than
+#: NCCL's on one node: vLLM's and SGLang's custom all-reduce (one-shot / two-shot over CUDA IPC buffers) take
+#: messages up to their buffer's default ``max_size`` of 8 MiB (vllm/distributed/device_communicators/
+#: custom_all_reduce.py, ``CustomAllreduce(max_size=8192 * 1024)``), at 2 GPUs, or at 4, 6 or 8 GPUs that NVLink
+#: connects all to all; on Hopper and Blackwell vLLM hands part of that range, and larger messages up to 32-128 MiB,
+#: to PyTorch's symmetric-memory all-reduce (``CUSTOM_ALL_REDUCE_MAX_SIZES``, ``SYMM_MEM_ALL_REDUCE_MAX_SIZES`` in
+#: all_reduce_utils.py), not to NCCL either. No table here times those kernels: NCCL's table stands in for them,
+#: and says so (`CalibratedCostModel.engine_all_reduce`).
+ENGINE_ALL_REDUCE_MAX_BYTES = 8 * 2**20
+#: Intra-node link bandwidth (bytes/s per GPU per direction) from which a node counts as NVLink-connected all to
+#: all for `ENGINE_ALL_REDUCE_MAX_BYTES` (PCIe Gen5 x16 is 64 GB/s; NVLink 3 and 4 nodes 300-450 GB/s).
+NVLINK_CLASS_BW = 100e9
 
 
 def includes_topk(fit: Fit) -> bool:
@@ -599,6 +611,15 @@ class CalibratedCostModel:
             self._floors[gpu_key] = (best.floor_s, best.key) if best is not None else None
         return self._floors[gpu_key]
 
+    def engine_all_reduce(self, op: Op, cluster: ClusterSpec) -> bool:
+        """Whether ``op`` is a tensor-parallel all-reduce that the serving engine (`kernels` named) runs in its own
+        kernels, not NCCL's: one node, 2 GPUs (or 4-8 NVLink-connected ones), at most `ENGINE_ALL_REDUCE_MAX_BYTES`."""
+        if op.kind != "all_reduce" or not self.kernels or op.inter_bytes > 0:
+            return False
+        gpus, message = int(op.shape.get("gpus", 0)), float(op.shape.get("bytes", math.inf))
+        nvlink = (cluster.gpu.node.intra_bw or 0.0) >= NVLINK_CLASS_BW
+        return message <= ENGINE_ALL_REDUCE_MAX_BYTES and (gpus == 2 or (gpus in (4, 6, 8) and nvlink))
+
     def _candidates(self, op: Op) -> list[Fit]:
         """The fits that may time ``op`` (fastest first), before the kernel choice and the device: those of the op's
         own quantisation (`table_dtype`: per-tensor fp8, block-scaled fp8, int4, MXFP4... each its own), never
@@ -636,6 +657,13 @@ class CalibratedCostModel:
                 if fit is not None and not transfer:
                     return fit, transfer, " [kernel: the engine's GEMM, timed back to back]"
             fit, transfer = self._on(fits, cluster)
+            if fit is not None and self.engine_all_reduce(op, cluster):  # NCCL's table for the engine's own kernel
+                self._warn(
+                    ("all_reduce", cluster.gpu.key, fit.key),
+                    f"no table of the engine's custom all-reduce on {cluster.gpu.key}; timing its all-reduce up to "
+                    f"{ENGINE_ALL_REDUCE_MAX_BYTES // 2**20} MiB with NCCL's table ({fit.key})",
+                )
+                return fit, transfer, f"fallback: no table of the engine's custom all-reduce, used {fit.impl}; "
             return fit, transfer, ""
         chain = [want, *_BY_NAME[(family, want)].nearest]
         for i, name in enumerate(chain):
@@ -685,7 +713,8 @@ class CalibratedCostModel:
         fallback = note if note.startswith("fallback") else ""
         chosen = note if note.startswith(" [kernel") else ""
         # a roofline time keeps the kernel choice in its reason: " [kernel K]" or " [fallback for K]"
-        tag = chosen or (f" [fallback for {self.kernels[kernel_family(op.kind) or '']}]" if fallback else "")
+        wanted = self.kernels.get(kernel_family(op.kind) or "", "the engine's kernel")
+        tag = chosen or (f" [fallback for {wanted}]" if fallback else "")
         if op.kind in COLLECTIVES and op.inter_bytes > 0:
             return replace(self._roof.op_time(op, cluster), source="roofline: multi-node collectives not measured")
         f = features(op)
