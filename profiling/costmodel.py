@@ -818,7 +818,7 @@ class CalibratedCostModel:
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
         t = self._roof.op_time(op, cluster)
-        kernel = op.kernels > 0 and op.kind not in (*COLLECTIVES, "p2p") and not is_deepep(op)
+        kernel = op.kernels > 0 and op.kind not in (*COLLECTIVES, "p2p")  # DeepEP never gets here (`op_time`)
         floor = self.kernel_floor(cluster.gpu.key) if kernel else None
         if floor is not None:  # no kernel is shorter than the shortest a table timed back to back (kernel_floor)
             extra = op.kernels * floor[0]
