@@ -396,6 +396,17 @@ def is_paged_decode(op: Op) -> bool:
     return s["tokens"] <= s["batch"] and str(s.get("form", "")) in FA_FORMS and op.kv_bytes > 0
 
 
+def is_prompt_attention(op: Op) -> bool:
+    """Whether ``op`` is attention over whole prompts only: more than one query per sequence and no key beyond the
+    batch's own tokens (``kv_read == tokens``: no cached prefix, no decoding sequence), as a training micro-batch or
+    a prefill of fresh prompts runs it. `attention_compute_s` times exactly that kernel (FlashAttention's forward
+    over causal query blocks); a mixed batch it would time as if every sequence were a prompt."""
+    s = op.shape
+    if op.kind != "attention" or any(k not in s for k in ("batch", "tokens", "kv_read", "pairs", "heads")):
+        return False
+    return s["batch"] > 0 and s["tokens"] > s["batch"] and s["kv_read"] == s["tokens"]
+
+
 def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float) -> DecodeAttention:
     """FlashAttention's paged split-KV decode (what vLLM V1 runs for one query per sequence), as its kernel runs it.
 

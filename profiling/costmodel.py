@@ -806,14 +806,19 @@ class CalibratedCostModel:
         mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source, plus, for each of
         its kernels, the shortest kernel the calibration timed back to back on that GPU (`kernel_floor`; not for
         collectives, whose link latency holds their launch)."""
-        from moesim.model.achievable import AchievableCostModel, is_paged_decode, is_sort_sampler
+        from moesim.model.achievable import (
+            AchievableCostModel,
+            is_paged_decode,
+            is_prompt_attention,
+            is_sort_sampler,
+        )
 
         # vLLM's sort-based top-p sampler (no table measures it): the achievable model's sort (`is_sort_sampler`);
         # an engine's fused softmax-top-k kernel (`ROUTER_UNFUSED_NOTE`): one small kernel, its fixed time and bytes;
         # a grouped GEMM (`ACHIEVABLE_FALLBACK_KINDS`)
         small = op.kind == "topk_softmax" and bool(self.kernels)
-        paged = op.kind in ACHIEVABLE_KINDS and is_paged_decode(op)
-        if paged or is_sort_sampler(op) or small or op.kind in ACHIEVABLE_FALLBACK_KINDS:
+        attn = op.kind in ACHIEVABLE_KINDS and (is_paged_decode(op) or is_prompt_attention(op))
+        if attn or is_sort_sampler(op) or small or op.kind in ACHIEVABLE_FALLBACK_KINDS:
             t = AchievableCostModel().op_time(op, cluster)
             reused = f" ({t.source.split(':', 1)[1].strip()})" if ":" in t.source else ""
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
