@@ -235,10 +235,10 @@ def includes_topk(fit: Fit) -> bool:
 
 #: Provenance classes of an `OpTime.source`, in the order `source_class` tests them.
 SOURCE_CLASSES = ("fallback", "transferred", "measured", "achievable", "roofline")
-#: Op kinds whose decode ops no table covers are timed by the achievable model (`model.achievable`) instead of the
-#: bare roofline: attention, whose decode is FlashAttention's paged split-KV kernel (`model.achievable.
-#: decode_attention`) that no table here measured, and whose GQA shapes (2 KV heads per GPU at TP4) lie outside the
-#: SDPA table. Such kinds never follow a table's edge (`CalibratedCostModel._edge`).
+#: Op kinds whose decode ops and whole-prompt ops no table covers are timed by the achievable model
+#: (`model.achievable`) instead of the bare roofline: attention, whose decode is FlashAttention's paged split-KV kernel
+#: (`model.achievable.decode_attention`) that no table here measured, and whose GQA shapes (2 KV heads per GPU at TP4)
+#: lie outside the SDPA table. Such kinds never follow a table's edge (`CalibratedCostModel._edge`).
 ACHIEVABLE_KINDS = frozenset({"attention"})
 #: Op kinds that, where no table reaches, take the achievable model's time rather than the roofline's: the fused-MoE
 #: layer, which the achievable model times kernel by kernel (tiles, waves, the Triton kernel's fraction) and which
@@ -801,9 +801,11 @@ class CalibratedCostModel:
 
         Decode attention (one query per sequence, `model.achievable.is_paged_decode`) takes the achievable model's
         time (FlashAttention's paged split-KV decode at published figures, `model.achievable.decode_attention`) with
-        the source ``achievable: <why>``, as do grouped GEMMs (`ACHIEVABLE_FALLBACK_KINDS`), vLLM's sort sampler and
-        an engine's fused top-k; every other op (prefill and mixed attention included: the achievable model times a
-        mixed batch as if every sequence were a prompt) the roofline's, with ``why`` as its source, plus, for each of
+        the source ``achievable: <why>``, as do attention over whole prompts (`model.achievable.is_prompt_attention`:
+        FlashAttention's forward over causal query blocks), grouped GEMMs (`ACHIEVABLE_FALLBACK_KINDS`), vLLM's sort
+        sampler and an engine's fused top-k; every other op (mixed attention and prompts after a cached prefix
+        included: the achievable model times a mixed batch as if every sequence were a prompt) the roofline's, with
+        ``why`` as its source, plus, for each of
         its kernels, the shortest kernel the calibration timed back to back on that GPU (`kernel_floor`; not for
         collectives, whose link latency holds their launch)."""
         from moesim.model.achievable import (
