@@ -560,7 +560,7 @@ class CalibratedCostModel:
         self._cache: dict[tuple[Any, ...], OpTime] = {}
         self._warned: set[tuple[str, ...]] = set()
         self._variants: dict[tuple[tuple[str, str], ...], CalibratedCostModel] = {}
-        self._floors: dict[str, tuple[float, str] | None] = {}
+        self._floors: dict[tuple[str, str | None], tuple[float, str] | None] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedCostModel:
@@ -591,25 +591,34 @@ class CalibratedCostModel:
             self._variants[key] = hit
         return hit
 
-    def kernel_floor(self, gpu_key: str) -> tuple[float, str] | None:
-        """(seconds, fit key) of the shortest kernel a table timed back to back on ``gpu_key`` measured: the
-        smallest ``floor_s`` of its engine GEMM tables (`ENGINE_GEMM_IMPLS`, measured on that GPU, not
-        transferred); None without such a table.
+    def kernel_floor(self, gpu_key: str, vendor: str | None = None) -> tuple[float, str] | None:
+        """(seconds, where from) of the shortest kernel a table timed back to back: the smallest ``floor_s`` of the
+        engine GEMM tables (`ENGINE_GEMM_IMPLS`) measured on ``gpu_key``, with that fit's key; where none was
+        measured there, the smallest of those measured on another GPU of the same ``vendor`` (the fit's key and
+        ``transferred``); None without such a table (or with no ``vendor`` given, where ``gpu_key`` has none).
 
         A kernel replayed in a step, one after another, takes at least this long however few bytes it moves (its
         launch on the device, ramp-up and tail): on the H100, AIConfigurator's smallest GEMM, 2.44 us. The
-        roofline's time of a tiny norm or KV-cache write (0.02-1 us) is below what any kernel takes. Tables timed
-        one call at a time between CUDA events (``moesim profile``'s) hold the events' own cost in their floor
-        (a device copy's 3.97 us on the H100), which a step does not pay, so they give none."""
-        if gpu_key not in self._floors:
+        roofline's time of a tiny norm or KV-cache write (0.02-1 us) is below what any kernel takes. That floor is
+        the GPU front end's, not its bandwidth's or peak's, so another GPU of the vendor takes the measured one's
+        (checked on the A100 and L40S runs of `../shared/data/vllm-e2e-dense`: benchmarks/RESULTS.md section 29).
+        Tables timed one call at a time between CUDA events (``moesim profile``'s) hold the events' own cost in
+        their floor (a device copy's 3.97 us on the H100), which a step does not pay, so they give none."""
+        key = (gpu_key, vendor)
+        if key not in self._floors:
             fits = [
                 f
                 for f in self._by_key.get(("gemm", "bf16"), []) + self._by_key.get(("gemm", "fp16"), [])
-                if base_impl(f.impl) in ENGINE_GEMM_IMPLS and f.device_key == gpu_key and f.floor_s > 0
+                if base_impl(f.impl) in ENGINE_GEMM_IMPLS and f.floor_s > 0
             ]
-            best = min(fits, key=lambda f: f.floor_s, default=None)
-            self._floors[gpu_key] = (best.floor_s, best.key) if best is not None else None
-        return self._floors[gpu_key]
+            same = [f for f in fits if f.device_key == gpu_key]
+            other = [f for f in fits if vendor is not None and f.hardware.vendor == vendor]
+            best = min(same or other, key=lambda f: f.floor_s, default=None)
+            if best is None:
+                self._floors[key] = None
+            else:
+                self._floors[key] = (best.floor_s, best.key if same else f"{best.key}, transferred")
+        return self._floors[key]
 
     def engine_all_reduce(self, op: Op, cluster: ClusterSpec) -> bool:
         """Whether ``op`` is a tensor-parallel all-reduce that the serving engine (`kernels` named) runs in its own
@@ -826,7 +835,7 @@ class CalibratedCostModel:
             return replace(t, source=f"achievable: {why.removeprefix('roofline: ')}{reused}")
         t = self._roof.op_time(op, cluster)
         kernel = op.kernels > 0 and op.kind not in (*COLLECTIVES, "p2p")  # DeepEP never gets here (`op_time`)
-        floor = self.kernel_floor(cluster.gpu.key) if kernel else None
+        floor = self.kernel_floor(cluster.gpu.key, cluster.gpu.vendor) if kernel else None
         if floor is not None:  # no kernel is shorter than the shortest a table timed back to back (kernel_floor)
             extra = op.kernels * floor[0]
             why = f"{why} + {op.kernels} x {floor[0] * 1e6:.2f} us kernel floor ({floor[1]})"

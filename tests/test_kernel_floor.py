@@ -1,7 +1,7 @@
 """A kernel no table covers takes at least the shortest kernel the calibration timed back to back on that GPU
 (`CalibratedCostModel.kernel_floor`): the roofline's 0.02-1 us for a tiny norm or KV-cache write is below what any
 kernel takes when a step replays them one after another. Collectives, and calibrations with no back-to-back table,
-keep the bare roofline."""
+keep the bare roofline; another GPU of the vendor takes the measured GPU's floor."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moesim.model.hardware import get_gpu, make_cluster
+from moesim.model.hardware import get_gpu, local_cpu, make_cluster
 from moesim.model.op_record import collective, memory_op
 from moesim.model.roofline import RooflineCostModel
 from moesim.profiling.calibrate import CalibratedCostModel, calibrate
@@ -54,10 +54,16 @@ def test_an_uncovered_kernel_pays_the_back_to_back_floor(ours):
     # a collective keeps its link model (its latency holds its launch), whatever the floor
     ar = collective("attn_allreduce", "all_reduce", "attn", 1, 1e6, 8, 8)
     assert cm.op_time(ar, h100).seconds == pytest.approx(RooflineCostModel().op_time(ar, h100).seconds)
-    # the floor is the measured GPU's own: on another GPU no table timed back to back, so the bare roofline
+    # on another GPU of the vendor that no table timed back to back, the measured GPU's floor, said to be carried
     h200 = make_cluster(get_gpu("H200-SXM"), num_gpus=1)
-    assert cm.kernel_floor("H200-SXM") is None
-    assert cm.op_time(_norm(64), h200).seconds == pytest.approx(RooflineCostModel().op_time(_norm(64), h200).seconds)
+    assert cm.kernel_floor("H200-SXM") is None  # no vendor named: nothing to carry it by
+    assert cm.kernel_floor("H200-SXM", "nvidia") == (2.5e-6, f"gemm/bf16/{ENGINE_GEMM_IMPLS[0]}@H100-SXM, transferred")
+    got = cm.op_time(_norm(64), h200)
+    assert got.seconds == pytest.approx(RooflineCostModel().op_time(_norm(64), h200).seconds + 2.5e-6, rel=1e-12)
+    assert "@H100-SXM, transferred)" in got.source
+    # never across vendors: this machine's CPU gets no GPU's floor
+    cpu = local_cpu()
+    assert cm.kernel_floor(cpu.key, cpu.vendor) is None
 
 
 def test_per_call_tables_give_no_floor(ours):
