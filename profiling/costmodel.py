@@ -901,14 +901,53 @@ class CalibratedCostModel:
 
     def _derated(self, op: Op, fit: Fit, cluster: ClusterSpec, ratio: float) -> tuple[float | None, str]:
         """``op``'s derated time (s) on ``cluster`` from ``fit`` measured on another GPU (`profiling.transfer`), and
-        how it was carried: (seconds, ``derated: ...``), or (None, why the ratio is carried instead)."""
+        how it was carried: (seconds, ``derated: ...`` or ``achievable ratio ...``), or (None, why the ratio is
+        carried instead).
+
+        Between GPUs of one compute die, the achieved bandwidth derates the measured time (`derated_seconds`).
+        Across dies, where both GPUs have their own published figures (`model.achievable.ACHIEVABLE`: achieved
+        bandwidth, GEMM and attention fractions, SMs), the time measured on the source scales by the achievable
+        model's time on the target over its time on the source: the GPUs' achieved, not datasheet, speeds, and
+        their own tile and wave counts. Checked on the A100 runs of `../shared/data/vllm-e2e-dense` calibrated on
+        H100 tables (benchmarks/RESULTS.md section 29). A GPU without its own figures carries the ratio."""
         why = derating_applies(op, fit.hardware, cluster.gpu)
+        if why is not None and why.startswith("different compute die"):
+            scaled = self._achievable_ratio(op, fit, cluster)
+            if scaled is not None:
+                return ratio * scaled[0], scaled[1]
         if why is not None:
             return None, why
         t_src = ratio * (self._roof.op_time(op, _same_device(cluster, fit.hardware)).seconds + fit.floor_s)
         t, share = derated_seconds(op, t_src, fit.hardware, cluster.gpu)
         gain = (achieved_bandwidth(cluster.gpu) or 1.0) / (achieved_bandwidth(fit.hardware) or 1.0)
         return t, f"derated: achieved bandwidth x{gain:.2f}, {share:.0%} of the time bandwidth/compute-bound"
+
+    def _achievable_ratio(self, op: Op, fit: Fit, cluster: ClusterSpec) -> tuple[float, str] | None:
+        """(seconds per unit of the fitted ratio, note) of ``op`` carried from ``fit``'s GPU to ``cluster``'s across
+        compute dies by the achievable model (`_derated`), or None where either GPU lacks its own figures, the op
+        is a collective, or the achievable model cannot time it."""
+        from moesim.model.achievable import AchievableCostModel
+
+        src, dst = fit.hardware, cluster.gpu
+        if op.kind in (*COLLECTIVES, "p2p") or not (_own_achievable(src) and _own_achievable(dst)):
+            return None
+        here = _same_device(cluster, src)
+        try:
+            a_src = AchievableCostModel().op_time(op, here).seconds
+            a_dst = AchievableCostModel().op_time(op, cluster).seconds
+        except HardwareError:
+            return None
+        if not (a_src > 0 and a_dst > 0):
+            return None
+        t_src = self._roof.op_time(op, here).seconds + fit.floor_s
+        return t_src * a_dst / a_src, f"achievable ratio x{a_dst / a_src:.2f} {dst.key}/{src.key}"
+
+
+def _own_achievable(gpu: HardwareSpec) -> bool:
+    """Whether ``gpu`` has published achievable figures of its own (not H100-SXM's reused wholesale)."""
+    from moesim.model.achievable import ACHIEVABLE
+
+    return gpu.achievable is not None or gpu.key in ACHIEVABLE
 
 
 def _same_device(cluster: ClusterSpec, hw: HardwareSpec) -> ClusterSpec:

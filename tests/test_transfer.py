@@ -95,6 +95,30 @@ def test_derating_applies_only_where_it_is_defined():
     assert measured / 1.43 < derated.seconds < measured  # memory-bound, but less than the datasheet gain
 
 
+def test_across_dies_the_achievable_model_carries_the_measured_time():
+    """H100 tables timing an A100: the measured time scales by the achievable model's A100 / H100 time (both GPUs
+    have their own published figures), not by the datasheet rooflines; a GPU without its own figures carries the
+    ratio as before."""
+    from moesim.model.achievable import AchievableCostModel
+
+    model, ach = _model(), AchievableCostModel()
+    for m in (1, 64, 4096):
+        op = _gemm(m)
+        here, there = model.op_time(op, _on("H100-SXM")), model.op_time(op, _on("A100-SXM-80GB"))
+        scale = ach.op_time(op, _on("A100-SXM-80GB")).seconds / ach.op_time(op, _on("H100-SXM")).seconds
+        assert f"achievable ratio x{scale:.2f} A100-SXM-80GB/H100-SXM" in there.source
+        assert there.seconds == pytest.approx(here.seconds * scale, rel=1e-9)
+        assert there.band == (0.1, 0.3)  # still a transfer, with its band
+        roof = model._roof
+        # the A100's achieved bandwidth is 86% of its datasheet's, the H100's 90%: memory-bound shapes come out
+        # slower than the rooflines' ratio would have them
+        if m == 1:
+            ratio = roof.op_time(op, _on("A100-SXM-80GB")).seconds / roof.op_time(op, _on("H100-SXM")).seconds
+            assert scale > ratio
+    carried = model.op_time(_gemm(1), _on("B200"))  # no achievable figures of its own: the ratio is carried
+    assert "ratio carried" in carried.source
+
+
 def test_the_h100_achieved_bandwidth_is_the_committed_copy_measurement():
     df = pd.read_parquet(DATA / "full-bf16" / "memcpy.parquet")
     measured = float((2 * df["bytes"] / df["time_s"]).max())  # read + written
