@@ -814,9 +814,9 @@ class CalibratedCostModel:
         FlashAttention's forward over causal query blocks), grouped GEMMs (`ACHIEVABLE_FALLBACK_KINDS`), vLLM's sort
         sampler and an engine's fused top-k; every other op (mixed attention and prompts after a cached prefix
         included: the achievable model times a mixed batch as if every sequence were a prompt) the roofline's, with
-        ``why`` as its source, plus, for each of
-        its kernels, the shortest kernel the calibration timed back to back on that GPU (`kernel_floor`; not for
-        collectives, whose link latency holds their launch)."""
+        ``why`` as its source, plus, for each of its kernels, the shortest kernel the calibration timed back to back
+        on that GPU, or on another GPU of its vendor (`kernel_floor`; not for collectives, whose link latency holds
+        their launch)."""
         from moesim.model.achievable import (
             AchievableCostModel,
             is_paged_decode,
