@@ -911,40 +911,39 @@ class CalibratedCostModel:
         their own tile and wave counts. Checked on the A100 runs of `../shared/data/vllm-e2e-dense` calibrated on
         H100 tables (benchmarks/RESULTS.md section 29). A GPU without its own figures carries the ratio."""
         why = derating_applies(op, fit.hardware, cluster.gpu)
-        if why is not None and why.startswith("different compute die"):
-            scaled = self._achievable_ratio(op, fit, cluster)
-            if scaled is not None:
-                return ratio * scaled[0], scaled[1]
-        if why is not None:
+        scaled = self._achievable_ratio(op, fit, cluster) if why and why.startswith("different compute die") else None
+        if why is not None and scaled is None:
             return None, why
         t_src = ratio * (self._roof.op_time(op, _same_device(cluster, fit.hardware)).seconds + fit.floor_s)
+        if scaled is not None:
+            return t_src * scaled[0], scaled[1]
         t, share = derated_seconds(op, t_src, fit.hardware, cluster.gpu)
         gain = (achieved_bandwidth(cluster.gpu) or 1.0) / (achieved_bandwidth(fit.hardware) or 1.0)
         return t, f"derated: achieved bandwidth x{gain:.2f}, {share:.0%} of the time bandwidth/compute-bound"
 
     def _achievable_ratio(self, op: Op, fit: Fit, cluster: ClusterSpec) -> tuple[float, str] | None:
-        """(seconds per unit of the fitted ratio, note) of ``op`` carried from ``fit``'s GPU to ``cluster``'s across
-        compute dies by the achievable model (`_derated`), or None where either GPU lacks its own figures, the op
-        is a collective, or the achievable model cannot time it."""
+        """(the achievable model's time of ``op`` on ``cluster``'s GPU over its time on ``fit``'s, note): how
+        `_derated` carries a measured time across compute dies; None where either GPU lacks its own published figures
+        (`_own_achievable`), the op is a collective, or the achievable model cannot time it."""
         from moesim.model.achievable import AchievableCostModel
 
         src, dst = fit.hardware, cluster.gpu
         if op.kind in (*COLLECTIVES, "p2p") or not (_own_achievable(src) and _own_achievable(dst)):
             return None
-        here = _same_device(cluster, src)
+        ach = AchievableCostModel()
         try:
-            a_src = AchievableCostModel().op_time(op, here).seconds
-            a_dst = AchievableCostModel().op_time(op, cluster).seconds
+            a_src = ach.op_time(op, _same_device(cluster, src)).seconds
+            a_dst = ach.op_time(op, cluster).seconds
         except HardwareError:
             return None
         if not (a_src > 0 and a_dst > 0):
             return None
-        t_src = self._roof.op_time(op, here).seconds + fit.floor_s
-        return t_src * a_dst / a_src, f"achievable ratio x{a_dst / a_src:.2f} {dst.key}/{src.key}"
+        return a_dst / a_src, f"achievable ratio x{a_dst / a_src:.2f} {dst.key}/{src.key}"
 
 
 def _own_achievable(gpu: HardwareSpec) -> bool:
-    """Whether ``gpu`` has published achievable figures of its own (not H100-SXM's reused wholesale)."""
+    """Whether ``gpu`` has published achievable figures of its own (its spec's block, or its preset's row: a spec
+    read back from a calibration file keeps only the datasheet), not H100-SXM's reused wholesale."""
     from moesim.model.achievable import ACHIEVABLE
 
     return gpu.achievable is not None or gpu.key in ACHIEVABLE
