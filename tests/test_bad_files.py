@@ -291,3 +291,22 @@ def test_training_max_violation_too_high_names_the_largest(tmp_path: Path, capsy
     rc, out, err = run_cli(["train", str(path)], capsys)
     line = assert_one_error(rc, out, err)
     assert "routing.max_violation=5 is too high for top-2" in line and "routing.max_violation <= 3" in line, line
+
+
+def test_yaml_read_by_libyaml_with_pythons_errors(tmp_path: Path) -> None:
+    """YAML is parsed by libyaml where PyYAML has it; a refused document is read again by PyYAML, so every error
+    keeps PyYAML's wording and line; libyaml's own depth limit (1,000 levels) reads as the nesting error."""
+    from moesim.model import inputs
+
+    if yaml.__with_libyaml__:
+        assert inputs._SAFE_LOADER is yaml.CSafeLoader
+    f = tmp_path / "x.yaml"
+    for depth in (150, 999, 1_001, 5_000):  # below and above libyaml's limit, above MAX_DEPTH
+        f.write_bytes(b"a: " + b"[" * depth + b"]" * depth + b"\n")
+        with pytest.raises(MoesimError, match=f"nested more than {MAX_DEPTH} levels"):
+            read_yaml(f, "a scenario YAML")
+    f.write_bytes(b"a: 1\nb: [2\nc: 3\n")  # PyYAML names what it found; libyaml would not
+    with pytest.raises(MoesimError, match=r"not valid YAML at line 3 \(expected ',' or '\]', but got ':'\)"):
+        read_yaml(f, "a scenario YAML")
+    f.write_bytes(b"model: mixtral-8x7b\nlayout: {tp: 2, ep: 2}\nrates: [1.5, 2]\n")
+    assert read_yaml(f) == {"model": "mixtral-8x7b", "layout": {"tp": 2, "ep": 2}, "rates": [1.5, 2]}
