@@ -68,6 +68,14 @@ Progress = Callable[[int, int, str], None]
 #: by about 9%), so each shape is timed in several short visits spread over
 #: the run and its samples pooled: the drift averages out.
 PASSES = {"tiny": 3, "quick": 6, "full": 8}
+#: Seconds one visit to a shape may spend repeating its call (after the minimum repetitions) before it stops short
+#: of the target spread, per mode. On an idle CPU a visit reaches its spread well within 0.05 s; under load none
+#: does, and each runs to the budget. The tiny grid's 225 visits (`profile("cpu", mode="tiny", ops=["gemm",
+#: "moe"])`, this project's 2-core VM, 2026-12-06) took 5.3-5.8 s at 0.2 s and 4.2-4.9 s at 0.05 s idle
+#: (held-out MAPE gemm 13.1% / 13.1% and 11.0% / 9.6%; grouped GEMM 8.7% / 2.0% and 4.9% / 4.5%), and with two
+#: busy processes on the cores 18.6-30.0 s at 0.2 s against 11.5-16.7 s at 0.05 s, for no better tables
+#: (gemm 31-108% either way): a longer budget buys nothing the passes do not.
+VISIT_BUDGET_S = {"tiny": 0.05, "quick": 0.05, "full": 0.2}
 
 
 @dataclass
@@ -220,7 +228,7 @@ def profile(
     out = Path(out)
     check_table_folder(out, "profile", force, ("hardware.yaml",))  # before minutes of timing, not after
     passes = PASSES[mode]
-    budget = 0.05 if mode == "quick" else 0.2
+    budget = VISIT_BUDGET_S[mode]
     # the first pass warms every shape up; later visits are timed straight away (their cold first call,
     # if any, is one sample of several under the median)
     timers = [Timer(device, warmup=1 if p == 0 else 0, min_reps=2, max_reps=20, budget_s=budget) for p in range(2)]
