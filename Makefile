@@ -42,9 +42,12 @@ chromium:
 demo: $(VENV)/.installed-report
 	$(BIN)/moesim demo --out $(REPORT)
 
+# The test runs keep Python's compiled modules (__pycache__/, ignored by git) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: each pytest process and each moesim it starts would otherwise compile every test module
+# (with pytest's assertion rewriting) and every moesim module again.
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest -n 2 -m 'not wall_clock'
-	$(BIN)/python -m pytest -m wall_clock  # deadline tests, alone on the CPUs
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n 2 -m 'not wall_clock'
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -m wall_clock  # deadline tests, alone on the CPUs
 
 dashboard: $(VENV)/.installed-dashboard
 	$(BIN)/moesim dashboard
