@@ -6,13 +6,6 @@ REPORT ?= moesim-report
 # The profiler's torch. 2.13.0 is a CPU build where a local wheel exists; on a GPU machine set
 # TORCH_SPEC to the CUDA build you want (make TORCH_SPEC='torch==2.5.1' test).
 TORCH_SPEC ?= torch==2.13.0
-# Python keeps the modules it compiles (__pycache__/ in .venv and in this folder, which git ignores) in every
-# command below, even where the environment sets PYTHONDONTWRITEBYTECODE: an empty value is unset to Python. pip
-# then installs without compiling (--no-compile: a clean `make test` installs in about 45 s instead of 90 s) and
-# each module is compiled once, when first imported; otherwise each pytest process and each moesim it starts
-# would compile every test module (with pytest's assertion rewriting) and every moesim module again.
-export PYTHONDONTWRITEBYTECODE :=
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
 .PHONY: demo test bench lint format clean dashboard chromium wheel
 
@@ -22,19 +15,19 @@ $(BIN)/python:
 
 # one stamp per set of extras, redone when pyproject.toml changes
 $(VENV)/.installed-torch: | $(BIN)/python
-	$(PIP_INSTALL) '$(TORCH_SPEC)' triton
+	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)' triton
 	touch $@
 
 $(VENV)/.installed-report: pyproject.toml $(VENV)/.installed-torch | $(BIN)/python
-	$(PIP_INSTALL) -e '.[report]'
+	$(BIN)/python -m pip install --quiet -e '.[report]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-torch | $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev,report]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
 	touch $@
 
 $(VENV)/.installed-dashboard: pyproject.toml | $(BIN)/python
-	$(PIP_INSTALL) -e '.[dashboard]'
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]'
 	touch $@
 
 # Debian's chromium for the real-browser test (Playwright's own browser download does not work here);
@@ -49,9 +42,12 @@ chromium:
 demo: $(VENV)/.installed-report
 	$(BIN)/moesim demo --out $(REPORT)
 
+# The test runs keep Python's compiled modules (__pycache__/, ignored by git) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: each pytest process and each moesim it starts would otherwise compile every test module
+# (with pytest's assertion rewriting) and every moesim module again.
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest -n 2 -m 'not wall_clock'
-	$(BIN)/python -m pytest -m wall_clock  # deadline tests, alone on the CPUs
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n 2 -m 'not wall_clock'
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -m wall_clock  # deadline tests, alone on the CPUs
 
 dashboard: $(VENV)/.installed-dashboard
 	$(BIN)/moesim dashboard
