@@ -72,10 +72,10 @@ PASSES = {"tiny": 3, "quick": 6, "full": 8}
 #: of the target spread, per mode. On an idle CPU a visit reaches its spread well within 0.05 s; under load none
 #: does, and each runs to the budget. The tiny grid's 225 visits (`profile("cpu", mode="tiny", ops=["gemm",
 #: "moe"])`, then `calibrate(holdout=0.2, seed=0)`; this project's 2-core VM, 2026-12-06), 11 idle runs at each
-#: budget: 4.0-5.2 s at 0.05 s, 4.3-5.8 s at 0.2 s; held-out MAPE, median (range), gemm 11.0% (9.4-13.8) at 0.05 s
-#: and 13.1% (8.2-20.5) at 0.2 s, grouped GEMM 4.7% (1.6-22.3) and 6.0% (2.0-22.9): the same tables. With two busy
-#: processes on the cores: 11.5-16.7 s at 0.05 s against 18.6-30.0 s at 0.2 s, for no better tables (gemm 31-108%
-#: either way): a longer budget buys nothing the passes do not.
+#: budget: 3.6-4.9 s at 0.05 s, 3.3-6.7 s at 0.2 s (`ProfileRun.wall_s`); held-out MAPE, median (range), gemm
+#: 11.0% (9.4-13.8) at 0.05 s and 13.1% (8.2-20.5) at 0.2 s, grouped GEMM 4.7% (1.6-22.3) and 6.0% (2.0-22.9):
+#: the same tables. With two busy processes on the cores: 11.5-16.7 s at 0.05 s against 18.6-30.0 s at 0.2 s,
+#: for no better tables (gemm 31-108% either way): a longer budget buys nothing the passes do not.
 VISIT_BUDGET_S = {"tiny": 0.05, "quick": 0.05, "full": 0.2}
 
 
