@@ -34,6 +34,7 @@ data-parallel attention groups each process their own micro-batch.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -451,6 +452,8 @@ def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None
 #: for the committed H100 SXM tables on this project's 2-core VM). At most `_CALIBRATIONS_KEPT` are kept.
 _CALIBRATIONS: dict[tuple, Any] = {}
 _CALIBRATIONS_KEPT = 8
+#: Held while `_CALIBRATIONS` changes (the dashboard runs each session's page in its own thread).
+_CALIBRATIONS_LOCK = threading.Lock()
 
 
 def _tables_key(paths: list[Path]) -> tuple:
@@ -483,10 +486,11 @@ def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
     cal = _CALIBRATIONS.get(key)
     if cal is None:
         cal = calibrate(paths, holdout=0.0)
-        while _CALIBRATIONS and len(_CALIBRATIONS) >= _CALIBRATIONS_KEPT:
-            _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))  # the oldest
-        if _CALIBRATIONS_KEPT > 0:
-            _CALIBRATIONS[key] = cal
+        with _CALIBRATIONS_LOCK:
+            while _CALIBRATIONS and len(_CALIBRATIONS) >= _CALIBRATIONS_KEPT:
+                _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))  # the oldest
+            if _CALIBRATIONS_KEPT > 0:
+                _CALIBRATIONS[key] = cal
     return CalibratedCostModel(cal, name="calibrated:" + "+".join(p.name for p in paths))
 
 
