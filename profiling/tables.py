@@ -351,3 +351,13 @@ def table_files(paths: list[str | Path]) -> list[Path]:
 def load_tables(paths: list[str | Path]) -> list[tuple[pd.DataFrame, dict[str, Any], Path]]:
     """Read every table under ``paths``: [(rows, metadata, file)]."""
     return [(*read_table(f), f) for f in table_files(paths)]
+
+
+def folder_signature(folder: str | Path, pattern: str = "*.parquet") -> tuple[tuple[str, int, int], ...]:
+    """(path, bytes, modification time in ns) of every entry matching ``pattern`` under ``folder``, sorted; () where
+    ``folder`` is not a folder. A key for caches of what was read from it: a file added, removed or rewritten
+    changes it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ()
+    return tuple((str(f), (s := f.stat()).st_size, s.st_mtime_ns) for f in sorted(folder.rglob(pattern)))

@@ -149,10 +149,9 @@ def sources(committed: Path = COMMITTED, shared: Path = SHARED) -> list[Source]:
 
 def signature(folder: str | Path) -> tuple[tuple[str, int, int], ...]:
     """(file, bytes, mtime ns) of every table under ``folder`` (() when it has none): the caches' key."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return ()
-    return tuple((str(f), (s := f.stat()).st_size, s.st_mtime_ns) for f in sorted(folder.rglob("*.parquet")))
+    from moesim.profiling.tables import folder_signature
+
+    return folder_signature(folder, "*.parquet")
 
 
 def is_aiconfigurator(folder: str | Path) -> bool:

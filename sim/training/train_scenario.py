@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +58,9 @@ from moesim.model.limits import (
     MAX_TOKENS,
 )
 from moesim.sim.common import power_law_loads, read_yaml, scenario_cluster, scenario_loads, validate_mapping
+
+if TYPE_CHECKING:
+    from moesim.profiling.costmodel import Calibration
 
 #: Pipeline schedules: GPipe (all forwards, then all backwards), 1F1B
 #: (PipeDream-flush, Megatron's default), interleaved 1F1B over
@@ -450,7 +453,7 @@ def _loads(sc: TrainScenario, model: ModelSpec, base: Path) -> np.ndarray | None
 #: Calibrations of table folders made in this process (`_load_cost_model`), by `_tables_key`: the training
 #: scenarios of a sweep, of a benchmark or of the dashboard's pages would each fit the same tables again (0.7-0.8 s
 #: for the committed H100 SXM tables on this project's 2-core VM). At most `_CALIBRATIONS_KEPT` are kept.
-_CALIBRATIONS: dict[tuple, Any] = {}
+_CALIBRATIONS: dict[tuple, Calibration] = {}
 _CALIBRATIONS_KEPT = 8
 #: Held while `_CALIBRATIONS` changes (the dashboard runs each session's page in its own thread).
 _CALIBRATIONS_LOCK = threading.Lock()
@@ -458,13 +461,13 @@ _CALIBRATIONS_LOCK = threading.Lock()
 
 def _tables_key(paths: list[Path]) -> tuple:
     """What a calibration of ``paths`` depends on: each path resolved, with the name, size (bytes) and modification
-    time (ns) of every file under it, so that a table added, removed or rewritten is calibrated again."""
-    key = []
-    for p in paths:
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        stats = tuple((f.relative_to(p).as_posix() if p.is_dir() else f.name, f.stat()) for f in files)
-        key.append((str(p.resolve()), tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)))
-    return tuple(key)
+    time (ns) of every file and folder under it (`profiling.tables.folder_signature`; a file given alone: its own),
+    so that a table added, removed or rewritten is calibrated again."""
+    from moesim.profiling.tables import folder_signature
+
+    return tuple(
+        (str(p.resolve()), folder_signature(p, "*") or (p.stat().st_mtime_ns, p.stat().st_size)) for p in paths
+    )
 
 
 def _load_cost_model(spec: str | list[str], base: Path) -> CostModel:
