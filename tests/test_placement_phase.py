@@ -53,7 +53,7 @@ def test_decode_objective_prices_the_all_to_all_as_the_simulator_charges_it(whic
     cost = layer_cost(CLUSTER, model.hidden_size, model.moe.intermediate_size, model.moe.top_k, 16, dtype="bf16",
                       phase="decode", decode_tokens_per_gpu=per_gpu, fp8_dispatch=False)  # fmt: skip
     objective = sum(decode_time_parts(plan[i], st.counts[i], 16, 8, cost)["a2a"] for i in range(len(plan)))
-    charged = timer._layer_a2a(per_gpu * 16, "decode")
+    charged = timer._layer_a2a(per_gpu * 16, "decode")[0]  # (dispatch + combine, dispatch)
     assert charged == pytest.approx(objective, rel=1e-9)
 
 
@@ -72,11 +72,14 @@ def test_simulator_charges_each_layers_plan_not_the_first_layers():
     flat = StepTimer(model, lay, CLUSTER, Precision(), None, shares[0], plan[0])
     for phase in ("decode", "prefill"):
         x = 512 if phase == "prefill" else 64
-        assert same._layer_a2a(x, phase) == pytest.approx(flat._sep_entry("tokens", phase, x)[1][1], rel=1e-9)
+        # (dispatch + combine, dispatch): the table's all-to-all column and its dispatch column
+        sep = flat._sep_entry("tokens", phase, x)[1]
+        assert same._layer_a2a(x, phase) == pytest.approx((sep[1], sep[8]), rel=1e-9)
         assert flat._layer_a2a(x, phase) is None  # one plan for every layer: the layer-set estimate is exact
     per_layer = StepTimer(model, lay, CLUSTER, Precision(), None, shares, plan)
     direct = per_layer._layer_a2a(64, "decode")
-    assert per_layer._sep_entry("tokens", "decode", 64)[1][1] == pytest.approx(direct, rel=1e-12)
+    sep = per_layer._sep_entry("tokens", "decode", 64)[1]
+    assert (sep[1], sep[8]) == pytest.approx(direct, rel=1e-12)
 
 
 def test_phases_weigh_and_the_bound_holds_in_every_phase():

@@ -202,8 +202,10 @@ class RoutingSpec(_Strict):
         file: the loads file for ``distribution: file``, relative to the scenario.
         capacity_factor: None: dropless; else each expert takes at most
             ceil(factor x tokens x top_k / experts) pairs per step and drops the rest.
-        overlap: ``none``; ``two_batch``: two micro-batches, one's all-to-all
-            hidden under the other's computation (DeepSeek's two-batch overlap).
+        overlap: ``none``; ``two_batch``: two micro-batches whose operations SGLang
+            interleaves at yield points, each dispatch and combine hidden only behind
+            the other micro-batch's stages between its issue and its wait (DeepSeek's
+            two-batch overlap as SGLang runs it).
     """
 
     distribution: Literal["uniform", "power", "file"] = "uniform"

@@ -371,7 +371,7 @@ class StepArray:
         out[3] = t._expected_experts(tokens)
         a2a = t._layer_a2a(tokens, phase)
         if a2a is not None:
-            out[1] = a2a
+            out[1] = a2a[0]
         return out
 
     def parts_many(self, shapes: list[tuple[int, int, int, int, int]]) -> np.ndarray:

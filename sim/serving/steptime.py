@@ -25,13 +25,15 @@ three numbers the non-attention ops depend on, with only the attention ops built
 Physics options:
 - capacity factor: each expert takes at most ceil(cf x T x top_k / E) pairs
   per step (split evenly over its replicas); the rest are dropped and counted.
-- two-batch overlap: the step runs as two micro-batches of half the sequences;
-  each MoE layer costs max(rho x compute, all-to-all) with rho = 2 t(T/2) / t(T)
-  the micro-batching inefficiency of the non-expert ops, plus half a layer's
-  all-to-all that nothing hides (the first micro-batch's dispatch). While a
-  DeepEP normal-mode all-to-all runs it holds 24 SMs, so the compute under it
-  runs ``slow`` times slower (`model.a2a.compute_slowdown`): the layer costs
-  max(all-to-all, rho x compute + all-to-all x (1 - 1/slow)).
+- two-batch overlap: the step runs as two micro-batches of half the sequences,
+  each doing half the step's work times rho = 2 t(T/2) / t(T) (the micro-batching
+  inefficiency), whose MoE layers' operations SGLang interleaves at yield points
+  (`sim.serving.tbo`): each micro-batch's dispatch and combine hides only behind the
+  stages that run between its issue and its wait (in decode: its shared experts and
+  the other's attention preparation; the other's attention core), and the stream
+  stalls for what they do not hide. While a DeepEP normal-mode all-to-all runs it
+  holds 24 SMs, so the compute under it runs ``slow`` times slower
+  (`model.a2a.compute_slowdown`). Dense layers, embedding and LM head hide nothing.
 - offloading: experts not resident are fetched over PCIe into an LRU cache of
   ``cache_experts`` slots per GPU before the layer runs (not overlapped).
 
@@ -69,6 +71,7 @@ from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels
 from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
 from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
+from moesim.sim.serving import tbo
 from moesim.sim.serving.host import (
     EngineProfile,
     attention_launches,
@@ -96,7 +99,24 @@ _A2A_REF_TOKENS = 1024
 #: plans, 33-16,000 tokens; tests/test_placement_phase.py) at a quarter of its grid points. DeepSeek-V3 EP32 with
 #: per-layer routing, 300 requests: 46 s of CPU with the fine grid, 9.7 s with this one
 _TABLE_EXPERT_GRID = (8, 32)
-_N = 11  # parts of a batch (`StepTimer._parts`)
+#: `sim.serving.tbo`'s op classes of a MoE layer's computation, by `model.ops.decompose` name (SGLang's grouping:
+#: ``prep`` = ``op_comm_prepare_attn`` + ``self_attn.op_prepare``; ``core`` = ``self_attn.op_core`` +
+#: ``op_comm_prepare_mlp`` + ``mlp.op_gate`` + ``mlp.op_select_experts``; ``shared`` = ``mlp.op_shared_experts``);
+#: a MoE layer's op in none of them hides no transfer
+_TBO_PREP = frozenset({
+    "attn_norm", "q_proj", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj", "kv_a_norm", "kv_b_proj", "qkv_proj",
+    "qk_norm", "rope", "q_absorb",
+})  # fmt: skip
+_TBO_CORE = frozenset({"kv_write", "attention", "v_absorb", "o_proj", "ffn_norm", "router", "topk_softmax"})
+_TBO_SHARED = frozenset({"shared_gate_up", "shared_act", "shared_down"})
+_N = 15  # parts of a batch (`StepTimer._parts`)
+
+
+def _tbo_class(op: Op) -> int | None:
+    """The part (11 ``prep``, 12 ``core``, 13 ``shared``) of a MoE layer's computing op; None for any other op."""
+    if "moe" not in op.group:
+        return None
+    return 11 if op.name in _TBO_PREP else 12 if op.name in _TBO_CORE else 13 if op.name in _TBO_SHARED else None
 
 
 def busiest_rank_tokens(new: np.ndarray, dp: int) -> int:
@@ -813,9 +833,11 @@ class StepTimer:
 
     def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
         """(other compute, a2a, other comm, expected experts, rho, bytes, flops, kernel launches, attention
-        launches, eager forward's launch wait, piecewise forward's launch wait) of a batch, s / bytes / FLOP /
-        counts. A launch wait is the forward's time beyond its GPU time when the CPU issues its launches one by
-        one (`host.launch_pipeline`; computed only for an engine whose host does not overlap the GPU).
+        launches, eager forward's launch wait, piecewise forward's launch wait; of the other compute the MoE
+        layers' ``prep``, ``core`` and ``shared`` op classes, and of the a2a the dispatch: `sim.serving.tbo`) of a
+        batch, s / bytes / FLOP / counts. A launch wait is the forward's time beyond its GPU time when the CPU
+        issues its launches one by one (`host.launch_pipeline`; computed only for an engine whose host does not
+        overlap the GPU).
 
         Memoised: a pure-decode batch by (sequences, KV-token bucket of 1/8
         octave), linear in KV tokens between the bucket's edges (a decode
@@ -904,9 +926,9 @@ class StepTimer:
         waits = self._launch_waits(est)
         a2a = self._layer_a2a(batch.tokens, phase)
         if (exact and per_layer) or a2a is not None:  # the expected busiest GPU of each layer, memoised by tokens
-            parts = (*parts[:3], self._expected_experts(batch.tokens))
+            parts[3] = self._expected_experts(batch.tokens)
         if a2a is not None:  # each layer's dispatch and combine from its own loads and placement
-            parts = (parts[0], a2a, *parts[2:])
+            parts[1], parts[7] = a2a
         rho = 1.0
         if self.overlap == "two_batch" and new.size >= 2:
             halves = (slice(0, None, 2), slice(1, None, 2))
@@ -917,12 +939,12 @@ class StepTimer:
                 for h in halves
             ]
             if a2a is not None and not exact:  # per-layer routing: each half's experts as the whole's (`_sep_entry`)
-                half = [(*x[:3], self._expected_experts(int(new[h].sum()))) for x, h in zip(half, halves, strict=True)]
+                half = [[*x[:3], self._expected_experts(int(new[h].sum()))] for x, h in zip(half, halves, strict=True)]
             whole = parts[0] + parts[3]
             rho = sum(h[0] + h[3] for h in half) / whole if whole > 0 else 1.0
             launches, attention = 2 * launches, 2 * attention  # each micro-batch launches its own kernels
         use = utilisation_exact(self.model, batch, self.cluster.gpu, 1.0, 1, self.precision)
-        return np.array([*parts, rho, use.bytes, use.flops, launches, attention, *waits])
+        return np.array([*parts[:4], rho, use.bytes, use.flops, launches, attention, *waits, *parts[4:]])
 
     # ---- separable step tables (the discrete-event step of a prefill or mixed batch) -------------------------
     def _fast_ok(self) -> bool:
@@ -977,6 +999,9 @@ class StepTimer:
                     sec = self.cost_model.op_time(op, self.cluster).seconds * op.count
                     out[0] += sec
                     out[4] += op.kernels * op.count
+                    c = _tbo_class(op)
+                    if c is not None:
+                        out[c - 6] += sec
                     if op.kind == "attention":
                         att += op.kernels * op.count
         one = OpContext(self.model, whole, whole, Layout(), self._one, p, self._gemm_dtype)
@@ -993,14 +1018,15 @@ class StepTimer:
             whole_s = out[0] + out[3]
             rho = sum(h[0] + h[3] for h in parts) / whole_s if whole_s > 0 else 1.0
             launches, attention = 2 * launches, 2 * attention
-        return np.array([out[0], out[1], out[2], out[3], rho, util[0], util[1], launches, attention, 0.0, 0.0])
+        return np.array([*out[:4], rho, util[0], util[1], launches, attention, 0.0, 0.0, *out[5:9]])
 
     def _sep(self, kind: str, phase: str, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The separable sums at ``x`` (`_fast_parts`), exact up to 64 and linear between entries 1/32 octave
         apart beyond: for ``kind`` ``tokens`` (the ops depending on the attention group's tokens, those depending
         on the whole batch's tokens, the one-device bytes and FLOP of both), for ``rows`` (the ops depending on
         the attention group's sequences, unused, their one-device bytes and FLOP). Vectors: (other compute s,
-        all-to-all s, other comm s, routed experts s, kernel launches) and (bytes, FLOP)."""
+        all-to-all s, other comm s, routed experts s, kernel launches, of the other compute the MoE layers'
+        ``prep``, ``core`` and ``shared`` s, of the all-to-all the dispatch s) and (bytes, FLOP)."""
         if x <= 64:
             return self._sep_entry(kind, phase, x)
         j = 32 * math.log2(x / 64)
@@ -1027,7 +1053,7 @@ class StepTimer:
         else:  # every attention group gets x sequences of one token
             batch, one = Batch((1,) * (x * dp), (0,) * (x * dp), phase), Batch((1,) * x, (0,) * x, phase)
         est = self.estimate(batch, per_layer=False)
-        first, second = np.zeros(5), np.zeros(5)
+        first, second = np.zeros(9), np.zeros(9)
         a2a = self._layer_a2a(x, phase) if kind == "tokens" else None
         # per-layer routing or placement: each layer's expected busiest GPU (as `_compute`), not the layer-averaged
         # loads on the first layer's placement (two-batch overlap's rho reads it)
@@ -1044,8 +1070,13 @@ class StepTimer:
             cls = 3 if op.name == "routed_experts" else 1 if op.kind == "all_to_all" else 2 if op.kind in _COMM else 0
             vec[cls] += sec
             vec[4] += op.kernels * op.count
+            if op.name == "ep_dispatch":
+                vec[8] += sec
+            elif cls == 0 and (c := _tbo_class(op)) is not None:
+                vec[c - 6] += sec
         if a2a is not None:
-            second[1] += a2a
+            second[1] += a2a[0]
+            second[8] += a2a[1]
         use = np.zeros(2)
         cluster = self._one
         for op in decompose(self.model, one, Layout(), cluster, self.precision):
@@ -1055,10 +1086,11 @@ class StepTimer:
         hit = self._memo[key] = (first, second, use)
         return hit
 
-    def _layer_a2a(self, tokens: int, phase: str) -> float | None:
-        """Expert-parallel dispatch + combine of a step of ``tokens`` tokens in ``phase``, summed over the MoE layers
-        with each layer's bytes from its own loads and placement, s; None where routing and placement are the same
-        for every layer (the layer-set estimate is then exact) or there is no expert parallelism.
+    def _layer_a2a(self, tokens: int, phase: str) -> tuple[float, float] | None:
+        """Expert-parallel (dispatch + combine, dispatch) of a step of ``tokens`` tokens in ``phase``, summed over
+        the MoE layers with each layer's bytes from its own loads and placement, s; None where routing and
+        placement are the same for every layer (the layer-set estimate is then exact) or there is no expert
+        parallelism.
 
         The layer-set estimate (`estimate` with ``per_layer=False``) prices every layer's all-to-all with the
         layer-averaged loads on the first layer's placement, which matches neither (a plan made for layer 0's loads,
@@ -1079,13 +1111,16 @@ class StepTimer:
             est = self.estimate(Batch((_A2A_REF_TOKENS,), (0,), phase), per_layer=True)
             ops = self._memo[key] = [op for op in est.ops if op.name in _EP_A2A]
         f = tokens / _A2A_REF_TOKENS
-        total = 0.0
+        total = dispatch = 0.0
         for op in ops:
             shape = {**op.shape, "tokens": op.shape["tokens"] * f, "bytes": op.shape["bytes"] * f}
             scaled = _with_fields(op, intra_bytes=op.intra_bytes * f, inter_bytes=op.inter_bytes * f, shape=shape)
-            total += self.cost_model.op_time(scaled, self.cluster).seconds * op.count
-        self._memo[("a2a_total", phase, tokens)] = total
-        return total
+            sec = self.cost_model.op_time(scaled, self.cluster).seconds * op.count
+            total += sec
+            if op.name == "ep_dispatch":
+                dispatch += sec
+        hit = self._memo[("a2a_total", phase, tokens)] = (total, dispatch)
+        return hit
 
     def _launch_waits(self, est: StepEstimate) -> tuple[float, float]:
         """(eager, piecewise) forward seconds beyond the GPU time of ``est``'s ops, issued by one CPU thread."""
@@ -1148,19 +1183,26 @@ class StepTimer:
             self._memo[key] = hit
         return hit
 
-    def _split(self, est: StepEstimate) -> tuple[float, float, float, float]:
-        other = a2a = comm = experts = 0.0
+    def _split(self, est: StepEstimate) -> list[float]:
+        """(other compute, all-to-all, other comm, routed experts; of the other compute the MoE layers' ``prep``,
+        ``core`` and ``shared`` classes (`_tbo_class`); of the all-to-all the dispatch) of an estimate, s."""
+        out = [0.0] * 8
         for op, tm in zip(est.ops, est.times, strict=True):
             sec = tm.seconds * op.count
             if op.name == "routed_experts":
-                experts += sec
+                out[3] += sec
             elif op.kind == "all_to_all":
-                a2a += sec
+                out[1] += sec
+                if op.name == "ep_dispatch":
+                    out[7] += sec
             elif op.kind in _COMM:
-                comm += sec
+                out[2] += sec
             else:
-                other += sec
-        return other, a2a, comm, experts
+                out[0] += sec
+                c = _tbo_class(op)
+                if c is not None:
+                    out[c - 7] += sec
+        return out
 
     # ---- steps -----------------------------------------------------------------------------------
     #: Memo entries holding GPU-side step parts only (kernels, collectives, launch counts): valid for any host-cost
@@ -1196,7 +1238,7 @@ class StepTimer:
                 # the padded rows are masked out of the top-k: experts and all-to-all carry the real tokens only
                 real = self._parts(real_new, real_cached, exact=True)
                 parts = parts.copy()
-                parts[0, 1], parts[0, 3] = real[1], real[3]
+                parts[0, 1], parts[0, 3], parts[0, 14] = real[1], real[3], real[14]
         else:
             parts = self._parts(new, cached, exact=True)[None, :]
         n = max(self.n_moe, 1)
@@ -1266,7 +1308,8 @@ class StepTimer:
             if padded > new.size and self.moe is not None and not self._routes_padding():
                 # masked out of the top-k: the all-to-all carries the real tokens only
                 parts = parts.copy()
-                parts[:, 1] = self.decode_parts(int(new.size), (cached + 1).sum(axis=1))[:, 1]
+                real = self.decode_parts(int(new.size), (cached + 1).sum(axis=1))
+                parts[:, 1], parts[:, 14] = real[:, 1], real[:, 14]
         else:
             parts = np.stack([self._parts(new, cached[j]) for j in range(k)])  # [k, _N]
         ep = max(self.layout.ep, 1)
@@ -1361,15 +1404,22 @@ class StepTimer:
         )
         experts = expert_layers.sum(axis=1)
         if self.overlap == "two_batch" and self.n_moe:
-            # per MoE layer: its share of the non-expert compute plus its experts, against its all-to-all
-            comp_l = rho[:, None] * (other[:, None] / self.n_layers + expert_layers)
-            comm_l = (a2a / self.n_moe)[:, None]
-            # DeepEP's normal kernels hold some SMs: computation overlapping them progresses 1/slow as fast
+            # the MoE layers as SGLang interleaves two micro-batches (`sim.serving.tbo`): each micro-batch half the
+            # step's work per layer (times rho, the micro-batching inefficiency), each transfer hidden only behind
+            # the stages between its issue and its wait
             backend = self.layout.a2a_backend
+            # DeepEP's normal kernels hold some SMs: computation overlapping them progresses 1/slow as fast
             slow = compute_slowdown(backend, a2a_mode(backend, step[2]), self.cluster.gpu.key)
-            moe_part = np.maximum(comm_l, comp_l + comm_l * (1.0 - 1.0 / slow)).sum(axis=1) + 0.5 * comm_l[:, 0]
-            dense_part = rho * other * (self.n_layers - self.n_moe) / self.n_layers
-            total = moe_part + dense_part + comm + fetch
+            per = (0.5 * rho / self.n_moe)[:, None]
+            classes = parts[:, 11:14]
+            comp = {name: per * classes[:, j : j + 1] for j, name in enumerate(tbo.CLASSES[:3])}
+            comp["experts"] = 0.5 * rho[:, None] * expert_layers
+            dispatch = parts[:, 14:15] / (2 * self.n_moe)
+            combine = (a2a[:, None] - parts[:, 14:15]) / (2 * self.n_moe)
+            moe_part = tbo.layers_time(step[2], comp, dispatch, combine, slow)
+            # the rest (dense layers, embedding, LM head, sampler; a MoE layer's ops in no class) hides nothing
+            rest = rho * (other - classes.sum(axis=1))
+            total = moe_part + rest + comm + fetch
             exposed = np.maximum(total - fetch - comm - rho * (other + experts), 0.0)
             compute = total - fetch - comm - exposed - straggler
             comm_total = comm + exposed
@@ -1385,7 +1435,7 @@ class StepTimer:
         host = dict.fromkeys(_BLOCK_FIELDS[9:], zero)
         if self.profile is not None and not self.profile.ideal:
             rank = self.host_shape(seqs, tokens, step[4] if len(step) > 4 else None)  # one DP rank's scheduler
-            host = self._host_block(total, *rank, phase, parts[:, 7:])
+            host = self._host_block(total, *rank, phase, parts[:, 7:11])
             total = host.pop("duration_s")
         return StepBlock(
             duration_s=np.asarray(total, float),

@@ -1,0 +1,159 @@
+"""Two-batch overlap as SGLang runs it: the MoE layers' time when two micro-batches take turns on one GPU.
+
+A step is split into micro-batches A and B. Each runs the same per-layer list of operations, cut at yield points
+into stages; one compute stream runs the two lists' stages in turn, B starting ``delta`` stages after A (SGLang
+`batch_overlap.operations.execute_overlapped_operations`: A runs ``delta`` stages alone, then A and B alternate,
+then B runs its last ``delta`` alone). An expert-parallel dispatch or combine is *issued* by one stage (DeepEP's
+``dispatch_a`` / ``combine_a``) and *waited for* by a later stage of the same micro-batch (``dispatch_b`` /
+``combine_b``): while it is in flight the stream runs whatever stages come in between, the other micro-batch's,
+and when the waiting stage starts before the transfer has landed the stream stalls until it has. So each transfer
+hides only behind the stage(s) between its issue and its wait, not behind a whole layer of the other
+micro-batch's computation.
+
+The operation lists (`STRATEGIES`) are SGLang's for DeepSeek-style MoE layers (sgl-project/sglang
+``python/sglang/srt/batch_overlap/operations_strategy.py``: ``_compute_moe_deepseek_blog_decode``, delta 2, and
+``_compute_moe_deepseek_blog_prefill``, delta 0), with moesim's ops grouped as SGLang groups them:
+
+- ``prep``: the input norm and attention's preparation (QKV / MLA's down- and up-projections, their norms,
+  rotary, MLA's absorbed query projection): SGLang's ``op_comm_prepare_attn`` and ``self_attn.op_prepare``;
+- ``core``: the attention kernel with the KV-cache write, MLA's value absorption and the output projection,
+  then the post-attention norm, router and top-k (``self_attn.op_core``, ``op_comm_prepare_mlp``,
+  ``mlp.op_gate``, ``mlp.op_select_experts``);
+- ``shared``: the shared experts; ``experts``: the routed experts' grouped GEMMs.
+
+In decode (low-latency DeepEP) a micro-batch's dispatch hides behind its own shared experts and the other's
+``prep``, its combine behind the other's ``core`` only; SGLang's blog measures the consequence ("dispatch times
+of ~0.17ms per layer" against 0.06 ms of SM work in DeepEP's unit test, and a combine twice DeepSeek's when
+attention is shorter: lm-sys/lm-sys.github.io blog/2025-05-05-large-scale-ep.md, "Detail Breakdown").
+
+Transfers run one at a time in issue order (one DeepEP buffer, one communication stream). While one is in flight a
+normal-mode DeepEP kernel holds SMs, so computation progresses ``slow`` times slower
+(`model.a2a.compute_slowdown`; 1 for low-latency mode, whose receive waits hold no SMs). Residual adds and the
+MoE output's scatter are not ops in moesim's decomposition and take no time here.
+
+Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+#: an operation: ("c", class) computation of an op class; ("i", "d" | "c") issue the dispatch / combine;
+#: ("w", "d" | "c") wait for it; ("y",) yield to the other micro-batch
+Item = tuple[str, ...]
+_Y: Item = ("y",)
+#: phase -> (delta stages, one MoE layer's operations)
+STRATEGIES: dict[str, tuple[int, tuple[Item, ...]]] = {
+    # comm_prepare_attn + op_prepare | op_core + comm_prepare_mlp + gate + select_experts | dispatch_a +
+    # shared_experts | dispatch_b + experts + combine_a | combine_b | (output + postprocess join the next layer)
+    "decode": (
+        2,
+        (("c", "prep"), _Y, ("c", "core"), _Y, ("i", "d"), ("c", "shared"), _Y, ("w", "d"), ("c", "experts"),
+         ("i", "c"), _Y, ("w", "c"), _Y),
+    ),
+    # comm_prepare_attn + attention + comm_prepare_mlp + gate + select_experts + dispatch_a | dispatch_b +
+    # experts + combine_a | shared_experts + combine_b + output + postprocess (joins the next layer's first stage)
+    "extend": (
+        0,
+        (("c", "prep"), ("c", "core"), ("i", "d"), _Y, ("w", "d"), ("c", "experts"), ("i", "c"), _Y,
+         ("c", "shared"), ("w", "c")),
+    ),
+}  # fmt: skip
+#: op classes of a MoE layer's computation (`StepTimer` parts), in `STRATEGIES`' names
+CLASSES = ("prep", "core", "shared", "experts")
+
+
+def strategy_of(phase: str) -> Literal["decode", "extend"]:
+    """SGLang's forward mode of a step's ``phase``: ``decode``, else ``extend`` (prefill and mixed batches)."""
+    return "decode" if phase == "decode" else "extend"
+
+
+def _stages(ops: tuple[Item, ...], layers: int) -> list[list[tuple[str, str, int]]]:
+    """The stages of one micro-batch over ``layers`` MoE layers: the layers' operations concatenated and cut at
+    the yields, each operation as (kind, name, layer). A stage may be empty (the decode list's last: SGLang's
+    output and postprocess, no time here): it still takes its turn in `_order`."""
+    stages: list[list[tuple[str, str, int]]] = [[]]
+    for layer in range(layers):
+        for item in ops:
+            if item[0] == "y":
+                stages.append([])
+            else:
+                stages[-1].append((item[0], item[1], layer))
+    return stages
+
+
+def _order(n: int, delta: int) -> list[tuple[int, int]]:
+    """(micro-batch, stage) in the order the stream runs them (SGLang's executor)."""
+    out = [(0, j) for j in range(delta)]
+    for j in range(delta, n):
+        out += [(0, j), (1, j - delta)]
+    return out + [(1, j) for j in range(n - delta, n)]
+
+
+def layers_time(
+    phase: str, comp: dict[str, np.ndarray], dispatch: np.ndarray, combine: np.ndarray, slow: float = 1.0
+) -> np.ndarray:
+    """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap: `stages_time`, in
+    closed form for decode.
+
+    In SGLang's decode order one transfer is in flight at a time and no wait falls inside another transfer's
+    window, so the step is both micro-batches' computation plus each transfer's excess over the computation
+    between its issue and its wait, ``max(t - w, t (1 - 1/slow))``: A's dispatch of layer l behind its own shared
+    experts and B's ``prep`` of layer l, its combine behind B's ``core``; B's behind its shared experts and A's
+    ``prep`` / ``core`` of layer l + 1 (after the last layer: its shared experts; nothing). The same values as
+    `stages_time` (tests/test_tbo.py), in a few array operations instead of a pass over every stage.
+    """
+    if strategy_of(phase) != "decode":
+        return stages_time(phase, comp, dispatch, combine, slow)
+    shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
+    p, co, s, e = (np.broadcast_to(comp[name], shape) for name in CLASSES)
+    d, c = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
+    zero = np.zeros((shape[0], 1))
+    p_next, co_next = np.concatenate([p[:, 1:], zero], axis=1), np.concatenate([co[:, 1:], zero], axis=1)
+    keep = 1.0 - 1.0 / slow
+    excess = (
+        np.maximum(d - (s + p), d * keep)
+        + np.maximum(c - co, c * keep)
+        + np.maximum(d - (s + p_next), d * keep)
+        + np.maximum(c - co_next, c * keep)
+    )
+    return 2.0 * (p + co + s + e).sum(axis=1) + excess.sum(axis=1)
+
+
+def stages_time(
+    phase: str, comp: dict[str, np.ndarray], dispatch: np.ndarray, combine: np.ndarray, slow: float = 1.0
+) -> np.ndarray:
+    """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap, stage by stage.
+
+    Args:
+        phase: the step's phase (`strategy_of`).
+        comp: one micro-batch's computation per op class (`CLASSES`), each [k, L] or broadcastable to it, s.
+        dispatch, combine: one micro-batch's dispatch and combine per layer [k, L] (or broadcastable), s, as they
+            take alone.
+        slow: computation's slowdown while a transfer is in flight (>= 1).
+    """
+    delta, ops = STRATEGIES[strategy_of(phase)]
+    shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
+    k, n_layers = shape
+    arrs = {("c", name): np.broadcast_to(v, shape) for name, v in comp.items()}
+    arrs[("i", "d")], arrs[("i", "c")] = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
+    stages = _stages(ops, n_layers)
+    now, free = np.zeros(k), np.zeros(k)  # the compute stream's clock; when the communication stream is free
+    done: dict[tuple[int, str, int], np.ndarray] = {}
+    for mb, j in _order(len(stages), delta):
+        for kind, name, layer in stages[j]:
+            if kind == "c":
+                x = arrs[("c", name)][:, layer]
+                if slow == 1.0:
+                    now = now + x
+                else:  # the part of x that overlaps the transfer in flight runs `slow` times slower
+                    busy = np.maximum(free - now, 0.0)
+                    now = np.where(x * slow <= busy, now + x * slow, now + busy + x - busy / slow)
+            elif kind == "i":
+                free = np.maximum(now, free) + arrs[("i", name)][:, layer]
+                done[(mb, name, layer)] = free
+            else:
+                now = np.maximum(now, done.pop((mb, name, layer)))
+    return now

@@ -1,0 +1,134 @@
+"""Two-batch overlap as SGLang interleaves two micro-batches (`sim.serving.tbo`), and the step timer that uses it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.model import Batch, Layout, Precision, load_model
+from moesim.model.hardware import get_gpu, make_cluster
+from moesim.sim.serving import tbo
+from moesim.sim.serving.steptime import StepTimer
+
+
+def _random(k: int, layers: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    comp = {name: rng.uniform(0.0, 1.0, (k, layers)) for name in tbo.CLASSES}
+    return comp, rng.uniform(0.0, 1.5, (k, layers)), rng.uniform(0.0, 1.5, (k, layers))
+
+
+@pytest.mark.parametrize("slow", [1.0, 1.22])
+def test_decode_hides_each_transfer_behind_its_own_stages_only(slow):
+    """Decode (delta 2): micro-batch A's dispatch of layer l hides behind its shared experts and B's ``prep`` of
+    layer l, its combine behind B's ``core`` of layer l; B's behind its shared experts and A's ``prep`` / ``core``
+    of layer l + 1, and after the last layer behind its shared experts alone (dispatch) or nothing (combine). One
+    transfer is in flight at a time, so the step is all computation plus each transfer's excess over its window
+    (``max(t - w, t (1 - 1/slow))``), worked out here without the stage machinery."""
+    comp, d, c = _random(4, 6, seed=1)
+    p, co, s, e = (comp[n] for n in tbo.CLASSES)
+
+    def excess(t, w):
+        return np.maximum(t - w, t * (1 - 1 / slow))
+
+    nxt = np.concatenate([p[:, 1:], np.zeros((4, 1))], axis=1)  # A's next layer's prep (none after the last)
+    nxt_core = np.concatenate([co[:, 1:], np.zeros((4, 1))], axis=1)
+    expect = (
+        2 * (p + co + s + e).sum(axis=1)
+        + (excess(d, s + p) + excess(c, co)).sum(axis=1)  # A
+        + (excess(d, s + nxt) + excess(c, nxt_core)).sum(axis=1)  # B
+    )
+    np.testing.assert_allclose(tbo.stages_time("decode", comp, d, c, slow), expect, rtol=1e-12)
+    np.testing.assert_allclose(tbo.layers_time("decode", comp, d, c, slow), expect, rtol=1e-12)  # closed form
+    # broadcast [k, 1] classes, as the step timer passes them
+    flat = {n: v[:, :1] if n != "experts" else v for n, v in comp.items()}
+    np.testing.assert_allclose(
+        tbo.layers_time("decode", flat, d, c, slow), tbo.stages_time("decode", flat, d, c, slow), rtol=1e-12
+    )
+
+
+def test_prefill_one_layer_by_hand():
+    """Extend (delta 0), one layer: A's and B's attention, then each waits for its dispatch (B's queued behind
+    A's on the one communication stream), runs its experts and issues its combine, then its shared experts and
+    the combine's wait."""
+    comp = {
+        "prep": np.array([[1.0]]),
+        "core": np.array([[2.0]]),
+        "experts": np.array([[4.0]]),
+        "shared": np.array([[0.5]]),
+    }
+    d, c = np.array([[5.0]]), np.array([[3.0]])
+    # A: 0-3 attention, dispatch 3-8. B: 3-6 attention, dispatch queued 8-13. A waits to 8, experts 8-12, combine
+    # queued behind B's dispatch: 13-16. B waits to 13, experts 13-17, combine 17-20. A: shared 17-17.5, waits to
+    # 16 (done). B: shared 17.5-18, waits to 20.
+    assert tbo.layers_time("prefill", comp, d, c)[0] == pytest.approx(20.0)
+    assert tbo.stages_time("prefill", comp, d, c)[0] == pytest.approx(20.0)
+    assert tbo.layers_time("mixed", comp, d, c)[0] == pytest.approx(20.0)  # SGLang runs mixed batches as extend
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_limits(phase):
+    """No transfers: the two micro-batches' computation, one after the other. No computation: every transfer in
+    turn. Otherwise between the larger of the two and their sum."""
+    comp, d, c = _random(5, 4, seed=2)
+    work = 2 * sum(v.sum(axis=1) for v in comp.values())
+    zero = np.zeros_like(d)
+    np.testing.assert_allclose(tbo.layers_time(phase, comp, zero, zero), work, rtol=1e-12)
+    none = {n: np.zeros_like(v) for n, v in comp.items()}
+    np.testing.assert_allclose(tbo.layers_time(phase, none, d, c), 2 * (d + c).sum(axis=1), rtol=1e-12)
+    got = tbo.layers_time(phase, comp, d, c)
+    np.testing.assert_allclose(got, tbo.stages_time(phase, comp, d, c), rtol=1e-12)
+    assert np.all(got >= np.maximum(work, 2 * (d + c).sum(axis=1)) - 1e-12)
+    assert np.all(got <= work + 2 * (d + c).sum(axis=1) + 1e-12)
+
+
+def _deepseek_timer() -> StepTimer:
+    model = load_model("deepseek-v3")
+    cluster = make_cluster(get_gpu("H100-SXM"), nodes=4, gpus_per_node=8)
+    lay = Layout(ep=32, dp_attn=32, a2a_backend="deepep")
+    return StepTimer(model, lay, cluster, Precision(weights="fp8_block"), overlap="two_batch")
+
+
+def test_step_parts_carry_the_overlap_classes():
+    """The step's parts split a MoE layer's computation into SGLang's stage classes (the op list's ops by name)
+    and the all-to-all into dispatch and combine; the DES's separable tables give the same split."""
+    t = _deepseek_timer()
+    n = 32 * 64
+    new, cached = np.ones(n, np.int64), np.full(n, 1000)
+    parts = t._compute(new, cached, False)
+    est = t.estimate(Batch(tuple(new.tolist()), tuple(cached.tolist()), "decode"), per_layer=False)
+    want = {"prep": 0.0, "core": 0.0, "shared": 0.0, "dispatch": 0.0}
+    for op, tm in zip(est.ops, est.times, strict=True):
+        sec = tm.seconds * op.count
+        if op.name == "ep_dispatch":
+            want["dispatch"] += sec
+        elif "moe" in op.group and op.name in ("attention", "o_proj", "router", "topk_softmax", "v_absorb"):
+            want["core"] += sec
+        elif "moe" in op.group and op.name in ("q_a_proj", "q_b_proj", "kv_a_proj", "rope", "q_absorb"):
+            want["prep"] += sec
+        elif op.name.startswith("shared_"):
+            want["shared"] += sec
+    assert parts[13] == pytest.approx(want["shared"], rel=1e-12)
+    assert parts[14] == pytest.approx(want["dispatch"], rel=1e-12)
+    assert parts[11] > want["prep"] > 0  # plus the norms
+    assert parts[12] > want["core"] > 0  # plus the KV write and the post-attention norm
+    assert parts[11] + parts[12] + parts[13] < parts[0]  # the dense layers and the LM head are in none
+    assert 0 < parts[14] < parts[1]
+    fast = t._fast_parts(new, cached, "decode")
+    np.testing.assert_allclose(fast[11:15], parts[11:15], rtol=1e-9)
+
+
+def test_decode_step_exposes_what_the_stages_do_not_hide():
+    """A DeepSeek-V3 decode step with low-latency DeepEP: the two-batch step is its computation plus the
+    transfers' excess over their stage windows (more than the old max(all-to-all, computation) per layer, which
+    hid each transfer behind a whole layer of the other micro-batch), and the analytical and DES steps agree."""
+    t = _deepseek_timer()
+    n = 32 * 256
+    new, cached = np.ones(n, np.int64), np.full(n, 2000)
+    exp = t.expected(new, cached)
+    parts = t._parts(new, cached, exact=True)
+    rho, other, a2a, experts = parts[4], parts[0], parts[1], parts[3]
+    per_layer = max(a2a, rho * (other + experts)) / t.n_moe  # the old bound, layer by layer
+    assert exp.compute_s + exp.comm_s > per_layer * t.n_moe
+    assert exp.comm_s > 0.05 * exp.compute_s  # combine is not hidden behind attention at this batch
+    sampled = np.mean([t.sample(new, cached).duration_s for _ in range(4)])
+    assert sampled == pytest.approx(exp.duration_s, rel=0.02)
