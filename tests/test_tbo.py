@@ -132,3 +132,14 @@ def test_decode_step_exposes_what_the_stages_do_not_hide():
     assert exp.comm_s > 0.05 * exp.compute_s  # combine is not hidden behind attention at this batch
     sampled = np.mean([t.sample(new, cached).duration_s for _ in range(4)])
     assert sampled == pytest.approx(exp.duration_s, rel=0.02)
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("slow", [1.0, 1.22])
+def test_array_and_float_paths_agree(phase, slow):
+    """`stages_time` runs a few steps in Python floats and many in arrays: the same values either way."""
+    comp, d, c = _random(tbo._SCALAR_ROWS + 5, 7, seed=3)
+    many = tbo.stages_time(phase, comp, d, c, slow)  # arrays
+    for j in range(len(many)):
+        one = tbo.stages_time(phase, {n: v[j : j + 1] for n, v in comp.items()}, d[j : j + 1], c[j : j + 1], slow)
+        assert one[0] == pytest.approx(many[j], rel=1e-12)

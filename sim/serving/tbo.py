@@ -36,6 +36,7 @@ Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-b
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -133,27 +134,70 @@ def stages_time(
         dispatch, combine: one micro-batch's dispatch and combine per layer [k, L] (or broadcastable), s, as they
             take alone.
         slow: computation's slowdown while a transfer is in flight (>= 1).
+
+    A few steps (the discrete-event simulator's prefill and mixed steps come one at a time) run in Python floats,
+    many in arrays: the same operations either way.
     """
-    delta, ops = STRATEGIES[strategy_of(phase)]
     shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
     k, n_layers = shape
-    arrs = {("c", name): np.broadcast_to(v, shape) for name, v in comp.items()}
-    arrs[("i", "d")], arrs[("i", "c")] = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
-    stages = _stages(ops, n_layers)
+    cols = [np.broadcast_to(comp[name], shape) for name in CLASSES]
+    cols += [np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)]
+    prog = _program(strategy_of(phase), n_layers)
+    if k <= _SCALAR_ROWS:
+        return np.array([_run_row(prog, [c[j].tolist() for c in cols], slow) for j in range(k)])
     now, free = np.zeros(k), np.zeros(k)  # the compute stream's clock; when the communication stream is free
-    done: dict[tuple[int, str, int], np.ndarray] = {}
+    done = [now] * 4  # each micro-batch's last dispatch and combine: when it lands
+    for kind, col, layer, slot in prog:
+        x = cols[col][:, layer]
+        if kind == 0:
+            if slow == 1.0:
+                now = now + x
+            else:  # the part of x that overlaps the transfer in flight runs `slow` times slower
+                busy = np.maximum(free - now, 0.0)
+                now = np.where(x * slow <= busy, now + x * slow, now + busy + x - busy / slow)
+        elif kind == 1:
+            free = done[slot] = np.maximum(now, free) + x
+        else:
+            now = np.maximum(now, done[slot])
+    return now
+
+
+#: at most this many steps go through `stages_time` in Python floats (`_run_row`)
+_SCALAR_ROWS = 8
+
+
+@lru_cache(maxsize=32)
+def _program(strategy: str, n_layers: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The stream's operations in the order it runs them (SGLang's executor over the two micro-batches' stages):
+    (kind: 0 compute, 1 issue, 2 wait; column: `CLASSES` then dispatch, combine; layer; the transfer's slot:
+    micro-batch x 2 + (0 dispatch, 1 combine)). A micro-batch waits for each transfer before it issues the next
+    of its kind, so one slot per kind and micro-batch holds it."""
+    delta, ops = STRATEGIES[strategy]
+    stages = _stages(ops, n_layers)
+    kinds = {"c": 0, "i": 1, "w": 2}
+    column = {**{name: j for j, name in enumerate(CLASSES)}, "d": len(CLASSES), "c": len(CLASSES) + 1}
+    out = []
     for mb, j in _order(len(stages), delta):
         for kind, name, layer in stages[j]:
-            if kind == "c":
-                x = arrs[("c", name)][:, layer]
-                if slow == 1.0:
-                    now = now + x
-                else:  # the part of x that overlaps the transfer in flight runs `slow` times slower
-                    busy = np.maximum(free - now, 0.0)
-                    now = np.where(x * slow <= busy, now + x * slow, now + busy + x - busy / slow)
-            elif kind == "i":
-                free = np.maximum(now, free) + arrs[("i", name)][:, layer]
-                done[(mb, name, layer)] = free
+            slot = 2 * mb + (name == "c") if kind != "c" else 0
+            out.append((kinds[kind], column[name], layer, slot))
+    return tuple(out)
+
+
+def _run_row(prog: tuple[tuple[int, int, int, int], ...], cols: list[list[float]], slow: float) -> float:
+    """`stages_time` of one step, its columns as lists of floats [6][L]."""
+    now = free = 0.0
+    done = [0.0] * 4
+    for kind, col, layer, slot in prog:
+        x = cols[col][layer]
+        if kind == 0:
+            if slow == 1.0:
+                now += x
             else:
-                now = np.maximum(now, done.pop((mb, name, layer)))
+                busy = free - now if free > now else 0.0
+                now = now + x * slow if x * slow <= busy else now + busy + x - busy / slow
+        elif kind == 1:
+            free = done[slot] = (now if now > free else free) + x
+        elif done[slot] > now:
+            now = done[slot]
     return now
