@@ -30,8 +30,8 @@ SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
     "calibrated": {"e2e": (0.082, 0.137), "ttft": (0.048, 0.168), "itl": (0.060, 0.120)},
     "roofline": {"e2e": (0.288, 0.412), "ttft": (0.153, 0.417), "itl": (0.297, 0.438)},
 }
-#: Section 28 (2026-12-05): predicted / published tokens/s per node, (lowest, highest) over its five cases.
-SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.29, 1.53), "roofline": (1.62, 2.43)}
+#: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
+SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.19, 1.47), "roofline": (1.42, 2.21)}
 #: Section 29 (2026-12-06): 15 sustained real vLLM Mixtral runs, analytical engine; metric -> (median, P90) of
 #: |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM kernels).
 SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {

@@ -143,3 +143,45 @@ def test_array_and_float_paths_agree(phase, slow):
     for j in range(len(many)):
         one = tbo.stages_time(phase, {n: v[j : j + 1] for n, v in comp.items()}, d[j : j + 1], c[j : j + 1], slow)
         assert one[0] == pytest.approx(many[j], rel=1e-12)
+
+
+def test_sm_capped_computation_takes_slow_times_as_long_all_along():
+    """What runs on SMs held back for the transfers (DeepGEMM under SGLang's prefill overlap) takes ``slow`` times
+    as long with or without a transfer in flight; the rest only while one is. All capped and no transfers: the
+    computation times ``slow``; none capped: as without the argument."""
+    comp, d, c = _random(3, 5, seed=4)
+    zero = np.zeros_like(d)
+    work = 2 * sum(v.sum(axis=1) for v in comp.values())
+    for phase in ("prefill", "decode"):
+        np.testing.assert_allclose(tbo.layers_time(phase, comp, zero, zero, 1.25, comp), 1.25 * work, rtol=1e-12)
+        none = {n: np.zeros_like(v) for n, v in comp.items()}
+        np.testing.assert_allclose(
+            tbo.layers_time(phase, comp, d, c, 1.25, none), tbo.stages_time(phase, comp, d, c, 1.25), rtol=1e-12
+        )
+    # one layer by hand (test_prefill_one_layer_by_hand's numbers), the experts capped, slow 2
+    one = {"prep": np.array([[1.0]]), "core": np.array([[2.0]]), "experts": np.array([[4.0]]),
+           "shared": np.array([[0.5]])}  # fmt: skip
+    cap = {n: (v if n == "experts" else np.zeros_like(v)) for n, v in one.items()}
+    a = tbo.stages_time("prefill", one, np.array([[5.0]]), np.array([[3.0]]), 2.0, cap)[0]
+    # A: attention 0-3 (nothing in flight), dispatch 3-8. B: prep 3-5 and core 5-8.5 at half speed while A's
+    # dispatch flies (to 8), full speed after; dispatch 8.5-13.5. A: waits to 8 (passed), experts capped 8.5-16.5,
+    # combine 16.5-19.5. B: waits to 13.5 (passed), experts 16.5-24.5, combine 24.5-27.5. A: shared at half speed
+    # under B's combine 24.5-25.5, its own combine long done. B: shared 25.5-26.5, waits to 27.5.
+    assert a == pytest.approx(27.5)
+
+
+def test_parts_mark_deepgemm_ops_held_to_their_sms():
+    """Block-scaled fp8 GEMMs bound by their FLOP (DeepGEMM) are marked in a prefill step of DeepSeek-V3, within
+    their class; a bf16 model's are not; decode GEMMs of a few tokens per expert are bound by their bytes."""
+    t = _deepseek_timer()
+    new, cached = np.full(128, 4096), np.zeros(128, np.int64)
+    parts = t._compute(new, cached, False)
+    assert 0 < parts[15] < parts[11] and 0 < parts[16] < parts[12] and 0 < parts[17] <= parts[13]
+    assert parts[18] == 1.0
+    np.testing.assert_allclose(t._fast_parts(new, cached)[15:19], parts[15:19], rtol=1e-9)
+    dec = t._compute(np.ones(32 * 8, np.int64), np.full(32 * 8, 1000), False)
+    assert dec[18] == 0.0 and dec[17] == 0.0
+    model = load_model("qwen3-30b-a3b")
+    bf16 = StepTimer(model, Layout(ep=8, dp_attn=8), make_cluster(get_gpu("H100-SXM"), nodes=1, gpus_per_node=8),
+                     Precision(), overlap="two_batch")  # fmt: skip
+    assert not bf16._compute(np.full(8, 2048), np.zeros(8, np.int64), False)[15:19].any()

@@ -109,7 +109,7 @@ _TBO_PREP = frozenset({
 })  # fmt: skip
 _TBO_CORE = frozenset({"kv_write", "attention", "v_absorb", "o_proj", "ffn_norm", "router", "topk_softmax"})
 _TBO_SHARED = frozenset({"shared_gate_up", "shared_act", "shared_down"})
-_N = 15  # parts of a batch (`StepTimer._parts`)
+_N = 19  # parts of a batch (`StepTimer._parts`)
 
 
 def _tbo_class(op: Op) -> int | None:
@@ -117,6 +117,19 @@ def _tbo_class(op: Op) -> int | None:
     if "moe" not in op.group:
         return None
     return 11 if op.name in _TBO_PREP else 12 if op.name in _TBO_CORE else 13 if op.name in _TBO_SHARED else None
+
+
+def _sm_capped(op: Op, precision: Precision, gpu: Any) -> bool:
+    """Whether ``op`` runs in DeepGEMM and is bound by its SMs: a block-scaled fp8 GEMM or grouped GEMM (SGLang runs
+    those in DeepGEMM on Hopper) whose FLOP at the dtype's peak take longer than its bytes at the memory bandwidth.
+    In a two-batch-overlapped prefill SGLang caps DeepGEMM at the GPU's SMs less DeepEP's for the whole forward
+    (sgl-project/sglang ``two_batch_overlap._model_forward_tbo``: ``configure_deep_gemm_num_sms`` with the
+    strategy's ``deep_gemm_num_sms``), so such a GEMM takes ``slow`` times its time whether a transfer is in flight
+    or not (`sim.serving.tbo`)."""
+    if op.kind not in ("gemm", "grouped_gemm") or op.dtype != "fp8" or precision.fp8_scaling != "block":
+        return False
+    moved = op.weight_bytes + op.kv_bytes + op.act_bytes
+    return op.flops / gpu.peak(op.dtype) >= moved / gpu.bandwidth()
 
 
 def busiest_rank_tokens(new: np.ndarray, dp: int) -> int:
@@ -1002,6 +1015,8 @@ class StepTimer:
                     c = _tbo_class(op)
                     if c is not None:
                         out[c - 6] += sec
+                        if _sm_capped(op, p, self.cluster.gpu):
+                            out[c - 2] += sec
                     if op.kind == "attention":
                         att += op.kernels * op.count
         one = OpContext(self.model, whole, whole, Layout(), self._one, p, self._gemm_dtype)
@@ -1018,7 +1033,7 @@ class StepTimer:
             whole_s = out[0] + out[3]
             rho = sum(h[0] + h[3] for h in parts) / whole_s if whole_s > 0 else 1.0
             launches, attention = 2 * launches, 2 * attention
-        return np.array([*out[:4], rho, util[0], util[1], launches, attention, 0.0, 0.0, *out[5:9]])
+        return np.array([*out[:4], rho, util[0], util[1], launches, attention, 0.0, 0.0, *out[5:13]])
 
     def _sep(self, kind: str, phase: str, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The separable sums at ``x`` (`_fast_parts`), exact up to 64 and linear between entries 1/32 octave
@@ -1026,7 +1041,8 @@ class StepTimer:
         on the whole batch's tokens, the one-device bytes and FLOP of both), for ``rows`` (the ops depending on
         the attention group's sequences, unused, their one-device bytes and FLOP). Vectors: (other compute s,
         all-to-all s, other comm s, routed experts s, kernel launches, of the other compute the MoE layers'
-        ``prep``, ``core`` and ``shared`` s, of the all-to-all the dispatch s) and (bytes, FLOP)."""
+        ``prep``, ``core`` and ``shared`` s, of the all-to-all the dispatch s, of each class the SM-capped
+        DeepGEMM ops s, 1 where the routed experts are SM-capped) and (bytes, FLOP)."""
         if x <= 64:
             return self._sep_entry(kind, phase, x)
         j = 32 * math.log2(x / 64)
@@ -1053,7 +1069,7 @@ class StepTimer:
         else:  # every attention group gets x sequences of one token
             batch, one = Batch((1,) * (x * dp), (0,) * (x * dp), phase), Batch((1,) * x, (0,) * x, phase)
         est = self.estimate(batch, per_layer=False)
-        first, second = np.zeros(9), np.zeros(9)
+        first, second = np.zeros(13), np.zeros(13)
         a2a = self._layer_a2a(x, phase) if kind == "tokens" else None
         # per-layer routing or placement: each layer's expected busiest GPU (as `_compute`), not the layer-averaged
         # loads on the first layer's placement (two-batch overlap's rho reads it)
@@ -1072,8 +1088,12 @@ class StepTimer:
             vec[4] += op.kernels * op.count
             if op.name == "ep_dispatch":
                 vec[8] += sec
+            elif op.name == "routed_experts":
+                vec[12] = float(_sm_capped(op, self.precision, self.cluster.gpu))
             elif cls == 0 and (c := _tbo_class(op)) is not None:
                 vec[c - 6] += sec
+                if _sm_capped(op, self.precision, self.cluster.gpu):
+                    vec[c - 2] += sec
         if a2a is not None:
             second[1] += a2a[0]
             second[8] += a2a[1]
@@ -1185,12 +1205,15 @@ class StepTimer:
 
     def _split(self, est: StepEstimate) -> list[float]:
         """(other compute, all-to-all, other comm, routed experts; of the other compute the MoE layers' ``prep``,
-        ``core`` and ``shared`` classes (`_tbo_class`); of the all-to-all the dispatch) of an estimate, s."""
-        out = [0.0] * 8
+        ``core`` and ``shared`` classes (`_tbo_class`); of the all-to-all the dispatch; of each class the SM-capped
+        DeepGEMM ops (`_sm_capped`); 1 where the routed experts are SM-capped, else 0) of an estimate, s."""
+        out = [0.0] * 12
+        gpu = self.cluster.gpu
         for op, tm in zip(est.ops, est.times, strict=True):
             sec = tm.seconds * op.count
             if op.name == "routed_experts":
                 out[3] += sec
+                out[11] = float(_sm_capped(op, self.precision, gpu))
             elif op.kind == "all_to_all":
                 out[1] += sec
                 if op.name == "ep_dispatch":
@@ -1202,6 +1225,8 @@ class StepTimer:
                 c = _tbo_class(op)
                 if c is not None:
                     out[c - 7] += sec
+                    if _sm_capped(op, self.precision, gpu):
+                        out[c - 3] += sec
         return out
 
     # ---- steps -----------------------------------------------------------------------------------
@@ -1414,9 +1439,13 @@ class StepTimer:
             classes = parts[:, 11:14]
             comp = {name: per * classes[:, j : j + 1] for j, name in enumerate(tbo.CLASSES[:3])}
             comp["experts"] = 0.5 * rho[:, None] * expert_layers
+            capped = None
+            if tbo.strategy_of(step[2]) == "extend" and slow > 1.0:  # DeepGEMM held to the SMs DeepEP leaves
+                capped = {name: per * parts[:, 15 + j : 16 + j] for j, name in enumerate(tbo.CLASSES[:3])}
+                capped["experts"] = comp["experts"] * parts[:, 18:19]
             dispatch = parts[:, 14:15] / (2 * self.n_moe)
             combine = (a2a[:, None] - parts[:, 14:15]) / (2 * self.n_moe)
-            moe_part = tbo.layers_time(step[2], comp, dispatch, combine, slow)
+            moe_part = tbo.layers_time(step[2], comp, dispatch, combine, slow, capped)
             # the rest (dense layers, embedding, LM head, sampler; a MoE layer's ops in no class) hides nothing
             rest = rho * (other - classes.sum(axis=1))
             total = moe_part + rest + comm + fetch

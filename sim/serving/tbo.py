@@ -28,7 +28,11 @@ attention is shorter: lm-sys/lm-sys.github.io blog/2025-05-05-large-scale-ep.md,
 
 Transfers run one at a time in issue order (one DeepEP buffer, one communication stream). While one is in flight a
 normal-mode DeepEP kernel holds SMs, so computation progresses ``slow`` times slower
-(`model.a2a.compute_slowdown`; 1 for low-latency mode, whose receive waits hold no SMs). Residual adds and the
+(`model.a2a.compute_slowdown`; 1 for low-latency mode, whose receive waits hold no SMs). In prefill SGLang also caps
+DeepGEMM at the SMs DeepEP leaves for the whole overlapped forward (``deep_gemm_num_sms``, set by
+``_compute_moe_deepseek_blog_prefill`` and applied by ``two_batch_overlap._model_forward_tbo``), so the
+block-scaled fp8 GEMMs bound by their SMs (``capped``) take ``slow`` times as long with or without a transfer in
+flight. Residual adds and the
 MoE output's scatter are not ops in moesim's decomposition and take no time here.
 
 Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-batch.
@@ -94,7 +98,12 @@ def _order(n: int, delta: int) -> list[tuple[int, int]]:
 
 
 def layers_time(
-    phase: str, comp: dict[str, np.ndarray], dispatch: np.ndarray, combine: np.ndarray, slow: float = 1.0
+    phase: str,
+    comp: dict[str, np.ndarray],
+    dispatch: np.ndarray,
+    combine: np.ndarray,
+    slow: float = 1.0,
+    capped: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap: `stages_time`, in
     closed form for decode.
@@ -106,8 +115,8 @@ def layers_time(
     ``prep`` / ``core`` of layer l + 1 (after the last layer: its shared experts; nothing). The same values as
     `stages_time` (tests/test_tbo.py), in a few array operations instead of a pass over every stage.
     """
-    if strategy_of(phase) != "decode":
-        return stages_time(phase, comp, dispatch, combine, slow)
+    if strategy_of(phase) != "decode" or capped is not None:
+        return stages_time(phase, comp, dispatch, combine, slow, capped)
     shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
     p, co, s, e = (np.broadcast_to(comp[name], shape) for name in CLASSES)
     d, c = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
@@ -124,7 +133,12 @@ def layers_time(
 
 
 def stages_time(
-    phase: str, comp: dict[str, np.ndarray], dispatch: np.ndarray, combine: np.ndarray, slow: float = 1.0
+    phase: str,
+    comp: dict[str, np.ndarray],
+    dispatch: np.ndarray,
+    combine: np.ndarray,
+    slow: float = 1.0,
+    capped: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap, stage by stage.
 
@@ -134,6 +148,9 @@ def stages_time(
         dispatch, combine: one micro-batch's dispatch and combine per layer [k, L] (or broadcastable), s, as they
             take alone.
         slow: computation's slowdown while a transfer is in flight (>= 1).
+        capped: of each class (`CLASSES`; [k, L] or broadcastable, s) the part that runs on SMs held back for the
+            transfers all along (DeepGEMM under SGLang's prefill overlap, `steptime._sm_capped`): it takes ``slow``
+            times as long whether a transfer is in flight or not, and runs first in its operation. None: none.
 
     A few steps (the discrete-event simulator's prefill and mixed steps come one at a time) run in Python floats,
     many in arrays: the same operations either way.
@@ -142,6 +159,7 @@ def stages_time(
     k, n_layers = shape
     cols = [np.broadcast_to(comp[name], shape) for name in CLASSES]
     cols += [np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)]
+    cols += [np.broadcast_to(capped[name], shape) if capped else np.zeros(shape) for name in CLASSES]
     prog = _program(strategy_of(phase), n_layers)
     if k <= _SCALAR_ROWS:
         return np.array([_run_row(prog, [c[j].tolist() for c in cols], slow) for j in range(k)])
@@ -152,7 +170,9 @@ def stages_time(
         if kind == 0:
             if slow == 1.0:
                 now = now + x
-            else:  # the part of x that overlaps the transfer in flight runs `slow` times slower
+            else:  # the capped part; then the part of the rest that overlaps the transfer in flight, `slow` x slower
+                g = cols[col + _CAP][:, layer]
+                now, x = now + g * slow, x - g
                 busy = np.maximum(free - now, 0.0)
                 now = np.where(x * slow <= busy, now + x * slow, now + busy + x - busy / slow)
         elif kind == 1:
@@ -164,6 +184,8 @@ def stages_time(
 
 #: at most this many steps go through `stages_time` in Python floats (`_run_row`)
 _SCALAR_ROWS = 8
+#: a class's column to its capped part's column in `stages_time`'s columns
+_CAP = len(CLASSES) + 2
 
 
 @lru_cache(maxsize=32)
@@ -185,7 +207,7 @@ def _program(strategy: str, n_layers: int) -> tuple[tuple[int, int, int, int], .
 
 
 def _run_row(prog: tuple[tuple[int, int, int, int], ...], cols: list[list[float]], slow: float) -> float:
-    """`stages_time` of one step, its columns as lists of floats [6][L]."""
+    """`stages_time` of one step, its columns as lists of floats [10][L]."""
     now = free = 0.0
     done = [0.0] * 4
     for kind, col, layer, slot in prog:
@@ -194,6 +216,8 @@ def _run_row(prog: tuple[tuple[int, int, int, int], ...], cols: list[list[float]
             if slow == 1.0:
                 now += x
             else:
+                g = cols[col + _CAP][layer]
+                now, x = now + g * slow, x - g
                 busy = free - now if free > now else 0.0
                 now = now + x * slow if x * slow <= busy else now + busy + x - busy / slow
         elif kind == 1:
