@@ -32,8 +32,8 @@ normal-mode DeepEP kernel holds SMs, so computation progresses ``slow`` times sl
 DeepGEMM at the SMs DeepEP leaves for the whole overlapped forward (``deep_gemm_num_sms``, set by
 ``_compute_moe_deepseek_blog_prefill`` and applied by ``two_batch_overlap._model_forward_tbo``), so the
 block-scaled fp8 GEMMs bound by their SMs (``capped``) take ``slow`` times as long with or without a transfer in
-flight. Residual adds and the
-MoE output's scatter are not ops in moesim's decomposition and take no time here.
+flight. Residual adds and the MoE output's scatter are not ops in moesim's decomposition and take no time here.
+The same lists stand for any engine's two-batch overlap (vLLM's dual-batch overlap's own order is not modelled).
 
 Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-batch.
 """
