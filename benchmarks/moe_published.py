@@ -22,8 +22,12 @@ tokens, 4 expert slots and 2,048 routed pairs per MoE layer, and a similar share
 (56/64 against 64/72). Ratio: predicted over published (above 1: optimistic). Both the analytical step (expected
 busiest GPU) and the discrete-event step (routing drawn, mean of ``SAMPLES`` draws) are shown.
 
-Run: ``python -m benchmarks.moe_published [--json FILE] [--cost-model CALIBRATION ...]`` (about a minute); writes
-section 28 of RESULTS.md.
+Also printed: DeepSeek's own profile of the same model (`DEEPSEEK_PROFILE`, H800, as the blog converts it) and the
+blog's two-batch-overlap ablation, decode (`TBO_ABLATION`) and prefill (`TBO_ABLATION_PREFILL`).
+
+Run: ``python -m benchmarks.moe_published [--print] [--json FILE] [--cost-model CALIBRATION ...]`` (about a
+minute). Without ``--print`` it writes section 28 of RESULTS.md in place of the old one, the notes written under
+its tables included: print it and paste the tables instead where those notes should stay.
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ TBO_ABLATION: tuple[tuple[int, float | None, str], ...] = (
 SAMPLES = 8
 
 
-def step_timer(phase: str, nodes: int, ep: int, per_gpu: int, cost_model: str, overlap: str = "two_batch"):
+def step_timer(
+    phase: str, nodes: int, ep: int, per_gpu: int, cost_model: str, overlap: str = "two_batch", gpu: str = "H100-SXM"
+):
     """The step timer of one expert-parallel group of the case (SGLang profile, DP attention over the group)."""
     d = {
         "name": f"sglang-deepseek-v3-{phase}-ep{ep}",
         "model": "deepseek-v3",
-        "gpu": "H100-SXM",
+        "gpu": gpu,
         "nodes": nodes,
         "gpus_per_node": 8,
         "precision": {"weights": "fp8_block", "kv_cache": "bf16"},
@@ -90,10 +96,21 @@ def step_timer(phase: str, nodes: int, ep: int, per_gpu: int, cost_model: str, o
     return make_timer(built, pool, replica_capacity(built, pool), 0)
 
 
-def predict(case: tuple, cost_model: str) -> dict:
+#: DeepSeek's own profile of its inference system (deepseek-ai/profile-data README: "an absolutely balanced MoE
+#: routing", two micro-batches; H800), as the same blog's "Overall Throughput" tables convert it to tokens/s per node
+#: ("DeepSeek Profile" column): prefill EP32, 4K prompts, 16,384 tokens per GPU: 62,713; decode EP128, 128 requests
+#: per GPU at a KV cache of 4,096: 18,598. Same fields as `CASES`; moesim runs them with SGLang's engine profile
+#: and operation order (DeepSeek's own engine is not public; SGLang's overlap copies the design of its blog).
+DEEPSEEK_PROFILE: tuple[tuple[str, str, int, int, int, int, float, str], ...] = (
+    ("DeepSeek profile: prefill EP32, 4K prompts, H800", "prefill", 4, 32, 16384, 4096, 62713.0, "balanced"),
+    ("DeepSeek profile: decode EP128, 128 seqs/GPU, KV 4,096, H800", "decode", 16, 128, 128, 4096, 18598.0, "balanced"),
+)
+
+
+def predict(case: tuple, cost_model: str, gpu: str = "H100-SXM") -> dict:
     """One case under one cost model: analytical and sampled step seconds and tokens/s per node."""
     label, phase, nodes, ep, per_gpu, length, published, routing = case
-    t = step_timer(phase, nodes, ep, per_gpu, cost_model)
+    t = step_timer(phase, nodes, ep, per_gpu, cost_model, gpu=gpu)
     if phase == "prefill":
         n = per_gpu // length * ep
         new, cached = np.full(n, length), np.zeros(n, np.int64)
@@ -188,6 +205,23 @@ def bench(extra: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
             f"{r['tok_s_node']:,.0f} | {r['ratio']:.2f} | {r['des_ratio']:.2f} | {r['compute_s'] * 1e3:.1f} / "
             f"{r['comm_exposed_s'] * 1e3:.1f} / {r['host_s'] * 1e3:.1f} |"
         )
+    out += [
+        "",
+        "DeepSeek's own profile (deepseek-ai/profile-data, H800, balanced routing), as the source converts it:",
+        "",
+        "| case | cost model | published tok/s/node | predicted (analytical) | ratio | ratio (DES step) | "
+        "step ms: compute / exposed comm / host |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cm in (*COST_MODELS, *extra):
+        for case in DEEPSEEK_PROFILE:
+            r = predict(case, cm, gpu="H800")
+            rows.append(r)
+            out.append(
+                f"| {r['case']} | `{cm}` | {r['published_tok_s_node']:,.0f} | {r['tok_s_node']:,.0f} | "
+                f"{r['ratio']:.2f} | {r['des_ratio']:.2f} | {r['compute_s'] * 1e3:.1f} / "
+                f"{r['comm_exposed_s'] * 1e3:.1f} / {r['host_s'] * 1e3:.1f} |"
+            )
     out += [
         "",
         'Two-batch overlap on and off in decode (the source\'s ablation, "Real Test Cases"): throughput with it over '
