@@ -847,8 +847,9 @@ class StepTimer:
     def _parts(self, new: np.ndarray, cached: np.ndarray, exact: bool = False) -> np.ndarray:
         """(other compute, a2a, other comm, expected experts, rho, bytes, flops, kernel launches, attention
         launches, eager forward's launch wait, piecewise forward's launch wait; of the other compute the MoE
-        layers' ``prep``, ``core`` and ``shared`` op classes, and of the a2a the dispatch: `sim.serving.tbo`) of a
-        batch, s / bytes / FLOP / counts. A launch wait is the forward's time beyond its GPU time when the CPU
+        layers' ``prep``, ``core`` and ``shared`` op classes, of the a2a the dispatch, of each class its SM-capped
+        DeepGEMM ops (`_sm_capped`), and 1 where the routed experts are SM-capped: `sim.serving.tbo`) of a batch,
+        s / bytes / FLOP / counts [_N]. A launch wait is the forward's time beyond its GPU time when the CPU
         issues its launches one by one (`host.launch_pipeline`; computed only for an engine whose host does not
         overlap the GPU).
 
