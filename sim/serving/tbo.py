@@ -117,12 +117,21 @@ def layers_time(
     """
     if strategy_of(phase) != "decode" or capped is not None:
         return stages_time(phase, comp, dispatch, combine, slow, capped)
+    keep = 1.0 - 1.0 / slow
+    flat = (comp["prep"], comp["core"], comp["shared"], dispatch, combine)
+    if all(np.shape(v)[1] == 1 for v in flat):  # the step timer's case: only the experts differ by layer
+        p, co, s, d, c = (np.asarray(v)[:, 0] for v in flat)
+        e = np.asarray(comp["experts"])
+        n = e.shape[1] if e.shape[1] > 1 else np.broadcast_shapes(*(np.shape(v) for v in comp.values()))[1]
+        e_sum = e.sum(axis=1) if e.shape[1] > 1 else e[:, 0] * n
+        layer = np.maximum(d - (s + p), d * keep) + np.maximum(c - co, c * keep)
+        last = np.maximum(d - s, d * keep) + np.maximum(c, c * keep)  # B after the last layer: shared; nothing
+        return 2.0 * (n * (p + co + s) + e_sum) + (2 * n - 1) * layer + last
     shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
     p, co, s, e = (np.broadcast_to(comp[name], shape) for name in CLASSES)
     d, c = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
     zero = np.zeros((shape[0], 1))
     p_next, co_next = np.concatenate([p[:, 1:], zero], axis=1), np.concatenate([co[:, 1:], zero], axis=1)
-    keep = 1.0 - 1.0 / slow
     excess = (
         np.maximum(d - (s + p), d * keep)
         + np.maximum(c - co, c * keep)
