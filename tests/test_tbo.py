@@ -200,3 +200,73 @@ def test_decode_overlap_loses_below_the_published_threshold_and_wins_above():
     assert gains[32] < -0.15
     assert gains[64] <= 0.0 < gains[128]
     assert 0.15 < gains[256] < 0.40
+
+
+@pytest.mark.parametrize("slow", [1.0, 1.22])
+def test_vllm_dual_batch_overlap_closed_form_is_its_stages(slow):
+    """vLLM's dual-batch overlap: the closed form (`tbo._vllm_closed`) gives the stage-by-stage values."""
+    comp, d, c = _random(4, 6, seed=5)
+    np.testing.assert_allclose(
+        tbo.layers_time("vllm_dbo", comp, d, c, slow), tbo.stages_time("vllm_dbo", comp, d, c, slow), rtol=1e-12
+    )
+    flat = {n: v[:, :1] if n != "experts" else v for n, v in comp.items()}
+    np.testing.assert_allclose(
+        tbo.layers_time("vllm_dbo", flat, d[:, :1], c[:, :1], slow),
+        tbo.stages_time("vllm_dbo", flat, d[:, :1], c[:, :1], slow),
+        rtol=1e-12,
+    )
+
+
+def test_vllm_order_is_the_documented_one():
+    """The stream's order under ``vllm_dbo`` is vLLM's documented one (vllm-project/vllm docs/design/dbo.md): "D1
+    send, A0_0, A1_0, D1 recv, D0 send, MLP_1, D0 recv, C1 send, S_1, MLP_0, C1 recv, C0 send, S_0, A0_1, A1_1, C0
+    recv" (micro-batch 1 leads; A0_1, A1_1 its next layer's attention)."""
+    names = {(0, 0): "A0", (0, 1): "A1", (0, 2): "S", (0, 3): "MLP", (1, 4): "D send", (2, 4): "D recv",
+             (1, 5): "C send", (2, 5): "C recv"}  # fmt: skip
+    ub = {0: "1", 1: "0"}  # the leading micro-batch is vLLM's ubatch 1
+    prog = tbo._program("vllm_dbo", 2)
+    out = []
+    for kind, col, layer, slot in prog:
+        mb = slot // 2 if kind else None
+        label = names[(kind, col)]
+        if kind:
+            out.append(label.replace("D", "D" + ub[mb]).replace("C", "C" + ub[mb]))
+        else:
+            out.append((label, layer))
+    # the compute items carry no micro-batch in the program: recover it from the order of the stages
+    order = [mb for mb, j in tbo._order(len(tbo._stages(tbo.STRATEGIES["vllm_dbo"][1], 2)), 1)
+             for _ in tbo._stages(tbo.STRATEGIES["vllm_dbo"][1], 2)[j]]  # fmt: skip
+    text = [x if isinstance(x, str) else f"{x[0]}_{ub[mb]}" for x, mb in zip(out, order, strict=True)]
+    start = text.index("D1 send")
+    assert text[start : start + 16] == [
+        "D1 send", "A0_0", "A1_0", "D1 recv", "D0 send", "MLP_1", "D0 recv", "C1 send", "S_1", "MLP_0", "C1 recv",
+        "C0 send", "S_0", "A0_1", "A1_1", "C0 recv",
+    ]  # fmt: skip
+
+
+def test_a_vllm_engine_takes_vllms_order():
+    """The step timer hands a vLLM engine's two-batch steps to vLLM's order and an SGLang engine's to SGLang's."""
+    from moesim.sim.serving.host import engine_profile
+    from moesim.sim.serving.scenario import EngineSpec
+
+    seen = []
+    real = tbo.layers_time
+
+    def spy(strategy, *args, **kw):
+        seen.append(strategy)
+        return real(strategy, *args, **kw)
+
+    model = load_model("deepseek-v3")
+    cluster = make_cluster(get_gpu("H100-SXM"), nodes=4, gpus_per_node=8)
+    lay = Layout(ep=32, dp_attn=32, a2a_backend="deepep")
+    new, cached = np.ones(32 * 16, np.int64), np.full(32 * 16, 500)
+    for kind, want in (("vllm", "vllm_dbo"), ("sglang", "decode")):
+        t = StepTimer(model, lay, cluster, Precision(weights="fp8_block"), overlap="two_batch",
+                      profile=engine_profile(EngineSpec(kind=kind, cuda_graphs=True)))  # fmt: skip
+        seen.clear()
+        tbo.layers_time = spy
+        try:
+            t.expected(new, cached)
+        finally:
+            tbo.layers_time = real
+        assert seen == [want]

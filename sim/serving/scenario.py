@@ -202,10 +202,11 @@ class RoutingSpec(_Strict):
         file: the loads file for ``distribution: file``, relative to the scenario.
         capacity_factor: None: dropless; else each expert takes at most
             ceil(factor x tokens x top_k / experts) pairs per step and drops the rest.
-        overlap: ``none``; ``two_batch``: two micro-batches whose operations SGLang
+        overlap: ``none``; ``two_batch``: two micro-batches whose operations the engine
             interleaves at yield points, each dispatch and combine hidden only behind
             the other micro-batch's stages between its issue and its wait (DeepSeek's
-            two-batch overlap as SGLang runs it).
+            two-batch overlap as SGLang runs it; vLLM's dual-batch overlap order for
+            ``engine.kind: vllm``).
     """
 
     distribution: Literal["uniform", "power", "file"] = "uniform"

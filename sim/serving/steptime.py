@@ -31,7 +31,8 @@ Physics options:
   (`sim.serving.tbo`): each micro-batch's dispatch and combine hides only behind the
   stages that run between its issue and its wait (in decode: its shared experts and
   the other's attention preparation; the other's attention core), and the stream
-  stalls for what they do not hide. While a DeepEP normal-mode all-to-all runs it
+  stalls for what they do not hide; a vLLM engine takes vLLM's dual-batch-overlap order
+  instead. While a DeepEP normal-mode all-to-all runs it
   holds 24 SMs, so the compute under it runs ``slow`` times slower
   (`model.a2a.compute_slowdown`). Dense layers, embedding and LM head hide nothing.
 - offloading: experts not resident are fetched over PCIe into an LRU cache of
@@ -1440,13 +1441,15 @@ class StepTimer:
             classes = parts[:, 11:14]
             comp = {name: per * classes[:, j : j + 1] for j, name in enumerate(tbo.CLASSES[:3])}
             comp["experts"] = 0.5 * rho[:, None] * expert_layers
+            # the engine's order: vLLM's dual-batch overlap, else SGLang's (DeepSeek's design)
+            strategy = tbo.strategy_of(step[2], None if self.profile is None else self.profile.kind)
             capped = None
-            if tbo.strategy_of(step[2]) == "extend" and slow > 1.0:  # DeepGEMM held to the SMs DeepEP leaves
+            if strategy == "extend" and slow > 1.0:  # SGLang holds DeepGEMM to the SMs DeepEP leaves
                 capped = {name: per * parts[:, 15 + j : 16 + j] for j, name in enumerate(tbo.CLASSES[:3])}
                 capped["experts"] = comp["experts"] * parts[:, 18:19]
             dispatch = parts[:, 14:15] / (2 * self.n_moe)
             combine = (a2a[:, None] - parts[:, 14:15]) / (2 * self.n_moe)
-            moe_part = tbo.layers_time(step[2], comp, dispatch, combine, slow, capped)
+            moe_part = tbo.layers_time(strategy, comp, dispatch, combine, slow, capped)
             # the rest (dense layers, embedding, LM head, sampler; a MoE layer's ops in no class) hides nothing
             rest = rho * (other - classes.sum(axis=1))
             total = moe_part + rest + comm + fetch

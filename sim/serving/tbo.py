@@ -33,7 +33,10 @@ DeepGEMM at the SMs DeepEP leaves for the whole overlapped forward (``deep_gemm_
 ``_compute_moe_deepseek_blog_prefill`` and applied by ``two_batch_overlap._model_forward_tbo``), so the
 block-scaled fp8 GEMMs bound by their SMs (``capped``) take ``slow`` times as long with or without a transfer in
 flight. Residual adds and the MoE output's scatter are not ops in moesim's decomposition and take no time here.
-The same lists stand for any engine's two-batch overlap (vLLM's dual-batch overlap's own order is not modelled).
+vLLM's dual-batch overlap has an order of its own (``vllm_dbo``, vllm-project/vllm docs/design/dbo.md): the step
+timer takes it for a ``vllm`` engine, SGLang's for any other. vLLM also reserves SMs for DeepEP's high-throughput
+kernels under it (``VLLM_DBO_COMM_SMS``, 20 by default); whether that caps its block-fp8 GEMMs as SGLang's
+DeepGEMM cap does depends on which GEMM kernel it runs, so no cap is modelled for it.
 
 Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-batch.
 """
@@ -41,7 +44,6 @@ Units: seconds. Arrays: [k] per step, [k, L] per step and MoE layer, per micro-b
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 
@@ -65,13 +67,28 @@ STRATEGIES: dict[str, tuple[int, tuple[Item, ...]]] = {
         (("c", "prep"), ("c", "core"), ("i", "d"), _Y, ("w", "d"), ("c", "experts"), ("i", "c"), _Y,
          ("c", "shared"), ("w", "c")),
     ),
+    # vLLM's dual-batch overlap, every phase (vllm-project/vllm docs/design/dbo.md, MLP_SHARED_OVERLAP: "Order: D1
+    # send, A0_0, A1_0, D1 recv, D0 send, MLP_1, D0 recv, C1 send, S_1, MLP_0, C1 recv, C0 send, S_0, A0_1, A1_1,
+    # C0 recv"; A0 = MLA's QKV projections, A1 = core attention, output projection and MoE gate, S = shared
+    # expert): its two micro-batch threads ping-pong at every yield, the second one stage ahead
+    "vllm_dbo": (
+        1,
+        (("c", "prep"), ("c", "core"), _Y, ("i", "d"), _Y, ("w", "d"), _Y, ("c", "experts"), _Y, ("i", "c"),
+         ("c", "shared"), _Y, ("w", "c"), _Y),
+    ),
 }  # fmt: skip
 #: op classes of a MoE layer's computation (`StepTimer` parts), in `STRATEGIES`' names
 CLASSES = ("prep", "core", "shared", "experts")
 
 
-def strategy_of(phase: str) -> Literal["decode", "extend"]:
-    """SGLang's forward mode of a step's ``phase``: ``decode``, else ``extend`` (prefill and mixed batches)."""
+def strategy_of(phase: str, engine: str | None = None) -> str:
+    """The `STRATEGIES` key of a step's ``phase`` on ``engine`` (an engine kind; None: SGLang's): vLLM's dual-batch
+    overlap for ``vllm``, else SGLang's forward mode, ``decode`` or ``extend`` (prefill and mixed batches). A
+    `STRATEGIES` key is itself."""
+    if phase in STRATEGIES and phase != "decode":
+        return phase
+    if engine == "vllm":
+        return "vllm_dbo"
     return "decode" if phase == "decode" else "extend"
 
 
@@ -106,17 +123,21 @@ def layers_time(
     capped: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap: `stages_time`, in
-    closed form for decode.
+    closed form for SGLang's decode and vLLM's dual-batch overlap (``phase``: a phase or a `STRATEGIES` key).
 
     In SGLang's decode order one transfer is in flight at a time and no wait falls inside another transfer's
     window, so the step is both micro-batches' computation plus each transfer's excess over the computation
     between its issue and its wait, ``max(t - w, t (1 - 1/slow))``: A's dispatch of layer l behind its own shared
     experts and B's ``prep`` of layer l, its combine behind B's ``core``; B's behind its shared experts and A's
-    ``prep`` / ``core`` of layer l + 1 (after the last layer: its shared experts; nothing). The same values as
-    `stages_time` (tests/test_tbo.py), in a few array operations instead of a pass over every stage.
+    ``prep`` / ``core`` of layer l + 1 (after the last layer: its shared experts; nothing). vLLM's order has the
+    same two properties (`_vllm_closed`). The same values as `stages_time` (tests/test_tbo.py), in a few array
+    operations instead of a pass over every stage.
     """
-    if strategy_of(phase) != "decode" or capped is not None:
+    strategy = strategy_of(phase)
+    if capped is not None or strategy == "extend":
         return stages_time(phase, comp, dispatch, combine, slow, capped)
+    if strategy == "vllm_dbo":
+        return _vllm_closed(comp, dispatch, combine, slow)
     keep = 1.0 - 1.0 / slow
     flat = (comp["prep"], comp["core"], comp["shared"], dispatch, combine)
     if all(np.shape(v)[1] == 1 for v in flat):  # the step timer's case: only the experts differ by layer
@@ -141,6 +162,26 @@ def layers_time(
     return 2.0 * (p + co + s + e).sum(axis=1) + excess.sum(axis=1)
 
 
+def _vllm_closed(comp: dict[str, np.ndarray], dispatch: np.ndarray, combine: np.ndarray, slow: float) -> np.ndarray:
+    """`layers_time` under vLLM's dual-batch overlap: per layer, the leading micro-batch's dispatch hides behind
+    the other's ``prep`` + ``core``, its combine behind its own shared expert and the other's experts; the other's
+    dispatch behind the leader's experts, its combine behind its shared expert and the leader's ``prep`` + ``core``
+    of the next layer (after the last layer: its shared expert alone)."""
+    shape = np.broadcast_shapes(dispatch.shape, combine.shape, *(np.shape(v) for v in comp.values()))
+    p, co, s, e = (np.broadcast_to(comp[name], shape) for name in CLASSES)
+    d, c = np.broadcast_to(dispatch, shape), np.broadcast_to(combine, shape)
+    keep = 1.0 - 1.0 / slow
+    att = p + co
+    att_next = np.concatenate([att[:, 1:], np.zeros((shape[0], 1))], axis=1)
+    excess = (
+        np.maximum(d - att, d * keep)
+        + np.maximum(c - (s + e), c * keep)
+        + np.maximum(d - e, d * keep)
+        + np.maximum(c - (s + att_next), c * keep)
+    )
+    return 2.0 * (att + s + e).sum(axis=1) + excess.sum(axis=1)
+
+
 def stages_time(
     phase: str,
     comp: dict[str, np.ndarray],
@@ -152,7 +193,7 @@ def stages_time(
     """Seconds [k] the stream takes for the MoE layers of ``k`` steps under two-batch overlap, stage by stage.
 
     Args:
-        phase: the step's phase (`strategy_of`).
+        phase: the step's phase, or a `STRATEGIES` key (`strategy_of`).
         comp: one micro-batch's computation per op class (`CLASSES`), each [k, L] or broadcastable to it, s.
         dispatch, combine: one micro-batch's dispatch and combine per layer [k, L] (or broadcastable), s, as they
             take alone.
