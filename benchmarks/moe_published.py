@@ -146,19 +146,24 @@ def predict(case: tuple, cost_model: str, gpu: str = "H100-SXM") -> dict:
 TBO_ABLATION_PREFILL: tuple[int, ...] = (1024, 2048, 4096)
 
 
+def _on_off(phase: str, nodes: int, ep: int, per_gpu: int, cost_model: str, new: np.ndarray, cached: np.ndarray):
+    """Analytical tokens/s per node of one batch (new, cached tokens [B]) with two-batch overlap off and on, and
+    the gain of on over off: {"tok_s_node_no_tbo", "tok_s_node_tbo", "predicted_gain"}."""
+    tok = {}
+    for overlap in ("none", "two_batch"):
+        cost = step_timer(phase, nodes, ep, per_gpu, cost_model, overlap).expected(new, cached)
+        tok[overlap] = 8 * per_gpu / cost.duration_s
+    gain = tok["two_batch"] / tok["none"] - 1
+    return {"tok_s_node_no_tbo": tok["none"], "tok_s_node_tbo": tok["two_batch"], "predicted_gain": gain}
+
+
 def tbo_ablation_prefill(cost_model: str) -> list[dict]:
     """Prefill of 8,192 tokens per GPU with two-batch overlap on and off (EP32): analytical tokens/s per node."""
     out = []
     for length in TBO_ABLATION_PREFILL:
-        tok = {}
-        for overlap in ("none", "two_batch"):
-            t = step_timer("prefill", 4, 32, 8192, cost_model, overlap)
-            n = 8192 // length * 32
-            cost = t.expected(np.full(n, length), np.zeros(n, np.int64))
-            tok[overlap] = 8 * 8192 / cost.duration_s
-        gain = tok["two_batch"] / tok["none"] - 1
-        out.append({"prompt": length, "cost_model": cost_model, "tok_s_node_tbo": tok["two_batch"],
-                    "tok_s_node_no_tbo": tok["none"], "predicted_gain": gain})  # fmt: skip
+        n = 8192 // length * 32
+        row = _on_off("prefill", 4, 32, 8192, cost_model, np.full(n, length), np.zeros(n, np.int64))
+        out.append({"prompt": length, "cost_model": cost_model, **row})
     return out
 
 
@@ -166,16 +171,10 @@ def tbo_ablation(cost_model: str) -> list[dict]:
     """Decode with two-batch overlap on and off at each `TBO_ABLATION` batch: analytical tokens/s per node."""
     out = []
     for per_gpu, published, said in TBO_ABLATION:
-        tok = {}
-        for overlap in ("none", "two_batch"):
-            t = step_timer("decode", 8, 64, per_gpu, cost_model, overlap)
-            n = per_gpu * 64
-            cost = t.expected(np.ones(n, np.int64), np.full(n, 2000))
-            tok[overlap] = 8 * per_gpu / cost.duration_s
-        gain = tok["two_batch"] / tok["none"] - 1
+        n = per_gpu * 64
+        row = _on_off("decode", 8, 64, per_gpu, cost_model, np.ones(n, np.int64), np.full(n, 2000))
         out.append({"tokens_per_gpu": per_gpu, "published_gain": published, "published_said": said,
-                    "cost_model": cost_model, "tok_s_node_tbo": tok["two_batch"], "tok_s_node_no_tbo": tok["none"],
-                    "predicted_gain": gain})  # fmt: skip
+                    "cost_model": cost_model, **row})  # fmt: skip
     return out
 
 

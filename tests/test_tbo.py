@@ -221,22 +221,14 @@ def test_vllm_order_is_the_documented_one():
     """The stream's order under ``vllm_dbo`` is vLLM's documented one (vllm-project/vllm docs/design/dbo.md): "D1
     send, A0_0, A1_0, D1 recv, D0 send, MLP_1, D0 recv, C1 send, S_1, MLP_0, C1 recv, C0 send, S_0, A0_1, A1_1, C0
     recv" (micro-batch 1 leads; A0_1, A1_1 its next layer's attention)."""
-    names = {(0, 0): "A0", (0, 1): "A1", (0, 2): "S", (0, 3): "MLP", (1, 4): "D send", (2, 4): "D recv",
-             (1, 5): "C send", (2, 5): "C recv"}  # fmt: skip
     ub = {0: "1", 1: "0"}  # the leading micro-batch is vLLM's ubatch 1
-    prog = tbo._program("vllm_dbo", 2)
-    out = []
-    for kind, col, layer, slot in prog:
-        mb = slot // 2 if kind else None
-        label = names[(kind, col)]
-        if kind:
-            out.append(label.replace("D", "D" + ub[mb]).replace("C", "C" + ub[mb]))
-        else:
-            out.append((label, layer))
-    # the compute items carry no micro-batch in the program: recover it from the order of the stages
-    order = [mb for mb, j in tbo._order(len(tbo._stages(tbo.STRATEGIES["vllm_dbo"][1], 2)), 1)
-             for _ in tbo._stages(tbo.STRATEGIES["vllm_dbo"][1], 2)[j]]  # fmt: skip
-    text = [x if isinstance(x, str) else f"{x[0]}_{ub[mb]}" for x, mb in zip(out, order, strict=True)]
+    stages = tbo._stages(tbo.STRATEGIES["vllm_dbo"][1], 2)
+    owner = [mb for mb, j in tbo._order(len(stages), 1) for _ in stages[j]]  # each program item's micro-batch
+    names = {0: "A0", 1: "A1", 2: "S", 3: "MLP", 4: "D", 5: "C"}  # `_program`'s columns
+    text = []
+    for (kind, col, _layer, _slot), mb in zip(tbo._program("vllm_dbo", 2), owner, strict=True):
+        u = ub[mb]
+        text.append(f"{names[col]}_{u}" if kind == 0 else f"{names[col]}{u} {'send' if kind == 1 else 'recv'}")
     start = text.index("D1 send")
     assert text[start : start + 16] == [
         "D1 send", "A0_0", "A1_0", "D1 recv", "D0 send", "MLP_1", "D0 recv", "C1 send", "S_1", "MLP_0", "C1 recv",

@@ -114,10 +114,11 @@ _N = 19  # parts of a batch (`StepTimer._parts`)
 
 
 def _tbo_class(op: Op) -> int | None:
-    """The part (11 ``prep``, 12 ``core``, 13 ``shared``) of a MoE layer's computing op; None for any other op."""
+    """The `tbo.CLASSES` index (0 ``prep``, 1 ``core``, 2 ``shared``) of a MoE layer's computing op; None for any
+    other op. A step's parts hold the classes at 11-13 and their SM-capped parts at 15-17 (`StepTimer._parts`)."""
     if "moe" not in op.group:
         return None
-    return 11 if op.name in _TBO_PREP else 12 if op.name in _TBO_CORE else 13 if op.name in _TBO_SHARED else None
+    return 0 if op.name in _TBO_PREP else 1 if op.name in _TBO_CORE else 2 if op.name in _TBO_SHARED else None
 
 
 def _sm_capped(op: Op, precision: Precision, gpu: Any) -> bool:
@@ -1016,9 +1017,9 @@ class StepTimer:
                     out[4] += op.kernels * op.count
                     c = _tbo_class(op)
                     if c is not None:
-                        out[c - 6] += sec
+                        out[5 + c] += sec
                         if _sm_capped(op, p, self.cluster.gpu):
-                            out[c - 2] += sec
+                            out[9 + c] += sec
                     if op.kind == "attention":
                         att += op.kernels * op.count
         one = OpContext(self.model, whole, whole, Layout(), self._one, p, self._gemm_dtype)
@@ -1093,9 +1094,9 @@ class StepTimer:
             elif op.name == "routed_experts":
                 vec[12] = float(_sm_capped(op, self.precision, self.cluster.gpu))
             elif cls == 0 and (c := _tbo_class(op)) is not None:
-                vec[c - 6] += sec
+                vec[5 + c] += sec
                 if _sm_capped(op, self.precision, self.cluster.gpu):
-                    vec[c - 2] += sec
+                    vec[9 + c] += sec
         if a2a is not None:
             second[1] += a2a[0]
             second[8] += a2a[1]
@@ -1226,9 +1227,9 @@ class StepTimer:
                 out[0] += sec
                 c = _tbo_class(op)
                 if c is not None:
-                    out[c - 7] += sec
+                    out[4 + c] += sec
                     if _sm_capped(op, self.precision, gpu):
-                        out[c - 3] += sec
+                        out[8 + c] += sec
         return out
 
     # ---- steps -----------------------------------------------------------------------------------

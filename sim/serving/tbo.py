@@ -107,7 +107,8 @@ def _stages(ops: tuple[Item, ...], layers: int) -> list[list[tuple[str, str, int
 
 
 def _order(n: int, delta: int) -> list[tuple[int, int]]:
-    """(micro-batch, stage) in the order the stream runs them (SGLang's executor)."""
+    """(micro-batch, stage) in the order the stream runs them: SGLang's executor (micro-batch 0 runs ``delta``
+    stages alone, then the two alternate); vLLM's two threads ping-pong the same way."""
     out = [(0, j) for j in range(delta)]
     for j in range(delta, n):
         out += [(0, j), (1, j - delta)]
