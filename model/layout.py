@@ -100,8 +100,14 @@ class Layout:
             start += n
         return out
 
-    def check(self, model: ModelSpec) -> None:
-        """Raise `LayoutError` naming every way the layout fails to divide ``model``."""
+    def check(self, model: ModelSpec, slots: int | None = None) -> None:
+        """Raise `LayoutError` naming every way the layout fails to divide ``model``.
+
+        ``slots``: routed-expert slots per MoE layer of the expert placement (more than the experts when some
+        are replicated: SGLang's ``--ep-num-redundant-experts``, DeepSeek's EPLB), None without one. With slots
+        the expert-parallel size must divide the slots, not the experts: 256 experts + 32 redundant = 288 slots
+        split 72 or 144 ways, as SGLang's and DeepSeek's decode deployments run DeepSeek-V3.
+        """
         a, problems = model.attention, []
         if a.num_heads % self.tp:
             problems.append(f"tp={self.tp} does not divide the {a.num_heads} attention heads")
@@ -111,8 +117,13 @@ class Layout:
             problems.append(f"tp={self.tp} does not divide the dense FFN width {model.dense_intermediate_size}")
         if model.moe is not None and model.is_moe:
             moe = model.moe
-            if moe.num_experts % self.ep:
-                problems.append(f"ep={self.ep} does not divide the {moe.num_experts} routed experts")
+            if slots is not None and slots % self.ep:
+                problems.append(f"ep={self.ep} does not divide the placement's {slots} expert slots")
+            elif slots is None and moe.num_experts % self.ep:
+                problems.append(
+                    f"ep={self.ep} does not divide the {moe.num_experts} routed experts (with redundant experts, "
+                    "give a placement whose slots it divides: moesim place --gpus EP --redundant N --export sglang)"
+                )
             if moe.intermediate_size % self.moe_tp:
                 problems.append(
                     f"expert TP={self.moe_tp} (tp x dp_attn / ep) does not divide "

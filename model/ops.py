@@ -228,10 +228,13 @@ def fused_moe_op(
     moe_tp: int = 1,
     mean: float | None = None,
     imbalance: float = 1.0,
+    local: int | None = None,
 ) -> Op:
     """The routed-experts op: `fused_moe_parts` summed into one ``grouped_gemm`` op (one lookup in the
-    grouped-GEMM tables, which time the whole fused layer), ``kernels`` = their launches."""
-    local = num_experts // ep
+    grouped-GEMM tables, which time the whole fused layer), ``kernels`` = their launches. ``local``: expert
+    slots per GPU (a placement's slots over ``ep``, more than ``num_experts / ep`` with redundant experts);
+    None: ``num_experts // ep``."""
+    local = num_experts // ep if local is None else local
     flops, weight_bytes, act_bytes, kernels = _fused_moe_totals(
         tokens if ep == 1 else pairs / top_k, pairs, active, hidden, width, local, w_bytes, a_bytes, reduce=ep == 1
     )
@@ -362,9 +365,11 @@ def experts_op(
         load = _gpu_loads_memo(tokens, top_k, ep, loads, phys_to_log, num_experts)
         pairs, active = load.busiest_pairs, load.max_active_experts
         mean, imbalance = load.mean_gpu_pairs, load.imbalance
+    local = None if phys_to_log is None else int(np.shape(phys_to_log)[-1]) // ep  # redundant slots count
     return fused_moe_op(
         tokens, pairs, active, hidden, width, top_k, num_experts, ep, precision.weight_bytes,
         precision.activation_bytes, dtype, group=group, count=count, moe_tp=moe_tp, mean=mean, imbalance=imbalance,
+        local=local,
     )  # fmt: skip
 
 
@@ -697,7 +702,7 @@ def decompose(
     p = precision or Precision()
     if sampling not in SAMPLING:
         raise MoesimError(f"sampling '{sampling}' is not one of {', '.join(SAMPLING)}", "use one of those")
-    layout.check(model)
+    layout.check(model, None if phys_to_log is None else int(np.shape(phys_to_log)[-1]))
     if layout.num_gpus > cluster.num_gpus:
         raise LayoutError(
             f"layout {layout.label()} needs {layout.num_gpus} GPUs but the cluster has {cluster.num_gpus}",

@@ -79,7 +79,8 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
     mem = estimate_memory(m, lay, gpu, p, mem_fraction=eng.mem_fraction, expert_slots=built.expert_slots)
     act = 0.0
     try:
-        act = max(op.act_bytes for op in StepTimer(m, lay, pool.cluster, p).estimate(probe).ops)
+        probe_timer = StepTimer(m, lay, pool.cluster, p, phys_to_log=built.phys_to_log)
+        act = max(op.act_bytes for op in probe_timer.estimate(probe).ops)
     except MoesimError:
         act = 0.0
     free = mem.usable_bytes - mem.weight_bytes - act
@@ -91,7 +92,7 @@ def replica_capacity(built: Built, pool: Pool) -> Capacity:
     weights = mem.weight_bytes
     if off.enabled and m.moe is not None:
         experts = mem.weights_by_component.get("routed_experts", 0.0)
-        slots = (m.moe.num_experts // lay.ep) * m.num_moe_layers // lay.pp
+        slots = ((built.expert_slots or m.moe.num_experts) // lay.ep) * m.num_moe_layers // lay.pp
         expert_bytes = experts / max(slots, 1)
         resident_other = mem.weight_bytes - experts
         budget = mem.usable_bytes - resident_other - act

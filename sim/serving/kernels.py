@@ -79,8 +79,9 @@ def step_provenance(built: Built, pool: Pool, batch: Batch) -> dict[str, Any]:
     """
     cm = pool_cost_model(built, pool)
     est = estimate_step(
-        built.model, batch, pool.layout, pool.cluster, built.precision, cm, mla_absorb=batch.phase != "prefill"
-    )
+        built.model, batch, pool.layout, pool.cluster, built.precision, cm, mla_absorb=batch.phase != "prefill",
+        loads=built.loads, phys_to_log=built.phys_to_log,
+    )  # fmt: skip
     by_class = dict.fromkeys(SOURCE_CLASSES, 0.0)
     by_kind: dict[str, dict[str, float]] = {}
     for op, t in zip(est.ops, est.times, strict=True):

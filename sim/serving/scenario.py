@@ -398,7 +398,7 @@ class Built:
         return None if self.phys_to_log is None else int(np.shape(self.phys_to_log)[-1])
 
 
-def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) -> np.ndarray | None:
+def _placement(sc: Scenario, model: ModelSpec, base: Path) -> np.ndarray | None:
     if not sc.placement or model.moe is None:
         return None
     arr = read_array(base / sc.placement, "placement")
@@ -426,13 +426,7 @@ def _placement(sc: Scenario, model: ModelSpec, base: Path, ep_sizes: list[int]) 
     for layer in arr:
         if len(set(layer.tolist())) != n_exp:
             raise MoesimError(f"placement {sc.placement}: some expert has no slot", "place every expert at least once")
-    for ep in ep_sizes:
-        if arr.shape[1] % ep:
-            raise MoesimError(
-                f"placement {sc.placement}: {arr.shape[1]} slots do not split over ep={ep} GPUs",
-                "give every GPU the same number of slots",
-            )
-    return arr
+    return arr  # its slots split over the expert-parallel GPUs: `Layout.check`
 
 
 def _check_prefix_cache(pool: Pool, base: Path) -> None:
@@ -464,6 +458,8 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
     own = "fp8" if own == "fp8_block" and "fp8_scaling" in sc.precision else own  # an explicit scaling wins
     precision = Precision(**({"weights": own} | dict(sc.precision)))
     workload = parse_workload(sc.workload, "workload")
+    phys = _placement(sc, model, base)  # its slots decide which expert-parallel sizes fit (`Layout.check`)
+    slots = None if phys is None else int(phys.shape[-1])
     if sc.disaggregation:
         d = sc.disaggregation
         specs = [("prefill", d.prefill), ("decode", d.decode)]
@@ -472,12 +468,12 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         pools, first = [], 0
         for role, p in specs:
             lay = p.layout.build()
-            lay.check(model)
+            lay.check(model, slots)
             pools.append(Pool(role, p.replicas, lay, p.engine or sc.engine, _pool_cluster(cluster, lay), first))
             first += p.replicas * lay.num_gpus
     else:
         lay = sc.layout.build()
-        lay.check(model)
+        lay.check(model, slots)
         cluster = scenario_cluster(sc, base, lay.num_gpus if sc.replicas == "auto" else lay.num_gpus * int(sc.replicas))
         if sc.replicas == "auto":
             if cluster.num_gpus % lay.num_gpus:
@@ -520,7 +516,7 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         pools=tuple(pools),
         workload=workload,
         loads=scenario_loads(sc, model, base),
-        phys_to_log=_placement(sc, model, base, [p.layout.ep for p in pools]),
+        phys_to_log=phys,
         cost_model=cost_model,
         assumptions=CostAssumptions(pricing=sc.cost.pricing, years=sc.cost.years, utilisation=sc.cost.utilisation),
         base_dir=base,
