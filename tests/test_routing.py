@@ -121,17 +121,59 @@ def test_expected_max_normal():
     assert expected_max_normal(np.zeros(2), np.ones(2)) == pytest.approx(1 / np.sqrt(np.pi), abs=1e-4)
 
 
-def test_group_limited_hit_probability_matches_monte_carlo():
+def _deepseek_router(scores: np.ndarray, n_group: int, topk_group: int, k: int) -> np.ndarray:
+    """DeepSeek-V3's group-limited top-k on per-token scores [T, E]: each group scored by the sum of its best two,
+    the best ``topk_group`` groups kept, the best ``k`` experts among theirs; expert ids [T, k]."""
+    t, e = scores.shape
+    g = scores.reshape(t, n_group, -1)
+    keep = np.argsort(-(-np.sort(-g, axis=2)[:, :, :2]).sum(axis=2), axis=1)[:, :topk_group]
+    mask = np.full((t, n_group), -np.inf)
+    np.put_along_axis(mask, keep, 0.0, axis=1)
+    return np.argpartition(-(g + mask[:, :, None]).reshape(t, e), k - 1, axis=1)[:, :k]
+
+
+def test_group_limited_hit_probability_matches_deepseeks_router():
+    """Uniform scores through DeepSeek's own rule: each chosen group gives the token its best expert, so a set
+    holding a whole group is hit whenever that group is chosen (4 of 8: 0.5), not only when one of the picks
+    lands there (0.455 if the 8 picks were spread at random over the 4 groups' experts)."""
     experts, n_group, topk_group, k = 256, 8, 4, 8
-    members = [np.arange(0, 32), np.arange(16, 48), np.arange(0, 4)]
-    exact = hit_probability(members, k, experts, n_group, topk_group)
-    trials = 40000
-    groups = np.argsort(RNG.random((trials, n_group)), axis=1)[:, :topk_group]
-    pool = (groups[:, :, None] * 32 + np.arange(32)).reshape(trials, -1)
-    pick = np.take_along_axis(pool, np.argsort(RNG.random(pool.shape), axis=1)[:, :k], axis=1)
-    for m, p in zip(members, exact, strict=True):
-        mc = np.isin(pick, m).any(axis=1).mean()
-        assert p == pytest.approx(mc, abs=0.012)
+    members = [np.arange(0, 32), np.arange(16, 48), np.arange(0, 4), np.arange(0, 64)]
+    model = hit_probability(members, k, experts, n_group, topk_group)
+    pick = _deepseek_router(RNG.standard_normal((40000, experts)), n_group, topk_group, k)
+    for m, p in zip(members, model, strict=True):
+        assert p == pytest.approx(np.isin(pick, m).any(axis=1).mean(), abs=0.012)
+    assert model[0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_fanout_with_loads_and_replicas_follows_deepseeks_router(alpha):
+    """With power-law popularity and EPLB's 288 slots on 32 GPUs in 4 nodes, the nodes and GPUs a token's
+    dispatch reaches (what DeepEP's normal mode sends over each NIC and NVLink) follow DeepSeek's router through
+    `placement.synthetic`'s trace; independent picks (the rule before) put the NIC 11% high at uniform popularity."""
+    from moesim.placement.baselines import rebalance_experts, repack_no_duplicates
+    from moesim.placement.synthetic import synthetic_trace
+
+    experts, k, gpus, nodes = 256, 8, 32, 4
+    st = synthetic_trace(1, experts, k, tokens=8192, alpha=alpha, n_group=8, topk_group=4, seed=3)
+    loads = st.counts[0] / st.counts[0].sum()
+    p2l = rebalance_experts(st.counts[:1], 288, 8, nodes, gpus)[0][0]
+    p2l = repack_no_duplicates(p2l, st.counts[0], gpus, gpus // nodes)
+    f = token_fanout(gpus, 8, k, experts, 8, 4, loads, p2l)
+    # the trace's own fan-out, each (token, expert) sent to one of the expert's replicas at random
+    rng = np.random.default_rng(0)
+    replicas = [np.flatnonzero(p2l == e) for e in range(experts)]
+    slot = np.array([[replicas[e][rng.integers(len(replicas[e]))] for e in row] for row in st.topk[:, 0, :]])
+    gpu = slot // 9
+    hit_gpu = np.zeros((len(gpu), gpus), bool)
+    np.put_along_axis(hit_gpu, gpu, True, axis=1)
+    hit_node = np.zeros((len(gpu), nodes), bool)
+    np.put_along_axis(hit_node, gpu // 8, True, axis=1)
+    p_gpu, p_node = hit_gpu.mean(axis=0), hit_node.mean(axis=0)
+    node_of = np.arange(gpus) // 8
+    intra = max(max(p_gpu[node_of == node_of[g]].sum() - p_gpu[g], p_gpu[g] * 7) for g in range(gpus))
+    inter = max(max(p_node.sum() - p_node[node_of[g]], p_node[node_of[g]] * 24 / 8) for g in range(gpus))
+    assert f.inter == pytest.approx(inter, rel=0.07)
+    assert f.intra == pytest.approx(intra, rel=0.07)
 
 
 def test_fanout_two_nodes_counts_each_node_once():
