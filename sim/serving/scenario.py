@@ -89,7 +89,8 @@ class LayoutSpec(_Strict):
 
     Attributes:
         tp: tensor-parallel size of attention and dense layers, GPUs.
-        ep: expert-parallel size of the MoE layers, GPUs.
+        ep: expert-parallel size of the MoE layers, GPUs; it divides the routed experts, or the slots of the
+            scenario's placement when that has redundant experts (256 + 32 = 288 slots: EP 72 or 144).
         dp_attn: data-parallel attention groups (DP attention, as SGLang's ``--enable-dp-attention``), GPUs.
         pp: pipeline stages.
     """
@@ -282,7 +283,8 @@ class Scenario(_Strict):
         workload: the requests: arrivals, counts, lengths or a trace (`sim.serving.workload.Workload`).
         routing: how tokens pick experts.
         placement: an expert placement file (SGLang's ``--init-expert-location`` JSON, or a .npy
-            [moe_layers, slots] of expert ids), relative to the scenario; None: experts in blocks.
+            [moe_layers, slots] of expert ids; ``moesim place --redundant N`` writes slots for redundant experts),
+            relative to the scenario; None: experts in blocks.
         offload: routed experts in host memory.
         slo: the service-level objectives goodput and SLO attainment count against.
         cost: how GPU time is priced.
