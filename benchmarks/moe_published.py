@@ -15,11 +15,11 @@ other given unlimited resources:
 moesim times one such step of the whole expert-parallel group with the step timer its simulators use
 (`sim.serving.capacity.make_timer`: the SGLang engine profile's host costs, two-batch overlap, DeepEP's modes) and
 converts it to tokens/s per node (8 GPUs x tokens per GPU per step / step seconds). Settings moesim had to choose:
-routing uniform (every expert equally likely: the "perfect EPLB" case; the default-EPLB rows carry the routing
-imbalance of SGLang's run, which the source does not give, so moesim should come out above them); decode at EP64 on
-8 nodes instead of EP72 on 9 (moesim's layouts need the EP size to divide the 256 experts): per GPU the same 256
-tokens, 4 expert slots and 2,048 routed pairs per MoE layer, and a similar share of the dispatch crossing nodes
-(56/64 against 64/72). Ratio: predicted over published (above 1: optimistic). Both the analytical step (expected
+SGLang's 32 redundant experts (``--ep-num-redundant-experts 32``, sgl-project/sglang#6017's commands; 288 slots:
+9 per GPU at EP32, 4 at EP72) placed by moesim's EPLB (`REDUNDANT`, `_eplb_files`), and routing balanced over the
+slots (each expert's share proportional to its replicas, so every slot gets 1/288 of the pairs: the "perfect EPLB"
+case; the default-EPLB rows carry the routing imbalance of SGLang's run, which the source does not give, so moesim
+should come out above them). Ratio: predicted over published (above 1: optimistic). Both the analytical step (expected
 busiest GPU) and the discrete-event step (routing drawn, mean of ``SAMPLES`` draws) are shown.
 
 Also printed: DeepSeek's own profile of the same model (`DEEPSEEK_PROFILE`, H800, as the blog converts it) and the
@@ -35,7 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +55,12 @@ CASES: tuple[tuple[str, str, int, int, int, int, float, str], ...] = (
     ("prefill EP32, 2K prompts", "prefill", 4, 32, 16384, 2048, 54543.0, "default EPLB"),
     ("prefill EP32, 4K prompts", "prefill", 4, 32, 16384, 4096, 50302.0, "default EPLB"),
     ("prefill EP32, 4K prompts, perfect EPLB", "prefill", 4, 32, 16384, 4096, 59337.0, "perfect EPLB"),
-    ("decode EP72 (moesim: EP64), 256 seqs/GPU, KV 2,000", "decode", 8, 64, 256, 2000, 22282.0, "EPLB"),
+    ("decode EP72, 256 seqs/GPU, KV 2,000", "decode", 9, 72, 256, 2000, 22282.0, "EPLB"),
 )
 COST_MODELS = ("achievable", "roofline")
 #: The same source's "Ablation Study: Two-batch Overlap", decode ("Real Test Cases"): (tokens per GPU, published
 #: throughput with two-batch overlap over without, less 1 (None: not given), what the source says). The setting is
-#: taken to be the decode case's (EP72, KV 2,000; moesim EP64), which the section does not restate.
+#: taken to be the decode case's (EP72, KV 2,000), which the section does not restate.
 TBO_ABLATION: tuple[tuple[int, float | None, str], ...] = (
     (32, -0.27, "-27%"),
     (64, None, "minimal or negative (below the 64-128 threshold)"),
@@ -66,12 +68,50 @@ TBO_ABLATION: tuple[tuple[int, float | None, str], ...] = (
     (256, 0.255, "+25.5% (22,310 tok/s/node)"),
 )
 SAMPLES = 8
+#: Redundant expert slots of SGLang's runs (``--ep-num-redundant-experts 32`` in sgl-project/sglang#6017, the
+#: blog's reproduction; "a pool of 288 experts ... enables ... parallelism sizes of 12 or 72").
+REDUNDANT = 32
+_TMP = tempfile.TemporaryDirectory(prefix="moe_published-")
+
+
+@cache
+def _eplb_files(ep: int, nodes: int, redundant: int) -> tuple[str, str]:
+    """(loads .npy [experts], placement .npy [MoE layers, slots]) of DeepSeek-V3 with ``redundant`` extra slots on
+    ``ep`` GPUs: moesim's EPLB (`placement.baselines.rebalance_experts`, repacked so no GPU holds two replicas of
+    one expert) on equal loads, and loads proportional to each expert's replicas, so that every slot gets the same
+    share of the pairs (what a perfect EPLB reaches)."""
+    from moesim.model.hf_config import load_model
+    from moesim.placement.baselines import rebalance_experts, repack_no_duplicates
+
+    moe_layers, experts = load_model("deepseek-v3").num_moe_layers, 256
+    slots = experts + redundant
+    p2l = rebalance_experts(np.ones((1, experts)), slots, 8, nodes, ep)[0][0]
+    p2l = repack_no_duplicates(p2l, np.ones(experts), ep, ep // nodes)
+    replicas = np.bincount(p2l, minlength=experts)
+    base = Path(_TMP.name)
+    loads, placement = base / f"loads-ep{ep}-{slots}.npy", base / f"placement-ep{ep}-{slots}.npy"
+    np.save(loads, replicas / replicas.sum())
+    np.save(placement, np.broadcast_to(p2l, (moe_layers, slots)).copy())
+    return str(loads), str(placement)
 
 
 def step_timer(
-    phase: str, nodes: int, ep: int, per_gpu: int, cost_model: str, overlap: str = "two_batch", gpu: str = "H100-SXM"
+    phase: str,
+    nodes: int,
+    ep: int,
+    per_gpu: int,
+    cost_model: str,
+    overlap: str = "two_batch",
+    gpu: str = "H100-SXM",
+    redundant: int = REDUNDANT,
 ):
-    """The step timer of one expert-parallel group of the case (SGLang profile, DP attention over the group)."""
+    """The step timer of one expert-parallel group of the case (SGLang profile, DP attention over the group), with
+    ``redundant`` extra expert slots (`_eplb_files`; 0: one slot per expert, uniform routing)."""
+    routing: dict = {"distribution": "uniform", "overlap": overlap}
+    placement = None
+    if redundant:
+        loads, placement = _eplb_files(ep, nodes, redundant)
+        routing = {"distribution": "file", "file": loads, "overlap": overlap}
     d = {
         "name": f"sglang-deepseek-v3-{phase}-ep{ep}",
         "model": "deepseek-v3",
@@ -87,7 +127,8 @@ def step_timer(
             "block_size": 64,
             "cuda_graphs": phase == "decode",
         },
-        "routing": {"distribution": "uniform", "overlap": overlap},
+        "routing": routing,
+        "placement": placement,
         "workload": {"rate": 1, "requests": 10, "input": 128, "output": 16},
         "cost_model": None if cost_model == "roofline" else cost_model,
     }
@@ -107,10 +148,10 @@ DEEPSEEK_PROFILE: tuple[tuple[str, str, int, int, int, int, float, str], ...] = 
 )
 
 
-def predict(case: tuple, cost_model: str, gpu: str = "H100-SXM") -> dict:
+def predict(case: tuple, cost_model: str, gpu: str = "H100-SXM", redundant: int = REDUNDANT) -> dict:
     """One case under one cost model: analytical and sampled step seconds and tokens/s per node."""
     label, phase, nodes, ep, per_gpu, length, published, routing = case
-    t = step_timer(phase, nodes, ep, per_gpu, cost_model, gpu=gpu)
+    t = step_timer(phase, nodes, ep, per_gpu, cost_model, gpu=gpu, redundant=redundant)
     if phase == "prefill":
         n = per_gpu // length * ep
         new, cached = np.full(n, length), np.zeros(n, np.int64)
@@ -171,8 +212,8 @@ def tbo_ablation(cost_model: str) -> list[dict]:
     """Decode with two-batch overlap on and off at each `TBO_ABLATION` batch: analytical tokens/s per node."""
     out = []
     for per_gpu, published, said in TBO_ABLATION:
-        n = per_gpu * 64
-        row = _on_off("decode", 8, 64, per_gpu, cost_model, np.ones(n, np.int64), np.full(n, 2000))
+        n = per_gpu * 72
+        row = _on_off("decode", 9, 72, per_gpu, cost_model, np.ones(n, np.int64), np.full(n, 2000))
         out.append({"tokens_per_gpu": per_gpu, "published_gain": published, "published_said": said,
                     "cost_model": cost_model, **row})  # fmt: skip
     return out
@@ -214,7 +255,7 @@ def bench(extra: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
     ]
     for cm in (*COST_MODELS, *extra):
         for case in DEEPSEEK_PROFILE:
-            r = predict(case, cm, gpu="H800")
+            r = predict(case, cm, gpu="H800", redundant=0)  # the profile states no redundant experts
             rows.append(r)
             out.append(
                 f"| {r['case']} | `{cm}` | {r['published_tok_s_node']:,.0f} | {r['tok_s_node']:,.0f} | "
