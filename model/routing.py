@@ -331,6 +331,12 @@ def _slot_moments(
     return hit
 
 
+def limits_groups(n_group: int, topk_group: int, top_k: int) -> bool:
+    """Whether group-limited routing restricts a token: fewer groups kept than there are, and at most one per pick
+    (``n_group`` = ``topk_group`` keeps every group: no limit)."""
+    return n_group > 1 and topk_group < n_group and topk_group <= top_k
+
+
 def hit_probability(
     expert_sets: list[np.ndarray], top_k: int, num_experts: int, n_group: int = 1, topk_group: int = 1
 ) -> np.ndarray:
@@ -343,7 +349,7 @@ def hit_probability(
         expert_sets: per destination, the logical experts it holds.
         top_k, num_experts, n_group, topk_group: the routing rule.
     """
-    if n_group > 1:
+    if limits_groups(n_group, topk_group, top_k):
         load = np.full(num_experts, 1.0 / num_experts)
         per_group = num_experts // n_group
         group = np.arange(num_experts) // per_group
@@ -438,7 +444,7 @@ def grouped_hit_probability(
         pool_experts: experts of the chosen groups (``topk_group x experts per group``).
     """
     load = np.asarray(slot_load, float)
-    grouped = n_group > 1
+    grouped = limits_groups(n_group, topk_group, top_k)
     grp = np.asarray(slot_group, np.int64) if grouped else np.zeros(load.size, np.int64)
     ng, tg = (n_group, topk_group) if grouped else (1, 1)
     group_load = np.bincount(grp, weights=load, minlength=ng)
@@ -546,7 +552,7 @@ def _fanout(
     else:
         pi = inclusion_probs(np.full(num_experts, 1.0 / num_experts) if loads is None else loads, top_k)
         slot_load = slot_inclusion(pi, placement) / top_k
-        groups = max(n_group, 1)
+        groups = n_group if limits_groups(n_group, topk_group, top_k) else 1
         slot_group = placement // (num_experts // groups)
         pool = num_experts // groups * (topk_group if groups > 1 else 1)
         hit = grouped_hit_probability([*gpu_sets, *node_sets], slot_load, slot_group, top_k, groups, topk_group, pool)

@@ -193,3 +193,14 @@ def test_bad_loads():
         gpu_loads(10, 2, 2, loads=np.array([0.5, 0.2, 0.2, 0.2]))
     with pytest.raises(MoesimError, match="exceeds 1/top_k"):
         gpu_loads(10, 2, 2, loads=np.array([0.7, 0.1, 0.1, 0.1]))
+
+
+def test_keeping_every_group_is_no_group_limit():
+    """``topk_group`` = ``n_group`` keeps every group: the exact rule without groups, with or without loads."""
+    experts, k = 64, 6
+    sets = [np.arange(0, 8), np.arange(8, 24)]
+    plain = hit_probability(sets, k, experts)
+    np.testing.assert_allclose(hit_probability(sets, k, experts, 4, 4), plain, rtol=1e-12)
+    f_plain = token_fanout(16, 8, k, experts, loads=np.full(experts, 1 / experts))
+    f_all = token_fanout(16, 8, k, experts, 4, 4, loads=np.full(experts, 1 / experts))
+    assert (f_all.intra, f_all.inter) == pytest.approx((f_plain.intra, f_plain.inter), rel=1e-12)
