@@ -16,7 +16,11 @@ source token (`Fanout.intra` / ``.inter``) and compares three rules on the trace
 - ``grouped``: moesim's rule now (`model.routing.grouped_hit_probability`: each chosen group gives its best
   expert, the other picks drawn by load from the chosen groups).
 
-Run: ``python -m benchmarks.routing_fanout`` (about 10 s). Prints one markdown table and the largest errors.
+A second table does the same without expert groups (a plain top-k router: Qwen3-style 128 experts top-8, and 64
+top-6; identity placement), where moesim keeps independent picks with loads: successive sampling (the grouped
+rule without groups) is exact at uniform popularity but falls well short on the GPU holding the hottest experts.
+
+Run: ``python -m benchmarks.routing_fanout`` (about 15 s). Prints two markdown tables and the largest errors.
 """
 
 from __future__ import annotations
@@ -111,6 +115,33 @@ def case(alpha: float, gpus: int, nodes: int, redundant: int) -> dict:
     return out
 
 
+#: Without groups: (experts, top_k, GPUs, nodes).
+PLAIN = ((128, 8, 16, 2), (128, 8, 32, 4), (64, 6, 16, 2))
+
+
+def case_plain(experts: int, top_k: int, gpus: int, nodes: int, alpha: float) -> dict:
+    """The trace's fan-out of a plain top-k router and the independent and successive-sampling rules'."""
+    st = synthetic_trace(1, experts, top_k, tokens=TOKENS, alpha=alpha)
+    per, size = experts // gpus, gpus // nodes
+    gpu = st.topk[:, 0, :] // per
+    hit_gpu = np.zeros((TOKENS, gpus), bool)
+    np.put_along_axis(hit_gpu, gpu, True, axis=1)
+    hit_node = np.zeros((TOKENS, nodes), bool)
+    np.put_along_axis(hit_node, gpu // size, True, axis=1)
+    slot_pi = slot_inclusion(inclusion_probs(st.counts[0] / st.counts[0].sum(), top_k), np.arange(experts))
+    gpu_sets = [np.arange(g * per, (g + 1) * per) for g in range(gpus)]
+    sets = gpu_sets + [np.concatenate(gpu_sets[n * size : (n + 1) * size]) for n in range(nodes)]
+    ind = np.array([1 - np.prod(1 - slot_pi[s]) for s in sets])
+    succ = grouped_hit_probability(sets, slot_pi / top_k, np.zeros(experts, np.int64), top_k, 1, 1, experts)
+    return {
+        "shape": f"{experts} experts top-{top_k}, {gpus} / {nodes}",
+        "alpha": alpha,
+        "trace": fanout(hit_gpu.mean(axis=0), hit_node.mean(axis=0), gpus, nodes),
+        "independent": fanout(ind[:gpus], ind[gpus:], gpus, nodes),
+        "successive": fanout(succ[:gpus], succ[gpus:], gpus, nodes),
+    }
+
+
 def main() -> list[dict]:
     t0 = time.perf_counter()
     rows = [case(a, g, n, r) for a in ALPHAS for g, n, r in SHAPES]
@@ -129,7 +160,23 @@ def main() -> list[dict]:
         intra = max(abs(r[k][0] / r["trace"][0] - 1) for r in rows)
         inter = max(abs(r[k][1] / r["trace"][1] - 1) for r in rows)
         print(f"- {k}: largest |error| NVLink {intra:.1%}, NIC {inter:.1%}")
-    print(f"\n{len(rows)} cases in {time.perf_counter() - t0:.0f} s.")
+    plain = [case_plain(*shape, a) for shape in PLAIN for a in (0.0, 1.0, 1.5)]
+    print("\nWithout groups (identity placement):\n")
+    print("| router, GPUs / nodes | popularity exponent | trace NVLink / NIC tokens | independent: error | "
+          "successive: error |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for r in plain:
+        t = r["trace"]
+        errs = " | ".join(
+            f"{r[k][0] / t[0] - 1:+.1%} / {r[k][1] / t[1] - 1:+.1%}" for k in ("independent", "successive")
+        )
+        print(f"| {r['shape']} | {r['alpha']:g} | {t[0]:.3f} / {t[1]:.3f} | {errs} |")
+    print()
+    for k in ("independent", "successive"):
+        intra = max(abs(r[k][0] / r["trace"][0] - 1) for r in plain)
+        inter = max(abs(r[k][1] / r["trace"][1] - 1) for r in plain)
+        print(f"- without groups, {k}: largest |error| NVLink {intra:.1%}, NIC {inter:.1%}")
+    print(f"\n{len(rows) + len(plain)} cases in {time.perf_counter() - t0:.0f} s.")
     return rows
 
 

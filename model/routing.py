@@ -12,13 +12,12 @@ Conventions (arrays in, arrays out, shapes in the docstrings):
   expert with r replicas has its tokens split evenly over them (as engines
   dispatch). Default: ``arange(E)``, contiguous blocks of E/G experts.
 
-Tokens are independent. Under uniform routing the distinct-expert count and
-the chance that a set of experts is hit are exact (hypergeometric, with
-DeepSeek's group-limited routing as `grouped_hit_probability` draws it). With a load vector or
-replicas the distinct-expert count uses the independence approximation across
-a token's k picks; the chance that a set is hit keeps the group-limited rule
-and draws the picks in proportion to the loads (`grouped_hit_probability`,
-exact again for uniform loads).
+Tokens are independent. Under uniform routing the distinct-expert count and,
+without expert groups, the chance that a set of experts is hit are exact
+(hypergeometric). With a load vector or replicas they use the independence
+approximation across a token's k picks. Under DeepSeek's group-limited routing
+(a token's experts all in ``topk_group`` of ``n_group`` groups) the chance that
+a set is hit follows `grouped_hit_probability`, with or without loads.
 """
 
 from __future__ import annotations
@@ -428,7 +427,9 @@ def grouped_hit_probability(
     a set holding a share ``w_g`` of each chosen group's load, ``W`` of the chosen groups' load, with probability
     ``prod over chosen g of (1 - w_g) x prod over i < top_k - topk_group of (1 - W / (1 - (topk_group + i) /
     N))``, N the chosen groups' experts (``pool_experts``). Without groups (``n_group`` 1) it is successive
-    sampling of all ``top_k`` picks, which for uniform loads is the exact hypergeometric rule.
+    sampling of all ``top_k`` picks, exact for uniform loads but up to 25% low on the busiest GPU's NVLink under
+    skew, where independent picks stay within 4% (`benchmarks/routing_fanout.py`): `token_fanout` uses those
+    without groups.
 
     Against DeepSeek's rule itself (`placement.synthetic`'s group-limited router on power-law popularity,
     benchmarks/RESULTS.md section 28) it gives the nodes a token reaches within 3% where independent picks
@@ -551,11 +552,14 @@ def _fanout(
         p_node = hit_probability(node_sets, top_k, num_experts, n_group, topk_group)
     else:
         pi = inclusion_probs(np.full(num_experts, 1.0 / num_experts) if loads is None else loads, top_k)
-        slot_load = slot_inclusion(pi, placement) / top_k
-        groups = n_group if limits_groups(n_group, topk_group, top_k) else 1
-        slot_group = placement // (num_experts // groups)
-        pool = num_experts // groups * (topk_group if groups > 1 else 1)
-        hit = grouped_hit_probability([*gpu_sets, *node_sets], slot_load, slot_group, top_k, groups, topk_group, pool)
+        slot_pi = slot_inclusion(pi, placement)
+        sets = [*gpu_sets, *node_sets]
+        if limits_groups(n_group, topk_group, top_k):  # DeepSeek's router: `grouped_hit_probability`
+            per_group = num_experts // n_group
+            hit = grouped_hit_probability(sets, slot_pi / top_k, placement // per_group, top_k, n_group, topk_group,
+                                          topk_group * per_group)  # fmt: skip
+        else:  # independent picks: within 4% of a top-k router's trace under skew (benchmarks/routing_fanout.py)
+            hit = np.array([1.0 - float(np.prod(1.0 - slot_pi[s])) for s in sets])
         p_gpu, p_node = hit[:num_gpus], hit[num_gpus:]
     node_of = np.arange(num_gpus) // node_size
     in_node = np.bincount(node_of, minlength=nodes)
