@@ -31,7 +31,7 @@ SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
     "roofline": {"e2e": (0.288, 0.412), "ttft": (0.153, 0.417), "itl": (0.297, 0.438)},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
-SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.16, 1.47), "roofline": (1.38, 2.11)}
+SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.16, 1.47), "roofline": (1.38, 2.12)}
 #: Section 29 (2026-12-06): 15 sustained real vLLM Mixtral runs, analytical engine; metric -> (median, P90) of
 #: |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM kernels).
 SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
