@@ -138,5 +138,5 @@ class Layout:
         if problems:
             raise LayoutError(
                 f"layout {self.label()} does not fit {model.name}: " + "; ".join(problems),
-                "choose tp/ep/pp that divide the model's heads, experts and widths",
+                "choose tp/ep/pp that divide the model's heads, experts (or the placement's slots) and widths",
             )
