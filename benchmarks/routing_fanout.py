@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moesim.model.routing import (  # noqa: E402
+    fanout_of_hits,
     group_subset_probs,
     grouped_hit_probability,
     inclusion_probs,
@@ -51,13 +52,18 @@ RULES = ("independent", "pool", "grouped")
 
 
 def fanout(p_gpu: np.ndarray, p_node: np.ndarray, gpus: int, nodes: int) -> tuple[float, float]:
-    """(intra, inter) tokens per source token of the busiest GPU, as `model.routing._fanout` counts them."""
-    size = gpus // nodes
-    node_of = np.arange(gpus) // size
-    sent_intra = np.array([p_gpu[node_of == node_of[g]].sum() - p_gpu[g] for g in range(gpus)])
-    sent_inter = p_node.sum() - p_node[node_of]
-    recv_inter = p_node[node_of] * (gpus - size) / size
-    return float(np.maximum(sent_intra, p_gpu * (size - 1)).max()), float(np.maximum(sent_inter, recv_inter).max())
+    """(intra, inter) tokens per source token of the busiest GPU, as `model.routing.token_fanout` counts them."""
+    f = fanout_of_hits(p_gpu, p_node, gpus // nodes)
+    return f.intra, f.inter
+
+
+def hit_shares(gpu: np.ndarray, gpus: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Share of a trace's tokens that reach each GPU [G] and each node [nodes], from each token's GPUs [T, k]."""
+    hit_gpu = np.zeros((gpu.shape[0], gpus), bool)
+    np.put_along_axis(hit_gpu, gpu, True, axis=1)
+    hit_node = np.zeros((gpu.shape[0], nodes), bool)
+    np.put_along_axis(hit_node, gpu // (gpus // nodes), True, axis=1)
+    return hit_gpu.mean(axis=0), hit_node.mean(axis=0)
 
 
 def _pool_hit(sets: list[np.ndarray], slot_load: np.ndarray, slot_group: np.ndarray) -> np.ndarray:
@@ -89,11 +95,8 @@ def case(alpha: float, gpus: int, nodes: int, redundant: int) -> dict:
     replicas = [np.flatnonzero(p2l == e) for e in range(EXPERTS)]
     slot = np.array([[replicas[e][rng.integers(len(replicas[e]))] for e in row] for row in st.topk[:, 0, :]])
     gpu = slot // per
-    hit_gpu = np.zeros((TOKENS, gpus), bool)
-    np.put_along_axis(hit_gpu, gpu, True, axis=1)
-    hit_node = np.zeros((TOKENS, nodes), bool)
-    np.put_along_axis(hit_node, gpu // (gpus // nodes), True, axis=1)
-    trace = fanout(hit_gpu.mean(axis=0), hit_node.mean(axis=0), gpus, nodes)
+    p_gpu, p_node = hit_shares(gpu, gpus, nodes)
+    trace = fanout(p_gpu, p_node, gpus, nodes)
 
     slot_pi = slot_inclusion(inclusion_probs(counts[0] / counts[0].sum(), TOP_K), p2l)
     slot_load, slot_group = slot_pi / TOP_K, p2l // (EXPERTS // N_GROUP)
@@ -108,7 +111,7 @@ def case(alpha: float, gpus: int, nodes: int, redundant: int) -> dict:
         ),
     }
     out = {"alpha": alpha, "gpus": gpus, "nodes": nodes, "redundant": redundant, "trace": trace,
-           "nodes_per_token": float(hit_node.mean(axis=0).sum())}  # fmt: skip
+           "nodes_per_token": float(p_node.sum())}  # fmt: skip
     for rule, h in hits.items():
         out[rule] = fanout(h[:gpus], h[gpus:], gpus, nodes)
         out[rule + "_nodes_per_token"] = float(h[gpus:].sum())
@@ -124,10 +127,6 @@ def case_plain(experts: int, top_k: int, gpus: int, nodes: int, alpha: float) ->
     st = synthetic_trace(1, experts, top_k, tokens=TOKENS, alpha=alpha)
     per, size = experts // gpus, gpus // nodes
     gpu = st.topk[:, 0, :] // per
-    hit_gpu = np.zeros((TOKENS, gpus), bool)
-    np.put_along_axis(hit_gpu, gpu, True, axis=1)
-    hit_node = np.zeros((TOKENS, nodes), bool)
-    np.put_along_axis(hit_node, gpu // size, True, axis=1)
     slot_pi = slot_inclusion(inclusion_probs(st.counts[0] / st.counts[0].sum(), top_k), np.arange(experts))
     gpu_sets = [np.arange(g * per, (g + 1) * per) for g in range(gpus)]
     sets = gpu_sets + [np.concatenate(gpu_sets[n * size : (n + 1) * size]) for n in range(nodes)]
@@ -136,7 +135,7 @@ def case_plain(experts: int, top_k: int, gpus: int, nodes: int, alpha: float) ->
     return {
         "shape": f"{experts} experts top-{top_k}, {gpus} / {nodes}",
         "alpha": alpha,
-        "trace": fanout(hit_gpu.mean(axis=0), hit_node.mean(axis=0), gpus, nodes),
+        "trace": fanout(*hit_shares(gpu, gpus, nodes), gpus, nodes),
         "independent": fanout(ind[:gpus], ind[gpus:], gpus, nodes),
         "successive": fanout(succ[:gpus], succ[gpus:], gpus, nodes),
     }

@@ -561,7 +561,16 @@ def _fanout(
         else:  # independent picks: within 4% of a top-k router's trace under skew (benchmarks/routing_fanout.py)
             hit = np.array([1.0 - float(np.prod(1.0 - slot_pi[s])) for s in sets])
         p_gpu, p_node = hit[:num_gpus], hit[num_gpus:]
-    node_of = np.arange(num_gpus) // node_size
+    return fanout_of_hits(p_gpu, p_node, node_size)
+
+
+def fanout_of_hits(p_gpu: np.ndarray, p_node: np.ndarray, gpus_per_node: int) -> Fanout:
+    """The busiest GPU's `Fanout` from the chance that a token hits each GPU ``p_gpu`` [G] and each node ``p_node``
+    [nodes] (GPUs numbered node by node, ``gpus_per_node`` to a node, the last node possibly smaller): per GPU the
+    larger of what it sends (its tokens to the other GPUs of its node, and once to each other node) and receives
+    (each source's tokens that hit it), per source token."""
+    num_gpus, nodes = p_gpu.size, p_node.size
+    node_of = np.arange(num_gpus) // gpus_per_node
     in_node = np.bincount(node_of, minlength=nodes)
     sent_intra = np.array([p_gpu[node_of == node_of[g]].sum() - p_gpu[g] for g in range(num_gpus)])
     recv_intra = p_gpu * (in_node[node_of] - 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moesim.model import MoesimError, expected_distinct_experts, gpu_loads, token_fanout
-from moesim.model.routing import expected_max_normal, hit_probability
+from moesim.model.routing import expected_max_normal, fanout_of_hits, hit_probability
 
 RNG = np.random.default_rng(0)
 
@@ -132,6 +132,14 @@ def _deepseek_router(scores: np.ndarray, n_group: int, topk_group: int, k: int) 
     return np.argpartition(-(g + mask[:, :, None]).reshape(t, e), k - 1, axis=1)[:, :k]
 
 
+def _trace_fanout(gpu: np.ndarray, gpus: int, nodes: int):
+    """The busiest GPU's fan-out of a trace, each token's GPUs [T, k]: its hit shares as the token counts give them,
+    aggregated as `token_fanout` does (`fanout_of_hits`)."""
+    from benchmarks.routing_fanout import hit_shares
+
+    return fanout_of_hits(*hit_shares(gpu, gpus, nodes), gpus // nodes)
+
+
 def test_group_limited_hit_probability_matches_deepseeks_router():
     """Uniform scores through DeepSeek's own rule: each chosen group gives the token its best expert, so a set
     holding a whole group is hit whenever that group is chosen (4 of 8: 0.5), not only when one of the picks
@@ -163,17 +171,9 @@ def test_fanout_with_loads_and_replicas_follows_deepseeks_router(alpha):
     rng = np.random.default_rng(0)
     replicas = [np.flatnonzero(p2l == e) for e in range(experts)]
     slot = np.array([[replicas[e][rng.integers(len(replicas[e]))] for e in row] for row in st.topk[:, 0, :]])
-    gpu = slot // 9
-    hit_gpu = np.zeros((len(gpu), gpus), bool)
-    np.put_along_axis(hit_gpu, gpu, True, axis=1)
-    hit_node = np.zeros((len(gpu), nodes), bool)
-    np.put_along_axis(hit_node, gpu // 8, True, axis=1)
-    p_gpu, p_node = hit_gpu.mean(axis=0), hit_node.mean(axis=0)
-    node_of = np.arange(gpus) // 8
-    intra = max(max(p_gpu[node_of == node_of[g]].sum() - p_gpu[g], p_gpu[g] * 7) for g in range(gpus))
-    inter = max(max(p_node.sum() - p_node[node_of[g]], p_node[node_of[g]] * 24 / 8) for g in range(gpus))
-    assert f.inter == pytest.approx(inter, rel=0.07)
-    assert f.intra == pytest.approx(intra, rel=0.07)
+    trace = _trace_fanout(slot // 9, gpus, nodes)
+    assert f.inter == pytest.approx(trace.inter, rel=0.07)
+    assert f.intra == pytest.approx(trace.intra, rel=0.07)
 
 
 def test_fanout_two_nodes_counts_each_node_once():
@@ -215,14 +215,6 @@ def test_fanout_without_groups_keeps_independent_picks_under_skew():
     experts, k, gpus, nodes = 128, 8, 32, 4
     st = synthetic_trace(1, experts, k, tokens=8192, alpha=1.0, seed=2)
     f = token_fanout(gpus, 8, k, experts, loads=st.counts[0] / st.counts[0].sum())
-    gpu = st.topk[:, 0, :] // (experts // gpus)
-    hit_gpu = np.zeros((len(gpu), gpus), bool)
-    np.put_along_axis(hit_gpu, gpu, True, axis=1)
-    hit_node = np.zeros((len(gpu), nodes), bool)
-    np.put_along_axis(hit_node, gpu // 8, True, axis=1)
-    p_gpu, p_node = hit_gpu.mean(axis=0), hit_node.mean(axis=0)
-    node_of = np.arange(gpus) // 8
-    intra = max(max(p_gpu[node_of == node_of[g]].sum() - p_gpu[g], p_gpu[g] * 7) for g in range(gpus))
-    inter = max(max(p_node.sum() - p_node[node_of[g]], p_node[node_of[g]] * 24 / 8) for g in range(gpus))
-    assert f.intra == pytest.approx(intra, rel=0.05)
-    assert f.inter == pytest.approx(inter, rel=0.05)
+    trace = _trace_fanout(st.topk[:, 0, :] // (experts // gpus), gpus, nodes)
+    assert f.intra == pytest.approx(trace.intra, rel=0.05)
+    assert f.inter == pytest.approx(trace.inter, rel=0.05)
