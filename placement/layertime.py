@@ -33,11 +33,21 @@ load share ``s_g`` (its replicas' shares, an expert's share split over its repli
 each source token from each other GPU, and a token sends ``top_k x (1 - its node's share)`` selections off its
 node (`model.a2a.selection_fanout`); per direction ``fixed + max(NVLink, NIC)`` with the busiest GPU's bytes of
 each class at DeepEP's low-latency efficiency (`model.a2a.deepep_time`), no per-node deduplication: in decode the
-plan's balance is all that counts, remote nodes per token cost nothing extra. The decode GEMM is the slowest GPU's
-replicas at the decode batch (mostly weight-read-bound, each replica only when a pair reaches it:
-`decode_replica_gemm_s`). The ILP's swap searches (`placement.nicsearch`) still score the normal-mode terms; every
-candidate plan, and EPLB's it must not lose to, is then compared on the weighted total. Two-batch overlap, which
-hides most of a decode step's all-to-all under computation in the serving simulators, is not in the objective.
+plan's balance is all that counts, remote nodes per token cost nothing extra. The decode GEMM is the busiest GPU of
+a randomly routed decode step as the serving simulators estimate it (`busiest_decode_gemm_s`: the expected largest
+pair count and most active experts of any GPU, `model.routing.gpu_loads`; mostly weight-read-bound, a replica read
+only when a pair reaches it). The ILP's swap searches (`placement.nicsearch`) still score the normal-mode terms; every
+candidate plan, and EPLB's it must not lose to, is then compared on the weighted total.
+
+**Two-batch overlap** (``LayerCost.overlap``, per phase; `Overlap`): where the deployment splits each step into two
+micro-batches that take turns on the GPU (SGLang's two-batch overlap, vLLM's dual-batch overlap), a transfer hides
+behind the other micro-batch's stages, and the serving simulators price a layer so (`model.tbo`). A phase with an
+`Overlap` is then priced as they price it: each micro-batch holds half the step's tokens, its slowest GPU's GEMM
+and its dispatch and combine (fixed costs and link time at half the tokens) are this plan's, its attention and
+shared experts the deployment's (`Overlap`, measured by the simulators' step timer on the deployment:
+`moesim place --simulate`), and the layer's time is what it adds to the stream in a long run of such layers
+(`model.tbo.steady_layer_s`) less both micro-batches' attention (which no plan changes): the routed and shared
+experts plus the transfers' exposed waits. A plan's extra NIC time then counts only where it is not hidden.
 
 Units: seconds, bytes, FLOP; loads ``w`` [N] in any unit (normalised to the step's pairs).
 """
@@ -51,6 +61,8 @@ import numpy as np
 from moesim.model.a2a import DEEPEP_LL_SETUP, efficiency, ll_fixed_s, normal_fixed_s, token_bytes
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import ClusterSpec
+from moesim.model.routing import gpu_loads
+from moesim.model.tbo import STRATEGIES, steady_layer_s
 
 #: Tokens per GPU per MoE layer call in the default step: DeepEP's normal-mode benchmark setting (4096 tokens per
 #: batch, hidden 7168, top-8; deepseek-ai/DeepEP@README.md "Normal kernels with NVLink and RDMA forwarding").
@@ -60,6 +72,56 @@ DEFAULT_TOKENS_PER_GPU = 4096
 DEFAULT_DECODE_TOKENS_PER_GPU = DEEPEP_LL_SETUP[0]
 #: The objective's phases (`LayerCost.phase`).
 PHASES = ("prefill", "decode", "both")
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """One phase's two-batch overlap as the serving simulators run it (`model.tbo`), for `LayerCost.overlap`.
+
+    Attributes:
+        strategy: the engine's operation order, a `model.tbo.STRATEGIES` key (``decode``, ``extend``: SGLang's;
+            ``vllm_dbo``: vLLM's).
+        prep_s, core_s, shared_s: one micro-batch's attention preparation, attention core (with the output
+            projection, norm and router) and shared experts per MoE layer, s.
+        slow: computation's slowdown while a transfer is in flight (>= 1; DeepEP's normal kernels hold SMs).
+        capped_prep_s, capped_core_s, capped_shared_s: of those the SM-capped part (DeepGEMM held to the SMs DeepEP
+            leaves), s.
+        experts_capped: the routed experts' grouped GEMMs are SM-capped too.
+        source: where the figures come from.
+    """
+
+    strategy: str
+    prep_s: float
+    core_s: float
+    shared_s: float
+    slow: float = 1.0
+    capped_prep_s: float = 0.0
+    capped_core_s: float = 0.0
+    capped_shared_s: float = 0.0
+    experts_capped: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise MoesimError(
+                f"two-batch overlap strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}",
+                "use an order the serving simulators know (model.tbo.STRATEGIES)",
+            )
+        vals = (self.prep_s, self.core_s, self.shared_s, self.capped_prep_s, self.capped_core_s, self.capped_shared_s)
+        if not all(np.isfinite(v) and v >= 0 for v in vals) or not (np.isfinite(self.slow) and self.slow >= 1):
+            raise MoesimError(
+                f"two-batch overlap times must be finite and >= 0 and the slowdown >= 1 (got {vals}, {self.slow})",
+                "measure them with the serving step timer (moesim place --simulate)",
+            )
+
+    def layer_s(self, experts: float, dispatch: float, combine: float) -> float:
+        """What one MoE layer adds to the stream beyond both micro-batches' attention, s, for one micro-batch's
+        slowest-GPU ``experts``, ``dispatch`` and ``combine`` seconds (`model.tbo.steady_layer_s`)."""
+        comp = {"prep": self.prep_s, "core": self.core_s, "shared": self.shared_s, "experts": experts}
+        capped = {"prep": self.capped_prep_s, "core": self.capped_core_s, "shared": self.capped_shared_s,
+                  "experts": experts if self.experts_capped else 0.0}  # fmt: skip
+        att = self.prep_s + self.core_s + (self.slow - 1.0) * (self.capped_prep_s + self.capped_core_s)
+        return steady_layer_s(self.strategy, comp, dispatch, combine, self.slow, capped) - 2.0 * att
 
 
 @dataclass(frozen=True)
@@ -84,6 +146,9 @@ class LayerCost:
         ll_fixed_s: the low-latency calls' fixed costs, (dispatch, combine), s.
         dispatch_share: the dispatch's share of a normal-mode token's link seconds (fp8 or bf16 payload against the
             bf16 combine), for `dispatch_link_s`.
+        fixed_dispatch_s: of ``fixed_s`` the dispatch call's, s.
+        overlap: (prefill, decode) two-batch overlap of each phase (`Overlap`; None: the phase runs without it, its
+            transfers a barrier between its GEMMs).
     """
 
     tokens_per_gpu: float
@@ -101,6 +166,8 @@ class LayerCost:
     ll_inter_s: tuple[float, float] = (0.0, 0.0)
     ll_fixed_s: tuple[float, float] = (0.0, 0.0)
     dispatch_share: float = 0.5
+    fixed_dispatch_s: float = 0.0
+    overlap: tuple[Overlap | None, Overlap | None] = (None, None)
 
     @property
     def weights(self) -> tuple[float, float]:
@@ -125,11 +192,13 @@ def layer_cost(
     decode_share: float = 0.0,
     decode_tokens_per_gpu: float = DEFAULT_DECODE_TOKENS_PER_GPU,
     fp8_dispatch: bool | None = None,
+    overlap: tuple[Overlap | None, Overlap | None] = (None, None),
 ) -> LayerCost:
     """The `LayerCost` of ``num_gpus`` GPUs of ``cluster`` for experts of ``hidden`` x ``intermediate`` (gate, up,
     down), weights and GEMMs in ``dtype`` (``fp8``: 1 byte a weight, the GPU's fp8 peak; else 2 bytes, bf16);
     ``phase``, ``decode_share``, ``decode_tokens_per_gpu``: see `LayerCost`; ``fp8_dispatch``: dispatch in fp8
-    (None: with fp8 weights; the serving simulators dispatch fp8 only for block-scaled fp8, `model.ops`)."""
+    (None: with fp8 weights; the serving simulators dispatch fp8 only for block-scaled fp8, `model.ops`);
+    ``overlap``: (prefill, decode) two-batch overlap (`Overlap`, `LayerCost.overlap`)."""
     if tokens_per_gpu <= 0 or hidden <= 0 or intermediate <= 0 or top_k <= 0 or decode_tokens_per_gpu <= 0:
         raise MoesimError(
             f"layer cost needs positive tokens per GPU, sizes and top-k (got {tokens_per_gpu}, "
@@ -172,7 +241,8 @@ def layer_cost(
         source=f"{cluster.name}: {dtype} peak and HBM from the GPU table, links at DeepEP's normal-mode efficiency "
         f"(moesim.model.a2a), {tokens_per_gpu:g} tokens per GPU"
         + (f"; decode in low-latency mode at {decode_tokens_per_gpu:g} tokens per GPU" if phase != "prefill" else "")
-        + (f", {decode_share:.0%} of the time" if phase == "both" else ""),
+        + (f", {decode_share:.0%} of the time" if phase == "both" else "")
+        + _overlap_note(overlap),
         phase=phase,
         decode_share=float(decode_share),
         decode_tokens_per_gpu=float(decode_tokens_per_gpu),
@@ -180,7 +250,15 @@ def layer_cost(
         ll_inter_s=(ll_inter[0], ll_inter[1]),
         ll_fixed_s=(ll_fixed_s("dispatch"), ll_fixed_s("combine")),
         dispatch_share=disp_share,
+        fixed_dispatch_s=normal_fixed_s("dispatch", cluster, nodes > 1),
+        overlap=overlap,
     )
+
+
+def _overlap_note(overlap: tuple[Overlap | None, Overlap | None]) -> str:
+    """`LayerCost.source`'s words on each phase's two-batch overlap."""
+    named = zip(("prefill", "decode"), overlap, strict=True)
+    return "".join(f"; {name} under two-batch overlap ({o.source or o.strategy})" for name, o in named if o is not None)
 
 
 def pairs_per_expert(w: np.ndarray, cost: LayerCost, num_gpus: int) -> np.ndarray:
@@ -205,15 +283,18 @@ def node_hits(p2l: np.ndarray, n: int, nodes: int, tokens: np.ndarray) -> np.nda
     return (1.0 - miss).mean(axis=0)
 
 
-def decode_replica_gemm_s(rep_share: np.ndarray, num_gpus: int, cost: LayerCost) -> np.ndarray:
+def decode_replica_gemm_s(
+    rep_share: np.ndarray, num_gpus: int, cost: LayerCost, tokens: float | None = None
+) -> np.ndarray:
     """Expected grouped-GEMM seconds of replicas [S] holding ``rep_share`` of a decode step's pairs each.
 
     A decode step has ``n = decode_tokens_per_gpu x G x top_k`` pairs, few per replica, so a replica may get none
     and read no weights: the serving simulators draw the pairs as a multinomial over the slots (`sim.serving.
     steptime`), so a replica is active with probability ``1 - (1 - share)^n``, and an active one costs
     ``max(pairs x s_per_pair, s_per_expert_read)`` (compute- or weight-read-bound). Expected:
-    ``max(pairs x s_per_pair, P(active) x s_per_expert_read)``."""
-    n = cost.decode_tokens_per_gpu * num_gpus * cost.top_k
+    ``max(pairs x s_per_pair, P(active) x s_per_expert_read)``. ``tokens``: per GPU (None: the decode step's,
+    ``cost.decode_tokens_per_gpu``; half of it for one micro-batch under two-batch overlap)."""
+    n = (cost.decode_tokens_per_gpu if tokens is None else tokens) * num_gpus * cost.top_k
     active = 1.0 - np.power(np.clip(1.0 - rep_share, 0.0, 1.0), n)
     return np.maximum(rep_share * n * cost.s_per_pair, active * cost.s_per_expert_read)
 
@@ -221,6 +302,13 @@ def decode_replica_gemm_s(rep_share: np.ndarray, num_gpus: int, cost: LayerCost)
 def ll_a2a_s(share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost) -> float:
     """Low-latency dispatch + combine of a decode step, s, from each GPU's load share ``share_gpu`` [G] (summing
     to 1): `model.a2a.selection_fanout`'s busiest GPU per link class times `model.a2a.deepep_time`'s rule."""
+    return sum(ll_calls_s(share_gpu, gpus_per_node, cost))
+
+
+def ll_calls_s(
+    share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost, tokens: float | None = None
+) -> tuple[float, float]:
+    """`ll_a2a_s`' (dispatch, combine), s, at ``tokens`` per GPU (None: ``cost.decode_tokens_per_gpu``)."""
     g = share_gpu.size
     k = cost.top_k
     s_g = k * share_gpu
@@ -229,24 +317,69 @@ def ll_a2a_s(share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost) -> floa
     node_sum = np.bincount(node_of, weights=s_g)[node_of]
     intra = float(np.maximum(node_sum - s_g, s_g * (in_node - 1)).max())
     inter = float(np.maximum(k - node_sum, s_g * (g - in_node)).max()) if g > gpus_per_node else 0.0
-    tok = cost.decode_tokens_per_gpu
-    return sum(
+    tok = cost.decode_tokens_per_gpu if tokens is None else tokens
+    d, c = (
         cost.ll_fixed_s[d] + max(tok * intra * cost.ll_intra_s[d], tok * inter * cost.ll_inter_s[d]) for d in (0, 1)
     )
+    return d, c
 
 
 def decode_time_parts(p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, cost: LayerCost) -> dict:
     """Predicted decode-step time of one layer's plan ``p2l`` [S] for loads ``w`` [N] (DeepEP low-latency mode at
-    ``cost.decode_tokens_per_gpu``): ``total``, ``gemm`` (slowest GPU), ``a2a`` (dispatch + combine); seconds."""
+    ``cost.decode_tokens_per_gpu``): ``total``, ``gemm`` (slowest GPU: `busiest_decode_gemm_s`), ``a2a``
+    (dispatch + combine); seconds. Under two-batch overlap (``cost.overlap[1]``) ``total`` is `Overlap.layer_s` of
+    one micro-batch's (half the tokens) slowest GPU's GEMM, dispatch and combine; ``gemm`` and ``a2a`` stay the
+    whole step's."""
     n = w.size
     cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
     total_w = float(w.sum())
-    share = np.minimum(w / total_w, 1.0 / cost.top_k) if total_w > 0 else np.full(n, 1.0 / n)  # pi <= 1
+    load = w / total_w if total_w > 0 else np.full(n, 1.0 / n)
+    share = np.minimum(load, 1.0 / cost.top_k)  # pi <= 1
+    load = pair_shares(load, cost.top_k)
     rep_share = (share / cnt)[p2l]  # [S]
-    gemm = decode_replica_gemm_s(rep_share, num_gpus, cost).reshape(num_gpus, -1).sum(axis=1)
+    gemm = busiest_decode_gemm_s(p2l, load, num_gpus, cost, cost.decode_tokens_per_gpu)
     gpu_share = rep_share.reshape(num_gpus, -1).sum(axis=1)
-    a2a = ll_a2a_s(gpu_share / max(float(gpu_share.sum()), 1e-300), gpus_per_node, cost)
-    return {"total": float(gemm.max()) + a2a, "gemm": float(gemm.max()), "a2a": a2a}
+    share_gpu = gpu_share / max(float(gpu_share.sum()), 1e-300)
+    a2a = ll_a2a_s(share_gpu, gpus_per_node, cost)
+    total = gemm + a2a
+    ov = cost.overlap[1]
+    if ov is not None:
+        half = 0.5 * cost.decode_tokens_per_gpu
+        g_half = busiest_decode_gemm_s(p2l, load, num_gpus, cost, half)
+        total = ov.layer_s(g_half, *ll_calls_s(share_gpu, gpus_per_node, cost, half))
+    return {"total": total, "gemm": gemm, "a2a": a2a}
+
+
+def pair_shares(load: np.ndarray, top_k: int) -> np.ndarray:
+    """Loads [N] as shares of a step's (token, expert) pairs that a top-``top_k`` router can produce: none above
+    ``1 / top_k`` (a token picks an expert once), the excess of the capped ones spread over the others in
+    proportion to their loads (water-filling; unchanged when no share exceeds the cap)."""
+    x = np.asarray(load, float) / max(float(np.sum(load)), 1e-300)
+    cap = 1.0 / top_k
+    if top_k > x.size:
+        return np.full(x.size, 1.0 / x.size)
+    for _ in range(x.size):
+        over = x > cap * (1 + 1e-12)
+        if not over.any():
+            break
+        fixed = x >= cap * (1 - 1e-12)
+        rest = float(x[~fixed].sum())
+        x = np.where(fixed, cap, x * (1.0 - cap * fixed.sum()) / max(rest, 1e-300))
+    return np.minimum(x, cap)
+
+
+def busiest_decode_gemm_s(p2l: np.ndarray, load: np.ndarray, num_gpus: int, cost: LayerCost, tokens: float) -> float:
+    """The slowest GPU's grouped GEMM of a decode step at ``tokens`` per GPU under plan ``p2l`` [S] and load shares
+    ``load`` [N], s, as the serving simulators estimate the busiest GPU (`model.routing.gpu_loads`: the expected
+    largest pair count and the expected most active experts of any GPU when the step's tokens are routed at random,
+    sampling noise included): ``max(pairs x s_per_pair, active x s_per_expert_read)``.
+
+    At decode sizes (a few pairs per replica) the noise sets the busiest GPU: the largest of the GPUs' expected
+    GEMMs (`decode_replica_gemm_s` summed per GPU) understates it and overstates what balancing the plan saves
+    (DeepSeek-V3, 32 GPUs, 19 tokens per step: that rule gave the ILP's plan -7.5% of EPLB's decode MoE time where
+    the step timer's busiest GPU moved by -0.1%)."""
+    gl = gpu_loads(tokens * num_gpus, cost.top_k, num_gpus, load, p2l, load.size)
+    return max(gl.busiest_pairs * cost.s_per_pair, gl.max_active_experts * cost.s_per_expert_read)
 
 
 def layer_time_parts(
@@ -271,7 +404,9 @@ def layer_time_parts(
 def _prefill_parts(
     p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, cost: LayerCost
 ) -> dict[str, float]:
-    """The normal-mode (prefill) parts of `layer_time_parts`, s."""
+    """The normal-mode (prefill) parts of `layer_time_parts`, s. Under two-batch overlap (``cost.overlap[0]``)
+    ``total`` is `Overlap.layer_s` of one micro-batch's (half the tokens: half the pairs and link bytes, every
+    call's fixed cost) slowest GPU's GEMM, dispatch and combine; the other parts stay the whole step's."""
     n = w.size
     nodes = num_gpus // gpus_per_node
     cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
@@ -283,13 +418,28 @@ def _prefill_parts(
         inbound = node_hits(p2l, n, nodes, tokens) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes
         nic = float(inbound.max()) * cost.nic_s_per_token / gpus_per_node
     a2a = max(float(nvl.max()), nic)
+    total = cost.fixed_s + float(gemm.max()) + a2a
+    if cost.overlap[0] is not None:
+        total = _overlapped_prefill(
+            float(replica_gemm_s(0.5 * rep_pairs, cost).reshape(num_gpus, -1).sum(axis=1).max()), a2a, cost
+        )
     return {
-        "total": cost.fixed_s + float(gemm.max()) + a2a,
+        "total": total,
         "gemm": float(gemm.max()),
         "nvlink": float(nvl.max()),
         "nic": nic,
         "fixed": cost.fixed_s,
     }
+
+
+def _overlapped_prefill(gemm_half: float, link: float, cost: LayerCost) -> float:
+    """A normal-mode layer under two-batch overlap, s (`Overlap.layer_s`): one micro-batch's slowest GPU's GEMM
+    ``gemm_half`` (s, at half the pairs) and its dispatch and combine, each its call's fixed cost plus its share of
+    half the whole step's busiest link seconds ``link``."""
+    ov = cost.overlap[0]
+    assert ov is not None
+    fd, half = cost.fixed_dispatch_s, 0.5 * link
+    return ov.layer_s(gemm_half, fd + half * cost.dispatch_share, cost.fixed_s - fd + half * (1 - cost.dispatch_share))
 
 
 def dispatch_link_s(parts: dict[str, float], cost: LayerCost) -> float:
@@ -332,8 +482,11 @@ def balanced_time_parts(
     if nodes > 1 and cost.nic_s_per_token > 0:
         nic = float(hits.mean()) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes * cost.nic_s_per_token
         nic /= gpus_per_node
+    total = cost.fixed_s + gemm + max(nvl, nic)
+    if cost.overlap[0] is not None:
+        total = _overlapped_prefill(float(replica_gemm_s(0.5 * rep_pairs, cost).sum()) / num_gpus, max(nvl, nic), cost)
     return {
-        "total": cost.fixed_s + gemm + max(nvl, nic),
+        "total": total,
         "gemm": gemm,
         "nvlink": nvl,
         "nic": nic,
@@ -365,8 +518,14 @@ def layer_time_bound(
     if wd > 0:
         # an expert split over replicas is active at least as often as one replica of it (1 - (1-p)^n is concave)
         share = np.minimum(w / max(float(w.sum()), 1e-300), 1.0 / cost.top_k)
+        even = np.full(num_gpus, 1.0 / num_gpus)
         gemm = float(decode_replica_gemm_s(share, num_gpus, cost).sum()) / num_gpus
-        dec = gemm + ll_a2a_s(np.full(num_gpus, 1.0 / num_gpus), gpus_per_node, cost)
+        dec = gemm + ll_a2a_s(even, gpus_per_node, cost)
+        ov = cost.overlap[1]
+        if ov is not None:  # `Overlap.layer_s` never falls as its inputs fall: the same bound at half the tokens
+            half = 0.5 * cost.decode_tokens_per_gpu
+            g_half = float(decode_replica_gemm_s(share, num_gpus, cost, half).sum()) / num_gpus
+            dec = ov.layer_s(g_half, *ll_calls_s(even, gpus_per_node, cost, half))
     return {**pre, "total": wp * pre["total"] + wd * dec, "prefill": pre["total"], "decode": dec}
 
 
@@ -384,8 +543,12 @@ def _prefill_bound(
     nic = 0.0
     if nodes > 1:
         nic = cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes / nodes * cost.nic_s_per_token / gpus_per_node
+    total = cost.fixed_s + gemm + max(nvl, nic)
+    if cost.overlap[0] is not None:  # `Overlap.layer_s` never falls as its inputs fall: the same bound at half
+        half = float(np.maximum(0.5 * pairs * cost.s_per_pair, cost.s_per_expert_read).sum())
+        total = _overlapped_prefill(max(half, num_slots * cost.s_per_expert_read) / num_gpus, max(nvl, nic), cost)
     return {
-        "total": cost.fixed_s + gemm + max(nvl, nic),
+        "total": total,
         "gemm": gemm,
         "nvlink": nvl,
         "nic": nic,

@@ -100,15 +100,27 @@ def test_phases_weigh_and_the_bound_holds_in_every_phase():
                 assert dispatch_link_s(parts, cost) >= 0
 
 
-def test_decode_gemm_counts_only_replicas_a_pair_reaches():
-    """At a tiny decode batch most cold replicas get no pair and read no weights; at a large one every replica does."""
+def test_decode_gemm_is_the_busiest_gpu_as_the_simulators_estimate_it():
+    """The decode GEMM is the busiest GPU of a randomly routed step (`model.routing.gpu_loads`, which the serving
+    simulators' expert op reads): at a tiny batch below reading every local replica, at a large one every replica
+    read; and with routing noise a perfectly even plan's busiest GPU is above its mean GPU, which the largest of the
+    GPUs' expected GEMMs (the rule before) could not see."""
+    from moesim.model.routing import gpu_loads
+    from moesim.placement.layertime import decode_replica_gemm_s, pair_shares
+
     w = np.array([100.0] + [1.0] * 63)
     p2l = np.arange(64)
     small = layer_cost(CLUSTER, 4096, 1024, 8, 16, dtype="fp8", phase="decode", decode_tokens_per_gpu=0.25)
     big = layer_cost(CLUSTER, 4096, 1024, 8, 16, dtype="fp8", phase="decode", decode_tokens_per_gpu=512)
     g_small = decode_time_parts(p2l, w, 16, 8, small)["gemm"]
     g_big = decode_time_parts(p2l, w, 16, 8, big)["gemm"]
-    assert g_small < 0.5 * 4 * small.s_per_expert_read < g_big
+    assert g_small < 4 * small.s_per_expert_read <= g_big
+    gl = gpu_loads(4.0, 8, 16, pair_shares(w, 8), p2l, 64)
+    want = max(gl.busiest_pairs * small.s_per_pair, gl.max_active_experts * small.s_per_expert_read)
+    assert g_small == pytest.approx(want, rel=1e-12)
+    even = np.ones(64)
+    per_gpu = decode_replica_gemm_s(np.full(64, 1 / 64), 16, small).reshape(16, -1).sum(axis=1)
+    assert decode_time_parts(p2l, even, 16, 8, small)["gemm"] > 1.5 * per_gpu.max()
 
 
 def test_decode_objective_rewards_balance_not_remote_nodes():

@@ -1,13 +1,12 @@
-"""Two-batch overlap as SGLang interleaves two micro-batches (`sim.serving.tbo`), and the step timer that uses it."""
+"""Two-batch overlap as SGLang interleaves two micro-batches (`model.tbo`), and the step timer that uses it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from moesim.model import Batch, Layout, Precision, load_model
+from moesim.model import Batch, Layout, Precision, load_model, tbo
 from moesim.model.hardware import get_gpu, make_cluster
-from moesim.sim.serving import tbo
 from moesim.sim.serving.steptime import StepTimer
 
 

@@ -58,11 +58,12 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
     return st, spec
 
 
-def phase_profile(steps: Any, ep: int) -> dict[str, float]:
+def phase_profile(steps: Any, ep: int, requests: Any = None) -> dict[str, float]:
     """The phases a DES run spent its time in, for the per-phase placement objective (`placement.layertime`):
     ``decode_share`` (the share of step time in pure-decode steps, which DeepEP runs in low-latency mode; every
     other step runs its normal mode), ``decode_tokens_per_gpu`` and ``prefill_tokens_per_gpu`` (each phase's
-    tokens per step over the ``ep`` GPUs of the expert-parallel group, weighted by step time)."""
+    tokens per step over the ``ep`` GPUs of the expert-parallel group, weighted by step time); with the run's
+    ``requests`` table also ``mean_input_tokens`` and ``mean_output_tokens``."""
     import numpy as np
 
     dur = steps["duration_s"].to_numpy(float)
@@ -73,11 +74,70 @@ def phase_profile(steps: Any, ep: int) -> dict[str, float]:
     def per_gpu(mask: Any, default: float) -> float:
         return float(np.average(tok[mask], weights=dur[mask])) / ep if dur[mask].sum() > 0 else default
 
-    return {
+    out = {
         "decode_share": float(dur[dec].sum()) / total if total > 0 else 0.0,
         "decode_tokens_per_gpu": max(per_gpu(dec, 1.0), 1e-3),
         "prefill_tokens_per_gpu": max(per_gpu(~dec, 1.0), 1.0),
     }
+    if requests is not None and len(requests):
+        out["mean_input_tokens"] = float(requests["input_tokens"].mean())
+        out["mean_output_tokens"] = float(requests["output_tokens"].mean())
+    return out
+
+
+def scenario_overlap(scenario: Path, prof: dict[str, float]) -> tuple[Any, Any]:
+    """(prefill, decode) two-batch overlap (`placement.layertime.Overlap`) of ``scenario``'s deployment at the
+    operating point ``prof`` (`phase_profile` of its DES run, with its requests' mean lengths), as its serving step
+    timer prices it (`StepTimer.overlap_terms`); (None, None) where the scenario does not overlap two batches.
+
+    The batches it is measured on: decode, ``decode_tokens_per_gpu x EP`` sequences (at least 2) at the requests'
+    mean context (prompt plus half the output); prefill, ``prefill_tokens_per_gpu x EP`` tokens as prompts of the
+    mean prompt length (at least 2). Attention's time, which the plan does not change, sets how much of each
+    transfer it hides."""
+    import math
+
+    import numpy as np
+
+    from moesim.placement.layertime import Overlap
+    from moesim.sim.serving.capacity import make_timer, replica_capacity
+    from moesim.sim.serving.serve import load
+
+    built = load(scenario)
+    if built.scenario.routing.overlap != "two_batch":
+        return None, None
+    if "mean_input_tokens" not in prof:  # no DES run measured them: the workload's own sample
+        from moesim.sim.serving.workload import generate
+
+        df = generate(built.workload, built.scenario.seed, built.base_dir)
+        prof = {**prof, "mean_input_tokens": float(df["input_tokens"].mean()),
+                "mean_output_tokens": float(df["output_tokens"].mean())}  # fmt: skip
+    pool = built.pools[0]
+    timer = make_timer(built, pool, replica_capacity(built, pool), 0)
+    ep = pool.layout.ep
+    mean_in = max(prof.get("mean_input_tokens", 1.0), 1.0)
+    ctx = int(mean_in + prof.get("mean_output_tokens", 0.0) / 2)
+    seqs = max(2, round(prof["decode_tokens_per_gpu"] * ep))
+    tokens = max(2, round(prof["prefill_tokens_per_gpu"] * ep))
+    n = max(2, math.ceil(tokens / mean_in))
+    batches = {
+        "prefill": (np.full(n, max(1, tokens // n)), np.zeros(n, np.int64)),
+        "decode": (np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64)),
+    }
+    out = []
+    for name, (new, cached) in batches.items():
+        t = timer.overlap_terms(new, cached)
+        if t is None:
+            out.append(None)
+            continue
+        where = f"{name} {int(new.sum()):,} tokens in {new.size:,} sequences, context {int(cached.max()):,}"
+        out.append(
+            Overlap(
+                t["strategy"], t["prep"], t["core"], t["shared"], t["slow"], t["capped_prep"], t["capped_core"],
+                t["capped_shared"], t["experts_capped"],
+                source=f"{t['strategy']} order, attention timed by {scenario.name}'s step timer at {where}",
+            )
+        )  # fmt: skip
+    return out[0], out[1]
 
 
 def scenario_dispatch(scenario: Path) -> tuple[bool, int]:
@@ -125,7 +185,7 @@ def simulate_plans(
         out[m] = {k: float(summary[k]) for k in summary if k.split("_")[0] in ("ttft", "tpot", "e2e") and
                   k.endswith(("mean_s", "p99_s"))}  # fmt: skip
         if phases is not None and res.steps is not None:
-            phases[m] = phase_profile(res.steps, res.built.pools[0].layout.ep)
+            phases[m] = phase_profile(res.steps, res.built.pools[0].layout.ep, res.requests)
     return out
 
 
@@ -295,7 +355,10 @@ def place(
         Path | None,
         typer.Option(
             help="A serving scenario YAML: run its discrete-event simulation with EPLB's plan and with the ILP's "
-            "(the statistics as its routing loads) and report TTFT/TPOT/E2E side by side."
+            "(the statistics as its routing loads) and report TTFT/TPOT/E2E side by side. The objective then takes "
+            "the phases' shares and tokens per GPU from its run with EPLB's plan and, where the scenario overlaps "
+            "two batches (routing.overlap: two_batch), prices each layer under that overlap with attention timed "
+            "by the scenario's step timer (layer_cost.overlap in --json)."
         ),
     ] = None,
     solver: Annotated[str, typer.Option(help="highs (highspy) or cbc.")] = "highs",
@@ -375,6 +438,7 @@ def place(
         raise MoesimError("--objective time needs --model (the expert shape)", "add --model, or --objective weight")
     cost = None
     presim: dict[str, dict[str, float]] = {}
+    prof: dict[str, float] = {}
     if gpus % gpus_per_node:
         raise MoesimError(f"{gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
     if objective == "time" or (objective == "auto" and spec is not None):
@@ -413,10 +477,14 @@ def place(
             share = prof["decode_share"] if decode_share is None else share
             dec_tok = prof["decode_tokens_per_gpu"] if decode_tokens is None else dec_tok
             pre_tok = prof["prefill_tokens_per_gpu"]
+        overlap = (None, None)
+        if simulate is not None:  # the layer priced as the scenario's simulators price it: two-batch overlap
+            overlap = scenario_overlap(simulate, {**prof, "decode_tokens_per_gpu": dec_tok,
+                                                  "prefill_tokens_per_gpu": pre_tok})  # fmt: skip
         cost = layer_cost(
             cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
             tokens_per_gpu=pre_tok, phase=kind, decode_share=share, decode_tokens_per_gpu=dec_tok,
-            fp8_dispatch=fp8_dispatch,
+            fp8_dispatch=fp8_dispatch, overlap=overlap,
         )  # fmt: skip
     opts = IlpOptions(
         cost=cost,

@@ -28,7 +28,7 @@ Physics options:
 - two-batch overlap: the step runs as two micro-batches of half the sequences,
   each doing half the step's work times rho = 2 t(T/2) / t(T) (the micro-batching
   inefficiency), whose MoE layers' operations SGLang interleaves at yield points
-  (`sim.serving.tbo`): each micro-batch's dispatch and combine hides only behind the
+  (`model.tbo`): each micro-batch's dispatch and combine hides only behind the
   stages that run between its issue and its wait (in decode: its shared experts and
   the other's attention preparation; the other's attention core), and the stream
   stalls for what they do not hide; a vLLM engine takes vLLM's dual-batch-overlap order
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step
+from moesim.model import Batch, ClusterSpec, CostModel, Layout, ModelSpec, Precision, estimate_step, tbo
 from moesim.model.a2a import a2a_mode, compute_slowdown
 from moesim.model.attention_ops import attention_ops
 from moesim.model.cap import utilisation_exact
@@ -72,7 +72,6 @@ from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels
 from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
 from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
-from moesim.sim.serving import tbo
 from moesim.sim.serving.host import (
     EngineProfile,
     attention_launches,
@@ -100,7 +99,7 @@ _A2A_REF_TOKENS = 1024
 #: plans, 33-16,000 tokens; tests/test_placement_phase.py) at a quarter of its grid points. DeepSeek-V3 EP32 with
 #: per-layer routing, 300 requests: 46 s of CPU with the fine grid, 9.7 s with this one
 _TABLE_EXPERT_GRID = (8, 32)
-#: `sim.serving.tbo`'s op classes of a MoE layer's computation, by `model.ops.decompose` name (SGLang's grouping:
+#: `model.tbo`'s op classes of a MoE layer's computation, by `model.ops.decompose` name (SGLang's grouping:
 #: ``prep`` = ``op_comm_prepare_attn`` + ``self_attn.op_prepare``; ``core`` = ``self_attn.op_core`` +
 #: ``op_comm_prepare_mlp`` + ``mlp.op_gate`` + ``mlp.op_select_experts``; ``shared`` = ``mlp.op_shared_experts``);
 #: a MoE layer's op in none of them hides no transfer
@@ -127,7 +126,7 @@ def _sm_capped(op: Op, precision: Precision, gpu: Any) -> bool:
     In a two-batch-overlapped prefill SGLang caps DeepGEMM at the GPU's SMs less DeepEP's for the whole forward
     (sgl-project/sglang ``two_batch_overlap._model_forward_tbo``: ``configure_deep_gemm_num_sms`` with the
     strategy's ``deep_gemm_num_sms``), so such a GEMM takes ``slow`` times its time whether a transfer is in flight
-    or not (`sim.serving.tbo`)."""
+    or not (`model.tbo`)."""
     if op.kind not in ("gemm", "grouped_gemm") or op.dtype != "fp8" or precision.fp8_scaling != "block":
         return False
     moved = op.weight_bytes + op.kv_bytes + op.act_bytes
@@ -850,7 +849,7 @@ class StepTimer:
         """(other compute, a2a, other comm, expected experts, rho, bytes, flops, kernel launches, attention
         launches, eager forward's launch wait, piecewise forward's launch wait; of the other compute the MoE
         layers' ``prep``, ``core`` and ``shared`` op classes, of the a2a the dispatch, of each class its SM-capped
-        DeepGEMM ops (`_sm_capped`), and 1 where the routed experts are SM-capped: `sim.serving.tbo`) of a batch,
+        DeepGEMM ops (`_sm_capped`), and 1 where the routed experts are SM-capped: `model.tbo`) of a batch,
         s / bytes / FLOP / counts [_N]. A launch wait is the forward's time beyond its GPU time when the CPU
         issues its launches one by one (`host.launch_pipeline`; computed only for an engine whose host does not
         overlap the GPU).
@@ -1409,6 +1408,29 @@ class StepTimer:
             )
         return self._bank
 
+    def overlap_terms(self, new: np.ndarray, cached: np.ndarray) -> dict[str, Any] | None:
+        """How this timer's two-batch overlap prices one MoE layer of the batch (``new`` [s] tokens and ``cached``
+        [s] context per sequence), as `_combine` does: ``strategy`` (a `model.tbo.STRATEGIES` key), one
+        micro-batch's ``prep``, ``core`` and ``shared`` seconds per MoE layer (half the batch's, times its
+        micro-batching inefficiency), their SM-capped parts ``capped_prep`` ... (s), ``experts_capped`` (bool) and
+        ``slow`` (computation's slowdown under a transfer); None without two-batch overlap or MoE layers. The
+        expert placement's objective prices a layer with them (`placement.layertime.Overlap`)."""
+        if self.overlap != "two_batch" or not self.n_moe:
+            return None
+        new, cached = np.asarray(new, np.int64), np.asarray(cached, np.int64)
+        parts = self._parts(new, cached, exact=True)
+        phase = "decode" if int(new.max()) == 1 else "prefill" if int(cached.max()) == 0 else "mixed"
+        backend = self.layout.a2a_backend
+        slow = compute_slowdown(backend, a2a_mode(backend, phase), self.cluster.gpu.key)
+        strategy = tbo.strategy_of(phase, None if self.profile is None else self.profile.kind)
+        per = 0.5 * float(parts[4]) / self.n_moe
+        cap = strategy == "extend" and slow > 1.0  # SGLang holds DeepGEMM to the SMs DeepEP leaves (`_combine`)
+        out: dict[str, Any] = {"strategy": strategy, "slow": float(slow), "experts_capped": bool(cap and parts[18])}
+        for j, name in enumerate(tbo.CLASSES[:3]):
+            out[name] = per * float(parts[11 + j])
+            out[f"capped_{name}"] = per * float(parts[15 + j]) if cap else 0.0
+        return out
+
     def _combine(
         self,
         parts: np.ndarray,
@@ -1432,7 +1454,7 @@ class StepTimer:
         )
         experts = expert_layers.sum(axis=1)
         if self.overlap == "two_batch" and self.n_moe:
-            # the MoE layers as SGLang interleaves two micro-batches (`sim.serving.tbo`): each micro-batch half the
+            # the MoE layers as SGLang interleaves two micro-batches (`model.tbo`): each micro-batch half the
             # step's work per layer (times rho, the micro-batching inefficiency), each transfer hidden only behind
             # the stages between its issue and its wait
             backend = self.layout.a2a_backend

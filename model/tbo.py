@@ -276,3 +276,28 @@ def _run_row(prog: tuple[tuple[int, int, int, int], ...], cols: list[list[float]
         elif done[slot] > now:
             now = done[slot]
     return now
+
+
+def steady_layer_s(
+    strategy: str,
+    comp: dict[str, float],
+    dispatch: float,
+    combine: float,
+    slow: float = 1.0,
+    capped: dict[str, float] | None = None,
+) -> float:
+    """Seconds one MoE layer adds to the stream in a long run of identical layers under two-batch overlap: the
+    stage program (`stages_time`) over three such layers less over two, so the first and last layers' edges
+    (micro-batch A alone at the start, B's last transfers with nothing left to hide them) cancel. What an expert
+    placement changes in one layer (its experts' and transfers' times) is priced by this (`placement.layertime`).
+
+    Args:
+        strategy: a `STRATEGIES` key (`strategy_of`).
+        comp: one micro-batch's computation of the layer per op class (`CLASSES`), s.
+        dispatch, combine: one micro-batch's dispatch and combine of the layer as they take alone, s.
+        slow: computation's slowdown while a transfer is in flight (>= 1).
+        capped: of each class the SM-capped part (see `stages_time`), s; None: none.
+    """
+    cols = [[float(comp[name])] * 3 for name in CLASSES] + [[float(dispatch)] * 3, [float(combine)] * 3]
+    cols += [[float((capped or {}).get(name, 0.0))] * 3 for name in CLASSES]
+    return _run_row(_program(strategy, 3), cols, slow) - _run_row(_program(strategy, 2), cols, slow)
