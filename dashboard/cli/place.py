@@ -111,11 +111,9 @@ def scenario_overlap(scenario: Path, prof: dict[str, float]) -> tuple[Any, Any]:
         df = generate(built.workload, built.scenario.seed, built.base_dir)
         prof = {**prof, "mean_input_tokens": float(df["input_tokens"].mean()),
                 "mean_output_tokens": float(df["output_tokens"].mean())}  # fmt: skip
-    pool = built.pools[0]
-    timer = make_timer(built, pool, replica_capacity(built, pool), 0)
-    ep = pool.layout.ep
     mean_in = max(prof.get("mean_input_tokens", 1.0), 1.0)
     ctx = int(mean_in + prof.get("mean_output_tokens", 0.0) / 2)
+    ep = built.pools[0].layout.ep
     seqs = max(2, round(prof["decode_tokens_per_gpu"] * ep))
     tokens = max(2, round(prof["prefill_tokens_per_gpu"] * ep))
     n = max(2, math.ceil(tokens / mean_in))
@@ -124,8 +122,14 @@ def scenario_overlap(scenario: Path, prof: dict[str, float]) -> tuple[Any, Any]:
         "decode": (np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64)),
     }
     out = []
+    timers: dict[int, Any] = {}
     for name, (new, cached) in batches.items():
-        t = timer.overlap_terms(new, cached)
+        # the pool that runs the phase (a disaggregated scenario's prefill or decode pool)
+        j = next((i for i, p in enumerate(built.pools) if p.role in ("mixed", name)), 0)
+        if j not in timers:
+            pool = built.pools[j]
+            timers[j] = make_timer(built, pool, replica_capacity(built, pool), 0)
+        t = timers[j].overlap_terms(new, cached)
         if t is None:
             out.append(None)
             continue
