@@ -26,9 +26,11 @@ SLACK_S = 0.3
 
 @pytest.fixture(scope="module")
 def deepseek_32() -> tuple:
-    """16 DeepSeek-V3-shaped layers on 32 GPUs / 4 nodes (+32 slots), the physical objective: uncapped, its search
-    takes 0.2-0.5 s a layer on one core, several times the 2.5 s cap given below."""
-    st = synthetic_trace(16, 256, 8, tokens=4096, alpha=1.0, affinity=2.0, n_group=8, topk_group=4, seed=1)
+    """64 DeepSeek-V3-shaped layers on 32 GPUs / 4 nodes (+32 slots), the physical objective: uncapped, its search
+    takes 0.15-0.5 s a layer on one core (48 layers: 7.4 s on one worker, 5.6 s on two, 2026-12-06), several times
+    the 2.5 s and 2 s caps given below on a machine up to about 3 times faster. With 16 layers (before) the uncapped
+    search finished inside the caps on a fast day and the tests saw no cut."""
+    st = synthetic_trace(64, 256, 8, tokens=4096, alpha=1.0, affinity=2.0, n_group=8, topk_group=4, seed=1)
     cost = layer_cost(get_cluster("hgx-h200-x4"), 7168, 2048, 8, 32, dtype="fp8")
     return st, cost
 
@@ -62,7 +64,8 @@ def test_no_time_left_keeps_eplb_and_its_scores(deepseek_32):
     res = place(st, 32, 8, 32, ("eplb", "ilp"), 8, IlpOptions(cost=cost, workers=2), deadline=time.monotonic())
     i, e = res["ilp"], res["eplb"]
     assert np.array_equal(i.plan.phys_to_log, e.plan.phys_to_log)
-    assert i.metrics["layers_fallback"] == 16 and i.metrics["layers_time_limit"] == 16
+    n = st.num_layers
+    assert i.metrics["layers_fallback"] == n and i.metrics["layers_time_limit"] == n
     assert i.metrics["layer_time_s"] == e.metrics["layer_time_s"]
     assert i.metrics["cross_layer_locality"] == e.metrics["cross_layer_locality"]
     assert i.plan.method == "ilp" and "solve_s" not in i.plan.info
