@@ -40,6 +40,7 @@ first solver of a process is made) goes to stderr, so stdout stays clean for ``-
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -122,6 +123,10 @@ def solve_layer(
         if found is None and left() <= 0:
             return out_of_time()
         slots, rep = found or _exact_stage(w, num_slots, num_gpus, start, opts, left(), cur_gpu)
+        if rep.status == "optimal" and not _stage_prices_the_layer(opts):
+            # the stage proved the plan optimal for the prefill (normal-mode) layer time it models; the layer is
+            # priced with decode steps or two-batch overlap too, which it does not model: compared, not proven
+            rep = StageReport("search", rep.objective, math.nan, math.nan, rep.seconds, rep.nodes)
         stages.append(rep)
     else:
         r = np.bincount(greedy, minlength=n)
@@ -178,6 +183,15 @@ def solve_layer(
     if worse or (not moving and busiest > base_busiest * (1 + 1e-9)):
         res.phys_to_log, res.fallback, res.objective = baseline.copy(), True, base_obj
     return res
+
+
+def _stage_prices_the_layer(opts: IlpOptions) -> bool:
+    """Whether the one-node stages (`placement.exact`, the MIP) optimise the layer time the plan is reported with:
+    they model the prefill (normal-mode) layer without two-batch overlap (`ilp_stages._units`), so not when the
+    objective weighs decode steps in (``--phase decode/both``) or overlaps two micro-batches (`LayerCost.overlap`).
+    The weight objective is theirs exactly."""
+    cost = opts.cost
+    return cost is None or (cost.weights[1] == 0 and cost.overlap[0] is None)
 
 
 def _physical_search(
