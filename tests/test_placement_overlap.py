@@ -196,3 +196,26 @@ def test_place_simulate_prices_the_scenarios_overlap(tmp_path, capsys, overlap):
     assert pre["strategy"] == dec["strategy"] == "vllm_dbo"  # the scenario names no engine: vLLM's order
     assert pre["core_s"] > 0 and dec["core_s"] > 0 and pre["prep_s"] > dec["prep_s"]
     assert "prefill under two-batch overlap" in cost["source"] and "decode under two-batch overlap" in cost["source"]
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [(["--model", "qwen3-30b-a3b", "--gpus", "8"], "serves mixtral-8x7b, not --model qwen3-30b-a3b"),
+     (["--model", "mixtral-8x7b", "--gpus", "16"], "expert-parallel group is 8 GPUs, not --gpus 16")],
+)  # fmt: skip
+def test_a_scenario_that_cannot_take_the_plans_is_one_line_before_any_work(tmp_path, capsys, args, match):
+    """``--simulate`` with a scenario of another model, or of another expert-parallel size, stops at once with one
+    line naming both (it used to place every layer, then fail in the simulation on a temporary file's shape)."""
+    from moesim.dashboard.cli import main
+
+    argv = ["place", "--stats", "synthetic", *args, "--redundant", "8", "--method", "eplb",
+            "--simulate", _scenario(tmp_path, "two_batch"), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    cap = capsys.readouterr()
+    assert code == 1 and cap.out == ""
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in cap.err
+    assert "placing" not in cap.err and not (tmp_path / "out").exists()

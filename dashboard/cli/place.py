@@ -85,6 +85,34 @@ def phase_profile(steps: Any, ep: int, requests: Any = None) -> dict[str, float]
     return out
 
 
+def check_scenario(scenario: Path, st: Any, spec: Any, gpus: int) -> None:
+    """One error line, before any work, where ``--simulate``'s scenario cannot take the plans: another model than
+    ``--model`` (its MoE layers and experts are what the plans place), statistics of another shape, or an
+    expert-parallel group of other than ``--gpus`` GPUs."""
+    from moesim.sim.serving.serve import load
+
+    built = load(scenario)
+    m = built.model
+    if spec is not None and m.name != spec.name:
+        raise MoesimError(
+            f"--simulate {scenario} serves {m.name}, not --model {spec.name}",
+            f"give --model {m.name}, or a scenario of {spec.name}",
+        )
+    if m.moe is None or (st.num_layers, st.num_experts) != (m.num_moe_layers, m.moe.num_experts):
+        shape = "no MoE layers" if m.moe is None else f"{m.num_moe_layers} MoE layers of {m.moe.num_experts} experts"
+        raise MoesimError(
+            f"--simulate {scenario}: its model {m.name} has {shape}, the statistics "
+            f"{st.num_layers} layers of {st.num_experts} experts",
+            "give statistics and a scenario of the same model",
+        )
+    ep = built.pools[0].layout.ep
+    if ep != gpus:
+        raise MoesimError(
+            f"--simulate {scenario}: its expert-parallel group is {ep} GPUs, not --gpus {gpus}",
+            "give --gpus the scenario's layout.ep",
+        )
+
+
 def scenario_overlap(scenario: Path, prof: dict[str, float]) -> tuple[Any, Any]:
     """(prefill, decode) two-batch overlap (`placement.layertime.Overlap`) of ``scenario``'s deployment at the
     operating point ``prof`` (`phase_profile` of its DES run, with its requests' mean lengths), as its serving step
@@ -427,6 +455,8 @@ def place(
     if time_limit <= 0 or not 0 <= mip_gap < 1 or traffic_weight < 0 or migration_weight < 0:
         raise MoesimError("time limit must be > 0, MIP gap in [0, 1), weights >= 0", "fix the ILP options")
     st, spec = _stats(stats, model, fmt, tokens, skew, seed)
+    if simulate is not None:
+        check_scenario(simulate, st, spec, gpus)
     if groups and st.num_experts % groups:
         raise MoesimError(
             f"--groups {groups} does not divide the {st.num_experts} experts",
@@ -459,12 +489,7 @@ def place(
         dec_tok = float(DEFAULT_DECODE_TOKENS_PER_GPU if decode_tokens is None else decode_tokens)
         pre_tok, fp8_dispatch = float(batch_tokens), None
         if simulate is not None and kind != "prefill":
-            fp8_dispatch, ep = scenario_dispatch(simulate)
-            if ep != gpus:
-                raise MoesimError(
-                    f"--simulate {simulate}: its expert-parallel group is {ep} GPUs, not --gpus {gpus}",
-                    "give --gpus the scenario's layout.ep",
-                )
+            fp8_dispatch, _ = scenario_dispatch(simulate)
         if simulate is not None and kind != "prefill" and (decode_share is None or decode_tokens is None):
             # the phases as the deployment runs them: its DES run with EPLB's plan (SGLang's own rebalancer)
             import tempfile
