@@ -638,6 +638,8 @@ def place(
     out.print(t)
     if summary.get("cost_model") == "roofline":
         out.print("layer time: its grouped GEMMs are timed on the roofline (a lower bound), not by a calibrated model")
+    if any(o is not None for o in summary.get("layer_cost", {}).get("overlap", ())):
+        out.print(f"layer time priced for {summary['layer_cost']['source']}")
     if "ilp_vs_eplb" in summary:
         c = summary["ilp_vs_eplb"]
         sends = "" if c["sends_change"] is None else f", remote nodes per token {c['sends_change']:+.1%}"
