@@ -318,10 +318,10 @@ def ll_calls_s(
     intra = float(np.maximum(node_sum - s_g, s_g * (in_node - 1)).max())
     inter = float(np.maximum(k - node_sum, s_g * (g - in_node)).max()) if g > gpus_per_node else 0.0
     tok = cost.decode_tokens_per_gpu if tokens is None else tokens
-    d, c = (
-        cost.ll_fixed_s[d] + max(tok * intra * cost.ll_intra_s[d], tok * inter * cost.ll_inter_s[d]) for d in (0, 1)
+    dispatch, combine = (
+        cost.ll_fixed_s[j] + max(tok * intra * cost.ll_intra_s[j], tok * inter * cost.ll_inter_s[j]) for j in (0, 1)
     )
-    return d, c
+    return dispatch, combine
 
 
 def decode_time_parts(p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, cost: LayerCost) -> dict:
