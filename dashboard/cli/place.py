@@ -290,8 +290,8 @@ def place(
         typer.Option(
             callback=finite("--time-limit", 0.0, MAX_SECONDS, lo_open=True),
             help="Wall-clock cap in seconds of the whole command, counted from its start (the statistics, every "
-            "method, the files; not Python's start-up before it, about 1 s, nor --simulate's DES runs): a safety cap, "
-            "not the search's budget. A solve it stops "
+            "method, the files; not Python's start-up before it, about 1 s, nor --simulate's DES runs and step "
+            "timer): a safety cap, not the search's budget. A solve it stops "
             "reports status 'time limit' (reproducible: false), and its plan may differ from run to run and machine "
             "to machine; give a larger cap or a smaller --work-limit for a reproducible plan.",
         ),
@@ -436,7 +436,7 @@ def place(
     limit is only a cap. With --json, stdout is exactly one JSON object (solver output goes to stderr).
     """
     t_cmd = time.monotonic()  # --time-limit counts from here (what ran before: Python's start and imports, ~1 s)
-    sim_s = 0.0  # seconds of --simulate's DES runs before the placement: off the clock
+    sim_s = 0.0  # seconds measuring --simulate's deployment (DES run, step timer) before the placement: off the clock
     from moesim.model.outputs import check_replaceable, output_dir
     from moesim.placement.api import METHODS
     from moesim.placement.api import place as run_place
@@ -508,8 +508,10 @@ def place(
             pre_tok = prof["prefill_tokens_per_gpu"]
         overlap = (None, None)
         if simulate is not None:  # the layer priced as the scenario's simulators price it: two-batch overlap
+            t_ov = time.monotonic()  # measuring the deployment, like its DES runs: off the placement's clock
             overlap = scenario_overlap(simulate, {**prof, "decode_tokens_per_gpu": dec_tok,
                                                   "prefill_tokens_per_gpu": pre_tok})  # fmt: skip
+            sim_s += time.monotonic() - t_ov
         cost = layer_cost(
             cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
             tokens_per_gpu=pre_tok, phase=kind, decode_share=share, decode_tokens_per_gpu=dec_tok,
