@@ -152,6 +152,11 @@ def _emn_grid(mean: np.ndarray, std: np.ndarray) -> float:
     floor = float(mean[fixed].max()) if fixed.any() else -math.inf
     mean, std = mean[~fixed], std[~fixed]
     lo = float((mean - 9.0 * std).max())
+    # a GPU whose mean + 9 std is below ``lo`` has a CDF of at least Phi(9) = 1 - 1e-19 all over [lo, hi]: it leaves
+    # F unchanged, so it is left out of the product and of the grid's spacing (8 of 8 GPUs evaluated before, 3.5 on
+    # average in a skewed Mixtral EP8 capacity search)
+    keep = mean + 9.0 * std > lo
+    mean, std = mean[keep], std[keep]
     hi = float((mean + 9.0 * std).max())
     if floor >= hi:
         return floor
