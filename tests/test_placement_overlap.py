@@ -173,20 +173,21 @@ def _scenario(tmp_path, overlap: str) -> str:
     return str(sc)
 
 
+def _place(capsys, argv: list[str]) -> tuple[int | None, pytest.CaptureResult]:
+    """``moesim`` with ``argv``: its exit code and what it printed."""
+    from moesim.dashboard.cli import main
+
+    return main(argv), capsys.readouterr()
+
+
 @pytest.mark.parametrize("overlap", ["two_batch", "none"])
 def test_place_simulate_prices_the_scenarios_overlap(tmp_path, capsys, overlap):
     """`moesim place --simulate` prices each phase under the scenario's two-batch overlap (its attention timed by
     the scenario's step timer), and says so; a scenario without it keeps the plain layer."""
-    from moesim.dashboard.cli import main
-
     argv = ["place", "--stats", "synthetic", "--model", "mixtral-8x7b", "--gpus", "8", "--redundant", "8",
             "--method", "eplb", "--time-limit", "5", "--tokens", "512", "--simulate", _scenario(tmp_path, overlap),
             "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
+    code, cap = _place(capsys, argv)
     assert code in (0, None), cap.err[-2000:]
     cost = json.loads(cap.out)["layer_cost"]
     if overlap == "none":
@@ -206,15 +207,9 @@ def test_place_simulate_prices_the_scenarios_overlap(tmp_path, capsys, overlap):
 def test_a_scenario_that_cannot_take_the_plans_is_one_line_before_any_work(tmp_path, capsys, args, match):
     """``--simulate`` with a scenario of another model, or of another expert-parallel size, stops at once with one
     line naming both (it used to place every layer, then fail in the simulation on a temporary file's shape)."""
-    from moesim.dashboard.cli import main
-
     argv = ["place", "--stats", "synthetic", *args, "--redundant", "8", "--method", "eplb",
             "--simulate", _scenario(tmp_path, "two_batch"), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
+    code, cap = _place(capsys, argv)
     assert code == 1 and cap.out == ""
     lines = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and match in lines[0] and "Traceback" not in cap.err

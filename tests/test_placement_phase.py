@@ -178,7 +178,7 @@ def test_affinity_is_off_by_default_and_reported_when_on():
 
 
 def test_phase_profile_reads_the_share_and_tokens_of_each_phase():
-    from moesim.dashboard.cli.place import phase_profile
+    from moesim.sim.serving.place_phases import phase_profile
 
     steps = pd.DataFrame(
         {

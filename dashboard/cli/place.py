@@ -58,40 +58,10 @@ def _stats(stats: str, model: str | None, fmt: str, tokens: int, skew: float, se
     return st, spec
 
 
-def phase_profile(steps: Any, ep: int, requests: Any = None) -> dict[str, float]:
-    """The phases a DES run spent its time in, for the per-phase placement objective (`placement.layertime`):
-    ``decode_share`` (the share of step time in pure-decode steps, which DeepEP runs in low-latency mode; every
-    other step runs its normal mode), ``decode_tokens_per_gpu`` and ``prefill_tokens_per_gpu`` (each phase's
-    tokens per step over the ``ep`` GPUs of the expert-parallel group, weighted by step time); with the run's
-    ``requests`` table also ``mean_input_tokens`` and ``mean_output_tokens``."""
-    import numpy as np
-
-    dur = steps["duration_s"].to_numpy(float)
-    dec = (steps["decode_seqs"] == steps["seqs"]).to_numpy() & (steps["seqs"] > 0).to_numpy()
-    tok = steps["tokens"].to_numpy(float)
-    total = float(dur.sum())
-
-    def per_gpu(mask: Any, default: float) -> float:
-        return float(np.average(tok[mask], weights=dur[mask])) / ep if dur[mask].sum() > 0 else default
-
-    out = {
-        "decode_share": float(dur[dec].sum()) / total if total > 0 else 0.0,
-        "decode_tokens_per_gpu": max(per_gpu(dec, 1.0), 1e-3),
-        "prefill_tokens_per_gpu": max(per_gpu(~dec, 1.0), 1.0),
-    }
-    if requests is not None and len(requests):
-        out["mean_input_tokens"] = float(requests["input_tokens"].mean())
-        out["mean_output_tokens"] = float(requests["output_tokens"].mean())
-    return out
-
-
-def check_scenario(scenario: Path, st: Any, spec: Any, gpus: int) -> None:
-    """One error line, before any work, where ``--simulate``'s scenario cannot take the plans: another model than
-    ``--model`` (its MoE layers and experts are what the plans place), statistics of another shape, or an
-    expert-parallel group of other than ``--gpus`` GPUs."""
-    from moesim.sim.serving.serve import load
-
-    built = load(scenario)
+def check_scenario(scenario: Path, built: Any, st: Any, spec: Any, gpus: int) -> None:
+    """One error line, before any work, where ``--simulate``'s scenario (``built``, loaded from ``scenario``) cannot
+    take the plans: another model than ``--model`` (its MoE layers and experts are what the plans place), statistics
+    of another shape, or an expert-parallel group of other than ``--gpus`` GPUs."""
     m = built.model
     if spec is not None and m.name != spec.name:
         raise MoesimError(
@@ -113,75 +83,6 @@ def check_scenario(scenario: Path, st: Any, spec: Any, gpus: int) -> None:
         )
 
 
-def scenario_overlap(scenario: Path, prof: dict[str, float]) -> tuple[Any, Any]:
-    """(prefill, decode) two-batch overlap (`placement.layertime.Overlap`) of ``scenario``'s deployment at the
-    operating point ``prof`` (`phase_profile` of its DES run, with its requests' mean lengths), as its serving step
-    timer prices it (`StepTimer.overlap_terms`); (None, None) where the scenario does not overlap two batches.
-
-    The batches it is measured on: decode, ``decode_tokens_per_gpu x EP`` sequences (at least 2) at the requests'
-    mean context (prompt plus half the output); prefill, ``prefill_tokens_per_gpu x EP`` tokens as prompts of the
-    mean prompt length (at least 2). Attention's time, which the plan does not change, sets how much of each
-    transfer it hides."""
-    import math
-
-    import numpy as np
-
-    from moesim.placement.layertime import Overlap
-    from moesim.sim.serving.capacity import make_timer, replica_capacity
-    from moesim.sim.serving.serve import load
-
-    built = load(scenario)
-    if built.scenario.routing.overlap != "two_batch":
-        return None, None
-    if "mean_input_tokens" not in prof:  # no DES run measured them: the workload's own sample
-        from moesim.sim.serving.workload import generate
-
-        df = generate(built.workload, built.scenario.seed, built.base_dir)
-        prof = {**prof, "mean_input_tokens": float(df["input_tokens"].mean()),
-                "mean_output_tokens": float(df["output_tokens"].mean())}  # fmt: skip
-    mean_in = max(prof.get("mean_input_tokens", 1.0), 1.0)
-    ctx = int(mean_in + prof.get("mean_output_tokens", 0.0) / 2)
-    ep = built.pools[0].layout.ep
-    seqs = max(2, round(prof["decode_tokens_per_gpu"] * ep))
-    tokens = max(2, round(prof["prefill_tokens_per_gpu"] * ep))
-    n = max(2, math.ceil(tokens / mean_in))
-    batches = {
-        "prefill": (np.full(n, max(1, tokens // n)), np.zeros(n, np.int64)),
-        "decode": (np.ones(seqs, np.int64), np.full(seqs, ctx, np.int64)),
-    }
-    out = []
-    timers: dict[int, Any] = {}
-    for name, (new, cached) in batches.items():
-        # the pool that runs the phase (a disaggregated scenario's prefill or decode pool)
-        j = next((i for i, p in enumerate(built.pools) if p.role in ("mixed", name)), 0)
-        if j not in timers:
-            pool = built.pools[j]
-            timers[j] = make_timer(built, pool, replica_capacity(built, pool), 0)
-        t = timers[j].overlap_terms(new, cached)
-        if t is None:
-            out.append(None)
-            continue
-        where = f"{name} {int(new.sum()):,} tokens in {new.size:,} sequences, context {int(cached.max()):,}"
-        out.append(
-            Overlap(
-                t["strategy"], t["prep"], t["core"], t["shared"], t["slow"], t["capped_prep"], t["capped_core"],
-                t["capped_shared"], t["experts_capped"],
-                source=f"{t['strategy']} order, attention timed by {scenario.name}'s step timer at {where}",
-            )
-        )  # fmt: skip
-    return out[0], out[1]
-
-
-def scenario_dispatch(scenario: Path) -> tuple[bool, int]:
-    """(fp8 dispatch, EP size) of ``scenario``: DeepEP dispatches fp8 where the weights are block-scaled fp8, as the
-    serving simulators decide it (`model.ops`)."""
-    from moesim.sim.serving.serve import load
-
-    built = load(scenario)
-    p = built.precision
-    return p.weights == "fp8" and getattr(p, "fp8_scaling", "tensor") == "block", built.pools[0].layout.ep
-
-
 def simulate_plans(
     scenario: Path, results: dict[str, Any], counts: Any, work: Path, phases: dict[str, Any] | None = None
 ) -> dict[str, dict[str, float]]:
@@ -192,6 +93,7 @@ def simulate_plans(
     import numpy as np
     import yaml
 
+    from moesim.sim.serving.place_phases import phase_profile
     from moesim.sim.serving.serve import run
 
     try:
@@ -455,8 +357,13 @@ def place(
     if time_limit <= 0 or not 0 <= mip_gap < 1 or traffic_weight < 0 or migration_weight < 0:
         raise MoesimError("time limit must be > 0, MIP gap in [0, 1), weights >= 0", "fix the ILP options")
     st, spec = _stats(stats, model, fmt, tokens, skew, seed)
+    built_sc = None
     if simulate is not None:
-        check_scenario(simulate, st, spec, gpus)
+        from moesim.sim.serving.place_phases import deployment_overlap, dispatch_fp8
+        from moesim.sim.serving.serve import load
+
+        built_sc = load(simulate)  # once: the checks, the dispatch dtype and the overlap read it
+        check_scenario(simulate, built_sc, st, spec, gpus)
     if groups and st.num_experts % groups:
         raise MoesimError(
             f"--groups {groups} does not divide the {st.num_experts} experts",
@@ -488,8 +395,8 @@ def place(
         share = 0.5 if decode_share is None else decode_share
         dec_tok = float(DEFAULT_DECODE_TOKENS_PER_GPU if decode_tokens is None else decode_tokens)
         pre_tok, fp8_dispatch = float(batch_tokens), None
-        if simulate is not None and kind != "prefill":
-            fp8_dispatch, _ = scenario_dispatch(simulate)
+        if built_sc is not None and kind != "prefill":
+            fp8_dispatch = dispatch_fp8(built_sc)
         if simulate is not None and kind != "prefill" and (decode_share is None or decode_tokens is None):
             # the phases as the deployment runs them: its DES run with EPLB's plan (SGLang's own rebalancer)
             import tempfile
@@ -507,10 +414,10 @@ def place(
             dec_tok = prof["decode_tokens_per_gpu"] if decode_tokens is None else dec_tok
             pre_tok = prof["prefill_tokens_per_gpu"]
         overlap = (None, None)
-        if simulate is not None:  # the layer priced as the scenario's simulators price it: two-batch overlap
+        if simulate is not None and built_sc is not None:  # the layer priced as its simulators price it
             t_ov = time.monotonic()  # measuring the deployment, like its DES runs: off the placement's clock
-            overlap = scenario_overlap(simulate, {**prof, "decode_tokens_per_gpu": dec_tok,
-                                                  "prefill_tokens_per_gpu": pre_tok})  # fmt: skip
+            overlap = deployment_overlap(built_sc, {**prof, "decode_tokens_per_gpu": dec_tok,
+                                                    "prefill_tokens_per_gpu": pre_tok}, simulate.name)  # fmt: skip
             sim_s += time.monotonic() - t_ov
         cost = layer_cost(
             cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
