@@ -136,8 +136,10 @@ def simulate(
         if f"{key}_p50_s" in s and s[f"{key}_p50_s"] == s[f"{key}_p50_s"]:
             t.add_row(label, *(seconds(s[f"{key}_{q}_s"]) for q in ("mean", "p50", "p90", "p99")))
     out.print(t)
+    failed = s.get("failed") or 0
+    gave_up = f", {failed:,} failed: their clients gave up (workload.timeout_s)" if failed == failed and failed else ""
     lines = [
-        f"requests {s['requests']:,} ({s['completed']:,} completed) over {s['simulated_s']:.1f} s simulated",
+        f"requests {s['requests']:,} ({s['completed']:,} completed{gave_up}) over {s['simulated_s']:.1f} s simulated",
         f"throughput {s['throughput_req_s']:.2f} req/s, {s['throughput_tok_s']:,.0f} output tok/s; "
         f"goodput {s['goodput_req_s']:.2f} req/s (SLO attainment {s['slo_attainment']:.1%})",
         f"S-MBU {pct_text(s['s_mbu'])}  S-MFU {pct_text(s['s_mfu'])} ({mode_label(s['cost_model'])})  "

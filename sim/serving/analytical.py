@@ -736,6 +736,9 @@ class Analytical:
         main = states.get("mixed") or states["decode"]
         bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
         summary: dict[str, Any] = {"engine": "analytical", "requests": len(self.inp), "completed": len(self.inp)}
+        # the steady state has no clients giving up: the client's timeout is the discrete-event engine's (NaN: not
+        # modelled here; past capacity the summary says overloaded instead)
+        summary["failed"] = 0 if built.workload.timeout_s is None else math.nan
         for name, values in stats.items():
             for k, v in values.items():
                 summary[f"{name}_{k}_s"] = v

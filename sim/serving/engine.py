@@ -34,7 +34,17 @@ and SGLang schedule them:
 - prefill/decode disaggregation: prefill replicas emit the first token, the
   KV cache then travels to a decode replica (bytes / (link bandwidth x the
   prefill replica's TP GPUs) + link latency, one transfer at a time per
-  destination), which decodes the rest.
+  destination), which decodes the rest;
+- the client's timeout (``workload.timeout_s``, `sim.serving.workload`): a
+  request the engine has not finished ``timeout_s`` after it was sent fails;
+  the engine aborts it (`sim.serving.replica.Replica.abort`: it leaves the
+  queue, or its KV cache is freed after the step in progress), and a request
+  whose last chunk reaches the client later than that fails too. A failed
+  request has no client times (``failed`` in the request table), so the
+  latency percentiles leave it out, as the benchmark clients do. Past its
+  capacity a deployment then fails whole stretches of requests: every request
+  it admits has already waited so long that it cannot finish in time, and
+  still costs the GPU time it got.
 
 Runs of pure-decode steps with no arrival, completion or admission in between
 are processed in one event (each step still gets its own routing draw and
@@ -146,6 +156,8 @@ class Simulation:
         self.kv_groups = kv_groups(built.model, Layout(), built.precision)
         self.links: dict[int, simpy.Resource] = {}
         self.waiters: dict[int, simpy.Event] = {}
+        self.timeout = built.workload.timeout_s  # the client's total timeout per request, s (None: none)
+        self._all_done = self.env.event()
         self.wall0 = time.perf_counter()
         self._last_progress = 0.0
         self._progress_step = max(1, self.req.n // 100)  # report at least every 1% of requests, whatever the speed
@@ -177,7 +189,34 @@ class Simulation:
             if wait > 0:
                 yield self.env.timeout(wait)
             self._next = i + 1
-            self._arrive(rid, foreseen=True)
+            if not self.req.failed[rid]:  # a client that gave up before the API server passed the request on
+                self._arrive(rid, foreseen=True)
+
+    def deadlines(self):
+        """The clients' timeouts of an open loop: each request the engine has not finished ``timeout`` after it was
+        sent is aborted then (`abort`)."""
+        R, timeout = self.req, float(self.timeout or math.inf)
+        for rid in np.argsort(R.arrival, kind="stable").tolist():
+            if not np.isnan(R.finish[rid]) or R.failed[rid]:
+                continue
+            wait = float(R.arrival[rid]) + timeout - self.env.now
+            if wait > 0:
+                yield self.env.timeout(wait) | self._all_done
+                if self._all_done.triggered:
+                    return
+            if np.isnan(R.finish[rid]):
+                self.abort(rid)
+
+    def abort(self, rid: int) -> None:
+        """Request ``rid``'s client gave up before the engine finished it: the engine drops it wherever it is (the
+        queue, the running set, a KV transfer; `Replica.abort`), and it counts as done (failed)."""
+        R = self.req
+        if R.failed[rid] or not np.isnan(R.finish[rid]):
+            return
+        R.failed[rid] = True
+        if R.replica[rid] >= 0:
+            self.all[int(R.replica[rid])].abort(rid)
+        self._count_done(rid)
 
     def client(self, first: int, stride: int):
         think = self.built.workload.think_s
@@ -188,7 +227,17 @@ class Simulation:
             if self.front[rid] > 0:  # API server and tokenisation
                 yield self.env.timeout(float(self.front[rid]))
             self._arrive(rid)
-            yield done
+            if self.timeout is None:
+                yield done
+            else:  # the client gives up ``timeout`` after sending
+                left = float(self.req.arrival[rid]) + self.timeout - self.env.now
+                if left > 0:
+                    yield done | self.env.timeout(left)
+                if not done.triggered:
+                    self.abort(rid)
+                    if think:
+                        yield self.env.timeout(think)
+                    continue
             back = float(self.back[rid])
             per_seq = self.path.host["stream_per_seq_s"]
             if per_seq:  # the API server handles the last step's whole batch first (as `run`'s client_times)
@@ -207,7 +256,14 @@ class Simulation:
         return R.scheduled[same], R.finish[same]
 
     def on_finish(self, rid: int) -> None:
+        if self.req.failed[rid]:  # its client gave up (and it was counted then); the engine finished it anyway
+            return
+        self._count_done(rid)
+
+    def _count_done(self, rid: int) -> None:
         self.done += 1
+        if self.done >= self.req.n and not self._all_done.triggered:
+            self._all_done.succeed()
         ev = self.waiters.pop(rid, None)
         if ev is not None:
             ev.succeed()
@@ -218,7 +274,8 @@ class Simulation:
 
     # ---- disaggregation --------------------------------------------------------------------------
     def handoff(self, rid: int, src: int) -> None:
-        self.env.process(self._transfer(rid, src))
+        if not self.req.failed[rid]:
+            self.env.process(self._transfer(rid, src))
 
     def _transfer(self, rid: int, src: int):
         R = self.req
@@ -240,7 +297,8 @@ class Simulation:
             start = self.env.now
             yield self.env.timeout(seconds)
         self.transfers.append((rid, src, dst.index, start, seconds, nbytes))
-        dst.submit(rid)
+        if not R.failed[rid]:  # its client gave up during the transfer
+            dst.submit(rid)
 
     # ---- run --------------------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -250,6 +308,8 @@ class Simulation:
                 self.env.process(self.client(c, w.concurrency or 1))
         else:
             self.env.process(self.open_loop())
+            if self.timeout is not None:
+                self.env.process(self.deadlines())
         self.env.run()
         R = self.req
         stream = self.path.stream
@@ -265,6 +325,12 @@ class Simulation:
             first_batch_s=per_seq * running_at(R.first - 1e-9, R.replica, R.scheduled, R.finish) if per_seq else 0.0,
             finish_batch_s=per_seq * running_at(R.finish - 1e-9, R.replica, R.scheduled, R.finish) if per_seq else 0.0,
         )
+        failed = R.failed.copy()
+        if self.timeout is not None:  # the last chunk came after the client gave up
+            with np.errstate(invalid="ignore"):
+                failed |= client_finish - R.arrival > self.timeout
+            client_first, client_finish = client_first.copy(), client_finish.copy()
+            client_first[failed], client_finish[failed] = np.nan, np.nan
         columns = {
             "request_id": self.df["request_id"].to_numpy(),
             "replica": R.replica,
@@ -280,6 +346,7 @@ class Simulation:
             "client_first_s": client_first,
             "client_finish_s": client_finish,
             "preemptions": R.preempt,
+            "failed": failed,
         }
         if "prefix_id" in self.df:
             columns |= {"prefix_id": R.prefix_id, "prefix_tokens": R.prefix_tokens}

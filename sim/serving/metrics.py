@@ -47,7 +47,8 @@ Inputs follow the serving simulator's data contract:
 - ``requests``: one row per request with ``request_id``, ``replica``, ``arrival_s``, ``input_tokens``,
   ``output_tokens``, ``scheduled_s``, ``first_token_s``, ``finish_s`` (NaN when the request never finished),
   ``preemptions``, optionally ``engine_arrival_s``, ``client_first_s``, ``client_finish_s`` (default: the
-  engine's times, no request path) and ``cached_tokens`` (prompt tokens found in the prefix cache), and the
+  engine's times, no request path; NaN for a request whose client gave up, ``failed``: the client's timeout,
+  `sim.serving.workload`) and ``cached_tokens`` (prompt tokens found in the prefix cache), and the
   derived ``queue_s``, ``ttft_s``, ``tpot_s``, ``e2e_s``, ``engine_ttft_s``, ``engine_tpot_s``,
   ``engine_e2e_s`` (all times in s). Derived columns that are missing are computed here from the raw ones.
 - ``itl``: every inter-token latency of every request, s (a flat array, no request ids).
@@ -128,6 +129,7 @@ def ttft_basis(stream: bool) -> str:
 SUMMARY_KEYS: dict[str, str] = {
     "requests": "requests in the input, finished or not (count)",
     "completed": "requests that finished (count)",
+    "failed": "requests whose client gave up before their last chunk arrived (workload.timeout_s; count)",
     **{
         f"{lat}_{stat}_s": f"{stat_doc} of {lat_doc} over completed requests after warm-up"
         for lat, lat_doc in _LATENCIES.items()
@@ -410,7 +412,8 @@ def latency_summary(
     if n_warm:
         order = np.argsort(arrival, kind="stable")
         keep[order[:n_warm]] = False
-    out: dict[str, float | int] = {"requests": n, "completed": completed}
+    failed = int(np.asarray(req["failed"], bool).sum()) if "failed" in req.columns else 0
+    out: dict[str, float | int] = {"requests": n, "completed": completed, "failed": failed}
     for lat in _LATENCIES:
         values = np.asarray(itl, dtype=float) if lat == "itl" else _f(req[f"{lat}_s"])[keep]
         for stat, v in percentiles(values).items():

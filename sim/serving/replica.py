@@ -133,6 +133,8 @@ class _Requests:
         self.prefix_id = df["prefix_id"].to_numpy(np.int64) if "prefix_id" in df else np.full(n, -1, np.int64)
         self.prefix_tokens = df["prefix_tokens"].to_numpy(np.int64) if "prefix_tokens" in df else np.zeros(n, np.int64)
         self.cached = np.zeros(n, np.int64)  # tokens found in the prefix cache at the first admission
+        # the client gave up on it (its timeout, `sim.serving.workload`) before the engine finished it
+        self.failed = np.zeros(n, bool)
         self.shared = np.zeros(n, np.int64)  # KV blocks the request uses from the prefix cache (not its own)
         self.pref = np.full(n, -1, np.int64)  # the cached prefix it references (-1: none)
 
@@ -169,6 +171,7 @@ class Replica:
             stages = est.stage_seconds()
             self.stage_share = max(stages) / sum(stages)
         self.in_run = False  # inside a folded decode run, which a submitted request cuts short
+        self.aborting: set[int] = set()  # requests whose client gave up, dropped at the next step boundary
         self.run_submits: list[float] = []  # when requests were submitted during the current run, s
         #: the scheduler decides a step while the previous one runs (see the module docstring)
         self.overlap = bool(profile.overlap) if profile is not None else False
@@ -191,6 +194,32 @@ class Replica:
                 self.proc.interrupt()
         if not self.wake.triggered:
             self.wake.succeed()
+
+    def abort(self, rid: int) -> None:
+        """The client of request ``rid`` gave up (its timeout): a waiting request leaves the queue now; a running one
+        finishes the step in progress and is dropped before the next (vLLM and SGLang handle aborts between steps),
+        its KV blocks freed. A folded decode run ends after the step in progress, as for an unforeseen request."""
+        if rid in self.waiting:
+            self.waiting.remove(rid)
+            return
+        if rid not in self.running:  # finished, handed off, or not here
+            return
+        self.aborting.add(rid)
+        if self.in_run:
+            self.in_run = False
+            self.proc.interrupt()
+        elif not self.wake.triggered:
+            self.wake.succeed()
+
+    def _drop_aborted(self) -> None:
+        """Drop the aborted requests that no step in flight holds: their KV blocks and prefix-cache holds freed."""
+        for rid in sorted(self.aborting):
+            if rid in self.in_flight:
+                continue
+            self.aborting.discard(rid)
+            if rid in self.running:
+                self._release(rid)
+                self.running.remove(rid)
 
     def _blocks(self, tokens: np.ndarray) -> np.ndarray:
         return self.cap.blocks(tokens, self.eng.block_size)  # chunked-local layers hold their chunk only
@@ -353,6 +382,8 @@ class Replica:
     def loop(self):
         R = self.sim.req
         while True:
+            if self.aborting:
+                self._drop_aborted()
             cutoff = self._cutoff()
             ids, alloc = self._schedule(cutoff)
             if not ids.size and self.waiting and cutoff < self.env.now:  # nothing decided ahead: decide now

@@ -34,7 +34,11 @@ workload_in_folder_name                      the workload in the run's folder na
                                              the workload instead of the label (`_lite_folder`)
 per_request_file                             parquet or CSV (path relative to RUNS.csv) with arrival_time_ms,
                                              input_tokens, output_tokens, has_error (and e2e_ms, ttft_ms):
-                                             replayed, failed requests left out
+                                             replayed; failed requests too when the client's timeout is known
+                                             (their lengths from the prompt set, see below), else left out
+client_timeout_s                             the load generator's total timeout per request, s (empty: 300 s
+                                             when load_generator is inference-perf, aiohttp's default; else
+                                             none): the simulator's clients give up as the measured ones did
 stage_rates_req_per_s                        ``8;20``: Poisson load stages (without per_request_file)
 stage_durations_s                            ``600;600``
 input_len_mean_tokens                        mean prompt length of a staged workload
@@ -48,7 +52,8 @@ resolved_sp_num_prompts_per_group            groups x prompts_per_group prompts,
                                              finds its whole prompt's full blocks cached
 sp_output_len_tokens, ignore_eos             the client's ``max_tokens`` and ``ignore_eos``: when both are set the
                                              engine generated ``max_tokens`` for every request (see below)
-n_requests_failed                            > 0 marks the run overloaded (client time-outs)
+n_requests_failed                            > 0 marks the run overloaded (client time-outs); set against the
+                                             simulator's failed requests (`sim.serving.workload` timeout_s)
 e2e_mean_ms, ttft_mean_ms          yes       measured mean end-to-end latency and time to first token
 tpot_derived_mean_ms                         (mean e2e - mean TTFT) / (mean output - 1): the per-token decode
                                              time ("ITL" in reports)
@@ -59,7 +64,14 @@ A row's workload is, in order: the replayed ``per_request_file``; else the stage
 label's profile (`LABEL_PROFILES`, an assumption that the report names). Predicted metrics are computed exactly as
 the measured ones: means and P90s over completed requests, ITL as the ratio of means above.
 
-A run with failed requests is overloaded: it is reported but left out of the error summary.
+A run with failed requests is overloaded: it is reported but left out of the error summary. Its clients gave up
+(inference-perf: aiohttp's total timeout of 300 s), so the simulated clients give up after the same time
+(``workload.timeout_s``) and the discrete-event engine aborts those requests as vLLM does: the report sets the
+simulator's failed requests and the arrival of the first against the measured ones, and a run counts as predicted
+overloaded when the simulator failed requests too. A replayed run then replays its failed requests as well (they were
+sent and loaded the engine until they were aborted): a failed row records no lengths, so it takes its prompt's (the
+same prompt of the set, below) or the mean successful prompt, and the generated length (``max_tokens`` under
+ignore_eos, else the mean successful output).
 
 The prompt set of inference-perf's shared_prefix dataset (kubernetes-sigs/inference-perf@
 inference_perf/datagen/shared_prefix_datagen.py: ``_generate_prompts`` builds num_groups x num_prompts_per_group
@@ -216,6 +228,12 @@ def _lite_folder(label: Any, folder: Any) -> bool:
 
 
 #: Metrics compared: key -> (label, measured column). ITL is the per-output-token decode time.
+#: inference-perf's client timeout when its ``timeout`` is not set: aiohttp's default total timeout, s
+#: (kubernetes-sigs/inference-perf@inference_perf/client/modelserver/openai_client.py passes aiohttp's sentinel,
+#: so aiohttp's ``ClientTimeout(total=5 * 60)`` applies; the reference runs' failed requests end 300.0-301.0 s after
+#: they were sent).
+INFERENCE_PERF_TIMEOUT_S = 300.0
+
 METRICS: dict[str, tuple[str, str]] = {
     "e2e_mean_ms": ("mean E2E", "e2e_mean_ms"),
     "ttft_mean_ms": ("mean TTFT", "ttft_mean_ms"),
@@ -269,6 +287,8 @@ class Run:
             prompts per group), 0 when unknown.
         max_tokens: output tokens the engine generated per request when the client sent ``ignore_eos`` with a
             fixed ``max_tokens`` (``sp_output_len_tokens``), else None (the recorded lengths are what it generated).
+        client_timeout_s: the load generator's total timeout per request, s (None: none known).
+        failed: measured failed requests (count).
     """
 
     run_id: str
@@ -288,6 +308,8 @@ class Run:
     notes: tuple[str, ...] = ()
     prompt_set: int = 0  # distinct prompts the load generator cycles through (0: unknown)
     max_tokens: int | None = None  # tokens generated per request under ignore_eos (None: the recorded lengths)
+    client_timeout_s: float | None = None  # the load generator's total timeout per request, s
+    failed: float = 0.0  # measured failed requests
 
 
 def _cell(row: pd.Series, col: str) -> Any:
@@ -527,6 +549,12 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         if mean_in:
             engine["prefix_hit_rate"] = round(min(hit_tokens / mean_in, 1.0), 4)
     failed = _number(row, "n_requests_failed", where, positive=False) or 0.0
+    timeout = _number(row, "client_timeout_s", where)
+    generator = str(_cell(row, "load_generator") or "").strip().lower()
+    if timeout is None and generator == "inference-perf":
+        timeout = INFERENCE_PERF_TIMEOUT_S
+        if failed:
+            notes.append(f"client timeout {timeout:g} s: inference-perf's default (aiohttp's total timeout)")
     # with ignore_eos the engine generates max_tokens for every request; the recorded output lengths are the
     # client's re-tokenised count of the streamed text, which can be shorter (module docstring)
     max_out = _number(row, "sp_output_len_tokens", where, integer=True)
@@ -551,6 +579,8 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         notes=tuple(notes),
         prompt_set=prompt_set,
         max_tokens=generated,
+        client_timeout_s=timeout,
+        failed=failed,
     )
 
 
@@ -611,30 +641,47 @@ def _per_request_mean_input(path: Path | None) -> float | None:
 def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd.DataFrame:
     """The requests a run replays, in arrival order.
 
-    Columns: arrival_s (s from the first), input_tokens, output_tokens, stage (0-based load stage), and, from a
-    per-request file, the measured e2e_ms and ttft_ms (NaN without one). Failed requests of a per-request file are
-    left out (the measured latencies cover successes only); output_tokens is what the engine generates (the run's
+    Columns: arrival_s (s from the first), input_tokens, output_tokens, stage (0-based load stage), measured_failed
+    (the client gave up on it), and, from a per-request file, the measured e2e_ms and ttft_ms (NaN without one).
+    Failed requests of a per-request file are replayed when the run's client timeout is known (the engine served
+    them until it aborted them; their lengths, which the file does not record, are their prompt's in the prompt set,
+    else the mean successful prompt, and the generated length), else left out (the measured latencies cover
+    successes only); output_tokens is what the engine generates (the run's
     ``max_tokens`` under ignore_eos, else the recorded length) and output_measured the recorded (client-counted)
     length that the metrics divide by. A staged workload draws Poisson arrivals per stage
     (seeded; the recorded inter-arrival CV is about 1) with the mean lengths. ``max_requests``: the first N.
     """
     if run.per_request is not None:
         df = _read_requests(run.per_request)
-        if "has_error" in df.columns:
-            df = df[~df["has_error"].astype(bool)]
+        bad = df["has_error"].astype(bool).to_numpy() if "has_error" in df.columns else np.zeros(len(df), bool)
+        if run.client_timeout_s is None or bad.all():
+            df, bad = df[~bad], bad[~bad]
         t = df["arrival_time_ms"].to_numpy(float) / 1e3
         sent = df["request_index"].to_numpy(np.int64) if "request_index" in df.columns else np.arange(len(df))
+        inp = df["input_tokens"].to_numpy(np.int64).copy()
+        rec_out = df["output_tokens"].to_numpy(np.int64)
+        gen = rec_out.copy()
+        if bad.any():  # a failed row records no lengths: its prompt's (the same prompt of the set), else the mean
+            fill = np.full(len(df), round(float(inp[~bad].mean())), np.int64)
+            if run.prompt_set:
+                pid = sent % run.prompt_set
+                ok_len = pd.Series(inp[~bad]).groupby(pid[~bad]).min()
+                known = pd.Series(pid).map(ok_len).to_numpy(float)
+                fill = np.where(np.isfinite(known), np.nan_to_num(known), fill).astype(np.int64)
+            inp[bad] = fill[bad]
+            gen[bad] = round(float(rec_out[~bad].mean()))
         out = pd.DataFrame(
             {
                 "sent": sent,
                 "arrival_s": t - (t.min() if len(t) else 0.0),
-                "input_tokens": np.maximum(df["input_tokens"].to_numpy(np.int64), 1),
-                "output_tokens": np.maximum(df["output_tokens"].to_numpy(np.int64), 1)
+                "input_tokens": np.maximum(inp, 1),
+                "output_tokens": np.maximum(gen, 1)
                 if run.max_tokens is None
                 else np.full(len(df), run.max_tokens, np.int64),
-                "output_measured": df["output_tokens"].to_numpy(np.int64),
-                "e2e_ms": df["e2e_ms"].to_numpy(float) if "e2e_ms" in df.columns else np.nan,
-                "ttft_ms": df["ttft_ms"].to_numpy(float) if "ttft_ms" in df.columns else np.nan,
+                "output_measured": rec_out,
+                "e2e_ms": np.where(bad, np.nan, df["e2e_ms"].to_numpy(float)) if "e2e_ms" in df.columns else np.nan,
+                "ttft_ms": np.where(bad, np.nan, df["ttft_ms"].to_numpy(float)) if "ttft_ms" in df.columns else np.nan,
+                "measured_failed": bad,
             }
         )
         edges = np.cumsum([d for _, d in run.stages]) if run.stages else np.array([])
@@ -649,6 +696,7 @@ def run_requests(run: Run, max_requests: int | None = None, seed: int = 0) -> pd
             start += dur
         out = pd.concat(parts, ignore_index=True)
         out["sent"] = np.arange(len(out))
+        out["measured_failed"] = False  # not known per request
         out["input_tokens"] = max(round(run.input_mean), 1)
         out["output_tokens"] = run.max_tokens or max(round(run.output_mean), 1)
         out["output_measured"] = max(round(run.output_mean), 1)
@@ -709,7 +757,8 @@ def scenario_for(run: Run, trace: str, profile: str | None = None, host: dict[st
         "layout": {"tp": run.tp},
         "replicas": run.dp,
         "engine": engine,
-        "workload": {"trace": str(trace)},
+        "workload": {"trace": str(trace)}
+        | ({"timeout_s": run.client_timeout_s} if run.client_timeout_s is not None else {}),
     }
 
 
@@ -722,6 +771,8 @@ class Prediction:
     reason: str = ""
     wall_s: float = 0.0
     kv_blocks: float = math.nan  # moesim's KV-cache capacity of one replica, blocks
+    failed: float = math.nan  # requests whose client gave up (NaN: the engine does not model the timeout)
+    first_failed_s: float = math.nan  # arrival of the first of them, s from the first request
 
 
 def write_trace_csv(req: pd.DataFrame, path: Path) -> Path:
@@ -763,12 +814,23 @@ def predict(
         res = run_scenario(sc, "des", cost_model=cost_model, base_dir=trace.parent)
         r = res.requests.sort_values("request_id")
         m = latency_metrics(r["e2e_s"].to_numpy(float) * 1e3, r["ttft_s"].to_numpy(float) * 1e3, out)
-        done = int(r["finish_s"].notna().sum())
-        over = done < len(r)
-        reason = f"{len(r) - done} requests unfinished" if over else ""
+        failed = r["failed"].to_numpy(bool) if "failed" in r else np.zeros(len(r), bool)
+        done = int((r["finish_s"].notna().to_numpy() | failed).sum())
+        over = done < len(r) or bool(failed.any())
+        reason = "; ".join(
+            x
+            for x in (
+                f"{len(r) - done} requests unfinished" if done < len(r) else "",
+                f"{int(failed.sum()):,} of {len(r):,} requests timed out at the client ({run.client_timeout_s:g} s)"
+                if failed.any()
+                else "",
+            )
+            if x
+        )
         caps = res.sim.capacities if res.sim is not None else {}
         kv = float(next(iter(caps.values())).kv_blocks) if caps else math.nan
-        return Prediction(m, over, reason, time.perf_counter() - t0, kv)
+        first = float(r["arrival_s"].to_numpy(float)[failed].min()) if failed.any() else math.nan
+        return Prediction(m, over, reason, time.perf_counter() - t0, kv, float(failed.sum()), first)
     if engine != "analytical":
         raise MoesimError(f"unknown engine {engine!r}", "use des or analytical")
     from moesim.sim.serving.analytical import Analytical
@@ -809,7 +871,11 @@ class Validation:
         rows: one row per run: run_id, model, gpu, tp, status (``ok``, ``overloaded``: the measured run had
             failed requests, ``error``), note, ``measured_<metric>``, ``predicted_<metric>``, ``error_<metric>``
             (relative: predicted / measured - 1), predicted_overloaded (the simulator saw the run overloaded:
-            unfinished requests, or an analytical stage past saturation), requests, subsampled, wall_s,
+            requests its clients gave up on or unfinished, or an analytical stage past saturation),
+            measured_failed and predicted_failed (requests whose client gave up; predicted NaN where the engine does
+            not model the client's timeout), measured_first_failed_s and predicted_first_failed_s (the arrival of
+            the first of them, s from the first request; measured only from a per-request file), requests,
+            subsampled, wall_s,
             kv_blocks_moesim and kv_blocks_recorded (KV-cache blocks per replica).
         summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, counts, and
             ``overload``: runs overloaded as measured, as predicted, and both.
@@ -885,6 +951,12 @@ def validate(
                 rec[f"measured_{key}"], rec[f"predicted_{key}"] = m, p
                 rec[f"error_{key}"] = p / m - 1 if m > 0 and math.isfinite(p) else math.nan
             rec["predicted_overloaded"] = pred.overloaded
+            mf = req["measured_failed"].to_numpy(bool) if "measured_failed" in req else np.zeros(len(req), bool)
+            rec["measured_failed"] = float(mf.sum()) if mf.any() else run.failed
+            rec["predicted_failed"] = pred.failed
+            arr = req["arrival_s"].to_numpy(float)
+            rec["measured_first_failed_s"] = float(arr[mf].min()) if mf.any() else math.nan
+            rec["predicted_first_failed_s"] = pred.first_failed_s
             if pred.overloaded:
                 notes.insert(0, f"simulator: overloaded ({pred.reason})")
             elif run.overloaded:

@@ -37,6 +37,17 @@ is short for ``{dist: fixed, value: N}``):
 
 ``max_input`` / ``max_output`` clip every length, synthetic or replayed.
 
+The client's timeout (``timeout_s``; None: the client waits as long as it takes): a request whose last chunk has
+not reached the client ``timeout_s`` after it was sent fails. The client closes the connection, and the engine
+aborts the request at its next step: its KV cache is freed, and it leaves the queue if it was still waiting (vLLM
+and SGLang abort a request whose client disconnects). This is aiohttp's total timeout, which inference-perf leaves at
+aiohttp's default of 300 s unless its ``timeout`` is set (kubernetes-sigs/inference-perf@inference_perf/client/
+modelserver/openai_client.py: ``aiohttp.ClientTimeout(total=timeout)`` if set, else aiohttp's default
+``ClientTimeout(total=300)``; the reference runs of ``vllm-e2e-dense`` fail their requests 300.0-301.0 s after
+sending them); vLLM's benchmark client waits 6 hours (``AIOHTTP_TIMEOUT``, vllm-project/vllm@benchmarks/
+backend_request_func.py) and SGLang's ``bench_serving`` 20 hours. Failed requests are left out of the latency
+percentiles, as the benchmark clients leave them out (`sim.serving.metrics`).
+
 Shared prefixes (prefix caching): ``shared_prefix: {tokens: N, groups: G}`` gives G system prompts of
 N tokens; each request draws one (uniformly, seeded, after its lengths) and its prompt is that prefix
 followed by its ``input`` tokens (as inference-perf's shared_prefix data generator builds prompts),
@@ -200,6 +211,7 @@ class Workload(BaseModel):
         time_scale: replay speed-up; trace arrival times are divided by it.
         max_input, max_output: clip on every prompt / output length, tokens.
         shared_prefix: shared prompt prefixes (`SharedPrefix`); the prompt is the prefix plus ``input`` tokens.
+        timeout_s: the client's total timeout per request, s (None: none; see the module docstring).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -219,6 +231,7 @@ class Workload(BaseModel):
     max_input: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_output: int | None = Field(None, ge=1, le=MAX_TOKENS)
     shared_prefix: SharedPrefix | None = None
+    timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
