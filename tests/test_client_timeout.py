@@ -6,6 +6,7 @@ past its capacity so that requests wait longer than the client's timeout.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moesim.dashboard.cli import main
 from moesim.model.errors import MoesimError
 from moesim.sim.serving.engine import Simulation
 from moesim.sim.serving.serve import load, run
@@ -213,3 +215,13 @@ def test_a_bad_client_timeout_is_one_error_line(tmp_path):
     path = _runs(tmp_path, None, timeout=-1.0)
     with pytest.raises(MoesimError, match="client_timeout_s"):
         read_runs(path)
+
+
+def test_validate_cli_shows_failed_requests(tmp_path, capsys):
+    path = _runs(tmp_path, "inference-perf", timeout=10.0)
+    code = main(["validate", str(path), "--engine", "des", "--out", str(tmp_path / "v")])
+    text = capsys.readouterr().out
+    assert code == 0 and "overloaded (failed 40 / " in " ".join(text.split())
+    code = main(["validate", str(path), "--engine", "des", "--out", str(tmp_path / "v2"), "--json"])
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert code == 0 and row["measured_failed"] == 40 and row["predicted_failed"] > 0

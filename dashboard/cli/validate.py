@@ -163,14 +163,19 @@ def validate(
         for key in ("e2e_mean_ms", "ttft_mean_ms", "itl_mean_ms"):
             m, p = r.get(f"measured_{key}"), r.get(f"predicted_{key}")
             cells.append(f"{m:,.1f} / {p:,.1f} ({p / m - 1:+.0%})" if isinstance(p, float) and m and p == p else "-")
-        t.add_row(str(r["run_id"])[:40], str(r["status"]), *cells, str(r.get("note") or "")[:80])
+        status = str(r["status"])
+        mf, pf = r.get("measured_failed"), r.get("predicted_failed")
+        if status == "overloaded" and isinstance(mf, float) and mf == mf:  # failed requests, measured / predicted
+            pred = f" / {pf:,.0f}" if isinstance(pf, float) and pf == pf else ""
+            status += f" (failed {mf:,.0f}{pred})"
+        t.add_row(str(r["run_id"])[:40], status, *cells, str(r.get("note") or "")[:80])
     out.print(t)
     out.print(_table(res.summary, f"error over {res.summary['runs_compared']} runs (overloaded and failed left out)"))
     ov = res.summary.get("overload")
     if ov and (ov["measured"] or ov["predicted"]):
         out.print(
             f"overloaded: {ov['measured']} measured, {ov['predicted']} predicted, {ov['both']} both "
-            "(predicted_overloaded in runs.csv)"
+            "(predicted_overloaded in runs.csv; the discrete-event engine fails requests past the client's timeout)"
         )
     out.print(f"wrote {out_dir}/ (runs.csv, summary.json, {'predicted_vs_measured.png, ' if plot else ''}scenarios/)")
 
