@@ -426,6 +426,7 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
             "cost_model": COST_MODEL,
             "requests": _INT,
             "completed": _INT,
+            "failed": _NUM_OR_NULL,
             **_LATENCY,
             "throughput_req_s": _NUM,
             "throughput_tok_s": _NUM,
