@@ -12,14 +12,16 @@ has arrived (`sim.serving.validate.INFERENCE_PERF_TIMEOUT_S`), and vLLM aborts i
 
 Each goes through ``moesim validate --engine des`` as a user's RUNS.csv row would: the simulated clients give up
 after the same 300 s (``workload.timeout_s``) and the discrete-event engine aborts their requests; the failed
-requests of a per-request file are replayed too (they loaded the engine until they were aborted). "Before" is what
+requests of a per-request file are replayed too (they loaded the engine until they were aborted). The analytical
+engine ("analytical, now") runs the same rows: its slot recursion takes the clients' deadlines
+(`sim.serving.analytical.fifo_aborts`). "Before" is what
 ``moesim validate`` did until 2026-12-06: failed requests left out of the replay and no client timeout, so a run
 counted as predicted overloaded only with unfinished requests, which the discrete-event engine never leaves.
 
 Cost models: ``achievable`` (no tables) and, when ``../shared/data/aiconfigurator-h100-sxm`` is present, the
 calibrated model of section 29 (our H100 tables and AIConfigurator's vLLM kernels).
 
-Run: ``python -m benchmarks.overload [--print]`` (about five minutes); without ``--print`` it writes section 31
+Run: ``python -m benchmarks.overload [--print]`` (about six minutes); without ``--print`` it writes section 31
 of RESULTS.md.
 """
 
@@ -94,11 +96,11 @@ def bench() -> tuple[str, dict[str, Any]]:
         runs = read_runs(path)
         before = [dataclasses.replace(r, client_timeout_s=None) for r in runs]
         for label, cm in models:
-            for when, rs in (("before", before), ("now", runs)):
+            for engine, when, rs in (("des", "before", before), ("des", "now", runs), ("analytical", "now", runs)):
                 t1 = time.perf_counter()
-                res = validate(rs, work / f"{label[:10]}-{when}", "des", cm)
-                _log(f"{label} / {when}: {time.perf_counter() - t1:.0f} s")
-                stats[f"{label} / {when}"] = res.rows.to_dict(orient="records")
+                res = validate(rs, work / f"{label[:10]}-{engine}-{when}", engine, cm)
+                _log(f"{label} / {engine} / {when}: {time.perf_counter() - t1:.0f} s")
+                stats[f"{label} / {engine} / {when}"] = res.rows.to_dict(orient="records")
                 for r in res.rows.to_dict(orient="records"):
                     cells = [
                         f"{_fmt(r.get(f'measured_{k}'), spec)} / {_fmt(r.get(f'predicted_{k}'), spec)}"
@@ -108,7 +110,7 @@ def bench() -> tuple[str, dict[str, Any]]:
                         for k in ("e2e_mean_ms", "ttft_mean_ms")
                     ]
                     over = "yes" if r.get("predicted_overloaded") else "no"
-                    table.append(f"| {label} | {when} | {r['run_id']} | {' | '.join(cells)} | {over} |")
+                    table.append(f"| {label} | {engine}, {when} | {r['run_id']} | {' | '.join(cells)} | {over} |")
     wall = time.perf_counter() - t0
     out = [
         TITLE,
@@ -118,7 +120,7 @@ def bench() -> tuple[str, dict[str, Any]]:
         "from the first request (measured only with a per-request file); E2E and TTFT: means over the requests that "
         "did not fail, s; overloaded: whether the simulator failed requests too (the measured runs all did).",
         "",
-        "| cost model | validate | run | failed | first failed (s) | mean E2E (s) | mean TTFT (s) | overloaded |",
+        "| cost model | engine, code | run | failed | first failed (s) | mean E2E (s) | mean TTFT (s) | overloaded |",
         "|---|---|---|---|---|---|---|---|",
         *table,
         "",

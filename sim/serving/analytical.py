@@ -37,6 +37,13 @@ replica with service time t_prefill(L_in) (TTFT = wait + service); the decode
 pool runs the decode-only fixed point; the KV transfer adds bytes / bandwidth.
 Closed-loop workloads iterate lambda = concurrency / (E2E + think).
 
+The client's timeout (``workload.timeout_s``, `sim.serving.workload`), for an open loop on a mixed pool: the FIFO
+recursion for the running set's slots runs with the clients' deadlines (`fifo_aborts`), as the discrete-event
+engine aborts requests: a request still waiting at its deadline never gets a slot, and one admitted too late holds
+its slot until its deadline and fails. Past saturation the slot waits then grow with the arrivals instead of being
+left out. A failed request has no latencies (NaN) and counts in the summary's ``failed``. A closed loop or a
+disaggregated deployment does not model the timeout (``failed`` NaN).
+
 A workload holding a request that cannot fit (context, one replica's KV cache, an unchunked
 prompt over the step budget) is refused before solving, by the same check as the DES
 (`sim.serving.capacity.check_requests_fit`).
@@ -47,6 +54,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -317,6 +325,58 @@ def fifo_waits(arrivals_s: np.ndarray, hold_s: np.ndarray, slots: int) -> np.nda
     return waits
 
 
+def fifo_aborts(
+    arrivals_s: np.ndarray, hold_s: np.ndarray, slots: int, timeout_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fifo_waits` with every client giving up ``timeout_s`` s after its arrival: (each request's wait for a slot,
+    s [requests]; whether it failed [requests]), in the order of ``arrivals_s``.
+
+    As the discrete-event engine aborts them (`sim.serving.replica.Replica.abort`): a request whose deadline comes
+    before a slot frees never takes one (the slot stays free for the next); one admitted that would still be running
+    at its deadline fails and frees its slot then. The failed requests' waits are up to their deadline.
+    O(n log slots)."""
+    n = len(arrivals_s)
+    waits, failed = np.zeros(n), np.zeros(n, bool)
+    if n == 0:
+        return waits, failed
+    if slots <= 0:
+        return np.full(n, float(timeout_s)), np.ones(n, bool)
+    order = np.argsort(arrivals_s, kind="stable")
+    t, h = np.asarray(arrivals_s, float)[order], np.asarray(hold_s, float)[order]
+    free = [-math.inf] * slots
+    w, f = np.zeros(n), np.zeros(n, bool)
+    for i in range(n):
+        deadline = t[i] + timeout_s
+        first = heapq.heappop(free)
+        start = max(t[i], first)
+        if start >= deadline:  # gave up in the queue: the slot is still free
+            heapq.heappush(free, first)
+            w[i], f[i] = deadline - t[i], True
+            continue
+        end = start + h[i]
+        if end > deadline:  # aborted while running: the slot frees at the deadline
+            end, f[i] = deadline, True
+        w[i] = start - t[i]
+        heapq.heappush(free, end)
+    waits[order], failed[order] = w, f
+    return waits, failed
+
+
+def replica_aborts(
+    arrivals_s: np.ndarray, hold_s: np.ndarray, servers: int, replicas: int, round_robin: bool, timeout_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`replica_waits` with the clients' timeout (`fifo_aborts`): (waits s, failed) [requests]."""
+    hold = np.broadcast_to(hold_s, np.shape(arrivals_s))
+    if replicas == 1 or not round_robin:
+        return fifo_aborts(arrivals_s, hold, servers * replicas, timeout_s)
+    order = np.argsort(arrivals_s, kind="stable")
+    waits, failed = np.zeros(len(order)), np.zeros(len(order), bool)
+    for k in range(replicas):
+        idx = order[k::replicas]
+        waits[idx], failed[idx] = fifo_aborts(arrivals_s[idx], hold[idx], servers, timeout_s)
+    return waits, failed
+
+
 def _slot_wait(
     s: PoolState,
     ttft: np.ndarray,
@@ -328,8 +388,10 @@ def _slot_wait(
     mean_out: float,
     arrivals_s: np.ndarray | None = None,
     round_robin: bool = False,
-) -> np.ndarray | float:
-    """The wait (s) of a mixed pool's arrivals for a slot of the running set at ``rate`` req/s per replica.
+    timeout_s: float | None = None,
+) -> tuple[np.ndarray | float, np.ndarray | None]:
+    """The wait (s) of a mixed pool's arrivals for a slot of the running set at ``rate`` req/s per replica, and which
+    requests fail (None: the clients' timeout not modelled).
 
     A request holds a slot from admission to its last token (``ttft`` [requests] s, engine side, plus its decode
     steps); the running set holds ``max_batch`` requests, or the requests the KV cache fits at mean prompt plus
@@ -344,7 +406,8 @@ def _slot_wait(
     through 128 slots with the measured holds gives its measured TTFT (mean 126 vs 121 ms, P99 1031 vs 987 ms) where
     the M/G/c gives a 7 ms wait. Several replicas: each its own queue of every ``replicas``-th arrival
     (``round_robin``), else one queue of all their slots (the least-loaded router pools them). Without arrivals
-    (a closed loop), the mean wait of the M/G/c approximation (`slot_wait`).
+    (a closed loop), the mean wait of the M/G/c approximation (`slot_wait`). With the clients' ``timeout_s`` and
+    arrivals, the recursion with their deadlines (`fifo_aborts`), also past saturation.
     """
     hold = ttft + np.maximum(out - 1, 0) * s.tau
     slots = min(pool.engine.max_batch, int(kv_tokens // max(mean_in + mean_out, 1.0)))
@@ -352,10 +415,13 @@ def _slot_wait(
     if busy >= slots:
         if not s.overloaded:
             s.overloaded, s.reason = True, f"requests need {busy:.0f} slots of the running set, it has {slots}"
-        return 0.0
+        if timeout_s is None or arrivals_s is None:
+            return 0.0, None
     if arrivals_s is None:
-        return slot_wait(slots, busy, float(hold.mean()), float(hold.var() / hold.mean() ** 2))
-    return replica_waits(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin)
+        return slot_wait(slots, busy, float(hold.mean()), float(hold.var() / hold.mean() ** 2)), None
+    if timeout_s is not None:
+        return replica_aborts(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin, timeout_s)
+    return replica_waits(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin), None
 
 
 def replica_waits(
@@ -495,8 +561,9 @@ class Analytical:
         built, pools, caps, timers = self.built, self.pools, self.caps, self.timers
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         states = {}
+        failed = None
         if "mixed" in pools:
-            s, ttft, tpot = self._mixed(rate, arrivals_s)
+            s, ttft, tpot, failed = self._mixed(rate, arrivals_s)
             states["mixed"], transfer, batch = s, 0.0, s.batch
         else:
             pp, dp = pools["prefill"], pools["decode"]
@@ -547,14 +614,17 @@ class Analytical:
             first_batch_s=h["stream_per_seq_s"] * batch,
             finish_batch_s=h["stream_per_seq_s"] * batch,
         )
+        if failed is not None:
+            ttft, e2e = _drop_failed(ttft, e2e, failed, built.workload.timeout_s)
         return states, ttft, e2e, tpot
 
     def _mixed(
         self, rate: float, arrivals_s: np.ndarray | None = None
-    ) -> tuple[PoolState, np.ndarray, float | np.ndarray]:
+    ) -> tuple[PoolState, np.ndarray, float | np.ndarray, np.ndarray | None]:
         """The mixed pool at ``rate`` req/s (`solve`): its state, each request's engine-side TTFT [requests] s (slot
         wait, prefill queue and its own prompt chunks) and TPOT, s: one for all, or [requests] where the arrivals
-        are replayed (each request decoding through the prompts prefilled meanwhile, `prefill_work.decode_spans`)."""
+        are replayed (each request decoding through the prompts prefilled meanwhile, `prefill_work.decode_spans`),
+        and which requests' clients gave up ([requests]; None: the timeout not modelled, `_slot_wait`)."""
         built, caps, timers = self.built, self.caps, self.timers
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         p = self.pools["mixed"]
@@ -601,8 +671,9 @@ class Analytical:
                         spans[i] = decode_spans(arr[i] + queued[i], service[i], x_i, out[i], s.t_decode)
                     tpot = np.where(out > 1, spans / np.maximum(out - 1, 1), s.tau)
             ttft = wait + lag + service
-        ttft = ttft + _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr)
-        return s, ttft, tpot
+        timeout = built.workload.timeout_s
+        slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
+        return s, ttft + slot, tpot, failed
 
     def _mean_form(self, timer: StepTimer, pool: Pool, batch: float) -> tuple[float, float]:
         """(decode step s, prefill time per request beyond its decode steps s) of the mean prompt at ``batch``
@@ -706,10 +777,22 @@ class Analytical:
             ok &= (tpot <= slo.tpot_s) | (out <= 1)
         stats = {"ttft": percentiles(ttft), "tpot": _tpot_stats(tpot, out)}
         stats["e2e"] = percentiles(e2e)
-        summary = self._summary(rate, states, stats, float(ok.mean()), float(np.mean(e2e)), per_s, basis)
+        summary = self._summary(rate, states, stats, float(ok.mean()), float(np.nanmean(e2e)), per_s, basis)
+        summary["failed"], summary["completed"] = self._failed(e2e)
         summary["step_breakdown"] = self.breakdown(states)
         summary["wall_s"] = time.perf_counter() - t0
         return summary
+
+    def _failed(self, e2e: np.ndarray) -> tuple[float, int]:
+        """(requests whose client gave up, requests completed) of one rate's E2E [requests] s: NaN failed where the
+        timeout is not modelled (no timeout: 0; a closed loop or a disaggregated deployment: NaN), see `solve`."""
+        n = len(e2e)
+        if self.built.workload.timeout_s is None:
+            return 0, n
+        if self.arrivals is None or "mixed" not in self.pools:
+            return math.nan, n
+        failed = int(np.isnan(e2e).sum())
+        return failed, n - failed
 
     def _price(self) -> tuple[float, str]:
         """USD per GPU-second of the deployment's GPU and its basis (NaN and why, when it has no price)."""
@@ -736,9 +819,7 @@ class Analytical:
         main = states.get("mixed") or states["decode"]
         bw, peak = gpu.bandwidth(), gpu.peak(built.precision.gemm_compute_dtype(gpu.peak_flops))
         summary: dict[str, Any] = {"engine": "analytical", "requests": len(self.inp), "completed": len(self.inp)}
-        # the steady state has no clients giving up: the client's timeout is the discrete-event engine's (NaN: not
-        # modelled here; past capacity the summary says overloaded instead)
-        summary["failed"] = 0 if built.workload.timeout_s is None else math.nan
+        summary["failed"] = 0  # the callers set it from the latencies (`_failed`)
         for name, values in stats.items():
             for k, v in values.items():
                 summary[f"{name}_{k}_s"] = v
@@ -830,11 +911,14 @@ class Analytical:
             ok &= (per_request <= slo.tpot_s) | (out <= 1)[None, :]
         att = ok.mean(axis=1)
         t_stats, e_stats = _row_percentiles(ttft), _row_percentiles(e2e)
-        mean_e2e = e2e.mean(axis=1)
+        with warnings.catch_warnings():  # a rate at which every client gave up: NaN, as `summary`
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_e2e = np.nanmean(e2e, axis=1)
         results = []
         for i, (rate, states) in enumerate(zip(rates, states_all, strict=True)):
             stats = {"ttft": t_stats[i], "tpot": _tpot_stats(tpot[i], out), "e2e": e_stats[i]}
             summary = self._summary(rate, states, stats, float(att[i]), mean_e2e[i], per_s, basis)
+            summary["failed"], summary["completed"] = self._failed(e2e[i])
             summary["step_breakdown"] = self._breakdown_fast(states)
             results.append(summary)
         wall = (time.perf_counter() - t0) / len(rates)
@@ -864,11 +948,13 @@ class Analytical:
         p = pools["mixed"]
         states_all: list[dict[str, PoolState]] = []
         rows, tpot = [], []
+        fails = []
         for rate in rates:
-            s, t, tp = self._mixed(rate)
+            s, t, tp, fl = self._mixed(rate)
             states_all.append({"mixed": s})
             rows.append(t)
             tpot.append(tp)
+            fails.append(fl)
         ttft = np.stack(rows)
         e2e = np.stack([t + 0.0 + np.maximum(self.out - 1, 0) * tp for t, tp in zip(rows, tpot, strict=True)])
         batch = np.array([st["mixed"].batch for st in states_all], float)[:, None]
@@ -885,6 +971,11 @@ class Analytical:
             first_batch_s=h["stream_per_seq_s"] * batch,
             finish_batch_s=h["stream_per_seq_s"] * batch,
         )
+        if any(fl is not None for fl in fails):
+            timeout = built.workload.timeout_s
+            for i, fl in enumerate(fails):
+                if fl is not None:
+                    ttft[i], e2e[i] = _drop_failed(ttft[i], e2e[i], fl, timeout)
         return states_all, ttft, e2e, tpot
 
     def _breakdown_fast(self, states: dict[str, PoolState]) -> dict[str, dict[str, Any]]:
@@ -954,6 +1045,18 @@ def _row_percentiles(a: np.ndarray) -> list[dict[str, float]]:
         {"mean": float(m), "p50": float(r[0]), "p90": float(r[1]), "p99": float(r[2])}
         for m, r in zip(means.tolist(), q.tolist(), strict=True)
     ]
+
+
+def _drop_failed(
+    ttft: np.ndarray, e2e: np.ndarray, failed: np.ndarray, timeout_s: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The client's TTFT and E2E [requests] s with NaN for the requests that failed: those the slot recursion failed
+    (``failed``) and those whose last chunk comes after the timeout (as the discrete-event engine counts them)."""
+    gone = np.asarray(failed, bool)
+    if timeout_s is not None:
+        with np.errstate(invalid="ignore"):
+            gone = gone | (e2e > timeout_s)
+    return np.where(gone, np.nan, ttft), np.where(gone, np.nan, e2e)
 
 
 def analyse(built: Built, seed: int | None = None) -> dict[str, Any]:

@@ -857,7 +857,15 @@ def predict(
             gpu_memo[role] = timer.gpu_results()
     m = latency_metrics(e2e * 1e3, ttft * 1e3, out)
     kv = float(next(iter(model.caps.values())).kv_blocks) if model.caps else math.nan
-    return Prediction(m, bool(reasons), "; ".join(reasons), time.perf_counter() - t0, kv)
+    failed, first = math.nan, math.nan
+    if run.client_timeout_s is not None and "mixed" in model.pools:  # the slot recursion's aborts (`fifo_aborts`)
+        gone = np.isnan(e2e)
+        failed = float(gone.sum())
+        first = float(arr[gone].min()) if gone.any() else math.nan
+        if gone.any():
+            reasons.append(f"{int(failed):,} of {n:,} requests timed out at the client ({run.client_timeout_s:g} s)")
+    over = bool(reasons)
+    return Prediction(m, over, "; ".join(reasons), time.perf_counter() - t0, kv, failed, first)
 
 
 # ---------------------------------------------------------------- a validation
@@ -873,10 +881,10 @@ class Validation:
             (relative: predicted / measured - 1), predicted_overloaded (the simulator saw the run overloaded:
             requests its clients gave up on or unfinished, or an analytical stage past saturation),
             measured_failed and predicted_failed (requests whose client gave up; predicted NaN where the engine does
-            not model the client's timeout), measured_first_failed_s and predicted_first_failed_s (the arrival of
-            the first of them, s from the first request; measured only from a per-request file), requests,
-            subsampled, wall_s,
-            kv_blocks_moesim and kv_blocks_recorded (KV-cache blocks per replica).
+            not model the client's timeout: the analytical engine's disaggregated pools), measured_first_failed_s
+            and predicted_first_failed_s (the arrival of the first of them, s from the first request; measured only
+            from a per-request file), requests, subsampled, wall_s, kv_blocks_moesim and kv_blocks_recorded
+            (KV-cache blocks per replica).
         summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, counts, and
             ``overload``: runs overloaded as measured, as predicted, and both.
     """
