@@ -14,9 +14,14 @@ setting that had to be guessed. Published figures (read from the sources, not re
   GBS 2048, five layouts with their step times (19.7, 17.6, 17.6, 24.2 and 29.0 s); its "Long Context" H100 table,
   16K sequences (CP1, the only row moesim can express: it has no context parallelism), TP4 PP8 VPP4 EP8, GBS 256:
   295 TFLOP/s per GPU with forced load balancing (237 dropless), Megatron's causal model FLOPs.
+- NVIDIA Megatron-Bridge's performance summary (NVIDIA-NeMo/Megatron-Bridge docs/performance-summary-archive.md,
+  26.04.01 NeMo container, DGX-H100 pre-training rows, forced balance, dropless), each run's settings read from its
+  performance recipe (scripts/performance/configs/...): Qwen3-30B-A3B on 16 H100 (FP8, EP16, 8,960 tokens/s per
+  GPU), Qwen3-235B-A22B on 256 H100 (FP8, TP2 PP8 VP4 EP32, GBS 8192, 1,712) and gpt-oss-120b on 64 H100 (BF16,
+  PP4 EP8, 5,824). Held out: added after the model's mechanisms were built, none of them fitted to these runs.
 
 Ratio: predicted over reported throughput (above 1: the simulator is optimistic). Pairs: every two runs of one model
-on one GPU type at one sequence length, ranked by reported and by predicted throughput per GPU.
+on one GPU type at one sequence length from one source, ranked by reported and by predicted throughput per GPU.
 
 Run: ``python -m benchmarks.training`` (or ``make bench``); ``--mechanisms`` adds each run's ratio with none, each
 and all of the kernel and collective mechanisms of ``sim.training.train_cost.MECHANISMS``; ``--fit-sequence-cv``
@@ -43,6 +48,10 @@ from moesim.sim.training.train_scenario import load_train_scenario  # noqa: E402
 EXAMPLES = ROOT / "examples"
 ZOO_QWEN3 = "github.com/NVIDIA/Megatron-MoE-ModelZoo best_practice/qwen3/readme.md (H100 table)"
 ZOO_QWEN3_LONG = "github.com/NVIDIA/Megatron-MoE-ModelZoo best_practice/qwen3/readme.md (H100 Long Context table)"
+BRIDGE = (
+    "github.com/NVIDIA-NeMo/Megatron-Bridge docs/performance-summary-archive.md (26.04.01 NeMo container, "
+    "DGX-H100 pre-training)"
+)
 #: (example file, label, source, what is reported: gpu_hours_per_btok | megatron_tflops | megatron_tflops_causal |
 #: tokens_per_s_per_gpu |
 #: step_s, the reported value, its code version where the source names one)
@@ -65,6 +74,12 @@ RUNS: tuple[tuple[str, str, str, str, float, str], ...] = (
      "step_s", 29.0, "main 1e057005"),
     ("train-qwen3-235b-h100-16k.yaml", "Qwen3-235B, 16K seq, TP4 EP8 PP8 VPP4, recompute norm+moe, forced balance",
      ZOO_QWEN3_LONG, "megatron_tflops_causal", 295.0, ""),
+    ("train-qwen3-30b-a3b-h100-bridge.yaml", "Qwen3-30B-A3B, 16 H100, EP16, FP8 current, HybridEP, forced balance",
+     BRIDGE, "tokens_per_s_per_gpu", 8960.0, "NeMo 26.04.01"),
+    ("train-qwen3-235b-h100-bridge-fp8.yaml", "Qwen3-235B, 256 H100, TP2 EP32 PP8 VPP4, FP8 current, NCCL a2a + "
+     "overlap, forced balance", BRIDGE, "tokens_per_s_per_gpu", 1712.0, "NeMo 26.04.01"),
+    ("train-gpt-oss-120b-h100-bridge.yaml", "gpt-oss-120b, 64 H100, EP8 PP4, BF16, NCCL a2a, forced balance",
+     BRIDGE, "tokens_per_s_per_gpu", 5824.0, "NeMo 26.04.01"),
 )  # fmt: skip
 
 
@@ -142,7 +157,7 @@ def bench_training(quick: bool = False) -> tuple[str, dict]:
                        "predicted_over_reported_throughput": ratio, "ratio_without_ep_a2a": before,
                        "step_s": s["step_s"], "mfu": s["mfu"], "mem_per_gpu_gib": s["mem_per_gpu_gib"],
                        "fits": s["fits"], "breakdown": s["breakdown"]}  # fmt: skip
-        per.append((name, label, sc.model, s["gpu"], rep, s["tokens_per_s_per_gpu"], code, sc.batch.seq_len))
+        per.append((name, label, sc.model, s["gpu"], rep, s["tokens_per_s_per_gpu"], code, sc.batch.seq_len, source))
         gap = unexplained_ms_per_layer_microbatch(name, rep, s)
         stats[name]["unexplained_ms_per_layer_microbatch"] = gap
         gaps.append(f"| {label} | {s['microbatches']} | {gap:+.2f} |")
@@ -160,8 +175,8 @@ def bench_training(quick: bool = False) -> tuple[str, dict]:
     within = sum(abs(r - 1.0) <= 0.15 for r in ratios)
     pairs, agree, ranked = [], 0, 0
     for a, b in itertools.combinations(per, 2):
-        if a[2] != b[2] or a[3] != b[3] or a[7] != b[7]:  # a pair differs only in layout or precision
-            continue
+        if a[2] != b[2] or a[3] != b[3] or a[7] != b[7] or a[8] != b[8]:
+            continue  # a pair differs only in layout or precision: one model, GPU, sequence length and source
         real = a[4] > b[4]
         pred = a[5] > b[5]
         tie = abs(a[4] - b[4]) <= 1e-9 * a[4]
@@ -191,7 +206,8 @@ def bench_training(quick: bool = False) -> tuple[str, dict]:
         "",
         f"Within +-15%: {within} of {len(ratios)} runs; median ratio {stats['summary']['median_ratio']:.2f}.",
         "",
-        "Pairs of runs of one model on one GPU type at one sequence length (ordered by throughput per GPU):",
+        "Pairs of runs of one model on one GPU type at one sequence length from one source (ordered by throughput per "
+        "GPU; runs of different sources differ in more than layout or precision: code, batch, routing):",
         "",
         "| pair | reported | predicted | same order |",
         "|---|---|---|---|",
