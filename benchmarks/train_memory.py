@@ -10,7 +10,10 @@ every setting that had to be guessed):
 - Megatron-LM MoE README, reference mappings: Mixtral-8x7B on 64 H100 (TP1 EP8 PP4 VP8) and Mixtral-8x22B on
   128 H100 (TP4 EP2 PP8 VP7) (``examples/train-mixtral-8x{7,22}b-h100.yaml``);
 - Megatron-MoE-ModelZoo Qwen3-235B-A22B: 256 H100, TP2 PP8 VPP4 EP32 (``examples/train-qwen3-235b-h100.yaml``), and
-  the other layouts of its H100 table (``examples/train-qwen3-235b-h100-*.yaml``).
+  the other layouts of its H100 table (``examples/train-qwen3-235b-h100-*.yaml``);
+- NVIDIA Megatron-Bridge's performance recipes (docs/performance-summary-archive.md, 26.04.01, DGX-H100):
+  Qwen3-30B-A3B on 16 H100, Qwen3-235B-A22B in FP8 on 256 H100, gpt-oss-120b on 64 H100
+  (``examples/train-*-bridge*.yaml``).
 
 Run: ``python -m benchmarks.train_memory``.
 """
@@ -38,6 +41,12 @@ RUNS = (
     ("train-qwen3-235b-h100-fsdp-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP1 FSDP MBS4, full recompute"),
     ("train-qwen3-235b-h100-ep8-pp32.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP32 VPP3, NCCL a2a"),
     ("train-qwen3-235b-h100-tp4-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP4 EP8 PP8 VPP4, no recompute"),
+    ("train-qwen3-30b-a3b-h100-bridge.yaml", "Qwen3-30B-A3B, 16 H100, EP16, FP8, no recompute (Megatron-Bridge)"),
+    (
+        "train-qwen3-235b-h100-bridge-fp8.yaml",
+        "Qwen3-235B-A22B, 256 H100, TP2 PP8 VP4 EP32, FP8, no recompute (Bridge)",
+    ),
+    ("train-gpt-oss-120b-h100-bridge.yaml", "gpt-oss-120b, 64 H100, PP4 EP8, BF16, recompute norm+act (Bridge)"),
 )
 
 
