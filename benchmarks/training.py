@@ -27,7 +27,8 @@ Run: ``python -m benchmarks.training`` (or ``make bench``); ``--mechanisms`` add
 and all of the kernel and collective mechanisms of ``sim.training.train_cost.MECHANISMS``; ``--fit-sequence-cv``
 recomputes the Qwen3 examples' ``routing.sequence_cv`` from the 16K forced/dropless pair (`fit_sequence_cv`);
 ``--overlap-split`` prints how the combined-1F1B layer pair compares with the published overlap gain
-(`overlap_split`).
+(`overlap_split`); ``--bridge-decomposition`` what each difference between the ModelZoo's BF16 and Megatron-Bridge's
+FP8 Qwen3-235B rows is worth in moesim (`bridge_decomposition`).
 """
 
 from __future__ import annotations
@@ -344,12 +345,48 @@ def fit_sequence_cv(steps: int = 12) -> tuple[float, float]:
     return 0.5 * (lo + hi), s0
 
 
+def bridge_decomposition() -> str:
+    """What moesim says each difference between the ModelZoo's Qwen3-235B BF16 overlap row and Megatron-Bridge's FP8
+    row of the same layout (TP2 PP8 VP4 EP32) is worth: the first example edited one difference at a time, in turn,
+    until it is the second (`examples/train-qwen3-235b-h100-bridge-fp8.yaml`), predicted tokens/s per GPU each."""
+    import copy
+
+    import yaml
+
+    d = yaml.safe_load((EXAMPLES / "train-qwen3-235b-h100-a2a-overlap.yaml").read_text())
+    fp8_tables = ["../profiling/data/h100-sxm/full-bf16", "../profiling/data/h100-sxm/quick-fp8_fp16"]
+
+    def no_recompute(x: dict) -> None:
+        x["recompute"] = "none"
+        x["activations"].pop("recompute_modules", None)
+        x["precision"]["grads"] = "bf16"
+
+    steps = [
+        ("ModelZoo overlap row as shipped (BF16, DeepEP, GBS 2048, dropless with sequence_cv 0.76, recompute "
+         "norm+act)", lambda x: None),
+        ("GBS 8192", lambda x: x["batch"].update(global_batch=8192)),
+        ("forced balance", lambda x: x.update(routing={"distribution": "uniform", "capacity_factor": None})),
+        ("NCCL all-to-all dispatcher", lambda x: x["layout"].update(a2a_backend="nccl")),
+        ("no recompute, bf16 gradients", no_recompute),
+        ("FP8 current scaling, measured fp8 GEMMs (= the Bridge example)",
+         lambda x: (x["precision"].update(gemm="fp8", fp8_recipe="current"), x.update(cost_model=fp8_tables))),
+    ]  # fmt: skip
+    lines = ["| change (cumulative) | predicted tokens/s per GPU | step s |", "|---|---|---|"]
+    for label, edit in steps:
+        edit(d)
+        s = run(copy.deepcopy(d), base_dir=EXAMPLES).summary
+        lines.append(f"| {label} | {s['tokens_per_s_per_gpu']:,.0f} | {s['step_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     print(bench_training()[0])
     if "--mechanisms" in sys.argv[1:]:
         print(bench_mechanisms())
     if "--overlap-split" in sys.argv[1:]:
         print(overlap_split())
+    if "--bridge-decomposition" in sys.argv[1:]:
+        print(bridge_decomposition())
     if "--fit-sequence-cv" in sys.argv[1:]:
         cv, s0 = fit_sequence_cv()
         print(
