@@ -91,3 +91,19 @@ def test_serving_fp8_experts_are_not_rescaled():
     cl = get_cluster("dgx-h100")
     cm = CalibratedCostModel(_cal(BF16, FP8))
     assert "dense-GEMM ratio" not in cm.op_time(_experts("fp8", 1.0), cl).source
+
+
+def test_the_fp8_training_example_takes_the_measured_fp8_table():
+    """examples/train-qwen3-30b-a3b-h100-bridge.yaml names the fp8 GEMM table beside the bf16 ones; without it the
+    same run takes bf16's efficiency at the fp8 peak and comes out faster than the measured fp8 GEMMs allow."""
+    import yaml
+
+    from moesim.sim.training.train import run
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    doc = yaml.safe_load((examples / "train-qwen3-30b-a3b-h100-bridge.yaml").read_text())
+    assert doc["precision"]["gemm"] == "fp8" and any("quick-fp8" in p for p in doc["cost_model"])
+    measured = run(dict(doc), base_dir=examples).summary
+    assert "quick-fp8_fp16" in measured["cost_model"]
+    transferred = run({**doc, "cost_model": doc["cost_model"][0]}, base_dir=examples).summary
+    assert measured["tokens_per_s_per_gpu"] < transferred["tokens_per_s_per_gpu"]
