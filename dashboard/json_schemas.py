@@ -472,6 +472,15 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
             "cost_basis": _STR,
             "microbatches": _INT,
             "wall_s": _NUM,
+            "kernel_sources": {
+                "type": "object",
+                "description": "how each kernel was timed: backward and fp8 kernels measured or assumed, and the "
+                "forward kernels' time by source class (forward_share, summing to 1; forward: each op kind's source)",
+                "properties": {
+                    "forward_share": {"type": "object", "additionalProperties": _NUM},
+                    "forward": {"type": "object", "additionalProperties": _STR},
+                },
+            },
         }
     ),
     "roofline": _obj(

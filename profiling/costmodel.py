@@ -253,14 +253,15 @@ def source_class(source: str) -> str:
     time came from (a table followed along its edge, ``edge ... measured: ...``, counts as its table's class).
 
     ``fallback``: the engine's kernel had no table and another kernel's stood in; ``transferred``: a table measured
-    on another GPU; ``measured``: the kernel's own table on this GPU; ``achievable``: no table covers it and the
-    achievable model (published figures, `model.achievable`) times it; anything else is the roofline.
+    on another GPU, or in another format (``dtype-transfer``: an fp8 GEMM timed from the bf16 table); ``measured``:
+    the kernel's own table on this GPU; ``achievable``: no table covers it and the achievable model (published
+    figures, `model.achievable`) times it; anything else is the roofline.
     """
     if source.startswith("fallback"):
         return "fallback"
     if source.startswith("achievable"):
         return "achievable"
-    if "transfer:" in source:
+    if "transfer:" in source or "dtype-transfer" in source:
         return "transferred"
     if "measured:" in source:
         return "measured"

@@ -107,3 +107,35 @@ def test_the_fp8_training_example_takes_the_measured_fp8_table():
     assert "quick-fp8_fp16" in measured["cost_model"]
     transferred = run({**doc, "cost_model": doc["cost_model"][0]}, base_dir=examples).summary
     assert measured["tokens_per_s_per_gpu"] < transferred["tokens_per_s_per_gpu"]
+
+
+def test_a_dtype_transfer_is_a_transfer():
+    from moesim.profiling.costmodel import source_class
+
+    assert source_class("dtype-transfer bf16->fp8 measured:grouped_gemm/bf16/triton_graph@H100-SXM (local)") == (
+        "transferred"
+    )
+    assert source_class("measured:gemm/fp8/torch@H100-SXM (local)") == "measured"
+
+
+def test_training_says_where_its_forward_time_came_from(capsys):
+    """The summary splits the forward kernels' time by source (shares summing to 1) and names each op kind's source;
+    the report prints it in one line. The fp8 example's GEMMs are measured; with the bf16 tables only they are a
+    dtype transfer, and that share shows."""
+    import yaml
+
+    from moesim.dashboard.cli import main
+    from moesim.sim.training.train import run
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    doc = yaml.safe_load((examples / "train-qwen3-30b-a3b-h100-bridge.yaml").read_text())
+    ks = run(dict(doc), base_dir=examples).summary["kernel_sources"]
+    assert sum(ks["forward_share"].values()) == pytest.approx(1.0)
+    assert ks["forward"]["gemm"].startswith("measured:gemm/fp8/torch")
+    assert ks["forward"]["all_to_all"].startswith("deepep-") and ks["forward_share"]["achievable"] > 0.2
+    bf16_only = run({**doc, "cost_model": doc["cost_model"][0]}, base_dir=examples).summary["kernel_sources"]
+    assert "dtype-transfer bf16->fp8" in bf16_only["forward"]["gemm"]
+    assert bf16_only["forward_share"]["transferred"] > ks["forward_share"]["transferred"] + 0.1
+    assert main(["train", str(examples / "train-qwen3-30b-a3b-h100-bridge.yaml")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("forward kernel time by source"))
+    assert "measured" in line and "achievable" in line and "(all_to_all)" in line

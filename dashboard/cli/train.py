@@ -94,6 +94,23 @@ def train(
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
+def forward_sources_line(ks: dict) -> str:
+    """One line: the forward kernels' time by where it came from (`kernel_sources["forward_share"]`), naming the
+    op kinds behind each share that is not measured on this GPU; "" without the split."""
+    from moesim.sim.training.train_cost import forward_class
+
+    share, kinds = ks.get("forward_share") or {}, ks.get("forward") or {}
+    if not share:
+        return ""
+    parts = []
+    for cls, v in share.items():
+        if v < 0.0005:
+            continue
+        named = sorted(k for k, src in kinds.items() if forward_class(src) == cls)
+        parts.append(f"{cls} {v:.0%}" + (f" ({', '.join(named)})" if cls != "measured" and named else ""))
+    return "forward kernel time by source: " + ", ".join(parts)
+
+
 def _print_summary(s: dict, out_dir: Path | None) -> None:
     """The human-readable training report."""
     t = Table(title=f"{s['name']}: {s['model']} on {s['gpus']:,} x {s['gpu']} ({s['layout']})")
@@ -119,6 +136,9 @@ def _print_summary(s: dict, out_dir: Path | None) -> None:
     out.print(
         f"simulated {s['microbatches']} micro-batches per pipeline in {s['wall_s']:.2f} s wall ({s['cost_model']})"
     )
+    line = forward_sources_line(s.get("kernel_sources") or {})
+    if line:
+        out.print(line)
     if s["cost_model"] == "roofline":
         out.print(ROOFLINE_NOTE)
     if s.get("checked_against"):

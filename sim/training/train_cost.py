@@ -53,7 +53,7 @@ from moesim.model.memory import params_per_gpu
 from moesim.model.ops import ENGINE_KINDS, Op, collective, decompose, experts_gemms, experts_op, gemm
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
 from moesim.model.routing import expected_max_normal, inclusion_probs
-from moesim.profiling.costmodel import source_class
+from moesim.profiling.costmodel import SOURCE_CLASSES, source_class
 from moesim.profiling.opshapes import table_dtype
 from moesim.sim.training.train_memory import (
     KINDS,
@@ -294,6 +294,20 @@ def experts_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> floa
     return min(grouped, loop)
 
 
+def experts_source(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> str:
+    """The `OpTime.source` of the path `experts_seconds` takes for ``op``: the grouped GEMM's, or the dense
+    gate-up GEMM's of the per-expert loop where that is faster."""
+    grouped = cost_model.op_time(op, cluster)
+    s = op.shape
+    active = max(1.0, float(s["active_experts"]))
+    rows = max(1, round(s["pairs"] / active))
+    wb, dt, ab = s["w_bytes"], op.dtype, s["a_bytes"]
+    up = cost_model.op_time(gemm("expert_gate_up", op.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, dt), cluster)
+    down = gemm("expert_down", op.group, 1, rows, s["hidden"], s["inter"], wb, ab, dt)
+    loop = active * (up.seconds + cost_model.op_time(down, cluster).seconds)
+    return up.source if loop < grouped.seconds else grouped.source
+
+
 def _head_ops(setup: TrainSetup, tokens: int, p: Precision) -> list[Op]:
     """LM head over every token of the micro-batch and a vocab-parallel cross-entropy (memory-bound)."""
     m, tp = setup.model, setup.tp
@@ -511,6 +525,12 @@ def _elementwise_ops(setup: TrainSetup, ops: list[Op], tokens: int, p: Precision
     return out
 
 
+def forward_class(source: str) -> str:
+    """`source_class`, except that DeepEP's dispatch and combine (`model.a2a`: fixed costs and link efficiencies
+    read from DeepEP's published figures) count as ``achievable``, the class of published-figure models."""
+    return "achievable" if source.startswith("deepep-") else source_class(source)
+
+
 class _Sources:
     """How the backward and fp8 kernels of a step were timed (`UnitCosts.kernel_sources`)."""
 
@@ -518,6 +538,16 @@ class _Sources:
         self.measured: dict[str, str] = {}
         self.assumed: dict[str, str] = {}
         self.fp8_cast_s = 0.0
+        #: forward seconds per micro-batch (all units) by `source_class`, and each op kind's largest source
+        self.forward_s: dict[str, float] = dict.fromkeys(SOURCE_CLASSES, 0.0)
+        self._forward_kinds: dict[str, dict[str, float]] = {}
+
+    def forward(self, kind: str, source: str, seconds: float) -> None:
+        """Record ``seconds`` of forward kernel time (per micro-batch, all its units) timed from ``source``
+        (`forward_class`)."""
+        self.forward_s[forward_class(source)] += seconds
+        by = self._forward_kinds.setdefault(kind, {})
+        by[source] = by.get(source, 0.0) + seconds
 
     def add(self, op: Op, measured: bool, why: str) -> None:
         """Record ``op`` (name and kind) as timed from its table (``measured``) or not, with the reason."""
@@ -525,9 +555,14 @@ class _Sources:
         (self.measured if measured else self.assumed).setdefault(key, why)
 
     def summary(self) -> dict:
-        """``{"measured": [...], "assumed": {name: why}, "fp8_cast_s": s}``."""
+        """``{"measured": [...], "assumed": {name: why}, "fp8_cast_s": s, "forward_share": {class: share},
+        "forward": {op kind: the source of most of its forward time}}``: ``forward_share`` splits the forward
+        kernels' time (compute and communication, per micro-batch) by `SOURCE_CLASSES`, summing to 1."""
+        total = sum(self.forward_s.values())
+        share = {c: (v / total if total > 0 else 0.0) for c, v in self.forward_s.items()}
+        kinds = {k: max(v.items(), key=lambda kv: kv[1])[0] for k, v in sorted(self._forward_kinds.items())}
         return {"measured": sorted(self.measured), "assumed": dict(sorted(self.assumed.items())),
-                "fp8_cast_s": self.fp8_cast_s}  # fmt: skip
+                "fp8_cast_s": self.fp8_cast_s, "forward_share": share, "forward": kinds}  # fmt: skip
 
 
 def _table_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> float | None:
@@ -803,22 +838,29 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             t_ideal = experts_seconds(ideal, cost_model, cluster)
             straggle = max(0.0, experts_seconds(op, cost_model, cluster) - t_ideal)
             fwd = np.array([t_ideal, straggle, 0.0, 0.0])
+            sources.forward(op.kind, experts_source(ideal, cost_model, cluster), (t_ideal + straggle) * len(units))
             a2a = max(a2a, op.shape["pairs"] * m.hidden_size * ab)
             timed = ideal
         else:
-            t = cost_model.op_time(op, cluster).seconds
+            t_op = cost_model.op_time(op, cluster)
+            t, src = t_op.seconds, t_op.source
             if op.kind == "memcpy" and op.name == "cross_entropy":  # the loss kernel's own table, where measured
                 ce = train_ops.cross_entropy_op(op.shape["tokens"], int(op.shape["vocab"]), ab, op.dtype, op.group)
                 t_ce = _table_seconds(ce, cost_model, cluster)
                 sources.add(ce, t_ce is not None, "" if t_ce is not None else "no measured cross_entropy table: a copy")
                 t = t_ce if t_ce is not None else t
+                src = cost_model.op_time(ce, cluster).source if t_ce is not None else src
+            t_table = t
             t = _nccl_or(op, t, cost_model, cluster, sources)
+            if t != t_table:
+                src = "measured:nccl_perf@H100 (AIConfigurator's NCCL table, `nccl_seconds`)"
             t = fused_unpermute_seconds(op, t, cost_model, cluster, sources)
             if op.name in ("ep_dispatch", "ep_combine"):  # the busiest GPU receives (and returns) its extra pairs
                 t *= hot
             col = 2 if op.kind == "all_to_all" else 3 if op.kind in COMM_KINDS else 0
             fwd = np.zeros(4)
             fwd[col] = t
+            sources.forward(op.kind, src, t * len(units))
         bi, bw = _assumed_ratio(op)
         bwd, wgt = backward_seconds(timed, fwd, cost_model, cluster, sources, main_grad_bytes)
         if sc.precision.gemm == "fp8":  # the casts around an fp8 GEMM (`fp8_cast_ops`), in the compute column
