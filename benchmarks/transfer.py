@@ -103,13 +103,15 @@ def _predict(fit: Fit, ops: list) -> dict[str, np.ndarray]:
             transfer.ACHIEVED_BW = table
     model = CalibratedCostModel(Calibration([fit], transfer_bands={}))
     times["c"] = [model.op_time(op, same) for op in ops]
-    ok = [
-        source_class(c.source) == "measured" and source_class(b.source) == "transferred" and _in_range(c.source)
+    answered = [
+        source_class(c.source) == "measured" and source_class(b.source) == "transferred"
         for c, b in zip(times["c"], times["b"], strict=True)
     ]
+    ok = [a and _in_range(c.source) for a, c in zip(answered, times["c"], strict=True)]
+    beyond = [a and not _in_range(c.source) for a, c in zip(answered, times["c"], strict=True)]
     assert all("derated" in t.source for t, good in zip(times["b"], ok, strict=True) if good)
     out = {m: np.array([t.seconds for t in ts]) for m, ts in times.items()}
-    return out | {"ok": np.asarray(ok, bool)}
+    return out | {"ok": np.asarray(ok, bool), "beyond": np.asarray(beyond, bool)}
 
 
 def _ape(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
@@ -143,6 +145,8 @@ def cross_transfer(aic: Path, limit: int, seed: int = 0) -> tuple[pd.DataFrame, 
             assert np.allclose(p["a"][ok], p["c"][ok], rtol=1e-9) and np.allclose(p["b"][ok], p["c"][ok], rtol=1e-9)
             e = {m: _ape(p[m][ok], meas[ok]) for m in "abc"}
             errors.setdefault(fam, []).extend((e["b"] / 100.0).tolist())
+            far = p["beyond"]  # rows answered only by following the table beyond its range: a band of their own
+            errors.setdefault(transfer.BEYOND + fam, []).extend((_ape(p["b"][far], meas[far]) / 100.0).tolist())
             lines.append(
                 {"family": fam, "src": f"{src} {impls[src]}", "dst": f"{dst} {impls[dst]}", "rows": int(ok.sum())}
                 | {"of": len(df), "median_ratio": float(np.median(p["b"][ok] / meas[ok]))}

@@ -780,7 +780,8 @@ class CalibratedCostModel:
             if transfer:
                 ref = self._roof.op_time(op, cluster)
                 derated, how = self._derated(op, fit, cluster, ratio)
-                b = band_for(self.calibration.transfer_bands, op.kind, table_dtype(op))
+                beyond = clamped.startswith(("edge ", "clamped "))  # beyond the measured range: its own band
+                b = band_for(self.calibration.transfer_bands, op.kind, table_dtype(op), beyond=beyond)
                 band = (b.p50, b.p90) if b is not None else None
                 method = f"{fit.predictor.method}; {how}"
                 src = f"{fallback}{clamped}transfer:{fit.key}->{cluster.gpu.key} ({method}){chosen}"

@@ -61,6 +61,11 @@ _PRESET_KEYS = frozenset(list_gpus())
 #: whose gain is the link model's (carried).
 DERATED_KINDS = "every non-collective kind"
 
+#: Key prefix of the bands of transfers answered beyond the measured range (the fit followed along the table's edge
+#: or clamped to it): ``beyond:gemm/bf16``, ``beyond:*``.
+BEYOND = "beyond:"
+
+
 #: Band of a transferred prediction, per ``kind/dtype`` (``kind/*``: every dtype of the kind, ``*``: every family):
 #: P50 and P90 absolute relative error (fractions) of cross-transfer between AIConfigurator's H100 SXM tables (vLLM
 #: 0.19 kernels) and moesim's own (profiling/data/h100-sxm: full-bf16, quick-fp8_fp16), both directions pooled,
@@ -77,6 +82,13 @@ TRANSFER_BANDS: dict[str, dict[str, Any]] = {
         ("gemm/fp8", 0.2144, 0.4491, 1531),
         ("grouped_gemm/*", 0.1894, 0.5698, 519),
         ("grouped_gemm/bf16", 0.1894, 0.5698, 519),
+        # answered beyond the measured range (followed along the table's edge): the extrapolation's error too
+        (BEYOND + "*", 0.3196, 1.1948, 5925),
+        (BEYOND + "gemm/*", 0.3768, 1.2619, 4560),
+        (BEYOND + "gemm/bf16", 0.4726, 1.6038, 2153),
+        (BEYOND + "gemm/fp8", 0.3393, 0.5975, 2407),
+        (BEYOND + "grouped_gemm/*", 0.1405, 0.7723, 1365),
+        (BEYOND + "grouped_gemm/bf16", 0.1405, 0.7723, 1365),
     )
 }
 
@@ -100,13 +112,16 @@ def default_bands() -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in TRANSFER_BANDS.items()}
 
 
-def band_for(bands: Mapping[str, Mapping[str, Any]], kind: str, dtype: str) -> Band | None:
+def band_for(bands: Mapping[str, Mapping[str, Any]], kind: str, dtype: str, beyond: bool = False) -> Band | None:
     """The band of a transferred ``kind`` op of ``dtype``: its own family's, else its kind's, else the pooled one.
 
-    ``bands``: ``kind/dtype`` -> ``{"p50": fraction, "p90": fraction, ...}`` (`TRANSFER_BANDS`' layout). None when
-    no band applies (an empty table).
+    ``bands``: ``kind/dtype`` -> ``{"p50": fraction, "p90": fraction, ...}`` (`TRANSFER_BANDS`' layout). ``beyond``:
+    the op lies beyond the table's measured range (its time followed the table's edge or was clamped to it): the
+    ``beyond:`` bands first, which measure that extrapolation too, then the in-range ones (a calibration file
+    written before they existed). None when no band applies (an empty table).
     """
-    for key in (f"{kind}/{dtype}", f"{kind}/*", "*"):
+    keys = (f"{kind}/{dtype}", f"{kind}/*", "*")
+    for key in (*(BEYOND + k for k in keys if beyond), *keys):
         b = bands.get(key)
         if b is not None and math.isfinite(float(b.get("p50", math.nan))) and math.isfinite(float(b["p90"])):
             return Band(float(b["p50"]), float(b["p90"]), f"{key}: {b.get('basis', _BASIS)}")
@@ -124,9 +139,10 @@ def bands_from_errors(errors: Mapping[str, Iterable[float]], basis: str = _BASIS
     pooled: dict[str, list[float]] = {}
     for key, errs in errors.items():
         e = [float(x) for x in errs]
+        prefix = BEYOND if key.startswith(BEYOND) else ""
         pooled.setdefault(key, []).extend(e)
         pooled.setdefault(key.split("/")[0] + "/*", []).extend(e)
-        pooled.setdefault("*", []).extend(e)
+        pooled.setdefault(prefix + "*", []).extend(e)
     out = {}
     for key, e in sorted(pooled.items()):
         if e:

@@ -171,3 +171,21 @@ def test_simulate_provenance_and_the_dashboard_caption_carry_the_band():
     assert band["transferred_share"] > 0.1 and 0 < band["p50"] < band["p90"]
     assert "expected error of the step" in provenance_caption(prov)
     assert provenance_caption(None) == ""
+
+
+def test_a_transfer_beyond_the_measured_range_carries_the_wider_beyond_band():
+    """A GEMM with more rows than the table measured is answered along the table's edge; transferred, it takes the
+    ``beyond:`` band (the extrapolation's error too), and falls back to the in-range band where a calibration has
+    none."""
+    bands = {**BANDS, "beyond:gemm/bf16": {"p50": 0.4, "p90": 1.6}}
+    model = _model(bands)
+    m_max = int(2 ** next(f for f in model.calibration.fits if f.kind == "gemm").hi[0])
+    far = model.op_time(_gemm(8 * m_max), _on("H200-SXM"))
+    assert far.source.startswith(("edge ", "clamped ")) and far.band == (0.4, 1.6)
+    assert model.op_time(_gemm(64), _on("H200-SXM")).band == (0.1, 0.3)  # inside the range: the in-range band
+    assert _model().op_time(_gemm(8 * m_max), _on("H200-SXM")).band == (0.1, 0.3)  # no beyond band: in-range one
+    shipped = transfer.TRANSFER_BANDS
+    assert (
+        shipped["beyond:*"]["p90"] > shipped["*"]["p90"]
+        and shipped["beyond:gemm/bf16"]["p50"] > shipped["gemm/bf16"]["p50"]
+    )
