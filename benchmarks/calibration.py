@@ -44,6 +44,11 @@ def _log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+def _label(p: object) -> str:
+    """A predictor's ``method:k`` (its members' for an average of tied candidates)."""
+    return p.label if getattr(p, "method", "") == "ensemble" else f"{p.method}:{p.k}"  # type: ignore[attr-defined]
+
+
 def _table(cals: list, seeds: list[int]) -> tuple[list[str], dict[str, float]]:
     """Rows per fit: method, rows, MAPE at seed 0, mean and worst over the seeds, P90 at seed 0."""
     keyed: dict[str, list] = {}
@@ -57,7 +62,7 @@ def _table(cals: list, seeds: list[int]) -> tuple[list[str], dict[str, float]]:
         target = TARGETS.get(kind)
         verdict = ("met" if mapes.mean() <= target else "**missed**") if target else "-"
         lines.append(
-            f"| {kind} | {dtype} | {impl} | {fits[0].predictor.method}:{fits[0].predictor.k} | "
+            f"| {kind} | {dtype} | {impl} | {_label(fits[0].predictor)} | "
             f"{fits[0].rows_fit} / {fits[0].rows_holdout} | {fits[0].mape:.1f}% | {mapes.mean():.1f}% | "
             f"{mapes.max():.1f}% | {fits[0].p90:.1f}% | {(target and f'<= {target:.0f}%') or '-'} | {verdict} |"
         )
@@ -191,7 +196,7 @@ def heldout_errors(tables: Path, seeds: list[int]) -> list[dict]:
             mape = float(np.mean([f.mape for f in fits])) if not h.empty else float("nan")
             out.append(
                 {"run": run.name, "kind": kind, "dtype": dtype, "impl": impl, "rows_fit": fits[0].rows_fit}
-                | {"method": fits[0].predictor.method, "mape": mape}
+                | {"method": _label(fits[0].predictor), "mape": mape}
                 | {"held_out": fits[0].rows_holdout, "held_out_pooled": stats["rows"]}
                 | {"median_ape": stats["median_ape"], "p90_ape": stats["p90_ape"]}
             )

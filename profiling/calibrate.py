@@ -171,7 +171,7 @@ def _fit_group(
     ref = roof + floor
     y = np.log(times / ref)
     (method, k), scores = fitlib.choose(x[train], y[train], rng)
-    pred = fitlib.fit(method, x[train], y[train], k)
+    pred = fitlib.fit_tied(scores, x[train], y[train]) if scores else fitlib.fit(method, x[train], y[train], k)
     if cut:
         err = fitlib.ape(pred.predict(x[test]), y[test])
         mape, p90 = float(err.mean()), float(np.percentile(err, 90))

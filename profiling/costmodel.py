@@ -324,7 +324,7 @@ class Fit:
             "impl": self.impl,
             "kernel": kernel_of(self.kind, self.impl),
             "device": self.device_key,
-            "method": self.predictor.method,
+            "method": self.predictor.label,
             "rows_fit": self.rows_fit,
             "rows_holdout": self.rows_holdout,
             "mape": round(self.mape, 3),
@@ -477,7 +477,10 @@ def _from_parts(meta: dict[str, Any], data: pd.DataFrame) -> Calibration:
             raise _Outdated(f"its {m['kind']} fits have {have} shape features, this moesim uses {d}")
         x = rows[[f"x{j}" for j in range(d)]].to_numpy(float)
         p = m["predictor"]
-        pred = fitlib.Predictor(p["method"], x, rows["y"].to_numpy(float), np.asarray(p["coef"], float), p["k"])
+        members = tuple((str(m), int(k), tuple(float(c) for c in cs)) for m, k, cs in p.get("members", []))
+        pred = fitlib.Predictor(
+            p["method"], x, rows["y"].to_numpy(float), np.asarray(p["coef"], float), p["k"], members
+        )
         fits.append(
             Fit(
                 m["kind"],
@@ -769,9 +772,7 @@ class CalibratedCostModel:
             name = FEATURES[op.kind][j]
             why = f"{name}=2^{x[j]:.1f} outside measured 2^{fit.lo[j]:.1f}..2^{fit.hi[j]:.1f} of {fit.key}"
             out = self._uncovered(op, cluster, f"roofline: {why}{tag}")
-        elif (
-            not self.extrapolate and fit.predictor.method in ("knn", "local") and fit.predictor.nearest(x)[0] > MAX_GAP
-        ):
+        elif not self.extrapolate and fit.predictor.neighbours and fit.predictor.nearest(x)[0] > MAX_GAP:
             why = f"roofline: no measured shape near it in {fit.key}{tag}"
             out = self._uncovered(op, cluster, why)
         else:
@@ -783,13 +784,13 @@ class CalibratedCostModel:
                 beyond = clamped.startswith(("edge ", "clamped "))  # beyond the measured range: its own band
                 b = band_for(self.calibration.transfer_bands, op.kind, table_dtype(op), beyond=beyond)
                 band = (b.p50, b.p90) if b is not None else None
-                method = f"{fit.predictor.method}; {how}"
+                method = f"{fit.predictor.label}; {how}"
                 src = f"{fallback}{clamped}transfer:{fit.key}->{cluster.gpu.key} ({method}){chosen}"
             else:
                 ref = (
                     self._roof.op_time(op, _same_device(cluster, fit.hardware)) if fit.reference == "roofline" else None
                 )
-                src = f"{fallback}{clamped}measured:{fit.key} ({fit.predictor.method}){chosen}"
+                src = f"{fallback}{clamped}measured:{fit.key} ({fit.predictor.label}){chosen}"
             if ref is None:  # nominal reference
                 t = ratio * (reference_times([op], fit.hardware)[0][0] + fit.floor_s)
                 out = OpTime(t, 0.0, 0.0, 0.0, "measured", src)

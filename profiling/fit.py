@@ -15,10 +15,16 @@ Methods:
   flattens);
 - ``poly2``: a ridge-regularised quadratic in the features, fitted globally
   (a roofline-efficiency curve per regime: smooth, needs few points);
-- ``constant``: the median y (one efficiency factor for the kind).
+- ``constant``: the median y (one efficiency factor for the kind);
+- ``ensemble``: the mean y of several of the above (`fit_tied`).
 
 `choose` cross-validates each (with narrow and wide neighbourhoods) on the
-training rows and keeps the one with the lowest error.
+training rows; `fit_tied` keeps every candidate within `TIE` of the lowest
+error and averages them. The lowest error alone is often a near-tie decided
+by the random folds: on the committed H100 tables the single best candidate
+was the same at only 69% of seeds, and two tied neighbourhoods could differ
+by a third beyond the measured shapes; their average is steadier and more
+accurate on held-out rows (benchmarks/RESULTS.md section 5).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("knn", "local", "poly2", "constant")
+METHODS = ("knn", "local", "poly2", "constant", "ensemble")
+#: Candidates whose cross-validated error is within this fraction of the lowest are averaged (`fit_tied`).
+TIE = 0.03
 LN2 = float(np.log(2.0))
 
 
@@ -55,6 +63,7 @@ class Predictor:
         x, y: the training points (kept for the neighbour methods).
         coef: the ``poly2`` coefficients, or the constant.
         k: neighbours used by ``knn`` and ``local``.
+        members: for ``ensemble``, its members' (method, k, coef): the predictor is their mean.
     """
 
     method: str
@@ -62,9 +71,32 @@ class Predictor:
     y: np.ndarray
     coef: np.ndarray
     k: int = 6
+    members: tuple[tuple[str, int, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
+        self._parts: list[Predictor] = []
+        if self.method == "ensemble":
+            tree = _kdtree(self.x) if any(m in ("knn", "local") for m, _, _ in self.members) else None
+            for m, k, c in self.members:
+                part = Predictor.__new__(Predictor)
+                part.method, part.x, part.y, part.coef, part.k, part.members = m, self.x, self.y, np.asarray(c), k, ()
+                part._parts, part._tree = [], tree if m in ("knn", "local") else None
+                self._parts.append(part)
+            self._tree = tree
+            return
         self._tree = _kdtree(self.x) if self.method in ("knn", "local") else None
+
+    @property
+    def label(self) -> str:
+        """How it predicts, for a source line: the method, or ``ensemble local:13+local:25``."""
+        if self.method != "ensemble":
+            return self.method
+        return "ensemble " + "+".join(f"{m}:{k}" if m in ("knn", "local") else m for m, k, _ in self.members)
+
+    @property
+    def neighbours(self) -> bool:
+        """Whether it predicts from the nearest training points (``knn``, ``local``, or an ensemble with one)."""
+        return self.method in ("knn", "local") or any(m in ("knn", "local") for m, _, _ in self.members)
 
     def nearest(self, x: np.ndarray) -> np.ndarray:
         """Distance (log2 units) from each query row to the nearest training point: [n]."""
@@ -74,6 +106,8 @@ class Predictor:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """y at each query row of ``x`` ([n, d]): [n]."""
         x = np.atleast_2d(np.asarray(x, dtype=float))
+        if self.method == "ensemble":
+            return np.mean([p.predict(x) for p in self._parts], axis=0)
         if self.method == "constant":
             return np.full(len(x), float(self.coef[0]))
         if self.method == "poly2":
@@ -98,7 +132,10 @@ class Predictor:
 
     def to_json(self) -> dict[str, Any]:
         """The parameters that are not the training points."""
-        return {"method": self.method, "coef": self.coef.tolist(), "k": self.k}
+        out: dict[str, Any] = {"method": self.method, "coef": self.coef.tolist(), "k": self.k}
+        if self.members:
+            out["members"] = [[m, k, list(c)] for m, k, c in self.members]
+        return out
 
 
 def candidates(d: int) -> list[tuple[str, int]]:
@@ -118,6 +155,18 @@ def fit(method: str, x: np.ndarray, y: np.ndarray, k: int = 6) -> Predictor:
         coef = np.linalg.solve(a.T @ a + ridge * len(x), a.T @ y)
         return Predictor("poly2", x, y, coef)
     return Predictor(method, x, y, np.zeros(0), k)
+
+
+def fit_tied(scores: dict[str, float], x: np.ndarray, y: np.ndarray, tie: float = TIE) -> Predictor:
+    """The mean of every candidate of `choose`'s ``scores`` ({"method:k": validation MAPE %}) within ``tie`` (a
+    fraction) of the lowest error, fitted to ``x`` [n, d], ``y`` [n]; the best alone where none ties it."""
+    best = min(scores.values())
+    tied = [key for key, v in scores.items() if v <= best * (1.0 + tie)]
+    fits = [fit(m, x, y, int(k)) for m, k in (key.split(":") for key in tied)]
+    if len(fits) == 1:
+        return fits[0]
+    members = tuple((f.method, f.k, tuple(float(c) for c in f.coef)) for f in fits)
+    return Predictor("ensemble", x, y, np.zeros(0), 0, members)
 
 
 def ape(pred_y: np.ndarray, true_y: np.ndarray) -> np.ndarray:

@@ -139,3 +139,29 @@ def test_training_says_where_its_forward_time_came_from(capsys):
     assert main(["train", str(examples / "train-qwen3-30b-a3b-h100-bridge.yaml")]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("forward kernel time by source"))
     assert "measured" in line and "achievable" in line and "(all_to_all)" in line
+
+
+def test_near_tied_candidates_are_averaged_and_survive_a_save(tmp_path):
+    """A table whose best cross-validated candidates tie within `fit.TIE` is fitted as their mean (an ``ensemble``
+    predictor), which predicts between its members, is saved and loaded with them, and names them in sources."""
+    import numpy as np
+
+    from moesim.profiling import fit as fitlib
+    from moesim.profiling.calibrate import load, save
+
+    cal = _cal(BF16)
+    ens = [f for f in cal.fits if f.predictor.method == "ensemble"]
+    assert ens, "the H100 tables have near-tied candidates"
+    f = ens[0]
+    p = f.predictor
+    assert len(p.members) >= 2 and p.label.startswith("ensemble ") and "+" in p.label
+    best = min(f.scores.values())
+    assert all(f.scores[f"{m}:{k}"] <= best * (1 + fitlib.TIE) for m, k, _ in p.members)
+    x = p.x[:5] + 0.3
+    parts = [fitlib.fit(m, p.x, p.y, k).predict(x) for m, k, _ in p.members]
+    assert np.allclose(p.predict(x), np.mean(parts, axis=0))
+    back = load(save(cal, tmp_path / "cal.parquet"))
+    q = next(g for g in back.fits if g.key == f.key).predictor
+    assert q.members == p.members and np.allclose(q.predict(x), p.predict(x))
+    src = CalibratedCostModel(cal).with_extrapolation().op_time(_experts("bf16", 2.0), get_cluster("dgx-h100")).source
+    assert "(" in src and ")" in src

@@ -263,7 +263,7 @@ def calibrate(
         )
     for f in cal.fits:
         t.add_row(
-            f.kind, f.dtype, f.impl, f.device_key, f.predictor.method, str(f.rows_fit), str(f.rows_holdout),
+            f.kind, f.dtype, f.impl, f.device_key, f.predictor.label, str(f.rows_fit), str(f.rows_holdout),
             f"{f.mape:.1f}%", f"{f.p90:.1f}%" if f.p90 == f.p90 else "-", f"{f.median_ratio:.2f}",
         )  # fmt: skip
     out.print(t)
