@@ -27,7 +27,7 @@ from typing import Any
 #: Section 12 (rerun 2026-12-06): leave-model-out CV, analytical engine; metric -> (median, P90) of |error|.
 SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
     "achievable": {"e2e": (0.025, 0.142), "ttft": (0.035, 0.200), "itl": (0.046, 0.153)},
-    "calibrated": {"e2e": (0.084, 0.142), "ttft": (0.051, 0.168), "itl": (0.067, 0.124)},
+    "calibrated": {"e2e": (0.087, 0.132), "ttft": (0.048, 0.181), "itl": (0.066, 0.116)},
     "roofline": {"e2e": (0.288, 0.412), "ttft": (0.153, 0.417), "itl": (0.297, 0.438)},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
