@@ -301,6 +301,22 @@ def _fused_moe_totals(
     return flops, weight, act, kernels
 
 
+def expert_gemm_pair(op: Op, dtype: str | None = None, w_bytes: float | None = None) -> tuple[Op, Op, float]:
+    """One active expert's dense GEMMs in a routed-experts op ``op`` (its shape's ``pairs``, ``active_experts``,
+    ``hidden``, ``inter``, ``w_bytes``, ``a_bytes``): gate-up [rows, hidden] @ [hidden, 2 inter] and down [rows,
+    inter] @ [inter, hidden], ``rows`` the pairs per active expert; with the active experts (at least 1), so that
+    ``active`` x (gate-up + down) is the layer run as a loop of dense GEMMs. ``dtype`` and ``w_bytes``: the
+    GEMMs' format, the op's by default."""
+    s = op.shape
+    active = max(1.0, float(s["active_experts"]))
+    rows = max(1, round(s["pairs"] / active))
+    wb = s["w_bytes"] if w_bytes is None else w_bytes
+    dt, ab = op.dtype if dtype is None else dtype, s["a_bytes"]
+    up = gemm("expert_gate_up", op.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, dt)
+    down = gemm("expert_down", op.group, 1, rows, s["hidden"], s["inter"], wb, ab, dt)
+    return up, down, active
+
+
 def experts_gemms(op: Op) -> Op:
     """A routed-experts op cut down to its two grouped GEMMs (``kernels`` 2): what training frameworks run as
     the experts' kernels, with the activation and the token permutation as kernels of their own."""

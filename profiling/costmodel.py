@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from moesim.model.a2a import is_deepep
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import ClusterSpec, HardwareSpec, make_cluster
-from moesim.model.ops import Op, gemm
+from moesim.model.ops import Op, expert_gemm_pair, gemm
 from moesim.model.roofline import OpTime, RooflineCostModel
 from moesim.profiling import fit as fitlib
 from moesim.profiling.opshapes import FEATURES, FLAGS, features, table_dtype
@@ -828,15 +828,12 @@ class CalibratedCostModel:
             shape={**s, "w_bytes": 2.0},
         )  # fmt: skip
         grouped = self.op_time(twin, cluster)
-        rows = max(1, round(float(s["pairs"]) / max(1.0, float(s["active_experts"]))))
-        h, w, ab = int(s["hidden"]), int(s["inter"]), float(s["a_bytes"])
         sums: dict[str, float] = {}
         srcs: dict[str, str] = {}
         for name, dt, b in (("low", op.dtype, wb), ("bf16", "bf16", 2.0)):
-            times = [
-                self.op_time(gemm("expert_gate_up", op.group, 1, rows, 2 * w, h, b, ab, dt), cluster),
-                self.op_time(gemm("expert_down", op.group, 1, rows, h, w, b, ab, dt), cluster),
-            ]
+            up, down, _ = expert_gemm_pair(op, dt, b)
+            rows = up.shape["m"]
+            times = [self.op_time(up, cluster), self.op_time(down, cluster)]
             if not all(_measured_here(t.source) for t in times):
                 break
             sums[name] = sum(t.seconds for t in times)

@@ -366,15 +366,35 @@ def replica_aborts(
     arrivals_s: np.ndarray, hold_s: np.ndarray, servers: int, replicas: int, round_robin: bool, timeout_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """`replica_waits` with the clients' timeout (`fifo_aborts`): (waits s, failed) [requests]."""
+    waits, failed = _per_replica(
+        arrivals_s, hold_s, servers, replicas, round_robin, lambda a, h, c: fifo_aborts(a, h, c, timeout_s)
+    )
+    return waits, failed
+
+
+def _per_replica(
+    arrivals_s: np.ndarray,
+    hold_s: np.ndarray,
+    servers: int,
+    replicas: int,
+    round_robin: bool,
+    queue: Any,
+) -> tuple[np.ndarray, ...]:
+    """``queue(arrivals, holds, servers)`` (per-request arrays, in the order of its arrivals) on one queue of all the
+    replicas' servers, or with ``round_robin`` on each replica's every ``replicas``-th arrival, put back together
+    in the order of ``arrivals_s``. ``hold_s`` [requests] or a scalar."""
     hold = np.broadcast_to(hold_s, np.shape(arrivals_s))
     if replicas == 1 or not round_robin:
-        return fifo_aborts(arrivals_s, hold, servers * replicas, timeout_s)
+        return tuple(queue(arrivals_s, hold, servers * replicas))
     order = np.argsort(arrivals_s, kind="stable")
-    waits, failed = np.zeros(len(order)), np.zeros(len(order), bool)
+    out: list[np.ndarray] = []
     for k in range(replicas):
         idx = order[k::replicas]
-        waits[idx], failed[idx] = fifo_aborts(arrivals_s[idx], hold[idx], servers, timeout_s)
-    return waits, failed
+        for j, part in enumerate(queue(arrivals_s[idx], hold[idx], servers)):
+            if k == 0:
+                out.append(np.zeros(len(order), dtype=np.asarray(part).dtype))
+            out[j][idx] = part
+    return tuple(out)
 
 
 def _slot_wait(
@@ -430,19 +450,11 @@ def replica_waits(
     """Each request's wait (s) [requests] for one of ``servers`` servers per replica, first come first served
     (`fifo_waits`): with ``round_robin``, each replica its own queue of every ``replicas``-th arrival; else one
     queue of all the replicas' servers (the least-loaded router pools them). ``hold_s`` [requests] or a scalar."""
-    hold = np.broadcast_to(hold_s, np.shape(arrivals_s))
 
-    def waits_of(arr: np.ndarray, h: np.ndarray, c: int) -> np.ndarray:
-        return single_server_waits(arr, h) if c == 1 else fifo_waits(arr, h, c)
+    def waits_of(arr: np.ndarray, h: np.ndarray, c: int) -> tuple[np.ndarray]:
+        return (single_server_waits(arr, h) if c == 1 else fifo_waits(arr, h, c),)
 
-    if replicas == 1 or not round_robin:
-        return waits_of(arrivals_s, hold, servers * replicas)
-    order = np.argsort(arrivals_s, kind="stable")
-    waits = np.zeros(len(order))
-    for k in range(replicas):
-        idx = order[k::replicas]
-        waits[idx] = waits_of(arrivals_s[idx], hold[idx], servers)
-    return waits
+    return _per_replica(arrivals_s, hold_s, servers, replicas, round_robin, waits_of)[0]
 
 
 def prefix_hits(

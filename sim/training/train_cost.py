@@ -50,7 +50,16 @@ from moesim.model.a2a import FP8_DISPATCH_BYTES_PER_ELEMENT, is_deepep
 from moesim.model.batch import Batch
 from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.memory import params_per_gpu
-from moesim.model.ops import ENGINE_KINDS, Op, collective, decompose, experts_gemms, experts_op, gemm
+from moesim.model.ops import (
+    ENGINE_KINDS,
+    Op,
+    collective,
+    decompose,
+    expert_gemm_pair,
+    experts_gemms,
+    experts_op,
+    gemm,
+)
 from moesim.model.params import embedding_tensors, layer_sets, layer_tensors
 from moesim.model.routing import expected_max_normal, inclusion_probs
 from moesim.profiling.costmodel import SOURCE_CLASSES, source_class
@@ -283,29 +292,17 @@ def experts_seconds(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> floa
     runs like separate dense GEMMs, which the GEMM table measures. A
     framework picks the faster kernel, and so does this.
     """
-    grouped = cost_model.op_time(op, cluster).seconds
-    s = op.shape
-    active = max(1.0, float(s["active_experts"]))
-    rows = max(1, round(s["pairs"] / active))
-    wb, dt, ab = s["w_bytes"], op.dtype, s["a_bytes"]
-    up = gemm("expert_gate_up", op.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, dt)
-    down = gemm("expert_down", op.group, 1, rows, s["hidden"], s["inter"], wb, ab, dt)
-    loop = active * (cost_model.op_time(up, cluster).seconds + cost_model.op_time(down, cluster).seconds)
-    return min(grouped, loop)
+    return experts_timed(op, cost_model, cluster)[0]
 
 
-def experts_source(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> str:
-    """The `OpTime.source` of the path `experts_seconds` takes for ``op``: the grouped GEMM's, or the dense
-    gate-up GEMM's of the per-expert loop where that is faster."""
+def experts_timed(op: Op, cost_model: CostModel, cluster: ClusterSpec) -> tuple[float, str]:
+    """`experts_seconds` and the `OpTime.source` of the path it takes: the grouped GEMM's, or the dense gate-up
+    GEMM's of the per-expert loop where that is faster."""
     grouped = cost_model.op_time(op, cluster)
-    s = op.shape
-    active = max(1.0, float(s["active_experts"]))
-    rows = max(1, round(s["pairs"] / active))
-    wb, dt, ab = s["w_bytes"], op.dtype, s["a_bytes"]
-    up = cost_model.op_time(gemm("expert_gate_up", op.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, dt), cluster)
-    down = gemm("expert_down", op.group, 1, rows, s["hidden"], s["inter"], wb, ab, dt)
-    loop = active * (up.seconds + cost_model.op_time(down, cluster).seconds)
-    return up.source if loop < grouped.seconds else grouped.source
+    gemm_up, gemm_down, active = expert_gemm_pair(op)
+    up = cost_model.op_time(gemm_up, cluster)
+    loop = active * (up.seconds + cost_model.op_time(gemm_down, cluster).seconds)
+    return (loop, up.source) if loop < grouped.seconds else (grouped.seconds, grouped.source)
 
 
 def _head_ops(setup: TrainSetup, tokens: int, p: Precision) -> list[Op]:
@@ -695,12 +692,7 @@ def _experts_loop(k: Op, cost_model: CostModel, cluster: ClusterSpec) -> float |
 
     At training sizes (thousands of rows per expert) a grouped GEMM runs like separate dense GEMMs
     (`experts_seconds`); per active expert, the gate-up and down GEMMs' backward."""
-    s = k.shape
-    active = max(1.0, float(s["active_experts"]))
-    rows = max(1, round(s["pairs"] / active))
-    wb, ab = s["w_bytes"], s["a_bytes"]
-    up = gemm("expert_gate_up", k.group, 1, rows, 2 * s["inter"], s["hidden"], wb, ab, k.dtype)
-    down = gemm("expert_down", k.group, 1, rows, s["hidden"], s["inter"], wb, ab, k.dtype)
+    up, down, active = expert_gemm_pair(k)
     build = train_ops.gemm_dgrad if k.kind == "grouped_gemm_dgrad" else train_ops.gemm_wgrad
     times = [_table_seconds(build(g), cost_model, cluster) for g in (up, down)]
     return None if None in times else active * sum(t for t in times if t is not None)
@@ -835,10 +827,10 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
                 op.shape["tokens"], m.hidden_size, op.shape["inter"], moe.top_k, moe.num_experts, lay.ep, p,
                 op.dtype, group=op.group, moe_tp=lay.moe_tp, balanced=True,
             ))  # fmt: skip
-            t_ideal = experts_seconds(ideal, cost_model, cluster)
+            t_ideal, src_ideal = experts_timed(ideal, cost_model, cluster)
             straggle = max(0.0, experts_seconds(op, cost_model, cluster) - t_ideal)
             fwd = np.array([t_ideal, straggle, 0.0, 0.0])
-            sources.forward(op.kind, experts_source(ideal, cost_model, cluster), (t_ideal + straggle) * len(units))
+            sources.forward(op.kind, src_ideal, (t_ideal + straggle) * len(units))
             a2a = max(a2a, op.shape["pairs"] * m.hidden_size * ab)
             timed = ideal
         else:
