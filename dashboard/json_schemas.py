@@ -53,6 +53,7 @@ UNITS: dict[str, str] = {
     "dp_attn": "GPUs",
     "pp": "stages",
     "etp": "GPUs",
+    "cp": "GPUs",
     "dp": "GPUs",
     "nodes": "nodes",
     "gpus_per_node": "GPUs",

@@ -211,7 +211,7 @@ def _memory(setup: TrainSetup, uc: UnitCosts, units: list[list[int]], run: Pipel
     pb, gb = DTYPE_BYTES[pr.params], DTYPE_BYTES[pr.grads]
     mb = 0.0 if pr.master == "none" or pr.params == "fp32" else DTYPE_BYTES[pr.master]
     sb = 2 * DTYPE_BYTES[pr.optimizer_states]
-    z, dp, edp = setup.zero, setup.dp, setup.edp
+    z, dp, edp = setup.zero, setup.grad_dp, setup.edp
     rows = []
     for r, stages in enumerate(_rank_stages(setup, len(units))):
         us = [u for s in stages for u in units[s]]
@@ -297,7 +297,7 @@ def simulate_training(setup: TrainSetup, cost_model: CostModel | None = None) ->
         us = [u for s in stages for u in units[s]]
         shard = 1 if setup.zero == 0 else None
         local = float(
-            uc.dense_params[us].sum() / (shard or setup.dp) + uc.expert_params[us].sum() / (shard or setup.edp)
+            uc.dense_params[us].sum() / (shard or setup.grad_dp) + uc.expert_params[us].sum() / (shard or setup.edp)
         )
         opt.append(optimizer_seconds(setup, cm, local))
     nic_possible = any(max(c.nic_f, c.nic_b, c.nic_w) > 0 for c in costs) and (any(red_nic) or any(gather_nic))
@@ -472,7 +472,7 @@ def _summary(
     tokens = setup.tokens_per_step
     f_tok = _model_flops_per_token(setup)
     model_flops = 3.0 * f_tok * tokens
-    executed = float(uc.flops.sum()) * setup.microbatches * setup.tp * setup.dp
+    executed = float(uc.flops.sum()) * setup.microbatches * setup.tp * setup.cp * setup.dp
     gemm_dtype = precision_of(setup).gemm_compute_dtype(gpu.peak_flops)
     fullest = memory.loc[memory["total"].idxmax()]
     capacity = gpu.memory_bytes

@@ -159,7 +159,7 @@ class UnitCosts:
             sharding), shape [L + 2].
         drop_frac: share of routed (token, expert) pairs dropped by the capacity factor.
         a2a_bytes: the busiest GPU's dispatch buffer of one MoE layer, bytes.
-        tokens_per_gpu: tokens of one micro-batch per attention group (micro-batch x seq_len).
+        tokens_per_gpu: tokens of one micro-batch per attention group (micro-batch x seq_len / cp).
         act_kinds: ``act_bytes`` by saved-tensor kind, shape [units, len(train_memory.KINDS)].
         host_bytes: activation bytes per micro-batch offloaded to host memory, shape [units].
         kernel_sources: how each backward and fp8 kernel was timed (`_Sources.summary`): ``measured`` (its own
@@ -240,6 +240,63 @@ def _capacity(setup: TrainSetup, op: Op, loads: np.ndarray | None) -> tuple[Op, 
     return new, float(dropped.sum() / pairs)
 
 
+def cp_batch(sequences: int, seq_len: int, cp: int) -> Batch:
+    """The batch one context-parallel rank computes: ``sequences`` sequences of ``seq_len`` tokens split over ``cp``
+    ranks (Megatron's load-balanced causal split, `megatron.core.utils.get_batch_on_this_cp_rank`).
+
+    Each sequence is cut into ``2 cp`` chunks of ``c = seq_len / (2 cp)`` tokens; rank ``r`` holds chunks ``r`` and
+    ``2 cp - 1 - r``, whose queries attend causally to every key before them. As a `Batch` that is two sequences
+    per real one: ``c`` new tokens after ``r c`` cached, and ``c`` new after ``(2 cp - 1 - r) c`` cached; every rank
+    has the same query-key pairs, ``c^2 (2 cp - 1) + c (c + 1)`` per sequence, 1/cp of the whole sequence's
+    (window-capped exactly with sliding windows), and rank 0's are used. All first chunks come before all second
+    chunks, so `Batch.split` over the attention groups deals each group both chunks of its sequences. ``cp`` 1:
+    ``Batch.prefill(sequences, seq_len)``.
+    """
+    if cp <= 1:
+        return Batch.prefill(sequences, seq_len)
+    c = seq_len // (2 * cp)
+    return Batch((c,) * (2 * sequences), (0,) * sequences + ((2 * cp - 1) * c,) * sequences, "prefill")
+
+
+def cp_ring_seconds(
+    setup: TrainSetup, cost_model: CostModel, op: Op, fwd_s: float, bwd_s: float
+) -> tuple[float, float, str]:
+    """(forward s, backward s, how it was timed): the context-parallel ring's time beyond the attention it hides
+    behind, per layer and micro-batch, for the core-attention ``op`` taking ``fwd_s`` forward and ``bwd_s``
+    backward.
+
+    Transformer Engine's ring attention (``cp_comm_type`` p2p, `transformer_engine.pytorch.attention`
+    ``AttnFuncWithCPAndKVP2P``) runs ``cp`` steps: in each a rank computes its queries against the keys and values
+    it holds while sending them on to the next rank and receiving the previous rank's, ``cp - 1`` transfers of its
+    own keys and values (its ``seq_len / cp`` tokens x its KV heads x (head dim + value dim), activation dtype).
+    The backward passes the keys and values and their gradients: twice the bytes. A step waits for the slower of
+    its transfer and its share of the attention (``1/cp`` of it), so the ring adds ``(cp - 1) x max(0, transfer -
+    attention / cp)``. The transfer is a point-to-point send timed by the cost model, over the network when the
+    ring's ``tp x cp`` GPUs (tensor-parallel ranks innermost, Megatron's order) span more than one node.
+    """
+    cp, m = setup.cp, setup.model
+    a = m.attention
+    tokens = float(op.shape.get("tokens", 0.0))
+    kv_heads = -(-a.num_kv_heads // setup.tp)
+    nbytes = tokens * kv_heads * (a.head_dim + a.v_head_dim) * precision_of(setup).activation_bytes
+    cross = setup.tp * cp > setup.cluster.gpus_per_node
+    send = Op(
+        "cp_ring", "p2p", op.group, 1, 0.0, 0.0, 0.0, 0.0,
+        intra_bytes=0.0 if cross else nbytes, inter_bytes=nbytes if cross else 0.0,
+        intra_msgs=0 if cross else 1, inter_msgs=1 if cross else 0, shape={"bytes": nbytes},
+    )  # fmt: skip
+    hop = cost_model.op_time(send, setup.cluster)
+    f = (cp - 1) * max(0.0, hop.seconds - fwd_s / cp)
+    b = (cp - 1) * max(0.0, 2.0 * hop.seconds - bwd_s / cp)
+    link = "the network" if cross else "NVLink"
+    why = (
+        f"ring attention over cp={cp}: {cp - 1} transfers of {nbytes / 2**20:.1f} MiB per layer over {link} "
+        f"({hop.seconds * 1e6:.0f} us each, {hop.source}) beside the attention; exposed {f * 1e6:.0f} / "
+        f"{b * 1e6:.0f} us forward / backward"
+    )
+    return f, b, why
+
+
 def sequence_hot_factor(setup: TrainSetup) -> float:
     """The busiest EP GPU's routed pairs over the mean when dropless routing is concentrated per sequence (>= 1).
 
@@ -249,7 +306,13 @@ def sequence_hot_factor(setup: TrainSetup) -> float:
     ``routing.sequence_cv`` (for the 1/ep mean share). An EP group routes the tokens of ``n = micro_batch x dp_attn``
     sequences per micro-batch (``dp_attn = ep x etp / tp``: the attention ranks feeding one EP group); their shares
     average, so a GPU's share has CV ``cv / sqrt(n)``, and the busiest of the ``ep`` GPUs carries
-    ``1 + cv / sqrt(n) x E[max of ep standard normals]`` times the mean. 1.0 without ``sequence_cv``, with a
+    ``1 + cv / sqrt(n) x E[max of ep standard normals]`` times the mean. With context parallelism the attention
+    groups of an EP group hold slices of fewer sequences (``dp_attn / cp``), but each slice (two chunks far apart
+    in a packed sequence) routes as independently as a whole sequence: ``n`` stays ``micro_batch x dp_attn``.
+    The ModelZoo's Qwen3-235B long-context rows bear this out (benchmarks/RESULTS.md section 8, "Context
+    parallelism"): with ``sequence_cv`` from the 16K row, the dropless/forced ratio at 32K/64K/128K (CP 2/4/8)
+    comes out 0.833/0.878/0.922 against the reported 0.827/0.870/0.918, and 0.765/0.824/0.884 if a sequence's
+    slices were counted as one. 1.0 without ``sequence_cv``, with a
     capacity factor (token dropping caps the load) or with the mechanism off (`MECHANISMS`).
     """
     r = setup.scenario.routing
@@ -758,8 +821,9 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     lay = setup.group_layout
     p = precision_of(setup)
     mb, seq = sc.batch.micro_batch, sc.batch.seq_len
-    tokens = mb * seq
-    batch = Batch.prefill(mb * lay.dp_attn, seq)
+    cp = setup.cp
+    tokens = mb * seq // cp  # one GPU's tokens of a micro-batch: its context-parallel slice
+    batch = cp_batch(mb * lay.dp_attn, seq, cp)
     per_layer = setup.loads is not None
     ops = training_ops(decompose(m, batch, lay, cluster, p, loads=setup.loads, mla_absorb=False))
     sp_div = setup.tp if sc.layout.sequence_parallel and setup.tp > 1 else 1
@@ -855,6 +919,11 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
             sources.forward(op.kind, src, t * len(units))
         bi, bw = _assumed_ratio(op)
         bwd, wgt = backward_seconds(timed, fwd, cost_model, cluster, sources, main_grad_bytes)
+        if op.kind == "attention" and cp > 1:  # the keys and values round the context-parallel ring
+            ring = cp_ring_seconds(setup, cost_model, op, fwd[0], bwd[0])
+            fwd[3] += ring[0]
+            bwd[3] += ring[1]
+            sources.add(replace(op, name="cp_ring", kind="p2p"), False, ring[2])
         if sc.precision.gemm == "fp8":  # the casts around an fp8 GEMM (`fp8_cast_ops`), in the compute column
             for part, cast, reps in fp8_cast_ops(timed, setup.microbatches, recipe):
                 t_cast = cost_model.op_time(cast, cluster)
@@ -1092,7 +1161,7 @@ def p2p_seconds(setup: TrainSetup, cost_model: CostModel, tokens: int) -> float:
     m = setup.model
     p = precision_of(setup)
     nbytes = tokens * m.hidden_size * p.activation_bytes / setup.tp
-    cross = setup.tp * setup.dp >= setup.cluster.gpus_per_node
+    cross = setup.tp * setup.cp * setup.dp >= setup.cluster.gpus_per_node
     op = Op(
         "pp_send", "p2p", "pp", 1, 0.0, 0.0, 0.0, 0.0,
         intra_bytes=0.0 if cross else nbytes, inter_bytes=nbytes if cross else 0.0,
@@ -1106,7 +1175,7 @@ def dp_collective_seconds(
 ) -> float:
     """Seconds for one data-parallel collective of ``kind`` over a GPU's dense and expert tensors.
 
-    Dense tensors go over the ``dp`` GPUs that share a (tp, pp) coordinate
+    Dense tensors go over the ``dp x cp`` GPUs that share a (tp, pp) coordinate
     (``gpus_per_node / tp`` of them per node), expert tensors over the ``edp``
     GPUs that share an (ep, etp, pp) coordinate; the two run one after the other.
     """
@@ -1125,7 +1194,7 @@ def dp_collective_parts(
     gpn = setup.cluster.gpus_per_node
     total = nic = 0.0
     for nbytes, gpus, per_node in (
-        (dense_bytes, setup.dp, max(1, gpn // setup.tp)),
+        (dense_bytes, setup.grad_dp, max(1, gpn // setup.tp)),
         (expert_bytes, setup.edp, max(1, gpn // (setup.ep * setup.etp))),
     ):
         if nbytes <= 0:

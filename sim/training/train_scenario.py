@@ -22,14 +22,21 @@ keys are errors. Example::
     overlap: none                  # none | chunk_pairs (DualPipe) | ep_a2a (Megatron's combined 1F1B)
     steps: 1
 
-Layout (Megatron-Core's terms, "MoE parallel folding"): the ``tp x pp x dp``
+Layout (Megatron-Core's terms, "MoE parallel folding"): the ``tp x cp x pp x dp``
 GPUs (``dp`` = the rest) run attention and dense layers with tensor
-parallelism ``tp`` and data parallelism ``dp``; MoE layers fold the same
+parallelism ``tp``, context parallelism ``cp`` and data parallelism ``dp``; MoE layers fold the same
 GPUs of a pipeline stage into expert parallelism ``ep`` times expert tensor
-parallelism ``etp`` times expert data parallelism ``edp = tp x dp / (ep x
+parallelism ``etp`` times expert data parallelism ``edp = tp x cp x dp / (ep x
 etp)``. ``ep x etp`` must be a multiple of ``tp``: a group of ``ep x etp``
 GPUs exchanges tokens in the all-to-all, and inside it ``ep x etp / tp``
-data-parallel attention groups each process their own micro-batch.
+attention groups each process their own tokens (data-parallel micro-batches, or context-parallel slices of one).
+
+Context parallelism (Megatron-Core's ``--context-parallel-size``, Transformer Engine's ring attention with
+``cp_comm_type p2p``): each sequence is cut into ``2 x cp`` chunks and context-parallel rank ``r`` holds chunks
+``r`` and ``2 cp - 1 - r`` (the load-balanced causal split), so every op but the core attention sees
+``seq_len / cp`` tokens, and the core attention runs that rank's queries against the keys before them, the keys
+and values passing round the ring of ``cp`` ranks (`sim.training.train_cost.cp_ring_seconds`). Dense gradients
+are reduced over ``dp x cp`` GPUs.
 """
 
 from __future__ import annotations
@@ -80,11 +87,13 @@ class TrainLayout(_Strict):
 
     Attributes:
         tp: tensor-parallel size of attention, dense layers and the LM head.
+        cp: context-parallel size: each sequence split over ``cp`` GPUs (see the module docstring); ``seq_len``
+            must be a multiple of ``2 x cp``.
         pp: pipeline stages (ranks of a pipeline).
         ep: expert-parallel size.
         etp: expert tensor-parallel size (None: ``tp`` without expert
             parallelism, else 1).
-        dp: data-parallel size (None: every GPU left, cluster GPUs / (tp x pp)).
+        dp: data-parallel size (None: every GPU left, cluster GPUs / (tp x cp x pp)).
         zero: ZeRO stage: 0 (replicated), 1 (optimizer states and fp32 master
             weights sharded over data parallelism), 2 (+ gradients), 3 (+
             parameters, gathered layer by layer; FSDP).
@@ -109,6 +118,7 @@ class TrainLayout(_Strict):
     """
 
     tp: int = Field(1, ge=1, le=MAX_GPUS)
+    cp: int = Field(1, ge=1, le=MAX_GPUS)
     pp: int = Field(1, ge=1, le=MAX_GPUS)
     ep: int = Field(1, ge=1, le=MAX_GPUS)
     etp: int | None = Field(None, ge=1, le=MAX_GPUS)
@@ -351,6 +361,7 @@ class TrainSetup:
         scenario: the validated scenario.
         model, cluster: what trains where (the cluster as large as the job).
         tp, pp, dp, ep, etp, edp: parallel sizes (see the module docstring).
+        cp: context-parallel size (each sequence split over ``cp`` GPUs).
         zero: the ZeRO stage (3 for FSDP).
         schedule, virtual: the pipeline schedule and model chunks per GPU
             (2 for DualPipe: each GPU holds stage r and stage pp-1-r).
@@ -384,11 +395,18 @@ class TrainSetup:
     assumptions: CostAssumptions
     mtp: int = 0
     stage_units: tuple[tuple[int, ...], ...] = ()
+    cp: int = 1
 
     @property
     def gpus(self) -> int:
-        """GPUs of the job: ``tp x pp x dp``."""
-        return self.tp * self.pp * self.dp
+        """GPUs of the job: ``tp x cp x pp x dp``."""
+        return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def grad_dp(self) -> int:
+        """GPUs a dense parameter's gradient is reduced over, and its optimizer state sharded over: ``dp x cp``
+        (context-parallel ranks hold the same weights and see different tokens)."""
+        return self.dp * self.cp
 
     @property
     def tokens_per_step(self) -> int:
@@ -398,7 +416,7 @@ class TrainSetup:
 
     def label(self) -> str:
         """E.g. ``TP1 PP16 DP128 EP64 ZeRO-1 dualpipe``."""
-        parts = [f"TP{self.tp}", f"PP{self.pp}", f"DP{self.dp}"]
+        parts = [f"TP{self.tp}"] + ([f"CP{self.cp}"] if self.cp > 1 else []) + [f"PP{self.pp}", f"DP{self.dp}"]
         if self.ep > 1:
             parts.append(f"EP{self.ep}")
         if self.etp > 1:
@@ -520,21 +538,24 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
     base = Path(base_dir)
     model = load_model(sc.model if not sc.model.endswith(".json") else str(base / sc.model))
     lay, b = sc.layout, sc.batch
-    tp, pp, ep = lay.tp, lay.pp, lay.ep
+    tp, cp, pp, ep = lay.tp, lay.cp, lay.pp, lay.ep
     etp = lay.etp if lay.etp is not None else (tp if ep == 1 else 1)
     zero = 3 if lay.fsdp else lay.zero
-    gpus_hint = tp * pp * (lay.dp or 1)
+    _check_cp(cp, b.seq_len, model)
+    tcp = tp * cp  # the model-parallel GPUs of one data-parallel rank of a pipeline stage
+    sizes = f"tp={tp} x cp={cp}" if cp > 1 else f"tp={tp}"
+    gpus_hint = tcp * pp * (lay.dp or 1)
     cluster = scenario_cluster(sc, base, gpus_hint if lay.dp else max(gpus_hint, ep * etp * pp))
-    if cluster.num_gpus % (tp * pp):
+    if cluster.num_gpus % (tcp * pp):
         raise MoesimError(
-            f"layout tp={tp} x pp={pp} does not divide the {cluster.num_gpus} GPUs of {cluster.name}",
-            "pick tp and pp whose product divides the GPU count, or set layout.dp",
+            f"layout {sizes} x pp={pp} does not divide the {cluster.num_gpus} GPUs of {cluster.name}",
+            f"pick {'tp, cp' if cp > 1 else 'tp'} and pp whose product divides the GPU count, or set layout.dp",
         )
-    dp = lay.dp if lay.dp is not None else cluster.num_gpus // (tp * pp)
-    if tp * pp * dp > cluster.num_gpus:
+    dp = lay.dp if lay.dp is not None else cluster.num_gpus // (tcp * pp)
+    if tcp * pp * dp > cluster.num_gpus:
         raise MoesimError(
-            f"layout tp={tp} x pp={pp} x dp={dp} needs {tp * pp * dp} GPUs but {cluster.name} has {cluster.num_gpus}",
-            "lower dp, tp or pp, or add nodes",
+            f"layout {sizes} x pp={pp} x dp={dp} needs {tcp * pp * dp} GPUs but {cluster.name} has {cluster.num_gpus}",
+            f"lower dp, {'cp, ' if cp > 1 else ''}tp or pp, or add nodes",
         )
     group = ep * etp
     if group % tp:
@@ -542,10 +563,11 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
             f"ep={ep} x etp={etp} = {group} is not a multiple of tp={tp}",
             "moesim folds each tensor-parallel group inside one expert-parallel group: pick ep x etp = k x tp",
         )
-    if (tp * dp) % group:
+    if (tcp * dp) % group:
+        stage = f"tp x cp x dp = {tcp * dp}" if cp > 1 else f"tp x dp = {tp * dp}"
         raise MoesimError(
-            f"ep={ep} x etp={etp} = {group} does not divide the tp x dp = {tp * dp} GPUs of a pipeline stage",
-            "pick ep and etp whose product divides tp x dp",
+            f"ep={ep} x etp={etp} = {group} does not divide the {stage} GPUs of a pipeline stage",
+            f"pick ep and etp whose product divides {stage.split(' = ')[0]}",
         )
     if model.is_moe and model.moe is not None:
         if model.moe.num_experts % ep:
@@ -635,7 +657,7 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
         dp=dp,
         ep=ep,
         etp=etp,
-        edp=tp * dp // group,
+        edp=tcp * dp // group,
         zero=zero,
         schedule=lay.schedule,
         virtual=virtual,
@@ -646,7 +668,26 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
         assumptions=CostAssumptions(pricing=sc.cost.pricing, years=sc.cost.years, utilisation=sc.cost.utilisation),
         mtp=mtp,
         stage_units=tuple(tuple(u) for u in stage_units),
+        cp=cp,
     )
+
+
+def _check_cp(cp: int, seq_len: int, model: ModelSpec) -> None:
+    """`MoesimError` for a context-parallel size the sequence cannot be split by (Megatron cuts each sequence into
+    ``2 x cp`` equal chunks: `megatron.core.utils.get_batch_on_this_cp_rank`), or a model whose attention moesim
+    cannot split (MLA: each rank would up-project only its own latents, which the op model does not express)."""
+    if cp <= 1:
+        return
+    if seq_len % (2 * cp):
+        raise MoesimError(
+            f"batch.seq_len={seq_len} is not a multiple of 2 x cp = {2 * cp}",
+            f"use a sequence length that is a multiple of {2 * cp} (each sequence is cut into 2 x cp chunks)",
+        )
+    if model.attention.kind == "mla":
+        raise MoesimError(
+            f"layout.cp={cp} on {model.name}: context parallelism of MLA attention is not modelled",
+            "use cp: 1 for this model",
+        )
 
 
 def _check_overlap(overlap: str, schedule: str, pp: int) -> None:
