@@ -10,7 +10,8 @@ every setting that had to be guessed):
 - Megatron-LM MoE README, reference mappings: Mixtral-8x7B on 64 H100 (TP1 EP8 PP4 VP8) and Mixtral-8x22B on
   128 H100 (TP4 EP2 PP8 VP7) (``examples/train-mixtral-8x{7,22}b-h100.yaml``);
 - Megatron-MoE-ModelZoo Qwen3-235B-A22B: 256 H100, TP2 PP8 VPP4 EP32 (``examples/train-qwen3-235b-h100.yaml``), and
-  the other layouts of its H100 table (``examples/train-qwen3-235b-h100-*.yaml``);
+  the other layouts of its H100 table and its Long Context rows (16K-128K, context parallelism 1-8)
+  (``examples/train-qwen3-235b-h100-*.yaml``);
 - NVIDIA Megatron-Bridge's performance recipes (docs/performance-summary-archive.md, 26.04.01, DGX-H100):
   Qwen3-30B-A3B on 16 H100, Qwen3-235B-A22B in FP8 on 256 H100, gpt-oss-120b on 64 H100
   (``examples/train-*-bridge*.yaml``).
@@ -41,6 +42,10 @@ RUNS = (
     ("train-qwen3-235b-h100-fsdp-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP1 FSDP MBS4, full recompute"),
     ("train-qwen3-235b-h100-ep8-pp32.yaml", "Qwen3-235B-A22B, 256 H100, TP2 EP8 PP32 VPP3, NCCL a2a"),
     ("train-qwen3-235b-h100-tp4-ep8.yaml", "Qwen3-235B-A22B, 256 H100, TP4 EP8 PP8 VPP4, no recompute"),
+    ("train-qwen3-235b-h100-16k.yaml", "Qwen3-235B-A22B, 256 H100, 16K seq, TP4 EP8 PP8 VPP4, recompute norm+moe"),
+    ("train-qwen3-235b-h100-32k.yaml", "Qwen3-235B-A22B, 256 H100, 32K seq, TP4 CP2 EP8 PP8 VPP4"),
+    ("train-qwen3-235b-h100-64k.yaml", "Qwen3-235B-A22B, 256 H100, 64K seq, TP4 CP4 EP8 PP8 VPP4"),
+    ("train-qwen3-235b-h100-128k.yaml", "Qwen3-235B-A22B, 256 H100, 128K seq, TP4 CP8 EP8 PP8 VPP4"),
     ("train-qwen3-30b-a3b-h100-bridge.yaml", "Qwen3-30B-A3B, 16 H100, EP16, FP8, no recompute (Megatron-Bridge)"),
     (
         "train-qwen3-235b-h100-bridge-fp8.yaml",

@@ -12,8 +12,10 @@ setting that had to be guessed. Published figures (read from the sources, not re
   the report): DeepSeek-V3 on 1,024 H100, seq 4096: 368 TFLOPS and 1,412 tokens/s per GPU.
 - NVIDIA Megatron-MoE-ModelZoo best_practice/qwen3/readme.md, H100 table: Qwen3-235B-A22B on 256 H100, seq 4096,
   GBS 2048, five layouts with their step times (19.7, 17.6, 17.6, 24.2 and 29.0 s); its "Long Context" H100 table,
-  16K sequences (CP1, the only row moesim can express: it has no context parallelism), TP4 PP8 VPP4 EP8, GBS 256:
-  295 TFLOP/s per GPU with forced load balancing (237 dropless), Megatron's causal model FLOPs.
+  sequences of 16K, 32K, 64K and 128K tokens on context parallelism 1, 2, 4 and 8, TP4 PP8 VPP4 EP8, GBS 256:
+  295, 335, 368 and 389 TFLOP/s per GPU with forced load balancing (237, 277, 320, 357 dropless), Megatron's causal
+  model FLOPs. The 32K-128K rows were added after context parallelism was built (held out; the 16K row is the one
+  ``routing.sequence_cv`` was fitted on).
 - NVIDIA Megatron-Bridge's performance summary (NVIDIA-NeMo/Megatron-Bridge docs/performance-summary-archive.md,
   26.04.01 NeMo container, DGX-H100 pre-training rows, forced balance, dropless), each run's settings read from its
   performance recipe (scripts/performance/configs/...): Qwen3-30B-A3B on 16 H100 (FP8, EP16, 8,960 tokens/s per
@@ -26,6 +28,7 @@ on one GPU type at one sequence length from one source, ranked by reported and b
 Run: ``python -m benchmarks.training`` (or ``make bench``); ``--mechanisms`` adds each run's ratio with none, each
 and all of the kernel and collective mechanisms of ``sim.training.train_cost.MECHANISMS``; ``--fit-sequence-cv``
 recomputes the Qwen3 examples' ``routing.sequence_cv`` from the 16K forced/dropless pair (`fit_sequence_cv`);
+``--long-context`` the long-context rows forced and dropless, with the 16K row's ``sequence_cv`` (`long_context`);
 ``--overlap-split`` prints how the combined-1F1B layer pair compares with the published overlap gain
 (`overlap_split`); ``--bridge-decomposition`` what each difference between the ModelZoo's BF16 and Megatron-Bridge's
 FP8 Qwen3-235B rows is worth in moesim (`bridge_decomposition`).
@@ -75,6 +78,12 @@ RUNS: tuple[tuple[str, str, str, str, float, str], ...] = (
      "step_s", 29.0, "main 1e057005"),
     ("train-qwen3-235b-h100-16k.yaml", "Qwen3-235B, 16K seq, TP4 EP8 PP8 VPP4, recompute norm+moe, forced balance",
      ZOO_QWEN3_LONG, "megatron_tflops_causal", 295.0, ""),
+    ("train-qwen3-235b-h100-32k.yaml", "Qwen3-235B, 32K seq, TP4 CP2 EP8 PP8 VPP4, recompute norm+moe, forced "
+     "balance", ZOO_QWEN3_LONG, "megatron_tflops_causal", 335.0, ""),
+    ("train-qwen3-235b-h100-64k.yaml", "Qwen3-235B, 64K seq, TP4 CP4 EP8 PP8 VPP4, recompute norm+moe, forced "
+     "balance", ZOO_QWEN3_LONG, "megatron_tflops_causal", 368.0, ""),
+    ("train-qwen3-235b-h100-128k.yaml", "Qwen3-235B, 128K seq, TP4 CP8 EP8 PP8 VPP4, recompute norm+moe, forced "
+     "balance", ZOO_QWEN3_LONG, "megatron_tflops_causal", 389.0, ""),
     ("train-qwen3-30b-a3b-h100-bridge.yaml", "Qwen3-30B-A3B, 16 H100, EP16, FP8 current, HybridEP, forced balance",
      BRIDGE, "tokens_per_s_per_gpu", 8960.0, "NeMo 26.04.01"),
     ("train-qwen3-235b-h100-bridge-fp8.yaml", "Qwen3-235B, 256 H100, TP2 EP32 PP8 VPP4, FP8 current, NCCL a2a + "
@@ -318,6 +327,64 @@ def overlap_split(name: str = "train-qwen3-235b-h100-a2a-overlap.yaml", ratio: f
 #: The ModelZoo's Long Context H100 table, 16K row (TP4 EP8, DeepEP, BF16): TFLOP/s per GPU with forced load
 #: balancing and dropless (github.com/NVIDIA/Megatron-MoE-ModelZoo best_practice/qwen3/readme.md).
 LONG_16K_FORCED_DROPLESS = (295.0, 237.0)
+#: The whole Long Context H100 table: (example, context-parallel size, forced, dropless TFLOP/s per GPU).
+LONG_CONTEXT = (
+    ("train-qwen3-235b-h100-16k.yaml", 1, 295.0, 237.0),
+    ("train-qwen3-235b-h100-32k.yaml", 2, 335.0, 277.0),
+    ("train-qwen3-235b-h100-64k.yaml", 4, 368.0, 320.0),
+    ("train-qwen3-235b-h100-128k.yaml", 8, 389.0, 357.0),
+)
+#: The Qwen3 examples' ``routing.sequence_cv`` (`fit_sequence_cv` on the 16K row).
+QWEN3_SEQUENCE_CV = 0.76
+
+
+def long_context(cv: float = QWEN3_SEQUENCE_CV) -> str:
+    """The ModelZoo's long-context rows (`LONG_CONTEXT`): each example forced (as it is) and dropless (its routing
+    concentrated per sequence with ``cv``, the value fitted on the 16K row), predicted and reported model TFLOP/s per
+    GPU, their ratio, and the dropless/forced ratio both ways; the dropless ratio also as it would be if a
+    sequence's context-parallel slices routed as one (``train_cost.sequence_hot_factor`` with ``n`` divided by cp),
+    the hypothesis these rows decide against. A markdown table."""
+    import copy
+
+    import yaml
+
+    from moesim.sim.training import train_cost
+
+    lines = [
+        "| seq (cp) | forced: reported / predicted TFLOP/s, ratio | dropless: reported / predicted, ratio | "
+        "dropless/forced: reported | predicted | if slices routed as one |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, cp, forced, dropless in LONG_CONTEXT:
+        base = yaml.safe_load((EXAMPLES / name).read_text())
+        m = load_model(base["model"])
+        f_tok = megatron_flops_per_token(m, base["batch"]["seq_len"], m.vocab_size, causal=True)
+        tflops = []
+        for conc in (None, cv, "one"):
+            d = copy.deepcopy(base)
+            if conc is not None:
+                d["routing"]["sequence_cv"] = cv
+            hot = train_cost.sequence_hot_factor
+            if conc == "one":  # a sequence's cp slices counted as one sequence: n / cp
+
+                def one(setup, hot=hot):  # type: ignore[no-untyped-def]
+                    h = hot(setup)
+                    n = max(1, setup.scenario.batch.micro_batch * setup.group_layout.dp_attn)
+                    return 1.0 + (h - 1.0) * (n / max(1.0, n / setup.cp)) ** 0.5
+
+                train_cost.sequence_hot_factor = one
+            try:
+                tps = run(d, base_dir=EXAMPLES).summary["tokens_per_s_per_gpu"]
+            finally:
+                train_cost.sequence_hot_factor = hot
+            tflops.append(tps * f_tok / 1e12)
+        pf, pd, p1 = tflops
+        lines.append(
+            f"| {base['batch']['seq_len'] // 1024}K ({cp}) | {forced:g} / {pf:.0f}, {pf / forced:.3f} | "
+            f"{dropless:g} / {pd:.0f}, {pd / dropless:.3f} | {dropless / forced:.3f} | {pd / pf:.3f} | "
+            f"{p1 / pf:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def fit_sequence_cv(steps: int = 12) -> tuple[float, float]:
@@ -387,6 +454,8 @@ if __name__ == "__main__":
         print(overlap_split())
     if "--bridge-decomposition" in sys.argv[1:]:
         print(bridge_decomposition())
+    if "--long-context" in sys.argv[1:]:
+        print(long_context())
     if "--fit-sequence-cv" in sys.argv[1:]:
         cv, s0 = fit_sequence_cv()
         print(
