@@ -161,6 +161,18 @@ def test_scenario_training_widgets() -> None:
     assert [m.label for m in at.metric][:2] == ["Step time", "Tokens/s"]
 
 
+def test_scenario_training_context_parallel_widget() -> None:
+    at = page("scenario")
+    at.radio(key="sc_kind").set_value("Training").run()
+    one = at.metric[1].value
+    at.number_input(key="tr_cp").set_value(2).run()  # Mixtral on 64 GPUs: TP1 CP2 PP4 DP8, the same batch
+    clean(at)
+    assert at.metric[1].value != one
+    at.number_input(key="tr_cp").set_value(3).run()  # 4,096 tokens do not split into 6 chunks: one message
+    assert not at.exception
+    assert len(at.error) == 1 and "2 x cp" in at.error[0].value
+
+
 def test_scenario_edge_values() -> None:
     at = page("scenario")
     for key, lo in (("sc_rate", 0.001), ("sc_requests", 10), ("sc_in", 1), ("sc_out", 1), ("sc_max_batch", 1)):

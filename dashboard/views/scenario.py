@@ -96,9 +96,10 @@ if source == "Widgets":
             tp = c1.number_input("TP", 1, 64, d["layout"]["tp"], key="tr_tp")
             pp = c2.number_input("PP", 1, 128, d["layout"]["pp"], key="tr_pp")
             ep = c3.number_input("EP", 1, 1024, d["layout"]["ep"], key="tr_ep")
-            c1, c2 = st.columns(2)
+            c1, c2, c3 = st.columns(3)
             zero = c1.selectbox("ZeRO stage", [0, 1, 2, 3], index=1, key="tr_zero")
             vstages = c2.number_input("Virtual stages", 1, 64, d["layout"]["virtual_stages"], key="tr_v")
+            cp = c3.number_input("CP", 1, 64, 1, key="tr_cp", help="context parallelism: a sequence over CP GPUs")
             c1, c2, c3 = st.columns(3)
             gbs = c1.number_input("Global batch", 1, 1_000_000, d["batch"]["global_batch"], key="tr_gbs")
             mbs = c2.number_input("Micro batch", 1, 1024, d["batch"]["micro_batch"], key="tr_mbs")
@@ -107,7 +108,7 @@ if source == "Widgets":
             recompute = st.selectbox("Recompute", ["none", "selective", "full"], key="tr_recompute")
             mapping = copy.deepcopy(d)
             mapping.update(name=f"{model}-{gpu}-train", model=model, gpu=gpu, nodes=int(nodes), gpus_per_node=int(gpn))
-            mapping["layout"] |= {"tp": int(tp), "pp": int(pp), "ep": int(ep), "zero": int(zero)}
+            mapping["layout"] |= {"tp": int(tp), "pp": int(pp), "ep": int(ep), "zero": int(zero), "cp": int(cp)}
             mapping["layout"] |= {"virtual_stages": int(vstages), "schedule": "interleaved" if vstages > 1 else "1f1b"}
             mapping["batch"] = {"global_batch": int(gbs), "micro_batch": int(mbs), "seq_len": int(seq)}
             mapping["precision"] = {"gemm": gemm}
