@@ -92,8 +92,10 @@ def _rms(
     )
 
 
-def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
-    """Ops of the attention block of layer group ``g`` (see the module docstring)."""
+def attention_ops(c: OpContext, g: LayerSet, absorb: bool, core: bool = False) -> list[Op]:
+    """Ops of the attention block of layer group ``g`` (see the module docstring). ``core``: only the ops that
+    depend on every sequence's context, ``attention`` and MLA's ``kv_b_proj`` (the rest depend on the batch's
+    tokens alone), the ones `sim.serving.steptime` builds for each step."""
     m, lay, p = c.model, c.layout, c.precision
     a, h, b = m.attention, m.hidden_size, c.attn_batch
     t, label, n = b.tokens, g.label, g.count
@@ -110,16 +112,17 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
         kvh = -(-a.num_kv_heads // lay.tp)  # kv heads per GPU, replicated when fewer than tp
         d, dv = a.head_dim, a.v_head_dim
         act = p.activations
-        ops.append(gemm("qkv_proj", label, n, t, heads * d + kvh * (d + dv), h, wb, ab, dt))
-        # q_norm and k_norm: two rms_norm launches, per head (Qwen3) or over q and k (OLMoE); Llama 4's weightless
-        # per-head norm runs after the rotary on RoPE layers only (vllm-project/vllm@vllm/model_executor/models/
-        # llama4.py: ``use_qk_norm = config.use_qk_norm and not self.nope``)
-        if a.qk_norm in ("head", "full") or (a.qk_norm == "l2" and g.rope):
-            weight = 2 * d if a.qk_norm == "head" else 0 if a.qk_norm == "l2" else (heads + kvh) * d
-            ops.append(_rms("qk_norm", label, n, t, heads + kvh, d, ab, act, 2, weight))
-        if g.rope:  # Llama 4's NoPE layers skip the rotary embedding
-            ops.append(rope_op(label, n, t, heads, kvh, d, ab, act))
-        ops.append(kv_write_op(label, n, t, kvh * (d + dv), ab, kvb, act))
+        if not core:
+            ops.append(gemm("qkv_proj", label, n, t, heads * d + kvh * (d + dv), h, wb, ab, dt))
+            # q_norm and k_norm: two rms_norm launches, per head (Qwen3) or over q and k (OLMoE); Llama 4's
+            # weightless per-head norm runs after the rotary on RoPE layers only (vllm-project/vllm@vllm/
+            # model_executor/models/llama4.py: ``use_qk_norm = config.use_qk_norm and not self.nope``)
+            if a.qk_norm in ("head", "full") or (a.qk_norm == "l2" and g.rope):
+                weight = 2 * d if a.qk_norm == "head" else 0 if a.qk_norm == "l2" else (heads + kvh) * d
+                ops.append(_rms("qk_norm", label, n, t, heads + kvh, d, ab, act, 2, weight))
+            if g.rope:  # Llama 4's NoPE layers skip the rotary embedding
+                ops.append(rope_op(label, n, t, heads, kvh, d, ab, act))
+            ops.append(kv_write_op(label, n, t, kvh * (d + dv), ab, kvb, act))
         ops.append(
             Op(
                 "attention",
@@ -134,22 +137,24 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                 shape={**shape, "kv_heads": kvh, "head_dim": d, "form": a.kind},
             )
         )
-        ops.append(gemm("o_proj", label, n, t, h, heads * dv, wb, ab, dt))
+        if not core:
+            ops.append(gemm("o_proj", label, n, t, h, heads * dv, wb, ab, dt))
     else:
         nope, rope, lora, dv = a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank, a.v_head_dim
         latent = (lora + rope) * kvb  # bytes of one cached token
         act = p.activations
-        if a.q_lora_rank:
-            ops.append(gemm("q_a_proj", label, n, t, a.q_lora_rank, h, wb, ab, dt))
-            ops.append(_rms("q_a_norm", label, n, t, 1, a.q_lora_rank, ab, act, 1))
-            ops.append(gemm("q_b_proj", label, n, t, heads * (nope + rope), a.q_lora_rank, wb, ab, dt))
-        else:
-            ops.append(gemm("q_proj", label, n, t, heads * (nope + rope), h, wb, ab, dt))
-        ops.append(gemm("kv_a_proj", label, n, t, lora + rope, h, wb, ab, dt))
-        ops.append(_rms("kv_a_norm", label, n, t, 1, lora, ab, act, 1))
-        ops.append(rope_op(label, n, t, heads, 1, rope, ab, act))  # q_pe of every head and the shared k_pe
-        ops.append(kv_write_op(label, n, t, lora + rope, ab, kvb, act))  # concat_and_cache_mla
-        if absorb:
+        if not core:
+            if a.q_lora_rank:
+                ops.append(gemm("q_a_proj", label, n, t, a.q_lora_rank, h, wb, ab, dt))
+                ops.append(_rms("q_a_norm", label, n, t, 1, a.q_lora_rank, ab, act, 1))
+                ops.append(gemm("q_b_proj", label, n, t, heads * (nope + rope), a.q_lora_rank, wb, ab, dt))
+            else:
+                ops.append(gemm("q_proj", label, n, t, heads * (nope + rope), h, wb, ab, dt))
+            ops.append(gemm("kv_a_proj", label, n, t, lora + rope, h, wb, ab, dt))
+            ops.append(_rms("kv_a_norm", label, n, t, 1, lora, ab, act, 1))
+            ops.append(rope_op(label, n, t, heads, 1, rope, ab, act))  # q_pe of every head and the shared k_pe
+            ops.append(kv_write_op(label, n, t, lora + rope, ab, kvb, act))  # concat_and_cache_mla
+        if absorb and not core:
             ops.append(
                 Op(
                     "q_absorb",
@@ -164,6 +169,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     shape={"m": t, "n": lora, "k": nope, "batch": heads},
                 )
             )
+        if absorb:
             ops.append(
                 Op(
                     "attention",
@@ -178,6 +184,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     shape={**shape, "kv_heads": 1, "head_dim": lora + rope, "form": "mla_absorbed"},
                 )
             )
+        if absorb and not core:
             ops.append(
                 Op(
                     "v_absorb",
@@ -192,7 +199,7 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     shape={"m": t, "n": dv, "k": lora, "batch": heads},
                 )
             )
-        else:
+        if not absorb:
             width = heads * (nope + dv)
             ops.append(
                 Op(
@@ -222,6 +229,9 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool) -> list[Op]:
                     shape={**shape, "kv_heads": heads, "head_dim": nope + rope, "form": "mla"},
                 )
             )
-        ops.append(gemm("o_proj", label, n, t, h, heads * dv, wb, ab, dt))
+        if not core:
+            ops.append(gemm("o_proj", label, n, t, h, heads * dv, wb, ab, dt))
+    if core:
+        return ops
     ar = collective("attn_allreduce", "all_reduce", label, n, t * h * ab, lay.tp, c.cluster.gpus_per_node)
     return ops + ([ar] if ar else [])

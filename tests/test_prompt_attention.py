@@ -50,3 +50,24 @@ def test_uncovered_mixed_attention_keeps_the_roofline(model: CalibratedCostModel
     op, cluster = _attention(Batch((512, 1), (0, 2048), "mixed"))
     t = model.op_time(op, cluster)
     assert t.source.startswith("roofline: kv_heads=2^0.0 outside measured"), t.source
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b", "llama-4-scout"])
+@pytest.mark.parametrize("absorb", [False, True])
+def test_core_attention_ops_are_the_full_lists_context_ops(name: str, absorb: bool, cluster8) -> None:
+    """``attention_ops(..., core=True)`` (what the discrete-event step builds per step) is the full list's ops that
+    depend on every sequence's context, op for op, for MHA/GQA, sliding windows, chunked attention and MLA."""
+    from moesim.model import Batch, Layout, Precision, load_model
+    from moesim.model.attention_ops import attention_ops
+    from moesim.model.op_record import OpContext
+    from moesim.model.params import layer_sets
+
+    m = load_model(name)
+    lay = Layout(tp=2)
+    batch = Batch((300, 1, 1), (0, 5000, 77), "mixed")
+    c = OpContext(m, batch, batch, lay, cluster8, Precision(), "bf16")
+    for g in layer_sets(m, range(m.num_layers)):
+        full = attention_ops(c, g, absorb)
+        core = attention_ops(c, g, absorb, core=True)
+        assert core == [op for op in full if op.name in ("attention", "kv_b_proj")]
+        assert core

@@ -1009,7 +1009,7 @@ class StepTimer:
         ctx = OpContext(self.model, whole, attn, lay, self.cluster, p, self._gemm_dtype)
         att = 0.0
         for g in self._att_sets:
-            for op in attention_ops(ctx, g, absorb):
+            for op in attention_ops(ctx, g, absorb, core=True):
                 if op.name in _ATT_OPS:
                     sec = self.cost_model.op_time(op, self.cluster).seconds * op.count
                     out[0] += sec
@@ -1023,7 +1023,7 @@ class StepTimer:
                         att += op.kernels * op.count
         one = OpContext(self.model, whole, whole, Layout(), self._one, p, self._gemm_dtype)
         for g in self._util_sets:
-            for op in attention_ops(one, g, phase == "decode"):  # `utilisation_exact`: MLA absorbed for decode only
+            for op in attention_ops(one, g, phase == "decode", core=True):  # `utilisation_exact`: absorbed: decode
                 if op.name in _ATT_OPS:
                     util[0] += (op.weight_bytes + op.kv_bytes) * op.count
                     util[1] += op.flops * op.count
@@ -1044,9 +1044,18 @@ class StepTimer:
         the attention group's sequences, unused, their one-device bytes and FLOP). Vectors: (other compute s,
         all-to-all s, other comm s, routed experts s, kernel launches, of the other compute the MoE layers'
         ``prep``, ``core`` and ``shared`` s, of the all-to-all the dispatch s, of each class the SM-capped
-        DeepGEMM ops s, 1 where the routed experts are SM-capped) and (bytes, FLOP)."""
+        DeepGEMM ops s, 1 where the routed experts are SM-capped) and (bytes, FLOP). Memoised by (kind, phase, x):
+        the callers never write into the vectors."""
         if x <= 64:
             return self._sep_entry(kind, phase, x)
+        key = ("sep", kind, phase, x)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._sep_between(kind, phase, x)
+        return hit
+
+    def _sep_between(self, kind: str, phase: str, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_sep` beyond 64: linear between the entries 1/32 octave apart around ``x``."""
         j = 32 * math.log2(x / 64)
         lo, hi = round(64 * 2 ** (math.floor(j) / 32)), round(64 * 2 ** ((math.floor(j) + 1) / 32))
         if hi <= lo or x <= lo:
