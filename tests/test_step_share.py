@@ -180,3 +180,43 @@ def test_capacity_search_rows_equal_without_sharing() -> None:
             capmod.SHARE = True
     assert rows[True]["status"] == "ok" and rows[True]["capacity_runs"] >= 2
     _equal(rows[True], rows[False])
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},  # MoE with expert parallelism, no engine profile
+        {"engine": {"max_batch": 64, "max_tokens": 2048, "kind": "vllm"}},  # an overlapping host scheduler
+        {"engine": {"max_batch": 64, "max_tokens": 2048, "kind": "sglang"}},
+        {"model": "llama-3.1-8b", "layout": {"tp": 1}, "routing": {"distribution": "uniform"}},  # dense
+        {"routing": {"distribution": "power", "exponent": 1.2, "capacity_factor": 1.0}},  # drops
+    ],
+)
+def test_one_step_in_floats_is_the_blocks_step(over: dict) -> None:
+    """`StepTimer.sample` combines a one-step block in Python floats (`_combine_one`): every field of the
+    `StepCost` equal, bit for bit, to `_combine(...).cost(0)` of the same arguments, over decode, prefill and mixed
+    batches of many shapes."""
+    import dataclasses
+
+    built = load(SCENARIO | over)
+    pool = built.pools[0]
+    timer = make_timer(built, pool, replica_capacity(built, pool), 0)
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(60):
+        b = int(rng.integers(1, 40))
+        new = np.where(rng.random(b) < 0.8, 1, rng.integers(1, 900, b))
+        cached = rng.integers(0, 3000, b) * (rng.random(b) < 0.9)
+        args = timer._block_args(new, cached[None, :])
+        if timer.overlap == "two_batch":
+            continue
+        ref = timer._combine(*args).cost(0)
+        got = timer._combine_one(*args)
+        for f in dataclasses.fields(ref):
+            x, y = getattr(ref, f.name), getattr(got, f.name)
+            if isinstance(x, np.ndarray):
+                assert np.array_equal(x, y), f.name
+            else:
+                assert x == y and type(x) is type(y), (f.name, x, y)
+        checked += 1
+    assert checked == 60

@@ -229,6 +229,8 @@ _BLOCK_FIELDS = (
 
 
 #: `StepTimer._host_overlap`: the host fields that are constant for a batch shape, in this order.
+#: `StepTimer._combine_one`'s host fields without a host model: `StepCost`'s defaults (zeros).
+_NO_HOST_COST: dict[str, Any] = {}
 _HOST_CONST = (
     "host_s", "launches", "graphs", "scheduler_cpu_s", "prepare_cpu_s", "sampling_cpu_s", "launch_cpu_s",
 )  # fmt: skip
@@ -1320,8 +1322,15 @@ class StepTimer:
         return -(-seqs // dp), (-(-tokens // dp) if rank_tokens is None else int(rank_tokens))
 
     def sample(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
-        """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches."""
-        return self.sample_block(np.asarray(new), np.asarray(cached)[None, :]).cost(0)
+        """One discrete-event step: routing drawn for this step, stragglers, drops and expert fetches.
+
+        `sample_block` of one step, combined in Python floats (`_combine_one`) where that is `_combine`'s
+        arithmetic: without two-batch overlap, and with no host model, an ideal one or an overlapping scheduler."""
+        args = self._block_args(np.asarray(new), np.asarray(cached)[None, :])
+        prof = self.profile
+        if self.overlap == "two_batch" or (prof is not None and not prof.ideal and not prof.overlap):
+            return self._combine(*args).cost(0)
+        return self._combine_one(*args)
 
     def sample_run(self, new: np.ndarray, cached: np.ndarray) -> list[StepCost]:
         """``k`` consecutive steps of the same sequences, new tokens [B], cached tokens [k, B]."""
@@ -1334,6 +1343,11 @@ class StepTimer:
         experts) from the layer's bank of exact routing samples (`RoutingBank`), so a run of steps costs a few
         array gathers and reductions, not a multinomial and a dozen reductions per step.
         """
+        return self._combine(*self._block_args(new, cached))
+
+    def _block_args(self, new: np.ndarray, cached: np.ndarray) -> tuple:
+        """`sample_block`'s arguments of `_combine`: parts [k, _N], the slowest GPU's expert seconds per layer
+        [k, L], stragglers [k], fetches [k], extras [k, 3 or 1], each GPU's wait [k, G] and the step's shape."""
         k = cached.shape[0]
         shape = _shape(new, cached[0])
         padded = self._padded(shape)
@@ -1351,12 +1365,68 @@ class StepTimer:
         ep = max(self.layout.ep, 1)
         if self.moe is None:
             z = np.zeros(k)
-            return self._combine(parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)), step)
+            return parts, np.zeros((k, 1)), z, z, np.zeros((k, 1)), np.zeros((k, ep)), step
         # padded dummy tokens are routed too, unless the engine masks them out of the top-k
         tokens = int(new.sum()) + ((padded - int(new.size)) if self._routes_padding() else 0)
         slowest, straggler, wait, pairs_total, dropped, fetch = self._route(k, tokens * self.moe.top_k)
         extras = np.stack([pairs_total, dropped, fetch], axis=1)
-        return self._combine(parts, slowest, straggler, fetch, extras, wait, step)
+        return parts, slowest, straggler, fetch, extras, wait, step
+
+    def _combine_one(
+        self,
+        parts: np.ndarray,
+        expert_layers: np.ndarray,
+        straggler: np.ndarray,
+        fetch: np.ndarray,
+        extras: np.ndarray,
+        wait: np.ndarray,
+        step: tuple,
+    ) -> StepCost:
+        """``_combine(...).cost(0)`` of a one-step block in Python floats: the same operations in the same order
+        (IEEE doubles either way, so the same values; `tests/test_step_share.py` compares them bit for bit), for a
+        timer without two-batch overlap whose host is none, ideal or an overlapping scheduler (`sample`)."""
+        other, a2a, comm, _, _, nbytes, flops = parts[0, :7].tolist()
+        experts = float(expert_layers.sum(axis=1)[0])  # the same pairwise reduction as `_combine`'s
+        strag, fet = float(straggler[0]), float(fetch[0])
+        compute = other + experts - strag
+        total = other + experts + a2a + comm + fet
+        pairs, dropped = (float(extras[0, 0]), float(extras[0, 1])) if extras.shape[1] > 1 else (0.0, 0.0)
+        seqs, tokens, phase, padded = step[:4]
+        host: dict[str, Any] = _NO_HOST_COST
+        prof = self.profile
+        if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` on one row
+            seqs, tokens = self.host_shape(seqs, tokens, step[4] if len(step) > 4 else None)
+            launches, att = round(float(parts[0, 7])), round(float(parts[0, 8]))
+            mode = graph_mode(prof, phase, seqs, tokens)
+            key = ("host", seqs, tokens, mode, launches, att)
+            hc = self._memo.get(key)
+            if hc is None:
+                hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+            cpu = (hc.scheduler_s, hc.prepare_s, hc.sampling_s, hc.launch_s)
+            h_total = sum(cpu)
+            f = max(h_total - total, 0.0) / h_total if h_total > 0.0 else 0.0
+            ex = [float(c * f) for c in cpu]
+            host = {
+                "scheduler_s": ex[0], "prepare_s": ex[1], "sampling_s": ex[2], "launch_s": ex[3],
+                "host_s": float(hc.total_s), "launches": int(float(hc.launches)), "graphs": int(float(hc.graphs)),
+                "scheduler_cpu_s": float(cpu[0]), "prepare_cpu_s": float(cpu[1]), "sampling_cpu_s": float(cpu[2]),
+                "launch_cpu_s": float(cpu[3]),
+            }  # fmt: skip
+            total = total + ex[0] + ex[1] + ex[2] + ex[3]
+        return StepCost(
+            duration_s=float(total),
+            compute_s=float(compute),
+            comm_s=a2a + comm,
+            straggler_s=strag,
+            fetch_s=fet,
+            pairs=int(pairs),
+            dropped_pairs=int(dropped),
+            bytes=nbytes,
+            flops=flops,
+            gpu_wait_s=wait[0],
+            padded_batch=padded,
+            **host,
+        )
 
     def _route(
         self, k: int, n_pairs: int
