@@ -75,6 +75,27 @@ def test_training_figures_are_section_8s() -> None:
     assert (min(ratios), max(ratios)) == (TRAINING["lowest"], TRAINING["highest"])
     done, total = TRAINING["pairs"].split("/")
     assert f"{done} of {total} pairs ranked as reported" in s
+    w = re.search(
+        r"median ratio (\d+\.\d+) for the runs below the median work per layer and micro-batch \((\d+\.\d+) ms\), "
+        r"(\d+\.\d+) for the rest",
+        s,
+    )
+    assert w and (float(w.group(1)), float(w.group(2)), float(w.group(3))) == (
+        TRAINING["ratio_below"],
+        TRAINING["work_median_ms"],
+        TRAINING["ratio_above"],
+    )
+
+
+def test_a_training_check_says_which_work_group_it_is_in() -> None:
+    below = training_check("calibrated:full-bf16", 6.1)
+    above = training_check("calibrated:full-bf16", 48.5)
+    assert below["work_group"] == "below" and above["work_group"] == "above"
+    assert f"median {TRAINING['ratio_below']:.2f}x" in below["note"]
+    assert f"median {TRAINING['ratio_above']:.2f}x" in above["note"]
+    assert "work_group" not in training_check("calibrated:full-bf16")
+    assert "work_group" not in training_check("calibrated:full-bf16", float("nan"))
+    assert training_check("roofline", 6.1)["reference"] is None
 
 
 def test_each_kind_names_its_reference() -> None:

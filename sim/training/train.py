@@ -523,7 +523,9 @@ def _summary(
         "cost_basis": basis,
         "cost_model": getattr(cm, "name", type(cm).__name__),
         # how far off predictions of this kind were against published runs (`sim.fidelity`)
-        "checked_against": training_check(getattr(cm, "name", None)),
+        "checked_against": training_check(
+            getattr(cm, "name", None), step_s / (setup.microbatches * setup.model.num_layers / setup.pp) * 1e3
+        ),
         # how each backward and fp8-cast kernel was timed: its own table, or the assumed ratio (`train_cost`)
         "kernel_sources": uc.kernel_sources or {},
     }
