@@ -51,6 +51,9 @@ def train(
 
     Another all-to-all backend: moesim train examples/train-deepseek-v3-h800.yaml --a2a-backend nccl
 
+    Long sequences split over GPUs (layout.cp, context parallelism): moesim train
+    examples/train-qwen3-235b-h100-128k.yaml --json
+
     A layout that does not fit in GPU memory still gets its report ("fits": false in --json, outputs written),
     then one error line and exit code 3, as 'moesim roofline' does (1: bad input, 2: bad usage).
     """
