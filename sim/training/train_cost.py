@@ -25,7 +25,8 @@ and pass (F: forward; B: input gradients plus recomputation; W: weight
 gradients) the time splits into ``compute`` (kernels at perfectly balanced
 routing), ``straggler`` (the busiest EP GPU's extra expert time from routing
 skew and sampling noise), ``ep_comm`` (dispatch and combine all-to-alls) and
-``tp_comm`` (tensor-parallel collectives). Recomputation: ``full`` re-runs a
+``tp_comm`` (tensor-parallel collectives, and with context parallelism the ring attention's transfers the
+attention does not hide, `cp_ring_seconds`). Recomputation: ``full`` re-runs a
 layer's whole forward (communication included) in its backward; ``selective``
 re-runs the forward ops of the Megatron modules it recomputes
 (`train_memory.recompute_modules_of`: norms, MLA up-projections, SwiGLU,
