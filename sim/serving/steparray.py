@@ -56,7 +56,6 @@ from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext
 from moesim.model.ops import _layer_sets_memo, _moe_routed_ops, decompose
 from moesim.model.roofline import RooflineCostModel
-from moesim.sim.serving.host import graph_mode, host_cost
 from moesim.sim.serving.steptime import _COMM, StepCost, StepTimer
 
 #: Op fields the roofline reads, fitted per op.
@@ -314,26 +313,11 @@ class StepArray:
         experts = e_total if n == 1 else float(np.add.reduce(self._ones_n * (e_total / n)))
         compute = other + experts - 0.0
         total = other + experts + a2a + comm + 0.0
-        seqs, tokens, phase, padded = step[:4]
+        padded = step[3]
         host = _NO_HOST
         prof = t.profile
         if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` (one row, overlapping)
-            seqs, tokens = t.host_shape(seqs, tokens, step[4])  # one DP-attention rank's scheduler
-            mode = graph_mode(prof, phase, seqs, tokens)
-            key = ("host", seqs, tokens, mode, round(launches), round(att))
-            hc = t._memo.get(key)
-            if hc is None:
-                hc = t._memo[key] = host_cost(prof, seqs, tokens, key[4], mode, key[5], t.n_layers + 1)
-            cpu = (float(hc.scheduler_s), float(hc.prepare_s), float(hc.sampling_s), float(hc.launch_s))
-            h_total = sum(cpu)
-            f = max(h_total - total, 0.0) / h_total if h_total > 0.0 else 0.0
-            ex = [c * f for c in cpu]
-            host = {
-                "scheduler_s": ex[0], "prepare_s": ex[1], "sampling_s": ex[2], "launch_s": ex[3],
-                "host_s": float(hc.total_s), "launches": int(float(hc.launches)), "graphs": int(float(hc.graphs)),
-                "scheduler_cpu_s": cpu[0], "prepare_cpu_s": cpu[1], "sampling_cpu_s": cpu[2], "launch_cpu_s": cpu[3],
-            }  # fmt: skip
-            total = total + ex[0] + ex[1] + ex[2] + ex[3]
+            host, total = t._host_one(total, step, round(launches), round(att))  # one DP-attention rank's scheduler
         return StepCost(
             duration_s=total,
             compute_s=compute,

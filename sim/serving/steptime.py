@@ -1391,28 +1391,12 @@ class StepTimer:
         compute = other + experts - strag
         total = other + experts + a2a + comm + fet
         pairs, dropped = (float(extras[0, 0]), float(extras[0, 1])) if extras.shape[1] > 1 else (0.0, 0.0)
-        seqs, tokens, phase, padded = step[:4]
+        padded = step[3]
         host: dict[str, Any] = _NO_HOST_COST
         prof = self.profile
         if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` on one row
-            seqs, tokens = self.host_shape(seqs, tokens, step[4] if len(step) > 4 else None)
             launches, att = round(float(parts[0, 7])), round(float(parts[0, 8]))
-            mode = graph_mode(prof, phase, seqs, tokens)
-            key = ("host", seqs, tokens, mode, launches, att)
-            hc = self._memo.get(key)
-            if hc is None:
-                hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
-            cpu = (hc.scheduler_s, hc.prepare_s, hc.sampling_s, hc.launch_s)
-            h_total = sum(cpu)
-            f = max(h_total - total, 0.0) / h_total if h_total > 0.0 else 0.0
-            ex = [float(c * f) for c in cpu]
-            host = {
-                "scheduler_s": ex[0], "prepare_s": ex[1], "sampling_s": ex[2], "launch_s": ex[3],
-                "host_s": float(hc.total_s), "launches": int(float(hc.launches)), "graphs": int(float(hc.graphs)),
-                "scheduler_cpu_s": float(cpu[0]), "prepare_cpu_s": float(cpu[1]), "sampling_cpu_s": float(cpu[2]),
-                "launch_cpu_s": float(cpu[3]),
-            }  # fmt: skip
-            total = total + ex[0] + ex[1] + ex[2] + ex[3]
+            host, total = self._host_one(total, step, launches, att)
         return StepCost(
             duration_s=float(total),
             compute_s=float(compute),
@@ -1586,6 +1570,31 @@ class StepTimer:
             padded_batch=padded,
             **host,
         )
+
+    def _host_one(self, gpu_s: float, step: tuple, launches: int, att: int) -> tuple[dict[str, Any], float]:
+        """`_host_block` -> `_host_overlap` of one step of GPU time ``gpu_s`` (s) in Python floats, for an
+        overlapping scheduler: `StepCost`'s host fields and the step's new duration (s). ``step``: (sequences,
+        tokens, phase, padded[, the busiest DP rank's tokens]); ``launches``, ``att``: its kernel and attention
+        launches."""
+        prof = self.profile
+        assert prof is not None
+        seqs, tokens = self.host_shape(step[0], step[1], step[4] if len(step) > 4 else None)
+        mode = graph_mode(prof, step[2], seqs, tokens)
+        key = ("host", seqs, tokens, mode, launches, att)
+        hc = self._memo.get(key)
+        if hc is None:
+            hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+        cpu = (float(hc.scheduler_s), float(hc.prepare_s), float(hc.sampling_s), float(hc.launch_s))
+        h_total = sum(cpu)
+        # `host.exposed`: the host time beyond the GPU time, shared in proportion
+        f = max(h_total - gpu_s, 0.0) / h_total if h_total > 0.0 else 0.0
+        ex = [c * f for c in cpu]
+        host = {
+            "scheduler_s": ex[0], "prepare_s": ex[1], "sampling_s": ex[2], "launch_s": ex[3],
+            "host_s": float(hc.total_s), "launches": int(float(hc.launches)), "graphs": int(float(hc.graphs)),
+            "scheduler_cpu_s": cpu[0], "prepare_cpu_s": cpu[1], "sampling_cpu_s": cpu[2], "launch_cpu_s": cpu[3],
+        }  # fmt: skip
+        return host, gpu_s + ex[0] + ex[1] + ex[2] + ex[3]
 
     def _host_block(
         self, gpu_s: np.ndarray, seqs: int, tokens: int, phase: str, launch_parts: np.ndarray
