@@ -158,12 +158,40 @@ def test_a_slice_of_a_sequence_routes_like_a_sequence() -> None:
         ({"layout": {"cp": 3}, "batch": {"seq_len": 1024}}, "not a multiple of 2 x cp = 6"),
         ({"layout": {"cp": 4, "pp": 4}}, "does not divide the 8 GPUs"),
         ({"layout": {"cp": 2, "ep": 8}}, "does not divide the tp x cp x dp = 4 GPUs"),
-        ({"model": "deepseek-v2-lite", "layout": {"cp": 2, "ep": 4}}, "context parallelism of MLA attention"),
     ],
 )
 def test_bad_cp_layouts_fail_with_one_line(over: dict, needle: str) -> None:
     with pytest.raises(MoesimError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load(train_scenario(over))
+
+
+def test_mla_up_projects_its_own_latents_and_passes_full_heads_round_the_ring() -> None:
+    """MLA with context parallelism (Megatron-Core computes K and V from the rank's own latents, then the ring passes
+    them on): ``kv_b_proj`` on the rank's tokens only, the attention on its pairs, the ring's bytes every local head's
+    key (nope + rope) and value dims."""
+    cm = RooflineCostModel()
+    mla = {"model": "deepseek-v2-lite", "layout": {"ep": 4}}
+    two = load(train_scenario(_cp(2, 2048), mla))
+    one = load(train_scenario(_cp(1, 1024), mla))
+    u2, u1 = unit_costs(two, cm), unit_costs(one, cm)
+    assert u2.tokens_per_gpu == u1.tokens_per_gpu == 1024
+    a = two.model.attention
+    heads, dq = a.num_heads, a.qk_nope_head_dim + a.qk_rope_head_dim
+    pairs2 = cp_batch(1, 2048, 2).attention_pairs()
+    # every layer's forward FLOP beyond the cp=1 run's is the attention's extra pairs (the up-projection is the same)
+    extra = u2.flops[1:-1, 0] - u1.flops[1:-1, 0]
+    want = 2.0 * (pairs2 - _full_pairs(1024)) * heads * (dq + a.v_head_dim)
+    assert extra == pytest.approx(np.full_like(extra, want), rel=1e-9)
+    seen: list[Op] = []
+
+    class Spy(RooflineCostModel):
+        def op_time(self, op: Op, cluster):  # type: ignore[no-untyped-def]
+            if op.name == "cp_ring":
+                seen.append(op)
+            return super().op_time(op, cluster)
+
+    unit_costs(two, Spy())
+    assert seen and seen[0].intra_bytes == pytest.approx(1024 * heads * (dq + a.v_head_dim) * 2)
 
 
 def test_cli_says_cp_in_the_layout(tmp_path: Path) -> None:

@@ -259,6 +259,17 @@ def cp_batch(sequences: int, seq_len: int, cp: int) -> Batch:
     return Batch((c,) * (2 * sequences), (0,) * sequences + ((2 * cp - 1) * c,) * sequences, "prefill")
 
 
+def cp_local_up_proj(op: Op, tokens: float) -> Op:
+    """MLA's ``kv_b_proj`` on one context-parallel rank: the up-projection of the rank's own ``tokens`` latents
+    (Megatron-Core's MLA computes K and V from its local tokens before the core attention's ring passes them on),
+    where `cp_batch`'s batch would have it up-project every key its queries read. FLOP and bytes scale with the
+    rows; the weights are read once either way."""
+    f = tokens / max(float(op.shape["m"]), 1.0)
+    return replace(
+        op, flops=op.flops * f, kv_bytes=op.kv_bytes * f, act_bytes=op.act_bytes * f, shape={**op.shape, "m": tokens}
+    )
+
+
 def cp_ring_seconds(
     setup: TrainSetup, cost_model: CostModel, op: Op, fwd_s: float, bwd_s: float
 ) -> tuple[float, float, str]:
@@ -269,17 +280,21 @@ def cp_ring_seconds(
     Transformer Engine's ring attention (``cp_comm_type`` p2p, `transformer_engine.pytorch.attention`
     ``AttnFuncWithCPAndKVP2P``) runs ``cp`` steps: in each a rank computes its queries against the keys and values
     it holds while sending them on to the next rank and receiving the previous rank's, ``cp - 1`` transfers of its
-    own keys and values (its ``seq_len / cp`` tokens x its KV heads x (head dim + value dim), activation dtype).
+    own keys and values (its ``seq_len / cp`` tokens x its KV heads x (key head dim + value dim), activation dtype;
+    MLA passes its up-projected keys, every head's nope and rope dims, and values).
     The backward passes the keys and values and their gradients: twice the bytes. A step waits for the slower of
     its transfer and its share of the attention (``1/cp`` of it), so the ring adds ``(cp - 1) x max(0, transfer -
     attention / cp)``. The transfer is a point-to-point send timed by the cost model, over the network when the
     ring's ``tp x cp`` GPUs (tensor-parallel ranks innermost, Megatron's order) span more than one node.
     """
     cp, m = setup.cp, setup.model
-    a = m.attention
-    tokens = float(op.shape.get("tokens", 0.0))
-    kv_heads = -(-a.num_kv_heads // setup.tp)
-    nbytes = tokens * kv_heads * (a.head_dim + a.v_head_dim) * precision_of(setup).activation_bytes
+    s = op.shape
+    tokens = float(s.get("tokens", 0.0))
+    # the attention op's own KV heads and key head dim (GQA: the local KV heads; MLA's plain form: every local head,
+    # nope + rope dims)
+    kv_heads = float(s.get("kv_heads", -(-m.attention.num_kv_heads // setup.tp)))
+    head_dim = float(s.get("head_dim", m.attention.head_dim))
+    nbytes = tokens * kv_heads * (head_dim + m.attention.v_head_dim) * precision_of(setup).activation_bytes
     cross = setup.tp * cp > setup.cluster.gpus_per_node
     send = Op(
         "cp_ring", "p2p", op.group, 1, 0.0, 0.0, 0.0, 0.0,
@@ -827,6 +842,8 @@ def unit_costs(setup: TrainSetup, cost_model: CostModel) -> UnitCosts:
     batch = cp_batch(mb * lay.dp_attn, seq, cp)
     per_layer = setup.loads is not None
     ops = training_ops(decompose(m, batch, lay, cluster, p, loads=setup.loads, mla_absorb=False))
+    if cp > 1:  # MLA with context parallelism: each rank up-projects its own latents (the ring carries K and V)
+        ops = [cp_local_up_proj(op, tokens) if op.name == "kv_b_proj" else op for op in ops]
     sp_div = setup.tp if sc.layout.sequence_parallel and setup.tp > 1 else 1
     if sp_div > 1 and "sp_collectives" in MECHANISMS:
         ops = sequence_parallel_collectives(ops, lay.moe_tp, setup.tp)

@@ -541,7 +541,7 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
     tp, cp, pp, ep = lay.tp, lay.cp, lay.pp, lay.ep
     etp = lay.etp if lay.etp is not None else (tp if ep == 1 else 1)
     zero = 3 if lay.fsdp else lay.zero
-    _check_cp(cp, b.seq_len, model)
+    _check_cp(cp, b.seq_len)
     tcp = tp * cp  # the model-parallel GPUs of one data-parallel rank of a pipeline stage
     sizes = f"tp={tp} x cp={cp}" if cp > 1 else f"tp={tp}"
     gpus_hint = tcp * pp * (lay.dp or 1)
@@ -672,21 +672,15 @@ def build_training(sc: TrainScenario, base_dir: str | Path = ".", cost_model: Co
     )
 
 
-def _check_cp(cp: int, seq_len: int, model: ModelSpec) -> None:
+def _check_cp(cp: int, seq_len: int) -> None:
     """`MoesimError` for a context-parallel size the sequence cannot be split by (Megatron cuts each sequence into
-    ``2 x cp`` equal chunks: `megatron.core.utils.get_batch_on_this_cp_rank`), or a model whose attention moesim
-    cannot split (MLA: each rank would up-project only its own latents, which the op model does not express)."""
+    ``2 x cp`` equal chunks: `megatron.core.utils.get_batch_on_this_cp_rank`)."""
     if cp <= 1:
         return
     if seq_len % (2 * cp):
         raise MoesimError(
             f"batch.seq_len={seq_len} is not a multiple of 2 x cp = {2 * cp}",
             f"use a sequence length that is a multiple of {2 * cp} (each sequence is cut into 2 x cp chunks)",
-        )
-    if model.attention.kind == "mla":
-        raise MoesimError(
-            f"layout.cp={cp} on {model.name}: context parallelism of MLA attention is not modelled",
-            "use cp: 1 for this model",
         )
 
 
