@@ -1198,21 +1198,28 @@ class StepTimer:
             loads = np.broadcast_to(self.loads, (self.n_moe, moe.num_experts)) if self.loads is not None else None
             phys = np.broadcast_to(self.phys, (self.n_moe, self.slots)) if self.phys is not None else None
             hit = 0.0
+            # layers with the same loads and placement (all of them without per-layer routing) are timed once; the
+            # sum still adds each layer's time in turn
+            seen: dict[tuple[bytes | None, bytes | None], float] = {}
             for i in range(self.n_moe):
-                op = experts_op(
-                    tokens,
-                    self.model.hidden_size,
-                    moe.intermediate_size // lay.moe_tp,
-                    moe.top_k,
-                    moe.num_experts,
-                    lay.ep,
-                    self.precision,
-                    gemm_dtype,
-                    moe_tp=lay.moe_tp,
-                    loads=None if loads is None else loads[i],
-                    phys_to_log=None if phys is None else phys[i],
-                )
-                hit += self.cost_model.op_time(op, self.cluster).seconds
+                row = (None if loads is None else loads[i].tobytes(), None if phys is None else phys[i].tobytes())
+                sec = seen.get(row)
+                if sec is None:
+                    op = experts_op(
+                        tokens,
+                        self.model.hidden_size,
+                        moe.intermediate_size // lay.moe_tp,
+                        moe.top_k,
+                        moe.num_experts,
+                        lay.ep,
+                        self.precision,
+                        gemm_dtype,
+                        moe_tp=lay.moe_tp,
+                        loads=None if loads is None else loads[i],
+                        phys_to_log=None if phys is None else phys[i],
+                    )
+                    sec = seen[row] = self.cost_model.op_time(op, self.cluster).seconds
+                hit += sec
             self._memo[key] = hit
         return hit
 
