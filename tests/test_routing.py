@@ -11,9 +11,13 @@ from moesim.model.routing import expected_max_normal, fanout_of_hits, hit_probab
 RNG = np.random.default_rng(0)
 
 
-def sample_topk(trials: int, tokens: int, experts: int, k: int, weights=None, rng=RNG) -> np.ndarray:
-    """[trials, tokens, k] expert ids: k distinct per token, Gumbel-top-k on log-weights."""
+def sample_topk(trials: int, tokens: int, experts: int, k: int, weights=None, rng=None) -> np.ndarray:
+    """[trials, tokens, k] expert ids: k distinct per token, Gumbel-top-k on log-weights. Without ``rng``, drawn
+    from a generator seeded by the arguments, so a test's sample does not depend on which tests ran before it in
+    the same process (pytest-xdist deals tests to workers differently from run to run)."""
     logw = np.zeros(experts) if weights is None else np.log(weights)
+    if rng is None:
+        rng = np.random.default_rng((trials, tokens, experts, k, 0 if weights is None else 1))
     g = logw + rng.gumbel(size=(trials, tokens, experts))
     return np.argpartition(-g, k - 1, axis=-1)[..., :k]
 
