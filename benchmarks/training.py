@@ -141,15 +141,6 @@ def unexplained_ms_per_layer_microbatch(name: str, reported_tokens_per_s_per_gpu
     return (reported_step_s - summary["step_s"]) / (summary["microbatches"] * layers) * 1e3
 
 
-def predicted_ms_per_layer_microbatch(name: str, summary: dict) -> float:
-    """moesim's step over (micro-batches x decoder layers per pipeline rank), milliseconds: the GPU work one pipeline
-    rank does per decoder layer and micro-batch, bubbles and exposed communication included (the normalisation of
-    `unexplained_ms_per_layer_microbatch`)."""
-    sc = load_train_scenario(EXAMPLES / name)
-    layers = load_model(sc.model).num_layers / sc.layout.pp
-    return summary["step_s"] / (summary["microbatches"] * layers) * 1e3
-
-
 def work_correlation(per_layer_ms: list[float], ratios: list[float]) -> tuple[float, float, float, float]:
     """(Spearman rank correlation, its two-sided p-value, median ratio of the runs below the median run's work,
     median ratio of the rest) between the predicted ms per layer and micro-batch and the predicted / reported
@@ -193,7 +184,7 @@ def bench_training(quick: bool = False) -> tuple[str, dict]:
         per.append((name, label, sc.model, s["gpu"], rep, s["tokens_per_s_per_gpu"], code, sc.batch.seq_len, source))
         gap = unexplained_ms_per_layer_microbatch(name, rep, s)
         stats[name]["unexplained_ms_per_layer_microbatch"] = gap
-        work.append(predicted_ms_per_layer_microbatch(name, s))
+        work.append(s["work_ms_per_layer_microbatch"])  # the step per decoder layer and micro-batch, ms
         gaps.append(f"| {label} | {s['microbatches']} | {work[-1]:.2f} | {ratio:.2f} | {gap:+.2f} |")
         shown = {"step_s": f"{value:g} s per step", "gpu_hours_per_btok": f"{value:g} GPU-hours per B tokens",
                  "megatron_tflops": f"{value:g} TFLOP/s per GPU",

@@ -472,6 +472,7 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
             "usd_per_btok": _NUM,
             "cost_basis": _STR,
             "microbatches": _INT,
+            "work_ms_per_layer_microbatch": _NUM,
             "wall_s": _NUM,
             "kernel_sources": {
                 "type": "object",

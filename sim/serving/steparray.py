@@ -56,7 +56,7 @@ from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext
 from moesim.model.ops import _layer_sets_memo, _moe_routed_ops, decompose
 from moesim.model.roofline import RooflineCostModel
-from moesim.sim.serving.steptime import _COMM, StepCost, StepTimer
+from moesim.sim.serving.steptime import _COMM, _NO_HOST_COST, StepCost, StepTimer
 
 #: Op fields the roofline reads, fitted per op.
 _FIELDS = ("flops", "weight_bytes", "kv_bytes", "act_bytes", "intra_bytes", "inter_bytes", "intra_msgs", "inter_msgs")
@@ -72,8 +72,6 @@ LEAN = True
 EVAL_ONE = True
 #: Shapes per timer on which `_lean_cost` is checked equal to `StepTimer._combine` before it is trusted alone.
 _LEAN_CHECKS = 8
-#: The host fields of a step without a host model (`StepCost`'s defaults).
-_NO_HOST: dict[str, Any] = {}
 #: MoE-block ops always rebuilt at the step's tokens, never fitted: their fields depend on the whole batch's tokens
 #: through the routing's expectations (the busiest GPU's pairs, the active experts, the GPUs a token is sent to),
 #: which saturate and switch regime (`model.ops.moe_block_m`): a fit on some shapes says nothing of others.
@@ -314,7 +312,7 @@ class StepArray:
         compute = other + experts - 0.0
         total = other + experts + a2a + comm + 0.0
         padded = step[3]
-        host = _NO_HOST
+        host = _NO_HOST_COST
         prof = t.profile
         if prof is not None and not prof.ideal:  # `_host_block` -> `_host_overlap` (one row, overlapping)
             host, total = t._host_one(total, step, round(launches), round(att))  # one DP-attention rank's scheduler

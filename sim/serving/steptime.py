@@ -228,9 +228,10 @@ _BLOCK_FIELDS = (
 )  # fmt: skip
 
 
-#: `StepTimer._host_overlap`: the host fields that are constant for a batch shape, in this order.
-#: `StepTimer._combine_one`'s host fields without a host model: `StepCost`'s defaults (zeros).
+#: The host fields of a step without a host model: `StepCost`'s defaults (zeros; `StepTimer._combine_one`,
+#: `steparray.StepArray._lean_cost`).
 _NO_HOST_COST: dict[str, Any] = {}
+#: `StepTimer._host_overlap`: the host fields that are constant for a batch shape, in this order.
 _HOST_CONST = (
     "host_s", "launches", "graphs", "scheduler_cpu_s", "prepare_cpu_s", "sampling_cpu_s", "launch_cpu_s",
 )  # fmt: skip
@@ -1578,6 +1579,17 @@ class StepTimer:
             **host,
         )
 
+    def _host_cost(self, seqs: int, tokens: int, mode: str, launches: int, att: int) -> Any:
+        """`host.host_cost` of one scheduler's step shape (memoised by it): ``seqs`` sequences, ``tokens`` tokens,
+        graph ``mode``, ``launches`` kernel and ``att`` attention launches."""
+        key = ("host", seqs, tokens, mode, launches, att)
+        hc = self._memo.get(key)
+        if hc is None:
+            prof = self.profile
+            assert prof is not None
+            hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+        return hc
+
     def _host_one(self, gpu_s: float, step: tuple, launches: int, att: int) -> tuple[dict[str, Any], float]:
         """`_host_block` -> `_host_overlap` of one step of GPU time ``gpu_s`` (s) in Python floats, for an
         overlapping scheduler: `StepCost`'s host fields and the step's new duration (s). ``step``: (sequences,
@@ -1586,11 +1598,7 @@ class StepTimer:
         prof = self.profile
         assert prof is not None
         seqs, tokens = self.host_shape(step[0], step[1], step[4] if len(step) > 4 else None)
-        mode = graph_mode(prof, step[2], seqs, tokens)
-        key = ("host", seqs, tokens, mode, launches, att)
-        hc = self._memo.get(key)
-        if hc is None:
-            hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+        hc = self._host_cost(seqs, tokens, graph_mode(prof, step[2], seqs, tokens), launches, att)
         cpu = (float(hc.scheduler_s), float(hc.prepare_s), float(hc.sampling_s), float(hc.launch_s))
         h_total = sum(cpu)
         # `host.exposed`: the host time beyond the GPU time, shared in proportion
@@ -1652,12 +1660,7 @@ class StepTimer:
     ) -> dict[str, np.ndarray]:
         """`_host_block` of ``k`` steps of one shape under an overlapping scheduler: the same values, the host cost
         memoised by shape."""
-        key = ("host", seqs, tokens, mode, launches, att)
-        hc = self._memo.get(key)
-        if hc is None:
-            prof = self.profile
-            assert prof is not None
-            hc = self._memo[key] = host_cost(prof, seqs, tokens, launches, mode, att, self.n_layers + 1)
+        hc = self._host_cost(seqs, tokens, mode, launches, att)
         k = len(gpu_s)
         cpu = (hc.scheduler_s, hc.prepare_s, hc.sampling_s, hc.launch_s)
         total = sum(cpu)

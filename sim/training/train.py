@@ -474,6 +474,8 @@ def _summary(
     model_flops = 3.0 * f_tok * tokens
     executed = float(uc.flops.sum()) * setup.microbatches * setup.tp * setup.cp * setup.dp
     gemm_dtype = precision_of(setup).gemm_compute_dtype(gpu.peak_flops)
+    # the step per decoder layer and micro-batch a pipeline rank runs, ms (`sim.fidelity.training_check`)
+    work_ms = step_s / (setup.microbatches * setup.model.num_layers / setup.pp) * 1e3
     fullest = memory.loc[memory["total"].idxmax()]
     capacity = gpu.memory_bytes
     fits = bool(fullest["total"] <= capacity)
@@ -523,9 +525,8 @@ def _summary(
         "cost_basis": basis,
         "cost_model": getattr(cm, "name", type(cm).__name__),
         # how far off predictions of this kind were against published runs (`sim.fidelity`)
-        "checked_against": training_check(
-            getattr(cm, "name", None), step_s / (setup.microbatches * setup.model.num_layers / setup.pp) * 1e3
-        ),
+        "work_ms_per_layer_microbatch": work_ms,
+        "checked_against": training_check(getattr(cm, "name", None), work_ms),
         # how each backward and fp8-cast kernel was timed: its own table, or the assumed ratio (`train_cost`)
         "kernel_sources": uc.kernel_sources or {},
     }
