@@ -18,20 +18,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from moesim.model import inputs
 from moesim.model.errors import HardwareError, MoesimError
+from moesim.model.inputs import StrictInput
 from moesim.model.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_HW_VALUE
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GIB = 2**30
 
 
-class NodeSpec(BaseModel):
+class NodeSpec(StrictInput):
     """The server a GPU usually ships in (links per GPU, per direction)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     gpus_per_node: int = Field(gt=0, le=MAX_GPUS_PER_NODE)
     intra_bw: float | None = Field(gt=0, le=MAX_HW_VALUE, description="GPU-GPU link bytes/s per GPU per direction")
     intra_latency_s: float | None = Field(ge=0, le=3600, description="per-collective latency inside a node, s")
@@ -39,17 +39,16 @@ class NodeSpec(BaseModel):
     inter_latency_s: float | None = Field(ge=0, le=3600, description="per-collective latency across nodes, s")
 
 
-class AchievedFigure(BaseModel):
+class AchievedFigure(StrictInput):
     """One published figure of what a GPU's kernels reach (`AchievableSpec`): its value, where it comes from (a
     URL or repo@path and what was measured) and, where it is another GPU's figure, why (``reused``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     value: float = Field(gt=0, le=MAX_HW_VALUE)
     source: str = Field(min_length=1)
     reused: str | None = None
 
 
-class AchievableSpec(BaseModel):
+class AchievableSpec(StrictInput):
     """What real kernels reach on a GPU: the figures of the ``achievable`` cost model (`moesim.model.achievable`),
     from ``model/presets/achievable.yaml`` or a ``--hardware`` entry's ``achievable:`` block.
 
@@ -67,10 +66,9 @@ class AchievableSpec(BaseModel):
         kernel_s: fixed device time per kernel launch, s.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     dram_bw: AchievedFigure
     gemm_fraction: dict[str, AchievedFigure]
-    moe_fraction: dict[str, AchievedFigure] = {}
+    moe_fraction: dict[str, AchievedFigure] = Field(default_factory=dict)
     block_fp8_bw: AchievedFigure | None = None
     attention_fraction: AchievedFigure
     attention_cta_blocks: AchievedFigure
@@ -91,7 +89,7 @@ class AchievableSpec(BaseModel):
         return self
 
 
-class HardwareSpec(BaseModel):
+class HardwareSpec(StrictInput):
     """One accelerator's datasheet.
 
     Attributes:
@@ -109,7 +107,6 @@ class HardwareSpec(BaseModel):
         achievable: what real kernels reach on it (`AchievableSpec`; None: no figures of its own).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     key: str
     name: str
     vendor: str
@@ -152,7 +149,7 @@ class HardwareSpec(BaseModel):
         return self.memory_bandwidth
 
 
-class ClusterSpec(BaseModel):
+class ClusterSpec(StrictInput):
     """GPUs, how many per node and nodes, and the links between them.
 
     Attributes:
@@ -166,7 +163,6 @@ class ClusterSpec(BaseModel):
         inter_latency_s: per-collective latency across nodes, s.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str
     gpu: HardwareSpec
     gpus_per_node: int = Field(gt=0, le=MAX_GPUS_PER_NODE)

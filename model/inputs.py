@@ -14,11 +14,16 @@ format, so a bad file reads the same everywhere:
   syntax error names its line; nesting deeper than `MAX_DEPTH` (which
   overflows the parsers' and validators' recursion), an alias that holds
   itself, or aliases that expand past `MAX_VALUES` values (which would
-  hang whatever walks the document) are one line too;
+  hang whatever walks the document) are one line too, and so is a key
+  given twice in one mapping (YAML's loaders keep the last silently: a
+  second ``layout:`` block would drop the first);
 - `check_magic(data, kind, where)`: a file that does not start as a
   ``.npy``, ``.npz``, ``.parquet`` or gzip file does;
 - `expect_mapping(data, where, hint)`: a document that is a list or a
   scalar where a mapping of keys belongs;
+- `StrictInput`: the base of every pydantic model of an input file: unknown
+  keys, NaN and infinity refused, and ``true``/``false`` where a number
+  belongs (pydantic would read them as 1 and 0: ``tp: true`` as TP1);
 - `os_error(exc)`: an `OSError` that escaped anywhere (the CLI's last
   resort), as one line naming the file.
 
@@ -31,10 +36,14 @@ from __future__ import annotations
 import codecs
 import errno
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from moesim.model.errors import MoesimError
 
@@ -44,6 +53,48 @@ from moesim.model.errors import MoesimError
 _SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Words of libyaml's error for a document nested deeper than its parser goes.
 _NEST_LIMIT = "maximum nesting depth"
+#: Start of the problem `_unique_mapping` reports (`parse_yaml` gives it its own fix).
+_DUPLICATE = "the same key twice in one mapping:"
+
+
+def _unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
+    """A mapping constructed as the safe loader does, after checking that no key is written twice in it.
+
+    Keys merged in with ``<<: *anchor`` are not counted: YAML lets a mapping's own keys override merged ones.
+    Raises:
+        yaml.constructor.ConstructorError: the second occurrence of a key, with its line and the first one's.
+    """
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:  # an unhashable key: the constructor's own error says so below
+            continue
+        if first is not key_node:
+            a, b = first.start_mark.line + 1, key_node.start_mark.line + 1
+            where = f"on line {a}" if a == b else f"on lines {a} and {b}"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{_DUPLICATE} {key!r} {where}: the second would silently replace the first",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _unique_loader(base: type) -> type:
+    """``base`` (a safe loader class) that refuses a key written twice in one mapping (`_unique_mapping`)."""
+    loader = type(f"Unique{base.__name__}", (base,), {})
+    loader.add_constructor("tag:yaml.org,2002:map", _unique_mapping)
+    return loader
+
+
+#: The loaders `_load_yaml` uses: PyYAML's safe loader and libyaml's (where built), each refusing duplicate keys.
+_PY_LOADER: type = _unique_loader(yaml.SafeLoader)
+_FAST_LOADER: type = _unique_loader(_SAFE_LOADER) if _SAFE_LOADER is not yaml.SafeLoader else _PY_LOADER
 
 #: Deepest nesting of lists and mappings accepted in a YAML or JSON file (a scenario needs about 5 levels).
 MAX_DEPTH = 100
@@ -245,18 +296,19 @@ def parse_json(text: str | bytes, where: str | Path, hint: str = "", check_depth
 
 
 def _load_yaml(text: str) -> Any:
-    """``text`` read by libyaml's safe loader (`_SAFE_LOADER`); a document it refuses is read again by PyYAML's
-    own, so that what is accepted and every error's wording and line are PyYAML's (``but got ':'``, where libyaml
-    says less). Raises `yaml.YAMLError`, and `RecursionError` for a document nested deeper than either parser goes.
+    """``text`` read by libyaml's safe loader (`_SAFE_LOADER`, refusing duplicate keys: `_unique_mapping`); a
+    document it refuses is read again by PyYAML's own, so that what is accepted and every error's wording and
+    line are PyYAML's (``but got ':'``, where libyaml says less). Raises `yaml.YAMLError`, and `RecursionError`
+    for a document nested deeper than either parser goes.
     """
-    if _SAFE_LOADER is yaml.SafeLoader:
-        return yaml.safe_load(text)
+    if _FAST_LOADER is _PY_LOADER:
+        return yaml.load(text, Loader=_PY_LOADER)  # a safe loader: `_unique_loader(yaml.SafeLoader)`
     try:
-        return yaml.load(text, Loader=_SAFE_LOADER)  # a safe loader: libyaml's parser, PyYAML's safe constructor
+        return yaml.load(text, Loader=_FAST_LOADER)  # libyaml's parser, PyYAML's safe constructor
     except yaml.YAMLError as exc:
         if _NEST_LIMIT in str(getattr(exc, "problem", "") or ""):
             raise RecursionError(str(exc)) from None
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_PY_LOADER)
 
 
 def parse_yaml(text: str | bytes, where: str | Path, hint: str = "") -> Any:
@@ -274,6 +326,8 @@ def parse_yaml(text: str | bytes, where: str | Path, hint: str = "") -> Any:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None)
         detail = f" ({' '.join(str(problem).split())})" if problem else ""
+        if str(problem or "").startswith(_DUPLICATE):
+            raise MoesimError(f"{where}: {problem}", "keep one of them (merge the two into one)") from None
         raise MoesimError(f"{where}: not valid YAML{at}{detail}", hint or "fix the YAML syntax") from None
     except RecursionError:
         raise _deep(where, hint) from None
@@ -302,3 +356,39 @@ def expect_mapping(data: Any, where: str | Path, hint: str = "") -> dict[Any, An
     kind = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     got = "nothing" if data is None else kind.get(type(data), type(data).__name__)
     raise MoesimError(f"{where}: expected a mapping of keys, got {got}", hint or "write 'key: value' lines")
+
+
+def _number_not_bool(annotation: Any) -> bool:
+    """Whether a field typed ``annotation`` takes an int or a float but not a bool (through ``Optional``,
+    ``Union`` and ``Annotated``; containers and literals are not looked into)."""
+    seen: set[Any] = set()
+
+    def walk(a: Any) -> None:
+        origin = typing.get_origin(a)
+        if origin is typing.Annotated:
+            walk(typing.get_args(a)[0])
+        elif origin is typing.Union or origin is types.UnionType:
+            for arg in typing.get_args(a):
+                walk(arg)
+        else:
+            seen.add(a)
+
+    walk(annotation)
+    return bool(seen & {int, float}) and bool not in seen
+
+
+class StrictInput(BaseModel):
+    """The base of the pydantic models that read input files: unknown keys, NaN and infinity are refused, and so is
+    ``true`` or ``false`` given for a number (pydantic's lax mode would take them as 1 and 0, so ``tp: true``
+    would silently mean TP1). Instances are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _number_not_bool(field.annotation):
+                raise PydanticCustomError("bool_for_number", "must be a number, not true or false")
+        return value

@@ -91,15 +91,12 @@ def simulate_plans(
     ``placement:`` (a .npy [MoE layers, slots]); returns per method the mean and p99 TTFT, TPOT and E2E, s.
     Files go under ``work``. ``phases``: filled per method with `phase_profile` of its run."""
     import numpy as np
-    import yaml
 
+    from moesim.model.inputs import read_yaml
     from moesim.sim.serving.place_phases import phase_profile
     from moesim.sim.serving.serve import run
 
-    try:
-        data = yaml.safe_load(scenario.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise MoesimError(f"--simulate {scenario}: cannot read it ({exc})", "give a serving scenario YAML") from None
+    data = read_yaml(scenario, "a --simulate scenario", "give a serving scenario YAML")
     if not isinstance(data, dict):
         raise MoesimError(f"--simulate {scenario}: not a scenario mapping", "give a serving scenario YAML")
     work.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from moesim.model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec, Precision
 from moesim.model.errors import MoesimError
 from moesim.model.hf_config import load_model
+from moesim.model.inputs import StrictInput
 from moesim.model.limits import (
     MAX_BATCH,
     MAX_CAPACITY_FACTOR,
@@ -78,10 +79,9 @@ PCIE_BW = {
 }
 
 
-class _Strict(BaseModel):
-    """Unknown keys, NaN and infinity are refused everywhere in a scenario."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictInput):
+    """Unknown keys, NaN and infinity are refused everywhere in a scenario,
+    and so is true/false for a number (`model.inputs.StrictInput`)."""
 
 
 class LayoutSpec(_Strict):

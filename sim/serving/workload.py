@@ -82,10 +82,11 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from moesim.model.errors import MoesimError
+from moesim.model.inputs import StrictInput
 from moesim.model.limits import MAX_CV, MAX_RATE, MAX_REQUESTS, MAX_SECONDS, MAX_TOKENS, MIN_CV
 from moesim.sim.serving.traces import (
     AZURE_COLUMNS,  # noqa: F401 (re-exported)
@@ -115,7 +116,7 @@ def _fail(msg: str, hint: str, field: str | None = None) -> PydanticCustomError:
     return PydanticCustomError("moesim", "{msg}", {"msg": msg, "hint": hint, "field": field})
 
 
-class LengthDist(BaseModel):
+class LengthDist(StrictInput):
     """A distribution of token counts (whole numbers >= 1); see the module docstring.
 
     Attributes:
@@ -126,8 +127,6 @@ class LengthDist(BaseModel):
         min, max: lognormal clip, tokens (min defaults to 1).
         values, weights: empirical lengths (tokens) and their relative weights.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dist: Literal["fixed", "uniform", "lognormal", "empirical"]
     value: int | None = Field(None, ge=1, le=MAX_TOKENS)
@@ -169,7 +168,7 @@ class LengthDist(BaseModel):
         return self
 
 
-class SharedPrefix(BaseModel):
+class SharedPrefix(StrictInput):
     """Shared prompt prefixes: ``groups`` system prompts of ``tokens`` tokens each; every request draws one group
     (uniformly, seeded) and its prompt is that prefix followed by its own ``input`` tokens.
 
@@ -184,8 +183,6 @@ class SharedPrefix(BaseModel):
         groups: distinct prefixes.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
     tokens: int = Field(ge=1, le=MAX_TOKENS)
     groups: int = Field(1, ge=1, le=MAX_REQUESTS)
 
@@ -194,7 +191,7 @@ _DEFAULT_INPUT = LengthDist(dist="lognormal", mean=512, cv=1.0)
 _DEFAULT_OUTPUT = LengthDist(dist="lognormal", mean=256, cv=1.0)
 
 
-class Workload(BaseModel):
+class Workload(StrictInput):
     """A serving workload: arrival process, request count and lengths, or a trace to replay.
 
     Attributes:
@@ -213,8 +210,6 @@ class Workload(BaseModel):
         shared_prefix: shared prompt prefixes (`SharedPrefix`); the prompt is the prefix plus ``input`` tokens.
         timeout_s: the client's total timeout per request, s (None: none; see the module docstring).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     arrival: Literal["poisson", "gamma", "constant", "closed"] = "poisson"
     rate: float | None = Field(None, gt=0, le=MAX_RATE)
@@ -309,6 +304,8 @@ def _from_validation(exc: ValidationError, where: str) -> MoesimError:
         msg, hint = f"must be one of {ctx['expected']}, got {_show(got)}", f"use one of {ctx['expected']}"
     elif kind == "finite_number":
         msg, hint = f"must be a finite number, got {_show(got)}", "give a finite number"
+    elif kind == "bool_for_number":  # `model.inputs.StrictInput`
+        msg, hint = f"must be a number, not {_show(got)}", "give a number"
     elif kind.startswith("int_"):
         msg, hint = f"must be a whole number, got {_show(got)}", "give a whole number"
     elif kind.startswith("float_"):

@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from moesim.model import Layout, Precision
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import get_gpu
 from moesim.model.hf_config import load_model
+from moesim.model.inputs import StrictInput
 from moesim.model.limits import (
     MAX_BATCH,
     MAX_GPUS,
@@ -101,10 +102,9 @@ DEFAULT_METRICS = (
 )
 
 
-class _Strict(BaseModel):
-    """Unknown keys, NaN and infinity are refused everywhere in the file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictInput):
+    """Unknown keys, NaN and infinity are refused everywhere in the file,
+    and so is true/false for a number (`model.inputs.StrictInput`)."""
 
 
 class RateRange(_Strict):

@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from moesim.model import ClusterSpec, CostAssumptions, CostModel, Layout, ModelSpec
 from moesim.model.errors import LayoutError, MoesimError
 from moesim.model.hardware import HardwareSpec
 from moesim.model.hf_config import load_model
+from moesim.model.inputs import StrictInput
 from moesim.model.limits import (
     MAX_BATCH,
     MAX_CAPACITY_FACTOR,
@@ -76,10 +77,9 @@ if TYPE_CHECKING:
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "dualpipe")
 
 
-class _Strict(BaseModel):
-    """Unknown keys, NaN and infinity are refused everywhere in the file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictInput):
+    """Unknown keys, NaN and infinity are refused everywhere in the file,
+    and so is true/false for a number (`model.inputs.StrictInput`)."""
 
 
 class TrainLayout(_Strict):
@@ -246,7 +246,7 @@ class TrainActivations(_Strict):
     attn_out: Literal["bf16", "e5m6"] = "bf16"
     probs_in_act: bool = True
     cross_entropy: Literal["unfused", "fused", "te"] = "unfused"
-    offload_modules: list[Literal[OFFLOAD_MODULES]] = []  # type: ignore[valid-type]
+    offload_modules: list[Literal[OFFLOAD_MODULES]] = Field(default_factory=list)  # type: ignore[valid-type]
     offload_gbps: float = Field(64.0, gt=0, le=1e5)
 
 
