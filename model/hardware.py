@@ -68,7 +68,7 @@ class AchievableSpec(StrictInput):
 
     dram_bw: AchievedFigure
     gemm_fraction: dict[str, AchievedFigure]
-    moe_fraction: dict[str, AchievedFigure] = Field(default_factory=dict)
+    moe_fraction: dict[str, AchievedFigure] = {}  # noqa: RUF012 - pydantic copies it
     block_fp8_bw: AchievedFigure | None = None
     attention_fraction: AchievedFigure
     attention_cta_blocks: AchievedFigure

@@ -246,7 +246,7 @@ class TrainActivations(_Strict):
     attn_out: Literal["bf16", "e5m6"] = "bf16"
     probs_in_act: bool = True
     cross_entropy: Literal["unfused", "fused", "te"] = "unfused"
-    offload_modules: list[Literal[OFFLOAD_MODULES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    offload_modules: list[Literal[OFFLOAD_MODULES]] = []  # type: ignore[valid-type]  # noqa: RUF012 - pydantic copies it
     offload_gbps: float = Field(64.0, gt=0, le=1e5)
 
 
