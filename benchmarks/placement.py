@@ -20,7 +20,8 @@ one node)); its NIC part is weak, so a gap there is not all room. "EPLB" is
 groups divide over the nodes), repacked so no GPU holds two replicas of one
 expert (its replica counts and nodes kept).
 
-Run: ``python -m benchmarks.placement`` (or ``make bench``).
+Run: ``python -m benchmarks.placement`` (or ``make bench``); ``--replica-choice``: the DeepSeek-V3 shapes scored
+under SGLang's replica rule (`bench_replica_choice`).
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ from moesim.placement.baselines import duplicate_slots  # noqa: E402
 from moesim.placement.exporters import check_no_duplicates  # noqa: E402
 from moesim.placement.ilp import IlpOptions  # noqa: E402
 from moesim.placement.layertime import (  # noqa: E402
+    LayerCost,
     balanced_time_parts,
     layer_cost,
     layer_time_bound,
     layer_time_parts,
 )
+from moesim.placement.metrics import plan_metrics  # noqa: E402
 from moesim.placement.stats import RoutingStats  # noqa: E402
 from moesim.placement.synthetic import synthetic_trace  # noqa: E402
 
@@ -154,13 +157,14 @@ def _case(
     return row, d
 
 
-def _held_out(gpus: int, cluster: str, redundant: int) -> dict:
+def _held_out(gpus: int, cluster: str, redundant: int, rule: str = "random") -> dict:
     """The DeepSeek-V3-shaped case on ``gpus`` GPUs placed on the first 4,096 tokens of an 8,192-token trace (same
-    knobs as `_case`) and scored on the other 4,096: what a plan is worth on routing it was not fitted to."""
+    knobs as `_case`) and scored on the other 4,096: what a plan is worth on routing it was not fitted to; replicas
+    picked by the replica rule ``rule`` (`layertime.LayerCost.replica_choice`)."""
     layers, experts, top_k, gpn = 58, 256, 8, 8
     st = synthetic_trace(layers, experts, top_k, tokens=8192, alpha=1.0, affinity=2.0, n_group=8, topk_group=4, seed=1)
     fit = RoutingStats.from_topk(st.topk[:4096], experts, source="synthetic, first half")
-    cost = layer_cost(get_cluster(cluster), 7168, 2048, top_k, gpus, dtype="fp8")
+    cost = layer_cost(get_cluster(cluster), 7168, 2048, top_k, gpus, dtype="fp8", replica_choice=rule)
     t0 = time.perf_counter()
     res = place(fit, gpus, gpn, redundant, ("eplb", "ilp"), 8, IlpOptions(time_limit=30.0, cost=cost))
     wall = time.perf_counter() - t0
@@ -281,7 +285,67 @@ def bench_placement(quick: bool = False) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
+def _scored(p2l: np.ndarray, st: RoutingStats, gpus: int, cost: LayerCost) -> np.ndarray:
+    """[L] predicted layer time of plans ``p2l`` [L, S] on all of ``st``'s tokens, 8 GPUs per node, s."""
+    return np.array(
+        [layer_time_parts(p2l[k], st.counts[k], gpus, 8, st.topk[:, k], cost)["total"] for k in range(p2l.shape[0])]
+    )
+
+
+def bench_replica_choice() -> str:
+    """The DeepSeek-V3 shapes of section 9 under SGLang's replica rule (`layertime.slot_routes`, ``nearest``: a
+    rank's own GPU's replica, else its node's first, else a fixed fair pick), against the rule the section prices
+    (``random``, vLLM's). Per shape: EPLB's plan; the ILP placed for ``random`` (what moesim exported for SGLang
+    before the rule was modelled) and for ``nearest``; each scored under ``nearest`` on all 4,096 tokens."""
+    lines = [
+        "| case | EPLB, ms | ILP placed for random: ms, vs EPLB, layers not worse | ILP placed for nearest: ms, vs "
+        "EPLB, layers not worse | busiest/mean EPLB / random-ILP / nearest-ILP | remote nodes per token EPLB / "
+        "random-ILP / nearest-ILP | place() wall (random, nearest) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, gpus, cluster, red in (
+        ("DeepSeek-V3 shape, 58 layers, 64 GPUs / 8 nodes, +64", 64, "hgx-h200-x8", 64),
+        ("DeepSeek-V3 shape, 58 layers, 32 GPUs / 4 nodes, +32", 32, "hgx-h200-x4", 32),
+    ):
+        st = synthetic_trace(58, 256, 8, tokens=4096, alpha=1.0, affinity=2.0, n_group=8, topk_group=4, seed=1)
+        rnd = layer_cost(get_cluster(cluster), 7168, 2048, 8, gpus, dtype="fp8")
+        near = layer_cost(get_cluster(cluster), 7168, 2048, 8, gpus, dtype="fp8", replica_choice="nearest")
+        walls, res = [], {}
+        for key, cost in (("random", rnd), ("nearest", near)):
+            t0 = time.perf_counter()
+            res[key] = place(st, gpus, 8, red, ("eplb", "ilp"), 8, IlpOptions(time_limit=30.0, cost=cost))
+            walls.append(time.perf_counter() - t0)
+
+        e, ir, i_n = (
+            _scored(r.plan.phys_to_log, st, gpus, near)
+            for r in (res["nearest"]["eplb"], res["random"]["ilp"], res["nearest"]["ilp"])
+        )
+        pairs = (("eplb", res["nearest"]["eplb"]), ("ir", res["random"]["ilp"]), ("in", res["nearest"]["ilp"]))
+        m = {k: plan_metrics(r.plan, st, "nearest") for k, r in pairs}
+        lines.append(
+            f"| {name} | {e.mean() * 1e3:.3f} | {ir.mean() * 1e3:.3f}, {(ir / e).mean() - 1:+.1%}, "
+            f"{int((ir <= e * (1 + 1e-9)).sum())}/58 | {i_n.mean() * 1e3:.3f}, {(i_n / e).mean() - 1:+.1%}, "
+            f"{int((i_n <= e * (1 + 1e-9)).sum())}/58 | "
+            + " / ".join(f"{m[k]['max_load_ratio']:.3f}" for k in ("eplb", "ir", "in"))
+            + " | "
+            + " / ".join(f"{m[k]['inter_node_sends_per_token']:.2f}" for k in ("eplb", "ir", "in"))
+            + f" | {walls[0]:.1f} s, {walls[1]:.1f} s |"
+        )
+    ho = _held_out(32, "hgx-h200-x4", 32, "nearest")
+    lines += [
+        "",
+        "Held out under `nearest` (32 GPUs / 4 nodes, +32; placed on the first 4,096 tokens of an 8,192-token trace, "
+        f"scored on the other 4,096; place() wall {ho['wall_s']:.1f} s): ILP against EPLB {ho['fit_change']:+.1%} on "
+        f"the tokens placed on, {ho['held_change']:+.1%} held out (mean per layer; worst layer "
+        f"{ho['held_worst']:+.1%}, {ho['held_not_worse']}/{ho['layers']} layers not worse).",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if "--replica-choice" in sys.argv:
+        print(bench_replica_choice())
+        raise SystemExit(0)
     text, s = bench_placement("--quick" in sys.argv)
     print(text)
     print(

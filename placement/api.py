@@ -181,7 +181,8 @@ def place(
         assert not bad, f"{method} put two replicas of expert {bad[0][2]} on GPU {bad[0][1]} in layer {bad[0][0]}"
         kept = {k: v for k, v in info.items() if k not in TIMING_KEYS}  # the plan file: same inputs, same bytes
         plan = PlacementPlan(p2l, method=method, info=kept, **common)
-        m: dict[str, Any] = {**plan_metrics(plan, stats), **info}
+        rule = options.cost.replica_choice if options.cost is not None else "random"
+        m: dict[str, Any] = {**plan_metrics(plan, stats, rule), **info}
         lt = None
         if options.cost is not None:
             parts = [layer_time_parts(p2l[i], stats.counts[i], num_gpus, gpus_per_node, tokens[i], options.cost)
@@ -198,7 +199,8 @@ def place(
                 m["affinity_saving_s"] = affinity_saving_s(p2l, trans, num_gpus, disp)
         if current is not None and expert_bytes:
             m["migration_bytes"] = migration_bytes(current, plan, expert_bytes)
-        out[method] = PlacementResult(method, plan, m, gpu_loads(p2l, stats.counts, num_gpus).max(axis=1), lt)
+        busiest = gpu_loads(p2l, stats.counts, num_gpus, rule, gpus_per_node).max(axis=1)
+        out[method] = PlacementResult(method, plan, m, busiest, lt)
         scoring_s.append(time.monotonic() - t_score)
 
     if "round-robin" in methods:

@@ -281,6 +281,16 @@ def _physical_search(
         # the slowest GPU's GEMM within its node (NIC unchanged)
         add(polish_gpus(plans[int(np.argmin(times))], w, gpn, num_gpus, opts.cost, opts.gpu_passes,
                         seconds=end - time.monotonic()), realign=False)  # fmt: skip
+    if opts.cost is not None and opts.cost.replica_choice == "nearest" and not late():
+        # SGLang's nearest replica: the best plan's and EPLB's nodes with their stacked replicas spread over nodes
+        # (with their replica counts, and EPLB's with counts capped at one a node: a node's second replica of an
+        # expert only takes its own GPU's tokens, so the slot goes to the next expert, D'Hondt as EPLB counts)
+        capped = dhondt_counts(w, greedy.size, nodes)
+        for p, rp in ((int(np.argmin(times)), None), (eplb, None), (eplb, capped)):
+            rp = np.bincount(plans[p], minlength=n) if rp is None else rp
+            a = _spread_replicas(_incidence(plans[p], n, nodes), w, rp, gpn)
+            if a is not None:
+                add(_pack_within(w, rp, a, gpn, per_gpu))
     cut = late()
     best = plans[int(np.argmin(times))]
     status = "time limit" if cut else "search"
@@ -411,6 +421,36 @@ def _node_score(a: np.ndarray, w: np.ndarray, r: np.ndarray, tokens: np.ndarray,
     frac = np.vstack([a / r[:, None], np.zeros((1, nodes))])
     miss = np.prod(1.0 - frac[np.where(tokens >= 0, tokens, w.size)], axis=1)
     return float(load.max() / load.mean() + weight * (1.0 - miss).sum(axis=1).mean() * (nodes - 1) / nodes)
+
+
+def _spread_replicas(a: np.ndarray, w: np.ndarray, r: np.ndarray, gpn: int) -> np.ndarray | None:
+    """Replicas per node [N, nodes], ``r`` [N] of each expert: its first on the node of ``a`` [N, nodes] holding
+    most of its replicas there, the others on nodes without one, the lightest first (heaviest replicas first); None
+    when that is ``a`` itself or the room (``a``'s slots per node) does not allow it.
+
+    For the ``nearest`` replica rule (SGLang, `layertime.slot_routes`): a node's second replica of an expert only
+    takes its own GPU's tokens, while a replica on another node keeps that node's tokens of the expert off the NIC
+    and splits the expert's load evenly with the others (each of ``r`` replicas on its own node serves its node's
+    tokens and a fair share of the nodes without one: ``1 / r`` of the load)."""
+    n, nodes = a.shape
+    per_node = a.sum(axis=0)
+    out = np.zeros_like(a)
+    home = np.argmax(a, axis=1)
+    out[np.arange(n), home] = 1
+    load = np.bincount(home, weights=w / r, minlength=nodes)
+    room = per_node - out.sum(axis=0)
+    for e in np.argsort(-w / r, kind="stable"):
+        for _ in range(int(r[e]) - 1):
+            free = np.flatnonzero((room > 0) & (out[e] == 0))
+            if free.size == 0:
+                free = np.flatnonzero((room > 0) & (out[e] < gpn))
+            if free.size == 0:
+                return None
+            k = min(free, key=lambda k: load[k])
+            out[e, k] += 1
+            room[k] -= 1
+            load[k] += w[e] / r[e]
+    return None if np.array_equal(out, a) else out
 
 
 def _pack_within(w: np.ndarray, r: np.ndarray, a: np.ndarray, gpn: int, per_gpu: int) -> np.ndarray:

@@ -15,7 +15,25 @@ bf16; `moesim.model.a2a`):
 - plus the two calls' fixed costs (`normal_fixed_s`).
 
 Layer time = fixed + max_g GEMM_g + max(max_node NIC, max_g NVLink): dispatch, GEMM and combine are each a
-barrier for the layer. Replica loads split evenly between an expert's replicas (EPLB's and the engines' rule).
+barrier for the layer.
+
+**Which replica a token's expert goes to** (``LayerCost.replica_choice``) is the engine's rule, not the plan's:
+
+- ``random``: a replica drawn uniformly for every (token, expert), so an expert's replicas split its load evenly and
+  a token reaches a node with the share of the expert's replicas there. vLLM's rule (vllm-project/vllm
+  ``eplb_map_to_physical_and_record``: "select a pseudo-random replica for each logical expert"), and in
+  expectation SGLang's before it preferred same-node replicas (a rank's own GPU's replica, else a fixed fair pick:
+  sgl-project/sglang python/sglang/srt/eplb/expert_location.py ``compute_logical_to_rank_dispatch_physical_map``;
+  with no GPU holding two replicas of one expert this splits the load evenly too).
+- ``nearest``: SGLang's current rule (the same file, ``_find_nearest_expert``): each rank sends an expert's tokens to
+  the replica on its own GPU, else to the first replica on its node (lowest slot; only when the node does not hold
+  all of them), else to a replica picked once per rank, the ranks spread evenly over the replicas (``_fair_choices``;
+  priced in expectation, 1 / replicas each). A node holding a replica keeps that expert's tokens off the NIC, and
+  that node's first replica takes all of its other GPUs' tokens of the expert, so the replicas' loads are uneven.
+
+`slot_routes` gives the rule as a [G, S] matrix; the prefill parts (GEMM, NVLink, each node's NIC from each other
+node's tokens) follow it. The decode (low-latency) parts split an expert's pairs evenly over its replicas under
+either rule (its busiest GPU comes from `model.routing.gpu_loads`, which has no per-rank choice).
 
 The ILP linearises it: for fixed replica counts every replica's GEMM time is a constant, so a GPU's GEMM time is
 linear in the assignment; a token reaching node k is ``h[t,k] >= replicas of e on k / r_e`` for each of its experts
@@ -72,6 +90,9 @@ DEFAULT_TOKENS_PER_GPU = 4096
 DEFAULT_DECODE_TOKENS_PER_GPU = DEEPEP_LL_SETUP[0]
 #: The objective's phases (`LayerCost.phase`).
 PHASES = ("prefill", "decode", "both")
+#: The engines' rules for which replica of an expert a token goes to (`LayerCost.replica_choice`; module docstring).
+REPLICA_CHOICES = ("random", "nearest")
+_RULE_FIX = "use random (vLLM: a replica per token at random) or nearest (SGLang: its GPU's, then its node's)"
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,8 @@ class LayerCost:
         fixed_dispatch_s: of ``fixed_s`` the dispatch call's, s.
         overlap: (prefill, decode) two-batch overlap of each phase (`Overlap`; None: the phase runs without it, its
             transfers a barrier between its GEMMs).
+        replica_choice: the engine's rule for which replica of an expert a token goes to, a `REPLICA_CHOICES` key
+            (module docstring).
     """
 
     tokens_per_gpu: float
@@ -168,6 +191,14 @@ class LayerCost:
     dispatch_share: float = 0.5
     fixed_dispatch_s: float = 0.0
     overlap: tuple[Overlap | None, Overlap | None] = (None, None)
+    replica_choice: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.replica_choice not in REPLICA_CHOICES:
+            raise MoesimError(
+                f"replica choice {self.replica_choice!r} is not one of {', '.join(REPLICA_CHOICES)}",
+                _RULE_FIX,
+            )
 
     @property
     def weights(self) -> tuple[float, float]:
@@ -193,12 +224,14 @@ def layer_cost(
     decode_tokens_per_gpu: float = DEFAULT_DECODE_TOKENS_PER_GPU,
     fp8_dispatch: bool | None = None,
     overlap: tuple[Overlap | None, Overlap | None] = (None, None),
+    replica_choice: str = "random",
 ) -> LayerCost:
     """The `LayerCost` of ``num_gpus`` GPUs of ``cluster`` for experts of ``hidden`` x ``intermediate`` (gate, up,
     down), weights and GEMMs in ``dtype`` (``fp8``: 1 byte a weight, the GPU's fp8 peak; else 2 bytes, bf16);
     ``phase``, ``decode_share``, ``decode_tokens_per_gpu``: see `LayerCost`; ``fp8_dispatch``: dispatch in fp8
     (None: with fp8 weights; the serving simulators dispatch fp8 only for block-scaled fp8, `model.ops`);
-    ``overlap``: (prefill, decode) two-batch overlap (`Overlap`, `LayerCost.overlap`)."""
+    ``overlap``: (prefill, decode) two-batch overlap (`Overlap`, `LayerCost.overlap`); ``replica_choice``: the
+    engine's replica rule (`LayerCost.replica_choice`)."""
     if tokens_per_gpu <= 0 or hidden <= 0 or intermediate <= 0 or top_k <= 0 or decode_tokens_per_gpu <= 0:
         raise MoesimError(
             f"layer cost needs positive tokens per GPU, sizes and top-k (got {tokens_per_gpu}, "
@@ -242,7 +275,8 @@ def layer_cost(
         f"(moesim.model.a2a), {tokens_per_gpu:g} tokens per GPU"
         + (f"; decode in low-latency mode at {decode_tokens_per_gpu:g} tokens per GPU" if phase != "prefill" else "")
         + (f", {decode_share:.0%} of the time" if phase == "both" else "")
-        + _overlap_note(overlap),
+        + _overlap_note(overlap)
+        + ("; each rank's nearest replica (SGLang)" if replica_choice == "nearest" else ""),
         phase=phase,
         decode_share=float(decode_share),
         decode_tokens_per_gpu=float(decode_tokens_per_gpu),
@@ -252,6 +286,7 @@ def layer_cost(
         dispatch_share=disp_share,
         fixed_dispatch_s=normal_fixed_s("dispatch", cluster, nodes > 1),
         overlap=overlap,
+        replica_choice=replica_choice,
     )
 
 
@@ -272,6 +307,72 @@ def pairs_per_expert(w: np.ndarray, cost: LayerCost, num_gpus: int) -> np.ndarra
 def replica_gemm_s(pairs: np.ndarray, cost: LayerCost) -> np.ndarray:
     """GEMM seconds of replicas with ``pairs`` pairs each: compute- or weight-read-bound (0 for no pairs)."""
     return np.where(pairs > 0, np.maximum(pairs * cost.s_per_pair, cost.s_per_expert_read), 0.0)
+
+
+def slot_routes(p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, rule: str) -> np.ndarray:
+    """[G, S] share of GPU g's tokens of expert ``p2l[s]`` that go to slot s under the replica rule ``rule``
+    (`REPLICA_CHOICES`; each row sums to 1 over the slots of every expert placed).
+
+    ``random``: 1 / replicas on every replica. ``nearest`` (SGLang's ``_find_nearest_expert``): 1 on GPU g's own
+    replica (its first), else on the first replica of g's node when the node holds some but not all of them, else
+    1 / replicas on every replica (the ranks' fixed fair picks, in expectation; an expert with one replica: 1 on
+    it)."""
+    s_count = p2l.size
+    per = s_count // num_gpus
+    cnt = np.maximum(np.bincount(p2l, minlength=n), 1).astype(float)
+    fair = np.broadcast_to(1.0 / cnt[p2l], (num_gpus, s_count))
+    if rule == "random":
+        return np.array(fair)
+    if rule != "nearest":
+        raise MoesimError(
+            f"replica choice {rule!r} is not one of {', '.join(REPLICA_CHOICES)}", "use random or nearest"
+        )
+    slot = np.arange(s_count)
+    gpu_of = slot // per
+    node_of = gpu_of // gpus_per_node
+    nodes = num_gpus // gpus_per_node
+    big = s_count  # "no such slot"
+    own = np.full((num_gpus, n), big)
+    np.minimum.at(own, (gpu_of, p2l), slot)  # each GPU's first slot of each expert
+    first_on_node = np.full((nodes, n), big)
+    np.minimum.at(first_on_node, (node_of, p2l), slot)
+    on_node = np.zeros((nodes, n))
+    np.add.at(on_node, (node_of, p2l), 1.0)
+    g_node = np.arange(num_gpus) // gpus_per_node
+    narrows = (on_node[g_node] > 0) & (on_node[g_node] < cnt)  # [G, n]
+    target = np.where(own < big, own, np.where(narrows, first_on_node[g_node], big))  # [G, n]
+    picked = target < big  # [G, n]
+    routes = np.where(picked[:, p2l], 0.0, fair)  # [G, S]: the fair picks where no nearer replica is
+    g_idx, e_idx = np.nonzero(picked)
+    routes[g_idx, target[g_idx, e_idx]] = 1.0
+    return routes
+
+
+def nearest_hits(
+    p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, routes: np.ndarray
+) -> np.ndarray:
+    """[source nodes, nodes] share of a source node's tokens (``tokens`` [T, k], -1 padded, as a sample of every
+    node's) that reach each other node at least once under ``routes`` [G, S] (`slot_routes`), each expert going
+    where the source node's GPUs send it on average; 0 on the diagonal (a node's own GPUs: NVLink only)."""
+    nodes = num_gpus // gpus_per_node
+    per = p2l.size // num_gpus
+    node_of = (np.arange(p2l.size) // per) // gpus_per_node
+    idx = np.where(tokens >= 0, tokens, n)
+    out = np.zeros((nodes, nodes))
+    for src in range(nodes):
+        reach = np.zeros((n + 1, nodes))
+        np.add.at(reach, (p2l, node_of), routes[src * gpus_per_node : (src + 1) * gpus_per_node].mean(axis=0))
+        out[src] = 1.0 - np.prod(1.0 - np.minimum(reach[idx], 1.0), axis=1).mean(axis=0)
+        out[src, src] = 0.0
+    return out
+
+
+def nearest_node_inbound(
+    p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, routes: np.ndarray
+) -> np.ndarray:
+    """[nodes] tokens each node receives over its NIC per token a GPU holds, under ``routes`` [G, S]: every other
+    node's `nearest_hits` share times the ``gpus_per_node`` tokens it sends."""
+    return nearest_hits(p2l, n, num_gpus, gpus_per_node, tokens, routes).sum(axis=0) * gpus_per_node
 
 
 def node_hits(p2l: np.ndarray, n: int, nodes: int, tokens: np.ndarray) -> np.ndarray:
@@ -409,13 +510,13 @@ def _prefill_parts(
     call's fixed cost) slowest GPU's GEMM, dispatch and combine; the other parts stay the whole step's."""
     n = w.size
     nodes = num_gpus // gpus_per_node
-    cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
-    rep_pairs = (pairs_per_expert(w, cost, num_gpus) / cnt)[p2l]  # [S]
+    rep_pairs, inbound = _routed(p2l, w, num_gpus, gpus_per_node, tokens, cost)
     gemm = replica_gemm_s(rep_pairs, cost).reshape(num_gpus, -1).sum(axis=1)
     nvl = rep_pairs.reshape(num_gpus, -1).sum(axis=1) * cost.nvlink_s_per_token
     nic = 0.0
     if nodes > 1 and cost.nic_s_per_token > 0:
-        inbound = node_hits(p2l, n, nodes, tokens) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes
+        if inbound is None:
+            inbound = node_hits(p2l, n, nodes, tokens) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes
         nic = float(inbound.max()) * cost.nic_s_per_token / gpus_per_node
     a2a = max(float(nvl.max()), nic)
     total = cost.fixed_s + float(gemm.max()) + a2a
@@ -430,6 +531,27 @@ def _prefill_parts(
         "nic": nic,
         "fixed": cost.fixed_s,
     }
+
+
+def _routed(
+    p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_node: int, tokens: np.ndarray, cost: LayerCost
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pairs of each replica [S], tokens each node receives over its NIC [nodes] or None) of a normal-mode step
+    under ``cost.replica_choice``. ``random``: an expert's pairs split evenly over its replicas, and None (the
+    caller's symmetric `node_hits` rule, unchanged). ``nearest``: every GPU holds 1 / G of the step's tokens and
+    sends them as `slot_routes` says; the NIC inbound per source node (`nearest_node_inbound`)."""
+    n = w.size
+    pairs = pairs_per_expert(w, cost, num_gpus)
+    if cost.replica_choice == "random":
+        cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
+        return (pairs / cnt)[p2l], None
+    routes = slot_routes(p2l, n, num_gpus, gpus_per_node, cost.replica_choice)
+    rep_pairs = pairs[p2l] * routes.sum(axis=0) / num_gpus
+    nodes = num_gpus // gpus_per_node
+    inbound = None
+    if nodes > 1:
+        inbound = nearest_node_inbound(p2l, n, num_gpus, gpus_per_node, tokens, routes) * cost.tokens_per_gpu
+    return rep_pairs, inbound
 
 
 def _overlapped_prefill(gemm_half: float, link: float, cost: LayerCost) -> float:
@@ -470,17 +592,21 @@ def balanced_time_parts(
     at the mean (`layer_time_parts` takes the busiest of each). A lower bound of the plan's own prefill time (a mean
     never exceeds a max); what is left between the two is imbalance, what is below it needs fewer nodes reached per
     token or fewer replicas. ``total``, ``gemm``, ``nvlink``, ``nic``, ``fixed`` and ``nodes_per_token`` (the mean
-    nodes a token reaches, its own included when its experts are there)."""
+    nodes a token reaches, its own included when its experts are there, a replica picked uniformly). Under the
+    ``nearest`` replica rule the replicas keep their uneven loads (that is the rule, not the plan) and the NIC its
+    per-source-node traffic; only the busiest of each is replaced by the mean."""
     n = w.size
     nodes = num_gpus // gpus_per_node
-    cnt = np.maximum(np.bincount(p2l, minlength=n), 1)
-    rep_pairs = (pairs_per_expert(w, cost, num_gpus) / cnt)[p2l]
+    rep_pairs, inbound = _routed(p2l, w, num_gpus, gpus_per_node, tokens, cost)
     gemm = float(replica_gemm_s(rep_pairs, cost).sum()) / num_gpus
     nvl = float(rep_pairs.sum()) / num_gpus * cost.nvlink_s_per_token
     hits = node_hits(p2l, n, nodes, tokens) if nodes > 1 else np.ones(1)
     nic = 0.0
     if nodes > 1 and cost.nic_s_per_token > 0:
-        nic = float(hits.mean()) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes * cost.nic_s_per_token
+        if inbound is None:
+            nic = float(hits.mean()) * cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes * cost.nic_s_per_token
+        else:
+            nic = float(inbound.mean()) * cost.nic_s_per_token
         nic /= gpus_per_node
     total = cost.fixed_s + gemm + max(nvl, nic)
     if cost.overlap[0] is not None:
@@ -506,7 +632,8 @@ def layer_time_bound(
     - ``nvlink``: the mean GPU's received pairs, ``pairs / G x nvlink_s_per_token``;
     - ``nic``: every token reaches at least one node, so the nodes together receive at least ``(nodes - 1) / nodes``
       of all tokens once; the busiest node at least its mean share (a weak bound: it ignores which experts a token
-      uses together);
+      uses together); 0 under the ``nearest`` replica rule, where a token whose experts all have a replica on its
+      node sends nothing;
     - ``prefill``: ``fixed + gemm + max(nvlink, nic)``;
     - ``decode``: the mean GPU's expected GEMM at the decode batch (each expert on one replica) plus the low-latency
       calls with every GPU at the mean share (each link class's busiest GPU carries at least the mean);
@@ -541,7 +668,7 @@ def _prefill_bound(
     nvl = float(pairs.sum()) / num_gpus * cost.nvlink_s_per_token
     nodes = num_gpus // gpus_per_node
     nic = 0.0
-    if nodes > 1:
+    if nodes > 1 and cost.replica_choice == "random":  # under ``nearest`` a token may find all its experts at home
         nic = cost.tokens_per_gpu * num_gpus * (nodes - 1) / nodes / nodes * cost.nic_s_per_token / gpus_per_node
     total = cost.fixed_s + gemm + max(nvl, nic)
     if cost.overlap[0] is not None:  # `Overlap.layer_s` never falls as its inputs fall: the same bound at half

@@ -28,10 +28,20 @@ from moesim.placement.plan import PlacementPlan
 from moesim.placement.stats import RoutingStats
 
 
-def gpu_loads(phys_to_log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.ndarray:
-    """Load per GPU [L, G] for plans [L, S] and expert loads ``weight`` [L, N]."""
+def gpu_loads(
+    phys_to_log: np.ndarray, weight: np.ndarray, num_gpus: int, rule: str = "random", gpus_per_node: int = 1
+) -> np.ndarray:
+    """Load per GPU [L, G] for plans [L, S] and expert loads ``weight`` [L, N], an expert's load split over its
+    replicas as the engine's replica rule ``rule`` sends it (`placement.layertime.slot_routes`: ``random`` evenly;
+    ``nearest`` as SGLang's ranks pick, each GPU holding 1 / G of the tokens)."""
     p2l = np.atleast_2d(phys_to_log)
     w = np.atleast_2d(weight)
+    if rule != "random":
+        from moesim.placement.layertime import slot_routes
+
+        share = np.stack([slot_routes(row, w.shape[1], num_gpus, gpus_per_node, rule).mean(axis=0) for row in p2l])
+        per_slot = np.take_along_axis(w, p2l, axis=1) * share
+        return per_slot.reshape(p2l.shape[0], num_gpus, -1).sum(axis=2)
     cnt = np.stack([np.bincount(row, minlength=w.shape[1]) for row in p2l])
     per_slot = np.take_along_axis(w / np.maximum(cnt, 1), p2l, axis=1)
     return per_slot.reshape(p2l.shape[0], num_gpus, -1).sum(axis=2)
@@ -94,11 +104,19 @@ def _independent_sends(phys_to_log: np.ndarray, share: np.ndarray, top_k: int, n
     return float(hit.sum() * (num_nodes - 1) / num_nodes)
 
 
-def sends_per_layer(plan: PlacementPlan, stats: RoutingStats) -> np.ndarray:
-    """[L] expected remote nodes per token per MoE layer."""
+def sends_per_layer(plan: PlacementPlan, stats: RoutingStats, rule: str = "random") -> np.ndarray:
+    """[L] expected remote nodes per token per MoE layer, replicas picked by the engine's rule ``rule``
+    (`placement.layertime.slot_routes`; ``nearest`` needs the token trace, else it falls back to ``random``)."""
     out = np.zeros(plan.num_layers)
     for layer in range(plan.num_layers):
-        if stats.topk is not None:
+        if rule != "random" and stats.topk is not None and plan.num_nodes > 1:
+            from moesim.placement.layertime import nearest_hits, slot_routes
+
+            p2l, gpn = plan.phys_to_log[layer], plan.num_gpus // plan.num_nodes
+            routes = slot_routes(p2l, plan.num_experts, plan.num_gpus, gpn, rule)
+            hits = nearest_hits(p2l, plan.num_experts, plan.num_gpus, gpn, stats.topk[:, layer], routes)
+            out[layer] = float(hits.sum(axis=1).mean())  # source nodes hold equal shares of the tokens
+        elif stats.topk is not None:
             out[layer] = layer_sends(plan.phys_to_log[layer], plan.num_experts, plan.num_nodes, stats.topk[:, layer])
         else:
             share = stats.shares()[layer]
@@ -142,13 +160,14 @@ def migration_bytes(old: PlacementPlan, new: PlacementPlan, expert_bytes: float)
     return moved * expert_bytes
 
 
-def plan_metrics(plan: PlacementPlan, stats: RoutingStats) -> dict[str, float | None]:
-    """Summary metrics of ``plan`` under ``stats`` (layer averages unless the name says worst)."""
+def plan_metrics(plan: PlacementPlan, stats: RoutingStats, rule: str = "random") -> dict[str, float | None]:
+    """Summary metrics of ``plan`` under ``stats`` (layer averages unless the name says worst), an expert's tokens
+    sent to its replicas by the engine's rule ``rule`` (`gpu_loads`, `sends_per_layer`)."""
     w = stats.counts
-    loads = gpu_loads(plan.phys_to_log, w, plan.num_gpus)
+    loads = gpu_loads(plan.phys_to_log, w, plan.num_gpus, rule, plan.num_gpus // plan.num_nodes)
     mx, mean = loads.max(axis=1), loads.mean(axis=1)
     lb = load_lower_bound(w, plan.num_slots, plan.num_gpus)
-    sends = sends_per_layer(plan, stats)
+    sends = sends_per_layer(plan, stats, rule)
     return {
         "max_load_ratio": float(np.mean(mx / mean)),
         "max_load_ratio_worst": float(np.max(mx / mean)),

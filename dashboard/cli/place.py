@@ -83,6 +83,23 @@ def check_scenario(scenario: Path, built: Any, st: Any, spec: Any, gpus: int) ->
         )
 
 
+def _replica_rule(choice: str, built: Any, formats: tuple[str, ...]) -> str:
+    """``--replica-choice`` resolved (`placement.layertime.REPLICA_CHOICES`): ``auto`` is SGLang's ``nearest`` when
+    the --simulate scenario ``built`` runs SGLang (every pool) or every export format is sglang, else ``random``."""
+    from moesim.placement.layertime import REPLICA_CHOICES
+
+    if choice != "auto":
+        if choice not in REPLICA_CHOICES:
+            raise MoesimError(
+                f"unknown --replica-choice {choice!r}",
+                "use auto, random (vLLM: a random replica per token) or nearest (SGLang: its GPU's, then its node's)",
+            )
+        return choice
+    if built is not None:
+        return "nearest" if all(p.engine.kind == "sglang" for p in built.pools) else "random"
+    return "nearest" if formats and all(f == "sglang" for f in formats) else "random"
+
+
 def simulate_plans(
     scenario: Path, results: dict[str, Any], counts: Any, work: Path, phases: dict[str, Any] | None = None
 ) -> dict[str, dict[str, float]]:
@@ -272,6 +289,15 @@ def place(
             "DeepEP's low-latency benchmark setting).",
         ),
     ] = None,
+    replica_choice: Annotated[
+        str,
+        typer.Option(
+            help="The engine's rule for which replica of an expert a token goes to, for --objective time: 'random' "
+            "(vLLM: a replica at random per token), 'nearest' (SGLang: the rank's own GPU's replica, else its "
+            "node's first, else a fixed fair pick per rank) or 'auto': nearest when --simulate names an SGLang "
+            "scenario or every --export format is sglang, else random."
+        ),
+    ] = "auto",
     affinity: Annotated[
         bool,
         typer.Option(
@@ -379,6 +405,7 @@ def place(
     prof: dict[str, float] = {}
     if gpus % gpus_per_node:
         raise MoesimError(f"{gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
+    rule = _replica_rule(replica_choice, built_sc, formats)
     if objective == "time" or (objective == "auto" and spec is not None):
         from moesim.model.hardware import get_gpu, make_cluster
         from moesim.placement.layertime import DEFAULT_DECODE_TOKENS_PER_GPU, PHASES, layer_cost
@@ -419,7 +446,7 @@ def place(
         cost = layer_cost(
             cluster, spec.hidden_size, spec.moe.intermediate_size, spec.moe.top_k, gpus, dtype=dtype,
             tokens_per_gpu=pre_tok, phase=kind, decode_share=share, decode_tokens_per_gpu=dec_tok,
-            fp8_dispatch=fp8_dispatch, overlap=overlap,
+            fp8_dispatch=fp8_dispatch, overlap=overlap, replica_choice=rule,
         )  # fmt: skip
     opts = IlpOptions(
         cost=cost,
@@ -544,8 +571,11 @@ def place(
     out.print(t)
     if summary.get("cost_model") == "roofline":
         out.print("layer time: its grouped GEMMs are timed on the roofline (a lower bound), not by a calibrated model")
-    if any(o is not None for o in summary.get("layer_cost", {}).get("overlap", ())):
-        out.print(f"layer time priced for {summary['layer_cost']['source']}")
+    lc = summary.get("layer_cost", {})
+    if any(o is not None for o in lc.get("overlap", ())) or lc.get("replica_choice") == "nearest":
+        out.print(f"layer time priced for {lc['source']}")
+    elif lc:
+        out.print("replicas: a random one per token (vLLM's rule; --replica-choice nearest for SGLang's)")
     if "ilp_vs_eplb" in summary:
         c = summary["ilp_vs_eplb"]
         sends = "" if c["sends_change"] is None else f", remote nodes per token {c['sends_change']:+.1%}"
