@@ -124,3 +124,13 @@ def test_help_has_an_example(capsys):
     code = main(["drift", "--help"])
     text = capsys.readouterr().out
     assert code == 0 and "Example: moesim drift" in text and "--policy" in text
+
+
+def test_the_ilp_policy_prices_replicas_as_the_scenarios_engine_picks_them(result):
+    """vLLM (the default engine) draws a replica per token; an SGLang scenario's ILP policy prices its nearest rule."""
+    assert result["info"]["replica_choice"] == "random"
+    sc = dict(load(SCENARIO).scenario.model_dump(exclude_none=True))
+    sc["engine"] = {**sc.get("engine", {}), "kind": "sglang"}
+    built = load(sc)
+    res = simulate_drift(built, drift_windows(built, SPEC), [parse_policy("static")], requests_per_window=8)
+    assert res.to_dict()["info"]["replica_choice"] == "nearest"

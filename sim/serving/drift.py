@@ -476,8 +476,11 @@ def simulate_drift(
             raise MoesimError(f"drift: window {i} has no routed tokens", "give windows with routing records")
     ebytes = expert_bytes(built)
     ids = [i for i, m in enumerate(built.model.moe_layers) if m]
+    # the scenario's engine picks replicas as it does (`placement.layertime.REPLICA_CHOICES`): SGLang its nearest
+    rule = "nearest" if pool.engine.kind == "sglang" else "random"
     cost = layer_cost(pool.cluster, built.model.hidden_size, moe.intermediate_size, moe.top_k, ep,
-                      dtype="fp8" if built.precision.weights.startswith("fp8") else "bf16")  # fmt: skip
+                      dtype="fp8" if built.precision.weights.startswith("fp8") else "bf16",
+                      replica_choice=rule)  # fmt: skip
     groups = moe.n_group if moe.n_group > 1 and n % moe.n_group == 0 else 1
     kw = dict(num_gpus=ep, gpus_per_node=gpn, redundant=red, moe_layer_ids=list(range(len(ids))), expert_bytes=ebytes)
     served = len(windows) - 1
@@ -498,6 +501,8 @@ def simulate_drift(
             "engine": engine,
             "cost_model": cost_model_name(built.cost_model),
             "pause_model": "SGLang EPLBManager.rebalance blocks the scheduler; layers copied one after another",
+            # the rule the ILP policy's layer time prices (the serving simulation splits replicas evenly)
+            "replica_choice": rule,
         }
     )
 
