@@ -25,11 +25,13 @@ barrier for the layer.
   expectation SGLang's before it preferred same-node replicas (a rank's own GPU's replica, else a fixed fair pick:
   sgl-project/sglang python/sglang/srt/eplb/expert_location.py ``compute_logical_to_rank_dispatch_physical_map``;
   with no GPU holding two replicas of one expert this splits the load evenly too).
-- ``nearest``: SGLang's current rule (the same file, ``_find_nearest_expert``): each rank sends an expert's tokens to
-  the replica on its own GPU, else to the first replica on its node (lowest slot; only when the node does not hold
-  all of them), else to a replica picked once per rank, the ranks spread evenly over the replicas (``_fair_choices``;
-  priced in expectation, 1 / replicas each). A node holding a replica keeps that expert's tokens off the NIC, and
-  that node's first replica takes all of its other GPUs' tokens of the expert, so the replicas' loads are uneven.
+- ``nearest``: SGLang's rule since sgl-project/sglang#9849 (static dispatch) and #10874 (dynamic), 2025 (the same
+  file, ``_find_nearest_expert``): each rank sends an expert's tokens to the replica on its own GPU, else to the
+  first replica on its node (lowest slot; only when the node does not hold all of them), else to a replica picked
+  once per rank, the ranks spread evenly over the replicas (``_fair_choices``; priced in expectation, 1 / replicas
+  each). A node holding a replica keeps that expert's tokens off the NIC, and that node's first replica takes all of
+  its other GPUs' tokens of the expert, so stacked replicas load unevenly (the imbalance sgl-project/sglang#13423
+  describes: "all tokens from node 1 to A1, A2 receives no tokens"; closed unmerged).
 
 `slot_routes` gives the rule as a [G, S] matrix; the prefill parts (GEMM, NVLink, each node's NIC from each other
 node's tokens) follow it. The decode (low-latency) parts split an expert's pairs evenly over its replicas under
