@@ -126,6 +126,9 @@ def step_timer(
             "max_tokens": 16384 if phase == "prefill" else per_gpu * ep,
             "block_size": 64,
             "cuda_graphs": phase == "decode",
+            # the blog's runs (2025-05) predate SGLang's same-node replica preference (sgl-project/sglang#9849,
+            # 2025-08-31): a rank used its own GPU's replica, else a fair pick, an even split in expectation
+            "replica_choice": "random",
         },
         "routing": routing,
         "placement": placement,

@@ -53,6 +53,7 @@ from moesim.model.routing import (
     hit_probability,
     inclusion_probs,
     slot_inclusion,
+    slot_routes,
     token_fanout,
 )
 
@@ -144,24 +145,53 @@ def selection_fanout(
     num_experts: int,
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
+    replica_choice: str = "random",
 ) -> Fanout:
     """Low-latency fan-out: (token, expert) selections sent or received per source token by the busiest GPU.
 
     Each selection is its own message (no deduplication per GPU or node). Per GPU ``g`` the expected selections per
     token it holds are ``s_g`` (the inclusion probabilities of its slots, `model.routing`); it receives ``s_g`` from
     each other source and sends a token's selections for the other GPUs. Returns, per link class, the larger of
-    sent and received on the GPU where it is largest.
+    sent and received on the GPU where it is largest. Under the ``nearest`` replica rule (`model.routing.
+    slot_routes`) each source node's selections go to its own replicas' GPUs.
     """
     placement = default_placement(num_experts) if phys_to_log is None else np.asarray(phys_to_log)
     pi = np.full(num_experts, top_k / num_experts) if loads is None else inclusion_probs(np.asarray(loads), top_k)
-    per_gpu = slot_inclusion(pi, placement).reshape(num_gpus, -1).sum(axis=1)  # [G], sums to top_k
     node_size = min(gpus_per_node, num_gpus)
+    if replica_choice != "random" and num_gpus % node_size == 0 and np.bincount(placement).max() > 1:
+        return _selection_fanout_by_source(num_gpus, node_size, top_k, num_experts, pi, placement, replica_choice)
+    per_gpu = slot_inclusion(pi, placement).reshape(num_gpus, -1).sum(axis=1)  # [G], sums to top_k
     node_of = np.arange(num_gpus) // node_size
     in_node = np.bincount(node_of)[node_of]
     node_sum = np.bincount(node_of, weights=per_gpu)[node_of]
     intra = np.maximum(node_sum - per_gpu, per_gpu * (in_node - 1)).max()
     inter = np.maximum(top_k - node_sum, per_gpu * (num_gpus - in_node)).max() if num_gpus > node_size else 0.0
     return Fanout(intra=float(intra), inter=float(inter))
+
+
+def _selection_fanout_by_source(
+    num_gpus: int, node_size: int, top_k: int, num_experts: int, pi: np.ndarray, placement: np.ndarray, rule: str
+) -> Fanout:
+    """`selection_fanout` under a per-rank replica rule: ``s[n, g]``, the selections one token of node ``n`` sends
+    to GPU ``g`` (its GPUs' routes averaged); per GPU the larger of what it sends (its node's row, off itself) and
+    receives (every other GPU's row on it), the busiest GPU's per link class."""
+    nodes = num_gpus // node_size
+    routes = slot_routes(placement, num_experts, num_gpus, node_size, rule)
+    sel = np.stack([
+        (pi[placement] * routes[n * node_size : (n + 1) * node_size].mean(axis=0)).reshape(num_gpus, -1).sum(axis=1)
+        for n in range(nodes)
+    ])  # fmt: skip  # [nodes, G]
+    node_of = np.arange(num_gpus) // node_size
+    mine = sel[node_of]  # [G, G]: what a token on g's node sends to each GPU
+    same = node_of[None, :] == node_of[:, None]
+    own = mine[np.arange(num_gpus), np.arange(num_gpus)]
+    sent_intra = (mine * same).sum(axis=1) - own
+    recv_intra = own * (node_size - 1)
+    sent_inter = (mine * ~same).sum(axis=1)
+    recv_inter = np.array([sel[np.arange(nodes) != node_of[g], g].sum() * node_size for g in range(num_gpus)])
+    intra = float(np.maximum(sent_intra, recv_intra).max())
+    inter = float(np.maximum(sent_inter, recv_inter).max()) if nodes > 1 else 0.0
+    return Fanout(intra=intra, inter=inter)
 
 
 def ep_a2a_ops(
@@ -184,6 +214,7 @@ def ep_a2a_ops(
     topk_group: int = 1,
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
+    replica_choice: str = "random",
 ) -> tuple[Op, Op]:
     """The EP dispatch and combine ops of one MoE layer set (``ep_dispatch``, ``ep_combine``; kind ``all_to_all``).
 
@@ -197,6 +228,7 @@ def ep_a2a_ops(
         backend, phase: `Layout.a2a_backend` and the batch's phase (`a2a_mode`).
         fp8_dispatch: dispatch in fp8 (block-scaled fp8 weights; DeepEP only).
         loads, phys_to_log: expert load shares [E] and placement [S] (None: uniform, contiguous).
+        replica_choice: the engine's rule for which replica a token's expert goes to (`model.routing.slot_routes`).
 
     ``shape`` carries ``backend``, ``mode``, ``direction``, ``token_bytes`` and the NCCL-table coordinates
     ``bytes`` (the per-GPU buffer, the kept share included) and ``gpus``.
@@ -205,9 +237,9 @@ def ep_a2a_ops(
     node = max(1, gpus_per_node // moe_tp)
     src_tokens = tokens / stage_gpus
     if mode == "low_latency":
-        fan = selection_fanout(ep, node, top_k, num_experts, loads, phys_to_log)
+        fan = selection_fanout(ep, node, top_k, num_experts, loads, phys_to_log, replica_choice)
     else:
-        fan = token_fanout(ep, node, top_k, num_experts, n_group, topk_group, loads, phys_to_log)
+        fan = token_fanout(ep, node, top_k, num_experts, n_group, topk_group, loads, phys_to_log, replica_choice)
     ops = []
     for direction in ("dispatch", "combine"):
         if mode:

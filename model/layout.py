@@ -34,6 +34,8 @@ class Layout:
         pp: pipeline stages.
         a2a_backend: who runs the EP dispatch and combine all-to-alls: ``deepep`` (DeepEP's normal and
             low-latency kernels, as SGLang and vLLM run EP) or ``nccl`` (`model.a2a`).
+        replica_choice: which replica of an expert a token goes to, the engine's rule (`model.routing.
+            slot_routes`): ``random`` (vLLM) or ``nearest`` (SGLang); it matters only with redundant experts.
     """
 
     tp: int = 1
@@ -41,11 +43,17 @@ class Layout:
     dp_attn: int = 1
     pp: int = 1
     a2a_backend: str = "deepep"
+    replica_choice: str = "random"
 
     def __post_init__(self) -> None:
         if self.a2a_backend not in ("deepep", "nccl"):
             raise LayoutError(
                 f"a2a_backend '{self.a2a_backend}' is not one of deepep, nccl", "use a2a_backend: deepep or nccl"
+            )
+        if self.replica_choice not in ("random", "nearest"):
+            raise LayoutError(
+                f"replica_choice '{self.replica_choice}' is not one of random, nearest",
+                "use random (vLLM) or nearest (SGLang)",
             )
         for name in ("tp", "ep", "dp_attn", "pp"):
             value = getattr(self, name)

@@ -38,7 +38,7 @@ from moesim.model.hardware import ClusterSpec
 from moesim.model.layout import Layout
 from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet, layer_sets
-from moesim.model.routing import GpuLoad, gpu_loads
+from moesim.model.routing import GpuLoad, gpu_loads, slot_shares
 from moesim.model.spec import ModelSpec
 
 #: Kinds of the memory-bound kernels an inference engine runs between the GEMMs (vLLM's and SGLang's custom
@@ -351,6 +351,7 @@ def experts_op(
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
     balanced: bool = False,
+    share: np.ndarray | None = None,
 ) -> Op:
     """Routed experts of one MoE layer on the busiest of ``ep`` expert-parallel GPUs.
 
@@ -372,13 +373,15 @@ def experts_op(
         balanced: every expert gets exactly ``tokens x top_k / E`` pairs (as
             benchmark harnesses craft); else the busiest GPU's expected load
             under random routing, sampling noise included.
+        share: [S] share of its expert's tokens each slot receives (`model.routing.slot_shares`: the engine's
+            replica rule); None: replicas split evenly.
     """
     if balanced:
         pairs = tokens * top_k / ep
         active = min(num_experts / ep, tokens * top_k / ep)
         mean, imbalance = pairs, 1.0
     else:
-        load = _gpu_loads_memo(tokens, top_k, ep, loads, phys_to_log, num_experts)
+        load = _gpu_loads_memo(tokens, top_k, ep, loads, phys_to_log, num_experts, share)
         pairs, active = load.busiest_pairs, load.max_active_experts
         mean, imbalance = load.mean_gpu_pairs, load.imbalance
     local = None if phys_to_log is None else int(np.shape(phys_to_log)[-1]) // ep  # redundant slots count
@@ -393,8 +396,26 @@ def experts_op(
 _LOADS_MEMO: dict[tuple, GpuLoad] = {}
 
 
+def _replica_shares(lay: Layout, phys: np.ndarray | None, num_experts: int, gpus_per_node: int) -> np.ndarray | None:
+    """[S] the share of its expert's tokens each slot of ``phys`` receives under the layout's replica rule
+    (`model.routing.slot_shares`; None: an even split), the EP group's nodes ``gpus_per_node / moe_tp`` GPUs
+    (as `model.a2a.ep_a2a_ops` counts them)."""
+    if phys is None or lay.replica_choice == "random" or lay.ep <= 1:
+        return None
+    node = max(1, min(gpus_per_node // lay.moe_tp, lay.ep))
+    if lay.ep % node:
+        return None
+    return slot_shares(np.asarray(phys), num_experts, lay.ep, node, lay.replica_choice)
+
+
 def _gpu_loads_memo(
-    tokens: int, top_k: int, ep: int, loads: np.ndarray | None, phys: np.ndarray | None, num_experts: int
+    tokens: int,
+    top_k: int,
+    ep: int,
+    loads: np.ndarray | None,
+    phys: np.ndarray | None,
+    num_experts: int,
+    share: np.ndarray | None = None,
 ) -> GpuLoad:
     """`model.routing.gpu_loads`, memoised by its arguments (the routing statistics by value): a step's
     decomposition asks for the same token count many times (a decode step at every context, each micro-batch)."""
@@ -403,11 +424,15 @@ def _gpu_loads_memo(
         None if loads is None else (np.shape(loads), np.asarray(loads, float).tobytes()),
         None if phys is None else (np.shape(phys), np.asarray(phys).tobytes()),
     )  # fmt: skip
+    if share is not None:
+        key += (share.tobytes(),)
     hit = _LOADS_MEMO.get(key)
     if hit is None:
         if len(_LOADS_MEMO) >= 1 << 14:
             _LOADS_MEMO.clear()
-        hit = _LOADS_MEMO[key] = gpu_loads(tokens, top_k, ep, loads, phys_to_log=phys, num_experts=num_experts)
+        hit = _LOADS_MEMO[key] = gpu_loads(
+            tokens, top_k, ep, loads, phys_to_log=phys, num_experts=num_experts, share=share
+        )
     return hit
 
 
@@ -590,6 +615,7 @@ def _moe_routed_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: n
             stage_gpus=lay.stage_gpus, gpus_per_node=gpn, moe_tp=lay.moe_tp, act_bytes=ab, backend=lay.a2a_backend,
             phase=c.batch.phase, fp8_dispatch=p.weights == "fp8" and getattr(p, "fp8_scaling", "tensor") == "block",
             n_group=moe.n_group, topk_group=moe.topk_group, loads=loads, phys_to_log=phys,
+            replica_choice=lay.replica_choice,
         )  # fmt: skip
         ops.append(dispatch)
     ops.append(
@@ -607,6 +633,7 @@ def _moe_routed_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: n
             loads=loads,
             phys_to_log=phys,
             moe_tp=lay.moe_tp,
+            share=_replica_shares(lay, phys, moe.num_experts, gpn),
         )
     )
     if dispatch is not None:

@@ -77,11 +77,81 @@ def default_placement(num_experts: int) -> np.ndarray:
     return np.arange(num_experts)
 
 
-def slot_inclusion(pi: np.ndarray, phys_to_log: np.ndarray) -> np.ndarray:
-    """Per-slot inclusion probability: pi of its expert over its replica count, shape [S]."""
+#: The engines' rules for which replica of an expert a token goes to (`slot_routes`): ``random`` (vLLM: a replica
+#: drawn per token) and ``nearest`` (SGLang: the rank's own GPU's replica, else its node's first, else a fixed fair
+#: pick; sgl-project/sglang#9849, #10874).
+REPLICA_CHOICES = ("random", "nearest")
+REPLICA_FIX = "use random (vLLM: a replica per token at random) or nearest (SGLang: its GPU's, then its node's)"
+
+
+def slot_routes(p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, rule: str) -> np.ndarray:
+    """[G, S] share of GPU g's tokens of expert ``p2l[s]`` that go to slot s under the replica rule ``rule``
+    (`REPLICA_CHOICES`; each row sums to 1 over the slots of every expert placed).
+
+    ``random``: 1 / replicas on every replica. ``nearest`` (SGLang's ``_find_nearest_expert``): 1 on GPU g's own
+    replica (its first), else on the first replica of g's node when the node holds some but not all of them, else
+    1 / replicas on every replica (the ranks' fixed fair picks, in expectation; an expert with one replica: 1 on
+    it)."""
+    s_count = p2l.size
+    per = s_count // num_gpus
+    cnt = np.maximum(np.bincount(p2l, minlength=n), 1).astype(float)
+    fair = np.broadcast_to(1.0 / cnt[p2l], (num_gpus, s_count))
+    if rule == "random":
+        return np.array(fair)
+    if rule != "nearest":
+        raise MoesimError(
+            f"replica choice {rule!r} is not one of {', '.join(REPLICA_CHOICES)}", "use random or nearest"
+        )
+    slot = np.arange(s_count)
+    gpu_of = slot // per
+    node_of = gpu_of // gpus_per_node
+    nodes = num_gpus // gpus_per_node
+    big = s_count  # "no such slot"
+    own = np.full((num_gpus, n), big)
+    np.minimum.at(own, (gpu_of, p2l), slot)  # each GPU's first slot of each expert
+    first_on_node = np.full((nodes, n), big)
+    np.minimum.at(first_on_node, (node_of, p2l), slot)
+    on_node = np.zeros((nodes, n))
+    np.add.at(on_node, (node_of, p2l), 1.0)
+    g_node = np.arange(num_gpus) // gpus_per_node
+    narrows = (on_node[g_node] > 0) & (on_node[g_node] < cnt)  # [G, n]
+    target = np.where(own < big, own, np.where(narrows, first_on_node[g_node], big))  # [G, n]
+    picked = target < big  # [G, n]
+    routes = np.where(picked[:, p2l], 0.0, fair)  # [G, S]: the fair picks where no nearer replica is
+    g_idx, e_idx = np.nonzero(picked)
+    routes[g_idx, target[g_idx, e_idx]] = 1.0
+    return routes
+
+
+def slot_shares(p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, rule: str) -> np.ndarray | None:
+    """[S] share of its expert's tokens each slot of ``p2l`` receives when every GPU holds an equal share of the
+    tokens and sends them by ``rule`` (`slot_routes` averaged over the GPUs; sums to 1 over an expert's slots);
+    None for ``random``, whose shares are 1 / replicas (`slot_inclusion`'s default), and where no expert has two
+    replicas."""
+    if rule == "random" or np.bincount(p2l, minlength=n).max() <= 1:
+        return None
+    key = (np.asarray(p2l).tobytes(), n, num_gpus, gpus_per_node, rule)
+    hit = _SHARES.get(key)
+    if hit is None:
+        if len(_SHARES) >= 1024:
+            _SHARES.clear()
+        hit = _SHARES[key] = slot_routes(p2l, n, num_gpus, gpus_per_node, rule).mean(axis=0)
+        hit.flags.writeable = False
+    return hit
+
+
+#: `slot_shares` by (placement bytes, experts, GPUs, node size, rule) (cleared when full).
+_SHARES: dict[tuple, np.ndarray] = {}
+
+
+def slot_inclusion(pi: np.ndarray, phys_to_log: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+    """Per-slot inclusion probability, shape [S]: pi of its expert over its replica count, or times ``share`` [S]
+    (the share of its expert's tokens a slot receives, `slot_shares`) where the engine's rule splits unevenly."""
     replicas = np.bincount(phys_to_log, minlength=pi.shape[-1])
     if (replicas[np.unique(phys_to_log)] == 0).any() or phys_to_log.max() >= pi.shape[-1]:
         raise MoesimError("placement names an expert the model does not have", "check phys_to_log")
+    if share is not None:
+        return pi[phys_to_log] * share
     return pi[phys_to_log] / replicas[phys_to_log]
 
 
@@ -222,6 +292,7 @@ def gpu_loads(
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
     num_experts: int | None = None,
+    share: np.ndarray | None = None,
 ) -> GpuLoad:
     """Pairs each GPU receives when ``tokens`` tokens are routed (one MoE layer).
 
@@ -232,6 +303,8 @@ def gpu_loads(
         loads: load shares [E]; None: uniform over ``num_experts``.
         phys_to_log: placement [S] with S divisible by ``num_gpus``; None: identity.
         num_experts: E when ``loads`` is None.
+        share: [S] share of its expert's tokens each slot receives (`slot_shares`: the engine's replica rule);
+            None: an expert's replicas split it evenly.
 
     The per-token count on GPU g has mean ``sum pi_slot`` and variance
     ``sum pi(1-pi) + c((sum pi)^2 - sum pi^2)`` with ``c = -(E-k)/(k(E-1))``,
@@ -243,7 +316,7 @@ def gpu_loads(
         if num_experts is None:
             raise MoesimError("need num_experts or loads", "pass one")
         return _uniform_gpu_loads(int(tokens), top_k, num_gpus, num_experts)
-    return _gpu_loads(tokens, top_k, num_gpus, loads, phys_to_log, num_experts)
+    return _gpu_loads(tokens, top_k, num_gpus, loads, phys_to_log, num_experts, share)
 
 
 @lru_cache(maxsize=4096)
@@ -261,12 +334,13 @@ def _gpu_loads(
     loads: np.ndarray | None,
     phys_to_log: np.ndarray | None,
     num_experts: int | None,
+    share: np.ndarray | None = None,
 ) -> GpuLoad:
     if loads is None:
         if num_experts is None:
             raise MoesimError("need num_experts or loads", "pass one")
         loads = np.full(num_experts, 1.0 / num_experts)
-    ps, mu, var = _slot_moments(np.asarray(loads, float), top_k, num_gpus, phys_to_log)
+    ps, mu, var = _slot_moments(np.asarray(loads, float), top_k, num_gpus, phys_to_log, share)
     mean = tokens * mu
     busiest = expected_max_normal(mean, np.sqrt(tokens * var))
     cap = tokens * min(top_k, ps.shape[1])
@@ -305,12 +379,15 @@ _MOMENTS_MAX = 2048
 
 
 def _slot_moments(
-    loads: np.ndarray, top_k: int, num_gpus: int, phys_to_log: np.ndarray | None
+    loads: np.ndarray, top_k: int, num_gpus: int, phys_to_log: np.ndarray | None, share: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-token inclusion moments of each GPU's slots: (ps [G, S/G], mean [G], variance [G]) of the count one token
-    adds to each GPU (see `gpu_loads`); memoised on the arrays' bytes, read-only arrays."""
+    adds to each GPU (see `gpu_loads`; ``share``: its replica shares); memoised on the arrays' bytes, read-only
+    arrays."""
     placement = None if phys_to_log is None else np.asarray(phys_to_log)
     key = (loads.tobytes(), None if placement is None else placement.tobytes(), top_k, num_gpus)
+    if share is not None:
+        key += (np.asarray(share, float).tobytes(),)
     hit = _MOMENTS.get(key)
     if hit is not None:
         return hit
@@ -323,7 +400,7 @@ def _slot_moments(
             f"{placement.size} expert slots do not split evenly over {num_gpus} GPUs",
             "give every GPU the same number of slots",
         )
-    ps = slot_inclusion(pi, placement).reshape(num_gpus, -1)  # [G, S/G]
+    ps = slot_inclusion(pi, placement, share).reshape(num_gpus, -1)  # [G, S/G]
     mu = ps.sum(axis=1)
     c = -(n_exp - top_k) / (top_k * (n_exp - 1)) if n_exp > 1 else 0.0
     var = np.maximum((ps * (1 - ps)).sum(axis=1) + c * (mu**2 - (ps**2).sum(axis=1)), 0.0)
@@ -496,27 +573,32 @@ def token_fanout(
     topk_group: int = 1,
     loads: np.ndarray | None = None,
     phys_to_log: np.ndarray | None = None,
+    replica_choice: str = "random",
 ) -> Fanout:
     """Dispatch fan-out of an EP group of ``num_gpus`` GPUs, ``gpus_per_node`` per node.
 
     Every GPU is a source of an equal share of tokens. Per GPU, the bytes it
     sends (its tokens x hit probability of each other GPU / node) and
     receives (other sources x its own hit probability) are compared and the
-    busiest GPU's larger side is returned, per source token.
+    busiest GPU's larger side is returned, per source token. Under the
+    ``nearest`` replica rule (`slot_routes`) each source node has its own hit
+    probabilities, its replicas chosen as its GPUs choose them.
     """
     if loads is None and phys_to_log is None:
         return _uniform_fanout(num_gpus, gpus_per_node, top_k, num_experts, n_group, topk_group)
+    if replica_choice != "random" and (phys_to_log is None or np.bincount(phys_to_log).max() <= 1):
+        replica_choice = "random"  # one replica per expert: every rule sends the same way
     key = (
         num_gpus, gpus_per_node, top_k, num_experts, n_group, topk_group,
         None if loads is None else np.asarray(loads, float).tobytes(),
-        None if phys_to_log is None else np.asarray(phys_to_log).tobytes(),
+        None if phys_to_log is None else np.asarray(phys_to_log).tobytes(), replica_choice,
     )  # fmt: skip
     hit = _FANOUT_MEMO.get(key)
     if hit is None:
         if len(_FANOUT_MEMO) >= 4096:
             _FANOUT_MEMO.clear()
         hit = _FANOUT_MEMO[key] = _fanout(
-            num_gpus, gpus_per_node, top_k, num_experts, n_group, topk_group, loads, phys_to_log
+            num_gpus, gpus_per_node, top_k, num_experts, n_group, topk_group, loads, phys_to_log, replica_choice
         )
     return hit
 
@@ -541,11 +623,15 @@ def _fanout(
     topk_group: int,
     loads: np.ndarray | None,
     phys_to_log: np.ndarray | None,
+    replica_choice: str = "random",
 ) -> Fanout:
     placement = default_placement(num_experts) if phys_to_log is None else np.asarray(phys_to_log)
     per_gpu = placement.size // num_gpus
     node_size = min(gpus_per_node, num_gpus)
     nodes = -(-num_gpus // node_size)
+    if replica_choice != "random" and num_gpus % node_size == 0:
+        return _fanout_by_source(num_gpus, node_size, top_k, num_experts, n_group, topk_group, loads, placement,
+                                 replica_choice)  # fmt: skip
     uniform = loads is None and placement.size == num_experts and len(np.unique(placement)) == num_experts
     if uniform:
         gpu_sets = [placement[g * per_gpu : (g + 1) * per_gpu] for g in range(num_gpus)]
@@ -567,6 +653,52 @@ def _fanout(
             hit = np.array([1.0 - float(np.prod(1.0 - slot_pi[s])) for s in sets])
         p_gpu, p_node = hit[:num_gpus], hit[num_gpus:]
     return fanout_of_hits(p_gpu, p_node, node_size)
+
+
+def _slot_hits(
+    slot_pi: np.ndarray, sets: list[np.ndarray], placement: np.ndarray, top_k: int, num_experts: int, n_group: int,
+    topk_group: int,
+) -> np.ndarray:  # fmt: skip
+    """The chance that a token hits each of ``sets`` (slot index arrays) given per-slot inclusion ``slot_pi`` [S]:
+    DeepSeek's grouped router (`grouped_hit_probability`) or independent picks, as `_fanout` prices them."""
+    if limits_groups(n_group, topk_group, top_k):
+        per_group = num_experts // n_group
+        return grouped_hit_probability(sets, slot_pi / top_k, placement // per_group, top_k, n_group, topk_group,
+                                       topk_group * per_group)  # fmt: skip
+    return np.array([1.0 - float(np.prod(1.0 - slot_pi[s])) for s in sets])
+
+
+def _fanout_by_source(
+    num_gpus: int, node_size: int, top_k: int, num_experts: int, n_group: int, topk_group: int,
+    loads: np.ndarray | None, placement: np.ndarray, rule: str,
+) -> Fanout:  # fmt: skip
+    """`_fanout` under a per-rank replica rule (`slot_routes`): the hit probabilities of each source node's tokens,
+    its GPUs' routes averaged; per GPU the larger of what it sends (from its own node's hits) and what it receives
+    (from every other source's hits on it), the busiest GPU's per link class, per source token."""
+    nodes = num_gpus // node_size
+    per_gpu = placement.size // num_gpus
+    pi = inclusion_probs(np.full(num_experts, 1.0 / num_experts) if loads is None else loads, top_k)
+    routes = slot_routes(placement, num_experts, num_gpus, node_size, rule)
+    gpu_sets = [np.arange(g * per_gpu, (g + 1) * per_gpu) for g in range(num_gpus)]
+    node_sets = [np.concatenate(gpu_sets[n * node_size : (n + 1) * node_size]) for n in range(nodes)]
+    p_gpu = np.zeros((nodes, num_gpus))
+    p_node = np.zeros((nodes, nodes))
+    for src in range(nodes):
+        share = routes[src * node_size : (src + 1) * node_size].mean(axis=0)
+        hit = _slot_hits(pi[placement] * share, [*gpu_sets, *node_sets], placement, top_k, num_experts, n_group,
+                         topk_group)  # fmt: skip
+        p_gpu[src], p_node[src] = hit[:num_gpus], hit[num_gpus:]
+    node_of = np.arange(num_gpus) // node_size
+    own = p_gpu[node_of, np.arange(num_gpus)]  # [G]: a source GPU's node-mates' chance of hitting it
+    same = p_gpu[node_of] * (node_of[None, :] == node_of[:, None])  # [G, G]: hits of g's node on g's node's GPUs
+    sent_intra = same.sum(axis=1) - own
+    recv_intra = own * (node_size - 1)
+    sent_inter = p_node.sum(axis=1)[node_of] - p_node[node_of, node_of]
+    # every other node's GPUs send to g's node; its GPUs share the receiving (equal node sizes: one to one)
+    recv_inter = (p_node.sum(axis=0) - np.diag(p_node))[node_of]
+    intra = float(np.maximum(sent_intra, recv_intra).max())
+    inter = float(np.maximum(sent_inter, recv_inter).max()) if nodes > 1 else 0.0
+    return Fanout(intra=intra, inter=inter)
 
 
 def fanout_of_hits(p_gpu: np.ndarray, p_node: np.ndarray, gpus_per_node: int) -> Fanout:

@@ -81,7 +81,7 @@ import numpy as np
 from moesim.model.a2a import DEEPEP_LL_SETUP, efficiency, ll_fixed_s, normal_fixed_s, token_bytes
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import ClusterSpec
-from moesim.model.routing import gpu_loads
+from moesim.model.routing import REPLICA_CHOICES, REPLICA_FIX, gpu_loads, slot_routes
 from moesim.model.tbo import STRATEGIES, steady_layer_s
 
 #: Tokens per GPU per MoE layer call in the default step: DeepEP's normal-mode benchmark setting (4096 tokens per
@@ -92,9 +92,6 @@ DEFAULT_TOKENS_PER_GPU = 4096
 DEFAULT_DECODE_TOKENS_PER_GPU = DEEPEP_LL_SETUP[0]
 #: The objective's phases (`LayerCost.phase`).
 PHASES = ("prefill", "decode", "both")
-#: The engines' rules for which replica of an expert a token goes to (`LayerCost.replica_choice`; module docstring).
-REPLICA_CHOICES = ("random", "nearest")
-_RULE_FIX = "use random (vLLM: a replica per token at random) or nearest (SGLang: its GPU's, then its node's)"
 
 
 @dataclass(frozen=True)
@@ -199,7 +196,7 @@ class LayerCost:
         if self.replica_choice not in REPLICA_CHOICES:
             raise MoesimError(
                 f"replica choice {self.replica_choice!r} is not one of {', '.join(REPLICA_CHOICES)}",
-                _RULE_FIX,
+                REPLICA_FIX,
             )
 
     @property
@@ -309,45 +306,6 @@ def pairs_per_expert(w: np.ndarray, cost: LayerCost, num_gpus: int) -> np.ndarra
 def replica_gemm_s(pairs: np.ndarray, cost: LayerCost) -> np.ndarray:
     """GEMM seconds of replicas with ``pairs`` pairs each: compute- or weight-read-bound (0 for no pairs)."""
     return np.where(pairs > 0, np.maximum(pairs * cost.s_per_pair, cost.s_per_expert_read), 0.0)
-
-
-def slot_routes(p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, rule: str) -> np.ndarray:
-    """[G, S] share of GPU g's tokens of expert ``p2l[s]`` that go to slot s under the replica rule ``rule``
-    (`REPLICA_CHOICES`; each row sums to 1 over the slots of every expert placed).
-
-    ``random``: 1 / replicas on every replica. ``nearest`` (SGLang's ``_find_nearest_expert``): 1 on GPU g's own
-    replica (its first), else on the first replica of g's node when the node holds some but not all of them, else
-    1 / replicas on every replica (the ranks' fixed fair picks, in expectation; an expert with one replica: 1 on
-    it)."""
-    s_count = p2l.size
-    per = s_count // num_gpus
-    cnt = np.maximum(np.bincount(p2l, minlength=n), 1).astype(float)
-    fair = np.broadcast_to(1.0 / cnt[p2l], (num_gpus, s_count))
-    if rule == "random":
-        return np.array(fair)
-    if rule != "nearest":
-        raise MoesimError(
-            f"replica choice {rule!r} is not one of {', '.join(REPLICA_CHOICES)}", "use random or nearest"
-        )
-    slot = np.arange(s_count)
-    gpu_of = slot // per
-    node_of = gpu_of // gpus_per_node
-    nodes = num_gpus // gpus_per_node
-    big = s_count  # "no such slot"
-    own = np.full((num_gpus, n), big)
-    np.minimum.at(own, (gpu_of, p2l), slot)  # each GPU's first slot of each expert
-    first_on_node = np.full((nodes, n), big)
-    np.minimum.at(first_on_node, (node_of, p2l), slot)
-    on_node = np.zeros((nodes, n))
-    np.add.at(on_node, (node_of, p2l), 1.0)
-    g_node = np.arange(num_gpus) // gpus_per_node
-    narrows = (on_node[g_node] > 0) & (on_node[g_node] < cnt)  # [G, n]
-    target = np.where(own < big, own, np.where(narrows, first_on_node[g_node], big))  # [G, n]
-    picked = target < big  # [G, n]
-    routes = np.where(picked[:, p2l], 0.0, fair)  # [G, S]: the fair picks where no nearer replica is
-    g_idx, e_idx = np.nonzero(picked)
-    routes[g_idx, target[g_idx, e_idx]] = 1.0
-    return routes
 
 
 def nearest_hits(

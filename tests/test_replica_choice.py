@@ -138,3 +138,60 @@ def test_cli_resolves_auto_and_refuses_an_unknown_rule(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown --replica-choice 'closest'" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+# ---- the serving simulators under the rule (`Layout.replica_choice`; SGLang scenarios set it) ----------------------
+
+
+def _placement_random(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """64 experts + 16 redundant on 16 GPUs (5 slots each, no GPU holding two replicas of one expert), loads."""
+    rng = np.random.default_rng(seed)
+    while True:
+        p2l = np.concatenate([np.arange(64), rng.permutation(64)[:16]])
+        rng.shuffle(p2l)
+        if all(len(set(row)) == 5 for row in p2l.reshape(16, 5).tolist()):
+            return p2l, rng.dirichlet(np.ones(64))
+
+
+def test_fanout_by_source_reduces_to_the_symmetric_rule():
+    from moesim.model.a2a import _selection_fanout_by_source, selection_fanout
+    from moesim.model.routing import _fanout, _fanout_by_source, inclusion_probs
+
+    p2l, loads = _placement_random()
+    for n_group, topk_group in ((1, 1), (8, 4)):
+        sym = _fanout(16, 8, 6, 64, n_group, topk_group, loads, p2l)
+        assert _fanout_by_source(16, 8, 6, 64, n_group, topk_group, loads, p2l, "random") == sym
+    pi = inclusion_probs(loads, 6)
+    assert _selection_fanout_by_source(16, 8, 6, 64, pi, p2l, "random") == selection_fanout(16, 8, 6, 64, loads, p2l)
+
+
+def test_every_expert_on_every_node_keeps_the_dispatch_at_home_under_nearest():
+    from moesim.model.a2a import selection_fanout
+    from moesim.model.routing import token_fanout
+
+    p2l = np.concatenate([np.arange(32), np.arange(32)])  # 32 experts on node 0's 8 GPUs and again on node 1's
+    for rule, home in (("random", False), ("nearest", True)):
+        normal = token_fanout(16, 8, 4, 32, 1, 1, None, p2l, rule)
+        low = selection_fanout(16, 8, 4, 32, None, p2l, rule)
+        assert (normal.inter == 0 and low.inter == 0) == home, (rule, normal, low)
+
+
+def test_an_sglang_scenario_times_its_steps_by_the_nearest_rule(tmp_path):
+    from moesim.model.batch import Batch
+    from moesim.sim.serving.serve import load
+    from moesim.sim.serving.steptime import StepTimer
+
+    p2l = np.concatenate([np.arange(8), np.arange(8)])  # Mixtral's 8 experts on each of two 8-GPU nodes
+    np.save(tmp_path / "p2l.npy", p2l)
+    inter = {}
+    for kind in ("vllm", "sglang"):
+        sc = {"model": "mixtral-8x7b", "gpu": "H100-SXM", "nodes": 2, "gpus_per_node": 8,
+              "layout": {"tp": 1, "dp_attn": 16, "ep": 16}, "placement": str(tmp_path / "p2l.npy"),
+              "engine": {"kind": kind}, "workload": {"rate": 1, "requests": 10}}  # fmt: skip
+        built = load(sc)
+        pool = built.pools[0]
+        assert pool.layout.replica_choice == ("nearest" if kind == "sglang" else "random")
+        t = StepTimer(built.model, pool.layout, pool.cluster, built.precision, phys_to_log=built.phys_to_log)
+        est = t.estimate(Batch((4096,), (0,), "prefill"))
+        inter[kind] = sum(op.inter_bytes * op.count for op in est.ops if op.name == "ep_dispatch")
+    assert inter["vllm"] > 0 and inter["sglang"] == 0  # SGLang's ranks use their own node's replica

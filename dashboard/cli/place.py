@@ -95,8 +95,8 @@ def _replica_rule(choice: str, built: Any, formats: tuple[str, ...]) -> str:
                 "use auto, random (vLLM: a random replica per token) or nearest (SGLang: its GPU's, then its node's)",
             )
         return choice
-    if built is not None:
-        return "nearest" if all(p.engine.kind == "sglang" for p in built.pools) else "random"
+    if built is not None:  # the scenario's engine (`EngineSpec.replica_choice`, resolved in each pool's layout)
+        return "nearest" if all(p.layout.replica_choice == "nearest" for p in built.pools) else "random"
     return "nearest" if formats and all(f == "sglang" for f in formats) else "random"
 
 

@@ -476,8 +476,8 @@ def simulate_drift(
             raise MoesimError(f"drift: window {i} has no routed tokens", "give windows with routing records")
     ebytes = expert_bytes(built)
     ids = [i for i, m in enumerate(built.model.moe_layers) if m]
-    # the scenario's engine picks replicas as it does (`placement.layertime.REPLICA_CHOICES`): SGLang its nearest
-    rule = "nearest" if pool.engine.kind == "sglang" else "random"
+    # the scenario's engine picks replicas as it does (`EngineSpec.replica_choice`, resolved in the pool's layout)
+    rule = pool.layout.replica_choice
     cost = layer_cost(pool.cluster, built.model.hidden_size, moe.intermediate_size, moe.top_k, ep,
                       dtype="fp8" if built.precision.weights.startswith("fp8") else "bf16",
                       replica_choice=rule)  # fmt: skip

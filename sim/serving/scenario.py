@@ -31,7 +31,7 @@ Prefill/decode disaggregation replaces ``layout``/``replicas`` by two pools::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +132,11 @@ class EngineSpec(_Strict):
             requests' shared prefixes when the workload gives them, else 0.
         stream: the client streams tokens (what "first token" means for TTFT; see docs).
         host: overrides of the profile's host-cost parameters by name (seconds, see the profile).
+        replica_choice: which replica of an expert a token goes to, when the placement has redundant experts
+            (`model.routing.slot_routes`): ``random`` (vLLM: a replica drawn per token; SGLang before
+            sgl-project/sglang#9849, in expectation), ``nearest`` (SGLang since #9849, merged 2025-08-31: the
+            rank's own GPU's replica, else its node's first, else a fixed fair pick) or ``auto``: ``nearest`` for
+            ``kind: sglang`` (the shipped profile is 0.5.6), else ``random``.
     """
 
     max_batch: int = Field(256, ge=1, le=MAX_BATCH)
@@ -149,6 +154,7 @@ class EngineSpec(_Strict):
     prefix_hit_rate: float | None = Field(None, ge=0, le=1)
     stream: bool = True
     host: dict[str, float] | None = None
+    replica_choice: Literal["auto", "random", "nearest"] = "auto"
 
     @field_validator("host")
     @classmethod
@@ -451,6 +457,16 @@ def _pool_cluster(cluster: ClusterSpec, layout: Layout) -> ClusterSpec:
     return cluster.model_copy(update={"nodes": nodes})
 
 
+def _engine_layout(lay: Layout, engine: EngineSpec) -> Layout:
+    """``lay`` with the engine's rule for which replica of an expert a token goes to (`EngineSpec.replica_choice`;
+    ``auto``: SGLang's ranks pick their nearest replica, sgl-project/sglang#9849 and #10874; vLLM draws one per
+    token)."""
+    rule = engine.replica_choice
+    if rule == "auto":
+        rule = "nearest" if engine.kind == "sglang" else "random"
+    return replace(lay, replica_choice=rule)
+
+
 def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None = None) -> Built:
     """Build a scenario's objects; `MoesimError` on anything that does not fit together."""
     base = Path(base_dir)
@@ -469,12 +485,12 @@ def build(sc: Scenario, base_dir: str | Path = ".", cost_model: CostModel | None
         cluster = scenario_cluster(sc, base, gpus_needed)
         pools, first = [], 0
         for role, p in specs:
-            lay = p.layout.build()
+            lay = _engine_layout(p.layout.build(), p.engine or sc.engine)
             lay.check(model, slots)
             pools.append(Pool(role, p.replicas, lay, p.engine or sc.engine, _pool_cluster(cluster, lay), first))
             first += p.replicas * lay.num_gpus
     else:
-        lay = sc.layout.build()
+        lay = _engine_layout(sc.layout.build(), sc.engine)
         lay.check(model, slots)
         cluster = scenario_cluster(sc, base, lay.num_gpus if sc.replicas == "auto" else lay.num_gpus * int(sc.replicas))
         if sc.replicas == "auto":
