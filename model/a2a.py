@@ -159,7 +159,7 @@ def selection_fanout(
     pi = np.full(num_experts, top_k / num_experts) if loads is None else inclusion_probs(np.asarray(loads), top_k)
     node_size = min(gpus_per_node, num_gpus)
     if replica_choice != "random" and num_gpus % node_size == 0 and np.bincount(placement).max() > 1:
-        return _selection_fanout_by_source(num_gpus, node_size, top_k, num_experts, pi, placement, replica_choice)
+        return selection_fanout_by_source(num_gpus, node_size, top_k, num_experts, pi, placement, replica_choice)
     per_gpu = slot_inclusion(pi, placement).reshape(num_gpus, -1).sum(axis=1)  # [G], sums to top_k
     node_of = np.arange(num_gpus) // node_size
     in_node = np.bincount(node_of)[node_of]
@@ -169,7 +169,7 @@ def selection_fanout(
     return Fanout(intra=float(intra), inter=float(inter))
 
 
-def _selection_fanout_by_source(
+def selection_fanout_by_source(
     num_gpus: int, node_size: int, top_k: int, num_experts: int, pi: np.ndarray, placement: np.ndarray, rule: str
 ) -> Fanout:
     """`selection_fanout` under a per-rank replica rule: ``s[n, g]``, the selections one token of node ``n`` sends

@@ -34,8 +34,9 @@ barrier for the layer.
   describes: "all tokens from node 1 to A1, A2 receives no tokens"; closed unmerged).
 
 `slot_routes` gives the rule as a [G, S] matrix; the prefill parts (GEMM, NVLink, each node's NIC from each other
-node's tokens) follow it. The decode (low-latency) parts split an expert's pairs evenly over its replicas under
-either rule (its busiest GPU comes from `model.routing.gpu_loads`, which has no per-rank choice).
+node's tokens) follow it, and so do the decode (low-latency) parts: each slot's share of its expert's pairs in the
+busiest GPU (`model.routing.slot_shares`, `gpu_loads`) and each source node's selections in the all-to-all
+(`model.a2a.selection_fanout_by_source`), as the serving simulators price them.
 
 The ILP linearises it: for fixed replica counts every replica's GEMM time is a constant, so a GPU's GEMM time is
 linear in the assignment; a token reaching node k is ``h[t,k] >= replicas of e on k / r_e`` for each of its experts
@@ -78,10 +79,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moesim.model.a2a import DEEPEP_LL_SETUP, efficiency, ll_fixed_s, normal_fixed_s, token_bytes
+from moesim.model.a2a import (
+    DEEPEP_LL_SETUP,
+    efficiency,
+    ll_fixed_s,
+    normal_fixed_s,
+    selection_fanout_by_source,
+    token_bytes,
+)
 from moesim.model.errors import MoesimError
 from moesim.model.hardware import ClusterSpec
-from moesim.model.routing import REPLICA_CHOICES, REPLICA_FIX, gpu_loads, slot_routes
+from moesim.model.routing import REPLICA_CHOICES, REPLICA_FIX, gpu_loads, slot_routes, slot_shares
 from moesim.model.tbo import STRATEGIES, steady_layer_s
 
 #: Tokens per GPU per MoE layer call in the default step: DeepEP's normal-mode benchmark setting (4096 tokens per
@@ -367,17 +375,26 @@ def ll_a2a_s(share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost) -> floa
 
 
 def ll_calls_s(
-    share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost, tokens: float | None = None
+    share_gpu: np.ndarray,
+    gpus_per_node: int,
+    cost: LayerCost,
+    tokens: float | None = None,
+    fan: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
-    """`ll_a2a_s`' (dispatch, combine), s, at ``tokens`` per GPU (None: ``cost.decode_tokens_per_gpu``)."""
+    """`ll_a2a_s`' (dispatch, combine), s, at ``tokens`` per GPU (None: ``cost.decode_tokens_per_gpu``); ``fan``:
+    the busiest GPU's (intra, inter) selections per source token where the replica rule makes them depend on the
+    source (`_ll_fan`; None: from ``share_gpu``, the same for every source)."""
     g = share_gpu.size
     k = cost.top_k
-    s_g = k * share_gpu
-    node_of = np.arange(g) // gpus_per_node
-    in_node = np.bincount(node_of)[node_of]
-    node_sum = np.bincount(node_of, weights=s_g)[node_of]
-    intra = float(np.maximum(node_sum - s_g, s_g * (in_node - 1)).max())
-    inter = float(np.maximum(k - node_sum, s_g * (g - in_node)).max()) if g > gpus_per_node else 0.0
+    if fan is not None:
+        intra, inter = fan
+    else:
+        s_g = k * share_gpu
+        node_of = np.arange(g) // gpus_per_node
+        in_node = np.bincount(node_of)[node_of]
+        node_sum = np.bincount(node_of, weights=s_g)[node_of]
+        intra = float(np.maximum(node_sum - s_g, s_g * (in_node - 1)).max())
+        inter = float(np.maximum(k - node_sum, s_g * (g - in_node)).max()) if g > gpus_per_node else 0.0
     tok = cost.decode_tokens_per_gpu if tokens is None else tokens
     dispatch, combine = (
         cost.ll_fixed_s[j] + max(tok * intra * cost.ll_intra_s[j], tok * inter * cost.ll_inter_s[j]) for j in (0, 1)
@@ -397,18 +414,30 @@ def decode_time_parts(p2l: np.ndarray, w: np.ndarray, num_gpus: int, gpus_per_no
     load = w / total_w if total_w > 0 else np.full(n, 1.0 / n)
     share = np.minimum(load, 1.0 / cost.top_k)  # pi <= 1
     load = pair_shares(load, cost.top_k)
-    rep_share = (share / cnt)[p2l]  # [S]
-    gemm = busiest_decode_gemm_s(p2l, load, num_gpus, cost, cost.decode_tokens_per_gpu)
+    # each slot's share of its expert: even, or the engine's rule (`model.routing.slot_shares`)
+    s_share = slot_shares(p2l, n, num_gpus, gpus_per_node, cost.replica_choice)
+    rep_share = (share / cnt)[p2l] if s_share is None else share[p2l] * s_share  # [S]
+    gemm = busiest_decode_gemm_s(p2l, load, num_gpus, cost, cost.decode_tokens_per_gpu, s_share)
     gpu_share = rep_share.reshape(num_gpus, -1).sum(axis=1)
     share_gpu = gpu_share / max(float(gpu_share.sum()), 1e-300)
-    a2a = ll_a2a_s(share_gpu, gpus_per_node, cost)
+    fan = _ll_fan(p2l, share, num_gpus, gpus_per_node, cost) if s_share is not None else None
+    a2a = sum(ll_calls_s(share_gpu, gpus_per_node, cost, fan=fan))
     total = gemm + a2a
     ov = cost.overlap[1]
     if ov is not None:
         half = 0.5 * cost.decode_tokens_per_gpu
-        g_half = busiest_decode_gemm_s(p2l, load, num_gpus, cost, half)
-        total = ov.layer_s(g_half, *ll_calls_s(share_gpu, gpus_per_node, cost, half))
+        g_half = busiest_decode_gemm_s(p2l, load, num_gpus, cost, half, s_share)
+        total = ov.layer_s(g_half, *ll_calls_s(share_gpu, gpus_per_node, cost, half, fan))
     return {"total": total, "gemm": gemm, "a2a": a2a}
+
+
+def _ll_fan(p2l: np.ndarray, share: np.ndarray, num_gpus: int, gpus_per_node: int, cost: LayerCost) -> tuple:
+    """The busiest GPU's (intra, inter) low-latency selections per source token under ``cost.replica_choice``, each
+    source node's selections going where its GPUs send them (`model.a2a.selection_fanout_by_source`, the serving
+    simulators' rule), from expert shares ``share`` [N] normalised to ``top_k`` selections a token."""
+    pi = cost.top_k * share / max(float(share.sum()), 1e-300)
+    fan = selection_fanout_by_source(num_gpus, gpus_per_node, cost.top_k, share.size, pi, p2l, cost.replica_choice)
+    return fan.intra, fan.inter
 
 
 def pair_shares(load: np.ndarray, top_k: int) -> np.ndarray:
@@ -429,7 +458,9 @@ def pair_shares(load: np.ndarray, top_k: int) -> np.ndarray:
     return np.minimum(x, cap)
 
 
-def busiest_decode_gemm_s(p2l: np.ndarray, load: np.ndarray, num_gpus: int, cost: LayerCost, tokens: float) -> float:
+def busiest_decode_gemm_s(
+    p2l: np.ndarray, load: np.ndarray, num_gpus: int, cost: LayerCost, tokens: float, share: np.ndarray | None = None
+) -> float:
     """The slowest GPU's grouped GEMM of a decode step at ``tokens`` per GPU under plan ``p2l`` [S] and load shares
     ``load`` [N], s, as the serving simulators estimate the busiest GPU (`model.routing.gpu_loads`: the expected
     largest pair count and the expected most active experts of any GPU when the step's tokens are routed at random,
@@ -439,7 +470,7 @@ def busiest_decode_gemm_s(p2l: np.ndarray, load: np.ndarray, num_gpus: int, cost
     GEMMs (`decode_replica_gemm_s` summed per GPU) understates it and overstates what balancing the plan saves
     (DeepSeek-V3, 32 GPUs, 19 tokens per step: that rule gave the ILP's plan -7.5% of EPLB's decode MoE time where
     the step timer's busiest GPU moved by -0.1%)."""
-    gl = gpu_loads(tokens * num_gpus, cost.top_k, num_gpus, load, p2l, load.size)
+    gl = gpu_loads(tokens * num_gpus, cost.top_k, num_gpus, load, p2l, load.size, share)
     return max(gl.busiest_pairs * cost.s_per_pair, gl.max_active_experts * cost.s_per_expert_read)
 
 
@@ -596,7 +627,8 @@ def layer_time_bound(
       node sends nothing;
     - ``prefill``: ``fixed + gemm + max(nvlink, nic)``;
     - ``decode``: the mean GPU's expected GEMM at the decode batch (each expert on one replica) plus the low-latency
-      calls with every GPU at the mean share (each link class's busiest GPU carries at least the mean);
+      calls with every GPU at the mean share (each link class's busiest GPU carries at least the mean; under the
+      ``nearest`` rule only their fixed costs);
     - ``total``: the phases weighted as `layer_time_parts` weighs them.
     """
     pre = _prefill_bound(w, num_slots, num_gpus, gpus_per_node, cost)
@@ -606,13 +638,15 @@ def layer_time_bound(
         # an expert split over replicas is active at least as often as one replica of it (1 - (1-p)^n is concave)
         share = np.minimum(w / max(float(w.sum()), 1e-300), 1.0 / cost.top_k)
         even = np.full(num_gpus, 1.0 / num_gpus)
+        # under a per-rank rule a token may find every expert's replica on its own GPU or node: only the fixed costs
+        fan = None if cost.replica_choice == "random" else (0.0, 0.0)
         gemm = float(decode_replica_gemm_s(share, num_gpus, cost).sum()) / num_gpus
-        dec = gemm + ll_a2a_s(even, gpus_per_node, cost)
+        dec = gemm + sum(ll_calls_s(even, gpus_per_node, cost, fan=fan))
         ov = cost.overlap[1]
         if ov is not None:  # `Overlap.layer_s` never falls as its inputs fall: the same bound at half the tokens
             half = 0.5 * cost.decode_tokens_per_gpu
             g_half = float(decode_replica_gemm_s(share, num_gpus, cost, half).sum()) / num_gpus
-            dec = ov.layer_s(g_half, *ll_calls_s(even, gpus_per_node, cost, half))
+            dec = ov.layer_s(g_half, *ll_calls_s(even, gpus_per_node, cost, half, fan))
     return {**pre, "total": wp * pre["total"] + wd * dec, "prefill": pre["total"], "decode": dec}
 
 

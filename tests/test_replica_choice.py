@@ -154,7 +154,7 @@ def _placement_random(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fanout_by_source_reduces_to_the_symmetric_rule():
-    from moesim.model.a2a import _selection_fanout_by_source, selection_fanout
+    from moesim.model.a2a import selection_fanout, selection_fanout_by_source
     from moesim.model.routing import _fanout, _fanout_by_source, inclusion_probs
 
     p2l, loads = _placement_random()
@@ -162,7 +162,7 @@ def test_fanout_by_source_reduces_to_the_symmetric_rule():
         sym = _fanout(16, 8, 6, 64, n_group, topk_group, loads, p2l)
         assert _fanout_by_source(16, 8, 6, 64, n_group, topk_group, loads, p2l, "random") == sym
     pi = inclusion_probs(loads, 6)
-    assert _selection_fanout_by_source(16, 8, 6, 64, pi, p2l, "random") == selection_fanout(16, 8, 6, 64, loads, p2l)
+    assert selection_fanout_by_source(16, 8, 6, 64, pi, p2l, "random") == selection_fanout(16, 8, 6, 64, loads, p2l)
 
 
 def test_every_expert_on_every_node_keeps_the_dispatch_at_home_under_nearest():
@@ -195,3 +195,24 @@ def test_an_sglang_scenario_times_its_steps_by_the_nearest_rule(tmp_path):
         est = t.estimate(Batch((4096,), (0,), "prefill"))
         inter[kind] = sum(op.inter_bytes * op.count for op in est.ops if op.name == "ep_dispatch")
     assert inter["vllm"] > 0 and inter["sglang"] == 0  # SGLang's ranks use their own node's replica
+
+
+def test_decode_parts_follow_the_rule_and_stay_above_the_bound():
+    st, cost = _case("nearest")
+    both = replace(cost, phase="both", decode_share=0.7, decode_tokens_per_gpu=4.0)
+    rng = np.random.default_rng(4)
+    w, tokens = st.counts[0], st.token_sample(0, 256, rng)
+    lb = layer_time_bound(w, 40, 8, 4, both)
+    moved = 0
+    for _ in range(10):
+        p2l = np.concatenate([np.arange(32), rng.integers(0, 32, 8)])
+        rng.shuffle(p2l)
+        parts = layer_time_parts(p2l, w, 8, 4, tokens, both)
+        assert parts["total"] >= lb["total"] * (1 - 1e-12) and parts["decode"] >= lb["decode"] * (1 - 1e-12)
+        other = layer_time_parts(p2l, w, 8, 4, tokens, replace(both, replica_choice="random"))
+        moved += not np.isclose(parts["decode"], other["decode"])
+    assert moved > 0  # the rule reaches the decode (low-latency) parts
+    # no replica: every rule prices the same
+    assert layer_time_parts(np.arange(32), w, 8, 4, tokens, both)["total"] == pytest.approx(
+        layer_time_parts(np.arange(32), w, 8, 4, tokens, replace(both, replica_choice="random"))["total"]
+    )
