@@ -216,3 +216,20 @@ def test_decode_parts_follow_the_rule_and_stay_above_the_bound():
     assert layer_time_parts(np.arange(32), w, 8, 4, tokens, both)["total"] == pytest.approx(
         layer_time_parts(np.arange(32), w, 8, 4, tokens, replace(both, replica_choice="random"))["total"]
     )
+
+
+def test_simulate_json_says_which_replica_rule_timed_a_redundant_placement(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    p2l = np.concatenate([np.arange(8), np.arange(8)])
+    np.save(tmp_path / "p2l.npy", p2l)
+    for kind, want in (("vllm", "random"), ("sglang", "nearest")):
+        sc = {"model": "mixtral-8x7b", "gpu": "H100-SXM", "nodes": 2, "gpus_per_node": 8,
+              "layout": {"tp": 1, "dp_attn": 16, "ep": 16}, "placement": "p2l.npy",
+              "engine": {"kind": kind}, "workload": {"rate": 2, "requests": 20}}  # fmt: skip
+        f = tmp_path / f"{kind}.yaml"
+        f.write_text(yaml.safe_dump(sc))
+        assert main(["simulate", str(f), "--engine", "analytical", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["replica_choice"] == want

@@ -99,6 +99,13 @@ def simulate(
     s["a2a_backend"] = serving_backends(res.built)
     if isinstance(s.get("cost_provenance"), dict):
         s["cost_provenance"]["a2a_backend"] = s["a2a_backend"]
+    phys = res.built.phys_to_log
+    if phys is not None and res.built.model.moe is not None and phys.shape[-1] > res.built.model.moe.num_experts:
+        # redundant experts: which replica a token goes to is the engine's rule (`engine.replica_choice`)
+        rules = sorted({p.layout.replica_choice for p in res.built.pools})
+        s["replica_choice"] = rules[0] if len(rules) == 1 else ",".join(rules)
+        if isinstance(s.get("cost_provenance"), dict):
+            s["cost_provenance"]["replica_choice"] = s["replica_choice"]
     if trace:
         from moesim.sim.serving.chrome_trace import write_chrome_trace
 
