@@ -134,6 +134,10 @@ def test_cli_resolves_auto_and_refuses_an_unknown_rule(tmp_path, capsys):
     ):
         assert main([*base, "--out", str(tmp_path / want / str(len(extra))), *extra]) == 0
         assert json.loads(capsys.readouterr().out)["layer_cost"]["replica_choice"] == want
+    assert main([*base, "--out", str(tmp_path / "mixed"), "--export", "sglang,trtllm"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["layer_cost"]["replica_choice"] == "random"
+    assert "--replica-choice nearest places it for SGLang" in " ".join(cap.err.split())
     assert main([*base, "--out", str(tmp_path / "bad"), "--replica-choice", "closest"]) == 1
     err = capsys.readouterr().err
     assert "unknown --replica-choice 'closest'" in err and "Traceback" not in err

@@ -406,6 +406,12 @@ def place(
     if gpus % gpus_per_node:
         raise MoesimError(f"{gpus} GPUs do not split into nodes of {gpus_per_node}", "fix --gpus-per-node")
     rule = _replica_rule(replica_choice, built_sc, formats)
+    if replica_choice == "auto" and rule == "random" and "sglang" in formats:
+        # a plan is specific to the rule: placed for one, it loses to EPLB on many layers under the other (RESULTS 9)
+        err.print(
+            "  note: the plan is placed for a random replica per token (vLLM's rule, the other exports); SGLang's "
+            "ranks pick their nearest replica: --replica-choice nearest places it for SGLang"
+        )
     if objective == "time" or (objective == "auto" and spec is not None):
         from moesim.model.hardware import get_gpu, make_cluster
         from moesim.placement.layertime import DEFAULT_DECODE_TOKENS_PER_GPU, PHASES, layer_cost
