@@ -355,6 +355,9 @@ def place(
     Example (end-to-end effect): moesim place --stats synthetic --model deepseek-v3 --gpus 32 --redundant 32
     --gpu H200-SXM --simulate examples/deepseek-v3-dp32-ep32.yaml
 
+    Example (for SGLang, whose ranks pick their nearest replica): moesim place --stats synthetic --model deepseek-v3
+    --gpus 32 --redundant 32 --gpu H200-SXM --export sglang --out runs/placement-sglang
+
     Reproducible: the same inputs give the same plan files on any machine and with any --workers, unless
     --time-limit stops an ILP solve: then the status says 'time limit' (reproducible: false) and the plan depends
     on the machine's speed and load. The search stops deterministically at --work-limit nodes per solve; the time
