@@ -257,6 +257,17 @@ def _physical_search(
         plans.append(p if current is None or not realign else align(p, current, num_gpus, gpn))
         times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
 
+    if opts.cost is not None and opts.cost.replica_choice == "nearest" and not late():
+        # SGLang's nearest replica: the best plan's and EPLB's nodes with their stacked replicas spread over nodes;
+        # first, before the searches: cheap, and the strongest candidates under that rule (RESULTS section 9)
+        # (with their replica counts, and EPLB's with counts capped at one a node: a node's second replica of an
+        # expert only takes its own GPU's tokens, so the slot goes to the next expert, D'Hondt as EPLB counts)
+        capped = dhondt_counts(w, greedy.size, nodes)
+        for p, rp in ((int(np.argmin(times)), None), (eplb, None), (eplb, capped)):
+            rp = np.bincount(plans[p], minlength=n) if rp is None else rp
+            a = _spread_replicas(_incidence(plans[p], n, nodes), w, rp, gpn)
+            if a is not None:
+                add(_pack_within(w, rp, a, gpn, per_gpu))
     if opts.cost is not None and opts.nic_passes > 0:
         # the busiest node's NIC sets the layer time under group-limited routing (`placement.nicsearch`): swap out
         # of it, from the best plan so far and from EPLB's nodes, over the first ``search_tokens`` tokens given;
@@ -281,16 +292,6 @@ def _physical_search(
         # the slowest GPU's GEMM within its node (NIC unchanged)
         add(polish_gpus(plans[int(np.argmin(times))], w, gpn, num_gpus, opts.cost, opts.gpu_passes,
                         seconds=end - time.monotonic()), realign=False)  # fmt: skip
-    if opts.cost is not None and opts.cost.replica_choice == "nearest" and not late():
-        # SGLang's nearest replica: the best plan's and EPLB's nodes with their stacked replicas spread over nodes
-        # (with their replica counts, and EPLB's with counts capped at one a node: a node's second replica of an
-        # expert only takes its own GPU's tokens, so the slot goes to the next expert, D'Hondt as EPLB counts)
-        capped = dhondt_counts(w, greedy.size, nodes)
-        for p, rp in ((int(np.argmin(times)), None), (eplb, None), (eplb, capped)):
-            rp = np.bincount(plans[p], minlength=n) if rp is None else rp
-            a = _spread_replicas(_incidence(plans[p], n, nodes), w, rp, gpn)
-            if a is not None:
-                add(_pack_within(w, rp, a, gpn, per_gpu))
     cut = late()
     best = plans[int(np.argmin(times))]
     status = "time limit" if cut else "search"
