@@ -239,11 +239,21 @@ def _physical_search(
     # (measured on the DeepSeek-V3 shape, its swaps rarely pay for their time); a start the clock cuts keeps the
     # swaps made
     starts = [_incidence(greedy, n, nodes)]
+    early = []
+    if opts.cost is not None and opts.cost.replica_choice == "nearest":
+        # SGLang's nearest replica: EPLB's nodes with its stacked replicas spread over nodes, with its counts and with
+        # D'Hondt's capped at one a node (a node's second replica of an expert only takes its own GPU's tokens);
+        # cheap and, under that rule, the strongest candidates (RESULTS section 9), so built before the starts'
+        # searches, which a tight time limit cuts
+        for rp in (np.bincount(baseline, minlength=n), dhondt_counts(w, greedy.size, nodes)):
+            a = _spread_replicas(_incidence(baseline, n, nodes), w, rp, gpn)
+            if a is not None:
+                early.append(_pack_within(w, rp, a, gpn, per_gpu))
     for a in (_structured(w, r, nodes, gpn, _incidence(baseline, n, nodes)), _clustered(w, r, nodes, gpn, sample)):
         if late():
             break
         starts.append(improve_nodes(a, w, r, sample, weight, 15, seconds=max(0.0, end - time.monotonic())))
-    plans = [_pack_within(w, r, a, gpn, per_gpu) for a in starts] + [baseline]
+    plans = [_pack_within(w, r, a, gpn, per_gpu) for a in starts] + [baseline] + early
     eplb = len(starts)  # EPLB's plan: a candidate, so the plan kept never loses to it on the tokens compared
     if current is not None and _no_duplicates(current, num_gpus):  # staying put: a candidate when moving costs
         plans.append(current)
@@ -258,16 +268,13 @@ def _physical_search(
         times.append(_objective(plans[-1], w, num_gpus, nodes, check, opts, current)[0])
 
     if opts.cost is not None and opts.cost.replica_choice == "nearest" and not late():
-        # SGLang's nearest replica: the best plan's and EPLB's nodes with their stacked replicas spread over nodes;
-        # first, before the searches: cheap, and the strongest candidates under that rule (RESULTS section 9)
-        # (with their replica counts, and EPLB's with counts capped at one a node: a node's second replica of an
-        # expert only takes its own GPU's tokens, so the slot goes to the next expert, D'Hondt as EPLB counts)
-        capped = dhondt_counts(w, greedy.size, nodes)
-        for p, rp in ((int(np.argmin(times)), None), (eplb, None), (eplb, capped)):
-            rp = np.bincount(plans[p], minlength=n) if rp is None else rp
-            a = _spread_replicas(_incidence(plans[p], n, nodes), w, rp, gpn)
-            if a is not None:
-                add(_pack_within(w, rp, a, gpn, per_gpu))
+        # SGLang's nearest replica: the best plan so far with its stacked replicas spread over nodes too (EPLB's
+        # were added with the starts), before the searches, which then start from the best
+        p = int(np.argmin(times))
+        rp = np.bincount(plans[p], minlength=n)
+        a = _spread_replicas(_incidence(plans[p], n, nodes), w, rp, gpn)
+        if a is not None:
+            add(_pack_within(w, rp, a, gpn, per_gpu))
     if opts.cost is not None and opts.nic_passes > 0:
         # the busiest node's NIC sets the layer time under group-limited routing (`placement.nicsearch`): swap out
         # of it, from the best plan so far and from EPLB's nodes, over the first ``search_tokens`` tokens given;
