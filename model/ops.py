@@ -396,7 +396,7 @@ def experts_op(
 _LOADS_MEMO: dict[tuple, GpuLoad] = {}
 
 
-def _replica_shares(lay: Layout, phys: np.ndarray | None, num_experts: int, gpus_per_node: int) -> np.ndarray | None:
+def replica_shares(lay: Layout, phys: np.ndarray | None, num_experts: int, gpus_per_node: int) -> np.ndarray | None:
     """[S] the share of its expert's tokens each slot of ``phys`` receives under the layout's replica rule
     (`model.routing.slot_shares`; None: an even split), the EP group's nodes ``gpus_per_node / moe_tp`` GPUs
     (as `model.a2a.ep_a2a_ops` counts them)."""
@@ -633,7 +633,7 @@ def _moe_routed_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: n
             loads=loads,
             phys_to_log=phys,
             moe_tp=lay.moe_tp,
-            share=_replica_shares(lay, phys, moe.num_experts, gpn),
+            share=replica_shares(lay, phys, moe.num_experts, gpn),
         )
     )
     if dispatch is not None:

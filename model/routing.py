@@ -99,9 +99,7 @@ def slot_routes(p2l: np.ndarray, n: int, num_gpus: int, gpus_per_node: int, rule
     if rule == "random":
         return np.array(fair)
     if rule != "nearest":
-        raise MoesimError(
-            f"replica choice {rule!r} is not one of {', '.join(REPLICA_CHOICES)}", "use random or nearest"
-        )
+        raise MoesimError(f"replica choice {rule!r} is not one of {', '.join(REPLICA_CHOICES)}", REPLICA_FIX)
     slot = np.arange(s_count)
     gpu_of = slot // per
     node_of = gpu_of // gpus_per_node
@@ -643,14 +641,8 @@ def _fanout(
         p_node = hit_probability(node_sets, top_k, num_experts, n_group, topk_group)
     else:
         pi = inclusion_probs(np.full(num_experts, 1.0 / num_experts) if loads is None else loads, top_k)
-        slot_pi = slot_inclusion(pi, placement)
-        sets = [*gpu_sets, *node_sets]
-        if limits_groups(n_group, topk_group, top_k):  # DeepSeek's router: `grouped_hit_probability`
-            per_group = num_experts // n_group
-            hit = grouped_hit_probability(sets, slot_pi / top_k, placement // per_group, top_k, n_group, topk_group,
-                                          topk_group * per_group)  # fmt: skip
-        else:  # independent picks: within 4% of a top-k router's trace under skew (benchmarks/routing_fanout.py)
-            hit = np.array([1.0 - float(np.prod(1.0 - slot_pi[s])) for s in sets])
+        hit = _slot_hits(slot_inclusion(pi, placement), [*gpu_sets, *node_sets], placement, top_k, num_experts,
+                         n_group, topk_group)  # fmt: skip
         p_gpu, p_node = hit[:num_gpus], hit[num_gpus:]
     return fanout_of_hits(p_gpu, p_node, node_size)
 
@@ -660,7 +652,8 @@ def _slot_hits(
     topk_group: int,
 ) -> np.ndarray:  # fmt: skip
     """The chance that a token hits each of ``sets`` (slot index arrays) given per-slot inclusion ``slot_pi`` [S]:
-    DeepSeek's grouped router (`grouped_hit_probability`) or independent picks, as `_fanout` prices them."""
+    DeepSeek's grouped router (`grouped_hit_probability`) or independent picks (within 4% of a top-k router's trace
+    under skew, benchmarks/routing_fanout.py)."""
     if limits_groups(n_group, topk_group, top_k):
         per_group = num_experts // n_group
         return grouped_hit_probability(sets, slot_pi / top_k, placement // per_group, top_k, n_group, topk_group,

@@ -368,12 +368,6 @@ def decode_replica_gemm_s(
     return np.maximum(rep_share * n * cost.s_per_pair, active * cost.s_per_expert_read)
 
 
-def ll_a2a_s(share_gpu: np.ndarray, gpus_per_node: int, cost: LayerCost) -> float:
-    """Low-latency dispatch + combine of a decode step, s, from each GPU's load share ``share_gpu`` [G] (summing
-    to 1): `model.a2a.selection_fanout`'s busiest GPU per link class times `model.a2a.deepep_time`'s rule."""
-    return sum(ll_calls_s(share_gpu, gpus_per_node, cost))
-
-
 def ll_calls_s(
     share_gpu: np.ndarray,
     gpus_per_node: int,
@@ -381,7 +375,9 @@ def ll_calls_s(
     tokens: float | None = None,
     fan: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
-    """`ll_a2a_s`' (dispatch, combine), s, at ``tokens`` per GPU (None: ``cost.decode_tokens_per_gpu``); ``fan``:
+    """Low-latency (dispatch, combine) of a decode step, s, at ``tokens`` per GPU (None:
+    ``cost.decode_tokens_per_gpu``), from each GPU's load share ``share_gpu`` [G] (summing to 1):
+    `model.a2a.selection_fanout`'s busiest GPU per link class times `model.a2a.deepep_time`'s rule; ``fan``:
     the busiest GPU's (intra, inter) selections per source token where the replica rule makes them depend on the
     source (`_ll_fan`; None: from ``share_gpu``, the same for every source)."""
     g = share_gpu.size

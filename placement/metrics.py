@@ -24,6 +24,7 @@ import heapq
 
 import numpy as np
 
+from moesim.model.routing import slot_routes, slot_shares
 from moesim.placement.plan import PlacementPlan
 from moesim.placement.stats import RoutingStats
 
@@ -32,18 +33,16 @@ def gpu_loads(
     phys_to_log: np.ndarray, weight: np.ndarray, num_gpus: int, rule: str = "random", gpus_per_node: int = 1
 ) -> np.ndarray:
     """Load per GPU [L, G] for plans [L, S] and expert loads ``weight`` [L, N], an expert's load split over its
-    replicas as the engine's replica rule ``rule`` sends it (`placement.layertime.slot_routes`: ``random`` evenly;
+    replicas as the engine's replica rule ``rule`` sends it (`model.routing.slot_routes`: ``random`` evenly;
     ``nearest`` as SGLang's ranks pick, each GPU holding 1 / G of the tokens)."""
     p2l = np.atleast_2d(phys_to_log)
     w = np.atleast_2d(weight)
-    if rule != "random":
-        from moesim.placement.layertime import slot_routes
-
-        share = np.stack([slot_routes(row, w.shape[1], num_gpus, gpus_per_node, rule).mean(axis=0) for row in p2l])
-        per_slot = np.take_along_axis(w, p2l, axis=1) * share
-        return per_slot.reshape(p2l.shape[0], num_gpus, -1).sum(axis=2)
     cnt = np.stack([np.bincount(row, minlength=w.shape[1]) for row in p2l])
     per_slot = np.take_along_axis(w / np.maximum(cnt, 1), p2l, axis=1)
+    for i, row in enumerate(p2l):  # the rule's shares where they are not the even split (`slot_shares`)
+        share = slot_shares(row, w.shape[1], num_gpus, gpus_per_node, rule)
+        if share is not None:
+            per_slot[i] = w[i, row] * share
     return per_slot.reshape(p2l.shape[0], num_gpus, -1).sum(axis=2)
 
 
@@ -106,11 +105,11 @@ def _independent_sends(phys_to_log: np.ndarray, share: np.ndarray, top_k: int, n
 
 def sends_per_layer(plan: PlacementPlan, stats: RoutingStats, rule: str = "random") -> np.ndarray:
     """[L] expected remote nodes per token per MoE layer, replicas picked by the engine's rule ``rule``
-    (`placement.layertime.slot_routes`; ``nearest`` needs the token trace, else it falls back to ``random``)."""
+    (`model.routing.slot_routes`; ``nearest`` needs the token trace, else it falls back to ``random``)."""
     out = np.zeros(plan.num_layers)
     for layer in range(plan.num_layers):
         if rule != "random" and stats.topk is not None and plan.num_nodes > 1:
-            from moesim.placement.layertime import nearest_hits, slot_routes
+            from moesim.placement.layertime import nearest_hits
 
             p2l, gpn = plan.phys_to_log[layer], plan.num_gpus // plan.num_nodes
             routes = slot_routes(p2l, plan.num_experts, plan.num_gpus, gpn, rule)

@@ -68,10 +68,10 @@ from moesim.model.attention_ops import attention_ops
 from moesim.model.cap import utilisation_exact
 from moesim.model.hardware import make_cluster
 from moesim.model.op_record import OpContext
-from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels
+from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels, replica_shares
 from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
-from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion, slot_shares
+from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
 from moesim.sim.serving.host import (
     EngineProfile,
     attention_launches,
@@ -698,11 +698,7 @@ class StepTimer:
         shares = np.full((self.n_moe, n_exp), 1.0 / n_exp) if loads is None else np.asarray(loads, float)
         pi = inclusion_probs(np.broadcast_to(shares, (self.n_moe, n_exp)), k)
         # each slot's share of its expert's pairs: an even split, or the engine's replica rule (`Layout.replica_choice`)
-        node = max(1, min(cluster.gpus_per_node // layout.moe_tp, ep))
-        shares = [
-            slot_shares(phys[i], n_exp, ep, node, layout.replica_choice) if ep % node == 0 and ep > 1 else None
-            for i in range(self.n_moe)
-        ]
+        shares = [replica_shares(layout, phys[i], n_exp, cluster.gpus_per_node) for i in range(self.n_moe)]
         self.slot_p = np.stack([slot_inclusion(pi[i], phys[i], shares[i]) for i in range(self.n_moe)]) / k  # [L, S]
         self.slot_p /= self.slot_p.sum(axis=1, keepdims=True)
         self.replicas = np.stack([np.bincount(phys[i], minlength=n_exp)[phys[i]] for i in range(self.n_moe)])
