@@ -29,13 +29,18 @@ on local processes and on a Dask LocalCluster, and resume after kill -9.
   `benchmarks/sweep-des-capacity.yaml` evaluated as 91c4171 (the three switches above) and as today, interleaved
   over 2 forked processes; CPU seconds per evaluation and the capacities compared.
 
+- The capacity probes' horizon (``--horizon-ab N``, alone): every N-th configuration of
+  `benchmarks/sweep-des-capacity.yaml` searched three ways over 2 forked processes: every probe replaying the
+  file's 6 s of arrivals alone (as before `sweep_eval.probe_horizon`), with today's horizon, and with 60 s of
+  arrivals (the reference); capacities over the reference's, simulations and CPU seconds.
+
 - Old against new, analytical only (``--analytical-ab REV [--pairs N]``, alone): the analytical sweep above on the
   code of commit REV and on this tree, alternately, each in a fresh subprocess; CPU seconds (``time.process_time``)
   and points per second of each, and the rows compared bit for bit.
 
 Run: ``python -m benchmarks.sweep [--quick] [--old REV | --old-results DIR] [--keep DIR]`` (``make bench``
 runs it without the old code), ``python -m benchmarks.sweep --share-ab``, ``python -m benchmarks.sweep
---legacy-ab 3``, ``python -m benchmarks.sweep --analytical-ab HEAD``.
+--legacy-ab 3``, ``python -m benchmarks.sweep --analytical-ab HEAD``, ``python -m benchmarks.sweep --horizon-ab 9``.
 """
 
 from __future__ import annotations
@@ -444,6 +449,73 @@ def legacy_ab(every: int) -> tuple[str, dict]:
     return "\n".join(lines), {"rows": df.to_dict("records")}
 
 
+def _horizon_work(args: tuple[int, str]) -> dict:
+    """One configuration ``i`` of `benchmarks/sweep-des-capacity.yaml` searched one way (`horizon_ab`): ``window``
+    (every probe replays the file's ``duration_s`` alone, as before the probe horizon), ``horizon`` (today's
+    search) or ``long`` (``duration_s`` 60, the reference); its capacity columns and CPU seconds."""
+    from moesim.sim.sweeps import sweep_eval
+
+    i, variant = args
+    spec = read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")
+    if variant == "long":
+        spec = spec.model_copy(update={"capacity": spec.capacity.model_copy(update={"duration_s": 60.0})})
+    p = expand(spec).points[i]
+    real = sweep_eval.probe_horizon
+    if variant == "window":
+        sweep_eval.probe_horizon = lambda cap, *a: cap.duration_s  # type: ignore[assignment]
+    try:
+        sweep_eval._CACHE.clear()
+        t0 = time.process_time()
+        row = sweep_eval.evaluate(p, spec)
+        cpu = time.process_time() - t0
+    finally:
+        sweep_eval.probe_horizon = real
+    keep = ("label", "capacity_req_s", "capacity_analytical_req_s", "capacity_runs", "capacity_horizon_s", "status")
+    return {"i": i, "variant": variant, "cpu_s": cpu} | {k: row[k] for k in keep}
+
+
+def horizon_ab(every: int) -> tuple[str, dict]:
+    """``--horizon-ab N``: every N-th configuration of `benchmarks/sweep-des-capacity.yaml` searched with probes of
+    the file's 6 s of arrivals alone, with today's probe horizon (`sweep_eval.probe_horizon`), and with 60 s of
+    arrivals (the reference: an overload of a few percent has time to show), over 2 forked processes; capacities
+    over the reference's, simulations and CPU seconds."""
+    from multiprocessing import get_context
+
+    n = len(expand(read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")).points)
+    tasks = [(i, v) for i in range(0, n, every) for v in ("window", "horizon", "long")]
+    with get_context("fork").Pool(2) as pool:
+        df = pd.DataFrame(pool.map(_horizon_work, tasks, chunksize=1))
+    w = df.pivot(index="i", columns="variant")
+    cap, ref = w["capacity_req_s"], w["capacity_req_s"]["long"]
+    an = w["capacity_analytical_req_s"]["horizon"]
+    lines = [
+        "| configuration | analytical req/s | 6 s window: req/s (runs) | horizon s | today: req/s (runs) | "
+        "60 s: req/s (runs) | 6 s / 60 s | today / 60 s | analytical / 60 s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i in w.index:
+        runs = w["capacity_runs"].loc[i]
+        lines.append(
+            f"| {w['label']['horizon'][i]} | {an[i]:.1f} | {cap['window'][i]:.1f} ({runs['window']}) | "
+            f"{w['capacity_horizon_s']['horizon'][i]:.1f} | {cap['horizon'][i]:.1f} ({runs['horizon']}) | "
+            f"{ref[i]:.1f} ({runs['long']}) | {cap['window'][i] / ref[i]:.3f} | {cap['horizon'][i] / ref[i]:.3f} | "
+            f"{an[i] / ref[i]:.3f} |"
+        )
+    cpu = w["cpu_s"].sum()
+    q = {v: np.quantile(cap[v] / ref, [0.0, 0.5, 1.0]) for v in ("window", "horizon")}
+    qa = np.quantile(an / ref, [0.0, 0.5, 1.0])
+    lines += [
+        "",
+        f"Every {every}th configuration ({len(w)}): capacity over the 60 s search's, min / median / max: 6 s window "
+        f"{q['window'][0]:.3f} / {q['window'][1]:.3f} / {q['window'][2]:.3f}; today's horizon {q['horizon'][0]:.3f} / "
+        f"{q['horizon'][1]:.3f} / {q['horizon'][2]:.3f}; the analytical model {qa[0]:.3f} / {qa[1]:.3f} / "
+        f"{qa[2]:.3f}. Simulations {int(w['capacity_runs']['window'].sum())} / "
+        f"{int(w['capacity_runs']['horizon'].sum())} / {int(w['capacity_runs']['long'].sum())}, CPU s "
+        f"{cpu['window']:.1f} / {cpu['horizon']:.1f} / {cpu['long']:.1f} (6 s window / today / 60 s).",
+    ]
+    return "\n".join(lines), {"rows": df.to_dict("records")}
+
+
 _AB_SCRIPT = """
 import json, sys, time
 from pathlib import Path
@@ -554,7 +626,9 @@ def _arg(name: str, default: str | None) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
-if __name__ == "__main__" and "--analytical-ab" in sys.argv:
+if __name__ == "__main__" and "--horizon-ab" in sys.argv:
+    print(horizon_ab(int(_arg("--horizon-ab", "9") or 9))[0])
+elif __name__ == "__main__" and "--analytical-ab" in sys.argv:
     print(analytical_ab(_arg("--analytical-ab", "HEAD") or "HEAD", int(_arg("--pairs", "3") or 3))[0])
 elif __name__ == "__main__" and "--share-ab" in sys.argv:
     print(share_ab()[0])

@@ -167,14 +167,16 @@ def test_des_capacity_search_brackets_the_slo(tmp_path):
     row = evaluate(p, spec)
     assert row["status"] == "ok", row["error"]
     lo, hi = row["capacity_req_s"], row["capacity_fail_req_s"]
-    assert 0 < lo < hi <= lo * 1.2 + 1e-9 and row["capacity_runs"] >= 3
+    assert 0 < lo < hi <= lo * 1.2 + 1e-9 and row["capacity_runs"] >= 2
     assert row["capacity_tok_s"] > 0 and row["capacity_ttft_s"] <= 0.2
-    # the same seeded simulations: the low end meets the SLOs, the high end does not
-    from moesim.sim.sweeps.sweep_eval import _built, _des, des_requests
+    # the same seeded simulations, each the search's window of arrivals: the low end meets the SLOs, the high end not
+    from moesim.sim.sweeps.sweep_eval import _analytical, _built, _des, des_requests, probe_horizon
 
     b, cap = _built(p, spec), spec.capacity
-    assert meets(_des(b, lo, spec.seed, des_requests(cap, lo)), 90, 0.2, 0.02)
-    assert not meets(_des(b, hi, spec.seed, des_requests(cap, hi)), 90, 0.2, 0.02)
+    window = probe_horizon(cap, _analytical(p, spec), row["capacity_analytical_req_s"], 0.2)
+    assert row["capacity_horizon_s"] == pytest.approx(window, rel=0.01) and window >= 5
+    assert meets(_des(b, lo, spec.seed, des_requests(cap, lo, window)), 90, 0.2, 0.02)
+    assert not meets(_des(b, hi, spec.seed, des_requests(cap, hi, window)), 90, 0.2, 0.02)
 
 
 # ---------------------------------------------------------------- running, shards, resume

@@ -13,10 +13,31 @@ stays the reference).
 Capacity search (`capacity`): the highest request rate whose TTFT and TPOT
 percentiles meet the SLOs. The analytical model's answer is found by
 bisection on log(rate); with the discrete-event engine it is the starting
-point of a bracket (widened by x1.5 steps until one end meets the SLOs and
-the other does not) that seeded simulations then bisect until high / low <=
-1 + tolerance. Each simulation replays the same seeded request sample, so
-the search is deterministic. A simulation certain to miss the SLOs (enough
+point of a bracket that seeded simulations widen (a first step of x(1 +
+tolerance), each next step the square of the last, until one end meets the
+SLOs and the other does not) and then bisect until high / low <= 1 +
+tolerance. Each simulation replays the same seeded request sample, so the
+search is deterministic.
+
+How long a probe runs (`probe_horizon`). A simulation starts empty, and a
+rate above the sustainable one shows only once its queue has grown: a
+continuous-batching engine first fills its running set (at a share d over
+the sustainable rate, once E[(H - t)+] = E[H] d / (1 + d), H a request's
+hold of its slot: the time ``fill``), then every waiting request waits d
+seconds longer per second of arrivals, so the p99 TTFT of a run of T
+seconds of arrivals passes an SLO of S seconds while d (T - fill) < S. A
+run too short passes rates well above capacity: on
+`benchmarks/sweep-des-capacity.yaml` (6 s of arrivals) every capacity of 24
+configurations was 1.23-1.66x the one found with 60 s (benchmarks/RESULTS.md
+section 10). A probe therefore replays max(``duration_s``, fill + 2 S /
+tolerance) seconds of arrivals, so that any rate more than tolerance / 2
+over the sustainable one misses the TTFT SLO; ``fill`` is the analytical
+model's mean E2E at its own capacity times x* / E[X], x* solving E[(X -
+x)+] = E[X] t / (1 + t) (t the tolerance) over the workload's output lengths
+X (a request holds its slot about in proportion to its output). Without a
+TTFT SLO nothing waits on the queue and ``duration_s`` alone is used. The
+row's ``capacity_horizon_s`` is the found rate's run's window (``max_requests``
+can cut it). A simulation certain to miss the SLOs (enough
 requests already over the TTFT or TPOT bound for the percentile to exceed it)
 stops there (`_probe`): it fails as the whole run would, so the search and its
 result are unchanged, without the drain of an overloaded queue. The analytical
@@ -236,9 +257,44 @@ def meets(summary: dict[str, Any], percentile: int, ttft_s: float | None, tpot_s
     return ok_ttft and ok_tpot
 
 
-def des_requests(cap: CapacitySpec, rate: float) -> int:
-    """Requests of one capacity-search simulation at ``rate`` req/s: ``duration_s`` of arrivals, clamped."""
-    return int(min(max(math.ceil(rate * cap.duration_s), cap.requests), cap.max_requests))
+def des_requests(cap: CapacitySpec, rate: float, horizon_s: float | None = None) -> int:
+    """Requests of one capacity-search simulation at ``rate`` req/s: ``horizon_s`` (default ``duration_s``) seconds
+    of arrivals, clamped to ``requests`` .. ``max_requests``."""
+    window = cap.duration_s if horizon_s is None else horizon_s
+    return int(min(max(math.ceil(rate * window), cap.requests), cap.max_requests))
+
+
+def fill_fraction(out_tokens: np.ndarray, tolerance: float) -> float:
+    """x* / E[X] with E[(X - x*)+] = E[X] t / (1 + t), t = ``tolerance``, over output lengths ``out_tokens``
+    [requests]: how many mean holds an engine takes to fill its running set at a rate t over the sustainable one
+    (module docstring). 0 for an empty or all-zero sample."""
+    x = np.sort(np.asarray(out_tokens, dtype=float))
+    mean = float(x.mean()) if x.size else 0.0
+    if mean <= 0:
+        return 0.0
+    target = mean * tolerance / (1.0 + tolerance)
+    # E[(X - x)+] at each sample value, decreasing in x: the mean of the excess over x
+    excess = (np.cumsum(x[::-1])[::-1] - x * np.arange(x.size, 0, -1)) / x.size
+    below = np.flatnonzero(excess <= target)
+    if not below.size:
+        return 0.0
+    i = int(below[0])
+    if i == 0:  # below the smallest hold every request still holds its slot: E[(X - x)+] = E[X] - x
+        return float((mean - target) / mean)
+    # linear between the two sample values around the target (the excess is piecewise linear in x)
+    x0, x1, e0, e1 = x[i - 1], x[i], excess[i - 1], excess[i]
+    return float((x0 + (x1 - x0) * (e0 - target) / (e0 - e1)) / mean) if e0 > e1 else float(x1 / mean)
+
+
+def probe_horizon(cap: CapacitySpec, model: Any, r_a: float, ttft_s: float | None) -> float:
+    """Seconds of arrivals each capacity probe replays: max(``duration_s``, fill + 2 ``ttft_s`` / tolerance), fill
+    from the analytical ``model``'s mean E2E at its capacity ``r_a`` req/s (at ``min_rate`` when ``r_a`` is 0) and
+    the workload's output lengths (module docstring); ``duration_s`` without a TTFT SLO."""
+    if ttft_s is None:
+        return cap.duration_s
+    hold = float(model.summary(r_a if r_a > 0 else cap.min_rate).get("e2e_mean_s", math.nan))
+    fill = hold * fill_fraction(model.out, cap.tolerance) if math.isfinite(hold) and hold > 0 else 0.0
+    return max(cap.duration_s, fill + 2.0 * ttft_s / cap.tolerance)
 
 
 def _bisect_analytical(
@@ -264,11 +320,11 @@ def _bisect_analytical(
 
 
 def _des_search(
-    built: Built, spec: SweepSpec, r_a: float, ttft: float | None, tpot: float | None
+    built: Built, spec: SweepSpec, r_a: float, ttft: float | None, tpot: float | None, horizon_s: float | None = None
 ) -> tuple[float, float | None, dict[str, Any] | None, int, int]:
-    """The discrete-event capacity search from the analytical answer ``r_a`` req/s (module docstring): (highest
-    rate meeting the SLOs or 0, lowest rate seen to miss them or None, the summary at the first, simulations
-    run, of them stopped early)."""
+    """The discrete-event capacity search from the analytical answer ``r_a`` req/s, each probe replaying
+    ``horizon_s`` seconds of arrivals (default ``duration_s``; module docstring): (highest rate meeting the SLOs or
+    0, lowest rate seen to miss them or None, the summary at the first, simulations run, of them stopped early)."""
     cap = spec.capacity
     assert cap is not None
     runs = stopped = 0
@@ -278,7 +334,7 @@ def _des_search(
         nonlocal runs, stopped
         if r not in cache:
             runs += 1
-            cache[r] = _probe(built, r, spec.seed, des_requests(cap, r), cap.percentile, ttft, tpot)
+            cache[r] = _probe(built, r, spec.seed, des_requests(cap, r, horizon_s), cap.percentile, ttft, tpot)
             stopped += bool(cache[r].get("stopped_early"))
         return cache[r]
 
@@ -287,11 +343,13 @@ def _des_search(
 
     r0 = min(max(r_a, cap.min_rate), cap.max_rate)
     lo = hi = None
+    step = 1.0 + cap.tolerance  # the first step closes the bracket when the analytical answer is that close
     if ok(r0):
         lo = r0
         r = r0
         while hi is None:
-            r = min(r * 1.5, cap.max_rate)
+            r = min(r * step, cap.max_rate)
+            step *= step
             if ok(r):
                 lo = r
                 if r >= cap.max_rate:
@@ -302,7 +360,8 @@ def _des_search(
         hi = r0
         r = r0
         while lo is None and r > cap.min_rate:
-            r = max(r / 1.5, cap.min_rate)
+            r = max(r / step, cap.min_rate)
+            step *= step
             if ok(r):
                 lo = r
             else:
@@ -338,12 +397,17 @@ def _capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, 
     ttft, tpot = _slos(spec, built)
     r_a, r_a_fail = _bisect_analytical(model, cap, ttft, tpot)
     runs = stopped = 0
+    horizon = math.nan
     if spec.engine == "analytical":
         best = model.summary(r_a) if r_a > 0 else None
         found = r_a
         fail = r_a_fail
     else:
-        found, fail, best, runs, stopped = _des_search(built, spec, r_a, ttft, tpot)
+        need = probe_horizon(cap, model, r_a, ttft)
+        found, fail, best, runs, stopped = _des_search(built, spec, r_a, ttft, tpot, need)
+        # the found rate's run's window of arrivals: the horizon, unless ``max_requests`` cut it
+        rate = found if found > 0 else min(max(r_a, cap.min_rate), cap.max_rate)
+        horizon = des_requests(cap, rate, need) / rate
     cols: dict[str, Any] = {
         "capacity_req_s": found if found > 0 else math.nan,
         "capacity_fail_req_s": fail if fail is not None else math.nan,  # the lowest rate seen to miss the SLOs
@@ -351,6 +415,8 @@ def _capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, 
         "capacity_runs": runs,
         # of them, the runs stopped once certain to miss the SLOs (`_probe`)
         "capacity_stopped_runs": stopped,
+        # seconds of arrivals the found rate's simulation replayed (`probe_horizon`); NaN on the analytical engine
+        "capacity_horizon_s": horizon,
     }
     if best is not None:
         pct = cap.percentile

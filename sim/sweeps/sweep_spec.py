@@ -147,9 +147,10 @@ class CapacitySpec(_Strict):
         ttft_s, tpot_s: the SLOs, s (None: the base scenario's ``slo``).
         min_rate, max_rate: the search range, req/s.
         tolerance: stop when the bracket's high/low ratio is at most 1 + tolerance.
-        duration_s: simulated seconds of arrivals per discrete-event run: a run at rate r replays
-            r x duration_s requests (within ``requests`` .. ``max_requests``), so an overload has
-            time to build a queue at any rate.
+        duration_s: simulated seconds of arrivals per discrete-event run, at least: a run at rate r replays
+            r x max(duration_s, the probe horizon) requests (within ``requests`` .. ``max_requests``); the
+            horizon is what an overload needs to show (`sweep_eval.probe_horizon`: the running set's fill plus
+            2 x the TTFT SLO / tolerance).
         requests, max_requests: fewest and most requests per discrete-event run.
     """
 
