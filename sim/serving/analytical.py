@@ -221,7 +221,6 @@ def pool_state(
                 extra, n_mix = max(work.mean_x + extra - work.mean_form, 0.0), work.mean_n
             denom = 1 - rate * extra
             new_tau = t_dec / denom if denom > 0 else math.inf
-            tau_work = new_tau  # the decode steps and every request's own prefill time, per second
             f = min(1.0, rate * new_tau * n_mix) if math.isfinite(new_tau) else 1.0
             if f >= 1.0:
                 new_tau = t_mix
@@ -234,15 +233,6 @@ def pool_state(
                         return PoolState(
                             t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill tokens exceed the budget"
                         )
-                    if work is not None:
-                        # the packed steps price the mean prompt's chunk; the requests' own prompts (long ones
-                        # cost more per token) need tau_work: the step is never shorter, and past 1 s of prefill per
-                        # second the pool is overloaded (as below the packed regime)
-                        if not math.isfinite(tau_work):
-                            return PoolState(
-                                t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps"
-                            )
-                        new_tau = max(new_tau, tau_work)
         packed = role == "mixed" and f >= 1.0
         busy = rate * chunks * t_mix if work is None else rate * (n_mix * t_dec + extra)
         if not math.isfinite(new_tau) or (not decode_only and not packed and busy > 1.0 + 1e-9):
@@ -683,9 +673,7 @@ class Analytical:
                 queued = replica_waits(arr, service, 1, p.replicas, rr)
                 # an arrival finding no prompt in prefill waits out the decode step running (half of one)
                 wait = queued + np.where(queued > 0, 0.0, s.t_decode / 2)
-                # each request decodes through the prompts prefilled meanwhile (below the packed regime: there
-                # every step is mixed and TPOT is the step)
-                if (p.replicas == 1 or rr) and s.mixed_frac < 1.0:
+                if p.replicas == 1 or rr:  # each request decodes through the prompts prefilled meanwhile
                     reps = max(p.replicas, 1)
                     spans = np.zeros(len(arr))
                     order = np.argsort(arr, kind="stable")
@@ -717,10 +705,8 @@ class Analytical:
     ) -> tuple[PoolState, PrefillWork | None]:
         """The mixed pool's state ``s`` (solved with the mean prompt) solved again with every request's own prompt
         chunks (`sim.serving.prefill_work`), their costs evaluated at the batch found and again if it moves by more
-        than a tenth; None for the work where the pool is overloaded. In the packed regime (every step mixed) the step
-        is the longer of the packed mean-prompt step and the one the requests' own prompts need (`pool_state`), so
-        the step time and the overload do not drop where the regime changes."""
-        if s.overloaded or rate <= 0 or not len(comp):
+        than a tenth; None for the work where the pool is overloaded or every step is mixed (the packed regime)."""
+        if s.overloaded or s.mixed_frac >= 1.0 or rate <= 0 or not len(comp):
             return s, None
         eng = pool.engine
         ctx = int(self.mean_in + self.mean_out / 2)
@@ -746,7 +732,7 @@ class Analytical:
                 work = prefill_work(steps, b, comp, hits, budget, t_dec, mean_form)
                 priced.append(work)
             new = pool_state(timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work)
-            if new.overloaded:
+            if new.overloaded or new.mixed_frac >= 1.0:
                 new.cached = s.cached
                 return new, None
             new.cached, s = s.cached, new

@@ -28,7 +28,7 @@ seconds longer per second of arrivals, so the p99 TTFT of a run of T
 seconds of arrivals passes an SLO of S seconds while d (T - fill) < S. A
 run too short passes rates well above capacity: on
 `benchmarks/sweep-des-capacity.yaml` (6 s of arrivals) every capacity of 24
-configurations was 1.23-1.66x the one found with 60 s (benchmarks/RESULTS.md
+configurations was 1.15-1.75x the one found with 60 s (benchmarks/RESULTS.md
 section 10). A probe therefore replays max(``duration_s``, fill + 2 S /
 tolerance) seconds of arrivals, so that any rate more than tolerance / 2
 over the sustainable one misses the TTFT SLO; ``fill`` is the analytical
