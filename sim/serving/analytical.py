@@ -12,7 +12,17 @@ step time tau:
 solved by fixed-point iteration, with the decode context at L_in + L_out / 2
 and step times from `sim.serving.steptime.StepTimer.expected` (the same cost model,
 routing statistics and placement as the discrete-event engine, with the
-expected busiest GPU). Per request of input I and output O:
+expected busiest GPU).
+
+A mixed pool without data-parallel attention prices its steps as the engine runs them (`aggregate_step`): each
+step carries the prompt tokens that arrived during the step before, N ~ Poisson(lambda_r tau) prompts drawn from
+the workload, and its time beyond the decode step is that of all their tokens at once on the step-cost curve
+(`_prompt_curve`): a mixed step's fixed cost is paid once for all its prompts, and a crowded step is as
+compute-bound as its tokens make it. Then tau = E[step] and f = the share of mixed steps, B as above; a prompt's
+TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and its own
+last step crowded with the prompts that came with it (`crowded_curve`). With data-parallel attention each rank
+prefills its own prompts in the same step, which one chunk on the curve does not describe: such pools keep the
+per-prompt form below (`aggregates`). Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
@@ -175,6 +185,140 @@ def chunk_context(computed: float, cached: float, chunks: int) -> int:
     return int(cached + (computed / 2 if chunks > 1 else 0))
 
 
+#: Off: a mixed pool's step time from each prompt priced alone (and the packed regime's mean-prompt chunk), as before
+#: 2026-12-06; on: from the prompts each step carries together (`aggregate_step`).
+AGGREGATE = True
+#: Draws of the prompts a step carries, per number of prompts (`aggregate_step`); seeded: deterministic.
+_AGG_DRAWS = 256
+#: Decode batches whose prompt-token cost curve is shared (`_prompt_curve`): this many per octave.
+_AGG_BATCH_GRID = 4
+
+
+def aggregates(pool: Pool) -> bool:
+    """Whether a mixed pool's steps are priced as carrying their prompts together (`aggregate_step`): `AGGREGATE`, and
+    the pool's attention not data-parallel (with data-parallel attention each rank prefills its own prompts in the
+    same step, which one chunk on the step-cost curve does not describe; those pools keep each prompt priced alone)."""
+    return AGGREGATE and pool.layout.dp_attn <= 1
+
+
+def _curve_top(budget: int) -> int:
+    """The prompt tokens `_prompt_curve` spans: ``budget`` rounded up to a power of two (the budget beside the decodes
+    moves with the batch; one curve serves the batches of a grid point)."""
+    return 1 << max(math.ceil(math.log2(max(budget, 1))), 0)
+
+
+def _prompt_curve(timer: StepTimer, b: int, ctx: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens [nodes], seconds a step of ``b`` decodes carrying that many prompt tokens lasts beyond the decode
+    step [nodes]): 1 to ``budget`` (rounded up to a power of two) tokens on a geometric grid, one chunk from scratch,
+    linear in log2(b) between the two batches of the `_AGG_BATCH_GRID` grid around ``b`` (the extra changes slowly
+    with the batch; the decode step itself is taken at ``b``). Memoised per grid batch."""
+    top = _curve_top(budget)
+    pos = math.log2(max(b, 1)) * _AGG_BATCH_GRID
+    lo = math.floor(pos)
+    curves = []
+    for k in (lo, lo + 1):
+        bq = max(1, round(2 ** (k / _AGG_BATCH_GRID)))
+        key = ("prompt_curve", bq, ctx, top)
+        hit = timer._memo.get(key)
+        if hit is None:
+            nodes = np.unique(np.round(np.geomspace(1, top, 13)).astype(np.int64))
+            dec = _decode_step(timer, bq, ctx).duration_s
+            extra = np.array([max(_steps(timer, bq, ctx, int(c), 0)[1].duration_s - dec, 0.0) for c in nodes])
+            hit = timer._memo[key] = (nodes.astype(float), extra)
+        curves.append(hit)
+    w = pos - lo
+    return curves[0][0], (1 - w) * curves[0][1] + w * curves[1][1]
+
+
+#: `_prompt_sums`' tables by the prompts' bytes (a sweep solves many rates and batches on the same sample)
+_SUMS: dict[bytes, np.ndarray] = {}
+
+
+def _prompt_sums(prompts: np.ndarray, n_max: int) -> np.ndarray:
+    """[`_AGG_DRAWS`, n_max + 1]: column n the tokens of n prompts drawn from ``prompts`` (seeded, the same draws
+    at every call, so the step time is smooth in the arrival rate). Memoised by the prompts, grown as needed."""
+    a = np.ascontiguousarray(prompts, dtype=float)
+    key = a.tobytes()
+    hit = _SUMS.get(key)
+    if hit is None or hit.shape[1] <= n_max:
+        width = max(n_max + 1, 2 * (hit.shape[1] - 1) if hit is not None else 64)
+        rng = np.random.default_rng(20261206)
+        # drawn prompt by prompt (rows of [width, draws], filled in order): the first n columns are the same whatever
+        # the width, so the step time does not jump where n_max does
+        picks = a[rng.integers(0, len(a), (width, _AGG_DRAWS)).T]
+        hit = np.concatenate([np.zeros((_AGG_DRAWS, 1)), np.cumsum(picks, axis=1)], axis=1)
+        if len(_SUMS) >= 64:
+            _SUMS.clear()
+        _SUMS[key] = hit
+    return hit[:, : n_max + 1]
+
+
+_LOG_FACTORIAL = np.zeros(1)
+
+
+def _poisson_weights(lam: float, n_max: int) -> np.ndarray:
+    """P(N = n) for n = 0..n_max, N ~ Poisson(``lam``) [n_max + 1]."""
+    global _LOG_FACTORIAL
+    if len(_LOG_FACTORIAL) <= n_max:
+        _LOG_FACTORIAL = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 2 * n_max + 2, dtype=float)))])
+    n = np.arange(n_max + 1)
+    return np.exp(-lam + n * math.log(lam) - _LOG_FACTORIAL[: n_max + 1])
+
+
+def aggregate_step(
+    timer: StepTimer, b: int, ctx: int, t_dec: float, rate: float, tau: float, prompts: np.ndarray, budget: int
+) -> tuple[float, float, float]:
+    """(mean step s, share of steps that are mixed, prompt tokens per step) of continuous batching whose every step
+    carries the prompt tokens that arrived during the step before: N ~ Poisson(``rate`` x ``tau``) prompts drawn from
+    ``prompts`` [requests] (the tokens each computes), S their tokens; S over the ``budget`` takes ceil(S / budget)
+    steps, each the decode step (``t_dec``, ``b`` sequences at ``ctx``) plus its chunk's extra on `_prompt_curve`.
+    The step's extra is that of all its prompt tokens at once, so a mixed step's fixed cost (an eager step beside a
+    replayed graph) is paid once for all its prompts and a step holding several prompts is as compute-bound as its
+    tokens make it, as the discrete-event engine's steps are (a chunk's attention is priced from scratch). The
+    expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N."""
+    lam = rate * tau
+    if not len(prompts) or lam <= 0:
+        return t_dec, 0.0, 0.0
+    nodes, extra = _prompt_curve(timer, b, ctx, budget)
+    n_max = int(lam + 10.0 * math.sqrt(lam) + 10)
+    weight = _poisson_weights(lam, n_max)
+    tokens = _prompt_sums(prompts, n_max)  # [draws, n]
+    cap = float(max(budget, 1))
+    full = np.floor(tokens / cap)
+    rest = tokens - full * cap
+    steps = np.maximum(full + (rest > 0), 1.0)
+    time = (
+        steps * t_dec
+        + full * float(np.interp(cap, nodes, extra))
+        + np.where(rest > 0, np.interp(rest, nodes, extra), 0.0)
+    )
+    mixed = np.where(tokens > 0, steps, 0.0)
+    e_steps = float(weight @ steps.mean(axis=0))
+    return (
+        float(weight @ time.mean(axis=0)) / e_steps,
+        float(weight @ mixed.mean(axis=0)) / e_steps,
+        float(weight @ tokens.mean(axis=0)),
+    )
+
+
+def crowded_curve(
+    timer: StepTimer, b: int, ctx: int, rate: float, tau: float, prompts: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens [nodes], the mean extra s of the step that carries a prompt's last chunk of that many tokens
+    [nodes]): the step also carries the other prompts that arrived during the step before (N ~ Poisson(``rate`` x
+    ``tau``) drawn from ``prompts``, as `aggregate_step`), all within the ``budget``."""
+    nodes, extra = _prompt_curve(timer, b, ctx, budget)
+    lam = max(rate * tau, 0.0)
+    if not len(prompts) or lam <= 0:
+        return nodes, extra
+    n_max = int(lam + 10.0 * math.sqrt(lam) + 10)
+    weight = _poisson_weights(lam, n_max)
+    others = _prompt_sums(prompts, n_max)  # [draws, n]
+    cap = float(max(budget, 1))
+    h = np.array([float(weight @ np.interp(np.minimum(x + others, cap), nodes, extra).mean(axis=0)) for x in nodes])
+    return nodes, h
+
+
 def pool_state(
     timer: StepTimer,
     cap: Capacity,
@@ -185,6 +329,7 @@ def pool_state(
     role: str,
     cached: float = 0.0,
     work: PrefillWork | None = None,
+    prompts: np.ndarray | None = None,
 ) -> PoolState:
     """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s.
 
@@ -193,6 +338,8 @@ def pool_state(
     ``work``: the requests' own prompt chunks priced at a nearby batch (`sim.serving.prefill_work`): the mixed
     steps' time per request is then their mean (moved to each batch tried by the mean prompt's change), not the
     mean prompt's, and the mixed steps per request their mean count.
+    ``prompts``: the prompt tokens each request computes [requests]; given (and `aggregates`), a mixed pool's step is
+    `aggregate_step`'s: the prompts each step carries together (``work`` then prices only the TTFT, in `_mixed`).
     """
     eng = pool.engine
     ctx = int(mean_in + mean_out / 2)
@@ -201,7 +348,7 @@ def pool_state(
     cached = min(max(float(cached), 0.0), max(mean_in - 1.0, 0.0))
     comp_in = mean_in - cached  # prompt tokens computed per request
     b, tau = 1.0, None
-    for _ in range(200):
+    for it in range(200):
         bi = max(1, round(b)) if not prefill_only else 0
         chunk = 0 if decode_only else int(max(1, min(math.ceil(comp_in - 1e-9), eng.max_tokens - bi)))
         chunks = 0 if decode_only else math.ceil(comp_in / chunk)
@@ -212,6 +359,30 @@ def pool_state(
         t_mix = max(mix.duration_s, t_dec)
         if decode_only:
             f, new_tau = 0.0, t_dec
+        elif role == "mixed" and prompts is not None and aggregates(pool):
+            # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
+            budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
+            new_tau, f, _ = aggregate_step(
+                timer, bi, ctx, t_dec, rate, tau if tau is not None else t_dec, prompts, budget
+            )
+            t_mix = t_dec + (new_tau - t_dec) / f if f > 0 else t_mix
+            if not math.isfinite(new_tau) or new_tau > 1e3:
+                return PoolState(
+                    t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps"
+                )
+            new_b = rate * max(mean_out - 1, 0) * new_tau
+            if new_b > 4 * eng.max_batch:
+                return PoolState(new_tau, t_dec, t_mix, new_b, f, chunk, chunks, 0, 0, True, "decode batch diverges")
+            # the rounded batch and the batch grid of the cost curve can make the iterates cycle: damped harder after
+            # 50 steps, and held to 1e-3 after 100
+            tol = 1e-4 if it < 100 else 1e-3
+            if tau is not None and abs(new_tau - tau) <= tol * tau and abs(new_b - b) <= 0.01 * max(b, 1):
+                tau, b = new_tau, new_b
+                break
+            w = 0.5 if it < 50 else 0.1
+            tau = (1 - w) * (tau if tau is not None else new_tau) + w * new_tau
+            b = (1 - w) * b + w * new_b
+            continue
         else:
             # f depends on tau: f = rate * tau * chunks; tau = f t_mix + (1 - f) t_dec
             # (time per second in mixed steps beyond decode steps: rate x the extra per request, so
@@ -641,11 +812,13 @@ class Analytical:
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         p = self.pools["mixed"]
         hits, r = self.hits, rate / p.replicas
-        s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+        s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits)
         kept = self._kept(s, caps["mixed"].kv_tokens)
         if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
             hits = hits * kept
-            s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean())
+            s = pool_state(
+                timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits
+            )
         s.cached = float(hits.mean())
         s, work = self._refine(timers["mixed"], caps["mixed"], p, r, s, inp - hits, hits)
         inp = inp - hits  # prompt tokens each request computes
@@ -665,24 +838,54 @@ class Analytical:
             ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
         else:  # each prompt's own chunks, queued FCFS for the prefill work (`sim.serving.prefill_work`)
             service = work.n * s.t_decode + work.shifted(self._mean_form(timers["mixed"], p, s.batch)[1])
-            wait, rho = prefill_queue(r, service, s.t_decode)
+            queue_service = service
+            agg = aggregates(p)
+            if agg:
+                # the steps carry the waiting prompts together (`aggregate_step`): a prompt waits on the prompt
+                # tokens ahead of it, which full steps clear at ``budget`` tokens per full mixed step
+                b = max(1, round(s.batch))
+                ctx = int(mean_in + mean_out / 2)
+                cap = max(p.engine.max_tokens - b, 1) if p.engine.chunked_prefill else max(p.engine.max_tokens, 1)
+                nodes, extra_curve = _prompt_curve(timers["mixed"], b, ctx, cap)
+                queue_service = work.comp * (s.t_decode + float(np.interp(cap, nodes, extra_curve))) / cap
+            own = service
+            if agg:
+                # a prompt's last chunk rides a step crowded with the prompts that arrived with it (`crowded_curve`);
+                # its earlier chunks fill whole steps
+                nodes_c, crowded = crowded_curve(timers["mixed"], b, ctx, r, s.tau, work.comp, cap)
+                last = work.comp - np.maximum(work.n - 1, 0) * cap
+                full_step = s.t_decode + float(np.interp(cap, nodes, extra_curve))
+                own = np.maximum(work.n - 1, 0) * full_step + s.t_decode + np.interp(last, nodes_c, crowded)
+            # an arrival finding no prompt in prefill waits out the step running: half of one (the decode step's),
+            # or the residual of the mixed and decode steps as the steps carry prompts together
+            idle = 2 * resid if agg else s.t_decode
+            wait, rho = prefill_queue(r, queue_service, idle)
             if not math.isfinite(wait):
                 s.overloaded, s.reason = True, f"prefill work utilisation {rho:.2f} >= 1"
                 wait = 0.0
             elif arr is not None:  # the arrivals as they come: each prompt behind those still in prefill
-                queued = replica_waits(arr, service, 1, p.replicas, rr)
-                # an arrival finding no prompt in prefill waits out the decode step running (half of one)
-                wait = queued + np.where(queued > 0, 0.0, s.t_decode / 2)
+                queued = replica_waits(arr, queue_service, 1, p.replicas, rr)
+                wait = queued + np.where(queued > 0, 0.0, idle / 2)
                 if p.replicas == 1 or rr:  # each request decodes through the prompts prefilled meanwhile
                     reps = max(p.replicas, 1)
                     spans = np.zeros(len(arr))
                     order = np.argsort(arr, kind="stable")
+                    x_all = service - work.n * s.t_decode
+                    scale = 1.0
+                    if agg and float(np.mean(x_all)) > 0 and s.tau > 0:
+                        # the prompts' extra time as the steps carry them together: a second holds 1 - t_decode /
+                        # tau of it, as the mean step says; laid one after another from each arrival
+                        scale = max(1.0 - s.t_decode / s.tau, 0.0) / (r * float(np.mean(x_all)))
                     for k in range(reps):
                         i = order[k::reps]
-                        x_i = service[i] - work.n[i] * s.t_decode
-                        spans[i] = decode_spans(arr[i] + queued[i], service[i], x_i, out[i], s.t_decode)
+                        x_i = x_all[i] * scale
+                        if agg:
+                            start = arr[i] + replica_waits(arr[i], x_i, 1, 1, False)
+                            spans[i] = decode_spans(start, x_i, x_i, out[i], s.t_decode)
+                        else:
+                            spans[i] = decode_spans(arr[i] + queued[i], service[i], x_i, out[i], s.t_decode)
                     tpot = np.where(out > 1, spans / np.maximum(out - 1, 1), s.tau)
-            ttft = wait + lag + service
+            ttft = wait + lag + own
         timeout = built.workload.timeout_s
         slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
         return s, ttft + slot, tpot, failed
@@ -731,7 +934,9 @@ class Analytical:
 
                 work = prefill_work(steps, b, comp, hits, budget, t_dec, mean_form)
                 priced.append(work)
-            new = pool_state(timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work)
+            new = pool_state(
+                timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work, comp
+            )
             if new.overloaded or new.mixed_frac >= 1.0:
                 new.cached = s.cached
                 return new, None
