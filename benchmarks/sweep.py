@@ -34,6 +34,10 @@ on local processes and on a Dask LocalCluster, and resume after kill -9.
   file's 6 s of arrivals alone (as before `sweep_eval.probe_horizon`), with today's horizon, and with 60 s of
   arrivals (the reference); capacities over the reference's, simulations and CPU seconds.
 
+- The analytical capacity against an independent simulated one (``--capacity-reference N``, alone): every N-th
+  configuration, the discrete-event capacity with 60 s of arrivals, 5% tolerance, its bracket opened at 0.6x the
+  analytical answer, beside the analytical capacity with the step-level mixed pool and with each prompt alone.
+
 - Old against new, analytical only (``--analytical-ab REV [--pairs N]``, alone): the analytical sweep above on the
   code of commit REV and on this tree, alternately, each in a fresh subprocess; CPU seconds (``time.process_time``)
   and points per second of each, and the rows compared bit for bit.
@@ -516,6 +520,66 @@ def horizon_ab(every: int) -> tuple[str, dict]:
     return "\n".join(lines), {"rows": df.to_dict("records")}
 
 
+def _reference_work(i: int) -> dict:
+    """Configuration ``i`` of `benchmarks/sweep-des-capacity.yaml` (`capacity_reference`): the discrete-event capacity
+    with 60 s of arrivals and a 5% tolerance, its bracket opened at 0.6x the analytical answer (so the answer does
+    not lean toward it), and the analytical capacity with the step-level mixed pool on and off."""
+    from moesim.sim.serving import analytical
+    from moesim.sim.sweeps import sweep_eval
+
+    spec = read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")
+    p = expand(spec).points[i]
+    an = {}
+    for on in (True, False):
+        analytical.AGGREGATE = on
+        sweep_eval._CACHE.clear()
+        m = sweep_eval._analytical(p, spec)
+        ttft, tpot = sweep_eval._slos(spec, m.built)
+        an[on] = sweep_eval._bisect_analytical(m, spec.capacity, ttft, tpot)[0]
+    analytical.AGGREGATE = True
+    fine = spec.model_copy(
+        update={"capacity": spec.capacity.model_copy(update={"duration_s": 60.0, "tolerance": 0.05})}
+    )
+    found, fail, _, runs, _ = sweep_eval._des_search(m.built, fine, 0.6 * an[True], ttft, tpot, 60.0)
+    ref = found * 1.05**0.5 if fail else found  # the middle of the final bracket
+    dp = p.values["layout"].get("dp_attn", 1) if isinstance(p.values.get("layout"), dict) else 1
+    return {"i": i, "label": p.values["label"], "reference": ref, "runs": runs, "steps": an[True],
+            "alone": an[False], "dp_attn": "TP1xDP" in p.values["label"] or (dp not in (1, None))}  # fmt: skip
+
+
+def capacity_reference(every: int) -> tuple[str, dict]:
+    """``--capacity-reference N``: every N-th configuration of `benchmarks/sweep-des-capacity.yaml`, the analytical
+    capacity (the step-level mixed pool, `analytical.aggregate_step`, and each prompt priced alone) over a
+    discrete-event capacity found independently of it (`_reference_work`), over 2 forked processes."""
+    from multiprocessing import get_context
+
+    n = len(expand(read_sweep(ROOT / "benchmarks" / "sweep-des-capacity.yaml")).points)
+    with get_context("fork").Pool(2) as pool:
+        df = pd.DataFrame(pool.map(_reference_work, range(0, n, every), chunksize=1))
+    lines = [
+        "| configuration | simulated req/s (runs) | analytical, steps | each prompt alone | steps / simulated | alone "
+        "/ simulated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in df.itertuples():
+        lines.append(
+            f"| {r.label} | {r.reference:.1f} ({r.runs}) | {r.steps:.1f} | {r.alone:.1f} | {r.steps / r.reference:.3f} "
+            f"| {r.alone / r.reference:.3f} |"
+        )
+    lines.append("")
+    for name, mask in (("without data-parallel attention", ~df["dp_attn"]), ("with it", df["dp_attn"])):
+        sub = df[mask]
+        for col, what in (("steps", "steps"), ("alone", "each prompt alone")):
+            x = (sub[col] / sub["reference"]).to_numpy()
+            q = np.quantile(x, [0.0, 0.5, 1.0])
+            near = int((np.abs(np.log(x)) <= np.log(1.1)).sum())
+            lines.append(
+                f"- {len(sub)} configurations {name}, {what}: min / median / max {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}, "
+                f"mean |log ratio| {np.mean(np.abs(np.log(x))):.3f}, within 10%: {near}"
+            )
+    return "\n".join(lines), {"rows": df.to_dict("records")}
+
+
 _AB_SCRIPT = """
 import json, sys, time
 from pathlib import Path
@@ -626,7 +690,9 @@ def _arg(name: str, default: str | None) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
-if __name__ == "__main__" and "--horizon-ab" in sys.argv:
+if __name__ == "__main__" and "--capacity-reference" in sys.argv:
+    print(capacity_reference(int(_arg("--capacity-reference", "7") or 7))[0])
+elif __name__ == "__main__" and "--horizon-ab" in sys.argv:
     print(horizon_ab(int(_arg("--horizon-ab", "9") or 9))[0])
 elif __name__ == "__main__" and "--analytical-ab" in sys.argv:
     print(analytical_ab(_arg("--analytical-ab", "HEAD") or "HEAD", int(_arg("--pairs", "3") or 3))[0])
