@@ -265,6 +265,16 @@ def _poisson_weights(lam: float, n_max: int) -> np.ndarray:
     return np.exp(-lam + n * math.log(lam) - _LOG_FACTORIAL[: n_max + 1])
 
 
+def _arrival_mixture(rate: float, tau: float, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prompts arriving during one step of ``tau`` s at ``rate`` req/s: (P(N = n) [n_max + 1], the tokens of n
+    prompts drawn from ``prompts`` [`_AGG_DRAWS`, n_max + 1]), n_max far in the Poisson tail; None when none arrive."""
+    lam = rate * tau
+    if not len(prompts) or lam <= 0:
+        return None
+    n_max = int(lam + 10.0 * math.sqrt(lam) + 10)
+    return _poisson_weights(lam, n_max), _prompt_sums(prompts, n_max)
+
+
 def aggregate_step(
     timer: StepTimer, b: int, ctx: int, t_dec: float, rate: float, tau: float, prompts: np.ndarray, budget: int
 ) -> tuple[float, float, float]:
@@ -276,13 +286,11 @@ def aggregate_step(
     replayed graph) is paid once for all its prompts and a step holding several prompts is as compute-bound as its
     tokens make it, as the discrete-event engine's steps are (a chunk's attention is priced from scratch). The
     expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N."""
-    lam = rate * tau
-    if not len(prompts) or lam <= 0:
+    mixture = _arrival_mixture(rate, tau, prompts)
+    if mixture is None:
         return t_dec, 0.0, 0.0
+    weight, tokens = mixture
     nodes, extra = _prompt_curve(timer, b, ctx, budget)
-    n_max = int(lam + 10.0 * math.sqrt(lam) + 10)
-    weight = _poisson_weights(lam, n_max)
-    tokens = _prompt_sums(prompts, n_max)  # [draws, n]
     cap = float(max(budget, 1))
     full = np.floor(tokens / cap)
     rest = tokens - full * cap
@@ -302,21 +310,17 @@ def aggregate_step(
 
 
 def crowded_curve(
-    timer: StepTimer, b: int, ctx: int, rate: float, tau: float, prompts: np.ndarray, budget: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(prompt tokens [nodes], the mean extra s of the step that carries a prompt's last chunk of that many tokens
-    [nodes]): the step also carries the other prompts that arrived during the step before (N ~ Poisson(``rate`` x
-    ``tau``) drawn from ``prompts``, as `aggregate_step`), all within the ``budget``."""
-    nodes, extra = _prompt_curve(timer, b, ctx, budget)
-    lam = max(rate * tau, 0.0)
-    if not len(prompts) or lam <= 0:
-        return nodes, extra
-    n_max = int(lam + 10.0 * math.sqrt(lam) + 10)
-    weight = _poisson_weights(lam, n_max)
-    others = _prompt_sums(prompts, n_max)  # [draws, n]
+    nodes: np.ndarray, extra: np.ndarray, rate: float, tau: float, prompts: np.ndarray, budget: int
+) -> np.ndarray:
+    """The mean extra s [nodes] of the step that carries a prompt's last chunk of ``nodes`` tokens, on the step-cost
+    curve ``extra`` [nodes] (`_prompt_curve`): the step also carries the other prompts that arrived during the step
+    before (N ~ Poisson(``rate`` x ``tau``) drawn from ``prompts``, as `aggregate_step`), all within the ``budget``."""
+    mixture = _arrival_mixture(rate, tau, prompts)
+    if mixture is None:
+        return extra
+    weight, others = mixture
     cap = float(max(budget, 1))
-    h = np.array([float(weight @ np.interp(np.minimum(x + others, cap), nodes, extra).mean(axis=0)) for x in nodes])
-    return nodes, h
+    return np.array([float(weight @ np.interp(np.minimum(x + others, cap), nodes, extra).mean(axis=0)) for x in nodes])
 
 
 def pool_state(
@@ -838,24 +842,22 @@ class Analytical:
             ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
         else:  # each prompt's own chunks, queued FCFS for the prefill work (`sim.serving.prefill_work`)
             service = work.n * s.t_decode + work.shifted(self._mean_form(timers["mixed"], p, s.batch)[1])
-            queue_service = service
+            queue_service, own = service, service
             agg = aggregates(p)
             if agg:
                 # the steps carry the waiting prompts together (`aggregate_step`): a prompt waits on the prompt
-                # tokens ahead of it, which full steps clear at ``budget`` tokens per full mixed step
+                # tokens ahead of it, which full steps clear at ``budget`` tokens per full mixed step; its last chunk
+                # rides a step crowded with the prompts that arrived with it (`crowded_curve`), its earlier chunks
+                # fill whole steps
                 b = max(1, round(s.batch))
                 ctx = int(mean_in + mean_out / 2)
                 cap = max(p.engine.max_tokens - b, 1) if p.engine.chunked_prefill else max(p.engine.max_tokens, 1)
                 nodes, extra_curve = _prompt_curve(timers["mixed"], b, ctx, cap)
-                queue_service = work.comp * (s.t_decode + float(np.interp(cap, nodes, extra_curve))) / cap
-            own = service
-            if agg:
-                # a prompt's last chunk rides a step crowded with the prompts that arrived with it (`crowded_curve`);
-                # its earlier chunks fill whole steps
-                nodes_c, crowded = crowded_curve(timers["mixed"], b, ctx, r, s.tau, work.comp, cap)
-                last = work.comp - np.maximum(work.n - 1, 0) * cap
                 full_step = s.t_decode + float(np.interp(cap, nodes, extra_curve))
-                own = np.maximum(work.n - 1, 0) * full_step + s.t_decode + np.interp(last, nodes_c, crowded)
+                queue_service = work.comp * full_step / cap
+                crowded = crowded_curve(nodes, extra_curve, r, s.tau, work.comp, cap)
+                last = work.comp - np.maximum(work.n - 1, 0) * cap
+                own = np.maximum(work.n - 1, 0) * full_step + s.t_decode + np.interp(last, nodes, crowded)
             # an arrival finding no prompt in prefill waits out the step running: half of one (the decode step's),
             # or the residual of the mixed and decode steps as the steps carry prompts together
             idle = 2 * resid if agg else s.t_decode
