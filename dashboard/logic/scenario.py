@@ -242,6 +242,8 @@ def run_serving(
     pool = b.pools[-1]  # decode pool of a disaggregated deployment, the only pool otherwise
     mean_batch = s.get("mean_batch", math.nan)
     batch = mean_batch if mean_batch == mean_batch and mean_batch > 0 else 1
+    # past saturation the analytical batch is the demand, not a step the engine runs: it runs its running set full
+    batch = min(batch, max(pool.engine.max_batch, 1))
     mean_in, mean_out = _mean_lengths(res.requests, b)
     ctx = int(mean_in + mean_out / 2)
     out: dict[str, Any] = {

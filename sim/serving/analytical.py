@@ -14,15 +14,18 @@ and step times from `sim.serving.steptime.StepTimer.expected` (the same cost mod
 routing statistics and placement as the discrete-event engine, with the
 expected busiest GPU).
 
-A mixed pool without data-parallel attention prices its steps as the engine runs them (`aggregate_step`): each
-step carries the prompt tokens that arrived during the step before, N ~ Poisson(lambda_r tau) prompts drawn from
-the workload, and its time beyond the decode step is that of all their tokens at once on the step-cost curve
-(`_prompt_curve`): a mixed step's fixed cost is paid once for all its prompts, and a crowded step is as
-compute-bound as its tokens make it. Then tau = E[step] and f = the share of mixed steps, B as above; a prompt's
-TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and its own
-last step crowded with the prompts that came with it (`crowded_curve`). With data-parallel attention each rank
-prefills its own prompts in the same step, which one chunk on the curve does not describe: such pools keep the
-per-prompt form below (`aggregates`). Per request of input I and output O (the per-prompt form):
+A mixed pool prices its steps as the engine runs them (`aggregate_step`): each step carries the prompt tokens
+that arrived during the step before, N ~ Poisson(lambda_r tau) prompts drawn from the workload (stratified draws,
+`_prompt_sums`), and its time beyond the decode step is that of all their tokens at once on the step-cost curve
+(`_prompt_curve`, refined where it kinks: `_refined_nodes`): a mixed step's fixed cost is paid once for all its
+prompts, and a crowded step is as compute-bound as its tokens make it. With data-parallel attention the step's
+prompts are dealt round-robin over the attention ranks, which attend and project their own tokens while the MoE
+layers see the whole step's: the step is read off a surface over the prompt tokens and the busiest rank's share
+of them (`_prompt_surface`, `busiest_share`). Then tau = E[step] and f = the share of mixed steps, B as above; a
+prompt's TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and
+its own last step crowded with the prompts that came with it (`crowded_curve`, `crowded_surface`).
+`AGGREGATE` (and `AGGREGATE_DP` for data-parallel attention) off, and where the workload's prompts are not
+known, each prompt is priced alone. Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
@@ -62,6 +65,7 @@ prompt over the step budget) is refused before solving, by the same check as the
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 import warnings
@@ -89,6 +93,7 @@ from moesim.sim.serving.prefill_work import (
 from moesim.sim.serving.replica import cacheable_blocks, declared_hit
 from moesim.sim.serving.scenario import Built, Pool
 from moesim.sim.serving.steparray import expected as array_expected
+from moesim.sim.serving.steparray import step_array
 from moesim.sim.serving.steptime import BREAKDOWN_PARTS, StepCost, StepTimer, cost_row, step_breakdown
 from moesim.sim.serving.workload import generate
 
@@ -192,13 +197,15 @@ AGGREGATE = True
 _AGG_DRAWS = 256
 #: Decode batches whose prompt-token cost curve is shared (`_prompt_curve`): this many per octave.
 _AGG_BATCH_GRID = 4
+#: Off: a mixed pool with data-parallel attention keeps each prompt priced alone (as before 2026-12-07); on: its
+#: steps carry their prompts together, priced by the busiest rank's share of them (`_prompt_surface`).
+AGGREGATE_DP = True
 
 
 def aggregates(pool: Pool) -> bool:
-    """Whether a mixed pool's steps are priced as carrying their prompts together (`aggregate_step`): `AGGREGATE`, and
-    the pool's attention not data-parallel (with data-parallel attention each rank prefills its own prompts in the
-    same step, which one chunk on the step-cost curve does not describe; those pools keep each prompt priced alone)."""
-    return AGGREGATE and pool.layout.dp_attn <= 1
+    """Whether a mixed pool's steps are priced as carrying their prompts together (`aggregate_step`): `AGGREGATE`,
+    and with data-parallel attention also `AGGREGATE_DP` (its steps W(S) + G(M) on `_prompt_surface`)."""
+    return AGGREGATE and (pool.layout.dp_attn <= 1 or AGGREGATE_DP)
 
 
 def _curve_top(budget: int) -> int:
@@ -209,43 +216,192 @@ def _curve_top(budget: int) -> int:
 
 def _prompt_curve(timer: StepTimer, b: int, ctx: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens [nodes], seconds a step of ``b`` decodes carrying that many prompt tokens lasts beyond the decode
-    step [nodes]): 1 to ``budget`` (rounded up to a power of two) tokens on a geometric grid, one chunk from scratch,
+    step [nodes]): 1 to ``budget`` (rounded up to a power of two) tokens on `_refined_nodes`, one chunk from scratch,
     linear in log2(b) between the two batches of the `_AGG_BATCH_GRID` grid around ``b`` (the extra changes slowly
-    with the batch; the decode step itself is taken at ``b``). Memoised per grid batch."""
+    with the batch; the decode step itself is taken at ``b``). Memoised per grid batch. With data-parallel
+    attention it is the step whose one rank holds every prompt token: `_prompt_surface`'s two curves added."""
+    nodes, surface = _prompt_surface(timer, b, ctx, budget)
+    return nodes, surface.sum(axis=0) if len(surface) > 1 else surface[0]
+
+
+def _spread_step(timer: StepTimer, b: int, ctx: int, tokens: int, share: float) -> float:
+    """Seconds of the step of ``b`` decodes at ``ctx`` carrying ``tokens`` prompt tokens from scratch of which the
+    busiest attention rank holds ``share``: one chunk of m = ceil(share x tokens) tokens, the rest in as few chunks
+    of at most m as hold it, after the decodes; dealt round-robin (`model.batch.Batch.split`), each chunk lands on
+    its own rank (there are at most dp - 1 others, since share >= 1 / dp). Timed from the discrete-event step's
+    separable tables (`StepTimer.expected` with ``separable``): only the busiest rank's attention is built."""
+    m = max(math.ceil(share * tokens - 1e-9), 1)
+    rest = tokens - m
+    k = -(-rest // m) if rest > 0 else 0
+    chunks = [m] + ([rest // k + (1 if i < rest % k else 0) for i in range(k)] if k else [])
+    new = np.array([1] * b + chunks, np.int64)
+    cached = np.array([ctx] * b + [0] * len(chunks), np.int64)
+    return timer.expected(new, cached, separable=True).duration_s + (
+        _fetch(timer, b + tokens) if timer.offload else 0.0
+    )
+
+
+def _one_chunk_step(timer: StepTimer, b: int, ctx: int, chunk: int) -> float:
+    """Seconds of the step of ``b`` decodes at ``ctx`` and one prompt chunk of ``chunk`` tokens from scratch, for the
+    step-cost curve: the analytical step's own (`_steps`) where the array form times it (`StepArray.supported`:
+    the roofline, no two-batch overlap) or `CURVE_REFINE` is off; else from the discrete-event step's separable
+    tables (`_spread_step` with the whole chunk on one rank), which the refined curve's many nodes can afford
+    where the scalar path decomposes every step (80 ms a step of DeepSeek-V3 on 32 GPUs)."""
+    if not CURVE_REFINE or step_array(timer).supported:
+        return _steps(timer, b, ctx, chunk, 0)[1].duration_s
+    return _spread_step(timer, b, ctx, chunk, 1.0)
+
+
+#: Off: the step-cost curve on its 13 geometric nodes alone (as before 2026-12-07); on: refined where a chord misses.
+CURVE_REFINE = True
+#: A curve interval is split (at its geometric middle) where the chord misses the step's extra there by more than
+#: this share of it and by more than `_CURVE_ATOL` of the decode step; at most `_CURVE_NODES` nodes.
+_CURVE_RTOL = 0.02
+_CURVE_ATOL = 0.002
+_CURVE_NODES = 64
+
+
+def _refined_nodes(extra_at: Any, top: int, t_dec: float) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens [nodes], ``extra_at`` at each [nodes]): 13 nodes geometric over 1..``top``, each interval's
+    geometric middle added, and split again wherever the chord through an interval's ends misses ``extra_at`` at
+    its middle by more than `_CURVE_RTOL` of it and `_CURVE_ATOL` of the decode step ``t_dec`` s (`CURVE_REFINE`).
+    A step's extra has kinks (a GEMM turning compute-bound
+    as the tokens grow: on an A100 Mixtral-8x7B step of 90 decodes, between 406 and 861 prompt tokens the extra goes
+    from 5.3 to 21.8 ms, and a chord between those two put it at 8.7 ms at 500 tokens, exact 6.7), which linear
+    interpolation on the coarse grid overstates where the steps of a busy engine live."""
+    base = np.unique(np.round(np.geomspace(1, top, 13)).astype(np.int64)).tolist()
+    val = {c: extra_at(c) for c in base}
+    if CURVE_REFINE:
+        todo = list(itertools.pairwise(base))
+        while todo and len(val) < _CURVE_NODES:
+            lo, hi = todo.pop()
+            mid = round(math.sqrt(lo * hi))
+            if mid <= lo or mid >= hi:
+                continue
+            val[mid] = extra_at(mid)
+            chord = val[lo] + (val[hi] - val[lo]) * (mid - lo) / (hi - lo)
+            if abs(chord - val[mid]) > max(_CURVE_RTOL * val[mid], _CURVE_ATOL * t_dec):
+                todo += [(lo, mid), (mid, hi)]
+    nodes = np.array(sorted(val), dtype=float)
+    return nodes, np.array([val[int(c)] for c in nodes])
+
+
+def _prompt_surface(timer: StepTimer, b: int, ctx: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens [nodes], the step-cost curves [1 or 2, nodes]) of a step of ``b`` decodes at ``ctx``
+    carrying prompt tokens, seconds beyond the decode step: 1 to ``budget`` (rounded up to a power of two) tokens on
+    `_refined_nodes`, linear in log2(b) between the two batches of the `_AGG_BATCH_GRID` grid around ``b`` (each
+    batch's nodes, read on the union of both). Without data-parallel attention one curve, one chunk from scratch
+    (the analytical step's own shape). With it each rank attends and projects its own sequences' tokens while the
+    MoE layers see the whole step's, and the step is as long as its busiest rank (`StepTimer._fast_parts`, as the
+    discrete-event engine prices it): two curves, the part the whole step's tokens cost, W, and the part the
+    busiest rank's tokens cost, G, so that a step of S prompt tokens of which the busiest rank holds M costs
+    W(S) + G(M) (`_on_surface`). From two steps per node: one chunk from scratch, E1 = W + G, and the tokens
+    spread evenly over the ranks (`_spread_step`), Es(S) = W(S) + G(S / dp); so G(S) - G(S / dp) = E1(S) - Es(S),
+    summed down the nodes from G = 0 below one token. Memoised per grid batch and per batch."""
     top = _curve_top(budget)
+    at = ("prompt_surface_at", b, ctx, top, CURVE_REFINE)  # the fixed point revisits the same batches
+    done = timer._memo.get(at)
+    if done is None:
+        done = timer._memo[at] = _surface_at(timer, b, ctx, top)
+    return done
+
+
+def _group_curve(nodes: np.ndarray, diff: np.ndarray, dp: int) -> np.ndarray:
+    """G [nodes] from G(x) - G(x / ``dp``) = ``diff`` [nodes] at each node x (ascending) and G = 0 below one token:
+    G(x / dp) read linearly between the nodes below x, or, where x / dp lies past the last of them, on the line from
+    that node to x itself (then G(x) = diff / (1 - t) + G(prev), t = (x / dp - prev) / (x - prev))."""
+    g = np.zeros(len(nodes))
+    for i, x in enumerate(nodes):
+        y = x / dp
+        if i == 0 or y < nodes[0]:
+            g[i] = diff[i]
+        elif y <= nodes[i - 1]:
+            g[i] = diff[i] + float(np.interp(y, nodes[:i], g[:i]))
+        else:
+            t = (y - nodes[i - 1]) / (x - nodes[i - 1])
+            g[i] = diff[i] / (1 - t) + g[i - 1]
+    return g
+
+
+def _surface_at(timer: StepTimer, b: int, ctx: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_prompt_surface` computed from the two grid batches' memoised curves."""
+    dp = max(timer.layout.dp_attn, 1)
     pos = math.log2(max(b, 1)) * _AGG_BATCH_GRID
     lo = math.floor(pos)
-    curves = []
+    parts = []
     for k in (lo, lo + 1):
         bq = max(1, round(2 ** (k / _AGG_BATCH_GRID)))
-        key = ("prompt_curve", bq, ctx, top)
+        key = ("prompt_curve", bq, ctx, top, CURVE_REFINE)
         hit = timer._memo.get(key)
         if hit is None:
-            nodes = np.unique(np.round(np.geomspace(1, top, 13)).astype(np.int64))
             dec = _decode_step(timer, bq, ctx).duration_s
-            extra = np.array([max(_steps(timer, bq, ctx, int(c), 0)[1].duration_s - dec, 0.0) for c in nodes])
-            hit = timer._memo[key] = (nodes.astype(float), extra)
-        curves.append(hit)
+            hit = timer._memo[key] = _refined_nodes(
+                lambda c, bq=bq, dec=dec: max(_one_chunk_step(timer, bq, ctx, c) - dec, 0.0), top, dec
+            )
+        nodes, one = hit
+        if dp > 1:
+            skey = ("prompt_surface", bq, ctx, top, CURVE_REFINE)
+            rows = timer._memo.get(skey)
+            if rows is None:
+                dec = _decode_step(timer, bq, ctx).duration_s
+                spread = np.array([max(_spread_step(timer, bq, ctx, int(c), 1.0 / dp) - dec, 0.0) for c in nodes])
+                group = _group_curve(nodes, one - spread, dp)
+                rows = timer._memo[skey] = np.array([one - group, group])
+            parts.append((nodes, rows))
+        else:
+            parts.append((nodes, one[None, :]))
     w = pos - lo
-    return curves[0][0], (1 - w) * curves[0][1] + w * curves[1][1]
+    (n0, e0), (n1, e1) = parts
+    if len(n0) == len(n1) and np.array_equal(n0, n1):
+        return n0, (1 - w) * e0 + w * e1
+    nodes = np.union1d(n0, n1)
+    on = [np.array([np.interp(nodes, n, row) for row in e]) for n, e in ((n0, e0), (n1, e1))]
+    return nodes, (1 - w) * on[0] + w * on[1]
+
+
+def _on_surface(nodes: np.ndarray, surface: np.ndarray, x: np.ndarray, share: Any = 1.0) -> np.ndarray:
+    """`_prompt_surface`'s extra s at prompt tokens ``x`` of which the busiest attention rank holds the ``share``
+    (arrays of one shape, or ``share`` a scalar): the one curve at ``x``, or W(x) + G(share x)."""
+    x = np.asarray(x, float)
+    if len(surface) == 1:
+        return np.interp(x, nodes, surface[0])
+    return np.interp(x, nodes, surface[0]) + np.interp(np.asarray(share, float) * x, nodes, surface[1], left=0.0)
 
 
 #: `_prompt_sums`' tables by the prompts' bytes (a sweep solves many rates and batches on the same sample)
-_SUMS: dict[bytes, np.ndarray] = {}
+_SUMS: dict[tuple[bytes, bool], np.ndarray] = {}
+
+
+#: Off: `_prompt_sums` draws each prompt uniformly from the sample (as before 2026-12-07); on: stratified.
+STRATIFIED = True
 
 
 def _prompt_sums(prompts: np.ndarray, n_max: int) -> np.ndarray:
     """[`_AGG_DRAWS`, n_max + 1]: column n the tokens of n prompts drawn from ``prompts`` (seeded, the same draws
-    at every call, so the step time is smooth in the arrival rate). Memoised by the prompts, grown as needed."""
+    at every call, so the step time is smooth in the arrival rate). Memoised by the prompts, grown as needed.
+
+    Each prompt's `_AGG_DRAWS` draws are stratified (`STRATIFIED`): draw i comes from the i-th of `_AGG_DRAWS`
+    equal slices of the sorted sample, and the draws of each prompt are shuffled before they are summed, so every
+    prompt's draws have the sample's distribution almost exactly while the sums pair them at random. Drawn
+    uniformly instead, the draws' mean of a long-tailed sample (lognormal, CV 1) strays by its standard error,
+    about 6% at 256 draws: the steps of a busy engine then carry that many more or fewer prompt tokens than the
+    workload sends (on A100-SXM-80GB x2 TP1xDP2 EP2 at 20 req/s, 548 tokens per prompt for a sample of 512)."""
     a = np.ascontiguousarray(prompts, dtype=float)
-    key = a.tobytes()
+    key = (a.tobytes(), STRATIFIED)
     hit = _SUMS.get(key)
     if hit is None or hit.shape[1] <= n_max:
         width = max(n_max + 1, 2 * (hit.shape[1] - 1) if hit is not None else 64)
         rng = np.random.default_rng(20261206)
-        # drawn prompt by prompt (rows of [width, draws], filled in order): the first n columns are the same whatever
+        # drawn prompt by prompt (rows of [width, ...], filled in order): the first n columns are the same whatever
         # the width, so the step time does not jump where n_max does
-        picks = a[rng.integers(0, len(a), (width, _AGG_DRAWS)).T]
+        if STRATIFIED:
+            srt = np.sort(a)
+            g = rng.random((width, 2, _AGG_DRAWS))
+            member = ((np.arange(_AGG_DRAWS) + g[:, 0, :]) * (len(a) / _AGG_DRAWS)).astype(np.int64)
+            shuffle = np.argsort(g[:, 1, :], axis=1)
+            picks = np.take_along_axis(srt[np.minimum(member, len(a) - 1)], shuffle, axis=1).T
+        else:
+            picks = a[rng.integers(0, len(a), (width, _AGG_DRAWS)).T]
         hit = np.concatenate([np.zeros((_AGG_DRAWS, 1)), np.cumsum(picks, axis=1)], axis=1)
         if len(_SUMS) >= 64:
             _SUMS.clear()
@@ -275,6 +431,31 @@ def _arrival_mixture(rate: float, tau: float, prompts: np.ndarray) -> tuple[np.n
     return _poisson_weights(lam, n_max), _prompt_sums(prompts, n_max)
 
 
+def _rank_sums(sums: np.ndarray, dp: int, lead: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts of ``sums`` [draws, n + 1] (their running totals, `_prompt_sums`) dealt round-robin over ``dp``
+    attention ranks from position ``lead`` (`model.batch.Batch.split`; a step's new prompts follow its decodes, one
+    rank apart each): (the largest running total of a rank other than rank 0 after j prompts, rank 0's running
+    total after j prompts) [draws, n + 1], j = 0..n."""
+    picks = np.diff(sums, axis=1)  # [draws, n]
+    rank = (np.arange(picks.shape[1]) + lead) % dp
+    own = np.zeros_like(picks)
+    for g in range(min(dp, picks.shape[1] + lead)):
+        cols = rank == g
+        own[:, cols] = np.cumsum(picks[:, cols], axis=1)
+    zero = np.zeros((len(sums), 1))
+    other = np.maximum.accumulate(np.where(rank == 0, 0.0, own), axis=1)
+    first = np.maximum.accumulate(np.where(rank == 0, own, 0.0), axis=1)
+    return np.concatenate([zero, other], axis=1), np.concatenate([zero, first], axis=1)
+
+
+def busiest_share(sums: np.ndarray, dp: int) -> np.ndarray:
+    """The busiest attention rank's share of a step's prompt tokens when its j prompts (running totals ``sums``
+    [draws, n + 1]) are dealt round-robin over ``dp`` ranks [draws, n + 1] (1 where there are none)."""
+    other, first = _rank_sums(sums, dp, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums > 0, np.maximum(other, first) / sums, 1.0)
+
+
 def aggregate_step(
     timer: StepTimer, b: int, ctx: int, t_dec: float, rate: float, tau: float, prompts: np.ndarray, budget: int
 ) -> tuple[float, float, float]:
@@ -284,22 +465,34 @@ def aggregate_step(
     steps, each the decode step (``t_dec``, ``b`` sequences at ``ctx``) plus its chunk's extra on `_prompt_curve`.
     The step's extra is that of all its prompt tokens at once, so a mixed step's fixed cost (an eager step beside a
     replayed graph) is paid once for all its prompts and a step holding several prompts is as compute-bound as its
-    tokens make it, as the discrete-event engine's steps are (a chunk's attention is priced from scratch). The
-    expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N."""
+    tokens make it, as the discrete-event engine's steps are (a chunk's attention is priced from scratch). With
+    data-parallel attention the N prompts are dealt round-robin over the ranks and the step's extra is W(S) + G(M)
+    on `_prompt_surface`, M the busiest rank's share of S (`busiest_share`; each of a long run's steps at the run's
+    share). The expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N."""
     mixture = _arrival_mixture(rate, tau, prompts)
     if mixture is None:
         return t_dec, 0.0, 0.0
     weight, tokens = mixture
-    nodes, extra = _prompt_curve(timer, b, ctx, budget)
     cap = float(max(budget, 1))
     full = np.floor(tokens / cap)
     rest = tokens - full * cap
     steps = np.maximum(full + (rest > 0), 1.0)
-    time = (
-        steps * t_dec
-        + full * float(np.interp(cap, nodes, extra))
-        + np.where(rest > 0, np.interp(rest, nodes, extra), 0.0)
-    )
+    dp = max(timer.layout.dp_attn, 1)
+    if dp > 1:
+        nodes, surface = _prompt_surface(timer, b, ctx, budget)
+        share = busiest_share(tokens, dp)
+        time = (
+            steps * t_dec
+            + full * _on_surface(nodes, surface, np.full(tokens.shape, cap), share)
+            + np.where(rest > 0, _on_surface(nodes, surface, rest, share), 0.0)
+        )
+    else:
+        nodes, extra = _prompt_curve(timer, b, ctx, budget)
+        time = (
+            steps * t_dec
+            + full * float(np.interp(cap, nodes, extra))
+            + np.where(rest > 0, np.interp(rest, nodes, extra), 0.0)
+        )
     mixed = np.where(tokens > 0, steps, 0.0)
     e_steps = float(weight @ steps.mean(axis=0))
     return (
@@ -321,6 +514,41 @@ def crowded_curve(
     weight, others = mixture
     cap = float(max(budget, 1))
     return np.array([float(weight @ np.interp(np.minimum(x + others, cap), nodes, extra).mean(axis=0)) for x in nodes])
+
+
+def crowded_surface(
+    nodes: np.ndarray,
+    surface: np.ndarray,
+    rate: float,
+    tau: float,
+    prompts: np.ndarray,
+    budget: int,
+    dp: int,
+    t_dec: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`crowded_curve` with data-parallel attention over ``dp`` ranks, on `_prompt_surface`'s ``surface`` [2,
+    nodes] (`_on_surface`): the prompt's chunk of ``nodes`` tokens first on its rank, the others dealt round-robin
+    after it. Returns (the mean extra s of the step at the chunk and the others' total tokens and the busiest
+    rank's share of them, the chunk's part of that step, ``t_dec`` + extra, in proportion to its tokens) [nodes].
+    The second is the prefill work a prompt brings to the queue of prompts: the step's time split over the prompts
+    it carries by their tokens (they add up to the steps' time), so that a long prompt, whose rank's attention the
+    others' ranks do not share, holds up the prompts behind it for about the whole step it costs alone."""
+    mixture = _arrival_mixture(rate, tau, prompts)
+    if mixture is None:
+        alone = surface.sum(axis=0)
+        return alone, t_dec + alone
+    weight, others = mixture
+    if dp > 1:
+        other, first = _rank_sums(others, dp, 1)
+    cap = float(max(budget, 1))
+    crowded, part = [], []
+    for x in nodes:
+        total = x + others
+        share = np.maximum(x + first, other) / total if dp > 1 else 1.0
+        extra = _on_surface(nodes, surface, np.minimum(total, cap), share)
+        crowded.append(float(weight @ extra.mean(axis=0)))
+        part.append(float(weight @ ((t_dec + extra) * (x / total)).mean(axis=0)))
+    return np.array(crowded), np.array(part)
 
 
 def pool_state(
@@ -852,15 +1080,27 @@ class Analytical:
                 b = max(1, round(s.batch))
                 ctx = int(mean_in + mean_out / 2)
                 cap = max(p.engine.max_tokens - b, 1) if p.engine.chunked_prefill else max(p.engine.max_tokens, 1)
-                nodes, extra_curve = _prompt_curve(timers["mixed"], b, ctx, cap)
-                full_step = s.t_decode + float(np.interp(cap, nodes, extra_curve))
-                queue_service = work.comp * full_step / cap
-                crowded = crowded_curve(nodes, extra_curve, r, s.tau, work.comp, cap)
+                dp = max(p.layout.dp_attn, 1)
                 last = work.comp - np.maximum(work.n - 1, 0) * cap
+                if dp > 1:
+                    # data-parallel attention: a step's prompts run on their own ranks, the step as long as the
+                    # busiest rank's (`crowded_surface`); a prompt's full chunk is the whole budget on its one rank,
+                    # and it brings the queue its part of each step it rides
+                    nodes, surface = _prompt_surface(timers["mixed"], b, ctx, cap)
+                    full_step = s.t_decode + float(_on_surface(nodes, surface, np.array(float(cap))))
+                    crowded, part = crowded_surface(nodes, surface, r, s.tau, work.comp, cap, dp, s.t_decode)
+                    queue_service = np.maximum(work.n - 1, 0) * full_step + np.interp(last, nodes, part)
+                else:
+                    nodes, extra_curve = _prompt_curve(timers["mixed"], b, ctx, cap)
+                    full_step = s.t_decode + float(np.interp(cap, nodes, extra_curve))
+                    queue_service = work.comp * full_step / cap
+                    crowded = crowded_curve(nodes, extra_curve, r, s.tau, work.comp, cap)
                 own = np.maximum(work.n - 1, 0) * full_step + s.t_decode + np.interp(last, nodes, crowded)
             # an arrival finding no prompt in prefill waits out the step running: half of one (the decode step's),
-            # or the residual of the mixed and decode steps as the steps carry prompts together
-            idle = 2 * resid if agg else s.t_decode
+            # or the residual of the mixed and decode steps as the steps carry prompts together; with data-parallel
+            # attention the prompts' parts of their steps hold each step's whole time, so the step an arrival
+            # finding none in prefill waits out is a decode step
+            idle = 2 * resid if agg and max(p.layout.dp_attn, 1) <= 1 else s.t_decode
             wait, rho = prefill_queue(r, queue_service, idle)
             if not math.isfinite(wait):
                 s.overloaded, s.reason = True, f"prefill work utilisation {rho:.2f} >= 1"

@@ -1266,8 +1266,13 @@ class StepTimer:
         """Take ``results`` (`gpu_results` of a timer of the same replica) instead of recomputing them."""
         self._memo.update(results)
 
-    def expected(self, new: np.ndarray, cached: np.ndarray) -> StepCost:
-        """The analytical step (expected busiest GPU, no sampling, no cache misses), with its host time."""
+    def expected(self, new: np.ndarray, cached: np.ndarray, separable: bool = False) -> StepCost:
+        """The analytical step (expected busiest GPU, no sampling, no cache misses), with its host time.
+
+        ``separable``: a prefill or mixed batch's parts from the discrete-event step's separable tables
+        (`_fast_parts`, where `_fast_ok`) instead of its own decomposition: the same step within the tables'
+        interpolation, at a fraction of the cost for batches of many prompt chunks (the analytical engine's
+        steps of data-parallel attention, `sim.serving.analytical._spread_step`)."""
         new, cached = np.asarray(new), np.asarray(cached)
         shape = _shape(new, cached)
         padded = self._padded(shape)
@@ -1287,6 +1292,8 @@ class StepTimer:
                 real = self._parts(real_new, real_cached, exact=True)
                 parts = parts.copy()
                 parts[0, 1], parts[0, 3], parts[0, 14] = real[1], real[3], real[14]
+        elif separable and int(new.max()) > 1 and self._fast_ok():
+            parts = self._fast_parts(new, cached)[None, :]
         else:
             parts = self._parts(new, cached, exact=True)[None, :]
         n = max(self.n_moe, 1)
