@@ -23,7 +23,7 @@ prompts are dealt round-robin over the attention ranks, which attend and project
 layers see the whole step's: the step is read off a surface over the prompt tokens and the busiest rank's share
 of them (`_prompt_surface`, `busiest_share`). Then tau = E[step] and f = the share of mixed steps, B as above; a
 prompt's TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and
-its own last step crowded with the prompts that came with it (`crowded_curve`, `crowded_surface`).
+its own last step crowded with the prompts that came with it (`crowded_surface`).
 `AGGREGATE` (and `AGGREGATE_DP` for data-parallel attention) off, and where the workload's prompts are not
 known, each prompt is priced alone. Per request of input I and output O (the per-prompt form):
 
@@ -478,21 +478,13 @@ def aggregate_step(
     rest = tokens - full * cap
     steps = np.maximum(full + (rest > 0), 1.0)
     dp = max(timer.layout.dp_attn, 1)
-    if dp > 1:
-        nodes, surface = _prompt_surface(timer, b, ctx, budget)
-        share = busiest_share(tokens, dp)
-        time = (
-            steps * t_dec
-            + full * _on_surface(nodes, surface, np.full(tokens.shape, cap), share)
-            + np.where(rest > 0, _on_surface(nodes, surface, rest, share), 0.0)
-        )
-    else:
-        nodes, extra = _prompt_curve(timer, b, ctx, budget)
-        time = (
-            steps * t_dec
-            + full * float(np.interp(cap, nodes, extra))
-            + np.where(rest > 0, np.interp(rest, nodes, extra), 0.0)
-        )
+    nodes, surface = _prompt_surface(timer, b, ctx, budget)
+    share = busiest_share(tokens, dp) if dp > 1 else 1.0
+    time = (
+        steps * t_dec
+        + full * _on_surface(nodes, surface, np.array(cap), share)
+        + np.where(rest > 0, _on_surface(nodes, surface, rest, share), 0.0)
+    )
     mixed = np.where(tokens > 0, steps, 0.0)
     e_steps = float(weight @ steps.mean(axis=0))
     return (
@@ -500,20 +492,6 @@ def aggregate_step(
         float(weight @ mixed.mean(axis=0)) / e_steps,
         float(weight @ tokens.mean(axis=0)),
     )
-
-
-def crowded_curve(
-    nodes: np.ndarray, extra: np.ndarray, rate: float, tau: float, prompts: np.ndarray, budget: int
-) -> np.ndarray:
-    """The mean extra s [nodes] of the step that carries a prompt's last chunk of ``nodes`` tokens, on the step-cost
-    curve ``extra`` [nodes] (`_prompt_curve`): the step also carries the other prompts that arrived during the step
-    before (N ~ Poisson(``rate`` x ``tau``) drawn from ``prompts``, as `aggregate_step`), all within the ``budget``."""
-    mixture = _arrival_mixture(rate, tau, prompts)
-    if mixture is None:
-        return extra
-    weight, others = mixture
-    cap = float(max(budget, 1))
-    return np.array([float(weight @ np.interp(np.minimum(x + others, cap), nodes, extra).mean(axis=0)) for x in nodes])
 
 
 def crowded_surface(
@@ -526,9 +504,11 @@ def crowded_surface(
     dp: int,
     t_dec: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`crowded_curve` with data-parallel attention over ``dp`` ranks, on `_prompt_surface`'s ``surface`` [2,
-    nodes] (`_on_surface`): the prompt's chunk of ``nodes`` tokens first on its rank, the others dealt round-robin
-    after it. Returns (the mean extra s of the step at the chunk and the others' total tokens and the busiest
+    """The step that carries a prompt's last chunk of ``nodes`` tokens, on `_prompt_surface`'s ``surface`` [1 or 2,
+    nodes] (`_on_surface`): the step also carries the other prompts that arrived during the step before (N ~
+    Poisson(``rate`` x ``tau``) drawn from ``prompts``, as `aggregate_step`), all within the ``budget``; with
+    data-parallel attention over ``dp`` ranks the chunk first on its rank, the others dealt round-robin after it.
+    Returns (the mean extra s of the step at the chunk and the others' total tokens and the busiest
     rank's share of them, the chunk's part of that step, ``t_dec`` + extra, in proportion to its tokens) [nodes].
     The second is the prefill work a prompt brings to the queue of prompts: the step's time split over the prompts
     it carries by their tokens (they add up to the steps' time), so that a long prompt, whose rank's attention the
@@ -1075,26 +1055,23 @@ class Analytical:
             if agg:
                 # the steps carry the waiting prompts together (`aggregate_step`): a prompt waits on the prompt
                 # tokens ahead of it, which full steps clear at ``budget`` tokens per full mixed step; its last chunk
-                # rides a step crowded with the prompts that arrived with it (`crowded_curve`), its earlier chunks
+                # rides a step crowded with the prompts that arrived with it (`crowded_surface`), its earlier chunks
                 # fill whole steps
                 b = max(1, round(s.batch))
                 ctx = int(mean_in + mean_out / 2)
                 cap = max(p.engine.max_tokens - b, 1) if p.engine.chunked_prefill else max(p.engine.max_tokens, 1)
                 dp = max(p.layout.dp_attn, 1)
                 last = work.comp - np.maximum(work.n - 1, 0) * cap
+                nodes, surface = _prompt_surface(timers["mixed"], b, ctx, cap)
+                full_step = s.t_decode + float(_on_surface(nodes, surface, np.array(float(cap))))
+                crowded, part = crowded_surface(nodes, surface, r, s.tau, work.comp, cap, dp, s.t_decode)
                 if dp > 1:
                     # data-parallel attention: a step's prompts run on their own ranks, the step as long as the
-                    # busiest rank's (`crowded_surface`); a prompt's full chunk is the whole budget on its one rank,
-                    # and it brings the queue its part of each step it rides
-                    nodes, surface = _prompt_surface(timers["mixed"], b, ctx, cap)
-                    full_step = s.t_decode + float(_on_surface(nodes, surface, np.array(float(cap))))
-                    crowded, part = crowded_surface(nodes, surface, r, s.tau, work.comp, cap, dp, s.t_decode)
+                    # busiest rank's; a prompt's full chunk is the whole budget on its one rank, and it brings the
+                    # queue its part of each step it rides
                     queue_service = np.maximum(work.n - 1, 0) * full_step + np.interp(last, nodes, part)
                 else:
-                    nodes, extra_curve = _prompt_curve(timers["mixed"], b, ctx, cap)
-                    full_step = s.t_decode + float(np.interp(cap, nodes, extra_curve))
                     queue_service = work.comp * full_step / cap
-                    crowded = crowded_curve(nodes, extra_curve, r, s.tau, work.comp, cap)
                 own = np.maximum(work.n - 1, 0) * full_step + s.t_decode + np.interp(last, nodes, crowded)
             # an arrival finding no prompt in prefill waits out the step running: half of one (the decode step's),
             # or the residual of the mixed and decode steps as the steps carry prompts together; with data-parallel
