@@ -135,3 +135,31 @@ def test_verdict_is_monotone_and_the_step_matches_the_simulation() -> None:
     d = sweep_eval._des(model.built, rate, spec.seed, int(rate * 60))
     assert a["tpot_mean_s"] == pytest.approx(d["tpot_mean_s"], rel=0.05)
     assert a["e2e_mean_s"] == pytest.approx(d["e2e_mean_s"], rel=0.05)
+
+
+def test_coarse_start_ends_on_the_refined_fixed_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed point climbs on coarse curves and finishes on the refined ones (`COARSE_START`): its answer is a
+    fixed point of the refined model (one more refined iterate moves neither the step nor the batch), the same as
+    the refined climb from one sequence within the fixed point's own tolerance, and it builds fewer refined curves
+    (the climb from one sequence passes through every batch below the answer)."""
+    got = {}
+    for flag in (False, True):
+        monkeypatch.setattr(analytical, "COARSE_START", flag)
+        model, _ = _model()
+        timer = model.timers["mixed"]
+        states = [model._mixed(rate)[0] for rate in (4.0, 12.0, 20.0)]
+        refined = sum(1 for k in timer._memo if k[0] == "prompt_curve" and k[-1] is True)
+        got[flag] = (states, refined, timer, model)
+    (old, n_old, _, _), (new, n_new, timer, model) = got[False], got[True]
+    assert n_new < 0.8 * n_old, (n_new, n_old)
+    p = model.pools["mixed"]
+    prompts = model.inp - model.hits
+    ctx = int(model.mean_in + model.mean_out / 2)
+    for rate, a, b in zip((4.0, 12.0, 20.0), old, new, strict=True):
+        assert not a.overloaded and not b.overloaded
+        assert b.tau == pytest.approx(a.tau, rel=2e-3) and b.batch == pytest.approx(a.batch, rel=0.02)
+        bi = max(1, round(b.batch))
+        budget = max(p.engine.max_tokens - bi, 1)
+        step, _, _ = analytical.aggregate_step(timer, bi, ctx, b.t_decode, rate, b.tau, prompts, budget)
+        assert step == pytest.approx(b.tau, rel=2e-3)
+        assert rate * (model.mean_out - 1) * step == pytest.approx(b.batch, rel=0.02)

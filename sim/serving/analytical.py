@@ -23,9 +23,11 @@ prompts are dealt round-robin over the attention ranks, which attend and project
 layers see the whole step's: the step is read off a surface over the prompt tokens and the busiest rank's share
 of them (`_prompt_surface`, `busiest_share`). Then tau = E[step] and f = the share of mixed steps, B as above; a
 prompt's TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and
-its own last step crowded with the prompts that came with it (`crowded_surface`).
-`AGGREGATE` (and `AGGREGATE_DP` for data-parallel attention) off, and where the workload's prompts are not
-known, each prompt is priced alone. Per request of input I and output O (the per-prompt form):
+its own last step crowded with the prompts that came with it (`crowded_surface`). Its fixed point climbs from one
+sequence on coarse curves (7 nodes, one batch per octave, a quarter of the draws) and finishes on the refined
+ones (`COARSE_START`). `AGGREGATE` (and `AGGREGATE_DP` for data-parallel attention) off, and where the
+workload's prompts are not known, each prompt is priced alone. Per request of input I and output O (the
+per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
@@ -197,6 +199,24 @@ AGGREGATE = True
 _AGG_DRAWS = 256
 #: Decode batches whose prompt-token cost curve is shared (`_prompt_curve`): this many per octave.
 _AGG_BATCH_GRID = 4
+#: Off: `pool_state`'s fixed point of an aggregated mixed pool runs on refined curves from its first iterate (as
+#: before 2026-12-07 late); on: it climbs on coarse ones (`aggregate_step`'s ``coarse``) until it is near its fixed
+#: point, then goes on with the refined ones to convergence. The climb from one sequence passes through every
+#: batch below the answer, and each batch's curve costs tens of step evaluations: on
+#: `examples/sweep-mixtral-gpu-choice.yaml` the fixed points' last two iterates needed 3,243 of the 7,118 curves
+#: built.
+COARSE_START = True
+#: The coarse start hands over to the refined curves once an iterate moves the step by at most this share and the
+#: batch by at most `_COARSE_BATCH` of it.
+_COARSE_TAU = 0.02
+_COARSE_BATCH = 0.05
+#: The coarse start keeps every this-many-th of the `_AGG_DRAWS` draws.
+_COARSE_THIN = 4
+#: The coarse curves' nodes (geometric over the prompt tokens) and batch grid (per octave).
+_COARSE_NODES = 7
+_COARSE_GRID = 1
+#: At most this many coarse iterates.
+_COARSE_ITERS = 50
 #: Off: a mixed pool with data-parallel attention keeps each prompt priced alone (as before 2026-12-07); on: its
 #: steps carry their prompts together, priced by the busiest rank's share of them (`_prompt_surface`).
 AGGREGATE_DP = True
@@ -261,17 +281,18 @@ _CURVE_ATOL = 0.002
 _CURVE_NODES = 64
 
 
-def _refined_nodes(extra_at: Any, top: int, t_dec: float) -> tuple[np.ndarray, np.ndarray]:
+def _refined_nodes(extra_at: Any, top: int, t_dec: float, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens [nodes], ``extra_at`` at each [nodes]): 13 nodes geometric over 1..``top``, each interval's
     geometric middle added, and split again wherever the chord through an interval's ends misses ``extra_at`` at
     its middle by more than `_CURVE_RTOL` of it and `_CURVE_ATOL` of the decode step ``t_dec`` s (`CURVE_REFINE`).
     A step's extra has kinks (a GEMM turning compute-bound
     as the tokens grow: on an A100 Mixtral-8x7B step of 90 decodes, between 406 and 861 prompt tokens the extra goes
     from 5.3 to 21.8 ms, and a chord between those two put it at 8.7 ms at 500 tokens, exact 6.7), which linear
-    interpolation on the coarse grid overstates where the steps of a busy engine live."""
-    base = np.unique(np.round(np.geomspace(1, top, 13)).astype(np.int64)).tolist()
+    interpolation on the coarse grid overstates where the steps of a busy engine live. ``refine`` false: the 13
+    nodes alone (the fixed point's coarse start, `COARSE_START`)."""
+    base = np.unique(np.round(np.geomspace(1, top, 13 if refine else _COARSE_NODES)).astype(np.int64)).tolist()
     val = {c: extra_at(c) for c in base}
-    if CURVE_REFINE:
+    if refine:
         todo = list(itertools.pairwise(base))
         while todo and len(val) < _CURVE_NODES:
             lo, hi = todo.pop()
@@ -286,7 +307,9 @@ def _refined_nodes(extra_at: Any, top: int, t_dec: float) -> tuple[np.ndarray, n
     return nodes, np.array([val[int(c)] for c in nodes])
 
 
-def _prompt_surface(timer: StepTimer, b: int, ctx: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+def _prompt_surface(
+    timer: StepTimer, b: int, ctx: int, budget: int, refine: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens [nodes], the step-cost curves [1 or 2, nodes]) of a step of ``b`` decodes at ``ctx``
     carrying prompt tokens, seconds beyond the decode step: 1 to ``budget`` (rounded up to a power of two) tokens on
     `_refined_nodes`, linear in log2(b) between the two batches of the `_AGG_BATCH_GRID` grid around ``b`` (each
@@ -297,12 +320,14 @@ def _prompt_surface(timer: StepTimer, b: int, ctx: int, budget: int) -> tuple[np
     busiest rank's tokens cost, G, so that a step of S prompt tokens of which the busiest rank holds M costs
     W(S) + G(M) (`_on_surface`). From two steps per node: one chunk from scratch, E1 = W + G, and the tokens
     spread evenly over the ranks (`_spread_step`), Es(S) = W(S) + G(S / dp); so G(S) - G(S / dp) = E1(S) - Es(S),
-    summed down the nodes from G = 0 below one token. Memoised per grid batch and per batch."""
+    summed down the nodes from G = 0 below one token. Memoised per grid batch and per batch. ``refine``: refine the
+    nodes (`_refined_nodes`; default `CURVE_REFINE`), false for the fixed point's coarse start (`COARSE_START`)."""
     top = _curve_top(budget)
-    at = ("prompt_surface_at", b, ctx, top, CURVE_REFINE)  # the fixed point revisits the same batches
+    refine = CURVE_REFINE if refine is None else refine and CURVE_REFINE
+    at = ("prompt_surface_at", b, ctx, top, refine)  # the fixed point revisits the same batches
     done = timer._memo.get(at)
     if done is None:
-        done = timer._memo[at] = _surface_at(timer, b, ctx, top)
+        done = timer._memo[at] = _surface_at(timer, b, ctx, top, refine)
     return done
 
 
@@ -323,24 +348,25 @@ def _group_curve(nodes: np.ndarray, diff: np.ndarray, dp: int) -> np.ndarray:
     return g
 
 
-def _surface_at(timer: StepTimer, b: int, ctx: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+def _surface_at(timer: StepTimer, b: int, ctx: int, top: int, refine: bool) -> tuple[np.ndarray, np.ndarray]:
     """`_prompt_surface` computed from the two grid batches' memoised curves."""
     dp = max(timer.layout.dp_attn, 1)
-    pos = math.log2(max(b, 1)) * _AGG_BATCH_GRID
+    grid = _AGG_BATCH_GRID if refine else _COARSE_GRID
+    pos = math.log2(max(b, 1)) * grid
     lo = math.floor(pos)
     parts = []
     for k in (lo, lo + 1):
-        bq = max(1, round(2 ** (k / _AGG_BATCH_GRID)))
-        key = ("prompt_curve", bq, ctx, top, CURVE_REFINE)
+        bq = max(1, round(2 ** (k / grid)))
+        key = ("prompt_curve", bq, ctx, top, refine)
         hit = timer._memo.get(key)
         if hit is None:
             dec = _decode_step(timer, bq, ctx).duration_s
             hit = timer._memo[key] = _refined_nodes(
-                lambda c, bq=bq, dec=dec: max(_one_chunk_step(timer, bq, ctx, c) - dec, 0.0), top, dec
+                lambda c, bq=bq, dec=dec: max(_one_chunk_step(timer, bq, ctx, c) - dec, 0.0), top, dec, refine
             )
         nodes, one = hit
         if dp > 1:
-            skey = ("prompt_surface", bq, ctx, top, CURVE_REFINE)
+            skey = ("prompt_surface", bq, ctx, top, refine)
             rows = timer._memo.get(skey)
             if rows is None:
                 dec = _decode_step(timer, bq, ctx).duration_s
@@ -457,7 +483,15 @@ def busiest_share(sums: np.ndarray, dp: int) -> np.ndarray:
 
 
 def aggregate_step(
-    timer: StepTimer, b: int, ctx: int, t_dec: float, rate: float, tau: float, prompts: np.ndarray, budget: int
+    timer: StepTimer,
+    b: int,
+    ctx: int,
+    t_dec: float,
+    rate: float,
+    tau: float,
+    prompts: np.ndarray,
+    budget: int,
+    coarse: bool = False,
 ) -> tuple[float, float, float]:
     """(mean step s, share of steps that are mixed, prompt tokens per step) of continuous batching whose every step
     carries the prompt tokens that arrived during the step before: N ~ Poisson(``rate`` x ``tau``) prompts drawn from
@@ -468,17 +502,21 @@ def aggregate_step(
     tokens make it, as the discrete-event engine's steps are (a chunk's attention is priced from scratch). With
     data-parallel attention the N prompts are dealt round-robin over the ranks and the step's extra is W(S) + G(M)
     on `_prompt_surface`, M the busiest rank's share of S (`busiest_share`; each of a long run's steps at the run's
-    share). The expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N."""
+    share). The expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N.
+    ``coarse``: the fixed point's coarse start (`COARSE_START`): the curve on its 13 nodes, every `_COARSE_THIN`-th
+    draw (still spread over the whole sample: the draws are stratified)."""
     mixture = _arrival_mixture(rate, tau, prompts)
     if mixture is None:
         return t_dec, 0.0, 0.0
     weight, tokens = mixture
+    if coarse:
+        tokens = tokens[::_COARSE_THIN]
     cap = float(max(budget, 1))
     full = np.floor(tokens / cap)
     rest = tokens - full * cap
     steps = np.maximum(full + (rest > 0), 1.0)
     dp = max(timer.layout.dp_attn, 1)
-    nodes, surface = _prompt_surface(timer, b, ctx, budget)
+    nodes, surface = _prompt_surface(timer, b, ctx, budget, refine=not coarse)
     share = busiest_share(tokens, dp) if dp > 1 else 1.0
     time = (
         steps * t_dec
@@ -560,7 +598,13 @@ def pool_state(
     cached = min(max(float(cached), 0.0), max(mean_in - 1.0, 0.0))
     comp_in = mean_in - cached  # prompt tokens computed per request
     b, tau = 1.0, None
-    for it in range(200):
+    # the aggregated mixed pool's coarse start (`COARSE_START`): the iterate at which it handed over, if it did
+    coarse = COARSE_START and CURVE_REFINE and role == "mixed" and prompts is not None and aggregates(pool)
+    start = 0  # the iterate the refined curves took over at (the damping below counts from it)
+    converged = False
+    for it in range(200 + _COARSE_ITERS):
+        if it - start >= 200:  # 200 iterates after the coarse start and no fixed point
+            break
         bi = max(1, round(b)) if not prefill_only else 0
         chunk = 0 if decode_only else int(max(1, min(math.ceil(comp_in - 1e-9), eng.max_tokens - bi)))
         chunks = 0 if decode_only else math.ceil(comp_in / chunk)
@@ -575,23 +619,39 @@ def pool_state(
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
             budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
             new_tau, f, _ = aggregate_step(
-                timer, bi, ctx, t_dec, rate, tau if tau is not None else t_dec, prompts, budget
+                timer, bi, ctx, t_dec, rate, tau if tau is not None else t_dec, prompts, budget, coarse
             )
             t_mix = t_dec + (new_tau - t_dec) / f if f > 0 else t_mix
+            new_b = rate * max(mean_out - 1, 0) * new_tau
+            diverged = not math.isfinite(new_tau) or new_tau > 1e3 or new_b > 4 * eng.max_batch
+            if coarse and (
+                diverged
+                or it + 1 >= _COARSE_ITERS
+                or (
+                    tau is not None
+                    and abs(new_tau - tau) <= _COARSE_TAU * tau
+                    and abs(new_b - b) <= _COARSE_BATCH * max(b, 1)
+                )
+            ):
+                # near the fixed point (or past what the coarse curves can tell): on with the refined curves, from
+                # here, or from the start where the coarse curves ran away (their chords can overstate the steps)
+                coarse, start = False, it + 1
+                if diverged:
+                    b, tau = 1.0, None
+                continue
             if not math.isfinite(new_tau) or new_tau > 1e3:
                 return PoolState(
                     t_mix, t_dec, t_mix, b, 1.0, chunk, chunks, 0, 0, True, "prefill work exceeds the steps"
                 )
-            new_b = rate * max(mean_out - 1, 0) * new_tau
             if new_b > 4 * eng.max_batch:
                 return PoolState(new_tau, t_dec, t_mix, new_b, f, chunk, chunks, 0, 0, True, "decode batch diverges")
             # the rounded batch and the batch grid of the cost curve can make the iterates cycle: damped harder after
             # 50 steps, and held to 1e-3 after 100
-            tol = 1e-4 if it < 100 else 1e-3
+            tol = 1e-4 if it - start < 100 else 1e-3
             if tau is not None and abs(new_tau - tau) <= tol * tau and abs(new_b - b) <= 0.01 * max(b, 1):
-                tau, b = new_tau, new_b
+                tau, b, converged = new_tau, new_b, True
                 break
-            w = 0.5 if it < 50 else 0.1
+            w = 0.5 if it - start < 50 else 0.1
             tau = (1 - w) * (tau if tau is not None else new_tau) + w * new_tau
             b = (1 - w) * b + w * new_b
             continue
@@ -625,10 +685,10 @@ def pool_state(
             f = f if not decode_only else 0.0
             return PoolState(new_tau, t_dec, t_mix, new_b, f, chunk, chunks, 0, 0, True, "decode batch diverges")
         if tau is not None and abs(new_tau - tau) <= 1e-4 * tau and abs(new_b - b) <= 0.01 * max(b, 1):
-            tau, b = new_tau, new_b
+            tau, b, converged = new_tau, new_b, True
             break
         tau, b = new_tau, 0.5 * b + 0.5 * new_b
-    else:
+    if not converged:
         return PoolState(tau or 0, t_dec, t_mix, b, f, chunk, chunks, 0, 0, True, "no steady state")
     over, reason = False, ""
     if dec is None:
