@@ -163,3 +163,24 @@ def test_coarse_start_ends_on_the_refined_fixed_point(monkeypatch: pytest.Monkey
         step, _, _ = analytical.aggregate_step(timer, bi, ctx, b.t_decode, rate, b.tau, prompts, budget)
         assert step == pytest.approx(b.tau, rel=2e-3)
         assert rate * (model.mean_out - 1) * step == pytest.approx(b.batch, rel=0.02)
+
+
+def test_memoised_columns_give_the_same_step_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aggregate_step` with its per-batch columns memoised (`AGG_COLUMNS`) returns the very floats it returns
+    averaging over the draws at every call: steps at one batch whose Poisson width grows, shrinks and grows again,
+    fine and coarse, at two batches."""
+    model, _ = _model()
+    timer = model.timers["mixed"]
+    prompts = model.inp - model.hits
+    ctx = int(model.mean_in + model.mean_out / 2)
+    calls = [(b, tau, coarse) for b in (40, 90) for coarse in (False, True) for tau in (0.03, 0.2, 0.01, 0.5, 0.04)]
+    got = {}
+    for flag in (False, True):
+        monkeypatch.setattr(analytical, "AGG_COLUMNS", flag)
+        timer._memo = {k: v for k, v in timer._memo.items() if k[0] != "agg_columns"}
+        got[flag] = [
+            analytical.aggregate_step(timer, b, ctx, 0.03, 20.0, tau, prompts, 8192 - b, coarse)
+            for b, tau, coarse in calls
+        ]
+    assert got[True] == got[False]
+    assert len({round(x[0], 12) for x in got[True]}) > 10  # the calls differ

@@ -396,6 +396,23 @@ def _on_surface(nodes: np.ndarray, surface: np.ndarray, x: np.ndarray, share: An
 
 #: `_prompt_sums`' tables by the prompts' bytes (a sweep solves many rates and batches on the same sample)
 _SUMS: dict[tuple[bytes, bool], np.ndarray] = {}
+#: Off: `aggregate_step` averages over the draws at every call (as before 2026-12-07 late); on: per batch, once.
+AGG_COLUMNS = True
+#: The prompt samples `aggregate_step` has seen, numbered (its memo keys hold the number, not the bytes). Numbers
+#: are never reused: a cleared table only misses.
+_PROMPT_IDS: dict[bytes, int] = {}
+_PROMPT_COUNT = itertools.count()
+
+
+def _prompts_id(prompts: np.ndarray) -> int:
+    """The number of the prompt sample ``prompts`` [requests] (given the next one when new)."""
+    raw = np.ascontiguousarray(prompts, dtype=float).tobytes()
+    hit = _PROMPT_IDS.get(raw)
+    if hit is None:
+        if len(_PROMPT_IDS) >= 64:
+            _PROMPT_IDS.clear()
+        hit = _PROMPT_IDS[raw] = next(_PROMPT_COUNT)
+    return hit
 
 
 #: Off: `_prompt_sums` draws each prompt uniformly from the sample (as before 2026-12-07); on: stratified.
@@ -503,32 +520,46 @@ def aggregate_step(
     data-parallel attention the N prompts are dealt round-robin over the ranks and the step's extra is W(S) + G(M)
     on `_prompt_surface`, M the busiest rank's share of S (`busiest_share`; each of a long run's steps at the run's
     share). The expectation over N is exact (Poisson weights); over the prompts, `_AGG_DRAWS` fixed draws per N.
-    ``coarse``: the fixed point's coarse start (`COARSE_START`): the curve on its 13 nodes, every `_COARSE_THIN`-th
-    draw (still spread over the whole sample: the draws are stratified)."""
+    ``coarse``: the fixed point's coarse start (`COARSE_START`): the coarse curves (`_COARSE_NODES` nodes,
+    `_COARSE_GRID` batches per octave), every `_COARSE_THIN`-th draw (still spread over the whole sample: the draws
+    are stratified).
+
+    Only the Poisson weights depend on ``rate`` and ``tau``: the means over the draws of n prompts' step time, steps,
+    mixed steps and tokens, column n of each, are memoised per batch (`AGG_COLUMNS`; the fixed point comes back to
+    the same rounded batch many times), each column as computed at any width (the draws' running totals are
+    prefix-stable, `_prompt_sums`, and every column is reduced on its own), so the result is the same to the bit."""
     mixture = _arrival_mixture(rate, tau, prompts)
     if mixture is None:
         return t_dec, 0.0, 0.0
     weight, tokens = mixture
-    if coarse:
-        tokens = tokens[::_COARSE_THIN]
-    cap = float(max(budget, 1))
-    full = np.floor(tokens / cap)
-    rest = tokens - full * cap
-    steps = np.maximum(full + (rest > 0), 1.0)
-    dp = max(timer.layout.dp_attn, 1)
-    nodes, surface = _prompt_surface(timer, b, ctx, budget, refine=not coarse)
-    share = busiest_share(tokens, dp) if dp > 1 else 1.0
-    time = (
-        steps * t_dec
-        + full * _on_surface(nodes, surface, np.array(cap), share)
-        + np.where(rest > 0, _on_surface(nodes, surface, rest, share), 0.0)
-    )
-    mixed = np.where(tokens > 0, steps, 0.0)
-    e_steps = float(weight @ steps.mean(axis=0))
+    width = len(weight)
+    key = ("agg_columns", b, ctx, budget, coarse, t_dec, CURVE_REFINE, STRATIFIED, _prompts_id(prompts))
+    cols = timer._memo.get(key) if AGG_COLUMNS else None
+    if cols is None or cols.shape[1] < width:
+        if coarse:
+            tokens = tokens[::_COARSE_THIN]
+        cap = float(max(budget, 1))
+        full = np.floor(tokens / cap)
+        rest = tokens - full * cap
+        steps = np.maximum(full + (rest > 0), 1.0)
+        dp = max(timer.layout.dp_attn, 1)
+        nodes, surface = _prompt_surface(timer, b, ctx, budget, refine=not coarse)
+        share = busiest_share(tokens, dp) if dp > 1 else 1.0
+        time = (
+            steps * t_dec
+            + full * _on_surface(nodes, surface, np.array(cap), share)
+            + np.where(rest > 0, _on_surface(nodes, surface, rest, share), 0.0)
+        )
+        mixed = np.where(tokens > 0, steps, 0.0)
+        # [4, width]: the means over the draws of each column's step time, steps, mixed steps, tokens
+        cols = np.array([time.mean(axis=0), steps.mean(axis=0), mixed.mean(axis=0), tokens.mean(axis=0)])
+        if AGG_COLUMNS:
+            timer._memo[key] = cols
+    e_steps = float(weight @ cols[1, :width])
     return (
-        float(weight @ time.mean(axis=0)) / e_steps,
-        float(weight @ mixed.mean(axis=0)) / e_steps,
-        float(weight @ tokens.mean(axis=0)),
+        float(weight @ cols[0, :width]) / e_steps,
+        float(weight @ cols[2, :width]) / e_steps,
+        float(weight @ cols[3, :width]),
     )
 
 
