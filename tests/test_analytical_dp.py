@@ -148,7 +148,7 @@ def test_coarse_start_ends_on_the_refined_fixed_point(monkeypatch: pytest.Monkey
         model, _ = _model()
         timer = model.timers["mixed"]
         states = [model._mixed(rate)[0] for rate in (4.0, 12.0, 20.0)]
-        refined = sum(1 for k in timer._memo if k[0] == "prompt_curve" and k[-1] is True)
+        refined = sum(1 for k in timer._memo if k[0] == "prompt_curve" and k[-1] == "refined")
         got[flag] = (states, refined, timer, model)
     (old, n_old, _, _), (new, n_new, timer, model) = got[False], got[True]
     assert n_new < 0.8 * n_old, (n_new, n_old)
@@ -184,3 +184,24 @@ def test_memoised_columns_give_the_same_step_to_the_bit(monkeypatch: pytest.Monk
         ]
     assert got[True] == got[False]
     assert len({round(x[0], 12) for x in got[True]}) > 10  # the calls differ
+
+
+def test_curve_modes_have_their_own_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refined curve, the plain 13 geometric nodes with `CURVE_REFINE` off (the code before 2026-12-07), and
+    the coarse start's `_COARSE_NODES` are three curves with their own memo keys."""
+    model, _ = _model()
+    timer = model.timers["mixed"]
+    b, ctx, budget = 90, 576, 8192 - 90
+    top = analytical._curve_top(budget)
+
+    def geometric(n: int) -> int:
+        return len(np.unique(np.round(np.geomspace(1, top, n)).astype(np.int64)))
+
+    coarse, _ = analytical._prompt_surface(timer, 64, ctx, budget, coarse=True)  # 64: on both grids
+    assert len(coarse) == geometric(analytical._COARSE_NODES)
+    refined, _ = analytical._prompt_curve(timer, b, ctx, budget)
+    assert len(refined) > 13
+    monkeypatch.setattr(analytical, "CURVE_REFINE", False)
+    plain, _ = analytical._prompt_surface(timer, 64, ctx, budget)
+    assert len(plain) == geometric(13)
+    assert len(analytical._prompt_surface(timer, 64, ctx, budget, coarse=True)[0]) == len(coarse)

@@ -281,18 +281,20 @@ _CURVE_ATOL = 0.002
 _CURVE_NODES = 64
 
 
-def _refined_nodes(extra_at: Any, top: int, t_dec: float, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _refined_nodes(extra_at: Any, top: int, t_dec: float, mode: str = "refined") -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens [nodes], ``extra_at`` at each [nodes]): 13 nodes geometric over 1..``top``, each interval's
     geometric middle added, and split again wherever the chord through an interval's ends misses ``extra_at`` at
     its middle by more than `_CURVE_RTOL` of it and `_CURVE_ATOL` of the decode step ``t_dec`` s (`CURVE_REFINE`).
     A step's extra has kinks (a GEMM turning compute-bound
     as the tokens grow: on an A100 Mixtral-8x7B step of 90 decodes, between 406 and 861 prompt tokens the extra goes
     from 5.3 to 21.8 ms, and a chord between those two put it at 8.7 ms at 500 tokens, exact 6.7), which linear
-    interpolation on the coarse grid overstates where the steps of a busy engine live. ``refine`` false: the 13
-    nodes alone (the fixed point's coarse start, `COARSE_START`)."""
-    base = np.unique(np.round(np.geomspace(1, top, 13 if refine else _COARSE_NODES)).astype(np.int64)).tolist()
+    interpolation on the coarse grid overstates where the steps of a busy engine live. ``mode`` (`_curve_mode`):
+    ``refined``, as above; ``plain``, the 13 nodes alone (`CURVE_REFINE` off); ``coarse``, `_COARSE_NODES` nodes
+    alone (the fixed point's coarse start, `COARSE_START`)."""
+    base = np.geomspace(1, top, _COARSE_NODES if mode == "coarse" else 13)
+    base = np.unique(np.round(base).astype(np.int64)).tolist()
     val = {c: extra_at(c) for c in base}
-    if refine:
+    if mode == "refined":
         todo = list(itertools.pairwise(base))
         while todo and len(val) < _CURVE_NODES:
             lo, hi = todo.pop()
@@ -307,8 +309,14 @@ def _refined_nodes(extra_at: Any, top: int, t_dec: float, refine: bool = True) -
     return nodes, np.array([val[int(c)] for c in nodes])
 
 
+def _curve_mode(coarse: bool) -> str:
+    """How the step-cost curves are made (`_refined_nodes`): ``coarse`` for the fixed point's coarse start,
+    else ``refined`` or, with `CURVE_REFINE` off, ``plain``."""
+    return "coarse" if coarse else "refined" if CURVE_REFINE else "plain"
+
+
 def _prompt_surface(
-    timer: StepTimer, b: int, ctx: int, budget: int, refine: bool | None = None
+    timer: StepTimer, b: int, ctx: int, budget: int, coarse: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens [nodes], the step-cost curves [1 or 2, nodes]) of a step of ``b`` decodes at ``ctx``
     carrying prompt tokens, seconds beyond the decode step: 1 to ``budget`` (rounded up to a power of two) tokens on
@@ -320,14 +328,15 @@ def _prompt_surface(
     busiest rank's tokens cost, G, so that a step of S prompt tokens of which the busiest rank holds M costs
     W(S) + G(M) (`_on_surface`). From two steps per node: one chunk from scratch, E1 = W + G, and the tokens
     spread evenly over the ranks (`_spread_step`), Es(S) = W(S) + G(S / dp); so G(S) - G(S / dp) = E1(S) - Es(S),
-    summed down the nodes from G = 0 below one token. Memoised per grid batch and per batch. ``refine``: refine the
-    nodes (`_refined_nodes`; default `CURVE_REFINE`), false for the fixed point's coarse start (`COARSE_START`)."""
+    summed down the nodes from G = 0 below one token. Memoised per grid batch and per batch. ``coarse``: the fixed
+    point's coarse start (`COARSE_START`): `_COARSE_NODES` nodes, unrefined, on a grid of `_COARSE_GRID` batches
+    per octave."""
     top = _curve_top(budget)
-    refine = CURVE_REFINE if refine is None else refine and CURVE_REFINE
-    at = ("prompt_surface_at", b, ctx, top, refine)  # the fixed point revisits the same batches
+    mode = _curve_mode(coarse)
+    at = ("prompt_surface_at", b, ctx, top, mode)  # the fixed point revisits the same batches
     done = timer._memo.get(at)
     if done is None:
-        done = timer._memo[at] = _surface_at(timer, b, ctx, top, refine)
+        done = timer._memo[at] = _surface_at(timer, b, ctx, top, mode)
     return done
 
 
@@ -348,25 +357,25 @@ def _group_curve(nodes: np.ndarray, diff: np.ndarray, dp: int) -> np.ndarray:
     return g
 
 
-def _surface_at(timer: StepTimer, b: int, ctx: int, top: int, refine: bool) -> tuple[np.ndarray, np.ndarray]:
-    """`_prompt_surface` computed from the two grid batches' memoised curves."""
+def _surface_at(timer: StepTimer, b: int, ctx: int, top: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """`_prompt_surface` computed from the two grid batches' memoised curves (``mode``: `_curve_mode`)."""
     dp = max(timer.layout.dp_attn, 1)
-    grid = _AGG_BATCH_GRID if refine else _COARSE_GRID
+    grid = _COARSE_GRID if mode == "coarse" else _AGG_BATCH_GRID
     pos = math.log2(max(b, 1)) * grid
     lo = math.floor(pos)
     parts = []
     for k in (lo, lo + 1):
         bq = max(1, round(2 ** (k / grid)))
-        key = ("prompt_curve", bq, ctx, top, refine)
+        key = ("prompt_curve", bq, ctx, top, mode)
         hit = timer._memo.get(key)
         if hit is None:
             dec = _decode_step(timer, bq, ctx).duration_s
             hit = timer._memo[key] = _refined_nodes(
-                lambda c, bq=bq, dec=dec: max(_one_chunk_step(timer, bq, ctx, c) - dec, 0.0), top, dec, refine
+                lambda c, bq=bq, dec=dec: max(_one_chunk_step(timer, bq, ctx, c) - dec, 0.0), top, dec, mode
             )
         nodes, one = hit
         if dp > 1:
-            skey = ("prompt_surface", bq, ctx, top, refine)
+            skey = ("prompt_surface", bq, ctx, top, mode)
             rows = timer._memo.get(skey)
             if rows is None:
                 dec = _decode_step(timer, bq, ctx).duration_s
@@ -543,7 +552,7 @@ def aggregate_step(
         rest = tokens - full * cap
         steps = np.maximum(full + (rest > 0), 1.0)
         dp = max(timer.layout.dp_attn, 1)
-        nodes, surface = _prompt_surface(timer, b, ctx, budget, refine=not coarse)
+        nodes, surface = _prompt_surface(timer, b, ctx, budget, coarse)
         share = busiest_share(tokens, dp) if dp > 1 else 1.0
         time = (
             steps * t_dec
@@ -629,7 +638,7 @@ def pool_state(
     cached = min(max(float(cached), 0.0), max(mean_in - 1.0, 0.0))
     comp_in = mean_in - cached  # prompt tokens computed per request
     b, tau = 1.0, None
-    # the aggregated mixed pool's coarse start (`COARSE_START`): the iterate at which it handed over, if it did
+    # whether the aggregated mixed pool's fixed point is still on its coarse start (`COARSE_START`)
     coarse = COARSE_START and CURVE_REFINE and role == "mixed" and prompts is not None and aggregates(pool)
     start = 0  # the iterate the refined curves took over at (the damping below counts from it)
     converged = False
