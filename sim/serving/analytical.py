@@ -1441,15 +1441,11 @@ class Analytical:
         weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
         weight = weight / weight.sum()
         cap = max(pool.engine.max_batch, 1)
-        # the decode steps' entries at 1, 2, ... sequences as rows [sequences, fields], kept per timer and grown
-        key = ("decode_entries", ctx, cap)
-        names, rows = timer._memo.get(key, ([], np.zeros((0, 0))))
-        if len(rows) <= n_max:
-            entries = [_breakdown_entry(_decode_step(timer, min(1 + n, cap), ctx)) for n in range(n_max + 1)]
-            names = [k for k in entries[0] if k != "share"]
-            rows = np.array([[e[k] for k in names] for e in entries])
-            timer._memo[key] = (names, rows)
-        mean: dict[str, Any] = dict(zip(names, (weight @ rows[: n_max + 1]).tolist(), strict=True))
+        entries = [_breakdown_entry(_decode_step(timer, min(1 + n, cap), ctx)) for n in range(n_max + 1)]
+        mean: dict[str, Any] = {}
+        for k in entries[0]:
+            if k != "share":
+                mean[k] = float(weight @ np.array([e[k] for e in entries]))
         step_s = mean["step_s"]
         mean["share"] = {name: mean[name] / step_s if step_s > 0 else 0.0 for name in BREAKDOWN_PARTS}
         return {**out, "decode": {k: mean.get(k, v) for k, v in out["decode"].items()}}
@@ -1591,9 +1587,8 @@ class Analytical:
         if hit is None:
             by_phase = {q: c for c, q in costs}
             order = [ph for ph in ("decode", "prefill", "mixed") if ph in by_phase]
-            hit = memo[k] = {ph: _breakdown_entry(by_phase[ph]) for ph in order}
-        # the mixed pool's decode entry at the state's own batch (not part of the memo's shape key)
-        return self._mixture_decode(states, {ph: {**e, "share": dict(e["share"])} for ph, e in hit.items()})
+            hit = memo[k] = self._mixture_decode(states, {ph: _breakdown_entry(by_phase[ph]) for ph in order})
+        return {ph: {**e, "share": dict(e["share"])} for ph, e in hit.items()}
 
 
 def _breakdown_entry(cost: StepCost) -> dict[str, Any]:
