@@ -12,41 +12,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_analytical_packed import SWEEP as PACKED
+from test_analytical_packed import _model as _packed_model
 
 from moesim.sim.serving import analytical
 from moesim.sim.sweeps import sweep_eval
-from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
 
+#: `test_analytical_packed`'s A100 scenario on two GPUs with data-parallel attention and expert parallelism.
 SWEEP = {
+    **PACKED,
     "name": "dp-packed",
-    "base": {
-        "model": "mixtral-8x7b",
-        "gpus_per_node": 8,
-        "engine": {"max_tokens": 8192, "chunked_prefill": True},
-        "workload": {
-            "arrival": "poisson",
-            "input": {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 8192},
-            "output": {"dist": "lognormal", "mean": 128, "cv": 1.0, "max": 2048},
-        },
-        "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
-    },
-    "axes": {
-        "gpu": ["A100-SXM-80GB"],
-        "gpus": [2],
-        "layout": [{"tp": 1, "dp_attn": "gpus", "ep": "gpus"}],
-        "precision": ["bf16"],
-        "max_batch": [128],
-        "rate": [1.0],
-    },
-    "engine": "analytical",
+    "axes": {**PACKED["axes"], "gpus": [2], "layout": [{"tp": 1, "dp_attn": "gpus", "ep": "gpus"}]},
 }
 
 
 def _model() -> tuple[object, object]:
-    spec = parse_sweep(SWEEP)
-    (p,) = expand(spec).points
-    sweep_eval._CACHE.clear()
-    return sweep_eval._analytical(p, spec), spec
+    return _packed_model(SWEEP)
 
 
 def test_busiest_share_deals_prompts_round_robin() -> None:

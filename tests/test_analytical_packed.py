@@ -43,8 +43,9 @@ SWEEP = {
 }
 
 
-def _model() -> tuple[object, object]:
-    spec = parse_sweep(SWEEP)
+def _model(sweep: dict | None = None) -> tuple[object, object]:
+    """The analytical model of the one point of ``sweep`` (default `SWEEP`), built afresh, and its spec."""
+    spec = parse_sweep(sweep or SWEEP)
     (p,) = expand(spec).points
     sweep_eval._CACHE.clear()
     return sweep_eval._analytical(p, spec), spec
