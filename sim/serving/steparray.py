@@ -8,7 +8,8 @@ step's phase and which kinds of sequence the whole batch and its busiest attenti
 of a CUDA graph, a prompt chunk with or without cached context) each op's FLOPs, bytes, link bytes and messages
 are linear in eleven moments of the batch (1; per whole batch and per attention group: sequences, tokens,
 sum of new x cached tokens, sum of squared new tokens, sum of cached tokens). The coefficients come from
-`decompose` at a few shapes of the class (least squares on scaled columns) and are CHECKED against `decompose`
+`decompose` at a few seeded shapes of the class, the same whichever shape asked first (so a sweep's rows do not
+depend on the order of its points), by least squares on scaled columns, and are CHECKED against `decompose`
 at every one of them and at held-out ones (relative 1e-10 on every field; op names, kinds, counts, dtypes and
 kernel launches equal); an op that is not of that form (the routed experts, whose busiest GPU's pairs and active
 experts are an expectation over the routing; DeepEP's all-to-all, timed by its own model) must belong to the MoE
@@ -98,6 +99,13 @@ def _key_id(key: tuple) -> int:
             _KEY_IDS.clear()
         hit = _KEY_IDS[key] = next(_KEY_COUNT)
     return hit
+
+
+def _pattern(shape: tuple[int, int, int, int, int]) -> tuple[int, ...]:
+    """Which of a shape's (b, ctx, pads, chunk, chunk_ctx) are nonzero (1), and whether its chunk is one token (1)
+    or more (2): what `StepArray._samples` keeps of the shape that asks for a class's fit."""
+    b, ctx, pads, chunk, chunk_ctx = shape
+    return (int(b > 0), int(ctx > 0), int(pads > 0), 0 if not chunk else 1 if chunk == 1 else 2, int(chunk_ctx > 0))
 
 
 def _moments(new: np.ndarray, cached: np.ndarray) -> list[float]:
@@ -499,14 +507,17 @@ class StepArray:
     # ---- fitting a class ---------------------------------------------------------------------------------------
     def _fit(self, key: tuple, shape: tuple[int, int, int, int, int]) -> _Class | None:
         """The class of ``key`` (memoised across timers of the same model, layout and precision), fitted on
-        shapes like ``shape`` (b, ctx, pads, chunk, chunk_ctx); None where it is not of the linear form."""
+        shapes of ``shape``'s `_pattern` (b, ctx, pads, chunk, chunk_ctx); None where it is not of the linear form.
+        The fit is a function of the class and the pattern only, never of which shape asked first: a sweep's rows
+        do not depend on the order its points are evaluated in, or on what a worker evaluated before."""
         t = self.timer
-        gkey = (self._gkey, key)
+        pattern = _pattern(shape)
+        gkey = (self._gkey, key, pattern)
         hit = _CLASSES.get(gkey)
         if hit is not None and hit[0] is t.model:
             return hit[1]
         try:
-            cls = self._fit_class(key, shape)
+            cls = self._fit_class(key, pattern)
         except Exception:  # any surprise in the array form: the scalar path answers (and raises)
             cls = None
         if len(_CLASSES) >= _MAX_CLASSES:
@@ -514,13 +525,16 @@ class StepArray:
         _CLASSES[gkey] = (t.model, cls)
         return cls
 
-    def _samples(self, key: tuple, shape: tuple[int, int, int, int, int], n: int) -> tuple[list[tuple], np.ndarray]:
-        """Up to ``n`` shapes of class ``key`` spread log-uniformly over the ranges a serving step meets (seeded),
-        the asked one first, and their moment rows [shapes, 11]."""
-        b, ctx, pads, chunk, chunk_ctx = shape
+    def _samples(self, key: tuple, pattern: tuple[int, ...], n: int) -> tuple[list[tuple], np.ndarray]:
+        """Up to ``n`` shapes of class ``key`` and `_pattern` ``pattern``, spread log-uniformly over the ranges a
+        serving step meets (seeded: the same shapes whichever shape of the class asked), and their moment rows
+        [shapes, 11]."""
+        b, ctx, pads, chunk, chunk_ctx = pattern
         rng = np.random.default_rng(12345)
         draws = np.exp(rng.uniform(0.0, 1.0, (200 * n, 5)) * np.log([1024, 32768, 256, 8192, 16384]))
-        out, rows, seen = [shape], [_describe(*shape, self._dp)[1]], {shape}
+        out: list[tuple] = []
+        rows: list[list[float]] = []
+        seen: set[tuple] = set()
         ints = draws.astype(np.int64)
         # converted to Python ints a chunk at a time (most classes fill up from the first few hundred draws)
         for d in (d for lo in range(0, len(ints), 4 * n) for d in ints[lo : lo + 4 * n].tolist()):
@@ -542,9 +556,11 @@ class StepArray:
                 seen.add(s)
         return out, np.array(rows)
 
-    def _fit_class(self, key: tuple, shape: tuple[int, int, int, int, int]) -> _Class | None:
+    def _fit_class(self, key: tuple, pattern: tuple[int, ...]) -> _Class | None:
         t = self.timer
-        cand, design = self._samples(key, shape, 24)
+        cand, design = self._samples(key, pattern, 24)
+        if not cand:
+            return None
         scale = np.maximum(np.abs(design).max(axis=0), 1.0)
         x = design / scale
         rank = int(np.linalg.matrix_rank(x, tol=1e-9))
