@@ -508,6 +508,14 @@ def busiest_share(sums: np.ndarray, dp: int) -> np.ndarray:
         return np.where(sums > 0, np.maximum(other, first) / sums, 1.0)
 
 
+def _column_means(a: np.ndarray) -> np.ndarray:
+    """Means over the draws of ``a`` [draws, n] [n], each column reduced on its own (a contiguous row of the
+    transpose), so each is the same at any n: numpy's axis-0 mean of a strided [draws, n] array sums in an order
+    that depends on n (a wide array's columns differed from a narrow one's in the last bits, and the memoised
+    columns of `aggregate_step` then depended on which rate had asked first)."""
+    return np.ascontiguousarray(a.T).mean(axis=1)
+
+
 def aggregate_step(
     timer: StepTimer,
     b: int,
@@ -561,7 +569,7 @@ def aggregate_step(
         )
         mixed = np.where(tokens > 0, steps, 0.0)
         # [4, width]: the means over the draws of each column's step time, steps, mixed steps, tokens
-        cols = np.array([time.mean(axis=0), steps.mean(axis=0), mixed.mean(axis=0), tokens.mean(axis=0)])
+        cols = np.array([_column_means(a) for a in (time, steps, mixed, tokens)])
         if AGG_COLUMNS:
             timer._memo[key] = cols
     e_steps = float(weight @ cols[1, :width])
