@@ -626,6 +626,28 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, int]:
     return differ
 
 
+def _largest_change(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    """The largest relative difference per float column of two sweeps' rows matched by ``point_id`` (only the
+    columns that differ; ``wall_s`` left out; NaN equal to NaN), and ``status`` as the number of rows whose status
+    differs."""
+    a, b = a.set_index("point_id").sort_index(), b.set_index("point_id").sort_index()
+    if list(a.index) != list(b.index):
+        return {}
+    out: dict[str, float] = {}
+    for c in a.columns.intersection(b.columns):
+        if c == "wall_s" or a[c].dtype.kind != "f" or b[c].dtype.kind != "f":
+            continue
+        x, y = a[c].to_numpy(float), b[c].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.abs(x - y) / np.maximum(np.abs(x), np.abs(y))
+        rel = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, np.nan_to_num(rel, nan=1.0))
+        if rel.max() > 0:
+            out[c] = float(rel.max())
+    if "status" in a and "status" in b and (a["status"] != b["status"]).any():
+        out["status"] = float((a["status"] != b["status"]).sum())
+    return out
+
+
 def analytical_ab(rev: str, pairs: int = 3) -> tuple[str, dict]:
     """``--analytical-ab REV`` (issue 22): the analytical sweep of `examples/sweep-mixtral-gpu-choice.yaml` on one
     core with the code of commit REV and with this tree, alternately (``pairs`` times each, old first), each in a
@@ -658,6 +680,8 @@ def analytical_ab(rev: str, pairs: int = 3) -> tuple[str, dict]:
         ref = pd.read_parquet(Path(runs[0]["dir"]) / "rows.parquet")
         differ = {r["variant"] + str(r["pair"]): _same_rows(ref, pd.read_parquet(Path(r["dir"]) / "rows.parquet"))
                   for r in runs[1:]}  # fmt: skip
+        largest = {r["variant"] + str(r["pair"]): _largest_change(ref, pd.read_parquet(Path(r["dir"]) / "rows.parquet"))
+                   for r in runs[1:] if r["variant"] == "new"}  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     df = pd.DataFrame(runs).drop(columns="dir")
@@ -683,7 +707,10 @@ def analytical_ab(rev: str, pairs: int = 3) -> tuple[str, dict]:
         f"Speed-up {cpu['old'] / cpu['new']:.2f}x in CPU time (medians). Rows against the first old run: "
         + ("bit-identical in every column of every run." if same else f"differ: {differ}"),
     ]
-    return "\n".join(lines), {"runs": df.to_dict("records"), "differ": differ}
+    if not same:
+        biggest = {k: f"{v:.2g}" for k, v in largest.get("new0", {}).items()}
+        lines.append(f"Largest relative change per column, new against old (status: rows that changed): {biggest}")
+    return "\n".join(lines), {"runs": df.to_dict("records"), "differ": differ, "largest": largest}
 
 
 def _arg(name: str, default: str | None) -> str | None:

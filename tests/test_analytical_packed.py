@@ -102,3 +102,20 @@ def test_high_load_step_matches_the_simulation() -> None:
     finally:
         analytical.AGGREGATE = True
         sweep_eval._CACHE.clear()
+
+
+def test_a_rates_figures_do_not_depend_on_the_rates_solved_before() -> None:
+    """Each rate's figures are those of a model that solved it alone: the requests' own prompt chunks are priced at
+    a grid batch (`analytical._work_batch`), not reused from whichever earlier rate's batch was near. Before, a
+    sweep's rows depended on the order its rates were solved in (and on how its points were split over workers)."""
+    rates = [10.0, 11.0, 12.5, 14.0]
+    keys = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p99_s", "mean_batch", "step_s")
+    alone = {}
+    for r in rates:
+        model, _ = _model()
+        alone[r] = model.summary(r)
+        assert not alone[r]["overloaded"] and alone[r]["mixed_step_s"] > 0
+    model, _ = _model()
+    for r in rates[::-1]:
+        assert {k: model.summary(r)[k] for k in keys} == {k: alone[r][k] for k in keys}, r
+    assert len({round(alone[r]["mean_batch"]) for r in rates}) == len(rates)  # batches apart, within a quarter

@@ -144,6 +144,24 @@ def _decode_step(timer: StepTimer, b: int, ctx: int) -> Any:
     return hit
 
 
+#: On: `Analytical._refine` prices the requests' own prompt chunks at the `_work_batch` grid batch nearest the batch
+#: found, moved to it by `PrefillWork.shifted`; off: at the batch found itself, every time (slower; the reference).
+#: Before 2026-12-07 a work priced at an earlier rate within a quarter of the batch served, so a row depended on
+#: the order the sweep's points were solved in.
+REFINE_GRID = True
+#: `_work_batch`'s grid, batches per octave.
+_WORK_GRID = 8
+
+
+def _work_batch(b: int) -> int:
+    """The batch (requests) the prompts' own chunks are priced at for a decode batch of ``b``: the nearest on a
+    geometric grid of `_WORK_GRID` per octave (within 4.4% of ``b``; every batch up to 11 is on it), so what a
+    sweep's rows say does not depend on which rates it solved first."""
+    if not REFINE_GRID:
+        return b
+    return max(1, round(2 ** (round(math.log2(max(b, 1)) * _WORK_GRID) / _WORK_GRID)))
+
+
 def _fetch(timer: StepTimer, tokens: int) -> float:
     """`StepTimer.expected_fetch` of a step of ``tokens`` tokens (s), memoised in the timer by tokens: the decode
     step of every context and the mixed steps of every split of the same tokens share it."""
@@ -1234,33 +1252,34 @@ class Analytical:
         self, timer: StepTimer, cap: Capacity, pool: Pool, rate: float, s: PoolState, comp: np.ndarray, hits: np.ndarray
     ) -> tuple[PoolState, PrefillWork | None]:
         """The mixed pool's state ``s`` (solved with the mean prompt) solved again with every request's own prompt
-        chunks (`sim.serving.prefill_work`), their costs evaluated at the batch found and again if it moves by more
-        than a tenth; None for the work where the pool is overloaded or every step is mixed (the packed regime)."""
+        chunks (`sim.serving.prefill_work`), their costs evaluated at the `_work_batch` grid batch nearest the batch
+        found (memoised per grid batch, moved to the batch by `PrefillWork.shifted`) and again if the batch moves by
+        more than a tenth; None for the work where the pool is overloaded or every step is mixed (the packed
+        regime)."""
         if s.overloaded or s.mixed_frac >= 1.0 or rate <= 0 or not len(comp):
             return s, None
         eng = pool.engine
         ctx = int(self.mean_in + self.mean_out / 2)
-        # the works priced so far for these prompts (a sweep solves many rates: one within a quarter of the batch
-        # serves, moved to the batch by `PrefillWork.shifted`)
-        priced = timer._memo.setdefault(("prefill_work", ctx, comp.tobytes(), hits.tobytes()), [])
+        # the works priced for these prompts, by grid batch (a sweep solves many rates: the work priced at the grid
+        # batch nearest the batch serves, moved to the batch by `PrefillWork.shifted`; `REFINE_GRID`)
+        priced = timer._memo.setdefault(("prefill_work", ctx, comp.tobytes(), hits.tobytes()), {})
         work = None
         for _ in range(3):
             b = max(1, round(s.batch))
             if work is not None and abs(b - work.b) <= 0.1 * work.b + 1:
                 break
             t_dec, mean_form = self._mean_form(timer, pool, b)
-            near = [w for w in priced if abs(b - w.b) <= 0.25 * w.b + 2]
-            if near:
-                w = min(near, key=lambda w: abs(b - w.b))
-                work = PrefillWork(b, w.n, w.shifted(mean_form), mean_form, w.comp)
-            else:
-                budget = max(eng.max_tokens - b, 1) if eng.chunked_prefill else 10**9
+            bq = _work_batch(b)
+            w = priced.get(bq)
+            if w is None:
+                budget = max(eng.max_tokens - bq, 1) if eng.chunked_prefill else 10**9
 
-                def steps(chunk: int, chunk_ctx: int, b: int = b) -> float:
-                    return _steps(timer, b, ctx, chunk, chunk_ctx)[1].duration_s
+                def steps(chunk: int, chunk_ctx: int, bq: int = bq) -> float:
+                    return _steps(timer, bq, ctx, chunk, chunk_ctx)[1].duration_s
 
-                work = prefill_work(steps, b, comp, hits, budget, t_dec, mean_form)
-                priced.append(work)
+                t_q, form_q = (t_dec, mean_form) if bq == b else self._mean_form(timer, pool, bq)
+                w = priced[bq] = prefill_work(steps, bq, comp, hits, budget, t_q, form_q)
+            work = w if bq == b else PrefillWork(b, w.n, w.shifted(mean_form), mean_form, w.comp)
             new = pool_state(
                 timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work, comp
             )
