@@ -297,6 +297,36 @@ def test_local_processes_and_dask_give_the_same_rows(tmp_path):
     pd.testing.assert_frame_equal(one[cols], res.results[cols])
 
 
+def test_rows_do_not_depend_on_what_a_worker_solved_before():
+    """A point's row is a function of the point: solved cold, or after the same configurations at other rates and
+    in reverse order, every float column is the same to the bit (a worker's memos and fitted classes carry over
+    from one task to the next; `assert_frame_equal` above allows 1e-5). Before, the fitted step classes and the
+    prompts' priced work followed whatever shape or rate asked first."""
+    from moesim.sim.serving import steparray
+    from moesim.sim.sweeps import sweep_eval
+    from moesim.sim.sweeps.sweep import _tasks
+
+    def rows(spec, order=1):
+        tasks = _tasks(expand(spec).points, spec)
+        return {r["point_id"]: r for t in tasks[::order] for r in sweep_eval.evaluate_task(t, spec)}
+
+    spec = parse_sweep(sweep(axes={**sweep()["axes"], "rate": [1, 4, 8]}))
+    sweep_eval._CACHE.clear()
+    steparray._CLASSES.clear()
+    cold = rows(spec)
+    sweep_eval._CACHE.clear()
+    steparray._CLASSES.clear()
+    rows(parse_sweep(sweep(axes={**sweep()["axes"], "rate": [0.5, 30]})), -1)  # warm-up: other rates, reversed
+    sweep_eval._CACHE.clear()  # the models are built again; the classes fitted in the warm-up stay
+    warm = rows(spec, -1)
+    floats = [k for k, v in next(iter(cold.values())).items() if isinstance(v, float) and k != "wall_s"]
+    assert len(floats) > 10 and len(cold) == 24
+    for pid, row in cold.items():
+        assert {k: row[k] for k in floats} == pytest.approx(
+            {k: warm[pid][k] for k in floats}, rel=0, abs=0, nan_ok=True
+        )
+
+
 def test_unreachable_dask_scheduler_is_one_line(tmp_path, capsys):
     pytest.importorskip("distributed")
     import socket
