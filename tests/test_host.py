@@ -278,7 +278,9 @@ def test_analytical_reports_the_breakdown() -> None:
     bd = res.summary["step_breakdown"]
     assert bd["decode"]["launches"] > 0 and bd["decode"]["host_cpu_s"] > 0
     assert sum(bd["decode"][k] for k in BREAKDOWN_PARTS) == pytest.approx(bd["decode"]["step_s"], rel=1e-9)
-    assert bd["decode"]["step_s"] == pytest.approx(res.summary["decode_step_s"])
+    # the decode step is the mean over the batch a request decodes in (`analytical.mixed_decode`), the breakdown's at
+    # the fixed point's batch and the summary's at the iterate before it: equal within the fixed point's tolerance
+    assert bd["decode"]["step_s"] == pytest.approx(res.summary["decode_step_s"], rel=1e-4)
 
 
 def test_cli_json_has_the_breakdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,9 +25,10 @@ of them (`_prompt_surface`, `busiest_share`). Then tau = E[step] and f = the sha
 prompt's TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and
 its own last step crowded with the prompts that came with it (`crowded_surface`). Its fixed point climbs from one
 sequence on coarse curves (7 nodes, one batch per octave, a quarter of the draws) and finishes on the refined
-ones (`COARSE_START`). `AGGREGATE` (and `AGGREGATE_DP` for data-parallel attention) off, and where the
-workload's prompts are not known, each prompt is priced alone. Per request of input I and output O (the
-per-prompt form):
+ones (`COARSE_START`). Its decode step is the mean over the batch a running request decodes in, itself and
+Poisson(B) others (`mixed_decode`, `BATCH_MIXTURE`), not the step at B rounded. `AGGREGATE` (and `AGGREGATE_DP`
+for data-parallel attention) off, and where the workload's prompts are not known, each prompt is priced alone.
+Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
@@ -162,6 +163,22 @@ def _work_batch(b: int) -> int:
     return max(1, round(2 ** (round(math.log2(max(b, 1)) * _WORK_GRID) / _WORK_GRID)))
 
 
+def mixed_decode(timer: StepTimer, b: float, ctx: int, max_batch: int) -> float:
+    """Mean decode step (s) a running request takes when ``b`` requests decode on average: with Poisson arrivals a
+    running request sees the others as N ~ Poisson(``b``) (an M/G/infinity system), so it decodes in batches of
+    min(1 + N, ``max_batch``) at ``ctx``; E over N of `_decode_step` there (`BATCH_MIXTURE`).
+
+    The step is a steep staircase in a small batch (a MoE decode step's active experts grow with the batch, a CUDA
+    graph pads it to a capture size), so the step at the mean batch rounded to a whole one misses it: Mixtral-8x7B
+    on H100-SXM x8 TP8 bf16 at 4 req/s stuck at 1.5 sequences (TPOT 1.46 ms) where the discrete-event engine runs
+    3.1 (2.72 ms; `benchmarks/low_load.py`)."""
+    b = max(float(b), 0.0)
+    n_max = int(b + 10.0 * math.sqrt(b) + 10)
+    weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
+    steps = np.array([_decode_step(timer, min(1 + n, max(max_batch, 1)), ctx).duration_s for n in range(n_max + 1)])
+    return float(weight @ steps / weight.sum())
+
+
 def _fetch(timer: StepTimer, tokens: int) -> float:
     """`StepTimer.expected_fetch` of a step of ``tokens`` tokens (s), memoised in the timer by tokens: the decode
     step of every context and the mixed steps of every split of the same tokens share it."""
@@ -233,6 +250,9 @@ _COARSE_THIN = 4
 #: The coarse curves' nodes (geometric over the prompt tokens) and batch grid (per octave).
 _COARSE_NODES = 7
 _COARSE_GRID = 1
+#: Off: the aggregated mixed pool's decode step is the one at the mean batch rounded to a whole one (as before
+#: 2026-12-07 late); on: the mean over the batch a running request decodes in (`mixed_decode`).
+BATCH_MIXTURE = True
 #: At most this many coarse iterates.
 _COARSE_ITERS = 50
 #: Off: a mixed pool with data-parallel attention keeps each prompt priced alone (as before 2026-12-07); on: its
@@ -684,6 +704,8 @@ def pool_state(
         elif role == "mixed" and prompts is not None and aggregates(pool):
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
             budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
+            if BATCH_MIXTURE and not coarse:
+                t_dec = mixed_decode(timer, b, ctx, eng.max_batch)
             new_tau, f, _ = aggregate_step(
                 timer, bi, ctx, t_dec, rate, tau if tau is not None else t_dec, prompts, budget, coarse
             )
@@ -1419,7 +1441,45 @@ class Analytical:
         out = step_breakdown(pd.DataFrame([cost_row(cost, phase) for cost, phase in costs]))
         for entry in out.values():
             entry.pop("steps", None)
-        return out
+        return self._mixture_decode(states, out)
+
+    def _mixture_decode(
+        self, states: dict[str, PoolState], out: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """``out`` with a mixed pool's decode entry the mean over the batch a running request decodes in, as its
+        ``t_decode`` is (`mixed_decode`, `BATCH_MIXTURE`): each part the Poisson-weighted mean of the decode steps'
+        (s, launches, padded batch), the shares of their sums. At the state's batch, so within the fixed point's
+        tolerance of ``t_decode`` (taken at the iterate before)."""
+        st = states.get("mixed")
+        pool = self.pools.get("mixed")
+        if (
+            not BATCH_MIXTURE
+            or st is None
+            or pool is None
+            or "decode" not in out
+            or (st.overloaded and not st.tau)
+            or not aggregates(pool)
+        ):
+            return out
+        timer = self.timers["mixed"]
+        ctx = int(self.mean_in + self.mean_out / 2)
+        b = max(float(st.batch), 0.0)
+        n_max = int(b + 10.0 * math.sqrt(b) + 10)
+        weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
+        weight = weight / weight.sum()
+        cap = max(pool.engine.max_batch, 1)
+        # the decode steps' entries at 1, 2, ... sequences as rows [sequences, fields], kept per timer and grown
+        key = ("decode_entries", ctx, cap)
+        names, rows = timer._memo.get(key, ([], np.zeros((0, 0))))
+        if len(rows) <= n_max:
+            entries = [_breakdown_entry(_decode_step(timer, min(1 + n, cap), ctx)) for n in range(n_max + 1)]
+            names = [k for k in entries[0] if k != "share"]
+            rows = np.array([[e[k] for k in names] for e in entries])
+            timer._memo[key] = (names, rows)
+        mean: dict[str, Any] = dict(zip(names, (weight @ rows[: n_max + 1]).tolist(), strict=True))
+        step_s = mean["step_s"]
+        mean["share"] = {name: mean[name] / step_s if step_s > 0 else 0.0 for name in BREAKDOWN_PARTS}
+        return {**out, "decode": {k: mean.get(k, v) for k, v in out["decode"].items()}}
 
     def _phase_steps(self, states: dict[str, PoolState]) -> tuple[list[tuple[StepCost, str]], list[tuple]]:
         """The expected step of each phase of the steady state: ([(step, phase)], one shape key per pool role),
@@ -1559,7 +1619,8 @@ class Analytical:
             by_phase = {q: c for c, q in costs}
             order = [ph for ph in ("decode", "prefill", "mixed") if ph in by_phase]
             hit = memo[k] = {ph: _breakdown_entry(by_phase[ph]) for ph in order}
-        return {ph: {**e, "share": dict(e["share"])} for ph, e in hit.items()}
+        # the mixed pool's decode entry at the state's own batch (not part of the memo's shape key)
+        return self._mixture_decode(states, {ph: {**e, "share": dict(e["share"])} for ph, e in hit.items()})
 
 
 def _breakdown_entry(cost: StepCost) -> dict[str, Any]:
