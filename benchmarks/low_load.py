@@ -10,10 +10,14 @@ to a capture size): Mixtral-8x7B on H100-SXM x8 TP8 bf16, a decode step of 1, 2,
 real batch: from one sequence the iterates approach 1.5 from below and never round up, so the answer is the
 one-sequence step.
 
-The batch a request decodes in fluctuates: with Poisson arrivals, each running request sees the others as
-Poisson(b) (an M/G/infinity system), so its tokens take E[step(1 + N)], N ~ Poisson(b), on average
-(`analytical.mixed_decode`, `BATCH_MIXTURE`). The table gives the analytical engine with the rounded batch (before,
-`BATCH_MIXTURE` off) and with the mixture (now) against the discrete-event engine (DES), which schedules every step.
+The batch a request decodes in fluctuates. With Poisson arrivals and a constant step, each running request sees
+the others as Poisson(b) (an M/G/infinity system), so its tokens take E[step(1 + N)], N ~ Poisson(b), on average
+(`analytical.mixed_decode`, `PRODUCT_FORM` off). With a step that grows with the batch, a crowded spell drains
+slower and lasts longer: the batch is a processor-sharing queue with a state-dependent rate, whose stationary law
+has the product form pi(n) ~ prod_{i <= n} load x step(i) / i, insensitive to the output lengths
+(`analytical.busy_decode`, `PRODUCT_FORM` on, the default). The table gives the analytical engine with the rounded
+batch (before 2026-12-07, `BATCH_MIXTURE` off), with the Poisson law and with the product form against the
+discrete-event engine (DES), which schedules every step.
 
 Configurations from `examples/sweep-mixtral-gpu-choice.yaml` (chat workload, max_batch 256); the DES runs
 max(600, 300 x rate) requests at the configuration's seed. Units: ms and sequences.
@@ -57,24 +61,26 @@ def main() -> None:
 
     t0 = time.perf_counter()
     lines = [
-        "| configuration | rate req/s | TPOT mean ms: analytical, rounded batch (before) / Poisson mixture (now) / "
-        "DES | before / DES | now / DES | decode batch: before / now / DES | E2E mean s: before / now / DES |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | rate req/s | TPOT mean ms: rounded batch / Poisson / product form / DES | over DES: "
+        "rounded / Poisson / product form | decode batch: rounded / Poisson / product form / DES | E2E mean s: "
+        "rounded / product form / DES |",
+        "|---|---|---|---|---|---|",
     ]
+    variants = ((False, False), (True, False), (True, True))  # (BATCH_MIXTURE, PRODUCT_FORM)
     for gpu, gpus, layout, precision, rate in CASES:
-        got = {}
-        for flag in (False, True):
-            analytical.BATCH_MIXTURE = flag
+        got = []
+        for mixture, product in variants:
+            analytical.BATCH_MIXTURE, analytical.PRODUCT_FORM = mixture, product
             model, spec, label = _model(gpu, gpus, layout, precision, rate)
-            got[flag] = model.summary(rate)
-        analytical.BATCH_MIXTURE = True
+            got.append(model.summary(rate))
+        analytical.BATCH_MIXTURE, analytical.PRODUCT_FORM = True, True
         d = sweep_eval._des(model.built, rate, spec.seed, int(max(600, rate * 300)))
-        old, new = got[False], got[True]
+        tpot = " / ".join(f"{g['tpot_mean_s'] * 1e3:.2f}" for g in got)
+        ratio = " / ".join(f"{g['tpot_mean_s'] / d['tpot_mean_s']:.2f}" for g in got)
+        batch = " / ".join(f"{g['mean_batch']:.2f}" for g in got)
         lines.append(
-            f"| {label} | {rate:g} | {old['tpot_mean_s'] * 1e3:.2f} / {new['tpot_mean_s'] * 1e3:.2f} / "
-            f"{d['tpot_mean_s'] * 1e3:.2f} | {old['tpot_mean_s'] / d['tpot_mean_s']:.2f} | "
-            f"{new['tpot_mean_s'] / d['tpot_mean_s']:.2f} | {old['mean_batch']:.2f} / {new['mean_batch']:.2f} / "
-            f"{d['mean_batch']:.2f} | {old['e2e_mean_s']:.3f} / {new['e2e_mean_s']:.3f} / {d['e2e_mean_s']:.3f} |"
+            f"| {label} | {rate:g} | {tpot} / {d['tpot_mean_s'] * 1e3:.2f} | {ratio} | {batch} / {d['mean_batch']:.2f} "
+            f"| {got[0]['e2e_mean_s']:.3f} / {got[2]['e2e_mean_s']:.3f} / {d['e2e_mean_s']:.3f} |"
         )
         print(lines[-1], flush=True)
     print("\n".join(lines))

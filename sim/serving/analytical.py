@@ -25,9 +25,11 @@ of them (`_prompt_surface`, `busiest_share`). Then tau = E[step] and f = the sha
 prompt's TTFT waits on the prompt tokens ahead of it (full steps clear ``budget`` of them), the step running and
 its own last step crowded with the prompts that came with it (`crowded_surface`). Its fixed point climbs from one
 sequence on coarse curves (7 nodes, one batch per octave, a quarter of the draws) and finishes on the refined
-ones (`COARSE_START`). Its decode step is the mean over the batch a running request decodes in, itself and
-Poisson(B) others (`mixed_decode`, `BATCH_MIXTURE`), not the step at B rounded. `AGGREGATE` (and `AGGREGATE_DP`
-for data-parallel attention) off, and where the workload's prompts are not known, each prompt is priced alone.
+ones (`COARSE_START`). Its decode batch is not the fixed point's B rounded but a law over whole batches
+(`BATCH_MIXTURE`): the stationary law of a processor-sharing queue whose step grows with its batch, the prompts'
+mean time per step on every step (`busy_decode`, `PRODUCT_FORM`; off: Poisson(B) others beside a request,
+`mixed_decode`), and tau a token's mean step under it. `AGGREGATE` (and `AGGREGATE_DP` for data-parallel
+attention) off, and where the workload's prompts are not known, each prompt is priced alone.
 Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
@@ -179,6 +181,68 @@ def mixed_decode(timer: StepTimer, b: float, ctx: int, max_batch: int) -> float:
     return float(weight @ steps / weight.sum())
 
 
+#: On (with `BATCH_MIXTURE`): the aggregated mixed pool's decode batch is the stationary law of a processor-sharing
+#: queue whose step grows with its batch (`busy_decode`); off: Poisson around the fixed point (`mixed_decode`).
+PRODUCT_FORM = True
+#: `busy_decode` stops where the law has fallen this far below its peak (natural log).
+_PF_TAIL = 40.0
+
+
+def _decode_steps(timer: StepTimer, ctx: int, m: int) -> np.ndarray:
+    """`_decode_step` of 1..``m`` sequences at ``ctx`` [m] s, kept per timer and context and grown as asked."""
+    key = ("decode_steps", ctx)
+    have = timer._memo.get(key)
+    if have is None or len(have) < m:
+        old = have if have is not None else np.zeros(0)
+        more = [_decode_step(timer, k, ctx).duration_s for k in range(len(old) + 1, m + 1)]
+        have = timer._memo[key] = np.concatenate([old, more])
+    return have[:m]
+
+
+def busy_decode(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: int) -> tuple[float, float] | None:
+    """(mean step per decoded token s, mean sequences decoding) of a continuous-batching replica whose requests ask
+    ``load`` = rate x (output - 1) decode tokens per second, each step of n running sequences lasting s(n) =
+    `_decode_step`(min(n, ``max_batch``), ``ctx``) + ``extra`` (the prompt chunks' mean time per step, s). None where
+    the steps at ``max_batch`` cannot keep up (the batch diverges).
+
+    Every running sequence gets one token per step: a processor-sharing queue whose total service rate n / s(n)
+    depends on the number n present (n > ``max_batch`` wait for a slot, served at ``max_batch`` / s(max_batch)).
+    Such a queue is symmetric, so its stationary law is insensitive to the output lengths' distribution and has the
+    product form pi(n) = pi(0) prod_{i <= n} load s(i) / i (Kelly, Reversibility and Stochastic Networks, 3.3). With a
+    constant step it is Poisson(load x s), the M/G/infinity law `mixed_decode` uses; with a step that grows with the
+    batch a crowded spell drains slower and lasts longer, which Poisson around the fixed point misses (the
+    discrete-event engine's batch was over-dispersed: 22% of its busy time at one sequence where Poisson gave 14%).
+    The law peaks where load x s(n) = n, the rounded fixed point's batch. Tokens come at E[min(N, max_batch) / s(N)]
+    per second = ``load``, so a token's mean step is E[min(N, max_batch)] / ``load`` (Little's law)."""
+    law = _busy_law(timer, load, ctx, extra, max_batch)
+    if law is None:
+        return None
+    decoding = float(law @ np.minimum(np.arange(len(law)), max(max_batch, 1)))
+    return decoding / load, decoding
+
+
+def _busy_law(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: int) -> np.ndarray | None:
+    """`busy_decode`'s stationary law of the sequences present, P(N = n) for n = 0.. [n_max + 1], n_max where it has
+    fallen `_PF_TAIL` below its peak; None where it does not settle."""
+    if load <= 0:
+        return None
+    cap = max(max_batch, 1)
+    if load * (_decode_step(timer, cap, ctx).duration_s + extra) >= cap:
+        return None
+    width = 64
+    while True:
+        steps = _decode_steps(timer, ctx, min(width, cap))
+        n = np.arange(1, width + 1)
+        s_n = np.concatenate([steps, np.full(max(width - cap, 0), steps[-1])]) + extra
+        log_pi = np.concatenate([[0.0], np.cumsum(np.log(load * s_n / np.minimum(n, cap)))])
+        peak = float(log_pi.max())
+        if log_pi[-1] < peak - _PF_TAIL and log_pi[-1] < log_pi[-2]:
+            break
+        width *= 2
+    pi = np.exp(log_pi - peak)
+    return pi / pi.sum()
+
+
 def _fetch(timer: StepTimer, tokens: int) -> float:
     """`StepTimer.expected_fetch` of a step of ``tokens`` tokens (s), memoised in the timer by tokens: the decode
     step of every context and the mixed steps of every split of the same tokens share it."""
@@ -251,7 +315,8 @@ _COARSE_THIN = 4
 _COARSE_NODES = 7
 _COARSE_GRID = 1
 #: Off: the aggregated mixed pool's decode step is the one at the mean batch rounded to a whole one (as before
-#: 2026-12-07 late); on: the mean over the batch a running request decodes in (`mixed_decode`).
+#: 2026-12-07 late); on: a token's mean step over a law of the batch (`busy_decode`, or `mixed_decode` with
+#: `PRODUCT_FORM` off).
 BATCH_MIXTURE = True
 #: At most this many coarse iterates.
 _COARSE_ITERS = 50
@@ -704,11 +769,38 @@ def pool_state(
         elif role == "mixed" and prompts is not None and aggregates(pool):
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
             budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
-            if BATCH_MIXTURE and not coarse:
+            if BATCH_MIXTURE and not coarse and not PRODUCT_FORM:
                 t_dec = mixed_decode(timer, b, ctx, eng.max_batch)
             new_tau, f, _ = aggregate_step(
                 timer, bi, ctx, t_dec, rate, tau if tau is not None else t_dec, prompts, budget, coarse
             )
+            if BATCH_MIXTURE and not coarse and PRODUCT_FORM and mean_out > 1:
+                # the batch's stationary law with the prompts' mean time per step on every step: that time (and the
+                # share of mixed steps) read linearly between the whole batches around b, so that the map from b is
+                # continuous and has a fixed point (at the rounded batch alone it jumped where b crossed a half and
+                # the iterates cycled there: "no steady state" at a few sequences)
+                lo = max(1, math.floor(b))
+                w = min(max(b - lo, 0.0), 1.0)
+                extra, f = new_tau - t_dec, f
+                if w > 0:
+                    parts = []
+                    for k in (lo, lo + 1):
+                        t_k = _decode_step(timer, k, ctx).duration_s
+                        budget_k = max(eng.max_tokens - k, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
+                        tau_k, f_k, _ = aggregate_step(
+                            timer, k, ctx, t_k, rate, tau if tau is not None else t_k, prompts, budget_k
+                        )
+                        parts.append((tau_k - t_k, f_k))
+                    extra = (1 - w) * parts[0][0] + w * parts[1][0]
+                    f = (1 - w) * parts[0][1] + w * parts[1][1]
+                law = busy_decode(timer, rate * (mean_out - 1), ctx, extra, eng.max_batch)
+                if law is None:  # max_batch sequences' steps cannot keep up: the queue for a slot grows without end
+                    full = _decode_step(timer, max(eng.max_batch, 1), ctx).duration_s + extra
+                    demand = rate * (mean_out - 1) * full
+                    return PoolState(
+                        full, full - extra, t_mix, demand, f, chunk, chunks, 0, 0, True, "decode batch diverges"
+                    )
+                t_dec, new_tau = law[0] - extra, law[0]
             t_mix = t_dec + (new_tau - t_dec) / f if f > 0 else t_mix
             new_b = rate * max(mean_out - 1, 0) * new_tau
             diverged = not math.isfinite(new_tau) or new_tau > 1e3 or new_b > 4 * eng.max_batch
@@ -1446,10 +1538,10 @@ class Analytical:
     def _mixture_decode(
         self, states: dict[str, PoolState], out: dict[str, dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
-        """``out`` with a mixed pool's decode entry the mean over the batch a running request decodes in, as its
-        ``t_decode`` is (`mixed_decode`, `BATCH_MIXTURE`): each part the Poisson-weighted mean of the decode steps'
-        (s, launches, padded batch), the shares of their sums. At the state's batch, so within the fixed point's
-        tolerance of ``t_decode`` (taken at the iterate before)."""
+        """``out`` with a mixed pool's decode entry the mean over the batch a token decodes in, as its ``t_decode`` is
+        (`BATCH_MIXTURE`): each part the mean of the decode steps' (s, launches, padded batch) under `busy_decode`'s
+        law (or, with `PRODUCT_FORM` off, Poisson around the state's batch, `mixed_decode`), the shares of their
+        sums."""
         st = states.get("mixed")
         pool = self.pools.get("mixed")
         if (
@@ -1464,17 +1556,34 @@ class Analytical:
         timer = self.timers["mixed"]
         ctx = int(self.mean_in + self.mean_out / 2)
         b = max(float(st.batch), 0.0)
-        n_max = int(b + 10.0 * math.sqrt(b) + 10)
-        weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
-        weight = weight / weight.sum()
         cap = max(pool.engine.max_batch, 1)
+        law = None
+        if PRODUCT_FORM and st.tau > 0 and b > 0:
+            # a token's decode step under `busy_decode`'s law (load = batch / tau, the prompts' extra = tau -
+            # t_decode, as the fixed point left them): state n weighs P(N = n) min(n, cap) / s(n), the tokens per
+            # second it makes, at the decode step of min(n, cap) sequences; its mean is ``t_decode`` exactly
+            law = _busy_law(timer, b / st.tau, ctx, st.tau - st.t_decode, cap)
+        if law is not None:
+            m = np.minimum(np.arange(1, len(law)), cap)
+            s_m = _decode_steps(timer, ctx, int(m.max()))[m - 1] + (st.tau - st.t_decode)
+            weight = np.bincount(m - 1, weights=law[1:] * m / s_m)
+            n_max = len(weight) - 1
+        else:
+            n_max = int(b + 10.0 * math.sqrt(b) + 10)
+            weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
+            # others beyond max_batch - 1 decode in a full batch: their weights on its row
+            weight = np.bincount(np.minimum(np.arange(n_max + 1), cap - 1), weights=weight)
+            n_max = len(weight) - 1
+        weight = weight / weight.sum()
         # the decode steps' entries at 1, 2, ... sequences as rows [sequences, fields], kept per timer and grown
         key = ("decode_entries", ctx, cap)
         names, rows = timer._memo.get(key, ([], np.zeros((0, 0))))
-        if len(rows) <= n_max:
-            entries = [_breakdown_entry(_decode_step(timer, min(1 + n, cap), ctx)) for n in range(n_max + 1)]
+        if len(rows) <= n_max:  # grown by the rows it lacks, at least doubling (each row is its batch's alone)
+            upto = min(max(n_max + 1, 2 * len(rows)), cap)
+            entries = [_breakdown_entry(_decode_step(timer, min(1 + n, cap), ctx)) for n in range(len(rows), upto)]
             names = [k for k in entries[0] if k != "share"]
-            rows = np.array([[e[k] for k in names] for e in entries])
+            more = np.array([[e[k] for k in names] for e in entries])
+            rows = more if not len(rows) else np.concatenate([rows, more])
             timer._memo[key] = (names, rows)
         mean: dict[str, Any] = dict(zip(names, (weight @ rows[: n_max + 1]).tolist(), strict=True))
         step_s = mean["step_s"]
