@@ -207,10 +207,20 @@ def bench_serving_validation(quick: bool = False) -> tuple[str, dict]:
 
 def replace_section(path: Path, number: int, text: str) -> None:
     """Put ``text`` into ``path`` in place of an earlier section ``number`` of RESULTS.md (or at the end), written
-    through a temporary file."""
+    through a temporary file. The old section's dated ``### `` subsections that ``text`` does not carry (the
+    hand-written history of what changed and why) are kept after it: a benchmark rewrites its own table, never the
+    notes beneath it."""
     old = path.read_text() if path.is_file() else "# moesim benchmark results\n"
     pattern = re.compile(rf"^## {number}\. .*?(?=^## \d+\. |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _m: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+
+    def merged(m: re.Match) -> str:
+        subs = re.findall(r"^### .*?(?=^### |\Z)", m.group(0), re.S | re.M)
+        kept = [sub for sub in subs if sub.splitlines()[0] not in text]
+        if not kept:
+            return text
+        return text.rstrip("\n") + "\n\n" + "".join(kept).rstrip("\n") + "\n\n"
+
+    new = pattern.sub(merged, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     tmp = path.with_suffix(".tmp")
     tmp.write_text(new)
     tmp.replace(path)
