@@ -184,6 +184,9 @@ def mixed_decode(timer: StepTimer, b: float, ctx: int, max_batch: int) -> float:
 #: On (with `BATCH_MIXTURE`): the aggregated mixed pool's decode batch is the stationary law of a processor-sharing
 #: queue whose step grows with its batch (`busy_decode`); off: Poisson around the fixed point (`mixed_decode`).
 PRODUCT_FORM = True
+#: On (with `PRODUCT_FORM`): a disaggregated decode pool's batch is `busy_decode`'s law too (no prompts: ``extra``
+#: 0); off: its fixed point at the rounded batch (as before 2026-12-07 night).
+PF_DECODE = True
 #: `busy_decode` stops where the law has fallen this far below its peak (natural log).
 _PF_TAIL = 40.0
 
@@ -766,6 +769,12 @@ def pool_state(
         t_mix = max(mix.duration_s, t_dec)
         if decode_only:
             f, new_tau = 0.0, t_dec
+            if BATCH_MIXTURE and PRODUCT_FORM and PF_DECODE and mean_out > 1:
+                law = busy_decode(timer, rate * (mean_out - 1), ctx, 0.0, eng.max_batch)
+                if law is None:
+                    demand = rate * (mean_out - 1) * t_dec
+                    return PoolState(t_dec, t_dec, t_dec, demand, 0.0, 0, 0, 0, 0, True, "decode batch diverges")
+                new_tau = t_dec = law[0]
         elif role == "mixed" and prompts is not None and aggregates(pool):
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
             budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
@@ -1542,18 +1551,20 @@ class Analytical:
         (`BATCH_MIXTURE`): each part the mean of the decode steps' (s, launches, padded batch) under `busy_decode`'s
         law (or, with `PRODUCT_FORM` off, Poisson around the state's batch, `mixed_decode`), the shares of their
         sums."""
-        st = states.get("mixed")
-        pool = self.pools.get("mixed")
+        role = "mixed" if "mixed" in states else "decode"
+        st = states.get(role)
+        pool = self.pools.get(role)
         if (
             not BATCH_MIXTURE
             or st is None
             or pool is None
             or "decode" not in out
             or (st.overloaded and not st.tau)
-            or not aggregates(pool)
+            or (role == "mixed" and not aggregates(pool))
+            or (role == "decode" and not (PRODUCT_FORM and PF_DECODE))
         ):
             return out
-        timer = self.timers["mixed"]
+        timer = self.timers[role]
         ctx = int(self.mean_in + self.mean_out / 2)
         b = max(float(st.batch), 0.0)
         cap = max(pool.engine.max_batch, 1)
