@@ -771,9 +771,11 @@ def pool_state(
             f, new_tau = 0.0, t_dec
             if BATCH_MIXTURE and PRODUCT_FORM and PF_DECODE and mean_out > 1:
                 law = busy_decode(timer, rate * (mean_out - 1), ctx, 0.0, eng.max_batch)
-                if law is None:
-                    demand = rate * (mean_out - 1) * t_dec
-                    return PoolState(t_dec, t_dec, t_dec, demand, 0.0, 0, 0, 0, 0, True, "decode batch diverges")
+                if law is None:  # max_batch sequences' steps cannot keep up: the queue for a slot grows without end
+                    full = _decode_step(timer, max(eng.max_batch, 1), ctx).duration_s
+                    demand = rate * (mean_out - 1) * full
+                    why = f"decode batch {demand:.0f} exceeds max_batch {eng.max_batch}"
+                    return PoolState(full, full, full, demand, 0.0, 0, 0, 0, 0, True, why)
                 new_tau = t_dec = law[0]
         elif role == "mixed" and prompts is not None and aggregates(pool):
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
@@ -806,9 +808,8 @@ def pool_state(
                 if law is None:  # max_batch sequences' steps cannot keep up: the queue for a slot grows without end
                     full = _decode_step(timer, max(eng.max_batch, 1), ctx).duration_s + extra
                     demand = rate * (mean_out - 1) * full
-                    return PoolState(
-                        full, full - extra, t_mix, demand, f, chunk, chunks, 0, 0, True, "decode batch diverges"
-                    )
+                    why = f"decode batch {demand:.0f} exceeds max_batch {eng.max_batch}"
+                    return PoolState(full, full - extra, t_mix, demand, f, chunk, chunks, 0, 0, True, why)
                 t_dec, new_tau = law[0] - extra, law[0]
             t_mix = t_dec + (new_tau - t_dec) / f if f > 0 else t_mix
             new_b = rate * max(mean_out - 1, 0) * new_tau
