@@ -165,6 +165,22 @@ def _work_batch(b: int) -> int:
     return max(1, round(2 ** (round(math.log2(max(b, 1)) * _WORK_GRID) / _WORK_GRID)))
 
 
+def _step_budget(eng: Any, b: int) -> int:
+    """The prompt tokens a step carries beside ``b`` decodes (tokens): the budget left by them with chunked prefill,
+    whole prompts up to ``max_tokens`` without it."""
+    return max(eng.max_tokens - b, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
+
+
+def _poisson_batches(b: float, max_batch: int) -> np.ndarray:
+    """P(a request decodes in a batch of k), k = 1..min(n_max + 1, ``max_batch``) [k]: itself and N ~ Poisson(``b``)
+    others (`mixed_decode`), n_max far in the tail, the others beyond ``max_batch`` - 1 in a full batch."""
+    b = max(float(b), 0.0)
+    n_max = int(b + 10.0 * math.sqrt(b) + 10)
+    weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
+    weight = np.bincount(np.minimum(np.arange(n_max + 1), max(max_batch, 1) - 1), weights=weight)
+    return weight / weight.sum()
+
+
 def mixed_decode(timer: StepTimer, b: float, ctx: int, max_batch: int) -> float:
     """Mean decode step (s) a running request takes when ``b`` requests decode on average: with Poisson arrivals a
     running request sees the others as N ~ Poisson(``b``) (an M/G/infinity system), so it decodes in batches of
@@ -174,11 +190,8 @@ def mixed_decode(timer: StepTimer, b: float, ctx: int, max_batch: int) -> float:
     graph pads it to a capture size), so the step at the mean batch rounded to a whole one misses it: Mixtral-8x7B
     on H100-SXM x8 TP8 bf16 at 4 req/s stuck at 1.5 sequences (TPOT 1.46 ms) where the discrete-event engine runs
     3.1 (2.72 ms; `benchmarks/low_load.py`)."""
-    b = max(float(b), 0.0)
-    n_max = int(b + 10.0 * math.sqrt(b) + 10)
-    weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
-    steps = np.array([_decode_step(timer, min(1 + n, max(max_batch, 1)), ctx).duration_s for n in range(n_max + 1)])
-    return float(weight @ steps / weight.sum())
+    weight = _poisson_batches(b, max_batch)
+    return float(weight @ _decode_steps(timer, ctx, len(weight)))
 
 
 #: On (with `BATCH_MIXTURE`): the aggregated mixed pool's decode batch is the stationary law of a processor-sharing
@@ -723,6 +736,28 @@ def crowded_surface(
     return np.array(crowded), np.array(part)
 
 
+def _slots_overloaded(
+    timer: StepTimer,
+    rate: float,
+    mean_out: float,
+    ctx: int,
+    extra: float,
+    max_batch: int,
+    t_mix: float | None,
+    f: float,
+    chunk: int,
+    chunks: int,
+) -> PoolState:
+    """The overloaded state where `busy_decode`'s law does not settle: ``max_batch`` sequences' steps (the decode
+    step plus the prompts' ``extra`` s) cannot keep up with ``rate`` x (``mean_out`` - 1) tokens/s, so the queue for a
+    slot grows without end; the batch the decodes ask for at that step, as the fixed point's verdict words it
+    (``t_mix``: the mixed step, None: the step itself)."""
+    full = _decode_step(timer, max(max_batch, 1), ctx).duration_s + extra
+    demand = rate * (mean_out - 1) * full
+    why = f"decode batch {demand:.0f} exceeds max_batch {max_batch}"
+    return PoolState(full, full - extra, full if t_mix is None else t_mix, demand, f, chunk, chunks, 0, 0, True, why)
+
+
 def pool_state(
     timer: StepTimer,
     cap: Capacity,
@@ -771,15 +806,12 @@ def pool_state(
             f, new_tau = 0.0, t_dec
             if BATCH_MIXTURE and PRODUCT_FORM and PF_DECODE and mean_out > 1:
                 law = busy_decode(timer, rate * (mean_out - 1), ctx, 0.0, eng.max_batch)
-                if law is None:  # max_batch sequences' steps cannot keep up: the queue for a slot grows without end
-                    full = _decode_step(timer, max(eng.max_batch, 1), ctx).duration_s
-                    demand = rate * (mean_out - 1) * full
-                    why = f"decode batch {demand:.0f} exceeds max_batch {eng.max_batch}"
-                    return PoolState(full, full, full, demand, 0.0, 0, 0, 0, 0, True, why)
+                if law is None:
+                    return _slots_overloaded(timer, rate, mean_out, ctx, 0.0, eng.max_batch, None, 0.0, 0, 0)
                 new_tau = t_dec = law[0]
         elif role == "mixed" and prompts is not None and aggregates(pool):
             # a step's prompt tokens: the budget beside the decodes (whole prompts without chunking)
-            budget = max(eng.max_tokens - bi, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
+            budget = _step_budget(eng, bi)
             if BATCH_MIXTURE and not coarse and not PRODUCT_FORM:
                 t_dec = mixed_decode(timer, b, ctx, eng.max_batch)
             new_tau, f, _ = aggregate_step(
@@ -792,24 +824,20 @@ def pool_state(
                 # the iterates cycled there: "no steady state" at a few sequences)
                 lo = max(1, math.floor(b))
                 w = min(max(b - lo, 0.0), 1.0)
-                extra, f = new_tau - t_dec, f
+                extra = new_tau - t_dec
                 if w > 0:
                     parts = []
                     for k in (lo, lo + 1):
                         t_k = _decode_step(timer, k, ctx).duration_s
-                        budget_k = max(eng.max_tokens - k, 1) if eng.chunked_prefill else max(eng.max_tokens, 1)
                         tau_k, f_k, _ = aggregate_step(
-                            timer, k, ctx, t_k, rate, tau if tau is not None else t_k, prompts, budget_k
+                            timer, k, ctx, t_k, rate, tau if tau is not None else t_k, prompts, _step_budget(eng, k)
                         )
                         parts.append((tau_k - t_k, f_k))
                     extra = (1 - w) * parts[0][0] + w * parts[1][0]
                     f = (1 - w) * parts[0][1] + w * parts[1][1]
                 law = busy_decode(timer, rate * (mean_out - 1), ctx, extra, eng.max_batch)
-                if law is None:  # max_batch sequences' steps cannot keep up: the queue for a slot grows without end
-                    full = _decode_step(timer, max(eng.max_batch, 1), ctx).duration_s + extra
-                    demand = rate * (mean_out - 1) * full
-                    why = f"decode batch {demand:.0f} exceeds max_batch {eng.max_batch}"
-                    return PoolState(full, full - extra, t_mix, demand, f, chunk, chunks, 0, 0, True, why)
+                if law is None:
+                    return _slots_overloaded(timer, rate, mean_out, ctx, extra, eng.max_batch, t_mix, f, chunk, chunks)
                 t_dec, new_tau = law[0] - extra, law[0]
             t_mix = t_dec + (new_tau - t_dec) / f if f > 0 else t_mix
             new_b = rate * max(mean_out - 1, 0) * new_tau
@@ -1309,7 +1337,7 @@ class Analytical:
                 # fill whole steps
                 b = max(1, round(s.batch))
                 ctx = int(mean_in + mean_out / 2)
-                cap = max(p.engine.max_tokens - b, 1) if p.engine.chunked_prefill else max(p.engine.max_tokens, 1)
+                cap = _step_budget(p.engine, b)
                 dp = max(p.layout.dp_attn, 1)
                 last = work.comp - np.maximum(work.n - 1, 0) * cap
                 nodes, surface = _prompt_surface(timers["mixed"], b, ctx, cap)
@@ -1550,8 +1578,8 @@ class Analytical:
     ) -> dict[str, dict[str, Any]]:
         """``out`` with a mixed pool's decode entry the mean over the batch a token decodes in, as its ``t_decode`` is
         (`BATCH_MIXTURE`): each part the mean of the decode steps' (s, launches, padded batch) under `busy_decode`'s
-        law (or, with `PRODUCT_FORM` off, Poisson around the state's batch, `mixed_decode`), the shares of their
-        sums."""
+        law (or, with `PRODUCT_FORM` off or an overloaded pool's law unsettled, Poisson around the state's batch,
+        `_poisson_batches`), the shares of their sums."""
         role = "mixed" if "mixed" in states else "decode"
         st = states.get(role)
         pool = self.pools.get(role)
@@ -1579,14 +1607,10 @@ class Analytical:
             m = np.minimum(np.arange(1, len(law)), cap)
             s_m = _decode_steps(timer, ctx, int(m.max()))[m - 1] + (st.tau - st.t_decode)
             weight = np.bincount(m - 1, weights=law[1:] * m / s_m)
-            n_max = len(weight) - 1
-        else:
-            n_max = int(b + 10.0 * math.sqrt(b) + 10)
-            weight = _poisson_weights(b, n_max) if b > 0 else np.eye(1, n_max + 1)[0]
-            # others beyond max_batch - 1 decode in a full batch: their weights on its row
-            weight = np.bincount(np.minimum(np.arange(n_max + 1), cap - 1), weights=weight)
-            n_max = len(weight) - 1
-        weight = weight / weight.sum()
+            weight = weight / weight.sum()
+        else:  # `PRODUCT_FORM` off, or a law that does not settle (an overloaded pool)
+            weight = _poisson_batches(b, cap)
+        n_max = len(weight) - 1
         # the decode steps' entries at 1, 2, ... sequences as rows [sequences, fields], kept per timer and grown
         key = ("decode_entries", ctx, cap)
         names, rows = timer._memo.get(key, ([], np.zeros((0, 0))))
