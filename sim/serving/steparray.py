@@ -246,7 +246,7 @@ class StepArray:
         )  # fmt: skip
         self._gid = _key_id(self._gkey)
         self._one_id = _key_id((id(t.model), t.precision, t._gemm_dtype, "one device"))
-        self._timed: dict[tuple, Any] = {}  # class key -> per-op roofline constants on this cluster (or None)
+        self._timed: dict[tuple, Any] = {}  # (*class key, pattern) -> per-op roofline constants here (or None)
         #: `_lean_cost` in place of `StepTimer._combine` (off once a check finds them different), shapes checked
         self._lean = LEAN
         self._lean_checked = 0
@@ -366,13 +366,13 @@ class StepArray:
 
     def parts_many(self, shapes: list[tuple[int, int, int, int, int]]) -> np.ndarray:
         """The parts [k, 11] of ``k`` shapes (b, ctx, pads, chunk, chunk_ctx) at once: one array evaluation per
-        class; a row of NaN where the array form does not apply."""
+        class and `_pattern`; a row of NaN where the array form does not apply."""
         out = np.full((len(shapes), 11), np.nan)
         groups: dict[tuple, list[tuple[int, list[float], int]]] = {}
         for i, s in enumerate(shapes):
             key, row, t_all, _ = _describe(*s, self._dp)
-            groups.setdefault(key, []).append((i, row, t_all))
-        for key, members in groups.items():
+            groups.setdefault((key, _pattern(s)), []).append((i, row, t_all))
+        for (key, _), members in groups.items():
             timed = self._class(key, shapes[members[0][0]])
             if timed is not None:
                 idx = [i for i, _, _ in members]
@@ -383,11 +383,14 @@ class StepArray:
         return out
 
     def _class(self, key: tuple, shape: tuple[int, int, int, int, int]) -> tuple | None:
-        """The fitted class of ``key`` with its op constants on this timer's cluster (None: the scalar path's)."""
-        timed = self._timed.get(key, False)
+        """The fitted class of ``key`` with its op constants on this timer's cluster (None: the scalar path's), kept
+        per class and `_pattern` of ``shape``, as `_fit` fits it (so which pattern of a class asked first decides
+        nothing here either)."""
+        at = (*key, _pattern(shape))
+        timed = self._timed.get(at, False)
         if timed is False:
             cls = self._fit(key, shape)
-            timed = self._timed[key] = None if cls is None else self._time_consts(cls)
+            timed = self._timed[at] = None if cls is None else self._time_consts(cls)
         return timed
 
     def _eval(self, timed: tuple, phase: str, rows: np.ndarray, t_alls: list[int]) -> np.ndarray:
