@@ -709,3 +709,119 @@ def fanout_of_hits(p_gpu: np.ndarray, p_node: np.ndarray, gpus_per_node: int) ->
     intra = float(np.maximum(sent_intra, recv_intra).max())
     inter = float(np.maximum(sent_inter, recv_inter).max()) if nodes > 1 else 0.0
     return Fanout(intra=intra, inter=inter)
+
+
+#: `draw_slot_counts` picks each token's experts one token at a time (distinct experts, exact) up to this many tokens
+#: per layer; above, it draws the pairs as a multinomial with the finite-population correction (see there).
+EXACT_TOKENS = 32
+
+
+def draw_slot_counts(
+    rng: np.random.Generator, pairs: int, rows: int, slot_p: np.ndarray, slot_expert: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Routing samples of ``pairs`` (token, expert) pairs, ``rows`` per layer: (pairs each slot receives
+    [D, rows, S], float; whether it received any [D, rows, S], bool).
+
+    Each token picks ``top_k`` distinct experts, expert e with inclusion probability ``pi_e`` = top_k x the summed
+    ``slot_p`` of its slots, then one of e's slots in proportion to their ``slot_p`` (the replica rule's split).
+    Up to `EXACT_TOKENS` tokens (``pairs`` a multiple of ``top_k``) the draw is exact, token by token: a uniformly
+    random ``top_k``-subset where the ``pi`` are equal, else systematic sampling over a random order of the experts
+    (Madow's: exact inclusion probabilities ``pi``, never an expert twice). Above, the pairs are a multinomial over
+    the slots (the chain of conditional binomials), each slot's deviation from its mean times sqrt((E - k) /
+    (E - 1)), so each slot's and each GPU's variance and the slots' covariances are those of distinct picks
+    (exactly under uniform routing, `_slot_moments`' correction under skew); the hit flags are the multinomial's.
+    A slot without pairs then holds a small fraction of one (its mean x (1 - the factor)); where that matters, at
+    a few pairs per slot, the draw is the exact one.
+
+    A multinomial of the pairs alone (the sampler before 2026-12-07) lets a token pick one expert twice: with
+    Mixtral's 8 experts and top 2, one token then activates 1.875 experts on average, not 2 (the discrete-event
+    decode step of one sequence was 3.7% faster than the analytical step), and a GPU's pairs vary 8% more in
+    standard deviation than distinct picks allow (E = 8, k = 2).
+
+    Args:
+        rng: the generator drawn from.
+        pairs: (token, expert) pairs per layer (tokens x ``top_k``).
+        rows: samples per layer.
+        slot_p: [D, S] each slot's share of the pairs (rows summing to 1).
+        slot_expert: [D, S] the logical expert of each slot.
+        top_k: experts per token.
+    """
+    slot_p = np.asarray(slot_p, float)
+    d, s = slot_p.shape
+    n_exp = int(np.max(slot_expert)) + 1
+    hits = np.zeros((d, rows, s), bool)
+    if pairs <= 0:
+        return np.zeros((d, rows, s)), hits
+    tokens = pairs // top_k
+    if tokens > EXACT_TOKENS or pairs % top_k:
+        counts = np.empty((d, rows, s), np.int64)
+        rem = np.full((d, rows), pairs, np.int64)
+        left = np.ones(d)
+        for j in range(s - 1):
+            q = np.clip(slot_p[:, j] / np.maximum(left, 1e-300), 0.0, 1.0)
+            x = rng.binomial(rem, q[:, None])
+            counts[:, :, j] = x
+            rem -= x
+            left -= slot_p[:, j]
+        counts[:, :, -1] = rem
+        mean = pairs * slot_p[:, None, :]
+        fpc = math.sqrt((n_exp - top_k) / (n_exp - 1)) if n_exp > 1 else 1.0
+        return mean + fpc * (counts - mean), counts > 0
+    out = np.zeros((d, rows, s))
+    for i in range(d):
+        out[i], hits[i] = _exact_counts(rng, tokens, rows, slot_p[i], np.asarray(slot_expert[i], np.int64), top_k)
+    return out, hits
+
+
+def _exact_counts(
+    rng: np.random.Generator, tokens: int, rows: int, slot_p: np.ndarray, slot_expert: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`draw_slot_counts`' exact draw for one layer: [rows, S] pairs and hit flags."""
+    s = slot_p.size
+    n_exp = int(slot_expert.max()) + 1
+    pi = np.bincount(slot_expert, weights=slot_p, minlength=n_exp) * top_k
+    k = min(top_k, int(np.count_nonzero(pi > 0)))
+    pi = pi * (k / pi.sum())
+    r = rows * tokens
+    if np.ptp(pi) < 1e-12:  # every expert alike: a uniformly random k-subset per token
+        picks = np.argpartition(rng.random((r, n_exp)), k - 1, axis=1)[:, :k]
+    elif pi.max() <= 1.0 + 1e-12:  # systematic sampling over a random order: exact inclusion probabilities
+        order = np.argsort(rng.random((r, n_exp)), axis=1)
+        w = pi[order]
+        cum = np.cumsum(w, axis=1)
+        cum[:, -1] = k  # the intervals tile [0, k) exactly
+        prev = np.concatenate([np.zeros((r, 1)), cum[:, :-1]], axis=1)
+        u = rng.random((r, 1))
+        take = np.floor(cum - u) > np.floor(prev - u)
+        picks = order[take].reshape(r, k)
+    else:
+        raise MoesimError(
+            "an expert's share of the pairs exceeds 1/top_k after the experts without a slot were left out",
+            "give every expert with load a slot in the placement",
+        )
+    # each pick to one of its expert's slots, in proportion to their shares
+    reps = np.bincount(slot_expert, minlength=n_exp)
+    if reps.max() <= 1:
+        slot_of = np.full(n_exp, -1, np.int64)
+        slot_of[slot_expert] = np.arange(s)
+        slots = slot_of[picks]
+    else:
+        rmax = int(reps.max())
+        by_expert = np.zeros((n_exp, rmax), np.int64)  # each expert's slots, in order
+        edge = np.full((n_exp, rmax), np.inf)  # cumulative share of an expert's replicas before the last
+        seen = np.zeros(n_exp, np.int64)
+        tot = np.maximum(np.bincount(slot_expert, weights=slot_p, minlength=n_exp), 1e-300)
+        run = np.zeros(n_exp)
+        for slot, e in enumerate(slot_expert):
+            j = seen[e]
+            by_expert[e, j] = slot
+            run[e] += slot_p[slot] / tot[e]
+            if j + 1 < reps[e]:
+                edge[e, j] = run[e]
+            seen[e] += 1
+        v = rng.random(picks.shape)
+        at = (v[..., None] >= edge[picks]).sum(axis=-1)
+        slots = by_expert[picks, at]
+    row = np.repeat(np.arange(rows), tokens * k)
+    counts = np.bincount(row * s + slots.reshape(-1), minlength=rows * s).reshape(rows, s).astype(float)
+    return counts, counts > 0

@@ -5,8 +5,8 @@ with the routing statistics and placement, so the MoE layer already waits for
 the *expected* busiest GPU. `StepTimer.sample` is the discrete-event step:
 every op except the routed experts comes from the same decomposition, and for each
 MoE layer the (token, expert) pairs of the step are drawn from the routing
-statistics (a multinomial over the expert slots of the placement, T x top_k
-draws with slot probability = inclusion probability / top_k), so each GPU's
+statistics (`model.routing.draw_slot_counts`: each of the T tokens picks top_k
+distinct experts with their inclusion probabilities, then a slot of each), so each GPU's
 pairs and active experts vary from step to step and the layer waits for the
 slowest GPU (the straggler). Per GPU, the grouped-GEMM time of (pairs, active
 experts) is interpolated from a table built once with the cost model; the op it times carries the step's real
@@ -14,7 +14,7 @@ token count N (the whole expert-parallel group's, what every rank's fused-MoE ke
 calibrated model reads the busiest GPU's extra pairs as skew at that N, not as a bigger batch (the table gains an
 N axis in octaves, `StepTimer.expert_times`).
 
-Speed (the discrete-event step): the routing draws come from `RoutingBank` (exact multinomial samples per layer
+Speed (the discrete-event step): the routing draws come from `RoutingBank` (`draw_slot_counts`' samples per layer
 drawn once per pair count, a row per (step, layer) picked at random; the module's tests check the per-step
 distribution against direct draws; each bank a function of its seed and key, so the runs of a capacity search
 share them through a `BankStore`, `TimerShare`), a prefill or mixed batch's parts from separable tables over the
@@ -71,7 +71,7 @@ from moesim.model.op_record import OpContext
 from moesim.model.ops import Op, decompose, experts_op, fused_moe_kernels, replica_shares
 from moesim.model.params import layer_sets
 from moesim.model.roofline import RooflineCostModel, StepEstimate
-from moesim.model.routing import default_placement, inclusion_probs, slot_inclusion
+from moesim.model.routing import EXACT_TOKENS, default_placement, draw_slot_counts, inclusion_probs, slot_inclusion
 from moesim.sim.serving.host import (
     EngineProfile,
     attention_launches,
@@ -360,18 +360,19 @@ class RoutingBank:
     """Exact routing samples of a replica's MoE layers, drawn once per pair count and reused by every step.
 
     The discrete-event step needs, per MoE layer, each GPU's routed pairs and active experts under this step's
-    routing: a multinomial of the step's (token, expert) pairs over the placement's expert slots (slot
-    probability = inclusion probability / top_k), capped by the capacity factor. Drawing it for every step costs
-    one multinomial per layer and step (``L x S`` binomials); instead, per pair count ``n`` and per distinct
-    layer (layers with the same slot probabilities share one), this bank draws ``rows`` such multinomials once
-    and keeps each GPU's pairs, active experts and drops. A step then takes, for each layer independently, one
-    row of the layer's bank chosen uniformly at random: each layer's (pairs, active) vector is an exact draw of
-    the current sampler (the same multinomial), layers are independent as before, and a run of ``k`` steps costs
-    one gather of [k, L, G]. Rows are reused across steps; with ``rows`` samples per layer and ``L`` layers per
-    step the per-step variation keeps its distribution (`tests/test_des_speed.py` checks it against direct
-    multinomial draws).
+    routing: the step's tokens each pick ``top_k`` distinct experts, then a slot of each
+    (`model.routing.draw_slot_counts`: token by token up to `EXACT_TOKENS` tokens, above a multinomial of the pairs
+    over the slots with the finite-population correction), capped by the capacity factor. Drawing it for every step
+    costs one such draw per layer and step; instead, per pair count ``n`` and per distinct layer (layers with the
+    same slot probabilities and placement share one), this bank draws ``rows`` such samples once and keeps each
+    GPU's pairs, active experts and drops. A step then takes, for each layer independently, one row of the layer's
+    bank chosen uniformly at random: each layer's (pairs, active) vector is an exact draw of the sampler, layers are
+    independent as before, and a run of ``k`` steps costs one gather of [k, L, G]. Rows are reused across steps;
+    with ``rows`` samples per layer and ``L`` layers per step the per-step variation keeps its distribution
+    (`tests/test_des_speed.py` checks it against direct draws).
 
-    Pair counts up to `EXACT` (any count under a capacity factor) each get their own bank; above, counts share
+    Pair counts up to ``exact`` (`EXACT`, or `EXACT_TOKENS` x top_k where that is more: every count drawn token by
+    token; any count under a capacity factor) each get their own bank; above, counts share
     the bank of the nearest point ``nb`` of a grid `PER_OCTAVE` per octave (at most 2.2% apart; half as many
     points where a bank has under 256 rows), each GPU's pairs moved to ``n``: mean x n / nb, deviation from it x
     sqrt(n / nb) (a multinomial's mean and variance at ``n``), its seconds along their slope per pair.
@@ -392,6 +393,8 @@ class RoutingBank:
             of those four numbers, not of the other banks drawn before it.
         store: banks already drawn by timers of the same replica and seed (`BankStore`; None: none kept): a bank
             found there is taken as it is, bit-equal to drawing it again.
+        slot_expert: the logical expert of each slot [L, S] (None: slot s holds expert s).
+        top_k: experts per token.
     """
 
     EXACT = 64
@@ -426,12 +429,22 @@ class RoutingBank:
         capacity_factor: float | None,
         seed: int,
         store: BankStore | None = None,
+        slot_expert: np.ndarray | None = None,
+        top_k: int = 1,
     ) -> None:
-        key = np.concatenate([slot_p, replicas.astype(float)], axis=1)
+        s = slot_p.shape[1]
+        if slot_expert is None:  # one slot per expert, in order
+            slot_expert = np.broadcast_to(np.arange(s), slot_p.shape)
+        slot_expert = np.broadcast_to(slot_expert, slot_p.shape)
+        key = np.concatenate([slot_p, replicas.astype(float), slot_expert.astype(float)], axis=1)
         distinct, self.layer_of = np.unique(key, axis=0, return_inverse=True)
         self.layer_of = self.layer_of.reshape(-1)
-        s = slot_p.shape[1]
-        self.p, self.rep, self.times = distinct[:, :s], distinct[:, s:], times
+        self.p, self.rep, self.times = distinct[:, :s], distinct[:, s : 2 * s], times
+        self.slot_expert = distinct[:, 2 * s :].astype(np.int64)
+        self.top_k = int(top_k)
+        #: pair counts up to this get their own bank: every count `EXACT` and below, and the counts that
+        #: `draw_slot_counts` draws token by token
+        self.exact = max(self.EXACT, EXACT_TOKENS * self.top_k)
         self.ep, self.per_gpu = ep, s // ep
         self.num_experts, self.capacity_factor = num_experts, capacity_factor
         self.seed, self.store = int(seed) & 0xFFFFFFFFFFFFFFFF, store  # SeedSequence entropy is non-negative
@@ -456,21 +469,17 @@ class RoutingBank:
     def grid(self, n: int) -> int:
         """The pair count whose bank serves ``n`` pairs (``n`` itself under a capacity factor: capped loads do not
         move with the count the way `draw` moves a grid point's)."""
-        if n <= self.EXACT or self.capacity_factor is not None:
+        if n <= self.exact or self.capacity_factor is not None:
             return n
         per = self.PER_OCTAVE if self.rows >= 256 else self.PER_OCTAVE // 2  # a costly bank: half as many
-        j = round(per * math.log2(n / self.EXACT))
-        return round(self.EXACT * 2 ** (j / per))
+        j = round(per * math.log2(n / self.exact))
+        return round(self.exact * 2 ** (j / per))
 
     def samples(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The bank of ``n`` pairs (exactly ``n``, no grid), per distinct layer: each GPU's pairs [D, rows, G], its
         grouped-GEMM seconds [D, rows, G] (``times``), their slope per pair [D, rows, G] (s; 0 on a GPU with no
-        pairs) and the dropped pairs [D, rows].
-
-        The multinomial is drawn as its chain of conditional binomials (slot j gets Binomial(pairs left, p_j /
-        (1 - p_1 - ... - p_{j-1}))), vectorised over every row and layer: the same distribution as
-        ``Generator.multinomial``, one call per slot instead of one per row.
-        """
+        pairs) and the dropped pairs [D, rows]; drawn by `model.routing.draw_slot_counts`, vectorised over every row
+        and layer."""
         hit = self._banks.get(n)
         if hit is None:
             m = self._rows.setdefault(n, self.first_rows)
@@ -485,25 +494,16 @@ class RoutingBank:
 
     def _draw(self, n: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A new bank of ``m`` rows of ``n`` pairs drawn with ``rng`` (`samples`' arrays)."""
-        d, s = len(self.p), self.p.shape[1]
-        counts = np.empty((d, m, s), np.int64)
-        rem = np.full((d, m), n, np.int64)
-        left = np.ones(d)
-        for j in range(s - 1):
-            q = np.clip(self.p[:, j] / np.maximum(left, 1e-300), 0.0, 1.0)
-            x = rng.binomial(rem, q[:, None])
-            counts[:, :, j] = x
-            rem -= x
-            left -= self.p[:, j]
-        counts[:, :, -1] = rem
+        d = len(self.p)
+        counts, hit = draw_slot_counts(rng, n, m, self.p, self.slot_expert, self.top_k)
         dropped = np.zeros((d, m))
         if self.capacity_factor is not None:
             cap = np.ceil(self.capacity_factor * n / self.num_experts / self.rep)[:, None, :]  # [D, 1, S]
             over = np.maximum(counts - cap, 0)
             dropped = over.sum(axis=2)
-            counts = counts - over.astype(counts.dtype)
-        per = counts.reshape(d, m, self.ep, self.per_gpu)
-        pairs, active = per.sum(axis=3).astype(float), (per > 0).sum(axis=3).astype(float)
+            counts = counts - over
+        pairs = counts.reshape(d, m, self.ep, self.per_gpu).sum(axis=3)
+        active = hit.reshape(d, m, self.ep, self.per_gpu).sum(axis=3).astype(float)
         te = self.times(pairs, active, n)
         slope = np.where(pairs > 0, self.times(pairs + 1.0, active, n) - te, 0.0)
         return pairs, te, slope, dropped
@@ -702,6 +702,7 @@ class StepTimer:
         self.slot_p = np.stack([slot_inclusion(pi[i], phys[i], shares[i]) for i in range(self.n_moe)]) / k  # [L, S]
         self.slot_p /= self.slot_p.sum(axis=1, keepdims=True)
         self.replicas = np.stack([np.bincount(phys[i], minlength=n_exp)[phys[i]] for i in range(self.n_moe)])
+        self.phys_slots = np.ascontiguousarray(phys)  # [L, S] the logical expert of each slot
         self.slots = phys.shape[1]
         self.per_gpu = self.slots // ep
         width = moe.intermediate_size // layout.moe_tp
@@ -1436,9 +1437,9 @@ class StepTimer:
         the slowest GPU [k, L] s, straggler [k] s, each GPU's wait [k, G] s, routed pairs [k], dropped pairs [k],
         expert fetches [k] s).
 
-        Without offloading the draws come from `RoutingBank` (per layer, exact multinomial samples of each GPU's
-        pairs and active experts, drawn once per pair count and reused); with offloading every step draws its own
-        multinomial, since the expert cache needs which slots each step touched.
+        Without offloading the draws come from `RoutingBank` (per layer, samples of each GPU's pairs and active
+        experts, drawn once per pair count and reused); with offloading every step draws its own
+        (`model.routing.draw_slot_counts`), since the expert cache needs which slots each step touched.
         """
         assert self.moe is not None
         pairs_total = np.full(k, float(n_pairs * self.n_moe))
@@ -1455,20 +1456,23 @@ class StepTimer:
         return slowest, straggler, wait, pairs_total, dropped, fetch
 
     def _route_direct(self, k: int, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Routing of ``k`` steps drawn step by step (one multinomial per step and layer, the sampler `RoutingBank`
-        reuses): per GPU expert times [k, L, G] s, dropped pairs [k], expert fetches [k] s (with offloading)."""
+        """Routing of ``k`` steps drawn step by step (`model.routing.draw_slot_counts` per step and layer, the
+        sampler `RoutingBank` reuses): per GPU expert times [k, L, G] s, dropped pairs [k], expert fetches [k] s
+        (with offloading)."""
         assert self.moe is not None
         ep = max(self.layout.ep, 1)
-        counts = self.rng.multinomial(n_pairs, self.slot_p, size=(k, self.n_moe))  # [k, L, S]
+        counts, hit = draw_slot_counts(self.rng, n_pairs, k, self.slot_p, self.phys_slots, self.moe.top_k)
+        counts, hit = counts.transpose(1, 0, 2), hit.transpose(1, 0, 2)  # [k, L, S]
         dropped = np.zeros(k)
         if self.capacity_factor is not None:
             cap = np.ceil(self.capacity_factor * n_pairs / self.moe.num_experts / self.replicas)
             over = np.maximum(counts - cap, 0)
-            dropped = over.sum(axis=(1, 2)).astype(float)
-            counts = counts - over.astype(counts.dtype)
+            dropped = over.sum(axis=(1, 2))
+            counts = counts - over
         per = counts.reshape(k, self.n_moe, ep, self.per_gpu)
-        te = self.expert_times(per.sum(axis=3), (per > 0).sum(axis=3), n_pairs)  # [k, L, G]
-        fetch = np.array([self._fetch(per[j]) for j in range(k)]) if self.offload else np.zeros(k)
+        touched = hit.reshape(k, self.n_moe, ep, self.per_gpu)
+        te = self.expert_times(per.sum(axis=3), touched.sum(axis=3), n_pairs)  # [k, L, G]
+        fetch = np.array([self._fetch(touched[j]) for j in range(k)]) if self.offload else np.zeros(k)
         return te, dropped, fetch
 
     @property
@@ -1485,6 +1489,8 @@ class StepTimer:
                 self.capacity_factor,
                 self._seed + 7919,
                 self.share.banks if self.share is not None else None,
+                self.phys_slots,
+                self.moe.top_k,
             )
         return self._bank
 
