@@ -99,3 +99,29 @@ def test_des_decode_step_of_one_sequence_is_the_analytical_step() -> None:
     got = np.array([timer.sample(new, cached).duration_s for _ in range(40)])
     assert np.ptp(got) == 0  # no spread: the same two experts' work every step
     assert got == pytest.approx(np.full(40, want), rel=1e-3)  # the rest within the step tables' interpolation
+
+
+@pytest.mark.parametrize("method", ["sampford", "systematic"])
+def test_both_exact_methods_keep_inclusion_probabilities(method: str) -> None:
+    """`_sampford` (two layers at once, one uniform) and `_systematic` (a hot expert at pi 0.9, past `SAMPFORD_MAX`):
+    k distinct experts per row, each expert's frequency its pi (RMS z-score near 1 over the 32 experts, none
+    past 4.5, 100,000 rows)."""
+    from moesim.model.routing import SAMPFORD_MAX, _sampford, _systematic
+
+    k = 4
+    skew = 1.0 / np.arange(1, 33)
+    skew = skew / skew.sum() * k
+    skew = np.minimum(skew, 0.9 if method == "systematic" else 0.7)
+    skew = skew / skew.sum() * k
+    rng = np.random.default_rng(6)
+    if method == "sampford":
+        pis = np.stack([skew, np.full(32, k / 32)])
+        picks = _sampford(rng, pis, k, 100000)
+    else:
+        assert skew.max() > SAMPFORD_MAX
+        pis, picks = skew[None], _systematic(rng, skew, k, 100000)[None]
+    for pi, x in zip(pis, picks, strict=True):
+        srt = np.sort(x, axis=1)
+        assert (srt[:, 1:] != srt[:, :-1]).all()
+        z = (np.bincount(x.ravel(), minlength=32) / 100000 - pi) / np.sqrt(pi * (1 - pi) / 100000)
+        assert np.sqrt((z**2).mean()) < 1.5 and np.abs(z).max() < 4.5
