@@ -124,6 +124,16 @@ def test_summary_counts_latencies_and_throughput():
     assert s["simulated_s"] == pytest.approx(5.5)
 
 
+def test_mean_batch_of_disaggregated_pools_is_the_decode_pools():
+    """With a prefill pool and a decode pool (no mixed one), ``mean_batch`` is the decode pool's batch, as the
+    analytical engine reports it: the prefill pool's steps of a few prompts are not averaged in (over both pools
+    the same steps give (2 + 8 + 1 + 1) / 5 = 2.4)."""
+    steps = make_steps().assign(pool=["prefill", "prefill", "decode", "decode"])
+    s = latency_summary(make_requests(), ITL, steps, slo_ttft_s=None, slo_tpot_s=None)
+    assert s["mean_batch"] == pytest.approx(1.0)
+    assert s["mean_kv_used"] == pytest.approx((0.5 + 0.25 * 2 + 0.75 + 0.75) / 5)  # still every step's
+
+
 def test_summary_step_statistics():
     s = summary()
     assert s["mean_batch"] == pytest.approx((2 * 1 + 4 * 2 + 1 + 1) / 5)

@@ -90,6 +90,20 @@ STEP_COLUMNS = (
     "dropped_pairs",
     "pairs",
 )
+def _main_batch(steps: pd.DataFrame, dur: np.ndarray) -> float:
+    """``mean_batch``: running sequences per step weighted by duration, over the steps of the pool whose batch
+    decodes: every step, or with disaggregated prefill and decode pools (a ``pool`` column without ``mixed``) the
+    decode pool's. A prefill pool's steps of one or two prompts averaged in would understate it (the DeepSeek-V3 PD
+    example: 8.84 over both pools, 10.06 in the decode pool, where the analytical engine's decode batch is 10.22)."""
+    seqs = _f(steps["seqs"])
+    if "pool" in steps.columns and len(steps):
+        pool = steps["pool"].to_numpy()
+        if (pool == "decode").any() and not (pool == "mixed").any():
+            keep = pool == "decode"
+            return _duration_weighted(seqs[keep], dur[keep])
+    return _duration_weighted(seqs, dur)
+
+
 #: Columns of ``steps`` that `time_series` reads.
 SERIES_STEP_COLUMNS = ("start_s", "duration_s", "seqs", "decode_seqs", "kv_used_frac", "waiting")
 
@@ -145,7 +159,8 @@ SUMMARY_KEYS: dict[str, str] = {
     "total_tok_s": "input + output tokens of completed requests per second of makespan, tok/s",
     "goodput_req_s": "completed requests meeting every set SLO per second of makespan, req/s",
     "slo_attainment": "fraction of all requests that finished and met every set SLO (0..1)",
-    "mean_batch": "mean running sequences per step, weighted by step duration (per replica, sequences)",
+    "mean_batch": "mean running sequences per step, weighted by step duration (per replica, sequences); with "
+    "disaggregated pools, the decode pool's steps only",
     "mean_kv_used": "mean fraction of KV-cache blocks in use after a step, weighted by step duration (0..1)",
     "max_kv_used": "largest fraction of KV-cache blocks in use after any step (0..1)",
     "preemptions": "preemptions summed over requests (count)",
@@ -466,7 +481,7 @@ def latency_summary(
     ends = [t for t in (last_finish, step_end) if not math.isnan(t)]
     end = max(ends) if ends else math.nan
     out.update(
-        mean_batch=_duration_weighted(_f(steps["seqs"]), dur),
+        mean_batch=_main_batch(steps, dur),
         mean_kv_used=_duration_weighted(kv, dur),
         max_kv_used=float(np.nanmax(kv)) if len(steps) and not np.isnan(kv).all() else math.nan,
         preemptions=int(np.nansum(_f(req["preemptions"]))),
