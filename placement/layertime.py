@@ -358,8 +358,10 @@ def decode_replica_gemm_s(
     """Expected grouped-GEMM seconds of replicas [S] holding ``rep_share`` of a decode step's pairs each.
 
     A decode step has ``n = decode_tokens_per_gpu x G x top_k`` pairs, few per replica, so a replica may get none
-    and read no weights: the serving simulators draw the pairs as a multinomial over the slots (`sim.serving.
-    steptime`), so a replica is active with probability ``1 - (1 - share)^n``, and an active one costs
+    and read no weights: counting the pairs as independent draws over the slots, a replica is active with
+    probability ``1 - (1 - share)^n`` (a token's ``top_k`` picks are distinct, as the serving simulators draw them,
+    `model.routing.draw_slot_counts`, which gives ``1 - (1 - top_k x share)^(n / top_k)``, never less: this is the
+    form `layer_time_bound` needs, a lower bound), and an active one costs
     ``max(pairs x s_per_pair, s_per_expert_read)`` (compute- or weight-read-bound). Expected:
     ``max(pairs x s_per_pair, P(active) x s_per_expert_read)``. ``tokens``: per GPU (None: the decode step's,
     ``cost.decode_tokens_per_gpu``; half of it for one micro-batch under two-batch overlap)."""
