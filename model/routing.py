@@ -794,7 +794,9 @@ class _Inverse:
 
     def draw(self, u: np.ndarray, layer: np.ndarray) -> np.ndarray:
         """Expert ids (0..E-1) for uniforms ``u`` in [0, 1) of layers ``layer`` (broadcast together)."""
-        x = u + layer
+        # below layer + 1 however u + layer rounds (u a hair under 1 plus a layer of 58 rounds to 59.0, the next
+        # layer's first entry), so a draw never steps out of its layer
+        x = np.minimum(u + layer, np.nextafter(layer + 1.0, -np.inf))
         idx = self.guide[layer * self.bins + np.minimum((u * self.bins).astype(np.int64), self.bins - 1)]
         while True:
             step = self.cum[idx] <= x

@@ -125,3 +125,16 @@ def test_both_exact_methods_keep_inclusion_probabilities(method: str) -> None:
         assert (srt[:, 1:] != srt[:, :-1]).all()
         z = (np.bincount(x.ravel(), minlength=32) / 100000 - pi) / np.sqrt(pi * (1 - pi) / 100000)
         assert np.sqrt((z**2).mean()) < 1.5 and np.abs(z).max() < 4.5
+
+
+def test_inverse_cdf_draws_stay_in_their_layer() -> None:
+    """`_Inverse`: a uniform a hair under 1 draws the layer's last expert with weight, never a trailing expert of
+    weight 0 or the next layer's first (u + 58 rounds to 59.0 in floating point); a uniform of 0 the first."""
+    from moesim.model.routing import _Inverse
+
+    w = np.random.default_rng(7).random((64, 8))
+    w[:, -2:] = 0.0
+    inv = _Inverse(w)
+    layer = np.arange(64)
+    assert (inv.draw(np.full(64, np.nextafter(1.0, 0.0)), layer) == 5).all()
+    assert (inv.draw(np.zeros(64), layer) == 0).all()
