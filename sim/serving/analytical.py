@@ -829,9 +829,12 @@ def pool_state(
                     parts = []
                     for k in (lo, lo + 1):
                         t_k = _decode_step(timer, k, ctx).duration_s
-                        tau_k, f_k, _ = aggregate_step(
-                            timer, k, ctx, t_k, rate, tau if tau is not None else t_k, prompts, _step_budget(eng, k)
-                        )
+                        if k == bi and t_k == t_dec:  # the call above, with the same arguments
+                            tau_k, f_k = new_tau, f
+                        else:
+                            tau_k, f_k, _ = aggregate_step(
+                                timer, k, ctx, t_k, rate, tau if tau is not None else t_k, prompts, _step_budget(eng, k)
+                            )
                         parts.append((tau_k - t_k, f_k))
                     extra = (1 - w) * parts[0][0] + w * parts[1][0]
                     f = (1 - w) * parts[0][1] + w * parts[1][1]
