@@ -90,6 +90,8 @@ STEP_COLUMNS = (
     "dropped_pairs",
     "pairs",
 )
+
+
 def _main_batch(steps: pd.DataFrame, dur: np.ndarray) -> float:
     """``mean_batch``: running sequences per step weighted by duration, over the steps of the pool whose batch
     decodes: every step, or with disaggregated prefill and decode pools (a ``pool`` column without ``mixed``) the
