@@ -750,9 +750,8 @@ def draw_slot_counts(
     slot_p = np.asarray(slot_p, float)
     d, s = slot_p.shape
     n_exp = int(np.max(slot_expert)) + 1
-    hits = np.zeros((d, rows, s), bool)
     if pairs <= 0:
-        return np.zeros((d, rows, s)), hits
+        return np.zeros((d, rows, s)), np.zeros((d, rows, s), bool)
     tokens = pairs // top_k
     if tokens > EXACT_TOKENS or pairs % top_k:
         counts = np.empty((d, rows, s), np.int64)
@@ -886,17 +885,19 @@ def _to_slots(
         slot_of[slot_expert] = np.arange(slot_expert.size)
         return slot_of[picks]
     rmax = int(reps.max())
+    order = np.argsort(slot_expert, kind="stable")  # the slots grouped by expert, in order
+    owner = slot_expert[order]
+    start = np.concatenate([[0], np.cumsum(reps)[:-1]])
+    j = np.arange(slot_expert.size) - start[owner]  # each slot's place among its expert's replicas
     by_expert = np.zeros((n_exp, rmax), np.int64)  # each expert's slots, in order
-    edge = np.full((n_exp, rmax), np.inf)  # cumulative share of an expert's replicas before the last
-    seen = np.zeros(n_exp, np.int64)
+    by_expert[owner, j] = order
     tot = np.maximum(np.bincount(slot_expert, weights=slot_p, minlength=n_exp), 1e-300)
+    share = slot_p[order] / tot[owner]
+    edge = np.full((n_exp, rmax), np.inf)  # cumulative share of an expert's replicas before the last
     run = np.zeros(n_exp)
-    for slot, e in enumerate(slot_expert):
-        j = seen[e]
-        by_expert[e, j] = slot
-        run[e] += slot_p[slot] / tot[e]
-        if j + 1 < reps[e]:
-            edge[e, j] = run[e]
-        seen[e] += 1
+    for r in range(rmax - 1):  # replica by replica (an expert has at most rmax), each expert's running share
+        at = np.flatnonzero((j == r) & (r + 1 < reps[owner]))
+        run[owner[at]] += share[at]
+        edge[owner[at], r] = run[owner[at]]
     at = (rng.random(picks.shape)[..., None] >= edge[picks]).sum(axis=-1)
     return by_expert[picks, at]
