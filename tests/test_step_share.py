@@ -220,3 +220,59 @@ def test_one_step_in_floats_is_the_blocks_step(over: dict) -> None:
                 assert x == y and type(x) is type(y), (f.name, x, y)
         checked += 1
     assert checked == 60
+
+
+def test_scoped_sharing_across_batch_limits() -> None:
+    """Capacity searches of configurations that differ only in ``max_batch`` share one registry
+    (`shared_timers`' scope, the sweep's `timer_key`; `sweep._tasks` puts them in one task): every row equals its
+    search alone with `capacity.SHARE` off, and the second search found the first one's tables and banks."""
+    from moesim.sim.sweeps import sweep_eval
+    from moesim.sim.sweeps.sweep import _tasks
+    from moesim.sim.sweeps.sweep_spec import expand, parse_sweep
+
+    spec = parse_sweep(
+        {
+            "name": "scope",
+            "base": {k: v for k, v in SCENARIO.items() if k not in ("workload", "engine")}
+            | {"engine": {"max_tokens": 2048}}
+            | {"workload": {k: v for k, v in SCENARIO["workload"].items() if k not in ("rate", "requests")}},
+            "axes": {"max_batch": [32, 64], "precision": ["fp8"]},
+            "engine": "des",
+            "capacity": {
+                "percentile": 90,
+                "ttft_s": 0.25,
+                "tpot_s": 0.03,
+                "duration_s": 1,
+                "requests": 16,
+                "tolerance": 0.5,
+            },
+        }
+    )
+    points = expand(spec).points
+    tasks = _tasks(points, spec)
+    assert [len(t) for t in tasks] == [2]  # both batch limits in one task
+    for t in tasks:
+        assert len({sweep_eval.timer_key(p) for p in t}) == 1 and len({p.config_key for p in t}) == 2
+    rows: dict[bool, list[dict]] = {}
+    for share in (False, True):
+        capmod.SHARE = share
+        capmod._SCOPES.clear()
+        sweep_eval._CACHE.clear()
+        try:
+            rows[share] = []
+            for t in tasks:
+                for i, p in enumerate(t):
+                    if share and i:  # the first search's registry is there before the second one starts
+                        (registry,) = [capmod._SCOPES[sweep_eval.timer_key(p)]]
+                        shares = list(registry.values())
+                        assert shares and all(memo for _, _, memo, _ in shares)
+                        before = {id(v) for v in registry.values()}
+                    rows[share].append({k: v for k, v in sweep_eval.evaluate(p, spec).items() if k != "wall_s"})
+                    if share and i:
+                        assert {id(v) for v in registry.values()} == before  # reused, not built again
+        finally:
+            capmod.SHARE = True
+    assert len(capmod._SCOPES) == 1
+    for a, b in zip(rows[False], rows[True], strict=True):
+        assert a["status"] == "ok" and a["capacity_runs"] >= 2
+        _equal(a, b)

@@ -15,6 +15,7 @@ Units: tokens, blocks, bytes (GiB where a name says so).
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -205,26 +206,45 @@ SHARE = True
 #: `shared_timers`' registry while one is open: configuration key -> (the objects the key names, kept alive so that
 #: their ids stay theirs; the tables; the step-cost memo; the routing banks by seed)
 _SHARED: dict[tuple, tuple[tuple, dict, dict, dict[int, BankStore]]] | None = None
+#: The scope of the open `shared_timers` block (None: its registry is its own and keyed by objects)
+_SCOPE: str | None = None
+#: Registries of the latest scopes, kept across blocks (`shared_timers`' ``scope``), most recent last
+_SCOPES: OrderedDict[str, dict] = OrderedDict()
+#: How many scopes' registries `_SCOPES` keeps (each holds one replica configuration's tables, memo and banks)
+SCOPES_KEPT = 2
 
 
 @contextlib.contextmanager
-def shared_timers() -> Iterator[None]:
+def shared_timers(scope: str | None = None) -> Iterator[None]:
     """Within this block, `make_timer` gives the timers of the same replica (the same model, pool, loads,
     placement, precision, cost model, routing physics and expert cache, as objects: the runs of one built
     configuration at several request rates, and its analytical model) one grouped-GEMM table and step-cost memo,
     and those of the same replica and seed one store of routing banks (`TimerShare`), so a later run reuses what an
     earlier one computed. The tables and memo are functions of the timer's arguments and their keys (no seed: the
     routing draws are never memoised), a bank of its seed and key, so every run's results are those of a run alone
-    (`tests/test_step_share.py`). Nested blocks share the outer one's registry."""
-    global _SHARED
+    (`tests/test_step_share.py`). Nested blocks share the outer one's registry.
+
+    ``scope``: a key the caller guarantees names everything a step timer is built from but the pool's batch limit
+    (``engine.max_batch``, which no timer reads): the sweep's `sim.sweeps.sweep_eval.timer_key`. The blocks of one
+    scope share one registry, kept for the last `SCOPES_KEPT` scopes, so that the configurations of a sweep that
+    differ only in their batch limit, workload or SLOs reuse one another's tables, step costs and banks; within a
+    scope a timer is named by its pool's role and expert cache, not by the objects of its configuration."""
+    global _SHARED, _SCOPE
     if _SHARED is not None or not SHARE:
         yield
         return
-    _SHARED = {}
+    if scope is None:
+        registry: dict = {}
+    else:
+        registry = _SCOPES.pop(scope, None) or {}
+        _SCOPES[scope] = registry
+        while len(_SCOPES) > SCOPES_KEPT:
+            _SCOPES.popitem(last=False)
+    _SHARED, _SCOPE = registry, scope
     try:
         yield
     finally:
-        _SHARED = None
+        _SHARED, _SCOPE = None, None
 
 
 def _share(built: Built, pool: Pool, cap: Capacity, seed: int) -> TimerShare | None:
@@ -232,8 +252,12 @@ def _share(built: Built, pool: Pool, cap: Capacity, seed: int) -> TimerShare | N
     if _SHARED is None:
         return None
     r = built.scenario.routing
-    objs = (built.model, pool, built.loads, built.phys_to_log, built.precision, built.cost_model)
-    key = (*map(id, objs), cap.offload, r.capacity_factor, r.overlap, str(built.base_dir))
+    if _SCOPE is not None:  # the scope names the configuration: the pool's role and expert cache name the timer
+        key: tuple = ("scope", pool.role, cap.offload, r.capacity_factor, r.overlap, str(built.base_dir))
+        objs: tuple = ()
+    else:
+        objs = (built.model, pool, built.loads, built.phys_to_log, built.precision, built.cost_model)
+        key = (*map(id, objs), cap.offload, r.capacity_factor, r.overlap, str(built.base_dir))
     hit = _SHARED.get(key)
     if hit is None:
         hit = _SHARED[key] = (objs, {}, {}, {})

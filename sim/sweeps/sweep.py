@@ -45,7 +45,7 @@ import pandas as pd
 from moesim.model import outputs
 from moesim.model.errors import MoesimError
 from moesim.sim.common import clean_json
-from moesim.sim.sweeps.sweep_eval import evaluate_task
+from moesim.sim.sweeps.sweep_eval import evaluate_task, timer_key
 from moesim.sim.sweeps.sweep_report import write_atomic
 from moesim.sim.sweeps.sweep_spec import Expansion, Point, SweepSpec, _hash, base_scenario, expand, read_sweep
 
@@ -69,10 +69,26 @@ def spec_hash(spec: SweepSpec) -> str:
     return _hash({"spec": spec.model_dump(), "base": base_scenario(spec)})
 
 
+#: Most discrete-event points per task (`_tasks`).
+DES_CHUNK = 4
+
+
 def _tasks(points: list[Point], spec: SweepSpec) -> list[list[Point]]:
-    """Points grouped by configuration, in order; a discrete-event point is a task of its own."""
+    """Points grouped by configuration, in order. Discrete-event points: those whose step timers are built alike
+    (`sweep_eval.timer_key`: the same configuration but for its batch limit, workload and SLOs) in one task of at
+    most `DES_CHUNK`, in the order of their first point, so that one worker's capacity searches reuse one another's
+    step-cost tables and routing banks (`sim.serving.capacity.shared_timers`); without a capacity search, one task
+    per point."""
     if spec.engine == "des":
-        return [[p] for p in points]
+        if spec.capacity is None:
+            return [[p] for p in points]
+        groups: dict[str, list[list[Point]]] = {}
+        for p in points:
+            chunks = groups.setdefault(timer_key(p), [[]])
+            if len(chunks[-1]) >= DES_CHUNK:
+                chunks.append([])
+            chunks[-1].append(p)
+        return [chunk for chunks in groups.values() for chunk in chunks]
     tasks: list[list[Point]] = []
     for p in points:
         if tasks and tasks[-1][0].config_key == p.config_key and len(tasks[-1]) < ANALYTICAL_CHUNK:

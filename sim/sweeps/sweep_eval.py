@@ -44,7 +44,11 @@ result are unchanged, without the drain of an overloaded queue. The analytical
 model and every simulation of one search run inside
 `sim.serving.capacity.shared_timers`: the replicas' step timers share their
 grouped-GEMM tables, step-cost memo and (per seed) routing banks, so a probe
-reuses what an earlier one computed, with the same results bit for bit.
+reuses what an earlier one computed, with the same results bit for bit; the
+block's scope is the configuration without its batch limit, workload and SLOs
+(`timer_key`), whose points `sim.sweeps.sweep._tasks` gives one worker in one
+task, so the searches of configurations that differ only in those reuse one
+another's too.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def _built(point: Point, spec: SweepSpec) -> Built:
     return _cached(f"built:{point.config_key}", make)
 
 
-def _timer_key(point: Point) -> str:
+def timer_key(point: Point) -> str:
     """What a replica's step timer depends on: the point without its workload, batch limit and SLOs."""
     sc = {k: v for k, v in point.scenario.items() if k not in ("workload", "slo", "name", "cost")}
     sc["engine"] = {k: v for k, v in (sc.get("engine") or {}).items() if k != "max_batch"}
@@ -145,7 +149,7 @@ def _analytical(point: Point, spec: SweepSpec) -> Any:
                 timers[p.role] = make_timer(built, p, caps[p.role], spec.seed)
             return caps, timers
 
-        caps, timers = _cached(f"setup:{_timer_key(point)}", setup)
+        caps, timers = _cached(f"setup:{timer_key(point)}", setup)
         # the workload's requests: one sample per workload and seed for all the configurations that run it
         w = built.workload
         sample_key = _hash(
@@ -382,8 +386,10 @@ def capacity(point: Point, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, A
 
     if spec.engine != "analytical":
         # every probe simulates the same replicas as the analytical model: tables, step costs and (per seed)
-        # routing banks computed once (`shared_timers`; the same results)
-        with shared_timers():
+        # routing banks computed once (`shared_timers`; the same results), and kept for the next configurations
+        # that differ from this one only in their batch limit, workload or SLOs (`timer_key`: `sweep._tasks` puts
+        # them in one task)
+        with shared_timers(timer_key(point)):
             return _capacity(point, spec)
     return _capacity(point, spec)
 
