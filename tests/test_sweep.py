@@ -408,3 +408,32 @@ def test_an_analytical_step_does_not_depend_on_what_its_timer_saw_before():
     t = timer()
     t.expected(*batch(256))  # a batch in the same memo bucket first
     assert t.expected(*batch(260)).duration_s == fresh
+
+
+def test_tasks_keep_configurations_built_alike_in_one_task():
+    """`sweep._tasks`: an analytical sweep's configurations that differ only in their batch limit or workload (one
+    `timer_key`) go to one task, each configuration's rates together, so one worker builds their step timers once;
+    other configurations go to other tasks; a discrete-event sweep without a capacity search keeps one point per
+    task. Every point is in exactly one task."""
+    from moesim.sim.sweeps.sweep import _tasks
+    from moesim.sim.sweeps.sweep_eval import timer_key
+
+    axes = {
+        "gpus": [2],
+        "layout": [{"tp": "gpus"}],
+        "precision": ["bf16", "fp8"],
+        "max_batch": [64, 256],
+        "rate": [1, 2, 4],
+    }
+    spec = parse_sweep(sweep(axes=axes))
+    points = expand(spec).points
+    tasks = _tasks(points, spec)
+    assert sorted(p.point_id for t in tasks for p in t) == sorted(p.point_id for p in points)
+    assert len(tasks) == 2 and all(len(t) == 6 for t in tasks)
+    for t in tasks:
+        assert len({timer_key(p) for p in t}) == 1 and len({p.config_key for p in t}) == 2
+        configs = [p.config_key for p in t]
+        assert configs == sorted(configs, key=configs.index)  # each configuration's points are contiguous
+    assert len({timer_key(t[0]) for t in tasks}) == 2
+    des = parse_sweep(sweep(axes=axes, engine="des"))
+    assert [len(t) for t in _tasks(expand(des).points, des)] == [1] * 12

@@ -74,27 +74,38 @@ DES_CHUNK = 4
 
 
 def _tasks(points: list[Point], spec: SweepSpec) -> list[list[Point]]:
-    """Points grouped by configuration, in order. Discrete-event points: those whose step timers are built alike
-    (`sweep_eval.timer_key`: the same configuration but for its batch limit, workload and SLOs) in one task of at
-    most `DES_CHUNK`, in the order of their first point, so that one worker's capacity searches reuse one another's
-    step-cost tables and routing banks (`sim.serving.capacity.shared_timers`); without a capacity search, one task
-    per point."""
-    if spec.engine == "des":
-        if spec.capacity is None:
-            return [[p] for p in points]
-        groups: dict[str, list[list[Point]]] = {}
-        for p in points:
-            chunks = groups.setdefault(timer_key(p), [[]])
-            if len(chunks[-1]) >= DES_CHUNK:
-                chunks.append([])
-            chunks[-1].append(p)
-        return [chunk for chunks in groups.values() for chunk in chunks]
-    tasks: list[list[Point]] = []
+    """Points grouped into a worker's units of work, so that what one configuration's step timers computed serves the
+    others built alike (`sweep_eval.timer_key`: the same configuration but for its batch limit, workload and SLOs).
+
+    Analytical points: each configuration's points together (in chunks of at most `ANALYTICAL_CHUNK`, whose rates
+    `sweep_eval.evaluate_rates` solves at once), and the configurations of one timer key packed into tasks of at most
+    `ANALYTICAL_CHUNK` points, so one worker builds their shared step timers and curves once. Discrete-event
+    points of a capacity search: those of one timer key in tasks of at most `DES_CHUNK`, so one worker's searches
+    reuse one another's step-cost tables and routing banks (`sim.serving.capacity.shared_timers`); other
+    discrete-event points: one task each. Groups come in the order of their first point."""
+    if spec.engine == "des" and spec.capacity is None:
+        return [[p] for p in points]
+    keys: dict[str, str] = {}  # configuration -> its timer key
+    groups: dict[str, dict[str, list[Point]]] = {}  # timer key -> configuration -> its points
     for p in points:
-        if tasks and tasks[-1][0].config_key == p.config_key and len(tasks[-1]) < ANALYTICAL_CHUNK:
-            tasks[-1].append(p)
-        else:
-            tasks.append([p])
+        key = keys.get(p.config_key)
+        if key is None:
+            key = keys[p.config_key] = timer_key(p)
+        groups.setdefault(key, {}).setdefault(p.config_key, []).append(p)
+    size = DES_CHUNK if spec.engine == "des" else ANALYTICAL_CHUNK
+    tasks: list[list[Point]] = []
+    for configs in groups.values():
+        task: list[Point] = []
+        for pts in configs.values():
+            step = 1 if spec.engine == "des" else size  # a configuration's rates stay together (`evaluate_rates`)
+            pieces = [pts[i : i + step] for i in range(0, len(pts), step)]
+            for piece in pieces:
+                if task and len(task) + len(piece) > size:
+                    tasks.append(task)
+                    task = []
+                task.extend(piece)
+        if task:
+            tasks.append(task)
     return tasks
 
 
