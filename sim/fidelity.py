@@ -18,6 +18,11 @@ Kinds:
   tables with AIConfigurator's vLLM kernels);
 - training: fifteen published MoE training runs with stated layouts, section 8: predicted / reported throughput,
   with the committed H100 kernel tables (calibrated).
+
+And the GPU (``gpu`` in a serving check): the serving references are H100 runs but for section 12's A100 and L40S
+runs; section 32 checks the A100 against the H100 under one engine (published vLLM runs of four models on both):
+the predicted A100 / H100 ratio of median TPOT against the measured one. Another GPU is timed from its datasheet and
+published kernel efficiencies (`model.achievable`) and no real run has checked it; the check says so.
 """
 
 from __future__ import annotations
@@ -40,6 +45,15 @@ SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
     "calibrated": {"e2e": (0.015, 0.030), "ttft": (0.071, 0.145), "itl": (0.015, 0.023)},
     "roofline": {"e2e": (0.224, 0.359), "ttft": (0.284, 0.417), "itl": (0.233, 0.353)},
 }
+#: Section 32 (2026-12-07): A100 / H100 ratio of median TPOT, seven model and tensor-parallel pairs under one engine,
+#: by cost model: the measured and the predicted ratios' (lowest, highest), and the largest |predicted / measured - 1|
+#: of a pair's ratios.
+GPU_PAIRS: dict[str, dict[str, Any]] = {
+    "achievable": {"pairs": 7, "measured": (1.49, 1.72), "predicted": (1.44, 1.62), "worst": 0.064},
+    "roofline": {"pairs": 7, "measured": (1.49, 1.72), "predicted": (1.53, 1.64), "worst": 0.064},
+}
+#: The GPU the serving references ran on (`serving_check`).
+REFERENCE_GPU = "H100-SXM"
 #: Section 8 (2026-12-06): predicted / reported throughput of fifteen runs with the calibrated H100 tables.
 TRAINING: dict[str, Any] = {
     "lowest": 0.97,
@@ -66,11 +80,50 @@ def cost_model_class(name: str | None) -> str:
     return "calibrated"
 
 
-def serving_check(is_moe: bool, ep: int, cost_model: str | None) -> dict[str, Any]:
+def gpu_check(gpu: str | None, cost_model: str | None) -> dict[str, Any] | None:
+    """What real runs say about serving predictions on ``gpu`` (a moesim GPU key; None: nothing to say) beside the
+    kind's reference runs: ``gpu``, ``section`` (None: no real run on it) and ``note``."""
+    if gpu is None or gpu == REFERENCE_GPU:
+        return None
+    cls = cost_model_class(cost_model)
+    if gpu == "A100-SXM-80GB" and cls in GPU_PAIRS:
+        g = GPU_PAIRS[cls]
+        (m0, m1), (p0, p1) = g["measured"], g["predicted"]
+        return {
+            "gpu": gpu,
+            "section": 32,
+            "note": f"A100 / H100 of median TPOT under one engine (published vLLM runs, {g['pairs']} pairs): "
+            f"predicted {p0:.2f}-{p1:.2f}, measured {m0:.2f}-{m1:.2f}, each pair within {g['worst']:.1%}; section 12's "
+            "A100 runs came out 15-23% optimistic on a machine whose A100 was 2.0-2.2x slower than its H100",
+        }
+    if gpu in ("A100-SXM-80GB", "L40S"):
+        return {
+            "gpu": gpu,
+            "section": 12,
+            "note": f"a few of section 12's dense runs were on {gpu}; the rest of the references ran on H100",
+        }
+    return {
+        "gpu": gpu,
+        "section": None,
+        "note": f"no real run on {gpu}: its kernels are timed from its datasheet and published efficiencies "
+        "(model.achievable) or tables transferred from another GPU, unchecked",
+    }
+
+
+def serving_check(is_moe: bool, ep: int, cost_model: str | None, gpu: str | None = None) -> dict[str, Any]:
     """What real runs say about a serving prediction of this kind: ``reference`` (the runs), ``section`` (of
     benchmarks/RESULTS.md), ``cost_model`` (the class the figure is for) and the figure (``abs_error``: metric ->
     [median, P90] of |predicted / measured - 1|; or ``predicted_over_measured``: [lowest, highest]), with ``note``
-    saying which way it errs; ``reference`` None where no real run of this kind was checked."""
+    saying which way it errs; ``reference`` None where no real run of this kind was checked. With ``gpu`` (a moesim
+    GPU key) other than the references' H100, ``gpu_check`` says what runs on that GPU checked (`gpu_check`)."""
+    out = _serving_check(is_moe, ep, cost_model)
+    extra = gpu_check(gpu, cost_model)
+    if extra is not None:
+        out["gpu_check"] = extra
+    return out
+
+
+def _serving_check(is_moe: bool, ep: int, cost_model: str | None) -> dict[str, Any]:
     cls = cost_model_class(cost_model)
     if not is_moe:
         return {
@@ -140,7 +193,17 @@ def training_check(cost_model: str | None, work_ms: float | None = None) -> dict
 
 
 def check_line(check: dict[str, Any]) -> str:
-    """One line for a report: ``checked against ...`` or ``not checked against real runs ...``."""
+    """One line for a report: ``checked against ...`` or ``not checked against real runs ...``, and what runs on the
+    prediction's GPU say (``gpu_check``)."""
+    line = _check_line(check)
+    g = check.get("gpu_check")
+    if g:
+        where = f"benchmarks/RESULTS.md section {g['section']}" if g.get("section") else "benchmarks/RESULTS.md"
+        line += f". On {g['gpu']}: {g['note']} ({where})"
+    return line
+
+
+def _check_line(check: dict[str, Any]) -> str:
     if check.get("reference") is None:
         return f"Not checked against real runs: {check['note']} (benchmarks/RESULTS.md)"
     if "abs_error" in check:

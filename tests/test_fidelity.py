@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from moesim.sim.fidelity import (
+    GPU_PAIRS,
     SERVING_DENSE,
     SERVING_MOE_EP,
     SERVING_MOE_TP,
@@ -125,3 +126,35 @@ def test_simulate_summary_says_how_far_off() -> None:
     }
     s = run(sc, "analytical").summary
     assert s["checked_against"]["section"] == 28 and s["checked_against"]["cost_model"] == "achievable"
+
+
+@pytest.mark.parametrize("cls", ["achievable", "roofline"])
+def test_gpu_pair_figures_are_section_32s(cls: str) -> None:
+    rows = [ln for ln in _section(32).splitlines() if re.match(rf"^\| [\w.-]+ TP\d \| {cls} \| [\d.]+ \|", ln)]
+    pairs = [(float(r.split("|")[3]), float(r.split("|")[4])) for r in rows]
+    g = GPU_PAIRS[cls]
+    assert len(pairs) == g["pairs"] == 7
+    assert g["measured"] == (min(m for m, _ in pairs), max(m for m, _ in pairs))
+    assert g["predicted"] == (min(p for _, p in pairs), max(p for _, p in pairs))
+    assert g["worst"] == pytest.approx(max(abs(p / m - 1) for m, p in pairs), abs=5e-4)
+
+
+def test_a_serving_check_says_what_its_gpu_was_checked_on() -> None:
+    """The serving references ran on H100: an A100 prediction cites section 32's pairs (with the achievable and the
+    roofline model), another GPU says no real run checked it; the H100 adds nothing; the line carries it."""
+    assert "gpu_check" not in serving_check(False, 1, "achievable", "H100-SXM")
+    a100 = serving_check(False, 1, "achievable", "A100-SXM-80GB")
+    assert a100["gpu_check"]["section"] == 32 and "1.44-1.62" in a100["gpu_check"]["note"]
+    assert "On A100-SXM-80GB:" in check_line(a100) and "section 32" in check_line(a100)
+    assert serving_check(False, 1, "calibrated:h100", "A100-SXM-80GB")["gpu_check"]["section"] == 12
+    h200 = serving_check(True, 8, "achievable", "H200-SXM")
+    assert h200["gpu_check"]["section"] is None and "no real run on H200-SXM" in check_line(h200)
+    sc = {
+        "model": "llama-3.1-8b",
+        "cluster": "dgx-a100",
+        "layout": {"tp": 1},
+        "workload": {"rate": 2, "requests": 20, "input": 128, "output": 16},
+        "cost_model": "achievable",
+    }
+    s = run(sc, "analytical").summary
+    assert s["checked_against"]["section"] == 12 and s["checked_against"]["gpu_check"]["section"] == 32

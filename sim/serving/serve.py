@@ -147,7 +147,8 @@ def _checked(built: Built, cost_model: str) -> dict[str, Any]:
     """How far off predictions of this kind were against real runs (`sim.fidelity.serving_check`)."""
     from moesim.sim.fidelity import serving_check
 
-    return serving_check(built.model.is_moe, max(p.layout.ep for p in built.pools), cost_model)
+    ep = max(p.layout.ep for p in built.pools)
+    return serving_check(built.model.is_moe, ep, cost_model, built.pools[0].cluster.gpu.key)
 
 
 def run(
