@@ -165,3 +165,73 @@ def test_a_mixed_step_is_never_shorter_than_the_decode_step(tmp_path, capsys):
         assert st.tau >= st.t_decode * (1 - 1e-12)
     _states, ttft, _e2e, _tpot = a.solve(4.0)
     assert math.isfinite(float(ttft.mean()))
+
+
+def _bench_json(path: Path, **over) -> None:
+    """TEST INPUT in the layout of vLLM's benchmark_serving.py --save-result (its keys; figures invented): three
+    requests sent at once, the third with no output text (TTFT 0)."""
+    import json
+
+    data = {
+        "backend": "vllm",
+        "request_rate": "inf",
+        "input_lens": [13, 329, 205],
+        "output_lens": [120, 101, 0],
+        "ttfts": [0.0634, 0.0631, 0.0],
+        "itls": [[0.05, 0.07], [0.06], []],
+        "errors": ["", "", ""],
+        "mean_ttft_ms": 42.2,
+    } | over
+    path.write_text(json.dumps(data))
+
+
+def test_a_benchmark_serving_result_is_a_per_request_file(tmp_path):
+    """`read_bench_json`: vLLM's benchmark_serving result read as a per-request table (arrival 0 at rate inf; TTFT and
+    E2E in ms, unknown where no text came; errors marked); a finite rate draws gamma gaps of mean 1 / rate, the same
+    at every read; and a RUNS.csv row naming the file replays it through `moesim validate`'s reader."""
+    from moesim.sim.serving.validate import read_bench_json
+
+    f = tmp_path / "bench.json"
+    _bench_json(f)
+    df = read_bench_json(f)
+    assert (df["arrival_time_ms"] == 0).all() and df["input_tokens"].tolist() == [13, 329, 205]
+    assert df["ttft_ms"].iloc[:2].tolist() == pytest.approx([63.4, 63.1]) and math.isnan(df["ttft_ms"].iloc[2])
+    assert df["e2e_ms"].iloc[0] == pytest.approx(63.4 + 120.0) and not df["has_error"].any()
+    _bench_json(f, request_rate=4.0, input_lens=[100] * 2000, output_lens=[10] * 2000, ttfts=[0.1] * 2000,
+                itls=[[0.01]] * 2000, errors=[""] * 1999 + ["timeout"])  # fmt: skip
+    a, b = read_bench_json(f), read_bench_json(f)
+    assert a.equals(b) and a["has_error"].sum() == 1
+    gaps = np.diff(a["arrival_time_ms"].to_numpy())
+    assert a["arrival_time_ms"].iloc[0] == 0 and gaps.mean() == pytest.approx(250.0, rel=0.06)
+    _bench_json(tmp_path / "r.json")
+    rows = pd.DataFrame(
+        {"experiment_id": ["b"], "model": ["llama-3-8b"], "gpu": ["H100"], "tp": [1], "per_request_file": ["r.json"],
+         "e2e_mean_ms": [1000.0], "ttft_mean_ms": [63.0]}
+    )  # fmt: skip
+    rows.to_csv(tmp_path / "RUNS.csv", index=False)
+    (run,) = read_runs(tmp_path / "RUNS.csv")
+    req = run_requests(run)
+    assert len(req) == 3 and (req["arrival_s"] == 0).all() and req["output_tokens"].tolist() == [120, 101, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"input_lens": [1, 2]}', "not a vLLM benchmark_serving result"),
+        ('{"input_lens": [1, 2], "output_lens": [3]}', "input_lens has 2 requests, output_lens 1"),
+        ('{"input_lens": [1, -2], "output_lens": [3, 4]}', "input_lens must be a list of whole numbers >= 0"),
+        ('{"input_lens": [1], "output_lens": [3], "ttfts": [NaN]}', "ttfts must hold finite seconds >= 0"),
+        ('{"input_lens": [1], "output_lens": [3], "request_rate": -1}', "request_rate must be inf or a number > 0"),
+        ('{"input_lens": [1], "output_lens": [3], "itls": [[0.1], [0.2]]}', "itls must be a list of 1 lists"),
+    ],
+)
+def test_a_bad_benchmark_result_is_one_error_line(tmp_path, text: str, says: str) -> None:
+    from moesim.model.errors import MoesimError
+    from moesim.sim.serving.validate import read_bench_json
+
+    f = tmp_path / "bad.json"
+    f.write_text(text)
+    with pytest.raises(MoesimError) as exc:
+        read_bench_json(f)
+    assert says in exc.value.one_line() and str(f) in exc.value.one_line()

@@ -35,7 +35,9 @@ workload_in_folder_name                      the workload in the run's folder na
 per_request_file                             parquet or CSV (path relative to RUNS.csv) with arrival_time_ms,
                                              input_tokens, output_tokens, has_error (and e2e_ms, ttft_ms):
                                              replayed; failed requests too when the client's timeout is known
-                                             (their lengths from the prompt set, see below), else left out
+                                             (their lengths from the prompt set, see below), else left out. Or
+                                             the ``.json`` result of vLLM's ``benchmark_serving.py
+                                             --save-result`` (`read_bench_json`)
 client_timeout_s                             the load generator's total timeout per request, s (empty: 300 s
                                              when load_generator is inference-perf, aiohttp's default; else
                                              none): the simulator's clients give up as the measured ones did
@@ -110,6 +112,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -610,7 +613,93 @@ def _read_table(path: Path, what: str, hint: str, **csv_kwargs: Any) -> pd.DataF
         raise MoesimError(f"{path}: not a readable table ({' '.join(str(exc).split())[:120]})", hint) from None
 
 
+#: Seed of the arrivals `read_bench_json` draws for a result file of a finite request rate.
+BENCH_ARRIVAL_SEED = 0
+
+
+def read_bench_json(path: Path) -> pd.DataFrame:
+    """A result file of vLLM's ``benchmark_serving.py --save-result`` (also ``vllm bench serve``) as a per-request
+    table: arrival_time_ms, input_tokens, output_tokens, has_error, ttft_ms, e2e_ms [requests].
+
+    Read: ``input_lens`` and ``output_lens`` (tokens, one per request sent), ``ttfts`` (s) and ``itls`` (s, a list per
+    request) where present, ``errors`` (an empty string for a success) and ``request_rate``. The file does not record
+    when each request was sent: at rate ``inf`` every request is sent at once (arrival 0, what the client does); at a
+    finite rate the arrivals are drawn as the client draws them, gaps of a gamma law of mean 1 / rate and shape
+    ``burstiness`` (1, Poisson, when the file has none), seeded (`BENCH_ARRIVAL_SEED`): the same law, not the same
+    times. A request whose TTFT is 0 got no text (an error, or an empty output): its TTFT and E2E are unknown (NaN).
+
+    Raises:
+        MoesimError: not JSON, not such a result (no ``input_lens`` / ``output_lens``), lists of different lengths, a
+            length that is not a whole number >= 0, a time that is negative or not finite, or a bad request rate.
+    """
+    hint = "give the file benchmark_serving.py --save-result wrote, or a CSV with arrival_time_ms, input_tokens, ..."
+    where = f"per_request_file {path}"
+    try:
+        data = json.loads(inputs.read_text(path, "a per_request_file", hint))
+    except json.JSONDecodeError as exc:
+        raise MoesimError(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno})", hint) from None
+    if not isinstance(data, dict) or "input_lens" not in data or "output_lens" not in data:
+        raise MoesimError(f"{where}: not a vLLM benchmark_serving result (no input_lens and output_lens)", hint)
+
+    def lengths(key: str) -> np.ndarray:
+        vals = data[key]
+        if not isinstance(vals, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vals
+        ):
+            raise MoesimError(f"{where}: {key} must be a list of whole numbers >= 0", hint)
+        return np.asarray(vals, np.int64)
+
+    inp, out = lengths("input_lens"), lengths("output_lens")
+    n = len(inp)
+    if len(out) != n or n == 0:
+        raise MoesimError(f"{where}: input_lens has {n} requests, output_lens {len(out)}", hint)
+
+    def seconds(vals: Any, key: str) -> np.ndarray:
+        try:
+            arr = np.asarray(vals, float)
+        except (TypeError, ValueError):
+            raise MoesimError(f"{where}: {key} must hold numbers (seconds)", hint) from None
+        if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise MoesimError(f"{where}: {key} must hold finite seconds >= 0", hint)
+        return arr
+
+    ttft = seconds(data["ttfts"], "ttfts") if "ttfts" in data else np.full(n, np.nan)
+    if len(ttft) != n:
+        raise MoesimError(f"{where}: ttfts has {len(ttft)} requests, input_lens {n}", hint)
+    itls = data.get("itls")
+    if itls is not None and (not isinstance(itls, list) or len(itls) != n):
+        raise MoesimError(f"{where}: itls must be a list of {n} lists (one per request)", hint)
+    decode = np.array([seconds(x, "itls").sum() for x in itls]) if itls is not None else np.full(n, np.nan)
+    errors = data.get("errors")
+    failed = np.array([bool(e) for e in errors]) if isinstance(errors, list) and len(errors) == n else np.zeros(n, bool)
+    rate_raw = data.get("request_rate", "inf")
+    rate = math.inf if rate_raw in ("inf", None) else rate_raw
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise MoesimError(f"{where}: request_rate must be inf or a number > 0, got {rate_raw!r}", hint)
+    if math.isinf(rate):
+        arrival = np.zeros(n)
+    else:
+        shape = float(data.get("burstiness") or 1.0)
+        if not math.isfinite(shape) or shape <= 0:
+            raise MoesimError(f"{where}: burstiness must be a number > 0", hint)
+        gaps = np.random.default_rng(BENCH_ARRIVAL_SEED).gamma(shape, 1.0 / (rate * shape), n)
+        arrival = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+    seen = ttft > 0  # no text, no first token seen: unknown
+    return pd.DataFrame(
+        {
+            "arrival_time_ms": 1e3 * arrival,
+            "input_tokens": inp,
+            "output_tokens": out,
+            "has_error": failed,
+            "ttft_ms": np.where(seen & ~failed, 1e3 * ttft, np.nan),
+            "e2e_ms": np.where(seen & ~failed, 1e3 * (ttft + decode), np.nan),
+        }
+    )
+
+
 def _read_requests(path: Path) -> pd.DataFrame:
+    if path.suffix == ".json":
+        return read_bench_json(path)
     df = _read_table(path, "a per_request_file", "check per_request_file (a parquet or CSV, relative to RUNS.csv)")
     if "arrival_time_ms" not in df.columns and "arrival_time" in df.columns:
         raise MoesimError(f"per_request_file {path}: column arrival_time has no unit", "rename it arrival_time_ms")
