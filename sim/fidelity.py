@@ -93,8 +93,9 @@ def gpu_check(gpu: str | None, cost_model: str | None) -> dict[str, Any] | None:
             "gpu": gpu,
             "section": 32,
             "note": f"A100 / H100 of median TPOT under one engine (published vLLM runs, {g['pairs']} pairs): "
-            f"predicted {p0:.2f}-{p1:.2f}, measured {m0:.2f}-{m1:.2f}, each pair within {g['worst']:.1%}; section 12's "
-            "A100 runs came out 15-23% optimistic on a machine whose A100 was 2.0-2.2x slower than its H100",
+            f"predicted {p0:.2f}-{p1:.2f}, measured {m0:.2f}-{m1:.2f}, each pair within {g['worst']:.1%}; "
+            "section 12's A100 runs (vLLM 0.15) came out 15-23% optimistic on a machine whose A100 was 2.0-2.2x slower "
+            "than its H100",
         }
     if gpu in ("A100-SXM-80GB", "L40S"):
         return {
