@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving_validation import replace_section  # noqa: E402
 from moesim.sim.serving.engine import simulate  # noqa: E402
+from moesim.sim.serving.metrics import with_derived  # noqa: E402
 from moesim.sim.serving.serve import load  # noqa: E402
 
 TITLE = "## 32. One engine on an A100 and an H100: published vLLM pairs (held out; issue 19)"
@@ -158,13 +159,13 @@ def _scenario(run: dict[str, Any], folder: Path, cost_model: str) -> dict[str, A
 
 def client_figures(req: pd.DataFrame, served: np.ndarray) -> dict[str, float]:
     """Mean TTFT, mean and median TPOT (ms) of a DES request table [requests] as benchmark_serving computes them,
-    over the ``served`` requests [bool, requests] (those the measured client got a token of): TTFT from the send to
-    the first streamed token; TPOT (latency - TTFT) / (output - 1) per request of more than one output token."""
-    ttft = (req["client_first_s"] - req["arrival_s"]).to_numpy()[served]
-    lat = (req["client_finish_s"] - req["arrival_s"]).to_numpy()[served]
-    out = req["output_tokens"].to_numpy()[served]
-    many = out > 1
-    tpot = (lat[many] - ttft[many]) / (out[many] - 1)
+    over the ``served`` requests [bool, requests] (those the measured client got a token of): the table's client
+    ``ttft_s`` and ``tpot_s`` (`sim.serving.metrics.with_derived`: (latency - TTFT) / (output - 1), NaN for one
+    output token, which the mean and median leave out)."""
+    req = with_derived(req)
+    ttft = req["ttft_s"].to_numpy(float)[served]
+    tpot = req["tpot_s"].to_numpy(float)[served]
+    tpot = tpot[~np.isnan(tpot)]
     return {"ttft_ms": 1e3 * float(ttft.mean()), "tpot_mean_ms": 1e3 * float(tpot.mean()),
             "tpot_median_ms": 1e3 * float(np.median(tpot))}  # fmt: skip
 
