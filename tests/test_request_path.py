@@ -16,6 +16,7 @@ import pytest
 
 from moesim.sim.serving.metrics import (
     METRIC_DEFINITIONS,
+    api_queue_wait,
     client_times,
     front_s,
     last_chunk_tokens,
@@ -128,7 +129,10 @@ def _run(stream: bool) -> ServeResult:
 def test_overheads_add_as_stated():
     res = _run(True)
     q = res.requests
-    front = API_S + TOKENIZE_WAIT_S + TOKENIZE_S * q["input_tokens"]
+    # the API server takes one request at a time: a request sent while it is busy waits (first come, first served)
+    wait = api_queue_wait(q["arrival_s"].to_numpy(), API_S + TOKENIZE_S * q["input_tokens"].to_numpy())
+    assert wait.max() > 0.0  # 0.1 s a request at 4 req/s: some wait
+    front = API_S + wait + TOKENIZE_WAIT_S + TOKENIZE_S * q["input_tokens"]
     np.testing.assert_allclose(q["engine_arrival_s"] - q["arrival_s"], front, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(q["client_first_s"] - q["first_token_s"], DETOKENIZE_S, atol=1e-12)
     np.testing.assert_allclose(q["ttft_s"], q["engine_ttft_s"] + front + DETOKENIZE_S, atol=1e-12)

@@ -86,8 +86,8 @@ from moesim.model.cap import usd_per_gpu_second
 from moesim.model.errors import MoesimError
 from moesim.model.layout import Layout
 from moesim.sim.serving.engine import Capacity, check_requests_fit, make_timer, replica_capacity
-from moesim.sim.serving.host import engine_profile
-from moesim.sim.serving.metrics import client_times, front_s, percentiles
+from moesim.sim.serving.host import EngineProfile, engine_profile
+from moesim.sim.serving.metrics import api_queue_wait, api_service_s, client_times, front_s, percentiles
 from moesim.sim.serving.prefill_work import (
     PrefillWork,
     decode_spans,
@@ -1280,6 +1280,7 @@ class Analytical:
         path = engine_profile((pools.get("mixed") or pools["prefill"]).engine, built.base_dir)
         h = path.host
         front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])
+        front = front + self._api_wait(path, rate, arrivals_s)
         ttft, e2e = client_times(
             front + ttft,
             front + e2e,
@@ -1443,6 +1444,18 @@ class Analytical:
                 return new, None
             new.cached, s = s.cached, new
         return s, work
+
+    def _api_wait(self, path: EngineProfile, rate: float, arrivals_s: np.ndarray | None = None) -> np.ndarray:
+        """Each request's wait for a free API server at ``rate`` req/s [requests], s: the simulator's first come,
+        first served queue (`metrics.api_queue_wait`) on the workload's arrivals at that rate (``arrivals_s`` when
+        given); 0 for a closed loop, whose clients keep few requests in flight."""
+        arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
+        h = path.host
+        if arr is None or h["api_per_request_s"] + h["tokenize_per_token_s"] <= 0:
+            return np.zeros(self.inp.size)
+        entry = self.pools.get("mixed") or self.pools["prefill"]
+        service = api_service_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        return api_queue_wait(arr, service, path.api_servers * entry.replicas)
 
     def _arrivals_at(self, rate: float) -> np.ndarray | None:
         """The workload's arrival times [requests] s at ``rate`` req/s: its own, stretched by its rate / ``rate``
@@ -1732,6 +1745,7 @@ class Analytical:
         path = engine_profile(p.engine, built.base_dir)
         h = path.host
         front = front_s(self.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])[None, :]
+        front = front + np.stack([self._api_wait(path, r) for r in rates])
         ttft, e2e = client_times(
             front + ttft,
             front + e2e,

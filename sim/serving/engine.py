@@ -71,6 +71,7 @@ Units: seconds, tokens, bytes.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -90,7 +91,14 @@ from moesim.sim.serving.capacity import (
     replica_capacity,
 )
 from moesim.sim.serving.host import engine_profile
-from moesim.sim.serving.metrics import client_times, front_s, last_chunk_tokens, running_at
+from moesim.sim.serving.metrics import (
+    api_queue_wait,
+    api_service_s,
+    client_times,
+    front_s,
+    last_chunk_tokens,
+    running_at,
+)
 from moesim.sim.serving.replica import (
     MAX_RUN,  # noqa: F401 (re-exported)
     Replica,
@@ -144,6 +152,12 @@ class Simulation:
         self.path = engine_profile(self.entry[0].pool.engine, built.base_dir)
         h = self.path.host
         self.front = front_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"], h["tokenize_wait_s"])
+        # the API server processes: requests queue for them first come, first served (`metrics.api_queue_wait`)
+        self.api_service = api_service_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
+        self.api_servers = self.path.api_servers * len(self.entry)
+        self._api_free = [0.0] * self.api_servers  # a closed loop's servers: when each is next free, s (a heap)
+        if built.workload.arrival != "closed":
+            self.front = self.front + api_queue_wait(self.req.arrival, self.api_service, self.api_servers)
         self.back = h["detokenize_per_token_s"] * last_chunk_tokens(
             self.req.out, self.path.stream, self.path.stream_chunk_tokens
         )
@@ -207,6 +221,15 @@ class Simulation:
             if np.isnan(R.finish[rid]):
                 self.abort(rid)
 
+    def _api_delay(self, rid: int) -> float:
+        """Seconds from a closed-loop client's send (now) to the scheduler seeing request ``rid``: the wait for the
+        first free API server (first come, first served, as `metrics.api_queue_wait` for an open loop), then
+        ``front_s``."""
+        now = self.env.now
+        start = max(now, self._api_free[0])
+        heapq.heapreplace(self._api_free, start + float(self.api_service[rid]))
+        return start - now + float(self.front[rid])
+
     def abort(self, rid: int) -> None:
         """Request ``rid``'s client gave up before the engine finished it: the engine drops it wherever it is (the
         queue, the running set, a KV transfer; `Replica.abort`), and it counts as done (failed)."""
@@ -224,8 +247,9 @@ class Simulation:
             self.req.arrival[rid] = self.env.now  # the client sends
             done = self.env.event()
             self.waiters[rid] = done
-            if self.front[rid] > 0:  # API server and tokenisation
-                yield self.env.timeout(float(self.front[rid]))
+            delay = self._api_delay(rid)
+            if delay > 0:  # the API server's queue, parsing and tokenisation
+                yield self.env.timeout(delay)
             self._arrive(rid)
             if self.timeout is None:
                 yield done

@@ -6,7 +6,8 @@ scheduled token), it samples (the host side of logits processing and sampling, p
 launches the step's kernels, one by one in an eager step (``launch_s`` each) or as one replay of a captured CUDA
 graph (``graph_replay_s``) for a decode step whose batch, padded up to the next capture size, has a graph. Before
 the scheduler, the API server parses each request, waits for the tokeniser's micro-batch window to close
-(``tokenize_wait_s``) and tokenises its prompt; after it, outputs are detokenised.
+(``tokenize_wait_s``) and tokenises its prompt, one request at a time (``api_servers`` processes per replica, so a
+burst queues: `sim.serving.metrics.api_queue_wait`); after it, outputs are detokenised.
 
 The sampler's GPU kernels are part of the step's ops; which sampler runs is the profile's setting ``sampling``
 (`sampling_rule`): vLLM gives a request that sets no sampling parameters the model's generation_config.json
@@ -101,9 +102,10 @@ _SETTINGS = (
     "stream_chunk_tokens",
     "sampling",
     "routes_padding",
+    "api_servers",
 )
 #: Settings a profile may leave out, with their default.
-_OPTIONAL_SETTINGS: dict[str, Any] = {"sampling": "greedy", "routes_padding": True}
+_OPTIONAL_SETTINGS: dict[str, Any] = {"sampling": "greedy", "routes_padding": True, "api_servers": 1}
 #: `EngineProfile.sampling` values: a sampler rule of `model.ops.SAMPLING`, or ``generation_config``.
 SAMPLING_SETTINGS = (*SAMPLING, "generation_config")
 #: The models' generation-config sampling defaults, by moesim preset (package data).
@@ -137,6 +139,8 @@ class EngineProfile:
             rank up to the busiest rank's) are routed to experts like real tokens (vLLM: they run the whole
             forward), or masked out of the top-k (SGLang's ``num_token_non_padded``): their attention and dense
             layers still run, their expert GEMMs and all-to-all traffic do not.
+        api_servers: API server processes per replica (vLLM's ``--api-server-count``, default 1): the requests
+            queue for them first come, first served (`sim.serving.metrics.api_queue_wait`).
         sampling: how the engine samples a request that sets no sampling parameters: a rule of
             `model.ops.SAMPLING` (``greedy``: moesim's default), or ``generation_config`` (the model's
             generation_config.json defaults, `sampling_rule`).
@@ -161,6 +165,7 @@ class EngineProfile:
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
     routes_padding: bool = True
+    api_servers: int = 1
 
     @property
     def ideal(self) -> bool:
@@ -487,6 +492,9 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
         raise MoesimError(f"{where}: stream_chunk_tokens {chunk!r}", "give a whole number >= 0 (0: whole output)")
     if not isinstance(settings["routes_padding"], bool):
         raise MoesimError(f"{where}: routes_padding {settings['routes_padding']!r}", "give true or false")
+    servers = settings["api_servers"]
+    if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+        raise MoesimError(f"{where}: api_servers {servers!r}", "give a whole number >= 1 (API server processes)")
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -508,6 +516,7 @@ def _build(data: dict[str, Any], where: str, spec: EngineSpec, overrides: Mappin
         sources=sources,
         path=where,
         routes_padding=settings["routes_padding"],
+        api_servers=servers,
     )
 
 

@@ -7,8 +7,10 @@ A request's timeline, as a benchmark client sees it (times in s from the start o
 1. ``arrival_s``: the client sends the request (the workload's arrival time).
 2. The API server parses it (``api_per_request_s``), holds the prompt until its tokeniser's micro-batch window
    closes (``tokenize_wait_s``) and tokenises it (``tokenize_per_token_s`` x input tokens), all from the engine
-   profile (`sim.serving.host`): `front_s`. Only then does the scheduler
-   see it: ``engine_arrival_s`` = arrival_s + front_s.
+   profile (`sim.serving.host`): `front_s`. The API server is one process (the profile's ``api_servers`` per
+   replica) that parses and tokenises one request at a time, so requests sent together wait for it first come,
+   first served (`api_queue_wait`). Only then does the scheduler see it: ``engine_arrival_s`` = arrival_s + the
+   wait + front_s.
 3. The engine queues, prefills and decodes it: ``scheduled_s`` (first admitted), ``first_token_s`` (the end of
    the step that emits the first output token), ``finish_s`` (the step that emits the last).
 4. Each output token is detokenised (``detokenize_per_token_s``) and sent back (`client_times`): streamed,
@@ -61,6 +63,7 @@ Every function is pure and vectorised: DataFrames in, a dict or a DataFrame out.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 
@@ -206,6 +209,61 @@ def front_s(
         float64 [n], s: api_per_request_s + tokenize_wait_s + tokenize_per_token_s x input_tokens.
     """
     return api_per_request_s + tokenize_wait_s + tokenize_per_token_s * np.asarray(input_tokens, dtype=float)
+
+
+def api_service_s(input_tokens: np.ndarray, api_per_request_s: float, tokenize_per_token_s: float) -> np.ndarray:
+    """CPU seconds the API server spends on each request before handing it on: parsing plus tokenisation.
+
+    Args:
+        input_tokens: prompt lengths, tokens [n].
+        api_per_request_s, tokenize_per_token_s: the engine profile's host parameters, s and s per token.
+
+    Returns:
+        float64 [n], s: api_per_request_s + tokenize_per_token_s x input_tokens (`front_s` less the tokeniser's
+        micro-batching window, which is a wait, not work).
+    """
+    return api_per_request_s + tokenize_per_token_s * np.asarray(input_tokens, dtype=float)
+
+
+def api_queue_wait(arrival_s: np.ndarray, service_s: np.ndarray, servers: int = 1) -> np.ndarray:
+    """Seconds each request waits for a free API server before its own parsing and tokenisation start.
+
+    An engine's API server is one process with one event loop (vLLM's ``vllm serve`` runs one API server process
+    unless ``--api-server-count`` says more; SGLang one tokenizer manager): it handles the requests it is sent one
+    after another, so a burst queues. The requests are served first come, first served by ``servers`` identical
+    servers, each request by the first one free (a FIFO queue with ``servers`` servers: with one server, Lindley's
+    recursion D_i = max(A_i, D_{i-1}) + S_i, solved in array form as D = C + cummax(A - C + S), C the cumulative
+    service; with more, a heap of the servers' free times). Below a few requests per second at a few ms each the
+    waits are negligible; a burst of n requests at once makes the last wait (n - 1) / servers x the service.
+
+    Args:
+        arrival_s: when each request is sent, s [n] (any order; ties keep the given order).
+        service_s: each request's API server time (`api_service_s`), s [n].
+        servers: API server processes sharing the requests, >= 1.
+
+    Returns:
+        float64 [n], s, in the given order: time from arrival to the start of the request's own service.
+    """
+    arrival = np.asarray(arrival_s, dtype=float)
+    service = np.broadcast_to(np.asarray(service_s, dtype=float), arrival.shape)
+    n = arrival.size
+    if n == 0:
+        return np.zeros(0)
+    order = np.argsort(arrival, kind="stable")
+    a, s = arrival[order], service[order]
+    if servers <= 1:
+        c = np.cumsum(s)
+        start = c - s + np.maximum.accumulate(a - c + s)  # D_i - S_i
+    else:
+        free = [float(a[0])] * int(servers)
+        start = np.empty(n)
+        for i in range(n):
+            t = max(float(a[i]), free[0])
+            start[i] = t
+            heapq.heapreplace(free, t + float(s[i]))
+    wait = np.empty(n)
+    wait[order] = np.maximum(start - a, 0.0)
+    return wait
 
 
 def last_chunk_tokens(output_tokens: np.ndarray, stream: bool, chunk_tokens: int) -> np.ndarray:
