@@ -144,7 +144,7 @@ def test_a_serving_check_says_what_its_gpu_was_checked_on() -> None:
     roofline model), another GPU says no real run checked it; the H100 adds nothing; the line carries it."""
     assert "gpu_check" not in serving_check(False, 1, "achievable", "H100-SXM")
     a100 = serving_check(False, 1, "achievable", "A100-SXM-80GB")
-    assert a100["gpu_check"]["section"] == 32 and "1.44-1.62" in a100["gpu_check"]["note"]
+    assert a100["gpu_check"]["section"] == 32 and "1.45-1.61" in a100["gpu_check"]["note"]
     assert "On A100-SXM-80GB:" in check_line(a100) and "section 32" in check_line(a100)
     assert serving_check(False, 1, "calibrated:h100", "A100-SXM-80GB")["gpu_check"]["section"] == 12
     h200 = serving_check(True, 8, "achievable", "H200-SXM")
