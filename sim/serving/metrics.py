@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.model.errors import MoesimError
+from moesim.sim.serving.prefill_work import single_server_waits
 
 #: Columns of ``requests`` that `latency_summary` and `littles_law` read (derived ones are filled if missing).
 REQUEST_COLUMNS = (
@@ -231,10 +232,10 @@ def api_queue_wait(arrival_s: np.ndarray, service_s: np.ndarray, servers: int = 
     An engine's API server is one process with one event loop (vLLM's ``vllm serve`` runs one API server process
     unless ``--api-server-count`` says more; SGLang one tokenizer manager): it handles the requests it is sent one
     after another, so a burst queues. The requests are served first come, first served by ``servers`` identical
-    servers, each request by the first one free (a FIFO queue with ``servers`` servers: with one server, Lindley's
-    recursion D_i = max(A_i, D_{i-1}) + S_i, solved in array form as D = C + cummax(A - C + S), C the cumulative
-    service; with more, a heap of the servers' free times). Below a few requests per second at a few ms each the
-    waits are negligible; a burst of n requests at once makes the last wait (n - 1) / servers x the service.
+    servers, each request by the first one free: with one server, Lindley's recursion
+    (`sim.serving.prefill_work.single_server_waits`); with more, a heap of the servers' free times. Below a few
+    requests per second at a few ms each the waits are negligible; a burst of n requests at once makes the last
+    wait (n - 1) / servers x the service.
 
     Args:
         arrival_s: when each request is sent, s [n] (any order; ties keep the given order).
@@ -249,18 +250,16 @@ def api_queue_wait(arrival_s: np.ndarray, service_s: np.ndarray, servers: int = 
     n = arrival.size
     if n == 0:
         return np.zeros(0)
+    if servers <= 1:
+        return single_server_waits(arrival, service)
     order = np.argsort(arrival, kind="stable")
     a, s = arrival[order], service[order]
-    if servers <= 1:
-        c = np.cumsum(s)
-        start = c - s + np.maximum.accumulate(a - c + s)  # D_i - S_i
-    else:
-        free = [float(a[0])] * int(servers)
-        start = np.empty(n)
-        for i in range(n):
-            t = max(float(a[i]), free[0])
-            start[i] = t
-            heapq.heapreplace(free, t + float(s[i]))
+    free = [float(a[0])] * int(servers)
+    start = np.empty(n)
+    for i in range(n):
+        t = max(float(a[i]), free[0])
+        start[i] = t
+        heapq.heapreplace(free, t + float(s[i]))
     wait = np.empty(n)
     wait[order] = np.maximum(start - a, 0.0)
     return wait
