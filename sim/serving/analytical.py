@@ -33,7 +33,8 @@ attention) off, and where the workload's prompts are not known, each prompt is p
 Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
-                   (r = E[step^2] / (2 E[step]): the residual step an arrival waits for; g = tau with an
+                   (r: what is left of the step an arrival finds running, a length-biased step and a uniform point
+                    in it, drawn per request (`residual_draws`), of mean E[step^2] / (2 E[step]); g = tau with an
                     overlapping scheduler, which decides the next step while the current one runs, else 0;
                     I: the prompt tokens computed, prefix-cache hits left out; W: the wait for a slot of the
                     running set, which holds max_batch requests or the requests the KV cache fits, each request
@@ -1108,6 +1109,28 @@ def _slot_wait(
     return replica_waits(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin), None
 
 
+def residual_draws(n: int, steps_s: tuple[float, ...], shares: tuple[float, ...], seed: int) -> np.ndarray:
+    """What is left of the step in progress when each of ``n`` requests arrives, s [n].
+
+    An arrival at a random time lands in a step with probability in proportion to the step's length (steps of
+    ``steps_s`` s, making up ``shares`` of all steps), at a uniform point in it, so what is left has the law
+    F(x) = sum_k q_k min(x / L_k, 1) with q_k = share_k L_k / sum_j share_j L_j, whose mean is the residual
+    E[step^2] / (2 E[step]). The draws are that law's quantiles at (k + 1/2) / n (stratified: their mean is the
+    residual to O(1/n^2)) dealt to the requests in an order drawn from ``seed``, independent of their prompts.
+    """
+    if n <= 0:
+        return np.zeros(0)
+    lengths = np.maximum(np.asarray(steps_s, float), 0.0)
+    weight = np.asarray(shares, float) * lengths
+    if weight.sum() <= 0:
+        return np.zeros(n)
+    q = weight / weight.sum()
+    xs = np.concatenate([[0.0], np.unique(lengths[lengths > 0])])
+    cdf = (q[None, :] * np.minimum(xs[:, None] / np.where(lengths > 0, lengths, 1.0)[None, :], 1.0)).sum(axis=1)
+    draws = np.interp((np.arange(n) + 0.5) / n, cdf, xs)  # F is linear between the step lengths
+    return draws[np.random.default_rng(seed).permutation(n)]
+
+
 def replica_waits(
     arrivals_s: np.ndarray, hold_s: np.ndarray, servers: int, replicas: int, round_robin: bool
 ) -> np.ndarray:
@@ -1189,6 +1212,8 @@ class Analytical:
         t0 = time.perf_counter()
         sc = built.scenario
         seed = sc.seed if seed is None else seed
+        #: seeds the order in which the residual steps are dealt to the requests (`residual_draws`)
+        self.seed = int(seed or 0)
         df = generate(built.workload, seed=seed, base_dir=built.base_dir) if sample is None else sample
         if df.empty:
             raise MoesimError("the workload has no requests", "set workload.requests >= 1 or give a non-empty trace")
@@ -1328,8 +1353,11 @@ class Analytical:
         arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
         rr = built.scenario.router == "round_robin"
         tpot: float | np.ndarray = s.tau
+        # what is left of the step in progress at each arrival: its mean is ``resid``, its spread each request's own
+        mixed_steps = ((s.t_mixed, s.t_decode), (s.mixed_frac, 1.0 - s.mixed_frac))
         if work is None:
-            ttft = resid + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
+            left = residual_draws(len(inp), *mixed_steps, self.seed)
+            ttft = left + lag + np.ceil(inp / budget) * s.t_decode + inp * extra
         else:  # each prompt's own chunks, queued FCFS for the prefill work (`sim.serving.prefill_work`)
             service = work.n * s.t_decode + work.shifted(self._mean_form(timers["mixed"], p, s.batch)[1])
             queue_service, own = service, service
@@ -1366,7 +1394,9 @@ class Analytical:
                 wait = 0.0
             elif arr is not None:  # the arrivals as they come: each prompt behind those still in prefill
                 queued = replica_waits(arr, queue_service, 1, p.replicas, rr)
-                wait = queued + np.where(queued > 0, 0.0, idle / 2)
+                # the step an arrival finding no prompt in prefill waits out, drawn with mean idle / 2
+                steps = mixed_steps if idle == 2 * resid else ((s.t_decode,), (1.0,))
+                wait = queued + np.where(queued > 0, 0.0, residual_draws(len(arr), *steps, self.seed))
                 if p.replicas == 1 or rr:  # each request decodes through the prompts prefilled meanwhile
                     reps = max(p.replicas, 1)
                     spans = np.zeros(len(arr))
