@@ -1,6 +1,7 @@
 """The analytical engine against the discrete-event engine at low load, where the decode batch is a few sequences.
 
     python -m benchmarks.low_load            # prints the table (about 20 s on this 2-core machine)
+    python -m benchmarks.low_load --idle     # mean TTFT with and without arrivals to an idle replica (section 27)
 
 The analytical engine's fixed point priced the step at the mean decode batch rounded to a whole one
 (`sim.serving.analytical.pool_state`, before 2026-12-07 late). Where that batch is a few sequences the step time is
@@ -30,6 +31,7 @@ max(600, 300 x rate) requests at the configuration's seed. Units: ms and sequenc
 
 from __future__ import annotations
 
+import sys
 import time
 
 import yaml
@@ -109,5 +111,30 @@ def main() -> None:
     print(f"\nComputed in {time.perf_counter() - t0:.0f} s of wall time.")
 
 
+def idle_arrivals() -> None:
+    """``--idle``: mean TTFT of the analytical engine on the DES's own requests, with arrivals that find the replica
+    idle charged no step (`analytical.IDLE_ARRIVALS` on) and every arrival charged one (off), over the DES's."""
+    from moesim.sim.serving import analytical
+    from moesim.sim.sweeps import sweep_eval
+
+    print("| configuration | rate req/s | TTFT mean ms: idle arrivals off / on / DES | over DES: off -> on |")
+    print("|---|---|---|---|")
+    for gpu, gpus, layout, precision, rate in CASES:
+        model, spec, label = _model(gpu, gpus, layout, precision, rate)
+        n = int(max(600, rate * 300))
+        d = sweep_eval._des(model.built, rate, spec.seed, n)
+        got = []
+        for flag in (False, True):
+            analytical.IDLE_ARRIVALS = flag
+            got.append(_own_requests(model, rate, spec.seed, n)["ttft_mean_s"])
+        analytical.IDLE_ARRIVALS = True
+        t = d["ttft_mean_s"]
+        print(
+            f"| {label} | {rate:g} | {got[0] * 1e3:.1f} / {got[1] * 1e3:.1f} / {t * 1e3:.1f} | "
+            f"{got[0] / t:.2f} -> {got[1] / t:.2f} |",
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
-    main()
+    idle_arrivals() if "--idle" in sys.argv else main()

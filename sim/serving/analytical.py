@@ -34,7 +34,8 @@ Per request of input I and output O (the per-prompt form):
 
     TTFT = W + r + g + ceil(I / budget) t_decode + I max(t_mixed - t_decode, 0) / c
                    (r: what is left of the step an arrival finds running, a length-biased step and a uniform point
-                    in it, drawn per request (`residual_draws`), of mean E[step^2] / (2 E[step]); g = tau with an
+                    in it, drawn per request (`residual_draws`), of mean E[step^2] / (2 E[step]); r = g = 0 for an
+                    arrival that finds its replica idle, `IDLE_ARRIVALS`; g = tau with an
                     overlapping scheduler, which decides the next step while the current one runs, else 0;
                     I: the prompt tokens computed, prefix-cache hits left out; W: the wait for a slot of the
                     running set, which holds max_batch requests or the requests the KV cache fits, each request
@@ -1109,6 +1110,11 @@ def _slot_wait(
     return replica_waits(arrivals_s, hold, slots, max(pool.replicas, 1), round_robin), None
 
 
+#: On: an arrival that finds its replica idle (nothing running or waiting) waits out no step (`Analytical._mixed`);
+#: off: every arrival waits out what is left of a step and, with an overlapping scheduler, the step decided ahead.
+IDLE_ARRIVALS = True
+
+
 def residual_draws(n: int, steps_s: tuple[float, ...], shares: tuple[float, ...], seed: int) -> np.ndarray:
     """What is left of the step in progress when each of ``n`` requests arrives, s [n].
 
@@ -1416,6 +1422,18 @@ class Analytical:
                         else:
                             spans[i] = decode_spans(arr[i] + queued[i], service[i], x_i, out[i], s.t_decode)
                     tpot = np.where(out > 1, spans / np.maximum(out - 1, 1), s.tau)
+                    if IDLE_ARRIVALS:
+                        # an arrival that finds its replica with nothing running or waiting starts a step at once:
+                        # no step to wait out, none decided ahead of it; a replica is busy until the last of the
+                        # requests before it has its last token (this replay's own finish times)
+                        finish = arr + wait + lag + own + spans
+                        free = np.zeros(len(arr), bool)
+                        for k in range(reps):
+                            i = order[k::reps]
+                            before = np.concatenate([[-math.inf], np.maximum.accumulate(finish[i])[:-1]])
+                            free[i] = arr[i] >= before
+                        wait = np.where(free, 0.0, wait)
+                        lag = np.where(free, 0.0, lag)
             ttft = wait + lag + own
         timeout = built.workload.timeout_s
         slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
