@@ -93,6 +93,7 @@ from moesim.sim.serving.metrics import api_queue_wait, api_service_s, client_tim
 from moesim.sim.serving.prefill_work import (
     PrefillWork,
     decode_spans,
+    fifo_waits,
     prefill_queue,
     prefill_work,
     single_server_waits,
@@ -954,43 +955,6 @@ def slot_wait(c: int, a: float, hold_s: float, cs2: float) -> float:
     return erlang_c(c, a) * hold_s / (c - a) * (1 + cs2) / 2
 
 
-def fifo_waits(arrivals_s: np.ndarray, hold_s: np.ndarray, slots: int) -> np.ndarray:
-    """Each request's wait (s) [requests] for one of ``slots`` slots served first come, first served, every request
-    holding its slot ``hold_s`` [requests] s from admission: the multi-server FIFO recursion (Kiefer and Wolfowitz,
-    "On the theory of queues with many servers", Trans. AMS 78, 1955): admission = max(arrival, the earliest time a
-    slot frees), on the arrivals as given, so bursts of the trace queue as they came.
-
-    ``arrivals_s`` [requests] in any order (waits come back in the same order). Exactly zero, without the loop,
-    when no arrival ever finds every slot taken with nobody having waited (counted at once from the sorted
-    arrivals and ends); else the recursion runs from the first such arrival, its slots freeing at the ``slots``
-    latest ends before it. O(n log slots).
-    """
-    n = len(arrivals_s)
-    waits = np.zeros(n)
-    if n == 0 or slots <= 0:
-        return waits if slots > 0 else np.full(n, math.inf)
-    order = np.argsort(arrivals_s, kind="stable")
-    t, h = np.asarray(arrivals_s, float)[order], np.asarray(hold_s, float)[order]
-    ends = t + h
-    # requests in the running set at each arrival if nobody had waited: those arrived so far (itself included)
-    # less those already finished
-    inside = np.arange(1, n + 1) - np.searchsorted(np.sort(ends), t, side="right")
-    over = np.flatnonzero(inside > slots)
-    if not len(over):
-        return waits
-    k = int(over[0])
-    before = np.sort(ends[:k])[-slots:]
-    free = [-math.inf] * (slots - len(before)) + before.tolist()
-    heapq.heapify(free)
-    w = np.zeros(n)
-    for i in range(k, n):
-        start = max(t[i], heapq.heappop(free))
-        w[i] = start - t[i]
-        heapq.heappush(free, start + h[i])
-    waits[order] = w
-    return waits
-
-
 def fifo_aborts(
     arrivals_s: np.ndarray, hold_s: np.ndarray, slots: int, timeout_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1393,7 +1357,8 @@ class Analytical:
             # or the residual of the mixed and decode steps as the steps carry prompts together; with data-parallel
             # attention the prompts' parts of their steps hold each step's whole time, so the step an arrival
             # finding none in prefill waits out is a decode step
-            idle = 2 * resid if agg and max(p.layout.dp_attn, 1) <= 1 else s.t_decode
+            agg_idle = agg and max(p.layout.dp_attn, 1) <= 1
+            idle = 2 * resid if agg_idle else s.t_decode
             wait, rho = prefill_queue(r, queue_service, idle)
             if not math.isfinite(wait):
                 s.overloaded, s.reason = True, f"prefill work utilisation {rho:.2f} >= 1"
@@ -1401,7 +1366,7 @@ class Analytical:
             elif arr is not None:  # the arrivals as they come: each prompt behind those still in prefill
                 queued = replica_waits(arr, queue_service, 1, p.replicas, rr)
                 # the step an arrival finding no prompt in prefill waits out, drawn with mean idle / 2
-                steps = mixed_steps if idle == 2 * resid else ((s.t_decode,), (1.0,))
+                steps = mixed_steps if agg_idle else ((s.t_decode,), (1.0,))
                 wait = queued + np.where(queued > 0, 0.0, residual_draws(len(arr), *steps, self.seed))
                 if p.replicas == 1 or rr:  # each request decodes through the prompts prefilled meanwhile
                     reps = max(p.replicas, 1)

@@ -156,7 +156,7 @@ class Simulation:
         self.api_service = api_service_s(self.req.inp, h["api_per_request_s"], h["tokenize_per_token_s"])
         self.api_servers = self.path.api_servers * len(self.entry)
         self._api_free = [0.0] * self.api_servers  # a closed loop's servers: when each is next free, s (a heap)
-        if built.workload.arrival != "closed":
+        if not self.closed:
             self.front = self.front + api_queue_wait(self.req.arrival, self.api_service, self.api_servers)
         self.back = h["detokenize_per_token_s"] * last_chunk_tokens(
             self.req.out, self.path.stream, self.path.stream_chunk_tokens

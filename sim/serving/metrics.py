@@ -63,7 +63,6 @@ Every function is pure and vectorised: DataFrames in, a dict or a DataFrame out.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable, Sequence
 
@@ -71,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.model.errors import MoesimError
-from moesim.sim.serving.prefill_work import single_server_waits
+from moesim.sim.serving.prefill_work import fifo_waits, single_server_waits
 
 #: Columns of ``requests`` that `latency_summary` and `littles_law` read (derived ones are filled if missing).
 REQUEST_COLUMNS = (
@@ -233,7 +232,7 @@ def api_queue_wait(arrival_s: np.ndarray, service_s: np.ndarray, servers: int = 
     unless ``--api-server-count`` says more; SGLang one tokenizer manager): it handles the requests it is sent one
     after another, so a burst queues. The requests are served first come, first served by ``servers`` identical
     servers, each request by the first one free: with one server, Lindley's recursion
-    (`sim.serving.prefill_work.single_server_waits`); with more, a heap of the servers' free times. Below a few
+    (`sim.serving.prefill_work.single_server_waits`); with more, the many-server recursion (`fifo_waits`). Below a few
     requests per second at a few ms each the waits are negligible; a burst of n requests at once makes the last
     wait (n - 1) / servers x the service.
 
@@ -252,17 +251,7 @@ def api_queue_wait(arrival_s: np.ndarray, service_s: np.ndarray, servers: int = 
         return np.zeros(0)
     if servers <= 1:
         return single_server_waits(arrival, service)
-    order = np.argsort(arrival, kind="stable")
-    a, s = arrival[order], service[order]
-    free = [float(a[0])] * int(servers)
-    start = np.empty(n)
-    for i in range(n):
-        t = max(float(a[i]), free[0])
-        start[i] = t
-        heapq.heapreplace(free, t + float(s[i]))
-    wait = np.empty(n)
-    wait[order] = np.maximum(start - a, 0.0)
-    return wait
+    return fifo_waits(arrival, service, int(servers))
 
 
 def last_chunk_tokens(output_tokens: np.ndarray, stream: bool, chunk_tokens: int) -> np.ndarray:

@@ -26,6 +26,7 @@ is an upper bound there.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,3 +201,40 @@ def single_server_waits(arrivals_s: np.ndarray, service_s: np.ndarray) -> np.nda
     out = np.empty(n)
     out[order] = np.maximum(w, 0.0)
     return out
+
+
+def fifo_waits(arrivals_s: np.ndarray, hold_s: np.ndarray, slots: int) -> np.ndarray:
+    """Each request's wait (s) [requests] for one of ``slots`` slots served first come, first served, every request
+    holding its slot ``hold_s`` [requests] s from admission: the multi-server FIFO recursion (Kiefer and Wolfowitz,
+    "On the theory of queues with many servers", Trans. AMS 78, 1955): admission = max(arrival, the earliest time a
+    slot frees), on the arrivals as given, so bursts of the trace queue as they came.
+
+    ``arrivals_s`` [requests] in any order (waits come back in the same order). Exactly zero, without the loop,
+    when no arrival ever finds every slot taken with nobody having waited (counted at once from the sorted
+    arrivals and ends); else the recursion runs from the first such arrival, its slots freeing at the ``slots``
+    latest ends before it. O(n log slots).
+    """
+    n = len(arrivals_s)
+    waits = np.zeros(n)
+    if n == 0 or slots <= 0:
+        return waits if slots > 0 else np.full(n, math.inf)
+    order = np.argsort(arrivals_s, kind="stable")
+    t, h = np.asarray(arrivals_s, float)[order], np.asarray(hold_s, float)[order]
+    ends = t + h
+    # requests in the running set at each arrival if nobody had waited: those arrived so far (itself included)
+    # less those already finished
+    inside = np.arange(1, n + 1) - np.searchsorted(np.sort(ends), t, side="right")
+    over = np.flatnonzero(inside > slots)
+    if not len(over):
+        return waits
+    k = int(over[0])
+    before = np.sort(ends[:k])[-slots:]
+    free = [-math.inf] * (slots - len(before)) + before.tolist()
+    heapq.heapify(free)
+    w = np.zeros(n)
+    for i in range(k, n):
+        start = max(t[i], heapq.heappop(free))
+        w[i] = start - t[i]
+        heapq.heappush(free, start + h[i])
+    waits[order] = w
+    return waits
