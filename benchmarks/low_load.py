@@ -2,6 +2,7 @@
 
     python -m benchmarks.low_load            # prints the table (about 20 s on this 2-core machine)
     python -m benchmarks.low_load --idle     # mean TTFT with and without arrivals to an idle replica (section 27)
+    python -m benchmarks.low_load --lag      # the step decided ahead of an arrival, against the DES's (section 27)
 
 The analytical engine's fixed point priced the step at the mean decode batch rounded to a whole one
 (`sim.serving.analytical.pool_state`, before 2026-12-07 late). Where that batch is a few sequences the step time is
@@ -136,5 +137,52 @@ def idle_arrivals() -> None:
         )
 
 
+def step_ahead() -> None:
+    """``--lag``: the step an overlapping scheduler decided before an arrival's. The analytical engine's figure with
+    `analytical.LAG_AT_BATCH` off (the mean step per decoded token) and on (`analytical.busy_step`: the busy
+    replica's mean step as an arrival finds it) against the DES's own (`metrics.step_after_instant_s`), and the mean
+    TTFT each gives on the DES's own requests, over the DES's."""
+    from moesim.sim.serving import analytical
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.engine import simulate
+    from moesim.sim.serving.metrics import step_after_instant_s
+    from moesim.sim.serving.serve import des_summary
+    from moesim.sim.serving.workload import generate
+    from moesim.sim.sweeps import sweep_eval
+
+    print(
+        "| configuration | rate req/s | step decided ahead ms: per token (off) / at the arrival's batch (on) / DES "
+        "| TTFT mean ms: off / on / DES | over DES: off -> on |"
+    )
+    print("|---|---|---|---|---|")
+    for gpu, gpus, layout, precision, rate in CASES:
+        model, spec, label = _model(gpu, gpus, layout, precision, rate)
+        n = int(max(600, rate * 300))
+        b = sweep_eval._with_rate(model.built, rate, n)
+        res = simulate(b, spec.seed)
+        d = des_summary(b, res)
+        lags, ttft = [], []
+        for flag in (False, True):
+            analytical.LAG_AT_BATCH = flag
+            own = Analytical(b, spec.seed, timers=model.timers, sample=generate(b.workload, spec.seed, b.base_dir))
+            r = own.workload_rate
+            p = own.pools["mixed"]
+            s = own._mixed(r)[0]
+            lags.append(own._lag(own.timers["mixed"], p, r / p.replicas, s))
+            ttft.append(own.summary(r)["ttft_mean_s"])
+        analytical.LAG_AT_BATCH = True
+        t, ahead = d["ttft_mean_s"], step_after_instant_s(res.steps)
+        print(
+            f"| {label} | {rate:g} | {lags[0] * 1e3:.2f} / {lags[1] * 1e3:.2f} / {ahead * 1e3:.2f} | "
+            f"{ttft[0] * 1e3:.1f} / {ttft[1] * 1e3:.1f} / {t * 1e3:.1f} | {ttft[0] / t:.2f} -> {ttft[1] / t:.2f} |",
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
-    idle_arrivals() if "--idle" in sys.argv else main()
+    if "--idle" in sys.argv:
+        idle_arrivals()
+    elif "--lag" in sys.argv:
+        step_ahead()
+    else:
+        main()

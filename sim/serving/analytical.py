@@ -262,6 +262,31 @@ def _busy_law(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: 
     return pi / pi.sum()
 
 
+def busy_step(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: int) -> float | None:
+    """Mean step (s) of a busy replica as an arrival finds it: `busy_decode`'s stationary law of the sequences
+    present (an arrival sees it as it is in time: Poisson arrivals see time averages), given at least one decoding,
+    each step of n lasting s(n) = `_decode_step`(min(n, ``max_batch``), ``ctx``) + ``extra``:
+    sum_{n >= 1} pi(n) s(n) / P(N >= 1). None where the law does not settle.
+
+    This is the step an overlapping scheduler decided before an arrival's (vLLM's async scheduling, SGLang's overlap
+    scheduler): the step after the one running, at about the batch running (a step changes the batch by a sequence
+    or two), carrying the prompts that came during the step before it (``extra`` on average). It is not the mean
+    step per decoded token (`busy_decode`'s first figure), which weighs each step by the sequences it decodes: at a
+    batch of a few sequences a step of 8 counts 8 times one of 1. Mixtral-8x7B on H100-SXM x8 TP2 EP2 bf16 at 4 req/s
+    (chat): 12.66 ms per decoded token, 11.77 ms here, and the discrete-event engine's step after a random instant
+    11.77 ms (`metrics.step_after_instant_s`; `python -m benchmarks.low_load --lag`)."""
+    law = _busy_law(timer, load, ctx, extra, max_batch)
+    if law is None or len(law) < 2:
+        return None
+    cap = max(max_batch, 1)
+    m = len(law) - 1
+    steps = _decode_steps(timer, ctx, min(m, cap))
+    s_n = np.concatenate([steps, np.full(max(m - cap, 0), steps[-1])]) + extra
+    busy = law[1:]
+    total = float(busy.sum())
+    return float(busy @ s_n) / total if total > 0 else None
+
+
 def _fetch(timer: StepTimer, tokens: int) -> float:
     """`StepTimer.expected_fetch` of a step of ``tokens`` tokens (s), memoised in the timer by tokens: the decode
     step of every context and the mixed steps of every split of the same tokens share it."""
@@ -1077,6 +1102,9 @@ def _slot_wait(
 #: On: an arrival that finds its replica idle (nothing running or waiting) waits out no step (`Analytical._mixed`);
 #: off: every arrival waits out what is left of a step and, with an overlapping scheduler, the step decided ahead.
 IDLE_ARRIVALS = True
+#: On: the step decided ahead of an arrival (overlapping scheduler) is the busy replica's mean step as an arrival finds
+#: it (`busy_step`); off: the mean step per decoded token, ``PoolState.tau`` (as before 2026-12-07 evening).
+LAG_AT_BATCH = True
 
 
 def residual_draws(n: int, steps_s: tuple[float, ...], shares: tuple[float, ...], seed: int) -> np.ndarray:
@@ -1319,7 +1347,7 @@ class Analytical:
         # noise between their batch shapes says)
         extra = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
         # an overlapping scheduler has decided the next step already: an arrival joins the one after it
-        lag = s.tau if engine_profile(p.engine, built.base_dir).overlap else 0.0
+        lag = self._lag(timers["mixed"], p, r, s) if engine_profile(p.engine, built.base_dir).overlap else 0.0
         arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
         rr = built.scenario.router == "round_robin"
         tpot: float | np.ndarray = s.tau
@@ -1403,6 +1431,19 @@ class Analytical:
         timeout = built.workload.timeout_s
         slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
         return s, ttft + slot, tpot, failed
+
+    def _lag(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> float:
+        """The step an arrival waits out after the one running when the scheduler decides a step ahead (s): the
+        busy replica's mean step as an arrival finds it (`busy_step`, `LAG_AT_BATCH`) where the batch has
+        `busy_decode`'s law (an aggregated mixed pool, `PRODUCT_FORM`), else the mean step per decoded token."""
+        if not (LAG_AT_BATCH and BATCH_MIXTURE and PRODUCT_FORM and aggregates(pool)) or s.overloaded:
+            return s.tau
+        if self.mean_out <= 1:
+            return s.tau
+        ctx = int(self.mean_in + self.mean_out / 2)
+        extra = max(s.tau - s.t_decode, 0.0)
+        step = busy_step(timer, rate * (self.mean_out - 1), ctx, extra, pool.engine.max_batch)
+        return s.tau if step is None else step
 
     def _mean_form(self, timer: StepTimer, pool: Pool, batch: float) -> tuple[float, float]:
         """(decode step s, prefill time per request beyond its decode steps s) of the mean prompt at ``batch``

@@ -417,6 +417,22 @@ def _duration_weighted(values: np.ndarray, durations: np.ndarray) -> float:
     return float((values[ok] * durations[ok]).sum() / w) if w > 0 else math.nan
 
 
+def step_after_instant_s(steps: pd.DataFrame) -> float:
+    """Mean duration (s) of the step that follows the one running at a random instant of a busy replica: each step
+    is landed in in proportion to its duration (``duration_s``), and its successor on the same ``replica`` counted
+    where it starts as the step ends (no idle time between them): sum d_i d_(i+1) / sum d_i over such pairs. With an
+    overlapping scheduler this is the step decided before an arrival's (`sim.serving.analytical.busy_step` is the
+    analytical engine's figure). NaN where no step follows another."""
+    require_columns(steps, ("replica", "start_s", "duration_s"), "steps")
+    total = weight = 0.0
+    for _, rep in steps.sort_values("start_s", kind="stable").groupby("replica"):
+        start, dur = _f(rep["start_s"]), _f(rep["duration_s"])
+        follows = np.abs(start[1:] - (start[:-1] + dur[:-1])) <= 1e-9 * np.maximum(1.0, np.abs(start[1:]))
+        total += float((dur[:-1] * dur[1:])[follows].sum())
+        weight += float(dur[:-1][follows].sum())
+    return total / weight if weight > 0 else math.nan
+
+
 def _ratio(num: float, den: float) -> float:
     """``num / den``, 0 when ``den`` is not positive."""
     return float(num / den) if den > 0 else 0.0
