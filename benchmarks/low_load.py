@@ -113,26 +113,46 @@ def main() -> None:
 
 
 def idle_arrivals() -> None:
-    """``--idle``: mean TTFT of the analytical engine on the DES's own requests, with arrivals that find the replica
-    idle charged no step (`analytical.IDLE_ARRIVALS` on) and every arrival charged one (off), over the DES's."""
+    """``--idle``: mean TTFT of the analytical engine on the DES's own requests with every arrival charged a step
+    (`analytical.IDLE_ARRIVALS` off), with the replay's idle arrivals charged none (on, `IDLE_SHARE` off), and with
+    the share the batch's law finds idle (both on: P(N = 0), `Analytical._idle_share`), over the DES's; and the
+    share of arrivals that find the replica idle, law / DES (`metrics.idle_arrival_share`)."""
     from moesim.sim.serving import analytical
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.engine import simulate
+    from moesim.sim.serving.metrics import idle_arrival_share
+    from moesim.sim.serving.serve import des_summary
+    from moesim.sim.serving.workload import generate
     from moesim.sim.sweeps import sweep_eval
 
-    print("| configuration | rate req/s | TTFT mean ms: idle arrivals off / on / DES | over DES: off -> on |")
-    print("|---|---|---|---|")
+    print(
+        "| configuration | rate req/s | idle arrivals: law / DES | TTFT mean ms: every arrival a step / replay's "
+        "idle / law's idle / DES | over DES: every / replay / law |"
+    )
+    print("|---|---|---|---|---|")
     for gpu, gpus, layout, precision, rate in CASES:
         model, spec, label = _model(gpu, gpus, layout, precision, rate)
         n = int(max(600, rate * 300))
-        d = sweep_eval._des(model.built, rate, spec.seed, n)
-        got = []
-        for flag in (False, True):
-            analytical.IDLE_ARRIVALS = flag
-            got.append(_own_requests(model, rate, spec.seed, n)["ttft_mean_s"])
-        analytical.IDLE_ARRIVALS = True
+        b = sweep_eval._with_rate(model.built, rate, n)
+        res = simulate(b, spec.seed)
+        d = des_summary(b, res)
+        got, share = [], None
+        for idle, law in ((False, False), (True, False), (True, True)):
+            analytical.IDLE_ARRIVALS, analytical.IDLE_SHARE = idle, law
+            own = Analytical(b, spec.seed, timers=model.timers, sample=generate(b.workload, spec.seed, b.base_dir))
+            r = own.workload_rate
+            got.append(own.summary(r)["ttft_mean_s"])
+            p = own.pools["mixed"]
+            # the replay (and so the law's share) covers one replica or round-robin ones (`Analytical._mixed`)
+            if law and (p.replicas == 1 or b.scenario.router == "round_robin"):
+                share = own._idle_share(own.timers["mixed"], p, r / p.replicas, own._mixed(r)[0])
+        analytical.IDLE_ARRIVALS, analytical.IDLE_SHARE = True, True
         t = d["ttft_mean_s"]
+        law_share = "-" if share is None else f"{share:.3f}"
         print(
-            f"| {label} | {rate:g} | {got[0] * 1e3:.1f} / {got[1] * 1e3:.1f} / {t * 1e3:.1f} | "
-            f"{got[0] / t:.2f} -> {got[1] / t:.2f} |",
+            f"| {label} | {rate:g} | {law_share} / {idle_arrival_share(res.requests):.3f} | "
+            f"{' / '.join(f'{g * 1e3:.1f}' for g in got)} / {t * 1e3:.1f} | "
+            f"{' / '.join(f'{g / t:.2f}' for g in got)} |",
             flush=True,
         )
 

@@ -1105,6 +1105,10 @@ IDLE_ARRIVALS = True
 #: On: the step decided ahead of an arrival (overlapping scheduler) is the busy replica's mean step as an arrival finds
 #: it (`busy_step`); off: the mean step per decoded token, ``PoolState.tau`` (as before 2026-12-07 evening).
 LAG_AT_BATCH = True
+#: On (with `IDLE_ARRIVALS`): the share of arrivals that find their replica idle is P(N = 0) under `busy_decode`'s
+#: law, given to those after the replay's longest idle spells; off: the replay's own idle arrivals (as before
+#: 2026-12-07 evening).
+IDLE_SHARE = True
 
 
 def residual_draws(n: int, steps_s: tuple[float, ...], shares: tuple[float, ...], seed: int) -> np.ndarray:
@@ -1420,11 +1424,20 @@ class Analytical:
                         # no step to wait out, none decided ahead of it; a replica is busy until the last of the
                         # requests before it has its last token (this replay's own finish times)
                         finish = arr + wait + lag + own + spans
-                        free = np.zeros(len(arr), bool)
+                        slack = np.zeros(len(arr))  # how long before each arrival its replica fell idle
                         for k in range(reps):
                             i = order[k::reps]
                             before = np.concatenate([[-math.inf], np.maximum.accumulate(finish[i])[:-1]])
-                            free[i] = arr[i] >= before
+                            slack[i] = arr[i] - before
+                        free = slack >= 0
+                        share = self._idle_share(timers["mixed"], p, r, s)
+                        if share is not None:
+                            # as many as the batch's law finds idle, those after the longest idle spells: the
+                            # replay's decode steps are the mean batch's, so it drains a nearly empty replica too
+                            # slowly and finds it idle too seldom (H200-SXM TP1 at 1 req/s: 2% of arrivals where
+                            # the law and the discrete-event engine find 10%)
+                            free = np.zeros(len(arr), bool)
+                            free[np.argsort(-slack, kind="stable")[: round(share * len(arr))]] = True
                         wait = np.where(free, 0.0, wait)
                         lag = np.where(free, 0.0, lag)
             ttft = wait + lag + own
@@ -1432,18 +1445,29 @@ class Analytical:
         slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
         return s, ttft + slot, tpot, failed
 
+    def _law_args(self, pool: Pool, rate: float, s: PoolState) -> tuple[float, int, float, int] | None:
+        """`busy_decode`'s arguments for the mixed pool's state ``s`` at ``rate`` req/s per replica (load, context,
+        the prompts' mean time per step, max batch), as `pool_state` solved them; None where the batch has no such
+        law (not an aggregated mixed pool under `PRODUCT_FORM`, overloaded, or one output token)."""
+        if not (BATCH_MIXTURE and PRODUCT_FORM and aggregates(pool)) or s.overloaded or self.mean_out <= 1:
+            return None
+        ctx = int(self.mean_in + self.mean_out / 2)
+        return rate * (self.mean_out - 1), ctx, max(s.tau - s.t_decode, 0.0), pool.engine.max_batch
+
     def _lag(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> float:
         """The step an arrival waits out after the one running when the scheduler decides a step ahead (s): the
         busy replica's mean step as an arrival finds it (`busy_step`, `LAG_AT_BATCH`) where the batch has
         `busy_decode`'s law (an aggregated mixed pool, `PRODUCT_FORM`), else the mean step per decoded token."""
-        if not (LAG_AT_BATCH and BATCH_MIXTURE and PRODUCT_FORM and aggregates(pool)) or s.overloaded:
-            return s.tau
-        if self.mean_out <= 1:
-            return s.tau
-        ctx = int(self.mean_in + self.mean_out / 2)
-        extra = max(s.tau - s.t_decode, 0.0)
-        step = busy_step(timer, rate * (self.mean_out - 1), ctx, extra, pool.engine.max_batch)
+        args = self._law_args(pool, rate, s) if LAG_AT_BATCH else None
+        step = busy_step(timer, *args) if args is not None else None
         return s.tau if step is None else step
+
+    def _idle_share(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> float | None:
+        """The share of arrivals that find their replica with no sequence decoding (`IDLE_SHARE`): P(N = 0) under
+        `busy_decode`'s law (Poisson arrivals see time averages); None where there is no such law."""
+        args = self._law_args(pool, rate, s) if IDLE_SHARE else None
+        law = _busy_law(timer, *args) if args is not None else None
+        return None if law is None else float(law[0])
 
     def _mean_form(self, timer: StepTimer, pool: Pool, batch: float) -> tuple[float, float]:
         """(decode step s, prefill time per request beyond its decode steps s) of the mean prompt at ``batch``

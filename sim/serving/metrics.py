@@ -433,6 +433,17 @@ def step_after_instant_s(steps: pd.DataFrame) -> float:
     return total / weight if weight > 0 else math.nan
 
 
+def idle_arrival_share(requests: pd.DataFrame) -> float:
+    """Share of requests scheduled the instant they reached the engine (``scheduled_s`` = ``engine_arrival_s``):
+    those that found their replica with nothing running or waiting (a busy replica admits an arrival at the next
+    step's decision at the earliest). NaN for no requests."""
+    require_columns(requests, ("scheduled_s", "engine_arrival_s"), "requests")
+    if not len(requests):
+        return math.nan
+    sched, arrived = _f(requests["scheduled_s"]), _f(requests["engine_arrival_s"])
+    return float(np.mean(np.abs(sched - arrived) <= 1e-9 * np.maximum(1.0, np.abs(arrived))))
+
+
 def _ratio(num: float, den: float) -> float:
     """``num / den``, 0 when ``den`` is not positive."""
     return float(num / den) if den > 0 else 0.0
