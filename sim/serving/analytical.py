@@ -1436,7 +1436,8 @@ class Analytical:
                             # replay's decode steps are the mean batch's, so it drains a nearly empty replica too
                             # slowly and finds it idle too seldom (H200-SXM TP1 at 1 req/s: 2% of arrivals where
                             # the law and the discrete-event engine find 10%)
-                            free = np.zeros(len(arr), bool)
+                            # (and the first arrival at each replica, which finds it empty as the run starts)
+                            free = np.isinf(slack)
                             free[np.argsort(-slack, kind="stable")[: round(share * len(arr))]] = True
                         wait = np.where(free, 0.0, wait)
                         lag = np.where(free, 0.0, lag)
