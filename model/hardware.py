@@ -98,6 +98,10 @@ class HardwareSpec(StrictInput):
         peak_flops: dense peak FLOP/s (OP/s for int8) per dtype; a dtype the
             hardware lacks is absent.
         memory_gib: device memory as marketed, GiB.
+        memory_total_gib: device memory the CUDA runtime reports in total (``torch.cuda.mem_get_info``), GiB: what a
+            serving engine's memory fraction multiplies (vLLM's ``total_gpu_memory``, SGLang's total); None where no
+            measurement names it (``memory_gib`` is used). Less than the marketed figure: the driver's own
+            reservation, and on GDDR6 boards with ECC on (L40S) the ECC's share.
         memory_bandwidth: device-memory bandwidth, bytes/s (None: unmeasured).
         tdp_w: board power, W (None: unknown).
         price_usd: purchase price per GPU, USD (None: unknown).
@@ -112,6 +116,7 @@ class HardwareSpec(StrictInput):
     vendor: str
     peak_flops: dict[str, Annotated[float, Field(ge=0, le=MAX_HW_VALUE)]]
     memory_gib: float = Field(gt=0, le=MAX_HW_VALUE)
+    memory_total_gib: float | None = Field(default=None, gt=0, le=MAX_HW_VALUE)
     memory_bandwidth: float | None = Field(gt=0, le=MAX_HW_VALUE)
     tdp_w: float | None = Field(gt=0, le=MAX_HW_VALUE)
     price_usd: float | None = Field(default=None, gt=0, le=MAX_HW_VALUE)
@@ -124,6 +129,12 @@ class HardwareSpec(StrictInput):
     def memory_bytes(self) -> float:
         """Device memory in bytes."""
         return self.memory_gib * GIB
+
+    @property
+    def engine_memory_bytes(self) -> float:
+        """Device memory a serving engine's memory fraction multiplies, bytes: ``memory_total_gib`` where measured,
+        else ``memory_gib``."""
+        return (self.memory_total_gib or self.memory_gib) * GIB
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; `HardwareError` if it has none."""

@@ -262,12 +262,12 @@ def estimate_memory(
     if batch is not None:
         group = max(batch.split(layout.dp_attn), key=lambda b: b.kv_tokens_read())
         kv = kv_bytes_for_batch(model, layout, p, group, stages[s])
-    capacity = gpu.memory_bytes
+    capacity = gpu.engine_memory_bytes  # what the engine's memory fraction multiplies (the CUDA-reported total)
     usable = capacity * mem_fraction
     free = usable - weights - activation_bytes
     tokens = int(max(free, 0.0) // per_token) if per_token else 0
     need = weights + kv + activation_bytes
-    where = f"{gpu.key} ({gpu.memory_gib:g} GiB x {mem_fraction:.2f} = {usable / GIB:.1f} GiB usable)"
+    where = f"{gpu.key} ({capacity / GIB:g} GiB x {mem_fraction:.2f} = {usable / GIB:.1f} GiB usable)"
     # a smaller weight dtype only where one exists (DeepSeek-V3's checkpoint is already fp8)
     smaller = [d for d in ("fp8", "int4") if dtype_bytes(d) < dtype_bytes(p.weights.removesuffix("_block"))]
     options = ["more GPUs (--tp/--ep/--pp)"] + ([f"a smaller --dtype ({', '.join(smaller)})"] if smaller else [])

@@ -60,7 +60,13 @@ def test_serving_capacity_counts_the_chunk():
     bs = built.pools[0].engine.block_size
     assert cap.kv_groups is not None and cap.kv_groups.local_groups == 3
     assert cap.kv_tokens == cap.kv_blocks // 4 * bs  # the size at full length, as vLLM reports it
-    assert cap.kv_blocks // cap.blocks(131_072, bs) >= 4 * (cap.kv_tokens // 131_072)
+    # a 131k-token request takes a full group's blocks and three 8,192-token windows' (9,728 of them): the cache holds
+    # 4 x 131,072 / 9,728 / 16 = 3.37 times as many such requests as its full-length size says
+    per_request = int(cap.blocks(131_072, bs))
+    assert per_request == 131_072 // bs + 3 * 8192 // bs
+    ratio = 4 * 131_072 / (bs * per_request)
+    assert cap.kv_blocks / per_request == pytest.approx(ratio * cap.kv_tokens / 131_072, rel=1e-3)
+    assert ratio > 3.3
     # a request of 1M tokens: more than the full-length size, yet it fits with the chunked layers at 8,192 tokens
     long = pd.DataFrame({"request_id": [0], "input_tokens": [900_000], "output_tokens": [100_000]})
     assert cap.kv_tokens < 1_000_000

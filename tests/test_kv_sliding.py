@@ -97,7 +97,7 @@ def test_des_runs_a_request_longer_than_the_full_length_cache():
 
     sc = {
         "model": "gpt-oss-120b", "gpu": "H100-SXM", "replicas": 1,
-        "engine": {"max_batch": 8, "max_tokens": 8192, "chunked_prefill": True, "mem_fraction": 0.78},
+        "engine": {"max_batch": 8, "max_tokens": 8192, "chunked_prefill": True, "mem_fraction": 0.79},
         "workload": {"arrival": "poisson", "rate": 1, "requests": 2, "input": 60_000, "output": 8},
     }  # fmt: skip
     cap = replica_capacity(load(sc), load(sc).pools[0])
