@@ -41,7 +41,7 @@ SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.16, 1.47), "r
 #: Section 29 (rerun 2026-12-07 afternoon): 15 sustained real vLLM Mixtral runs, analytical engine;
 #: metric -> (median, P90) of |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM kernels).
 SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
-    "achievable": {"e2e": (0.035, 0.079), "ttft": (0.122, 0.191), "itl": (0.044, 0.067)},
+    "achievable": {"e2e": (0.035, 0.079), "ttft": (0.123, 0.191), "itl": (0.044, 0.067)},
     "calibrated": {"e2e": (0.015, 0.030), "ttft": (0.071, 0.145), "itl": (0.015, 0.023)},
     "roofline": {"e2e": (0.224, 0.359), "ttft": (0.283, 0.417), "itl": (0.233, 0.353)},
 }
