@@ -112,34 +112,44 @@ def main() -> None:
     print(f"\nComputed in {time.perf_counter() - t0:.0f} s of wall time.")
 
 
+def _des_runs():
+    """For each case of `CASES`: (its label, rate req/s, the scenario at that rate with max(600, 300 x rate)
+    requests, the DES run and its summary, a maker of the analytical engine on the DES run's own requests)."""
+    from moesim.sim.serving.analytical import Analytical
+    from moesim.sim.serving.engine import simulate
+    from moesim.sim.serving.serve import des_summary
+    from moesim.sim.serving.workload import generate
+    from moesim.sim.sweeps import sweep_eval
+
+    for gpu, gpus, layout, precision, rate in CASES:
+        model, spec, label = _model(gpu, gpus, layout, precision, rate)
+        b = sweep_eval._with_rate(model.built, rate, int(max(600, rate * 300)))
+        res = simulate(b, spec.seed)
+
+        def own(b=b, seed=spec.seed, timers=model.timers) -> Analytical:
+            return Analytical(b, seed, timers=timers, sample=generate(b.workload, seed, b.base_dir))
+
+        yield label, rate, b, res, des_summary(b, res), own
+
+
 def idle_arrivals() -> None:
     """``--idle``: mean TTFT of the analytical engine on the DES's own requests with every arrival charged a step
     (`analytical.IDLE_ARRIVALS` off), with the replay's idle arrivals charged none (on, `IDLE_SHARE` off), and with
     the share the batch's law finds idle (both on: P(N = 0), `Analytical._idle_share`), over the DES's; and the
     share of arrivals that find the replica idle, law / DES (`metrics.idle_arrival_share`)."""
     from moesim.sim.serving import analytical
-    from moesim.sim.serving.analytical import Analytical
-    from moesim.sim.serving.engine import simulate
     from moesim.sim.serving.metrics import idle_arrival_share
-    from moesim.sim.serving.serve import des_summary
-    from moesim.sim.serving.workload import generate
-    from moesim.sim.sweeps import sweep_eval
 
     print(
         "| configuration | rate req/s | idle arrivals: law / DES | TTFT mean ms: every arrival a step / replay's "
         "idle / law's idle / DES | over DES: every / replay / law |"
     )
     print("|---|---|---|---|---|")
-    for gpu, gpus, layout, precision, rate in CASES:
-        model, spec, label = _model(gpu, gpus, layout, precision, rate)
-        n = int(max(600, rate * 300))
-        b = sweep_eval._with_rate(model.built, rate, n)
-        res = simulate(b, spec.seed)
-        d = des_summary(b, res)
+    for label, rate, b, res, d, make in _des_runs():
         got, share = [], None
         for idle, law in ((False, False), (True, False), (True, True)):
             analytical.IDLE_ARRIVALS, analytical.IDLE_SHARE = idle, law
-            own = Analytical(b, spec.seed, timers=model.timers, sample=generate(b.workload, spec.seed, b.base_dir))
+            own = make()
             r = own.workload_rate
             got.append(own.summary(r)["ttft_mean_s"])
             p = own.pools["mixed"]
@@ -163,28 +173,18 @@ def step_ahead() -> None:
     replica's mean step as an arrival finds it) against the DES's own (`metrics.step_after_instant_s`), and the mean
     TTFT each gives on the DES's own requests, over the DES's."""
     from moesim.sim.serving import analytical
-    from moesim.sim.serving.analytical import Analytical
-    from moesim.sim.serving.engine import simulate
     from moesim.sim.serving.metrics import step_after_instant_s
-    from moesim.sim.serving.serve import des_summary
-    from moesim.sim.serving.workload import generate
-    from moesim.sim.sweeps import sweep_eval
 
     print(
         "| configuration | rate req/s | step decided ahead ms: per token (off) / at the arrival's batch (on) / DES "
         "| TTFT mean ms: off / on / DES | over DES: off -> on |"
     )
     print("|---|---|---|---|---|")
-    for gpu, gpus, layout, precision, rate in CASES:
-        model, spec, label = _model(gpu, gpus, layout, precision, rate)
-        n = int(max(600, rate * 300))
-        b = sweep_eval._with_rate(model.built, rate, n)
-        res = simulate(b, spec.seed)
-        d = des_summary(b, res)
+    for label, rate, _, res, d, make in _des_runs():
         lags, ttft = [], []
         for flag in (False, True):
             analytical.LAG_AT_BATCH = flag
-            own = Analytical(b, spec.seed, timers=model.timers, sample=generate(b.workload, spec.seed, b.base_dir))
+            own = make()
             r = own.workload_rate
             p = own.pools["mixed"]
             s = own._mixed(r)[0]
