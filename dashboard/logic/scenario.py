@@ -253,7 +253,7 @@ def run_serving(
         "itl": np.asarray(res.itl, dtype=float),
         "series": time_series(res.steps, res.requests) if len(res.steps) else pd.DataFrame(),
         "memory": memory,
-        "gpu_bytes": float(pool.cluster.gpu.memory_bytes),
+        "gpu_bytes": float(pool.cluster.gpu.engine_memory_bytes),  # what the engine sized its KV cache from
         "breakdown": _op_breakdown(b, pool, batch, ctx),
         "breakdown_at": {"batch": max(1, round(batch)), "context": ctx},
         "components": {},

@@ -250,9 +250,8 @@ def _busy_law(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: 
         return None
     width = 64
     while True:
-        steps = _decode_steps(timer, ctx, min(width, cap))
         n = np.arange(1, width + 1)
-        s_n = np.concatenate([steps, np.full(max(width - cap, 0), steps[-1])]) + extra
+        s_n = _law_steps(timer, ctx, width, cap, extra)
         log_pi = np.concatenate([[0.0], np.cumsum(np.log(load * s_n / np.minimum(n, cap)))])
         peak = float(log_pi.max())
         if log_pi[-1] < peak - _PF_TAIL and log_pi[-1] < log_pi[-2]:
@@ -262,7 +261,16 @@ def _busy_law(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: 
     return pi / pi.sum()
 
 
-def busy_step(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: int) -> float | None:
+def _law_steps(timer: StepTimer, ctx: int, width: int, cap: int, extra: float) -> np.ndarray:
+    """The steps of `busy_decode`'s law, s(n) = `_decode_step`(min(n, ``cap``), ``ctx``) + ``extra`` for n = 1 ..
+    ``width`` [width] s."""
+    steps = _decode_steps(timer, ctx, min(width, cap))
+    return np.concatenate([steps, np.full(max(width - cap, 0), steps[-1])]) + extra
+
+
+def busy_step(
+    timer: StepTimer, load: float, ctx: int, extra: float, max_batch: int, law: np.ndarray | None = None
+) -> float | None:
     """Mean step (s) of a busy replica as an arrival finds it: `busy_decode`'s stationary law of the sequences
     present (an arrival sees it as it is in time: Poisson arrivals see time averages), given at least one decoding,
     each step of n lasting s(n) = `_decode_step`(min(n, ``max_batch``), ``ctx``) + ``extra``:
@@ -274,14 +282,13 @@ def busy_step(timer: StepTimer, load: float, ctx: int, extra: float, max_batch: 
     step per decoded token (`busy_decode`'s first figure), which weighs each step by the sequences it decodes: at a
     batch of a few sequences a step of 8 counts 8 times one of 1. Mixtral-8x7B on H100-SXM x8 TP2 EP2 bf16 at 4 req/s
     (chat): 12.66 ms per decoded token, 11.77 ms here, and the discrete-event engine's step after a random instant
-    11.77 ms (`metrics.step_after_instant_s`; `python -m benchmarks.low_load --lag`)."""
-    law = _busy_law(timer, load, ctx, extra, max_batch)
+    11.77 ms (`metrics.step_after_instant_s`; `python -m benchmarks.low_load --lag`). ``law``: `_busy_law` of the
+    same arguments where the caller has it already."""
+    if law is None:
+        law = _busy_law(timer, load, ctx, extra, max_batch)
     if law is None or len(law) < 2:
         return None
-    cap = max(max_batch, 1)
-    m = len(law) - 1
-    steps = _decode_steps(timer, ctx, min(m, cap))
-    s_n = np.concatenate([steps, np.full(max(m - cap, 0), steps[-1])]) + extra
+    s_n = _law_steps(timer, ctx, len(law) - 1, max(max_batch, 1), extra)
     busy = law[1:]
     total = float(busy.sum())
     return float(busy @ s_n) / total if total > 0 else None
@@ -1109,6 +1116,8 @@ LAG_AT_BATCH = True
 #: law, given to those after the replay's longest idle spells; off: the replay's own idle arrivals (as before
 #: 2026-12-07 evening).
 IDLE_SHARE = True
+#: `Analytical._lag`'s and `_idle_share`'s default: the batch's law is computed there (not given by the caller).
+_COMPUTE = object()
 
 
 def residual_draws(n: int, steps_s: tuple[float, ...], shares: tuple[float, ...], seed: int) -> np.ndarray:
@@ -1351,7 +1360,8 @@ class Analytical:
         # noise between their batch shapes says)
         extra = max(s.t_mixed - s.t_decode, 0.0) / max(s.chunk, 1)
         # an overlapping scheduler has decided the next step already: an arrival joins the one after it
-        lag = self._lag(timers["mixed"], p, r, s) if engine_profile(p.engine, built.base_dir).overlap else 0.0
+        busy = self._busy(timers["mixed"], p, r, s)  # the decode batch's law, for the step ahead and idle arrivals
+        lag = self._lag(timers["mixed"], p, r, s, busy) if engine_profile(p.engine, built.base_dir).overlap else 0.0
         arr = self._arrivals_at(rate) if arrivals_s is None else np.asarray(arrivals_s, float)
         rr = built.scenario.router == "round_robin"
         tpot: float | np.ndarray = s.tau
@@ -1430,13 +1440,13 @@ class Analytical:
                             before = np.concatenate([[-math.inf], np.maximum.accumulate(finish[i])[:-1]])
                             slack[i] = arr[i] - before
                         free = slack >= 0
-                        share = self._idle_share(timers["mixed"], p, r, s)
+                        share = self._idle_share(timers["mixed"], p, r, s, busy)
                         if share is not None:
-                            # as many as the batch's law finds idle, those after the longest idle spells: the
-                            # replay's decode steps are the mean batch's, so it drains a nearly empty replica too
-                            # slowly and finds it idle too seldom (H200-SXM TP1 at 1 req/s: 2% of arrivals where
-                            # the law and the discrete-event engine find 10%)
-                            # (and the first arrival at each replica, which finds it empty as the run starts)
+                            # as many as the batch's law finds idle, those after the longest idle spells, and the
+                            # first arrival at each replica (it finds it empty as the run starts): the replay's
+                            # decode steps are the mean batch's, so it drains a nearly empty replica too slowly and
+                            # finds it idle too seldom (H200-SXM TP1 at 1 req/s: 2% of arrivals where the law and
+                            # the discrete-event engine find 10%)
                             free = np.isinf(slack)
                             free[np.argsort(-slack, kind="stable")[: round(share * len(arr))]] = True
                         wait = np.where(free, 0.0, wait)
@@ -1455,20 +1465,34 @@ class Analytical:
         ctx = int(self.mean_in + self.mean_out / 2)
         return rate * (self.mean_out - 1), ctx, max(s.tau - s.t_decode, 0.0), pool.engine.max_batch
 
-    def _lag(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> float:
+    def _busy(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> tuple[tuple, np.ndarray] | None:
+        """(`_law_args`, `_busy_law` of them) for the mixed pool's state ``s`` at ``rate`` req/s per replica; None
+        where there is no such law."""
+        args = self._law_args(pool, rate, s)
+        law = _busy_law(timer, *args) if args is not None else None
+        return None if law is None else (args, law)
+
+    def _lag(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState, busy: Any = _COMPUTE) -> float:
         """The step an arrival waits out after the one running when the scheduler decides a step ahead (s): the
         busy replica's mean step as an arrival finds it (`busy_step`, `LAG_AT_BATCH`) where the batch has
-        `busy_decode`'s law (an aggregated mixed pool, `PRODUCT_FORM`), else the mean step per decoded token."""
-        args = self._law_args(pool, rate, s) if LAG_AT_BATCH else None
-        step = busy_step(timer, *args) if args is not None else None
+        `busy_decode`'s law (an aggregated mixed pool, `PRODUCT_FORM`), else the mean step per decoded token.
+        ``busy``: `_busy` of the same arguments where the caller has it (computed here otherwise)."""
+        if not LAG_AT_BATCH:
+            return s.tau
+        busy = self._busy(timer, pool, rate, s) if busy is _COMPUTE else busy
+        step = busy_step(timer, *busy[0], law=busy[1]) if busy is not None else None
         return s.tau if step is None else step
 
-    def _idle_share(self, timer: StepTimer, pool: Pool, rate: float, s: PoolState) -> float | None:
+    def _idle_share(
+        self, timer: StepTimer, pool: Pool, rate: float, s: PoolState, busy: Any = _COMPUTE
+    ) -> float | None:
         """The share of arrivals that find their replica with no sequence decoding (`IDLE_SHARE`): P(N = 0) under
-        `busy_decode`'s law (Poisson arrivals see time averages); None where there is no such law."""
-        args = self._law_args(pool, rate, s) if IDLE_SHARE else None
-        law = _busy_law(timer, *args) if args is not None else None
-        return None if law is None else float(law[0])
+        `busy_decode`'s law (Poisson arrivals see time averages); None where there is no such law. ``busy``: as
+        `_lag`'s."""
+        if not IDLE_SHARE:
+            return None
+        busy = self._busy(timer, pool, rate, s) if busy is _COMPUTE else busy
+        return None if busy is None else float(busy[1][0])
 
     def _mean_form(self, timer: StepTimer, pool: Pool, batch: float) -> tuple[float, float]:
         """(decode step s, prefill time per request beyond its decode steps s) of the mean prompt at ``batch``
