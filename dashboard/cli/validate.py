@@ -28,7 +28,9 @@ class CvBy(str, Enum):
 
 
 #: What `moesim validate` writes into --out.
-VALIDATE_FILES = frozenset({"runs.csv", "summary.json", "predicted_vs_measured.png", "scenarios", "traces"})
+VALIDATE_FILES = frozenset(
+    {"runs.csv", "stages.csv", "summary.json", "predicted_vs_measured.png", "scenarios", "traces"}
+)
 
 
 def _cost_model(value: str | None):
@@ -112,7 +114,9 @@ def validate(
     """Run every measured deployment of RUNS.csv through the simulator: predicted vs measured per metric.
 
     Reports mean E2E, mean TTFT, mean ITL ((mean e2e - mean TTFT) / (mean output - 1)) and P90s per run, the median
-    and P90 absolute relative error per metric (overloaded runs flagged and left out), and a scatter plot.
+    and P90 absolute relative error per metric (overloaded runs flagged and left out), and a scatter plot. Runs of
+    two or more load stages are also compared stage by stage (stages.csv; per GPU in the summary): the ITL error at
+    the first and last stage, and how much the ITL rises per request decoding at once, measured and predicted.
 
     Example: moesim validate ../shared/data/vllm-e2e-dense/experiments.csv --engine analytical --out runs/validate
     """
@@ -148,6 +152,8 @@ def validate(
                 sc["cost_model"] = cm_name if cm_name == "achievable" else str(Path(cm_name).resolve())
             (tmp / "scenarios" / f"{_safe(run.run_id)}.yaml").write_text(yaml.safe_dump(sc, sort_keys=False))
         res.rows.to_csv(tmp / "runs.csv", index=False)
+        if len(res.stages):
+            res.stages.to_csv(tmp / "stages.csv", index=False)
         (tmp / "summary.json").write_text(clean_json(res.summary) + "\n")
         plot = scatter_plot(res.rows, tmp / "predicted_vs_measured.png", f"{runs_csv.name}: {engine.value}, {cm_name}")
     res.summary["out"] = str(out_dir)
@@ -177,7 +183,16 @@ def validate(
             f"overloaded: {ov['measured']} measured, {ov['predicted']} predicted, {ov['both']} both "
             "(predicted_overloaded in runs.csv; the discrete-event engine fails requests past the client's timeout)"
         )
-    out.print(f"wrote {out_dir}/ (runs.csv, summary.json, {'predicted_vs_measured.png, ' if plot else ''}scenarios/)")
+    for gpu, g in (res.summary.get("stages") or {}).items():
+        out.print(
+            f"{gpu}, {g['runs']} staged runs: mean ITL error {g['itl_error_first_stage']:+.1%} at the first stage, "
+            f"{g['itl_error_last_stage']:+.1%} at the last; ITL rise per request decoding at once "
+            f"{g['itl_slope_measured_ms_per_request']:.3f} ms measured, predicted x"
+            f"{g['itl_slope_predicted_over_measured']:.2f} (median of {g['slope_runs']} runs; stages.csv)"
+        )
+    staged = "stages.csv, " if len(res.stages) else ""
+    wrote = f"runs.csv, {staged}summary.json, {'predicted_vs_measured.png, ' if plot else ''}scenarios/"
+    out.print(f"wrote {out_dir}/ ({wrote})")
 
 
 def fit_engine(

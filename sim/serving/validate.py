@@ -42,6 +42,10 @@ client_timeout_s                             the load generator's total timeout 
                                              when load_generator is inference-perf, aiohttp's default; else
                                              none): the simulator's clients give up as the measured ones did
 stage_rates_req_per_s                        ``8;20``: Poisson load stages (without per_request_file)
+per_stage_file                               parquet or CSV (path relative to RUNS.csv) with stage_index (0-based;
+                                             negative rows, the whole run, are skipped), e2e_mean_ms, ttft_mean_ms
+                                             and tpot_derived_mean_ms per load stage: compared stage by stage
+                                             (`stage_rows`; without it, the per-request file's latencies)
 stage_durations_s                            ``600;600``
 input_len_mean_tokens                        mean prompt length of a staged workload
 output_len_mean_tokens                       mean output length of a staged workload
@@ -281,6 +285,7 @@ class Run:
         gpu: moesim GPU key. tp, dp: layout and replicas.
         engine: the scenario's ``engine:`` mapping (settings of the row).
         per_request: the per-request file (absolute), or None.
+        per_stage: the per-stage file (absolute), or None: measured means per load stage.
         stages: load stages (rate req/s, duration s).
         input_mean, output_mean: mean prompt / output tokens of a staged workload.
         measured: measured metrics by `METRICS` key, ms (NaN: not measured).
@@ -313,6 +318,7 @@ class Run:
     max_tokens: int | None = None  # tokens generated per request under ignore_eos (None: the recorded lengths)
     client_timeout_s: float | None = None  # the load generator's total timeout per request, s
     failed: float = 0.0  # measured failed requests
+    per_stage: Path | None = None  # measured means per load stage (`read_per_stage`)
 
 
 def _cell(row: pd.Series, col: str) -> Any:
@@ -497,6 +503,15 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
             raise MoesimError(
                 f"{where}: per_request_file {per_request} does not exist", "fix the path (relative to RUNS.csv)"
             )
+    per_stage = None
+    file = _cell(row, "per_stage_file")
+    if file is not None:
+        per_stage = Path(str(file)) if Path(str(file)).is_absolute() else base / str(file)
+        if not per_stage.is_file():
+            raise MoesimError(
+                f"{where}: per_stage_file {per_stage} does not exist", "fix the path (relative to RUNS.csv)"
+            )
+        read_per_stage(per_stage)  # a corrupt file fails the whole validation before any run
     rates, durations = _list(row, "stage_rates_req_per_s", where), _list(row, "stage_durations_s", where)
     label = _cell(row, "workload_label")
     folder = _cell(row, "workload_in_folder_name")
@@ -584,6 +599,7 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         max_tokens=generated,
         client_timeout_s=timeout,
         failed=failed,
+        per_stage=per_stage,
     )
 
 
@@ -828,6 +844,106 @@ def latency_metrics(e2e_ms: np.ndarray, ttft_ms: np.ndarray, output_tokens: np.n
     }
 
 
+#: Columns of a per-stage file (`read_per_stage`), ms: the stage means compared stage by stage.
+STAGE_METRICS: dict[str, str] = {"e2e_mean_ms": "e2e_mean_ms", "ttft_mean_ms": "ttft_mean_ms",
+                                 "itl_mean_ms": "tpot_derived_mean_ms"}  # fmt: skip
+
+
+def read_per_stage(path: Path) -> dict[int, dict[str, float]]:
+    """A per-stage file: load stage (0-based) -> its measured means (`STAGE_METRICS` keys, ms). Rows with a
+    negative ``stage_index`` (the whole run) are skipped. A missing column or a negative or non-finite mean is one
+    `MoesimError` naming it."""
+    hint = "give a table with stage_index, e2e_mean_ms, ttft_mean_ms and tpot_derived_mean_ms per load stage"
+    df = _read_table(path, "a per_stage_file", hint)
+    need = ["stage_index", *STAGE_METRICS.values()]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise MoesimError(f"per_stage_file {path}: no column {', '.join(missing)}", hint)
+    out: dict[int, dict[str, float]] = {}
+    for _, row in df.iterrows():
+        k = int(row["stage_index"])
+        if k < 0:
+            continue
+        vals = {key: float(row[col]) for key, col in STAGE_METRICS.items()}
+        bad = [key for key, v in vals.items() if not math.isfinite(v) or v < 0]
+        if bad:
+            raise MoesimError(f"per_stage_file {path}: stage {k} has {bad[0]} = {vals[bad[0]]}", hint)
+        out[k] = vals
+    return out
+
+
+def stage_rows(run: Run, req: pd.DataFrame, pred: Prediction, subsampled: bool) -> list[dict[str, Any]]:
+    """Predicted against measured per load stage of a run with two or more stages: one row per stage with its
+    requests, its arrival rate (req/s: requests less one over the span of their arrivals), the means of
+    `STAGE_METRICS` measured (the per-stage file's; without one, or when subsampled, the per-request file's
+    latencies of the stage's requests) and predicted (the stage's requests), their errors, and the requests
+    decoding at once by Little's law, ``rate x (mean E2E - mean TTFT)``, measured and predicted. [] for a run of
+    one stage or without the prediction's per-request latencies."""
+    stage = req["stage"].to_numpy() if "stage" in req else np.zeros(len(req), int)
+    ks = np.unique(stage)
+    if len(ks) < 2 or pred.e2e_ms is None or pred.ttft_ms is None:
+        return []
+    table = read_per_stage(run.per_stage) if run.per_stage is not None and not subsampled else {}
+    arr, out_tok = req["arrival_s"].to_numpy(float), req["output_measured"].to_numpy()
+    rows = []
+    for k in ks:
+        idx = stage == k
+        a = arr[idx]
+        span = float(a.max() - a.min()) if idx.sum() > 1 else 0.0
+        rate = (idx.sum() - 1) / span if span > 0 else math.nan
+        p = latency_metrics(pred.e2e_ms[idx], pred.ttft_ms[idx], out_tok[idx])
+        if int(k) in table:
+            m = table[int(k)]
+        elif not req["e2e_ms"].isna().all():
+            m = latency_metrics(req["e2e_ms"].to_numpy(float)[idx], req["ttft_ms"].to_numpy(float)[idx], out_tok[idx])
+        else:
+            m = dict.fromkeys(STAGE_METRICS, math.nan)
+        rec: dict[str, Any] = {"run_id": run.run_id, "model": run.model_id, "gpu": run.gpu, "tp": run.tp,
+                               "stage": int(k), "requests": int(idx.sum()), "rate_req_s": rate}  # fmt: skip
+        for key in STAGE_METRICS:
+            rec[f"measured_{key}"], rec[f"predicted_{key}"] = m[key], p[key]
+            ok = m[key] > 0 and math.isfinite(p[key])
+            rec[f"error_{key}"] = p[key] / m[key] - 1 if ok else math.nan
+        for side, v in (("measured", m), ("predicted", p)):
+            rec[f"{side}_running"] = rate * (v["e2e_mean_ms"] - v["ttft_mean_ms"]) / 1e3
+        rows.append(rec)
+    return rows
+
+
+def stage_summary(stages: pd.DataFrame) -> dict[str, Any]:
+    """Per GPU over the runs of ``stages`` (`stage_rows`, runs with status ``ok``): the median signed ITL error of
+    the first and of the last load stage, and the median of predicted over measured ITL slope, the mean ITL's rise
+    from the first stage to the last per request decoding at once added (ms per request; both sides' own
+    `stage_rows` running counts), with the measured slope's median. {} without staged runs."""
+    if stages is None or not len(stages):
+        return {}
+    out: dict[str, Any] = {}
+    for gpu, sub in stages.groupby("gpu", sort=True):
+        first, last, ratios, slopes = [], [], [], []
+        for _, run in sub.groupby("run_id", sort=False):
+            run = run.sort_values("stage")
+            a, b = run.iloc[0], run.iloc[-1]
+            first.append(a["error_itl_mean_ms"])
+            last.append(b["error_itl_mean_ms"])
+            dm = b["measured_running"] - a["measured_running"]
+            dp = b["predicted_running"] - a["predicted_running"]
+            if dm > 1 and dp > 1:
+                sm = (b["measured_itl_mean_ms"] - a["measured_itl_mean_ms"]) / dm
+                sp = (b["predicted_itl_mean_ms"] - a["predicted_itl_mean_ms"]) / dp
+                if sm > 0:
+                    slopes.append(sm)
+                    ratios.append(sp / sm)
+        out[str(gpu)] = {
+            "runs": int(sub["run_id"].nunique()),
+            "itl_error_first_stage": float(np.nanmedian(first)) if np.isfinite(first).any() else math.nan,
+            "itl_error_last_stage": float(np.nanmedian(last)) if np.isfinite(last).any() else math.nan,
+            "itl_slope_measured_ms_per_request": float(np.median(slopes)) if slopes else math.nan,
+            "itl_slope_predicted_over_measured": float(np.median(ratios)) if ratios else math.nan,
+            "slope_runs": len(ratios),
+        }
+    return out
+
+
 # ---------------------------------------------------------------- one prediction
 
 
@@ -862,6 +978,8 @@ class Prediction:
     kv_blocks: float = math.nan  # moesim's KV-cache capacity of one replica, blocks
     failed: float = math.nan  # requests whose client gave up (NaN: the engine does not model the timeout)
     first_failed_s: float = math.nan  # arrival of the first of them, s from the first request
+    e2e_ms: np.ndarray | None = None  # per request [requests, in ``req``'s order], ms (NaN: not finished)
+    ttft_ms: np.ndarray | None = None  # the same for the time to first token
 
 
 def write_trace_csv(req: pd.DataFrame, path: Path) -> Path:
@@ -919,7 +1037,8 @@ def predict(
         caps = res.sim.capacities if res.sim is not None else {}
         kv = float(next(iter(caps.values())).kv_blocks) if caps else math.nan
         first = float(r["arrival_s"].to_numpy(float)[failed].min()) if failed.any() else math.nan
-        return Prediction(m, over, reason, time.perf_counter() - t0, kv, float(failed.sum()), first)
+        e2e_r, ttft_r = _aligned(r, req)
+        return Prediction(m, over, reason, time.perf_counter() - t0, kv, float(failed.sum()), first, e2e_r, ttft_r)
     if engine != "analytical":
         raise MoesimError(f"unknown engine {engine!r}", "use des or analytical")
     from moesim.sim.serving.analytical import Analytical
@@ -954,7 +1073,16 @@ def predict(
         if gone.any():
             reasons.append(f"{int(failed):,} of {n:,} requests timed out at the client ({run.client_timeout_s:g} s)")
     over = bool(reasons)
-    return Prediction(m, over, "; ".join(reasons), time.perf_counter() - t0, kv, failed, first)
+    return Prediction(m, over, "; ".join(reasons), time.perf_counter() - t0, kv, failed, first, e2e * 1e3, ttft * 1e3)
+
+
+def _aligned(r: pd.DataFrame, req: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The discrete-event engine's per-request E2E and TTFT (ms) in ``req``'s order, or (None, None) where its
+    requests (``r``, sorted by request id) are not the trace's rows one for one (same count and arrivals)."""
+    a, b = r["arrival_s"].to_numpy(float), req["arrival_s"].to_numpy(float)
+    if len(a) != len(b) or not len(a) or not np.allclose(a - a.min(), b - b.min(), rtol=0.0, atol=1e-6):
+        return None, None
+    return r["e2e_s"].to_numpy(float) * 1e3, r["ttft_s"].to_numpy(float) * 1e3
 
 
 # ---------------------------------------------------------------- a validation
@@ -974,12 +1102,14 @@ class Validation:
             and predicted_first_failed_s (the arrival of the first of them, s from the first request; measured only
             from a per-request file), requests, subsampled, wall_s, kv_blocks_moesim and kv_blocks_recorded
             (KV-cache blocks per replica).
-        summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, counts, and
-            ``overload``: runs overloaded as measured, as predicted, and both.
+        summary: per metric, the median and P90 absolute relative error over the ``ok`` runs, counts,
+            ``overload``: runs overloaded as measured, as predicted, and both, and ``stages`` (`stage_summary`).
+        stages: one row per load stage of the runs with two or more (`stage_rows`), status ``ok`` runs only.
     """
 
     rows: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    stages: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def error_summary(rows: pd.DataFrame) -> dict[str, Any]:
@@ -1021,7 +1151,8 @@ def validate(
 ) -> Validation:
     """Predict every run; traces go to ``workdir/traces``. A run that cannot be simulated (an unknown model, a
     layout that does not fit) is reported with status ``error`` and its one-line reason, and the others go on."""
-    records = []
+    records: list[dict[str, Any]] = []
+    staged: list[dict[str, Any]] = []
     for i, run in enumerate(runs):
         if progress:
             progress(i, len(runs), run.run_id)
@@ -1048,6 +1179,8 @@ def validate(
                 rec[f"measured_{key}"], rec[f"predicted_{key}"] = m, p
                 rec[f"error_{key}"] = p / m - 1 if m > 0 and math.isfinite(p) else math.nan
             rec["predicted_overloaded"] = pred.overloaded
+            if not run.overloaded:
+                staged += stage_rows(run, req, pred, subsampled)
             mf = req["measured_failed"].to_numpy(bool) if "measured_failed" in req else np.zeros(len(req), bool)
             rec["measured_failed"] = float(mf.sum()) if mf.any() else run.failed
             rec["predicted_failed"] = pred.failed
@@ -1071,14 +1204,16 @@ def validate(
     if progress:
         progress(len(runs), len(runs), "done")
     rows = pd.DataFrame(records)
+    stages = pd.DataFrame(staged)
     summary = error_summary(rows)
     summary.update(
         engine=engine,
         max_requests=max_requests,
         profile=profile,
         wall_s=float(rows.get("wall_s", pd.Series(dtype=float)).sum()),
+        stages=stage_summary(stages),
     )
-    return Validation(rows, summary)
+    return Validation(rows, summary, stages)
 
 
 def _safe(name: str) -> str:
