@@ -61,7 +61,11 @@ The figures live in ``model/presets/achievable.yaml`` (`HardwareSpec.achievable`
 
 An op's time is ``kernels x kernel_s + max(compute, memory) + link`` with ``compute`` and ``memory`` from the
 mechanisms above; collectives and DeepEP keep the roofline's link model unchanged (no kernel term: the measured
-collective latency already holds it). Every time is at least the roofline's.
+collective latency already holds it), but a serving engine's tensor-parallel all-reduce, which runs the engine's
+custom all-reduce kernel, timed from that kernel's published H100 measurements (`model.allreduce`). Every time is
+at least the roofline's but those: the roofline's all-reduce is a ring at the whole link plus NCCL's small-message
+floor, which the one-shot kernel undercuts at small messages (published: 7 us for 0.5 MiB over 2 GPUs, the
+ring 8.3 us).
 
 A GPU without its own figure for a mechanism reuses another GPU's, and says so: `params_for` names every reused
 figure, and each op's ``source`` reads ``achievable`` (all figures its own) or ``achievable:reused ...``. An unknown
@@ -77,6 +81,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from moesim.model.a2a import deepep_time, is_deepep
+from moesim.model.allreduce import seconds as engine_allreduce_seconds
 from moesim.model.dtypes import FP8_BLOCK_SCALE_BYTES
 from moesim.model.hardware import AchievableSpec, AchievedFigure, ClusterSpec, HardwareSpec, list_gpus
 from moesim.model.op_record import Op, memory_op
@@ -601,10 +606,14 @@ class AchievableCostModel:
 
     def op_time(self, op: Op, cluster: ClusterSpec) -> OpTime:
         """``kernels x kernel_s + max(compute, memory)`` on the device plus the roofline's link time (module
-        docstring). DeepEP dispatch and combine keep their own model (`model.a2a`)."""
+        docstring). DeepEP dispatch and combine keep their own model (`model.a2a`), and a serving engine's
+        tensor-parallel all-reduce its custom all-reduce's (`model.allreduce`)."""
         if is_deepep(op):
             t = deepep_time(op, cluster)
             return OpTime(t.seconds, 0.0, 0.0, t.seconds, t.bound, t.source)
+        engine_ar = engine_allreduce_seconds(op, cluster)  # the serving engine's own all-reduce kernel
+        if engine_ar is not None:
+            return OpTime(engine_ar[0], 0.0, 0.0, engine_ar[0], "intra-link", engine_ar[1])
         gpu = cluster.gpu
         p = self.params(gpu)
         intra, inter = link_seconds(op, cluster)

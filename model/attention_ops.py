@@ -23,6 +23,7 @@ norms are RMSNorm kernels (``qk_norm``, ``q_a_norm``, ``kv_a_norm``).
 
 from __future__ import annotations
 
+from moesim.model.allreduce import engine_op
 from moesim.model.op_record import Op, OpContext, collective, gemm, memory_op
 from moesim.model.params import LayerSet
 
@@ -233,5 +234,5 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool, core: bool = False) -
             ops.append(gemm("o_proj", label, n, t, h, heads * dv, wb, ab, dt))
     if core:
         return ops
-    ar = collective("attn_allreduce", "all_reduce", label, n, t * h * ab, lay.tp, c.cluster.gpus_per_node)
+    ar = engine_op(collective("attn_allreduce", "all_reduce", label, n, t * h * ab, lay.tp, c.cluster.gpus_per_node))
     return ops + ([ar] if ar else [])

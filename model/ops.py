@@ -30,6 +30,7 @@ from dataclasses import replace
 import numpy as np
 
 from moesim.model.a2a import ep_a2a_ops
+from moesim.model.allreduce import engine_op
 from moesim.model.attention_ops import attention_ops
 from moesim.model.batch import Batch
 from moesim.model.dtypes import Precision
@@ -585,7 +586,7 @@ def _moe_ops(c: OpContext, g: LayerSet, loads: np.ndarray | None, phys: np.ndarr
         op = collective("tp_gather", "all_gather", label, n, t_attn * h * ab, lay.tp, gpn)
         ops.append(op) if op else None
     elif lay.ep == 1 and lay.dp_attn <= 1 and lay.tp > 1:  # (with data-parallel attention: the routed ops' scatter)
-        op = collective("moe_allreduce", "all_reduce", label, n, t_attn * h * ab, lay.tp, gpn)
+        op = engine_op(collective("moe_allreduce", "all_reduce", label, n, t_attn * h * ab, lay.tp, gpn))
         ops.append(op) if op else None
     if moe.shared_intermediate_size:
         ops += _ffn("shared", label, n, t_attn, moe.shared_intermediate_size // lay.tp, h, p, c.gemm_dtype)
@@ -656,14 +657,16 @@ def _dense_ffn_ops(c: OpContext, g: LayerSet) -> list[Op]:
         c.precision,
         c.gemm_dtype,
     )
-    ar = collective(
-        "ffn_allreduce",
-        "all_reduce",
-        g.label,
-        g.count,
-        c.attn_batch.tokens * m.hidden_size * c.precision.activation_bytes,
-        lay.tp,
-        c.cluster.gpus_per_node,
+    ar = engine_op(
+        collective(
+            "ffn_allreduce",
+            "all_reduce",
+            g.label,
+            g.count,
+            c.attn_batch.tokens * m.hidden_size * c.precision.activation_bytes,
+            lay.tp,
+            c.cluster.gpus_per_node,
+        )
     )
     return ops + ([ar] if ar else [])
 
@@ -689,7 +692,7 @@ def _edge_ops(c: OpContext, sampling: str = "greedy") -> list[Op]:
             shape={"tokens": t, "hidden": h},
         )
     ]
-    ar = collective("embed_allreduce", "all_reduce", "embed", 1, t * h * p.activation_bytes, lay.tp, gpn)
+    ar = engine_op(collective("embed_allreduce", "all_reduce", "embed", 1, t * h * p.activation_bytes, lay.tp, gpn))
     ops += [ar] if ar else []
     rows = c.attn_batch.logit_tokens
     head = gemm(

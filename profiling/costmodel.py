@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from moesim.model.a2a import is_deepep
+from moesim.model.allreduce import seconds as engine_allreduce_seconds
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import ClusterSpec, HardwareSpec, make_cluster
 from moesim.model.ops import Op, expert_gemm_pair, gemm
@@ -721,6 +722,9 @@ class CalibratedCostModel:
         """The op's time from its fit, or its roofline with the reason (see the class docstring)."""
         if is_deepep(op):  # DeepEP dispatch / combine: `model.a2a`'s model, never an NCCL all-to-all table
             return self._roof.op_time(op, cluster)
+        engine_ar = engine_allreduce_seconds(op, cluster)  # the serving engine's custom all-reduce, not NCCL's table
+        if engine_ar is not None:
+            return OpTime(engine_ar[0], 0.0, 0.0, engine_ar[0], "intra-link", engine_ar[1])
         if op.kind == "topk_softmax":
             inside = self._topk_in_router(op, cluster)
             if inside is not None:

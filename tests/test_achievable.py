@@ -22,6 +22,7 @@ from moesim.model.achievable import (
     named_cost_model,
     params_for,
 )
+from moesim.model.allreduce import applies as engine_allreduce_applies
 from moesim.model.dtypes import Precision
 from moesim.model.op_record import collective, gemm, memory_op
 from moesim.model.ops import experts_gemms, experts_op
@@ -131,6 +132,9 @@ def test_never_faster_than_the_roofline_and_links_unchanged(cluster8):
     ):
         for op in decompose(load_model(model), batch, lay, cluster8):
             r, a = rm.op_time(op, cluster8), am.op_time(op, cluster8)
+            if engine_allreduce_applies(op, cluster8):  # the engine's custom all-reduce: its published times
+                assert "custom all-reduce" in a.source, op.name
+                continue
             assert a.seconds >= r.seconds * (1 - 1e-12), op.name
             assert a.link_s == pytest.approx(r.link_s)
             if is_deepep(op) or (not op.flops and not op.bytes):

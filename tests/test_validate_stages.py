@@ -147,7 +147,8 @@ def test_des_latencies_line_up_with_the_trace(tmp_path):
 
 
 def _row(run: str, gpu: str, stage: int, m_itl: float, p_itl: float, m_run: float, p_run: float) -> dict:
-    return {"run_id": run, "gpu": gpu, "stage": stage, "measured_itl_mean_ms": m_itl, "predicted_itl_mean_ms": p_itl,
+    return {"run_id": run, "gpu": gpu, "tp": 2 if run == "y" else 1, "stage": stage,
+            "measured_itl_mean_ms": m_itl, "predicted_itl_mean_ms": p_itl,
             "error_itl_mean_ms": p_itl / m_itl - 1, "measured_running": m_run, "predicted_running": p_run}  # fmt: skip
 
 
@@ -172,6 +173,12 @@ def test_stage_summary_by_hand():
     assert s["A"]["itl_slope_measured_ms_per_request"] == pytest.approx(0.2)
     assert s["A"]["itl_slope_predicted_over_measured"] == pytest.approx(np.median([(2 / 16) / 0.2, 0.15 / 0.2]))
     assert s["B"]["slope_runs"] == 0 and math.isnan(s["B"]["itl_slope_predicted_over_measured"])
+    # per tensor-parallel size: run x alone at TP1, run y alone at TP2
+    by = s["A"]["by_tp"]
+    assert set(by) == {"1", "2"} and by["1"]["runs"] == by["2"]["runs"] == 1
+    assert by["1"]["itl_slope_predicted_over_measured"] == pytest.approx((2 / 16) / 0.2)
+    assert by["2"]["itl_slope_predicted_over_measured"] == pytest.approx(0.15 / 0.2)
+    assert by["2"]["itl_error_last_stage"] == pytest.approx(21.5 / 22 - 1)
     assert stage_summary(pd.DataFrame()) == {}
 
 

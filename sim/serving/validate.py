@@ -911,37 +911,44 @@ def stage_rows(run: Run, req: pd.DataFrame, pred: Prediction, subsampled: bool) 
 
 
 def stage_summary(stages: pd.DataFrame) -> dict[str, Any]:
-    """Per GPU over the runs of ``stages`` (`stage_rows`, runs with status ``ok``): the median signed ITL error of
-    the first and of the last load stage, and the median of predicted over measured ITL slope, the mean ITL's rise
-    from the first stage to the last per request decoding at once added (ms per request; both sides' own
-    `stage_rows` running counts), with the measured slope's median. {} without staged runs."""
+    """Per GPU over the runs of ``stages`` (`stage_rows`, runs with status ``ok``), and within it per tensor-parallel
+    size (``by_tp``): the median signed ITL error of the first and of the last load stage, and the median of
+    predicted over measured ITL slope, the mean ITL's rise from the first stage to the last per request decoding at
+    once added (ms per request; both sides' own `stage_rows` running counts), with the measured slope's median.
+    {} without staged runs."""
     if stages is None or not len(stages):
         return {}
     out: dict[str, Any] = {}
     for gpu, sub in stages.groupby("gpu", sort=True):
-        first, last, ratios, slopes = [], [], [], []
-        for _, run in sub.groupby("run_id", sort=False):
-            run = run.sort_values("stage")
-            a, b = run.iloc[0], run.iloc[-1]
-            first.append(a["error_itl_mean_ms"])
-            last.append(b["error_itl_mean_ms"])
-            dm = b["measured_running"] - a["measured_running"]
-            dp = b["predicted_running"] - a["predicted_running"]
-            if dm > 1 and dp > 1:
-                sm = (b["measured_itl_mean_ms"] - a["measured_itl_mean_ms"]) / dm
-                sp = (b["predicted_itl_mean_ms"] - a["predicted_itl_mean_ms"]) / dp
-                if sm > 0:
-                    slopes.append(sm)
-                    ratios.append(sp / sm)
-        out[str(gpu)] = {
-            "runs": int(sub["run_id"].nunique()),
-            "itl_error_first_stage": float(np.nanmedian(first)) if np.isfinite(first).any() else math.nan,
-            "itl_error_last_stage": float(np.nanmedian(last)) if np.isfinite(last).any() else math.nan,
-            "itl_slope_measured_ms_per_request": float(np.median(slopes)) if slopes else math.nan,
-            "itl_slope_predicted_over_measured": float(np.median(ratios)) if ratios else math.nan,
-            "slope_runs": len(ratios),
-        }
+        out[str(gpu)] = _stage_figures(sub)
+        out[str(gpu)]["by_tp"] = {str(int(tp)): _stage_figures(s) for tp, s in sub.groupby("tp", sort=True)}
     return out
+
+
+def _stage_figures(sub: pd.DataFrame) -> dict[str, Any]:
+    """`stage_summary`'s figures over the runs of ``sub``."""
+    first, last, ratios, slopes = [], [], [], []
+    for _, run in sub.groupby("run_id", sort=False):
+        run = run.sort_values("stage")
+        a, b = run.iloc[0], run.iloc[-1]
+        first.append(a["error_itl_mean_ms"])
+        last.append(b["error_itl_mean_ms"])
+        dm = b["measured_running"] - a["measured_running"]
+        dp = b["predicted_running"] - a["predicted_running"]
+        if dm > 1 and dp > 1:
+            sm = (b["measured_itl_mean_ms"] - a["measured_itl_mean_ms"]) / dm
+            sp = (b["predicted_itl_mean_ms"] - a["predicted_itl_mean_ms"]) / dp
+            if sm > 0:
+                slopes.append(sm)
+                ratios.append(sp / sm)
+    return {
+        "runs": int(sub["run_id"].nunique()),
+        "itl_error_first_stage": float(np.nanmedian(first)) if np.isfinite(first).any() else math.nan,
+        "itl_error_last_stage": float(np.nanmedian(last)) if np.isfinite(last).any() else math.nan,
+        "itl_slope_measured_ms_per_request": float(np.median(slopes)) if slopes else math.nan,
+        "itl_slope_predicted_over_measured": float(np.median(ratios)) if ratios else math.nan,
+        "slope_runs": len(ratios),
+    }
 
 
 # ---------------------------------------------------------------- one prediction

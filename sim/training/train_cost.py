@@ -48,6 +48,7 @@ import numpy as np
 
 from moesim.model import ClusterSpec, CostModel, Precision, train_ops
 from moesim.model.a2a import FP8_DISPATCH_BYTES_PER_ELEMENT, is_deepep
+from moesim.model.allreduce import nccl_op
 from moesim.model.batch import Batch
 from moesim.model.dtypes import DTYPE_BYTES
 from moesim.model.memory import params_per_gpu
@@ -104,8 +105,11 @@ _SERVING_ONLY = ENGINE_KINDS - {"topk_softmax"}
 def training_ops(ops: list[Op]) -> list[Op]:
     """`decompose`'s forward ops as training runs them: the serving-only kernels (`_SERVING_ONLY`) dropped, and
     the routed experts cut to their two grouped GEMMs (`model.ops.experts_gemms`): training's activation and
-    token permutation are kernels of their own (`_elementwise_ops`), so nothing is counted twice."""
-    return [experts_gemms(op) if op.kind == "grouped_gemm" else op for op in ops if op.kind not in _SERVING_ONLY]
+    token permutation are kernels of their own (`_elementwise_ops`), so nothing is counted twice; tensor-parallel
+    all-reduces on NCCL, not a serving engine's custom all-reduce (`model.allreduce.nccl_op`)."""
+    return [
+        experts_gemms(op) if op.kind == "grouped_gemm" else nccl_op(op) for op in ops if op.kind not in _SERVING_ONLY
+    ]
 
 
 def sequence_parallel_collectives(ops: list[Op], moe_tp: int = 1, tp: int = 1) -> list[Op]:
