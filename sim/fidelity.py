@@ -45,13 +45,21 @@ SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
     "calibrated": {"e2e": (0.015, 0.030), "ttft": (0.071, 0.145), "itl": (0.015, 0.023)},
     "roofline": {"e2e": (0.224, 0.359), "ttft": (0.283, 0.417), "itl": (0.233, 0.353)},
 }
-#: Section 32 (rerun 2026-12-07 with the API server queue): A100 / H100 ratio of median TPOT, seven model and
-#: tensor-parallel pairs under one engine,
+#: Section 32 (rerun 2026-12-07 evening, the engine's custom all-reduce): A100 / H100 ratio of median TPOT, seven
+#: model and tensor-parallel pairs under one engine,
 #: by cost model: the measured and the predicted ratios' (lowest, highest), and the largest |predicted / measured - 1|
 #: of a pair's ratios.
 GPU_PAIRS: dict[str, dict[str, Any]] = {
-    "achievable": {"pairs": 7, "measured": (1.49, 1.72), "predicted": (1.45, 1.61), "worst": 0.064},
+    "achievable": {"pairs": 7, "measured": (1.49, 1.72), "predicted": (1.47, 1.62), "worst": 0.064},
     "roofline": {"pairs": 7, "measured": (1.49, 1.72), "predicted": (1.55, 1.68), "worst": 0.066},
+}
+#: Section 33 (2026-12-07 evening): the A100 runs of section 12 load stage by load stage, by cost model: the median
+#: signed ITL error at the first (light) and last (busy) stage, and the median of predicted / measured ITL rise per
+#: request decoding at once.
+A100_STAGES: dict[str, dict[str, float]] = {
+    "achievable": {"first": -0.124, "last": -0.215, "rise": 0.45},
+    "calibrated": {"first": -0.026, "last": -0.117, "rise": 0.56},
+    "roofline": {"first": -0.371, "last": -0.456, "rise": 0.38},
 }
 #: The GPU the serving references ran on (`serving_check`).
 REFERENCE_GPU = "H100-SXM"
@@ -96,20 +104,28 @@ def gpu_check(gpu: str | None, cost_model: str | None) -> dict[str, Any] | None:
             "note": f"A100 / H100 of median TPOT under one engine (published vLLM runs, {g['pairs']} pairs): "
             f"predicted {p0:.2f}-{p1:.2f}, measured {m0:.2f}-{m1:.2f}, each pair within {g['worst']:.1%}; "
             "section 12's A100 runs (vLLM 0.15) came out 15-23% optimistic on a machine whose A100 was 2.0-2.2x slower "
-            "than its H100",
+            f"than its H100; {_a100_stages(cls)}",
         }
     if gpu in ("A100-SXM-80GB", "L40S"):
-        return {
-            "gpu": gpu,
-            "section": 12,
-            "note": f"a few of section 12's dense runs were on {gpu}; the rest of the references ran on H100",
-        }
+        note = f"a few of section 12's dense runs were on {gpu}; the rest of the references ran on H100"
+        if gpu == "A100-SXM-80GB":
+            note += f"; {_a100_stages(cls)}"
+        return {"gpu": gpu, "section": 12, "note": note}
     return {
         "gpu": gpu,
         "section": None,
         "note": f"no real run on {gpu}: its kernels are timed from its datasheet and published efficiencies "
         "(model.achievable) or tables transferred from another GPU, unchecked",
     }
+
+
+def _a100_stages(cls: str) -> str:
+    """What section 33 says of the A100 runs load stage by load stage, for cost model class ``cls``."""
+    st = A100_STAGES[cls]
+    return (
+        f"the miss grows with load (section 33): ITL {st['first']:+.0%} at the light stage, {st['last']:+.0%} at the "
+        f"busy one, each request decoding at once costing {st['rise']:.2f} of what it measured"
+    )
 
 
 def serving_check(is_moe: bool, ep: int, cost_model: str | None, gpu: str | None = None) -> dict[str, Any]:

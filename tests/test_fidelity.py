@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from moesim.sim.fidelity import (
+    A100_STAGES,
     GPU_PAIRS,
     SERVING_DENSE,
     SERVING_MOE_EP,
@@ -128,6 +129,22 @@ def test_simulate_summary_says_how_far_off() -> None:
     assert s["checked_against"]["section"] == 28 and s["checked_against"]["cost_model"] == "achievable"
 
 
+@pytest.mark.parametrize(
+    ("cls", "label"),
+    [("achievable", "achievable"), ("calibrated", "calibrated (H100 tables)"), ("roofline", "roofline")],
+)
+def test_a100_stage_figures_are_section_33s(cls: str, label: str) -> None:
+    row = next(ln for ln in _section(33).splitlines() if ln.startswith(f"| {label} | A100-SXM-80GB | all |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    st = A100_STAGES[cls]
+    assert (st["first"], st["last"]) == pytest.approx(
+        (float(cells[4].rstrip("%")) / 100, float(cells[5].rstrip("%")) / 100)
+    )
+    assert st["rise"] == float(cells[7].split(" (")[0])
+    note = serving_check(False, 1, cls if cls != "calibrated" else "calibrated:h100", "A100-SXM-80GB")
+    assert "section 33" in note["gpu_check"]["note"] and f"{st['rise']:.2f}" in note["gpu_check"]["note"]
+
+
 @pytest.mark.parametrize("cls", ["achievable", "roofline"])
 def test_gpu_pair_figures_are_section_32s(cls: str) -> None:
     rows = [ln for ln in _section(32).splitlines() if re.match(rf"^\| [\w.-]+ TP\d \| {cls} \| [\d.]+ \|", ln)]
@@ -144,7 +161,8 @@ def test_a_serving_check_says_what_its_gpu_was_checked_on() -> None:
     roofline model), another GPU says no real run checked it; the H100 adds nothing; the line carries it."""
     assert "gpu_check" not in serving_check(False, 1, "achievable", "H100-SXM")
     a100 = serving_check(False, 1, "achievable", "A100-SXM-80GB")
-    assert a100["gpu_check"]["section"] == 32 and "1.45-1.61" in a100["gpu_check"]["note"]
+    lo, hi = GPU_PAIRS["achievable"]["predicted"]
+    assert a100["gpu_check"]["section"] == 32 and f"{lo:.2f}-{hi:.2f}" in a100["gpu_check"]["note"]
     assert "On A100-SXM-80GB:" in check_line(a100) and "section 32" in check_line(a100)
     assert serving_check(False, 1, "calibrated:h100", "A100-SXM-80GB")["gpu_check"]["section"] == 12
     h200 = serving_check(True, 8, "achievable", "H200-SXM")
