@@ -38,11 +38,12 @@ SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
 SERVING_MOE_EP: dict[str, tuple[float, float]] = {"achievable": (1.16, 1.47), "roofline": (1.38, 2.12)}
-#: Section 29 (rerun 2026-12-07 afternoon): 15 sustained real vLLM Mixtral runs, analytical engine;
-#: metric -> (median, P90) of |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM kernels).
+#: Section 29 (rerun 2026-12-07 evening, the engine's custom all-reduce): 15 sustained real vLLM Mixtral runs,
+#: analytical engine; metric -> (median, P90) of |error| ("calibrated": our H100 tables plus AIConfigurator's vLLM
+#: kernels).
 SERVING_MOE_TP: dict[str, dict[str, tuple[float, float]]] = {
-    "achievable": {"e2e": (0.035, 0.079), "ttft": (0.123, 0.191), "itl": (0.044, 0.067)},
-    "calibrated": {"e2e": (0.015, 0.030), "ttft": (0.071, 0.145), "itl": (0.015, 0.023)},
+    "achievable": {"e2e": (0.039, 0.079), "ttft": (0.127, 0.193), "itl": (0.049, 0.067)},
+    "calibrated": {"e2e": (0.009, 0.024), "ttft": (0.081, 0.157), "itl": (0.011, 0.030)},
     "roofline": {"e2e": (0.224, 0.359), "ttft": (0.283, 0.417), "itl": (0.233, 0.353)},
 }
 #: Section 32 (rerun 2026-12-07 evening, the engine's custom all-reduce): A100 / H100 ratio of median TPOT, seven
