@@ -495,22 +495,9 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         if math.isnan(measured[key]):
             raise MoesimError(f"{where}: {units.get(key, key)} is empty", "give the measured value (ms)")
     # the workload: replay, else stages, else the label's profile
-    per_request = None
-    file = _cell(row, "per_request_file")
-    if file is not None:
-        per_request = Path(str(file)) if Path(str(file)).is_absolute() else base / str(file)
-        if not per_request.is_file():
-            raise MoesimError(
-                f"{where}: per_request_file {per_request} does not exist", "fix the path (relative to RUNS.csv)"
-            )
-    per_stage = None
-    file = _cell(row, "per_stage_file")
-    if file is not None:
-        per_stage = Path(str(file)) if Path(str(file)).is_absolute() else base / str(file)
-        if not per_stage.is_file():
-            raise MoesimError(
-                f"{where}: per_stage_file {per_stage} does not exist", "fix the path (relative to RUNS.csv)"
-            )
+    per_request = _file_cell(row, "per_request_file", base, where)
+    per_stage = _file_cell(row, "per_stage_file", base, where)
+    if per_stage is not None:
         read_per_stage(per_stage)  # a corrupt file fails the whole validation before any run
     rates, durations = _list(row, "stage_rates_req_per_s", where), _list(row, "stage_durations_s", where)
     label = _cell(row, "workload_label")
@@ -601,6 +588,18 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         failed=failed,
         per_stage=per_stage,
     )
+
+
+def _file_cell(row: pd.Series, col: str, base: Path, where: str) -> Path | None:
+    """The file a row's ``col`` names (absolute, or relative to RUNS.csv's folder ``base``), None where empty; a
+    missing file is one `MoesimError` naming it."""
+    file = _cell(row, col)
+    if file is None:
+        return None
+    path = Path(str(file)) if Path(str(file)).is_absolute() else base / str(file)
+    if not path.is_file():
+        raise MoesimError(f"{where}: {col} {path} does not exist", "fix the path (relative to RUNS.csv)")
+    return path
 
 
 def _prompt_set(row: pd.Series, where: str) -> int:
