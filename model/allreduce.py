@@ -10,8 +10,9 @@ peers' inputs over NVLink (vllm-project/vllm@csrc/custom_all_reduce.cuh, ``Custo
 - **two-shot** (``cross_device_reduce_2stage``): a reduce-scatter and an all-gather, ``2 (n - 1) / n x message``
   bytes in per GPU, with a second, heavier barrier. Above those sizes.
 
-It runs while the message is below the custom all-reduce's maximum: on Hopper (compute capability 9.0) 64 MiB at 2
-GPUs, 32 MiB at 4, 512 KiB at 6 and 256 KiB at 8 (``CUSTOM_ALL_REDUCE_MAX_SIZES["9.0"]`` in
+The size limits below are vLLM's (SGLang's kernel has the same one-shot / two-shot rule; its buffer limits are not
+modelled apart). It runs while the message is below the custom all-reduce's maximum: on Hopper (compute
+capability 9.0) 64 MiB at 2 GPUs, 32 MiB at 4, 512 KiB at 6 and 256 KiB at 8 (``CUSTOM_ALL_REDUCE_MAX_SIZES["9.0"]`` in
 vllm/distributed/device_communicators/all_reduce_utils.py; above them PyTorch's symmetric-memory all-reduce, then
 NCCL), elsewhere its buffer's default 8 MiB (``CustomAllreduce(max_size=8192 * 1024)``). Decode and mixed steps'
 all-reduces (tokens x hidden x 2 bytes: 16 KiB per token at hidden 8192) are far inside it.
