@@ -91,16 +91,20 @@ def max_bytes(gpu_key: str, gpus: int) -> float:
     return DEFAULT_MAX_BYTES
 
 
+def custom_ar_group(gpus: int, cluster: ClusterSpec) -> bool:
+    """Whether the custom all-reduce runs over ``gpus`` GPUs of one of ``cluster``'s nodes: 2 GPUs, or 4, 6 or 8
+    that NVLink connects all to all (vLLM's ``CustomAllreduce``: ``world_size == 2`` or ``fully_connected``)."""
+    nvlink = (cluster.gpu.node.intra_bw or 0.0) >= NVLINK_CLASS_BW
+    return gpus == 2 or (gpus in (4, 6, 8) and nvlink)
+
+
 def applies(op: Op, cluster: ClusterSpec) -> bool:
     """Whether the engine's custom all-reduce runs ``op``: an all-reduce marked as the engine's, within one node, at
-    2 GPUs or at 4, 6 or 8 NVLink-connected ones, below `max_bytes`."""
+    2 GPUs or at 4, 6 or 8 NVLink-connected ones (`custom_ar_group`), below `max_bytes`."""
     if op.kind != "all_reduce" or op.shape.get("impl") != CUSTOM_AR or op.inter_bytes > 0:
         return False
     gpus, message = int(op.shape.get("gpus", 0)), float(op.shape.get("bytes", 0.0))
-    if gpus > cluster.gpus_per_node or message <= 0:
-        return False
-    nvlink = (cluster.gpu.node.intra_bw or 0.0) >= NVLINK_CLASS_BW
-    if not (gpus == 2 or (gpus in (4, 6, 8) and nvlink)):
+    if gpus > cluster.gpus_per_node or message <= 0 or not custom_ar_group(gpus, cluster):
         return False
     return message < max_bytes(cluster.gpu.key, gpus)
 

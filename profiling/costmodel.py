@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from moesim.model.a2a import is_deepep
+from moesim.model.allreduce import DEFAULT_MAX_BYTES, custom_ar_group
 from moesim.model.allreduce import seconds as engine_allreduce_seconds
 from moesim.model.errors import HardwareError, MoesimError
 from moesim.model.hardware import ClusterSpec, HardwareSpec, make_cluster
@@ -221,12 +222,10 @@ ENGINE_GEMM_IMPLS = ("vllm_default",)
 #: custom_all_reduce.py, ``CustomAllreduce(max_size=8192 * 1024)``), at 2 GPUs, or at 4, 6 or 8 GPUs that NVLink
 #: connects all to all; on Hopper and Blackwell vLLM hands part of that range, and larger messages up to 32-128 MiB,
 #: to PyTorch's symmetric-memory all-reduce (``CUSTOM_ALL_REDUCE_MAX_SIZES``, ``SYMM_MEM_ALL_REDUCE_MAX_SIZES`` in
-#: all_reduce_utils.py), not to NCCL either. No table here times those kernels: NCCL's table stands in for them,
-#: and says so (`CalibratedCostModel.engine_all_reduce`).
-ENGINE_ALL_REDUCE_MAX_BYTES = 8 * 2**20
-#: Intra-node link bandwidth (bytes/s per GPU per direction) from which a node counts as NVLink-connected all to
-#: all for `ENGINE_ALL_REDUCE_MAX_BYTES` (PCIe Gen5 x16 is 64 GB/s; NVLink 3 and 4 nodes 300-450 GB/s).
-NVLINK_CLASS_BW = 100e9
+#: all_reduce_utils.py), not to NCCL either. Within vLLM's custom all-reduce limits `model.allreduce` times them
+#: (`CalibratedCostModel.op_time`); beyond them no table here times the engine's kernel: NCCL's table stands in and
+#: says so (`CalibratedCostModel.engine_all_reduce`).
+ENGINE_ALL_REDUCE_MAX_BYTES = DEFAULT_MAX_BYTES
 
 
 def includes_topk(fit: Fit) -> bool:
@@ -640,8 +639,7 @@ class CalibratedCostModel:
         if op.kind != "all_reduce" or not self.kernels or op.inter_bytes > 0:
             return False
         gpus, message = int(op.shape.get("gpus", 0)), float(op.shape.get("bytes", math.inf))
-        nvlink = (cluster.gpu.node.intra_bw or 0.0) >= NVLINK_CLASS_BW
-        return message <= ENGINE_ALL_REDUCE_MAX_BYTES and (gpus == 2 or (gpus in (4, 6, 8) and nvlink))
+        return message <= ENGINE_ALL_REDUCE_MAX_BYTES and custom_ar_group(gpus, cluster)
 
     def _candidates(self, op: Op) -> list[Fit]:
         """The fits that may time ``op`` (fastest first), before the kernel choice and the device: those of the op's

@@ -286,6 +286,7 @@ class Run:
         engine: the scenario's ``engine:`` mapping (settings of the row).
         per_request: the per-request file (absolute), or None.
         per_stage: the per-stage file (absolute), or None: measured means per load stage.
+        stage_means: the per-stage file read (`read_per_stage`): load stage -> its measured means, ms ({} without).
         stages: load stages (rate req/s, duration s).
         input_mean, output_mean: mean prompt / output tokens of a staged workload.
         measured: measured metrics by `METRICS` key, ms (NaN: not measured).
@@ -319,6 +320,7 @@ class Run:
     client_timeout_s: float | None = None  # the load generator's total timeout per request, s
     failed: float = 0.0  # measured failed requests
     per_stage: Path | None = None  # measured means per load stage (`read_per_stage`)
+    stage_means: dict[int, dict[str, float]] = field(default_factory=dict)  # the per-stage file, read once
 
 
 def _cell(row: pd.Series, col: str) -> Any:
@@ -497,8 +499,8 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
     # the workload: replay, else stages, else the label's profile
     per_request = _file_cell(row, "per_request_file", base, where)
     per_stage = _file_cell(row, "per_stage_file", base, where)
-    if per_stage is not None:
-        read_per_stage(per_stage)  # a corrupt file fails the whole validation before any run
+    # read here: a corrupt file fails the whole validation before any run
+    stage_means = read_per_stage(per_stage) if per_stage is not None else {}
     rates, durations = _list(row, "stage_rates_req_per_s", where), _list(row, "stage_durations_s", where)
     label = _cell(row, "workload_label")
     folder = _cell(row, "workload_in_folder_name")
@@ -587,6 +589,7 @@ def _run(row: pd.Series, where: str, base: Path, units: dict[str, str]) -> Run:
         client_timeout_s=timeout,
         failed=failed,
         per_stage=per_stage,
+        stage_means=stage_means,
     )
 
 
@@ -882,7 +885,7 @@ def stage_rows(run: Run, req: pd.DataFrame, pred: Prediction, subsampled: bool) 
     ks = np.unique(stage)
     if len(ks) < 2 or pred.e2e_ms is None or pred.ttft_ms is None:
         return []
-    table = read_per_stage(run.per_stage) if run.per_stage is not None and not subsampled else {}
+    table = run.stage_means if not subsampled else {}
     arr, out_tok = req["arrival_s"].to_numpy(float), req["output_measured"].to_numpy()
     rows = []
     for k in ks:
