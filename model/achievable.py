@@ -7,7 +7,9 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
 (`ACHIEVABLE`; nothing here is fitted to end-to-end serving runs):
 
 1. **Achievable DRAM bandwidth** (bytes/s): what a streaming kernel reaches (a device copy or STREAM triad), not
-   the datasheet figure. H100 SXM: 3.02 TB/s (90% of 3.35).
+   the datasheet figure. H100 SXM: 3.02 TB/s (90% of 3.35). Where the engine's measured GEMMs of a few rows
+   stream slower than a copy, a dense GEMM takes its own rate (``gemm_bw``): the A100's vLLM GEMMs move 1.45 TB/s
+   where its STREAM triad moves 1.76 (AIConfigurator's A100 table, ``python -m benchmarks.a100_kernels``).
 2. **Achievable tensor-core throughput** (fraction of the dense peak) of a large, well-shaped GEMM (cuBLAS at its
    best shape), and **tile and wave quantisation**: a GEMM ``C[m, n] = A[m, k] @ W[k, n]`` runs as
    ``tiles = ceil(m / tm) x ceil(n / tn)`` output tiles over ``ceil(k / tk) x tk`` of K, in
@@ -38,6 +40,10 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
    FlashAttention's own split heuristic (`fa_num_splits`) and its combine kernel when it splits, and each CTA's
    fixed time outside its loop (FA3's 1.83 key blocks), exposed where few CTAs run. The time per running
    sequence so grows with its context, and few KV heads per GPU (GQA under tensor parallelism) pay a fixed cost.
+   Below Hopper vLLM runs **FlashAttention 2** (``attention_kernel: fa2``): it packs a KV head's query heads
+   only in a batch of decoding sequences alone, so in a batch that also holds a prompt each decoding sequence
+   runs one 64-row tile per query head (`fa2_mixed_attention`); its decode splits keys only where it packs
+   heads, and its CTAs run two per SM on the A100, the CTAs of an SM streaming at most ``attention_sm_bw``.
 
 5. **Block-scaled fp8** (fp8 weights in 128 x 128 blocks with one fp32 scale each, activations in 1 x 128 groups:
    `is_block_fp8`): the GEMM first runs an activation-quantisation kernel (`act_quant_op`, vLLM's
@@ -151,6 +157,11 @@ class AchievableParams:
         sms: streaming multiprocessors (compute units): the width of one wave.
         kernel_s: fixed device time per kernel launch, s.
         block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams at (None: ``dram_bw``).
+        gemm_bw: bytes/s a memory-bound dense GEMM moves its operands at (None: ``dram_bw``).
+        attention_ctas_per_sm: CTAs of FA2's split-KV decode kernel an SM holds at once (None: unmeasured).
+        attention_sm_bw: bytes/s the decode CTAs of one SM stream at together, at most (None: no cap).
+        attention_kernel: the FlashAttention the serving engine runs, ``fa3`` or ``fa2``
+            (`model.hardware.AttentionKernel`; `fa2_mixed_attention`).
         reused: the figures taken from another GPU for want of one of its own, each ``name: why``.
     """
 
@@ -162,7 +173,11 @@ class AchievableParams:
     sms: Figure
     kernel_s: Figure
     block_fp8_bw: Figure | None = None
+    gemm_bw: Figure | None = None
+    attention_ctas_per_sm: Figure | None = None
+    attention_sm_bw: Figure | None = None
     moe_fraction: dict[str, Figure] = field(default_factory=dict)
+    attention_kernel: str = "fa3"
     reused: tuple[str, ...] = field(default=())
 
     def gemm(self, dtype: str) -> float:
@@ -184,20 +199,38 @@ class AchievableParams:
         bw = self.dram_bw.value
         return min(bw, self.block_fp8_bw.value) if self.block_fp8_bw is not None else bw
 
+    def fa2_decode(self) -> Fa2Decode | None:
+        """How FA2's decode kernel runs here (`Fa2Decode`), or None where the engine runs FA3 (`decode_attention`)."""
+        if self.attention_kernel != "fa2":
+            return None
+        per_sm = self.attention_ctas_per_sm
+        sm_bw = self.attention_sm_bw
+        return Fa2Decode(int(per_sm.value) if per_sm else 1, sm_bw.value if sm_bw else None)
+
+    def gemm_stream_bw(self) -> float:
+        """Bytes/s of a memory-bound dense GEMM: ``gemm_bw``, at most ``dram_bw``."""
+        bw = self.dram_bw.value
+        return min(bw, self.gemm_bw.value) if self.gemm_bw is not None else bw
+
 
 def params_from_spec(key: str, spec: AchievableSpec) -> AchievableParams:
     """`AchievableParams` of GPU ``key`` from its `AchievableSpec` (``reused`` gathered from its figures)."""
     named = [
         ("dram_bw", spec.dram_bw), *((f"gemm_fraction.{k}", v) for k, v in spec.gemm_fraction.items()),
         *((f"moe_fraction.{k}", v) for k, v in spec.moe_fraction.items()),
-        ("block_fp8_bw", spec.block_fp8_bw), ("attention_fraction", spec.attention_fraction),
+        ("block_fp8_bw", spec.block_fp8_bw), ("gemm_bw", spec.gemm_bw),
+        ("attention_ctas_per_sm", spec.attention_ctas_per_sm), ("attention_sm_bw", spec.attention_sm_bw),
+        ("attention_fraction", spec.attention_fraction),
         ("attention_cta_blocks", spec.attention_cta_blocks), ("sms", spec.sms), ("kernel_s", spec.kernel_s),
     ]  # fmt: skip
     reused = tuple(f"{name}: {fig.reused}" for name, fig in named if fig is not None and fig.reused)
     return AchievableParams(
         gpu=key, dram_bw=spec.dram_bw, gemm_fraction=dict(spec.gemm_fraction),
         attention_fraction=spec.attention_fraction, attention_cta_blocks=spec.attention_cta_blocks, sms=spec.sms,
-        kernel_s=spec.kernel_s, block_fp8_bw=spec.block_fp8_bw, moe_fraction=dict(spec.moe_fraction), reused=reused,
+        kernel_s=spec.kernel_s, block_fp8_bw=spec.block_fp8_bw, gemm_bw=spec.gemm_bw,
+        attention_ctas_per_sm=spec.attention_ctas_per_sm, attention_sm_bw=spec.attention_sm_bw,
+        moe_fraction=dict(spec.moe_fraction),
+        attention_kernel=spec.attention_kernel.value if spec.attention_kernel is not None else "fa3", reused=reused,
     )  # fmt: skip
 
 
@@ -412,7 +445,22 @@ def is_prompt_attention(op: Op) -> bool:
     return s["batch"] > 0 and s["tokens"] > s["batch"] and s["kv_read"] == s["tokens"]
 
 
-def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float) -> DecodeAttention:
+@dataclass(frozen=True)
+class Fa2Decode:
+    """How FA2's split-KV decode kernel runs on a GPU (`decode_attention`), where measured.
+
+    Attributes:
+        ctas_per_sm: CTAs an SM holds at once (its shared memory over the kernel's tiles).
+        sm_bw: bytes/s the CTAs of one SM stream their keys at together, at most (None: no cap).
+    """
+
+    ctas_per_sm: int = 1
+    sm_bw: float | None = None
+
+
+def decode_attention(
+    op: Op, bw: float, sms: int, cta_blocks: float, rate: float, fa2: Fa2Decode | None = None
+) -> DecodeAttention:
     """FlashAttention's paged split-KV decode (what vLLM V1 runs for one query per sequence), as its kernel runs it.
 
     ``b`` sequences of mean context ``L = kv_read / b`` keys; each reads its cache in whole `PAGE_TOKENS` pages
@@ -431,6 +479,14 @@ def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float
     Per running sequence this costs its pages' bytes (so the step's slope per sequence grows with the context,
     rounded up to whole pages); few CTAs (a few KV heads per GPU, a small batch) leave the longest CTA and its
     fixed time exposed, and the splits and the combine kernel are then a fixed cost.
+
+    ``fa2`` (FlashAttention 2, what vLLM runs below Hopper, `Fa2Decode`): its ``mha_varlen_fwd`` splits the keys
+    only where it packs query heads (``seqlenq_ngroups_swapped``: more query heads than KV heads), so MHA runs one
+    CTA per (sequence, head) over all its keys. An SM holds ``ctas_per_sm`` CTAs at once; the CTAs run in rounds
+    of ``ctas_per_sm x sms`` (the last one holds the rest), and the CTAs of one SM stream at most ``sm_bw``
+    together (FA2 loads K and V with ``cp.async`` and computes between loads: a lone CTA cannot draw the whole
+    device's bandwidth), so each round takes ``its CTA's keys' bytes / min(sm_bw / CTAs per SM, bw / CTAs
+    running) + t_fix`` and the longest path is their sum.
     """
     s = op.shape
     b, kvh, heads, d = float(s["batch"]), float(s["kv_heads"]), float(s["heads"]), float(s["head_dim"])
@@ -440,17 +496,74 @@ def decode_attention(op: Op, bw: float, sms: int, cta_blocks: float, rate: float
     n = max(1, math.ceil(lp / block))
     m_blocks = max(1, math.ceil(heads / max(kvh, 1.0) / DECODE_BLOCK_M))
     work = math.ceil(b * kvh * m_blocks)
-    splits = fa_num_splits(work, sms, n)
+    splits = fa_num_splits(work, sms, n) if fa2 is None or heads > kvh else 1  # FA2 splits only packed heads
     ctas = work * splits
     block_bytes = block * per_key
     t_fix = cta_blocks * 4.0 * ATTN_BLOCK_Q * ATTN_BLOCK_K * d / (rate / sms)  # FA3's per-CTA time outside its loop
     kv = b * lp * kvh * per_key
-    longest = math.ceil(n / splits) * block_bytes / (bw / min(ctas, sms)) + t_fix
+    per_cta = math.ceil(n / splits) * block_bytes  # bytes of the longest CTA's keys
+    if fa2 is not None and fa2.sm_bw is not None:  # rounds of resident CTAs, each SM's streaming capped
+
+        def round_s(running: int) -> float:
+            return per_cta / min(fa2.sm_bw / math.ceil(running / sms), bw / running) + t_fix
+
+        slots = max(fa2.ctas_per_sm, 1) * sms
+        full, last = divmod(ctas, slots)
+        longest = full * round_s(slots) + (round_s(last) if last else 0.0)
+    else:
+        longest = per_cta / (bw / min(ctas, sms)) + t_fix
     q_o = op.act_bytes  # Q read and O written
     partial = splits * b * heads * d * 4.0 if splits > 1 else 0.0  # fp32 partial outputs, written then read
     main = max(kv / bw, longest) + partial / bw
     combine = (partial + q_o / 2.0) / bw if splits > 1 else 0.0
     return DecodeAttention(main, combine, 2 if splits > 1 else 1, splits, ctas, kv + q_o + 2.0 * partial)
+
+
+def is_fa2_unpacked(op: Op) -> bool:
+    """Whether ``op`` is a batch in which FA2 runs sequences of one query unpacked (`fa2_mixed_attention`): an
+    attention op (not MLA) of more than one query per sequence on average that also holds sequences of one query
+    (``shape["decode_seqs"]``, `model.attention_ops.attention_ops`)."""
+    s = op.shape
+    return (
+        op.kind == "attention" and s.get("decode_seqs", 0) > 0 and s.get("tokens", 0) > s.get("batch", 0)
+        and str(s.get("form", "")) in FA_FORMS and {"pairs", "heads", "kv_read", "head_dim"} <= s.keys()
+    )  # fmt: skip
+
+
+def fa2_mixed_attention(op: Op, rate: float, sms: int, cta_blocks: float) -> float:
+    """FA2's compute time (s) of a batch that mixes prompts with sequences of one query, at ``rate`` FLOP/s.
+
+    vLLM runs FlashAttention 2 below Hopper (vllm-project/vllm@vllm/v1/attention/backends/fa_utils.py
+    ``get_flash_attn_version``: FA3 only at compute capability 9) as one varlen call over the whole batch, paged
+    KV in 16-token pages. Its ``mha_varlen_fwd`` (vllm-project/flash-attention@csrc/flash_attn/flash_api.cpp)
+    packs the query heads of a KV head as the rows of one CTA (``seqlenq_ngroups_swapped``) only when
+    ``max_seqlen_q == 1``, a batch of one query per sequence. A batch that also holds a prompt runs the split-KV
+    kernel (kBlockM `DECODE_BLOCK_M` = 64 query rows, kBlockN `decode_block_k` keys) with one CTA per (sequence,
+    query head, 64 queries): a decoding sequence's CTA fills one of its 64 rows, and its tensor-core tiles run
+    all 64 over every key block of the sequence's pages. So each of the ``decode_seqs`` sequences costs
+    ``heads x 64 x ceil(Lp / kBlockN) x kBlockN`` query-key pairs of FLOPs (Lp its context in whole pages),
+    ``64 x group`` times the useful work under GQA, where FA3 (Hopper) packs the group in every batch. Its K and V
+    come from DRAM once per KV head (the other query heads of the group find them in L2), so the bytes are
+    unchanged (the op's ``kv_bytes``). The prompts' part is `attention_compute_s` of the batch without the
+    decoding sequences; the two share the GPU, so their compute times add.
+    """
+    s = op.shape
+    ds, dkv = float(s["decode_seqs"]), float(s["decode_kv_read"])
+    per_pair = op.flops / max(s["pairs"], 1e-9)  # FLOP per query-key pair over all heads: 2 heads (d + dv)
+    lp = math.ceil(dkv / ds / PAGE_TOKENS) * PAGE_TOKENS
+    block = decode_block_k(s["head_dim"])
+    keys = math.ceil(lp / block) * block  # whole key blocks per CTA
+    padded = ds * DECODE_BLOCK_M * keys * per_pair
+    ctas = ds * s["heads"]
+    decode = padded / (min(ctas, sms) * rate / sms)
+    rest_pairs = s["pairs"] - dkv  # a decoding sequence's query attends every key it reads
+    rest = Op(
+        op.name, op.kind, op.group, op.count, flops=rest_pairs * per_pair, weight_bytes=0.0, kv_bytes=0.0,
+        act_bytes=0.0, dtype=op.dtype,
+        shape={**s, "batch": s["batch"] - ds, "tokens": s["tokens"] - ds, "kv_read": s["kv_read"] - dkv,
+               "pairs": rest_pairs},
+    )  # fmt: skip
+    return decode + attention_compute_s(rest, rate, sms, cta_blocks)
 
 
 def is_sort_sampler(op: Op) -> bool:
@@ -536,12 +649,14 @@ class AchievableCostModel:
             return fixed, 0.0, memory
         if is_paged_decode(op):  # FlashAttention's paged split-KV decode: memory-bound, kernel by kernel
             rate = gpu.peak(op.dtype) * p.attention_fraction.value
-            dec = decode_attention(op, p.dram_bw.value, sms, p.attention_cta_blocks.value, rate)
+            dec = decode_attention(op, p.dram_bw.value, sms, p.attention_cta_blocks.value, rate, p.fa2_decode())
             fixed = dec.kernels * p.kernel_s.value
             return fixed, op.flops / (gpu.peak(op.dtype) * p.attention_fraction.value), dec.seconds + dec.combine_s
         block = is_block_fp8(op)
         if block:  # the weights stream at the block-scaled kernel's rate, the rest at the achievable bandwidth
             memory = op.weight_bytes / p.block_bw() + (op.bytes - op.weight_bytes) / p.dram_bw.value
+        elif op.kind in GEMM_KINDS and op.bytes:  # a dense GEMM streams at its own measured rate where there is one
+            memory = op.bytes / p.gemm_stream_bw()
         else:
             memory = op.bytes / p.dram_bw.value if op.bytes else 0.0
         if not op.flops:
@@ -552,6 +667,8 @@ class AchievableCostModel:
             frac = p.gemm("fp8_block" if block else op.dtype)
             tiles = (vllm_fp8_tile(s["m"], s["n"]),) if op.dtype == "fp8" and not block else GEMM_TILES
             compute = gemm_compute_s(s["m"], s["n"], s["k"], peak, frac, sms, int(s.get("batch", 1)), tiles)
+        elif op.kind == "attention" and p.attention_kernel == "fa2" and is_fa2_unpacked(op):
+            compute = fa2_mixed_attention(op, peak * p.attention_fraction.value, sms, p.attention_cta_blocks.value)
         elif op.kind == "attention":
             compute = attention_compute_s(op, peak * p.attention_fraction.value, sms, p.attention_cta_blocks.value)
         else:

@@ -108,6 +108,10 @@ def attention_ops(c: OpContext, g: LayerSet, absorb: bool, core: bool = False) -
     shape = {"batch": b.sequences, "tokens": t, "kv_read": kv_read, "pairs": pairs, "heads": heads, "window": g.window}
     if g.chunk:
         shape["chunk"] = g.chunk
+    if a.kind != "mla" and t > b.sequences:  # a batch with prompts: which sequences decode (FA2 runs them unpacked)
+        one, one_kv = b.one_query(g.window, g.chunk)
+        if one:
+            shape["decode_seqs"], shape["decode_kv_read"] = one, one_kv
     ops: list[Op] = []
     if a.kind != "mla":
         kvh = -(-a.num_kv_heads // lay.tp)  # kv heads per GPU, replicated when fewer than tp

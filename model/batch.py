@@ -120,6 +120,18 @@ class Batch:
             total = np.minimum(total, window)
         return int(total.sum())
 
+    def one_query(self, window: int | None = None, chunk: int | None = None) -> tuple[int, int]:
+        """(sequences, KV-cache tokens they read) of the sequences with one new token in this step (the decoding
+        ones), as `kv_tokens_read` counts them."""
+        one = self._new == 1
+        seqs = int(one.sum())
+        if not seqs:
+            return 0, 0
+        if seqs == self.sequences:
+            return seqs, self.kv_tokens_read(window, chunk)
+        sub = Batch(tuple(self._new[one].tolist()), tuple(self._cached[one].tolist()), "decode")
+        return seqs, sub.kv_tokens_read(window, chunk)
+
     def split(self, parts: int) -> list[Batch]:
         """Deal the sequences round-robin into ``parts`` batches (empty ones dropped)."""
         out = []

@@ -16,7 +16,7 @@ import difflib
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -48,6 +48,18 @@ class AchievedFigure(StrictInput):
     reused: str | None = None
 
 
+class AttentionKernel(StrictInput):
+    """Which FlashAttention the serving engine runs on a GPU (`AchievableSpec.attention_kernel`), with its source.
+
+    ``fa3`` (Hopper): the query heads of a KV head are packed as the rows of one CTA in every batch. ``fa2``
+    (Ampere, Ada): packed only in a batch of one query per sequence; a batch that also holds a prompt runs one
+    CTA per (sequence, query head), whose 64-row tile a decoding sequence fills with one row
+    (`moesim.model.achievable.fa2_mixed_attention`)."""
+
+    value: Literal["fa2", "fa3"]
+    source: str = Field(min_length=1)
+
+
 class AchievableSpec(StrictInput):
     """What real kernels reach on a GPU: the figures of the ``achievable`` cost model (`moesim.model.achievable`),
     from ``model/presets/achievable.yaml`` or a ``--hardware`` entry's ``achievable:`` block.
@@ -60,8 +72,15 @@ class AchievableSpec(StrictInput):
             (vLLM's ``fused_moe``, SGLang's copy of it) reach on a large batch, per compute dtype; a dtype without
             one takes ``gemm_fraction``'s.
         block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams its weights at (None: ``dram_bw``).
+        gemm_bw: bytes/s a memory-bound dense GEMM (the engine's cuBLAS GEMM at a few rows) moves its operands at,
+            where measured GEMMs stream slower than a copy (None: ``dram_bw``).
         attention_fraction: fraction (0..1] of the dense peak FlashAttention's forward pass reaches.
         attention_cta_blocks: key blocks' worth of time each attention CTA spends outside its key loop.
+        attention_kernel: the FlashAttention the engine runs (`AttentionKernel`; None: ``fa3``'s packing).
+        attention_ctas_per_sm: CTAs of FA2's split-KV decode kernel one SM holds at once (its shared memory over
+            the kernel's tiles; None: unmeasured).
+        attention_sm_bw: bytes/s the FA2 decode CTAs of one SM stream their keys at together, at most (None: no
+            cap).
         sms: streaming multiprocessors (compute units).
         kernel_s: fixed device time per kernel launch, s.
     """
@@ -70,8 +89,12 @@ class AchievableSpec(StrictInput):
     gemm_fraction: dict[str, AchievedFigure]
     moe_fraction: dict[str, AchievedFigure] = {}  # noqa: RUF012 - pydantic copies it
     block_fp8_bw: AchievedFigure | None = None
+    gemm_bw: AchievedFigure | None = None
     attention_fraction: AchievedFigure
     attention_cta_blocks: AchievedFigure
+    attention_kernel: AttentionKernel | None = None
+    attention_ctas_per_sm: AchievedFigure | None = None
+    attention_sm_bw: AchievedFigure | None = None
     sms: AchievedFigure
     kernel_s: AchievedFigure
 
