@@ -1,0 +1,225 @@
+"""Benchmark section 34: the achievable model's A100 kernels against AIConfigurator's measured A100 tables (issue 19).
+
+Why: on the four real vLLM A100 runs of section 33 moesim's decode step was 12% too fast at light load and 22% at
+busy load, while the same models on the H100 were right. AIConfigurator (ai-dynamo/aiconfigurator, Apache-2.0)
+publishes kernel tables measured with vLLM 0.14.0 on an A100-SXM4-80GB: GEMMs (``gemm_perf``) and the FA2 paged
+decode attention (``generation_attention_perf``). They show what the A100 figures of ``model/presets/
+achievable.yaml`` were missing: memory-bound GEMMs stream at 1.45 TB/s, not the 1.76 TB/s of a STREAM triad; and
+FA2's decode kernel holds two CTAs per SM that cannot each draw the device's bandwidth, and splits keys only
+where it packs query heads.
+
+What it does: fits the two measured figures (``gemm_bw``: least squares in relative error of ``4 us + bytes / bw``
+over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``: the same over the decode rows of context 128 or
+more, through `model.achievable.decode_attention`), checks that they are the ones in the preset, and prints the
+achievable model's error on every decode-sized row before (the copy rate, FA3's rules) and after.
+
+The tables are not in this repository. Fetch them (about 72 MB, once)::
+
+    pip download aiconfigurator==0.8.0 --no-deps -d /tmp/aic
+    unzip -q /tmp/aic/aiconfigurator-0.8.0-py3-none-any.whl \\
+        'aiconfigurator/systems/data/a100_sxm/vllm/0.14.0/*' -d /tmp/aic
+
+Run: ``python -m benchmarks.a100_kernels --aic /tmp/aic/aiconfigurator/systems/data/a100_sxm/vllm/0.14.0
+[--aic-h100 .../h100_sxm/vllm/0.14.0] [--print]`` (a few seconds; the H100 tables, unzipped the same way, add a
+check row of the H100's FA3 decode, whose figures this does not change); writes section 34 of RESULTS.md
+(``--out FILE`` to write elsewhere). Without the tables (``--aic`` absent or not a folder with them) it says so and
+exits 0; it exits 1 where the fitted figures are not the preset's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving_validation import replace_section  # noqa: E402
+
+TITLE = "## 34. The A100's kernels against AIConfigurator's measured A100 tables (issue 19)"
+GPU = "A100-SXM-80GB"
+FILES = ("gemm_perf.txt", "generation_attention_perf.txt")
+
+
+def _stats(err: np.ndarray) -> str:
+    """``median |error| / P90 |error| / signed median`` of relative errors, in percent."""
+    return (
+        f"{np.median(np.abs(err)):.1%} / {np.percentile(np.abs(err), 90):.1%} / {np.median(err):+.1%}"
+        if err.size
+        else "-"
+    )
+
+
+def _gemm_rows(aic: Path):
+    import pandas as pd
+
+    g = pd.read_csv(aic / "gemm_perf.txt")
+    g = g[g.gemm_dtype == "float16"].copy()
+    g["bytes"] = (g.m * g.k + g.k * g.n + g.m * g.n) * 2.0
+    g["seconds"] = g.latency / 1e3
+    return g
+
+
+def fit_gemm_bw(g, kernel_s: float) -> float:
+    """Least squares in relative error of ``kernel_s + bytes / bw`` over the GEMMs of m <= 16 moving >= 8 MB."""
+    from scipy.optimize import least_squares
+
+    fit = g[(g.m <= 16) & (g.bytes >= 8e6)]
+    b, t = fit.bytes.to_numpy(), fit.seconds.to_numpy()
+    res = least_squares(lambda p: (kernel_s + b / (p[0] * 1e12)) / t - 1.0, [1.5])
+    return float(res.x[0] * 1e12)
+
+
+def gemm_errors(g, params, gpu, cluster) -> np.ndarray:
+    """The achievable model's relative error on every GEMM row of m <= 64 (decode sizes)."""
+    from moesim.model.achievable import AchievableCostModel
+    from moesim.model.op_record import Op
+
+    cm = AchievableCostModel({GPU: params})
+    rows = g[g.m <= 64]
+    out = []
+    for r in rows.itertuples():
+        op = Op(
+            "gemm", "gemm", "x", 1, flops=2.0 * r.m * r.n * r.k, weight_bytes=r.k * r.n * 2.0, kv_bytes=0.0,
+            act_bytes=(r.m * r.k + r.m * r.n) * 2.0, dtype="fp16", shape={"m": r.m, "n": r.n, "k": r.k},
+        )  # fmt: skip
+        out.append(cm.op_time(op, cluster).seconds / r.seconds - 1.0)
+    return np.array(out)
+
+
+def _attention_rows(aic: Path):
+    import pandas as pd
+
+    g = pd.read_csv(aic / "generation_attention_perf.txt")
+    g["ctx"] = g.step  # the sequence's length, its new token included (collect_attn.py logs seq_len as ``step``)
+    return g[(g.ctx >= 128) & (g.batch_size * g.ctx <= 2048 * 1024)].copy()
+
+
+def attention_errors(g, params, gpu) -> np.ndarray:
+    """The achievable model's relative error on every decode-attention row: `decode_attention` and its launches,
+    plus the KV-cache write that AIConfigurator's timing holds too (it times vLLM's ``FlashAttentionImpl.forward``,
+    ``reshape_and_cache_flash`` and then the attention kernel, in a CUDA graph: ai-dynamo/aiconfigurator@
+    collector/vllm/collect_attn.py), as `model.attention_ops.kv_write_op` prices it."""
+    from moesim.model.achievable import AchievableCostModel, decode_attention
+    from moesim.model.attention_ops import kv_write_op
+    from moesim.model.hardware import make_cluster
+    from moesim.model.op_record import Op
+
+    rate = gpu.peak("fp16") * params.attention_fraction.value
+    sms = int(params.sms.value)
+    cm, cluster = AchievableCostModel({gpu.key: params}), make_cluster(gpu, num_gpus=1)
+    out = []
+    for r in g.itertuples():
+        b, ctx, h, kvh, d = r.batch_size, r.ctx, r.num_heads, r.num_key_value_heads, r.head_dim
+        op = Op(
+            "attention", "attention", "x", 1, flops=2.0 * b * ctx * h * 2 * d, weight_bytes=0.0,
+            kv_bytes=b * ctx * kvh * 2 * d * 2.0, act_bytes=b * h * 2 * d * 2.0, dtype="fp16",
+            shape={"batch": b, "tokens": b, "kv_read": b * ctx, "pairs": b * ctx, "heads": h, "kv_heads": kvh,
+                   "head_dim": d, "form": "gqa" if h > kvh else "mha"},
+        )  # fmt: skip
+        dec = decode_attention(op, params.dram_bw.value, sms, params.attention_cta_blocks.value, rate,
+                               params.fa2_decode())  # fmt: skip
+        write = cm.op_time(kv_write_op("x", 1, b, kvh * 2 * d, 2.0, 2.0, "fp16"), cluster).seconds
+        t = dec.seconds + dec.combine_s + dec.kernels * params.kernel_s.value + write
+        out.append(t / (r.latency / 1e3) - 1.0)
+    return np.array(out)
+
+
+def fit_sm_bw(g, params, gpu) -> float:
+    """``attention_sm_bw`` (bytes/s) by least squares in relative error over the decode rows."""
+    from scipy.optimize import minimize_scalar
+
+    from moesim.model.hardware import AchievedFigure
+
+    def sse(gbs: float) -> float:
+        fig = AchievedFigure(value=gbs * 1e9, source="fit")
+        return float((attention_errors(g, dataclasses.replace(params, attention_sm_bw=fig), gpu) ** 2).sum())
+
+    res = minimize_scalar(sse, bounds=(5.0, 100.0), method="bounded", options={"xatol": 0.01})
+    return float(res.x * 1e9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--aic", type=Path, help="folder of AIConfigurator's a100_sxm/vllm/0.14.0 tables")
+    ap.add_argument("--aic-h100", type=Path, help="optional: AIConfigurator's h100_sxm/vllm/0.14.0 tables, a check row")
+    ap.add_argument("--print", action="store_true", help="print the section instead of writing RESULTS.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.aic is None or not all((args.aic / f).is_file() for f in FILES):
+        print("skipped: AIConfigurator's A100 tables not given (--aic DIR; see this module's docstring to fetch "
+              "them)", file=sys.stderr)  # fmt: skip
+        return 0
+    from moesim.model.achievable import ACHIEVABLE
+    from moesim.model.hardware import get_gpu, make_cluster
+
+    t0 = time.perf_counter()
+    gpu = get_gpu(GPU)
+    cluster = make_cluster(gpu, num_gpus=1)
+    now = ACHIEVABLE[GPU]
+    before = dataclasses.replace(
+        now, gemm_bw=None, attention_kernel="fa3", attention_ctas_per_sm=None, attention_sm_bw=None
+    )
+    gemms = _gemm_rows(args.aic)
+    print(f"[a100_kernels] {len(gemms)} GEMM rows", file=sys.stderr, flush=True)
+    gemm_bw = fit_gemm_bw(gemms, now.kernel_s.value)
+    g_before, g_after = gemm_errors(gemms, before, gpu, cluster), gemm_errors(gemms, now, gpu, cluster)
+    big = (gemms[gemms.m <= 64].bytes >= 8e6).to_numpy()
+    attn = _attention_rows(args.aic)
+    print(f"[a100_kernels] {len(attn)} decode-attention rows", file=sys.stderr, flush=True)
+    sm_bw = fit_sm_bw(attn, now, gpu)
+    a_before, a_after = attention_errors(attn, before, gpu), attention_errors(attn, now, gpu)
+    mha = (attn.num_heads == attn.num_key_value_heads).to_numpy()
+    check = []
+    if args.aic_h100 is not None and (args.aic_h100 / "generation_attention_perf.txt").is_file():
+        h100 = _attention_rows(args.aic_h100)
+        h_err = attention_errors(h100, ACHIEVABLE["H100-SXM"], get_gpu("H100-SXM"))
+        check = [f"| {len(h100)} H100 SXM FA3 decode rows (check, figures unchanged) | | | | {_stats(h_err)} | "
+                 f"{_stats(h_err)} |"]  # fmt: skip
+    wall = time.perf_counter() - t0
+    shipped_g, shipped_a = now.gemm_bw.value, now.attention_sm_bw.value
+    same = math.isclose(gemm_bw, shipped_g, rel_tol=0.005) and math.isclose(sm_bw, shipped_a, rel_tol=0.005)
+    lines = [
+        TITLE,
+        "",
+        "AIConfigurator's kernel tables measured with vLLM 0.14.0 on an A100-SXM4-80GB (ai-dynamo/aiconfigurator "
+        "0.8.0 wheel, `systems/data/a100_sxm/vllm/0.14.0`, Apache-2.0; not in this repository: the module docstring "
+        "says how to fetch them), against the achievable model's A100 figures (`python -m benchmarks.a100_kernels "
+        "--aic DIR`). Before: the copy rate for every kernel and FA3's decode rules (splits for MHA, no per-SM cap); "
+        "after: the preset's `gemm_bw`, `attention_kernel: fa2`, `attention_ctas_per_sm` and `attention_sm_bw`. "
+        "Errors are predicted / measured - 1: median |error| / P90 |error| / signed median.",
+        "",
+        "| rows | what | fitted here | in the preset | before | after |",
+        "|---|---|---|---|---|---|",
+        f"| {int((gemms.m <= 64).sum())} GEMMs of m <= 64 (float16) | `gemm_bw` | {gemm_bw / 1e12:.3f} TB/s | "
+        f"{shipped_g / 1e12:.3f} TB/s | {_stats(g_before)} | {_stats(g_after)} |",
+        f"| {int(big.sum())} of them moving 8 MB or more | | | | {_stats(g_before[big])} | {_stats(g_after[big])} |",
+        f"| {int((~big).sum())} of them moving less | | | | {_stats(g_before[~big])} | {_stats(g_after[~big])} |",
+        f"| {len(attn)} FA2 decode rows, context 128 or more | `attention_sm_bw` | {sm_bw / 1e9:.2f} GB/s | "
+        f"{shipped_a / 1e9:.2f} GB/s | {_stats(a_before)} | {_stats(a_after)} |",
+        f"| {int(mha.sum())} of them MHA (no split under FA2) | | | | {_stats(a_before[mha])} | "
+        f"{_stats(a_after[mha])} |",
+        f"| {int((~mha).sum())} of them GQA/MQA | | | | {_stats(a_before[~mha])} | {_stats(a_after[~mha])} |",
+        *check,
+        "",
+        f"The fitted figures {'are' if same else 'are NOT'} the preset's (within 0.5%). Computed in {wall:.0f} s of "
+        "wall time.",
+        "",
+    ]
+    text = "\n".join(lines)
+    if args.print:
+        print(text)
+        return 0 if same else 1
+    replace_section(args.out, 34, text)
+    print(f"wrote {TITLE!r} to {args.out}", file=sys.stderr)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
