@@ -20,11 +20,12 @@ Run with ``make bench`` (or ``python benchmarks/run.py [--quick]``). Sections:
 11. the dashboard's first render per page (`benchmarks/dashboard.py`);
 12. serving against real vLLM runs, before and after ``moesim fit-engine`` (`benchmarks/serving_validation.py`).
 
-Sections 13-32 of RESULTS.md come from standalone scripts, not run here: `benchmarks/skew.py`,
+Sections 13-34 of RESULTS.md come from standalone scripts, not run here: `benchmarks/skew.py`,
 `benchmarks/kernel_identity.py`, `benchmarks/transfer.py`, `benchmarks/alltoall.py`, `benchmarks/train_memory.py`,
 `benchmarks/des_speed.py`, `benchmarks/drift.py`, `benchmarks/achievable.py`, `benchmarks/engines.py` (27),
 `benchmarks/moe_published.py` (28), `benchmarks/moe_vllm_runs.py` (29), `benchmarks/overload.py` (31) and
-`benchmarks/gpu_pairs.py` (32) (and the
+`benchmarks/gpu_pairs.py` (32), `benchmarks/stage_errors.py` (33) and `benchmarks/a100_kernels.py` (34, with
+AIConfigurator's A100 tables fetched as its docstring says) (and the
 Llama-4 rows of section 1, the kernel tables of `profiling/data/cpu-epyc-train`, the trace-import coverage of
 tests/test_trace_import.py).
 """
