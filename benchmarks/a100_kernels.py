@@ -97,6 +97,7 @@ def _attention_rows(aic: Path):
     import pandas as pd
 
     g = pd.read_csv(aic / "generation_attention_perf.txt")
+    g = g[g.kv_cache_dtype == "float16"].copy()  # 16-bit KV (the H100 table also has fp8 KV rows)
     g["ctx"] = g.step  # the sequence's length, its new token included (collect_attn.py logs seq_len as ``step``)
     return g[(g.ctx >= 128) & (g.batch_size * g.ctx <= 2048 * 1024)].copy()
 
