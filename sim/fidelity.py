@@ -30,10 +30,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: Section 12 (rerun 2026-12-07 night): leave-model-out CV, analytical engine; metric -> (median, P90) of |error|.
+#: Section 12 (rerun 2026-12-07 late evening, the A100's measured kernels): leave-model-out CV, analytical engine;
+#: metric -> (median, P90) of |error|.
 SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
-    "achievable": {"e2e": (0.020, 0.169), "ttft": (0.030, 0.195), "itl": (0.036, 0.152)},
-    "calibrated": {"e2e": (0.099, 0.137), "ttft": (0.038, 0.164), "itl": (0.081, 0.122)},
+    "achievable": {"e2e": (0.020, 0.066), "ttft": (0.022, 0.102), "itl": (0.031, 0.058)},
+    "calibrated": {"e2e": (0.100, 0.182), "ttft": (0.030, 0.135), "itl": (0.083, 0.137)},
     "roofline": {"e2e": (0.277, 0.401), "ttft": (0.154, 0.407), "itl": (0.288, 0.430)},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
