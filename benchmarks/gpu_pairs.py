@@ -4,7 +4,9 @@ Why: on ``../shared/data/vllm-e2e-dense`` (section 12) moesim is 15-23% optimist
 right on the H100 runs of the same models: the measured A100 / H100 ratio of mean ITL there is 1.97-2.18 for the
 three models run on both, moesim's 1.59-1.70 (the two GPUs' achievable DRAM bandwidths, 3.02 / 1.76 TB/s, and
 their kernels). Either moesim's A100 is wrong or that study's A100 machine is slower than a usual one. These runs
-tell which: a second, independent pair of machines.
+tell which: a second, independent pair of machines. (Since AIConfigurator's measured A100 kernels, section 34,
+moesim's own ratio for these dense models is 1.69-1.92 and these files' 1.51-1.72 disagree with that study's:
+section 32's note.)
 
 Runs (read, not re-measured; none was used to build or fit moesim): LambdaLabsML/vllm-benchmark, the
 ``results/prompt_10/<N>x<GPU>/`` JSON files of vLLM's ``benchmark_serving.py`` (`RUNS` gives each file and its
