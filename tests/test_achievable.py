@@ -109,7 +109,7 @@ def test_attention_cta_model_by_hand(one_h100):
     dec = next(o for o in decompose(m, Batch.decode(8, 4096), Layout(), one_h100) if o.kind == "attention")
     td = AchievableCostModel().op_time(dec, one_h100)
     assert td.compute_s == pytest.approx(dec.flops / rate) and td.bound == "memory"
-    assert ACHIEVABLE["A100-SXM-80GB"].attention_fraction.value == 0.73
+    assert ACHIEVABLE["A100-SXM-80GB"].attention_fraction.value == 0.5894  # measured: vLLM's causal FA2 prefill
 
 
 def test_fused_moe_is_timed_kernel_by_kernel(one_h100):
