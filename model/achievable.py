@@ -31,19 +31,19 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
    level of a step: with it, a Llama-3.2-1B decode step at batch 1 on an H100 moves its bytes at 50% of 3.35
    TB/s, where Hazy Research measured vLLM and SGLang at "at most 50%" (``python -m benchmarks.achievable``).
 4. **Attention**: FLOPs at FlashAttention's published achieved rate on long sequences (FA3 on Hopper: 629.5 TFLOP/s
-   at head_dim 128; FA2 on Ampere/Ada: 58.9% of the peak, vLLM's causal prefill measured on the A100), one CTA per
-   128 queries of a sequence and head, each spending 1.83 key blocks' worth of time outside its key loop (the
-   published FA3 curve over sequence length, `attention_compute_s`), SMs left idle by too few CTAs, and the causal
-   mask's longest CTA; the KV cache read (paged, in blocks) at the achievable bandwidth. **Decode** (one query per
-   sequence, not MLA) is FlashAttention's paged split-KV kernel as vLLM V1 runs it (`decode_attention`): every
-   sequence's cache read in whole 16-token pages, one CTA per (sequence, KV head, split) with the query heads of a KV
-   head packed together, FlashAttention's own split heuristic (`fa_num_splits`) and its combine kernel when it
-   splits, and each CTA's fixed time outside its loop (FA3's 1.83 key blocks), exposed where few CTAs run. The time
-   per running sequence so grows with its context, and few KV heads per GPU (GQA under tensor parallelism) pay a
-   fixed cost. Below Hopper vLLM runs **FlashAttention 2** (``attention_kernel: fa2``): it packs a KV head's query
-   heads only in a batch of decoding sequences alone, so in a batch that also holds a prompt each decoding sequence
-   runs one 64-row tile per query head (`fa2_mixed_attention`); its decode splits keys only where it packs heads, and
-   its CTAs run two per SM on the A100, the CTAs of an SM streaming at most ``attention_sm_bw``.
+   at head_dim 128; FA2 on Ampere/Ada: 58.9% of the peak on the A100 and 63.0% on the L40S, vLLM's causal prefill as
+   measured), one CTA per 128 queries of a sequence and head, each spending 1.83 key blocks' worth of time outside
+   its key loop (the published FA3 curve over sequence length, `attention_compute_s`), SMs left idle by too few CTAs,
+   and the causal mask's longest CTA; the KV cache read (paged, in blocks) at the achievable bandwidth. **Decode**
+   (one query per sequence, not MLA) is FlashAttention's paged split-KV kernel as vLLM V1 runs it
+   (`decode_attention`): every sequence's cache read in whole 16-token pages, one CTA per (sequence, KV head, split)
+   with the query heads of a KV head packed together, FlashAttention's own split heuristic (`fa_num_splits`) and its
+   combine kernel when it splits, and each CTA's fixed time outside its loop (FA3's 1.83 key blocks), exposed where
+   few CTAs run. The time per running sequence so grows with its context, and few KV heads per GPU (GQA under tensor
+   parallelism) pay a fixed cost. Below Hopper vLLM runs **FlashAttention 2** (``attention_kernel: fa2``): it packs a
+   KV head's query heads only in a batch of decoding sequences alone, so in a batch that also holds a prompt each
+   decoding sequence runs one 64-row tile per query head (`fa2_mixed_attention`); its decode splits keys only where
+   it packs heads, and its CTAs run two per SM on the A100, the CTAs of an SM streaming at most ``attention_sm_bw``.
 
 5. **Block-scaled fp8** (fp8 weights in 128 x 128 blocks with one fp32 scale each, activations in 1 x 128 groups:
    `is_block_fp8`): the GEMM first runs an activation-quantisation kernel (`act_quant_op`, vLLM's
