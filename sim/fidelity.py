@@ -33,8 +33,8 @@ from typing import Any
 #: Section 12 (rerun 2026-12-07 late evening, the A100's measured kernels): leave-model-out CV, analytical engine;
 #: metric -> (median, P90) of |error|.
 SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
-    "achievable": {"e2e": (0.020, 0.066), "ttft": (0.022, 0.102), "itl": (0.031, 0.058)},
-    "calibrated": {"e2e": (0.100, 0.182), "ttft": (0.030, 0.135), "itl": (0.083, 0.137)},
+    "achievable": {"e2e": (0.019, 0.065), "ttft": (0.022, 0.103), "itl": (0.029, 0.059)},
+    "calibrated": {"e2e": (0.098, 0.169), "ttft": (0.033, 0.136), "itl": (0.081, 0.138)},
     "roofline": {"e2e": (0.277, 0.401), "ttft": (0.154, 0.407), "itl": (0.288, 0.430)},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
