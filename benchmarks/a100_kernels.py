@@ -79,18 +79,33 @@ def fit_gemm_bw(g, kernel_s: float) -> float:
 def gemm_errors(g, params, gpu, cluster) -> np.ndarray:
     """The achievable model's relative error on every GEMM row of m <= 64 (decode sizes)."""
     from moesim.model.achievable import AchievableCostModel
-    from moesim.model.op_record import Op
+    from moesim.profiling.opshapes import row_op
 
     cm = AchievableCostModel({GPU: params})
     rows = g[g.m <= 64]
     out = []
     for r in rows.itertuples():
-        op = Op(
-            "gemm", "gemm", "x", 1, flops=2.0 * r.m * r.n * r.k, weight_bytes=r.k * r.n * 2.0, kv_bytes=0.0,
-            act_bytes=(r.m * r.k + r.m * r.n) * 2.0, dtype="fp16", shape={"m": r.m, "n": r.n, "k": r.k},
-        )  # fmt: skip
+        op = row_op("gemm", {"dtype": "fp16", "m": r.m, "n": r.n, "k": r.k})
         out.append(cm.op_time(op, cluster).seconds / r.seconds - 1.0)
     return np.array(out)
+
+
+def _attention_op(b: int, q_len: int, kv_len: int, heads: int, kv_heads: int, head_dim: int):
+    """The attention op of ``b`` sequences of ``q_len`` new tokens over ``kv_len`` keys (16-bit; `row_op`)."""
+    from moesim.profiling.opshapes import row_op
+
+    shape = {"batch": b, "q_len": q_len, "kv_len": kv_len, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
+    return row_op("attention", {"dtype": "fp16", **shape})
+
+
+def _kv_write_s(cm, cluster, tokens: int, kv_heads: int, head_dim: int) -> float:
+    """Seconds of the KV-cache write of ``tokens`` new tokens (`model.attention_ops.kv_write_op`, 16-bit), which
+    AIConfigurator's attention timings hold: they time vLLM's ``FlashAttentionImpl.forward``,
+    ``reshape_and_cache_flash`` and then the attention kernels, in a CUDA graph (ai-dynamo/aiconfigurator@
+    collector/vllm/collect_attn.py)."""
+    from moesim.model.attention_ops import kv_write_op
+
+    return cm.op_time(kv_write_op("x", 1, tokens, kv_heads * 2 * head_dim, 2.0, 2.0, "fp16"), cluster).seconds
 
 
 def _attention_rows(aic: Path):
@@ -104,13 +119,9 @@ def _attention_rows(aic: Path):
 
 def attention_errors(g, params, gpu) -> np.ndarray:
     """The achievable model's relative error on every decode-attention row: `decode_attention` and its launches,
-    plus the KV-cache write that AIConfigurator's timing holds too (it times vLLM's ``FlashAttentionImpl.forward``,
-    ``reshape_and_cache_flash`` and then the attention kernel, in a CUDA graph: ai-dynamo/aiconfigurator@
-    collector/vllm/collect_attn.py), as `model.attention_ops.kv_write_op` prices it."""
+    plus the KV-cache write the timing holds (`_kv_write_s`)."""
     from moesim.model.achievable import AchievableCostModel, decode_attention
-    from moesim.model.attention_ops import kv_write_op
     from moesim.model.hardware import make_cluster
-    from moesim.model.op_record import Op
 
     rate = gpu.peak("fp16") * params.attention_fraction.value
     sms = int(params.sms.value)
@@ -118,16 +129,10 @@ def attention_errors(g, params, gpu) -> np.ndarray:
     out = []
     for r in g.itertuples():
         b, ctx, h, kvh, d = r.batch_size, r.ctx, r.num_heads, r.num_key_value_heads, r.head_dim
-        op = Op(
-            "attention", "attention", "x", 1, flops=2.0 * b * ctx * h * 2 * d, weight_bytes=0.0,
-            kv_bytes=b * ctx * kvh * 2 * d * 2.0, act_bytes=b * h * 2 * d * 2.0, dtype="fp16",
-            shape={"batch": b, "tokens": b, "kv_read": b * ctx, "pairs": b * ctx, "heads": h, "kv_heads": kvh,
-                   "head_dim": d, "form": "gqa" if h > kvh else "mha"},
-        )  # fmt: skip
+        op = _attention_op(b, 1, ctx, h, kvh, d)
         dec = decode_attention(op, params.dram_bw.value, sms, params.attention_cta_blocks.value, rate,
                                params.fa2_decode())  # fmt: skip
-        write = cm.op_time(kv_write_op("x", 1, b, kvh * 2 * d, 2.0, 2.0, "fp16"), cluster).seconds
-        t = dec.seconds + dec.combine_s + dec.kernels * params.kernel_s.value + write
+        t = dec.seconds + dec.combine_s + dec.kernels * params.kernel_s.value + _kv_write_s(cm, cluster, b, kvh, d)
         out.append(t / (r.latency / 1e3) - 1.0)
     return np.array(out)
 
@@ -143,23 +148,14 @@ def context_errors(g, params, gpu) -> np.ndarray:
     """The achievable model's relative error on every prefill-attention row (whole prompts of ``isl`` tokens, causal;
     `attention_compute_s` through the cost model), plus the KV-cache write the timing holds (`attention_errors`)."""
     from moesim.model.achievable import AchievableCostModel
-    from moesim.model.attention_ops import kv_write_op
     from moesim.model.hardware import make_cluster
-    from moesim.model.op_record import Op
 
     cm, cluster = AchievableCostModel({gpu.key: params}), make_cluster(gpu, num_gpus=1)
     out = []
     for r in g.itertuples():
         b, n, h, kvh, d = r.batch_size, r.isl, r.num_heads, r.num_key_value_heads, r.head_dim
-        pairs = b * n * (n + 1) // 2
-        op = Op(
-            "attention", "attention", "x", 1, flops=2.0 * pairs * h * 2 * d, weight_bytes=0.0,
-            kv_bytes=b * n * kvh * 2 * d * 2.0, act_bytes=b * n * h * 2 * d * 2.0, dtype="fp16",
-            shape={"batch": b, "tokens": b * n, "kv_read": b * n, "pairs": pairs, "heads": h, "kv_heads": kvh,
-                   "head_dim": d, "form": "gqa" if h > kvh else "mha"},
-        )  # fmt: skip
-        write = cm.op_time(kv_write_op("x", 1, b * n, kvh * 2 * d, 2.0, 2.0, "fp16"), cluster).seconds
-        out.append((cm.op_time(op, cluster).seconds + write) / (r.latency / 1e3) - 1.0)
+        t = cm.op_time(_attention_op(b, n, n, h, kvh, d), cluster).seconds + _kv_write_s(cm, cluster, b * n, kvh, d)
+        out.append(t / (r.latency / 1e3) - 1.0)
     return np.array(out)
 
 

@@ -113,24 +113,22 @@ class Batch:
         chunks its new tokens fall in: from the start of the first new token's
         chunk, floor(c / C) * C, up to c + n (decode: (c mod C) + 1 tokens).
         """
+        return int(self._kv_read_each(window, chunk).sum())
+
+    def _kv_read_each(self, window: int | None, chunk: int | None) -> np.ndarray:
+        """`kv_tokens_read` per sequence, shape [B]."""
         total = self._cached + self._new
         if chunk is not None:
-            return int((total - self._cached // int(chunk) * int(chunk)).sum())
+            return total - self._cached // int(chunk) * int(chunk)
         if window is not None:
-            total = np.minimum(total, window)
-        return int(total.sum())
+            return np.minimum(total, window)
+        return total
 
     def one_query(self, window: int | None = None, chunk: int | None = None) -> tuple[int, int]:
         """(sequences, KV-cache tokens they read) of the sequences with one new token in this step (the decoding
         ones), as `kv_tokens_read` counts them."""
         one = self._new == 1
-        seqs = int(one.sum())
-        if not seqs:
-            return 0, 0
-        if seqs == self.sequences:
-            return seqs, self.kv_tokens_read(window, chunk)
-        sub = Batch(tuple(self._new[one].tolist()), tuple(self._cached[one].tolist()), "decode")
-        return seqs, sub.kv_tokens_read(window, chunk)
+        return int(one.sum()), int(self._kv_read_each(window, chunk)[one].sum())
 
     def split(self, parts: int) -> list[Batch]:
         """Deal the sequences round-robin into ``parts`` batches (empty ones dropped)."""

@@ -25,6 +25,7 @@ from moesim.model.dtypes import Precision
 from moesim.model.errors import HardwareError
 from moesim.model.hardware import list_gpus
 from moesim.model.op_record import Op
+from moesim.profiling.opshapes import row_op
 
 
 def _ops(model: str, batch: Batch, gpu: str = "A100-SXM-80GB", tp: int = 1) -> tuple[list[Op], object]:
@@ -163,13 +164,9 @@ MY-GPU:
 
 
 def _decode_op(b: int, ctx: int, heads: int, kvh: int, d: int = 128) -> Op:
-    """A paged-decode attention op of ``b`` sequences at ``ctx`` keys (16-bit KV), as `attention_ops` shapes it."""
-    return Op(
-        "attention", "attention", "x", 1, flops=2.0 * b * ctx * heads * 2 * d, weight_bytes=0.0,
-        kv_bytes=b * ctx * kvh * 2 * d * 2.0, act_bytes=b * heads * 2 * d * 2.0, dtype="fp16",
-        shape={"batch": b, "tokens": b, "kv_read": b * ctx, "pairs": b * ctx, "heads": heads, "kv_heads": kvh,
-               "head_dim": d, "form": "gqa" if heads > kvh else "mha"},
-    )  # fmt: skip
+    """A paged-decode attention op of ``b`` sequences at ``ctx`` keys (16-bit KV), as a kernel table's row is one."""
+    return row_op("attention", {"dtype": "fp16", "batch": b, "q_len": 1, "kv_len": ctx, "heads": heads,
+                                "kv_heads": kvh, "head_dim": d})  # fmt: skip
 
 
 def test_fa2_decode_rounds_and_per_sm_cap_by_hand():
