@@ -1,4 +1,5 @@
-"""Benchmark section 34: the achievable model's A100 kernels against AIConfigurator's measured A100 tables (issue 19).
+"""Benchmark section 34: the achievable model's A100 and L40S kernels against AIConfigurator's measured tables
+(issue 19).
 
 Why: on the four real vLLM A100 runs of section 33 moesim's decode step was 12% too fast at light load and 22% at
 busy load, while the same models on the H100 were right. AIConfigurator (ai-dynamo/aiconfigurator, Apache-2.0)
@@ -6,24 +7,31 @@ publishes kernel tables measured with vLLM 0.14.0 on an A100-SXM4-80GB: GEMMs (`
 decode attention (``generation_attention_perf``). They show what the A100 figures of ``model/presets/
 achievable.yaml`` were missing: memory-bound GEMMs stream at 1.45 TB/s, not the 1.76 TB/s of a STREAM triad; and
 FA2's decode kernel holds two CTAs per SM that cannot each draw the device's bandwidth, and splits keys only
-where it packs query heads.
+where it packs query heads. The L40S's runs of section 12 were 10% too fast in the same way; its own tables (vLLM
+0.14.0 on an L40S, ``--aic-l40s``) show its GEMMs and its FA2 decode streaming at 0.70-0.71 TB/s, not the L40's
+0.80 TB/s triad the preset borrowed, and its GEMMs reaching 73.8% of the peak in 16 bits and 35.8% in fp8, not the
+H100's 84% and 75%.
 
-What it does: fits the two measured figures (``gemm_bw``: least squares in relative error of ``4 us + bytes / bw``
-over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``: the same over the decode rows of context 128 or
-more, through `model.achievable.decode_attention`), checks that they are the ones in the preset, and prints the
-achievable model's error on every decode-sized row before (the copy rate, FA3's rules) and after.
+What it does: fits the measured figures (A100: ``gemm_bw``, least squares in relative error of ``4 us + bytes /
+bw`` over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``, the same over the decode rows of context
+128 or more, through `model.achievable.decode_attention`; ``attention_fraction`` over the prefill rows of 1,024
+tokens or more. L40S: ``gemm_bw`` over the GEMMs of m <= 16 with weights of 32 MB or more, ``dram_bw`` over the
+decode rows reading 256 MB or more (its table keeps smaller weights and caches in the 96 MB L2 between repeats),
+``gemm_fraction`` over the GEMMs of m, n, k >= 2,048, ``attention_fraction`` as the A100's), checks that they are
+the ones in the preset, and prints the achievable model's error on those rows before and after.
 
 The tables are not in this repository. Fetch them (about 72 MB, once)::
 
     pip download aiconfigurator==0.8.0 --no-deps -d /tmp/aic
     unzip -q /tmp/aic/aiconfigurator-0.8.0-py3-none-any.whl \\
-        'aiconfigurator/systems/data/a100_sxm/vllm/0.14.0/*' -d /tmp/aic
+        'aiconfigurator/systems/data/a100_sxm/vllm/0.14.0/*' \\
+        'aiconfigurator/systems/data/l40s/vllm/0.14.0/*' -d /tmp/aic
 
 Run: ``python -m benchmarks.a100_kernels --aic /tmp/aic/aiconfigurator/systems/data/a100_sxm/vllm/0.14.0
-[--aic-h100 .../h100_sxm/vllm/0.14.0] [--print]`` (a few seconds; the H100 tables, unzipped the same way, add a
-check row of the H100's FA3 decode, whose figures this does not change); writes section 34 of RESULTS.md
-(``--out FILE`` to write elsewhere). Without the tables (``--aic`` absent or not a folder with them) it says so and
-exits 0; it exits 1 where the fitted figures are not the preset's.
+[--aic-h100 .../h100_sxm/vllm/0.14.0] [--aic-l40s .../l40s/vllm/0.14.0] [--print]`` (a few seconds; the H100 tables,
+unzipped the same way, add a check row of the H100's FA3 decode, whose figures this does not change); writes section
+34 of RESULTS.md (``--out FILE`` to write elsewhere). Without the tables (``--aic`` absent or not a folder with them)
+it says so and exits 0; it exits 1 where the fitted figures are not the preset's.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving_validation import replace_section  # noqa: E402
 
-TITLE = "## 34. The A100's kernels against AIConfigurator's measured A100 tables (issue 19)"
+TITLE = "## 34. The A100's and the L40S's kernels against AIConfigurator's measured tables (issue 19)"
 GPU = "A100-SXM-80GB"
 FILES = ("gemm_perf.txt", "generation_attention_perf.txt", "context_attention_perf.txt")
 
@@ -56,36 +64,41 @@ def _stats(err: np.ndarray) -> str:
     )
 
 
-def _gemm_rows(aic: Path):
+def _gemm_rows(aic: Path, dtype: str = "float16"):
+    """AIConfigurator's GEMM rows of ``dtype`` (its ``gemm_dtype``) with their bytes at 16 bits (``bytes``), their
+    weights' bytes in ``dtype`` (``weight_bytes``) and seconds."""
     import pandas as pd
 
     g = pd.read_csv(aic / "gemm_perf.txt")
-    g = g[g.gemm_dtype == "float16"].copy()
+    g = g[g.gemm_dtype == dtype].copy()
     g["bytes"] = (g.m * g.k + g.k * g.n + g.m * g.n) * 2.0
+    g["weight_bytes"] = g.k * g.n * (1.0 if dtype == "fp8" else 2.0)
     g["seconds"] = g.latency / 1e3
     return g
 
 
-def fit_gemm_bw(g, kernel_s: float) -> float:
-    """Least squares in relative error of ``kernel_s + bytes / bw`` over the GEMMs of m <= 16 moving >= 8 MB."""
+def fit_gemm_bw(g, kernel_s: float, min_weight_bytes: float = 0.0) -> float:
+    """Least squares in relative error of ``kernel_s + bytes / bw`` over the GEMMs of m <= 16 moving >= 8 MB (and
+    with weights of ``min_weight_bytes`` or more: on a GPU whose table keeps smaller weights in its L2)."""
     from scipy.optimize import least_squares
 
-    fit = g[(g.m <= 16) & (g.bytes >= 8e6)]
+    fit = g[(g.m <= 16) & (g.bytes >= 8e6) & (g.weight_bytes >= min_weight_bytes)]
     b, t = fit.bytes.to_numpy(), fit.seconds.to_numpy()
-    res = least_squares(lambda p: (kernel_s + b / (p[0] * 1e12)) / t - 1.0, [1.5])
+    res = least_squares(lambda p: (kernel_s + b / (p[0] * 1e12)) / t - 1.0, [1.5], bounds=([0.01], [100.0]))
     return float(res.x[0] * 1e12)
 
 
-def gemm_errors(g, params, gpu, cluster) -> np.ndarray:
-    """The achievable model's relative error on every GEMM row of m <= 64 (decode sizes)."""
+def gemm_errors(g, params, gpu, cluster, dtype: str = "fp16", decode: bool = True) -> np.ndarray:
+    """The achievable model's relative error on every GEMM row of ``g`` of m <= 64 (decode sizes; every row when
+    not ``decode``), its weights and activations in ``dtype``."""
     from moesim.model.achievable import AchievableCostModel
     from moesim.profiling.opshapes import row_op
 
-    cm = AchievableCostModel({GPU: params})
-    rows = g[g.m <= 64]
+    cm = AchievableCostModel({gpu.key: params})
+    rows = g[g.m <= 64] if decode else g
     out = []
     for r in rows.itertuples():
-        op = row_op("gemm", {"dtype": "fp16", "m": r.m, "n": r.n, "k": r.k})
+        op = row_op("gemm", {"dtype": dtype, "m": r.m, "n": r.n, "k": r.k})
         out.append(cm.op_time(op, cluster).seconds / r.seconds - 1.0)
     return np.array(out)
 
@@ -188,10 +201,122 @@ def fit_sm_bw(g, params, gpu) -> float:
     return float(res.x * 1e9)
 
 
+def fit_gemm_fraction(g, params, gpu, cluster, dtype: str) -> float:
+    """``gemm_fraction[dtype]`` (and bf16's with fp16's) by least squares in relative error over the compute-bound
+    GEMMs of ``g`` (m, n and k of 2,048 or more), through the achievable model's tiles and waves."""
+    from scipy.optimize import minimize_scalar
+
+    from moesim.model.hardware import AchievedFigure
+
+    rows = g[(g.m >= 2048) & (g.n >= 2048) & (g.k >= 2048)]
+
+    def sse(frac: float) -> float:
+        figs = dict(params.gemm_fraction)
+        figs[dtype] = AchievedFigure(value=frac, source="fit")
+        if dtype == "fp16":
+            figs["bf16"] = figs[dtype]
+        p = dataclasses.replace(params, gemm_fraction=figs)
+        return float((gemm_errors(rows, p, gpu, cluster, dtype, decode=False) ** 2).sum())
+
+    return float(minimize_scalar(sse, bounds=(0.1, 1.0), method="bounded", options={"xatol": 1e-4}).x)
+
+
+def fit_dram_bw(g, params, gpu) -> float:
+    """``dram_bw`` (bytes/s) by least squares in relative error over the decode-attention rows ``g``
+    (`attention_errors`)."""
+    from scipy.optimize import minimize_scalar
+
+    from moesim.model.hardware import AchievedFigure
+
+    def sse(tbs: float) -> float:
+        fig = AchievedFigure(value=tbs * 1e12, source="fit")
+        return float((attention_errors(g, dataclasses.replace(params, dram_bw=fig), gpu) ** 2).sum())
+
+    return float(minimize_scalar(sse, bounds=(0.2, 5.0), method="bounded", options={"xatol": 1e-5}).x * 1e12)
+
+
+#: The L40S's tables keep a GEMM's weights and an attention's cache in its 96 MB L2 between repeats when they are
+#: small (weights of 24 MB or less stream at up to 2.3 TB/s, caches of 24-96 MB at a median 1.44 TB/s, where the
+#: device's GDDR6 moves 0.864 TB/s): its streaming rates are fitted on the rows past that, which a serving step
+#: streams from DRAM as well (the other layers' weights evict them).
+L40S_MIN_WEIGHTS = 32e6
+L40S_MIN_KV = 256e6
+
+
+def l40s_lines(aic: Path) -> tuple[list[str], bool]:
+    """The L40S's rows of the section (AIConfigurator's ``l40s/vllm/0.14.0`` tables in ``aic``) and whether every
+    fitted figure is the preset's (within 0.5%)."""
+    from moesim.model.achievable import ACHIEVABLE
+    from moesim.model.hardware import AchievedFigure, get_gpu, make_cluster
+
+    gpu = get_gpu("L40S")
+    cluster = make_cluster(gpu, num_gpus=1)
+    now = ACHIEVABLE["L40S"]
+    h100 = ACHIEVABLE["H100-SXM"].gemm_fraction
+    before = dataclasses.replace(  # the figures this replaces: the L40's STREAM triad, the H100's GEMM fractions
+        now,
+        dram_bw=AchievedFigure(value=0.80e12, source="github.com/te42kyfo/gpu-benches gpu-stream/l40.txt triad"),
+        gemm_bw=None,
+        gemm_fraction={"bf16": h100["bf16"], "fp16": h100["bf16"], "fp8": h100["fp8"]},
+        attention_fraction=AchievedFigure(value=0.6302, source="the same fit with the KV write at 0.80 TB/s"),
+    )
+    f16, f8 = _gemm_rows(aic, "float16"), _gemm_rows(aic, "fp8")
+    print(f"[a100_kernels] L40S: {len(f16)} + {len(f8)} GEMM rows", file=sys.stderr, flush=True)
+    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, L40S_MIN_WEIGHTS)
+    dec = f16[f16.m <= 16]
+    streamed = (dec.weight_bytes >= L40S_MIN_WEIGHTS).to_numpy()
+    g_before = gemm_errors(dec, before, gpu, cluster, "fp16", decode=False)
+    g_after = gemm_errors(dec, now, gpu, cluster, "fp16", decode=False)
+    fracs, frac_rows = {}, []
+    for dtype, rows in (("fp16", f16), ("fp8", f8)):
+        fracs[dtype] = fit_gemm_fraction(rows, now, gpu, cluster, dtype)
+        cb = rows[(rows.m >= 2048) & (rows.n >= 2048) & (rows.k >= 2048)]
+        b, a = (gemm_errors(cb, p, gpu, cluster, dtype, decode=False) for p in (before, now))
+        shipped = now.gemm_fraction[dtype].value
+        name = "float16" if dtype == "fp16" else "per-tensor fp8"
+        frac_rows.append(
+            f"| {len(cb)} L40S {name} GEMMs of m, n, k >= 2,048 | `gemm_fraction.{dtype}` | {fracs[dtype]:.4f} | "
+            f"{shipped:.4f} | {_stats(b)} | {_stats(a)} |"
+        )
+    attn = _attention_rows(aic)
+    attn = attn.assign(kv_bytes=attn.batch_size * attn.ctx * attn.num_key_value_heads * attn.head_dim * 4.0)
+    big = attn[attn.kv_bytes >= L40S_MIN_KV]
+    mid = attn[(attn.kv_bytes >= 96e6) & (attn.kv_bytes < L40S_MIN_KV)]
+    print(f"[a100_kernels] L40S: {len(attn)} decode-attention rows", file=sys.stderr, flush=True)
+    dram = fit_dram_bw(big, now, gpu)
+    ctx = _context_rows(aic)
+    frac_attn = fit_attention_fraction(ctx, now, gpu)
+    long = ctx[ctx.isl >= 1024]
+    shipped = {
+        "gemm_bw": now.gemm_bw.value, "dram_bw": now.dram_bw.value, "fp16": now.gemm_fraction["fp16"].value,
+        "fp8": now.gemm_fraction["fp8"].value, "attn": now.attention_fraction.value,
+    }  # fmt: skip
+    fitted = {"gemm_bw": gemm_bw, "dram_bw": dram, **fracs, "attn": frac_attn}
+    same = all(math.isclose(fitted[k], shipped[k], rel_tol=0.005) for k in shipped)
+    lines = [
+        f"| {int(streamed.sum())} L40S float16 GEMMs of m <= 16, weights of 32 MB or more | `gemm_bw` | "
+        f"{gemm_bw / 1e12:.4f} TB/s | {shipped['gemm_bw'] / 1e12:.4f} TB/s | {_stats(g_before[streamed])} | "
+        f"{_stats(g_after[streamed])} |",
+        f"| {int((~streamed).sum())} of m <= 16 with smaller weights (held in the L2 between the table's repeats) | | "
+        f"| | {_stats(g_before[~streamed])} | {_stats(g_after[~streamed])} |",
+        *frac_rows,
+        f"| {len(big)} L40S FA2 decode rows reading 256 MB or more | `dram_bw` | {dram / 1e12:.4f} TB/s | "
+        f"{shipped['dram_bw'] / 1e12:.4f} TB/s | {_stats(attention_errors(big, before, gpu))} | "
+        f"{_stats(attention_errors(big, now, gpu))} |",
+        f"| {len(mid)} of them reading 96-256 MB | | | | {_stats(attention_errors(mid, before, gpu))} | "
+        f"{_stats(attention_errors(mid, now, gpu))} |",
+        f"| {len(long)} L40S FA2 prefill rows, 1,024 to 16,384 tokens | `attention_fraction` | {frac_attn:.4f} | "
+        f"{shipped['attn']:.4f} | {_stats(context_errors(long, before, gpu))} | "
+        f"{_stats(context_errors(long, now, gpu))} |",
+    ]
+    return lines, same
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aic", type=Path, help="folder of AIConfigurator's a100_sxm/vllm/0.14.0 tables")
     ap.add_argument("--aic-h100", type=Path, help="optional: AIConfigurator's h100_sxm/vllm/0.14.0 tables, a check row")
+    ap.add_argument("--aic-l40s", type=Path, help="optional: AIConfigurator's l40s/vllm/0.14.0 tables, the L40S's rows")
     ap.add_argument("--print", action="store_true", help="print the section instead of writing RESULTS.md")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = ap.parse_args(argv)
@@ -237,9 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         h_err = attention_errors(h100, ACHIEVABLE["H100-SXM"], get_gpu("H100-SXM"))
         check = [f"| {len(h100)} H100 SXM FA3 decode rows (check, figures unchanged) | | | | {_stats(h_err)} | "
                  f"{_stats(h_err)} |"]  # fmt: skip
+    l40s: list[str] = []
+    l40s_same = True
+    if args.aic_l40s is not None and all((args.aic_l40s / f).is_file() for f in FILES):
+        l40s, l40s_same = l40s_lines(args.aic_l40s)
     wall = time.perf_counter() - t0
     shipped_g, shipped_a, shipped_f = now.gemm_bw.value, now.attention_sm_bw.value, now.attention_fraction.value
-    same = all(
+    same = l40s_same and all(
         math.isclose(x, y, rel_tol=0.005) for x, y in ((gemm_bw, shipped_g), (sm_bw, shipped_a), (frac, shipped_f))
     )
     lines = [
@@ -251,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         "--aic DIR`). Before: the copy rate for every kernel and FA3's decode rules (splits for MHA, no per-SM cap); "
         "after: the preset's `gemm_bw`, `attention_fraction`, `attention_kernel: fa2`, `attention_ctas_per_sm` and "
         "`attention_sm_bw`. "
+        "The L40S's rows (`--aic-l40s DIR`, its `l40s/vllm/0.14.0` tables, vLLM 0.14.0 on an L40S): before, the L40's "
+        "STREAM triad (0.80 TB/s) for every kernel and the H100's GEMM fractions; after, the preset's `dram_bw`, "
+        "`gemm_bw` and `gemm_fraction`. "
         "Errors are predicted / measured - 1: median |error| / P90 |error| / signed median.",
         "",
         "| rows | what | fitted here | in the preset | before | after |",
@@ -268,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{_stats(a_after[mha])} |",
         f"| {int((~mha).sum())} of them GQA/MQA | | | | {_stats(a_before[~mha])} | {_stats(a_after[~mha])} |",
         *check,
+        *l40s,
         "",
         f"The fitted figures {'are' if same else 'are NOT'} the preset's (within 0.5%). Computed in {wall:.0f} s of "
         "wall time.",

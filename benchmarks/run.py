@@ -25,7 +25,7 @@ Sections 13-34 of RESULTS.md come from standalone scripts, not run here: `benchm
 `benchmarks/des_speed.py`, `benchmarks/drift.py`, `benchmarks/achievable.py`, `benchmarks/engines.py` (27),
 `benchmarks/moe_published.py` (28), `benchmarks/moe_vllm_runs.py` (29), `benchmarks/overload.py` (31) and
 `benchmarks/gpu_pairs.py` (32), `benchmarks/stage_errors.py` (33) and `benchmarks/a100_kernels.py` (34, with
-AIConfigurator's A100 tables fetched as its docstring says) (and the
+AIConfigurator's A100 and L40S tables fetched as its docstring says) (and the
 Llama-4 rows of section 1, the kernel tables of `profiling/data/cpu-epyc-train`, the trace-import coverage of
 tests/test_trace_import.py).
 """

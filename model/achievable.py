@@ -9,7 +9,9 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
 1. **Achievable DRAM bandwidth** (bytes/s): what a streaming kernel reaches (a device copy or STREAM triad), not
    the datasheet figure. H100 SXM: 3.02 TB/s (90% of 3.35). Where the engine's measured GEMMs of a few rows
    stream slower than a copy, a dense GEMM takes its own rate (``gemm_bw``): the A100's vLLM GEMMs move 1.45 TB/s
-   where its STREAM triad moves 1.76 (AIConfigurator's A100 table, ``python -m benchmarks.a100_kernels``).
+   where its STREAM triad moves 1.76 (AIConfigurator's A100 table, ``python -m benchmarks.a100_kernels``). The
+   L40S's own kernels (AIConfigurator's L40S tables) stream at 0.70-0.71 TB/s, its GEMMs and its FA2 decode alike,
+   where the L40's STREAM triad moved 0.80.
 2. **Achievable tensor-core throughput** (fraction of the dense peak) of a large, well-shaped GEMM (cuBLAS at its
    best shape), and **tile and wave quantisation**: a GEMM ``C[m, n] = A[m, k] @ W[k, n]`` runs as
    ``tiles = ceil(m / tm) x ceil(n / tn)`` output tiles over ``ceil(k / tk) x tk`` of K, in
@@ -31,7 +33,7 @@ roofline's form and its links, and adds six mechanisms, each with a published fi
    level of a step: with it, a Llama-3.2-1B decode step at batch 1 on an H100 moves its bytes at 50% of 3.35
    TB/s, where Hazy Research measured vLLM and SGLang at "at most 50%" (``python -m benchmarks.achievable``).
 4. **Attention**: FLOPs at FlashAttention's published achieved rate on long sequences (FA3 on Hopper: 629.5 TFLOP/s
-   at head_dim 128; FA2 on Ampere/Ada: 58.9% of the peak on the A100 and 63.0% on the L40S, vLLM's causal prefill as
+   at head_dim 128; FA2 on Ampere/Ada: 58.9% of the peak on the A100 and 63.8% on the L40S, vLLM's causal prefill as
    measured), one CTA per 128 queries of a sequence and head, each spending 1.83 key blocks' worth of time outside
    its key loop (the published FA3 curve over sequence length, `attention_compute_s`), SMs left idle by too few CTAs,
    and the causal mask's longest CTA; the KV cache read (paged, in blocks) at the achievable bandwidth. **Decode**
