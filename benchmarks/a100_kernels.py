@@ -10,14 +10,17 @@ FA2's decode kernel holds two CTAs per SM that cannot each draw the device's ban
 where it packs query heads. The L40S's runs of section 12 were 10% too fast in the same way; its own tables (vLLM
 0.14.0 on an L40S, ``--aic-l40s``) show its GEMMs and its FA2 decode streaming at 0.70-0.71 TB/s, not the L40's
 0.80 TB/s triad the preset borrowed, and its 16-bit GEMMs reaching 73.8% of the peak, not the H100's 84% (its fp8
-rows are shown but not adopted: the same collector's H100 fp8 rows are no faster than its 16-bit ones).
+rows are shown but not adopted: the same collector's H100 fp8 rows are no faster than its 16-bit ones). The H200's
+(``--aic-h200``, vLLM 0.12.0) show its GEMMs of a few rows streaming at 4.09 TB/s, above the 3.90 TB/s store
+stream its preset had for every kernel.
 
 What it does: fits the measured figures (A100: ``gemm_bw``, least squares in relative error of ``4 us + bytes /
 bw`` over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``, the same over the decode rows of context
 128 or more, through `model.achievable.decode_attention`; ``attention_fraction`` over the prefill rows of 1,024
 tokens or more. L40S: ``gemm_bw`` over the GEMMs of m <= 16 with weights of 32 MB or more, ``dram_bw`` over the
 decode rows reading 256 MB or more (its table keeps smaller weights and caches in the 96 MB L2 between repeats),
-16-bit ``gemm_fraction`` over the GEMMs of m, n, k >= 2,048, ``attention_fraction`` as the A100's), checks that they are
+16-bit ``gemm_fraction`` over the GEMMs of m, n, k >= 2,048, ``attention_fraction`` as the A100's. H200: ``gemm_bw``
+over the GEMMs of m <= 16 with weights of 64 MB or more, past its 50 MB L2), checks that they are
 the ones in the preset, and prints the achievable model's error on those rows before and after.
 
 The tables are not in this repository. Fetch them (about 72 MB, once)::
@@ -25,10 +28,12 @@ The tables are not in this repository. Fetch them (about 72 MB, once)::
     pip download aiconfigurator==0.8.0 --no-deps -d /tmp/aic
     unzip -q /tmp/aic/aiconfigurator-0.8.0-py3-none-any.whl \\
         'aiconfigurator/systems/data/a100_sxm/vllm/0.14.0/*' \\
-        'aiconfigurator/systems/data/l40s/vllm/0.14.0/*' -d /tmp/aic
+        'aiconfigurator/systems/data/l40s/vllm/0.14.0/*' \\
+        'aiconfigurator/systems/data/h200_sxm/vllm/0.12.0/*' -d /tmp/aic
 
 Run: ``python -m benchmarks.a100_kernels --aic /tmp/aic/aiconfigurator/systems/data/a100_sxm/vllm/0.14.0
-[--aic-h100 .../h100_sxm/vllm/0.14.0] [--aic-l40s .../l40s/vllm/0.14.0] [--print]`` (a few seconds; the H100 tables,
+[--aic-h100 .../h100_sxm/vllm/0.14.0] [--aic-l40s .../l40s/vllm/0.14.0] [--aic-h200 .../h200_sxm/vllm/0.12.0]
+[--print]`` (a few seconds; the H100 tables,
 unzipped the same way, add a check row of the H100's FA3 decode, whose figures this does not change); writes section
 34 of RESULTS.md (``--out FILE`` to write elsewhere). Without the tables (``--aic`` absent or not a folder with them)
 it says so and exits 0; it exits 1 where the fitted figures are not the preset's.
@@ -50,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving_validation import replace_section  # noqa: E402
 
-TITLE = "## 34. The A100's and the L40S's kernels against AIConfigurator's measured tables (issue 19)"
+TITLE = "## 34. The A100's, L40S's and H200's kernels against AIConfigurator's measured tables (issue 19)"
 GPU = "A100-SXM-80GB"
 FILES = ("gemm_perf.txt", "generation_attention_perf.txt", "context_attention_perf.txt")
 
@@ -316,11 +321,64 @@ def l40s_lines(aic: Path) -> tuple[list[str], bool]:
     return lines, same
 
 
+#: The H200's GEMMs of smaller weights stay in its 50 MB L2 between the table's repeats (as the L40S's do).
+H200_MIN_WEIGHTS = 64e6
+
+
+def h200_lines(aic: Path) -> tuple[list[str], bool]:
+    """The H200's rows of the section (AIConfigurator's ``h200_sxm/vllm/0.12.0`` tables in ``aic``): its GEMMs' own
+    streaming rate, fitted; its 16-bit GEMM fraction, FA3 decode and prefill against the preset's (the H100's and
+    FA3's published) figures, checks not adopted (section 34's note). Returns the rows and whether the fitted figure
+    is the preset's (within 0.5%)."""
+    from moesim.model.achievable import ACHIEVABLE
+    from moesim.model.hardware import get_gpu, make_cluster
+
+    gpu = get_gpu("H200-SXM")
+    cluster = make_cluster(gpu, num_gpus=1)
+    now = ACHIEVABLE["H200-SXM"]
+    before = dataclasses.replace(now, gemm_bw=None)
+    f16 = _gemm_rows(aic, "float16")
+    print(f"[a100_kernels] H200: {len(f16)} GEMM rows", file=sys.stderr, flush=True)
+    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, H200_MIN_WEIGHTS)
+    dec = f16[f16.m <= 16]
+    streamed = (dec.weight_bytes >= H200_MIN_WEIGHTS).to_numpy()
+    g_before = gemm_errors(dec, before, gpu, cluster, "fp16", decode=False)
+    g_after = gemm_errors(dec, now, gpu, cluster, "fp16", decode=False)
+    frac = fit_gemm_fraction(f16, now, gpu, cluster, "fp16")
+    cb = f16[(f16.m >= 2048) & (f16.n >= 2048) & (f16.k >= 2048)]
+    c_b, c_a = (gemm_errors(cb, p, gpu, cluster, "fp16", decode=False) for p in (before, now))
+    attn = _attention_rows(aic)
+    attn = attn.assign(kv_bytes=attn.batch_size * attn.ctx * attn.num_key_value_heads * attn.head_dim * 4.0)
+    big = attn[attn.kv_bytes >= L40S_MIN_KV]
+    a_err = attention_errors(big, now, gpu)
+    dram = fit_dram_bw(big, now, gpu)
+    ctx = _context_rows(aic)
+    long = ctx[ctx.isl >= 1024]
+    p_err = context_errors(long, now, gpu)
+    frac_attn = fit_attention_fraction(ctx, now, gpu)
+    same = math.isclose(gemm_bw, now.gemm_bw.value, rel_tol=0.005)
+    lines = [
+        f"| {int(streamed.sum())} H200 float16 GEMMs of m <= 16, weights of 64 MB or more | `gemm_bw` | "
+        f"{gemm_bw / 1e12:.4f} TB/s | {now.gemm_bw.value / 1e12:.4f} TB/s | {_stats(g_before[streamed])} | "
+        f"{_stats(g_after[streamed])} |",
+        f"| {int((~streamed).sum())} of m <= 16 with smaller weights (held in the L2) | | | | "
+        f"{_stats(g_before[~streamed])} | {_stats(g_after[~streamed])} |",
+        f"| {len(cb)} H200 float16 GEMMs of m, n, k >= 2,048 (check, not adopted) | `gemm_fraction.fp16` | "
+        f"{frac:.4f} | {now.gemm_fraction['fp16'].value:.4f} | {_stats(c_b)} | {_stats(c_a)} |",
+        f"| {len(big)} H200 FA3 decode rows reading 256 MB or more (check, not adopted) | `dram_bw` | "
+        f"{dram / 1e12:.4f} TB/s | {now.dram_bw.value / 1e12:.4f} TB/s | {_stats(a_err)} | {_stats(a_err)} |",
+        f"| {len(long)} H200 FA3 prefill rows, 1,024 to 16,384 tokens (check, not adopted) | `attention_fraction` | "
+        f"{frac_attn:.4f} | {now.attention_fraction.value:.4f} | {_stats(p_err)} | {_stats(p_err)} |",
+    ]
+    return lines, same
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aic", type=Path, help="folder of AIConfigurator's a100_sxm/vllm/0.14.0 tables")
     ap.add_argument("--aic-h100", type=Path, help="optional: AIConfigurator's h100_sxm/vllm/0.14.0 tables, a check row")
     ap.add_argument("--aic-l40s", type=Path, help="optional: AIConfigurator's l40s/vllm/0.14.0 tables, the L40S's rows")
+    ap.add_argument("--aic-h200", type=Path, help="optional: AIConfigurator's h200_sxm/vllm/0.12.0 tables")
     ap.add_argument("--print", action="store_true", help="print the section instead of writing RESULTS.md")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = ap.parse_args(argv)
@@ -374,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     l40s_same = True
     if args.aic_l40s is not None and all((args.aic_l40s / f).is_file() for f in FILES):
         l40s, l40s_same = l40s_lines(args.aic_l40s)
+    h200: list[str] = []
+    if args.aic_h200 is not None and all((args.aic_h200 / f).is_file() for f in FILES):
+        h200, h200_same = h200_lines(args.aic_h200)
+        l40s_same = l40s_same and h200_same
     wall = time.perf_counter() - t0
     shipped_g, shipped_a, shipped_f = now.gemm_bw.value, now.attention_sm_bw.value, now.attention_fraction.value
     shipped_gf = now.gemm_fraction["fp16"].value
@@ -392,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         "`attention_sm_bw`. "
         "The L40S's rows (`--aic-l40s DIR`, its `l40s/vllm/0.14.0` tables, vLLM 0.14.0 on an L40S): before, the L40's "
         "STREAM triad (0.80 TB/s) for every kernel and the H100's GEMM fractions; after, the preset's `dram_bw`, "
-        "`gemm_bw` and `gemm_fraction`. "
+        "`gemm_bw` and `gemm_fraction`. The H200's rows (`--aic-h200 DIR`, `h200_sxm/vllm/0.12.0`): before, its "
+        "store stream (3.90 TB/s) for every kernel; after, the preset's `gemm_bw`. "
         "Errors are predicted / measured - 1: median |error| / P90 |error| / signed median.",
         "",
         "| rows | what | fitted here | in the preset | before | after |",
@@ -413,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {int((~mha).sum())} of them GQA/MQA | | | | {_stats(a_before[~mha])} | {_stats(a_after[~mha])} |",
         *check,
         *l40s,
+        *h200,
         "",
         f"The fitted figures {'are' if same else 'are NOT'} the preset's (within 0.5%). Computed in {wall:.0f} s of "
         "wall time.",

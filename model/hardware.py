@@ -73,7 +73,7 @@ class AchievableSpec(StrictInput):
             one takes ``gemm_fraction``'s.
         block_fp8_bw: bytes/s a memory-bound block-scaled fp8 GEMM streams its weights at (None: ``dram_bw``).
         gemm_bw: bytes/s a memory-bound dense GEMM (the engine's cuBLAS GEMM at a few rows) moves its operands at,
-            where measured GEMMs stream slower than a copy (None: ``dram_bw``).
+            where the engine's GEMMs were measured (None: ``dram_bw``).
         attention_fraction: fraction (0..1] of the dense peak FlashAttention's forward pass reaches.
         attention_cta_blocks: key blocks' worth of time each attention CTA spends outside its key loop.
         attention_kernel: the FlashAttention the engine runs (`AttentionKernel`; None: ``fa3``'s packing).
