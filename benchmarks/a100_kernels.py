@@ -1,5 +1,5 @@
-"""Benchmark section 34: the achievable model's A100 and L40S kernels against AIConfigurator's measured tables
-(issue 19).
+"""Benchmark section 34: the achievable model's A100, L40S, H200 and B200 kernels against AIConfigurator's measured
+tables (issue 19).
 
 Why: on the four real vLLM A100 runs of section 33 moesim's decode step was 12% too fast at light load and 22% at
 busy load, while the same models on the H100 were right. AIConfigurator (ai-dynamo/aiconfigurator, Apache-2.0)
@@ -12,7 +12,8 @@ where it packs query heads. The L40S's runs of section 12 were 10% too fast in t
 0.80 TB/s triad the preset borrowed, and its 16-bit GEMMs reaching 73.8% of the peak, not the H100's 84% (its fp8
 rows are shown but not adopted: the same collector's H100 fp8 rows are no faster than its 16-bit ones). The H200's
 (``--aic-h200``, vLLM 0.12.0) show its GEMMs of a few rows streaming at 4.09 TB/s, above the 3.90 TB/s store
-stream its preset had for every kernel.
+stream its preset had for every kernel; the B200's (``--aic-b200``, vLLM 0.14.0), which had no preset of its own,
+its GEMMs streaming at 6.57 TB/s and reaching 75.0% of the peak on its 148 SMs.
 
 What it does: fits the measured figures (A100: ``gemm_bw``, least squares in relative error of ``4 us + bytes /
 bw`` over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``, the same over the decode rows of context
@@ -20,7 +21,8 @@ bw`` over the GEMMs of m <= 16 moving 8 MB or more; ``attention_sm_bw``, the sam
 tokens or more. L40S: ``gemm_bw`` over the GEMMs of m <= 16 with weights of 32 MB or more, ``dram_bw`` over the
 decode rows reading 256 MB or more (its table keeps smaller weights and caches in the 96 MB L2 between repeats),
 16-bit ``gemm_fraction`` over the GEMMs of m, n, k >= 2,048, ``attention_fraction`` as the A100's. H200: ``gemm_bw``
-over the GEMMs of m <= 16 with weights of 64 MB or more, past its 50 MB L2), checks that they are
+over the GEMMs of m <= 16 with weights of 64 MB or more, past its 50 MB L2; B200: the same at 256 MB, and its
+16-bit ``gemm_fraction``), checks that they are
 the ones in the preset, and prints the achievable model's error on those rows before and after.
 
 The tables are not in this repository. Fetch them (about 72 MB, once)::
@@ -29,11 +31,12 @@ The tables are not in this repository. Fetch them (about 72 MB, once)::
     unzip -q /tmp/aic/aiconfigurator-0.8.0-py3-none-any.whl \\
         'aiconfigurator/systems/data/a100_sxm/vllm/0.14.0/*' \\
         'aiconfigurator/systems/data/l40s/vllm/0.14.0/*' \\
-        'aiconfigurator/systems/data/h200_sxm/vllm/0.12.0/*' -d /tmp/aic
+        'aiconfigurator/systems/data/h200_sxm/vllm/0.12.0/*' \\
+        'aiconfigurator/systems/data/b200_sxm/vllm/0.14.0/*' -d /tmp/aic
 
 Run: ``python -m benchmarks.a100_kernels --aic /tmp/aic/aiconfigurator/systems/data/a100_sxm/vllm/0.14.0
 [--aic-h100 .../h100_sxm/vllm/0.14.0] [--aic-l40s .../l40s/vllm/0.14.0] [--aic-h200 .../h200_sxm/vllm/0.12.0]
-[--print]`` (a few seconds; the H100 tables,
+[--aic-b200 .../b200_sxm/vllm/0.14.0] [--print]`` (a few seconds; the H100 tables,
 unzipped the same way, add a check row of the H100's FA3 decode, whose figures this does not change); writes section
 34 of RESULTS.md (``--out FILE`` to write elsewhere). Without the tables (``--aic`` absent or not a folder with them)
 it says so and exits 0; it exits 1 where the fitted figures are not the preset's.
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving_validation import replace_section  # noqa: E402
 
-TITLE = "## 34. The A100's, L40S's and H200's kernels against AIConfigurator's measured tables (issue 19)"
+TITLE = "## 34. The A100's, L40S's, H200's and B200's kernels against AIConfigurator's measured tables (issue 19)"
 GPU = "A100-SXM-80GB"
 FILES = ("gemm_perf.txt", "generation_attention_perf.txt", "context_attention_perf.txt")
 
@@ -321,54 +324,62 @@ def l40s_lines(aic: Path) -> tuple[list[str], bool]:
     return lines, same
 
 
-#: The H200's GEMMs of smaller weights stay in its 50 MB L2 between the table's repeats (as the L40S's do).
-H200_MIN_WEIGHTS = 64e6
+#: Weights past each GPU's L2 (H200 50 MB, B200 126 MB): smaller ones stay in it between the table's repeats, as the
+#: L40S's do.
+MIN_WEIGHTS = {"H200-SXM": 64e6, "B200": 256e6}
 
 
-def h200_lines(aic: Path) -> tuple[list[str], bool]:
-    """The H200's rows of the section (AIConfigurator's ``h200_sxm/vllm/0.12.0`` tables in ``aic``): its GEMMs' own
-    streaming rate, fitted; its 16-bit GEMM fraction, FA3 decode and prefill against the preset's (the H100's and
-    FA3's published) figures, checks not adopted (section 34's note). Returns the rows and whether the fitted figure
-    is the preset's (within 0.5%)."""
+def hbm_lines(key: str, aic: Path, before, adopt_fraction: bool) -> tuple[list[str], bool]:
+    """The rows of GPU ``key`` (AIConfigurator's vLLM tables in ``aic``): its GEMMs' own streaming rate, fitted on the
+    GEMMs of m <= 16 with weights past its L2 (`MIN_WEIGHTS`); its 16-bit GEMM fraction, fitted (``adopt_fraction``)
+    or a check; its decode and prefill attention against the preset's figures, checks not adopted (section 34's
+    notes). ``before``: the figures this replaces. Returns the rows and whether the fitted figures are the preset's
+    (within 0.5%)."""
     from moesim.model.achievable import ACHIEVABLE
     from moesim.model.hardware import get_gpu, make_cluster
 
-    gpu = get_gpu("H200-SXM")
+    gpu = get_gpu(key)
     cluster = make_cluster(gpu, num_gpus=1)
-    now = ACHIEVABLE["H200-SXM"]
-    before = dataclasses.replace(now, gemm_bw=None)
+    now = ACHIEVABLE[key]
+    name, floor = key.removesuffix("-SXM"), MIN_WEIGHTS[key]
     f16 = _gemm_rows(aic, "float16")
-    print(f"[a100_kernels] H200: {len(f16)} GEMM rows", file=sys.stderr, flush=True)
-    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, H200_MIN_WEIGHTS)
+    print(f"[a100_kernels] {name}: {len(f16)} GEMM rows", file=sys.stderr, flush=True)
+    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, floor)
     dec = f16[f16.m <= 16]
-    streamed = (dec.weight_bytes >= H200_MIN_WEIGHTS).to_numpy()
+    streamed = (dec.weight_bytes >= floor).to_numpy()
     g_before = gemm_errors(dec, before, gpu, cluster, "fp16", decode=False)
     g_after = gemm_errors(dec, now, gpu, cluster, "fp16", decode=False)
     frac = fit_gemm_fraction(f16, now, gpu, cluster, "fp16")
     cb = f16[(f16.m >= 2048) & (f16.n >= 2048) & (f16.k >= 2048)]
     c_b, c_a = (gemm_errors(cb, p, gpu, cluster, "fp16", decode=False) for p in (before, now))
+    largest = (2.0 * cb.m * cb.n * cb.k >= 2.0**42).to_numpy()
     attn = _attention_rows(aic)
     attn = attn.assign(kv_bytes=attn.batch_size * attn.ctx * attn.num_key_value_heads * attn.head_dim * 4.0)
     big = attn[attn.kv_bytes >= L40S_MIN_KV]
     a_err = attention_errors(big, now, gpu)
-    dram = fit_dram_bw(big, now, gpu)
     ctx = _context_rows(aic)
     long = ctx[ctx.isl >= 1024]
     p_err = context_errors(long, now, gpu)
     frac_attn = fit_attention_fraction(ctx, now, gpu)
     same = math.isclose(gemm_bw, now.gemm_bw.value, rel_tol=0.005)
+    if adopt_fraction:
+        same = same and math.isclose(frac, now.gemm_fraction["fp16"].value, rel_tol=0.005)
+    adopted = "" if adopt_fraction else " (check, not adopted)"
     lines = [
-        f"| {int(streamed.sum())} H200 float16 GEMMs of m <= 16, weights of 64 MB or more | `gemm_bw` | "
-        f"{gemm_bw / 1e12:.4f} TB/s | {now.gemm_bw.value / 1e12:.4f} TB/s | {_stats(g_before[streamed])} | "
+        f"| {int(streamed.sum())} {name} float16 GEMMs of m <= 16, weights of {floor / 1e6:.0f} MB or more | "
+        f"`gemm_bw` | {gemm_bw / 1e12:.4f} TB/s | {now.gemm_bw.value / 1e12:.4f} TB/s | {_stats(g_before[streamed])} | "
         f"{_stats(g_after[streamed])} |",
-        f"| {int((~streamed).sum())} of m <= 16 with smaller weights (held in the L2) | | | | "
+        f"| {int((~streamed).sum())} of m <= 16 with smaller weights (the L2 holds some between repeats) | | | | "
         f"{_stats(g_before[~streamed])} | {_stats(g_after[~streamed])} |",
-        f"| {len(cb)} H200 float16 GEMMs of m, n, k >= 2,048 (check, not adopted) | `gemm_fraction.fp16` | "
-        f"{frac:.4f} | {now.gemm_fraction['fp16'].value:.4f} | {_stats(c_b)} | {_stats(c_a)} |",
-        f"| {len(big)} H200 FA3 decode rows reading 256 MB or more (check, not adopted) | `dram_bw` | "
-        f"{dram / 1e12:.4f} TB/s | {now.dram_bw.value / 1e12:.4f} TB/s | {_stats(a_err)} | {_stats(a_err)} |",
-        f"| {len(long)} H200 FA3 prefill rows, 1,024 to 16,384 tokens (check, not adopted) | `attention_fraction` | "
-        f"{frac_attn:.4f} | {now.attention_fraction.value:.4f} | {_stats(p_err)} | {_stats(p_err)} |",
+        f"| {len(cb)} {name} float16 GEMMs of m, n, k >= 2,048{adopted} | `gemm_fraction.fp16` | {frac:.4f} | "
+        f"{now.gemm_fraction['fp16'].value:.4f} | {_stats(c_b)} | {_stats(c_a)} |",
+        f"| {int(largest.sum())} of them of 2^42 FLOP or more | | | | {_stats(c_b[largest])} | "
+        f"{_stats(c_a[largest])} |",
+        f"| {len(big)} {name} decode-attention rows reading 256 MB or more (check) | | | | {_stats(a_err)} | "
+        f"{_stats(a_err)} |",
+        f"| {len(long)} {name} prefill-attention rows, 1,024 to 16,384 tokens (check, not adopted) | "
+        f"`attention_fraction` | {frac_attn:.4f} | {now.attention_fraction.value:.4f} | {_stats(p_err)} | "
+        f"{_stats(p_err)} |",
     ]
     return lines, same
 
@@ -379,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aic-h100", type=Path, help="optional: AIConfigurator's h100_sxm/vllm/0.14.0 tables, a check row")
     ap.add_argument("--aic-l40s", type=Path, help="optional: AIConfigurator's l40s/vllm/0.14.0 tables, the L40S's rows")
     ap.add_argument("--aic-h200", type=Path, help="optional: AIConfigurator's h200_sxm/vllm/0.12.0 tables")
+    ap.add_argument("--aic-b200", type=Path, help="optional: AIConfigurator's b200_sxm/vllm/0.14.0 tables")
     ap.add_argument("--print", action="store_true", help="print the section instead of writing RESULTS.md")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = ap.parse_args(argv)
@@ -434,8 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         l40s, l40s_same = l40s_lines(args.aic_l40s)
     h200: list[str] = []
     if args.aic_h200 is not None and all((args.aic_h200 / f).is_file() for f in FILES):
-        h200, h200_same = h200_lines(args.aic_h200)
+        h200_now = ACHIEVABLE["H200-SXM"]
+        h200, h200_same = hbm_lines("H200-SXM", args.aic_h200, dataclasses.replace(h200_now, gemm_bw=None), False)
         l40s_same = l40s_same and h200_same
+    b200: list[str] = []
+    if args.aic_b200 is not None and all((args.aic_b200 / f).is_file() for f in FILES):
+        from moesim.model.achievable import _fallback
+
+        b200_gpu = get_gpu("B200")
+        b200, b200_same = hbm_lines("B200", args.aic_b200, _fallback("B200", b200_gpu.memory_bandwidth), True)
+        l40s_same = l40s_same and b200_same
     wall = time.perf_counter() - t0
     shipped_g, shipped_a, shipped_f = now.gemm_bw.value, now.attention_sm_bw.value, now.attention_fraction.value
     shipped_gf = now.gemm_fraction["fp16"].value
@@ -455,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         "The L40S's rows (`--aic-l40s DIR`, its `l40s/vllm/0.14.0` tables, vLLM 0.14.0 on an L40S): before, the L40's "
         "STREAM triad (0.80 TB/s) for every kernel and the H100's GEMM fractions; after, the preset's `dram_bw`, "
         "`gemm_bw` and `gemm_fraction`. The H200's rows (`--aic-h200 DIR`, `h200_sxm/vllm/0.12.0`): before, its "
-        "store stream (3.90 TB/s) for every kernel; after, the preset's `gemm_bw`. "
+        "store stream (3.90 TB/s) for every kernel; after, the preset's `gemm_bw`. The B200's (`--aic-b200 DIR`, "
+        "`b200_sxm/vllm/0.14.0`): before, the figures a GPU without a preset took (the H100's fractions and SM count "
+        "on the B200's datasheet); after, the preset's `gemm_bw`, `gemm_fraction` and `sms`. "
         "Errors are predicted / measured - 1: median |error| / P90 |error| / signed median.",
         "",
         "| rows | what | fitted here | in the preset | before | after |",
@@ -477,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         *check,
         *l40s,
         *h200,
+        *b200,
         "",
         f"The fitted figures {'are' if same else 'are NOT'} the preset's (within 0.5%). Computed in {wall:.0f} s of "
         "wall time.",
