@@ -1,7 +1,10 @@
-"""Import AIConfigurator's kernel database (``gemm_perf``, ``moe_perf``, ``nccl_perf`` parquet).
+"""Import AIConfigurator's kernel database (``gemm_perf``, ``moe_perf``, ``nccl_perf``, parquet or text).
 
 The format, as ai-dynamo/aiconfigurator ships it (one file per op family,
-``latency`` in milliseconds):
+``latency`` in milliseconds; ``*_perf.parquet``, or ``*_perf.txt`` with the same
+columns as comma-separated text, as its PyPI wheel ships every GPU's tables under
+``aiconfigurator/systems/data/<gpu>/<engine>/<version>/``, the NCCL table under
+``<gpu>/nccl/<version>/``):
 
 - ``gemm_perf``: ``gemm_dtype`` (`DTYPES`), ``m, n, k``:
   C[m, n] = A[m, k] @ B[k, n];
@@ -159,8 +162,28 @@ def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
     return out
 
 
+def _tables_in(folder: Path) -> list[Path]:
+    """The ``*_perf.parquet`` and ``*_perf.txt`` files of ``folder``."""
+    return [*folder.glob("*_perf.parquet"), *folder.glob("*_perf.txt")]
+
+
+def _read(f: Path) -> pd.DataFrame:
+    """One AIConfigurator table, parquet or comma-separated text (the wheel's ``*_perf.txt``)."""
+    if f.suffix == ".txt":
+        try:
+            return pd.read_csv(f, skipinitialspace=True)
+        except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TableError(f"{f}: not a readable text table ({reason})", "re-download the table") from None
+    check_parquet(f, "an AIConfigurator table", "re-download the table")
+    try:
+        return pd.read_parquet(f)
+    except (OSError, ValueError) as exc:
+        raise TableError(f"{f}: not a readable parquet file ({exc})", "re-download the table") from None
+
+
 def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
-    """Convert every ``*_perf.parquet`` under ``src`` into moesim tables under ``out``.
+    """Convert every ``*_perf.parquet`` or ``*_perf.txt`` under ``src`` into moesim tables under ``out``.
 
     Returns a summary: the files written, rows per kind, the device, the kernels (``kind/dtype/impl`` -> the
     engine kernel it times, `profiling.costmodel.kernel_of`), ``unmapped``: the MoE kernel sources that are
@@ -172,17 +195,21 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
     """
     src, out = Path(src), Path(out)
     check_table_folder(out, "import", force)
-    files = sorted(p for p in ([src] if src.is_file() else src.glob("*_perf.parquet")) if p.stem in FILES)
+    files = sorted(p for p in ([src] if src.is_file() else _tables_in(src)) if p.stem in FILES)
     if not files:
-        raise TableError(f"{src}: no gemm_perf/moe_perf/nccl_perf .parquet files", "point at an AIConfigurator folder")
+        raise TableError(
+            f"{src}: no gemm_perf/moe_perf/nccl_perf .parquet or .txt files", "point at an AIConfigurator folder"
+        )
+    stems = [f.stem for f in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise TableError(
+            f"{src}: both a .parquet and a .txt of {', '.join(twice)}", "import one of them (point at the file)"
+        )
     converted: list[tuple[str, pd.DataFrame, dict[str, Any]]] = []
     left_out: dict[str, int] = {}
     for f in files:
-        check_parquet(f, "an AIConfigurator table", "re-download the table")
-        try:
-            raw = pd.read_parquet(f)
-        except (OSError, ValueError) as exc:
-            raise TableError(f"{f}: not a readable parquet file ({exc})", "re-download the table") from None
+        raw = _read(f)
         device = str(raw["device"].iloc[0]) if "device" in raw and len(raw) else "unknown"
         preset = cuda_preset(device)
         meta = {

@@ -248,6 +248,13 @@ ACHIEVABLE_KINDS = frozenset({"attention"})
 ACHIEVABLE_FALLBACK_KINDS = frozenset({"grouped_gemm"})
 
 
+#: bf16 and fp16 run the same tensor-core kernels at the same rate and move the same bytes on every NVIDIA GPU
+#: since Ampere (their dense peaks are equal in every datasheet moesim reads): an op of one times from the other's
+#: table where its own is missing (``16-bit twin`` in the source, measured). AIConfigurator's releases before its
+#: ``bfloat16`` mode name their 16-bit tables ``float16`` (`profiling.aiconfigurator.DTYPES`).
+SIXTEEN_BIT = {"bf16": "fp16", "fp16": "bf16"}
+
+
 def source_class(source: str) -> str:
     """``fallback``, ``transferred``, ``measured``, ``achievable`` or ``roofline``: where an `OpTime.source` says its
     time came from (a table followed along its edge, ``edge ... measured: ...``, counts as its table's class).
@@ -644,8 +651,12 @@ class CalibratedCostModel:
     def _candidates(self, op: Op) -> list[Fit]:
         """The fits that may time ``op`` (fastest first), before the kernel choice and the device: those of the op's
         own quantisation (`table_dtype`: per-tensor fp8, block-scaled fp8, int4, MXFP4... each its own), never
-        another's; with ``extrapolate`` and none measured, the 16-bit table's (``dtype-transfer`` in the source)."""
+        another's, but for a 16-bit op the other 16-bit format's after its own (`SIXTEEN_BIT`: so that the choice
+        by device, `_on`, takes a table of this GPU in fp16 before a bf16 one transferred from another GPU); with
+        ``extrapolate`` and none measured, the 16-bit table's (``dtype-transfer`` in the source)."""
         fits = self._by_key.get((op.kind, table_dtype(op))) or self._by_key.get((op.kind, "*"), [])
+        if table_dtype(op) in SIXTEEN_BIT:  # the other 16-bit format's tables: the same kernels at the same speed
+            fits = fits + self._by_key.get((op.kind, SIXTEEN_BIT[table_dtype(op)]), [])
         if not fits and self.extrapolate:
             fits = self._by_key.get((op.kind, "bf16")) or self._by_key.get((op.kind, "fp16"), [])
             if not fits and op.kind == "memcpy":
@@ -767,7 +778,9 @@ class CalibratedCostModel:
             if beyond.size:
                 x, clamped = self._edge(op, fit, x, beyond)
             outside = outside[:0]
-        if table_dtype(op) != fit.dtype and op.kind not in COLLECTIVES:
+        if SIXTEEN_BIT.get(table_dtype(op)) == fit.dtype and op.kind not in COLLECTIVES:
+            clamped += f"16-bit twin {fit.dtype}->{table_dtype(op)} "
+        elif table_dtype(op) != fit.dtype and op.kind not in COLLECTIVES:
             clamped += f"dtype-transfer {fit.dtype}->{table_dtype(op)} "
         if outside.size:
             j = int(outside[0])

@@ -48,8 +48,9 @@ def test_the_figures_are_gpu_data_and_every_preset_row_is_read():
     for key, entry in raw.items():
         assert gpus[key].achievable is not None
         assert ACHIEVABLE[key].dram_bw.value == entry["dram_bw"]["value"]
-    assert get_gpu("B200").achievable is None  # no figures: the visible H100-SXM fallback
-    assert params_for(get_gpu("B200")).reused
+    assert get_gpu("RTX-4090").achievable is None  # no figures: the visible H100-SXM fallback
+    assert params_for(get_gpu("RTX-4090")).reused
+    assert get_gpu("B200").achievable is not None and params_for(get_gpu("B200")).reused  # its own, some reused
 
 
 def test_a_hardware_file_sets_its_own_figures(tmp_path, one_h100):

@@ -224,3 +224,80 @@ def test_a_table_whose_dtype_no_kernel_maps_is_one_error_line(tmp_path):
         calibrate([tmp_path])
     line = exc.value.one_line()
     assert "\n" not in line and "gemm.parquet" in line and "'fp6'" in line and "fp8_block" in line
+
+
+# --- the wheel's text tables, and 16-bit twins -------------------------------------------------
+
+
+def _text_gemm(path: Path, device: str = "NVIDIA A100-SXM4-80GB") -> pd.DataFrame:
+    """A ``gemm_perf.txt`` as AIConfigurator's PyPI wheel ships it (comma-separated, ``float16`` for 16 bits),
+    timed at 1.5x the A100's roofline plus 5 us."""
+    a100 = make_cluster(get_gpu("A100-SXM-80GB"), num_gpus=1)
+    roof, rows = RooflineCostModel(), []
+    for m, n, k in itertools.product([1, 4, 16, 64, 256, 1024, 4096], [1024, 4096, 14336], [1024, 4096, 14336]):
+        t = roof.op_time(row_op("gemm", {"m": m, "n": n, "k": k, "dtype": "fp16"}), a100).seconds * 1.5 + 5e-6
+        rows.append({"framework": "VLLM", "version": "0.14.0", "device": device, "op_name": "gemm",
+                     "kernel_source": "vllm_default", "gemm_dtype": "float16", "m": m, "n": n, "k": k,
+                     "latency": t * 1e3})  # fmt: skip
+    df = pd.DataFrame(rows)
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_wheel_text_tables_import_like_parquet(tmp_path):
+    """AIConfigurator's PyPI wheel ships each GPU's tables as ``*_perf.txt``: the importer reads them as it reads the
+    parquet files (the device from the ``device`` column), and the CLI takes the folder or the file."""
+    src = tmp_path / "a100" / "vllm" / "0.14.0"
+    src.mkdir(parents=True)
+    raw = _text_gemm(src / "gemm_perf.txt")
+    (src / "context_attention_perf.txt").write_text("not,a,table,moesim,reads\n")  # other families are ignored
+    summary = import_aiconfigurator(src, tmp_path / "out")
+    assert summary["rows"] == {"gemm": len(raw)} and summary["device"] == ["NVIDIA A100-SXM4-80GB"]
+    assert summary["kernels"] == {"gemm/fp16/vllm_default": None}
+    from moesim.profiling.tables import read_table
+
+    df, meta = read_table(tmp_path / "out" / "gemm.parquet")
+    assert meta["device_key"] == "A100-SXM-80GB" and set(df["dtype"]) == {"fp16"}
+    assert np.allclose(df["time_s"].to_numpy(), raw["latency"].to_numpy() / 1e3)
+
+
+def test_text_and_parquet_of_one_table_or_a_corrupt_text_are_one_error_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = _text_gemm(src / "gemm_perf.txt")
+    raw.to_parquet(src / "gemm_perf.parquet")
+    with pytest.raises(TableError) as exc:
+        import_aiconfigurator(src, tmp_path / "out")
+    assert "both a .parquet and a .txt of gemm_perf" in exc.value.one_line()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "gemm_perf.txt").write_bytes(b"\x00\x01\x02garbage\xff\xfe\n\x00,,\n")
+    with pytest.raises(TableError) as exc:
+        import_aiconfigurator(bad, tmp_path / "out2")
+    line = exc.value.one_line()
+    assert "\n" not in line and "gemm_perf.txt" in line
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())  # nothing half-written
+
+
+def test_a_16_bit_table_of_this_gpu_times_the_other_16_bit_format(tmp_path):
+    """bf16 and fp16 run the same kernels at the same rate: a bf16 op on the A100 takes the A100's own fp16 table
+    (``16-bit twin``, measured) before the H100's bf16 table transferred, and a GPU with only the bf16 table keeps
+    it as before."""
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = _text_gemm(src / "gemm_perf.txt")
+    import_aiconfigurator(src, tmp_path / "a100")
+    h100 = tmp_path / "h100"
+    h100.mkdir()
+    meta = {"source": "synthetic", "device_key": "H100-SXM", "hardware": _h100().model_dump()}
+    write_table(_gemm_rows("bf16"), h100 / "gemm.parquet", meta)
+    cm = CalibratedCostModel(calibrate([h100, tmp_path / "a100"], holdout=0.0))
+    a100 = make_cluster(get_gpu("A100-SXM-80GB"), num_gpus=1)
+    op = row_op("gemm", {"m": 16, "n": 4096, "k": 4096, "dtype": "bf16"})
+    t = cm.op_time(op, a100)
+    assert t.source.startswith("16-bit twin fp16->bf16 measured:gemm/fp16/vllm_default@A100-SXM-80GB")
+    assert source_class(t.source) == "measured"
+    row = raw[(raw.m == 16) & (raw.n == 4096) & (raw.k == 4096)].latency.iloc[0] / 1e3
+    assert t.seconds == pytest.approx(row, rel=0.05)
+    on_h100 = cm.op_time(op, _cluster())
+    assert on_h100.source.startswith("measured:gemm/bf16/vllm_default@H100-SXM")

@@ -116,11 +116,15 @@ def profile(
 
 def import_tables(
     source: Annotated[
-        Path, typer.Argument(help="An AIConfigurator folder (*_perf.parquet) or a torch.profiler trace (.json[.gz]).")
+        Path,
+        typer.Argument(
+            help="An AIConfigurator folder (*_perf.parquet, or the *_perf.txt tables its PyPI wheel ships per GPU) "
+            "or a torch.profiler trace (.json[.gz])."
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the converted tables (created).")],
     fmt: Annotated[
-        Format, typer.Option("--format", help="auto: a folder or .parquet is AIConfigurator, .json a trace.")
+        Format, typer.Option("--format", help="auto: a folder, .parquet or .txt is AIConfigurator, .json a trace.")
     ] = Format.auto,
     gpu: Annotated[
         str | None,
@@ -141,10 +145,15 @@ def import_tables(
     """Convert measurements made elsewhere into moesim tables.
 
     Example: moesim import ../shared/data/aiconfigurator-h100-sxm --out profiles/h100-aic
+
+    An L40S's tables from AIConfigurator's wheel (pip download aiconfigurator==0.8.0 --no-deps, unzipped):
+    moesim import aiconfigurator/systems/data/l40s/vllm/0.14.0 --out profiles/l40s-aic
     """
+    if not source.exists():
+        raise MoesimError(f"{source}: no such file or folder", "give an AIConfigurator folder or table, or a trace")
     kind = fmt.value
     if kind == "auto":
-        kind = "aiconfigurator" if source.is_dir() or source.suffix == ".parquet" else "trace"
+        kind = "aiconfigurator" if source.is_dir() or source.suffix in (".parquet", ".txt") else "trace"
     if kind == "aiconfigurator":
         from moesim.profiling.aiconfigurator import import_aiconfigurator
 
