@@ -254,6 +254,16 @@ L40S_MIN_KV = 256e6
 # (../shared/data/aiconfigurator-h100-sxm) measures 1,435 TFLOP/s: those rows time more than vLLM's fp8 GEMM.
 
 
+def _streaming(f16, floor: float, before, now, gpu, cluster) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """(``gemm_bw`` fitted on the 16-bit GEMMs ``f16`` of m <= 16 with weights of ``floor`` bytes or more, which of
+    the rows of m <= 16 those are, and every such row's error before and after) (`fit_gemm_bw`, `gemm_errors`)."""
+    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, floor)
+    dec = f16[f16.m <= 16]
+    streamed = (dec.weight_bytes >= floor).to_numpy()
+    errs = [gemm_errors(dec, p, gpu, cluster, "fp16", decode=False) for p in (before, now)]
+    return gemm_bw, streamed, errs[0], errs[1]
+
+
 def l40s_lines(aic: Path) -> tuple[list[str], bool]:
     """The L40S's rows of the section (AIConfigurator's ``l40s/vllm/0.14.0`` tables in ``aic``) and whether every
     fitted figure is the preset's (within 0.5%)."""
@@ -273,11 +283,7 @@ def l40s_lines(aic: Path) -> tuple[list[str], bool]:
     )
     f16, f8 = _gemm_rows(aic, "float16"), _gemm_rows(aic, "fp8")
     print(f"[a100_kernels] L40S: {len(f16)} + {len(f8)} GEMM rows", file=sys.stderr, flush=True)
-    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, L40S_MIN_WEIGHTS)
-    dec = f16[f16.m <= 16]
-    streamed = (dec.weight_bytes >= L40S_MIN_WEIGHTS).to_numpy()
-    g_before = gemm_errors(dec, before, gpu, cluster, "fp16", decode=False)
-    g_after = gemm_errors(dec, now, gpu, cluster, "fp16", decode=False)
+    gemm_bw, streamed, g_before, g_after = _streaming(f16, L40S_MIN_WEIGHTS, before, now, gpu, cluster)
     fracs, frac_rows = {}, []
     for dtype, rows in (("fp16", f16), ("fp8", f8)):
         fracs[dtype] = fit_gemm_fraction(rows, now, gpu, cluster, dtype)
@@ -344,11 +350,7 @@ def hbm_lines(key: str, aic: Path, before, adopt_fraction: bool) -> tuple[list[s
     name, floor = key.removesuffix("-SXM"), MIN_WEIGHTS[key]
     f16 = _gemm_rows(aic, "float16")
     print(f"[a100_kernels] {name}: {len(f16)} GEMM rows", file=sys.stderr, flush=True)
-    gemm_bw = fit_gemm_bw(f16, now.kernel_s.value, floor)
-    dec = f16[f16.m <= 16]
-    streamed = (dec.weight_bytes >= floor).to_numpy()
-    g_before = gemm_errors(dec, before, gpu, cluster, "fp16", decode=False)
-    g_after = gemm_errors(dec, now, gpu, cluster, "fp16", decode=False)
+    gemm_bw, streamed, g_before, g_after = _streaming(f16, floor, before, now, gpu, cluster)
     frac = fit_gemm_fraction(f16, now, gpu, cluster, "fp16")
     cb = f16[(f16.m >= 2048) & (f16.n >= 2048) & (f16.k >= 2048)]
     c_b, c_a = (gemm_errors(cb, p, gpu, cluster, "fp16", decode=False) for p in (before, now))
