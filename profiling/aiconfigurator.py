@@ -1,4 +1,4 @@
-"""Import AIConfigurator's kernel database (``gemm_perf``, ``moe_perf``, ``nccl_perf``, parquet or text).
+"""Import AIConfigurator's kernel database (``gemm_perf``, ``moe_perf``, ``nccl_perf``, attention; parquet or text).
 
 The format, as ai-dynamo/aiconfigurator ships it (one file per op family,
 ``latency`` in milliseconds; ``*_perf.parquet``, or ``*_perf.txt`` with the same
@@ -18,6 +18,11 @@ columns as comma-separated text, as its PyPI wheel ships every GPU's tables unde
   ``message_size``. The message size counts elements, not bytes: at the
   same ``message_size`` a half all-gather takes about twice as long as an
   int8 one, as it moves twice the bytes; bytes = elements x element size.
+- ``context_attention_perf`` and ``generation_attention_perf`` (the wheel's text tables): the engine's attention
+  forward over ``batch_size`` sequences of ``num_heads`` / ``num_key_value_heads`` heads of ``head_dim``, whole
+  prompts of ``isl`` tokens or one new token over a sequence of ``step`` tokens, its ``kv_cache_dtype`` (16-bit
+  rows only); ``kernel_source`` the backend (``vllm_flash_attn``, ``vllm_flashinfer``), the KV-cache write of the
+  new tokens in the timing.
 
 AIConfigurator's expert-parallel MoE rows (``moe_ep_size`` > 1) are left out of the import, and the summary
 counts them (``left_out``): they time vLLM's expert parallelism without an all-to-all, in which every GPU holds
@@ -80,6 +85,8 @@ NCCL_DTYPES: dict[str, tuple[str, int]] = {
     "int8": ("int8", 1),
     "fp8": ("fp8", 1),
 }
+#: The columns both attention tables share (`convert`).
+_ATTENTION = ("batch_size", "num_heads", "num_key_value_heads", "head_dim", "kv_cache_dtype", "latency")
 NCCL_OPS = {
     "all_gather": "all_gather",
     "all_reduce": "all_reduce",
@@ -90,6 +97,8 @@ FILES = {
     "gemm_perf": ("gemm_dtype", "m", "n", "k", "latency"),
     "moe_perf": ("moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "latency"),
     "nccl_perf": ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency"),
+    "context_attention_perf": (*_ATTENTION, "isl"),
+    "generation_attention_perf": (*_ATTENTION, "step"),
 }
 
 
@@ -126,9 +135,39 @@ def allgather_ep_rows(df: pd.DataFrame) -> pd.Series:
     return df["moe_ep_size"].astype(int) > 1
 
 
+def attention_16bit(df: pd.DataFrame) -> pd.Series:
+    """Which rows of an attention table keep a 16-bit KV cache (the ones imported: an fp8 cache is another kernel)."""
+    return df["kv_cache_dtype"].astype(str).isin(("float16", "bfloat16"))
+
+
+def _attention_rows(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
+    """An attention table as moesim's ``attention`` rows (`profiling.opshapes.row_op`): ``context_attention_perf``
+    whole prompts of ``isl`` tokens (causal, from scratch), ``generation_attention_perf`` one new token over a
+    sequence of ``step`` tokens (its cache and the new one: AIConfigurator's collector logs the sequence length as
+    ``step``). Only 16-bit caches (`attention_16bit`). AIConfigurator times the engine's attention forward in a CUDA
+    graph, the KV-cache write of the new tokens included (ai-dynamo/aiconfigurator collector/vllm/collect_attn.py), a
+    few us of a decode step's attention that moesim also charges as its ``kv_write`` op."""
+    keep = df[attention_16bit(df)]
+    if keep.empty:
+        raise TableError(f"{where}: no rows of a 16-bit KV cache", "moesim imports 16-bit caches' attention only")
+    prefill = name.startswith("context")
+    q_len = keep["isl"].astype(int) if prefill else pd.Series(1, index=keep.index)
+    kv_len = keep["isl"].astype(int) if prefill else keep["step"].astype(int)
+    dtype = keep["kv_cache_dtype"].astype(str).map(lambda d: DTYPES[d][0])
+    out = pd.DataFrame({"op": "attention", "impl": _impl(keep, "kv_cache_dtype"), "dtype": dtype}, index=keep.index)
+    out["batch"] = keep["batch_size"].astype(int)
+    out["q_len"] = q_len
+    out["kv_len"] = kv_len
+    out["heads"] = keep["num_heads"].astype(int)
+    out["kv_heads"] = keep["num_key_value_heads"].astype(int)
+    out["head_dim"] = keep["head_dim"].astype(int)
+    return out
+
+
 def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
-    """One AIConfigurator table (``gemm_perf``, ``moe_perf`` or ``nccl_perf``) as moesim rows (a ``moe_perf``
-    table's expert-parallel rows left out: `allgather_ep_rows`)."""
+    """One AIConfigurator table (``gemm_perf``, ``moe_perf``, ``nccl_perf``, ``context_attention_perf`` or
+    ``generation_attention_perf``) as moesim rows (a ``moe_perf`` table's expert-parallel rows left out:
+    `allgather_ep_rows`; an attention table's fp8-cache rows: `attention_16bit`)."""
     _need(df, FILES[name], where)
     if name == "moe_perf":
         df = df[~allgather_ep_rows(df)]
@@ -145,6 +184,10 @@ def convert(name: str, df: pd.DataFrame, where: Path) -> pd.DataFrame:
         for src, dst in cols.items():
             out[dst] = df[src].astype(int).to_numpy() if src in df else 1
         out["distribution"] = df["distribution"].astype(str).to_numpy() if "distribution" in df else "balanced"
+    elif name.endswith("attention_perf"):
+        out = _attention_rows(name, df, where)
+        df = df.loc[out.index]
+        t = t.loc[out.index]
     else:
         ops = df["op_name"].map(NCCL_OPS)
         if ops.isna().any():
@@ -229,6 +272,12 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
                     "without an all-to-all (every GPU scans the group's tokens), which moesim does not run",
                     file=sys.stderr,
                 )
+        if f.stem.endswith("attention_perf") and "kv_cache_dtype" in raw:
+            dropped = int((~attention_16bit(raw)).sum())
+            if dropped:
+                left_out[f.name] = dropped
+                print(f"note: {f}: {dropped} rows of an fp8 KV cache left out (moesim imports 16-bit caches' "
+                      "attention)", file=sys.stderr)  # fmt: skip
         converted.append((f.stem, convert(f.stem, raw, f), meta))
     files, rows, kernels = {}, {}, {}
     for _, df, _ in converted:
@@ -241,11 +290,18 @@ def import_aiconfigurator(src: str | Path, out: str | Path, force: bool = False)
             "MoE only when the engine asks for no kernel in particular (add it to profiling/costmodel.py KERNELS)",
             file=sys.stderr,
         )
+    parts: dict[str, tuple[list[pd.DataFrame], dict[str, Any]]] = {}  # the two attention tables share one
     for stem, df, meta in converted:
         for kind, part in df.groupby("op", sort=True):
             name = f"{kind}.parquet" if stem != "nccl_perf" else f"nccl_{kind}.parquet"
-            files[name] = table_writer(part.reset_index(drop=True), meta, str(out / name))
+            if name in parts:
+                parts[name][0].append(part)
+                parts[name][1]["source"] += f", {meta['source'].removeprefix('aiconfigurator: ')}"
+            else:
+                parts[name] = ([part], dict(meta))
             rows[str(kind)] = rows.get(str(kind), 0) + len(part)
+    for name, (dfs, meta) in parts.items():
+        files[name] = table_writer(pd.concat(dfs, ignore_index=True), meta, str(out / name))
     written = [str(p) for p in write_table_folder(out, "import", files, force).values()]
     devices = sorted({m["device"] for _, _, m in converted})
     return {

@@ -120,7 +120,7 @@ KERNELS: tuple[Kernel, ...] = (
         "Nearest table: torch SDPA, whose bf16 path is PyTorch's FlashAttention-2 kernel",
     ),
     Kernel(
-        "attention", "flashinfer", ("flashinfer",), ("flash_attn", "torch_sdpa"), (),
+        "attention", "flashinfer", ("flashinfer", "vllm_flashinfer"), ("flash_attn", "torch_sdpa"), (),
         "FlashInfer (vLLM FLASHINFER, SGLang flashinfer: SGLang's default below Hopper)",
     ),
     Kernel(

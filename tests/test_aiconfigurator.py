@@ -250,7 +250,7 @@ def test_wheel_text_tables_import_like_parquet(tmp_path):
     src = tmp_path / "a100" / "vllm" / "0.14.0"
     src.mkdir(parents=True)
     raw = _text_gemm(src / "gemm_perf.txt")
-    (src / "context_attention_perf.txt").write_text("not,a,table,moesim,reads\n")  # other families are ignored
+    (src / "mla_bmm_perf.txt").write_text("not,a,table,moesim,reads\n")  # other families are ignored
     summary = import_aiconfigurator(src, tmp_path / "out")
     assert summary["rows"] == {"gemm": len(raw)} and summary["device"] == ["NVIDIA A100-SXM4-80GB"]
     assert summary["kernels"] == {"gemm/fp16/vllm_default": None}
@@ -301,3 +301,30 @@ def test_a_16_bit_table_of_this_gpu_times_the_other_16_bit_format(tmp_path):
     assert t.seconds == pytest.approx(row, rel=0.05)
     on_h100 = cm.op_time(op, _cluster())
     assert on_h100.source.startswith("measured:gemm/bf16/vllm_default@H100-SXM")
+
+
+def test_wheel_attention_tables_import_as_attention_rows(tmp_path, capsys):
+    """The wheel's ``context_attention_perf`` (whole prompts of ``isl``) and ``generation_attention_perf`` (one new
+    token over a sequence of ``step``) become one ``attention`` table of the engine's backend; fp8-cache rows are
+    left out and counted, as the expert-parallel MoE rows are."""
+    head = {"framework": "VLLM", "version": "0.14.0", "device": "NVIDIA A100-SXM4-80GB"}
+    head |= {"kernel_source": "vllm_flash_attn", "num_heads": 32, "num_key_value_heads": 8, "head_dim": 128}
+    pd.DataFrame([{**head, "op_name": "context_attention", "batch_size": 2, "isl": 1024, "kv_cache_dtype": "float16",
+                   "latency": 0.9}]).to_csv(tmp_path / "context_attention_perf.txt", index=False)  # fmt: skip
+    gen = [{**head, "op_name": "generation_attention", "batch_size": 64, "isl": 1, "step": 4095,
+            "kv_cache_dtype": kv, "latency": lat} for kv, lat in (("float16", 1.5), ("fp8", 0.9))]  # fmt: skip
+    pd.DataFrame(gen).to_csv(tmp_path / "generation_attention_perf.txt", index=False)
+    summary = import_aiconfigurator(tmp_path, tmp_path / "out")
+    assert summary["rows"] == {"attention": 2} and summary["left_out"] == {"generation_attention_perf.txt": 1}
+    assert summary["kernels"] == {"attention/fp16/vllm_flash_attn": "attention:flash_attn"}
+    assert "1 rows of an fp8 KV cache left out" in capsys.readouterr().err
+    from moesim.profiling.tables import read_table
+
+    df, meta = read_table(tmp_path / "out" / "attention.parquet")
+    rows = df.sort_values("q_len").to_dict("records")
+    assert (rows[0]["q_len"], rows[0]["kv_len"], rows[0]["batch"]) == (1, 4095, 64)
+    assert (rows[1]["q_len"], rows[1]["kv_len"], rows[1]["batch"]) == (1024, 1024, 2)
+    assert rows[0]["time_s"] == pytest.approx(1.5e-3) and "context_attention_perf" in meta["source"]
+    assert "generation_attention_perf" in meta["source"]
+    op = row_op("attention", rows[0])
+    assert op.shape["kv_read"] == 64 * 4095 and op.shape["tokens"] == 64
