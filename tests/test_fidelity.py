@@ -11,6 +11,7 @@ import pytest
 from moesim.sim.fidelity import (
     A100_STAGES,
     GPU_PAIRS,
+    L40S_FIRST_STAGE,
     SERVING_DENSE,
     SERVING_MOE_EP,
     SERVING_MOE_TP,
@@ -143,6 +144,19 @@ def test_a100_stage_figures_are_section_33s(cls: str, label: str) -> None:
     assert st["rise"] == float(cells[7].split(" (")[0])
     note = serving_check(False, 1, cls if cls != "calibrated" else "calibrated:h100", "A100-SXM-80GB")
     assert "section 33" in note["gpu_check"]["note"] and f"{st['rise']:.2f}" in note["gpu_check"]["note"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "label"),
+    [("achievable", "achievable"), ("roofline", "roofline"), ("calibrated", "calibrated (H100 tables)")],
+)
+def test_l40s_stage_figures_are_section_33s(cls: str, label: str) -> None:
+    row = next(ln for ln in _section(33).splitlines() if ln.startswith(f"| {label} | L40S | all |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert L40S_FIRST_STAGE[cls] == pytest.approx(float(cells[4].rstrip("%")) / 100)
+    note = serving_check(False, 1, cls if cls != "calibrated" else "calibrated:h100", "L40S")
+    assert "section 33" in note["gpu_check"]["note"]
+    assert ("section 34" in note["gpu_check"]["note"]) == (cls != "roofline")
 
 
 @pytest.mark.parametrize("cls", ["achievable", "roofline"])
