@@ -30,11 +30,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: Section 12 (rerun 2026-12-07 late evening, the A100's measured kernels): leave-model-out CV, analytical engine;
+#: Section 12 (rerun 2026-12-08, the L40S's measured kernels): leave-model-out CV, analytical engine;
 #: metric -> (median, P90) of |error|.
 SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
-    "achievable": {"e2e": (0.019, 0.065), "ttft": (0.022, 0.103), "itl": (0.029, 0.059)},
-    "calibrated": {"e2e": (0.098, 0.169), "ttft": (0.033, 0.136), "itl": (0.081, 0.138)},
+    "achievable": {"e2e": (0.020, 0.071), "ttft": (0.022, 0.110), "itl": (0.025, 0.058)},
+    "calibrated": {"e2e": (0.098, 0.205), "ttft": (0.031, 0.155), "itl": (0.083, 0.159)},
     "roofline": {"e2e": (0.277, 0.401), "ttft": (0.154, 0.407), "itl": (0.288, 0.430)},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
