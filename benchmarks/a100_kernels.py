@@ -248,7 +248,8 @@ def fit_dram_bw(g, params, gpu) -> float:
 #: device's GDDR6 moves 0.864 TB/s): its streaming rates are fitted on the rows past that, which a serving step
 #: streams from DRAM as well (the other layers' weights evict them).
 L40S_MIN_WEIGHTS = 32e6
-L40S_MIN_KV = 256e6
+#: Decode caches past every GPU's L2 here (the L40S's 96 MB, the B200's 126 MB): the rows its streaming is read on.
+MIN_KV = 256e6
 # Why the L40S's fp8 fraction is not taken from these tables: the same collector's H100 fp8 rows (vLLM 0.12 and
 # 0.14) run 8,192^3 at 802-806 TFLOP/s, no faster than its 16-bit rows, where AIConfigurator's vLLM 0.19 H100 table
 # (../shared/data/aiconfigurator-h100-sxm) measures 1,435 TFLOP/s: those rows time more than vLLM's fp8 GEMM.
@@ -298,8 +299,8 @@ def l40s_lines(aic: Path) -> tuple[list[str], bool]:
         )
     attn = _attention_rows(aic)
     attn = attn.assign(kv_bytes=attn.batch_size * attn.ctx * attn.num_key_value_heads * attn.head_dim * 4.0)
-    big = attn[attn.kv_bytes >= L40S_MIN_KV]
-    mid = attn[(attn.kv_bytes >= 96e6) & (attn.kv_bytes < L40S_MIN_KV)]
+    big = attn[attn.kv_bytes >= MIN_KV]
+    mid = attn[(attn.kv_bytes >= 96e6) & (attn.kv_bytes < MIN_KV)]
     print(f"[a100_kernels] L40S: {len(attn)} decode-attention rows", file=sys.stderr, flush=True)
     dram = fit_dram_bw(big, now, gpu)
     ctx = _context_rows(aic)
@@ -307,9 +308,9 @@ def l40s_lines(aic: Path) -> tuple[list[str], bool]:
     long = ctx[ctx.isl >= 1024]
     shipped = {
         "gemm_bw": now.gemm_bw.value, "dram_bw": now.dram_bw.value, "fp16": now.gemm_fraction["fp16"].value,
-        "fp8": now.gemm_fraction["fp8"].value, "attn": now.attention_fraction.value,
+        "attn": now.attention_fraction.value,
     }  # fmt: skip
-    fitted = {"gemm_bw": gemm_bw, "dram_bw": dram, "fp16": fracs["fp16"], "fp8": shipped["fp8"], "attn": frac_attn}
+    fitted = {"gemm_bw": gemm_bw, "dram_bw": dram, "fp16": fracs["fp16"], "attn": frac_attn}  # fp8: shown, not adopted
     same = all(math.isclose(fitted[k], shipped[k], rel_tol=0.005) for k in shipped)
     lines = [
         f"| {int(streamed.sum())} L40S float16 GEMMs of m <= 16, weights of 32 MB or more | `gemm_bw` | "
@@ -357,7 +358,7 @@ def hbm_lines(key: str, aic: Path, before, adopt_fraction: bool) -> tuple[list[s
     largest = (2.0 * cb.m * cb.n * cb.k >= 2.0**42).to_numpy()
     attn = _attention_rows(aic)
     attn = attn.assign(kv_bytes=attn.batch_size * attn.ctx * attn.num_key_value_heads * attn.head_dim * 4.0)
-    big = attn[attn.kv_bytes >= L40S_MIN_KV]
+    big = attn[attn.kv_bytes >= MIN_KV]
     a_err = attention_errors(big, now, gpu)
     ctx = _context_rows(aic)
     long = ctx[ctx.isl >= 1024]
