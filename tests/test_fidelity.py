@@ -13,6 +13,7 @@ from moesim.sim.fidelity import (
     GPU_PAIRS,
     L40S_FIRST_STAGE,
     SERVING_DENSE,
+    SERVING_DENSE_ENGINE_KERNELS,
     SERVING_MOE_EP,
     SERVING_MOE_TP,
     TRAINING,
@@ -39,6 +40,28 @@ def test_dense_serving_figures_are_section_12s(cls: str) -> None:
     for metric, cell in zip(("e2e", "ttft", "itl"), cells[2:5], strict=True):
         med, p90 = (float(x.rstrip("%")) / 100 for x in cell.split(" / "))
         assert SERVING_DENSE[cls][metric] == pytest.approx((med, p90), abs=5e-4), (cls, metric)
+
+
+def test_dense_engine_kernel_figures_are_section_29s() -> None:
+    """The calibrated model with vLLM's own H100 GEMMs on the dense runs: section 29's dense table over the 38 runs
+    and its note's signed medians over the H100 runs, and the dense calibrated note quotes them."""
+    sec = _section(29)
+    label = "| calibrated: our H100 tables + AIConfigurator's vLLM kernels | 38 of 41 |"
+    row = next(ln for ln in sec.splitlines() if ln.startswith(label))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    got = SERVING_DENSE_ENGINE_KERNELS
+    for metric, cell in zip(("e2e", "ttft", "itl"), cells[2:5], strict=True):
+        med, p90 = (float(x.rstrip("%")) / 100 for x in cell.split(" (")[0].split(" / "))
+        assert got["abs_error"][metric] == pytest.approx((med, p90), abs=5e-4), metric
+    m = re.search(
+        r"E2E ([+-][\d.]+)% / ([+-][\d.]+)%, TTFT ([+-][\d.]+)% / ([+-][\d.]+)%, ITL ([+-][\d.]+)% / ([+-][\d.]+)%", sec
+    )
+    assert m, "section 29's H100-only signed medians"
+    ours_then_engine = [float(x) / 100 for x in m.groups()]
+    assert ours_then_engine[1::2] == pytest.approx([got["h100_signed"][k] for k in ("e2e", "ttft", "itl")], abs=5e-4)
+    note = serving_check(False, 1, "calibrated:x")["note"]
+    assert "vLLM's own H100 GEMMs" in note and f"{got['abs_error']['e2e'][0]:.0%}" in note and "section 29" in note
+    assert "vLLM" not in serving_check(False, 1, "achievable")["note"]
 
 
 @pytest.mark.parametrize("cls", ["achievable", "roofline"])
