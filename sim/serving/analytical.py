@@ -793,6 +793,20 @@ def _slots_overloaded(
     return PoolState(full, full - extra, full if t_mix is None else t_mix, demand, f, chunk, chunks, 0, 0, True, why)
 
 
+def held_tokens(inp: np.ndarray, out: np.ndarray) -> float:
+    """KV-cache tokens a running request holds, on average over the running set (tokens): the requests' prompts
+    ``inp`` and outputs ``out`` [requests], tokens.
+
+    vLLM allocates a request's cache pages as its tokens come (vllm/v1/core/kv_cache_manager.py ``allocate_slots``:
+    the step's new tokens only, nothing held for the output still to come), so a request decoding its g-th token holds
+    its prompt and g - 1 tokens; over its ``out`` steps, ``inp + (out - 1) / 2`` on average. A request is in the
+    running set for a time proportional to its output, so the running set holds the long ones more often: weighted by
+    ``out``, ``sum(out x (inp + (out - 1) / 2)) / sum(out)``. Equal outputs give the prompt plus half the output;
+    exponential ones about the prompt plus the whole output (E[o^2] / 2E[o] = E[o])."""
+    w = np.maximum(np.asarray(out, float), 1.0)
+    return float((w * (np.asarray(inp, float) + (w - 1.0) / 2.0)).sum() / w.sum())
+
+
 def pool_state(
     timer: StepTimer,
     cap: Capacity,
@@ -804,6 +818,7 @@ def pool_state(
     cached: float = 0.0,
     work: PrefillWork | None = None,
     prompts: np.ndarray | None = None,
+    held: float | None = None,
 ) -> PoolState:
     """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s.
 
@@ -814,6 +829,8 @@ def pool_state(
     mean prompt's, and the mixed steps per request their mean count.
     ``prompts``: the prompt tokens each request computes [requests]; given (and `aggregates`), a mixed pool's step is
     `aggregate_step`'s: the prompts each step carries together (``work`` then prices only the TTFT, in `_mixed`).
+    ``held``: the cache tokens a running request holds on average (`held_tokens`); None: ``mean_in + mean_out``.
+    The state is overloaded when the batch holds more than the KV cache.
     """
     eng = pool.engine
     ctx = int(mean_in + mean_out / 2)
@@ -954,7 +971,7 @@ def pool_state(
         fps = (f * mix.flops + (1 - f) * dec.flops) / tau
     if b > eng.max_batch:
         over, reason = True, f"decode batch {b:.0f} exceeds max_batch {eng.max_batch}"
-    elif b * (ctx + mean_out / 2) > cap.kv_tokens:
+    elif b * (mean_in + mean_out if held is None else held) > cap.kv_tokens:
         over, reason = True, f"KV cache of {b:.0f} requests exceeds {cap.kv_tokens:,} tokens"
     return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
 
@@ -1066,8 +1083,7 @@ def _slot_wait(
     rate: float,
     pool: Pool,
     kv_tokens: int,
-    mean_in: float,
-    mean_out: float,
+    held: float,
     arrivals_s: np.ndarray | None = None,
     round_robin: bool = False,
     timeout_s: float | None = None,
@@ -1076,8 +1092,8 @@ def _slot_wait(
     requests fail (None: the clients' timeout not modelled).
 
     A request holds a slot from admission to its last token (``ttft`` [requests] s, engine side, plus its decode
-    steps); the running set holds ``max_batch`` requests, or the requests the KV cache fits at mean prompt plus
-    output tokens. At or above saturation ``s`` is flagged overloaded (if not yet) and 0 is returned: the latencies
+    steps); the running set holds ``max_batch`` requests, or the requests the KV cache fits at ``held`` tokens each
+    (`held_tokens`). At or above saturation ``s`` is flagged overloaded (if not yet) and 0 is returned: the latencies
     stay those of the saturated engine, as with the other overload checks.
 
     With the requests' arrival times ``arrivals_s`` [requests] s (an open loop), each request's own wait from the
@@ -1092,7 +1108,7 @@ def _slot_wait(
     arrivals, the recursion with their deadlines (`fifo_aborts`), also past saturation.
     """
     hold = ttft + np.maximum(out - 1, 0) * s.tau
-    slots = min(pool.engine.max_batch, int(kv_tokens // max(mean_in + mean_out, 1.0)))
+    slots = min(pool.engine.max_batch, int(kv_tokens // max(held, 1.0)))
     busy = rate * float(hold.mean())  # offered load, Erlangs
     if busy >= slots:
         if not s.overloaded:
@@ -1232,6 +1248,8 @@ class Analytical:
         self.inp = df["input_tokens"].to_numpy(float)
         self.out = df["output_tokens"].to_numpy(float)
         self.mean_in, self.mean_out = float(self.inp.mean()), float(self.out.mean())
+        #: KV-cache tokens a running request holds on average (`held_tokens`)
+        self.held = held_tokens(self.inp, self.out)
         w = built.workload
         #: the workload's own request rate, req/s: realised by its arrivals (open loop), None for a closed loop
         self.workload_rate: float | None = None
@@ -1246,9 +1264,9 @@ class Analytical:
         self.pools = {p.role: p for p in built.pools}
         self.caps = caps or {role: replica_capacity(built, p) for role, p in self.pools.items()}
         check_requests_fit(built, df, self.caps)
-        # chunked/sliding-window layers hold their chunk or window only: count the cache in tokens at the mean
-        # request's held length (prompt + half the output), `Capacity.at_length`
-        held = max(round(self.mean_in + self.mean_out / 2), 1)
+        # chunked/sliding-window layers hold their chunk or window only: count the cache in tokens at the tokens a
+        # running request holds on average (`held_tokens`), `Capacity.at_length`
+        held = max(round(self.held), 1)
         self.caps = {role: c.at_length(held, self.pools[role].engine.block_size) for role, c in self.caps.items()}
         front = self.pools.get("mixed") or self.pools["prefill"]
         prof = engine_profile(front.engine, built.base_dir)
@@ -1284,7 +1302,9 @@ class Analytical:
                 timers["prefill"], caps["prefill"], pp, rate / pp.replicas, mean_in, 1, "prefill", hits.mean()
             )
             sp.cached = float(hits.mean())
-            sd = pool_state(timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode")
+            sd = pool_state(
+                timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode", held=self.held
+            )
             states["prefill"], states["decode"] = sp, sd
             # each prompt's own chunks, one prefill step each (`sim.serving.prefill_work`), queued FCFS per replica
             tp, ctx0 = timers["prefill"], int(mean_in)
@@ -1342,12 +1362,15 @@ class Analytical:
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         p = self.pools["mixed"]
         hits, r = self.hits, rate / p.replicas
-        s = pool_state(timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits)
+        held = self.held
+        s = pool_state(
+            timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits, held
+        )
         kept = self._kept(s, caps["mixed"].kv_tokens)
         if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
             hits = hits * kept
             s = pool_state(
-                timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits
+                timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits, held
             )
         s.cached = float(hits.mean())
         s, work = self._refine(timers["mixed"], caps["mixed"], p, r, s, inp - hits, hits)
@@ -1453,7 +1476,7 @@ class Analytical:
                         lag = np.where(free, 0.0, lag)
             ttft = wait + lag + own
         timeout = built.workload.timeout_s
-        slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, mean_in, mean_out, arr, rr, timeout)
+        slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, self.held, arr, rr, timeout)
         return s, ttft + slot, tpot, failed
 
     def _law_args(self, pool: Pool, rate: float, s: PoolState) -> tuple[float, int, float, int] | None:
@@ -1540,7 +1563,7 @@ class Analytical:
                 w = priced[bq] = prefill_work(steps, bq, comp, hits, budget, t_q, form_q)
             work = w if bq == b else PrefillWork(b, w.n, w.shifted(mean_form), mean_form, w.comp)
             new = pool_state(
-                timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work, comp
+                timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work, comp, self.held
             )
             if new.overloaded or new.mixed_frac >= 1.0:
                 new.cached = s.cached
@@ -1571,13 +1594,13 @@ class Analytical:
         """Share of the prefix-cache hits that survive eviction in the steady state ``state``, 0..1.
 
         The cache keeps the distinct prefixes (``prefix_set`` tokens) when they fit the KV cache beside the
-        running requests' own tokens (batch x (mean prompt + half the mean output)); otherwise it holds the
+        running requests' own tokens (batch x `held_tokens`); otherwise it holds the
         share that fits, and under uniform reuse of the prefixes an LRU cache of C tokens over a working set of
         N finds about C / N of them (the independent-reference model of LRU with equal popularity).
         """
         if self.prefix_set <= 0:
             return 1.0
-        room = kv_tokens - state.batch * (self.mean_in + self.mean_out / 2)
+        room = kv_tokens - state.batch * self.held
         return float(min(max(room / self.prefix_set, 0.0), 1.0))
 
     def summary(self, rate: float | None = None) -> dict[str, Any]:
