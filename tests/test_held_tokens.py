@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moesim.model.achievable import AchievableCostModel
-from moesim.sim.serving.analytical import held_tokens
+from moesim.sim.serving.analytical import Footprint, held_tokens
 from moesim.sim.serving.serve import run
 
 
@@ -58,3 +58,55 @@ def test_the_simulators_running_set_holds_what_held_tokens_says(cv: float) -> No
     req = res.requests
     expect = held_tokens(req.input_tokens.to_numpy(float), req.output_tokens.to_numpy(float))
     assert used / running == pytest.approx(expect + 8, rel=0.06)
+
+
+def test_footprint_counts_a_shared_prefix_once() -> None:
+    alone = Footprint(held=700.0)
+    assert alone.tokens(10) == pytest.approx(7000.0) and alone.slots(7000.0) == 10
+    one = Footprint(held=700.0, shared=500.0, prefix_set=500.0)  # every request shares one 500-token prefix
+    assert one.tokens(10) == pytest.approx(10 * 200 + 500)
+    many = Footprint(held=700.0, shared=500.0, prefix_set=500.0 * 1000)  # 1,000 equally popular prefixes
+    assert many.tokens(1) == pytest.approx(700.0)
+    assert many.tokens(10) == pytest.approx(10 * 200 + 500 * 1000 * (1 - 0.999**10))
+    for fp in (alone, one, many):
+        for kv in (5_000.0, 80_000.0):
+            n = fp.slots(kv)
+            assert fp.tokens(n) <= kv < fp.tokens(n + 1)
+
+
+def test_the_simulators_running_set_shares_its_prefixes_as_footprint_says() -> None:
+    """Prefix caching on, 8 shared 512-token prefixes: the discrete-event engine's cache tokens in use (each
+    request's own pages and the prefix pages referenced, once) against `Footprint.tokens` of its running set, step
+    by step, time-weighted; counting every request's whole prompt (no sharing) would be about twice as much."""
+    sc = {
+        "name": "shared",
+        "model": "llama-3.1-8b",
+        "gpu": "H100-SXM",
+        "layout": {"tp": 1},
+        "replicas": 1,
+        "engine": {"kind": "vllm", "prefix_caching": True, "block_size": 16},
+        "workload": {
+            "arrival": "poisson",
+            "rate": 12,
+            "requests": 1500,
+            "shared_prefix": {"tokens": 512, "groups": 8},
+            "input": {"dist": "fixed", "value": 64},
+            "output": {"dist": "lognormal", "mean": 300, "cv": 0.5, "max": 3000},
+        },
+        "seed": 2,
+    }
+    res = run(sc, "des", cost_model=AchievableCostModel())
+    assert res.sim is not None
+    steps = res.steps
+    busy = steps[(steps.start_s > steps.start_s.quantile(0.2)) & (steps.start_s < steps.start_s.quantile(0.8))]
+    w = busy.duration_s.to_numpy()
+    used = float((busy.kv_used_frac * res.sim.capacities["mixed"].kv_blocks * 16 * w).sum() / w.sum())
+    req = res.requests
+    out = np.maximum(req.output_tokens.to_numpy(float), 1.0)
+    shared = float((out * req.cached_tokens.to_numpy(float)).sum() / out.sum())
+    fp = Footprint(held_tokens(req.input_tokens.to_numpy(float), out), shared, prefix_set=8 * 512)
+    model = float((np.array([fp.tokens(b) for b in busy.running]) * w).sum() / w.sum())
+    plain = float((busy.running * fp.held * w).sum() / w.sum())
+    assert busy.running.mean() > 15 and shared > 400  # busy, and sharing
+    assert model == pytest.approx(used, rel=0.08)
+    assert plain > 1.5 * used

@@ -807,6 +807,53 @@ def held_tokens(inp: np.ndarray, out: np.ndarray) -> float:
     return float((w * (np.asarray(inp, float) + (w - 1.0) / 2.0)).sum() / w.sum())
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """What a replica's running requests hold in its KV cache (tokens), vLLM's way: each request its own pages
+    (`held_tokens`, of which ``shared`` are prefix-cache pages) and the prefix pages the running requests reference,
+    once each however many share them (vLLM's block pool counts a cached block's references,
+    vllm/v1/core/block_pool.py ``touch`` / ``free_blocks``).
+
+    ``batch`` running requests reference ``prefix_set x (1 - (1 - shared / prefix_set) ^ batch)`` prefix tokens: the
+    distinct prefixes among them when each request's prefix is one of ``prefix_set / shared`` equally popular ones
+    (``batch x shared`` while few run, the whole set when many do; more popular prefixes are shared more, so fewer).
+
+    Attributes:
+        held: tokens a running request holds on average, its shared prefix pages included (`held_tokens`).
+        shared: of them, the prefix-cache tokens it shares, averaged the same way (weighted by output).
+        prefix_set: tokens of the distinct prefixes (the prefix cache's working set); 0: no sharing.
+    """
+
+    held: float
+    shared: float = 0.0
+    prefix_set: float = 0.0
+
+    def _sharing(self) -> bool:
+        return self.prefix_set > 0 and self.shared > 0
+
+    def own(self) -> float:
+        """Tokens a running request holds beyond the prefix pages it shares."""
+        return self.held - (self.shared if self._sharing() else 0.0)
+
+    def tokens(self, batch: float) -> float:
+        """Cache tokens ``batch`` running requests hold: their own pages and the prefix pages they reference."""
+        if not self._sharing():
+            return batch * self.held
+        p = min(self.shared / self.prefix_set, 1.0)
+        if p >= 1.0:  # one prefix: every running request shares it
+            return batch * self.own() + self.prefix_set
+        return batch * self.own() - self.prefix_set * math.expm1(batch * math.log1p(-p))
+
+    def slots(self, kv_tokens: float) -> int:
+        """The most running requests ``kv_tokens`` holds (`tokens` at most ``kv_tokens``; `tokens` grows with the
+        batch)."""
+        lo, hi = 0, int(kv_tokens / max(self.own(), 1.0)) + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.tokens(mid) <= kv_tokens else (lo, mid)
+        return lo
+
+
 def pool_state(
     timer: StepTimer,
     cap: Capacity,
@@ -818,7 +865,7 @@ def pool_state(
     cached: float = 0.0,
     work: PrefillWork | None = None,
     prompts: np.ndarray | None = None,
-    held: float | None = None,
+    held: Footprint | None = None,
 ) -> PoolState:
     """Fixed point of the decode batch and step time for one replica at ``rate`` requests/s.
 
@@ -829,8 +876,8 @@ def pool_state(
     mean prompt's, and the mixed steps per request their mean count.
     ``prompts``: the prompt tokens each request computes [requests]; given (and `aggregates`), a mixed pool's step is
     `aggregate_step`'s: the prompts each step carries together (``work`` then prices only the TTFT, in `_mixed`).
-    ``held``: the cache tokens a running request holds on average (`held_tokens`); None: ``mean_in + mean_out``.
-    The state is overloaded when the batch holds more than the KV cache.
+    ``held``: what the running requests hold in the KV cache (`Footprint`); None: ``mean_in + mean_out`` each. The
+    state is overloaded when the batch holds more than the KV cache.
     """
     eng = pool.engine
     ctx = int(mean_in + mean_out / 2)
@@ -971,7 +1018,7 @@ def pool_state(
         fps = (f * mix.flops + (1 - f) * dec.flops) / tau
     if b > eng.max_batch:
         over, reason = True, f"decode batch {b:.0f} exceeds max_batch {eng.max_batch}"
-    elif b * (mean_in + mean_out if held is None else held) > cap.kv_tokens:
+    elif (b * (mean_in + mean_out) if held is None else held.tokens(b)) > cap.kv_tokens:
         over, reason = True, f"KV cache of {b:.0f} requests exceeds {cap.kv_tokens:,} tokens"
     return PoolState(tau, t_dec, t_mix, b, f, chunk, chunks, bps, fps, over, reason)
 
@@ -1083,7 +1130,7 @@ def _slot_wait(
     rate: float,
     pool: Pool,
     kv_tokens: int,
-    held: float,
+    held: Footprint,
     arrivals_s: np.ndarray | None = None,
     round_robin: bool = False,
     timeout_s: float | None = None,
@@ -1092,8 +1139,8 @@ def _slot_wait(
     requests fail (None: the clients' timeout not modelled).
 
     A request holds a slot from admission to its last token (``ttft`` [requests] s, engine side, plus its decode
-    steps); the running set holds ``max_batch`` requests, or the requests the KV cache fits at ``held`` tokens each
-    (`held_tokens`). At or above saturation ``s`` is flagged overloaded (if not yet) and 0 is returned: the latencies
+    steps); the running set holds ``max_batch`` requests, or the requests the KV cache holds (``held``,
+    `Footprint.slots`). At or above saturation ``s`` is flagged overloaded (if not yet) and 0 is returned: the latencies
     stay those of the saturated engine, as with the other overload checks.
 
     With the requests' arrival times ``arrivals_s`` [requests] s (an open loop), each request's own wait from the
@@ -1108,7 +1155,7 @@ def _slot_wait(
     arrivals, the recursion with their deadlines (`fifo_aborts`), also past saturation.
     """
     hold = ttft + np.maximum(out - 1, 0) * s.tau
-    slots = min(pool.engine.max_batch, int(kv_tokens // max(held, 1.0)))
+    slots = min(pool.engine.max_batch, held.slots(kv_tokens))
     busy = rate * float(hold.mean())  # offered load, Erlangs
     if busy >= slots:
         if not s.overloaded:
@@ -1303,7 +1350,14 @@ class Analytical:
             )
             sp.cached = float(hits.mean())
             sd = pool_state(
-                timers["decode"], caps["decode"], dp, rate / dp.replicas, mean_in, mean_out, "decode", held=self.held
+                timers["decode"],
+                caps["decode"],
+                dp,
+                rate / dp.replicas,
+                mean_in,
+                mean_out,
+                "decode",
+                held=Footprint(self.held),
             )
             states["prefill"], states["decode"] = sp, sd
             # each prompt's own chunks, one prefill step each (`sim.serving.prefill_work`), queued FCFS per replica
@@ -1362,13 +1416,14 @@ class Analytical:
         inp, out, mean_in, mean_out = self.inp, self.out, self.mean_in, self.mean_out
         p = self.pools["mixed"]
         hits, r = self.hits, rate / p.replicas
-        held = self.held
+        held = self._footprint(hits)
         s = pool_state(
             timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits, held
         )
         kept = self._kept(s, caps["mixed"].kv_tokens)
         if kept < 1.0:  # the prefixes do not all stay cached beside the running requests
             hits = hits * kept
+            held = self._footprint(hits)
             s = pool_state(
                 timers["mixed"], caps["mixed"], p, r, mean_in, mean_out, "mixed", hits.mean(), None, inp - hits, held
             )
@@ -1476,7 +1531,7 @@ class Analytical:
                         lag = np.where(free, 0.0, lag)
             ttft = wait + lag + own
         timeout = built.workload.timeout_s
-        slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, self.held, arr, rr, timeout)
+        slot, failed = _slot_wait(s, ttft, out, r, p, caps["mixed"].kv_tokens, held, arr, rr, timeout)
         return s, ttft + slot, tpot, failed
 
     def _law_args(self, pool: Pool, rate: float, s: PoolState) -> tuple[float, int, float, int] | None:
@@ -1563,7 +1618,17 @@ class Analytical:
                 w = priced[bq] = prefill_work(steps, bq, comp, hits, budget, t_q, form_q)
             work = w if bq == b else PrefillWork(b, w.n, w.shifted(mean_form), mean_form, w.comp)
             new = pool_state(
-                timer, cap, pool, rate, self.mean_in, self.mean_out, "mixed", float(hits.mean()), work, comp, self.held
+                timer,
+                cap,
+                pool,
+                rate,
+                self.mean_in,
+                self.mean_out,
+                "mixed",
+                float(hits.mean()),
+                work,
+                comp,
+                self._footprint(hits),
             )
             if new.overloaded or new.mixed_frac >= 1.0:
                 new.cached = s.cached
@@ -1590,17 +1655,25 @@ class Analytical:
             return None
         return self.arrivals * (self.workload_rate / rate)
 
+    def _footprint(self, hits: np.ndarray) -> Footprint:
+        """The running requests' `Footprint` when each finds ``hits`` [requests] prompt tokens in the prefix cache: the
+        shared tokens weighted by output as `held_tokens` weights the held ones."""
+        w = np.maximum(self.out, 1.0)
+        shared = float((w * hits).sum() / w.sum()) if self.prefix_set > 0 else 0.0
+        return Footprint(self.held, shared, float(self.prefix_set))
+
     def _kept(self, state: PoolState, kv_tokens: int) -> float:
         """Share of the prefix-cache hits that survive eviction in the steady state ``state``, 0..1.
 
         The cache keeps the distinct prefixes (``prefix_set`` tokens) when they fit the KV cache beside the
-        running requests' own tokens (batch x `held_tokens`); otherwise it holds the
+        running requests' own tokens (batch x `Footprint.own`: the prefix pages they reference are the prefixes'
+        own, counted once in the working set); otherwise it holds the
         share that fits, and under uniform reuse of the prefixes an LRU cache of C tokens over a working set of
         N finds about C / N of them (the independent-reference model of LRU with equal popularity).
         """
         if self.prefix_set <= 0:
             return 1.0
-        room = kv_tokens - state.batch * self.held
+        room = kv_tokens - state.batch * self._footprint(self.hits).own()
         return float(min(max(room / self.prefix_set, 0.0), 1.0))
 
     def summary(self, rate: float | None = None) -> dict[str, Any]:
