@@ -71,10 +71,10 @@ A100_STAGES: dict[str, dict[str, float]] = {
     "calibrated": {"first": 0.183, "last": 0.134, "rise": 0.82},
     "roofline": {"first": -0.371, "last": -0.456, "rise": 0.38},
 }
-#: Section 33 (2026-12-07 night, the L40S's measured kernels): the two L40S runs of section 12, by cost model: the
-#: median signed ITL error at the first (light) load stage (the busy stage of one of them is past its KV cache in
-#: the analytical engine: the section's note).
-L40S_FIRST_STAGE: dict[str, float] = {"achievable": 0.033, "calibrated": 0.214, "roofline": -0.254}
+#: Section 33 (2026-12-08, the running set's prefixes shared): the two L40S runs of section 12, by cost model: the
+#: median signed ITL error at the first (light) load stage (the busy stage of one of them ran at its KV cache's
+#: edge, the section's note).
+L40S_FIRST_STAGE: dict[str, float] = {"achievable": 0.033, "calibrated": 0.213, "roofline": -0.254}
 #: The GPU the serving references ran on (`serving_check`).
 REFERENCE_GPU = "H100-SXM"
 #: Section 8 (2026-12-06): predicted / reported throughput of fifteen runs with the calibrated H100 tables.
