@@ -41,7 +41,7 @@ SERVING_DENSE: dict[str, dict[str, tuple[float, float]]] = {
 #: GEMMs (our H100 tables calibrated with AIConfigurator's vLLM 0.19 H100 tables), analytical engine, shipped profile,
 #: no fit; metric -> (median, P90) of |error| over the 38 runs and, signed median, over the 32 H100 runs alone.
 SERVING_DENSE_ENGINE_KERNELS: dict[str, Any] = {
-    "abs_error": {"e2e": (0.042, 0.233), "ttft": (0.035, 0.149), "itl": (0.027, 0.174)},
+    "abs_error": {"e2e": (0.042, 0.223), "ttft": (0.035, 0.158), "itl": (0.027, 0.174)},
     "h100_signed": {"e2e": 0.026, "ttft": -0.018, "itl": 0.017},
 }
 #: Section 28 (2026-12-06): predicted / published tokens/s per node, (lowest, highest) over its five cases.
