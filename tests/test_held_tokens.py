@@ -1,9 +1,13 @@
-"""`sim.serving.analytical.held_tokens`: the KV-cache tokens a running request holds on average, as vLLM allocates
-them (page by page as tokens come), against the discrete-event engine's own block accounting."""
+"""`sim.serving.analytical.held_tokens` and `Footprint`: the KV-cache tokens running requests hold, as vLLM allocates
+them (page by page as tokens come, a cached prefix's pages once however many requests share them), against the
+discrete-event engine's own block accounting."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from moesim.model.achievable import AchievableCostModel
@@ -25,41 +29,6 @@ def test_long_outputs_weigh_by_their_time_in_the_running_set() -> None:
     assert held_tokens(np.full(o.size, 50.0), o) == pytest.approx(50 + o.mean(), rel=0.01)
 
 
-@pytest.mark.parametrize("cv", [0.001, 1.5])
-def test_the_simulators_running_set_holds_what_held_tokens_says(cv: float) -> None:
-    """Over a busy run of the discrete-event engine (no prefix caching, no preemption), the cache tokens in use per
-    running request, time-weighted over its steps, are `held_tokens` of its requests, within the pages' rounding
-    (half a 16-token page per request) and the prompts' own steps."""
-    sc = {
-        "name": "held",
-        "model": "llama-3.1-8b",
-        "gpu": "H100-SXM",
-        "layout": {"tp": 1},
-        "replicas": 1,
-        "engine": {"kind": "vllm", "prefix_caching": False, "block_size": 16},
-        "workload": {
-            "arrival": "poisson",
-            "rate": 12,
-            "requests": 1500,
-            "input": {"dist": "lognormal", "mean": 400, "cv": 0.5, "max": 4000},
-            "output": {"dist": "lognormal", "mean": 300, "cv": cv, "max": 6000},
-        },
-        "seed": 1,
-    }
-    res = run(sc, "des", cost_model=AchievableCostModel())
-    steps = res.steps
-    busy = steps[(steps.start_s > steps.start_s.quantile(0.2)) & (steps.start_s < steps.start_s.quantile(0.8))]
-    w = busy.duration_s.to_numpy()
-    assert res.sim is not None
-    kv_blocks = res.sim.capacities["mixed"].kv_blocks
-    used = float((busy.kv_used_frac * kv_blocks * 16 * w).sum() / w.sum())
-    running = float((busy.running * w).sum() / w.sum())
-    assert running > 20  # a busy replica
-    req = res.requests
-    expect = held_tokens(req.input_tokens.to_numpy(float), req.output_tokens.to_numpy(float))
-    assert used / running == pytest.approx(expect + 8, rel=0.06)
-
-
 def test_footprint_counts_a_shared_prefix_once() -> None:
     alone = Footprint(held=700.0)
     assert alone.tokens(10) == pytest.approx(7000.0) and alone.slots(7000.0) == 10
@@ -74,39 +43,63 @@ def test_footprint_counts_a_shared_prefix_once() -> None:
             assert fp.tokens(n) <= kv < fp.tokens(n + 1)
 
 
-def test_the_simulators_running_set_shares_its_prefixes_as_footprint_says() -> None:
-    """Prefix caching on, 8 shared 512-token prefixes: the discrete-event engine's cache tokens in use (each
-    request's own pages and the prefix pages referenced, once) against `Footprint.tokens` of its running set, step
-    by step, time-weighted; counting every request's whole prompt (no sharing) would be about twice as much."""
+def _busy_run(caching: bool, workload: dict[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """A discrete-event run of Llama-3.1-8B on one H100 at 12 req/s of ``workload`` (lengths): (its requests, its
+    steps of the middle 60% of the run, and the cache tokens in use at each of them, from the engine's own block
+    accounting)."""
     sc = {
-        "name": "shared",
+        "name": "held",
         "model": "llama-3.1-8b",
         "gpu": "H100-SXM",
         "layout": {"tp": 1},
         "replicas": 1,
-        "engine": {"kind": "vllm", "prefix_caching": True, "block_size": 16},
-        "workload": {
-            "arrival": "poisson",
-            "rate": 12,
-            "requests": 1500,
-            "shared_prefix": {"tokens": 512, "groups": 8},
-            "input": {"dist": "fixed", "value": 64},
-            "output": {"dist": "lognormal", "mean": 300, "cv": 0.5, "max": 3000},
-        },
-        "seed": 2,
+        "engine": {"kind": "vllm", "prefix_caching": caching, "block_size": 16},
+        "workload": {"arrival": "poisson", "rate": 12, "requests": 1500, **workload},
+        "seed": seed,
     }
     res = run(sc, "des", cost_model=AchievableCostModel())
     assert res.sim is not None
     steps = res.steps
     busy = steps[(steps.start_s > steps.start_s.quantile(0.2)) & (steps.start_s < steps.start_s.quantile(0.8))]
-    w = busy.duration_s.to_numpy()
-    used = float((busy.kv_used_frac * res.sim.capacities["mixed"].kv_blocks * 16 * w).sum() / w.sum())
-    req = res.requests
+    used = busy.kv_used_frac.to_numpy() * res.sim.capacities["mixed"].kv_blocks * 16
+    return res.requests, busy, used
+
+
+def _mean(values: Any, steps: pd.DataFrame) -> float:
+    """``values`` [steps] averaged over the steps' time."""
+    w = steps.duration_s.to_numpy()
+    return float((np.asarray(values, float) * w).sum() / w.sum())
+
+
+@pytest.mark.parametrize("cv", [0.001, 1.5])
+def test_the_simulators_running_set_holds_what_held_tokens_says(cv: float) -> None:
+    """Over a busy run of the discrete-event engine (no prefix caching, no preemption), the cache tokens in use per
+    running request, time-weighted over its steps, are `held_tokens` of its requests, within the pages' rounding
+    (half a 16-token page per request) and the prompts' own steps."""
+    lengths = {
+        "input": {"dist": "lognormal", "mean": 400, "cv": 0.5, "max": 4000},
+        "output": {"dist": "lognormal", "mean": 300, "cv": cv, "max": 6000},
+    }
+    req, busy, used = _busy_run(False, lengths, seed=1)
+    running = _mean(busy.running, busy)
+    assert running > 20  # a busy replica
+    expect = held_tokens(req.input_tokens.to_numpy(float), req.output_tokens.to_numpy(float))
+    assert _mean(used, busy) / running == pytest.approx(expect + 8, rel=0.06)
+
+
+def test_the_simulators_running_set_shares_its_prefixes_as_footprint_says() -> None:
+    """Prefix caching on, 8 shared 512-token prefixes: the discrete-event engine's cache tokens in use (each
+    request's own pages and the prefix pages referenced, once) against `Footprint.tokens` of its running set, step
+    by step, time-weighted; counting every request's whole prompt (no sharing) would be about twice as much."""
+    lengths = {
+        "shared_prefix": {"tokens": 512, "groups": 8},
+        "input": {"dist": "fixed", "value": 64},
+        "output": {"dist": "lognormal", "mean": 300, "cv": 0.5, "max": 3000},
+    }
+    req, busy, used = _busy_run(True, lengths, seed=2)
     out = np.maximum(req.output_tokens.to_numpy(float), 1.0)
     shared = float((out * req.cached_tokens.to_numpy(float)).sum() / out.sum())
     fp = Footprint(held_tokens(req.input_tokens.to_numpy(float), out), shared, prefix_set=8 * 512)
-    model = float((np.array([fp.tokens(b) for b in busy.running]) * w).sum() / w.sum())
-    plain = float((busy.running * fp.held * w).sum() / w.sum())
     assert busy.running.mean() > 15 and shared > 400  # busy, and sharing
-    assert model == pytest.approx(used, rel=0.08)
-    assert plain > 1.5 * used
+    assert _mean([fp.tokens(b) for b in busy.running], busy) == pytest.approx(_mean(used, busy), rel=0.08)
+    assert _mean(busy.running * fp.held, busy) > 1.5 * _mean(used, busy)
